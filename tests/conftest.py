@@ -1,0 +1,62 @@
+"""Tiny randomly initialised models (built from configs, no downloads) shared by the tests."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    GPT2Config,
+    LlamaConfig,
+)
+
+VOCAB = 128
+
+
+def tiny_config(family: str, **extra):
+    """A 2-layer config of the given family ('bert', 'llama', 'gpt2')."""
+    if family == "bert":
+        return BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=64, pad_token_id=0, **extra)
+    if family == "llama":
+        return LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
+                           pad_token_id=0, tie_word_embeddings=False, **extra)
+    if family == "gpt2":
+        return GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                          pad_token_id=0, **extra)
+    raise ValueError(family)
+
+
+def tiny_classifier(family: str, num_labels: int = 2) -> torch.nn.Module:
+    """Tiny sequence classifier, eval mode, seeded."""
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(tiny_config(family, num_labels=num_labels))
+    return model.eval()
+
+
+def tiny_causal_lm(family: str) -> torch.nn.Module:
+    """Tiny causal LM ('llama' or 'gpt2'), eval mode, seeded."""
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(tiny_config(family)).eval()
+
+
+def tiny_batch(batch: int = 3, seq: int = 10, seed: int = 1) -> dict[str, torch.Tensor]:
+    """Random token ids with right padding in the last row."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (batch, seq), generator=g)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[-1, seq - 3:] = 0
+    ids[-1, seq - 3:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.fixture(params=["bert", "llama", "gpt2"])
+def family(request) -> str:
+    return request.param

@@ -1,0 +1,107 @@
+"""Run directories: create (never silently overwrite), save atomically as safetensors, reload, merge."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import yaml
+from safetensors.torch import load_file, save_file
+
+from tuneforge.config import ConfigError, RunConfig, build_dataclass
+
+WEIGHTS = "trainable.safetensors"  # parameter-efficient runs: only what trained (plus the fresh head)
+FULL_DIR = "model"  # runs where every weight trained: a Hugging Face folder (save_pretrained + tokenizer)
+
+
+def create_run_dir(output_dir: str | None, method: str, overwrite: bool = False) -> Path:
+    """Make the run directory; refuse an existing non-empty one unless ``overwrite``."""
+    path = Path(output_dir) if output_dir else Path("runs") / f"{method}-{datetime.now():%Y%m%d-%H%M%S}"
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"run directory {path} already exists; choose another output_dir or pass --overwrite")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def prepare_output(out: str | Path, overwrite: bool) -> Path:
+    """An export folder that is new or explicitly overwritten."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"output folder {out} already exists; choose another or pass --overwrite")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file + rename, so a crash never leaves a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors file written atomically (contiguous CPU copies)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def save_json(obj: Any, path: Path) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=float) + "\n")
+
+
+def save_run(run_dir: Path, cfg: RunConfig, meta: dict[str, Any], model: nn.Module, tokenizer: Any,
+             trainable: dict[str, torch.Tensor]) -> None:
+    """Resolved config, meta (labels, task...) and weights. Full runs: a complete HF folder; others: trainable only."""
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    save_json(meta, run_dir / "meta.json")
+    n_params = sum(1 for _ in model.named_parameters())
+    if len(trainable) == n_params:
+        model.load_state_dict(trainable, strict=False)
+        tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".model."))
+        model.float().save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, run_dir / FULL_DIR)
+    else:
+        save_tensors(trainable, run_dir / WEIGHTS, {"format": "pt"})
+
+
+@dataclass
+class RunFiles:
+    """What a run directory holds, read back."""
+    path: Path
+    config: RunConfig
+    meta: dict[str, Any]
+
+    @property
+    def full_model_dir(self) -> Path | None:
+        p = self.path / FULL_DIR
+        return p if p.is_dir() else None
+
+    def trainable_weights(self) -> dict[str, torch.Tensor]:
+        return load_file(self.path / WEIGHTS)
+
+
+def read_run(run_dir: str | Path) -> RunFiles:
+    """Read config and meta of a finished run; clear errors for anything missing."""
+    path = Path(run_dir)
+    if not (path / "config.yaml").is_file() or not (path / "meta.json").is_file():
+        raise ConfigError(f"{path} is not a tuneforge run directory (config.yaml/meta.json missing); was training finished?")
+    config = build_dataclass(RunConfig, yaml.safe_load((path / "config.yaml").read_text()))
+    meta = json.loads((path / "meta.json").read_text())
+    if not (path / WEIGHTS).is_file() and not (path / FULL_DIR).is_dir():
+        raise ConfigError(f"{path} holds no weights ({WEIGHTS} or {FULL_DIR}/); was training finished?")
+    return RunFiles(path, config, meta)

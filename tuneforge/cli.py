@@ -1,0 +1,153 @@
+"""Command line: ``tuneforge train | evaluate | predict | merge | methods``. Errors are one line, no traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+EXAMPLES = """examples:
+  tuneforge train                                   # LoRA on the embedded MiniLM + Rotten Tomatoes
+  tuneforge train -c run.yaml method.rank=16 train.lr=1e-3
+  tuneforge train --method freeze --model minilm --data reviews.csv --text-column review --label-column stars
+  tuneforge evaluate runs/lora-20261126-120000 --data test.jsonl
+  tuneforge predict runs/lora-20261126-120000 "a gripping film" "a dull mess"
+  tuneforge merge runs/lora-20261126-120000 merged-model/
+"""
+
+
+def _fail(message: str) -> int:
+    print(f"tuneforge: error: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tuneforge.run import train
+
+    overrides = list(args.overrides)
+    for flag, key in (("method", "method.name"), ("model", "model.name"), ("task", "model.task"),
+                      ("data", "data.dataset"), ("text_column", "data.text_column"),
+                      ("label_column", "data.label_column"), ("epochs", "train.epochs"), ("lr", "train.lr"),
+                      ("batch_size", "train.batch_size"), ("output", "output_dir")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.insert(0, f"{key}={value}") if flag == "method" else overrides.append(f"{key}={value}")
+    out = train(args.config if args.config else {}, overrides, overwrite=args.overwrite, progress=not args.quiet)
+    print(out.table)
+    print(f"\nrun directory: {out.run_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tuneforge.run import load
+
+    metrics = load(args.run_dir, args.device).evaluate(args.data)
+    print(json.dumps(metrics, indent=2, default=float))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tuneforge.run import load
+
+    texts = list(args.texts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        return _fail("predict needs TEXT arguments or lines on standard input")
+    for row in load(args.run_dir, args.device).predict(texts):
+        if args.json:
+            print(json.dumps(row))
+        else:
+            probs = "  ".join(f"{k}={v:.3f}" for k, v in row["probabilities"].items())
+            print(f"{row['label']}\t{probs}\t{row['text']}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from tuneforge.run import load
+
+    out = load(args.run_dir, "cpu").merge(args.out, overwrite=args.overwrite)
+    print(f"merged model written to {out} (load it with transformers' from_pretrained)")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from tuneforge.methods import registry
+
+    for name in registry.names():
+        module = registry.get(name)
+        doc = (module.__doc__ or "").strip().splitlines()[0]
+        lr = registry.train_defaults(name).get("lr")
+        print(f"{name:10s} {doc}  [default lr {lr}]")
+        for f in dataclasses.fields(module.Config):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            print(f"    method.{f.name} = {default!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune pre-trained transformers on your own data.",
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="fine-tune a model (YAML config and/or flags and dotted overrides)",
+                       description="Fine-tune a model. Settings come from defaults < --config YAML < flags < "
+                       "dotted overrides (section.key=value, e.g. method.rank=16). See `tuneforge methods`.")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. method.rank=16 train.lr=1e-3")
+    p.add_argument("-c", "--config", help="YAML config file (sections: model, data, method, train, eval)")
+    p.add_argument("--method", help="full | freeze | lora | ... (default lora)")
+    p.add_argument("--model", help="embedded model name (minilm) or a local Hugging Face folder")
+    p.add_argument("--task", help="classification (default) or causal_lm")
+    p.add_argument("--data", help="embedded data set (rotten_tomatoes, imdb) or a .csv/.jsonl/.parquet file")
+    p.add_argument("--text-column", dest="text_column")
+    p.add_argument("--label-column", dest="label_column")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("-o", "--output", help="run directory (default runs/<method>-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a run on its test split or on a data file")
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="data file with the run's columns (default: the run's own test split)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="label + probabilities for texts (arguments or stdin lines)")
+    p.add_argument("run_dir")
+    p.add_argument("texts", nargs="*", metavar="TEXT")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("merge", help="write a plain Hugging Face model folder with the adapter merged in")
+    p.add_argument("run_dir")
+    p.add_argument("out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(fn=cmd_merge)
+
+    p = sub.add_parser("methods", help="list methods, their options and default learning rates")
+    p.set_defaults(fn=cmd_methods)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tuneforge.config import ConfigError
+
+    fn: Callable[[argparse.Namespace], int] = args.fn
+    try:
+        return fn(args)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

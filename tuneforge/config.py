@@ -1,0 +1,263 @@
+"""Typed run configuration: dataclasses, YAML files and dotted CLI overrides. Unknown keys are errors."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user-facing error in configuration or input data: one line that names the key/file and the fix."""
+
+
+def _check(path: str, value: Any, hint: Any) -> Any:
+    """Coerce/check ``value`` against a type hint; raise ConfigError naming ``path`` otherwise."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check(path, value, arg)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            choices = ", ".join(map(str, typing.get_args(hint)))
+            raise ConfigError(f"{path}: {value!r} is not allowed; choose one of {choices}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value] if not isinstance(value, str) else [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        return [_check(f"{path}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(hint):
+        return build_dataclass(hint, value, path)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    return value
+
+
+def build_dataclass(cls: type, data: dict[str, Any] | None, path: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and ill-typed values."""
+    data = {} if data is None else data
+    if dataclasses.is_dataclass(data):
+        data = dataclasses.asdict(data)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(
+            f"unknown config key '{where}{unknown[0]}'; valid keys under '{path or 'top level'}': {', '.join(sorted(known))}"
+        )
+    kwargs = {k: _check(f"{path}.{k}" if path else k, v, hints[k]) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path or 'config'}: {exc}") from None
+
+
+def positive(path: str, value: float | int | None) -> None:
+    """Raise ConfigError unless ``value`` is None or > 0."""
+    if value is not None and not value > 0:
+        raise ConfigError(f"{path} must be positive, got {value}")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "minilm"  # embedded model name (minilm, smollm2) or a local Hugging Face folder
+    task: Literal["classification", "causal_lm"] = "classification"  # what the model is trained to do
+    max_length: int = 128  # tokens per example after truncation
+    trust_remote_code: bool = False  # allow custom model code from the folder (off unless asked for)
+
+    def __post_init__(self) -> None:
+        positive("model.max_length", self.max_length)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "rotten_tomatoes"  # embedded data set name, or a file (.csv/.jsonl/.json/.parquet)
+    train_file: str | None = None  # separate files per split (instead of splitting `dataset`)
+    validation_file: str | None = None
+    test_file: str | None = None
+    text_column: str = "text"  # column holding the text (or the prompt for causal LM pairs)
+    text_pair_column: str | None = None  # optional second text column (sentence pairs)
+    label_column: str = "label"  # column holding the label (or the answer for causal LM pairs)
+    format: Literal["auto", "pairs", "chat", "text"] = "auto"  # causal LM data layout
+    template: str | None = None  # causal LM prompt template when the tokenizer has no chat template
+    system_prompt: str | None = None  # optional system message for chat-rendered prompts
+    packing: bool = False  # causal LM: concatenate short examples into full-length rows
+    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train/validation/test fractions
+    seed: int = 42  # seed of the split
+    max_examples: int | None = None  # use at most this many examples (after shuffling), for quick runs
+
+    def __post_init__(self) -> None:
+        if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
+            raise ConfigError(f"data.split must be three non-negative fractions summing to 1, got {self.split}")
+        positive("data.max_examples", self.max_examples)
+
+
+@dataclass
+class TrainConfig:
+    optimizer: Literal["adamw", "sgd", "rmsprop"] = "adamw"
+    lr: float | None = None  # learning rate; default: the method's recommendation (see `tuneforge methods`)
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd / rmsprop only
+    schedule: Literal["constant", "linear", "cosine"] = "linear"
+    warmup_ratio: float = 0.06  # fraction of steps with linear warmup
+    epochs: float = 1.0  # passes over the training data (ignored when max_steps is set)
+    max_steps: int | None = None  # optimizer steps; overrides epochs
+    batch_size: int = 32
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_grad_norm: float | None = 1.0  # gradient clipping; null disables
+    seed: int = 42
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where supported, else fp32
+    group_by_length: bool = True  # batch similar lengths together to cut padding
+    eval_every: int | None = None  # evaluate every N optimizer steps; default: each epoch
+    early_stopping: int | None = None  # stop after N evaluations without improvement
+    log_every: int = 10  # log training loss every N optimizer steps
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_threads: int | None = None  # torch CPU threads; default: torch's choice
+
+    def __post_init__(self) -> None:
+        positive("train.lr", self.lr)
+        positive("train.batch_size", self.batch_size)
+        positive("train.grad_accum", self.grad_accum)
+        positive("train.epochs", self.epochs)
+        positive("train.max_steps", self.max_steps)
+        positive("train.eval_every", self.eval_every)
+        positive("train.early_stopping", self.early_stopping)
+        positive("train.log_every", self.log_every)
+        positive("train.max_grad_norm", self.max_grad_norm)
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 64
+    before: bool = True  # also evaluate the untrained model on the test split
+    generate_samples: int = 32  # causal LM: answers generated for BLEU/ROUGE
+    max_new_tokens: int = 48  # causal LM: generation length for evaluation
+
+    def __post_init__(self) -> None:
+        positive("eval.batch_size", self.batch_size)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "lora"})  # name + the method's own options
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str | None = None  # run directory; default runs/<method>-<timestamp>
+
+    def __post_init__(self) -> None:
+        if "name" not in self.method:
+            raise ConfigError("method.name is required (e.g. method.name=lora)")
+
+    @property
+    def method_name(self) -> str:
+        return str(self.method["name"])
+
+    def method_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.method.items() if k != "name"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["method.rank=16", "train.lr=1e-3"]`` -> nested dict, values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"override '{pair}' must look like key.sub=value")
+        key, raw = pair.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else None
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{pair}': '{part}' is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``extra`` wins. Changing ``method.name`` drops the other method's options."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            if key == "method" and "name" in value and value["name"] != out[key].get("name"):
+                out[key] = dict(value)
+            else:
+                out[key] = merge_dicts(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML file (optional) and apply dotted overrides; validate everything."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections (model, data, method, train, eval)")
+    if overrides:
+        extra = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        data = merge_dicts(data, extra)
+    return build_dataclass(RunConfig, data)

@@ -1,0 +1,1 @@
+"""Data pipeline: read -> split -> format -> tokenize -> batch."""

@@ -1,0 +1,69 @@
+"""Read records (list of dicts) from CSV, JSONL/JSON or Parquet files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tuneforge.config import ConfigError
+
+SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """All rows of a data file as dicts. Errors name the file and the fix."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"data file {p} does not exist")
+    suffix = p.suffix.lower()
+    try:
+        if suffix in (".csv", ".tsv"):
+            if p.stat().st_size == 0:
+                raise ConfigError(f"data file {p} is empty; it needs a header row and at least one example")
+            frame = pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False)
+            records = frame.to_dict("records")
+        elif suffix == ".jsonl":
+            records = []
+            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"{p}, line {i}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
+                if not isinstance(row, dict):
+                    raise ConfigError(f"{p}, line {i}: expected a JSON object, got {type(row).__name__}")
+                records.append(row)
+        elif suffix == ".json":
+            data = json.loads(p.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+                data = next(iter(data.values()))
+            if not isinstance(data, list):
+                raise ConfigError(f"{p}: expected a JSON list of objects (or use .jsonl, one object per line)")
+            records = data
+        elif suffix == ".parquet":
+            records = pd.read_parquet(p).to_dict("records")
+        else:
+            raise ConfigError(f"data file {p}: unsupported type '{suffix}'; use one of {', '.join(SUFFIXES)}")
+    except ConfigError:
+        raise
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"data file {p} cannot be read: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # pyarrow errors have no common public base class
+        raise ConfigError(f"data file {p} cannot be read: {str(exc).splitlines()[0]}") from None
+    if not records:
+        raise ConfigError(f"data file {p} is empty; it needs at least one example")
+    return records
+
+
+def require_columns(records: list[dict[str, Any]], columns: list[str], source: str) -> None:
+    """Raise ConfigError naming the first missing column and the columns that exist."""
+    present = list(records[0].keys())
+    for col in columns:
+        if col not in records[0]:
+            raise ConfigError(
+                f"{source}: column '{col}' not found; columns are {', '.join(map(str, present))} "
+                f"(choose with data.text_column / data.label_column)"
+            )

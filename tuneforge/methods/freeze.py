@@ -1,0 +1,65 @@
+"""Freeze tuning (LLaMA-Factory ``freeze``): train a chosen subset of transformer layers/modules, freeze the rest."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch.nn as nn
+
+from tuneforge.config import ConfigError
+from tuneforge.methods.layers import find_layers, layer_index
+
+TRAIN_DEFAULTS = {"lr": 1e-4}
+
+
+@dataclass
+class Config:
+    num_layers: int = 2  # how many transformer layers train (see `which`)
+    which: Literal["last", "first"] = "last"  # train the last or the first `num_layers` layers
+    layer_indices: list[int] | None = None  # explicit layer indices (replaces num_layers/which)
+    patterns: list[str] = field(default_factory=list)  # regexes on parameter names that also train
+    extra: list[str] = field(default_factory=list)  # module names that also train, e.g. embeddings, norm, pooler
+
+    def __post_init__(self) -> None:
+        if self.num_layers < 0:
+            raise ConfigError(f"method.num_layers must be >= 0, got {self.num_layers}")
+        for pattern in self.patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"method.patterns: invalid regex {pattern!r} ({exc})") from None
+
+
+def selected_layers(n_layers: int, config: Config) -> list[int]:
+    """Indices of the layers that train."""
+    if config.layer_indices is not None:
+        bad = [i for i in config.layer_indices if not -n_layers <= i < n_layers]
+        if bad:
+            raise ConfigError(f"method.layer_indices {bad} out of range: the model has {n_layers} layers")
+        return sorted({i % n_layers for i in config.layer_indices})
+    if config.num_layers > n_layers:
+        raise ConfigError(f"method.num_layers={config.num_layers} but the model has only {n_layers} layers")
+    all_layers = list(range(n_layers))
+    return all_layers[n_layers - config.num_layers:] if config.which == "last" else all_layers[: config.num_layers]
+
+
+def apply(model: nn.Module, config: Config) -> nn.Module:
+    """Unfreeze the selected layers, pattern matches and extra modules."""
+    layers_name, layers = find_layers(model)
+    chosen = set(selected_layers(len(layers), config))
+    regexes = [re.compile(p) for p in config.patterns]
+    matched_extra = set()
+    for name, p in model.named_parameters():
+        idx = layer_index(name, layers_name)
+        parts = name.split(".")
+        hit_extra = [e for e in config.extra if e in parts or name.startswith(e + ".")]
+        matched_extra.update(hit_extra)
+        if (idx is not None and idx in chosen) or any(r.search(name) for r in regexes) or hit_extra:
+            p.requires_grad_(True)
+    missing = sorted(set(config.extra) - matched_extra)
+    if missing:
+        raise ConfigError(f"method.extra: no module named {missing[0]!r} in {type(model).__name__}")
+    if not any(p.requires_grad for p in model.parameters()) and not chosen:
+        raise ConfigError("method: freeze selects no parameters; set num_layers, layer_indices, patterns or extra")
+    return model

@@ -1,0 +1,20 @@
+"""Full fine-tuning: every weight of the model trains (the standard, most expensive method)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+TRAIN_DEFAULTS = {"lr": 5e-5}
+
+
+@dataclass
+class Config:
+    """Full fine-tuning has no options."""
+
+
+def apply(model: nn.Module, config: Config) -> nn.Module:
+    """Unfreeze every parameter."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model

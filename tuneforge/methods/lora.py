@@ -1,0 +1,139 @@
+"""LoRA: low-rank adapters beside frozen linear weights (Hu et al. 2021, arXiv 2106.09685).
+
+``W' = W + s * B @ A`` with ``A: (r, in)``, ``B: (out, r)``, ``B`` zero-initialised and
+``s = alpha / r`` (or ``alpha / sqrt(r)`` with rsLoRA, Kalajdzievski 2023). The forward never builds
+the full weight: ``base(x) + s * B(A(dropout(x)))`` (torchtune's LoRALinear). Works on ``nn.Linear``
+and GPT-2's transposed ``Conv1D``.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from transformers.pytorch_utils import Conv1D
+
+from tuneforge.config import ConfigError
+from tuneforge.methods.layers import HEAD_NAMES
+
+TRAIN_DEFAULTS = {"lr": 5e-4}
+
+
+@dataclass
+class Config:
+    rank: int = 8  # r: inner dimension of the low-rank update
+    alpha: float = 16.0  # scaling numerator: update is (alpha / r) * B @ A
+    dropout: float = 0.0  # dropout on the LoRA branch input
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # module names, or all-linear
+    target_regex: str | None = None  # regex on full module names (replaces target_modules)
+    rslora: bool = False  # scale by alpha / sqrt(r) instead of alpha / r
+
+    def __post_init__(self) -> None:
+        if self.rank <= 0:
+            raise ConfigError(f"method.rank must be positive, got {self.rank}")
+        if self.alpha <= 0:
+            raise ConfigError(f"method.alpha must be positive, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"method.dropout must be in [0, 1), got {self.dropout}")
+        if self.target_regex is not None:
+            try:
+                re.compile(self.target_regex)
+            except re.error as exc:
+                raise ConfigError(f"method.target_regex: invalid regex ({exc})") from None
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear``/``Conv1D`` plus a trainable low-rank branch."""
+
+    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float, rslora: bool) -> None:
+        super().__init__()
+        self.base = base
+        self.transposed = isinstance(base, Conv1D)  # Conv1D stores weight as (in, out)
+        in_f, out_f = (base.weight.shape if self.transposed else base.weight.shape[::-1])
+        self.lora_A = nn.Linear(in_f, rank, bias=False)  # weight (r, in)
+        self.lora_B = nn.Linear(rank, out_f, bias=False)  # weight (out, r)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+        self.lora_A.to(base.weight.device)
+        self.lora_B.to(base.weight.device)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.scaling = alpha / math.sqrt(rank) if rslora else alpha / rank
+        self.merged = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in) -> (..., out)
+        out = self.base(x)
+        if self.merged:
+            return out
+        return out + self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
+
+    def delta(self) -> torch.Tensor:
+        """The dense update ``s * B @ A`` in the base weight's layout."""
+        d = (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling  # (out, in)
+        return d.T if self.transposed else d
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            w = self.base.weight
+            w.copy_((w.float() + self.delta()).to(w.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            w = self.base.weight
+            w.copy_((w.float() - self.delta()).to(w.dtype))
+            self.merged = False
+
+
+def _is_target(name: str, module: nn.Module, config: Config) -> bool:
+    if not isinstance(module, (nn.Linear, Conv1D)):
+        return False
+    if config.target_regex is not None:
+        return re.fullmatch(config.target_regex, name) is not None
+    if "all-linear" in config.target_modules:
+        return name.split(".")[0] not in HEAD_NAMES
+    return any(name == t or name.endswith("." + t) for t in config.target_modules)
+
+
+def apply(model: nn.Module, config: Config) -> nn.Module:
+    """Wrap every targeted linear layer in a :class:`LoRALinear`; only ``lora_A``/``lora_B`` train."""
+    targets = [(n, m) for n, m in model.named_modules() if _is_target(n, m, config)]
+    if not targets:
+        wanted = config.target_regex or ", ".join(config.target_modules)
+        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))})
+        raise ConfigError(
+            f"method.target_modules: '{wanted}' matches no linear layer of {type(model).__name__}; "
+            f"its linear layers are named: {', '.join(linear)}"
+        )
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, LoRALinear(module, config.rank, config.alpha, config.dropout, config.rslora))
+    for name, p in model.named_parameters():
+        p.requires_grad_(".lora_A." in name or ".lora_B." in name)
+    return model
+
+
+def _lora_modules(model: nn.Module) -> list[tuple[str, LoRALinear]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Fold every LoRA update into its base weight and unwrap, leaving a plain model."""
+    for name, module in _lora_modules(model):
+        module.merge()
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, module.base)
+    return model
+
+
+def set_merged(model: nn.Module, merged: bool) -> nn.Module:
+    """Merge (``True``) or unmerge (``False``) every LoRA module in place, keeping the wrappers: a
+    reversible switch between the fast merged form for inference and the trainable form."""
+    for _, module in _lora_modules(model):
+        module.merge() if merged else module.unmerge()
+    return model

@@ -1,0 +1,60 @@
+"""Method name -> module. The only place that lists method names."""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+import torch.nn as nn
+
+from tuneforge.config import ConfigError, build_dataclass
+
+# name -> module path; add a method by adding one line here and one file beside this one.
+METHODS: dict[str, str] = {
+    "full": "tuneforge.methods.full",
+    "freeze": "tuneforge.methods.freeze",
+    "lora": "tuneforge.methods.lora",
+}
+
+
+def names() -> list[str]:
+    """All registered method names, in registry order."""
+    return list(METHODS)
+
+
+def get(name: str) -> ModuleType:
+    """The module implementing method ``name``."""
+    if name not in METHODS:
+        raise ConfigError(f"method.name: unknown method '{name}'; choose one of {', '.join(METHODS)}")
+    return importlib.import_module(METHODS[name])
+
+
+def make_config(name: str, options: dict[str, Any]) -> Any:
+    """Build the method's typed Config from a dict (unknown keys are errors)."""
+    return build_dataclass(get(name).Config, options, path="method")
+
+
+def apply(model: nn.Module, name: str, config: Any, always_train: list[str] | tuple[str, ...] = ()) -> nn.Module:
+    """Freeze everything, apply the method, then unfreeze parameters whose names start with ``always_train``
+    (e.g. a freshly initialised classification head)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model = get(name).apply(model, config)
+    for pname, p in model.named_parameters():
+        if any(pname == prefix or pname.startswith(prefix + ".") for prefix in always_train):
+            p.requires_grad_(True)
+    return model
+
+
+def call_optional(name: str, hook: str, model: nn.Module) -> nn.Module:
+    """Call the method's optional ``merge``/``unmerge``/``fold`` hook; a no-op when the method has none."""
+    fn = getattr(get(name), hook, None)
+    if fn is None:
+        return model
+    out = fn(model)
+    return model if out is None else out
+
+
+def train_defaults(name: str) -> dict[str, Any]:
+    """Recommended ``train.*`` settings for the method (may be empty)."""
+    return dict(getattr(get(name), "TRAIN_DEFAULTS", {}))

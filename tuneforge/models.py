@@ -1,0 +1,118 @@
+"""Load models and tokenizers; parameter counts; precision helpers."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import transformers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers.pytorch_utils import Conv1D
+
+from tuneforge.config import ConfigError
+from tuneforge.methods.layers import HEAD_NAMES
+
+transformers.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Tokenizer of a local model folder; a missing pad token falls back to EOS (or UNK)."""
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load a tokenizer from {path}: {str(exc).splitlines()[0]}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    if tok.pad_token_id is None:
+        raise ConfigError(f"tokenizer of {path} has no pad, eos or unk token to pad with; add a pad token")
+    return tok
+
+
+def load_pretrained(auto_cls: Any, path: str | Path, trust_remote_code: bool = False, **kwargs: Any
+                    ) -> tuple[nn.Module, list[str]]:
+    """``auto_cls.from_pretrained`` in float32 -> (model, names of freshly initialised top-level modules)."""
+    try:
+        model, info = auto_cls.from_pretrained(str(path), output_loading_info=True, dtype=torch.float32,
+                                               trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load a model from {path}: {str(exc).splitlines()[0]}") from None
+    fresh = sorted({k.rsplit(".", 1)[0] for k in info["missing_keys"]})
+    return model, fresh
+
+
+def head_modules(model: nn.Module, fresh: list[str] | None = None) -> list[str]:
+    """Module names that always train: freshly initialised ones, else the task head by its usual name."""
+    if fresh:
+        return fresh
+    return [name for name in HEAD_NAMES if isinstance(getattr(model, name, None), nn.Module)
+            and name != "lm_head"]
+
+
+def count_parameters(model: nn.Module) -> dict[str, float]:
+    """Trainable and total parameter counts (shared tensors counted once) and the trainable share in %."""
+    seen: set[int] = set()
+    total = trainable = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / max(total, 1)}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: unknown device '{name}'; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda requested but no CUDA device is available; use auto or cpu")
+    return device
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast runs natively (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Resolve ``train.precision`` (auto | bf16 | fp32)."""
+    if precision == "fp32":
+        return False
+    supported = bf16_supported(device)
+    if precision == "bf16" and not supported:
+        raise ConfigError(f"train.precision=bf16 but {device.type} has no native bf16 support; use auto or fp32")
+    return supported
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the device, or a no-op."""
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@torch.no_grad()
+def store_frozen_in_bf16(model: nn.Module) -> int:
+    """Store frozen matmul weights (Linear, Conv1D, Embedding) in bf16 so autocast does not re-cast them
+    on every step; trainable parameters (and so optimizer state) stay float32. Returns tensors cast."""
+    cast = 0
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, Conv1D, nn.Embedding)):
+            for name, p in module.named_parameters(recurse=False):
+                if not p.requires_grad and p.dtype == torch.float32 and name == "weight":
+                    p.data = p.data.to(torch.bfloat16)
+                    cast += 1
+    return cast

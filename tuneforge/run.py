@@ -1,0 +1,188 @@
+"""The pipeline and the Python API: config -> model -> method -> data -> train -> evaluate -> save -> report.
+
+    import tuneforge
+    result = tuneforge.train({"method": {"name": "lora", "rank": 8}, "train": {"epochs": 1}})
+    run = tuneforge.load(result.run_dir)
+    run.predict(["a gripping, beautifully shot film"])
+"""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from tuneforge import assets, checkpoint, tasks
+from tuneforge.config import ConfigError, RunConfig, load_config, merge_dicts, parse_overrides
+from tuneforge.methods import registry
+from tuneforge.models import count_parameters, head_modules, load_tokenizer, resolve_device, store_frozen_in_bf16, use_bf16
+from tuneforge.report import result_table
+from tuneforge.train import fit, plot_loss_curve, rank_world
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak resident memory of this process (CPU) or peak allocated GPU memory, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class TrainOutput:
+    run_dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    table: str = ""
+
+
+def resolve_config(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Accept a RunConfig, a dict or a YAML path (plus dotted overrides); fill the method's default lr."""
+    if isinstance(cfg, (str, Path)):
+        cfg = load_config(cfg, overrides)
+    else:
+        data = cfg.to_dict() if isinstance(cfg, RunConfig) else cfg
+        cfg = load_config(None, merge_dicts(data, parse_overrides(overrides or [])))
+    registry.make_config(cfg.method_name, cfg.method_options())  # validate method options early
+    if cfg.train.lr is None:
+        cfg.train.lr = float(registry.train_defaults(cfg.method_name).get("lr", 5e-5))
+    return cfg
+
+
+def build_model(cfg: RunConfig, task: Any, meta: dict[str, Any], pad_id: int, base_path: Path | None = None
+                ) -> tuple[nn.Module, list[str]]:
+    """Load the model for the task and apply the method; returns (model, always-trained module names)."""
+    path = base_path or assets.resolve_model(cfg.model.name)
+    model, fresh = task.load_model(path, cfg, meta, pad_id)
+    heads = head_modules(model, fresh)
+    method_cfg = registry.make_config(cfg.method_name, cfg.method_options())
+    model = registry.apply(model, cfg.method_name, method_cfg, always_train=heads)
+    return model, heads
+
+
+def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | None = None,
+          overwrite: bool = False, progress: bool = True) -> TrainOutput:
+    """Fine-tune as configured; writes a run directory and returns its metrics and result table."""
+    cfg = resolve_config(cfg, overrides)
+    rank, _ = rank_world()
+    task = tasks.get(cfg.model.task)
+    model_path = assets.resolve_model(cfg.model.name)
+    device = resolve_device(cfg.train.device)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    run_dir = checkpoint.create_run_dir(cfg.output_dir, cfg.method_name, overwrite) if rank == 0 else None
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    data = task.prepare(cfg, tokenizer)
+    rt = tasks.Runtime(device=device, bf16=use_bf16(cfg.train.precision, device), pad_id=tokenizer.pad_token_id)
+    torch.manual_seed(cfg.train.seed)
+    model, fresh = task.load_model(model_path, cfg, data.meta, rt.pad_id)
+    model.to(device)
+    say = print if rank == 0 and progress else (lambda *a, **k: None)
+    before = {}
+    if cfg.eval.before and data.test:
+        say("evaluating the model before training ...", file=sys.stderr)
+        before = task.evaluate(model, data.test, rt, cfg, data.meta, tokenizer=tokenizer, raw=data.raw_test)
+    method_cfg = registry.make_config(cfg.method_name, cfg.method_options())
+    model = registry.apply(model, cfg.method_name, method_cfg, always_train=head_modules(model, fresh)).to(device)
+    params = count_parameters(model)
+    if rt.bf16:
+        store_frozen_in_bf16(model)
+    say(f"training {params['trainable']:,} of {params['total']:,} parameters ({params['trainable_pct']:.2f}%) "
+        f"on {len(data.train)} examples, {device.type}{' bf16' if rt.bf16 else ' fp32'}", file=sys.stderr)
+    result = fit(model, task, data, cfg, rt, cfg.train.lr, run_dir, progress)
+    model.load_state_dict(result.best_state, strict=False)
+    after = task.evaluate(model, data.test, rt, cfg, data.meta, tokenizer=tokenizer, raw=data.raw_test,
+                          run_dir=run_dir) if data.test else {}
+    metrics = {
+        "task": task.name, "method": cfg.method_name, "test_before": before, "test_after": after,
+        "parameters": params, "train_seconds": result.train_seconds, "steps": result.steps,
+        "real_tokens": result.real_tokens, "padded_tokens": result.padded_tokens,
+        "tokens_per_second": result.tokens_per_second, "peak_memory_mb": peak_memory_mb(device),
+        "best_validation": {task.metric: result.best_metric, "step": result.best_step},
+        "precision": "bf16" if rt.bf16 else "fp32", "device": str(device),
+        "examples": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)},
+    }
+    table = result_table(metrics, task.table_metrics)
+    if run_dir is not None:
+        registry.call_optional(cfg.method_name, "fold", model)
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        meta = {**data.meta, "task": task.name, "method": cfg.method_name, "tuneforge_version": _version()}
+        checkpoint.save_run(run_dir, cfg, meta, model, tokenizer, trainable)
+        checkpoint.save_json(metrics, run_dir / "metrics.json")
+        checkpoint.atomic_write_text(run_dir / "results.md", table + "\n")
+        plot_loss_curve(result.history, run_dir / "loss_curve.png", task.metric)
+    return TrainOutput(run_dir=run_dir, metrics=metrics, table=table)
+
+
+def _version() -> str:
+    from tuneforge import __version__
+    return __version__
+
+
+class Run:
+    """A finished run reloaded from its directory alone: predict, evaluate, merge."""
+
+    def __init__(self, run_dir: str | Path, device: str = "auto") -> None:
+        self.files = checkpoint.read_run(run_dir)
+        self.cfg = self.files.config
+        self.meta = self.files.meta
+        self.task = tasks.get(self.cfg.model.task)
+        device_ = resolve_device(device)
+        full = self.files.full_model_dir
+        self.tokenizer = load_tokenizer(full or assets.resolve_model(self.cfg.model.name), self.cfg.model.trust_remote_code)
+        self.rt = tasks.Runtime(device=device_, bf16=use_bf16(self.cfg.train.precision, device_),
+                                pad_id=self.tokenizer.pad_token_id)
+        if full is not None:
+            self.model, _ = self.task.load_model(full, self.cfg, self.meta, self.rt.pad_id)
+        else:
+            self.model, _ = build_model(self.cfg, self.task, self.meta, self.rt.pad_id)
+            weights = self.files.trainable_weights()
+            missing = set(weights) - {n for n, _ in self.model.named_parameters()}
+            if missing:
+                raise ConfigError(f"{self.files.path}: saved weights do not fit the model (e.g. {sorted(missing)[0]})")
+            self.model.load_state_dict(weights, strict=False)
+        self.model.to(device_).eval()
+
+    def evaluate(self, data_file: str | None = None) -> dict[str, Any]:
+        """Metrics on ``data_file`` (any supported file) or on the run's own test split."""
+        if data_file:
+            examples = self.task.encode_file(data_file, self.cfg, self.tokenizer, self.meta)
+            raw = None
+        else:
+            prepared = self.task.prepare(self.cfg, self.tokenizer)
+            examples, raw = prepared.test, prepared.raw_test
+        return self.task.evaluate(self.model, examples, self.rt, self.cfg, self.meta, tokenizer=self.tokenizer, raw=raw)
+
+    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Label and class probabilities for each text."""
+        records = [{self.cfg.data.text_column: t} for t in texts]
+        examples = self.task.encode(records, self.cfg, self.tokenizer, self.meta, "input")
+        probs = self.task.predict_proba(self.model, examples, self.rt, self.cfg.eval.batch_size)
+        names = self.meta["labels"]
+        return [{"text": t, "label": names[int(p.argmax())], "probabilities": dict(zip(names, map(float, p)))}
+                for t, p in zip(texts, probs)]
+
+    def merge(self, out: str | Path, overwrite: bool = False) -> Path:
+        """Write a plain Hugging Face model folder with the method merged in (where the method can merge)."""
+        out = checkpoint.prepare_output(out, overwrite)
+        model = registry.call_optional(self.cfg.method_name, "merge", self.model)
+        leftovers = [n for n, _ in model.named_parameters() if n not in self._base_names()]
+        if leftovers:
+            raise ConfigError(f"method '{self.cfg.method_name}' cannot be merged into the base weights "
+                              f"(e.g. {leftovers[0]}); use `tuneforge export` instead")
+        model.float().save_pretrained(out, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)
+        return out
+
+    def _base_names(self) -> set[str]:
+        base, _ = self.task.load_model(self.files.full_model_dir or assets.resolve_model(self.cfg.model.name),
+                                       self.cfg, self.meta, self.rt.pad_id)
+        return {n for n, _ in base.named_parameters()}
+
+
+def load(run_dir: str | Path, device: str = "auto") -> Run:
+    """Reload a run directory (see :class:`Run`)."""
+    return Run(run_dir, device)
