@@ -84,7 +84,8 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
     before = {}
     if cfg.eval.before and data.test:
         say("evaluating the model before training ...", file=sys.stderr)
-        before = task.evaluate(model, data.test, rt, cfg, data.meta, tokenizer=tokenizer, raw=data.raw_test)
+        before = task.evaluate(model, data.test, rt, cfg, data.meta, tokenizer=tokenizer, raw=data.raw_test,
+                               run_dir=run_dir, tag="before")
     method_cfg = registry.make_config(cfg.method_name, cfg.method_options())
     model = registry.apply(model, cfg.method_name, method_cfg, always_train=head_modules(model, fresh)).to(device)
     params = count_parameters(model)
@@ -95,7 +96,7 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
     result = fit(model, task, data, cfg, rt, cfg.train.lr, run_dir, progress)
     model.load_state_dict(result.best_state, strict=False)
     after = task.evaluate(model, data.test, rt, cfg, data.meta, tokenizer=tokenizer, raw=data.raw_test,
-                          run_dir=run_dir) if data.test else {}
+                          run_dir=run_dir, tag="after") if data.test else {}
     metrics = {
         "task": task.name, "method": cfg.method_name, "test_before": before, "test_after": after,
         "parameters": params, "train_seconds": result.train_seconds, "steps": result.steps,

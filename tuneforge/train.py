@@ -63,6 +63,19 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
 
+class WithLoss(nn.Module):
+    """``model`` + the task's loss as one module, so DDP wraps the whole computation even when the task
+    calls submodules (e.g. the backbone, then the LM head only where labels are kept)."""
+
+    def __init__(self, model: nn.Module, task: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.task.loss(self.model, batch)
+
+
 @dataclass
 class TrainResult:
     steps: int = 0
@@ -110,7 +123,9 @@ def fit(model: nn.Module, task: Any, data: Prepared, cfg: RunConfig, rt: Runtime
     t = cfg.train
     rank, world = rank_world()
     torch.manual_seed(t.seed)
-    train_model = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    train_model: nn.Module = WithLoss(model, task)
+    if world > 1:
+        train_model = nn.parallel.DistributedDataParallel(train_model)
     optimizer = build_optimizer(model, cfg, lr)
     lengths = [len(e["input_ids"]) for e in data.train]
     micro_per_epoch = len(batch_order(lengths, t.batch_size, t.seed, 0, True, t.group_by_length, rank, world))
@@ -139,10 +154,10 @@ def fit(model: nn.Module, task: Any, data: Prepared, cfg: RunConfig, rt: Runtime
             last_micro = (micro + 1) % t.grad_accum == 0
             sync = contextlib.nullcontext() if last_micro or world == 1 else train_model.no_sync()
             with sync, autocast(rt.device, rt.bf16):
-                loss = task.loss(train_model, batch) / t.grad_accum
+                loss = train_model(batch) / t.grad_accum
             with sync:
                 loss.backward()
-            running.append(float(loss) * t.grad_accum)
+            running.append(loss.detach().item() * t.grad_accum)
             if not last_micro:
                 continue
             if t.max_grad_norm:
