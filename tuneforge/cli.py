@@ -1,4 +1,5 @@
-"""Command line: ``tuneforge train | evaluate | predict | merge | methods``. Errors are one line, no traceback."""
+"""Command line: ``tuneforge train | evaluate | predict | generate | chat | merge | export | methods``.
+Errors are one line, no traceback."""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +17,10 @@ EXAMPLES = """examples:
   tuneforge evaluate runs/lora-20261126-120000 --data test.jsonl
   tuneforge predict runs/lora-20261126-120000 "a gripping film" "a dull mess"
   tuneforge merge runs/lora-20261126-120000 merged-model/
+  tuneforge train -c configs/demo-chat.yaml          # LoRA chat tuning of the embedded SmolLM2 on ChatterBot pairs
+  tuneforge generate runs/chat "How do I reset my password?" --max-new-tokens 64
+  tuneforge chat runs/chat
+  tuneforge export runs/chat peft-adapter/ --format peft
 """
 
 
@@ -64,6 +69,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sampling(args: argparse.Namespace) -> dict:
+    return {"max_new_tokens": args.max_new_tokens, "sample": args.sample, "temperature": args.temperature,
+            "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed}
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tuneforge.run import load
+
+    prompts = list(args.prompts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not prompts:
+        return _fail("generate needs PROMPT arguments or lines on standard input")
+    answers = load(args.run_dir, args.device).generate(prompts, **_sampling(args))
+    for prompt, answer in zip(prompts, answers):
+        print(json.dumps({"prompt": prompt, "generated": answer}, ensure_ascii=False) if args.json else answer)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from tuneforge.generate import chat_loop
+    from tuneforge.run import load
+
+    chat_loop(load(args.run_dir, args.device), **_sampling(args))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tuneforge.export import export
+    from tuneforge.run import load
+
+    out = export(load(args.run_dir, "cpu"), args.out, args.format, overwrite=args.overwrite)
+    print(f"{args.format} export written to {out}")
+    return 0
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from tuneforge.run import load
 
@@ -99,9 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. method.rank=16 train.lr=1e-3")
     p.add_argument("-c", "--config", help="YAML config file (sections: model, data, method, train, eval)")
     p.add_argument("--method", help="full | freeze | lora | ... (default lora)")
-    p.add_argument("--model", help="embedded model name (minilm) or a local Hugging Face folder")
+    p.add_argument("--model", help="embedded model name (minilm, smollm2) or a local Hugging Face folder")
     p.add_argument("--task", help="classification (default) or causal_lm")
-    p.add_argument("--data", help="embedded data set (rotten_tomatoes, imdb) or a .csv/.jsonl/.parquet file")
+    p.add_argument("--data", help="embedded data set (rotten_tomatoes, imdb, chatterbot, chitchat) or a "
+                   ".csv/.jsonl/.parquet file")
     p.add_argument("--text-column", dest="text_column")
     p.add_argument("--label-column", dest="label_column")
     p.add_argument("--epochs", type=float)
@@ -125,6 +165,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(fn=cmd_predict)
 
+    for command, fn, text in (("generate", cmd_generate, "answers of a causal-LM run to prompts (arguments or stdin lines)"),
+                              ("chat", cmd_chat, "chat with a causal-LM run interactively (answers stream)")):
+        p = sub.add_parser(command, help=text)
+        p.add_argument("run_dir")
+        if command == "generate":
+            p.add_argument("prompts", nargs="*", metavar="PROMPT")
+            p.add_argument("--json", action="store_true", help="one JSON object per line")
+        p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=128)
+        p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+        p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+        p.add_argument("--top-p", dest="top_p", type=float, default=1.0, help="nucleus sampling mass")
+        p.add_argument("--top-k", dest="top_k", type=int, default=50, help="sample among the k likeliest tokens")
+        p.add_argument("--seed", type=int, help="seed for reproducible sampling")
+        p.add_argument("--device", default="auto")
+        p.set_defaults(fn=fn)
+
+    p = sub.add_parser("export", help="write a PEFT-format adapter (or a merged model) usable without tuneforge")
+    p.add_argument("run_dir")
+    p.add_argument("out")
+    p.add_argument("--format", default="peft", choices=["peft", "merged"],
+                   help="peft: adapter_config.json + adapter_model.safetensors; merged: as `merge`")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(fn=cmd_export)
+
     p = sub.add_parser("merge", help="write a plain Hugging Face model folder with the adapter merged in")
     p.add_argument("run_dir")
     p.add_argument("out")
@@ -137,7 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # positional texts may follow options (`predict RUN --json "a" "b"`): argparse leaves them over
+    if extra and hasattr(args, "texts") and not any(e.startswith("-") for e in extra):
+        args.texts = list(args.texts) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from tuneforge.config import ConfigError
 
     fn: Callable[[argparse.Namespace], int] = args.fn

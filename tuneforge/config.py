@@ -260,4 +260,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     if overrides:
         extra = parse_overrides(overrides) if isinstance(overrides, list) else overrides
         data = merge_dicts(data, extra)
+    if isinstance(data.get("method"), dict):
+        data["method"] = {"name": "lora", **data["method"]}  # the default method when only options are given
     return build_dataclass(RunConfig, data)

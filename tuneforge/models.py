@@ -110,7 +110,7 @@ def store_frozen_in_bf16(model: nn.Module) -> int:
     on every step; trainable parameters (and so optimizer state) stay float32. Returns tensors cast."""
     cast = 0
     for module in model.modules():
-        if isinstance(module, (nn.Linear, Conv1D, nn.Embedding)):
+        if isinstance(module, (nn.Linear, Conv1D)):
             for name, p in module.named_parameters(recurse=False):
                 if not p.requires_grad and p.dtype == torch.float32 and name == "weight":
                     p.data = p.data.to(torch.bfloat16)

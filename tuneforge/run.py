@@ -1,7 +1,7 @@
 """The pipeline and the Python API: config -> model -> method -> data -> train -> evaluate -> save -> report.
 
     import tuneforge
-    result = tuneforge.train({"method": {"name": "lora", "rank": 8}, "train": {"epochs": 1}})
+    result = tuneforge.finetune({"method": {"name": "lora", "rank": 8}, "train": {"epochs": 1}})
     run = tuneforge.load(result.run_dir)
     run.predict(["a gripping, beautifully shot film"])
 """
@@ -134,12 +134,15 @@ class Run:
         device_ = resolve_device(device)
         full = self.files.full_model_dir
         self.tokenizer = load_tokenizer(full or assets.resolve_model(self.cfg.model.name), self.cfg.model.trust_remote_code)
+        if hasattr(self.task, "setup_tokenizer"):  # e.g. the causal LM's named chat template
+            self.task.setup_tokenizer(self.tokenizer, self.cfg, self.meta)
         self.rt = tasks.Runtime(device=device_, bf16=use_bf16(self.cfg.train.precision, device_),
                                 pad_id=self.tokenizer.pad_token_id)
+        self.heads: list[str] = []  # modules trained in full beside the method (e.g. a fresh classification head)
         if full is not None:
             self.model, _ = self.task.load_model(full, self.cfg, self.meta, self.rt.pad_id)
         else:
-            self.model, _ = build_model(self.cfg, self.task, self.meta, self.rt.pad_id)
+            self.model, self.heads = build_model(self.cfg, self.task, self.meta, self.rt.pad_id)
             weights = self.files.trainable_weights()
             missing = set(weights) - {n for n, _ in self.model.named_parameters()}
             if missing:
@@ -159,12 +162,22 @@ class Run:
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         """Label and class probabilities for each text."""
+        if not hasattr(self.task, "predict_proba"):
+            raise ConfigError(f"{self.files.path} is a {self.task.name} run, which generates text rather than "
+                              "labels: use `tuneforge generate RUN_DIR PROMPT...` (or Run.generate)")
         records = [{self.cfg.data.text_column: t} for t in texts]
         examples = self.task.encode(records, self.cfg, self.tokenizer, self.meta, "input")
         probs = self.task.predict_proba(self.model, examples, self.rt, self.cfg.eval.batch_size)
         names = self.meta["labels"]
         return [{"text": t, "label": names[int(p.argmax())], "probabilities": dict(zip(names, map(float, p)))}
                 for t, p in zip(texts, probs)]
+
+    def generate(self, prompts: list[str | list[dict[str, str]]], **settings: Any) -> list[str]:
+        """Answers of a causal-LM run: each prompt is a user message or a list of {role, content} messages,
+        rendered with the run's chat template. ``settings``: max_new_tokens, sample, temperature, top_p,
+        top_k, seed (see :class:`tuneforge.generate.Sampling`); ``stream`` (a file) streams one answer."""
+        from tuneforge.generate import generate_for_run
+        return generate_for_run(self, list(prompts), **settings)
 
     def merge(self, out: str | Path, overwrite: bool = False) -> Path:
         """Write a plain Hugging Face model folder with the method merged in (where the method can merge)."""

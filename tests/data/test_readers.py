@@ -1,0 +1,47 @@
+import json
+
+import pandas as pd
+import pytest
+
+from tuneforge.config import ConfigError
+from tuneforge.data.readers import read_records, require_columns
+
+ROWS = [{"text": "good film", "label": "pos"}, {"text": "bad film", "label": "neg"}]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".json", ".parquet", ".tsv"])
+def test_every_format_reads_the_same_rows(tmp_path, suffix):
+    path = tmp_path / f"d{suffix}"
+    frame = pd.DataFrame(ROWS)
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif suffix == ".tsv":
+        frame.to_csv(path, index=False, sep="\t")
+    elif suffix == ".jsonl":
+        path.write_text("\n".join(json.dumps(r) for r in ROWS) + "\n")
+    elif suffix == ".json":
+        path.write_text(json.dumps(ROWS))
+    else:
+        frame.to_parquet(path)
+    assert read_records(path) == ROWS
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("empty.csv", "", "is empty"),
+    ("header.csv", "text,label\n", "is empty"),
+    ("empty.jsonl", "\n", "is empty"),
+    ("broken.jsonl", '{"text": "a"}\n{oops\n', r"broken\.jsonl, line 2: not valid JSON"),
+    ("data.xlsx", "x", "unsupported type"),
+])
+def test_bad_files_give_clear_errors(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        read_records(path)
+
+
+def test_missing_file_and_column(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_records(tmp_path / "nope.csv")
+    with pytest.raises(ConfigError, match="column 'review' not found; columns are text, label"):
+        require_columns(ROWS, ["review"], "d.csv")

@@ -1,0 +1,44 @@
+from collections import Counter
+
+import torch
+
+from tuneforge.data.batching import batch_order, collate
+from tuneforge.data.split import split
+
+
+def test_split_is_seeded_stratified_and_complete():
+    items = [{"id": i, "y": "a" if i < 80 else "b"} for i in range(100)]  # 80/20 imbalance
+    tr, va, te = split(items, [0.8, 0.1, 0.1], seed=3, key=lambda r: r["y"])
+    assert sorted(r["id"] for r in tr + va + te) == list(range(100))
+    assert Counter(r["y"] for r in te) == {"a": 8, "b": 2}
+    assert Counter(r["y"] for r in va) == {"a": 8, "b": 2}
+    assert split(items, [0.8, 0.1, 0.1], seed=3, key=lambda r: r["y"]) == (tr, va, te)
+    assert split(items, [0.8, 0.1, 0.1], seed=4, key=lambda r: r["y"])[0] != tr
+
+
+def test_length_grouping_cuts_padding_and_covers_every_example():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(5, 100, (2000,), generator=g).tolist()
+    def padded(order):
+        return sum(max(lengths[i] for i in b) * len(b) for b in order)
+    grouped = batch_order(lengths, 32, seed=0, epoch=0, group_by_length=True)
+    random_ = batch_order(lengths, 32, seed=0, epoch=0, group_by_length=False)
+    assert sorted(i for b in grouped for i in b) == list(range(2000))
+    assert padded(grouped) < 0.75 * padded(random_)
+    assert batch_order(lengths, 32, seed=0, epoch=1) != grouped  # reshuffled each epoch
+
+
+def test_rank_sharding_partitions_batches():
+    lengths = list(range(100))
+    shards = [batch_order(lengths, 8, 0, 0, rank=r, world_size=3) for r in range(3)]
+    seen = [i for s in shards for b in s for i in b]
+    assert len(seen) == len(set(seen)) and len({len(s) for s in shards}) == 1
+
+
+def test_collate_pads_and_masks():
+    batch = collate([{"input_ids": [5, 6, 7], "labels": 1}, {"input_ids": [8], "labels": 0}], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [1, 0]
+    lm = collate([{"input_ids": [5, 6], "labels": [-100, 6]}, {"input_ids": [8], "labels": [8]}], pad_id=0)
+    assert lm["labels"].tolist() == [[-100, 6], [8, -100]]

@@ -1,0 +1,86 @@
+import math
+
+import pytest
+import torch
+from transformers.pytorch_utils import Conv1D
+
+from conftest import tiny_batch, tiny_causal_lm, tiny_classifier
+from tuneforge.config import ConfigError
+from tuneforge.methods import lora, registry
+
+HEADS = ["classifier", "score"]
+
+
+def _apply(model, **options):
+    return registry.apply(model, "lora", registry.make_config("lora", options), always_train=HEADS)
+
+
+def _randomise_b(model):
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, lora.LoRALinear):
+                m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.1)
+
+
+def test_only_lora_and_head_train(family):
+    model = _apply(tiny_classifier(family), rank=4)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_A." in n or ".lora_B." in n or n.split(".")[0] in HEADS for n in trainable)
+    assert any(n.split(".")[0] in HEADS for n in trainable)
+    # every wrapped layer contributes exactly its A and B
+    n_wrapped = sum(isinstance(m, lora.LoRALinear) for m in model.modules())
+    assert sum(".lora_" in n for n in trainable) == 2 * n_wrapped > 0
+
+
+def test_zero_b_reproduces_base_exactly(family):
+    base = tiny_classifier(family)
+    batch = tiny_batch()
+    expected = base(**batch).logits
+    model = _apply(base, rank=4)
+    assert torch.equal(model(**batch).logits, expected)
+
+
+def test_merge_matches_unmerged_and_unmerge_restores(family):
+    batch = tiny_batch()
+    model = _apply(tiny_classifier(family), rank=4, alpha=8)
+    _randomise_b(model)
+    unmerged = model(**batch).logits
+    lora.set_merged(model, True)
+    assert torch.allclose(model(**batch).logits, unmerged, atol=1e-5)  # stated tolerance: 1e-5 (float32)
+    lora.set_merged(model, False)
+    assert torch.allclose(model(**batch).logits, unmerged, atol=1e-6)
+    plain = lora.merge(model)
+    assert not any(isinstance(m, lora.LoRALinear) for m in plain.modules())
+    assert torch.allclose(plain(**batch).logits, unmerged, atol=1e-5)
+
+
+def test_gpt2_conv1d_is_wrapped_and_merges_transposed():
+    model = _apply(tiny_causal_lm("gpt2"), rank=2, target_modules=["c_attn"])
+    wrapped = [m for m in model.modules() if isinstance(m, lora.LoRALinear)]
+    assert wrapped and all(isinstance(m.base, Conv1D) and m.transposed for m in wrapped)
+    _randomise_b(model)
+    batch = tiny_batch()
+    before = model(**batch).logits
+    assert torch.allclose(lora.merge(model)(**batch).logits, before, atol=1e-5)
+
+
+def test_target_selection_by_names_regex_and_all_linear():
+    names = lambda m: sorted(n for n, x in m.named_modules() if isinstance(x, lora.LoRALinear))
+    by_name = names(_apply(tiny_classifier("llama"), target_modules=["q_proj", "v_proj"]))
+    assert by_name and all(n.endswith(("q_proj", "v_proj")) for n in by_name) and len(by_name) == 4
+    by_regex = names(_apply(tiny_classifier("llama"), target_regex=r".*layers\.1\.mlp\..*"))
+    assert by_regex == [f"model.layers.1.mlp.{p}" for p in ("down_proj", "gate_proj", "up_proj")]
+    every = names(_apply(tiny_classifier("llama")))
+    assert len(every) == 14 and not any(n.startswith("score") for n in every)  # 7 linears x 2 layers, no head
+
+
+def test_rslora_scaling():
+    model = _apply(tiny_classifier("bert"), rank=4, alpha=8, rslora=True)
+    m = next(x for x in model.modules() if isinstance(x, lora.LoRALinear))
+    assert m.scaling == pytest.approx(8 / math.sqrt(4))
+
+
+def test_unmatched_targets_name_the_layers_that_exist():
+    with pytest.raises(ConfigError, match="matches no linear layer.*q_proj"):
+        _apply(tiny_classifier("llama"), target_modules=["query"])

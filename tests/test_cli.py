@@ -1,0 +1,62 @@
+"""The console script: --help everywhere, one-line errors (exit 2, no traceback), train/predict/evaluate/merge."""
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tiny import model_dir, sentiment_rows
+from tuneforge.cli import build_parser, main
+
+
+def _commands():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return list(sub.choices)
+
+
+@pytest.mark.parametrize("command", [None] + _commands())
+def test_help_on_every_command(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(([command] if command else []) + ["--help"])
+    assert exc.value.code == 0
+    assert "usage: tuneforge" in capsys.readouterr().out
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "tuneforge.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "train" in out.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "train.bogus=1"], "unknown config key 'train.bogus'"),
+    (["train", "--model", "/no/such/folder"], "neither an embedded model"),
+    (["train", "--data", "missing.csv", "--model", "minilm"], "data file missing.csv does not exist"),
+    (["evaluate", "/no/run"], "is not a tuneforge run directory"),
+    (["predict", "/no/run", "text"], "is not a tuneforge run directory"),
+])
+def test_bad_input_is_one_line_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tuneforge: error:") and message in err and len(err.splitlines()) == 1
+
+
+def test_train_predict_evaluate_merge(tmp_path, capsys):
+    model = model_dir(tmp_path / "m", "bert")
+    pd.DataFrame(sentiment_rows(80)).to_csv(tmp_path / "d.csv", index=False)
+    run = tmp_path / "run"
+    assert main(["train", "--model", str(model), "--data", str(tmp_path / "d.csv"), "--method", "lora",
+                 "-o", str(run), "-q", "method.rank=2", "train.max_steps=3", "train.precision=fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "trainable parameters" in out and str(run) in out
+    assert main(["train", "--model", str(model), "--data", str(tmp_path / "d.csv"), "-o", str(run), "-q"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["predict", str(run), "--json", "the movie was great", "awful film"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows] == ["the movie was great", "awful film"]
+    assert all(set(r["probabilities"]) == {"negative", "positive"} for r in rows)
+    assert main(["evaluate", str(run), "--data", str(tmp_path / "d.csv")]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 80
+    assert main(["merge", str(run), str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "config.json").is_file()

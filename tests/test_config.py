@@ -1,0 +1,66 @@
+import pytest
+
+from tuneforge.config import ConfigError, load_config, parse_overrides
+from tuneforge.methods import registry
+
+
+def test_defaults_and_dotted_overrides():
+    cfg = load_config(None, ["method.rank=16", "train.lr=1e-3", "data.split=[0.7,0.2,0.1]", "train.max_grad_norm=null"])
+    assert cfg.method == {"name": "lora", "rank": 16}
+    assert cfg.train.lr == pytest.approx(1e-3)
+    assert cfg.data.split == [0.7, 0.2, 0.1]
+    assert cfg.train.max_grad_norm is None
+
+
+def test_yaml_file_then_overrides(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("method: {name: freeze, num_layers: 1}\ntrain: {epochs: 3}\n")
+    cfg = load_config(f, ["train.epochs=2"])
+    assert cfg.method_name == "freeze" and cfg.train.epochs == 2.0
+    assert registry.make_config("freeze", cfg.method_options()).num_layers == 1
+
+
+def test_switching_method_drops_other_options(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("method: {name: lora, rank: 4}\n")
+    cfg = load_config(f, ["method.name=full"])
+    assert cfg.method == {"name": "full"}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.lrr=1"], "unknown config key 'train.lrr'"),
+    (["bogus.x=1"], "unknown config key 'bogus'"),
+    (["train.batch_size=0"], "train.batch_size must be positive"),
+    (["train.lr=-1"], "train.lr must be positive"),
+    (["train.batch_size=abc"], "train.batch_size: expected an integer"),
+    (["train.optimizer=adam"], "train.optimizer: 'adam' is not allowed"),
+    (["data.split=[0.5,0.2]"], "data.split must be three"),
+    (["noequals"], "must look like key.sub=value"),
+])
+def test_bad_config_gives_one_clear_error(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        load_config(None, overrides)
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("lora", {"rank": 0}, "method.rank must be positive"),
+    ("lora", {"rnak": 4}, "unknown config key 'method.rnak'"),
+    ("lora", {"alpha": -1}, "method.alpha must be positive"),
+    ("nosuch", {}, "unknown method 'nosuch'"),
+])
+def test_bad_method_options(name, options, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        registry.make_config(name, options)
+
+
+def test_missing_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_parse_overrides_types():
+    assert parse_overrides(["a.b=3", "a.c=true", "d=x"]) == {"a": {"b": 3, "c": True}, "d": "x"}

@@ -1,0 +1,161 @@
+"""End to end on tiny model folders: train -> run directory -> reload -> predict/evaluate/merge; bad input."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+import tuneforge
+from tiny import model_dir, sentiment_rows
+from tuneforge.config import ConfigError
+from tuneforge.run import load, train
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    return model_dir(tmp_path_factory.mktemp("bert"), "bert")
+
+
+@pytest.fixture(scope="module")
+def data_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "reviews.csv"
+    pd.DataFrame(sentiment_rows(160)).to_csv(path, index=False)
+    return path
+
+
+def _cfg(model, data, out, method="lora", **train):
+    return {"model": {"name": str(model), "max_length": 32}, "data": {"dataset": str(data)},
+            "method": {"name": method}, "train": {"epochs": 3, "batch_size": 16, "precision": "fp32", **train},
+            "output_dir": str(out)}
+
+
+@pytest.fixture(scope="module")
+def lora_run(bert_dir, data_csv, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "lora"
+    return train(_cfg(bert_dir, data_csv, out, lr=5e-3), progress=False)
+
+
+def test_run_directory_holds_config_labels_metrics_and_only_trainable_weights(lora_run):
+    files = {p.name for p in lora_run.run_dir.iterdir()}
+    assert {"config.yaml", "meta.json", "metrics.json", "results.md", "log.jsonl", "loss_curve.png",
+            "trainable.safetensors", "tensorboard"} <= files
+    assert json.loads((lora_run.run_dir / "meta.json").read_text())["labels"] == ["negative", "positive"]
+    from safetensors.torch import load_file
+    saved = load_file(lora_run.run_dir / "trainable.safetensors")
+    assert saved and all(".lora_" in k or k.startswith("classifier.") for k in saved)
+    m = lora_run.metrics
+    assert m["parameters"]["trainable"] == sum(v.numel() for v in saved.values())
+    assert m["test_after"]["accuracy"] > m["test_before"]["accuracy"]  # the toy task is learnable
+    assert m["real_tokens"] < m["padded_tokens"] or m["real_tokens"] > 0
+
+
+def test_reload_gives_identical_predictions(lora_run, bert_dir, data_csv):
+    run = load(lora_run.run_dir, device="cpu")
+    metrics = run.evaluate()
+    assert metrics["accuracy"] == pytest.approx(lora_run.metrics["test_after"]["accuracy"])
+    a = run.predict(["the movie was great fun", "the film was awful and boring"])
+    b = load(lora_run.run_dir, device="cpu").predict(["the movie was great fun", "the film was awful and boring"])
+    assert a == b and a[0]["label"] in ("positive", "negative")
+    assert sum(a[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert run.evaluate(str(data_csv))["n"] == 160
+
+
+def test_merge_writes_a_plain_hf_model_with_the_same_outputs(lora_run, tmp_path):
+    run = load(lora_run.run_dir, device="cpu")
+    enc = run.tokenizer(["the movie was great fun", "bad"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = run.model(**enc).logits
+    out = run.merge(tmp_path / "merged")
+    plain = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert torch.allclose(plain(**enc).logits, expected, atol=1e-5)  # stated tolerance: 1e-5
+    assert plain.config.id2label == {0: "negative", 1: "positive"}
+    with pytest.raises(ConfigError, match="already exists"):
+        load(lora_run.run_dir, device="cpu").merge(out)
+
+
+def test_full_run_saves_a_whole_model_and_reloads(bert_dir, data_csv, tmp_path):
+    result = train(_cfg(bert_dir, data_csv, tmp_path / "full", method="full", lr=1e-3, epochs=1), progress=False)
+    assert (result.run_dir / "model" / "config.json").is_file()
+    assert not (result.run_dir / "trainable.safetensors").exists()
+    run = load(result.run_dir, device="cpu")
+    assert run.evaluate()["accuracy"] == pytest.approx(result.metrics["test_after"]["accuracy"])
+
+
+def test_api_accepts_yaml_and_overrides(bert_dir, data_csv, tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text(f"model: {{name: '{bert_dir}', max_length: 16}}\ndata: {{dataset: '{data_csv}'}}\n"
+                 "method: {name: freeze, num_layers: 1}\ntrain: {max_steps: 2, precision: fp32}\n")
+    result = tuneforge.finetune(f, [f"output_dir={tmp_path / 'r'}", "train.batch_size=8"], progress=False)
+    assert result.metrics["steps"] == 2 and result.metrics["method"] == "freeze"
+
+
+def test_separate_split_files_and_text_pairs(bert_dir, tmp_path):
+    rows = [{"a": r["text"], "b": "so it is", "y": r["label"]} for r in sentiment_rows(60)]
+    for name, part in (("train", rows[:40]), ("val", rows[40:50]), ("test", rows[50:])):
+        pd.DataFrame(part).to_json(tmp_path / f"{name}.jsonl", orient="records", lines=True)
+    cfg = {"model": {"name": str(bert_dir)}, "data": {"train_file": str(tmp_path / "train.jsonl"),
+           "validation_file": str(tmp_path / "val.jsonl"), "test_file": str(tmp_path / "test.jsonl"),
+           "text_column": "a", "text_pair_column": "b", "label_column": "y"},
+           "train": {"max_steps": 2, "precision": "fp32"}, "output_dir": str(tmp_path / "r")}
+    m = train(cfg, progress=False).metrics
+    assert m["examples"] == {"train": 40, "validation": 10, "test": 10}
+
+
+def test_seeded_training_is_reproducible(bert_dir, data_csv, tmp_path):
+    runs = [train(_cfg(bert_dir, data_csv, tmp_path / f"r{i}", max_steps=4), progress=False) for i in range(2)]
+    from safetensors.torch import load_file
+    a, b = (load_file(r.run_dir / "trainable.safetensors") for r in runs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_early_stopping_and_eval_every(bert_dir, data_csv, tmp_path):
+    m = train(_cfg(bert_dir, data_csv, tmp_path / "es", epochs=50, eval_every=1, early_stopping=2, lr=1e-6),
+              progress=False).metrics
+    assert m["steps"] < 50 * 8  # stopped long before 50 epochs
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data": {"label_column": "stars"}}, "column 'stars' not found"),
+    ({"model": {"name": "/no/such/model"}}, "neither an embedded model"),
+    ({"method": {"name": "lora", "target_modules": ["nope"]}}, "matches no linear layer"),
+    ({"method": {"name": "lora", "rank": 0}}, "method.rank must be positive"),
+    ({"train": {"batch_size": 0}}, "train.batch_size must be positive"),
+    ({"train": {"lr": 0}}, "train.lr must be positive"),
+])
+def test_bad_input_gives_one_clear_error(bert_dir, data_csv, tmp_path, change, message):
+    cfg = _cfg(bert_dir, data_csv, tmp_path / "bad")
+    for section, values in change.items():
+        cfg[section] = {**cfg[section], **values} if section != "method" else values
+    with pytest.raises(ConfigError, match=message):
+        train(cfg, progress=False)
+
+
+def test_unseen_label_in_a_split_file_names_file_and_row(bert_dir, tmp_path):
+    pd.DataFrame(sentiment_rows(40)).to_csv(tmp_path / "train.csv", index=False)
+    test = sentiment_rows(4)
+    test[2]["label"] = "neutral"
+    pd.DataFrame(test).to_csv(tmp_path / "test.csv", index=False)
+    cfg = {"model": {"name": str(bert_dir)}, "data": {"train_file": str(tmp_path / "train.csv"),
+           "test_file": str(tmp_path / "test.csv")}, "output_dir": str(tmp_path / "r")}
+    with pytest.raises(ConfigError, match=r"test split, row 3: label 'neutral' was not seen in training"):
+        train(cfg, progress=False)
+
+
+def test_existing_run_directory_is_never_overwritten_silently(bert_dir, data_csv, tmp_path):
+    out = tmp_path / "keep"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="already exists.*--overwrite"):
+        train(_cfg(bert_dir, data_csv, out, max_steps=1), progress=False)
+    assert (out / "precious.txt").read_text() == "keep me"
+    train(_cfg(bert_dir, data_csv, out, max_steps=1), overwrite=True, progress=False)
+    assert not (out / "precious.txt").exists()
+
+
+def test_decoder_models_classify_too(tmp_path, data_csv):
+    for family in ("llama", "gpt2"):
+        folder = model_dir(tmp_path / family, family, pad=False)  # no pad token: falls back to EOS
+        m = train(_cfg(folder, data_csv, tmp_path / f"run-{family}", max_steps=3), progress=False).metrics
+        assert m["steps"] == 3 and 0 <= m["test_after"]["accuracy"] <= 1
