@@ -14,6 +14,12 @@ METHODS: dict[str, str] = {
     "full": "tuneforge.methods.full",
     "freeze": "tuneforge.methods.freeze",
     "lora": "tuneforge.methods.lora",
+    "adapter": "tuneforge.methods.adapter",
+    "prompt": "tuneforge.methods.prompt",
+    "p-tuning": "tuneforge.methods.ptuning",
+    "prefix": "tuneforge.methods.prefix",
+    "ia3": "tuneforge.methods.ia3",
+    "bitfit": "tuneforge.methods.bitfit",
 }
 
 

@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from conftest import tiny_batch, tiny_causal_lm, tiny_classifier
+from helpers import apply, bf16_step, lm_labels, loss_after_two_steps, method_params, randomise, saved, trainable
+from tuneforge.config import ConfigError
+from tuneforge.methods import adapter, registry
+
+# Houlsby placement per family: (attention output projection, FFN output projection) inside a block.
+WRAPPED = {
+    "bert": ("attention.output.dense", "output.dense"),
+    "llama": ("self_attn.o_proj", "mlp.down_proj"),
+    "gpt2": ("attn.c_proj", "mlp.c_proj"),
+}
+LAYERS = {"bert": "bert.encoder.layer", "llama": "model.layers", "gpt2": "transformer.h"}
+
+
+@pytest.mark.parametrize("variant", ["houlsby", "pfeiffer"])
+def test_wraps_the_sublayer_outputs_of_every_block(family, variant):
+    model = apply(tiny_classifier(family), "adapter", variant=variant)
+    wrapped = {n for n, m in model.named_modules() if isinstance(m, adapter.AdapterLayer)}
+    attn, ffn = WRAPPED[family]
+    per_block = [attn, ffn] if variant == "houlsby" else [ffn]
+    assert wrapped == {f"{LAYERS[family]}.{i}.{name}" for i in range(2) for name in per_block}
+
+
+@pytest.mark.parametrize("variant", ["houlsby", "pfeiffer"])
+def test_exactly_the_adapters_train(family, variant):
+    model = apply(tiny_classifier(family), "adapter", variant=variant, reduction_factor=8)
+    names = method_params(model)
+    n_adapters = 4 if variant == "houlsby" else 2  # 2 blocks
+    assert len(names) == 4 * n_adapters  # down/up weight and bias
+    assert all(".adapter.down." in n or ".adapter.up." in n for n in names)
+    assert trainable(model) - names  # the fresh head trains too
+    down = next(m for m in model.modules() if isinstance(m, adapter.Adapter)).down
+    assert down.weight.shape == (4, 32)  # hidden 32 // reduction 8
+
+
+def test_bottleneck_size_and_layernorms(family):
+    model = apply(tiny_classifier(family), "adapter", bottleneck_size=3, train_layernorms=True)
+    names = method_params(model)
+    norms = {n for n in names if ".adapter." not in n}
+    assert norms and all("norm" in n.lower() or "ln_" in n for n in norms)
+    assert all(m.down.out_features == 3 for m in model.modules() if isinstance(m, adapter.Adapter))
+
+
+def test_zero_init_reproduces_base_exactly(family):
+    batch = tiny_batch()
+    base = tiny_classifier(family)
+    expected = base(**batch).logits
+    assert torch.equal(apply(base, "adapter")(**batch).logits, expected)
+    if family != "bert":
+        lm = tiny_causal_lm(family)
+        expected = lm(**batch).logits
+        assert torch.equal(apply(lm, "adapter", variant="pfeiffer")(**batch).logits, expected)
+
+
+def test_saved_adapters_reload_into_a_fresh_model(family):
+    batch = tiny_batch()
+    model = apply(tiny_classifier(family), "adapter")
+    randomise(model)
+    expected = model(**batch).logits
+    assert not torch.equal(expected, tiny_classifier(family)(**batch).logits)  # adapters now matter
+    fresh = apply(tiny_classifier(family), "adapter")
+    result = fresh.load_state_dict(saved(model), strict=False)
+    assert not result.unexpected_keys
+    assert torch.equal(fresh(**batch).logits, expected)
+
+
+def test_two_adamw_steps_lower_the_loss(family):
+    batch = tiny_batch()
+    model = apply(tiny_classifier(family), "adapter")
+    before, after = loss_after_two_steps(model, batch, torch.tensor([0, 1, 1]), lr=1e-2)
+    assert after < before
+    if family != "bert":
+        model = apply(tiny_causal_lm(family), "adapter")
+        before, after = loss_after_two_steps(model, batch, lm_labels(batch), lr=1e-2)
+        assert after < before
+
+
+def test_bf16_frozen_weights_with_autocast(family):
+    batch = tiny_batch()
+    bf16_step(apply(tiny_classifier(family), "adapter", train_layernorms=True), batch, torch.tensor([0, 1, 1]))
+    if family != "bert":
+        bf16_step(apply(tiny_causal_lm(family), "adapter"), batch, lm_labels(batch))
+
+
+@pytest.mark.parametrize("options, key", [
+    ({"variant": "parallel"}, "method.variant"),
+    ({"reduction_factor": 0}, "method.reduction_factor"),
+    ({"bottleneck_size": -2}, "method.bottleneck_size"),
+    ({"activation": "bogus"}, "method.activation"),
+])
+def test_bad_settings_are_config_errors(options, key):
+    with pytest.raises(ConfigError, match=key):
+        registry.make_config("adapter", options)
+    with pytest.raises(ConfigError, match=key):
+        adapter.Config(**options)
+
+
+def test_applying_twice_is_refused():
+    model = apply(tiny_classifier("bert"), "adapter")
+    with pytest.raises(ConfigError, match="already has adapters"):
+        apply(model, "adapter")

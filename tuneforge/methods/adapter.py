@@ -1,0 +1,146 @@
+"""Bottleneck adapters: ``y + up(act(down(y)))`` after sublayer outputs, ``up`` zero-initialised so the model
+starts exactly as the base (Houlsby et al. 2019, arXiv 1902.00751; Pfeiffer et al. 2020, arXiv 2005.00247).
+
+``houlsby`` puts one adapter after the attention output projection and one after the FFN output (down)
+projection of every block; ``pfeiffer`` only the one after the FFN. The projection is wrapped, so the adapter
+acts on the sublayer output before dropout, the residual addition and (BERT) the LayerNorm -- Houlsby's
+placement -- for BERT (``attention.output.dense``, ``output.dense``), Llama (``self_attn.o_proj``,
+``mlp.down_proj``) and GPT-2 (``attn.c_proj``, ``mlp.c_proj``, ``Conv1D``) alike.
+
+The projections are found structurally, without per-model tables: the attention output is the last
+linear layer inside the block's first child whose name contains ``attn``/``attention``; the FFN output is
+the last linear layer of the block that maps a wider input to the hidden size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from transformers.activations import ACT2FN
+from transformers.pytorch_utils import Conv1D
+
+from tuneforge.config import ConfigError
+from tuneforge.methods.layers import find_layers
+
+TRAIN_DEFAULTS = {"lr": 1e-3}
+
+LINEAR = (nn.Linear, Conv1D)
+VARIANTS = ("houlsby", "pfeiffer")
+
+
+@dataclass
+class Config:
+    variant: Literal["houlsby", "pfeiffer"] = "houlsby"  # houlsby: after attention and FFN; pfeiffer: after FFN
+    reduction_factor: int = 16  # bottleneck = hidden size // reduction_factor
+    bottleneck_size: int | None = None  # explicit bottleneck width (replaces reduction_factor)
+    activation: str = "relu"  # nonlinearity between down and up projection (a transformers ACT2FN name)
+    train_layernorms: bool = False  # also train the norm layers inside the blocks (Houlsby et al. did)
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"method.variant: {self.variant!r} is not allowed; choose one of houlsby, pfeiffer")
+        if self.reduction_factor <= 0:
+            raise ConfigError(f"method.reduction_factor must be positive, got {self.reduction_factor}")
+        if self.bottleneck_size is not None and self.bottleneck_size <= 0:
+            raise ConfigError(f"method.bottleneck_size must be positive, got {self.bottleneck_size}")
+        if self.activation not in ACT2FN:
+            raise ConfigError(f"method.activation: unknown activation {self.activation!r}; e.g. relu, gelu, silu, tanh")
+
+
+def linear_features(module: nn.Module) -> tuple[int, int]:
+    """``(in_features, out_features)`` of an ``nn.Linear`` or a transposed GPT-2 ``Conv1D``."""
+    w = module.weight
+    return (w.shape[0], w.shape[1]) if isinstance(module, Conv1D) else (w.shape[1], w.shape[0])
+
+
+def attention_output(block: nn.Module) -> str | None:
+    """Name (within ``block``) of the attention output projection, or None."""
+    for child_name, child in block.named_children():
+        if "attn" in child_name.lower() or "attention" in child_name.lower():
+            names = [n for n, m in child.named_modules() if isinstance(m, LINEAR)]
+            return f"{child_name}.{names[-1]}" if names else None
+    return None
+
+
+def ffn_output(block: nn.Module, hidden: int) -> str | None:
+    """Name (within ``block``) of the FFN down projection: the last linear layer mapping > hidden -> hidden."""
+    found = None
+    for name, module in block.named_modules():
+        if isinstance(module, LINEAR):
+            fan_in, fan_out = linear_features(module)
+            if fan_out == hidden and fan_in > hidden:
+                found = name
+    return found
+
+
+def replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Set submodule ``name`` of ``root`` to ``new``."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
+
+
+class Adapter(nn.Module):
+    """down (hidden -> bottleneck) -> activation -> up (bottleneck -> hidden); up starts at zero."""
+
+    def __init__(self, hidden: int, bottleneck: int, activation: str) -> None:
+        super().__init__()
+        self.down = nn.Linear(hidden, bottleneck)
+        self.act = ACT2FN[activation]
+        self.up = nn.Linear(bottleneck, hidden)
+        nn.init.normal_(self.down.weight, std=1e-2)  # Houlsby et al.: near-identity initialisation
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:  # (batch, seq, hidden) -> (batch, seq, hidden)
+        return self.up(self.act(self.down(y)))
+
+
+class AdapterLayer(nn.Module):
+    """A frozen projection followed by an adapter with its own residual: ``y + adapter(y)``."""
+
+    def __init__(self, base: nn.Module, bottleneck: int, activation: str) -> None:
+        super().__init__()
+        self.base = base
+        hidden = linear_features(base)[1]
+        self.adapter = Adapter(hidden, bottleneck, activation).to(base.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, seq, in) -> (batch, seq, hidden)
+        y = self.base(x)
+        # Frozen weights may be bf16 while the adapter is fp32: compute in the adapter's dtype (or autocast's).
+        return y + self.adapter(y.to(self.adapter.down.weight.dtype)).to(y.dtype)
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm) or "Norm" in type(module).__name__
+
+
+def apply(model: nn.Module, config: Config) -> nn.Module:
+    """Wrap the attention/FFN output projections of every block; adapters (and optionally norms) train."""
+    if any(isinstance(m, AdapterLayer) for m in model.modules()):
+        raise ConfigError("method: the model already has adapters; apply the adapter method once")
+    layers_name, layers = find_layers(model)
+    hidden = model.get_input_embeddings().weight.shape[1]
+    bottleneck = config.bottleneck_size or max(1, hidden // config.reduction_factor)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for i, block in enumerate(layers):
+        targets = {"FFN output": ffn_output(block, hidden)}
+        if config.variant == "houlsby":
+            targets["attention output"] = attention_output(block)
+        missing = [what for what, name in targets.items() if name is None]
+        if missing:
+            raise ConfigError(
+                f"method: cannot find the {missing[0]} projection in {layers_name}.{i} ({type(block).__name__}); "
+                "adapters support BERT-, Llama- and GPT-2-style blocks"
+            )
+        for name in targets.values():
+            replace(block, name, AdapterLayer(block.get_submodule(name), bottleneck, config.activation))
+        if config.train_layernorms:
+            for module in block.modules():
+                if _is_norm(module):
+                    for p in module.parameters():
+                        p.requires_grad_(True)
+    return model

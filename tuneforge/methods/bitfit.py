@@ -1,0 +1,50 @@
+"""BitFit: train only the bias terms of the model (Ben Zaken et al. 2021, "BitFit: Simple Parameter-efficient
+Fine-tuning for Transformer-based Masked Language-models", arXiv 2106.10199).
+
+Every parameter registered as ``bias`` outside the task head trains (the head is unfrozen by the registry);
+like the paper this includes LayerNorm biases unless ``layernorm`` is off. Models without bias terms
+(the Llama family) are refused with a clear error.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from tuneforge.config import ConfigError
+from tuneforge.methods.layers import HEAD_NAMES
+
+TRAIN_DEFAULTS = {"lr": 1e-3}
+
+
+@dataclass
+class Config:
+    layernorm: bool = True  # also train LayerNorm biases (the paper trains every bias term)
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm) or "Norm" in type(module).__name__
+
+
+def apply(model: nn.Module, config: Config) -> nn.Module:
+    """Freeze everything but the bias terms."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    found = 0
+    for name, module in model.named_modules():
+        bias = module._parameters.get("bias")
+        if bias is None or name.split(".")[0] in HEAD_NAMES or (not config.layernorm and _is_norm(module)):
+            continue
+        bias.requires_grad_(True)
+        found += 1
+    if not found and config.layernorm:
+        raise ConfigError(
+            f"method.name=bitfit: {type(model).__name__} has no bias terms to train (Llama-family models have "
+            "none); choose another method, e.g. lora or ia3"
+        )
+    if not found:
+        raise ConfigError(
+            f"method.layernorm=false: {type(model).__name__} has no bias terms outside its norm layers; "
+            "set method.layernorm=true or choose another method, e.g. lora or ia3"
+        )
+    return model

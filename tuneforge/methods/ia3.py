@@ -1,0 +1,133 @@
+"""IA3: learned vectors (initialised to 1) that rescale the attention keys and values and the FFN
+intermediate activation (Liu et al. 2022, "Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper
+than In-Context Learning", arXiv 2205.05638). At initialisation the model is exactly the base model.
+
+``l_k``/``l_v`` multiply the outputs of the key/value projections (BERT ``key``/``value``, Llama
+``k_proj``/``v_proj``; for GPT-2's fused ``c_attn`` ``[q | k | v]`` only the k and v slices); ``l_ff``
+multiplies the input of the FFN down projection (found structurally, see
+:func:`tuneforge.methods.adapter.ffn_output`). Key/value projections are recognised by a small table of
+module names (below). Mergeable: ``merge`` scales the weights and unwraps.
+
+PEFT differs in its default targets: for GPT-2 it scales the whole ``c_attn`` output (queries too) and for
+BERT it also scales the input of ``attention.output.dense`` (its ``output.dense`` pattern matches both).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from transformers.pytorch_utils import Conv1D
+
+from tuneforge.config import ConfigError
+from tuneforge.methods.adapter import LINEAR, ffn_output, linear_features, replace
+from tuneforge.methods.layers import find_layers
+
+TRAIN_DEFAULTS = {"lr": 3e-3}
+
+TARGETS = ("keys", "values", "ffn")
+KEY_NAMES = ("key", "k_proj", "k", "key_proj")  # separate key projections
+VALUE_NAMES = ("value", "v_proj", "v", "value_proj")  # separate value projections
+FUSED_QKV_NAMES = ("c_attn",)  # fused projections laid out as [q | k | v] of equal widths (GPT-2)
+
+
+@dataclass
+class Config:
+    targets: list[str] = field(default_factory=lambda: list(TARGETS))  # what to rescale: keys, values, ffn
+
+    def __post_init__(self) -> None:
+        bad = [t for t in self.targets if t not in TARGETS]
+        if bad:
+            raise ConfigError(f"method.targets: unknown target {bad[0]!r}; choose from keys, values, ffn")
+        if not self.targets:
+            raise ConfigError("method.targets must name at least one of keys, values, ffn")
+
+
+class IA3Layer(nn.Module):
+    """A frozen projection whose output slice ``[start, start + n)`` -- or whose input -- is multiplied by a
+    learned vector ``ia3`` of length n (ones at initialisation)."""
+
+    def __init__(self, base: nn.Module, size: int, start: int = 0, on_input: bool = False) -> None:
+        super().__init__()
+        self.base = base
+        self.start, self.on_input = start, on_input
+        self.ia3 = nn.Parameter(torch.ones(size, device=base.weight.device))  # (n,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, seq, in) -> (batch, seq, out)
+        if self.on_input:
+            return self.base(x * self.ia3.to(x.dtype))
+        y = self.base(x)
+        scale = self.ia3.to(y.dtype)  # keep the frozen path's dtype (bf16 storage / autocast)
+        if self.start == 0 and scale.shape[0] == y.shape[-1]:
+            return y * scale
+        end = self.start + scale.shape[0]
+        return torch.cat([y[..., : self.start], y[..., self.start:end] * scale, y[..., end:]], dim=-1)
+
+    @torch.no_grad()
+    def merged(self) -> nn.Module:
+        """The base projection with the scaling folded into its weight (and bias)."""
+        w, b = self.base.weight, getattr(self.base, "bias", None)
+        s = self.ia3.float()
+        out_dim = 1 if isinstance(self.base, Conv1D) else 0  # Conv1D weight is (in, out)
+        dim = 1 - out_dim if self.on_input else out_dim
+        end = self.start + s.shape[0]
+        shape = [1, 1]
+        shape[dim] = -1
+        new_w = w.float()
+        new_w.narrow(dim, self.start, s.shape[0]).mul_(s.view(shape))
+        w.copy_(new_w.to(w.dtype))
+        if b is not None and not self.on_input:
+            b[self.start:end] = (b[self.start:end].float() * s).to(b.dtype)
+        return self.base
+
+
+def _targets(block: nn.Module, hidden: int, wanted: list[str]) -> list[tuple[str, int, int, bool]]:
+    """``(name, size, start, on_input)`` for every projection of ``block`` to wrap."""
+    out = []
+    for name, module in block.named_modules():
+        leaf = name.rpartition(".")[2]
+        if not isinstance(module, LINEAR):
+            continue
+        fan_out = linear_features(module)[1]
+        if ("keys" in wanted and leaf in KEY_NAMES) or ("values" in wanted and leaf in VALUE_NAMES):
+            out.append((name, fan_out, 0, False))
+        elif leaf in FUSED_QKV_NAMES and {"keys", "values"} & set(wanted):
+            third = fan_out // 3  # [q | k | v]
+            start = third if "keys" in wanted else 2 * third
+            end = 3 * third if "values" in wanted else 2 * third
+            out.append((name, end - start, start, False))
+    if "ffn" in wanted:
+        down = ffn_output(block, hidden)
+        if down is not None:
+            out.append((down, linear_features(block.get_submodule(down))[0], 0, True))
+    return out
+
+
+def apply(model: nn.Module, config: Config) -> nn.Module:
+    """Wrap key/value projections and FFN down projections; only the ``ia3`` vectors train."""
+    if any(isinstance(m, IA3Layer) for m in model.modules()):
+        raise ConfigError("method: the model already has IA3 vectors; apply the ia3 method once")
+    layers_name, layers = find_layers(model)
+    hidden = model.get_input_embeddings().weight.shape[1]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for i, block in enumerate(layers):
+        targets = _targets(block, hidden, config.targets)
+        n_attn = sum(not on_input for *_, on_input in targets)
+        want_attn = {"keys", "values"} & set(config.targets)
+        if (want_attn and n_attn == 0) or ("ffn" in config.targets and n_attn == len(targets)):
+            linear = sorted({n.rpartition(".")[2] for n, m in block.named_modules() if isinstance(m, LINEAR)})
+            raise ConfigError(
+                f"method.targets: cannot find the {'key/value' if want_attn and n_attn == 0 else 'FFN down'} "
+                f"projections in {layers_name}.{i} ({type(block).__name__}; linear layers: {', '.join(linear)})"
+            )
+        for name, size, start, on_input in targets:
+            replace(block, name, IA3Layer(block.get_submodule(name), size, start, on_input))
+    return model
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Fold every IA3 vector into its projection's weight and unwrap, leaving a plain model."""
+    for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, IA3Layer)]:
+        replace(model, name, module.merged())
+    return model

@@ -1,0 +1,196 @@
+"""Shared machinery for methods that put N virtual positions in front of the real tokens.
+
+* prompt tuning / P-tuning (``mode = "sequence"``): N virtual token embeddings are prepended to the input
+  embeddings (Lester et al. 2021; Liu et al. 2021);
+* prefix tuning (``mode = "cache"``): N key/value pairs per layer are pre-filled into a ``DynamicCache``
+  through its public ``update`` API, exactly as if N tokens had been processed before (Li & Liang 2021).
+
+Both work through two hooks on the backbone (``model.base_model``: ``BertModel``, ``LlamaModel``,
+``GPT2Model``), so the task heads and the training loop never see them:
+
+* the forward pre-hook prepends the virtual tokens (or fills an empty cache), prepends N ones to a 2D
+  ``attention_mask``, N zeros to ``token_type_ids`` and shifts ``position_ids`` (see below);
+* the forward hook strips the N virtual positions from ``last_hidden_state`` (and ``hidden_states``), so
+  every output keeps the length of the real input. Labels therefore need no change; this replaces PEFT's
+  extension of ``labels`` by N times -100 and gives the same loss whenever the first real token is not a
+  target (PEFT also scores it from the last virtual position, a logit the stripped output does not have).
+  ``attentions`` keep their N extra rows/columns; tuple outputs (``return_dict=False``) are stripped in
+  their first element only. BERT's pooler reads position 0, which is the first virtual token for prompt
+  tuning (as in PEFT) and the real ``[CLS]`` for prefix tuning.
+
+Positions: the virtual positions come first, so real token ``i`` sits at position ``N + i`` -- what the
+models compute by themselves from the cache length, and what PEFT does. ``position_ids`` given by a caller
+(e.g. ``generate``, which derives them from the attention mask) count real tokens only and are shifted by N.
+
+Decoding: a call with a non-empty cache is a continuation; that cache must come from an earlier call of
+the same model (it already holds the N virtual positions; a ``DynamicCache``, as ``generate`` creates by
+default), so nothing is prepended again and a 2D mask that covers only the real tokens is extended by N.
+Attention-mask handling follows transformers 5.24: the mask covers ``cache length + new tokens``; BERT in
+encoder mode sizes its mask from it (the special case transformers keeps for prefix tuning), which is why
+a mask is always passed for prefix tuning.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+import torch
+import torch.nn as nn
+from transformers import DynamicCache
+
+from tuneforge.config import ConfigError
+
+ATTRS = ("prompt_encoder", "prefix_encoder")  # where the method's module lives on the backbone
+
+
+class VirtualTokens(nn.Module):
+    """Base class of the modules holding the virtual tokens; subclasses set ``mode`` and implement
+    ``forward() -> (N, hidden)`` (sequence mode) or ``fill(cache, batch, dtype)`` (cache mode)."""
+
+    mode = "sequence"
+
+    def __init__(self, num_tokens: int) -> None:
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.position_limit: int | None = None  # set by attach() for models with a position-embedding table
+        self._strip = 0  # virtual positions to strip from the current call's output
+
+    def fill(self, cache: DynamicCache, batch: int, dtype: torch.dtype) -> None:
+        raise NotImplementedError
+
+
+def backbone_of(model: nn.Module) -> nn.Module:
+    """The transformer without its task head (``model.bert`` / ``model.model`` / ``model.transformer``)."""
+    return getattr(model, "base_model", model)
+
+
+def compute_dtype(backbone: nn.Module) -> torch.dtype:
+    """The dtype activations have in the current context: the autocast dtype, else the embeddings' dtype."""
+    weight = backbone.get_input_embeddings().weight
+    if torch.is_autocast_enabled(weight.device.type):
+        return torch.get_autocast_dtype(weight.device.type)
+    return weight.dtype
+
+
+def _position_limit(backbone: nn.Module, max_positions: int | None) -> int | None:
+    """``max_positions`` when the backbone has an absolute position-embedding table (BERT, GPT-2), else None
+    (rotary models such as Llama have no hard limit)."""
+    if max_positions is None:
+        return None
+    inputs = backbone.get_input_embeddings()
+    for module in backbone.modules():
+        if isinstance(module, nn.Embedding) and module is not inputs and module.num_embeddings == max_positions:
+            return max_positions
+    return None
+
+
+def attach(model: nn.Module, encoder: VirtualTokens, attr: str) -> nn.Module:
+    """Register ``encoder`` as ``model.base_model.<attr>`` and install the two hooks."""
+    backbone = backbone_of(model)
+    if any(hasattr(backbone, a) for a in ATTRS):
+        raise ConfigError("method: the model already has prompt/prefix virtual tokens; apply one such method only")
+    n = encoder.num_tokens
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions is not None and n >= max_positions:
+        raise ConfigError(
+            f"method.num_virtual_tokens={n} leaves no position for real tokens: {type(model).__name__} has "
+            f"max_position_embeddings={max_positions}; use fewer than {max_positions} virtual tokens"
+        )
+    encoder.position_limit = _position_limit(backbone, max_positions)
+    encoder.to(backbone.get_input_embeddings().weight.device)
+    backbone.add_module(attr, encoder)
+    backbone.register_forward_pre_hook(functools.partial(_before, attr=attr), with_kwargs=True)
+    backbone.register_forward_hook(functools.partial(_after, attr=attr), with_kwargs=True)
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def _positional_names(cls: type) -> tuple[str, ...]:
+    params = list(inspect.signature(cls.forward).parameters.values())[1:]  # drop self
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return tuple(p.name for p in params if p.kind in kinds)
+
+
+def _bind(backbone: nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """All call inputs by name (``model.base_model(ids, mask)`` binds like ``forward`` does)."""
+    inputs = dict(zip(_positional_names(type(backbone)), args))
+    inputs.update(kwargs)
+    if "past_key_values" in inputs:  # the pre-5.40 name of `cache`
+        inputs["cache"] = inputs.pop("past_key_values")
+    return inputs
+
+
+def _pad_left(t: torch.Tensor, n: int, value: int) -> torch.Tensor:
+    """(batch, L) -> (batch, n + L) with ``value`` in the first n columns."""
+    return torch.cat([t.new_full((t.shape[0], n), value), t], dim=1)
+
+
+def _before(backbone: nn.Module, args: tuple, kwargs: dict[str, Any], attr: str) -> tuple[tuple, dict[str, Any]]:
+    """Forward pre-hook: add the virtual tokens (first call) and adapt mask/positions; inputs become kwargs."""
+    enc: VirtualTokens = getattr(backbone, attr)
+    n = enc.num_tokens
+    inputs = _bind(backbone, args, kwargs)
+    ids, embeds = inputs.get("input_ids"), inputs.get("inputs_embeds")
+    ref = ids if ids is not None else embeds
+    if ref is None:
+        return (), inputs  # let the model raise its own error
+    batch, q = ref.shape[0], ref.shape[1]
+    cache = inputs.get("cache")
+    past = cache.get_seq_length() if cache is not None else 0
+    first = past == 0
+    total = (n if first else past) + q  # positions in use after this call
+    if enc.position_limit is not None and total > enc.position_limit:
+        raise ConfigError(
+            f"{q} input tokens + {n} virtual tokens exceed the model's max_position_embeddings="
+            f"{enc.position_limit}; lower model.max_length to {enc.position_limit - n} or method.num_virtual_tokens"
+        )
+    mask, pos = inputs.get("attention_mask"), inputs.get("position_ids")
+    enc._strip = 0
+    if first and enc.mode == "sequence":
+        if embeds is None:
+            embeds = backbone.get_input_embeddings()(ids)  # (batch, L, hidden)
+        prompts = enc().to(embeds.dtype)  # (N, hidden)
+        inputs["inputs_embeds"] = torch.cat([prompts.unsqueeze(0).expand(batch, -1, -1), embeds], dim=1)
+        inputs["input_ids"] = None
+        if inputs.get("token_type_ids") is not None:
+            inputs["token_type_ids"] = _pad_left(inputs["token_type_ids"], n, 0)
+        if pos is not None:  # (b, L) -> (b, N + L): virtual tokens at 0..N-1, real tokens after them
+            head = torch.arange(n, device=pos.device, dtype=pos.dtype).expand(pos.shape[0], n)
+            inputs["position_ids"] = torch.cat([head, pos + n], dim=1)
+        if mask is not None and mask.dim() == 2:
+            inputs["attention_mask"] = _pad_left(mask, n, 1)
+        enc._strip = n
+        return (), inputs
+    if first:  # cache mode: pre-fill the cache with the prefix keys/values of every layer
+        checkpointing = (getattr(m, "gradient_checkpointing", False) for m in backbone.modules())
+        if backbone.training and torch.is_grad_enabled() and any(checkpointing):
+            raise ConfigError(
+                "prefix tuning keeps its prefix in the KV cache, which transformers drops under gradient "
+                "checkpointing; turn gradient checkpointing off"
+            )
+        if cache is None:
+            cache = inputs["cache"] = DynamicCache(config=backbone.config)
+        enc.fill(cache, batch, compute_dtype(backbone))
+        if mask is None:  # encoders (BERT) size the attention from the 2D mask: always pass one
+            mask = torch.ones(batch, q, dtype=torch.long, device=ref.device)
+        past = n
+    if pos is not None:
+        inputs["position_ids"] = pos + n
+    if mask is not None and mask.dim() == 2 and mask.shape[1] == past + q - n:
+        inputs["attention_mask"] = _pad_left(mask, n, 1)
+    return (), inputs
+
+
+def _after(backbone: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any, attr: str) -> Any:
+    """Forward hook: drop the N prepended positions from the outputs."""
+    enc: VirtualTokens = getattr(backbone, attr)
+    n, enc._strip = enc._strip, 0
+    if not n:
+        return output
+    if isinstance(output, tuple):
+        return (output[0][:, n:],) + output[1:]
+    output["last_hidden_state"] = output["last_hidden_state"][:, n:]  # (batch, N + L, hidden) -> (batch, L, hidden)
+    if output.get("hidden_states") is not None:
+        output["hidden_states"] = tuple(h[:, n:] for h in output["hidden_states"])
+    return output
