@@ -159,3 +159,31 @@ def test_decoder_models_classify_too(tmp_path, data_csv):
         folder = model_dir(tmp_path / family, family, pad=False)  # no pad token: falls back to EOS
         m = train(_cfg(folder, data_csv, tmp_path / f"run-{family}", max_steps=3), progress=False).metrics
         assert m["steps"] == 3 and 0 <= m["test_after"]["accuracy"] <= 1
+
+
+def test_interrupted_run_resumes_to_the_same_result(bert_dir, data_csv, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from tuneforge import checkpoint
+
+    cfg = lambda out: _cfg(bert_dir, data_csv, out, max_steps=6, save_every=2, eval_every=3)  # noqa: E731
+    straight = train(cfg(tmp_path / "straight"), progress=False)
+    original = checkpoint.save_training_state
+
+    def save_then_crash(run_dir, model, optimizer, scheduler, loop, best):
+        original(run_dir, model, optimizer, scheduler, loop, best)
+        if loop["step"] == 4:
+            raise KeyboardInterrupt  # the machine went down right after the step-4 checkpoint
+
+    monkeypatch.setattr(checkpoint, "save_training_state", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(tmp_path / "crashed"), progress=False)
+    monkeypatch.setattr(checkpoint, "save_training_state", original)
+    assert (tmp_path / "crashed" / checkpoint.RESUME).is_file()
+    resumed = train({}, resume=tmp_path / "crashed", progress=False)
+    a, b = load_file(straight.run_dir / "trainable.safetensors"), load_file(resumed.run_dir / "trainable.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.metrics["steps"] == 6 and resumed.metrics["real_tokens"] == straight.metrics["real_tokens"]
+    assert not (tmp_path / "crashed" / checkpoint.RESUME).exists()
+    with pytest.raises(ConfigError, match="cannot resume.*finished"):
+        train({}, resume=tmp_path / "crashed", progress=False)

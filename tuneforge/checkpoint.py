@@ -105,3 +105,53 @@ def read_run(run_dir: str | Path) -> RunFiles:
     if not (path / WEIGHTS).is_file() and not (path / FULL_DIR).is_dir():
         raise ConfigError(f"{path} holds no weights ({WEIGHTS} or {FULL_DIR}/); was training finished?")
     return RunFiles(path, config, meta)
+
+
+RESUME = "checkpoint.safetensors"  # resumable training state, deleted when the run finishes
+
+
+def save_training_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        scheduler: Any, loop: dict[str, Any], best_state: dict[str, torch.Tensor] | None) -> None:
+    """Everything needed to continue training to the same result, in ONE safetensors file (tensors +
+    JSON metadata), written atomically: trainable weights, optimizer state, best state, RNG, loop counters."""
+    tensors = {f"param.{n}": p for n, p in model.named_parameters() if p.requires_grad}
+    opt = optimizer.state_dict()
+    scalars: dict[str, Any] = {}
+    for idx, state in opt["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"opt.{idx}.{key}"] = value
+            else:
+                scalars[f"{idx}.{key}"] = value
+    tensors.update({f"best.{n}": v for n, v in (best_state or {}).items()})
+    tensors["rng"] = torch.get_rng_state()
+    meta = {"loop": loop, "param_groups": opt["param_groups"], "opt_scalars": scalars,
+            "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}}
+    save_tensors(tensors, run_dir / RESUME, {"state": json.dumps(meta, default=float)})
+
+
+def load_training_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+                        ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+    """Restore what :func:`save_training_state` wrote; returns (loop counters, best state)."""
+    from safetensors import safe_open
+
+    path = run_dir / RESUME
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["state"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    params = {k[len("param."):]: v for k, v in tensors.items() if k.startswith("param.")}
+    model.load_state_dict(params, strict=False)
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in list(tensors.items()) + list(meta["opt_scalars"].items()):
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+        elif not key.startswith(("param.", "best.", "rng")) and "." in key:
+            idx, name = key.split(".", 1)
+        else:
+            continue
+        state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    scheduler.load_state_dict({**scheduler.state_dict(), **meta["scheduler"]})
+    torch.set_rng_state(tensors["rng"])
+    best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")} or None
+    return meta["loop"], best

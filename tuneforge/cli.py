@@ -40,7 +40,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             overrides.insert(0, f"{key}={value}") if flag == "method" else overrides.append(f"{key}={value}")
-    out = train(args.config if args.config else {}, overrides, overwrite=args.overwrite, progress=not args.quiet)
+    if args.resume and (overrides or args.config):
+        return _fail("--resume continues a run with its own config; give no other settings")
+    out = train(args.config if args.config else {}, overrides, overwrite=args.overwrite, progress=not args.quiet,
+                resume=args.resume)
     print(out.table)
     print(f"\nrun directory: {out.run_dir}")
     return 0
@@ -149,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("-o", "--output", help="run directory (default runs/<method>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_train)
 

@@ -158,6 +158,7 @@ class TrainConfig:
     eval_every: int | None = None  # evaluate every N optimizer steps; default: each epoch
     early_stopping: int | None = None  # stop after N evaluations without improvement
     log_every: int = 10  # log training loss every N optimizer steps
+    save_every: int | None = None  # resumable checkpoint every N optimizer steps; default: at each evaluation; 0: never
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int | None = None  # torch CPU threads; default: torch's choice
 
@@ -170,6 +171,8 @@ class TrainConfig:
         positive("train.eval_every", self.eval_every)
         positive("train.early_stopping", self.early_stopping)
         positive("train.log_every", self.log_every)
+        if self.save_every is not None and self.save_every < 0:
+            raise ConfigError(f"train.save_every must be >= 0, got {self.save_every}")
         positive("train.max_grad_norm", self.max_grad_norm)
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")

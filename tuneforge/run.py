@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import json
 import resource
 import sys
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import yaml
 
 from tuneforge import assets, checkpoint, tasks
 from tuneforge.config import ConfigError, RunConfig, load_config, merge_dicts, parse_overrides
@@ -64,8 +66,11 @@ def build_model(cfg: RunConfig, task: Any, meta: dict[str, Any], pad_id: int, ba
 
 
 def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | None = None,
-          overwrite: bool = False, progress: bool = True) -> TrainOutput:
-    """Fine-tune as configured; writes a run directory and returns its metrics and result table."""
+          overwrite: bool = False, progress: bool = True, resume: str | Path | None = None) -> TrainOutput:
+    """Fine-tune as configured; writes a run directory and returns its metrics and result table.
+    ``resume=RUN_DIR`` continues an interrupted run from its last checkpoint (its own config is used)."""
+    if resume is not None:
+        cfg = _resume_config(Path(resume))
     cfg = resolve_config(cfg, overrides)
     rank, _ = rank_world()
     task = tasks.get(cfg.model.task)
@@ -73,7 +78,12 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
     device = resolve_device(cfg.train.device)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    run_dir = checkpoint.create_run_dir(cfg.output_dir, cfg.method_name, overwrite) if rank == 0 else None
+    if resume is not None:
+        run_dir = Path(resume) if rank == 0 else None
+    else:
+        run_dir = checkpoint.create_run_dir(cfg.output_dir, cfg.method_name, overwrite) if rank == 0 else None
+        if run_dir is not None:
+            checkpoint.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     data = task.prepare(cfg, tokenizer)
     rt = tasks.Runtime(device=device, bf16=use_bf16(cfg.train.precision, device), pad_id=tokenizer.pad_token_id)
@@ -82,10 +92,14 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
     model.to(device)
     say = print if rank == 0 and progress else (lambda *a, **k: None)
     before = {}
-    if cfg.eval.before and data.test:
+    if resume is not None and (Path(resume) / BEFORE).is_file():
+        before = json.loads((Path(resume) / BEFORE).read_text())
+    elif cfg.eval.before and data.test:
         say("evaluating the model before training ...", file=sys.stderr)
         before = task.evaluate(model, data.test, rt, cfg, data.meta, tokenizer=tokenizer, raw=data.raw_test,
                                run_dir=run_dir, tag="before")
+        if run_dir is not None:
+            checkpoint.save_json(before, run_dir / BEFORE)
     method_cfg = registry.make_config(cfg.method_name, cfg.method_options())
     model = registry.apply(model, cfg.method_name, method_cfg, always_train=head_modules(model, fresh)).to(device)
     params = count_parameters(model)
@@ -93,7 +107,7 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
         store_frozen_in_bf16(model)
     say(f"training {params['trainable']:,} of {params['total']:,} parameters ({params['trainable_pct']:.2f}%) "
         f"on {len(data.train)} examples, {device.type}{' bf16' if rt.bf16 else ' fp32'}", file=sys.stderr)
-    result = fit(model, task, data, cfg, rt, cfg.train.lr, run_dir, progress)
+    result = fit(model, task, data, cfg, rt, cfg.train.lr, run_dir, progress, resume=resume is not None)
     model.load_state_dict(result.best_state, strict=False)
     after = task.evaluate(model, data.test, rt, cfg, data.meta, tokenizer=tokenizer, raw=data.raw_test,
                           run_dir=run_dir, tag="after") if data.test else {}
@@ -115,7 +129,19 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
         checkpoint.save_json(metrics, run_dir / "metrics.json")
         checkpoint.atomic_write_text(run_dir / "results.md", table + "\n")
         plot_loss_curve(result.history, run_dir / "loss_curve.png", task.metric)
+        (run_dir / checkpoint.RESUME).unlink(missing_ok=True)  # finished: the run's weights are saved
     return TrainOutput(run_dir=run_dir, metrics=metrics, table=table)
+
+
+BEFORE = "metrics_before.json"  # test metrics of the untrained model, kept for a resumed run
+
+
+def _resume_config(run_dir: Path) -> RunConfig:
+    """The config of an interrupted run that can be resumed."""
+    if not (run_dir / checkpoint.RESUME).is_file():
+        what = "finished" if (run_dir / "metrics.json").is_file() else "has no checkpoint yet"
+        raise ConfigError(f"cannot resume {run_dir}: the run {what} ({checkpoint.RESUME} missing)")
+    return load_config(run_dir / "config.yaml")
 
 
 def _version() -> str:

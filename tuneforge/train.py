@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from tuneforge import checkpoint
 from tuneforge.config import RunConfig
 from tuneforge.data.batching import batch_order, iterate
 from tuneforge.models import autocast
@@ -118,8 +119,10 @@ class Logger:
 
 
 def fit(model: nn.Module, task: Any, data: Prepared, cfg: RunConfig, rt: Runtime, lr: float,
-        run_dir: Path | None = None, progress: bool = True) -> TrainResult:
-    """Train ``model`` in place; returns timings, history and the best trainable state (by validation)."""
+        run_dir: Path | None = None, progress: bool = True, resume: bool = False) -> TrainResult:
+    """Train ``model`` in place; returns timings, history and the best trainable state (by validation).
+    With ``run_dir`` a resumable checkpoint is written atomically every ``train.save_every`` steps (default:
+    at each evaluation); ``resume`` continues from it, batch for batch, to the same result."""
     t = cfg.train
     rank, world = rank_world()
     torch.manual_seed(t.seed)
@@ -139,12 +142,19 @@ def fit(model: nn.Module, task: Any, data: Prepared, cfg: RunConfig, rt: Runtime
     bad_evals = 0
     params = [p for p in model.parameters() if p.requires_grad]
     bar = tqdm(total=total, desc="train", disable=not progress or rank != 0, dynamic_ncols=True)
-    start = time.perf_counter()
-    epoch, step, running = 0, 0, []
+    epoch, step, skip, running = 0, 0, 0, []
+    save_every = eval_every if t.save_every is None else t.save_every
+    if resume:
+        loop, result.best_state = checkpoint.load_training_state(run_dir, model, optimizer, scheduler)
+        epoch, step, skip, bad_evals = loop["epoch"], loop["step"], loop["micro"], loop["bad_evals"]
+        for key in ("real_tokens", "padded_tokens", "best_metric", "best_step", "history", "train_seconds"):
+            setattr(result, key, loop[key])
+        bar.update(step)
+    start = time.perf_counter() - result.train_seconds
     while step < total:
         order = batch_order(lengths, t.batch_size, t.seed, epoch, True, t.group_by_length, rank, world)
-        batches = iterate(data.train, order, rt.pad_id)
-        for micro, batch in enumerate(batches):
+        batches = iterate(data.train, order[skip:], rt.pad_id)
+        for micro, batch in enumerate(batches, start=skip):
             if step >= total:
                 break
             model.train()
@@ -188,7 +198,13 @@ def fit(model: nn.Module, task: Any, data: Prepared, cfg: RunConfig, rt: Runtime
                     if t.early_stopping and bad_evals >= t.early_stopping:
                         total = step  # stop: no improvement for `early_stopping` evaluations
                         break
-        epoch += 1
+            if run_dir is not None and rank == 0 and save_every and step % save_every == 0 and step < total:
+                result.train_seconds = time.perf_counter() - start
+                loop = {"epoch": epoch, "step": step, "micro": micro + 1, "bad_evals": bad_evals,
+                        **{k: getattr(result, k) for k in ("real_tokens", "padded_tokens", "best_metric",
+                                                            "best_step", "history", "train_seconds")}}
+                checkpoint.save_training_state(run_dir, model, optimizer, scheduler, loop, result.best_state)
+        epoch, skip = epoch + 1, 0
     result.train_seconds = time.perf_counter() - start
     result.steps = step
     bar.close()
