@@ -1,0 +1,75 @@
+"""EDA-style text augmentation (Wei & Zou 2019, "EDA: Easy Data Augmentation Techniques", arXiv 1901.11196).
+
+Three of EDA's four word operations, each applied per word with its own probability:
+random deletion, random swap and random insertion. EDA inserts *synonyms* (WordNet); offline we have no
+thesaurus, so an insertion copies a word of the same text (or draws from a given ``vocabulary``).
+Words are whitespace-separated tokens (punctuation stays attached); the result is joined by single spaces.
+Everything is driven by the ``random.Random`` passed in, so a seed fixes the output.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from tuneforge.config import ConfigError
+
+
+def _check_probability(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be a probability in [0, 1], got {value}")
+
+
+def augment(text: str, rng: random.Random, p_delete: float = 0.1, p_swap: float = 0.1, p_insert: float = 0.1,
+            vocabulary: Sequence[str] | None = None) -> str:
+    """One augmented version of ``text``.
+
+    In order: each word is deleted with probability ``p_delete`` (if every word would go, one randomly
+    chosen word is kept, as in EDA: the result is never empty); then each position is swapped with a random
+    other position with probability ``p_swap``; then for each word, with probability ``p_insert``, a word
+    (from the text itself, or from ``vocabulary``) is inserted at a random position.
+    A text without words (empty or whitespace only) is returned unchanged.
+    """
+    for name, p in (("p_delete", p_delete), ("p_swap", p_swap), ("p_insert", p_insert)):
+        _check_probability(name, p)
+    words = text.split()
+    if not words:
+        return text
+    kept = [w for w in words if rng.random() >= p_delete]
+    if not kept:
+        kept = [rng.choice(words)]
+    words = kept
+    if len(words) > 1:
+        for i in range(len(words)):
+            if rng.random() < p_swap:
+                j = rng.randrange(len(words) - 1)
+                j += j >= i  # a position other than i
+                words[i], words[j] = words[j], words[i]
+    pool = list(vocabulary) if vocabulary else list(words)
+    for _ in range(len(words)):
+        if rng.random() < p_insert:
+            words.insert(rng.randrange(len(words) + 1), rng.choice(pool))
+    return " ".join(words)
+
+
+def augment_records(records: Sequence[dict[str, Any]], text_column: str = "text", copies: int = 1, seed: int = 0,
+                    p_delete: float = 0.1, p_swap: float = 0.1, p_insert: float = 0.1,
+                    vocabulary: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The records followed each by ``copies`` augmented copies (other columns, e.g. the label, unchanged).
+
+    Apply this to the *training split only* (after splitting), or augmented copies of test texts leak into
+    training. Deterministic for a given ``seed``; the input records are not modified.
+    """
+    if copies < 0:
+        raise ConfigError(f"copies must be >= 0, got {copies}")
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    for row, record in enumerate(records, start=1):
+        if not isinstance(record.get(text_column), str):
+            raise ConfigError(f"augmentation, row {row}: column '{text_column}' is missing or not text; "
+                              "set the text column that holds the training text")
+        out.append(record)
+        for _ in range(copies):
+            out.append({**record, text_column: augment(record[text_column], rng, p_delete, p_swap, p_insert,
+                                                        vocabulary)})
+    return out
