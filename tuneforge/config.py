@@ -192,12 +192,63 @@ class EvalConfig:
 
 
 @dataclass
+class ReplayConfig:
+    data: str | None = None  # embedded data set or file of general / earlier-task examples (same task format)
+    ratio: float = 0.0  # share of each training epoch made of replay examples, in [0, 1)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ratio < 1:
+            raise ConfigError(f"forgetting.replay.ratio must be in [0, 1), got {self.ratio}")
+        if self.ratio > 0 and not self.data:
+            raise ConfigError("forgetting.replay.ratio > 0 needs forgetting.replay.data (a data set name or file)")
+
+
+@dataclass
+class AugmentConfig:
+    copies: int = 0  # augmented copies added per training example (0: off); random word deletion/swap/insertion
+    p_delete: float = 0.1  # probability of deleting each word
+    p_swap: float = 0.1  # probability of swapping each word with another
+    p_insert: float = 0.1  # probability of inserting a word (copied from the text) per word
+
+    def __post_init__(self) -> None:
+        if self.copies < 0:
+            raise ConfigError(f"forgetting.augment.copies must be >= 0, got {self.copies}")
+
+
+@dataclass
+class RegularizeConfig:
+    kind: Literal["none", "l2sp", "ewc"] = "none"  # pull trained pre-trained weights back toward their start
+    strength: float = 0.01  # lambda/alpha of the penalty (tune per model; AdamW normalises gradients)
+    fisher_batches: int = 64  # EWC: reference examples (batches of one) used to estimate the Fisher diagonal
+
+    def __post_init__(self) -> None:
+        if self.strength < 0:
+            raise ConfigError(f"forgetting.regularize.strength must be >= 0, got {self.strength}")
+        positive("forgetting.regularize.fisher_batches", self.fisher_batches)
+
+
+@dataclass
+class ForgettingConfig:
+    reference: str | None = None  # causal LM: data whose perplexity measures what the model knew
+    reference_examples: int = 200  # how many reference examples to measure on
+    previous_run: str | None = None  # classification, sequential: run dir of task 1; its merged backbone starts
+    #                                  this run and its own head + test split measure task 1 before/after
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    regularize: RegularizeConfig = field(default_factory=RegularizeConfig)
+
+    def __post_init__(self) -> None:
+        positive("forgetting.reference_examples", self.reference_examples)
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     method: dict[str, Any] = field(default_factory=lambda: {"name": "lora"})  # name + the method's own options
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
     output_dir: str | None = None  # run directory; default runs/<method>-<timestamp>
 
     def __post_init__(self) -> None:

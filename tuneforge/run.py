@@ -21,6 +21,7 @@ import yaml
 
 from tuneforge import assets, checkpoint, tasks
 from tuneforge.config import ConfigError, RunConfig, load_config, merge_dicts, parse_overrides
+from tuneforge.forgetting import pipeline as forgetting
 from tuneforge.methods import registry
 from tuneforge.models import count_parameters, head_modules, load_tokenizer, resolve_device, store_frozen_in_bf16, use_bf16
 from tuneforge.report import result_table
@@ -74,7 +75,8 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
     cfg = resolve_config(cfg, overrides)
     rank, _ = rank_world()
     task = tasks.get(cfg.model.task)
-    model_path = assets.resolve_model(cfg.model.name)
+    sequential = forgetting.previous_run(cfg)  # (task-1 run, its merged model folder) or None
+    model_path = sequential[1] if sequential else assets.resolve_model(cfg.model.name)
     device = resolve_device(cfg.train.device)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
@@ -100,14 +102,22 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
                                run_dir=run_dir, tag="before")
         if run_dir is not None:
             checkpoint.save_json(before, run_dir / BEFORE)
+    heads = head_modules(model, fresh)
+    probe = (forgetting.task1_probe(sequential[0], heads, rt) if sequential
+             else forgetting.reference_probe(cfg, task, tokenizer, rt, data.meta))
+    data = forgetting.mix_replay(cfg, task, tokenizer, data, probe)
+    knew_before = probe.measure(model) if probe else None
+    pretrained = {n for n, _ in model.named_parameters()}
     method_cfg = registry.make_config(cfg.method_name, cfg.method_options())
-    model = registry.apply(model, cfg.method_name, method_cfg, always_train=head_modules(model, fresh)).to(device)
+    model = registry.apply(model, cfg.method_name, method_cfg, always_train=heads).to(device)
     params = count_parameters(model)
+    regs = forgetting.regularizers(cfg, model, pretrained, heads, probe, rt)
     if rt.bf16:
         store_frozen_in_bf16(model)
     say(f"training {params['trainable']:,} of {params['total']:,} parameters ({params['trainable_pct']:.2f}%) "
         f"on {len(data.train)} examples, {device.type}{' bf16' if rt.bf16 else ' fp32'}", file=sys.stderr)
-    result = fit(model, task, data, cfg, rt, cfg.train.lr, run_dir, progress, resume=resume is not None)
+    result = fit(model, task, data, cfg, rt, cfg.train.lr, run_dir, progress, resume=resume is not None,
+                 regularizers=regs)
     model.load_state_dict(result.best_state, strict=False)
     after = task.evaluate(model, data.test, rt, cfg, data.meta, tokenizer=tokenizer, raw=data.raw_test,
                           run_dir=run_dir, tag="after") if data.test else {}
@@ -119,6 +129,7 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
         "best_validation": {task.metric: result.best_metric, "step": result.best_step},
         "precision": "bf16" if rt.bf16 else "fp32", "device": str(device),
         "examples": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)},
+        "forgetting": forgetting.summary(probe, knew_before, probe.measure(model) if probe else None),
     }
     table = result_table(metrics, task.table_metrics)
     if run_dir is not None:

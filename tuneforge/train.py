@@ -68,13 +68,17 @@ class WithLoss(nn.Module):
     """``model`` + the task's loss as one module, so DDP wraps the whole computation even when the task
     calls submodules (e.g. the backbone, then the LM head only where labels are kept)."""
 
-    def __init__(self, model: nn.Module, task: Any) -> None:
+    def __init__(self, model: nn.Module, task: Any, regularizers: tuple[Any, ...] = ()) -> None:
         super().__init__()
         self.model = model
         self.task = task
+        self.regularizers = regularizers  # objects with penalty(model) -> scalar (L2-SP, EWC)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.task.loss(self.model, batch)
+        loss = self.task.loss(self.model, batch)
+        for reg in self.regularizers:
+            loss = loss + reg.penalty(self.model)
+        return loss
 
 
 @dataclass
@@ -119,14 +123,15 @@ class Logger:
 
 
 def fit(model: nn.Module, task: Any, data: Prepared, cfg: RunConfig, rt: Runtime, lr: float,
-        run_dir: Path | None = None, progress: bool = True, resume: bool = False) -> TrainResult:
+        run_dir: Path | None = None, progress: bool = True, resume: bool = False,
+        regularizers: tuple[Any, ...] = ()) -> TrainResult:
     """Train ``model`` in place; returns timings, history and the best trainable state (by validation).
     With ``run_dir`` a resumable checkpoint is written atomically every ``train.save_every`` steps (default:
     at each evaluation); ``resume`` continues from it, batch for batch, to the same result."""
     t = cfg.train
     rank, world = rank_world()
     torch.manual_seed(t.seed)
-    train_model: nn.Module = WithLoss(model, task)
+    train_model: nn.Module = WithLoss(model, task, regularizers)
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(train_model)
     optimizer = build_optimizer(model, cfg, lr)

@@ -73,3 +73,11 @@ def augment_records(records: Sequence[dict[str, Any]], text_column: str = "text"
             out.append({**record, text_column: augment(record[text_column], rng, p_delete, p_swap, p_insert,
                                                         vocabulary)})
     return out
+
+
+def augment_train(records: list[dict[str, Any]], cfg: Any) -> list[dict[str, Any]]:
+    """Apply ``cfg.forgetting.augment`` (a RunConfig) to training records; unchanged when ``copies`` is 0."""
+    a = cfg.forgetting.augment
+    if a.copies == 0:
+        return records
+    return augment_records(records, cfg.data.text_column, a.copies, cfg.data.seed, a.p_delete, a.p_swap, a.p_insert)

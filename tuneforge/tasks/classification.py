@@ -13,6 +13,7 @@ from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.batching import batch_order, iterate
 from tuneforge.data.dataset import load_splits, source_records
 from tuneforge.evaluate import classification_metrics
+from tuneforge.forgetting.augment import augment_train
 from tuneforge.models import autocast, load_pretrained
 from tuneforge.tasks import Prepared, Runtime
 
@@ -38,6 +39,7 @@ class Task:
         """Read, split (stratified by label), map labels to ids and tokenise."""
         label = cfg.data.label_column
         train, val, test = load_splits(cfg.data, self.columns(cfg), key=lambda r: str(r[label]))
+        train = augment_train(train, cfg)
         names = _label_names([r[label] for r in train])
         if len(names) < 2:
             raise ConfigError(f"data: column '{label}' has a single label ({names[0]}); classification needs two or more")
@@ -82,6 +84,7 @@ class Task:
         names = meta["labels"]
         model, fresh = load_pretrained(
             AutoModelForSequenceClassification, path, cfg.model.trust_remote_code, num_labels=len(names),
+            ignore_mismatched_sizes=True,  # a classifier of another label set (sequential tasks) is replaced
             id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
         if model.config.pad_token_id is None:  # decoders pick the last non-pad token to classify
             model.config.pad_token_id = pad_id
@@ -99,14 +102,14 @@ class Task:
         model.eval()
         lengths = [len(e["input_ids"]) for e in examples]
         order = batch_order(lengths, batch_size, 0, 0, shuffle=False, group_by_length=True)
-        out = torch.empty(len(examples), model.config.num_labels)
+        rows: dict[int, torch.Tensor] = {}
         bar = tqdm(order, desc="evaluate", leave=False, disable=not progress)
         for idx, batch in zip(bar, iterate(examples, order, rt.pad_id)):
             batch = {k: v.to(rt.device) for k, v in batch.items() if k != "labels"}
             with autocast(rt.device, rt.bf16):
                 logits = model(**batch).logits  # (batch, labels)
-            out[idx] = logits.float().softmax(-1).cpu()
-        return out
+            rows.update(zip(idx, logits.float().softmax(-1).cpu()))
+        return torch.stack([rows[i] for i in range(len(examples))])  # (n, labels)
 
     def evaluate(self, model: nn.Module, examples: list[dict[str, Any]], rt: Runtime, cfg: RunConfig,
                  meta: dict[str, Any], progress: bool = False, **_: Any) -> dict[str, Any]:

@@ -1,0 +1,62 @@
+"""Forgetting inside runs: sequential task-1 measurement, EWC / L2-SP in the loop, replay and augmentation."""
+import pandas as pd
+import pytest
+
+from tiny import model_dir, sentiment_rows
+from tuneforge.config import ConfigError
+from tuneforge.run import train
+
+TOPICS = {"sport": "ball game team score", "food": "bread soup cook taste", "tech": "code computer data disk"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fz")
+    folder = model_dir(root / "bert", "bert")
+    pd.DataFrame(sentiment_rows(120)).to_csv(root / "sentiment.csv", index=False)
+    topics = [{"text": f"the {TOPICS[t].split()[i % 4]} story {i}", "label": t} for i in range(90) for t in [list(TOPICS)[i % 3]]]
+    pd.DataFrame(topics).to_csv(root / "topics.csv", index=False)
+    base = {"model": {"name": str(folder), "max_length": 32}, "train": {"precision": "fp32", "batch_size": 16}}
+    task1 = train({**base, "data": {"dataset": str(root / "sentiment.csv")}, "method": {"name": "full"},
+                   "train": {**base["train"], "epochs": 2, "lr": 1e-3}, "output_dir": str(root / "task1")}, progress=False)
+    return root, base, task1
+
+
+def _task2(root, base, task1, name, method="full", **forgetting):
+    cfg = {**base, "data": {"dataset": str(root / "topics.csv")}, "method": {"name": method},
+           "train": {**base["train"], "max_steps": 4, "lr": 1e-3}, "output_dir": str(root / name),
+           "forgetting": {"previous_run": str(task1.run_dir), **forgetting}}
+    return train(cfg, progress=False).metrics
+
+
+def test_sequential_run_measures_task1_with_its_own_head(setup):
+    root, base, task1 = setup
+    m = _task2(root, base, task1, "seq")
+    f = m["forgetting"]
+    assert f["metric"] == "accuracy" and f["before"] == pytest.approx(task1.metrics["test_after"]["accuracy"], abs=0.02)
+    assert f["change"] == pytest.approx(f["after"] - f["before"])
+    assert m["test_after"]["n"] > 0 and len(m["test_after"]["per_class"]) == 3  # task 2 has its own 3-label head
+
+
+@pytest.mark.parametrize("kind", ["l2sp", "ewc"])
+def test_regularised_sequential_runs(setup, kind):
+    root, base, task1 = setup
+    m = _task2(root, base, task1, f"reg-{kind}", regularize={"kind": kind, "strength": 1.0, "fisher_batches": 8})
+    assert m["forgetting"]["after"] is not None
+
+
+def test_regularisation_refuses_methods_that_train_no_pretrained_weight(setup):
+    root, base, task1 = setup
+    with pytest.raises(ConfigError, match="no trainable pre-trained parameter"):
+        _task2(root, base, task1, "reg-lora", method="lora", regularize={"kind": "l2sp"})
+
+
+def test_replay_and_augmentation_grow_the_training_split(setup):
+    root, base, _ = setup
+    cfg = {**base, "data": {"dataset": str(root / "sentiment.csv")}, "train": {**base["train"], "max_steps": 1}}
+    plain = train({**cfg, "output_dir": str(root / "plain")}, progress=False).metrics["examples"]["train"]
+    replay = train({**cfg, "output_dir": str(root / "replay"),
+                    "forgetting": {"replay": {"data": str(root / "sentiment.csv"), "ratio": 0.5}}}, progress=False)
+    assert replay.metrics["examples"]["train"] == 2 * plain  # ratio 0.5: as many replay as task examples
+    aug = train({**cfg, "output_dir": str(root / "aug"), "forgetting": {"augment": {"copies": 2}}}, progress=False)
+    assert aug.metrics["examples"]["train"] == 3 * plain
