@@ -130,6 +130,19 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tuneforge.compare import compare
+
+    overrides = list(args.overrides) + ([f"model.task={args.task}"] if args.task else [])
+    rows = compare(args.methods, args.config, overrides, out_dir=args.output, progress=not args.quiet,
+                   in_process=args.in_process, overwrite=args.overwrite)
+    with open(os.path.join(args.output, "comparison.md")) as f:
+        print(f.read())
+    failed = [r["method"] for r in rows if r["status"] != "ok"]
+    print(f"comparison written to {args.output}" + (f" ({len(failed)} failed: {', '.join(failed)})" if failed else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune pre-trained transformers on your own data.",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -198,6 +211,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(fn=cmd_merge)
+
+    p = sub.add_parser("compare", help="train several methods on one task; table, CSV and plots side by side",
+                       description="Train each method with its own defaults (only method.name changes; the "
+                       "learning rate is the method's default unless train.lr is set) and compare quality, "
+                       "trainable share, time, speed, memory and forgetting. Runs go to OUT_DIR/runs/<method>; "
+                       "running again skips finished methods and resumes interrupted ones.")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides shared by every run")
+    p.add_argument("-c", "--config", help="base YAML config shared by every run")
+    p.add_argument("--methods", help="comma-separated methods (default: all, see `tuneforge methods`)")
+    p.add_argument("--task", help="classification (default) or causal_lm (sets model.task)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR",
+                   help="folder for comparison.md/.csv, plots and runs/<method>")
+    p.add_argument("--overwrite", action="store_true", help="retrain every method, replacing earlier runs")
+    p.add_argument("--in-process", dest="in_process", action="store_true",
+                   help="train in this process (faster start; peak memory is then not per method)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_compare)
 
     p = sub.add_parser("methods", help="list methods, their options and default learning rates")
     p.set_defaults(fn=cmd_methods)

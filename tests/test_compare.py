@@ -1,0 +1,154 @@
+"""compare: several methods on one task -> runs/<method>, comparison.md/.csv and plots; reuse, resume, failures."""
+import csv
+import json
+
+import pandas as pd
+import pytest
+
+import tuneforge.run
+from tiny import model_dir, sentiment_rows
+from tuneforge.cli import main
+from tuneforge.compare import compare
+from tuneforge.config import ConfigError
+
+METHODS = ["lora", "freeze", "prompt"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    model = model_dir(root / "bert", "bert")
+    pd.DataFrame(sentiment_rows(60)).to_csv(root / "d.csv", index=False)
+    base = {"model": {"name": str(model), "max_length": 32}, "data": {"dataset": str(root / "d.csv")},
+            "train": {"max_steps": 2, "batch_size": 8, "precision": "fp32"}}
+    return root, base
+
+
+@pytest.fixture(scope="module")
+def first(setup):
+    root, base = setup
+    out = root / "cmp"
+    return out, compare(METHODS, base, out_dir=out, progress=False, in_process=True)
+
+
+def test_writes_table_csv_plots_and_one_run_per_method(first):
+    out, rows = first
+    assert [r["method"] for r in rows] == METHODS and all(r["status"] == "ok" for r in rows)
+    assert {"comparison.md", "comparison.csv", "quality_vs_trainable_pct.png", "quality_vs_train_time.png",
+            "peak_memory.png"} <= {p.name for p in out.iterdir()}
+    md = (out / "comparison.md").read_text()
+    assert "accuracy after" in md and "forgetting" in md and all(f"| {m} |" in md for m in METHODS)
+    assert not (out / "forgetting.png").exists() and "no forgetting plot" in md  # no run measured forgetting
+    with open(out / "comparison.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["method"] for r in table] == METHODS
+    for r in table:
+        m = json.loads((out / "runs" / r["method"] / "metrics.json").read_text())
+        assert m["method"] == r["method"]
+        assert float(r["accuracy_after"]) == m["test_after"]["accuracy"]
+        assert float(r["accuracy_before"]) == m["test_before"]["accuracy"]
+        assert float(r["macro_f1_after"]) == m["test_after"]["macro_f1"]
+        assert int(r["trainable_params"]) == m["parameters"]["trainable"]
+        assert float(r["trainable_pct"]) == m["parameters"]["trainable_pct"]
+        assert float(r["train_seconds"]) == m["train_seconds"]
+        assert float(r["tokens_per_second"]) == m["tokens_per_second"]
+        assert float(r["peak_memory_mb"]) == m["peak_memory_mb"]
+        assert r["forgetting_change"] == ""
+    pct = {r["method"]: float(r["trainable_pct"]) for r in table}
+    assert pct["prompt"] < pct["lora"] < 100  # each method kept its own defaults
+
+
+def test_each_method_uses_its_own_default_lr(first):
+    out, _ = first
+    import yaml
+    lrs = {m: yaml.safe_load((out / "runs" / m / "config.yaml").read_text())["train"]["lr"] for m in METHODS}
+    from tuneforge.methods import registry
+    assert lrs == {m: registry.train_defaults(m)["lr"] for m in METHODS}
+
+
+def test_second_call_reuses_finished_runs_and_restarts_or_resumes_the_rest(first, setup, monkeypatch):
+    out, rows = first
+    root, base = setup
+    calls = []
+
+    def spy(cfg, overrides=None, overwrite=False, progress=True, resume=None):
+        calls.append((cfg, overwrite, resume))
+        raise ConfigError("training should not happen here")
+
+    monkeypatch.setattr(tuneforge.run, "train", spy)
+    again = compare(METHODS, base, out_dir=out, progress=False, in_process=True)
+    assert calls == []
+    assert [{**r, "reused": False} for r in again] == rows and all(r["reused"] for r in again)
+    assert "Reused from an earlier call" in (out / "comparison.md").read_text()
+    # interrupted runs: prompt left a checkpoint (resume), freeze left nothing usable (restart with overwrite)
+    (out / "runs" / "prompt" / "metrics.json").unlink()
+    (out / "runs" / "prompt" / "checkpoint.safetensors").write_bytes(b"")
+    (out / "runs" / "freeze" / "metrics.json").unlink()
+    rows = compare(METHODS, base, out_dir=out, progress=False, in_process=True)
+    assert [r["status"] for r in rows] == ["ok", "failed", "failed"]
+    assert calls[0][1] is True and calls[0][2] is None and calls[0][0]["method"] == {"name": "freeze"}
+    assert calls[1][2] == out / "runs" / "prompt"
+    assert rows[1]["error"] == "training should not happen here"
+
+
+def test_changed_config_is_not_mixed_into_an_old_comparison(first, setup):
+    out, _ = first
+    _, base = setup
+    with pytest.raises(ConfigError, match="another config .*max_steps"):
+        compare(["lora"], base, ["train.max_steps=3"], out_dir=out, progress=False, in_process=True)
+
+
+def test_config_error_is_recorded_and_others_continue(setup):
+    root, base = setup
+    out = root / "failing"
+    # method options in the base config belong to the method they name: freeze gets 5 layers of a 2-layer model
+    cfg = {**base, "method": {"name": "freeze", "num_layers": 5}}
+    rows = compare("freeze,prompt", cfg, out_dir=out, progress=False, in_process=True)
+    assert [r["status"] for r in rows] == ["failed", "ok"]
+    assert "num_layers=5" in rows[0]["error"] and rows[0]["accuracy_after"] is None
+    md = (out / "comparison.md").read_text()
+    assert "failed: method.num_layers=5" in md
+    with open(out / "comparison.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["failed", "ok"]
+
+
+def test_unknown_method_fails_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="unknown method 'lorax'"):
+        compare("lora,lorax", out_dir=tmp_path, progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_help_and_subprocess_run(setup, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "--help"])
+    assert exc.value.code == 0 and "--methods" in capsys.readouterr().out
+    root, base = setup
+    out = root / "sub"
+    assert main(["compare", "--task", "classification", "--methods", "lora", "-o", str(out), "-q",
+                 f"model.name={base['model']['name']}", f"data.dataset={base['data']['dataset']}",
+                 "model.max_length=32", "train.max_steps=1", "train.batch_size=8", "train.precision=fp32"]) == 0
+    printed = capsys.readouterr().out
+    assert "| lora |" in printed and str(out) in printed
+    m = json.loads((out / "runs" / "lora" / "metrics.json").read_text())
+    assert m["steps"] == 1 and (out / "configs" / "lora.yaml").is_file()
+    with open(out / "comparison.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["status"] == "ok" and float(row["peak_memory_mb"]) == m["peak_memory_mb"]
+
+
+def test_forgetting_column_and_plot(tmp_path):
+    from tuneforge import tasks
+    from tuneforge.compare import row_from_metrics, write_outputs
+    from tuneforge.config import load_config
+
+    task = tasks.get("classification")
+    metrics = {"test_before": {"accuracy": 0.5}, "test_after": {"accuracy": 0.9},
+               "parameters": {"trainable": 10, "total": 1000, "trainable_pct": 1.0}, "train_seconds": 2.0,
+               "tokens_per_second": 100.0, "peak_memory_mb": 500.0, "forgetting": {"change": -0.125}}
+    rows = [row_from_metrics("lora", metrics, task, tmp_path / "a"),
+            row_from_metrics("full", {k: v for k, v in metrics.items() if k != "forgetting"}, task, tmp_path / "b")]
+    write_outputs(rows, task, tmp_path, load_config(), in_process=False)
+    assert (tmp_path / "forgetting.png").is_file() and (tmp_path / "peak_memory.png").is_file()
+    md = (tmp_path / "comparison.md").read_text()
+    assert "| lora | 0.5000 | 0.9000 | - | - | 10 | 1.000 |" in md and "-0.1250" in md
+    assert "no forgetting plot" not in md
