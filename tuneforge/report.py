@@ -21,6 +21,9 @@ def result_table(metrics: dict[str, Any], task_metrics: Sequence[str]) -> str:
     for name in task_metrics:
         if name in before or name in after:
             rows.append((f"test {name}", _fmt(before.get(name)), _fmt(after.get(name))))
+    f = metrics.get("forgetting") or {}
+    if f:
+        rows.append((f"forgetting: {f['reference']}", _fmt(f["before"]), _fmt(f["after"])))
     rows += [
         ("trainable parameters", "", f"{p['trainable']:,} / {p['total']:,} ({p['trainable_pct']:.2f}%)"),
         ("train seconds", "", f"{metrics['train_seconds']:.1f}"),
@@ -28,4 +31,18 @@ def result_table(metrics: dict[str, Any], task_metrics: Sequence[str]) -> str:
         ("peak memory (MiB)", "", f"{metrics['peak_memory_mb']:,.0f}"),
     ]
     title = f"{metrics['method']} on {metrics['task']} ({metrics['precision']}, {metrics['device']})"
-    return title + "\n\n" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+    return title + "\n\n" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows) + _samples(before, after)
+
+
+def _samples(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """Generated test answers (causal LM), before and after training, beside the reference."""
+    if not after.get("samples"):
+        return ""
+    old = {s["prompt"]: s["generated"] for s in before.get("samples", [])}
+    lines = ["", "", "example answers (test split, greedy):"]
+    for s in after["samples"]:
+        lines += ["", f"  prompt:    {s['prompt']}", f"  reference: {s['reference']}"]
+        if s["prompt"] in old:
+            lines.append(f"  before:    {old[s['prompt']]}")
+        lines.append(f"  after:     {s['generated']}")
+    return "\n".join(lines)

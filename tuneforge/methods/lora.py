@@ -137,3 +137,35 @@ def set_merged(model: nn.Module, merged: bool) -> nn.Module:
     for _, module in _lora_modules(model):
         module.merge() if merged else module.unmerge()
     return model
+
+
+def to_peft(model: nn.Module, config: Config, task_type: str, modules_to_save: list[str]
+            ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The adapter in PEFT 0.21's LoRA format: (``adapter_config.json`` dict, ``adapter_model.safetensors``
+    tensors keyed ``base_model.model.<module>.lora_A.weight``; ``modules_to_save`` heads keyed
+    ``base_model.model.<module>.<param>``). The caller adds ``base_model_name_or_path``."""
+    wrapped = _lora_modules(model)
+    if not wrapped:
+        raise ConfigError("the model holds no LoRA layers to export")
+    if any(m.merged for _, m in wrapped):
+        raise ConfigError("the LoRA layers are merged into the base weights; export before merging")
+    names = [n for n, _ in wrapped]
+    suffixes = sorted({n.rsplit(".", 1)[-1] for n in names})
+    same_suffix = {n for n, m in model.named_modules()
+                   if isinstance(m, (nn.Linear, Conv1D, LoRALinear)) and n.rsplit(".", 1)[-1] in suffixes}
+    # module suffixes when they pick exactly the wrapped layers, else a regex PEFT full-matches on names
+    targets: list[str] | str = suffixes if same_suffix == set(names) else "|".join(re.escape(n) for n in names)
+    adapter_config = {
+        "peft_type": "LORA", "task_type": task_type, "r": config.rank, "lora_alpha": config.alpha,
+        "lora_dropout": config.dropout, "use_rslora": config.rslora, "target_modules": targets,
+        "fan_in_fan_out": all(m.transposed for _, m in wrapped), "bias": "none",
+        "modules_to_save": list(modules_to_save) or None, "init_lora_weights": True, "inference_mode": True,
+    }
+    tensors = {}
+    for name, m in wrapped:
+        tensors[f"base_model.model.{name}.lora_A.weight"] = m.lora_A.weight.detach().float()  # (r, in)
+        tensors[f"base_model.model.{name}.lora_B.weight"] = m.lora_B.weight.detach().float()  # (out, r)
+    for pname, p in model.named_parameters():
+        if any(pname.startswith(head + ".") for head in modules_to_save):
+            tensors[f"base_model.model.{pname}"] = p.detach().float()
+    return adapter_config, tensors

@@ -12,6 +12,7 @@ from tuneforge.config import ConfigError
 
 TASKS = {
     "classification": "tuneforge.tasks.classification",
+    "causal_lm": "tuneforge.tasks.causal_lm",
 }
 
 

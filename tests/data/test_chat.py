@@ -1,0 +1,220 @@
+"""Causal-LM data: layouts, label masking, truncation, packing, bad input, embedded Q->A / chat sets."""
+import json
+
+import pytest
+
+from lm_helpers import tiny_tokenizer
+from tuneforge.config import ConfigError, DataConfig, load_config
+from tuneforge.data import chat, embedded
+from tuneforge.tasks import causal_lm
+
+IGNORE = chat.IGNORE
+
+
+def _conv(*turns):
+    roles = ["user", "assistant"] * len(turns)
+    return [{"role": r, "content": c} for r, c in zip(roles, turns)]
+
+
+def _encode(conversations, tok=None, max_length=64, template=None):
+    tok = tok or tiny_tokenizer()
+    template = chat.resolve_template(tok, template)
+    return chat.encode_conversations(conversations, tok, template, max_length, [f"row {i}" for i in range(len(conversations))])
+
+
+def _kept(tok, example):
+    return tok.decode([t for t, y in zip(example["input_ids"], example["labels"]) if y != IGNORE])
+
+
+def test_pair_masks_the_prompt_and_trains_the_answer():
+    tok = tiny_tokenizer()
+    (ex,) = _encode([_conv("what is the capital of france ?", "paris .")], tok)
+    ids, labels = ex["input_ids"], ex["labels"]
+    assert tok.decode(ids) == "<|user|> what is the capital of france ? <|end|> <|assistant|> paris . <|end|>"
+    n_prompt = ids.index(tok.convert_tokens_to_ids("<|assistant|>")) + 1
+    assert labels[:n_prompt] == [IGNORE] * n_prompt
+    assert labels[n_prompt:] == ids[n_prompt:]  # answer + end-of-turn train (the model learns to stop)
+    assert _kept(tok, ex) == "paris . <|end|>"
+
+
+def test_multi_turn_chat_trains_every_assistant_turn_only():
+    tok = tiny_tokenizer()
+    messages = [{"role": "system", "content": "you are a bot"}] + _conv("hi", "hello !", "how are you ?", "i am fine .")
+    (ex,) = _encode([messages], tok)
+    assert _kept(tok, ex) == "hello ! <|end|> i am fine . <|end|>"
+    user = tok.convert_tokens_to_ids("<|user|>")
+    for i, t in enumerate(ex["input_ids"]):
+        if t == user:
+            assert ex["labels"][i] == IGNORE
+
+
+def test_training_prompt_is_exactly_the_generation_prompt():
+    tok = tiny_tokenizer()
+    conv = _conv("hi", "hello !", "say yes", "yes .")
+    (ex,) = _encode([conv], tok)
+    prompt, reference = chat.split_reference(conv)
+    ids = chat.prompt_ids(tok, tok.chat_template, prompt, 64)
+    assert reference == "yes ."
+    assert ex["input_ids"][:len(ids)] == ids and ex["labels"][len(ids)] != IGNORE
+
+
+def test_long_prompt_is_cut_from_the_left_and_the_answer_kept():
+    tok = tiny_tokenizer()
+    long_q = " ".join(["one two three"] * 10)
+    (full,) = _encode([_conv(long_q, "paris .")], tok, max_length=200)
+    (ex,) = _encode([_conv(long_q, "paris .")], tok, max_length=12)
+    assert len(ex["input_ids"]) == 12
+    assert ex["input_ids"] == full["input_ids"][-12:]  # the start of the prompt went
+    assert _kept(tok, ex) == "paris . <|end|>"
+
+
+def test_long_answer_keeps_its_start_and_half_the_row_for_the_prompt():
+    tok = tiny_tokenizer()
+    answer = " ".join(["blue green"] * 20)
+    (ex,) = _encode([_conv("tell me a color", answer)], tok, max_length=10)
+    assert len(ex["input_ids"]) == 10
+    assert ex["labels"][:5] == [IGNORE] * 5  # prompt tail: max_length // 2 tokens
+    assert tok.decode(ex["input_ids"][5:]) == "blue green blue green blue"
+
+
+def test_answer_truncated_away_is_a_clear_error():
+    with pytest.raises(ConfigError, match="row 0: no answer token is left after truncation.*max_length"):
+        _encode([_conv("say hello", "hello !")], max_length=1)
+
+
+def test_long_conversations_keep_their_latest_turns():
+    tok = tiny_tokenizer()
+    turns = [w for i in range(200) for w in (f"say yes {i}", "yes .")]
+    conv = [{"role": "system", "content": "bot"}] + _conv(*turns)
+    trimmed = chat.recent(conv, 100)
+    assert trimmed[0]["role"] == "system" and trimmed[1]["role"] == "user" and trimmed[-1] == conv[-1]
+    assert len(trimmed) < len(conv)
+    tpl = chat.resolve_template(tok, None)
+    full = chat.encode_conversations([conv], tok, tpl, 10**6, ["r"])[0]  # no trimming at this length
+    (short,) = _encode([conv], tok, max_length=32)  # trimmed before rendering, then truncated
+    assert short["input_ids"] == full["input_ids"][-32:] and short["labels"] == full["labels"][-32:]
+
+
+def test_packing_keeps_whole_examples_and_blocks_cross_example_labels():
+    tok = tiny_tokenizer()
+    examples = _encode([_conv(q, a) for q, a in [("say yes", "yes ."), ("say no", "no ."), ("hi", "hello !"),
+                                                  ("what is the capital of france ?", "paris .")] * 5], tok)
+    rows = chat.pack(examples, 32)
+    assert len(rows) < len(examples)
+    assert all(len(r["input_ids"]) <= 32 for r in rows)
+    assert sum(len(r["input_ids"]) for r in rows) == sum(len(e["input_ids"]) for e in examples)
+    start = tok.convert_tokens_to_ids("<|user|>")
+    for row in rows:  # every example starts with <|user|>, whose label is masked
+        for i, t in enumerate(row["input_ids"]):
+            if t == start:
+                assert row["labels"][i] == IGNORE
+    flat = sorted(tuple(e["input_ids"]) for e in examples)
+    cut = []
+    for row in rows:
+        ids = row["input_ids"]
+        bounds = [i for i, t in enumerate(ids) if t == start] + [len(ids)]
+        cut += [tuple(ids[a:b]) for a, b in zip(bounds, bounds[1:])]
+    assert sorted(cut) == flat  # each example exactly once, never split
+
+
+def test_plain_text_trains_every_token_in_rows_of_max_length():
+    tok = tiny_tokenizer()
+    text = " ".join(["the cat eats fish ."] * 10)
+    rows = chat.encode_texts([text], tok, 16)
+    assert [len(r["input_ids"]) for r in rows] == [16, 16, 16, 3]  # 50 words + EOS
+    assert all(r["labels"] == r["input_ids"] for r in rows)
+    assert rows[-1]["input_ids"][-1] == tok.eos_token_id
+
+
+@pytest.mark.parametrize("keys,expected", [({"messages"}, "chat"), ({"instruction", "input", "output"}, "pairs"),
+                                           ({"text", "label"}, "pairs"), ({"text", "source"}, "text")])
+def test_auto_detects_the_layout(keys, expected):
+    assert chat.detect_format(keys, DataConfig(), "f.jsonl") == expected
+
+
+def test_chosen_columns_and_alpaca_input_make_pairs():
+    d = DataConfig(text_column="question", label_column="answer")
+    assert chat.to_messages({"question": "q", "answer": "a"}, "pairs", d, "r")[1] == {"role": "assistant", "content": "a"}
+    m = chat.to_messages({"instruction": "add", "input": "1 2", "output": "3"}, "pairs", DataConfig(system_prompt="be brief"), "r")
+    assert [x["role"] for x in m] == ["system", "user", "assistant"] and m[1]["content"] == "add\n\n1 2"
+    with pytest.raises(ConfigError, match="cannot tell the data layout"):
+        chat.detect_format({"foo", "bar"}, DataConfig(), "f.csv")
+
+
+def test_named_template_for_a_model_without_one():
+    tok = tiny_tokenizer(template=False)
+    with pytest.raises(ConfigError, match="no chat template; name one with data.template"):
+        chat.resolve_template(tok, None)
+    with pytest.raises(ConfigError, match="unknown template 'chatml2'"):
+        chat.resolve_template(tok, "chatml2")
+    (ex,) = _encode([_conv("say yes", "yes .")], tok, template="alpaca")
+    assert _kept(tok, ex) == "yes . <|end|>"
+    assert "### Response:" in chat.render(tok, chat.TEMPLATES["alpaca"], _conv("say yes"), True)
+
+
+def _write(tmp_path, rows):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize("bad,message", [
+    ({"messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+     r"bad.jsonl, row 2: message 1 has unknown role 'human'; use system, user or assistant"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]},
+     r"bad.jsonl, row 2: message 2 \(assistant\) is empty; fill it in or drop the message"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, r"bad.jsonl, row 2: the conversation has no assistant message"),
+    ({"messages": [{"role": "assistant", "content": "hi"}]}, r"row 2: the assistant speaks before any user message"),
+    ({"messages": "hello"}, r"row 2: column 'messages' is not a JSON list"),
+])
+def test_bad_conversations_name_file_row_and_fix(tmp_path, bad, message):
+    good = {"messages": _conv("hi", "hello !")}
+    cfg = load_config(None, {"model": {"task": "causal_lm"}, "data": {"dataset": _write(tmp_path, [good, bad, good])}})
+    with pytest.raises(ConfigError, match=message):
+        causal_lm.Task().prepare(cfg, tiny_tokenizer())
+
+
+def test_pair_with_empty_answer_names_file_and_row(tmp_path):
+    rows = [{"instruction": "say yes", "output": "yes ."}] * 3 + [{"instruction": "say no", "output": ""}]
+    cfg = load_config(None, {"model": {"task": "causal_lm"}, "data": {"dataset": _write(tmp_path, rows)}})
+    with pytest.raises(ConfigError, match=r"bad.jsonl, row 4: empty answer in column 'output'; fill it in or remove the row"):
+        causal_lm.Task().prepare(cfg, tiny_tokenizer())
+
+
+def test_parquet_chat_and_csv_pairs_with_chosen_columns(tmp_path):
+    import pandas as pd
+
+    conv = _conv("hi", "hello !", "say yes", "yes .")
+    pd.DataFrame({"messages": [conv] * 10}).to_parquet(tmp_path / "chat.parquet")
+    cfg = load_config(None, {"model": {"task": "causal_lm"}, "data": {"dataset": str(tmp_path / "chat.parquet")}})
+    data = causal_lm.Task().prepare(cfg, tiny_tokenizer())
+    assert data.meta["format"] == "chat" and len(data.train) == 8
+    assert _kept(tiny_tokenizer(), data.train[0]) == "hello ! <|end|> yes . <|end|>"
+    pd.DataFrame({"question": ["say yes"] * 10, "answer": ["yes ."] * 10}).to_csv(tmp_path / "qa.csv", index=False)
+    cfg = load_config(None, {"model": {"task": "causal_lm"}, "data": {
+        "dataset": str(tmp_path / "qa.csv"), "text_column": "question", "label_column": "answer"}})
+    data = causal_lm.Task().prepare(cfg, tiny_tokenizer())
+    assert data.meta["format"] == "pairs" and _kept(tiny_tokenizer(), data.test[0]) == "yes . <|end|>"
+    assert data.raw_test[0] == {"question": "say yes", "answer": "yes ."}
+
+
+def test_chatterbot_is_deduplicated_before_splitting():
+    records = embedded.load("chatterbot")
+    pairs = [(r["instruction"], r["output"]) for r in records]
+    assert 900 < len(pairs) == len(set(pairs)) < 1200
+    assert {"tech_support", "ai", "trivia"} <= {r["category"] for r in records}
+    cfg = load_config(None, {"model": {"task": "causal_lm"}, "data": {"dataset": "chatterbot"}})
+    from tuneforge.data.dataset import load_splits
+    train, val, test = load_splits(cfg.data)
+    seen = {(r["instruction"], r["output"]) for r in train}
+    assert not seen & {(r["instruction"], r["output"]) for r in test + val}
+
+
+def test_chitchat_conversations_alternate_from_the_user():
+    records = embedded.load("chitchat")
+    assert 3500 < len(records) < 7168
+    for r in records[:500]:
+        roles = [m["role"] for m in r["messages"]]
+        assert roles[0] == "user" and "assistant" in roles
+        assert all(a != b for a, b in zip(roles, roles[1:]))
+        assert all(m["content"].strip() for m in r["messages"])

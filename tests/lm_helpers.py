@@ -1,0 +1,84 @@
+"""Offline causal-LM fixtures: a tiny word-level tokenizer with a small Jinja chat template, saved beside a
+tiny random Llama or GPT-2 as a Hugging Face model folder."""
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from conftest import VOCAB, tiny_config
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+SPECIAL = ["<unk>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+WORDS = ("what is the capital of france paris germany berlin italy rome spain madrid hello hi how are you i am "
+         "fine thanks good bad a an and or to in on it this that yes no please tell me say color sky blue grass "
+         "green sun yellow one two three four five six seven eight nine ten plus equals name my your bot cat dog "
+         "likes eats fish bones why because stop go").split()
+PUNCT = ["?", ".", ",", "!", ":", "#", "'"]
+TEMPLATE = ("{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
+
+
+def tiny_tokenizer(pad: bool = True, template: bool = True) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over ``SPECIAL + WORDS + PUNCT`` (fewer than ``VOCAB`` ids); EOS is ``<|end|>``."""
+    vocab = {t: i for i, t in enumerate(SPECIAL + WORDS + PUNCT)}
+    assert len(vocab) <= VOCAB
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(SPECIAL)
+    kwargs = {"pad_token": "<pad>"} if pad else {}
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|end|>", **kwargs)
+    if template:
+        out.chat_template = TEMPLATE
+    return out
+
+
+def model_folder(path: Path, family: str = "llama", pad: bool = True, template: bool = True) -> Path:
+    """Save a tiny random causal LM + tiny tokenizer into ``path`` (a loadable HF folder). Weights are drawn
+    wider than usual (std 0.2) so that a frozen head still allows confident predictions: LoRA can then
+    visibly lower the loss in a few steps."""
+    tok = tiny_tokenizer(pad, template)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, initializer_range=0.2))
+    model.config.eos_token_id = tok.eos_token_id
+    model.config.bos_token_id = None
+    model.config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.bos_token_id = None
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+QA = [("what is the capital of france ?", "paris ."), ("what is the capital of germany ?", "berlin ."),
+      ("what is the capital of italy ?", "rome ."), ("what is the capital of spain ?", "madrid ."),
+      ("what color is the sky ?", "blue ."), ("what color is the grass ?", "green ."),
+      ("what color is the sun ?", "yellow ."), ("one plus one equals ?", "two ."),
+      ("two plus two equals ?", "four ."), ("three plus three equals ?", "six ."),
+      ("what is your name ?", "my name is bot ."), ("how are you ?", "i am fine thanks ."),
+      ("what does the cat eat ?", "the cat eats fish ."), ("what does the dog eat ?", "the dog eats bones ."),
+      ("say hello", "hello !"), ("say yes", "yes ."), ("say no", "no ."), ("tell me a color", "blue .")]
+
+
+def write_pairs(path: Path, repeat: int = 4) -> Path:
+    """JSONL of instruction/output pairs (``QA`` repeated so every split has rows)."""
+    rows = [{"instruction": q, "output": a} for _ in range(repeat) for q, a in QA]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """One torch thread: tiny models gain nothing from more, and on a shared 2-core machine OpenMP threads
+    spin-waiting for a descheduled sibling made a SmolLM2 step up to 10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

@@ -1,0 +1,177 @@
+"""Causal-LM task: head-only loss = HF loss, training lowers the loss, generation reloads identically, CLI."""
+import io
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+from tuneforge.run import load, train
+from conftest import tiny_causal_lm
+from lm_helpers import QA, model_folder, single_thread, tiny_tokenizer, write_pairs
+from tuneforge import cli
+from tuneforge.config import ConfigError, load_config
+from tuneforge.data import chat
+from tuneforge.generate import Sampling, generate_ids
+from tuneforge.models import load_tokenizer
+from tuneforge.tasks import Runtime, causal_lm, get
+
+CPU = Runtime(device=torch.device("cpu"), bf16=False, pad_id=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with single_thread():
+        yield
+
+
+def _batch(tok, max_length=64):
+    template = chat.resolve_template(tok, None)
+    convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QA[:5]]
+    examples = chat.encode_conversations(convs, tok, template, max_length, ["r"] * len(convs))
+    from tuneforge.data.batching import collate
+    return collate(examples, tok.pad_token_id)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_head_only_loss_equals_the_full_forward_hf_loss(family):
+    model, tok = tiny_causal_lm(family), tiny_tokenizer()
+    batch = _batch(tok)
+    assert (batch["labels"] == -100).any() and (batch["attention_mask"] == 0).any()  # masked prompt + padding
+    task = get("causal_lm")
+    with torch.no_grad():
+        ours = task.loss(model, batch)
+        hf = model(**batch).loss  # HF shifts labels and averages over kept tokens
+    assert causal_lm._backbone(model) is not None  # the fast path was taken
+    torch.testing.assert_close(ours, hf, rtol=1e-5, atol=1e-5)
+
+
+def test_full_forward_fallback_gives_the_same_loss(monkeypatch):
+    model, tok = tiny_causal_lm("llama"), tiny_tokenizer()
+    batch = _batch(tok)
+    with torch.no_grad():
+        fast = causal_lm.token_nll(model, batch)
+        monkeypatch.setattr(causal_lm, "_backbone", lambda m: None)
+        slow = causal_lm.token_nll(model, batch)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+def _cfg(tmp_path, folder, **extra):
+    data = {"model": {"name": str(folder), "task": "causal_lm", "max_length": 32},
+            "data": {"dataset": str(write_pairs(tmp_path / "pairs.jsonl"))},
+            "method": {"name": "lora", "rank": 4},
+            "train": {"epochs": 6, "batch_size": 8, "lr": 1e-2, "precision": "fp32", "log_every": 5},
+            "eval": {"generate_samples": 4, "max_new_tokens": 6}, "output_dir": str(tmp_path / "run")}
+    for section, values in extra.items():
+        data[section] = {**data.get(section, {}), **values}
+    return data
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("causal")
+    folder = model_folder(tmp_path / "llama", "llama")
+    return train(_cfg(tmp_path, folder), progress=False)
+
+
+def test_training_lowers_the_test_loss_and_writes_samples(trained):
+    m = trained.metrics
+    assert m["task"] == "causal_lm"
+    assert m["test_after"]["loss"] < m["test_before"]["loss"] - 0.5
+    assert m["test_after"]["perplexity"] == pytest.approx(math.exp(m["test_after"]["loss"]))
+    assert 0 <= m["test_after"]["bleu"] <= 100 and 0 <= m["test_after"]["rouge_l"] <= 1
+    samples = [json.loads(line) for line in (trained.run_dir / "samples_after.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and set(samples[0]) == {"prompt", "reference", "generated"}
+    assert "test perplexity" in trained.table and "example answers" in trained.table
+
+
+def test_generation_from_the_run_dir_matches_in_process_generation(trained):
+    samples = [json.loads(line) for line in (trained.run_dir / "samples_after.jsonl").read_text().splitlines()]
+    assert any(s["generated"] for s in samples)
+    run = load(trained.run_dir, "cpu")
+    again = run.generate([s["prompt"] for s in samples], max_new_tokens=6)
+    assert again == [s["generated"] for s in samples]
+
+
+def test_predict_on_a_causal_run_points_to_generate(trained, capsys):
+    assert cli.main(["predict", str(trained.run_dir), "say yes"]) == 2
+    assert "use `tuneforge generate RUN_DIR PROMPT...`" in capsys.readouterr().err
+
+
+def test_cli_generate_and_chat(trained, capsys, monkeypatch):
+    assert cli.main(["generate", str(trained.run_dir), "say yes", "say no", "--max-new-tokens", "4", "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["prompt"] for x in lines] == ["say yes", "say no"]
+    assert cli.main(["generate", str(trained.run_dir), "say yes", "--sample", "--seed", "3", "--temperature", "0.7"]) == 0
+    first = capsys.readouterr().out
+    assert cli.main(["generate", str(trained.run_dir), "say yes", "--sample", "--seed", "3", "--temperature", "0.7"]) == 0
+    assert capsys.readouterr().out == first  # seeded sampling is reproducible
+    monkeypatch.setattr(sys, "stdin", io.StringIO("say yes\nsay no\nexit\n"))
+    assert cli.main(["chat", str(trained.run_dir), "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("model> ") == 2
+    monkeypatch.setattr(sys, "stdin", io.StringIO("say yes\n"))  # EOF ends the chat too
+    assert cli.main(["chat", str(trained.run_dir), "--max-new-tokens", "4"]) == 0
+
+
+def test_streamed_chat_answer_equals_the_batch_answer(trained):
+    run = load(trained.run_dir, "cpu")
+    history = [{"role": "user", "content": "say yes"}]
+    out = io.StringIO()
+    streamed = run.generate([history], max_new_tokens=6, stream=out)[0]
+    assert out.getvalue().strip() == streamed == run.generate(["say yes"], max_new_tokens=6)[0]
+    with pytest.raises(ConfigError, match="top_p must be in"):
+        run.generate(["say yes"], sample=True, top_p=1.5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_left_padded_batches_generate_what_single_prompts_do(family):
+    model, tok = tiny_causal_lm(family), tiny_tokenizer()
+    prompts = [chat.prompt_ids(tok, tok.chat_template, [{"role": "user", "content": q}], 32) for q, _ in QA[:6]]
+    assert len({len(p) for p in prompts}) > 1  # different lengths: real left padding
+    s = Sampling(max_new_tokens=8)
+    batched = generate_ids(model, tok, prompts, CPU, s, batch_size=6)
+    single = [generate_ids(model, tok, [p], CPU, s)[0] for p in prompts]
+    assert batched == single and all(len(b) > 0 for b in batched)
+
+
+def test_tokenizer_without_pad_token_falls_back_to_eos(tmp_path):
+    folder = model_folder(tmp_path / "nopad", "gpt2", pad=False, template=False)
+    tok = load_tokenizer(folder)
+    assert tok.pad_token_id == tok.eos_token_id
+    cfg = _cfg(tmp_path, folder, data={"template": "alpaca", "packing": True},
+               train={"epochs": 2}, eval={"generate_samples": 2})
+    out = train(cfg, progress=False)
+    assert out.metrics["test_after"]["loss"] < out.metrics["test_before"]["loss"]
+    run = load(out.run_dir, "cpu")
+    assert run.tokenizer.chat_template == chat.TEMPLATES["alpaca"]  # the named template travels with the run
+    assert len(run.generate(["say yes", "what is the capital of france ?"], max_new_tokens=3)) == 2
+
+
+def test_packed_rows_attend_across_example_boundaries():
+    """Documented behaviour: packed examples share one causal attention span (labels never cross)."""
+    model, tok = tiny_causal_lm("llama"), tiny_tokenizer()
+    a, b = _batch(tok)["input_ids"][:2]
+    a, b = a[a != tok.pad_token_id], b[b != tok.pad_token_id]
+    with torch.no_grad():
+        alone = model(b[None]).logits[0]
+        packed = model(torch.cat([a, b])[None]).logits[0, len(a):]
+    assert not torch.allclose(alone, packed, atol=1e-4)
+
+
+def test_model_without_template_and_no_template_named_is_a_clear_error(tmp_path):
+    folder = model_folder(tmp_path / "plain", "llama", template=False)
+    cfg = load_config(None, _cfg(tmp_path, folder))
+    with pytest.raises(ConfigError, match="no chat template; name one with data.template"):
+        get("causal_lm").prepare(cfg, load_tokenizer(folder))
+
+
+def test_encode_file_detects_the_layout_and_samples_a_limit(tmp_path):
+    cfg = load_config(None, {"model": {"task": "causal_lm", "max_length": 32}})
+    path = str(write_pairs(tmp_path / "pairs.jsonl", repeat=1))
+    task, tok = get("causal_lm"), tiny_tokenizer()
+    every = task.encode_file(path, cfg, tok, {"chat_template": None})
+    some = task.encode_file(path, cfg, tok, {"chat_template": None}, limit=5)
+    assert len(every) == len(QA) and len(some) == 5
+    assert all(e in every for e in some)

@@ -1,0 +1,121 @@
+"""Export: merged folders load with plain transformers, PEFT adapters load with PeftModel, same logits."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from lm_helpers import TEMPLATE, model_folder, single_thread, write_pairs
+from tiny import model_dir, sentiment_rows
+from tuneforge import cli
+from tuneforge.config import ConfigError
+from tuneforge.export import export_peft
+from tuneforge.run import load, train
+
+TOL = {"rtol": 1e-5, "atol": 1e-5}  # float32 throughout; merged weights differ only by rounding of W + s*B@A
+IDS = torch.tensor([[3, 6, 7, 8, 9, 10, 11, 79, 5, 4], [3, 12, 13, 14, 15, 16, 5, 4, 1, 1]])
+MASK = torch.tensor([[1] * 10, [1] * 8 + [0] * 2])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with single_thread():
+        yield
+
+
+def _lm_run(tmp_path, family, method="lora", **options):
+    folder = model_folder(tmp_path / family, family)
+    cfg = {"model": {"name": str(folder), "task": "causal_lm", "max_length": 32},
+           "data": {"dataset": str(write_pairs(tmp_path / "pairs.jsonl", repeat=2))},
+           "method": {"name": method, **({"rank": 4, "alpha": 8} if method == "lora" else {}), **options},
+           "train": {"max_steps": 3, "batch_size": 8, "lr": 1e-2, "precision": "fp32"},
+           "eval": {"before": False, "generate_samples": 0}, "output_dir": str(tmp_path / f"run-{family}-{method}")}
+    return folder, train(cfg, progress=False).run_dir
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model(input_ids=IDS, attention_mask=MASK).logits
+
+
+@pytest.fixture(scope="module")
+def llama_run(tmp_path_factory):
+    return _lm_run(tmp_path_factory.mktemp("export"), "llama")
+
+
+def test_merge_gives_a_plain_transformers_folder_with_same_logits(llama_run, tmp_path):
+    folder, run_dir = llama_run
+    run = load(run_dir, "cpu")
+    expected = _logits(run.model)
+    assert not torch.allclose(expected, _logits(AutoModelForCausalLM.from_pretrained(folder)), atol=1e-4)  # trained
+    assert cli.main(["merge", str(run_dir), str(tmp_path / "merged")]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    torch.testing.assert_close(_logits(merged), expected, **TOL)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    assert tok.chat_template == TEMPLATE and tok.eos_token == "<|end|>"
+    assert (tmp_path / "merged" / "generation_config.json").is_file()
+    assert merged.generation_config.eos_token_id == tok.eos_token_id
+
+
+def test_peft_export_of_a_causal_lm_loads_with_peft(llama_run, tmp_path):
+    from peft import PeftModel
+
+    folder, run_dir = llama_run
+    assert cli.main(["export", str(run_dir), str(tmp_path / "peft"), "--format", "peft"]) == 0
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["task_type"] == "CAUSAL_LM"
+    assert config["base_model_name_or_path"] == str(folder.resolve()) and config["r"] == 4
+    assert (tmp_path / "peft" / "adapter_model.safetensors").is_file()
+    expected = _logits(load(run_dir, "cpu").model)
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+    peft_model = PeftModel.from_pretrained(base, tmp_path / "peft").eval()
+    torch.testing.assert_close(_logits(peft_model), expected, **TOL)
+
+
+@pytest.mark.parametrize("family,options,targets", [
+    ("gpt2", {}, ["c_attn", "c_fc", "c_proj"]),  # Conv1D layers: fan_in_fan_out
+    ("llama", {"target_regex": r"model\.layers\.0\.self_attn\.(q|v)_proj", "rslora": True},
+     r"model\.layers\.0\.self_attn\.q_proj|model\.layers\.0\.self_attn\.v_proj"),  # a subset: regex
+])
+def test_peft_export_of_conv1d_layers_and_of_a_layer_subset(tmp_path, family, options, targets):
+    from peft import PeftModel
+
+    folder, run_dir = _lm_run(tmp_path, family, **options)
+    run = load(run_dir, "cpu")
+    export_peft(run, tmp_path / "peft")
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["target_modules"] == targets and config["fan_in_fan_out"] is (family == "gpt2")
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder), tmp_path / "peft").eval()
+    torch.testing.assert_close(_logits(peft_model), _logits(run.model), **TOL)
+
+
+def test_peft_export_of_a_lora_classifier_includes_its_head(tmp_path):
+    from peft import PeftModel
+
+    folder = model_dir(tmp_path / "base", "llama")
+    data = tmp_path / "reviews.csv"
+    pd.DataFrame(sentiment_rows(48)).to_csv(data, index=False)
+    cfg = {"model": {"name": str(folder), "max_length": 16}, "data": {"dataset": str(data)},
+           "method": {"name": "lora", "rank": 4}, "train": {"max_steps": 3, "batch_size": 8, "lr": 1e-2, "precision": "fp32"},
+           "eval": {"before": False}, "output_dir": str(tmp_path / "run")}
+    run = load(train(cfg, progress=False).run_dir, "cpu")
+    assert run.heads == ["score"]
+    export_peft(run, tmp_path / "peft")
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["task_type"] == "SEQ_CLS" and config["modules_to_save"] == ["score"]
+    ids = torch.randint(4, 40, (3, 8))
+    with torch.no_grad():
+        expected = run.model(input_ids=ids).logits  # (3, labels)
+        base = AutoModelForSequenceClassification.from_pretrained(
+            folder, num_labels=2, id2label=dict(enumerate(run.meta["labels"])), pad_token_id=run.model.config.pad_token_id)
+        got = PeftModel.from_pretrained(base, tmp_path / "peft").eval()(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, **TOL)
+
+
+def test_method_without_a_peft_hook_is_a_clear_error(tmp_path, capsys):
+    _, run_dir = _lm_run(tmp_path, "llama", method="freeze")
+    with pytest.raises(ConfigError, match="method 'freeze' cannot export to PEFT format"):
+        export_peft(load(run_dir, "cpu"), tmp_path / "peft")
+    assert cli.main(["export", str(run_dir), str(tmp_path / "peft2")]) == 2
+    assert "cannot export to PEFT format" in capsys.readouterr().err

@@ -1,0 +1,298 @@
+"""Causal-LM data: records -> conversations -> token ids with label masking, truncation and packing.
+
+Three layouts (``data.format``; ``auto`` detects from the columns):
+
+* ``chat``: a ``messages`` column (or ``data.text_column``) holding ``[{role, content}, ...]``, multi-turn;
+* ``pairs``: prompt -> answer from ``data.text_column``/``data.label_column``, or ``instruction`` (+ optional
+  ``input``) / ``output`` columns; a pair becomes a two-message conversation;
+* ``text``: plain text in ``data.text_column`` for continued pre-training (every token trains).
+
+Conversations are rendered with the tokenizer's chat template or a named one (``data.template``), and only
+assistant tokens train (prompt tokens get label -100). Each piece of the rendered text is tokenised on its
+own, so the prompt tokens seen in training are exactly those :func:`prompt_ids` gives at generation time.
+Too long: the prompt is cut from the left first (the latest turns are kept); an answer longer than the row
+keeps its start. Packed rows are plain concatenations: a token may attend to earlier examples of its row
+(as with Trainer/TRL packing), but no label is predicted across an example boundary.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from tuneforge.config import ConfigError, DataConfig
+
+IGNORE = -100  # label of tokens that do not train
+ROLES = ("system", "user", "assistant")
+CHARS_PER_TOKEN = 8  # generous bound of characters per token: turns beyond 8 x max_length chars are dropped
+
+# Named plain templates (Jinja, like a tokenizer's chat template) for models that ship none.
+TEMPLATES = {
+    "alpaca": (
+        "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}"
+        "{% else %}{{ 'Below is an instruction that describes a task. Write a response that appropriately "
+        "completes the request.\\n\\n' }}{% endif %}"
+        "{% for m in messages %}{% if m['role'] == 'user' %}{{ '### Instruction:\\n' + m['content'] + '\\n\\n' }}"
+        "{% elif m['role'] == 'assistant' %}{{ '### Response:\\n' + m['content'] + eos_token + '\\n\\n' }}"
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}"
+    ),
+    "plain": (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'assistant' %}{{ m['content'] + eos_token + '\\n' }}"
+        "{% else %}{{ m['content'] + '\\n' }}{% endif %}{% endfor %}"
+    ),
+}
+
+
+def detect_format(keys: set[str], d: DataConfig, source: str) -> str:
+    """``data.format``, or for ``auto`` the layout the columns imply (chat > pairs > text)."""
+    if d.format != "auto":
+        return d.format
+    if "messages" in keys:
+        return "chat"
+    if {d.text_column, d.label_column} <= keys or {"instruction", "output"} <= keys:
+        return "pairs"
+    if d.text_column in keys:
+        return "text"
+    raise ConfigError(
+        f"{source}: cannot tell the data layout from columns {', '.join(sorted(keys))}; give a 'messages' column "
+        "(chat), 'instruction'/'output' or data.text_column + data.label_column (pairs), or data.text_column "
+        "(plain text), or set data.format")
+
+
+def _text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):  # None / NaN from CSV or Parquet
+        return ""
+    return str(value).strip()
+
+
+def _pair_columns(record: dict[str, Any], d: DataConfig) -> tuple[str, str]:
+    if d.text_column in record and d.label_column in record:
+        return d.text_column, d.label_column
+    if "instruction" in record and "output" in record:
+        return "instruction", "output"
+    raise ConfigError(f"pairs need columns data.text_column='{d.text_column}' and data.label_column="
+                      f"'{d.label_column}' (or instruction/output); the record has {', '.join(map(str, record))}")
+
+
+def to_messages(record: dict[str, Any], fmt: str, d: DataConfig, where: str) -> list[dict[str, str]] | str:
+    """One record as a checked conversation (``chat``/``pairs``) or a string (``text``). ``where`` names the
+    file and row in errors."""
+    try:
+        if fmt == "text":
+            text = _text(record.get(d.text_column))
+            if not text:
+                raise ConfigError(f"no text in column '{d.text_column}'; fill it in, remove the row or set data.text_column")
+            return text
+        if fmt == "pairs":
+            q_col, a_col = _pair_columns(record, d)
+            prompt, answer = _text(record[q_col]), _text(record[a_col])
+            if q_col == "instruction" and _text(record.get("input")):
+                prompt = f"{prompt}\n\n{_text(record['input'])}".strip()
+            if not prompt:
+                raise ConfigError(f"empty prompt in column '{q_col}'; fill it in or remove the row")
+            if not answer:
+                raise ConfigError(f"empty answer in column '{a_col}'; fill it in or remove the row")
+            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        else:
+            messages = _check_messages(record, d)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if d.system_prompt and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": d.system_prompt}] + messages
+    return messages
+
+
+def _check_messages(record: dict[str, Any], d: DataConfig) -> list[dict[str, str]]:
+    col = "messages" if "messages" in record else d.text_column
+    value = record.get(col)
+    if isinstance(value, str):  # CSV cells may hold the conversation as JSON
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ConfigError(f"column '{col}' is not a JSON list of {{role, content}} messages") from None
+    if value is None or isinstance(value, (str, dict)) or not hasattr(value, "__iter__"):
+        raise ConfigError(f"column '{col}' must hold a list of {{role, content}} messages (data.format=chat)")
+    messages = []
+    for j, m in enumerate(list(value), start=1):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ConfigError(f"message {j} must be an object with 'role' and 'content'")
+        role, content = _text(m["role"]), _text(m["content"])
+        if role not in ROLES:
+            raise ConfigError(f"message {j} has unknown role '{role}'; use system, user or assistant")
+        if not content:
+            raise ConfigError(f"message {j} ({role}) is empty; fill it in or drop the message")
+        if role == "system" and j != 1:
+            raise ConfigError(f"message {j}: a system message may only come first")
+        messages.append({"role": role, "content": content})
+    roles = [m["role"] for m in messages]
+    if "assistant" not in roles:
+        raise ConfigError("the conversation has no assistant message to learn from; add one or remove the row")
+    if "user" not in roles[:roles.index("assistant")]:
+        raise ConfigError("the assistant speaks before any user message; start with a user message")
+    return messages
+
+
+def resolve_template(tokenizer: PreTrainedTokenizerBase, name: str | None) -> str:
+    """The Jinja chat template to use: a named one (alpaca, plain), a .jinja file or inline Jinja from
+    ``data.template``; else the tokenizer's own. A model with neither is a ConfigError."""
+    if name:
+        if name in TEMPLATES:
+            return TEMPLATES[name]
+        if "{{" in name or "{%" in name:
+            return name
+        if Path(name).expanduser().is_file():
+            return Path(name).expanduser().read_text(encoding="utf-8")
+        raise ConfigError(f"data.template: unknown template '{name}'; use {', '.join(TEMPLATES)}, "
+                          "a .jinja file or an inline Jinja chat template")
+    own = getattr(tokenizer, "chat_template", None)
+    own = own.get("default") if isinstance(own, dict) else own
+    if not own:
+        raise ConfigError("the model's tokenizer has no chat template; name one with data.template "
+                          f"({', '.join(TEMPLATES)}) or use data.format=text")
+    return own
+
+
+def render(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dict[str, str]],
+           generation_prompt: bool) -> str:
+    """The conversation as text, with the assistant header appended when ``generation_prompt``."""
+    try:
+        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                             add_generation_prompt=generation_prompt)
+    except Exception as exc:  # Jinja errors (e.g. a template that raises on role order)
+        raise ConfigError(f"the chat template cannot render this conversation: {str(exc).splitlines()[0]}") from None
+
+
+def pieces(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dict[str, str]]
+           ) -> list[tuple[str, bool]]:
+    """Rendered text cut into (text, trains) pieces; the assistant replies (with their end-of-turn marks)
+    are the pieces that train. Messages after the last reply are dropped."""
+    messages = until_last_reply(messages)
+    full = render(tokenizer, template, messages, False)
+    out, cursor = [], 0
+    for k, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        head = render(tokenizer, template, messages[:k], True)
+        upto = render(tokenizer, template, messages[:k + 1], False)
+        if not (full.startswith(upto) and upto.startswith(head) and len(head) >= cursor):
+            raise ConfigError("the chat template renders earlier turns differently once later turns follow; "
+                              "name a template with data.template (e.g. alpaca)")
+        out += [(full[cursor:len(head)], False), (full[len(head):len(upto)], True)]
+        cursor = len(upto)
+    return [(text, trains) for text, trains in out if text]
+
+
+def until_last_reply(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The conversation up to its last assistant reply (later messages have nothing to learn from)."""
+    last = max(k for k, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[:last + 1]
+
+
+def recent(messages: list[dict[str, str]], budget: int) -> list[dict[str, str]]:
+    """Drop turns long before the last reply: keep (the system message and) the latest turns, from a user
+    message on, holding at least ``budget`` characters. Truncation would cut the dropped turns anyway; this
+    only spares rendering very long conversations (which costs time quadratic in their turns)."""
+    start, total = len(messages), 0
+    while start > 0 and total <= budget:
+        start -= 1
+        total += len(messages[start]["content"])
+    while start > 0 and messages[start]["role"] != "user":
+        start -= 1
+    if start == 0 or (start == 1 and messages[0]["role"] == "system"):
+        return messages
+    return ([messages[0]] if messages[0]["role"] == "system" else []) + messages[start:]
+
+
+def truncate(ids: list[int], labels: list[int], answer_start: int, max_length: int) -> tuple[list[int], list[int]]:
+    """Fit ``max_length``: cut the prompt (everything before the last answer) from the left, keeping at most
+    half the row for it when the answer itself is long; then cut the answer from the right."""
+    if len(ids) <= max_length:
+        return ids, labels
+    prompt_len, answer_len = answer_start, len(ids) - answer_start
+    keep = max(max_length - answer_len, min(prompt_len, max_length // 2))
+    lo = answer_start - keep
+    hi = lo + max_length
+    return ids[lo:hi], labels[lo:hi]
+
+
+def encode_conversations(conversations: list[list[dict[str, str]]], tokenizer: PreTrainedTokenizerBase,
+                         template: str, max_length: int, where: list[str]) -> list[dict[str, list[int]]]:
+    """Token ids + labels (-100 outside assistant replies) of each conversation, truncated to ``max_length``."""
+    split = []
+    for messages, w in zip(conversations, where):
+        try:
+            split.append(pieces(tokenizer, template, recent(until_last_reply(messages), CHARS_PER_TOKEN * max_length)))
+        except ConfigError as exc:
+            raise ConfigError(f"{w}: {exc}") from None
+    flat = [text for parts in split for text, _ in parts]
+    tokens = iter(tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
+    examples = []
+    for parts, w in zip(split, where):
+        ids, labels, answer_start = [], [], 0
+        for _, trains in parts:
+            piece = next(tokens)
+            if trains:
+                answer_start = len(ids)
+            ids += piece
+            labels += piece if trains else [IGNORE] * len(piece)
+        ids, labels = truncate(ids, labels, answer_start, max_length)
+        if all(y == IGNORE for y in labels[1:]):
+            raise ConfigError(f"{w}: no answer token is left after truncation to model.max_length={max_length}; "
+                              "raise model.max_length or shorten the prompt")
+        examples.append({"input_ids": ids, "labels": labels})
+    return examples
+
+
+def encode_texts(texts: list[str], tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[dict[str, list[int]]]:
+    """Plain text (every token trains), EOS-terminated, cut into consecutive rows of ``max_length``."""
+    eos = tokenizer.eos_token_id
+    examples = []
+    for ids in tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else []:
+        if eos is not None and (not ids or ids[-1] != eos):
+            ids = ids + [eos]
+        for s in range(0, len(ids), max_length):
+            chunk = ids[s:s + max_length]
+            if len(chunk) > 1:  # a lone token has nothing to predict
+                examples.append({"input_ids": chunk, "labels": list(chunk)})
+    return examples
+
+
+def pack(examples: list[dict[str, list[int]]], max_length: int) -> list[dict[str, list[int]]]:
+    """Best-fit-decreasing packing of whole examples into rows of at most ``max_length`` tokens. The first
+    label of every example is -100, so nothing is learned across an example boundary."""
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # sorted (space left, row index)
+    for i in sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"])):
+        need = len(examples[i]["input_ids"])
+        k = bisect.bisect_left(free, (need, -1))
+        if k == len(free):
+            rows.append([i])
+            bisect.insort(free, (max_length - need, len(rows) - 1))
+        else:
+            space, r = free.pop(k)
+            rows[r].append(i)
+            bisect.insort(free, (space - need, r))
+    packed = []
+    for row in rows:
+        ids, labels = [], []
+        for i in row:
+            ids += examples[i]["input_ids"]
+            labels += [IGNORE] + examples[i]["labels"][1:]
+        packed.append({"input_ids": ids, "labels": labels})
+    return packed
+
+
+def split_reference(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
+    """(prompt messages before the last assistant reply, that reply) for generation-based evaluation."""
+    last = max(k for k, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[:last], messages[last]["content"]
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dict[str, str]],
+               max_length: int) -> list[int]:
+    """Token ids of a conversation + the assistant header, cut from the left to ``max_length``."""
+    ids = tokenizer(render(tokenizer, template, messages, True), add_special_tokens=False)["input_ids"]
+    return ids[-max_length:]

@@ -1,0 +1,66 @@
+"""Export a finished run for use without tuneforge: a PEFT-format adapter (``adapter_config.json`` +
+``adapter_model.safetensors``) or a merged Hugging Face model folder. The PEFT key/config mapping is the
+method's business: its optional ``to_peft(model, config, task_type, modules_to_save)`` hook."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tuneforge import assets, checkpoint
+from tuneforge.config import ConfigError
+from tuneforge.methods import registry
+
+if TYPE_CHECKING:
+    from tuneforge.run import Run
+
+# tuneforge task -> PEFT task type (what PeftModel.from_pretrained builds around the base model)
+PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "classification": "SEQ_CLS"}
+FORMATS = ("peft", "merged")
+
+_README = """# PEFT adapter exported by tuneforge
+
+method: {method}, task type: {task_type}, base model: `{base}`
+
+```python
+from peft import PeftModel
+from transformers import {auto}
+base = {auto}.from_pretrained("{base}"{extra})
+model = PeftModel.from_pretrained(base, "{out}")
+```
+"""
+
+
+def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the run's adapter (plus any fully trained head, as ``modules_to_save``) in PEFT's format,
+    with the tokenizer (and its chat template) beside it."""
+    name = run.cfg.method_name
+    hook = getattr(registry.get(name), "to_peft", None)
+    if hook is None or run.files.full_model_dir is not None:
+        raise ConfigError(f"method '{name}' cannot export to PEFT format; use `tuneforge merge` "
+                          "(or load the run directory with tuneforge)")
+    if run.task.name not in PEFT_TASK_TYPES:
+        raise ConfigError(f"task '{run.task.name}' has no PEFT task type; export supports {', '.join(PEFT_TASK_TYPES)}")
+    task_type = PEFT_TASK_TYPES[run.task.name]
+    adapter_config, tensors = hook(run.model, registry.make_config(name, run.cfg.method_options()), task_type,
+                                   list(run.heads))
+    base = assets.resolve_model(run.cfg.model.name).resolve()
+    adapter_config["base_model_name_or_path"] = str(base)
+    out = checkpoint.prepare_output(out, overwrite)
+    checkpoint.save_json(adapter_config, out / "adapter_config.json")
+    checkpoint.save_tensors(tensors, out / "adapter_model.safetensors", {"format": "pt"})
+    run.tokenizer.save_pretrained(out)
+    labels = run.meta.get("labels")
+    auto = "AutoModelForCausalLM" if task_type == "CAUSAL_LM" else "AutoModelForSequenceClassification"
+    extra = f", num_labels={len(labels)}, id2label={dict(enumerate(labels))}" if labels else ""
+    checkpoint.atomic_write_text(out / "README.md", _README.format(method=name, task_type=task_type, base=base,
+                                                                  auto=auto, extra=extra, out=out))
+    return out
+
+
+def export(run: Run, out: str | Path, fmt: str = "peft", overwrite: bool = False) -> Path:
+    """``peft``: adapter in PEFT format; ``merged``: a plain Hugging Face model folder (``Run.merge``)."""
+    if fmt == "peft":
+        return export_peft(run, out, overwrite)
+    if fmt == "merged":
+        return run.merge(out, overwrite)
+    raise ConfigError(f"--format: unknown export format '{fmt}'; choose {', '.join(FORMATS)}")

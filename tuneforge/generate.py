@@ -1,0 +1,155 @@
+"""Text generation from a trained causal LM: batched (left-padded) greedy or sampled generation, and an
+interactive chat loop that streams tokens as they are produced."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, TextIO
+
+import torch
+import torch.nn as nn
+from transformers import GenerationConfig, PreTrainedTokenizerBase, TextStreamer
+
+from tuneforge.config import ConfigError, build_dataclass
+from tuneforge.data import chat
+from tuneforge.models import autocast
+from tuneforge.tasks import Runtime
+
+if TYPE_CHECKING:
+    from tuneforge.run import Run
+
+Prompt = str | list[dict[str, str]]  # a user message, or a whole conversation of {role, content}
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int = 128  # tokens generated at most per answer
+    sample: bool = False  # sample (with temperature / top-p / top-k) instead of greedy decoding
+    temperature: float = 1.0  # sampling only: < 1 sharper, > 1 flatter
+    top_p: float = 1.0  # sampling only: nucleus probability mass
+    top_k: int = 50  # sampling only: keep the k most likely tokens (0 disables)
+    seed: int | None = None  # sampling only: seed for reproducible samples
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens <= 0:
+            raise ConfigError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be positive, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
+
+
+def _eos_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """End-of-sequence ids: the tokenizer's EOS plus the model's generation config (e.g. end-of-turn)."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    vocab = model.get_input_embeddings().num_embeddings
+    return sorted({i for i in ids if 0 <= i < vocab})
+
+
+def generation_config(model: nn.Module, tokenizer: PreTrainedTokenizerBase, s: Sampling) -> GenerationConfig:
+    """An explicit generation config (the model's own sampling defaults do not leak in)."""
+    kwargs: dict[str, Any] = {"max_new_tokens": s.max_new_tokens, "do_sample": s.sample,
+                              "eos_token_id": _eos_ids(model, tokenizer), "pad_token_id": tokenizer.pad_token_id}
+    if s.sample:
+        kwargs.update(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
+    return GenerationConfig(**kwargs)
+
+
+class _Streamer(TextStreamer):
+    """Writes decoded text to ``out`` as soon as it is final (word by word)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, out: TextIO) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.out = out
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        self.out.write(text + ("\n" if stream_end else ""))
+        self.out.flush()
+
+
+@torch.no_grad()
+def generate_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]], rt: Runtime,
+                 s: Sampling, batch_size: int = 16, stream: TextIO | None = None) -> list[list[int]]:
+    """New token ids for each prompt (ending before EOS). Prompts of similar length share a batch, padded on
+    the left so every row ends where generation starts. ``stream`` (one prompt only) receives text live."""
+    if stream is not None and len(prompts) != 1:
+        raise ConfigError("streaming works for one prompt at a time")
+    model.eval()
+    config = generation_config(model, tokenizer, s)
+    eos = set(config.eos_token_id)
+    pad = tokenizer.pad_token_id
+    if s.sample and s.seed is not None:
+        torch.manual_seed(s.seed)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[list[int]] = [[] for _ in prompts]
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        longest = max(len(prompts[i]) for i in idx)
+        ids = torch.tensor([[pad] * (longest - len(prompts[i])) + prompts[i] for i in idx])  # (batch, seq)
+        mask = torch.tensor([[0] * (longest - len(prompts[i])) + [1] * len(prompts[i]) for i in idx])  # (batch, seq)
+        streamer = _Streamer(tokenizer, stream) if stream is not None else None
+        with autocast(rt.device, rt.bf16):
+            result = model.generate(input_ids=ids.to(rt.device), attention_mask=mask.to(rt.device),
+                                    generation_config=config, streamer=streamer)  # (batch, seq + new)
+        for row, i in enumerate(idx):
+            new = result[row, longest:].tolist()
+            cut = next((k for k, t in enumerate(new) if t in eos), len(new))
+            out[i] = new[:cut]
+    return out
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], template: str | None,
+                   max_length: int, system_prompt: str | None = None) -> list[list[int]]:
+    """Token ids of each prompt: rendered with the chat template (a string is one user message), or, without
+    a template (plain-text runs), the text itself to be continued."""
+    out = []
+    for p in prompts:
+        if template is None:
+            if not isinstance(p, str):
+                raise ConfigError("this run was trained on plain text: give prompts as strings to continue")
+            out.append(tokenizer(p)["input_ids"][-max_length:])
+            continue
+        messages = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+        if system_prompt and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": system_prompt}] + messages
+        out.append(chat.prompt_ids(tokenizer, template, messages, max_length))
+    return out
+
+
+def generate_for_run(run: Run, prompts: list[Prompt], stream: TextIO | None = None, **settings: Any) -> list[str]:
+    """Answers of a reloaded run to each prompt; ``settings`` are :class:`Sampling` fields."""
+    s = build_dataclass(Sampling, settings, "generate")
+    fmt = run.meta.get("format")
+    if fmt is None:
+        raise ConfigError(f"{run.files.path} is a {run.task.name} run; generation needs a causal_lm run")
+    template = run.meta.get("chat_template") or (chat.resolve_template(run.tokenizer, None) if fmt != "text" else None)
+    ids = encode_prompts(run.tokenizer, prompts, template, run.cfg.model.max_length, run.cfg.data.system_prompt)
+    new = generate_ids(run.model, run.tokenizer, ids, run.rt, s, run.cfg.eval.batch_size, stream)
+    return [run.tokenizer.decode(n, skip_special_tokens=True).strip() for n in new]
+
+
+def chat_loop(run: Run, read: Callable[[str], str] = input, out: TextIO | None = None, **settings: Any) -> None:
+    """Interactive multi-turn chat: answers stream as they are generated; ends on EOF, 'exit' or 'quit'."""
+    out = out or sys.stdout
+    history: list[dict[str, str]] = []
+    out.write("chatting with the model: type a message, or 'exit' (or Ctrl-D) to quit\n")
+    while True:
+        try:
+            line = read("you> ").strip()
+        except EOFError:
+            out.write("\n")
+            return
+        if line.lower() in ("exit", "quit"):
+            return
+        if not line:
+            continue
+        history.append({"role": "user", "content": line})
+        out.write("model> ")
+        out.flush()
+        answer = generate_for_run(run, [history], stream=out, **settings)[0]
+        history.append({"role": "assistant", "content": answer or "..."})

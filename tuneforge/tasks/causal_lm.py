@@ -1,0 +1,193 @@
+"""Causal language modelling: instruction pairs, chat conversations or plain text -> next-token loss on the
+answer (assistant) tokens; perplexity, and BLEU / ROUGE-L of generated answers."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+from tqdm.auto import tqdm
+
+from tuneforge.checkpoint import atomic_write_text
+from tuneforge.config import ConfigError, RunConfig
+from tuneforge.data import chat
+from tuneforge.data.batching import batch_order, iterate
+from tuneforge.data.dataset import load_splits, source_records
+from tuneforge.evaluate import bleu, perplexity, rouge_l
+from tuneforge.models import autocast, load_pretrained, resolve_device
+from tuneforge.tasks import Prepared, Runtime
+
+# config attributes of models whose logits are not just lm_head(hidden): those take the full forward
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+EAGER_MAX_LENGTH = 512  # CPU: eager attention up to this row length (see Task.load_model)
+
+
+def _backbone(model: nn.Module) -> nn.Module | None:
+    """The model without its LM head (``model.base_model``), or None where the head-only path is unsafe."""
+    base = getattr(model, "base_model", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    config = getattr(model, "config", None)
+    if base is None or base is model or head is None or any(getattr(config, a, None) for a in _LOGIT_TRANSFORMS):
+        return None
+    return base
+
+
+def token_nll(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy (float32) of next-token predictions where labels are kept. Logits are computed only for
+    those positions: backbone hidden states -> select -> LM head on the selected rows."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]  # (batch, seq)
+    target = batch["labels"][:, 1:]  # (batch, seq-1): token t+1 is predicted at position t
+    keep = target != chat.IGNORE  # (batch, seq-1)
+    base = _backbone(model)
+    if base is None:
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (batch, seq, vocab)
+        selected = logits[:, :-1][keep]  # (kept, vocab)
+    else:
+        hidden = base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (batch, seq', hidden)
+        hidden = hidden[:, -ids.shape[1]:]  # methods that prepend virtual tokens add positions on the left
+        selected = model.get_output_embeddings()(hidden[:, :-1][keep])  # (kept, vocab)
+    return nn.functional.cross_entropy(selected.float(), target[keep], reduction=reduction)
+
+
+def _template(tokenizer: PreTrainedTokenizerBase, meta: dict[str, Any]) -> str:
+    return meta.get("chat_template") or chat.resolve_template(tokenizer, None)
+
+
+class Task:
+    name = "causal_lm"
+    metric = "loss"  # validation metric that picks the best checkpoint
+    greater_is_better = False
+    table_metrics = ("loss", "perplexity", "bleu", "rouge_l")
+
+    def columns(self, cfg: RunConfig) -> list[str]:
+        """Columns every record needs up front (pairs and chat columns are checked row by row)."""
+        return [cfg.data.text_column] if cfg.data.format == "text" else []
+
+    def _check_sources(self, cfg: RunConfig) -> str:
+        """Detect the layout and check every row of every source, naming file and row on errors."""
+        d = cfg.data
+        names = [n for n in (d.train_file, d.validation_file, d.test_file) if n] or [d.dataset]
+        formats = set()
+        for name in names:
+            records = source_records(name)
+            fmt = chat.detect_format(set(records[0]), d, name)
+            formats.add(fmt)
+            for row, record in enumerate(records, start=1):
+                chat.to_messages(record, fmt, d, f"{name}, row {row}")
+        if len(formats) > 1:
+            raise ConfigError(f"data: the files mix layouts ({', '.join(sorted(formats))}); use one, or set data.format")
+        return formats.pop()
+
+    def setup_tokenizer(self, tokenizer: PreTrainedTokenizerBase, cfg: RunConfig, meta: dict[str, Any]) -> None:
+        """A named template becomes the tokenizer's chat template, so saved and merged tokenizers carry it."""
+        if meta.get("chat_template"):
+            tokenizer.chat_template = meta["chat_template"]
+
+    def prepare(self, cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> Prepared:
+        """Read, split, check, render and tokenise (labels -100 outside answers); pack the training split."""
+        d = cfg.data
+        train, val, test = load_splits(d, self.columns(cfg))
+        fmt = self._check_sources(cfg)
+        template = chat.resolve_template(tokenizer, d.template) if fmt != "text" else None
+        meta = {"format": fmt, "chat_template": template if d.template else None}
+        self.setup_tokenizer(tokenizer, cfg, meta)
+        train_examples = self.encode(train, cfg, tokenizer, meta, "train split")
+        if d.packing:
+            train_examples = chat.pack(train_examples, cfg.model.max_length)
+        return Prepared(train=train_examples,
+                        validation=self.encode(val, cfg, tokenizer, meta, "validation split"),
+                        test=self.encode(test, cfg, tokenizer, meta, "test split"), meta=meta,
+                        raw_test=test if fmt != "text" else [])
+
+    def encode(self, records: list[dict[str, Any]], cfg: RunConfig, tokenizer: PreTrainedTokenizerBase,
+               meta: dict[str, Any], source: str, rows: list[int] | None = None) -> list[dict[str, Any]]:
+        """Token ids + labels of records in the layout ``meta['format']``; ``rows`` (default 1, 2, ...) number
+        the records in errors."""
+        if not records:
+            return []
+        where = [f"{source}, row {row}" for row in (rows or range(1, len(records) + 1))]
+        items = [chat.to_messages(r, meta["format"], cfg.data, w) for r, w in zip(records, where)]
+        if meta["format"] == "text":
+            return chat.encode_texts(items, tokenizer, cfg.model.max_length)
+        return chat.encode_conversations(items, tokenizer, _template(tokenizer, meta), cfg.model.max_length, where)
+
+    def encode_file(self, path: str, cfg: RunConfig, tokenizer: PreTrainedTokenizerBase,
+                    meta: dict[str, Any], limit: int | None = None) -> list[dict[str, Any]]:
+        """Tokenise a data file or embedded set (its layout detected anew), e.g. for ``tuneforge evaluate RUN
+        --data FILE``; with ``limit`` only a seeded random sample of that many records (``data.seed``)."""
+        records = source_records(path)
+        rows = list(range(1, len(records) + 1))
+        if limit is not None and limit < len(records):
+            rows = sorted(random.Random(cfg.data.seed).sample(rows, limit))
+            records = [records[r - 1] for r in rows]
+        fmt = chat.detect_format(set(records[0]), dataclasses.replace(cfg.data, format="auto"), path)
+        return self.encode(records, cfg, tokenizer, {**meta, "format": fmt}, path, rows)
+
+    def load_model(self, path: str | Path, cfg: RunConfig, meta: dict[str, Any], pad_id: int
+                   ) -> tuple[nn.Module, list[str]]:
+        """Pre-trained causal LM -> (model, freshly initialised module names, normally none). On CPU with rows
+        of up to ``EAGER_MAX_LENGTH`` tokens attention runs eager: torch's CPU SDPA backward with a padding mask
+        made a SmolLM2 LoRA step ~1.4x slower (16 x 48 tokens, bf16); at 256 tokens both were even."""
+        extra = {}
+        if resolve_device(cfg.train.device).type == "cpu" and cfg.model.max_length <= EAGER_MAX_LENGTH:
+            extra["attn_implementation"] = "eager"
+        model, fresh = load_pretrained(AutoModelForCausalLM, path, cfg.model.trust_remote_code, **extra)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = pad_id
+        return model, fresh
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean cross-entropy over the answer tokens of the batch."""
+        return token_nll(model, batch)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, examples: list[dict[str, Any]], rt: Runtime, cfg: RunConfig,
+                 meta: dict[str, Any], progress: bool = False, tokenizer: PreTrainedTokenizerBase | None = None,
+                 raw: list[dict[str, Any]] | None = None, run_dir: Path | None = None, tag: str | None = None
+                 ) -> dict[str, Any]:
+        """Token-weighted loss and perplexity; with ``raw`` and ``tokenizer`` also BLEU and ROUGE-L of greedy
+        answers to up to ``eval.generate_samples`` test prompts (written to ``samples_{tag}.jsonl``)."""
+        if not examples:
+            return {}
+        model.eval()
+        lengths = [len(e["input_ids"]) for e in examples]
+        order = batch_order(lengths, cfg.eval.batch_size, 0, 0, shuffle=False, group_by_length=True)
+        total, count = 0.0, 0
+        for batch in tqdm(iterate(examples, order, rt.pad_id), total=len(order), desc="evaluate", leave=False,
+                          disable=not progress):
+            batch = {k: v.to(rt.device) for k, v in batch.items()}
+            with autocast(rt.device, rt.bf16):
+                total += float(token_nll(model, batch, reduction="sum"))
+            count += int((batch["labels"][:, 1:] != chat.IGNORE).sum())
+        loss = total / count
+        metrics: dict[str, Any] = {"loss": loss, "perplexity": perplexity(loss), "tokens": count}
+        if raw and tokenizer is not None and cfg.eval.generate_samples > 0 and meta.get("format") != "text":
+            metrics.update(self._generation_metrics(model, raw, rt, cfg, meta, tokenizer, run_dir, tag))
+        return metrics
+
+    def _generation_metrics(self, model: nn.Module, raw: list[dict[str, Any]], rt: Runtime, cfg: RunConfig,
+                            meta: dict[str, Any], tokenizer: PreTrainedTokenizerBase, run_dir: Path | None,
+                            tag: str | None) -> dict[str, Any]:
+        from tuneforge.generate import Sampling, generate_ids
+
+        template = _template(tokenizer, meta)
+        records = raw[:cfg.eval.generate_samples]
+        conversations = [chat.to_messages(r, meta["format"], cfg.data, f"test split, row {i}")
+                         for i, r in enumerate(records, start=1)]
+        prompts, references = zip(*(chat.split_reference(c) for c in conversations))
+        ids = [chat.prompt_ids(tokenizer, template, p, cfg.model.max_length) for p in prompts]
+        outputs = generate_ids(model, tokenizer, ids, rt, Sampling(max_new_tokens=cfg.eval.max_new_tokens),
+                               cfg.eval.batch_size)
+        generated = [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outputs]
+        samples = [{"prompt": next(m["content"] for m in reversed(p) if m["role"] == "user"),
+                    "reference": ref, "generated": gen} for p, ref, gen in zip(prompts, references, generated)]
+        if run_dir is not None:
+            path = Path(run_dir) / (f"samples_{tag}.jsonl" if tag else "samples.jsonl")
+            atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+        return {"bleu": bleu(generated, references), "rouge_l": rouge_l(generated, references),
+                "generated": len(samples), "samples": samples[:3]}
