@@ -1,0 +1,478 @@
+"""tuneforge vs Hugging Face Trainer + PEFT: the same LoRA and full fine-tuning runs, side by side.
+
+    .venv/bin/python benchmarks/bench_classification.py                 # default: LoRA + full, 3 repeats
+    .venv/bin/python benchmarks/bench_classification.py --quick         # smoke test (a minute or two)
+    .venv/bin/python benchmarks/bench_classification.py --methods lora --repeats 5
+
+Both sides train the embedded MiniLM (``AutoModelForSequenceClassification``, 2 labels) on the embedded
+Rotten Tomatoes sentences, split by tuneforge's own seeded stratified split, tokenised by tuneforge's own
+classification task code, with the same batch size, epochs, learning rate, linear schedule and warmup,
+AdamW, weight decay, gradient clipping, seed, max_length and bf16 autocast on CPU, and the same LoRA
+(rank 8, alpha 16, dropout 0, every linear layer except the classifier; classifier trained in full).
+Neither side evaluates during training. Every configuration runs in a fresh subprocess (peak RSS is per
+run), repeats are interleaved (A, B, C, A, B, C, ...) and medians are reported. See benchmarks/README.md.
+
+Trainer + PEFT is a benchmark-only dependency (transformers ``Trainer``, ``peft``, ``accelerate``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+THREADS = 2  # torch CPU threads on every side (default; --threads)
+
+# The demo's settings (configs/demo.yaml); full fine-tuning uses tuneforge's recommended lr for `full`.
+DEFAULTS = {
+    "max_length": 64, "split": [0.8, 0.1, 0.1], "data_seed": 42, "seed": 42, "batch_size": 32, "epochs": 2.0,
+    "lr_lora": 1e-3, "lr_full": 5e-5, "warmup_ratio": 0.06, "weight_decay": 0.01, "max_grad_norm": 1.0,
+    "rank": 8, "alpha": 16, "eval_batch_size": 64,
+    # Not the demo's: the demo trains on all 6,824 training sentences, which takes about an hour for the 18
+    # runs of the default invocation here; 2,000 keeps it near 20 minutes. --train-examples 0: all of them.
+    "train_examples": 2000,
+}
+FRAMEWORKS = ("tuneforge", "trainer", "trainer_grouped")
+LABELS = {
+    "tuneforge": "tuneforge",
+    "trainer": "Trainer + PEFT (defaults: random batches)",
+    "trainer_grouped": "Trainer + PEFT, train_sampling_strategy=group_by_length",
+}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Data: written once by the parent, read by every worker through tuneforge's own data code.
+# --------------------------------------------------------------------------------------------------------
+
+def write_splits(workdir: Path, train_examples: int | None) -> dict[str, Any]:
+    """tuneforge's seeded stratified split of the embedded Rotten Tomatoes sentences (the demo's split),
+    optionally the first ``train_examples`` of the (already shuffled) train split, as JSONL files."""
+    from tuneforge.config import DataConfig
+    from tuneforge.data.dataset import load_splits
+
+    data = DataConfig(dataset="rotten_tomatoes", split=DEFAULTS["split"], seed=DEFAULTS["data_seed"])
+    train, _validation, test = load_splits(data, ["text", "label"], key=lambda r: str(r["label"]))
+    if train_examples:
+        train = train[:train_examples]
+    paths = {"train": workdir / "train.jsonl", "test": workdir / "test.jsonl"}
+    for name, records in (("train", train), ("test", test)):
+        with open(paths[name], "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps({"text": r["text"], "label": r["label"]}) + "\n")
+    return {"train_file": str(paths["train"]), "test_file": str(paths["test"]),
+            "n_train": len(train), "n_test": len(test)}
+
+
+def tuneforge_config(spec: dict[str, Any], out_dir: str) -> dict[str, Any]:
+    """The tuneforge run config of a benchmark spec. Validation split is empty: no evaluation in training
+    (the final model is the one tested, as with Trainer)."""
+    method = ({"name": "lora", "rank": spec["rank"], "alpha": spec["alpha"], "dropout": 0.0,
+               "target_modules": ["all-linear"]} if spec["method"] == "lora" else {"name": "full"})
+    return {
+        "model": {"name": "minilm", "task": "classification", "max_length": spec["max_length"]},
+        "data": {"train_file": spec["train_file"], "test_file": spec["test_file"], "split": [1.0, 0.0, 0.0],
+                 "seed": spec["data_seed"]},
+        "method": method,
+        "train": {"optimizer": "adamw", "lr": spec["lr"], "weight_decay": spec["weight_decay"],
+                  "schedule": "linear", "warmup_ratio": spec["warmup_ratio"], "epochs": spec["epochs"],
+                  "batch_size": spec["batch_size"], "grad_accum": 1, "max_grad_norm": spec["max_grad_norm"],
+                  "seed": spec["seed"], "precision": "bf16", "num_threads": spec["threads"], "device": "cpu"},
+        "eval": {"batch_size": spec["eval_batch_size"], "before": False},
+        "output_dir": out_dir,
+    }
+
+
+def prepared_examples(spec: dict[str, Any]):
+    """Tokenised train/test examples exactly as tuneforge builds them (its Task.prepare on the same config)."""
+    from tuneforge import assets, tasks
+    from tuneforge.config import load_config
+    from tuneforge.models import load_tokenizer
+
+    cfg = load_config(None, tuneforge_config(spec, "unused"))
+    tokenizer = load_tokenizer(assets.minilm_dir())
+    prepared = tasks.get("classification").prepare(cfg, tokenizer)
+    return prepared, tokenizer
+
+
+# --------------------------------------------------------------------------------------------------------
+# Workers: one configuration per fresh subprocess.
+# --------------------------------------------------------------------------------------------------------
+
+class FirstLinearDtype:
+    """Records the output dtype of the first nn.Linear called in training mode (is autocast on?), then
+    removes its global hook so it costs nothing afterwards."""
+
+    def __init__(self) -> None:
+        import torch
+        self.dtype: str | None = None
+        self.handle = torch.nn.modules.module.register_module_forward_hook(self._hook)
+
+    def _hook(self, module, args, output) -> None:
+        import torch
+        if self.dtype is None and isinstance(module, torch.nn.Linear) and module.training and torch.is_tensor(output):
+            self.dtype = str(output.dtype).replace("torch.", "")
+            self.handle.remove()
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def run_tuneforge(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    import tuneforge.run
+    from tuneforge.run import train
+
+    torch.set_num_threads(spec["threads"])
+    clock: dict[str, float] = {}
+    fit = tuneforge.run.fit
+
+    def timed_fit(*args: Any, **kwargs: Any) -> Any:  # cross-check of train_seconds + CPU time of the loop
+        cpu, wall = time.process_time(), time.perf_counter()
+        out = fit(*args, **kwargs)
+        clock.update(cpu=time.process_time() - cpu, wall=time.perf_counter() - wall,
+                     threads=torch.get_num_threads())
+        return out
+
+    tuneforge.run.fit = timed_fit
+    probe = FirstLinearDtype()
+    with tempfile.TemporaryDirectory(prefix="bench-tf-") as out:
+        result = train(tuneforge_config(spec, out), overwrite=True, progress=False)
+    m = result.metrics
+    return {
+        "loop_cpu_seconds": clock["cpu"], "fit_wall_seconds": clock["wall"], "threads_in_loop": clock["threads"],
+        "train_seconds": m["train_seconds"],  # tuneforge's own: the loop only (no setup, no evaluation)
+        "real_tokens": m["real_tokens"], "padded_tokens": m["padded_tokens"], "steps": m["steps"],
+        "test_accuracy": m["test_after"]["accuracy"], "trainable_parameters": m["parameters"]["trainable"],
+        "tuneforge_peak_memory_mb": m["peak_memory_mb"], "autocast_dtype": probe.dtype,
+        "precision": m["precision"],
+    }
+
+
+class ListDataset:
+    """A plain map-style dataset over tuneforge's tokenised examples (dicts of lists + int label)."""
+
+    def __init__(self, examples: list[dict[str, Any]]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.examples[i]
+
+
+def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model
+    from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
+                              TrainerCallback, TrainingArguments)
+    from tuneforge import assets
+
+    transformers.logging.set_verbosity_error()
+    torch.set_num_threads(spec["threads"])
+    prepared, tokenizer = prepared_examples(spec)
+    names = prepared.meta["labels"]
+    train_ds, test_ds = ListDataset(prepared.train), ListDataset(prepared.test)
+
+    torch.manual_seed(spec["seed"])  # same seed before model creation as tuneforge (fresh classifier init)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(assets.minilm_dir()), dtype=torch.float32, num_labels=len(names),
+        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    if spec["method"] == "lora":
+        model = get_peft_model(model, LoraConfig(
+            r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=0.0, target_modules="all-linear",
+            modules_to_save=["classifier"], task_type="SEQ_CLS"))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    # identical step count and warmup to tuneforge: steps = ceil(epochs * ceil(n / batch)),
+    # warmup = int(warmup_ratio * steps) (Trainer's own ratio handling would round up instead)
+    steps = max(1, math.ceil(spec["epochs"] * math.ceil(len(train_ds) / spec["batch_size"])))
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="bench-hf-"), per_device_train_batch_size=spec["batch_size"],
+        per_device_eval_batch_size=spec["eval_batch_size"], num_train_epochs=spec["epochs"],
+        learning_rate=spec["lr"], lr_scheduler_type="linear", warmup_steps=int(spec["warmup_ratio"] * steps),
+        weight_decay=spec["weight_decay"], max_grad_norm=spec["max_grad_norm"], seed=spec["seed"],
+        bf16=True, use_cpu=True, eval_strategy="no", save_strategy="no", report_to=[],
+        dataloader_num_workers=0, disable_tqdm=True, logging_steps=10,
+        train_sampling_strategy="group_by_length" if grouped else "random")
+
+    counts = {"real": 0, "padded": 0, "forwards": 0}
+
+    def count_tokens(module, fargs, kwargs):  # every training forward: the batch the model actually sees
+        if module.training and kwargs.get("attention_mask") is not None:
+            mask = kwargs["attention_mask"]
+            counts["real"] += int(mask.sum())
+            counts["padded"] += mask.numel()
+            counts["forwards"] += 1
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.register_forward_pre_hook(count_tokens, with_kwargs=True)
+
+    class LoopClock(TrainerCallback):  # cross-check of train_runtime + CPU time: on_train_begin .. on_train_end
+        begin = end = cpu_begin = cpu_end = 0.0
+        threads = 0
+
+        def on_train_begin(self, *a, **k):
+            LoopClock.begin, LoopClock.cpu_begin = time.perf_counter(), time.process_time()
+
+        def on_train_end(self, *a, **k):
+            LoopClock.end, LoopClock.cpu_end = time.perf_counter(), time.process_time()
+            LoopClock.threads = torch.get_num_threads()
+
+    probe = FirstLinearDtype()
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
+                      data_collator=DataCollatorWithPadding(tokenizer), callbacks=[LoopClock()])
+    wall = time.perf_counter()
+    out = trainer.train()
+    wall = time.perf_counter() - wall
+    pred = trainer.predict(test_ds)
+    accuracy = float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())
+    return {
+        "train_seconds": out.metrics["train_runtime"],  # Trainer's own: from just before the loop to its end
+        "loop_seconds_callback": LoopClock.end - LoopClock.begin, "train_call_wall_seconds": wall,
+        "loop_cpu_seconds": LoopClock.cpu_end - LoopClock.cpu_begin, "threads_in_loop": LoopClock.threads,
+        "real_tokens": counts["real"], "padded_tokens": counts["padded"], "steps": out.global_step,
+        "forwards": counts["forwards"], "expected_steps": steps, "test_accuracy": accuracy,
+        "trainable_parameters": trainable, "autocast_dtype": probe.dtype, "optim": str(args.optim),
+        "train_loss": out.metrics.get("train_loss"),
+    }
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    fw = spec["framework"]
+    res = run_tuneforge(spec) if fw == "tuneforge" else run_trainer(spec, grouped=fw == "trainer_grouped")
+    res["peak_memory_mb"] = peak_rss_mib()  # same measure on every side: this process's peak RSS
+    res["tokens_per_second"] = res["real_tokens"] / res["train_seconds"]
+    res["padding_factor"] = res["padded_tokens"] / max(1, res["real_tokens"])
+    res["tokens_per_cpu_second"] = res["real_tokens"] / max(1e-9, res["loop_cpu_seconds"])
+    return res
+
+
+# --------------------------------------------------------------------------------------------------------
+# Parent: schedule, aggregate, print.
+# --------------------------------------------------------------------------------------------------------
+
+def launch(spec: dict[str, Any]) -> dict[str, Any]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]), "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
+                          capture_output=True, text=True, env=env, cwd=str(ROOT))
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
+        raise SystemExit(f"worker failed: {spec['method']} / {spec['framework']} (exit {proc.returncode})")
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")][-1]
+    res = json.loads(line[len("BENCH_RESULT "):])
+    res["process_seconds"] = time.perf_counter() - started
+    res["load_1min_before"], res["load_1min_after"] = load_before, os.getloadavg()[0]
+    return res
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def summarise(runs: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for method in methods:
+        for fw in FRAMEWORKS:
+            rs = [r for r in runs if r["method"] == method and r["framework"] == fw]
+            if not rs:
+                continue
+            rows.append({
+                "method": method, "framework": fw, "repeats": len(rs),
+                "tokens_per_second": median([r["tokens_per_second"] for r in rs]),
+                "tokens_per_second_range": [min(r["tokens_per_second"] for r in rs), max(r["tokens_per_second"] for r in rs)],
+                "train_seconds": median([r["train_seconds"] for r in rs]),
+                "peak_memory_mb": median([r["peak_memory_mb"] for r in rs]),
+                "test_accuracy": median([r["test_accuracy"] for r in rs]),
+                "test_accuracy_range": [min(r["test_accuracy"] for r in rs), max(r["test_accuracy"] for r in rs)],
+                "padding_factor": median([r["padding_factor"] for r in rs]),
+                "tokens_per_cpu_second": median([r["tokens_per_cpu_second"] for r in rs]),
+                "max_load": max(max(r["load_1min_before"], r["load_1min_after"]) for r in rs),
+                "real_tokens": median([r["real_tokens"] for r in rs]),
+                "trainable_parameters": rs[0]["trainable_parameters"],
+            })
+    for row in rows:
+        tf = next(r for r in rows if r["method"] == row["method"] and r["framework"] == "tuneforge")
+        row["tuneforge_speedup"] = tf["tokens_per_second"] / row["tokens_per_second"]
+        row["tuneforge_cpu_speedup"] = tf["tokens_per_cpu_second"] / row["tokens_per_cpu_second"]
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], settings: dict[str, Any], env: dict[str, Any]) -> str:
+    head = ("| method | framework | real tokens/s (median, min–max) | train s | peak MiB | test accuracy (median, min–max) "
+            "| tuneforge tokens/s ÷ this row | padded/real tokens | real tokens per CPU-s | trainable params | max load |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        lo, hi = r["tokens_per_second_range"]
+        alo, ahi = r["test_accuracy_range"]
+        lines.append(
+            f"| {r['method']} | {LABELS[r['framework']]} | {r['tokens_per_second']:,.0f} ({lo:,.0f}–{hi:,.0f}) "
+            f"| {r['train_seconds']:.1f} | {r['peak_memory_mb']:,.0f} | {r['test_accuracy']:.4f} ({alo:.4f}–{ahi:.4f}) "
+            f"| {'—' if r['framework'] == 'tuneforge' else format(r['tuneforge_speedup'], '.2f') + '×'} "
+            f"| {r['padding_factor']:.2f} | {r['tokens_per_cpu_second']:,.0f} | {r['trainable_parameters']:,} "
+            f"| {r['max_load']:.1f} |")
+    verdicts = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        tf = next(r for r in rows if r["method"] == method and r["framework"] == "tuneforge")
+        hf = next((r for r in rows if r["method"] == method and r["framework"] == "trainer"), None)
+        if hf is None:
+            continue
+        ok = hf["tuneforge_speedup"] >= 1.5 and tf["test_accuracy"] >= hf["test_accuracy"]
+        verdicts.append(
+            f"- **{method}**: tuneforge {hf['tuneforge_speedup']:.2f}× the real tokens/s of Trainer + PEFT "
+            f"(default random batches); test accuracy {tf['test_accuracy']:.4f} vs {hf['test_accuracy']:.4f} "
+            f"→ target (≥ 1.5× at equal or better accuracy) **{'met' if ok else 'not met'}** "
+            f"(per CPU-second of the loop: {hf['tuneforge_cpu_speedup']:.2f}×).")
+    s = settings
+    text = [
+        "# Classification benchmark: tuneforge vs Hugging Face Trainer + PEFT", "",
+        f"MiniLM (all-MiniLM-L6-v2) sequence classification on Rotten Tomatoes sentences: {s['n_train']:,} train / "
+        f"{s['n_test']:,} test examples (tuneforge's seeded stratified split {s['split']}, seed {s['data_seed']}), "
+        f"max_length {s['max_length']}, batch {s['batch_size']}, {s['epochs']:g} epoch(s), AdamW (wd {s['weight_decay']}), "
+        f"linear schedule, warmup {s['warmup_ratio']} of steps, grad clip {s['max_grad_norm']}, training seed {s['seed']} + repeat "
+        "index (the same on both sides), "
+        f"bf16 autocast on CPU, {s['threads']} torch threads; lr LoRA {s['lr_lora']:g}, full {s['lr_full']:g}; LoRA r={s['rank']}, "
+        f"alpha={s['alpha']}, dropout 0, all linear layers except the classifier (trained in full). "
+        f"Medians of {s['repeats']} interleaved repeats, each run in a fresh process.", "",
+        *lines, "", *verdicts, "",
+        "Real tokens = sum of attention masks of the training batches seen (the same count on both sides); "
+        "train s = training loop only (tuneforge `train_seconds`; Trainer `train_runtime`), no evaluation; "
+        "peak MiB = peak resident set size of the run's process (ru_maxrss); real tokens per CPU-s = real tokens ÷ "
+        "process CPU time (all threads) of the loop; max load = highest 1-minute load average seen before/after "
+        f"the runs of that row (the run itself adds about {s['threads']}): well above that, other processes shared "
+        "the CPU and timings are unreliable.", "",
+        f"Machine: {env['cpu']}, {env['cores']} cores; python {env['python']}, torch {env['torch']}, "
+        f"transformers {env['transformers']}, peft {env['peft']}, accelerate {env['accelerate']}. "
+        f"Benchmark wall time {env['wall_seconds'] / 60:.1f} min. Command: `{env['command']}`.",
+    ]
+    return "\n".join(text) + "\n"
+
+
+def environment() -> dict[str, Any]:
+    import accelerate
+    import peft
+    import torch
+    import transformers
+    cpu = platform.processor() or platform.machine()
+    try:
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                cpu = ln.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__, "accelerate": accelerate.__version__,
+            "bf16_cpu": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", default="lora,full", help="comma-separated: lora, full (default: lora,full)")
+    p.add_argument("--repeats", type=int, default=None, help="runs per configuration, interleaved (default 3)")
+    p.add_argument("--train-examples", type=int, default=None,
+                   help=f"use the first N examples of the (shuffled) train split (default {DEFAULTS['train_examples']}; "
+                        "0: all 6,824 of them, the demo's data)")
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"training seed of the first repeat; repeat i uses seed + i on every side (default {DEFAULTS['seed']})")
+    p.add_argument("--epochs", type=float, default=None, help=f"default {DEFAULTS['epochs']:g}")
+    p.add_argument("--batch-size", type=int, default=None, help=f"default {DEFAULTS['batch_size']}")
+    p.add_argument("--lr-lora", type=float, default=None, help=f"default {DEFAULTS['lr_lora']:g}")
+    p.add_argument("--lr-full", type=float, default=None, help=f"default {DEFAULTS['lr_full']:g}")
+    p.add_argument("--threads", type=int, default=THREADS, help=f"torch CPU threads on every side (default {THREADS})")
+    p.add_argument("--no-grouped-trainer", action="store_true",
+                   help="skip the extra 'Trainer + PEFT, group_by_length' row")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: 256 train examples, 1 epoch, 1 repeat (explicit flags still win)")
+    p.add_argument("--output", default=str(RESULTS / "classification.md"), help="markdown output (JSON beside it)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv)
+    if a.worker:
+        res = worker(json.loads(a.worker))
+        print("BENCH_RESULT " + json.dumps(res), flush=True)
+        return
+    t0 = time.perf_counter()
+    quick = {"train_examples": 256, "epochs": 1.0, "repeats": 1} if a.quick else {}
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in ("lora", "full")]
+    if bad:
+        raise SystemExit(f"--methods: unknown method '{bad[0]}'; choose from lora, full")
+    repeats = a.repeats or quick.get("repeats", 3)
+    settings = {**DEFAULTS, "repeats": repeats, "threads": a.threads,
+                "seed": a.seed if a.seed is not None else DEFAULTS["seed"],
+                "epochs": a.epochs if a.epochs is not None else quick.get("epochs", DEFAULTS["epochs"]),
+                "batch_size": a.batch_size or DEFAULTS["batch_size"],
+                "lr_lora": a.lr_lora or DEFAULTS["lr_lora"], "lr_full": a.lr_full or DEFAULTS["lr_full"]}
+    train_examples = (a.train_examples if a.train_examples is not None
+                      else quick.get("train_examples", DEFAULTS["train_examples"]))
+    settings["train_examples"] = train_examples
+    frameworks = [f for f in FRAMEWORKS if not (a.no_grouped_trainer and f == "trainer_grouped")]
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    runs: list[dict[str, Any]] = []
+    out = Path(a.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
+        data = write_splits(Path(tmp), train_examples)
+        settings.update(n_train=data["n_train"], n_test=data["n_test"])
+        total = repeats * len(methods) * len(frameworks)
+        print(f"{total} runs: {methods} × {frameworks} × {repeats} repeats, {data['n_train']} train examples",
+              file=sys.stderr)
+        for rep in range(repeats):
+            for method in methods:
+                for fw in frameworks:
+                    spec = {**settings, "method": method, "framework": fw, "repeat": rep,
+                            "seed": settings["seed"] + rep,
+                            "lr": settings[f"lr_{method}"], "train_file": data["train_file"],
+                            "test_file": data["test_file"]}
+                    res = launch(spec)
+                    res.update(method=method, framework=fw, repeat=rep)
+                    runs.append(res)
+                    print(f"[{len(runs)}/{total}] {method:4s} {fw:16s} {res['tokens_per_second']:8.0f} tok/s "
+                          f"{res['train_seconds']:7.1f} s  {res['peak_memory_mb']:6.0f} MiB  acc {res['test_accuracy']:.4f}  "
+                          f"pad {res['padding_factor']:.2f}  autocast {res['autocast_dtype']}  "
+                          f"({res['process_seconds']:.0f} s process)", file=sys.stderr, flush=True)
+                    # raw runs so far, so an interrupted invocation still leaves its measurements
+                    write_json(out.with_suffix(".json"), {"complete": False, "settings": settings, "runs": runs})
+    rows = summarise(runs, methods)
+    env = {**environment(), "wall_seconds": time.perf_counter() - t0,
+           "command": " ".join(["python", "benchmarks/bench_classification.py", *(argv if argv is not None else sys.argv[1:])])}
+    text = markdown(rows, settings, env)
+    print(text)
+    out.write_text(text)
+    write_json(out.with_suffix(".json"), {"complete": True, "settings": settings, "environment": env,
+                                          "summary": rows, "runs": runs})
+    print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
