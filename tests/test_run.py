@@ -187,3 +187,13 @@ def test_interrupted_run_resumes_to_the_same_result(bert_dir, data_csv, tmp_path
     assert not (tmp_path / "crashed" / checkpoint.RESUME).exists()
     with pytest.raises(ConfigError, match="cannot resume.*finished"):
         train({}, resume=tmp_path / "crashed", progress=False)
+
+
+@pytest.mark.parametrize("method", __import__("tuneforge.methods.registry", fromlist=["names"]).names())
+def test_every_method_saves_only_what_trained_and_reloads_to_identical_predictions(method, bert_dir, data_csv, tmp_path):
+    result = train(_cfg(bert_dir, data_csv, tmp_path / method, method=method, max_steps=2), progress=False)
+    texts = ["the movie was great fun", "the film was awful and boring"]
+    in_process = load(result.run_dir, device="cpu")
+    again = load(result.run_dir, device="cpu")
+    assert in_process.predict(texts) == again.predict(texts)
+    assert in_process.evaluate()["accuracy"] == pytest.approx(result.metrics["test_after"]["accuracy"])
