@@ -20,15 +20,14 @@ import argparse
 import json
 import math
 import os
-import platform
-import resource
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from common import (FirstLinearDtype, ListDataset, clock_tuneforge_fit, count_forward_tokens, environment, launch,
+                    summarise, trainer_clock, worker_main, write_json)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -110,43 +109,12 @@ def prepared_examples(spec: dict[str, Any]):
 # Workers: one configuration per fresh subprocess.
 # --------------------------------------------------------------------------------------------------------
 
-class FirstLinearDtype:
-    """Records the output dtype of the first nn.Linear called in training mode (is autocast on?), then
-    removes its global hook so it costs nothing afterwards."""
-
-    def __init__(self) -> None:
-        import torch
-        self.dtype: str | None = None
-        self.handle = torch.nn.modules.module.register_module_forward_hook(self._hook)
-
-    def _hook(self, module, args, output) -> None:
-        import torch
-        if self.dtype is None and isinstance(module, torch.nn.Linear) and module.training and torch.is_tensor(output):
-            self.dtype = str(output.dtype).replace("torch.", "")
-            self.handle.remove()
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 def run_tuneforge(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
-    import tuneforge.run
     from tuneforge.run import train
 
     torch.set_num_threads(spec["threads"])
-    clock: dict[str, float] = {}
-    fit = tuneforge.run.fit
-
-    def timed_fit(*args: Any, **kwargs: Any) -> Any:  # cross-check of train_seconds + CPU time of the loop
-        cpu, wall = time.process_time(), time.perf_counter()
-        out = fit(*args, **kwargs)
-        clock.update(cpu=time.process_time() - cpu, wall=time.perf_counter() - wall,
-                     threads=torch.get_num_threads())
-        return out
-
-    tuneforge.run.fit = timed_fit
+    clock = clock_tuneforge_fit()
     probe = FirstLinearDtype()
     with tempfile.TemporaryDirectory(prefix="bench-tf-") as out:
         result = train(tuneforge_config(spec, out), overwrite=True, progress=False)
@@ -161,26 +129,12 @@ def run_tuneforge(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class ListDataset:
-    """A plain map-style dataset over tuneforge's tokenised examples (dicts of lists + int label)."""
-
-    def __init__(self, examples: list[dict[str, Any]]) -> None:
-        self.examples = examples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.examples[i]
-
-
 def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
     import numpy as np
     import torch
     import transformers
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
     from tuneforge import assets
 
     transformers.logging.set_verbosity_error()
@@ -211,29 +165,8 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
         dataloader_num_workers=0, disable_tqdm=True, logging_steps=10,
         train_sampling_strategy="group_by_length" if grouped else "random")
 
-    counts = {"real": 0, "padded": 0, "forwards": 0}
-
-    def count_tokens(module, fargs, kwargs):  # every training forward: the batch the model actually sees
-        if module.training and kwargs.get("attention_mask") is not None:
-            mask = kwargs["attention_mask"]
-            counts["real"] += int(mask.sum())
-            counts["padded"] += mask.numel()
-            counts["forwards"] += 1
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.register_forward_pre_hook(count_tokens, with_kwargs=True)
-
-    class LoopClock(TrainerCallback):  # cross-check of train_runtime + CPU time: on_train_begin .. on_train_end
-        begin = end = cpu_begin = cpu_end = 0.0
-        threads = 0
-
-        def on_train_begin(self, *a, **k):
-            LoopClock.begin, LoopClock.cpu_begin = time.perf_counter(), time.process_time()
-
-        def on_train_end(self, *a, **k):
-            LoopClock.end, LoopClock.cpu_end = time.perf_counter(), time.process_time()
-            LoopClock.threads = torch.get_num_threads()
-
+    counts = count_forward_tokens(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    LoopClock = trainer_clock()
     probe = FirstLinearDtype()
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
                       data_collator=DataCollatorWithPadding(tokenizer), callbacks=[LoopClock()])
@@ -253,75 +186,9 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
     }
 
 
-def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    fw = spec["framework"]
-    res = run_tuneforge(spec) if fw == "tuneforge" else run_trainer(spec, grouped=fw == "trainer_grouped")
-    res["peak_memory_mb"] = peak_rss_mib()  # same measure on every side: this process's peak RSS
-    res["tokens_per_second"] = res["real_tokens"] / res["train_seconds"]
-    res["padding_factor"] = res["padded_tokens"] / max(1, res["real_tokens"])
-    res["tokens_per_cpu_second"] = res["real_tokens"] / max(1e-9, res["loop_cpu_seconds"])
-    return res
-
-
 # --------------------------------------------------------------------------------------------------------
 # Parent: schedule, aggregate, print.
 # --------------------------------------------------------------------------------------------------------
-
-def launch(spec: dict[str, Any]) -> dict[str, Any]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]), "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    load_before = os.getloadavg()[0]
-    started = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
-                          capture_output=True, text=True, env=env, cwd=str(ROOT))
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
-        raise SystemExit(f"worker failed: {spec['method']} / {spec['framework']} (exit {proc.returncode})")
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")][-1]
-    res = json.loads(line[len("BENCH_RESULT "):])
-    res["process_seconds"] = time.perf_counter() - started
-    res["load_1min_before"], res["load_1min_after"] = load_before, os.getloadavg()[0]
-    return res
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def median(values: list[float]) -> float:
-    return float(statistics.median(values))
-
-
-def summarise(runs: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
-    rows = []
-    for method in methods:
-        for fw in FRAMEWORKS:
-            rs = [r for r in runs if r["method"] == method and r["framework"] == fw]
-            if not rs:
-                continue
-            rows.append({
-                "method": method, "framework": fw, "repeats": len(rs),
-                "tokens_per_second": median([r["tokens_per_second"] for r in rs]),
-                "tokens_per_second_range": [min(r["tokens_per_second"] for r in rs), max(r["tokens_per_second"] for r in rs)],
-                "train_seconds": median([r["train_seconds"] for r in rs]),
-                "peak_memory_mb": median([r["peak_memory_mb"] for r in rs]),
-                "test_accuracy": median([r["test_accuracy"] for r in rs]),
-                "test_accuracy_range": [min(r["test_accuracy"] for r in rs), max(r["test_accuracy"] for r in rs)],
-                "padding_factor": median([r["padding_factor"] for r in rs]),
-                "tokens_per_cpu_second": median([r["tokens_per_cpu_second"] for r in rs]),
-                "max_load": max(max(r["load_1min_before"], r["load_1min_after"]) for r in rs),
-                "real_tokens": median([r["real_tokens"] for r in rs]),
-                "trainable_parameters": rs[0]["trainable_parameters"],
-            })
-    for row in rows:
-        tf = next(r for r in rows if r["method"] == row["method"] and r["framework"] == "tuneforge")
-        row["tuneforge_speedup"] = tf["tokens_per_second"] / row["tokens_per_second"]
-        row["tuneforge_cpu_speedup"] = tf["tokens_per_cpu_second"] / row["tokens_per_cpu_second"]
-    return rows
-
 
 def markdown(rows: list[dict[str, Any]], settings: dict[str, Any], env: dict[str, Any]) -> str:
     head = ("| method | framework | real tokens/s (median, min–max) | train s | peak MiB | test accuracy (median, min–max) "
@@ -373,24 +240,6 @@ def markdown(rows: list[dict[str, Any]], settings: dict[str, Any], env: dict[str
     return "\n".join(text) + "\n"
 
 
-def environment() -> dict[str, Any]:
-    import accelerate
-    import peft
-    import torch
-    import transformers
-    cpu = platform.processor() or platform.machine()
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__, "accelerate": accelerate.__version__,
-            "bf16_cpu": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default="lora,full", help="comma-separated: lora, full (default: lora,full)")
@@ -417,8 +266,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
     if a.worker:
-        res = worker(json.loads(a.worker))
-        print("BENCH_RESULT " + json.dumps(res), flush=True)
+        worker_main(a.worker, lambda spec: run_tuneforge(spec) if spec["framework"] == "tuneforge"
+                    else run_trainer(spec, grouped=spec["framework"] == "trainer_grouped"))
         return
     t0 = time.perf_counter()
     quick = {"train_examples": 256, "epochs": 1.0, "repeats": 1} if a.quick else {}
@@ -454,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
                             "seed": settings["seed"] + rep,
                             "lr": settings[f"lr_{method}"], "train_file": data["train_file"],
                             "test_file": data["test_file"]}
-                    res = launch(spec)
+                    res = launch(__file__, spec)
                     res.update(method=method, framework=fw, repeat=rep)
                     runs.append(res)
                     print(f"[{len(runs)}/{total}] {method:4s} {fw:16s} {res['tokens_per_second']:8.0f} tok/s "
@@ -463,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
                           f"({res['process_seconds']:.0f} s process)", file=sys.stderr, flush=True)
                     # raw runs so far, so an interrupted invocation still leaves its measurements
                     write_json(out.with_suffix(".json"), {"complete": False, "settings": settings, "runs": runs})
-    rows = summarise(runs, methods)
+    rows = summarise(runs, methods, FRAMEWORKS, "test_accuracy")
     env = {**environment(), "wall_seconds": time.perf_counter() - t0,
            "command": " ".join(["python", "benchmarks/bench_classification.py", *(argv if argv is not None else sys.argv[1:])])}
     text = markdown(rows, settings, env)
