@@ -229,7 +229,7 @@ class RegularizeConfig:
 
 @dataclass
 class ForgettingConfig:
-    reference: str | None = None  # causal LM: data whose perplexity measures what the model knew
+    reference: str | None = None  # causal LM: data whose perplexity measures what the model knew ("none": off)
     reference_examples: int = 200  # how many reference examples to measure on
     previous_run: str | None = None  # classification, sequential: run dir of task 1; its merged backbone starts
     #                                  this run and its own head + test split measure task 1 before/after

@@ -107,8 +107,10 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
 
 @torch.no_grad()
 def store_frozen_in_bf16(model: nn.Module) -> int:
-    """Store frozen matmul weights (Linear, Conv1D, Embedding) in bf16 so autocast does not re-cast them
-    on every step; trainable parameters (and so optimizer state) stay float32. Returns tensors cast."""
+    """Store frozen matmul weights (Linear, Conv1D) in bf16 so autocast does not re-cast them on every step;
+    trainable parameters (and so optimizer state) stay float32. Returns tensors cast. Embeddings are not cast
+    (bf16 lookups were slower), except a frozen one tied to a cast LM head (SmolLM2): the residual stream is
+    then bf16, which left SmolLM2's test perplexity on the demo-chat data unchanged (18.33 vs 18.42 fp32)."""
     cast = 0
     for module in model.modules():
         if isinstance(module, (nn.Linear, Conv1D)):

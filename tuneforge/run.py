@@ -52,6 +52,8 @@ def resolve_config(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list
     registry.make_config(cfg.method_name, cfg.method_options())  # validate method options early
     if cfg.train.lr is None:
         cfg.train.lr = float(registry.train_defaults(cfg.method_name).get("lr", 5e-5))
+    if cfg.forgetting.previous_run:  # stored absolute: the run must find task 1 again when reloaded
+        cfg.forgetting.previous_run = str(Path(cfg.forgetting.previous_run).resolve())
     return cfg
 
 
@@ -75,22 +77,21 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
     cfg = resolve_config(cfg, overrides)
     rank, _ = rank_world()
     task = tasks.get(cfg.model.task)
-    sequential = forgetting.previous_run(cfg)  # (task-1 run, its merged model folder) or None
-    model_path = sequential[1] if sequential else assets.resolve_model(cfg.model.name)
     device = resolve_device(cfg.train.device)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    if resume is not None:
-        run_dir = Path(resume) if rank == 0 else None
-    else:
-        run_dir = checkpoint.create_run_dir(cfg.output_dir, cfg.method_name, overwrite) if rank == 0 else None
-        if run_dir is not None:
-            checkpoint.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
-    data = task.prepare(cfg, tokenizer)
-    rt = tasks.Runtime(device=device, bf16=use_bf16(cfg.train.precision, device), pad_id=tokenizer.pad_token_id)
-    torch.manual_seed(cfg.train.seed)
-    model, fresh = task.load_model(model_path, cfg, data.meta, rt.pad_id)
+    with forgetting.start_model(cfg) as (prev, model_path):  # prev: the task-1 run (sequential set-up) or None
+        if resume is not None:
+            run_dir = Path(resume) if rank == 0 else None
+        else:
+            run_dir = checkpoint.create_run_dir(cfg.output_dir, cfg.method_name, overwrite) if rank == 0 else None
+            if run_dir is not None:
+                checkpoint.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+        data = task.prepare(cfg, tokenizer)
+        rt = tasks.Runtime(device=device, bf16=use_bf16(cfg.train.precision, device), pad_id=tokenizer.pad_token_id)
+        torch.manual_seed(cfg.train.seed)
+        model, fresh = task.load_model(model_path, cfg, data.meta, rt.pad_id)
     model.to(device)
     say = print if rank == 0 and progress else (lambda *a, **k: None)
     before = {}
@@ -103,7 +104,7 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
         if run_dir is not None:
             checkpoint.save_json(before, run_dir / BEFORE)
     heads = head_modules(model, fresh)
-    probe = (forgetting.task1_probe(sequential[0], heads, rt) if sequential
+    probe = (forgetting.task1_probe(prev, heads, rt) if prev
              else forgetting.reference_probe(cfg, task, tokenizer, rt, data.meta))
     data = forgetting.mix_replay(cfg, task, tokenizer, data, probe)
     knew_before = probe.measure(model) if probe else None
@@ -178,8 +179,9 @@ class Run:
         self.heads: list[str] = []  # modules trained in full beside the method (e.g. a fresh classification head)
         if full is not None:
             self.model, _ = self.task.load_model(full, self.cfg, self.meta, self.rt.pad_id)
-        else:
-            self.model, self.heads = build_model(self.cfg, self.task, self.meta, self.rt.pad_id)
+        else:  # the base model (sequential set-up: task 1's merged model) + this run's trained weights
+            with forgetting.start_model(self.cfg) as (_, base):
+                self.model, self.heads = build_model(self.cfg, self.task, self.meta, self.rt.pad_id, base)
             weights = self.files.trainable_weights()
             missing = set(weights) - {n for n, _ in self.model.named_parameters()}
             if missing:

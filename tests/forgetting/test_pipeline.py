@@ -4,7 +4,7 @@ import pytest
 
 from tiny import model_dir, sentiment_rows
 from tuneforge.config import ConfigError
-from tuneforge.run import train
+from tuneforge.run import load, train
 
 TOPICS = {"sport": "ball game team score", "food": "bread soup cook taste", "tech": "code computer data disk"}
 
@@ -43,6 +43,39 @@ def test_regularised_sequential_runs(setup, kind):
     root, base, task1 = setup
     m = _task2(root, base, task1, f"reg-{kind}", regularize={"kind": kind, "strength": 1.0, "fisher_batches": 8})
     assert m["forgetting"]["after"] is not None
+
+
+def test_sequential_lora_run_reloads_on_task1_weights_and_leaves_no_temporary_model(setup, tmp_path, monkeypatch):
+    root, base, task1 = setup
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where the merged task-1 model is written
+    monkeypatch.chdir(root)  # a relative previous_run is stored absolute: the run reloads from anywhere
+    cfg = {**base, "data": {"dataset": str(root / "topics.csv")}, "method": {"name": "lora"},
+           "train": {**base["train"], "max_steps": 4, "lr": 1e-2}, "output_dir": str(root / "seq-lora"),
+           "forgetting": {"previous_run": task1.run_dir.name}}
+    result = train(cfg, progress=False)
+    monkeypatch.chdir(tmp_path)
+    run = load(result.run_dir)
+    assert run.cfg.forgetting.previous_run == str(task1.run_dir.resolve())
+    # LoRA's saved weights sit on task 1's merged backbone, not on the original model
+    assert run.evaluate()["loss"] == pytest.approx(result.metrics["test_after"]["loss"], abs=1e-5)
+    assert list(tmp_path.iterdir()) == []  # the merged task-1 folders were removed
+
+
+def test_ewc_fisher_uses_task1_training_data_not_its_test_split(setup, monkeypatch):
+    root, base, task1 = setup
+    seen = {}
+    from tuneforge.forgetting import pipeline
+    probe_fn = pipeline.task1_probe
+
+    def spy(*args, **kwargs):
+        probe = probe_fn(*args, **kwargs)
+        seen["test"] = {tuple(e["input_ids"]) for e in probe.examples}
+        seen["fisher"] = {tuple(e["input_ids"]) for e in probe.fisher_examples}
+        return probe
+
+    monkeypatch.setattr(pipeline, "task1_probe", spy)
+    _task2(root, base, task1, "ewc-data", regularize={"kind": "ewc", "strength": 1.0, "fisher_batches": 4})
+    assert len(seen["fisher"]) > len(seen["test"]) > 0 and not seen["fisher"] & seen["test"]
 
 
 def test_regularisation_refuses_methods_that_train_no_pretrained_weight(setup):

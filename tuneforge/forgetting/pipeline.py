@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import random
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,9 @@ class Probe:
     name: str  # e.g. "chitchat perplexity"
     metric: str  # accuracy | perplexity
     measure: Callable[[nn.Module], float]
-    examples: list[dict[str, Any]]  # what it measures on (also the EWC Fisher data)
+    examples: list[dict[str, Any]]  # what it measures on
     loss: Callable[[nn.Module, dict[str, Any]], Any]  # loss of one collated batch (for the Fisher)
+    fisher_examples: list[dict[str, Any]]  # EWC's Fisher data: same source, none of the measured examples
     heads: dict[str, nn.Module] | None = None  # task-1 head modules to swap in (sequential classification)
 
 
@@ -44,23 +46,30 @@ def _sample(examples: list[dict[str, Any]], n: int, seed: int) -> list[dict[str,
     return examples[:n]
 
 
-def previous_run(cfg: RunConfig) -> tuple[Any, Path] | None:
-    """Sequential set-up: (task-1 Run, folder of its merged model) or None. The folder is temporary."""
-    if not cfg.forgetting.previous_run:
-        return None
+@contextmanager
+def start_model(cfg: RunConfig) -> Iterator[tuple[Any | None, Path]]:
+    """(task-1 Run or None, model folder) a run starts from: ``model.name``, or in the sequential set-up
+    (``forgetting.previous_run``) task 1's merged model, in a temporary folder removed on exit."""
+    from tuneforge import assets
     from tuneforge.run import load
 
+    if not cfg.forgetting.previous_run:
+        yield None, assets.resolve_model(cfg.model.name)
+        return
     prev = load(cfg.forgetting.previous_run)
     if prev.cfg.model.task != cfg.model.task:
         raise ConfigError("forgetting.previous_run must be a run of the same task (model.task)")
-    folder = Path(tempfile.mkdtemp(prefix="tuneforge-task1-"))
-    prev.merge(folder, overwrite=True)  # ConfigError for methods that cannot merge into the backbone
-    return prev, folder
+    with tempfile.TemporaryDirectory(prefix="tuneforge-task1-") as tmp:
+        folder = Path(tmp) / "model"
+        prev.merge(folder)  # ConfigError for methods that cannot merge into the backbone
+        yield prev, folder
 
 
 def task1_probe(prev: Any, heads: list[str], rt: Runtime) -> Probe:
-    """Task-1 accuracy of the current backbone with task 1's own head, on task 1's test split."""
-    examples = prev.task.prepare(prev.cfg, prev.tokenizer).test
+    """Task-1 accuracy of the current backbone with task 1's own head, on task 1's test split (EWC's Fisher:
+    task 1's training split)."""
+    task1 = prev.task.prepare(prev.cfg, prev.tokenizer)
+    examples = task1.test
     own = {h: getattr(prev.model, h).to(rt.device) for h in heads}
 
     def swapped(model: nn.Module, fn: Callable[[], Any]) -> Any:
@@ -79,21 +88,24 @@ def task1_probe(prev: Any, heads: list[str], rt: Runtime) -> Probe:
     def loss(model: nn.Module, batch: dict[str, Any]) -> Any:
         return swapped(model, lambda: prev.task.loss(model, batch))
 
-    return Probe(f"task 1 ({prev.cfg.data.dataset}) accuracy", "accuracy", measure, examples, loss, own)
+    name = prev.cfg.data.dataset or prev.cfg.data.train_file
+    return Probe(f"task 1 ({name}) accuracy", "accuracy", measure, examples, loss, task1.train, own)
 
 
 def reference_probe(cfg: RunConfig, task: Any, tokenizer: Any, rt: Runtime, meta: dict[str, Any]) -> Probe | None:
-    """Perplexity on reference data (causal LM), or None when no reference applies."""
+    """Perplexity on reference data (causal LM), or None when none applies or it is ``"none"``. A seeded
+    sample of ``reference_examples`` is measured; up to as many others of the same source are EWC's Fisher data."""
     name = cfg.forgetting.reference or DEFAULT_REFERENCE.get(cfg.model.name)
-    if name is None or task.name != "causal_lm":
+    if name in (None, "none") or task.name != "causal_lm":
         return None
-    examples = _sample(task.encode_file(name, cfg, tokenizer, meta, limit=4 * cfg.forgetting.reference_examples),
-                       cfg.forgetting.reference_examples, cfg.data.seed)
+    n = cfg.forgetting.reference_examples
+    pool = _sample(task.encode_file(name, cfg, tokenizer, meta, limit=4 * n), 2 * n, cfg.data.seed)
+    examples = pool[:n]
 
     def measure(model: nn.Module) -> float:
         return task.evaluate(model, examples, rt, cfg, meta)["perplexity"]
 
-    return Probe(f"{name} perplexity", "perplexity", measure, examples, task.loss)
+    return Probe(f"{name} perplexity", "perplexity", measure, examples, task.loss, pool[n:])
 
 
 def mix_replay(cfg: RunConfig, task: Any, tokenizer: Any, data: Prepared, probe: Probe | None) -> Prepared:
@@ -123,8 +135,11 @@ def regularizers(cfg: RunConfig, model: nn.Module, pretrained: set[str], heads: 
     if probe is None:
         raise ConfigError("forgetting.regularize.kind=ewc needs reference data: set forgetting.reference "
                           "(causal LM) or forgetting.previous_run (classification)")
+    if not probe.fisher_examples:
+        raise ConfigError(f"forgetting.regularize.kind=ewc: no data to estimate the Fisher on ({probe.name}: "
+                          "the reference set is too small to leave examples beside the measured ones)")
     batches = [{k: v.to(rt.device) for k, v in collate([e], rt.pad_id).items()}
-               for e in _sample(probe.examples, g.fisher_batches, cfg.data.seed)]
+               for e in _sample(probe.fisher_examples, g.fisher_batches, cfg.data.seed)]
     return (EWC.from_reference(model, probe.loss, batches, g.strength, exclude=heads, pretrained=pretrained),)
 
 
