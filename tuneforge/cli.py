@@ -1,5 +1,5 @@
-"""Command line: ``tuneforge train | evaluate | predict | generate | chat | merge | export | methods``.
-Errors are one line, no traceback."""
+"""Command line: ``tuneforge train | evaluate | predict | generate | chat | merge | export | compare |
+calibrate | methods``. Errors are one line, no traceback."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   tuneforge generate runs/chat "How do I reset my password?" --max-new-tokens 64
   tuneforge chat runs/chat
   tuneforge export runs/chat peft-adapter/ --format peft
+  tuneforge calibrate --limit 300 --shots 4          # zero/few-shot SmolLM2 sentiment, with/without calibration
 """
 
 
@@ -143,6 +144,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from tuneforge.forgetting import prompting
+
+    prompting.check_output(args.output, args.overwrite)  # fail before any work
+    words = args.label_words.split(",") if args.label_words is not None else None
+    content_free = args.content_free.split(",") if args.content_free is not None else prompting.CONTENT_FREE
+    template = args.template.replace("\\n", "\n") if args.template is not None else None
+    result = prompting.evaluate_prompting(
+        args.model, args.data, template, words, args.shots, content_free, args.limit,
+        args.seed, args.text_column, args.label_column, args.mode, args.batch_size, args.device)
+    print(prompting.result_table(result))
+    if args.output:
+        print(f"\nresults written to {prompting.write_result(result, args.output, args.overwrite)}")
+    return 0
+
+
+CALIBRATE_EXAMPLES = """examples:
+  tuneforge calibrate --limit 300                    # SmolLM2, Rotten Tomatoes test split, zero-shot
+  tuneforge calibrate --limit 300 --shots 4 -o rt-4shot.json
+  tuneforge calibrate --data reviews.csv --text-column review --template "Review: {text}\\nStars:" \\
+      --label-words one,two,three,four,five
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune pre-trained transformers on your own data.",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -228,6 +253,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train in this process (faster start; peak memory is then not per method)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_compare)
+
+    p = sub.add_parser("calibrate", help="classify labelled data with a causal LM from a prompt, with and without "
+                       "contextual calibration", epilog=CALIBRATE_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Zero- or few-shot classification of a data set's test split (tuneforge's seeded "
+                       "80/10/10 split) by a causal LM: the label whose word is likeliest after the prompt wins. "
+                       "Contextual calibration (Zhao et al. 2021) divides out the label bias measured on "
+                       "content-free inputs. Prints accuracy and macro-F1 without and with it.")
+    p.add_argument("--model", default="smollm2", help="embedded causal LM (smollm2) or a local Hugging Face folder")
+    p.add_argument("--data", default="rotten_tomatoes", help="embedded data set or a .csv/.jsonl/.parquet file")
+    p.add_argument("--text-column", dest="text_column", default="text")
+    p.add_argument("--label-column", dest="label_column", default="label")
+    p.add_argument("--template", help="prompt with {text}; \\n is a newline (default for rotten_tomatoes/imdb: "
+                   "'Review: {text}\\nSentiment:', else 'Text: {text}\\nLabel:')")
+    p.add_argument("--label-words", dest="label_words", help="comma-separated, one per label in sorted label "
+                   "order (default: the label names); each follows the template after one space")
+    p.add_argument("--shots", type=int, default=0, help="demonstrations drawn (seeded) from the train split")
+    p.add_argument("--content-free", dest="content_free",
+                   help="comma-separated content-free inputs (default 'N/A,[MASK],': N/A, [MASK] and the empty text)")
+    p.add_argument("--limit", type=int, help="classify a seeded sample of N test examples (default: all)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the split, the test sample and the demonstrations")
+    p.add_argument("--mode", default="first_token", choices=["first_token", "sequence"],
+                   help="score the first token of each label word, or its whole token sequence")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("-o", "--output", help="also write every setting, metric and prediction to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.set_defaults(fn=cmd_calibrate)
 
     p = sub.add_parser("methods", help="list methods, their options and default learning rates")
     p.set_defaults(fn=cmd_methods)

@@ -18,7 +18,7 @@ from tuneforge.models import autocast, load_pretrained
 from tuneforge.tasks import Prepared, Runtime
 
 
-def _label_names(values: list[Any]) -> list[str]:
+def label_names(values: list[Any]) -> list[str]:
     names = sorted({str(v) for v in values})
     if all(n.lstrip("-").isdigit() for n in names):
         names.sort(key=int)
@@ -40,7 +40,7 @@ class Task:
         label = cfg.data.label_column
         train, val, test = load_splits(cfg.data, self.columns(cfg), key=lambda r: str(r[label]))
         train = augment_train(train, cfg)
-        names = _label_names([r[label] for r in train])
+        names = label_names([r[label] for r in train])
         if len(names) < 2:
             raise ConfigError(f"data: column '{label}' has a single label ({names[0]}); classification needs two or more")
         meta = {"labels": names}

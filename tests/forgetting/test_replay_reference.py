@@ -1,0 +1,50 @@
+"""Causal-LM replay never trains on the reference examples that measure forgetting, even when the replay
+data and the reference data are the same set (as with the embedded chat model's `chitchat`)."""
+import json
+
+import torch
+
+from lm_helpers import QA, model_folder, write_pairs
+from tuneforge import tasks
+from tuneforge.forgetting.pipeline import mix_replay, reference_probe
+from tuneforge.forgetting.replay import replay_count
+from tuneforge.models import load_tokenizer
+from tuneforge.run import resolve_config
+
+
+def test_replay_pool_excludes_the_reference_examples(tmp_path):
+    folder = model_folder(tmp_path / "llama", "llama")
+    chats = tmp_path / "chats.jsonl"  # 36 distinct two-turn conversations
+    rows = [{"messages": [{"role": "user", "content": f"{q} {a}"}, {"role": "assistant", "content": a2}]}
+            for q, a in QA for _, a2 in QA[:2]]
+    chats.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = resolve_config({"model": {"name": str(folder), "task": "causal_lm", "max_length": 32},
+                          "data": {"dataset": str(write_pairs(tmp_path / "pairs.jsonl"))},
+                          "forgetting": {"reference": str(chats), "reference_examples": 12,
+                                         "replay": {"data": str(chats), "ratio": 0.3}}})
+    task, tokenizer = tasks.get("causal_lm"), load_tokenizer(folder)
+    data = task.prepare(cfg, tokenizer)
+    rt = tasks.Runtime(device=torch.device("cpu"), bf16=False, pad_id=tokenizer.pad_token_id)
+    probe = reference_probe(cfg, task, tokenizer, rt, data.meta)
+    assert len(probe.examples) == 12
+    fisher = {tuple(e["input_ids"]) for e in probe.fisher_examples}  # EWC's data: never the measured examples
+    assert len(fisher) == 12 and not fisher & {tuple(e["input_ids"]) for e in probe.examples}
+    own = {id(e) for e in data.train}
+    n_train = len(data.train)
+    replayed = [e for e in mix_replay(cfg, task, tokenizer, data, probe).train if id(e) not in own]
+    assert len(replayed) == replay_count(n_train, 0.3) > 0
+    held_out = {tuple(e["input_ids"]) for e in probe.examples}
+    assert not held_out & {tuple(e["input_ids"]) for e in replayed}
+    assert len({tuple(e["input_ids"]) for e in replayed}) == min(len(replayed), len(rows) - 12)
+
+
+def test_reference_none_turns_the_default_probe_off(tmp_path):
+    folder = model_folder(tmp_path / "llama", "llama")
+    task, tokenizer = tasks.get("causal_lm"), load_tokenizer(folder)
+    rt = tasks.Runtime(device=torch.device("cpu"), bf16=False, pad_id=tokenizer.pad_token_id)
+    for reference, expected in (("none", None), (str(write_pairs(tmp_path / "ref.jsonl")), 8)):
+        cfg = resolve_config({"model": {"name": str(folder), "task": "causal_lm", "max_length": 32},
+                              "data": {"dataset": str(write_pairs(tmp_path / "pairs.jsonl"))},
+                              "forgetting": {"reference": reference, "reference_examples": 8}})
+        probe = reference_probe(cfg, task, tokenizer, rt, {"format": "pairs"})
+        assert (probe if expected is None else len(probe.examples)) == expected
