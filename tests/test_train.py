@@ -67,3 +67,16 @@ def test_schedules_warm_up_then_follow_their_shape(schedule):
     end = fn(99)
     expected = {"constant": 1.0, "linear": 1 / 90, "cosine": 0.5 * (1 + math.cos(math.pi * 89 / 90))}[schedule]
     assert end == pytest.approx(expected, rel=1e-6)
+
+
+def test_length_grouping_defaults_to_the_task_and_a_setting_wins():
+    from tuneforge import tasks
+    from tuneforge.config import load_config
+    from tuneforge.train import group_by_length
+
+    classification, causal_lm = tasks.get("classification"), tasks.get("causal_lm")
+    cfg = load_config(None, {})
+    assert group_by_length(cfg, classification) and not group_by_length(cfg, causal_lm)
+    for value in (True, False):
+        cfg = load_config(None, {"train": {"group_by_length": value}})
+        assert group_by_length(cfg, classification) is value and group_by_length(cfg, causal_lm) is value

@@ -154,7 +154,10 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0  # gradient clipping; null disables
     seed: int = 42
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where supported, else fp32
-    group_by_length: bool = True  # batch similar lengths together to cut padding
+    group_by_length: bool | None = None  # batch similar lengths together to cut padding; default: the task's
+    #                                      (classification: on; causal LM: off, it trained worse)
+    length_group_batches: int = 64  # group_by_length: batches per length-sorted window (fewer: more varied
+    #                                 batches, more padding)
     eval_every: int | None = None  # evaluate every N optimizer steps; default: each epoch
     early_stopping: int | None = None  # stop after N evaluations without improvement
     log_every: int = 10  # log training loss every N optimizer steps
@@ -171,6 +174,7 @@ class TrainConfig:
         positive("train.eval_every", self.eval_every)
         positive("train.early_stopping", self.early_stopping)
         positive("train.log_every", self.log_every)
+        positive("train.length_group_batches", self.length_group_batches)
         if self.save_every is not None and self.save_every < 0:
             raise ConfigError(f"train.save_every must be >= 0, got {self.save_every}")
         positive("train.max_grad_norm", self.max_grad_norm)

@@ -62,6 +62,11 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return fn
 
 
+def group_by_length(cfg: RunConfig, task: Any) -> bool:
+    """``train.group_by_length``, or where unset the task's default (``task.group_by_length``)."""
+    return cfg.train.group_by_length if cfg.train.group_by_length is not None else task.group_by_length
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """CPU copies of the trainable parameters (what a checkpoint of a parameter-efficient run holds)."""
     return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
@@ -139,7 +144,9 @@ def fit(model: nn.Module, task: Any, data: Prepared, cfg: RunConfig, rt: Runtime
         train_model = nn.parallel.DistributedDataParallel(train_model)
     optimizer = build_optimizer(model, cfg, lr)
     lengths = [len(e["input_ids"]) for e in data.train]
-    micro_per_epoch = len(batch_order(lengths, t.batch_size, t.seed, 0, True, t.group_by_length, rank, world))
+    grouped = group_by_length(cfg, task)
+    micro_per_epoch = len(batch_order(lengths, t.batch_size, t.seed, 0, True, grouped, rank, world,
+                                      t.length_group_batches))
     steps_per_epoch = max(1, micro_per_epoch // t.grad_accum)
     total = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.schedule, int(t.warmup_ratio * total), total))
@@ -160,7 +167,8 @@ def fit(model: nn.Module, task: Any, data: Prepared, cfg: RunConfig, rt: Runtime
         bar.update(step)
     start = time.perf_counter() - result.train_seconds
     while step < total:
-        order = batch_order(lengths, t.batch_size, t.seed, epoch, True, t.group_by_length, rank, world)
+        order = batch_order(lengths, t.batch_size, t.seed, epoch, True, grouped, rank, world,
+                            t.length_group_batches)
         batches = iterate(data.train, order[skip:], rt.pad_id)
         for micro, batch in enumerate(batches, start=skip):
             if step >= total:
@@ -217,8 +225,9 @@ def fit(model: nn.Module, task: Any, data: Prepared, cfg: RunConfig, rt: Runtime
     result.steps = step
     bar.close()
     logger.close()
-    if result.best_state is None:
-        result.best_state = trainable_state(model)
+    if result.best_state is None:  # no validation: the final weights are the result; not copied (a copy of a
+        #                             full fine-tuning's weights raised the peak memory by their whole size)
+        result.best_state = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     return result
 
 

@@ -26,6 +26,20 @@ def test_length_grouping_cuts_padding_and_covers_every_example():
     assert sorted(i for b in grouped for i in b) == list(range(2000))
     assert padded(grouped) < 0.75 * padded(random_)
     assert batch_order(lengths, 32, seed=0, epoch=1) != grouped  # reshuffled each epoch
+    windowed = batch_order(lengths, 32, seed=0, epoch=0, window=4)
+    assert sorted(i for b in windowed for i in b) == list(range(2000))
+    assert padded(grouped) < padded(windowed) < 0.75 * padded(random_)
+
+
+def test_length_windows_keep_batches_varied():
+    """Each window of ``window`` batches is sorted on its own: with windows of 4 batches, a batch's examples
+    come from one random window of 128 examples, not from one slice of the globally sorted data."""
+    lengths = list(range(1024))  # every length distinct: sorting order is unambiguous
+    spread = lambda order: sorted(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in order)
+    global_ = batch_order(lengths, 32, seed=1, epoch=0, window=64)  # one window: the whole epoch sorted
+    assert max(spread(global_)) == 31  # each batch: 32 consecutive lengths
+    small = batch_order(lengths, 32, seed=1, epoch=0, window=4)
+    assert sum(spread(small)) > 5 * sum(spread(global_))  # about 8x: 32 of 128 random lengths per batch
 
 
 def test_rank_sharding_partitions_batches():

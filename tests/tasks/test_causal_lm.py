@@ -80,7 +80,7 @@ def test_training_lowers_the_test_loss_and_writes_samples(trained):
     assert m["task"] == "causal_lm"
     assert m["test_after"]["loss"] < m["test_before"]["loss"] - 0.5
     assert m["test_after"]["perplexity"] == pytest.approx(math.exp(m["test_after"]["loss"]))
-    assert 0 <= m["test_after"]["bleu"] <= 100 and 0 <= m["test_after"]["rouge_l"] <= 1
+    assert 0 <= m["test_after"]["bleu"] <= 100 + 1e-9 and 0 <= m["test_after"]["rouge_l"] <= 1  # sacreBLEU: 100.00000000000004 when exact
     samples = [json.loads(line) for line in (trained.run_dir / "samples_after.jsonl").read_text().splitlines()]
     assert len(samples) == 4 and set(samples[0]) == {"prompt", "reference", "generated"}
     assert "test perplexity" in trained.table and "example answers" in trained.table

@@ -12,20 +12,22 @@ PAD_FIELDS = {"input_ids": None, "labels": -100, "token_type_ids": 0}
 
 
 def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, shuffle: bool = True,
-                group_by_length: bool = True, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+                group_by_length: bool = True, rank: int = 0, world_size: int = 1, window: int = 64
+                ) -> list[list[int]]:
     """Indices of each batch for one epoch.
 
-    With ``group_by_length`` the data is shuffled, cut into mega-batches of 64 batches, each sorted by
-    length and cut into batches whose order is shuffled again (Trainer's ``group_by_length`` idea):
-    similar lengths share a batch, yet batches stay random. With several ranks each rank takes every
-    ``world_size``-th batch (batches are dropped to an equal count, like DistributedSampler).
+    With ``group_by_length`` the data is shuffled, cut into windows of ``window`` batches
+    (``train.length_group_batches``), each sorted by length and cut into batches whose order is shuffled
+    again (Trainer's ``group_by_length`` idea; it uses windows of 50): similar lengths share a batch, yet
+    batches stay random. Smaller windows give more varied batches and more padding. With several ranks each
+    rank takes every ``world_size``-th batch (batches are dropped to an equal count, like DistributedSampler).
     """
     idx = list(range(len(lengths)))
     rng = random.Random(seed * 1_000_003 + epoch)
     if shuffle:
         rng.shuffle(idx)
     if group_by_length:
-        mega = batch_size * 64
+        mega = batch_size * window
         idx = [i for s in range(0, len(idx), mega)
                for i in sorted(idx[s:s + mega], key=lambda i: -lengths[i])]
     batches = [idx[s:s + batch_size] for s in range(0, len(idx), batch_size)]
