@@ -26,13 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (FirstLinearDtype, ListDataset, clock_tuneforge_fit, count_forward_tokens, environment, launch,
-                    summarise, trainer_clock, worker_main, write_json)
+from common import (FirstLinearDtype, ListDataset, comparison_parser, comparison_settings, comparison_table,
+                    count_forward_tokens, environment, run_interleaved, run_tuneforge, summarise, trainer_clock,
+                    worker_main, write_json)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
-THREADS = 2  # torch CPU threads on every side (default; --threads)
 
 # The demo's settings (configs/demo.yaml); full fine-tuning uses tuneforge's recommended lr for `full`.
 DEFAULTS = {
@@ -109,24 +109,9 @@ def prepared_examples(spec: dict[str, Any]):
 # Workers: one configuration per fresh subprocess.
 # --------------------------------------------------------------------------------------------------------
 
-def run_tuneforge(spec: dict[str, Any]) -> dict[str, Any]:
-    import torch
-    from tuneforge.run import train
-
-    torch.set_num_threads(spec["threads"])
-    clock = clock_tuneforge_fit()
-    probe = FirstLinearDtype()
-    with tempfile.TemporaryDirectory(prefix="bench-tf-") as out:
-        result = train(tuneforge_config(spec, out), overwrite=True, progress=False)
-    m = result.metrics
-    return {
-        "loop_cpu_seconds": clock["cpu"], "fit_wall_seconds": clock["wall"], "threads_in_loop": clock["threads"],
-        "train_seconds": m["train_seconds"],  # tuneforge's own: the loop only (no setup, no evaluation)
-        "real_tokens": m["real_tokens"], "padded_tokens": m["padded_tokens"], "steps": m["steps"],
-        "test_accuracy": m["test_after"]["accuracy"], "trainable_parameters": m["parameters"]["trainable"],
-        "tuneforge_peak_memory_mb": m["peak_memory_mb"], "autocast_dtype": probe.dtype,
-        "precision": m["precision"],
-    }
+def run_tuneforge_side(spec: dict[str, Any]) -> dict[str, Any]:
+    res, m = run_tuneforge(tuneforge_config(spec, "unused"), spec["threads"])
+    return {**res, "test_accuracy": m["test_after"]["accuracy"]}
 
 
 def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
@@ -191,30 +176,7 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------------
 
 def markdown(rows: list[dict[str, Any]], settings: dict[str, Any], env: dict[str, Any]) -> str:
-    head = ("| method | framework | real tokens/s (median, min–max) | train s | peak MiB | test accuracy (median, min–max) "
-            "| tuneforge tokens/s ÷ this row | padded/real tokens | real tokens per CPU-s | trainable params | max load |")
-    lines = [head, "|" + "---|" * 11]
-    for r in rows:
-        lo, hi = r["tokens_per_second_range"]
-        alo, ahi = r["test_accuracy_range"]
-        lines.append(
-            f"| {r['method']} | {LABELS[r['framework']]} | {r['tokens_per_second']:,.0f} ({lo:,.0f}–{hi:,.0f}) "
-            f"| {r['train_seconds']:.1f} | {r['peak_memory_mb']:,.0f} | {r['test_accuracy']:.4f} ({alo:.4f}–{ahi:.4f}) "
-            f"| {'—' if r['framework'] == 'tuneforge' else format(r['tuneforge_speedup'], '.2f') + '×'} "
-            f"| {r['padding_factor']:.2f} | {r['tokens_per_cpu_second']:,.0f} | {r['trainable_parameters']:,} "
-            f"| {r['max_load']:.1f} |")
-    verdicts = []
-    for method in dict.fromkeys(r["method"] for r in rows):
-        tf = next(r for r in rows if r["method"] == method and r["framework"] == "tuneforge")
-        hf = next((r for r in rows if r["method"] == method and r["framework"] == "trainer"), None)
-        if hf is None:
-            continue
-        ok = hf["tuneforge_speedup"] >= 1.5 and tf["test_accuracy"] >= hf["test_accuracy"]
-        verdicts.append(
-            f"- **{method}**: tuneforge {hf['tuneforge_speedup']:.2f}× the real tokens/s of Trainer + PEFT "
-            f"(default random batches); test accuracy {tf['test_accuracy']:.4f} vs {hf['test_accuracy']:.4f} "
-            f"→ target (≥ 1.5× at equal or better accuracy) **{'met' if ok else 'not met'}** "
-            f"(per CPU-second of the loop: {hf['tuneforge_cpu_speedup']:.2f}×).")
+    table = comparison_table(rows, LABELS, "test_accuracy", "test accuracy", ".4f", lower_is_better=False)
     s = settings
     text = [
         "# Classification benchmark: tuneforge vs Hugging Face Trainer + PEFT", "",
@@ -226,7 +188,7 @@ def markdown(rows: list[dict[str, Any]], settings: dict[str, Any], env: dict[str
         f"bf16 autocast on CPU, {s['threads']} torch threads; lr LoRA {s['lr_lora']:g}, full {s['lr_full']:g}; LoRA r={s['rank']}, "
         f"alpha={s['alpha']}, dropout 0, all linear layers except the classifier (trained in full). "
         f"Medians of {s['repeats']} interleaved repeats, each run in a fresh process.", "",
-        *lines, "", *verdicts, "",
+        *table, "",
         "Real tokens = sum of attention masks of the training batches seen (the same count on both sides); "
         "train s = training loop only (tuneforge `train_seconds`; Trainer `train_runtime`), no evaluation; "
         "peak MiB = peak resident set size of the run's process (ru_maxrss); real tokens per CPU-s = real tokens ÷ "
@@ -241,77 +203,31 @@ def markdown(rows: list[dict[str, Any]], settings: dict[str, Any], env: dict[str
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", default="lora,full", help="comma-separated: lora, full (default: lora,full)")
-    p.add_argument("--repeats", type=int, default=None, help="runs per configuration, interleaved (default 3)")
-    p.add_argument("--train-examples", type=int, default=None,
-                   help=f"use the first N examples of the (shuffled) train split (default {DEFAULTS['train_examples']}; "
-                        "0: all 6,824 of them, the demo's data)")
-    p.add_argument("--seed", type=int, default=None,
-                   help=f"training seed of the first repeat; repeat i uses seed + i on every side (default {DEFAULTS['seed']})")
-    p.add_argument("--epochs", type=float, default=None, help=f"default {DEFAULTS['epochs']:g}")
-    p.add_argument("--batch-size", type=int, default=None, help=f"default {DEFAULTS['batch_size']}")
-    p.add_argument("--lr-lora", type=float, default=None, help=f"default {DEFAULTS['lr_lora']:g}")
-    p.add_argument("--lr-full", type=float, default=None, help=f"default {DEFAULTS['lr_full']:g}")
-    p.add_argument("--threads", type=int, default=THREADS, help=f"torch CPU threads on every side (default {THREADS})")
+    p = comparison_parser(__doc__, DEFAULTS, 256, "use the first N examples of the (shuffled) train split (default "
+                          f"{DEFAULTS['train_examples']}; 0: all 6,824 of them, the demo's data)",
+                          RESULTS / "classification.md")
     p.add_argument("--no-grouped-trainer", action="store_true",
                    help="skip the extra 'Trainer + PEFT, group_by_length' row")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke test: 256 train examples, 1 epoch, 1 repeat (explicit flags still win)")
-    p.add_argument("--output", default=str(RESULTS / "classification.md"), help="markdown output (JSON beside it)")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
     if a.worker:
-        worker_main(a.worker, lambda spec: run_tuneforge(spec) if spec["framework"] == "tuneforge"
+        worker_main(a.worker, lambda spec: run_tuneforge_side(spec) if spec["framework"] == "tuneforge"
                     else run_trainer(spec, grouped=spec["framework"] == "trainer_grouped"))
         return
     t0 = time.perf_counter()
-    quick = {"train_examples": 256, "epochs": 1.0, "repeats": 1} if a.quick else {}
-    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in ("lora", "full")]
-    if bad:
-        raise SystemExit(f"--methods: unknown method '{bad[0]}'; choose from lora, full")
-    repeats = a.repeats or quick.get("repeats", 3)
-    settings = {**DEFAULTS, "repeats": repeats, "threads": a.threads,
-                "seed": a.seed if a.seed is not None else DEFAULTS["seed"],
-                "epochs": a.epochs if a.epochs is not None else quick.get("epochs", DEFAULTS["epochs"]),
-                "batch_size": a.batch_size or DEFAULTS["batch_size"],
-                "lr_lora": a.lr_lora or DEFAULTS["lr_lora"], "lr_full": a.lr_full or DEFAULTS["lr_full"]}
-    train_examples = (a.train_examples if a.train_examples is not None
-                      else quick.get("train_examples", DEFAULTS["train_examples"]))
-    settings["train_examples"] = train_examples
+    settings, methods = comparison_settings(a, DEFAULTS, 256)
     frameworks = [f for f in FRAMEWORKS if not (a.no_grouped_trainer and f == "trainer_grouped")]
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    runs: list[dict[str, Any]] = []
     out = Path(a.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
-        data = write_splits(Path(tmp), train_examples)
-        settings.update(n_train=data["n_train"], n_test=data["n_test"])
-        total = repeats * len(methods) * len(frameworks)
-        print(f"{total} runs: {methods} × {frameworks} × {repeats} repeats, {data['n_train']} train examples",
-              file=sys.stderr)
-        for rep in range(repeats):
-            for method in methods:
-                for fw in frameworks:
-                    spec = {**settings, "method": method, "framework": fw, "repeat": rep,
-                            "seed": settings["seed"] + rep,
-                            "lr": settings[f"lr_{method}"], "train_file": data["train_file"],
-                            "test_file": data["test_file"]}
-                    res = launch(__file__, spec)
-                    res.update(method=method, framework=fw, repeat=rep)
-                    runs.append(res)
-                    print(f"[{len(runs)}/{total}] {method:4s} {fw:16s} {res['tokens_per_second']:8.0f} tok/s "
-                          f"{res['train_seconds']:7.1f} s  {res['peak_memory_mb']:6.0f} MiB  acc {res['test_accuracy']:.4f}  "
-                          f"pad {res['padding_factor']:.2f}  autocast {res['autocast_dtype']}  "
-                          f"({res['process_seconds']:.0f} s process)", file=sys.stderr, flush=True)
-                    # raw runs so far, so an interrupted invocation still leaves its measurements
-                    write_json(out.with_suffix(".json"), {"complete": False, "settings": settings, "runs": runs})
+        data = write_splits(Path(tmp), settings["train_examples"])
+        settings.update(n_train=data.pop("n_train"), n_test=data.pop("n_test"))
+        runs = run_interleaved(__file__, settings, methods, tuple(frameworks), data, out, "test_accuracy")
     rows = summarise(runs, methods, FRAMEWORKS, "test_accuracy")
     env = {**environment(), "wall_seconds": time.perf_counter() - t0,
            "command": " ".join(["python", "benchmarks/bench_classification.py", *(argv if argv is not None else sys.argv[1:])])}

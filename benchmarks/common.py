@@ -193,3 +193,120 @@ def environment() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__, "accelerate": accelerate.__version__,
             "bf16_cpu": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+
+
+def run_interleaved(script: str | Path, settings: dict[str, Any], methods: list[str], frameworks: tuple[str, ...],
+                    data: dict[str, Any], out: Path, quality: str) -> list[dict[str, Any]]:
+    """Every (repeat, method, framework) in a fresh worker, repeats interleaved so machine drift spreads over
+    all configurations; repeat i trains with seed + i. The raw runs are written to ``out``'s JSON after each
+    run, so an interrupted invocation keeps what it measured."""
+    runs: list[dict[str, Any]] = []
+    total = settings["repeats"] * len(methods) * len(frameworks)
+    print(f"{total} runs: {methods} × {list(frameworks)} × {settings['repeats']} repeats, "
+          f"{settings['n_train']} train examples", file=sys.stderr)
+    for rep in range(settings["repeats"]):
+        for method in methods:
+            for fw in frameworks:
+                spec = {**settings, **data, "method": method, "framework": fw, "repeat": rep,
+                        "seed": settings["seed"] + rep, "lr": settings[f"lr_{method}"]}
+                res = launch(script, spec)
+                res.update(method=method, framework=fw, repeat=rep)
+                runs.append(res)
+                print(f"[{len(runs)}/{total}] {method:4s} {fw:16s} {res['tokens_per_second']:8.0f} tok/s "
+                      f"{res['train_seconds']:7.1f} s {res['peak_memory_mb']:6.0f} MiB  {quality} {res[quality]:.4f}  "
+                      f"pad {res['padding_factor']:.2f}  autocast {res['autocast_dtype']}  "
+                      f"({res['process_seconds']:.0f} s process)", file=sys.stderr, flush=True)
+                write_json(out.with_suffix(".json"), {"complete": False, "settings": settings, "runs": runs})
+    return runs
+
+
+def comparison_table(rows: list[dict[str, Any]], labels: dict[str, str], quality: str, quality_name: str,
+                     fmt: str, lower_is_better: bool) -> list[str]:
+    """Markdown table of ``summarise`` rows, then one verdict line per method against the issue's target
+    (≥ 1.5× Trainer + PEFT's real tokens/s at equal or better ``quality``)."""
+    lines = [f"| method | framework | real tokens/s (median, min–max) | train s | peak MiB | {quality_name} (median, "
+             "min–max) | tuneforge tokens/s ÷ this row | padded/real tokens | real tokens per CPU-s | trainable params "
+             "| max load |", "|" + "---|" * 11]
+    for r in rows:
+        lo, hi = r["tokens_per_second_range"]
+        qlo, qhi = r[quality + "_range"]
+        lines.append(
+            f"| {r['method']} | {labels[r['framework']]} | {r['tokens_per_second']:,.0f} ({lo:,.0f}–{hi:,.0f}) "
+            f"| {r['train_seconds']:.1f} | {r['peak_memory_mb']:,.0f} | {r[quality]:{fmt}} ({qlo:{fmt}}–{qhi:{fmt}}) "
+            f"| {'—' if r['framework'] == 'tuneforge' else format(r['tuneforge_speedup'], '.2f') + '×'} "
+            f"| {r['padding_factor']:.2f} | {r['tokens_per_cpu_second']:,.0f} | {r['trainable_parameters']:,} "
+            f"| {r['max_load']:.1f} |")
+    lines.append("")
+    for method in dict.fromkeys(r["method"] for r in rows):
+        tf = next(r for r in rows if r["method"] == method and r["framework"] == "tuneforge")
+        hf = next((r for r in rows if r["method"] == method and r["framework"] == "trainer"), None)
+        if hf is None:
+            continue
+        as_good = tf[quality] <= hf[quality] if lower_is_better else tf[quality] >= hf[quality]
+        ok = hf["tuneforge_speedup"] >= 1.5 and as_good
+        lines.append(
+            f"- **{method}**: tuneforge {hf['tuneforge_speedup']:.2f}× the real tokens/s of Trainer + PEFT "
+            f"(default random batches); {quality_name} {tf[quality]:{fmt}} vs {hf[quality]:{fmt}} "
+            f"→ target (≥ 1.5× at equal or better {quality_name}) **{'met' if ok else 'not met'}** "
+            f"(per CPU-second of the loop: {hf['tuneforge_cpu_speedup']:.2f}×).")
+    return lines
+
+
+def comparison_parser(doc: str, defaults: dict[str, Any], quick_examples: int, examples_help: str,
+                      output: Path) -> Any:
+    """The flags both Trainer comparisons take; callers add their own before parsing."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", default="lora,full", help="comma-separated: lora, full (default: lora,full)")
+    p.add_argument("--repeats", type=int, help="runs per configuration, interleaved (default 3)")
+    p.add_argument("--train-examples", type=int, help=examples_help)
+    p.add_argument("--seed", type=int, default=defaults["seed"],
+                   help=f"training seed of the first repeat; repeat i uses seed + i on every side (default {defaults['seed']})")
+    p.add_argument("--epochs", type=float, help=f"default {defaults['epochs']:g}")
+    p.add_argument("--batch-size", type=int, default=defaults["batch_size"], help=f"default {defaults['batch_size']}")
+    p.add_argument("--lr-lora", type=float, default=defaults["lr_lora"], help=f"default {defaults['lr_lora']:g}")
+    p.add_argument("--lr-full", type=float, default=defaults["lr_full"], help=f"default {defaults['lr_full']:g}")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads on every side (default 2)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke test: {quick_examples} train examples, 1 epoch, 1 repeat (explicit flags still win)")
+    p.add_argument("--output", default=str(output), help="markdown output (JSON beside it)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    return p
+
+
+def comparison_settings(a: Any, defaults: dict[str, Any], quick_examples: int) -> tuple[dict[str, Any], list[str]]:
+    """(settings, methods) from parsed ``comparison_parser`` flags; ``--quick`` fills what was not given."""
+    quick = {"train_examples": quick_examples, "epochs": 1.0, "repeats": 1} if a.quick else {}
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in ("lora", "full")]
+    if bad:
+        raise SystemExit(f"--methods: unknown method '{bad[0]}'; choose from lora, full")
+    settings = {**defaults, "repeats": a.repeats or quick.get("repeats", 3), "threads": a.threads, "seed": a.seed,
+                "epochs": a.epochs or quick.get("epochs", defaults["epochs"]), "batch_size": a.batch_size,
+                "lr_lora": a.lr_lora, "lr_full": a.lr_full,
+                "train_examples": a.train_examples if a.train_examples is not None
+                else quick.get("train_examples", defaults["train_examples"])}
+    return settings, methods
+
+
+def run_tuneforge(config: dict[str, Any], threads: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Worker side: one ``tuneforge.run.train`` in a temporary run directory -> (the common measures, the
+    run's metrics.json content)."""
+    import tempfile
+
+    import torch
+    from tuneforge.run import train
+
+    torch.set_num_threads(threads)
+    clock = clock_tuneforge_fit()
+    probe = FirstLinearDtype()
+    with tempfile.TemporaryDirectory(prefix="bench-tf-") as out:
+        m = train({**config, "output_dir": out}, overwrite=True, progress=False).metrics
+    return {
+        "loop_cpu_seconds": clock["cpu"], "fit_wall_seconds": clock["wall"], "threads_in_loop": clock["threads"],
+        "train_seconds": m["train_seconds"],  # tuneforge's own: the loop only (no setup, no evaluation)
+        "real_tokens": m["real_tokens"], "padded_tokens": m["padded_tokens"], "steps": m["steps"],
+        "trainable_parameters": m["parameters"]["trainable"], "tuneforge_peak_memory_mb": m["peak_memory_mb"],
+        "autocast_dtype": probe.dtype, "precision": m["precision"],
+    }, m

@@ -1,0 +1,231 @@
+"""Supervised fine-tuning (SFT) of a causal LM: tuneforge vs Hugging Face Trainer + PEFT, side by side.
+
+    .venv/bin/python benchmarks/bench_sft.py                 # default: LoRA + full, 3 repeats
+    .venv/bin/python benchmarks/bench_sft.py --quick         # smoke test: 128 pairs, 1 repeat
+    .venv/bin/python benchmarks/bench_sft.py --methods lora --repeats 5
+
+Both sides fine-tune the embedded SmolLM2-135M-Instruct on the embedded ChatterBot Q->A pairs (the
+``make demo-chat`` data: tuneforge's seeded 80/10/10 split, chat template with the system prompt "Reply
+briefly.", max_length 64), tokenised once by tuneforge's own ``causal_lm`` task code so both see the same
+token ids and the same label mask (loss on answer tokens only). Same batch size, epochs, learning rate,
+linear schedule and warmup, AdamW, gradient clipping, seed and bf16 autocast on CPU; the same LoRA (rank 8,
+alpha 16, dropout 0, every linear layer except the LM head). Both draw random batches (tuneforge's causal-LM
+default; Trainer's default). Neither side evaluates during training; the
+final models are scored by the same code (tuneforge's token-weighted test loss -> perplexity). Every
+configuration runs in a fresh subprocess, repeats are interleaved, medians are reported. See
+benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import (FirstLinearDtype, ListDataset, comparison_parser, comparison_settings, comparison_table,
+                    count_forward_tokens, environment, run_interleaved, run_tuneforge, summarise, trainer_clock,
+                    worker_main, write_json)
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+
+# configs/demo-chat.yaml's settings; full fine-tuning uses tuneforge's default lr for `full`.
+DEFAULTS = {
+    "max_length": 64, "split": [0.8, 0.1, 0.1], "data_seed": 42, "seed": 42, "batch_size": 16, "epochs": 1.0,
+    "lr_lora": 2e-3, "lr_full": 5e-5, "warmup_ratio": 0.06, "weight_decay": 0.0, "max_grad_norm": 1.0,
+    "rank": 8, "alpha": 16, "eval_batch_size": 32, "system_prompt": "Reply briefly.", "train_examples": 0,
+}
+FRAMEWORKS = ("tuneforge", "trainer", "trainer_grouped")
+LABELS = {
+    "tuneforge": "tuneforge",
+    "trainer": "Trainer + PEFT (defaults: random batches)",
+    "trainer_grouped": "Trainer + PEFT, train_sampling_strategy=group_by_length",
+}
+
+
+def write_splits(workdir: Path, train_examples: int) -> dict[str, Any]:
+    """The demo-chat split of the embedded ChatterBot pairs (optionally the first ``train_examples`` of the
+    shuffled train split) as instruction/output JSONL files."""
+    from tuneforge.config import DataConfig
+    from tuneforge.data.dataset import load_splits
+
+    data = DataConfig(dataset="chatterbot", split=DEFAULTS["split"], seed=DEFAULTS["data_seed"])
+    train, _validation, test = load_splits(data, [])
+    if train_examples:
+        train = train[:train_examples]
+    paths = {"train": workdir / "train.jsonl", "test": workdir / "test.jsonl"}
+    for name, records in (("train", train), ("test", test)):
+        with open(paths[name], "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps({"instruction": r["instruction"], "output": r["output"]}) + "\n")
+    return {"train_file": str(paths["train"]), "test_file": str(paths["test"]), "n_train": len(train),
+            "n_test": len(test)}
+
+
+def tuneforge_config(spec: dict[str, Any], out_dir: str) -> dict[str, Any]:
+    """The tuneforge run config of a spec: no validation split (no evaluation in training), no generation;
+    ``--set`` overrides last (tuneforge's side only)."""
+    from tuneforge.config import merge_dicts, parse_overrides
+
+    method = ({"name": "lora", "rank": spec["rank"], "alpha": spec["alpha"], "dropout": 0.0,
+               "target_modules": ["all-linear"]} if spec["method"] == "lora" else {"name": "full"})
+    cfg = {
+        "model": {"name": "smollm2", "task": "causal_lm", "max_length": spec["max_length"]},
+        "data": {"train_file": spec["train_file"], "test_file": spec["test_file"], "split": [1.0, 0.0, 0.0],
+                 "seed": spec["data_seed"], "format": "pairs", "system_prompt": spec["system_prompt"]},
+        "method": method,
+        "train": {"optimizer": "adamw", "lr": spec["lr"], "weight_decay": spec["weight_decay"],
+                  "schedule": "linear", "warmup_ratio": spec["warmup_ratio"], "epochs": spec["epochs"],
+                  "batch_size": spec["batch_size"], "grad_accum": 1, "max_grad_norm": spec["max_grad_norm"],
+                  "seed": spec["seed"], "precision": "bf16", "num_threads": spec["threads"], "device": "cpu"},
+        "eval": {"batch_size": spec["eval_batch_size"],  # the untrained model: scored in the first repeat
+                 "before": spec["framework"] == "tuneforge" and spec.get("repeat") == 0,
+                 "generate_samples": 0},
+        "forgetting": {"reference": "none"},  # no chitchat probe: Trainer does no such extra work
+        "output_dir": out_dir,
+    }
+    return merge_dicts(cfg, parse_overrides(spec.get("tuneforge_set", [])))
+
+
+def run_tuneforge_side(spec: dict[str, Any]) -> dict[str, Any]:
+    res, m = run_tuneforge(tuneforge_config(spec, "unused"), spec["threads"])
+    return {**res, "test_perplexity": m["test_after"]["perplexity"], "test_loss": m["test_after"]["loss"],
+            "test_perplexity_before": (m.get("test_before") or {}).get("perplexity")}
+
+
+def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from tuneforge import assets, tasks
+    from tuneforge.config import load_config
+    from tuneforge.models import load_tokenizer, resolve_device
+    from tuneforge.tasks import Runtime
+
+    transformers.logging.set_verbosity_error()
+    torch.set_num_threads(spec["threads"])
+    # the same token ids and label masks as tuneforge: its own Task.prepare on the same config
+    cfg = load_config(None, tuneforge_config(spec, "unused"))
+    tokenizer = load_tokenizer(assets.resolve_model("smollm2"))
+    task = tasks.get("causal_lm")
+    prepared = task.prepare(cfg, tokenizer)
+    tokenizer.padding_side = "right"  # as tuneforge pads
+    train_ds = ListDataset(prepared.train)
+
+    torch.manual_seed(spec["seed"])
+    model = AutoModelForCausalLM.from_pretrained(str(assets.resolve_model("smollm2")), dtype=torch.float32)
+    if spec["method"] == "lora":
+        model = get_peft_model(model, LoraConfig(r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=0.0,
+                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    steps = max(1, math.ceil(spec["epochs"] * math.ceil(len(train_ds) / spec["batch_size"])))
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="bench-hf-"), per_device_train_batch_size=spec["batch_size"],
+        num_train_epochs=spec["epochs"], learning_rate=spec["lr"], lr_scheduler_type="linear",
+        warmup_steps=int(spec["warmup_ratio"] * steps), weight_decay=spec["weight_decay"],
+        max_grad_norm=spec["max_grad_norm"], seed=spec["seed"], bf16=True, use_cpu=True, eval_strategy="no",
+        save_strategy="no", report_to=[], dataloader_num_workers=0, disable_tqdm=True, logging_steps=10,
+        train_sampling_strategy="group_by_length" if grouped else "random")
+    counts = count_forward_tokens(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    LoopClock = trainer_clock()
+    probe = FirstLinearDtype()
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
+                      data_collator=collator, callbacks=[LoopClock()])
+    wall = time.perf_counter()
+    out = trainer.train()
+    wall = time.perf_counter() - wall
+    # score the final model with the same code as tuneforge's test_after; LoRA stays unmerged (as in tuneforge):
+    # merging into fp32 weights that autocast then rounds to bf16 would lose part of the small LoRA update
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    rt = Runtime(device=resolve_device("cpu"), bf16=True, pad_id=tokenizer.pad_token_id)
+    test = task.evaluate(model, prepared.test, rt, cfg, prepared.meta)
+    return {
+        "train_seconds": out.metrics["train_runtime"], "loop_seconds_callback": LoopClock.end - LoopClock.begin,
+        "train_call_wall_seconds": wall, "loop_cpu_seconds": LoopClock.cpu_end - LoopClock.cpu_begin,
+        "threads_in_loop": LoopClock.threads, "real_tokens": counts["real"], "padded_tokens": counts["padded"],
+        "steps": out.global_step, "forwards": counts["forwards"], "expected_steps": steps,
+        "test_perplexity": test["perplexity"], "test_loss": test["loss"], "trainable_parameters": trainable,
+        "autocast_dtype": probe.dtype, "optim": str(args.optim), "train_loss": out.metrics.get("train_loss"),
+        "attention": str(getattr(model.config, "_attn_implementation", "")),
+    }
+
+
+def markdown(rows: list[dict[str, Any]], settings: dict[str, Any], env: dict[str, Any], before: float | None) -> str:
+    table = comparison_table(rows, LABELS, "test_perplexity", "test perplexity", ".3f", lower_is_better=True)
+    s = settings
+    text = [
+        "# SFT benchmark: tuneforge vs Hugging Face Trainer + PEFT", "",
+        f"SmolLM2-135M-Instruct on ChatterBot Q→A pairs: {s['n_train']:,} train / {s['n_test']:,} test pairs "
+        f"(tuneforge's seeded split {s['split']}, seed {s['data_seed']}; the `make demo-chat` data), SmolLM2 chat "
+        f"template with system prompt \"{s['system_prompt']}\", loss on answer tokens only, max_length "
+        f"{s['max_length']}, batch {s['batch_size']}, {s['epochs']:g} epoch(s), AdamW (wd {s['weight_decay']}), linear "
+        f"schedule, warmup {s['warmup_ratio']} of steps, grad clip {s['max_grad_norm']}, training seed {s['seed']} + "
+        f"repeat index, bf16 autocast on CPU, {s['threads']} torch threads; lr LoRA {s['lr_lora']:g}, full "
+        f"{s['lr_full']:g}; LoRA r={s['rank']}, alpha={s['alpha']}, dropout 0, all linear layers except the LM head. "
+        f"Medians of {s['repeats']} interleaved repeats, each run in a fresh process."
+        + (f" tuneforge config overrides: `{' '.join(s['tuneforge_set'])}`." if s.get("tuneforge_set") else ""), "",
+        *table, "",
+        (f"Test perplexity of the untrained model (same scoring): {before:.3f}." if before else ""), "",
+        "Real tokens = non-padding tokens of the training batches seen (prompt + answer; the same count on both "
+        "sides); train s = training loop only (tuneforge `train_seconds`; Trainer `train_runtime`), no evaluation; "
+        "test perplexity = exp(token-weighted mean cross-entropy over the test answers), computed for both sides by "
+        "tuneforge's `causal_lm` evaluation under bf16 autocast (LoRA unmerged on both sides); peak MiB = peak "
+        "resident set size of the run's process; max load = highest 1-minute load average seen around that row's "
+        f"runs (the run itself adds about {s['threads']}).", "",
+        f"Machine: {env['cpu']}, {env['cores']} cores; python {env['python']}, torch {env['torch']}, "
+        f"transformers {env['transformers']}, peft {env['peft']}, accelerate {env['accelerate']}. "
+        f"Benchmark wall time {env['wall_seconds'] / 60:.1f} min. Command: `{env['command']}`.",
+    ]
+    return "\n".join(text) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = comparison_parser(__doc__, DEFAULTS, 128, "use the first N pairs of the (shuffled) train split (default 0: "
+                          "all 834)", RESULTS / "sft.md")
+    p.add_argument("--grouped-trainer", action="store_true",
+                   help="add a 'Trainer + PEFT, group_by_length' row (more runs)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="tuneforge config overrides for tuneforge's runs, e.g. train.group_by_length=true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv)
+    if a.worker:
+        worker_main(a.worker, lambda spec: run_tuneforge_side(spec) if spec["framework"] == "tuneforge"
+                    else run_trainer(spec, grouped=spec["framework"] == "trainer_grouped"))
+        return
+    t0 = time.perf_counter()
+    settings, methods = comparison_settings(a, DEFAULTS, 128)
+    settings["tuneforge_set"] = a.set
+    frameworks = tuple(f for f in FRAMEWORKS if a.grouped_trainer or f != "trainer_grouped")
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    out = Path(a.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
+        data = write_splits(Path(tmp), settings["train_examples"])
+        settings.update(n_train=data.pop("n_train"), n_test=data.pop("n_test"))
+        runs = run_interleaved(__file__, settings, methods, frameworks, data, out, "test_perplexity")
+    rows = summarise(runs, methods, frameworks, "test_perplexity")
+    before = next((r["test_perplexity_before"] for r in runs if r.get("test_perplexity_before")), None)
+    env = {**environment(), "wall_seconds": time.perf_counter() - t0,
+           "command": " ".join(["python", "benchmarks/bench_sft.py", *(argv if argv is not None else sys.argv[1:])])}
+    text = markdown(rows, settings, env, before)
+    print(text)
+    out.write_text(text)
+    write_json(out.with_suffix(".json"), {"complete": True, "settings": settings, "environment": env,
+                                          "test_perplexity_before": before, "summary": rows, "runs": runs})
+    print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
