@@ -29,7 +29,7 @@ from typing import Any
 
 from common import (FirstLinearDtype, ListDataset, comparison_parser, comparison_settings, comparison_table,
                     count_forward_tokens, environment, run_interleaved, run_tuneforge, summarise, trainer_clock,
-                    worker_main, write_json)
+                    dispatch_worker, write_results)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -200,8 +200,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
     if a.worker:
-        worker_main(a.worker, lambda spec: run_tuneforge_side(spec) if spec["framework"] == "tuneforge"
-                    else run_trainer(spec, grouped=spec["framework"] == "trainer_grouped"))
+        dispatch_worker(a.worker, run_tuneforge_side, run_trainer)
         return
     t0 = time.perf_counter()
     settings, methods = comparison_settings(a, DEFAULTS, 128)
@@ -220,11 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     env = {**environment(), "wall_seconds": time.perf_counter() - t0,
            "command": " ".join(["python", "benchmarks/bench_sft.py", *(argv if argv is not None else sys.argv[1:])])}
     text = markdown(rows, settings, env, before)
-    print(text)
-    out.write_text(text)
-    write_json(out.with_suffix(".json"), {"complete": True, "settings": settings, "environment": env,
-                                          "test_perplexity_before": before, "summary": rows, "runs": runs})
-    print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
+    write_results(out, text, {"settings": settings, "environment": env,
+                              "test_perplexity_before": before, "summary": rows, "runs": runs})
 
 
 if __name__ == "__main__":

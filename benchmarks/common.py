@@ -310,3 +310,18 @@ def run_tuneforge(config: dict[str, Any], threads: int) -> tuple[dict[str, Any],
         "trainable_parameters": m["parameters"]["trainable"], "tuneforge_peak_memory_mb": m["peak_memory_mb"],
         "autocast_dtype": probe.dtype, "precision": m["precision"],
     }, m
+
+
+def dispatch_worker(spec_json: str, tuneforge_side: Callable[[dict[str, Any]], dict[str, Any]],
+                    trainer_side: Callable[..., dict[str, Any]]) -> None:
+    """Worker side of both Trainer comparisons: tuneforge, Trainer, or Trainer with group_by_length."""
+    worker_main(spec_json, lambda spec: tuneforge_side(spec) if spec["framework"] == "tuneforge"
+                else trainer_side(spec, grouped=spec["framework"] == "trainer_grouped"))
+
+
+def write_results(out: Path, text: str, payload: dict[str, Any]) -> None:
+    """Print the markdown, write it to ``out`` and the complete JSON beside it."""
+    print(text)
+    out.write_text(text)
+    write_json(out.with_suffix(".json"), {"complete": True, **payload})
+    print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
