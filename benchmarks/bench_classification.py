@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (FirstLinearDtype, ListDataset, comparison_parser, comparison_settings, comparison_table,
+from common import (FRAMEWORKS, LABELS, FirstLinearDtype, ListDataset, comparison_parser, comparison_settings, comparison_table,
                     count_forward_tokens, environment, run_interleaved, run_tuneforge, summarise, trainer_clock,
                     dispatch_worker, write_results)
 
@@ -42,12 +42,6 @@ DEFAULTS = {
     # Not the demo's: the demo trains on all 6,824 training sentences, which takes about an hour for the 18
     # runs of the default invocation here; 2,000 keeps it near 20 minutes. --train-examples 0: all of them.
     "train_examples": 2000,
-}
-FRAMEWORKS = ("tuneforge", "trainer", "trainer_grouped")
-LABELS = {
-    "tuneforge": "tuneforge",
-    "trainer": "Trainer + PEFT (defaults: random batches)",
-    "trainer_grouped": "Trainer + PEFT, train_sampling_strategy=group_by_length",
 }
 
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (FirstLinearDtype, ListDataset, comparison_parser, comparison_settings, comparison_table,
+from common import (FRAMEWORKS, LABELS, FirstLinearDtype, ListDataset, comparison_parser, comparison_settings, comparison_table,
                     count_forward_tokens, environment, run_interleaved, run_tuneforge, summarise, trainer_clock,
                     dispatch_worker, write_results)
 
@@ -40,12 +40,6 @@ DEFAULTS = {
     "max_length": 64, "split": [0.8, 0.1, 0.1], "data_seed": 42, "seed": 42, "batch_size": 16, "epochs": 1.0,
     "lr_lora": 2e-3, "lr_full": 5e-5, "warmup_ratio": 0.06, "weight_decay": 0.0, "max_grad_norm": 1.0,
     "rank": 8, "alpha": 16, "eval_batch_size": 32, "system_prompt": "Reply briefly.", "train_examples": 0,
-}
-FRAMEWORKS = ("tuneforge", "trainer", "trainer_grouped")
-LABELS = {
-    "tuneforge": "tuneforge",
-    "trainer": "Trainer + PEFT (defaults: random batches)",
-    "trainer_grouped": "Trainer + PEFT, train_sampling_strategy=group_by_length",
 }
 
 

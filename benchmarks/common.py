@@ -18,6 +18,12 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT_PREFIX = "BENCH_RESULT "
+FRAMEWORKS = ("tuneforge", "trainer", "trainer_grouped")
+LABELS = {
+    "tuneforge": "tuneforge",
+    "trainer": "Trainer + PEFT (defaults: random batches)",
+    "trainer_grouped": "Trainer + PEFT, train_sampling_strategy=group_by_length",
+}
 
 
 class FirstLinearDtype:
