@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (FRAMEWORKS, LABELS, FirstLinearDtype, ListDataset, comparison_parser, comparison_settings, comparison_table,
-                    count_forward_tokens, environment, run_interleaved, run_tuneforge, summarise, trainer_clock,
-                    dispatch_worker, write_results)
+from common import (FRAMEWORKS, LABELS, FirstLinearDtype, ListDataset, comparison_parser, comparison_settings,
+                    comparison_table, count_forward_tokens, environment, run_interleaved, run_tuneforge,
+                    summarise, trainer_clock, dispatch_worker, write_results)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
