@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     t0 = time.perf_counter()
     settings, methods = comparison_settings(a, DEFAULTS, 256)
-    frameworks = [f for f in FRAMEWORKS if not (a.no_grouped_trainer and f == "trainer_grouped")]
+    frameworks = [f for f in FRAMEWORKS if f != "trainer_flat" and not (a.no_grouped_trainer and f == "trainer_grouped")]
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(a.output)

@@ -10,7 +10,9 @@ briefly.", max_length 64), tokenised once by tuneforge's own ``causal_lm`` task 
 token ids and the same label mask (loss on answer tokens only). Same batch size, epochs, learning rate,
 linear schedule and warmup, AdamW, gradient clipping, seed and bf16 autocast on CPU; the same LoRA (rank 8,
 alpha 16, dropout 0, every linear layer except the LM head). Both draw random batches (tuneforge's causal-LM
-default; Trainer's default). Neither side evaluates during training; the
+default; Trainer's default); tuneforge packs each batch's examples into padding-free rows (its default,
+``train.padding_free``), Trainer pads them (its default; ``--flat-trainer`` adds a row with transformers'
+padding-free ``DataCollatorWithFlattening``). Neither side evaluates during training; the
 final models are scored by the same code (tuneforge's token-weighted test loss -> perplexity). Every
 configuration runs in a fresh subprocess, repeats are interleaved, medians are reported. See
 benchmarks/README.md.
@@ -97,7 +99,8 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
     import torch
     import transformers
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, DataCollatorWithFlattening, Trainer,
+                              TrainingArguments)
     from tuneforge import assets, tasks
     from tuneforge.config import load_config
     from tuneforge.models import load_tokenizer, resolve_device
@@ -130,7 +133,8 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
     counts = count_forward_tokens(model.get_base_model() if hasattr(model, "get_base_model") else model)
     LoopClock = trainer_clock()
     probe = FirstLinearDtype()
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    collator = (DataCollatorWithFlattening() if spec["framework"] == "trainer_flat"  # one row per batch
+                else DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
                       data_collator=collator, callbacks=[LoopClock()])
     wall = time.perf_counter()
@@ -186,6 +190,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                           "all 834)", RESULTS / "sft.md")
     p.add_argument("--grouped-trainer", action="store_true",
                    help="add a 'Trainer + PEFT, group_by_length' row (more runs)")
+    p.add_argument("--flat-trainer", action="store_true",
+                   help="add a 'Trainer + PEFT, DataCollatorWithFlattening' row: transformers' own padding-free "
+                        "batches (more runs)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="tuneforge config overrides for tuneforge's runs, e.g. train.group_by_length=true")
     return p.parse_args(argv)
@@ -199,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     settings, methods = comparison_settings(a, DEFAULTS, 128)
     settings["tuneforge_set"] = a.set
-    frameworks = tuple(f for f in FRAMEWORKS if a.grouped_trainer or f != "trainer_grouped")
+    frameworks = tuple(f for f in FRAMEWORKS if (a.grouped_trainer or f != "trainer_grouped")
+                       and (a.flat_trainer or f != "trainer_flat"))
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(a.output)

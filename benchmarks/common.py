@@ -18,11 +18,12 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT_PREFIX = "BENCH_RESULT "
-FRAMEWORKS = ("tuneforge", "trainer", "trainer_grouped")
+FRAMEWORKS = ("tuneforge", "trainer", "trainer_grouped", "trainer_flat")
 LABELS = {
     "tuneforge": "tuneforge",
     "trainer": "Trainer + PEFT (defaults: random batches)",
     "trainer_grouped": "Trainer + PEFT, train_sampling_strategy=group_by_length",
+    "trainer_flat": "Trainer + PEFT, DataCollatorWithFlattening (padding-free)",
 }
 
 
@@ -101,12 +102,15 @@ def trainer_clock():
 
 def count_forward_tokens(model: Any) -> dict[str, int]:
     """Forward pre-hook on ``model`` summing the attention mask (real tokens) and its size (padded tokens) of
-    every training-mode forward: the batches the model actually saw."""
+    every training-mode forward: the batches the model actually saw. A batch without a mask (flattened,
+    padding-free) counts all its tokens as real."""
     counts = {"real": 0, "padded": 0, "forwards": 0}
 
     def hook(module: Any, fargs: Any, kwargs: dict[str, Any]) -> None:
-        if module.training and kwargs.get("attention_mask") is not None:
-            mask = kwargs["attention_mask"]
+        mask = kwargs.get("attention_mask")
+        if mask is None and kwargs.get("position_ids") is not None:
+            mask = kwargs["input_ids"].new_ones(kwargs["input_ids"].shape)
+        if module.training and mask is not None:
             counts["real"] += int(mask.sum())
             counts["padded"] += mask.numel()
             counts["forwards"] += 1

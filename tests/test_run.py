@@ -130,6 +130,7 @@ def test_bad_input_gives_one_clear_error(bert_dir, data_csv, tmp_path, change, m
         cfg[section] = {**cfg[section], **values} if section != "method" else values
     with pytest.raises(ConfigError, match=message):
         train(cfg, progress=False)
+    assert not (tmp_path / "bad").exists()  # a run that never trained leaves no directory behind
 
 
 def test_unseen_label_in_a_split_file_names_file_and_row(bert_dir, tmp_path):

@@ -1,10 +1,12 @@
 """Run directories: create (never silently overwrite), save atomically as safetensors, reload, merge."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,15 +23,33 @@ WEIGHTS = "trainable.safetensors"  # parameter-efficient runs: only what trained
 FULL_DIR = "model"  # runs where every weight trained: a Hugging Face folder (save_pretrained + tokenizer)
 
 
-def create_run_dir(output_dir: str | None, method: str, overwrite: bool = False) -> Path:
-    """Make the run directory; refuse an existing non-empty one unless ``overwrite``."""
+def run_dir_path(output_dir: str | None, method: str, overwrite: bool = False) -> Path:
+    """The run directory to create (``runs/METHOD-TIMESTAMP`` by default); refuses an existing non-empty one
+    unless ``overwrite``. Nothing is created or removed yet (see ``create_run_dir``)."""
     path = Path(output_dir) if output_dir else Path("runs") / f"{method}-{datetime.now():%Y%m%d-%H%M%S}"
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise ConfigError(f"run directory {path} already exists; choose another output_dir or pass --overwrite")
+    return path
+
+
+def create_run_dir(path: Path, overwrite: bool = False) -> Path:
+    """Make the run directory ``path`` (from ``run_dir_path``), replacing an existing one only if ``overwrite``."""
+    path = run_dir_path(str(path), "", overwrite)
     if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"run directory {path} already exists; choose another output_dir or pass --overwrite")
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def discard_on_error(path: Path | None) -> Iterator[None]:
+    """Remove the new run directory ``path`` if the block fails (a run that never started training)."""
+    try:
+        yield
+    except BaseException:
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def prepare_output(out: str | Path, overwrite: bool) -> Path:

@@ -158,6 +158,8 @@ class TrainConfig:
     #                                      (classification: on; causal LM: off, it trained worse)
     length_group_batches: int = 64  # group_by_length: batches per length-sorted window (fewer: more varied
     #                                 batches, more padding)
+    padding_free: bool = True  # causal LM: pack each batch's examples into rows (no example attends to another);
+    #                            used where a start-up check shows the model supports it, else padded rows
     eval_every: int | None = None  # evaluate every N optimizer steps; default: each epoch
     early_stopping: int | None = None  # stop after N evaluations without improvement
     log_every: int = 10  # log training loss every N optimizer steps

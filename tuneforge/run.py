@@ -80,43 +80,47 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
     device = resolve_device(cfg.train.device)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
+    run_dir = None
+    if rank == 0:  # an existing run directory is refused now, before any work; created once data and model load
+        run_dir = Path(resume) if resume is not None else checkpoint.run_dir_path(cfg.output_dir, cfg.method_name,
+                                                                                   overwrite)
     with forgetting.start_model(cfg) as (prev, model_path):  # prev: the task-1 run (sequential set-up) or None
-        if resume is not None:
-            run_dir = Path(resume) if rank == 0 else None
-        else:
-            run_dir = checkpoint.create_run_dir(cfg.output_dir, cfg.method_name, overwrite) if rank == 0 else None
-            if run_dir is not None:
-                checkpoint.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
         data = task.prepare(cfg, tokenizer)
         rt = tasks.Runtime(device=device, bf16=use_bf16(cfg.train.precision, device), pad_id=tokenizer.pad_token_id)
         torch.manual_seed(cfg.train.seed)
         model, fresh = task.load_model(model_path, cfg, data.meta, rt.pad_id)
-    model.to(device)
-    say = print if rank == 0 and progress else (lambda *a, **k: None)
-    before = {}
-    if resume is not None and (Path(resume) / BEFORE).is_file():
-        before = json.loads((Path(resume) / BEFORE).read_text())
-    elif cfg.eval.before and data.test:
-        say("evaluating the model before training ...", file=sys.stderr)
-        before = task.evaluate(model, data.test, rt, cfg, data.meta, tokenizer=tokenizer, raw=data.raw_test,
-                               run_dir=run_dir, tag="before")
-        if run_dir is not None:
-            checkpoint.save_json(before, run_dir / BEFORE)
-    heads = head_modules(model, fresh)
-    probe = (forgetting.task1_probe(prev, heads, rt) if prev
-             else forgetting.reference_probe(cfg, task, tokenizer, rt, data.meta))
-    data = forgetting.mix_replay(cfg, task, tokenizer, data, probe)
-    knew_before = probe.measure(model) if probe else None
-    pretrained = {n for n, _ in model.named_parameters()}
-    method_cfg = registry.make_config(cfg.method_name, cfg.method_options())
-    model = registry.apply(model, cfg.method_name, method_cfg, always_train=heads).to(device)
-    params = count_parameters(model)
-    regs = forgetting.regularizers(cfg, model, pretrained, heads, probe, rt)
-    if rt.bf16:
-        store_frozen_in_bf16(model)
-    say(f"training {params['trainable']:,} of {params['total']:,} parameters ({params['trainable_pct']:.2f}%) "
-        f"on {len(data.train)} examples, {device.type}{' bf16' if rt.bf16 else ' fp32'}", file=sys.stderr)
+    if resume is None and run_dir is not None:  # bad data or model: no half-made run directory is left behind
+        run_dir = checkpoint.create_run_dir(run_dir, overwrite)
+        checkpoint.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    with checkpoint.discard_on_error(run_dir if resume is None else None):  # set-up failed: no run left
+        model.to(device)
+        say = print if rank == 0 and progress else (lambda *a, **k: None)
+        before = {}
+        if resume is not None and (Path(resume) / BEFORE).is_file():
+            before = json.loads((Path(resume) / BEFORE).read_text())
+        elif cfg.eval.before and data.test:
+            say("evaluating the model before training ...", file=sys.stderr)
+            before = task.evaluate(model, data.test, rt, cfg, data.meta, tokenizer=tokenizer, raw=data.raw_test,
+                                   run_dir=run_dir, tag="before")
+            if run_dir is not None:
+                checkpoint.save_json(before, run_dir / BEFORE)
+        heads = head_modules(model, fresh)
+        probe = (forgetting.task1_probe(prev, heads, rt) if prev
+                 else forgetting.reference_probe(cfg, task, tokenizer, rt, data.meta))
+        data = forgetting.mix_replay(cfg, task, tokenizer, data, probe)
+        knew_before = probe.measure(model) if probe else None
+        pretrained = {n for n, _ in model.named_parameters()}
+        method_cfg = registry.make_config(cfg.method_name, cfg.method_options())
+        model = registry.apply(model, cfg.method_name, method_cfg, always_train=heads).to(device)
+        params = count_parameters(model)
+        regs = forgetting.regularizers(cfg, model, pretrained, heads, probe, rt)
+        rt.padding_free = cfg.train.padding_free and task.packing_ok(model, data.train, rt)
+        if rt.bf16:
+            store_frozen_in_bf16(model)
+        say(f"training {params['trainable']:,} of {params['total']:,} parameters ({params['trainable_pct']:.2f}%) "
+            f"on {len(data.train)} examples, {device.type}{' bf16' if rt.bf16 else ' fp32'}"
+            f"{', padding-free batches' if rt.padding_free else ''}", file=sys.stderr)
     result = fit(model, task, data, cfg, rt, cfg.train.lr, run_dir, progress, resume=resume is not None,
                  regularizers=regs)
     model.load_state_dict(result.best_state, strict=False)
@@ -128,7 +132,7 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
         "real_tokens": result.real_tokens, "padded_tokens": result.padded_tokens,
         "tokens_per_second": result.tokens_per_second, "peak_memory_mb": peak_memory_mb(device),
         "best_validation": {task.metric: result.best_metric, "step": result.best_step},
-        "precision": "bf16" if rt.bf16 else "fp32", "device": str(device),
+        "precision": "bf16" if rt.bf16 else "fp32", "device": str(device), "padding_free": rt.padding_free,
         "examples": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)},
         "forgetting": forgetting.summary(probe, knew_before, probe.measure(model) if probe else None),
     }

@@ -169,7 +169,7 @@ def fit(model: nn.Module, task: Any, data: Prepared, cfg: RunConfig, rt: Runtime
     while step < total:
         order = batch_order(lengths, t.batch_size, t.seed, epoch, True, grouped, rank, world,
                             t.length_group_batches)
-        batches = iterate(data.train, order[skip:], rt.pad_id)
+        batches = iterate(data.train, order[skip:], rt.pad_id, rt.padding_free)
         for micro, batch in enumerate(batches, start=skip):
             if step >= total:
                 break

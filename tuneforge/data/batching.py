@@ -1,4 +1,5 @@
-"""Batching: length-grouped batch order (cuts padding), rank sharding for torch.distributed, padding collate."""
+"""Batching: length-grouped batch order (cuts padding), rank sharding for torch.distributed, padding collate,
+and padding-free (packed) collate for causal LMs."""
 from __future__ import annotations
 
 import random
@@ -55,7 +56,54 @@ def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tens
     return batch
 
 
-def iterate(examples: Sequence[dict[str, Any]], batches: list[list[int]], pad_id: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Yield collated batches in the given order."""
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """First-fit-decreasing: indices of ``lengths`` grouped into rows of at most ``capacity`` tokens (an item
+    longer than ``capacity`` gets a row of its own)."""
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = next((r for r, u in enumerate(used) if u + lengths[i] <= capacity), None)
+        if r is None:
+            r = len(rows)
+            rows.append([])
+            used.append(0)
+        rows[r].append(i)
+        used[r] += lengths[i]
+    return rows
+
+
+def collate_packed(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Padding-free batch for causal LMs: the examples packed end to end into rows of at most twice the
+    longest example (first-fit-decreasing), with ``position_ids`` restarting at 0 for each example. Given
+    ``position_ids`` and no attention mask, transformers' causal mask (``masking_utils``) keeps each example
+    to itself (a block-diagonal causal mask); ``attention_mask`` marks real tokens for counting only and is
+    not passed to the model. Each example's first label is -100 (the previous example must not predict it);
+    the row tail is padded with a segment of its own, labels -100. SmolLM2 LoRA on the ChatterBot pairs
+    (16 x <=64 tokens): 1.25x faster per step than padded rows; a single row per batch was no faster than
+    padding (the eager attention over a 600-token row costs what the padding saved)."""
+    lengths = [len(e["input_ids"]) for e in examples]
+    rows = pack_rows(lengths, 2 * max(lengths))
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id)  # (rows, width)
+    labels = torch.full((len(rows), width), -100)  # (rows, width)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)  # (rows, width)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (rows, width): 1 on real tokens
+    for r, row in enumerate(rows):
+        start = 0
+        for i in row:
+            n = lengths[i]
+            ids[r, start:start + n] = torch.tensor(examples[i]["input_ids"])
+            labels[r, start + 1:start + n] = torch.tensor(examples[i]["labels"][1:])
+            positions[r, start:start + n] = torch.arange(n)
+            mask[r, start:start + n] = 1
+            start += n
+        positions[r, start:] = torch.arange(width - start)  # the padding tail: a segment of its own
+    return {"input_ids": ids, "labels": labels, "position_ids": positions, "attention_mask": mask}
+
+
+def iterate(examples: Sequence[dict[str, Any]], batches: list[list[int]], pad_id: int, packed: bool = False
+            ) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield collated batches in the given order; ``packed``: padding-free rows (``collate_packed``)."""
+    join = collate_packed if packed else collate
     for b in batches:
-        yield collate([examples[i] for i in b], pad_id)
+        yield join([examples[i] for i in b], pad_id)

@@ -22,6 +22,7 @@ class Runtime:
     device: torch.device
     bf16: bool
     pad_id: int
+    padding_free: bool = False  # training batches packed into rows (see data.batching.collate_packed)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from tuneforge.checkpoint import atomic_write_text
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import chat
-from tuneforge.data.batching import batch_order, iterate
+from tuneforge.data.batching import batch_order, collate, collate_packed, iterate, pack_rows
 from tuneforge.data.dataset import load_splits, source_records
 from tuneforge.evaluate import bleu, perplexity, rouge_l
 from tuneforge.models import autocast, load_pretrained, resolve_device
@@ -39,16 +39,20 @@ def _backbone(model: nn.Module) -> nn.Module | None:
 
 def token_nll(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy (float32) of next-token predictions where labels are kept. Logits are computed only for
-    those positions: backbone hidden states -> select -> LM head on the selected rows."""
-    ids, mask = batch["input_ids"], batch["attention_mask"]  # (batch, seq)
+    those positions: backbone hidden states -> select -> LM head on the selected rows. A packed batch
+    (``position_ids``, see ``collate_packed``) goes in without its attention mask: the model then builds the
+    block-diagonal causal mask from the position ids."""
+    ids = batch["input_ids"]  # (batch, seq)
+    inputs = ({"position_ids": batch["position_ids"]} if "position_ids" in batch
+              else {"attention_mask": batch["attention_mask"]})  # (batch, seq)
     target = batch["labels"][:, 1:]  # (batch, seq-1): token t+1 is predicted at position t
     keep = target != chat.IGNORE  # (batch, seq-1)
     base = _backbone(model)
     if base is None:
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (batch, seq, vocab)
+        logits = model(input_ids=ids, use_cache=False, **inputs).logits  # (batch, seq, vocab)
         selected = logits[:, :-1][keep]  # (kept, vocab)
     else:
-        hidden = base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (batch, seq', hidden)
+        hidden = base(input_ids=ids, use_cache=False, **inputs).last_hidden_state  # (batch, seq', hidden)
         hidden = hidden[:, -ids.shape[1]:]  # methods that prepend virtual tokens add positions on the left
         selected = model.get_output_embeddings()(hidden[:, :-1][keep])  # (kept, vocab)
     return nn.functional.cross_entropy(selected.float(), target[keep], reduction=reduction)
@@ -144,6 +148,26 @@ class Task:
         if model.config.pad_token_id is None:
             model.config.pad_token_id = pad_id
         return model, fresh
+
+    @torch.no_grad()
+    def packing_ok(self, model: nn.Module, examples: list[dict[str, Any]], rt: Runtime) -> bool:
+        """Whether padding-free batches (``collate_packed``) give this model, its method applied, the per-token
+        losses of padded ones: two training examples in one packed row vs two padded rows, float32, no
+        dropout. Models whose attention masks ignore ``position_ids`` and methods that prepend virtual tokens
+        to each row (prompt, P-tuning, prefix tuning) fail and train on padded rows."""
+        sample = [e for e in examples if len(e["input_ids"]) > 1][:2]
+        if len(sample) < 2:
+            return False
+        sample = [sample[i] for i in pack_rows([len(e["input_ids"]) for e in sample], 10**9)[0]]  # packed order
+        batches = [collate_packed(sample, rt.pad_id), collate(sample, rt.pad_id)]
+        training = model.training
+        model.eval()
+        try:
+            a, b = (token_nll(model, {k: v.to(rt.device) for k, v in batch.items()}, reduction="none")
+                    for batch in batches)
+        finally:
+            model.train(training)
+        return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-3, atol=1e-3))
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean cross-entropy over the answer tokens of the batch."""

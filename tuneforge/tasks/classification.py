@@ -93,6 +93,10 @@ class Task:
             model.config.pad_token_id = pad_id
         return model, fresh
 
+    def packing_ok(self, model: nn.Module, examples: list[dict[str, Any]], rt: Runtime) -> bool:
+        """Padding-free batches: never (one label per row; the heads read one position per example)."""
+        return False
+
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean cross-entropy of the batch."""
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # (batch, labels)

@@ -1,0 +1,106 @@
+"""Padding-free causal-LM batches: packed rows give the per-token losses and gradients of padded rows, the
+start-up check refuses methods that prepend virtual tokens, and a run trains the same with and without."""
+import pytest
+import torch
+
+from conftest import tiny_causal_lm
+from lm_helpers import QA, model_folder, single_thread, tiny_tokenizer, write_pairs
+from tuneforge.data import chat
+from tuneforge.data.batching import collate, collate_packed, pack_rows
+from tuneforge.methods import registry
+from tuneforge.run import train
+from tuneforge.tasks import Runtime, causal_lm, get
+
+CPU = Runtime(device=torch.device("cpu"), bf16=False, pad_id=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with single_thread():
+        yield
+
+
+def _examples(n=7):
+    tok = tiny_tokenizer()
+    convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QA[:n]]
+    return chat.encode_conversations(convs, tok, tok.chat_template, 64, ["r"] * n)
+
+
+def _in_packed_order(examples):
+    """The examples in the order collate_packed lays them out (row by row), for a padded twin batch."""
+    rows = pack_rows([len(e["input_ids"]) for e in examples], 2 * max(len(e["input_ids"]) for e in examples))
+    return [examples[i] for row in rows for i in row]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_packed_rows_give_the_per_token_losses_and_gradients_of_padded_rows(family):
+    model, examples = tiny_causal_lm(family), _in_packed_order(_examples())
+    packed, padded = collate_packed(examples, 1), collate(examples, 1)
+    assert packed["input_ids"].shape[0] < len(examples)  # several examples share a row
+    assert packed["attention_mask"].sum() == padded["attention_mask"].sum()  # the same real tokens
+    losses, grads = [], []
+    for batch in (packed, padded):
+        model.zero_grad()
+        nll = causal_lm.token_nll(model, batch, reduction="none")  # (kept,) in row-major order
+        nll.mean().backward()
+        losses.append(nll.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_without_position_ids_the_packed_examples_would_attend_to_each_other():
+    """The guard the check relies on: dropping the position ids (plain causal attention over the row)
+    changes the losses, so equal losses above mean the examples were kept apart."""
+    model, examples = tiny_causal_lm("llama"), _in_packed_order(_examples())
+    packed = collate_packed(examples, 1)
+    leaky = {k: v for k, v in packed.items() if k != "position_ids"}
+    with torch.no_grad():
+        kept = causal_lm.token_nll(model, packed, reduction="none")
+        crossed = causal_lm.token_nll(model, leaky, reduction="none")
+    assert not torch.allclose(kept, crossed, atol=1e-3)
+
+
+def test_collate_packed_layout():
+    examples = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]},
+                {"input_ids": [4, 4, 4, 4], "labels": [-100, -100, 4, 4]}]
+    batch = collate_packed(examples, pad_id=0)
+    # capacity 2 x 4 = 8: rows [ex2 + ex0] (7 tokens) and [ex1] (2 tokens, padded to 7)
+    assert batch["input_ids"].tolist() == [[4, 4, 4, 4, 5, 6, 7], [8, 9, 0, 0, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2], [0, 1, 0, 1, 2, 3, 4]]
+    assert batch["labels"].tolist() == [[-100, -100, 4, 4, -100, 6, 7], [-100, 9, -100, -100, -100, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1] * 7, [1, 1, 0, 0, 0, 0, 0]]
+
+
+def test_pack_rows_first_fit_decreasing_within_capacity():
+    lengths = [5, 9, 3, 7, 2, 6, 12]
+    rows = pack_rows(lengths, 12)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= 12 for row in rows)
+    assert rows[0] == [6]  # the longest comes first, alone when it fills the capacity
+    assert len(rows) == 4  # 44 tokens in rows of 12: the fewest rows possible
+
+
+@pytest.mark.parametrize("method,ok", [("lora", True), ("full", True), ("adapter", True), ("ia3", True),
+                                       ("prompt", False), ("p-tuning", False), ("prefix", False)])
+def test_the_start_up_check_accepts_per_token_methods_and_refuses_virtual_tokens(method, ok):
+    options = {"num_virtual_tokens": 3} if not ok else {}
+    model = registry.apply(tiny_causal_lm("llama"), method, registry.make_config(method, options))
+    assert get("causal_lm").packing_ok(model, _examples(), CPU) is ok
+    assert get("classification").packing_ok(model, _examples(), CPU) is False
+
+
+def test_a_run_trains_the_same_with_and_without_padding_free_batches(tmp_path):
+    folder = model_folder(tmp_path / "llama", "llama")
+    data = str(write_pairs(tmp_path / "pairs.jsonl"))
+    runs = {free: train({"model": {"name": str(folder), "task": "causal_lm", "max_length": 32},
+                         "data": {"dataset": data}, "method": {"name": "lora", "rank": 4},
+                         "train": {"epochs": 2, "batch_size": 8, "lr": 1e-2, "precision": "fp32",
+                                   "padding_free": free},
+                         "eval": {"generate_samples": 0}, "output_dir": str(tmp_path / f"run{free}")},
+                        progress=False).metrics for free in (True, False)}
+    assert runs[True]["padding_free"] is True and runs[False]["padding_free"] is False
+    assert runs[True]["real_tokens"] == runs[False]["real_tokens"]
+    assert runs[True]["padded_tokens"] < runs[False]["padded_tokens"]
+    assert runs[True]["test_after"]["loss"] == pytest.approx(runs[False]["test_after"]["loss"], rel=1e-4)
+    assert runs[True]["test_after"]["loss"] < runs[True]["test_before"]["loss"]
