@@ -23,7 +23,7 @@ demo: install
 	$(BIN)/tuneforge train -c configs/demo.yaml
 
 demo-chat: install
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/tuneforge train -c configs/demo-chat.yaml
+	$(BIN)/tuneforge train -c configs/demo-chat.yaml
 
 test: install
 	$(BIN)/python -m pytest
