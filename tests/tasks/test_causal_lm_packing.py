@@ -6,7 +6,7 @@ import torch
 from conftest import tiny_causal_lm
 from lm_helpers import QA, model_folder, single_thread, tiny_tokenizer, write_pairs
 from tuneforge.data import chat
-from tuneforge.data.batching import collate, collate_packed, pack_rows
+from tuneforge.data.batching import collate, collate_packed, pack_rows, packed_layout
 from tuneforge.methods import registry
 from tuneforge.run import train
 from tuneforge.tasks import Runtime, causal_lm, get
@@ -21,14 +21,16 @@ def one_thread():
 
 
 def _examples(n=7):
+    """One three-turn conversation, then ``n - 1`` single Q->A pairs: lengths vary, so rows are shared."""
     tok = tiny_tokenizer()
-    convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QA[:n]]
+    turns = [m for q, a in QA[10:13] for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+    convs = [turns] + [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QA[:n - 1]]
     return chat.encode_conversations(convs, tok, tok.chat_template, 64, ["r"] * n)
 
 
 def _in_packed_order(examples):
     """The examples in the order collate_packed lays them out (row by row), for a padded twin batch."""
-    rows = pack_rows([len(e["input_ids"]) for e in examples], 2 * max(len(e["input_ids"]) for e in examples))
+    rows = packed_layout([len(e["input_ids"]) for e in examples])
     return [examples[i] for row in rows for i in row]
 
 
@@ -65,11 +67,22 @@ def test_collate_packed_layout():
     examples = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]},
                 {"input_ids": [4, 4, 4, 4], "labels": [-100, -100, 4, 4]}]
     batch = collate_packed(examples, pad_id=0)
-    # capacity 2 x 4 = 8: rows [ex2 + ex0] (7 tokens) and [ex1] (2 tokens, padded to 7)
-    assert batch["input_ids"].tolist() == [[4, 4, 4, 4, 5, 6, 7], [8, 9, 0, 0, 0, 0, 0]]
-    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2], [0, 1, 0, 1, 2, 3, 4]]
-    assert batch["labels"].tolist() == [[-100, -100, 4, 4, -100, 6, 7], [-100, 9, -100, -100, -100, -100, -100]]
-    assert batch["attention_mask"].tolist() == [[1] * 7, [1, 1, 0, 0, 0, 0, 0]]
+    # lengths 3, 2, 4: capacity 5 gives the fewest computed tokens, rows [ex2] and [ex0 + ex1] (2 x 5 = 10;
+    # capacity 7 would give [ex2 + ex0], [ex1]: 2 x 7 = 14)
+    assert batch["input_ids"].tolist() == [[4, 4, 4, 4, 0], [5, 6, 7, 8, 9]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0], [0, 1, 2, 0, 1]]
+    assert batch["labels"].tolist() == [[-100, -100, 4, 4, -100], [-100, 6, 7, -100, 9]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 0], [1] * 5]
+
+
+def test_packed_layout_computes_fewer_tokens_than_a_fixed_capacity():
+    lengths = [30, 28, 27, 25, 22, 20, 18, 17, 15, 12, 11, 10, 9, 8, 40, 64]
+    rows = packed_layout(lengths)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    assert width <= 2 * 64
+    fixed = pack_rows(lengths, 128)
+    assert len(rows) * width <= len(fixed) * max(sum(lengths[i] for i in row) for row in fixed)
 
 
 def test_pack_rows_first_fit_decreasing_within_capacity():

@@ -72,17 +72,34 @@ def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def collate_packed(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Padding-free batch for causal LMs: the examples packed end to end into rows of at most twice the
-    longest example (first-fit-decreasing), with ``position_ids`` restarting at 0 for each example. Given
+def packed_layout(lengths: Sequence[int], tries: int = 32) -> list[list[int]]:
+    """Rows for ``collate_packed``: first-fit-decreasing with ``tries`` capacities between the longest length
+    and twice it, keeping the layout with the fewest computed tokens (rows x width; then the narrowest).
+    ChatterBot batches of 16: padded/real 1.05, against 1.15 with the capacity fixed at twice the longest."""
+    longest = max(lengths)
+    best: tuple[tuple[int, int], list[list[int]]] | None = None
+    for capacity in sorted({longest + longest * k // tries for k in range(tries + 1)}):
+        rows = pack_rows(lengths, capacity)
+        width = max(sum(lengths[i] for i in row) for row in rows)
+        key = (len(rows) * width, width)
+        if best is None or key < best[0]:
+            best = (key, rows)
+    return best[1]
+
+
+def collate_packed(examples: list[dict[str, Any]], pad_id: int, rows: list[list[int]] | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """Padding-free batch for causal LMs: the examples packed end to end into rows (``packed_layout``: at most
+    twice the longest example), with ``position_ids`` restarting at 0 for each example. Given
     ``position_ids`` and no attention mask, transformers' causal mask (``masking_utils``) keeps each example
     to itself (a block-diagonal causal mask); ``attention_mask`` marks real tokens for counting only and is
     not passed to the model. Each example's first label is -100 (the previous example must not predict it);
-    the row tail is padded with a segment of its own, labels -100. SmolLM2 LoRA on the ChatterBot pairs
+    the row tail is padded with a segment of its own, labels -100. ``rows`` fixes the layout (indices per row).
+    SmolLM2 LoRA on the ChatterBot pairs
     (16 x <=64 tokens, forward + backward, 12 batches): 1.22x (LoRA) and 1.26x (full) faster than padded rows;
     one row per batch was no faster than padding (eager attention over a 600-token row cost what it saved)."""
     lengths = [len(e["input_ids"]) for e in examples]
-    rows = pack_rows(lengths, 2 * max(lengths))
+    rows = rows or packed_layout(lengths)
     width = max(sum(lengths[i] for i in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id)  # (rows, width)
     labels = torch.full((len(rows), width), -100)  # (rows, width)

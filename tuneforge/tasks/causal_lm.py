@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from tuneforge.checkpoint import atomic_write_text
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import chat
-from tuneforge.data.batching import batch_order, collate, collate_packed, iterate, pack_rows
+from tuneforge.data.batching import batch_order, collate, collate_packed, iterate
 from tuneforge.data.dataset import load_splits, source_records
 from tuneforge.evaluate import bleu, perplexity, rouge_l
 from tuneforge.models import autocast, load_pretrained, resolve_device
@@ -158,8 +158,7 @@ class Task:
         sample = [e for e in examples if len(e["input_ids"]) > 1][:2]
         if len(sample) < 2:
             return False
-        sample = [sample[i] for i in pack_rows([len(e["input_ids"]) for e in sample], 10**9)[0]]  # packed order
-        batches = [collate_packed(sample, rt.pad_id), collate(sample, rt.pad_id)]
+        batches = [collate_packed(sample, rt.pad_id, rows=[[0, 1]]), collate(sample, rt.pad_id)]
         training = model.training
         model.eval()
         try:
