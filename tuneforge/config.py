@@ -128,7 +128,7 @@ class DataConfig:
     format: Literal["auto", "pairs", "chat", "text"] = "auto"  # causal LM data layout
     template: str | None = None  # causal LM prompt template when the tokenizer has no chat template
     system_prompt: str | None = None  # optional system message for chat-rendered prompts
-    packing: bool = False  # causal LM: concatenate short examples into full-length rows
+    packing: bool = False  # causal LM: concatenate short examples into rows of max_length (kept apart)
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train/validation/test fractions
     seed: int = 42  # seed of the split
     max_examples: int | None = None  # use at most this many examples (after shuffling), for quick runs

@@ -21,6 +21,7 @@ import yaml
 
 from tuneforge import assets, checkpoint, tasks
 from tuneforge.config import ConfigError, RunConfig, load_config, merge_dicts, parse_overrides
+from tuneforge.data.batching import without_positions
 from tuneforge.forgetting import pipeline as forgetting
 from tuneforge.methods import registry
 from tuneforge.models import count_parameters, head_modules, load_tokenizer, resolve_device, store_frozen_in_bf16, use_bf16
@@ -115,7 +116,13 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
         model = registry.apply(model, cfg.method_name, method_cfg, always_train=heads).to(device)
         params = count_parameters(model)
         regs = forgetting.regularizers(cfg, model, pretrained, heads, probe, rt)
-        rt.padding_free = cfg.train.padding_free and task.packing_ok(model, data.train, rt)
+        apart = task.packing_ok(model, data.train, rt)  # position ids keep packed examples apart
+        rt.padding_free = cfg.train.padding_free and apart
+        if not apart and any("position_ids" in e for e in data.train):
+            data.train = without_positions(data.train)
+            if rank == 0:
+                print("warning: data.packing: this model or method cannot keep packed examples apart; each "
+                      "example attends to the earlier ones in its row", file=sys.stderr)
         if rt.bf16:
             store_frozen_in_bf16(model)
         say(f"training {params['trainable']:,} of {params['total']:,} parameters ({params['trainable_pct']:.2f}%) "

@@ -104,10 +104,14 @@ def test_packing_keeps_whole_examples_and_blocks_cross_example_labels():
     assert all(len(r["input_ids"]) <= 32 for r in rows)
     assert sum(len(r["input_ids"]) for r in rows) == sum(len(e["input_ids"]) for e in examples)
     start = tok.convert_tokens_to_ids("<|user|>")
-    for row in rows:  # every example starts with <|user|>, whose label is masked
+    for row in rows:  # every example starts with <|user|>, whose label is masked and whose position is 0
+        assert len(row["position_ids"]) == len(row["input_ids"])
         for i, t in enumerate(row["input_ids"]):
+            assert (row["position_ids"][i] == 0) is (t == start)
             if t == start:
                 assert row["labels"][i] == IGNORE
+            else:
+                assert row["position_ids"][i] == row["position_ids"][i - 1] + 1
     flat = sorted(tuple(e["input_ids"]) for e in examples)
     cut = []
     for row in rows:

@@ -149,17 +149,6 @@ def test_tokenizer_without_pad_token_falls_back_to_eos(tmp_path):
     assert len(run.generate(["say yes", "what is the capital of france ?"], max_new_tokens=3)) == 2
 
 
-def test_packed_rows_attend_across_example_boundaries():
-    """Documented behaviour: packed examples share one causal attention span (labels never cross)."""
-    model, tok = tiny_causal_lm("llama"), tiny_tokenizer()
-    a, b = _batch(tok)["input_ids"][:2]
-    a, b = a[a != tok.pad_token_id], b[b != tok.pad_token_id]
-    with torch.no_grad():
-        alone = model(b[None]).logits[0]
-        packed = model(torch.cat([a, b])[None]).logits[0, len(a):]
-    assert not torch.allclose(alone, packed, atol=1e-4)
-
-
 def test_model_without_template_and_no_template_named_is_a_clear_error(tmp_path):
     folder = model_folder(tmp_path / "plain", "llama", template=False)
     cfg = load_config(None, _cfg(tmp_path, folder))

@@ -1,12 +1,13 @@
 """Padding-free causal-LM batches: packed rows give the per-token losses and gradients of padded rows, the
-start-up check refuses methods that prepend virtual tokens, and a run trains the same with and without."""
+start-up check refuses methods that prepend virtual tokens, and a run trains the same with and without.
+``data.packing`` rows keep their examples apart the same way, or fall back to plain concatenations."""
 import pytest
 import torch
 
 from conftest import tiny_causal_lm
 from lm_helpers import QA, model_folder, single_thread, tiny_tokenizer, write_pairs
 from tuneforge.data import chat
-from tuneforge.data.batching import collate, collate_packed, pack_rows, packed_layout
+from tuneforge.data.batching import collate, collate_packed, pack_rows, packed_layout, without_positions
 from tuneforge.methods import registry
 from tuneforge.run import train
 from tuneforge.tasks import Runtime, causal_lm, get
@@ -117,3 +118,46 @@ def test_a_run_trains_the_same_with_and_without_padding_free_batches(tmp_path):
     assert runs[True]["padded_tokens"] < runs[False]["padded_tokens"]
     assert runs[True]["test_after"]["loss"] == pytest.approx(runs[False]["test_after"]["loss"], rel=1e-4)
     assert runs[True]["test_after"]["loss"] < runs[True]["test_before"]["loss"]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_data_packing_rows_keep_their_examples_apart(family):
+    """Rows of ``data.packing`` (examples concatenated up to max_length): each example's per-token losses equal
+    those it gets alone, through padded batches (position ids, no attention mask) and padding-free ones."""
+    model, examples = tiny_causal_lm(family), _examples()
+    rows = chat.pack(examples, 64)
+    assert len(rows) < len(examples)
+    with torch.no_grad():
+        alone = causal_lm.token_nll(model, collate(examples, 1), reduction="none")
+        padded = causal_lm.token_nll(model, collate(rows, 1), reduction="none")
+        packed = causal_lm.token_nll(model, collate_packed(rows, 1), reduction="none")
+        leaky = causal_lm.token_nll(model, collate(without_positions(rows), 1), reduction="none")
+    for nll in (padded, packed):  # the same tokens in another order: compare sorted
+        torch.testing.assert_close(nll.sort().values, alone.sort().values, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(leaky.sort().values, alone.sort().values, atol=1e-3)  # without them, they would not
+
+
+def test_collate_mixes_packed_rows_and_plain_examples():
+    """A packed row and a plain example (e.g. a replayed one) share a batch; padding sits at position 0."""
+    row = {"input_ids": [5, 6, 7, 8], "labels": [-100, 6, -100, 8], "position_ids": [0, 1, 0, 1]}
+    plain = {"input_ids": [4, 4], "labels": [-100, 4]}
+    batch = collate([row, plain], pad_id=0)
+    assert batch["position_ids"].tolist() == [[0, 1, 0, 1], [0, 1, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+
+
+@pytest.mark.parametrize("method,apart", [("lora", True), ("prompt", False)])
+def test_data_packing_falls_back_to_plain_rows_where_examples_cannot_be_kept_apart(tmp_path, capsys, method,
+                                                                                     apart):
+    folder = model_folder(tmp_path / "llama", "llama")
+    options = {"num_virtual_tokens": 3} if method == "prompt" else {"rank": 4}
+    metrics = train({"model": {"name": str(folder), "task": "causal_lm", "max_length": 32},
+                     "data": {"dataset": str(write_pairs(tmp_path / "pairs.jsonl")), "packing": True},
+                     "method": {"name": method, **options},
+                     "train": {"epochs": 1, "batch_size": 4, "precision": "fp32"},
+                     "eval": {"generate_samples": 0, "before": False}, "output_dir": str(tmp_path / "run")},
+                    progress=False).metrics
+    assert metrics["padding_free"] is apart
+    warned = "cannot keep packed examples apart" in capsys.readouterr().err
+    assert warned is not apart
+    assert metrics["test_after"]["loss"] > 0

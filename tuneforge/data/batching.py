@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
-# How to pad each per-token field; fields not listed here are per-example scalars.
-PAD_FIELDS = {"input_ids": None, "labels": -100, "token_type_ids": 0}
+# How to pad each per-token field; fields not listed here are per-example scalars. Padding positions 0 makes
+# every padding token a sequence of its own (see ``collate``).
+PAD_FIELDS = {"input_ids": None, "labels": -100, "token_type_ids": 0, "position_ids": 0}
 
 
 def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, shuffle: bool = True,
@@ -40,9 +41,24 @@ def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, 
     return batches
 
 
+def positions(example: dict[str, Any]) -> list[int]:
+    """An example's ``position_ids``: its own (rows of ``data.packing`` restart them at each packed example)
+    or 0, 1, 2, ..."""
+    return example.get("position_ids") or list(range(len(example["input_ids"])))
+
+
+def without_positions(examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The examples without ``position_ids``: packed rows become plain concatenations."""
+    return [{k: v for k, v in e.items() if k != "position_ids"} for e in examples]
+
+
 def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad per-token fields to the longest example; build ``attention_mask``."""
+    """Right-pad per-token fields to the longest example; build ``attention_mask``. Where some example has
+    ``position_ids`` (a ``data.packing`` row) every one gets them; padding sits at position 0, so each padding
+    token is a sequence of its own and the model (given no attention mask) keeps packed examples apart."""
     longest = max(len(e["input_ids"]) for e in examples)
+    if any("position_ids" in e for e in examples):
+        examples = [{**e, "position_ids": positions(e)} for e in examples]
     batch: dict[str, torch.Tensor] = {}
     for name in examples[0]:
         values = [e[name] for e in examples]
@@ -95,6 +111,7 @@ def collate_packed(examples: list[dict[str, Any]], pad_id: int, rows: list[list[
     to itself (a block-diagonal causal mask); ``attention_mask`` marks real tokens for counting only and is
     not passed to the model. Each example's first label is -100 (the previous example must not predict it);
     the row tail is padded with a segment of its own, labels -100. ``rows`` fixes the layout (indices per row).
+    An example with ``position_ids`` of its own (a ``data.packing`` row) keeps them.
     SmolLM2 LoRA on the ChatterBot pairs
     (16 x <=64 tokens, forward + backward, 12 batches): 1.22x (LoRA) and 1.26x (full) faster than padded rows;
     one row per batch was no faster than padding (eager attention over a 600-token row cost what it saved)."""
@@ -103,7 +120,7 @@ def collate_packed(examples: list[dict[str, Any]], pad_id: int, rows: list[list[
     width = max(sum(lengths[i] for i in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id)  # (rows, width)
     labels = torch.full((len(rows), width), -100)  # (rows, width)
-    positions = torch.zeros((len(rows), width), dtype=torch.long)  # (rows, width)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)  # (rows, width)
     mask = torch.zeros((len(rows), width), dtype=torch.long)  # (rows, width): 1 on real tokens
     for r, row in enumerate(rows):
         start = 0
@@ -111,11 +128,11 @@ def collate_packed(examples: list[dict[str, Any]], pad_id: int, rows: list[list[
             n = lengths[i]
             ids[r, start:start + n] = torch.tensor(examples[i]["input_ids"])
             labels[r, start + 1:start + n] = torch.tensor(examples[i]["labels"][1:])
-            positions[r, start:start + n] = torch.arange(n)
+            pos[r, start:start + n] = torch.tensor(positions(examples[i]))
             mask[r, start:start + n] = 1
             start += n
-        positions[r, start:] = torch.arange(width - start)  # the padding tail: a segment of its own
-    return {"input_ids": ids, "labels": labels, "position_ids": positions, "attention_mask": mask}
+        pos[r, start:] = torch.arange(width - start)  # the padding tail: a segment of its own
+    return {"input_ids": ids, "labels": labels, "position_ids": pos, "attention_mask": mask}
 
 
 def iterate(examples: Sequence[dict[str, Any]], batches: list[list[int]], pad_id: int, packed: bool = False

@@ -11,8 +11,10 @@ Conversations are rendered with the tokenizer's chat template or a named one (``
 assistant tokens train (prompt tokens get label -100). Each piece of the rendered text is tokenised on its
 own, so the prompt tokens seen in training are exactly those :func:`prompt_ids` gives at generation time.
 Too long: the prompt is cut from the left first (the latest turns are kept); an answer longer than the row
-keeps its start. Packed rows are plain concatenations: a token may attend to earlier examples of its row
-(as with Trainer/TRL packing), but no label is predicted across an example boundary.
+keeps its start. Packed rows (``data.packing``) carry ``position_ids`` that restart at every example, so the
+model keeps each example to itself (a block-diagonal causal mask, as in ``batching.collate_packed``) and no
+label is predicted across an example boundary. Where a model or method cannot (see ``Task.packing_ok``) the
+position ids are dropped and rows are plain concatenations, as with Trainer/TRL packing.
 """
 from __future__ import annotations
 
@@ -262,7 +264,8 @@ def encode_texts(texts: list[str], tokenizer: PreTrainedTokenizerBase, max_lengt
 
 def pack(examples: list[dict[str, list[int]]], max_length: int) -> list[dict[str, list[int]]]:
     """Best-fit-decreasing packing of whole examples into rows of at most ``max_length`` tokens. The first
-    label of every example is -100, so nothing is learned across an example boundary."""
+    label of every example is -100, so nothing is learned across an example boundary; ``position_ids``
+    restart at 0 for every example, so none attends to another."""
     rows: list[list[int]] = []
     free: list[tuple[int, int]] = []  # sorted (space left, row index)
     for i in sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"])):
@@ -277,11 +280,12 @@ def pack(examples: list[dict[str, list[int]]], max_length: int) -> list[dict[str
             bisect.insort(free, (space - need, r))
     packed = []
     for row in rows:
-        ids, labels = [], []
+        ids, labels, positions = [], [], []
         for i in row:
             ids += examples[i]["input_ids"]
             labels += [IGNORE] + examples[i]["labels"][1:]
-        packed.append({"input_ids": ids, "labels": labels})
+            positions += range(len(examples[i]["input_ids"]))
+        packed.append({"input_ids": ids, "labels": labels, "position_ids": positions})
     return packed
 
 

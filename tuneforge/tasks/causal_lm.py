@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from tuneforge.checkpoint import atomic_write_text
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import chat
-from tuneforge.data.batching import batch_order, collate, collate_packed, iterate
+from tuneforge.data.batching import batch_order, collate, collate_packed, iterate, without_positions
 from tuneforge.data.dataset import load_splits, source_records
 from tuneforge.evaluate import bleu, perplexity, rouge_l
 from tuneforge.models import autocast, load_pretrained, resolve_device
@@ -154,8 +154,9 @@ class Task:
         """Whether padding-free batches (``collate_packed``) give this model, its method applied, the per-token
         losses of padded ones: two training examples in one packed row vs two padded rows, float32, no
         dropout. Models whose attention masks ignore ``position_ids`` and methods that prepend virtual tokens
-        to each row (prompt, P-tuning, prefix tuning) fail and train on padded rows."""
-        sample = [e for e in examples if len(e["input_ids"]) > 1][:2]
+        to each row (prompt, P-tuning, prefix tuning) fail: they train on padded rows, and ``data.packing``
+        rows become plain concatenations."""
+        sample = without_positions([e for e in examples if len(e["input_ids"]) > 1][:2])
         if len(sample) < 2:
             return False
         batches = [collate_packed(sample, rt.pad_id, rows=[[0, 1]]), collate(sample, rt.pad_id)]
