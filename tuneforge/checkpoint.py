@@ -121,7 +121,8 @@ def read_run(run_dir: str | Path) -> RunFiles:
     """Read config and meta of a finished run; clear errors for anything missing."""
     path = Path(run_dir)
     if not (path / "config.yaml").is_file() or not (path / "meta.json").is_file():
-        raise ConfigError(f"{path} is not a tuneforge run directory (config.yaml/meta.json missing); was training finished?")
+        raise ConfigError(f"{path} is not a tuneforge run directory (config.yaml/meta.json missing); "
+                          "was training finished?")
     config = build_dataclass(RunConfig, yaml.safe_load((path / "config.yaml").read_text()))
     meta = json.loads((path / "meta.json").read_text())
     if not (path / WEIGHTS).is_file() and not (path / FULL_DIR).is_dir():

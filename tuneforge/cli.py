@@ -169,14 +169,16 @@ CALIBRATE_EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune pre-trained transformers on your own data.",
+    parser = argparse.ArgumentParser(prog="tuneforge",
+                                     description="Fine-tune pre-trained transformers on your own data.",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="fine-tune a model (YAML config and/or flags and dotted overrides)",
                        description="Fine-tune a model. Settings come from defaults < --config YAML < flags < "
                        "dotted overrides (section.key=value, e.g. method.rank=16). See `tuneforge methods`.")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. method.rank=16 train.lr=1e-3")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. method.rank=16 train.lr=1e-3")
     p.add_argument("-c", "--config", help="YAML config file (sections: model, data, method, train, eval)")
     p.add_argument("--method", help="full | freeze | lora | ... (default lora)")
     p.add_argument("--model", help="embedded model name (minilm, smollm2) or a local Hugging Face folder")
@@ -207,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(fn=cmd_predict)
 
-    for command, fn, text in (("generate", cmd_generate, "answers of a causal-LM run to prompts (arguments or stdin lines)"),
+    for command, fn, text in (("generate", cmd_generate,
+                               "answers of a causal-LM run to prompts (arguments or stdin lines)"),
                               ("chat", cmd_chat, "chat with a causal-LM run interactively (answers stream)")):
         p = sub.add_parser(command, help=text)
         p.add_argument("run_dir")

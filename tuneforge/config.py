@@ -88,7 +88,8 @@ def build_dataclass(cls: type, data: dict[str, Any] | None, path: str = "") -> A
     if unknown:
         where = f"{path}." if path else ""
         raise ConfigError(
-            f"unknown config key '{where}{unknown[0]}'; valid keys under '{path or 'top level'}': {', '.join(sorted(known))}"
+            f"unknown config key '{where}{unknown[0]}'; "
+            f"valid keys under '{path or 'top level'}': {', '.join(sorted(known))}"
         )
     kwargs = {k: _check(f"{path}.{k}" if path else k, v, hints[k]) for k, v in data.items()}
     try:

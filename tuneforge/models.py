@@ -39,7 +39,8 @@ def load_pretrained(auto_cls: Any, path: str | Path, trust_remote_code: bool = F
                                                trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load a model from {path}: {str(exc).splitlines()[0]}") from None
-    new_keys = set(info["missing_keys"]) | {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())}
+    mismatched = {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())}
+    new_keys = set(info["missing_keys"]) | mismatched
     fresh = sorted({k.rsplit(".", 1)[0] for k in new_keys})
     return model, fresh
 

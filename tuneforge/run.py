@@ -24,7 +24,8 @@ from tuneforge.config import ConfigError, RunConfig, load_config, merge_dicts, p
 from tuneforge.data.batching import without_positions
 from tuneforge.forgetting import pipeline as forgetting
 from tuneforge.methods import registry
-from tuneforge.models import count_parameters, head_modules, load_tokenizer, resolve_device, store_frozen_in_bf16, use_bf16
+from tuneforge.models import (count_parameters, head_modules, load_tokenizer, resolve_device, store_frozen_in_bf16,
+                              use_bf16)
 from tuneforge.report import result_table
 from tuneforge.train import fit, plot_loss_curve, rank_world
 
@@ -182,7 +183,8 @@ class Run:
         self.task = tasks.get(self.cfg.model.task)
         device_ = resolve_device(device)
         full = self.files.full_model_dir
-        self.tokenizer = load_tokenizer(full or assets.resolve_model(self.cfg.model.name), self.cfg.model.trust_remote_code)
+        self.tokenizer = load_tokenizer(full or assets.resolve_model(self.cfg.model.name),
+                                        self.cfg.model.trust_remote_code)
         if hasattr(self.task, "setup_tokenizer"):  # e.g. the causal LM's named chat template
             self.task.setup_tokenizer(self.tokenizer, self.cfg, self.meta)
         self.rt = tasks.Runtime(device=device_, bf16=use_bf16(self.cfg.train.precision, device_),

@@ -86,7 +86,8 @@ def to_messages(record: dict[str, Any], fmt: str, d: DataConfig, where: str) -> 
         if fmt == "text":
             text = _text(record.get(d.text_column))
             if not text:
-                raise ConfigError(f"no text in column '{d.text_column}'; fill it in, remove the row or set data.text_column")
+                raise ConfigError(f"no text in column '{d.text_column}'; "
+                                  "fill it in, remove the row or set data.text_column")
             return text
         if fmt == "pairs":
             q_col, a_col = _pair_columns(record, d)

@@ -32,7 +32,8 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{p}, line {i}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
+                    raise ConfigError(f"{p}, line {i}: not valid JSON ({exc.msg}); "
+                                      "each line must be one JSON object") from None
                 if not isinstance(row, dict):
                     raise ConfigError(f"{p}, line {i}: expected a JSON object, got {type(row).__name__}")
                 records.append(row)

@@ -88,7 +88,8 @@ class Task:
             for row, record in enumerate(records, start=1):
                 chat.to_messages(record, fmt, d, f"{name}, row {row}")
         if len(formats) > 1:
-            raise ConfigError(f"data: the files mix layouts ({', '.join(sorted(formats))}); use one, or set data.format")
+            raise ConfigError(f"data: the files mix layouts ({', '.join(sorted(formats))}); "
+                              "use one, or set data.format")
         return formats.pop()
 
     def setup_tokenizer(self, tokenizer: PreTrainedTokenizerBase, cfg: RunConfig, meta: dict[str, Any]) -> None:

@@ -45,7 +45,8 @@ class Task:
         train = augment_train(train, cfg)
         names = label_names([r[label] for r in train])
         if len(names) < 2:
-            raise ConfigError(f"data: column '{label}' has a single label ({names[0]}); classification needs two or more")
+            raise ConfigError(f"data: column '{label}' has a single label ({names[0]}); "
+                              "classification needs two or more")
         meta = {"labels": names}
         return Prepared(train=self.encode(train, cfg, tokenizer, meta, "train split"),
                         validation=self.encode(val, cfg, tokenizer, meta, "validation split"),
@@ -65,8 +66,8 @@ class Task:
                 labels.append(-1)
             elif str(value) not in ids:
                 raise ConfigError(
-                    f"{source}, row {row}: label '{value}' was not seen in training (labels: {', '.join(meta['labels'])}); "
-                    "fix the label or add training examples of it"
+                    f"{source}, row {row}: label '{value}' was not seen in training "
+                    f"(labels: {', '.join(meta['labels'])}); fix the label or add training examples of it"
                 )
             else:
                 labels.append(ids[str(value)])
