@@ -1,109 +1,17 @@
-"""Typed run configuration: dataclasses, YAML files and dotted CLI overrides. Unknown keys are errors."""
+"""Typed run configuration: dataclasses, YAML files and dotted CLI overrides. Unknown keys are errors
+(``tuneforge.strict``)."""
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from tuneforge.strict import ConfigError, build_dataclass, positive
 
-class ConfigError(ValueError):
-    """A user-facing error in configuration or input data: one line that names the key/file and the fix."""
-
-
-def _check(path: str, value: Any, hint: Any) -> Any:
-    """Coerce/check ``value`` against a type hint; raise ConfigError naming ``path`` otherwise."""
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check(path, value, arg)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
-    if origin is Literal:
-        if value not in typing.get_args(hint):
-            choices = ", ".join(map(str, typing.get_args(hint)))
-            raise ConfigError(f"{path}: {value!r} is not allowed; choose one of {choices}")
-        return value
-    if origin in (list, tuple):
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            value = [value] if not isinstance(value, str) else [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
-        (item,) = typing.get_args(hint)[:1] or (Any,)
-        return [_check(f"{path}[{i}]", v, item) for i, v in enumerate(value)]
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return dict(value)
-    if dataclasses.is_dataclass(hint):
-        return build_dataclass(hint, value, path)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}: expected true/false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}: expected an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{path}: expected a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{path}: expected a string, got {value!r}")
-    return value
-
-
-def build_dataclass(cls: type, data: dict[str, Any] | None, path: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and ill-typed values."""
-    data = {} if data is None else data
-    if dataclasses.is_dataclass(data):
-        data = dataclasses.asdict(data)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        where = f"{path}." if path else ""
-        raise ConfigError(
-            f"unknown config key '{where}{unknown[0]}'; "
-            f"valid keys under '{path or 'top level'}': {', '.join(sorted(known))}"
-        )
-    kwargs = {k: _check(f"{path}.{k}" if path else k, v, hints[k]) for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{path or 'config'}: {exc}") from None
-
-
-def positive(path: str, value: float | int | None) -> None:
-    """Raise ConfigError unless ``value`` is None or > 0."""
-    if value is not None and not value > 0:
-        raise ConfigError(f"{path} must be positive, got {value}")
+__all__ = ["ConfigError", "build_dataclass", "positive", "RunConfig", "load_config", "merge_dicts", "parse_overrides"]
 
 
 @dataclass

@@ -1,0 +1,57 @@
+"""Strict dataclasses: values are coerced/checked against type hints and unknown keys are refused."""
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from tuneforge.strict import ConfigError, build_dataclass, positive
+
+
+@dataclass
+class Inner:
+    rate: float = 0.1
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    kind: Literal["a", "b"] = "a"
+    sizes: list[int] = field(default_factory=list)
+    limit: int | None = None
+    flag: bool = False
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_values_are_coerced_to_their_hints():
+    out = build_dataclass(Outer, {"name": 3, "sizes": "1, 2", "inner": {"rate": "1e-3"}, "limit": None})
+    assert out == Outer(name="3", sizes=[1, 2], inner=Inner(rate=1e-3), limit=None)
+    assert build_dataclass(Outer, {"sizes": 4}).sizes == [4]  # a scalar becomes a one-item list
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"nmae": "x"}, "unknown config key 'nmae'; valid keys under 'top level': flag, inner, kind, limit, name"),
+    ({"inner": {"rte": 1}}, "unknown config key 'inner.rte'; valid keys under 'inner': rate"),
+    ({"kind": "c"}, "kind: 'c' is not allowed; choose one of a, b"),
+    ({"flag": "yes"}, "flag: expected true/false, got 'yes'"),
+    ({"limit": 1.5}, "limit: expected an integer, got 1.5"),
+    ({"sizes": ["one"]}, "sizes[0]: expected an integer, got 'one'"),
+    ({"inner": 3}, "inner: expected a mapping, got 3"),
+])
+def test_bad_values_name_the_key_and_what_is_allowed(data, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        build_dataclass(Outer, data)
+
+
+def test_positive():
+    positive("train.lr", None)
+    positive("train.lr", 1e-5)
+    with pytest.raises(ConfigError, match="train.lr must be positive, got 0"):
+        positive("train.lr", 0)
+
+
+def test_a_comma_list_override_fills_a_list_of_integers():
+    """`method.layer_indices=0,1` on the command line arrives as the string "0,1"."""
+    from tuneforge.config import parse_overrides
+    from tuneforge.methods import registry
+    options = parse_overrides(["method.layer_indices=0,-1"])["method"]
+    assert registry.make_config("freeze", options).layer_indices == [0, -1]
