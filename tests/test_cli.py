@@ -1,4 +1,5 @@
 """The console script: --help everywhere, one-line errors (exit 2, no traceback), train/predict/evaluate/merge."""
+import io
 import json
 import subprocess
 import sys
@@ -60,3 +61,23 @@ def test_train_predict_evaluate_merge(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["n"] == 80
     assert main(["merge", str(run), str(tmp_path / "merged")]) == 0
     assert (tmp_path / "merged" / "config.json").is_file()
+
+
+def test_predict_text_pairs_from_flags_and_tab_separated_stdin(tmp_path, capsys, monkeypatch):
+    model = model_dir(tmp_path / "m", "bert")
+    rows = [{"a": r["text"], "b": "so it is", "y": r["label"]} for r in sentiment_rows(60)]
+    pd.DataFrame(rows).to_csv(tmp_path / "d.csv", index=False)
+    run = str(tmp_path / "run")
+    # overrides on both sides of a flag
+    assert main(["train", "data.text_pair_column=b", "--model", str(model), "--data", str(tmp_path / "d.csv"),
+                 "--text-column", "a", "--label-column", "y", "-o", run, "-q", "train.max_steps=2",
+                 "train.precision=fp32"]) == 0
+    capsys.readouterr()
+    assert main(["predict", run, "--json", "great film", "--pair", "so it is", "dull", "--pair", "not at all"]) == 0
+    by_flags = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["text"], r["pair"]) for r in by_flags] == [("great film", "so it is"), ("dull", "not at all")]
+    monkeypatch.setattr("sys.stdin", io.StringIO("great film\tso it is\ndull\tnot at all\n"))
+    assert main(["predict", run, "--json"]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == by_flags
+    assert main(["predict", run, "great film"]) == 2
+    assert "trained on text pairs" in capsys.readouterr().err

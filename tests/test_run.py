@@ -41,6 +41,10 @@ def test_run_directory_holds_config_labels_metrics_and_only_trainable_weights(lo
     assert {"config.yaml", "meta.json", "metrics.json", "results.md", "log.jsonl", "loss_curve.png",
             "trainable.safetensors", "tensorboard"} <= files
     assert json.loads((lora_run.run_dir / "meta.json").read_text())["labels"] == ["negative", "positive"]
+    import yaml
+    stored = yaml.safe_load((lora_run.run_dir / "config.yaml").read_text())
+    assert stored["method"]["alpha"] == 16.0 and stored["method"]["rslora"] is False  # defaults resolved too
+    assert stored["train"]["lr"] is not None
     from safetensors.torch import load_file
     saved = load_file(lora_run.run_dir / "trainable.safetensors")
     assert saved and all(".lora_" in k or k.startswith("classifier.") for k in saved)
@@ -99,8 +103,17 @@ def test_separate_split_files_and_text_pairs(bert_dir, tmp_path):
            "validation_file": str(tmp_path / "val.jsonl"), "test_file": str(tmp_path / "test.jsonl"),
            "text_column": "a", "text_pair_column": "b", "label_column": "y"},
            "train": {"max_steps": 2, "precision": "fp32"}, "output_dir": str(tmp_path / "r")}
-    m = train(cfg, progress=False).metrics
-    assert m["examples"] == {"train": 40, "validation": 10, "test": 10}
+    out = train(cfg, progress=False)
+    assert out.metrics["examples"] == {"train": 40, "validation": 10, "test": 10}
+    run = load(out.run_dir, "cpu")
+    texts = [r["a"] for r in rows[50:53]]
+    rows_so, rows_not = run.predict(texts, ["so it is"] * 3), run.predict(texts, ["not at all"] * 3)
+    assert [r["pair"] for r in rows_so] == ["so it is"] * 3
+    assert rows_so[0]["probabilities"] != rows_not[0]["probabilities"]  # the second text is used
+    with pytest.raises(ConfigError, match="trained on text pairs \\('a' \\+ 'b'\\)"):
+        run.predict(texts)
+    with pytest.raises(ConfigError, match="3 texts but 1 second texts"):
+        run.predict(texts, ["so it is"])
 
 
 def test_seeded_training_is_reproducible(bert_dir, data_csv, tmp_path):
@@ -114,6 +127,10 @@ def test_early_stopping_and_eval_every(bert_dir, data_csv, tmp_path):
     m = train(_cfg(bert_dir, data_csv, tmp_path / "es", epochs=50, eval_every=1, early_stopping=2, lr=1e-6),
               progress=False).metrics
     assert m["steps"] < 50 * 8  # stopped long before 50 epochs
+    log = [json.loads(line) for line in (tmp_path / "es" / "log.jsonl").read_text().splitlines()]
+    logged = [r["step"] for r in log if "train_loss" in r]
+    assert logged and logged[-1] == m["steps"]  # the steps after the last periodic log are logged too
+    assert [r["step"] for r in log if "val_accuracy" in r] == list(range(1, m["steps"] + 1))  # eval_every=1
 
 
 @pytest.mark.parametrize("change, message", [

@@ -61,15 +61,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tuneforge.run import load
 
-    texts = list(args.texts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    run = load(args.run_dir, args.device)
+    texts, pairs = list(args.texts), args.pair
+    if not texts:
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        if run.cfg.data.text_pair_column:  # text pairs: FIRST<TAB>SECOND per line
+            texts, pairs = [t.split("\t", 1)[0] for t in texts], [t.partition("\t")[2] for t in texts]
     if not texts:
         return _fail("predict needs TEXT arguments or lines on standard input")
-    for row in load(args.run_dir, args.device).predict(texts):
+    for row in run.predict(texts, pairs):
         if args.json:
             print(json.dumps(row))
         else:
             probs = "  ".join(f"{k}={v:.3f}" for k, v in row["probabilities"].items())
-            print(f"{row['label']}\t{probs}\t{row['text']}")
+            text = f"{row['text']}\t{row['pair']}" if "pair" in row else row["text"]
+            print(f"{row['label']}\t{probs}\t{text}")
     return 0
 
 
@@ -202,9 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(fn=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="label + probabilities for texts (arguments or stdin lines)")
+    p = sub.add_parser("predict", help="label + probabilities for texts (arguments or stdin lines)",
+                       description="Label + probabilities for each TEXT (or each standard-input line). A "
+                       "classifier trained on text pairs takes the second texts as --pair, one per TEXT in "
+                       "order, or as tab-separated stdin lines (FIRST<TAB>SECOND).")
     p.add_argument("run_dir")
     p.add_argument("texts", nargs="*", metavar="TEXT")
+    p.add_argument("--pair", action="append", metavar="SECOND", help="second text of a pair (repeat per TEXT)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--device", default="auto")
     p.set_defaults(fn=cmd_predict)
@@ -293,9 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # positional texts may follow options (`predict RUN --json "a" "b"`): argparse leaves them over
-    if extra and hasattr(args, "texts") and not any(e.startswith("-") for e in extra):
-        args.texts = list(args.texts) + extra
+    # positionals may follow options (`predict RUN --json "a" "b"`, `train x=1 --method lora y=2`): argparse
+    # leaves them over
+    rest = next((name for name in ("texts", "overrides", "prompts") if hasattr(args, name)), None)
+    if extra and rest and not any(e.startswith("-") for e in extra):
+        setattr(args, rest, list(getattr(args, rest)) + extra)
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from tuneforge.config import ConfigError

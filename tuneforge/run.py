@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import sys
@@ -51,7 +52,10 @@ def resolve_config(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list
     else:
         data = cfg.to_dict() if isinstance(cfg, RunConfig) else cfg
         cfg = load_config(None, merge_dicts(data, parse_overrides(overrides or [])))
-    registry.make_config(cfg.method_name, cfg.method_options())  # validate method options early
+    options = registry.make_config(cfg.method_name, cfg.method_options())  # validated early
+    # every option stored, defaults included, so a run directory's config.yaml is complete
+    cfg.method = {"name": cfg.method_name, **{f.name: getattr(options, f.name)
+                                              for f in dataclasses.fields(options) if f.init}}
     if cfg.train.lr is None:
         cfg.train.lr = float(registry.train_defaults(cfg.method_name).get("lr", 5e-5))
     if cfg.forgetting.previous_run:  # stored absolute: the run must find task 1 again when reloaded
@@ -212,17 +216,27 @@ class Run:
             examples, raw = prepared.test, prepared.raw_test
         return self.task.evaluate(self.model, examples, self.rt, self.cfg, self.meta, tokenizer=self.tokenizer, raw=raw)
 
-    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
-        """Label and class probabilities for each text."""
+    def predict(self, texts: list[str], pairs: list[str] | None = None) -> list[dict[str, Any]]:
+        """Label and class probabilities for each text; ``pairs``: the second texts, for a classifier trained
+        on text pairs (``data.text_pair_column``), one per text."""
         if not hasattr(self.task, "predict_proba"):
             raise ConfigError(f"{self.files.path} is a {self.task.name} run, which generates text rather than "
                               "labels: use `tuneforge generate RUN_DIR PROMPT...` (or Run.generate)")
-        records = [{self.cfg.data.text_column: t} for t in texts]
+        d = self.cfg.data
+        if bool(d.text_pair_column) != (pairs is not None):
+            raise ConfigError(
+                f"{self.files.path} was trained on text pairs ('{d.text_column}' + '{d.text_pair_column}'): give "
+                "a second text for each (--pair / tab-separated stdin lines; Run.predict(texts, pairs))"
+                if d.text_pair_column else f"{self.files.path} classifies single texts: drop the second texts")
+        if pairs is not None and len(pairs) != len(texts):
+            raise ConfigError(f"{len(texts)} texts but {len(pairs)} second texts: give one second text per text")
+        records = [{d.text_column: t, **({d.text_pair_column: pairs[i]} if pairs is not None else {})}
+                   for i, t in enumerate(texts)]
         examples = self.task.encode(records, self.cfg, self.tokenizer, self.meta, "input")
         probs = self.task.predict_proba(self.model, examples, self.rt, self.cfg.eval.batch_size)
         names = self.meta["labels"]
-        return [{"text": t, "label": names[int(p.argmax())], "probabilities": dict(zip(names, map(float, p)))}
-                for t, p in zip(texts, probs)]
+        return [{"text": t, **({"pair": pairs[i]} if pairs is not None else {}), "label": names[int(p.argmax())],
+                 "probabilities": dict(zip(names, map(float, p)))} for i, (t, p) in enumerate(zip(texts, probs))]
 
     def generate(self, prompts: list[str | list[dict[str, str]]], **settings: Any) -> list[str]:
         """Answers of a causal-LM run: each prompt is a user message or a list of {role, content} messages,

@@ -165,6 +165,12 @@ def fit(model: nn.Module, task: Any, data: Prepared, cfg: RunConfig, rt: Runtime
         for key in ("real_tokens", "padded_tokens", "best_metric", "best_step", "history", "train_seconds"):
             setattr(result, key, loop[key])
         bar.update(step)
+    def log_train_loss(losses: list[float], step: int, epoch: int) -> None:
+        train_loss = sum(losses) / len(losses)
+        bar.set_postfix(loss=f"{train_loss:.4f}")
+        logger.log({"step": step, "epoch": epoch, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0]})
+        result.history.append({"step": step, "train_loss": train_loss})
+
     start = time.perf_counter() - result.train_seconds
     while step < total:
         order = batch_order(lengths, t.batch_size, t.seed, epoch, True, grouped, rank, world,
@@ -194,11 +200,8 @@ def fit(model: nn.Module, task: Any, data: Prepared, cfg: RunConfig, rt: Runtime
             step += 1
             bar.update(1)
             if step % t.log_every == 0 or step == total:
-                train_loss = sum(running) / len(running)
+                log_train_loss(running, step, epoch)
                 running = []
-                bar.set_postfix(loss=f"{train_loss:.4f}")
-                logger.log({"step": step, "epoch": epoch, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0]})
-                result.history.append({"step": step, "train_loss": train_loss})
             if (step % eval_every == 0 or step == total) and data.validation:
                 elapsed = time.perf_counter() - start
                 metrics = task.evaluate(model, data.validation, rt, cfg, data.meta)
@@ -223,6 +226,8 @@ def fit(model: nn.Module, task: Any, data: Prepared, cfg: RunConfig, rt: Runtime
         epoch, skip = epoch + 1, 0
     result.train_seconds = time.perf_counter() - start
     result.steps = step
+    if running:  # early stopping ended the run between two logged steps
+        log_train_loss(running, step, epoch - 1)
     bar.close()
     logger.close()
     if result.best_state is None:  # no validation: the final weights are the result; not copied (a copy of a

@@ -84,3 +84,5 @@ def test_rslora_scaling():
 def test_unmatched_targets_name_the_layers_that_exist():
     with pytest.raises(ConfigError, match="matches no linear layer.*q_proj"):
         _apply(tiny_classifier("llama"), target_modules=["query"])
+    with pytest.raises(ConfigError, match="method.target_regex: 'zzz' matches no linear layer"):
+        _apply(tiny_classifier("llama"), target_regex="zzz")

@@ -102,10 +102,11 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
     """Wrap every targeted linear layer in a :class:`LoRALinear`; only ``lora_A``/``lora_B`` train."""
     targets = [(n, m) for n, m in model.named_modules() if _is_target(n, m, config)]
     if not targets:
-        wanted = config.target_regex or ", ".join(config.target_modules)
+        key, wanted = (("target_regex", config.target_regex) if config.target_regex is not None
+                       else ("target_modules", ", ".join(config.target_modules)))
         linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))})
         raise ConfigError(
-            f"method.target_modules: '{wanted}' matches no linear layer of {type(model).__name__}; "
+            f"method.{key}: '{wanted}' matches no linear layer of {type(model).__name__}; "
             f"its linear layers are named: {', '.join(linear)}"
         )
     for name, module in targets:
