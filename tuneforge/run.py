@@ -11,7 +11,6 @@ import dataclasses
 import json
 import resource
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -1,0 +1,149 @@
+"""What each ``tuneforge`` command does (the parser is in :mod:`tuneforge.cli`). Heavy imports happen inside
+the commands, so ``--help`` stays fast."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def fail(message: str) -> int:
+    print(f"tuneforge: error: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tuneforge.run import train
+
+    overrides = list(args.overrides)
+    for flag, key in (("method", "method.name"), ("model", "model.name"), ("task", "model.task"),
+                      ("data", "data.dataset"), ("text_column", "data.text_column"),
+                      ("label_column", "data.label_column"), ("epochs", "train.epochs"), ("lr", "train.lr"),
+                      ("batch_size", "train.batch_size"), ("output", "output_dir")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.insert(0, f"{key}={value}") if flag == "method" else overrides.append(f"{key}={value}")
+    if args.resume and (overrides or args.config):
+        return fail("--resume continues a run with its own config; give no other settings")
+    out = train(args.config if args.config else {}, overrides, overwrite=args.overwrite, progress=not args.quiet,
+                resume=args.resume)
+    print(out.table)
+    print(f"\nrun directory: {out.run_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tuneforge.run import load
+
+    metrics = load(args.run_dir, args.device).evaluate(args.data)
+    print(json.dumps(metrics, indent=2, default=float))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tuneforge.run import load
+
+    run = load(args.run_dir, args.device)
+    texts, pairs = list(args.texts), args.pair
+    if not texts:
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        if run.cfg.data.text_pair_column:  # text pairs: FIRST<TAB>SECOND per line
+            texts, pairs = [t.split("\t", 1)[0] for t in texts], [t.partition("\t")[2] for t in texts]
+    if not texts:
+        return fail("predict needs TEXT arguments or lines on standard input")
+    for row in run.predict(texts, pairs):
+        if args.json:
+            print(json.dumps(row))
+        else:
+            probs = "  ".join(f"{k}={v:.3f}" for k, v in row["probabilities"].items())
+            text = f"{row['text']}\t{row['pair']}" if "pair" in row else row["text"]
+            print(f"{row['label']}\t{probs}\t{text}")
+    return 0
+
+
+def _sampling(args: argparse.Namespace) -> dict:
+    return {"max_new_tokens": args.max_new_tokens, "sample": args.sample, "temperature": args.temperature,
+            "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed}
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tuneforge.run import load
+
+    prompts = list(args.prompts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not prompts:
+        return fail("generate needs PROMPT arguments or lines on standard input")
+    answers = load(args.run_dir, args.device).generate(prompts, **_sampling(args))
+    for prompt, answer in zip(prompts, answers):
+        print(json.dumps({"prompt": prompt, "generated": answer}, ensure_ascii=False) if args.json else answer)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from tuneforge.generate import chat_loop
+    from tuneforge.run import load
+
+    chat_loop(load(args.run_dir, args.device), **_sampling(args))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tuneforge.export import export
+    from tuneforge.run import load
+
+    out = export(load(args.run_dir, "cpu"), args.out, args.format, overwrite=args.overwrite)
+    print(f"{args.format} export written to {out}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from tuneforge.run import load
+
+    out = load(args.run_dir, "cpu").merge(args.out, overwrite=args.overwrite)
+    print(f"merged model written to {out} (load it with transformers' from_pretrained)")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from tuneforge.methods import registry
+
+    for name in registry.names():
+        module = registry.get(name)
+        doc = (module.__doc__ or "").strip().splitlines()[0]
+        lr = registry.train_defaults(name).get("lr")
+        print(f"{name:10s} {doc}  [default lr {lr}]")
+        for f in dataclasses.fields(module.Config):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            print(f"    method.{f.name} = {default!r}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tuneforge.compare import compare
+
+    overrides = list(args.overrides) + ([f"model.task={args.task}"] if args.task else [])
+    rows = compare(args.methods, args.config, overrides, out_dir=args.output, progress=not args.quiet,
+                   in_process=args.in_process, overwrite=args.overwrite)
+    with open(os.path.join(args.output, "comparison.md")) as f:
+        print(f.read())
+    failed = [r["method"] for r in rows if r["status"] != "ok"]
+    print(f"comparison written to {args.output}" + (f" ({len(failed)} failed: {', '.join(failed)})" if failed else ""))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from tuneforge.forgetting import prompting
+
+    prompting.check_output(args.output, args.overwrite)  # fail before any work
+    words = args.label_words.split(",") if args.label_words is not None else None
+    content_free = args.content_free.split(",") if args.content_free is not None else prompting.CONTENT_FREE
+    template = args.template.replace("\\n", "\n") if args.template is not None else None
+    result = prompting.evaluate_prompting(
+        args.model, args.data, template, words, args.shots, content_free, args.limit,
+        args.seed, args.text_column, args.label_column, args.mode, args.batch_size, args.device)
+    print(prompting.result_table(result))
+    if args.output:
+        print(f"\nresults written to {prompting.write_result(result, args.output, args.overwrite)}")
+    return 0
