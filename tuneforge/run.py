@@ -222,20 +222,23 @@ class Run:
             raise ConfigError(f"{self.files.path} is a {self.task.name} run, which generates text rather than "
                               "labels: use `tuneforge generate RUN_DIR PROMPT...` (or Run.generate)")
         d = self.cfg.data
-        if bool(d.text_pair_column) != (pairs is not None):
+        if d.text_pair_column and pairs is None:
             raise ConfigError(
                 f"{self.files.path} was trained on text pairs ('{d.text_column}' + '{d.text_pair_column}'): give "
-                "a second text for each (--pair / tab-separated stdin lines; Run.predict(texts, pairs))"
-                if d.text_pair_column else f"{self.files.path} classifies single texts: drop the second texts")
+                "a second text for each (--pair / tab-separated stdin lines; Run.predict(texts, pairs))")
+        if not d.text_pair_column and pairs is not None:
+            raise ConfigError(f"{self.files.path} classifies single texts: drop the second texts")
         if pairs is not None and len(pairs) != len(texts):
             raise ConfigError(f"{len(texts)} texts but {len(pairs)} second texts: give one second text per text")
-        records = [{d.text_column: t, **({d.text_pair_column: pairs[i]} if pairs is not None else {})}
-                   for i, t in enumerate(texts)]
+        records, rows = [{d.text_column: t} for t in texts], [{"text": t} for t in texts]
+        for record, row, second in zip(records, rows, pairs or []):
+            record[d.text_pair_column] = row["pair"] = second
         examples = self.task.encode(records, self.cfg, self.tokenizer, self.meta, "input")
         probs = self.task.predict_proba(self.model, examples, self.rt, self.cfg.eval.batch_size)
         names = self.meta["labels"]
-        return [{"text": t, **({"pair": pairs[i]} if pairs is not None else {}), "label": names[int(p.argmax())],
-                 "probabilities": dict(zip(names, map(float, p)))} for i, (t, p) in enumerate(zip(texts, probs))]
+        for row, p in zip(rows, probs):
+            row.update(label=names[int(p.argmax())], probabilities=dict(zip(names, map(float, p))))
+        return rows
 
     def generate(self, prompts: list[str | list[dict[str, str]]], **settings: Any) -> list[str]:
         """Answers of a causal-LM run: each prompt is a user message or a list of {role, content} messages,

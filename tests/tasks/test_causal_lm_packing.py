@@ -86,7 +86,7 @@ def test_packed_layout_computes_fewer_tokens_than_a_fixed_capacity():
     assert len(rows) * width <= len(fixed) * max(sum(lengths[i] for i in row) for row in fixed)
 
 
-def test_pack_rows_first_fit_decreasing_within_capacity():
+def test_pack_rows_best_fit_decreasing_within_capacity():
     lengths = [5, 9, 3, 7, 2, 6, 12]
     rows = pack_rows(lengths, 12)
     assert sorted(i for row in rows for i in row) == list(range(len(lengths)))

@@ -18,7 +18,6 @@ position ids are dropped and rows are plain concatenations, as with Trainer/TRL 
 """
 from __future__ import annotations
 
-import bisect
 import json
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from tuneforge.config import ConfigError, DataConfig
+from tuneforge.data.batching import pack_rows
 
 IGNORE = -100  # label of tokens that do not train
 ROLES = ("system", "user", "assistant")
@@ -264,23 +264,11 @@ def encode_texts(texts: list[str], tokenizer: PreTrainedTokenizerBase, max_lengt
 
 
 def pack(examples: list[dict[str, list[int]]], max_length: int) -> list[dict[str, list[int]]]:
-    """Best-fit-decreasing packing of whole examples into rows of at most ``max_length`` tokens. The first
-    label of every example is -100, so nothing is learned across an example boundary; ``position_ids``
-    restart at 0 for every example, so none attends to another."""
-    rows: list[list[int]] = []
-    free: list[tuple[int, int]] = []  # sorted (space left, row index)
-    for i in sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"])):
-        need = len(examples[i]["input_ids"])
-        k = bisect.bisect_left(free, (need, -1))
-        if k == len(free):
-            rows.append([i])
-            bisect.insort(free, (max_length - need, len(rows) - 1))
-        else:
-            space, r = free.pop(k)
-            rows[r].append(i)
-            bisect.insort(free, (space - need, r))
+    """Whole examples packed into rows of at most ``max_length`` tokens (best-fit-decreasing,
+    ``batching.pack_rows``). The first label of every example is -100, so nothing is learned across an
+    example boundary; ``position_ids`` restart at 0 for every example, so none attends to another."""
     packed = []
-    for row in rows:
+    for row in pack_rows([len(e["input_ids"]) for e in examples], max_length):
         ids, labels, positions = [], [], []
         for i in row:
             ids += examples[i]["input_ids"]
