@@ -13,8 +13,6 @@ from tuneforge.methods import registry
 if TYPE_CHECKING:
     from tuneforge.run import Run
 
-# tuneforge task -> PEFT task type (what PeftModel.from_pretrained builds around the base model)
-PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "classification": "SEQ_CLS"}
 FORMATS = ("peft", "merged")
 
 _README = """# PEFT adapter exported by tuneforge
@@ -38,9 +36,7 @@ def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
     if hook is None or run.files.full_model_dir is not None:
         raise ConfigError(f"method '{name}' cannot export to PEFT format; use `tuneforge merge` "
                           "(or load the run directory with tuneforge)")
-    if run.task.name not in PEFT_TASK_TYPES:
-        raise ConfigError(f"task '{run.task.name}' has no PEFT task type; export supports {', '.join(PEFT_TASK_TYPES)}")
-    task_type = PEFT_TASK_TYPES[run.task.name]
+    task_type = run.task.peft_task_type
     adapter_config, tensors = hook(run.model, registry.make_config(name, run.cfg.method_options()), task_type,
                                    list(run.heads))
     base = assets.resolve_model(run.cfg.model.name).resolve()
