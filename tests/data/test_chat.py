@@ -163,8 +163,8 @@ def _write(tmp_path, rows):
 
 
 @pytest.mark.parametrize("bad,message", [
-    ({"messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
-     r"bad.jsonl, row 2: message 1 has unknown role 'human'; use system, user or assistant"),
+    ({"messages": [{"role": "narrator", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+     r"bad.jsonl, row 2: message 1 has unknown role 'narrator'; use system, user or assistant"),
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]},
      r"bad.jsonl, row 2: message 2 \(assistant\) is empty; fill it in or drop the message"),
     ({"messages": [{"role": "user", "content": "hi"}]}, r"bad.jsonl, row 2: the conversation has no assistant message"),

@@ -1,8 +1,9 @@
 """Causal-LM data: records -> conversations -> token ids with label masking, truncation and packing.
 
-Three layouts (``data.format``; ``auto`` detects from the columns):
+Three layouts (``data.format``; ``auto`` detects from the columns; docs/data-formats.md shows each):
 
-* ``chat``: a ``messages`` column (or ``data.text_column``) holding ``[{role, content}, ...]``, multi-turn;
+* ``chat``: a ``messages`` or ``conversations`` column (or ``data.text_column``) holding a multi-turn list of
+  OpenAI ``{role, content}`` or ShareGPT ``{from, value}`` messages; role spellings are normalised (``SPEAKERS``);
 * ``pairs``: prompt -> answer from ``data.text_column``/``data.label_column``, or ``instruction`` (+ optional
   ``input``) / ``output`` columns; a pair becomes a two-message conversation;
 * ``text``: plain text in ``data.text_column`` for continued pre-training (every token trains).
@@ -28,7 +29,10 @@ from tuneforge.config import ConfigError, DataConfig
 from tuneforge.data.batching import pack_rows
 
 IGNORE = -100  # label of tokens that do not train
-ROLES = ("system", "user", "assistant")
+CHAT_COLUMNS = ("messages", "conversations")  # OpenAI / ShareGPT (LLaMA-Factory, Axolotl, FastChat)
+SPEAKERS = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
+            "bot": "assistant", "model": "assistant", "chatgpt": "assistant"}  # role spelling -> role
+TOOL_ROLES = {"tool", "function", "function_call", "observation", "tool_call", "tool_calls", "ipython"}
 CHARS_PER_TOKEN = 8  # generous bound of characters per token: turns beyond 8 x max_length chars are dropped
 
 # Named plain templates (Jinja, like a tokenizer's chat template) for models that ship none.
@@ -52,16 +56,16 @@ def detect_format(keys: set[str], d: DataConfig, source: str) -> str:
     """``data.format``, or for ``auto`` the layout the columns imply (chat > pairs > text)."""
     if d.format != "auto":
         return d.format
-    if "messages" in keys:
+    if keys & set(CHAT_COLUMNS):
         return "chat"
     if {d.text_column, d.label_column} <= keys or {"instruction", "output"} <= keys:
         return "pairs"
     if d.text_column in keys:
         return "text"
     raise ConfigError(
-        f"{source}: cannot tell the data layout from columns {', '.join(sorted(keys))}; give a 'messages' column "
-        "(chat), 'instruction'/'output' or data.text_column + data.label_column (pairs), or data.text_column "
-        "(plain text), or set data.format")
+        f"{source}: cannot tell the data layout from columns {', '.join(sorted(keys))}; give a 'messages' or "
+        "'conversations' column (chat), 'instruction'/'output' or data.text_column + data.label_column (pairs), "
+        "or data.text_column (plain text), or set data.format")
 
 
 def _text(value: Any) -> str:
@@ -103,13 +107,20 @@ def to_messages(record: dict[str, Any], fmt: str, d: DataConfig, where: str) -> 
             messages = _check_messages(record, d)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    if d.system_prompt and messages[0]["role"] != "system":
-        messages = [{"role": "system", "content": d.system_prompt}] + messages
+    # the system prompt: the conversation's own, else the row's 'system' column (LLaMA-Factory), else the config's
+    system = _text(record.get("system")) if "system" not in (d.text_column, d.label_column) else ""
+    if (system or d.system_prompt) and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system or d.system_prompt}] + messages
     return messages
 
 
+def _field(m: dict[str, Any], keys: tuple[str, str]) -> Any:
+    """The first of ``keys`` that ``m`` holds (Parquet structs of mixed layouts hold both, one as None)."""
+    return next((m[k] for k in keys if m.get(k) is not None), None)
+
+
 def _check_messages(record: dict[str, Any], d: DataConfig) -> list[dict[str, str]]:
-    col = "messages" if "messages" in record else d.text_column
+    col = next((c for c in CHAT_COLUMNS if c in record), d.text_column)
     value = record.get(col)
     if isinstance(value, str):  # CSV cells may hold the conversation as JSON
         try:
@@ -120,11 +131,18 @@ def _check_messages(record: dict[str, Any], d: DataConfig) -> list[dict[str, str
         raise ConfigError(f"column '{col}' must hold a list of {{role, content}} messages (data.format=chat)")
     messages = []
     for j, m in enumerate(list(value), start=1):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ConfigError(f"message {j} must be an object with 'role' and 'content'")
-        role, content = _text(m["role"]), _text(m["content"])
-        if role not in ROLES:
-            raise ConfigError(f"message {j} has unknown role '{role}'; use system, user or assistant")
+        if not isinstance(m, dict) or not ({"role", "from"} & set(m) and {"content", "value"} & set(m)):
+            raise ConfigError(f"message {j} must be an object with 'role' and 'content' (or 'from' and 'value')")
+        spelling, content = _text(_field(m, ("role", "from"))), _text(_field(m, ("content", "value")))
+        role = SPEAKERS.get(spelling.lower())
+        if spelling.lower() in TOOL_ROLES:
+            raise ConfigError(f"message {j} has tool role '{spelling}'; tool calls and results cannot be "
+                              "trained on: drop those messages or the row")
+        if role is None:
+            raise ConfigError(f"message {j} has unknown role '{spelling}'; use system, user or assistant "
+                              "(also human for user; gpt, bot, model or chatgpt for assistant)")
+        if role == "system" and not content:  # ShareGPT dumps often carry an empty system turn: no prompt
+            continue
         if not content:
             raise ConfigError(f"message {j} ({role}) is empty; fill it in or drop the message")
         if role == "system" and j != 1:

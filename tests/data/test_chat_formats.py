@@ -1,0 +1,123 @@
+"""Chat layouts users already have: OpenAI ``messages``, ShareGPT ``conversations`` (``from``/``value``) and the
+common role spellings load as they are and encode exactly like the equivalent OpenAI record."""
+import json
+
+import pytest
+
+from lm_helpers import tiny_tokenizer
+from tuneforge.config import ConfigError, DataConfig, load_config
+from tuneforge.data import chat
+from tuneforge.tasks import causal_lm
+
+OPENAI = [{"role": "system", "content": "you are a bot"}, {"role": "user", "content": "hi"},
+          {"role": "assistant", "content": "hello !"}, {"role": "user", "content": "say yes"},
+          {"role": "assistant", "content": "yes ."}]
+
+
+def _sharegpt(user="human", assistant="gpt", system="system", key=("from", "value")):
+    spelling = {"system": system, "user": user, "assistant": assistant}
+    return [{key[0]: spelling[m["role"]], key[1]: m["content"]} for m in OPENAI]
+
+
+LAYOUTS = {  # name -> a record holding OPENAI in another layout
+    "sharegpt": {"conversations": _sharegpt()},
+    "human/bot": {"conversations": _sharegpt(assistant="bot")},
+    "user/assistant under conversations": {"conversations": _sharegpt("user", "assistant")},
+    "role/content under conversations": {"conversations": OPENAI},
+    "from/value under messages": {"messages": _sharegpt("user", "assistant")},
+    "role/content with human/gpt": {"messages": _sharegpt(key=("role", "content"))},
+    "model, chatgpt, capitals": {"conversations": _sharegpt("Human", "model", "SYSTEM")},
+    "chatgpt": {"conversations": _sharegpt(assistant="chatgpt")},
+    "LLaMA-Factory system column": {"conversations": _sharegpt()[1:], "system": "you are a bot"},
+    "empty system turn dropped, system column used": {
+        "conversations": [{"from": "system", "value": ""}] + _sharegpt()[1:], "system": "you are a bot"},
+}
+
+
+def _encode(messages):
+    tok = tiny_tokenizer()
+    return chat.encode_conversations([messages], tok, chat.resolve_template(tok, None), 64, ["row 1"])[0]
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_layout_reads_and_encodes_like_the_openai_record(name):
+    record, d = LAYOUTS[name], DataConfig()
+    fmt = chat.detect_format(set(record), d, "f.jsonl")
+    assert fmt == "chat"
+    messages = chat.to_messages(record, fmt, d, "f.jsonl, row 1")
+    assert messages == OPENAI
+    assert _encode(messages) == _encode(chat.to_messages({"messages": OPENAI}, "chat", d, "r"))
+
+
+def test_the_conversations_own_system_turn_wins_over_column_and_config():
+    record = {"conversations": _sharegpt(), "system": "be brief"}
+    assert chat.to_messages(record, "chat", DataConfig(system_prompt="cfg"), "r")[0]["content"] == "you are a bot"
+    record = {"conversations": _sharegpt()[1:]}
+    assert chat.to_messages(record, "chat", DataConfig(system_prompt="cfg"), "r")[0]["content"] == "cfg"
+    alpaca = {"instruction": "add", "output": "3", "system": "be brief"}  # LLaMA-Factory's alpaca system column
+    assert chat.to_messages(alpaca, "pairs", DataConfig(), "r")[0] == {"role": "system", "content": "be brief"}
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _prepare(dataset, **data):
+    cfg = load_config(None, {"model": {"task": "causal_lm"}, "data": {"dataset": dataset, **data}})
+    return causal_lm.Task().prepare(cfg, tiny_tokenizer())
+
+
+def test_sharegpt_jsonl_trains_exactly_like_openai_messages(tmp_path):
+    answers = ["hello !", "yes .", "no .", "blue .", "paris ."]
+    convs = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": a}] for a in answers * 2]
+    openai = _prepare(_write(tmp_path / "openai.jsonl", [{"messages": c} for c in convs]))
+    rows = [{"conversations": [{"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]}
+                               for m in c]} for c in convs]
+    assert rows[0] == {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello !"}]}
+    sharegpt = _prepare(_write(tmp_path / "sharegpt.jsonl", rows))
+    assert sharegpt.meta["format"] == openai.meta["format"] == "chat"
+    for split in ("train", "validation", "test"):
+        assert getattr(sharegpt, split) == getattr(openai, split) and getattr(openai, split)
+
+
+def test_parquet_conversations_of_mixed_message_keys(tmp_path):
+    import pandas as pd
+
+    rows = [_sharegpt(), OPENAI] * 5  # one struct column holding from/value and role/content (the others null)
+    pd.DataFrame({"conversations": rows}).to_parquet(tmp_path / "chat.parquet")
+    data = _prepare(str(tmp_path / "chat.parquet"))
+    assert data.meta["format"] == "chat" and len(data.train) == 8
+    assert all(ex == _encode(OPENAI) for ex in data.train + data.validation + data.test)
+
+
+def test_a_conversation_column_of_another_name_is_chosen_with_text_column(tmp_path):
+    path = _write(tmp_path / "lmsys.jsonl", [{"conversation": OPENAI}] * 10)
+    assert _prepare(path, format="chat", text_column="conversation").train[0] == _encode(OPENAI)
+
+
+@pytest.mark.parametrize("role,message", [
+    ("narrator", r"bad.jsonl, row 2: message 2 has unknown role 'narrator'; use system, user or assistant "
+                 r"\(also human for user; gpt, bot, model or chatgpt for assistant\)$"),
+    ("observation", r"bad.jsonl, row 2: message 2 has tool role 'observation'; .*drop those messages or the row$"),
+    ("function_call", r"bad.jsonl, row 2: message 2 has tool role 'function_call'"),
+    ("tool", r"bad.jsonl, row 2: message 2 has tool role 'tool'"),
+])
+def test_unknown_and_tool_roles_name_file_row_and_role(tmp_path, role, message):
+    good = {"conversations": _sharegpt()[1:3]}
+    bad = {"conversations": [{"from": "human", "value": "hi"}, {"from": role, "value": "x"},
+                             {"from": "gpt", "value": "hello !"}]}
+    with pytest.raises(ConfigError, match=message) as err:
+        _prepare(_write(tmp_path / "bad.jsonl", [good, bad, good]))
+    assert "\n" not in str(err.value)
+
+
+def test_malformed_sharegpt_messages_are_named():
+    with pytest.raises(ConfigError, match=r"r: message 1 must be an object with 'role' and 'content' "
+                                          r"\(or 'from' and 'value'\)"):
+        chat.to_messages({"conversations": [{"from": "human", "text": "hi"}]}, "chat", DataConfig(), "r")
+    with pytest.raises(ConfigError, match=r"r: message 2 \(assistant\) is empty"):
+        chat.to_messages({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": " "}]},
+                         "chat", DataConfig(), "r")
+    with pytest.raises(ConfigError, match="give a 'messages' or 'conversations' column"):
+        chat.detect_format({"conversation", "id"}, DataConfig(), "f.jsonl")
