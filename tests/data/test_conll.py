@@ -24,7 +24,8 @@ def _write(tmp_path, text, name="d.conll"):
     "John B-PER\nlives   O\nin O\nNew B-LOC\nYork I-LOC\n\nHi O\nAnn B-PER",  # spaces, no final newline
     "John NNP B-PER\nlives VBZ O\nin IN O\nNew NNP B-LOC\nYork NNP I-LOC\n\nHi UH O\nAnn NNP B-PER\n",  # 3 columns
     "-DOCSTART- -X- O\n\nJohn\tB-PER\nlives\tO\nin\tO\nNew\tB-LOC\nYork\tI-LOC\n\n\n \n\t\nHi\tO\nAnn\tB-PER\n\n\n",
-    "\ufeffJohn\tB-PER\r\nlives\tO\r\nin\tO\r\nNew\tB-LOC\r\nYork\tI-LOC\r\n\t\r\nHi\tO\r\nAnn\tB-PER\r\n",  # BOM, CRLF
+    # byte-order mark, CRLF line ends
+    "\ufeffJohn\tB-PER\r\nlives\tO\r\nin\tO\r\nNew\tB-LOC\r\nYork\tI-LOC\r\n\t\r\nHi\tO\r\nAnn\tB-PER\r\n",
 ])
 def test_read_conll_variants(tmp_path, text):
     assert read_conll(_write(tmp_path, text)) == TWO
@@ -97,7 +98,8 @@ def test_read_spans_partial_word_and_numpy_entities():
 
 
 @pytest.mark.parametrize("entities, message", [
-    ([{"start": 0, "end": 5, "label": "A"}, {"start": 3, "end": 8, "label": "B"}], r"row 1: entities \[0, 5\) A and \[3, 8\) B overlap"),
+    ([{"start": 0, "end": 5, "label": "A"}, {"start": 3, "end": 8, "label": "B"}],
+     r"row 1: entities \[0, 5\) A and \[3, 8\) B overlap"),
     ([{"start": 0, "end": 2, "label": "A"}, {"start": 3, "end": 5, "label": "B"}], "fall in the same word 'ab-cd'"),
     ([{"start": 0, "end": 99, "label": "A"}], r"row 1, entity 1: span \[0, 99\) does not fit the text"),
     ([{"start": 5, "end": 6, "label": "A"}], "covers only whitespace"),
@@ -113,7 +115,8 @@ def test_scheme_and_repair():
     assert scheme([["B-PER", "I-PER", "O"], ["O"]]) == "IOB2"
     assert scheme(["I-PER", "I-PER", "B-PER", "O", "I-LOC"]) == "BIO"
     assert scheme([["PER", "PER", "O"]]) == "plain"
-    assert to_bio(["I-PER", "I-PER", "B-PER", "O", "I-LOC", "I-PER"]) == ["B-PER", "I-PER", "B-PER", "O", "B-LOC", "B-PER"]
+    assert to_bio(["I-PER", "I-PER", "B-PER", "O", "I-LOC", "I-PER"]) == [
+        "B-PER", "I-PER", "B-PER", "O", "B-LOC", "B-PER"]
     assert to_bio(["PER", "PER", "O", "LOC", "PER"]) == ["B-PER", "I-PER", "O", "B-LOC", "B-PER"]
     assert to_bio(["B-X", "I-X", "O"]) == ["B-X", "I-X", "O"]
     assert invalid_sentences([["I-X"], ["B-X", "I-X"], ["O", "I-Y"]]) == 2

@@ -86,7 +86,8 @@ def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", t
             raise ConfigError(f"{where}: {len(tokens)} tokens but {len(tags)} tags; "
                               f"'{tokens_column}' and '{tags_column}' need one tag per token")
         if tokens:
-            out.append({"tokens": [_token(t, where) for t in tokens], "tags": [_tag(t, where, tag_names) for t in tags]})
+            out.append({"tokens": [_token(t, where) for t in tokens],
+                        "tags": [_tag(t, where, tag_names) for t in tags]})
     if not out:
         raise ConfigError(f"{source}: every row has an empty '{tokens_column}' list; nothing to train on")
     return out
