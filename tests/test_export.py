@@ -119,3 +119,26 @@ def test_method_without_a_peft_hook_is_a_clear_error(tmp_path, capsys):
         export_peft(load(run_dir, "cpu"), tmp_path / "peft")
     assert cli.main(["export", str(run_dir), str(tmp_path / "peft2")]) == 2
     assert "cannot export to PEFT format" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("family,method,options", [
+    ("llama", "ia3", {}),
+    ("gpt2", "prompt", {"num_virtual_tokens": 3}),
+    ("llama", "p-tuning", {"num_virtual_tokens": 3, "encoder": "lstm", "encoder_hidden": 16}),  # saved folded
+    ("gpt2", "prefix", {"num_virtual_tokens": 3, "reparam": True, "reparam_hidden": 16}),  # saved folded
+])
+def test_peft_export_of_other_methods_from_a_reloaded_run(tmp_path, family, method, options):
+    """tests/test_export_peft.py checks every method and model family on the hooks; here the whole path:
+    train, reload (P-tuning and prefix come back folded), export through the CLI, load with PEFT."""
+    from peft import PeftModel
+
+    folder, run_dir = _lm_run(tmp_path, family, method=method, **options)
+    assert cli.main(["export", str(run_dir), str(tmp_path / "peft")]) == 0
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    peft_type = {"ia3": "IA3", "prompt": "PROMPT_TUNING", "p-tuning": "P_TUNING", "prefix": "PREFIX_TUNING"}[method]
+    assert config["peft_type"] == peft_type and config["task_type"] == "CAUSAL_LM"
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder), tmp_path / "peft").eval()
+    got = _logits(peft_model)
+    n = options.get("num_virtual_tokens", 0) if method in ("prompt", "p-tuning") else 0  # PEFT's leading positions
+    torch.testing.assert_close(got[:, n:], _logits(load(run_dir, "cpu").model), rtol=0, atol=1e-4)

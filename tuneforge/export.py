@@ -14,6 +14,10 @@ if TYPE_CHECKING:
     from tuneforge.run import Run
 
 FORMATS = ("peft", "merged")
+# PEFT task type -> the transformers Auto class to load the base model with (for the exported README)
+AUTO_CLASSES = {"CAUSAL_LM": "AutoModelForCausalLM", "SEQ_CLS": "AutoModelForSequenceClassification",
+                "TOKEN_CLS": "AutoModelForTokenClassification", "QUESTION_ANS": "AutoModelForQuestionAnswering",
+                "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM", "FEATURE_EXTRACTION": "AutoModel"}
 
 _README = """# PEFT adapter exported by tuneforge
 
@@ -25,18 +29,28 @@ from transformers import {auto}
 base = {auto}.from_pretrained("{base}"{extra})
 model = PeftModel.from_pretrained(base, "{out}")
 ```
+{note}"""
+_PROMPT_NOTE = """
+PEFT returns the {n} virtual positions in front of the real ones: drop the first {n} positions of causal-LM
+and token-classification logits to align them with the input.
 """
 
 
 def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
     """Write the run's adapter (plus any fully trained head, as ``modules_to_save``) in PEFT's format,
-    with the tokenizer (and its chat template) beside it."""
+    with the tokenizer (and its chat template) beside it. Whether the run can be exported is settled before
+    the output folder is created or cleared."""
     name = run.cfg.method_name
-    hook = getattr(registry.get(name), "to_peft", None)
+    method = registry.get(name)
+    hook = getattr(method, "to_peft", None)
     if hook is None or run.files.full_model_dir is not None:
-        raise ConfigError(f"method '{name}' cannot export to PEFT format; use `tuneforge merge` "
-                          "(or load the run directory with tuneforge)")
-    task_type = run.task.peft_task_type
+        fix = ("use `tuneforge merge` for a plain Hugging Face model" if hasattr(method, "merge")
+               else "load the run directory with tuneforge (tuneforge.run.load)")
+        raise ConfigError(f"method '{name}' cannot export to PEFT format (PEFT has no equivalent); {fix}")
+    task_type = getattr(run.task, "peft_task_type", None)
+    if task_type is None:
+        raise ConfigError("the run's task has no PEFT task type, so it cannot export to PEFT format; "
+                          "use `tuneforge merge` or load the run directory with tuneforge")
     adapter_config, tensors = hook(run.model, registry.make_config(name, run.cfg.method_options()), task_type,
                                    list(run.heads))
     base = assets.resolve_model(run.cfg.model.name).resolve()
@@ -46,10 +60,12 @@ def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
     checkpoint.save_tensors(tensors, out / "adapter_model.safetensors", {"format": "pt"})
     run.tokenizer.save_pretrained(out)
     labels = run.meta.get("labels")
-    auto = "AutoModelForCausalLM" if task_type == "CAUSAL_LM" else "AutoModelForSequenceClassification"
     extra = f", num_labels={len(labels)}, id2label={dict(enumerate(labels))}" if labels else ""
-    checkpoint.atomic_write_text(out / "README.md", _README.format(method=name, task_type=task_type, base=base,
-                                                                  auto=auto, extra=extra, out=out))
+    prompt_like = adapter_config["peft_type"] in ("PROMPT_TUNING", "P_TUNING")
+    note = _PROMPT_NOTE.format(n=adapter_config.get("num_virtual_tokens")) if prompt_like else ""
+    checkpoint.atomic_write_text(out / "README.md", _README.format(
+        method=name, task_type=task_type, base=base, auto=AUTO_CLASSES.get(task_type, "AutoModel"), extra=extra,
+        out=out, note=note))
     return out
 
 

@@ -3,11 +3,18 @@
 Each ``tuneforge/methods/<name>.py`` defines
 
 * ``Config``: a dataclass of the method's settings (one comment per field);
-* ``apply(model, config) -> model``: inject/wrap modules in place and leave
-  ``requires_grad=True`` on exactly the method's parameters (everything else frozen);
-* optionally ``merge(model)`` / ``unmerge(model)`` (fold trained weights into the base),
-  ``fold(model)`` (turn training-only reparameterisations into plain parameters before saving),
-  and ``TRAIN_DEFAULTS`` (a dict of recommended ``train.*`` settings, e.g. a higher learning rate).
+* ``apply(model, config) -> model``: inject/wrap modules in place. It is called only through
+  :func:`registry.apply`, which freezes every parameter first, so a method only sets ``requires_grad=True``
+  on what it adds or selects (new modules and ``nn.Parameter``s train by default; ``full`` unfreezes
+  everything, ``freeze``/``bitfit`` their selection); what trains is then exactly the method's parameters
+  (plus heads the registry unfreezes);
+* optionally ``merge(model)`` (fold the trained weights into a plain Hugging Face model; defined by every
+  method whose run can be saved as one), ``fold(model)`` (turn training-only reparameterisations into plain
+  parameters before saving), ``to_peft(model, config, task_type, modules_to_save)`` (the adapter in PEFT's
+  file format: config dict + tensors) and ``TRAIN_DEFAULTS`` (a dict of recommended ``train.*`` settings,
+  e.g. a higher learning rate).
 
+Shared helpers: :mod:`.layers` (transformer blocks, linear/norm layers, module replacement),
+:mod:`.virtual_tokens` (prompt/prefix mechanics), :mod:`.peft_format` (PEFT file layout).
 Nothing outside this package knows method names: use :mod:`tuneforge.methods.registry`.
 """

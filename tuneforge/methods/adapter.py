@@ -19,14 +19,12 @@ from typing import Literal
 import torch
 import torch.nn as nn
 from transformers.activations import ACT2FN
-from transformers.pytorch_utils import Conv1D
 
 from tuneforge.config import ConfigError
-from tuneforge.methods.layers import find_layers
+from tuneforge.methods.layers import LINEAR, find_layers, is_norm, linear_features, replace
 
 TRAIN_DEFAULTS = {"lr": 3e-3}  # measured best of 1e-3 / 3e-3 on RT + MiniLM (README)
 
-LINEAR = (nn.Linear, Conv1D)
 VARIANTS = ("houlsby", "pfeiffer")
 
 
@@ -49,12 +47,6 @@ class Config:
             raise ConfigError(f"method.activation: unknown activation {self.activation!r}; e.g. relu, gelu, silu, tanh")
 
 
-def linear_features(module: nn.Module) -> tuple[int, int]:
-    """``(in_features, out_features)`` of an ``nn.Linear`` or a transposed GPT-2 ``Conv1D``."""
-    w = module.weight
-    return (w.shape[0], w.shape[1]) if isinstance(module, Conv1D) else (w.shape[1], w.shape[0])
-
-
 def attention_output(block: nn.Module) -> str | None:
     """Name (within ``block``) of the attention output projection, or None."""
     for child_name, child in block.named_children():
@@ -73,12 +65,6 @@ def ffn_output(block: nn.Module, hidden: int) -> str | None:
             if fan_out == hidden and fan_in > hidden:
                 found = name
     return found
-
-
-def replace(root: nn.Module, name: str, new: nn.Module) -> None:
-    """Set submodule ``name`` of ``root`` to ``new``."""
-    parent_name, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
 
 
 class Adapter(nn.Module):
@@ -113,19 +99,14 @@ class AdapterLayer(nn.Module):
         return y + self.adapter(y.to(self.adapter.down.weight.dtype)).to(y.dtype)
 
 
-def _is_norm(module: nn.Module) -> bool:
-    return isinstance(module, nn.LayerNorm) or "Norm" in type(module).__name__
-
-
 def apply(model: nn.Module, config: Config) -> nn.Module:
-    """Wrap the attention/FFN output projections of every block; adapters (and optionally norms) train."""
+    """Wrap the attention/FFN output projections of every block; the new adapters train (and, with
+    ``train_layernorms``, the blocks' norm layers)."""
     if any(isinstance(m, AdapterLayer) for m in model.modules()):
         raise ConfigError("method: the model already has adapters; apply the adapter method once")
     layers_name, layers = find_layers(model)
     hidden = model.get_input_embeddings().weight.shape[1]
     bottleneck = config.bottleneck_size or max(1, hidden // config.reduction_factor)
-    for p in model.parameters():
-        p.requires_grad_(False)
     for i, block in enumerate(layers):
         targets = {"FFN output": ffn_output(block, hidden)}
         if config.variant == "houlsby":
@@ -140,7 +121,7 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
             replace(block, name, AdapterLayer(block.get_submodule(name), bottleneck, config.activation))
         if config.train_layernorms:
             for module in block.modules():
-                if _is_norm(module):
+                if is_norm(module):
                     for p in module.parameters():
                         p.requires_grad_(True)
     return model

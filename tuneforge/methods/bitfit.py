@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from tuneforge.config import ConfigError
-from tuneforge.methods.layers import HEAD_NAMES
+from tuneforge.methods.layers import HEAD_NAMES, is_norm
 
 TRAIN_DEFAULTS = {"lr": 1e-3}
 
@@ -22,18 +22,12 @@ class Config:
     layernorm: bool = True  # also train LayerNorm biases (the paper trains every bias term)
 
 
-def _is_norm(module: nn.Module) -> bool:
-    return isinstance(module, nn.LayerNorm) or "Norm" in type(module).__name__
-
-
 def apply(model: nn.Module, config: Config) -> nn.Module:
-    """Freeze everything but the bias terms."""
-    for p in model.parameters():
-        p.requires_grad_(False)
+    """Unfreeze the bias terms (the registry froze everything else)."""
     found = 0
     for name, module in model.named_modules():
         bias = module._parameters.get("bias")
-        if bias is None or name.split(".")[0] in HEAD_NAMES or (not config.layernorm and _is_norm(module)):
+        if bias is None or name.split(".")[0] in HEAD_NAMES or (not config.layernorm and is_norm(module)):
             continue
         bias.requires_grad_(True)
         found += 1
@@ -47,4 +41,9 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
             f"method.layernorm=false: {type(model).__name__} has no bias terms outside its norm layers; "
             "set method.layernorm=true or choose another method, e.g. lora or ia3"
         )
+    return model
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Nothing to fold: the trained biases are the model's own (a plain Hugging Face model)."""
     return model

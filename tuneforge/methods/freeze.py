@@ -63,3 +63,8 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
     if not any(p.requires_grad for p in model.parameters()) and not chosen:
         raise ConfigError("method: freeze selects no parameters; set num_layers, layer_indices, patterns or extra")
     return model
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Nothing to fold: the trained weights are the model's own (a plain Hugging Face model)."""
+    return model

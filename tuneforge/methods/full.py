@@ -14,7 +14,12 @@ class Config:
 
 
 def apply(model: nn.Module, config: Config) -> nn.Module:
-    """Unfreeze every parameter."""
+    """Select every parameter: the registry froze them all, full fine-tuning unfreezes them all."""
     for p in model.parameters():
         p.requires_grad_(True)
+    return model
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Nothing to fold: the trained weights are the model's own (a plain Hugging Face model)."""
     return model

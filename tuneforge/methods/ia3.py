@@ -10,6 +10,10 @@ module names (below). Mergeable: ``merge`` scales the weights and unwraps.
 
 PEFT differs in its default targets: for GPT-2 it scales the whole ``c_attn`` output (queries too) and for
 BERT it also scales the input of ``attention.output.dense`` (its ``output.dense`` pattern matches both).
+``to_peft`` therefore writes explicit targets: module-name suffixes where they select exactly the wrapped
+projections (Llama ``k_proj``/``v_proj``/``down_proj``; GPT-2 ``attn.c_attn``/``mlp.c_proj``), else a regex
+PEFT full-matches (BERT: ``output.dense`` inside the blocks but not ``attention.output.dense``); a GPT-2
+``c_attn`` vector becomes a full-width one with ones on the query slice. The export reproduces the logits.
 """
 from __future__ import annotations
 
@@ -20,8 +24,9 @@ import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
 from tuneforge.config import ConfigError
-from tuneforge.methods.adapter import LINEAR, ffn_output, linear_features, replace
-from tuneforge.methods.layers import find_layers
+from tuneforge.methods import peft_format
+from tuneforge.methods.adapter import ffn_output
+from tuneforge.methods.layers import LINEAR, find_layers, linear_features, replace
 
 TRAIN_DEFAULTS = {"lr": 3e-3}
 
@@ -109,8 +114,6 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
         raise ConfigError("method: the model already has IA3 vectors; apply the ia3 method once")
     layers_name, layers = find_layers(model)
     hidden = model.get_input_embeddings().weight.shape[1]
-    for p in model.parameters():
-        p.requires_grad_(False)
     for i, block in enumerate(layers):
         targets = _targets(block, hidden, config.targets)
         n_attn = sum(not on_input for *_, on_input in targets)
@@ -131,3 +134,33 @@ def merge(model: nn.Module) -> nn.Module:
     for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, IA3Layer)]:
         replace(model, name, module.merged())
     return model
+
+
+def to_peft(model: nn.Module, config: Config, task_type: str, modules_to_save: list[str]
+            ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The vectors in PEFT 0.21's IA3 format: (``adapter_config.json`` dict, tensors keyed
+    ``base_model.model.<module>.ia3_l``, output-side ``(out, 1)``, FFN input-side ``(1, in)``; heads as
+    ``modules_to_save``). The caller adds ``base_model_name_or_path``."""
+    wrapped = [(n, m) for n, m in model.named_modules() if isinstance(m, IA3Layer)]
+    if not wrapped:
+        raise ConfigError("the model holds no IA3 vectors to export (merged already?)")
+    names = [n for n, _ in wrapped]
+    targets = peft_format.target_modules(model, names)
+    tensors = {}
+    for name, m in wrapped:
+        vec = m.ia3.detach().float()
+        if m.on_input:
+            vec = vec.view(1, -1)  # (1, in)
+        else:  # a slice of the output (GPT-2 c_attn: k, v): ones elsewhere
+            full = torch.ones(linear_features(m.base)[1], device=vec.device)
+            full[m.start:m.start + vec.shape[0]] = vec
+            vec = full.view(-1, 1)  # (out, 1)
+        tensors[f"{peft_format.LAYER_TUNER}{name}.ia3_l"] = vec
+    tensors |= peft_format.head_tensors(model, modules_to_save, peft_format.LAYER_TUNER)
+    adapter_config = {
+        "peft_type": "IA3", "task_type": task_type, "target_modules": targets,
+        "feedforward_modules": peft_format.feedforward_modules(targets, names, [n for n, m in wrapped if m.on_input]),
+        "fan_in_fan_out": all(isinstance(m.base, Conv1D) for _, m in wrapped), "init_ia3_weights": True,
+        "modules_to_save": list(modules_to_save) or None, "inference_mode": True,
+    }
+    return adapter_config, tensors

@@ -1,14 +1,18 @@
-"""Find the stack of transformer blocks in any Hugging Face model, without per-architecture subclasses."""
+"""Layer helpers shared by the methods: find the stack of transformer blocks in any Hugging Face model (no
+per-architecture subclasses), recognise linear and norm layers, and swap a sub-module for a wrapper."""
 from __future__ import annotations
 
 import re
 
 import torch.nn as nn
+from transformers.pytorch_utils import Conv1D
 
 from tuneforge.config import ConfigError
 
 # Top-level output modules of Hugging Face task models: never wrapped by adapters, trained as heads.
 HEAD_NAMES = ("classifier", "score", "lm_head", "qa_outputs")
+# Linear layers: ``nn.Linear`` (weight (out, in)) and GPT-2's transposed ``Conv1D`` (weight (in, out)).
+LINEAR = (nn.Linear, Conv1D)
 
 
 def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -32,3 +36,20 @@ def layer_index(param_name: str, layers_name: str) -> int | None:
     """The block index a parameter belongs to (``encoder.layer.3.x`` -> 3), or None outside the blocks."""
     m = re.match(re.escape(layers_name) + r"\.(\d+)\.", param_name)
     return int(m.group(1)) if m else None
+
+
+def linear_features(module: nn.Module) -> tuple[int, int]:
+    """``(in_features, out_features)`` of an ``nn.Linear`` or a transposed GPT-2 ``Conv1D``."""
+    w = module.weight
+    return (w.shape[0], w.shape[1]) if isinstance(module, Conv1D) else (w.shape[1], w.shape[0])
+
+
+def is_norm(module: nn.Module) -> bool:
+    """LayerNorm, RMSNorm and other normalisation layers (recognised by class name)."""
+    return isinstance(module, nn.LayerNorm) or "Norm" in type(module).__name__
+
+
+def replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Set sub-module ``name`` of ``root`` (dotted, e.g. ``model.layers.0.mlp``) to ``new``."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)

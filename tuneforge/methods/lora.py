@@ -16,7 +16,8 @@ import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
 from tuneforge.config import ConfigError
-from tuneforge.methods.layers import HEAD_NAMES
+from tuneforge.methods import peft_format
+from tuneforge.methods.layers import HEAD_NAMES, LINEAR, replace
 
 TRAIN_DEFAULTS = {"lr": 5e-4}
 
@@ -75,21 +76,15 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
+        """Add the update to the base weight in place (the branch is skipped from then on)."""
         if not self.merged:
             w = self.base.weight
             w.copy_((w.float() + self.delta()).to(w.dtype))
             self.merged = True
 
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            w = self.base.weight
-            w.copy_((w.float() - self.delta()).to(w.dtype))
-            self.merged = False
-
 
 def _is_target(name: str, module: nn.Module, config: Config) -> bool:
-    if not isinstance(module, (nn.Linear, Conv1D)):
+    if not isinstance(module, LINEAR):
         return False
     if config.target_regex is not None:
         return re.fullmatch(config.target_regex, name) is not None
@@ -104,17 +99,13 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
     if not targets:
         key, wanted = (("target_regex", config.target_regex) if config.target_regex is not None
                        else ("target_modules", ", ".join(config.target_modules)))
-        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))})
+        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, LINEAR)})
         raise ConfigError(
             f"method.{key}: '{wanted}' matches no linear layer of {type(model).__name__}; "
             f"its linear layers are named: {', '.join(linear)}"
         )
-    for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LoRALinear(module, config.rank, config.alpha, config.dropout, config.rslora))
-    for name, p in model.named_parameters():
-        p.requires_grad_(".lora_A." in name or ".lora_B." in name)
+    for name, module in targets:  # the new lora_A/lora_B train; the wrapped base stays frozen
+        replace(model, name, LoRALinear(module, config.rank, config.alpha, config.dropout, config.rslora))
     return model
 
 
@@ -126,17 +117,7 @@ def merge(model: nn.Module) -> nn.Module:
     """Fold every LoRA update into its base weight and unwrap, leaving a plain model."""
     for name, module in _lora_modules(model):
         module.merge()
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, module.base)
-    return model
-
-
-def set_merged(model: nn.Module, merged: bool) -> nn.Module:
-    """Merge (``True``) or unmerge (``False``) every LoRA module in place, keeping the wrappers: a
-    reversible switch between the fast merged form for inference and the trainable form."""
-    for _, module in _lora_modules(model):
-        module.merge() if merged else module.unmerge()
+        replace(model, name, module.base)
     return model
 
 
@@ -150,12 +131,8 @@ def to_peft(model: nn.Module, config: Config, task_type: str, modules_to_save: l
         raise ConfigError("the model holds no LoRA layers to export")
     if any(m.merged for _, m in wrapped):
         raise ConfigError("the LoRA layers are merged into the base weights; export before merging")
-    names = [n for n, _ in wrapped]
-    suffixes = sorted({n.rsplit(".", 1)[-1] for n in names})
-    same_suffix = {n for n, m in model.named_modules()
-                   if isinstance(m, (nn.Linear, Conv1D, LoRALinear)) and n.rsplit(".", 1)[-1] in suffixes}
     # module suffixes when they pick exactly the wrapped layers, else a regex PEFT full-matches on names
-    targets: list[str] | str = suffixes if same_suffix == set(names) else "|".join(re.escape(n) for n in names)
+    targets = peft_format.target_modules(model, [n for n, _ in wrapped])
     adapter_config = {
         "peft_type": "LORA", "task_type": task_type, "r": config.rank, "lora_alpha": config.alpha,
         "lora_dropout": config.dropout, "use_rslora": config.rslora, "target_modules": targets,
@@ -164,9 +141,7 @@ def to_peft(model: nn.Module, config: Config, task_type: str, modules_to_save: l
     }
     tensors = {}
     for name, m in wrapped:
-        tensors[f"base_model.model.{name}.lora_A.weight"] = m.lora_A.weight.detach().float()  # (r, in)
-        tensors[f"base_model.model.{name}.lora_B.weight"] = m.lora_B.weight.detach().float()  # (out, r)
-    for pname, p in model.named_parameters():
-        if any(pname.startswith(head + ".") for head in modules_to_save):
-            tensors[f"base_model.model.{pname}"] = p.detach().float()
+        tensors[f"{peft_format.LAYER_TUNER}{name}.lora_A.weight"] = m.lora_A.weight.detach().float()  # (r, in)
+        tensors[f"{peft_format.LAYER_TUNER}{name}.lora_B.weight"] = m.lora_B.weight.detach().float()  # (out, r)
+    tensors |= peft_format.head_tensors(model, modules_to_save, peft_format.LAYER_TUNER)
     return adapter_config, tensors

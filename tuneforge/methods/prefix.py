@@ -20,6 +20,13 @@ naming (per virtual token: layer, key/value, head, head_dim), or with ``reparam`
 prefix itself, the only tensor to save (as PEFT's inference mode). Loading a state dict that holds
 ``embedding`` without ``transform`` into a freshly applied reparameterised model switches it to the plain
 form first (load-state-dict pre-hook), so ``apply`` + load reproduces a folded model.
+
+``to_peft`` exports the plain (folded) prefix as PEFT ``PREFIX_TUNING`` with ``prefix_projection=False``.
+PEFT lays ``prompt_embeddings`` out like ``embedding`` (per token: layer, key/value, head, head_dim) and, for
+grouped-query attention, sets ``num_attention_heads`` to the key/value heads and ``token_dim`` to
+``kv_heads * head_dim``; the export writes those values. Causal LMs load with PEFT and give the same logits;
+PEFT 0.21.2 on transformers 5.24 cannot run prefix tuning for classification and its cached ``generate``
+rebuilds the prefix at every step (see :mod:`.virtual_tokens`).
 """
 from __future__ import annotations
 
@@ -31,8 +38,9 @@ import torch.nn as nn
 from transformers import DynamicCache
 
 from tuneforge.config import ConfigError
+from tuneforge.methods import peft_format
 from tuneforge.methods.layers import find_layers
-from tuneforge.methods.virtual_tokens import VirtualTokens, attach, backbone_of
+from tuneforge.methods.virtual_tokens import VirtualTokens, attach, backbone_of, encoder_of
 
 TRAIN_DEFAULTS = {"lr": 1e-2}
 
@@ -120,9 +128,7 @@ def _load_folded(module: PrefixEncoder, state_dict: dict[str, Any], prefix: str,
 
 
 def apply(model: nn.Module, config: Config) -> nn.Module:
-    """Add the prefix encoder to ``model.base_model``; only its parameters train."""
-    for p in model.parameters():
-        p.requires_grad_(False)
+    """Add the prefix encoder to ``model.base_model``; its new parameters train."""
     layers, kv_heads, head_dim = kv_shape(model)
     attach(model, PrefixEncoder(config.num_virtual_tokens, layers, kv_heads, head_dim, config), "prefix_encoder")
     return model
@@ -132,3 +138,16 @@ def fold(model: nn.Module) -> nn.Module:
     """Evaluate the reparameterisation once: ``prefix_encoder.embedding`` is then the only tensor to save."""
     backbone_of(model).prefix_encoder.fold_()
     return model
+
+
+def to_peft(model: nn.Module, config: Config, task_type: str, modules_to_save: list[str]
+            ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The prefix in PEFT 0.21's ``PREFIX_TUNING`` format: ``prompt_embeddings``
+    ``(N, layers * 2 * kv_heads * head_dim)``, folded (heads as ``modules_to_save``)."""
+    encoder = encoder_of(model, "prefix_encoder")
+    _, kv_heads, head_dim = encoder.shape
+    with torch.no_grad():
+        prefix = encoder.key_values().detach()  # (N, layers * 2 * kv_heads * head_dim)
+    return peft_format.prompt_learning(model, "PREFIX_TUNING", task_type, modules_to_save, prefix,
+                                       token_dim=kv_heads * head_dim, num_attention_heads=kv_heads,
+                                       prefix_projection=False)

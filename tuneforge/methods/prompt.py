@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 
 from tuneforge.config import ConfigError
-from tuneforge.methods.virtual_tokens import VirtualTokens, attach, backbone_of
+from tuneforge.methods import peft_format
+from tuneforge.methods.virtual_tokens import VirtualTokens, attach, backbone_of, encoder_of
 
 TRAIN_DEFAULTS = {"lr": 3e-2}
 
@@ -89,8 +90,17 @@ def initial_prompts(model: nn.Module, config: Config) -> torch.Tensor:
 
 
 def apply(model: nn.Module, config: Config) -> nn.Module:
-    """Add the soft prompt to ``model.base_model``; only ``prompt_encoder.embedding`` trains."""
-    for p in model.parameters():
-        p.requires_grad_(False)
+    """Add the soft prompt to ``model.base_model``; its new ``prompt_encoder.embedding`` trains."""
     attach(model, PromptEmbedding(initial_prompts(model, config)), "prompt_encoder")
     return model
+
+
+def to_peft(model: nn.Module, config: Config, task_type: str, modules_to_save: list[str]
+            ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The prompt in PEFT 0.21's ``PROMPT_TUNING`` format: ``prompt_embeddings`` ``(N, hidden)`` (heads as
+    ``modules_to_save``), ``prompt_tuning_init`` RANDOM (the values come from the file). PEFT returns N extra
+    leading positions in causal-LM and token-classification logits; see :mod:`.virtual_tokens` for where
+    PEFT's decoder classifiers pool."""
+    prompts = encoder_of(model, "prompt_encoder").embedding  # (N, hidden)
+    return peft_format.prompt_learning(model, "PROMPT_TUNING", task_type, modules_to_save, prompts,
+                                       prompt_tuning_init="RANDOM")

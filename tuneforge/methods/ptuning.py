@@ -11,6 +11,11 @@ and drops the encoder heads (PEFT's inference form, used as plain prompt tuning)
 under a name the unfolded model also has. Loading a state dict that holds ``embedding`` without the
 encoder heads (``model.load_state_dict(sd, strict=False)`` on a freshly applied model) drops the heads
 first (a load-state-dict pre-hook detects it), so ``apply`` + load reproduces the folded model.
+
+``to_peft`` exports the folded form as PEFT ``P_TUNING``: PEFT 0.21.2 loads it for inference
+(``PeftModel.from_pretrained``, ``inference_mode``), where its ``PromptEncoder`` has no heads and uses the
+stored ``prompt_embeddings`` as the virtual tokens -- the form PEFT itself saves. Loaded with
+``is_trainable=True`` PEFT would put freshly initialised heads on top of them (as for its own files).
 """
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ import torch
 import torch.nn as nn
 
 from tuneforge.config import ConfigError
-from tuneforge.methods.virtual_tokens import VirtualTokens, attach, backbone_of
+from tuneforge.methods import peft_format
+from tuneforge.methods.virtual_tokens import VirtualTokens, attach, backbone_of, encoder_of
 
 TRAIN_DEFAULTS = {"lr": 1e-3}
 
@@ -86,17 +92,21 @@ class PromptEncoder(VirtualTokens):
                 delattr(self, name)
         self.embedding = nn.Parameter(prompts)  # (N, hidden): the virtual tokens themselves
 
-    def fold_(self) -> None:
-        """Replace the encoder by its eval-mode output. Computed with autograd on, like during training:
-        torch's LSTM takes another kernel under no_grad, which differs in the last bits (~1e-8)."""
-        if self.folded:
-            return
+    def virtual_tokens(self) -> torch.Tensor:  # -> (N, hidden)
+        """The encoder's eval-mode output (the folded embeddings), leaving the module as it is. Computed with
+        autograd on, like during training: torch's LSTM takes another kernel under no_grad, which differs in
+        the last bits (~1e-8)."""
         was_training = self.training
         self.eval()
         with torch.enable_grad():
             prompts = self().detach().clone()
         self.train(was_training)
-        self._to_folded(prompts)
+        return prompts
+
+    def fold_(self) -> None:
+        """Replace the encoder by its eval-mode output."""
+        if not self.folded:
+            self._to_folded(self.virtual_tokens())
 
 
 def _load_folded(module: PromptEncoder, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
@@ -107,9 +117,7 @@ def _load_folded(module: PromptEncoder, state_dict: dict[str, Any], prefix: str,
 
 
 def apply(model: nn.Module, config: Config) -> nn.Module:
-    """Add the prompt encoder to ``model.base_model``; only its parameters train."""
-    for p in model.parameters():
-        p.requires_grad_(False)
+    """Add the prompt encoder to ``model.base_model``; its new parameters train."""
     hidden = backbone_of(model).get_input_embeddings().weight.shape[1]
     attach(model, PromptEncoder(config.num_virtual_tokens, hidden, config), "prompt_encoder")
     return model
@@ -119,3 +127,16 @@ def fold(model: nn.Module) -> nn.Module:
     """Freeze the encoder output into plain embeddings (``prompt_encoder.embedding``, trainable, to be saved)."""
     backbone_of(model).prompt_encoder.fold_()
     return model
+
+
+def to_peft(model: nn.Module, config: Config, task_type: str, modules_to_save: list[str]
+            ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The folded virtual tokens in PEFT 0.21's ``P_TUNING`` format: ``prompt_embeddings`` ``(N, hidden)``
+    (heads as ``modules_to_save``); the encoder settings are recorded but unused in inference mode."""
+    encoder = encoder_of(model, "prompt_encoder")
+    prompts = encoder.virtual_tokens() if not encoder.folded else encoder.embedding  # (N, hidden)
+    hidden = prompts.shape[1]
+    return peft_format.prompt_learning(
+        model, "P_TUNING", task_type, modules_to_save, prompts,
+        encoder_reparameterization_type=config.encoder.upper(), encoder_hidden_size=config.encoder_hidden or hidden,
+        encoder_num_layers=config.lstm_layers, encoder_dropout=config.dropout)

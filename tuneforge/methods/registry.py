@@ -41,8 +41,8 @@ def make_config(name: str, options: dict[str, Any]) -> Any:
 
 
 def apply(model: nn.Module, name: str, config: Any, always_train: list[str] | tuple[str, ...] = ()) -> nn.Module:
-    """Freeze everything, apply the method, then unfreeze parameters whose names start with ``always_train``
-    (e.g. a freshly initialised classification head)."""
+    """Freeze everything, apply the method (which unfreezes only what it adds or selects), then unfreeze
+    parameters whose names start with ``always_train`` (e.g. a freshly initialised classification head)."""
     for p in model.parameters():
         p.requires_grad_(False)
     model = get(name).apply(model, config)
@@ -53,7 +53,7 @@ def apply(model: nn.Module, name: str, config: Any, always_train: list[str] | tu
 
 
 def call_optional(name: str, hook: str, model: nn.Module) -> nn.Module:
-    """Call the method's optional ``merge``/``unmerge``/``fold`` hook; a no-op when the method has none."""
+    """Call the method's optional ``merge``/``fold`` hook; a no-op when the method has none."""
     fn = getattr(get(name), hook, None)
     if fn is None:
         return model

@@ -28,6 +28,16 @@ default), so nothing is prepended again and a 2D mask that covers only the real 
 Attention-mask handling follows transformers 5.24: the mask covers ``cache length + new tokens``; BERT in
 encoder mode sizes its mask from it (the special case transformers keeps for prefix tuning), which is why
 a mask is always passed for prefix tuning.
+
+PEFT (0.21.2, what the ``to_peft`` hooks export to) computes the same virtual positions but returns them:
+causal-LM and token-classification logits carry N extra leading positions (drop them to compare). Its
+Llama/GPT-2 sequence classifiers pool the last position (only ``inputs_embeds`` reach the model), tuneforge
+the last real token: the two agree on unpadded and left-padded rows. PEFT refuses prefix tuning for
+classification on transformers 5.24 (it looks for a ``past_key_values`` argument, now ``cache``); its prefix
+cache (``PeftModel.get_prompt``) passed as ``cache=`` to the plain model reproduces tuneforge's logits.
+PEFT's cached ``generate`` with these adapters looks for the cache under ``past_key_values`` (transformers 5.24
+passes ``cache``) and so re-inserts the virtual tokens, or a fresh prefix, at every step; greedy decoding by
+full forwards through PEFT (or ``generate(use_cache=False)`` for prompt tuning / P-tuning) equals tuneforge's.
 """
 from __future__ import annotations
 
@@ -63,6 +73,14 @@ class VirtualTokens(nn.Module):
 def backbone_of(model: nn.Module) -> nn.Module:
     """The transformer without its task head (``model.bert`` / ``model.model`` / ``model.transformer``)."""
     return getattr(model, "base_model", model)
+
+
+def encoder_of(model: nn.Module, attr: str) -> VirtualTokens:
+    """The method's module ``model.base_model.<attr>``; a clear error when the model has none."""
+    encoder = getattr(backbone_of(model), attr, None)
+    if not isinstance(encoder, VirtualTokens):
+        raise ConfigError(f"the model holds no {attr.replace('_', ' ')} (apply the method first)")
+    return encoder
 
 
 def compute_dtype(backbone: nn.Module) -> torch.dtype:
