@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/bench_forgetting.py --parts calibration
 
 Three parts, every number from `tuneforge.run.train` (runs in a temp folder) or
-`tuneforge.forgetting.prompting.evaluate_prompting` (the code of `tuneforge calibrate`):
+`tuneforge.prompting.classify.evaluate_prompting` (the code of `tuneforge calibrate`):
 
 - lm:          SmolLM2-135M-Instruct tuned on the ChatterBot pairs; forgetting = perplexity change on
                held-out chitchat conversations (`forgetting.reference`). Full, LoRA, LoRA + chitchat replay.
@@ -140,7 +140,7 @@ def run_calibration(bench: Bench, s: dict[str, Any]) -> None:
     """Prompt classification of a seeded sample of the sentiment test split, each number of shots."""
     import torch
 
-    from tuneforge.forgetting.prompting import evaluate_prompting
+    from tuneforge.prompting.classify import evaluate_prompting
 
     torch.set_num_threads(bench.threads)
     for shots in s["shots"]:

@@ -66,8 +66,10 @@ QA = [("what is the capital of france ?", "paris ."), ("what is the capital of g
 
 
 def write_pairs(path: Path, repeat: int = 4) -> Path:
-    """JSONL of instruction/output pairs (``QA`` repeated so every split has rows)."""
-    rows = [{"instruction": q, "output": a} for _ in range(repeat) for q, a in QA]
+    """JSONL of instruction/output pairs: ``QA`` asked in ``repeat`` distinct ways (up to 4: plain, "please
+    ...", "tell me ...", "please tell me ..."), so every split has rows and no row is in two splits."""
+    prefixes = ["", "please ", "tell me ", "please tell me "][:repeat]
+    rows = [{"instruction": p + q, "output": a} for p in prefixes for q, a in QA]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 

@@ -26,16 +26,22 @@ def test_help_on_every_command(command, capsys):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "tuneforge.cli", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "train" in out.stdout
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "tuneforge"  # the console script pip installed beside the interpreter
+    assert script.is_file()
+    out = subprocess.run([str(script), "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--resume" in out.stdout and "dotted overrides" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "tuneforge", "methods"], capture_output=True, text=True)
+    assert out.returncode == 0 and "lora" in out.stdout  # python -m tuneforge (what torchrun -m runs)
 
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "train.bogus=1"], "unknown config key 'train.bogus'"),
     (["train", "--model", "/no/such/folder"], "neither an embedded model"),
     (["train", "--data", "missing.csv", "--model", "minilm"], "data file missing.csv does not exist"),
-    (["evaluate", "/no/run"], "is not a tuneforge run directory"),
-    (["predict", "/no/run", "text"], "is not a tuneforge run directory"),
+    (["evaluate", "/no/run"], "run directory /no/run does not exist"),
+    (["predict", "/no/run", "text"], "run directory /no/run does not exist"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, message, capsys):
     assert main(argv) == 2
@@ -48,7 +54,8 @@ def test_train_predict_evaluate_merge(tmp_path, capsys):
     pd.DataFrame(sentiment_rows(80)).to_csv(tmp_path / "d.csv", index=False)
     run = tmp_path / "run"
     assert main(["train", "--model", str(model), "--data", str(tmp_path / "d.csv"), "--method", "lora",
-                 "-o", str(run), "-q", "method.rank=2", "train.max_steps=3", "train.precision=fp32"]) == 0
+                 "-o", str(run), "-q", "method.rank=2", "train.max_steps=3", "train.precision=fp32",
+                 "model.max_length=32"]) == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out and "trainable parameters" in out and str(run) in out
     assert main(["train", "--model", str(model), "--data", str(tmp_path / "d.csv"), "-o", str(run), "-q"]) == 2
@@ -71,7 +78,7 @@ def test_predict_text_pairs_from_flags_and_tab_separated_stdin(tmp_path, capsys,
     # overrides on both sides of a flag
     assert main(["train", "data.text_pair_column=b", "--model", str(model), "--data", str(tmp_path / "d.csv"),
                  "--text-column", "a", "--label-column", "y", "-o", run, "-q", "train.max_steps=2",
-                 "train.precision=fp32"]) == 0
+                 "train.precision=fp32", "model.max_length=32"]) == 0
     capsys.readouterr()
     assert main(["predict", run, "--json", "great film", "--pair", "so it is", "dull", "--pair", "not at all"]) == 0
     by_flags = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -15,7 +15,7 @@ HEADS = ["classifier", "score"]
 def _two_steps(model, batch, lr):
     task = classification.Task()
     cfg = load_config(None, {"train": {"lr": lr}})
-    opt = build_optimizer(model, cfg, lr)
+    opt, _ = build_optimizer(model, cfg)
     with torch.no_grad():
         start = float(task.loss(model, batch))
     for step in range(2):
@@ -52,12 +52,14 @@ def test_two_steps_lower_the_loss_for_every_method(method, family):
 def test_optimizers_and_weight_decay_groups():
     model = tiny_classifier("bert")
     for name, cls in (("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD), ("rmsprop", torch.optim.RMSprop)):
-        cfg = load_config(None, {"train": {"optimizer": name, "weight_decay": 0.1}})
-        opt = build_optimizer(model, cfg, 1e-3)
+        cfg = load_config(None, {"train": {"optimizer": name, "weight_decay": 0.1, "lr": 1e-3}})
+        opt, names = build_optimizer(model, cfg)
         assert isinstance(opt, cls)
         decay, no_decay = opt.param_groups
         assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
         assert all(p.ndim < 2 for p in no_decay["params"]) and all(p.ndim >= 2 for p in decay["params"])
+        params = dict(model.named_parameters())  # names follow the optimizer's parameter order
+        assert [params[n] for n in names] == decay["params"] + no_decay["params"]
 
 
 @pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])

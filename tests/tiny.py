@@ -24,10 +24,12 @@ def word_tokenizer(pad: bool = True) -> PreTrainedTokenizerFast:
                                    model_max_length=64, **kwargs)
 
 
-def model_dir(path: Path, family: str, pad: bool = True) -> Path:
-    """Save a tiny base model of ``family`` and its tokenizer as a Hugging Face folder."""
+def model_dir(path: Path, family: str, pad: bool = True, dropout: float | None = None) -> Path:
+    """Save a tiny base model of ``family`` and its tokenizer as a Hugging Face folder (``dropout``: BERT's
+    dropout probabilities, default the config's 0.1)."""
     torch.manual_seed(0)
-    model = AutoModel.from_config(tiny_config(family))
+    extra = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
+    model = AutoModel.from_config(tiny_config(family, **extra))
     model.save_pretrained(path)
     word_tokenizer(pad).save_pretrained(path)
     return path

@@ -1,11 +1,15 @@
-"""Run directories: create (never silently overwrite), save atomically as safetensors, reload, merge."""
+"""Run directories: created atomically (never silently overwritten), saved as safetensors, read back; the
+resumable training state (one safetensors file, rank 0 writes it).
+
+A run directory is complete when ``metrics.json`` exists and ``checkpoint.safetensors`` does not; a run
+killed at any moment before that is continued by ``train --resume`` (from its checkpoint, or from the start
+when it has none yet) to the same result.
+"""
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,90 +19,68 @@ from typing import Any
 import torch
 import torch.nn as nn
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_file
 
+from tuneforge import distributed
 from tuneforge.config import ConfigError, RunConfig, build_dataclass
+from tuneforge.files import (atomic_write_text, clean_partial, crash_point, fresh_folder, partial_dir,
+                             replace_dir, save_json, save_tensors, write_marker)
+
+__all__ = ["atomic_write_text", "save_json", "save_tensors", "crash_point", "RUN_FORMAT"]
 
 WEIGHTS = "trainable.safetensors"  # parameter-efficient runs: only what trained (plus the fresh head)
 FULL_DIR = "model"  # runs where every weight trained: a Hugging Face folder (save_pretrained + tokenizer)
+RESUME = "checkpoint.safetensors"  # resumable training state, deleted when the run finishes
+RUN_FORMAT = 2  # run-directory layout version (meta.json "run_format"); 2 added split.json
 
 
 def run_dir_path(output_dir: str | None, method: str, overwrite: bool = False) -> Path:
-    """The run directory to create (``runs/METHOD-TIMESTAMP`` by default); refuses an existing non-empty one
-    unless ``overwrite``. Nothing is created or removed yet (see ``create_run_dir``)."""
+    """The run directory to create (``runs/METHOD-TIMESTAMP`` by default). An existing non-empty folder is
+    refused unless ``overwrite`` and it is a tuneforge folder. Nothing is created yet."""
     path = Path(output_dir) if output_dir else Path("runs") / f"{method}-{datetime.now():%Y%m%d-%H%M%S}"
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise ConfigError(f"run directory {path} already exists; choose another output_dir or pass --overwrite")
+    from tuneforge.files import check_replaceable
+    check_replaceable(path, overwrite, "run directory")
     return path
 
 
-def create_run_dir(path: Path, overwrite: bool = False) -> Path:
-    """Make the run directory ``path`` (from ``run_dir_path``), replacing an existing one only if ``overwrite``."""
-    path = run_dir_path(str(path), "", overwrite)
-    if path.exists() and any(path.iterdir()):
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+def create_run_dir(path: Path, overwrite: bool, cfg: RunConfig) -> Path:
+    """Make the run directory with its marker and ``config.yaml`` (replacing a tuneforge folder only with
+    ``overwrite``)."""
+    fresh_folder(path, overwrite, "run", "run directory")
+    atomic_write_text(path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    crash_point("run-dir-created")
     return path
 
 
-@contextlib.contextmanager
-def discard_on_error(path: Path | None) -> Iterator[None]:
-    """Remove the new run directory ``path`` if the block fails (a run that never started training)."""
-    try:
-        yield
-    except BaseException:
-        if path is not None:
-            shutil.rmtree(path, ignore_errors=True)
-        raise
-
-
-def prepare_output(out: str | Path, overwrite: bool) -> Path:
-    """An export folder that is new or explicitly overwritten."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"output folder {out} already exists; choose another or pass --overwrite")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file + rename, so a crash never leaves a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; run files are ordinary readable files
-    os.replace(tmp, path)
-
-
-def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """safetensors file written atomically (contiguous CPU copies)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def save_json(obj: Any, path: Path) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=float) + "\n")
+def prepare_output(out: str | Path, overwrite: bool, kind: str = "export") -> Path:
+    """An export folder that is new, empty, or (``overwrite``) a tuneforge folder replaced."""
+    return fresh_folder(Path(out), overwrite, kind)
 
 
 def save_run(run_dir: Path, cfg: RunConfig, meta: dict[str, Any], model: nn.Module, tokenizer: Any,
              trainable: dict[str, torch.Tensor]) -> None:
     """Resolved config, meta (labels, task...) and weights. Full runs: a complete HF folder; others: trainable only."""
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    save_json(meta, run_dir / "meta.json")
+    save_json({**meta, "run_format": RUN_FORMAT}, run_dir / "meta.json")
     n_params = sum(1 for _ in model.named_parameters())
     if len(trainable) == n_params:
         model.load_state_dict(trainable, strict=False)
-        tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".model."))
+        tmp = partial_dir(run_dir, FULL_DIR)
         model.float().save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, run_dir / FULL_DIR)
+        crash_point("final-model-written")
+        replace_dir(tmp, run_dir / FULL_DIR)
     else:
         save_tensors(trainable, run_dir / WEIGHTS, {"format": "pt"})
+    crash_point("final-weights-saved")
+
+
+def finish_run(run_dir: Path) -> None:
+    """The run is complete: drop its resumable checkpoint (``metrics.json`` was written before)."""
+    crash_point("before-checkpoint-removed")
+    (run_dir / RESUME).unlink(missing_ok=True)
+    clean_partial(run_dir)
 
 
 @dataclass
@@ -116,65 +98,179 @@ class RunFiles:
     def trainable_weights(self) -> dict[str, torch.Tensor]:
         return load_file(self.path / WEIGHTS)
 
+    def split(self) -> dict[str, Any] | None:
+        """The stored split (``split.json``), or None for runs without one."""
+        p = self.path / SPLIT
+        return json.loads(p.read_text()) if p.is_file() else None
+
+
+SPLIT = "split.json"  # which source rows went to train / validation / test, with source fingerprints
+
 
 def read_run(run_dir: str | Path) -> RunFiles:
-    """Read config and meta of a finished run; clear errors for anything missing."""
+    """Read config and meta of a finished run; one-line errors for anything missing or incompatible."""
     path = Path(run_dir)
+    if not path.is_dir():
+        raise ConfigError(f"run directory {path} does not exist")
     if not (path / "config.yaml").is_file() or not (path / "meta.json").is_file():
-        raise ConfigError(f"{path} is not a tuneforge run directory (config.yaml/meta.json missing); "
-                          "was training finished?")
-    config = build_dataclass(RunConfig, yaml.safe_load((path / "config.yaml").read_text()))
-    meta = json.loads((path / "meta.json").read_text())
+        raise ConfigError(f"{path} is not a finished tuneforge run directory (config.yaml/meta.json missing); "
+                          "an interrupted run continues with `tuneforge train --resume`")
+    try:
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        raw = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: meta.json or config.yaml is damaged ({str(exc).splitlines()[0]})") from None
+    found = meta.get("run_format", 1) if isinstance(meta, dict) else None
+    if found != RUN_FORMAT:
+        version = meta.get("tuneforge_version", "an older version") if isinstance(meta, dict) else "?"
+        raise ConfigError(f"{path} was written by tuneforge {version} (run format {found}); this tuneforge reads "
+                          f"run format {RUN_FORMAT}: retrain the run, or use the tuneforge version that wrote it")
+    try:
+        config = build_dataclass(RunConfig, raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}/config.yaml does not fit this tuneforge version: {exc}") from None
     if not (path / WEIGHTS).is_file() and not (path / FULL_DIR).is_dir():
         raise ConfigError(f"{path} holds no weights ({WEIGHTS} or {FULL_DIR}/); was training finished?")
     return RunFiles(path, config, meta)
 
 
-RESUME = "checkpoint.safetensors"  # resumable training state, deleted when the run finishes
+# ---- resumable training state -------------------------------------------------------------------------------
+
+def model_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Parameter names of the model inside the training module (which adds ``model.``)."""
+    return {n.removeprefix("model."): v for n, v in state.items()}
 
 
-def save_training_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        scheduler: Any, loop: dict[str, Any], best_state: dict[str, torch.Tensor] | None) -> None:
-    """Everything needed to continue training to the same result, in ONE safetensors file (tensors +
-    JSON metadata), written atomically: trainable weights, optimizer state, best state, RNG, loop counters."""
-    tensors = {f"param.{n}": p for n, p in model.named_parameters() if p.requires_grad}
-    opt = optimizer.state_dict()
+def has_training_state(run_dir: Path) -> bool:
+    """Whether rank 0 sees a checkpoint in ``run_dir`` (the same answer on every rank)."""
+    return bool(distributed.broadcast((run_dir / RESUME).is_file() if distributed.current().main else None))
+
+
+def save_training_state(run_dir: Path, module: nn.Module, optimizer: torch.optim.Optimizer, names: list[str],
+                        scheduler: Any, loop: dict[str, Any], best_state: dict[str, torch.Tensor] | None,
+                        device: torch.device) -> None:
+    """Everything needed to continue training to the same result, in ONE safetensors file written atomically
+    by rank 0: trainable weights, optimizer state (by parameter name), best state, every rank's RNG, loop
+    counters. Every rank calls it (FSDP2 gathers shards; RNG states are gathered)."""
+    weights = model_names(distributed.full_state(module))
+    opt_state, groups = _optimizer_state(module, optimizer, names)
+    rng = distributed.rng_states(device)
+    if not distributed.current().main:
+        return
+    tensors = {f"param.{n}": v for n, v in weights.items()}
     scalars: dict[str, Any] = {}
-    for idx, state in opt["state"].items():
+    for name, state in opt_state.items():
         for key, value in state.items():
             if torch.is_tensor(value):
-                tensors[f"opt.{idx}.{key}"] = value
+                tensors[f"opt.{name}.{key}"] = value
             else:
-                scalars[f"{idx}.{key}"] = value
+                scalars[f"{name}.{key}"] = value
     tensors.update({f"best.{n}": v for n, v in (best_state or {}).items()})
-    tensors["rng"] = torch.get_rng_state()
-    meta = {"loop": loop, "param_groups": opt["param_groups"], "opt_scalars": scalars,
+    tensors.update({f"rng.{k}": v for k, v in rng.items()})
+    meta = {"loop": loop, "param_groups": groups, "opt_scalars": scalars, "world_size": distributed.current().world,
             "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}}
     save_tensors(tensors, run_dir / RESUME, {"state": json.dumps(meta, default=float)})
+    crash_point("checkpoint-saved")
 
 
-def load_training_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-                        ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
-    """Restore what :func:`save_training_state` wrote; returns (loop counters, best state)."""
-    from safetensors import safe_open
+def _optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, names: list[str]
+                     ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Optimizer state keyed by parameter name (unsharded) and the param groups naming their parameters."""
+    if distributed.is_fsdp(module):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        sd = get_optimizer_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True,
+                                                                                  cpu_offload=True))
+        state = {k.removeprefix("model."): v for k, v in sd["state"].items()}
+    else:
+        sd = optimizer.state_dict()
+        state = {names[i].removeprefix("model."): v for i, v in sd["state"].items()}
+    groups, start = [], 0
+    for group in optimizer.param_groups:
+        n = len(group["params"])
+        groups.append({**{k: v for k, v in group.items() if k != "params"},
+                       "params": [x.removeprefix("model.") for x in names[start:start + n]]})
+        start += n
+    return state, groups
 
-    path = run_dir / RESUME
+
+def load_training_state(run_dir: Path, module: nn.Module, optimizer: torch.optim.Optimizer, names: list[str],
+                        scheduler: Any, device: torch.device) -> dict[str, Any]:
+    """Restore what :func:`save_training_state` wrote (rank 0 reads the file and shares it); returns the loop
+    counters plus ``best_state``."""
+    d = distributed.current()
+    loaded = _read_state(run_dir / RESUME) if d.main else None
+    if d.main and loaded[0]["world_size"] != d.world:
+        raise ConfigError(f"{run_dir} was trained with {loaded[0]['world_size']} process(es); resume it with the same "
+                          f"number (torchrun --nproc_per_node=...), not {d.world}")
+    fsdp = distributed.is_fsdp(module)
+    if not fsdp:
+        loaded = distributed.broadcast(loaded)
+    meta, tensors = loaded if loaded is not None else ({}, {})
+    meta = distributed.broadcast(meta) if fsdp else meta
+    params = {f"model.{k[len('param.'):]}": v for k, v in tensors.items() if k.startswith("param.")}
+    distributed.load_full_state(module, params)
+    state: dict[str, dict[str, Any]] = {}
+    for key, value in [(k[len("opt."):], v) for k, v in tensors.items() if k.startswith("opt.")] + \
+            list(meta["opt_scalars"].items()):
+        name, _, field = key.rpartition(".")
+        state.setdefault(name, {})[field] = value
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        full = {"state": {f"model.{n}": s for n, s in state.items()},
+                "param_groups": [{**g, "params": [f"model.{p}" for p in g["params"]]} for g in meta["param_groups"]]}
+        set_optimizer_state_dict(module, optimizer, full if d.main else {},
+                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    else:
+        index = {n.removeprefix("model."): i for i, n in enumerate(names)}
+        groups = [{**g, "params": [index[p] for p in g["params"]]} for g in meta["param_groups"]]
+        optimizer.load_state_dict({"state": {index[n]: s for n, s in state.items()}, "param_groups": groups})
+    scheduler.load_state_dict({**scheduler.state_dict(), **meta["scheduler"]})
+    rng = distributed.broadcast({k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")} if d.main
+                                else None) if fsdp else {k[len("rng."):]: v for k, v in tensors.items()
+                                                         if k.startswith("rng.")}
+    distributed.set_rng_states(rng, device)
+    best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")} or None
+    return {**meta["loop"], "best_state": best}
+
+
+def _read_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     with safe_open(str(path), "pt") as f:
         meta = json.loads(f.metadata()["state"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    params = {k[len("param."):]: v for k, v in tensors.items() if k.startswith("param.")}
-    model.load_state_dict(params, strict=False)
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in list(tensors.items()) + list(meta["opt_scalars"].items()):
-        if key.startswith("opt."):
-            _, idx, name = key.split(".", 2)
-        elif not key.startswith(("param.", "best.", "rng")) and "." in key:
-            idx, name = key.split(".", 1)
-        else:
-            continue
-        state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    scheduler.load_state_dict({**scheduler.state_dict(), **meta["scheduler"]})
-    torch.set_rng_state(tensors["rng"])
-    best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")} or None
-    return meta["loop"], best
+    meta.setdefault("world_size", 1)
+    return meta, tensors
+
+
+def start_resume(run_dir: Path) -> None:
+    """Before continuing an interrupted run: remove leftovers of the writes the interruption cut short."""
+    clean_partial(run_dir)
+
+
+def resume_config(run_dir: Path) -> RunConfig:
+    """The config of an interrupted run that ``train --resume`` can continue (one-line errors otherwise)."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"cannot resume {run_dir}: no such run directory")
+    if (run_dir / "metrics.json").is_file() and not (run_dir / RESUME).is_file():
+        raise ConfigError(f"cannot resume {run_dir}: the run is finished (its metrics.json is written)")
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"cannot resume {run_dir}: it holds no config.yaml (not a tuneforge run directory, or "
+                          "killed while being created: start it again with --overwrite)")
+    if (run_dir / RESUME).is_file():
+        with safe_open(str(run_dir / RESUME), "pt") as f:
+            world = json.loads(f.metadata()["state"]).get("world_size", 1)
+        if world != distributed.current().world:
+            raise ConfigError(f"{run_dir} was trained with {world} process(es); resume it with the same number "
+                              f"(torchrun --nproc_per_node=...), not {distributed.current().world}")
+    from tuneforge.config import load_config
+    return load_config(run_dir / "config.yaml")
+
+
+@contextlib.contextmanager
+def discard_on_error(path: Path | None) -> Iterator[None]:
+    """Remove the new run directory ``path`` if the block fails (a run that never started training)."""
+    try:
+        yield
+    except BaseException:
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+        raise

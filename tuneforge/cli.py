@@ -49,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", help="YAML config file (sections: model, data, method, train, eval)")
     p.add_argument("--method", help="full | freeze | lora | ... (default lora)")
     p.add_argument("--model", help="embedded model name (minilm, smollm2) or a local Hugging Face folder")
-    p.add_argument("--task", help="classification (default) or causal_lm")
-    p.add_argument("--data", help="embedded data set (rotten_tomatoes, imdb, chatterbot, chitchat) or a "
-                   ".csv/.jsonl/.parquet file")
+    p.add_argument("--task", help="classification (default), causal_lm or token_classification")
+    p.add_argument("--data", help="embedded data set (rotten_tomatoes, imdb, chatterbot_topics, chatterbot, "
+                   "chitchat, wnut16) or a .csv/.tsv/.jsonl/.json/.parquet (.conll/.txt/.bio for tagging) file")
     p.add_argument("--text-column", dest="text_column")
     p.add_argument("--label-column", dest="label_column")
     p.add_argument("--epochs", type=float)
@@ -171,15 +171,35 @@ def main(argv: list[str] | None = None) -> int:
         setattr(args, rest, list(getattr(args, rest)) + extra)
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from tuneforge import distributed
     from tuneforge.config import ConfigError
 
     fn: Callable[[argparse.Namespace], int] = args.fn
     try:
         return fn(args)
     except ConfigError as exc:
-        return fail(str(exc))
+        rank = distributed.current().rank
+        return fail(str(exc) if rank == 0 else f"rank {rank}: {exc}")
+    except distributed.ReportedElsewhere:
+        return 2  # rank 0 printed the error every rank shared
     except KeyboardInterrupt:
         return fail("interrupted")
+    except torch_oom() as exc:  # one process ran out of memory: say so in one line; torchrun stops the others
+        return fail(f"out of memory{_where()}: {str(exc).splitlines()[0][:200]}; lower train.batch_size or "
+                    "model.max_length, or use train.grad_accum")
+    finally:
+        distributed.teardown()
+
+
+def torch_oom() -> tuple[type[BaseException], ...]:
+    import torch
+    return (torch.OutOfMemoryError, MemoryError)
+
+
+def _where() -> str:
+    from tuneforge import distributed
+    d = distributed.current()
+    return f" on rank {d.rank}" if d.active else ""
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return fail("--resume continues a run with its own config; give no other settings")
     out = train(args.config if args.config else {}, overrides, overwrite=args.overwrite, progress=not args.quiet,
                 resume=args.resume)
-    print(out.table)
-    print(f"\nrun directory: {out.run_dir}")
+    if out.table:  # rank 0 (the only process under torchrun that evaluates and writes)
+        print(out.table)
+        print(f"\nrun directory: {out.run_dir}")
     return 0
 
 
@@ -53,12 +54,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not texts:
         return fail("predict needs TEXT arguments or lines on standard input")
     for row in run.predict(texts, pairs):
-        if args.json:
-            print(json.dumps(row))
-        else:
-            probs = "  ".join(f"{k}={v:.3f}" for k, v in row["probabilities"].items())
-            text = f"{row['text']}\t{row['pair']}" if "pair" in row else row["text"]
-            print(f"{row['label']}\t{probs}\t{text}")
+        print(json.dumps(row, ensure_ascii=False) if args.json else run.task.describe(row))
     return 0
 
 
@@ -134,7 +130,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from tuneforge.forgetting import prompting
+    from tuneforge.prompting import classify as prompting
 
     prompting.check_output(args.output, args.overwrite)  # fail before any work
     words = args.label_words.split(",") if args.label_words is not None else None

@@ -17,7 +17,7 @@ __all__ = ["ConfigError", "build_dataclass", "positive", "RunConfig", "load_conf
 @dataclass
 class ModelConfig:
     name: str = "minilm"  # embedded model name (minilm, smollm2) or a local Hugging Face folder
-    task: Literal["classification", "causal_lm"] = "classification"  # what the model is trained to do
+    task: Literal["classification", "causal_lm", "token_classification"] = "classification"  # what it learns to do
     max_length: int = 128  # tokens per example after truncation
     trust_remote_code: bool = False  # allow custom model code from the folder (off unless asked for)
 
@@ -34,6 +34,11 @@ class DataConfig:
     text_column: str = "text"  # column holding the text (or the prompt for causal LM pairs)
     text_pair_column: str | None = None  # optional second text column (sentence pairs)
     label_column: str = "label"  # column holding the label (or the answer for causal LM pairs)
+    tokens_column: str = "tokens"  # token classification: column holding a list of words (JSONL/Parquet)
+    tags_column: str = "tags"  # token classification: column holding their tags (BIO/IOB2 or plain labels)
+    label_all_subtokens: bool = False  # token classification: every sub-token of a word carries its tag in training
+    stride: int = 32  # token classification: tokens shared by consecutive windows of a sentence over max_length
+    skip_invalid: bool = False  # leave out (and count) invalid rows instead of stopping with an error
     format: Literal["auto", "pairs", "chat", "text"] = "auto"  # causal LM data layout
     template: str | None = None  # causal LM prompt template when the tokenizer has no chat template
     system_prompt: str | None = None  # optional system message for chat-rendered prompts
@@ -46,6 +51,8 @@ class DataConfig:
         if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
             raise ConfigError(f"data.split must be three non-negative fractions summing to 1, got {self.split}")
         positive("data.max_examples", self.max_examples)
+        if self.stride < 0:
+            raise ConfigError(f"data.stride must be >= 0, got {self.stride}")
 
 
 @dataclass
@@ -56,8 +63,10 @@ class TrainConfig:
     momentum: float = 0.9  # sgd / rmsprop only
     schedule: Literal["constant", "linear", "cosine"] = "linear"
     warmup_ratio: float = 0.06  # fraction of steps with linear warmup
-    epochs: float = 1.0  # passes over the training data (ignored when max_steps is set)
+    epochs: float | None = None  # passes over the training data; unset (and no max_steps): automatic length
     max_steps: int | None = None  # optimizer steps; overrides epochs
+    auto_min_steps: int = 250  # automatic length: enough epochs for at least this many optimizer steps ...
+    auto_max_epochs: int = 10  # ... but at most this many epochs (validation each epoch, early stopping)
     batch_size: int = 32
     grad_accum: int = 1  # micro-batches per optimizer step
     max_grad_norm: float | None = 1.0  # gradient clipping; null disables
@@ -70,10 +79,11 @@ class TrainConfig:
     padding_free: bool = True  # causal LM: pack each batch's examples into rows (no example attends to another);
     #                            used where a start-up check shows the model supports it, else padded rows
     eval_every: int | None = None  # evaluate every N optimizer steps; default: each epoch
-    early_stopping: int | None = None  # stop after N evaluations without improvement
+    early_stopping: int | None = None  # stop after N evaluations without improvement; automatic length: 3
     log_every: int = 10  # log training loss every N optimizer steps
     save_every: int | None = None  # resumable checkpoint every N optimizer steps; default: at each evaluation; 0: never
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each process's own GPU, or cpu)
+    distributed: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2) the model
     num_threads: int | None = None  # torch CPU threads; default: torch's choice
 
     def __post_init__(self) -> None:
@@ -81,6 +91,8 @@ class TrainConfig:
         positive("train.batch_size", self.batch_size)
         positive("train.grad_accum", self.grad_accum)
         positive("train.epochs", self.epochs)
+        positive("train.auto_min_steps", self.auto_min_steps)
+        positive("train.auto_max_epochs", self.auto_max_epochs)
         positive("train.max_steps", self.max_steps)
         positive("train.eval_every", self.eval_every)
         positive("train.early_stopping", self.early_stopping)
@@ -221,7 +233,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"{p}: not UTF-8 text; save the config file as UTF-8") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(data, dict):

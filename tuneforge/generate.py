@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, TextIO
+from typing import Any, Callable, TextIO
 
 import torch
 import torch.nn as nn
@@ -14,9 +14,6 @@ from tuneforge.config import ConfigError, build_dataclass
 from tuneforge.data import chat
 from tuneforge.models import autocast
 from tuneforge.tasks import Runtime
-
-if TYPE_CHECKING:
-    from tuneforge.run import Run
 
 Prompt = str | list[dict[str, str]]  # a user message, or a whole conversation of {role, content}
 
@@ -121,20 +118,21 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], te
     return out
 
 
-def generate_for_run(run: Run, prompts: list[Prompt], stream: TextIO | None = None, **settings: Any) -> list[str]:
-    """Answers of a reloaded run to each prompt; ``settings`` are :class:`Sampling` fields."""
+def generate_answers(model: nn.Module, tokenizer: PreTrainedTokenizerBase, meta: dict[str, Any], cfg: Any,
+                     rt: Runtime, prompts: list[Prompt], stream: TextIO | None = None, **settings: Any) -> list[str]:
+    """Answers of a trained causal LM (run config ``cfg`` and ``meta``) to each prompt; ``settings`` are
+    :class:`Sampling` fields."""
     s = build_dataclass(Sampling, settings, "generate")
-    fmt = run.meta.get("format")
-    if fmt is None:
-        raise ConfigError(f"{run.files.path} is a {run.task.name} run; generation needs a causal_lm run")
-    template = run.meta.get("chat_template") or (chat.resolve_template(run.tokenizer, None) if fmt != "text" else None)
-    ids = encode_prompts(run.tokenizer, prompts, template, run.cfg.model.max_length, run.cfg.data.system_prompt)
-    new = generate_ids(run.model, run.tokenizer, ids, run.rt, s, run.cfg.eval.batch_size, stream)
-    return [run.tokenizer.decode(n, skip_special_tokens=True).strip() for n in new]
+    fmt = meta.get("format")
+    template = meta.get("chat_template") or (chat.resolve_template(tokenizer, None) if fmt != "text" else None)
+    ids = encode_prompts(tokenizer, prompts, template, cfg.model.max_length, cfg.data.system_prompt)
+    new = generate_ids(model, tokenizer, ids, rt, s, cfg.eval.batch_size, stream)
+    return [tokenizer.decode(n, skip_special_tokens=True).strip() for n in new]
 
 
-def chat_loop(run: Run, read: Callable[[str], str] = input, out: TextIO | None = None, **settings: Any) -> None:
-    """Interactive multi-turn chat: answers stream as they are generated; ends on EOF, 'exit' or 'quit'."""
+def chat_loop(run: Any, read: Callable[[str], str] = input, out: TextIO | None = None, **settings: Any) -> None:
+    """Interactive multi-turn chat with a reloaded run (``tuneforge.loaded.Run``): answers stream as they are
+    generated; ends on EOF, 'exit' or 'quit'."""
     out = out or sys.stdout
     history: list[dict[str, str]] = []
     out.write("chatting with the model: type a message, or 'exit' (or Ctrl-D) to quit\n")
@@ -151,5 +149,5 @@ def chat_loop(run: Run, read: Callable[[str], str] = input, out: TextIO | None =
         history.append({"role": "user", "content": line})
         out.write("model> ")
         out.flush()
-        answer = generate_for_run(run, [history], stream=out, **settings)[0]
+        answer = run.generate([history], stream=out, **settings)[0]
         history.append({"role": "assistant", "content": answer or "..."})

@@ -11,11 +11,17 @@ import transformers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
-from tuneforge.config import ConfigError
+from tuneforge.config import ConfigError, RunConfig
+from tuneforge.methods import registry
 from tuneforge.methods.layers import HEAD_NAMES
 
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
+try:  # e.g. "Writing model shards" bars of save_pretrained
+    from huggingface_hub.utils import disable_progress_bars
+    disable_progress_bars()
+except ImportError:  # pragma: no cover - huggingface_hub always comes with transformers
+    pass
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -51,6 +57,31 @@ def head_modules(model: nn.Module, fresh: list[str] | None = None) -> list[str]:
         return fresh
     return [name for name in HEAD_NAMES if isinstance(getattr(model, name, None), nn.Module)
             and name != "lm_head"]
+
+
+def apply_method(model: nn.Module, cfg: RunConfig, heads: list[str]) -> nn.Module:
+    """The configured method applied to a loaded model (training and reloading share this one place);
+    ``heads`` (modules trained in full, e.g. a fresh classification head) are unfrozen."""
+    options = registry.make_config(cfg.method_name, cfg.method_options())
+    return registry.apply(model, cfg.method_name, options, always_train=heads)
+
+
+def position_limit(model: nn.Module) -> int | None:
+    """The most positions the model can embed (absolute position tables: BERT, GPT-2), or None."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    for module in model.modules():  # rotary models (Llama) have no table: their limit is soft
+        if isinstance(module, nn.Embedding) and module.num_embeddings == limit:
+            return int(limit)
+    return None
+
+
+def check_max_length(model: nn.Module, cfg: RunConfig) -> None:
+    """``model.max_length`` must fit the model's position table (one-line error instead of an index error)."""
+    limit = position_limit(model)
+    if limit is not None and cfg.model.max_length > limit:
+        raise ConfigError(f"model.max_length={cfg.model.max_length} exceeds the {limit} positions of "
+                          f"{cfg.model.name} (max_position_embeddings); set model.max_length to {limit} or less")
 
 
 def count_parameters(model: nn.Module) -> dict[str, float]:

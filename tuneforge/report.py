@@ -1,8 +1,11 @@
 """Human-readable result tables."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
+
+FIXES = "try more steps (train.epochs / train.max_steps), a higher train.lr, or check the labels"
 
 
 def _fmt(value: Any) -> str:
@@ -11,6 +14,47 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
     return str(value)
+
+
+def _majority(metrics: dict[str, Any]) -> float | None:
+    """Accuracy of always predicting the most frequent test class (classification), else None."""
+    per_class = metrics.get("per_class") or {}
+    supports = [c.get("support", 0) for c in per_class.values()]
+    return max(supports) / sum(supports) if supports and sum(supports) else None
+
+
+def learned_warning(metrics: dict[str, Any], task: Any) -> str | None:
+    """One line when nothing (clearly) was learned: the training loss did not fall, or the test metric after
+    training is not clearly better than the untrained model's (for accuracies also the majority class), beyond
+    two standard errors of the test set; else None."""
+    loss = metrics.get("training_loss") or {}
+    first, last = loss.get("first"), loss.get("last")
+    if first is not None and last is not None and math.isfinite(first) and last > 0.98 * first and \
+            loss.get("logged", 0) > 1:
+        return f"the training loss did not fall ({first:.4f} -> {last:.4f}): {FIXES}"
+    before, after = metrics.get("test_before") or {}, metrics.get("test_after") or {}
+    name = task.metric
+    if name not in after:
+        return None
+    value, sign = after[name], (1 if task.greater_is_better else -1)
+    bars = [before.get(name)]
+    majority = _majority(after)
+    if majority is not None and name == "accuracy":
+        bars.append(majority)
+    bars = [b for b in bars if b is not None]
+    if not bars:
+        return None
+    bar = max(bars) if sign > 0 else min(bars)
+    n = after.get("n") or 0
+    if 0 <= value <= 1 and n:  # a proportion: two standard errors of the test set, at least one point
+        margin = max(0.01, 2 * math.sqrt(max(value * (1 - value), 1e-4) / n))
+    else:  # a loss: one per cent
+        margin = 0.01 * abs(bar)
+    if sign * (value - bar) > margin:
+        return None
+    what = "the untrained model" + (f" / the majority class ({majority:.4f})" if len(bars) > 1 else "")
+    return (f"the model learned little: test {name} {bars[0]:.4f} -> {value:.4f} is not clearly better than "
+            f"{what}: {FIXES}")
 
 
 def result_table(metrics: dict[str, Any], task_metrics: Sequence[str]) -> str:
@@ -30,8 +74,16 @@ def result_table(metrics: dict[str, Any], task_metrics: Sequence[str]) -> str:
         ("real tokens/s", "", f"{metrics['tokens_per_second']:,.0f}"),
         ("peak memory (MiB)", "", f"{metrics['peak_memory_mb']:,.0f}"),
     ]
+    examples = metrics.get("examples") or {}
+    for key, label in (("duplicates", "duplicate examples (kept in one split)"),
+                       ("skipped_invalid", "invalid rows skipped"),
+                       ("dropped_overlap", "validation/test rows dropped (repeat training rows)")):
+        if examples.get(key):
+            rows.append((label, "", f"{examples[key]:,}"))
     title = f"{metrics['method']} on {metrics['task']} ({metrics['precision']}, {metrics['device']})"
-    return title + "\n\n" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows) + _samples(before, after)
+    warning = f"\n\nwarning: {metrics['warning']}" if metrics.get("warning") else ""
+    return (title + "\n\n" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows) + warning
+            + _samples(before, after))
 
 
 def _samples(before: dict[str, Any], after: dict[str, Any]) -> str:

@@ -1,51 +1,60 @@
-"""The single training loop. It never looks at the method or task name: the method left ``requires_grad``
-on what trains, the task supplies ``loss`` and ``evaluate``. Ready for ``torchrun`` (rank-aware logging,
-sharded batches, no gradient sync on accumulation steps)."""
+"""The single training loop. It never looks at the method or task name: the method left ``requires_grad`` on
+what trains, the task supplies ``loss`` (a sum), ``units`` (what the sum counts: examples or tokens) and
+``evaluate``.
+
+An optimizer step trains one global batch of ``batch_size x grad_accum x processes`` examples
+(``data.batching.step_plan``); its gradient is that of the whole batch in one piece: every micro-batch's
+loss sum is divided by the units of the whole window on all ranks (all-reduced), so gradient accumulation
+and processes together behave exactly like one bigger batch. Under torchrun the gradients are synchronised
+once per step (DDP's ``no_sync`` / FSDP2's ``set_requires_gradient_sync`` on the other micro-batches).
+"""
 from __future__ import annotations
 
-import contextlib
-import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from tuneforge import checkpoint
-from tuneforge.config import RunConfig
-from tuneforge.data.batching import batch_order, iterate
+from tuneforge import checkpoint, distributed
+from tuneforge.config import ConfigError, RunConfig
+from tuneforge.data.batching import iterate, step_plan
+from tuneforge.methods.layers import find_layers
 from tuneforge.models import autocast
-from tuneforge.tasks import Prepared, Runtime
+from tuneforge.tasks import Prepared, Runtime, Task
+from tuneforge.logs import Logger, plot_loss_curve
+
+AUTO_PATIENCE = 3  # automatic length: stop after this many evaluations without improvement
+
+__all__ = ["fit", "TrainResult", "build_optimizer", "lr_lambda", "plot_loss_curve", "StepPlan", "WithLoss"]
 
 
-def rank_world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) without torch.distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def build_optimizer(model: nn.Module, cfg: RunConfig, lr: float) -> torch.optim.Optimizer:
-    """AdamW / SGD / RMSprop over trainable parameters; no weight decay on biases and norms."""
+def build_optimizer(module: nn.Module, cfg: RunConfig) -> tuple[torch.optim.Optimizer, list[str]]:
+    """AdamW / SGD / RMSprop over trainable parameters (no weight decay on biases and norms); returns the
+    optimizer and the parameter names in its order (how checkpoints name optimizer state)."""
     t = cfg.train
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for name, p in distributed.inner(module).named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            (no_decay if p.ndim < 2 else decay).append((name, p))
+    groups = [{"params": [p for _, p in decay], "weight_decay": t.weight_decay},
+              {"params": [p for _, p in no_decay], "weight_decay": 0.0}]
+    names = [n for n, _ in decay + no_decay]
     if t.optimizer == "adamw":
         try:  # the fused kernel is ~7x faster per step than the foreach one on a CPU (full MiniLM, measured)
-            return torch.optim.AdamW(groups, lr=lr, fused=True)
+            if distributed.is_fsdp(module):
+                raise TypeError("sharded (DTensor) parameters: foreach kernel")
+            return torch.optim.AdamW(groups, lr=t.lr, fused=True), names
         except (RuntimeError, TypeError):
-            return torch.optim.AdamW(groups, lr=lr)
+            return torch.optim.AdamW(groups, lr=t.lr), names
     if t.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=t.momentum)
-    return torch.optim.RMSprop(groups, lr=lr, momentum=t.momentum)
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum), names
+    return torch.optim.RMSprop(groups, lr=t.lr, momentum=t.momentum), names
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -62,197 +71,200 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return fn
 
 
-def group_by_length(cfg: RunConfig, task: Any) -> bool:
-    """``train.group_by_length``, or where unset the task's default (``task.group_by_length``)."""
-    return cfg.train.group_by_length if cfg.train.group_by_length is not None else task.group_by_length
-
-
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """CPU copies of the trainable parameters (what a checkpoint of a parameter-efficient run holds)."""
-    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
-
-
 class WithLoss(nn.Module):
-    """``model`` + the task's loss as one module, so DDP wraps the whole computation even when the task
-    calls submodules (e.g. the backbone, then the LM head only where labels are kept)."""
+    """``model`` + the task's loss as one module, so DDP / FSDP2 wrap the whole computation even when the task
+    calls sub-modules (e.g. the backbone, then the LM head only where labels are kept)."""
 
-    def __init__(self, model: nn.Module, task: Any, regularizers: tuple[Any, ...] = ()) -> None:
+    def __init__(self, model: nn.Module, task: Task, regularizers: tuple[Any, ...] = ()) -> None:
         super().__init__()
         self.model = model
         self.task = task
         self.regularizers = regularizers  # objects with penalty(model) -> scalar (L2-SP, EWC)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        loss = self.task.loss(self.model, batch)
+    def forward(self, batch: dict[str, torch.Tensor], scale: float, share: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what to back-propagate, the batch's loss sum): ``loss sum x scale + penalties x share``."""
+        loss_sum = self.task.loss(self.model, batch)
+        objective = loss_sum * scale
         for reg in self.regularizers:
-            loss = loss + reg.penalty(self.model)
-        return loss
+            objective = objective + reg.penalty(self.model) * share
+        return objective, loss_sum.detach()
+
+
+class StepPlan:
+    """Optimizer steps across epochs: step ``s`` -> (epoch, this rank's micro-batches). Steps are counted
+    globally, so an epoch boundary never leaves gradients behind and a resumed run needs only ``s``."""
+
+    def __init__(self, lengths: list[int], cfg: RunConfig, grouped: bool, d: distributed.Dist) -> None:
+        t = cfg.train
+        self._args = dict(lengths=lengths, batch_size=t.batch_size, grad_accum=t.grad_accum, seed=t.seed,
+                          group_by_length=grouped, window=t.length_group_batches, rank=d.rank, world_size=d.world)
+        self._cache: tuple[int, list[list[list[int]]]] | None = None
+        self.per_epoch = len(self.epoch(0))
+        if self.per_epoch == 0:
+            raise ConfigError(f"data: {len(lengths)} training examples cannot be shared by {d.world} processes; "
+                              "give more examples or use fewer processes")
+        self.n = len(lengths)
+        self.auto = t.max_steps is None and t.epochs is None
+        if t.max_steps:
+            self.total = t.max_steps
+        elif t.epochs is not None:
+            self.total = max(1, math.ceil(t.epochs * self.per_epoch))
+        else:  # automatic: at least auto_min_steps, in at most auto_max_epochs whole epochs
+            self.total = min(t.auto_max_epochs, math.ceil(t.auto_min_steps / self.per_epoch)) * self.per_epoch
+
+    def describe(self, world: int) -> str:
+        """E.g. "training 6 epochs = 228 steps (auto: 1,200 examples)"."""
+        epochs = self.total / self.per_epoch
+        shown = f"{epochs:g}" if epochs == int(epochs) else f"{epochs:.2f}"
+        how = f"auto: {self.n * world:,} examples" if self.auto else f"{self.n * world:,} examples"
+        return f"training {shown} epoch{'s' if epochs != 1 else ''} = {self.total:,} steps ({how})"
+
+    def epoch(self, e: int) -> list[list[list[int]]]:
+        if self._cache is None or self._cache[0] != e:
+            self._cache = (e, step_plan(epoch=e, **self._args))
+        return self._cache[1]
+
+    def step(self, s: int) -> tuple[int, list[list[int]]]:
+        e, k = divmod(s, self.per_epoch)
+        return e, self.epoch(e)[k]
 
 
 @dataclass
 class TrainResult:
     steps: int = 0
     train_seconds: float = 0.0
-    real_tokens: int = 0  # non-padding tokens seen in training
-    padded_tokens: int = 0  # tokens including padding
+    real_tokens: int = 0  # non-padding tokens seen in training (all processes)
+    padded_tokens: int = 0  # tokens including padding (all processes)
     best_metric: float | None = None
     best_step: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
-    best_state: dict[str, torch.Tensor] | None = None
+    best_state: dict[str, torch.Tensor] | None = None  # trainable weights of the best step (rank 0)
+    bad_evals: int = 0  # evaluations since the best one (early stopping)
+    first_loss: float | None = None  # the first logged training loss
+    last_loss: float | None = None  # the last logged training loss
 
     @property
     def tokens_per_second(self) -> float:
         return self.real_tokens / self.train_seconds if self.train_seconds else 0.0
 
-
-class Logger:
-    """Metrics to ``log.jsonl`` and TensorBoard (rank 0 only)."""
-
-    def __init__(self, run_dir: Path | None, enabled: bool) -> None:
-        self.enabled = enabled and run_dir is not None
-        self.path = run_dir / "log.jsonl" if self.enabled else None
-        self.tb = None
-        if self.enabled:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-
-    def log(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and key != "step":
-                self.tb.add_scalar(key, value, record.get("step", 0))
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+    LOOP_KEYS = ("steps", "train_seconds", "real_tokens", "padded_tokens", "best_metric", "best_step", "history",
+                 "bad_evals", "first_loss", "last_loss")
 
 
-def fit(model: nn.Module, task: Any, data: Prepared, cfg: RunConfig, rt: Runtime, lr: float,
-        run_dir: Path | None = None, progress: bool = True, resume: bool = False,
-        regularizers: tuple[Any, ...] = ()) -> TrainResult:
-    """Train ``model`` in place; returns timings, history and the best trainable state (by validation).
-    With ``run_dir`` a resumable checkpoint is written atomically every ``train.save_every`` steps (default:
-    at each evaluation); ``resume`` continues from it, batch for batch, to the same result."""
+def group_by_length(cfg: RunConfig, task: Task) -> bool:
+    """``train.group_by_length``, or where unset the task's default (``task.group_by_length``)."""
+    return cfg.train.group_by_length if cfg.train.group_by_length is not None else task.group_by_length
+
+
+def fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runtime, run_dir: Path | None = None,
+        progress: bool = True, resume: bool = False, regularizers: tuple[Any, ...] = ()) -> TrainResult:
+    """Train ``model`` in place; returns timings, history and the best trainable state (by validation; the
+    final one without validation). With ``run_dir`` rank 0 writes a resumable checkpoint every
+    ``train.save_every`` steps (default: at each evaluation); ``resume`` continues from it, batch for batch,
+    to the same result."""
     t = cfg.train
-    rank, world = rank_world()
+    d = distributed.current()
     torch.manual_seed(t.seed)
-    train_model: nn.Module = WithLoss(model, task, regularizers)
-    if world > 1:
-        train_model = nn.parallel.DistributedDataParallel(train_model)
-    optimizer = build_optimizer(model, cfg, lr)
-    lengths = [len(e["input_ids"]) for e in data.train]
-    grouped = group_by_length(cfg, task)
-    micro_per_epoch = len(batch_order(lengths, t.batch_size, t.seed, 0, True, grouped, rank, world,
-                                      t.length_group_batches))
-    steps_per_epoch = max(1, micro_per_epoch // t.grad_accum)
-    total = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    plan = StepPlan([len(e["input_ids"]) for e in data.train], cfg, group_by_length(cfg, task), d)
+    blocks = list(find_layers(model)[1]) if t.distributed == "fsdp" else []
+    module = distributed.wrap(WithLoss(model, task, regularizers), t.distributed, blocks, rt.bf16, rt.device)
+    optimizer, names = build_optimizer(module, cfg)
+    total = plan.total
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.schedule, int(t.warmup_ratio * total), total))
-    eval_every = t.eval_every or steps_per_epoch
-    logger = Logger(run_dir, rank == 0)
+    eval_every = t.eval_every or plan.per_epoch
+    save_every = eval_every if t.save_every is None else t.save_every
+    patience = t.early_stopping if t.early_stopping is not None or not plan.auto else AUTO_PATIENCE
+    if progress and d.main:
+        print(plan.describe(d.world), file=sys.stderr)
+    logger = Logger(run_dir, d.main)
     result = TrainResult()
     sign = 1 if task.greater_is_better else -1
-    bad_evals = 0
-    params = [p for p in model.parameters() if p.requires_grad]
-    bar = tqdm(total=total, desc="train", disable=not progress or rank != 0, dynamic_ncols=True)
-    epoch, step, skip, running = 0, 0, 0, []
-    save_every = eval_every if t.save_every is None else t.save_every
-    if resume:
-        loop, result.best_state = checkpoint.load_training_state(run_dir, model, optimizer, scheduler)
-        epoch, step, skip, bad_evals = loop["epoch"], loop["step"], loop["micro"], loop["bad_evals"]
-        for key in ("real_tokens", "padded_tokens", "best_metric", "best_step", "history", "train_seconds"):
+    params = [p for p in module.parameters() if p.requires_grad]
+    if resume and run_dir is not None and checkpoint.has_training_state(run_dir):
+        loop = checkpoint.load_training_state(run_dir, module, optimizer, names, scheduler, rt.device)
+        for key in TrainResult.LOOP_KEYS:
             setattr(result, key, loop[key])
-        bar.update(step)
-    def log_train_loss(losses: list[float], step: int, epoch: int) -> None:
-        train_loss = sum(losses) / len(losses)
-        bar.set_postfix(loss=f"{train_loss:.4f}")
-        logger.log({"step": step, "epoch": epoch, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0]})
-        result.history.append({"step": step, "train_loss": train_loss})
-
+        result.best_state = loop["best_state"]
+    step = result.steps
+    bar = tqdm(total=total, initial=step, desc="train", disable=not progress or not d.main, dynamic_ncols=True)
+    logged = torch.zeros(2, dtype=torch.float64, device=rt.device)  # this rank's loss sum, all ranks' units
     start = time.perf_counter() - result.train_seconds
     while step < total:
-        order = batch_order(lengths, t.batch_size, t.seed, epoch, True, grouped, rank, world,
-                            t.length_group_batches)
-        batches = iterate(data.train, order[skip:], rt.pad_id, rt.padding_free)
-        for micro, batch in enumerate(batches, start=skip):
-            if step >= total:
-                break
-            model.train()
+        epoch, micro = plan.step(step)
+        batches = list(iterate(data.train, micro, rt.pad_id, rt.padding_free))
+        units = [int(task.units(b)) for b in batches]
+        masks = [b["attention_mask"] for b in batches]
+        counts = distributed.all_sum(torch.tensor([sum(units), sum(int(m.sum()) for m in masks),
+                                                   sum(m.numel() for m in masks)], dtype=torch.float64))
+        window_units, real, padded = (int(c) for c in counts)
+        result.real_tokens, result.padded_tokens = result.real_tokens + real, result.padded_tokens + padded
+        scale = d.world / max(window_units, 1)  # DDP/FSDP average gradients over ranks: undo it
+        model.train()
+        for i, batch in enumerate(batches):
             batch = {k: v.to(rt.device, non_blocking=True) for k, v in batch.items()}
-            result.real_tokens += int(batch["attention_mask"].sum())
-            result.padded_tokens += batch["attention_mask"].numel()
-            last_micro = (micro + 1) % t.grad_accum == 0
-            sync = contextlib.nullcontext() if last_micro or world == 1 else train_model.no_sync()
-            with sync, autocast(rt.device, rt.bf16):
-                loss = train_model(batch) / t.grad_accum
-            with sync:
-                loss.backward()
-            running.append(loss.detach().item() * t.grad_accum)
-            if not last_micro:
-                continue
-            if t.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-            if step % t.log_every == 0 or step == total:
-                log_train_loss(running, step, epoch)
-                running = []
-            if (step % eval_every == 0 or step == total) and data.validation:
-                elapsed = time.perf_counter() - start
+            with distributed.gradient_sync(module, i == len(batches) - 1):
+                with autocast(rt.device, rt.bf16):
+                    objective, batch_loss = module(batch, scale, 1.0 / len(batches))
+                objective.backward()
+            logged[0] += batch_loss.double()
+        logged[1] += window_units
+        if t.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        if step % t.log_every == 0 or step == total:
+            _log_train_loss(result, logger, bar, logged, step, epoch, scheduler.get_last_lr()[0])
+        stop = False
+        if (step % eval_every == 0 or step == total) and data.validation:
+            elapsed = time.perf_counter() - start
+            with distributed.unsharded(module):
                 metrics = task.evaluate(model, data.validation, rt, cfg, data.meta)
-                start = time.perf_counter() - elapsed  # evaluation time is not training time
-                value = metrics[task.metric]
-                logger.log({"step": step, **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}})
-                result.history.append({"step": step, f"val_{task.metric}": value, "val_loss": metrics.get("loss")})
-                if result.best_metric is None or sign * value > sign * result.best_metric:
-                    result.best_metric, result.best_step, bad_evals = value, step, 0
-                    result.best_state = trainable_state(model)
-                else:
-                    bad_evals += 1
-                    if t.early_stopping and bad_evals >= t.early_stopping:
-                        total = step  # stop: no improvement for `early_stopping` evaluations
-                        break
-            if run_dir is not None and rank == 0 and save_every and step % save_every == 0 and step < total:
-                result.train_seconds = time.perf_counter() - start
-                loop = {"epoch": epoch, "step": step, "micro": micro + 1, "bad_evals": bad_evals,
-                        **{k: getattr(result, k) for k in ("real_tokens", "padded_tokens", "best_metric",
-                                                            "best_step", "history", "train_seconds")}}
-                checkpoint.save_training_state(run_dir, model, optimizer, scheduler, loop, result.best_state)
-        epoch, skip = epoch + 1, 0
+            checkpoint.crash_point("after-evaluation")
+            start = time.perf_counter() - elapsed  # evaluation time is not training time
+            stop = _record_evaluation(result, logger, metrics, task.metric, sign, step, module, patience)
+        if stop:
+            total = step
+        elif run_dir is not None and save_every and step % save_every == 0 and step < total:
+            result.steps, result.train_seconds = step, time.perf_counter() - start
+            checkpoint.save_training_state(run_dir, module, optimizer, names, scheduler,
+                                           {k: getattr(result, k) for k in TrainResult.LOOP_KEYS},
+                                           result.best_state, rt.device)
     result.train_seconds = time.perf_counter() - start
     result.steps = step
-    if running:  # early stopping ended the run between two logged steps
-        log_train_loss(running, step, epoch - 1)
+    if logged[1] > 0:  # early stopping ended the run between two logged steps
+        _log_train_loss(result, logger, bar, logged, step, epoch, scheduler.get_last_lr()[0])
     bar.close()
     logger.close()
-    if result.best_state is None:  # no validation: the final weights are the result; not copied (a copy of a
-        #                             full fine-tuning's weights raised the peak memory by their whole size)
-        result.best_state = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    if result.best_state is None:  # no validation: the final weights are the result
+        result.best_state = checkpoint.model_names(distributed.full_state(module))
     return result
 
 
-def plot_loss_curve(history: list[dict[str, Any]], path: Path, metric: str) -> None:
-    """Training loss (and validation metric) against steps, saved as PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _log_train_loss(result: TrainResult, logger: Logger, bar: Any, logged: torch.Tensor, step: int, epoch: int,
+                    lr: float) -> None:
+    """Log the training loss since the last log: loss sum / units over all ranks (weighted like validation);
+    ``logged`` is reset. Every rank calls it at the same steps."""
+    train_loss = float(distributed.all_sum(logged[0]) / logged[1].clamp_min(1))
+    logged.zero_()
+    bar.set_postfix(loss=f"{train_loss:.4f}")
+    logger.log({"step": step, "epoch": epoch, "train_loss": train_loss, "lr": lr})
+    result.history.append({"step": step, "train_loss": train_loss})
+    result.first_loss = train_loss if result.first_loss is None else result.first_loss
+    result.last_loss = train_loss
 
-    train = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
-    val = [(h["step"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if train:
-        ax.plot(*zip(*train), label="train loss")
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.set_title(f"loss curve (best checkpoint by validation {metric})")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+
+def _record_evaluation(result: TrainResult, logger: Logger, metrics: dict[str, Any], metric: str, sign: int,
+                       step: int, module: nn.Module, patience: int | None) -> bool:
+    """Log validation metrics, keep the best trainable state; True when early stopping ends the run."""
+    value = metrics[metric]
+    logger.log({"step": step, **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}})
+    result.history.append({"step": step, f"val_{metric}": value, "val_loss": metrics.get("loss")})
+    if result.best_metric is None or sign * value > sign * result.best_metric:
+        result.best_metric, result.best_step, result.bad_evals = value, step, 0
+        result.best_state = checkpoint.model_names(distributed.full_state(module))
+        return False
+    result.bad_evals += 1
+    return bool(patience and result.bad_evals >= patience)

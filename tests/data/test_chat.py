@@ -4,6 +4,7 @@ import json
 import pytest
 
 from lm_helpers import tiny_tokenizer
+from tuneforge.data.dataset import prepare
 from tuneforge.config import ConfigError, DataConfig, load_config
 from tuneforge.data import chat, embedded
 from tuneforge.tasks import causal_lm
@@ -175,31 +176,34 @@ def test_bad_conversations_name_file_row_and_fix(tmp_path, bad, message):
     good = {"messages": _conv("hi", "hello !")}
     cfg = load_config(None, {"model": {"task": "causal_lm"}, "data": {"dataset": _write(tmp_path, [good, bad, good])}})
     with pytest.raises(ConfigError, match=message):
-        causal_lm.Task().prepare(cfg, tiny_tokenizer())
+        prepare(cfg, causal_lm.Task(), tiny_tokenizer())[1]
 
 
 def test_pair_with_empty_answer_names_file_and_row(tmp_path):
     rows = [{"instruction": "say yes", "output": "yes ."}] * 3 + [{"instruction": "say no", "output": ""}]
     cfg = load_config(None, {"model": {"task": "causal_lm"}, "data": {"dataset": _write(tmp_path, rows)}})
     with pytest.raises(ConfigError, match=r"bad.jsonl, row 4: empty answer in column 'output'; fill it in or remove the row"):
-        causal_lm.Task().prepare(cfg, tiny_tokenizer())
+        prepare(cfg, causal_lm.Task(), tiny_tokenizer())[1]
 
 
 def test_parquet_chat_and_csv_pairs_with_chosen_columns(tmp_path):
     import pandas as pd
 
-    conv = _conv("hi", "hello !", "say yes", "yes .")
-    pd.DataFrame({"messages": [conv] * 10}).to_parquet(tmp_path / "chat.parquet")
+    numbers = "one two three four five six seven eight nine ten".split()
+    convs = [_conv("hi", "hello !", f"say {n}", f"{n} .") for n in numbers]  # ten distinct conversations
+    pd.DataFrame({"messages": convs}).to_parquet(tmp_path / "chat.parquet")
     cfg = load_config(None, {"model": {"task": "causal_lm"}, "data": {"dataset": str(tmp_path / "chat.parquet")}})
-    data = causal_lm.Task().prepare(cfg, tiny_tokenizer())
+    data = prepare(cfg, causal_lm.Task(), tiny_tokenizer())[1]
     assert data.meta["format"] == "chat" and len(data.train) == 8
-    assert _kept(tiny_tokenizer(), data.train[0]) == "hello ! <|end|> yes . <|end|>"
-    pd.DataFrame({"question": ["say yes"] * 10, "answer": ["yes ."] * 10}).to_csv(tmp_path / "qa.csv", index=False)
+    assert _kept(tiny_tokenizer(), data.train[0]).startswith("hello ! <|end|> ")
+    pd.DataFrame({"question": [f"say {n}" for n in numbers], "answer": [f"{n} ." for n in numbers]}).to_csv(
+        tmp_path / "qa.csv", index=False)
     cfg = load_config(None, {"model": {"task": "causal_lm"}, "data": {
         "dataset": str(tmp_path / "qa.csv"), "text_column": "question", "label_column": "answer"}})
-    data = causal_lm.Task().prepare(cfg, tiny_tokenizer())
-    assert data.meta["format"] == "pairs" and _kept(tiny_tokenizer(), data.test[0]) == "yes . <|end|>"
-    assert data.raw_test[0] == {"question": "say yes", "answer": "yes ."}
+    data = prepare(cfg, causal_lm.Task(), tiny_tokenizer())[1]
+    n = data.raw_test[0]["question"].split()[1]
+    assert data.meta["format"] == "pairs" and _kept(tiny_tokenizer(), data.test[0]) == f"{n} . <|end|>"
+    assert data.raw_test[0] == {"question": f"say {n}", "answer": f"{n} ."}
 
 
 def test_chatterbot_is_deduplicated_before_splitting():
@@ -209,7 +213,8 @@ def test_chatterbot_is_deduplicated_before_splitting():
     assert {"tech_support", "ai", "trivia"} <= {r["category"] for r in records}
     cfg = load_config(None, {"model": {"task": "causal_lm"}, "data": {"dataset": "chatterbot"}})
     from tuneforge.data.dataset import load_splits
-    train, val, test = load_splits(cfg.data)
+    splits = load_splits(cfg, causal_lm.Task())
+    train, val, test = (splits.records[k] for k in ("train", "validation", "test"))
     seen = {(r["instruction"], r["output"]) for r in train}
     assert not seen & {(r["instruction"], r["output"]) for r in test + val}
 

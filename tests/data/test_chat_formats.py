@@ -5,6 +5,7 @@ import json
 import pytest
 
 from lm_helpers import tiny_tokenizer
+from tuneforge.data.dataset import prepare
 from tuneforge.config import ConfigError, DataConfig, load_config
 from tuneforge.data import chat
 from tuneforge.tasks import causal_lm
@@ -65,7 +66,7 @@ def _write(path, rows):
 
 def _prepare(dataset, **data):
     cfg = load_config(None, {"model": {"task": "causal_lm"}, "data": {"dataset": dataset, **data}})
-    return causal_lm.Task().prepare(cfg, tiny_tokenizer())
+    return prepare(cfg, causal_lm.Task(), tiny_tokenizer())[1]
 
 
 def test_sharegpt_jsonl_trains_exactly_like_openai_messages(tmp_path):
@@ -87,19 +88,21 @@ def test_parquet_conversations_of_mixed_message_keys(tmp_path):
     rows = [_sharegpt(), OPENAI] * 5  # one struct column holding from/value and role/content (the others null)
     pd.DataFrame({"conversations": rows}).to_parquet(tmp_path / "chat.parquet")
     data = _prepare(str(tmp_path / "chat.parquet"))
-    assert data.meta["format"] == "chat" and len(data.train) == 8
-    assert all(ex == _encode(OPENAI) for ex in data.train + data.validation + data.test)
+    examples = data.train + data.validation + data.test
+    assert data.meta["format"] == "chat" and len(examples) == 10  # duplicates: kept together in one split
+    assert all(ex == _encode(OPENAI) for ex in examples)
 
 
 def test_a_conversation_column_of_another_name_is_chosen_with_text_column(tmp_path):
     path = _write(tmp_path / "lmsys.jsonl", [{"conversation": OPENAI}] * 10)
-    assert _prepare(path, format="chat", text_column="conversation").train[0] == _encode(OPENAI)
+    data = _prepare(path, format="chat", text_column="conversation")
+    assert (data.train + data.validation + data.test)[0] == _encode(OPENAI)
 
 
 @pytest.mark.parametrize("role,message", [
     ("narrator", r"bad.jsonl, row 2: message 2 has unknown role 'narrator'; use system, user or assistant "
-                 r"\(also human for user; gpt, bot, model or chatgpt for assistant\)$"),
-    ("observation", r"bad.jsonl, row 2: message 2 has tool role 'observation'; .*drop those messages or the row$"),
+                 r"\(also human for user; gpt, bot, model or chatgpt for assistant\); fix the row"),
+    ("observation", r"bad.jsonl, row 2: message 2 has tool role 'observation'; .*drop those messages or the row;"),
     ("function_call", r"bad.jsonl, row 2: message 2 has tool role 'function_call'"),
     ("tool", r"bad.jsonl, row 2: message 2 has tool role 'tool'"),
 ])

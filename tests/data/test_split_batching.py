@@ -1,3 +1,4 @@
+import pytest
 from collections import Counter
 
 import torch
@@ -42,11 +43,22 @@ def test_length_windows_keep_batches_varied():
     assert sum(spread(small)) > 5 * sum(spread(global_))  # about 8x: 32 of 128 random lengths per batch
 
 
-def test_rank_sharding_partitions_batches():
-    lengths = list(range(100))
-    shards = [batch_order(lengths, 8, 0, 0, rank=r, world_size=3) for r in range(3)]
-    seen = [i for s in shards for b in s for i in b]
-    assert len(seen) == len(set(seen)) and len({len(s) for s in shards}) == 1
+@pytest.mark.parametrize("n, batch, accum, world", [(100, 8, 1, 3), (100, 4, 2, 2), (20, 32, 2, 1), (37, 2, 3, 2)])
+def test_step_plan_splits_each_global_batch_into_ranks_and_micro_batches(n, batch, accum, world):
+    from tuneforge.data.batching import step_plan
+
+    lengths = [i % 17 for i in range(n)]
+    plans = [step_plan(lengths, batch, accum, 0, 0, True, 4, r, world) for r in range(world)]
+    glob = batch_order(lengths, batch * accum * world, 0, 0, True, True, window=4)
+    kept = [b for b in glob if len(b) >= world]  # a last global batch smaller than the world is dropped
+    assert all(len(p) == len(kept) for p in plans)  # every rank takes the same number of steps
+    for step, global_batch in enumerate(kept):
+        shares = [[i for micro in p[step] for i in micro] for p in plans]
+        assert sorted(i for s in shares for i in s) == sorted(global_batch)  # a step is exactly one global batch
+        for p in plans:
+            assert 1 <= len(p[step]) <= accum and all(p[step])  # no empty micro-batch
+            if len(global_batch) == batch * accum * world:
+                assert [len(m) for m in p[step]] == [batch] * accum
 
 
 def test_collate_pads_and_masks():

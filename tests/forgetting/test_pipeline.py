@@ -38,11 +38,39 @@ def test_sequential_run_measures_task1_with_its_own_head(setup):
     assert m["test_after"]["n"] > 0 and len(m["test_after"]["per_class"]) == 3  # task 2 has its own 3-label head
 
 
+def _moved(run_dir, task1_dir, weights=None):
+    """Squared distance of a full run's backbone weights to task 1's (heads excluded), optionally weighted
+    per weight (EWC: by the Fisher information of task 1)."""
+    from safetensors.torch import load_file
+
+    a, b = load_file(run_dir / "model" / "model.safetensors"), load_file(task1_dir / "model" / "model.safetensors")
+    keys = [k for k in a if k in b and not k.startswith("classifier")]
+    return sum(float(((a[k] - b[k]).pow(2) * (weights[k] if weights else 1)).sum()) for k in keys)
+
+
+def _task1_fisher(task1):
+    """Task 1's diagonal Fisher on its training split (what EWC weights its penalty with)."""
+    from tuneforge.data.batching import collate
+    from tuneforge.forgetting.probes import mean_loss
+    from tuneforge.forgetting.regularize import estimate_fisher
+
+    run = load(task1.run_dir, device="cpu")
+    for p in run.model.parameters():
+        p.requires_grad_(True)
+    batches = [collate([e], run.rt.pad_id) for e in run.prepared().train[:16]]
+    return estimate_fisher(run.model, lambda m, b: mean_loss(run.task, m, b), batches)
+
+
 @pytest.mark.parametrize("kind", ["l2sp", "ewc"])
-def test_regularised_sequential_runs(setup, kind):
+def test_regularised_sequential_runs_stay_closer_to_task1(setup, kind):
     root, base, task1 = setup
-    m = _task2(root, base, task1, f"reg-{kind}", regularize={"kind": kind, "strength": 1.0, "fisher_batches": 8})
-    assert m["forgetting"]["after"] is not None
+    free = _task2(root, base, task1, f"free-{kind}")
+    reg = _task2(root, base, task1, f"reg-{kind}", regularize={"kind": kind, "strength": 1e4, "fisher_batches": 8})
+    assert reg["forgetting"]["after"] is not None and free["steps"] == reg["steps"]
+    weights = _task1_fisher(task1) if kind == "ewc" else None  # the distance each penalty measures
+    moved_free = _moved(root / f"free-{kind}", task1.run_dir, weights)
+    moved_reg = _moved(root / f"reg-{kind}", task1.run_dir, weights)
+    assert moved_reg < 0.7 * moved_free, (kind, moved_reg, moved_free)  # the penalty pulls toward the anchor
 
 
 def test_sequential_lora_run_reloads_on_task1_weights_and_leaves_no_temporary_model(setup, tmp_path, monkeypatch):
@@ -87,9 +115,10 @@ def test_regularisation_refuses_methods_that_train_no_pretrained_weight(setup):
 def test_replay_and_augmentation_grow_the_training_split(setup):
     root, base, _ = setup
     cfg = {**base, "data": {"dataset": str(root / "sentiment.csv")}, "train": {**base["train"], "max_steps": 1}}
-    plain = train({**cfg, "output_dir": str(root / "plain")}, progress=False).metrics["examples"]["train"]
+    plain = train({**cfg, "output_dir": str(root / "plain")}, progress=False).metrics["examples"]["trained_per_epoch"]
     replay = train({**cfg, "output_dir": str(root / "replay"),
                     "forgetting": {"replay": {"data": str(root / "sentiment.csv"), "ratio": 0.5}}}, progress=False)
-    assert replay.metrics["examples"]["train"] == 2 * plain  # ratio 0.5: as many replay as task examples
+    assert replay.metrics["examples"]["trained_per_epoch"] == 2 * plain  # ratio 0.5: as many replay as task examples
     aug = train({**cfg, "output_dir": str(root / "aug"), "forgetting": {"augment": {"copies": 2}}}, progress=False)
-    assert aug.metrics["examples"]["train"] == 3 * plain
+    assert aug.metrics["examples"]["trained_per_epoch"] == 3 * plain
+    assert aug.metrics["examples"]["train"] == replay.metrics["examples"]["train"] == plain  # the split itself

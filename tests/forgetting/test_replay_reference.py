@@ -6,6 +6,7 @@ import torch
 
 from lm_helpers import QA, model_folder, write_pairs
 from tuneforge import tasks
+from tuneforge.data.dataset import prepare
 from tuneforge.forgetting.pipeline import mix_replay, reference_probe
 from tuneforge.forgetting.replay import replay_count
 from tuneforge.models import load_tokenizer
@@ -23,7 +24,7 @@ def test_replay_pool_excludes_the_reference_examples(tmp_path):
                           "forgetting": {"reference": str(chats), "reference_examples": 12,
                                          "replay": {"data": str(chats), "ratio": 0.3}}})
     task, tokenizer = tasks.get("causal_lm"), load_tokenizer(folder)
-    data = task.prepare(cfg, tokenizer)
+    splits, data = prepare(cfg, task, tokenizer)
     rt = tasks.Runtime(device=torch.device("cpu"), bf16=False, pad_id=tokenizer.pad_token_id)
     probe = reference_probe(cfg, task, tokenizer, rt, data.meta)
     assert len(probe.examples) == 12
@@ -31,7 +32,7 @@ def test_replay_pool_excludes_the_reference_examples(tmp_path):
     assert len(fisher) == 12 and not fisher & {tuple(e["input_ids"]) for e in probe.examples}
     own = {id(e) for e in data.train}
     n_train = len(data.train)
-    replayed = [e for e in mix_replay(cfg, task, tokenizer, data, probe).train if id(e) not in own]
+    replayed = [e for e in mix_replay(cfg, task, tokenizer, data, splits.held_out, probe).train if id(e) not in own]
     assert len(replayed) == replay_count(n_train, 0.3) > 0
     held_out = {tuple(e["input_ids"]) for e in probe.examples}
     assert not held_out & {tuple(e["input_ids"]) for e in replayed}

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from tuneforge.data.dataset import prepare
 from tuneforge.run import load, train
 from conftest import tiny_causal_lm
 from lm_helpers import QA, model_folder, single_thread, tiny_tokenizer, write_pairs
@@ -41,7 +42,7 @@ def test_head_only_loss_equals_the_full_forward_hf_loss(family):
     assert (batch["labels"] == -100).any() and (batch["attention_mask"] == 0).any()  # masked prompt + padding
     task = get("causal_lm")
     with torch.no_grad():
-        ours = task.loss(model, batch)
+        ours = task.loss(model, batch) / task.units(batch)  # the task sums; the loop divides by the units
         hf = model(**batch).loss  # HF shifts labels and averages over kept tokens
     assert causal_lm._backbone(model) is not None  # the fast path was taken
     torch.testing.assert_close(ours, hf, rtol=1e-5, atol=1e-5)
@@ -153,14 +154,18 @@ def test_model_without_template_and_no_template_named_is_a_clear_error(tmp_path)
     folder = model_folder(tmp_path / "plain", "llama", template=False)
     cfg = load_config(None, _cfg(tmp_path, folder))
     with pytest.raises(ConfigError, match="no chat template; name one with data.template"):
-        get("causal_lm").prepare(cfg, load_tokenizer(folder))
+        prepare(cfg, get("causal_lm"), load_tokenizer(folder))
 
 
-def test_encode_file_detects_the_layout_and_samples_a_limit(tmp_path):
-    cfg = load_config(None, {"model": {"task": "causal_lm", "max_length": 32}})
+def test_encode_any_detects_the_layout_of_another_source(tmp_path):
+    from tuneforge.data.dataset import source_records
+
+    cfg = load_config(None, {"model": {"task": "causal_lm", "max_length": 32}})  # data.format auto
     path = str(write_pairs(tmp_path / "pairs.jsonl", repeat=1))
     task, tok = get("causal_lm"), tiny_tokenizer()
-    every = task.encode_file(path, cfg, tok, {"chat_template": None})
-    some = task.encode_file(path, cfg, tok, {"chat_template": None}, limit=5)
-    assert len(every) == len(QA) and len(some) == 5
-    assert all(e in every for e in some)
+    records, where = source_records(task, path, cfg)
+    assert len(records) == len(QA) and where[0].endswith("pairs.jsonl, row 1")
+    pairs = task.encode_any(records, cfg, tok, {"format": "chat", "chat_template": None}, where)  # the run: chat
+    as_chat = [{"messages": [{"role": "user", "content": r["instruction"]},
+                             {"role": "assistant", "content": r["output"]}]} for r in records]
+    assert pairs == task.encode(as_chat, cfg, tok, {"format": "chat", "chat_template": None}, where)

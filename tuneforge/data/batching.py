@@ -1,4 +1,5 @@
-"""Batching: length-grouped batch order (cuts padding), rank sharding for torch.distributed, padding collate,
+"""Batching: length-grouped batch order (cuts padding), optimizer steps split into ranks and micro-batches
+(``step_plan``), padding collate,
 and padding-free (packed) collate for causal LMs."""
 from __future__ import annotations
 
@@ -15,15 +16,13 @@ PAD_FIELDS = {"input_ids": None, "labels": -100, "token_type_ids": 0, "position_
 
 
 def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, shuffle: bool = True,
-                group_by_length: bool = True, rank: int = 0, world_size: int = 1, window: int = 64
-                ) -> list[list[int]]:
+                group_by_length: bool = True, window: int = 64) -> list[list[int]]:
     """Indices of each batch for one epoch.
 
     With ``group_by_length`` the data is shuffled, cut into windows of ``window`` batches
     (``train.length_group_batches``), each sorted by length and cut into batches whose order is shuffled
     again (Trainer's ``group_by_length`` idea; it uses windows of 50): similar lengths share a batch, yet
-    batches stay random. Smaller windows give more varied batches and more padding. With several ranks each
-    rank takes every ``world_size``-th batch (batches are dropped to an equal count, like DistributedSampler).
+    batches stay random. Smaller windows give more varied batches and more padding.
     """
     idx = list(range(len(lengths)))
     rng = random.Random(seed * 1_000_003 + epoch)
@@ -36,10 +35,31 @@ def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, 
     batches = [idx[s:s + batch_size] for s in range(0, len(idx), batch_size)]
     if shuffle and group_by_length:
         rng.shuffle(batches)
-    if world_size > 1:
-        usable = len(batches) - len(batches) % world_size
-        batches = batches[:usable][rank::world_size]
     return batches
+
+
+def step_plan(lengths: Sequence[int], batch_size: int, grad_accum: int, seed: int, epoch: int,
+              group_by_length: bool = True, window: int = 64, rank: int = 0, world_size: int = 1
+              ) -> list[list[list[int]]]:
+    """One epoch of optimizer steps: for each step, this rank's micro-batches (lists of example indices).
+
+    A step trains one global batch of ``batch_size x grad_accum x world_size`` examples (``batch_order`` on the
+    global size, so the same examples make a step whatever the split into processes and micro-batches). Rank
+    ``r`` takes every ``world_size``-th example of the global batch, starting at ``r`` (ranks get similar
+    lengths), and cuts its share into ``grad_accum`` micro-batches of ``batch_size`` in order (length-grouped
+    examples stay together). The epoch's last global batch may be smaller: its share is cut into at most
+    ``grad_accum`` micro-batches of near-equal size; with fewer examples than processes it is dropped.
+    """
+    size = batch_size * grad_accum * world_size
+    plan = []
+    for batch in batch_order(lengths, size, seed, epoch, True, group_by_length, window=window):
+        if len(batch) < world_size:
+            continue  # too small to give every process an example
+        share = batch[rank::world_size]
+        n = min(grad_accum, len(share))
+        cuts = [len(share) * k // n for k in range(n + 1)]
+        plan.append([share[cuts[k]:cuts[k + 1]] for k in range(n)])
+    return plan
 
 
 def positions(example: dict[str, Any]) -> list[int]:
@@ -54,7 +74,8 @@ def without_positions(examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad per-token fields to the longest example; build ``attention_mask``. Where some example has
+    """Right-pad per-token fields to the longest example; build ``attention_mask``. Fields whose name starts
+    with ``_`` are the task's bookkeeping and stay out of the batch. Where some example has
     ``position_ids`` (a ``data.packing`` row) every one gets them; padding sits at position 0, so each padding
     token is a sequence of its own and the model (given no attention mask) keeps packed examples apart."""
     longest = max(len(e["input_ids"]) for e in examples)
@@ -62,6 +83,8 @@ def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tens
         examples = [{**e, "position_ids": positions(e)} for e in examples]
     batch: dict[str, torch.Tensor] = {}
     for name in examples[0]:
+        if name.startswith("_"):  # bookkeeping of the task (e.g. word ids), not a model input
+            continue
         values = [e[name] for e in examples]
         if isinstance(values[0], (list, tuple)):
             pad = pad_id if PAD_FIELDS.get(name, 0) is None else PAD_FIELDS.get(name, 0)

@@ -1,55 +1,232 @@
-"""Records for each split: an embedded data set or files, split by seeded fractions (stratified) or given."""
+"""Records for each split, with where every record came from: read every source, check every row before
+anything is created, group exact duplicates, split (seeded, stratified) or take the given files, and record
+the split (source fingerprints + row numbers) so a run can be evaluated on exactly its own test rows later.
+
+The task decides how a source is read and what a row must hold (``Task.read_source``, ``Task.row_problem``,
+``Task.input_text``, ``Task.stratum``); this module never looks at a task's name.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 import random
-from collections.abc import Callable
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from tuneforge.config import ConfigError, DataConfig
+from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import embedded
-from tuneforge.data.readers import SUFFIXES, read_records, require_columns
 from tuneforge.data.split import split
 
-Records = list[dict[str, Any]]
+Record = dict[str, Any]
+SPLITS = ("train", "validation", "test")
 
 
-def source_records(name: str, columns: list[str] = ()) -> Records:
-    """Records of an embedded data set name or a file path, checked to have ``columns``."""
-    records = embedded.load(name) if embedded.is_embedded(name) else read_records(name)
-    require_columns(records, list(columns), name)
-    return records
+@dataclass
+class Source:
+    """One data source: an embedded data set or a file, and the fingerprint of its content."""
+    name: str  # as configured
+    path: str | None  # absolute path of a file (None for an embedded set)
+    fingerprint: str  # sha256 of the file's bytes / of an embedded set's records
+    rows: int
 
 
-def load_splits(cfg: DataConfig, columns: list[str] = (), key: Callable[[dict[str, Any]], Any] | None = None
-                ) -> tuple[Records, Records, Records]:
-    """(train, validation, test) records having ``columns``; stratified by ``key``.
-    Separate files win over splitting ``cfg.dataset``."""
-    if cfg.train_file:
-        train = source_records(cfg.train_file, columns)
-        val = source_records(cfg.validation_file, columns) if cfg.validation_file else []
-        test = source_records(cfg.test_file, columns) if cfg.test_file else []
-        if not val or not test:
-            # carve the missing splits out of the training file, keeping the configured proportions
-            rest = cfg.split[1] + cfg.split[2]
-            want_val, want_test = (cfg.split[1] if not val else 0), (cfg.split[2] if not test else 0)
-            if rest > 0 and want_val + want_test > 0:
-                keep = 1 - want_val - want_test
-                train, v, t = split(train, [keep, want_val, want_test], cfg.seed, key)
-                val, test = val or v, test or t
+@dataclass
+class Splits:
+    """The three splits' records, each with its (source index, row index)."""
+    records: dict[str, list[Record]]
+    rows: dict[str, list[tuple[int, int]]]
+    sources: list[Source]
+    duplicates: int = 0  # rows whose input text (whitespace-normalised) repeats an earlier row's
+    skipped: int = 0  # invalid rows left out (data.skip_invalid)
+    dropped_overlap: int = 0  # validation/test rows of separate files that repeat a training row
+    empty_texts: int = 0
+    held_out: set[str] = field(default_factory=set)  # input keys of validation + test (never replayed)
+
+    def where(self, name: str) -> list[str]:
+        """``"<source>, row <n>"`` for each record of split ``name`` (1-based rows of the source)."""
+        return [f"{self.sources[s].name}, row {r + 1}" for s, r in self.rows[name]]
+
+    def manifest(self) -> dict[str, Any]:
+        """What ``split.json`` stores."""
+        return {"sources": [vars(s) for s in self.sources], **{k: [list(x) for x in self.rows[k]] for k in SPLITS},
+                "duplicates": self.duplicates, "skipped_invalid": self.skipped,
+                "dropped_overlap": self.dropped_overlap, "empty_texts": self.empty_texts}
+
+    def summary(self) -> dict[str, int]:
+        """Counts for metrics.json and the result table."""
+        return {**{k: len(self.records[k]) for k in SPLITS}, "duplicates": self.duplicates,
+                "skipped_invalid": self.skipped, "dropped_overlap": self.dropped_overlap,
+                "empty_texts": self.empty_texts}
+
+
+def normalise(text: str) -> str:
+    """Whitespace-normalised text: what makes two examples duplicates."""
+    return " ".join(str(text).split())
+
+
+def read_source(task: Any, name: str, cfg: RunConfig) -> tuple[list[Record], Source]:
+    """Records of an embedded data set or a file, with its :class:`Source`."""
+    if embedded.is_embedded(name):
+        records = embedded.load(name)
+        digest = hashlib.sha256(json.dumps(records, sort_keys=True, default=str).encode()).hexdigest()
+        return records, Source(name, None, digest, len(records))
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"data file {path} does not exist")
+    records = task.read_source(str(path), cfg)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return records, Source(name, str(path.resolve()), digest, len(records))
+
+
+def _checked(task: Any, records: list[Record], src: int, source: Source, cfg: RunConfig,
+             counts: dict[str, int]) -> list[tuple[Record, tuple[int, int]]]:
+    """Every row checked (``Task.row_problem``): one-line error naming file, row and column, or with
+    ``data.skip_invalid`` the row is left out and counted."""
+    present = set().union(*(record.keys() for record in records)) if records else set()
+    for column in task.required_columns(cfg):
+        if column not in present:
+            raise ConfigError(f"{source.name}: column '{column}' not found; columns are "
+                              f"{', '.join(map(str, records[0])) if records else 'none'} "
+                              "(choose with data.text_column / data.label_column)")
+    out = []
+    for r, record in enumerate(records):
+        problem = task.row_problem(record, cfg)
+        if problem is not None:
+            if cfg.data.skip_invalid:
+                counts["skipped"] += 1
+                continue
+            raise ConfigError(f"{source.name}, row {r + 1}: {problem}; fix the row, remove it, or skip invalid rows "
+                              "with data.skip_invalid=true")
+        if not normalise(task.input_text(record, cfg)):
+            counts["empty"] += 1
+        out.append((record, (src, r)))
+    return out
+
+
+def _groups(items: list[tuple[Record, tuple[int, int]]], task: Any, cfg: RunConfig
+            ) -> tuple[list[list[tuple[Record, tuple[int, int]]]], int]:
+    """Rows grouped by input text (duplicates go to the same split); returns (groups, duplicate rows)."""
+    groups: dict[str, list] = {}
+    for item in items:
+        groups.setdefault(normalise(task.input_text(item[0], cfg)), []).append(item)
+    return list(groups.values()), len(items) - len(groups)
+
+
+def load_splits(cfg: RunConfig, task: Any) -> Splits:
+    """The configured data as checked, deduplicated splits (separate files win over splitting
+    ``data.dataset``)."""
+    d = cfg.data
+    counts = {"skipped": 0, "empty": 0}
+    names = [n for n in (d.train_file, d.validation_file, d.test_file)] if d.train_file else [d.dataset]
+    sources, checked = [], []
+    for i, name in enumerate(names):
+        if name is None:
+            checked.append([])
+            continue
+        records, source = read_source(task, name, cfg)
+        sources.append(source)
+        checked.append(_checked(task, records, len(sources) - 1, source, cfg, counts))
+    parts: dict[str, list] = {k: [] for k in SPLITS}
+    duplicates = dropped = 0
+    if d.train_file:
+        groups, duplicates = _groups(checked[0], task, cfg)
+        given = {"validation": checked[1], "test": checked[2]}
+        missing = [k for k in ("validation", "test") if not given[k]]
+        if missing and any(d.split[SPLITS.index(k)] > 0 for k in missing):
+            fractions = [d.split[0] + sum(d.split[SPLITS.index(k)] for k in SPLITS[1:] if k not in missing)]
+            fractions += [d.split[SPLITS.index(k)] if k in missing else 0.0 for k in SPLITS[1:]]
+            parts = _split_groups(groups, fractions, d.seed, task, cfg)
+        else:
+            parts["train"] = [x for g in groups for x in g]
+        seen = {normalise(task.input_text(r, cfg)) for r, _ in parts["train"]}
+        for k in ("validation", "test"):
+            for record, where in given[k]:
+                key = normalise(task.input_text(record, cfg))
+                if key in seen:
+                    dropped += 1
+                    continue
+                parts[k].append((record, where))
+            seen |= {normalise(task.input_text(r, cfg)) for r, _ in parts[k]}
+        if d.max_examples is not None:
+            parts["train"] = parts["train"][: d.max_examples]
     else:
-        if not embedded.is_embedded(cfg.dataset) and not cfg.dataset.lower().endswith(SUFFIXES):
-            raise ConfigError(
-                f"data.dataset: '{cfg.dataset}' is neither an embedded data set ({', '.join(embedded.DATASETS)}) "
-                "nor a .csv/.tsv/.jsonl/.json/.parquet file"
-            )
-        records = source_records(cfg.dataset, columns)
-        if cfg.max_examples is not None and cfg.max_examples < len(records):
-            records = list(records)
-            random.Random(cfg.seed).shuffle(records)
-            records = records[: cfg.max_examples]
-        train, val, test = split(records, cfg.split, cfg.seed, key)
-    if cfg.max_examples is not None and cfg.train_file:
-        train = train[: cfg.max_examples]
-    if not train:
+        groups, duplicates = _groups(checked[0], task, cfg)
+        if d.max_examples is not None and d.max_examples < sum(len(g) for g in groups):
+            random.Random(d.seed).shuffle(groups)
+            kept, n = [], 0
+            for g in groups:
+                if n >= d.max_examples:
+                    break
+                kept.append(g)
+                n += len(g)
+            groups = kept
+        parts = _split_groups(groups, d.split, d.seed, task, cfg)
+    if not parts["train"]:
         raise ConfigError("data: the training split is empty; provide more examples or a larger data.split[0]")
-    return train, val, test
+    out = Splits({k: [r for r, _ in v] for k, v in parts.items()}, {k: [w for _, w in v] for k, v in parts.items()},
+                 sources, duplicates, counts["skipped"], dropped, counts["empty"])
+    out.held_out = {normalise(task.input_text(r, cfg)) for k in ("validation", "test") for r in out.records[k]}
+    return out
+
+
+def _split_groups(groups: list[list], fractions: list[float], seed: int, task: Any, cfg: RunConfig
+                  ) -> dict[str, list]:
+    """Seeded split of duplicate groups, stratified by the task's stratum of each group's first row."""
+    stratum = (lambda g: task.stratum(g[0][0], cfg))
+    train, val, test = split(groups, fractions, seed, stratum if task.stratum(groups[0][0][0], cfg) is not None
+                             else None)
+    return {"train": [x for g in train for x in g], "validation": [x for g in val for x in g],
+            "test": [x for g in test for x in g]}
+
+
+def warnings(s: Splits) -> list[str]:
+    """One line per thing the user should know about the data (duplicates, rows left out, empty texts)."""
+    out = []
+    if s.duplicates:
+        out.append(f"note: the data holds {s.duplicates} duplicate example(s) (same text after whitespace "
+                   "normalisation); duplicates are kept in one split")
+    if s.dropped_overlap:
+        out.append(f"warning: {s.dropped_overlap} validation/test row(s) repeat a training example and were left out")
+    if s.skipped:
+        out.append(f"warning: {s.skipped} invalid row(s) skipped (data.skip_invalid)")
+    if s.empty_texts:
+        out.append(f"warning: {s.empty_texts} example(s) have an empty text")
+    return out
+
+
+def prepare(cfg: RunConfig, task: Any, tokenizer: Any) -> tuple[Splits, Any]:
+    """The configured data read, checked, split, augmented (training split) and tokenised by the task:
+    (``Splits``, ``tasks.Prepared``)."""
+    from tuneforge.data.augment import augment_train
+
+    splits = load_splits(cfg, task)
+    records, where = dict(splits.records), {k: splits.where(k) for k in SPLITS}
+    records["train"] = augment_train(records["train"], cfg, task.augment_columns(cfg))
+    where["train"] = [w for w in where["train"] for _ in range(cfg.forgetting.augment.copies + 1)]
+    return splits, task.prepare(cfg, tokenizer, records, where)
+
+
+def restore(manifest: dict[str, Any], name: str, task: Any, cfg: RunConfig) -> tuple[list[Record], list[str]]:
+    """The records of split ``name`` exactly as a run stored them (``split.json``), with their row names;
+    refuses (one line) when a source changed since training."""
+    sources = [Source(**s) for s in manifest["sources"]]
+    cache: dict[int, list[Record]] = {}
+    for i, s in enumerate(sources):
+        records, now = read_source(task, s.path or s.name, cfg)
+        if now.fingerprint != s.fingerprint:
+            raise ConfigError(f"data source {s.path or s.name} changed since training (fingerprint differs); its "
+                              "stored split no longer applies: evaluate on a file explicitly with --data FILE")
+        cache[i] = records
+    rows = [tuple(x) for x in manifest[name]]
+    return [cache[s][r] for s, r in rows], [f"{sources[s].name}, row {r + 1}" for s, r in rows]
+
+
+def source_records(task: Any, name: str, cfg: RunConfig) -> tuple[list[Record], list[str]]:
+    """Every checked record of a data set name or file, with row names (``evaluate --data``, replay data)."""
+    records, source = read_source(task, name, cfg)
+    counts = {"skipped": 0, "empty": 0}
+    checked = _checked(task, records, 0, source, cfg, counts)
+    return [r for r, _ in checked], [f"{name}, row {r + 1}" for _, (_, r) in checked]
+

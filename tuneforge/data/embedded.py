@@ -78,8 +78,14 @@ def chitchat() -> list[dict[str, Any]]:
 
 def _topics() -> list[dict[str, Any]]:
     """ChatterBot questions labelled by category: a second classification task (sequential forgetting)."""
-    from tuneforge.forgetting.topics import chatterbot_topics
+    from tuneforge.data.topics import chatterbot_topics
     return chatterbot_topics()
+
+
+def _wnut16() -> list[dict[str, Any]]:
+    """WNUT-16 tweets (2,394 sentences, BIO tags over 10 entity types): token classification."""
+    from tuneforge.data.conll import wnut16
+    return wnut16()
 
 
 # name -> loader returning records; add a data set by adding one line here
@@ -89,6 +95,7 @@ DATASETS: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "chatterbot": chatterbot,
     "chitchat": chitchat,
     "chatterbot_topics": _topics,
+    "wnut16": _wnut16,
 }
 
 

@@ -1,19 +1,26 @@
-"""Tasks: what a model is trained to do (classification, causal LM). Each task module defines a ``Task``
-class with the same methods; the loop, saving and CLI only call those."""
+"""Tasks: what a model is trained to do. Each ``tasks/<name>.py`` defines a ``Task`` class implementing the
+:class:`Task` protocol below; the pipeline, the loop, saving, export and the CLI only call it (they never
+check a task's name)."""
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
+import torch.nn as nn
 
-from tuneforge.config import ConfigError
+from tuneforge.config import ConfigError, RunConfig
 
 TASKS = {
     "classification": "tuneforge.tasks.classification",
     "causal_lm": "tuneforge.tasks.causal_lm",
+    "token_classification": "tuneforge.tasks.token_classification",
 }
+
+Record = dict[str, Any]
+Example = dict[str, Any]  # token ids etc. of one training/evaluation example
 
 
 @dataclass
@@ -28,14 +35,92 @@ class Runtime:
 @dataclass
 class Prepared:
     """Tokenised splits plus what must be stored with the run to reuse the model (e.g. the label names)."""
-    train: list[dict[str, Any]]
-    validation: list[dict[str, Any]]
-    test: list[dict[str, Any]]
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
     meta: dict[str, Any] = field(default_factory=dict)
-    raw_test: list[dict[str, Any]] = field(default_factory=list)  # untokenised test records (for generation)
+    raw_test: list[Record] = field(default_factory=list)  # untokenised test records (generation, entities)
 
 
-def get(name: str) -> Any:
+class Task(Protocol):
+    """What every task declares and does."""
+
+    name: str
+    metric: str  # validation metric that picks the best checkpoint
+    greater_is_better: bool
+    table_metrics: tuple[str, ...]  # test metrics shown in the result table
+    peft_task_type: str  # PEFT's task type for `export --format peft`
+    group_by_length: bool  # default of train.group_by_length
+    loss_unit: str  # what the loss averages over: "example" or "token"
+
+    # -- data ---------------------------------------------------------------------------------------------
+    def read_source(self, path: str, cfg: RunConfig) -> list[Record]:
+        """Every record of a data file (the task's file formats)."""
+
+    def required_columns(self, cfg: RunConfig) -> list[str]:
+        """Columns a data file must have (checked before any row)."""
+
+    def row_problem(self, record: Record, cfg: RunConfig) -> str | None:
+        """What is wrong with one row (missing column, blank label, ...), or None."""
+
+    def input_text(self, record: Record, cfg: RunConfig) -> str:
+        """The row's input as text: duplicates share it (after whitespace normalisation)."""
+
+    def stratum(self, record: Record, cfg: RunConfig) -> str | None:
+        """The class a split is stratified by, or None for an unstratified split."""
+
+    def augment_columns(self, cfg: RunConfig) -> list[str]:
+        """Text columns that word-level augmentation may change ([] refuses augmentation)."""
+
+    def prepare(self, cfg: RunConfig, tokenizer: Any, records: dict[str, list[Record]],
+                where: dict[str, list[str]]) -> Prepared:
+        """Label map / layout (``meta``) from the training split and the tokenised splits."""
+
+    def encode(self, records: list[Record], cfg: RunConfig, tokenizer: Any, meta: dict[str, Any],
+               where: list[str]) -> list[Example]:
+        """Tokenise records of a known layout (``where`` names each row in errors)."""
+
+    def encode_any(self, records: list[Record], cfg: RunConfig, tokenizer: Any, meta: dict[str, Any],
+                   where: list[str]) -> list[Example]:
+        """Tokenise records of another source (reference and replay data), whose layout may differ."""
+
+    def setup_tokenizer(self, tokenizer: Any, cfg: RunConfig, meta: dict[str, Any]) -> None:
+        """Adjust a loaded tokenizer to the run (e.g. a named chat template)."""
+
+    def pack(self, examples: list[Example], cfg: RunConfig, keep_apart: bool) -> list[Example]:
+        """Training examples packed into rows (``data.packing``), or unchanged."""
+
+    # -- model and loss -----------------------------------------------------------------------------------
+    def load_model(self, path: str | Path, cfg: RunConfig, meta: dict[str, Any], pad_id: int,
+                   device: torch.device) -> tuple[nn.Module, list[str]]:
+        """The pre-trained model for the task -> (model, freshly initialised module names)."""
+
+    def packing_ok(self, model: nn.Module, examples: list[Example], rt: Runtime) -> bool:
+        """Whether padding-free rows give this model (method applied) the losses of padded ones."""
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The batch's summed loss (float32 scalar) over its ``units``."""
+
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many examples/tokens the batch's loss sums over."""
+
+    # -- evaluation and use ---------------------------------------------------------------------------------
+    def evaluate(self, model: nn.Module, examples: list[Example], rt: Runtime, cfg: RunConfig,
+                 meta: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """Metrics of the examples (``metric`` among them); extra: tokenizer, raw, run_dir, tag, progress."""
+
+    def predict(self, model: nn.Module, inputs: list[Any], rt: Runtime, cfg: RunConfig, meta: dict[str, Any],
+                tokenizer: Any) -> list[dict[str, Any]]:
+        """Predictions for user inputs (``tuneforge predict``)."""
+
+    def describe(self, prediction: dict[str, Any]) -> str:
+        """One prediction as a line of text for the terminal."""
+
+    def default_reference(self, cfg: RunConfig) -> str | None:
+        """Data whose perplexity measures forgetting by default (``forgetting.reference``), or None."""
+
+
+def get(name: str) -> Task:
     """A task instance by name."""
     if name not in TASKS:
         raise ConfigError(f"model.task: unknown task '{name}'; choose one of {', '.join(TASKS)}")

@@ -2,9 +2,7 @@
 answer (assistant) tokens; perplexity, and BLEU / ROUGE-L of generated answers."""
 from __future__ import annotations
 
-import dataclasses
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +15,15 @@ from tuneforge.checkpoint import atomic_write_text
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import chat
 from tuneforge.data.batching import batch_order, collate, collate_packed, iterate, without_positions
-from tuneforge.data.dataset import load_splits, source_records
+from tuneforge.data.readers import read_records
 from tuneforge.evaluate import bleu, perplexity, rouge_l
-from tuneforge.models import autocast, load_pretrained, resolve_device
-from tuneforge.tasks import Prepared, Runtime
+from tuneforge.models import autocast, load_pretrained
+from tuneforge.tasks import Example, Prepared, Record, Runtime
 
 # config attributes of models whose logits are not just lm_head(hidden): those take the full forward
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 EAGER_MAX_LENGTH = 512  # CPU: eager attention up to this row length (see Task.load_model)
+DEFAULT_REFERENCE = {"smollm2": "chitchat"}  # embedded chat model -> reference data of its forgetting probe
 
 
 def _backbone(model: nn.Module) -> nn.Module | None:
@@ -68,83 +67,94 @@ class Task:
     greater_is_better = False
     table_metrics = ("loss", "perplexity", "bleu", "rouge_l")
     peft_task_type = "CAUSAL_LM"  # what PeftModel.from_pretrained builds around the base model
+    loss_unit = "token"
     # train.group_by_length default: off. SmolLM2 LoRA on the ChatterBot pairs (1 epoch, 3 seeds) reached test
     # perplexity 7.57 (7.54-7.58) with random batches but 7.81 (7.72-7.87) with length-grouped ones, and
     # 7.69 (7.59-7.81) with windows of 4 batches; grouping is 1.3x faster (padding 1.57x -> 1.01x).
     group_by_length = False
 
-    def columns(self, cfg: RunConfig) -> list[str]:
-        """Columns every record needs up front (pairs and chat columns are checked row by row)."""
-        return [cfg.data.text_column] if cfg.data.format == "text" else []
+    # -- data ---------------------------------------------------------------------------------------------
+    def read_source(self, path: str, cfg: RunConfig) -> list[Record]:
+        return read_records(path)
 
-    def _check_sources(self, cfg: RunConfig) -> str:
-        """Detect the layout and check every row of every source, naming file and row on errors."""
-        d = cfg.data
-        names = [n for n in (d.train_file, d.validation_file, d.test_file) if n] or [d.dataset]
-        formats = set()
-        for name in names:
-            records = source_records(name)
-            fmt = chat.detect_format(set(records[0]), d, name)
-            formats.add(fmt)
-            for row, record in enumerate(records, start=1):
-                chat.to_messages(record, fmt, d, f"{name}, row {row}")
-        if len(formats) > 1:
-            raise ConfigError(f"data: the files mix layouts ({', '.join(sorted(formats))}); "
-                              "use one, or set data.format")
-        return formats.pop()
+    def _messages(self, record: Record, cfg: RunConfig, where: str) -> list[dict[str, str]] | str:
+        return chat.to_messages(record, chat.detect_format(set(record), cfg.data, where), cfg.data, where)
+
+    def required_columns(self, cfg: RunConfig) -> list[str]:
+        return [cfg.data.text_column] if cfg.data.format == "text" else []  # other layouts: checked per row
+
+    def row_problem(self, record: Record, cfg: RunConfig) -> str | None:
+        try:
+            self._messages(record, cfg, "")
+        except ConfigError as exc:
+            return str(exc).removeprefix(": ")
+        return None
+
+    def input_text(self, record: Record, cfg: RunConfig) -> str:
+        item = self._messages(record, cfg, "")
+        return item if isinstance(item, str) else json.dumps(item, ensure_ascii=False, sort_keys=True)
+
+    def stratum(self, record: Record, cfg: RunConfig) -> str | None:
+        return None
+
+    def augment_columns(self, cfg: RunConfig) -> list[str]:
+        return []  # word-level edits of prompts/answers would teach the model broken text
 
     def setup_tokenizer(self, tokenizer: PreTrainedTokenizerBase, cfg: RunConfig, meta: dict[str, Any]) -> None:
         """A named template becomes the tokenizer's chat template, so saved and merged tokenizers carry it."""
         if meta.get("chat_template"):
             tokenizer.chat_template = meta["chat_template"]
 
-    def prepare(self, cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> Prepared:
-        """Read, split, check, render and tokenise (labels -100 outside answers); pack the training split."""
+    def prepare(self, cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, records: dict[str, list[Record]],
+                where: dict[str, list[str]]) -> Prepared:
+        """Detect the layout (one for all splits), render and tokenise (labels -100 outside answers)."""
         d = cfg.data
-        train, val, test = load_splits(d, self.columns(cfg))
-        fmt = self._check_sources(cfg)
+        formats = {chat.detect_format(set(r), d, w) for k in records for r, w in zip(records[k], where[k])}
+        if len(formats) > 1:
+            raise ConfigError(f"data: the rows mix layouts ({', '.join(sorted(formats))}); use one, or set data.format")
+        fmt = formats.pop()
         template = chat.resolve_template(tokenizer, d.template) if fmt != "text" else None
         meta = {"format": fmt, "chat_template": template if d.template else None}
         self.setup_tokenizer(tokenizer, cfg, meta)
-        train_examples = self.encode(train, cfg, tokenizer, meta, "train split")
-        if d.packing:
-            train_examples = chat.pack(train_examples, cfg.model.max_length)
-        return Prepared(train=train_examples,
-                        validation=self.encode(val, cfg, tokenizer, meta, "validation split"),
-                        test=self.encode(test, cfg, tokenizer, meta, "test split"), meta=meta,
-                        raw_test=test if fmt != "text" else [])
+        enc = {k: self.encode(records[k], cfg, tokenizer, meta, where[k]) for k in ("train", "validation", "test")}
+        return Prepared(train=enc["train"], validation=enc["validation"], test=enc["test"], meta=meta,
+                        raw_test=records["test"] if fmt != "text" else [])
 
-    def encode(self, records: list[dict[str, Any]], cfg: RunConfig, tokenizer: PreTrainedTokenizerBase,
-               meta: dict[str, Any], source: str, rows: list[int] | None = None) -> list[dict[str, Any]]:
-        """Token ids + labels of records in the layout ``meta['format']``; ``rows`` (default 1, 2, ...) number
-        the records in errors."""
+    def encode(self, records: list[Record], cfg: RunConfig, tokenizer: PreTrainedTokenizerBase,
+               meta: dict[str, Any], where: list[str]) -> list[Example]:
+        """Token ids + labels of records in the layout ``meta['format']``."""
         if not records:
             return []
-        where = [f"{source}, row {row}" for row in (rows or range(1, len(records) + 1))]
-        items = [chat.to_messages(r, meta["format"], cfg.data, w) for r, w in zip(records, where)]
-        if meta["format"] == "text":
+        fmt = meta["format"]
+        items = [chat.to_messages(r, fmt, cfg.data, w) for r, w in zip(records, where)]
+        if fmt == "text":
             return chat.encode_texts(items, tokenizer, cfg.model.max_length)
         return chat.encode_conversations(items, tokenizer, _template(tokenizer, meta), cfg.model.max_length, where)
 
-    def encode_file(self, path: str, cfg: RunConfig, tokenizer: PreTrainedTokenizerBase,
-                    meta: dict[str, Any], limit: int | None = None) -> list[dict[str, Any]]:
-        """Tokenise a data file or embedded set (its layout detected anew), e.g. for ``tuneforge evaluate RUN
-        --data FILE``; with ``limit`` only a seeded random sample of that many records (``data.seed``)."""
-        records = source_records(path)
-        rows = list(range(1, len(records) + 1))
-        if limit is not None and limit < len(records):
-            rows = sorted(random.Random(cfg.data.seed).sample(rows, limit))
-            records = [records[r - 1] for r in rows]
-        fmt = chat.detect_format(set(records[0]), dataclasses.replace(cfg.data, format="auto"), path)
-        return self.encode(records, cfg, tokenizer, {**meta, "format": fmt}, path, rows)
+    def encode_any(self, records: list[Record], cfg: RunConfig, tokenizer: PreTrainedTokenizerBase,
+                   meta: dict[str, Any], where: list[str]) -> list[Example]:
+        """Tokenise records whose layout may differ from the run's (reference and replay data): detected anew
+        unless ``data.format`` names one (then every source of the run has that layout)."""
+        if not records:
+            return []
+        fmt = chat.detect_format(set(records[0]), cfg.data, where[0])
+        return self.encode(records, cfg, tokenizer, {**meta, "format": fmt}, where)
 
-    def load_model(self, path: str | Path, cfg: RunConfig, meta: dict[str, Any], pad_id: int
-                   ) -> tuple[nn.Module, list[str]]:
+    def pack(self, examples: list[Example], cfg: RunConfig, keep_apart: bool) -> list[Example]:
+        """``data.packing``: short examples concatenated into rows of ``max_length``; their position ids keep
+        them apart where the model allows it (``keep_apart``), else rows are plain concatenations."""
+        if not cfg.data.packing:
+            return examples
+        rows = chat.pack(examples, cfg.model.max_length)
+        return rows if keep_apart else without_positions(rows)
+
+    def load_model(self, path: str | Path, cfg: RunConfig, meta: dict[str, Any], pad_id: int,
+                   device: torch.device) -> tuple[nn.Module, list[str]]:
         """Pre-trained causal LM -> (model, freshly initialised module names, normally none). On CPU with rows
         of up to ``EAGER_MAX_LENGTH`` tokens attention runs eager: torch's CPU SDPA backward with a padding mask
         made a SmolLM2 LoRA step ~1.4x slower (16 x 48 tokens, bf16); at 256 tokens both were even."""
         extra = {}
-        if resolve_device(cfg.train.device).type == "cpu" and cfg.model.max_length <= EAGER_MAX_LENGTH:
+        if device.type == "cpu" and cfg.model.max_length <= EAGER_MAX_LENGTH:
             extra["attn_implementation"] = "eager"
         model, fresh = load_pretrained(AutoModelForCausalLM, path, cfg.model.trust_remote_code, **extra)
         if model.config.pad_token_id is None:
@@ -158,7 +168,7 @@ class Task:
         dropout. Models whose attention masks ignore ``position_ids`` and methods that prepend virtual tokens
         to each row (prompt, P-tuning, prefix tuning) fail: they train on padded rows, and ``data.packing``
         rows become plain concatenations."""
-        sample = without_positions([e for e in examples if len(e["input_ids"]) > 1][:2])
+        sample = [e for e in examples if len(e["input_ids"]) > 1][:2]
         if len(sample) < 2:
             return False
         batches = [collate_packed(sample, rt.pad_id, rows=[[0, 1]]), collate(sample, rt.pad_id)]
@@ -172,8 +182,11 @@ class Task:
         return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-3, atol=1e-3))
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean cross-entropy over the answer tokens of the batch."""
-        return token_nll(model, batch)
+        """Summed cross-entropy over the answer tokens of the batch."""
+        return token_nll(model, batch, reduction="sum")
+
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        return int((batch["labels"][:, 1:] != chat.IGNORE).sum())
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, examples: list[dict[str, Any]], rt: Runtime, cfg: RunConfig,
@@ -221,3 +234,15 @@ class Task:
             atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
         return {"bleu": bleu(generated, references), "rouge_l": rouge_l(generated, references),
                 "generated": len(samples), "samples": samples[:3]}
+
+    def predict(self, model: nn.Module, inputs: list[Any], rt: Runtime, cfg: RunConfig, meta: dict[str, Any],
+                tokenizer: Any) -> list[dict[str, Any]]:
+        raise ConfigError("this is a causal_lm run, which generates text rather than labels: use "
+                          "`tuneforge generate RUN_DIR PROMPT...` (or Run.generate)")
+
+    def describe(self, prediction: dict[str, Any]) -> str:
+        return str(prediction)
+
+    def default_reference(self, cfg: RunConfig) -> str | None:
+        """Held-out ``chitchat`` conversations for the embedded chat model; none for other models."""
+        return DEFAULT_REFERENCE.get(cfg.model.name)

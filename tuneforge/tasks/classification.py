@@ -11,11 +11,10 @@ from tqdm.auto import tqdm
 
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.batching import batch_order, iterate
-from tuneforge.data.dataset import load_splits, source_records
+from tuneforge.data.readers import read_records
 from tuneforge.evaluate import classification_metrics
-from tuneforge.forgetting.augment import augment_train
 from tuneforge.models import autocast, load_pretrained
-from tuneforge.tasks import Prepared, Runtime
+from tuneforge.tasks import Example, Prepared, Record, Runtime
 
 
 def label_names(values: list[Any]) -> list[str]:
@@ -25,51 +24,78 @@ def label_names(values: list[Any]) -> list[str]:
     return names
 
 
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value) or str(value).strip() == ""
+
+
 class Task:
     name = "classification"
     metric = "accuracy"  # validation metric that picks the best checkpoint
     greater_is_better = True
     table_metrics = ("accuracy", "macro_f1")
     peft_task_type = "SEQ_CLS"  # what PeftModel.from_pretrained builds around the base model
+    loss_unit = "example"
     # train.group_by_length default: on. MiniLM on Rotten Tomatoes reached the same accuracy with random and
     # length-grouped batches (full FT, 3 seeds: 0.780 both) and grouping cut padding from 1.92x to 1.02x.
     group_by_length = True
 
-    def columns(self, cfg: RunConfig) -> list[str]:
+    # -- data ---------------------------------------------------------------------------------------------
+    def _text_columns(self, cfg: RunConfig) -> list[str]:
         d = cfg.data
-        return [d.text_column, d.label_column] + ([d.text_pair_column] if d.text_pair_column else [])
+        return [d.text_column] + ([d.text_pair_column] if d.text_pair_column else [])
 
-    def prepare(self, cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> Prepared:
-        """Read, split (stratified by label), map labels to ids and tokenise."""
+    def read_source(self, path: str, cfg: RunConfig) -> list[Record]:
+        return read_records(path)
+
+    def required_columns(self, cfg: RunConfig) -> list[str]:
+        return self._text_columns(cfg) + [cfg.data.label_column]
+
+    def row_problem(self, record: Record, cfg: RunConfig) -> str | None:
+        for column in self._text_columns(cfg) + [cfg.data.label_column]:
+            if column not in record:
+                present = ", ".join(map(str, record)) or "none"
+                return (f"column '{column}' is missing (columns: {present}; choose them with data.text_column / "
+                        "data.label_column)")
+        if _blank(record[cfg.data.label_column]):
+            return f"the label (column '{cfg.data.label_column}') is blank"
+        return None
+
+    def input_text(self, record: Record, cfg: RunConfig) -> str:
+        return "\x1f".join("" if _blank(record.get(c)) else str(record[c]) for c in self._text_columns(cfg))
+
+    def stratum(self, record: Record, cfg: RunConfig) -> str | None:
+        return str(record[cfg.data.label_column])
+
+    def augment_columns(self, cfg: RunConfig) -> list[str]:
+        return self._text_columns(cfg)
+
+    def prepare(self, cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, records: dict[str, list[Record]],
+                where: dict[str, list[str]]) -> Prepared:
+        """Label names from the training split; tokenised splits (unseen labels elsewhere: one-line error)."""
         label = cfg.data.label_column
-        train, val, test = load_splits(cfg.data, self.columns(cfg), key=lambda r: str(r[label]))
-        train = augment_train(train, cfg)
-        names = label_names([r[label] for r in train])
+        names = label_names([r[label] for r in records["train"]])
         if len(names) < 2:
             raise ConfigError(f"data: column '{label}' has a single label ({names[0]}); "
                               "classification needs two or more")
         meta = {"labels": names}
-        return Prepared(train=self.encode(train, cfg, tokenizer, meta, "train split"),
-                        validation=self.encode(val, cfg, tokenizer, meta, "validation split"),
-                        test=self.encode(test, cfg, tokenizer, meta, "test split"), meta=meta)
+        enc = {k: self.encode(records[k], cfg, tokenizer, meta, where[k]) for k in ("train", "validation", "test")}
+        return Prepared(train=enc["train"], validation=enc["validation"], test=enc["test"], meta=meta)
 
-    def encode(self, records: list[dict[str, Any]], cfg: RunConfig, tokenizer: PreTrainedTokenizerBase,
-               meta: dict[str, Any], source: str) -> list[dict[str, Any]]:
+    def encode(self, records: list[Record], cfg: RunConfig, tokenizer: PreTrainedTokenizerBase,
+               meta: dict[str, Any], where: list[str]) -> list[Example]:
         """Tokenise records; labels must be among ``meta['labels']`` (a record without a label gets -1)."""
         if not records:
             return []
         d = cfg.data
         ids = {n: i for i, n in enumerate(meta["labels"])}
         labels = []
-        for row, r in enumerate(records, start=1):
+        for row, r in zip(where, records):
             value = r.get(d.label_column)
-            if value is None or str(value) == "":
+            if _blank(value):
                 labels.append(-1)
             elif str(value) not in ids:
-                raise ConfigError(
-                    f"{source}, row {row}: label '{value}' was not seen in training "
-                    f"(labels: {', '.join(meta['labels'])}); fix the label or add training examples of it"
-                )
+                raise ConfigError(f"{row}: label '{value}' (column '{d.label_column}') was not seen in training "
+                                  f"(labels: {', '.join(meta['labels'])}); fix the label or add training examples of it")
             else:
                 labels.append(ids[str(value)])
         texts = [str(r[d.text_column]) for r in records]
@@ -78,13 +104,20 @@ class Task:
         keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
         return [{**{k: enc[k][i] for k in keys}, "labels": labels[i]} for i in range(len(records))]
 
-    def encode_file(self, path: str, cfg: RunConfig, tokenizer: PreTrainedTokenizerBase,
-                    meta: dict[str, Any]) -> list[dict[str, Any]]:
-        """Tokenise a whole data file (for ``tuneforge evaluate RUN --data FILE``)."""
-        return self.encode(source_records(path, self.columns(cfg)), cfg, tokenizer, meta, path)
+    def encode_any(self, records: list[Record], cfg: RunConfig, tokenizer: PreTrainedTokenizerBase,
+                   meta: dict[str, Any], where: list[str]) -> list[Example]:
+        """Tokenise records of another source (replay data): the run's own columns and labels."""
+        return self.encode(records, cfg, tokenizer, meta, where)
 
-    def load_model(self, path: str | Path, cfg: RunConfig, meta: dict[str, Any], pad_id: int
-                   ) -> tuple[nn.Module, list[str]]:
+    def setup_tokenizer(self, tokenizer: PreTrainedTokenizerBase, cfg: RunConfig, meta: dict[str, Any]) -> None:
+        return None
+
+    def pack(self, examples: list[Example], cfg: RunConfig, keep_apart: bool) -> list[Example]:
+        return examples
+
+    # -- model and loss -----------------------------------------------------------------------------------
+    def load_model(self, path: str | Path, cfg: RunConfig, meta: dict[str, Any], pad_id: int,
+                   device: torch.device) -> tuple[nn.Module, list[str]]:
         """Pre-trained backbone + fresh classification head -> (model, fresh module names)."""
         names = meta["labels"]
         model, fresh = load_pretrained(
@@ -95,17 +128,21 @@ class Task:
             model.config.pad_token_id = pad_id
         return model, fresh
 
-    def packing_ok(self, model: nn.Module, examples: list[dict[str, Any]], rt: Runtime) -> bool:
+    def packing_ok(self, model: nn.Module, examples: list[Example], rt: Runtime) -> bool:
         """Padding-free batches: never (one label per row; the heads read one position per example)."""
         return False
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean cross-entropy of the batch."""
+        """Summed cross-entropy of the batch's examples."""
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # (batch, labels)
-        return nn.functional.cross_entropy(logits.float(), batch["labels"])
+        return nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum")
 
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        return int((batch["labels"] >= 0).sum())
+
+    # -- evaluation and use ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict_proba(self, model: nn.Module, examples: list[dict[str, Any]], rt: Runtime, batch_size: int,
+    def predict_proba(self, model: nn.Module, examples: list[Example], rt: Runtime, batch_size: int,
                       progress: bool = False) -> torch.Tensor:
         """Class probabilities, (n, labels), in the order of ``examples``."""
         model.eval()
@@ -120,9 +157,9 @@ class Task:
             rows.update(zip(idx, logits.float().softmax(-1).cpu()))
         return torch.stack([rows[i] for i in range(len(examples))])  # (n, labels)
 
-    def evaluate(self, model: nn.Module, examples: list[dict[str, Any]], rt: Runtime, cfg: RunConfig,
+    def evaluate(self, model: nn.Module, examples: list[Example], rt: Runtime, cfg: RunConfig,
                  meta: dict[str, Any], progress: bool = False, **_: Any) -> dict[str, Any]:
-        """Accuracy, macro-F1, per-class P/R/F1 and mean loss over labelled examples."""
+        """Accuracy, macro-F1, per-class P/R/F1 (scikit-learn's semantics) and mean loss over labelled examples."""
         examples = [e for e in examples if e["labels"] >= 0]
         if not examples:
             return {}
@@ -131,3 +168,33 @@ class Task:
         metrics = classification_metrics(probs.argmax(-1).tolist(), labels.tolist(), meta["labels"])
         metrics["loss"] = float(nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels))
         return metrics
+
+    def predict(self, model: nn.Module, inputs: list[Any], rt: Runtime, cfg: RunConfig, meta: dict[str, Any],
+                tokenizer: Any) -> list[dict[str, Any]]:
+        """Label and class probabilities per input: a text, or a (text, second text) pair for a classifier
+        trained on pairs (``data.text_pair_column``)."""
+        d = cfg.data
+        pairs = [isinstance(x, tuple) for x in inputs]
+        if d.text_pair_column and not all(pairs):
+            raise ConfigError(f"this run was trained on text pairs ('{d.text_column}' + '{d.text_pair_column}'): give "
+                              "a second text for each (--pair / tab-separated stdin lines; Run.predict(texts, pairs))")
+        if not d.text_pair_column and any(pairs):
+            raise ConfigError("this run classifies single texts: drop the second texts")
+        records = [{d.text_column: x[0], d.text_pair_column: x[1]} if isinstance(x, tuple) else {d.text_column: x}
+                   for x in inputs]
+        examples = self.encode(records, cfg, tokenizer, meta, [f"input {i + 1}" for i in range(len(inputs))])
+        probs = self.predict_proba(model, examples, rt, cfg.eval.batch_size)
+        names = meta["labels"]
+        rows = []
+        for x, p in zip(inputs, probs):
+            row = {"text": x[0], "pair": x[1]} if isinstance(x, tuple) else {"text": x}
+            rows.append({**row, "label": names[int(p.argmax())], "probabilities": dict(zip(names, map(float, p)))})
+        return rows
+
+    def describe(self, prediction: dict[str, Any]) -> str:
+        probs = "  ".join(f"{k}={v:.3f}" for k, v in prediction["probabilities"].items())
+        text = f"{prediction['text']}\t{prediction['pair']}" if "pair" in prediction else prediction["text"]
+        return f"{prediction['label']}\t{probs}\t{text}"
+
+    def default_reference(self, cfg: RunConfig) -> str | None:
+        return None

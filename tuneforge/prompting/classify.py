@@ -17,13 +17,13 @@ import torch
 
 from tuneforge import assets
 from tuneforge.checkpoint import save_json
-from tuneforge.config import ConfigError, DataConfig
+from tuneforge.config import ConfigError, load_config
 from tuneforge.data.dataset import load_splits
 from tuneforge.evaluate import classification_metrics
-from tuneforge.forgetting.calibration import (
+from tuneforge.prompting.calibration import (
     CONTENT_FREE, Mode, PromptClassifier, apply_calibration, contextual_calibration,
 )
-from tuneforge.tasks.classification import label_names
+from tuneforge.tasks.classification import Task as Classification, label_names
 
 GENERIC_TEMPLATE = "Text: {text}\nLabel:"
 TEMPLATES = {"rotten_tomatoes": "Review: {text}\nSentiment:", "imdb": "Review: {text}\nSentiment:"}
@@ -90,8 +90,10 @@ def evaluate_prompting(model: str = "smollm2", data: str = "rotten_tomatoes", te
     check_template(template)
     if shots < 0 or (limit is not None and limit <= 0):
         raise ConfigError("--shots must be >= 0 and --limit positive")
-    train, _, test = load_splits(DataConfig(dataset=data, text_column=text_column, label_column=label_column,
-                                            seed=seed), [text_column, label_column], key=lambda r: str(r[label_column]))
+    cfg = load_config(None, {"data": {"dataset": data, "text_column": text_column, "label_column": label_column,
+                                      "seed": seed}})
+    splits = load_splits(cfg, Classification())  # the split a fine-tuned classifier of this data is tested on
+    train, test = splits.records["train"], splits.records["test"]
     labels = label_names([r[label_column] for r in train])
     index = {name: i for i, name in enumerate(labels)}
     test = [r for r in test if str(r[label_column]) in index]

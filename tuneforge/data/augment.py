@@ -75,9 +75,21 @@ def augment_records(records: Sequence[dict[str, Any]], text_column: str = "text"
     return out
 
 
-def augment_train(records: list[dict[str, Any]], cfg: Any) -> list[dict[str, Any]]:
-    """Apply ``cfg.forgetting.augment`` (a RunConfig) to training records; unchanged when ``copies`` is 0."""
+def augment_train(records: list[dict[str, Any]], cfg: Any, columns: Sequence[str]) -> list[dict[str, Any]]:
+    """Apply ``cfg.forgetting.augment`` (a RunConfig) to training records: each record followed by ``copies``
+    copies whose ``columns`` (the task's text columns) are augmented; unchanged when ``copies`` is 0. A task
+    without text columns to augment (e.g. causal LM: edited answers would be trained on) refuses it."""
     a = cfg.forgetting.augment
     if a.copies == 0:
         return records
-    return augment_records(records, cfg.data.text_column, a.copies, cfg.data.seed, a.p_delete, a.p_swap, a.p_insert)
+    if not columns:
+        raise ConfigError(f"forgetting.augment: a {cfg.model.task} run has no text that word-level augmentation may "
+                          "change; set forgetting.augment.copies=0 (use replay or regularisation instead)")
+    out = augment_records(records, columns[0], a.copies, cfg.data.seed, a.p_delete, a.p_swap, a.p_insert)
+    if len(columns) > 1:  # text pairs: the second text is augmented too, with its own random stream
+        rng = random.Random(cfg.data.seed + 1)
+        for i, record in enumerate(out):
+            if i % (a.copies + 1):
+                for col in columns[1:]:
+                    record[col] = augment(str(record[col]), rng, a.p_delete, a.p_swap, a.p_insert)
+    return out

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from lm_helpers import model_folder, single_thread
 from tuneforge.cli import main
-from tuneforge.forgetting.calibration import PromptClassifier
+from tuneforge.prompting.calibration import PromptClassifier
 from tuneforge.models import load_pretrained, load_tokenizer
 
 POS, NEG = "good fine yes please thanks".split(), "bad no stop why because".split()

@@ -7,7 +7,7 @@ import torch.nn as nn
 from conftest import tiny_causal_lm
 from tiny import word_tokenizer
 from tuneforge.config import ConfigError
-from tuneforge.forgetting.calibration import (
+from tuneforge.prompting.calibration import (
     PromptClassifier, apply_calibration, contextual_calibration, label_word_scores,
 )
 

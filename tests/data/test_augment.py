@@ -3,7 +3,7 @@ import random
 import pytest
 
 from tuneforge.config import ConfigError
-from tuneforge.forgetting.augment import augment, augment_records
+from tuneforge.data.augment import augment, augment_records
 
 TEXT = "the plot was thin but the actors made every scene worth watching"
 

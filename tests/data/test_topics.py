@@ -3,7 +3,7 @@ from collections import Counter
 import yaml
 
 from tuneforge import assets
-from tuneforge.forgetting.topics import MIN_QUESTIONS, _key, chatterbot_topics
+from tuneforge.data.topics import MIN_QUESTIONS, _key, chatterbot_topics
 
 
 def test_distinct_questions_labelled_by_category():

@@ -1,0 +1,157 @@
+"""Files that survive a crash: atomic, fsynced writes (temp file + rename + directory fsync), leftovers of
+interrupted writes cleaned up, folders that carry tuneforge's marker (the only non-empty folders
+``--overwrite`` may replace), and named crash points for the crash tests.
+
+SQLite's attitude: a reader sees the old file or the new one, never half of one, whatever moment the process
+is killed (SIGKILL, power loss after the fsync).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from tuneforge.config import ConfigError
+
+MARKER = ".tuneforge"  # a folder tuneforge created (run directory, export, merged model, comparison)
+PARTIAL = ".partial"  # suffix of temporary files and folders being written
+CRASH_ENV = "TUNEFORGE_CRASH_AT"  # tests: "<point>" or "<point>:<n>" kills the process at the n-th hit
+
+
+def crash_point(name: str) -> None:
+    """SIGKILL this process here when ``$TUNEFORGE_CRASH_AT`` names this point (crash tests)."""
+    wanted = os.environ.get(CRASH_ENV)
+    if not wanted:
+        return
+    point, _, nth = wanted.partition(":")
+    if point != name:
+        return
+    hits = _HITS[name] = _HITS.get(name, 0) + 1
+    if hits >= int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_HITS: dict[str, int] = {}
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or creation inside ``path`` durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the folder."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; run files are ordinary readable files
+        crash_point(f"write:{path.name}")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text atomically (temp file + fsync + rename)."""
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text, encoding="utf-8")
+    _atomic(path, write)
+
+
+def save_json(obj: Any, path: Path) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=float) + "\n")
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file written atomically (contiguous CPU copies)."""
+    def write(tmp: str) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+    _atomic(path, write)
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Move the finished folder ``tmp`` to ``target`` (replacing an older one), durably. A crash in between
+    leaves ``tmp`` (a ``.partial`` folder, removed by :func:`clean_partial`) and no or the old ``target``."""
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
+
+
+def partial_dir(parent: Path, name: str) -> Path:
+    """A new temporary folder in ``parent`` for building ``name`` (see :func:`replace_dir`)."""
+    return Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=PARTIAL))
+
+
+def clean_partial(folder: Path) -> int:
+    """Remove leftovers of interrupted writes (``*.partial`` files and folders) in ``folder``; returns how many."""
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for p in folder.iterdir():
+        if p.name.endswith(PARTIAL):
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def write_marker(folder: Path, kind: str) -> None:
+    """Mark ``folder`` as made by tuneforge (``kind``: run, merged, peft, comparison)."""
+    from tuneforge import __version__
+    save_json({"kind": kind, "tuneforge_version": __version__}, folder / MARKER)
+
+
+def is_ours(folder: Path) -> bool:
+    return (folder / MARKER).is_file()
+
+
+def check_replaceable(folder: Path, overwrite: bool, what: str = "output folder") -> None:
+    """Refuse an existing non-empty ``folder`` unless ``overwrite`` and tuneforge made it (its marker)."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise ConfigError(f"{what} {folder} exists and is not a folder; choose another path")
+    if not any(folder.iterdir()):
+        return
+    if not overwrite:
+        raise ConfigError(f"{what} {folder} already exists; choose another or pass --overwrite")
+    if not is_ours(folder):
+        raise ConfigError(f"{what} {folder} is not empty and was not made by tuneforge (no {MARKER} marker); "
+                          "--overwrite only replaces tuneforge's own folders: choose another path or empty it")
+
+
+def fresh_folder(folder: Path, overwrite: bool, kind: str, what: str = "output folder") -> Path:
+    """An empty ``folder`` marked as tuneforge's: new, empty, or (``overwrite``) a tuneforge folder emptied."""
+    check_replaceable(folder, overwrite, what)
+    if folder.exists() and any(folder.iterdir()):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_marker(folder, kind)
+    return folder

@@ -1,0 +1,153 @@
+"""A finished run reloaded from its directory alone: predict, evaluate, generate, merge; and the model folder
+a run starts from (``model.name``, or task 1's merged model in the sequential set-up)."""
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from tuneforge import assets, checkpoint, tasks
+from tuneforge.config import ConfigError, RunConfig
+from tuneforge.data import dataset
+from tuneforge.methods import registry
+from tuneforge.models import (apply_method, bf16_supported, head_modules, load_tokenizer, resolve_device,
+                              store_frozen_in_bf16)
+from tuneforge.tasks import Prepared, Runtime
+
+
+@contextmanager
+def start_model(cfg: RunConfig) -> Iterator[tuple[Run | None, Path]]:
+    """(task-1 Run or None, model folder) a run starts from: ``model.name``, or in the sequential set-up
+    (``forgetting.previous_run``) task 1's merged model, in a temporary folder removed on exit."""
+    if not cfg.forgetting.previous_run:
+        yield None, assets.resolve_model(cfg.model.name)
+        return
+    prev = Run(cfg.forgetting.previous_run, device="cpu")
+    if prev.cfg.model.task != cfg.model.task:
+        raise ConfigError("forgetting.previous_run must be a run of the same task (model.task)")
+    with tempfile.TemporaryDirectory(prefix="tuneforge-task1-") as tmp:
+        folder = Path(tmp) / "model"
+        prev.merge(folder)  # ConfigError for methods that cannot merge into the backbone
+        yield prev, folder
+
+
+class Run:
+    """A finished run reloaded from its directory (on ``device``: auto, cpu, cuda), whatever device it was
+    trained on."""
+
+    def __init__(self, run_dir: str | Path, device: str = "auto") -> None:
+        self.files = checkpoint.read_run(run_dir)
+        self.cfg = self.files.config
+        self.meta = self.files.meta
+        self.task = tasks.get(self.cfg.model.task)
+        self.device = resolve_device(device)
+        full = self.files.full_model_dir
+        self.tokenizer = load_tokenizer(full or assets.resolve_model(self.cfg.model.name),
+                                        self.cfg.model.trust_remote_code)
+        self.task.setup_tokenizer(self.tokenizer, self.cfg, self.meta)
+        bf16 = self.cfg.train.precision != "fp32" and bf16_supported(self.device)  # as trained, where possible
+        self.rt = Runtime(device=self.device, bf16=bf16, pad_id=self.tokenizer.pad_token_id)
+        self.heads: list[str] = []  # modules trained in full beside the method (e.g. a fresh classification head)
+        self._cast = False
+        self.model, self.base_names = self._load_model()
+
+    def _load_model(self) -> tuple[nn.Module, set[str]]:
+        """The run's model on its device, and the parameter names of the model before the method."""
+        full = self.files.full_model_dir
+        if full is not None:
+            model, _ = self.task.load_model(full, self.cfg, self.meta, self.rt.pad_id, self.device)
+            names = {n for n, _ in model.named_parameters()}
+        else:  # the base model (sequential set-up: task 1's merged model) + this run's trained weights
+            with start_model(self.cfg) as (_, base):
+                model, fresh = self.task.load_model(base, self.cfg, self.meta, self.rt.pad_id, self.device)
+            names = {n for n, _ in model.named_parameters()}
+            self.heads = head_modules(model, fresh)
+            model = apply_method(model, self.cfg, self.heads)
+            weights = self.files.trainable_weights()
+            missing = set(weights) - {n for n, _ in model.named_parameters()}
+            if missing:
+                raise ConfigError(f"{self.files.path}: saved weights do not fit the model (e.g. {sorted(missing)[0]})")
+            model.load_state_dict(weights, strict=False)
+        return model.to(self.device).eval(), names
+
+    def _ready(self) -> nn.Module:
+        """The model for inference in training's precision: frozen matmul weights stored in bf16 as during
+        training, so metrics match the run's own (merge/export reload the float32 weights)."""
+        if self.rt.bf16 and not self._cast:
+            store_frozen_in_bf16(self.model)
+            self._cast = True
+        return self.model
+
+    def _float_model(self) -> nn.Module:
+        if self._cast:
+            self.model, self.base_names = self._load_model()
+            self._cast = False
+        return self.model
+
+    def prepared(self) -> Prepared:
+        """The run's own splits, tokenised as in training (from its stored split)."""
+        manifest = self.files.split()
+        if manifest is None:
+            raise ConfigError(f"{self.files.path} has no stored split ({checkpoint.SPLIT})")
+        parts = {k: dataset.restore(manifest, k, self.task, self.cfg) for k in dataset.SPLITS}
+        records = {k: v[0] for k, v in parts.items()}
+        where = {k: v[1] for k, v in parts.items()}
+        enc = {k: self.task.encode(records[k], self.cfg, self.tokenizer, self.meta, where[k]) for k in records}
+        return Prepared(enc["train"], enc["validation"], enc["test"], self.meta, records["test"])
+
+    def evaluate(self, data_file: str | None = None) -> dict[str, Any]:
+        """Metrics on ``data_file`` (any supported file) or on exactly the run's own test rows (refused when
+        a source changed since training)."""
+        if data_file:
+            records, where = dataset.source_records(self.task, data_file, self.cfg)
+        else:
+            manifest = self.files.split()
+            if manifest is None:
+                raise ConfigError(f"{self.files.path} has no stored split; give --data FILE")
+            records, where = dataset.restore(manifest, "test", self.task, self.cfg)
+        if not records:
+            raise ConfigError("no test examples to evaluate on; give --data FILE")
+        examples = self.task.encode(records, self.cfg, self.tokenizer, self.meta, where)
+        return self.task.evaluate(self._ready(), examples, self.rt, self.cfg, self.meta, tokenizer=self.tokenizer,
+                                  raw=records)
+
+    def predict(self, texts: list[str], pairs: list[str] | None = None) -> list[dict[str, Any]]:
+        """The task's predictions for each text (a label and probabilities; the entities found...); ``pairs``:
+        the second texts, for a classifier trained on text pairs (``data.text_pair_column``), one per text."""
+        if pairs is not None and len(pairs) != len(texts):
+            raise ConfigError(f"{len(texts)} texts but {len(pairs)} second texts: give one second text per text")
+        inputs = list(zip(texts, pairs)) if pairs is not None else list(texts)
+        return self.task.predict(self._ready(), inputs, self.rt, self.cfg, self.meta, self.tokenizer)
+
+    def generate(self, prompts: list[str | list[dict[str, str]]], **settings: Any) -> list[str]:
+        """Answers of a causal-LM run: each prompt is a user message or a list of {role, content} messages,
+        rendered with the run's chat template. ``settings``: max_new_tokens, sample, temperature, top_p,
+        top_k, seed (see :class:`tuneforge.generate.Sampling`); ``stream`` (a file) streams one answer."""
+        from tuneforge.generate import generate_answers
+        if self.meta.get("format") is None:
+            raise ConfigError(f"{self.files.path} is a {self.task.name} run; generation needs a causal_lm run")
+        return generate_answers(self._ready(), self.tokenizer, self.meta, self.cfg, self.rt, list(prompts),
+                                **settings)
+
+    def merge(self, out: str | Path, overwrite: bool = False) -> Path:
+        """Write a plain Hugging Face model folder with the method merged in (where the method can merge);
+        the output folder is touched only once the merge succeeded."""
+        model = registry.call_optional(self.cfg.method_name, "merge", self._float_model())
+        leftovers = [n for n, _ in model.named_parameters() if n not in self.base_names]
+        if leftovers:
+            self.model, self.base_names = self._load_model()  # the merge hook may have changed the model
+            raise ConfigError(f"method '{self.cfg.method_name}' cannot be merged into the base weights "
+                              f"(e.g. {leftovers[0]}); use `tuneforge export` or load the run with tuneforge")
+        out = checkpoint.prepare_output(out, overwrite, "merged")
+        model.float().save_pretrained(out, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)
+        return out
+
+
+def load(run_dir: str | Path, device: str = "auto") -> Run:
+    """Reload a run directory (see :class:`Run`)."""
+    return Run(run_dir, device)

@@ -1,0 +1,211 @@
+"""Token classification (named-entity recognition): words tagged with BIO/IOB2 (or plain) labels -> a tag per
+word; entity-level precision/recall/F1 with seqeval's (conlleval) semantics, and token accuracy.
+
+Data: CoNLL files (``.conll``/``.txt``/``.bio``), JSONL/Parquet rows with a list of words and a list of tags
+(``data.tokens_column``/``data.tags_column``), or JSONL rows with raw ``text`` and character-offset
+``entities`` (``tuneforge.data.conll``). Tags are normalised to IOB2 (invalid ``I-`` starts repaired and
+counted). Words are labelled on their first sub-token (``data.label_all_subtokens``: on every one); sentences
+longer than ``model.max_length`` are split into windows overlapping by ``data.stride`` tokens and their
+predictions stitched back (``tuneforge.data.tagging``), so nothing is cut.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from transformers import AutoModelForTokenClassification, PreTrainedTokenizerBase
+
+from tuneforge.config import ConfigError, RunConfig
+from tuneforge.data import conll
+from tuneforge.data.batching import batch_order, iterate
+from tuneforge.data.readers import read_records
+from tuneforge.data.tagging import IGNORE, encode_words, stitch
+from tuneforge.evaluate import entity_metrics
+from tuneforge.models import autocast, load_pretrained
+from tuneforge.tasks import Example, Prepared, Record, Runtime
+
+_WORD = re.compile(r"\S+")
+
+
+class Task:
+    name = "token_classification"
+    metric = "f1"  # entity-level micro F1 picks the best checkpoint
+    greater_is_better = True
+    table_metrics = ("f1", "precision", "recall", "token_accuracy")
+    peft_task_type = "TOKEN_CLS"
+    loss_unit = "token"
+    group_by_length = True  # sentences of similar length share a batch (as for classification)
+
+    # -- data ---------------------------------------------------------------------------------------------
+    def read_source(self, path: str, cfg: RunConfig) -> list[Record]:
+        if path.lower().endswith(conll.CONLL_SUFFIXES):
+            return conll.read_conll(path)
+        records = read_records(path)
+        d = cfg.data
+        if d.tokens_column not in records[0] and "entities" in records[0]:
+            return conll.read_spans(records, path, d.text_column)
+        return conll.read_token_lists(records, d.tokens_column, d.tags_column, path)
+
+    def required_columns(self, cfg: RunConfig) -> list[str]:
+        return []  # the readers above check their own columns
+
+    def row_problem(self, record: Record, cfg: RunConfig) -> str | None:
+        if "tokens" not in record or "tags" not in record:
+            return "a sentence needs tokens and tags"
+        if len(record["tokens"]) != len(record["tags"]):
+            return f"{len(record['tokens'])} tokens but {len(record['tags'])} tags"
+        return None
+
+    def input_text(self, record: Record, cfg: RunConfig) -> str:
+        return " ".join(map(str, record["tokens"]))
+
+    def stratum(self, record: Record, cfg: RunConfig) -> str | None:
+        return None
+
+    def augment_columns(self, cfg: RunConfig) -> list[str]:
+        return []  # word edits would move tags off their words
+
+    def prepare(self, cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, records: dict[str, list[Record]],
+                where: dict[str, list[str]]) -> Prepared:
+        """IOB2 tag names from the training split ("O" first) and the tokenised windows of every split."""
+        train_tags = [conll.to_bio(r["tags"]) for r in records["train"]]
+        names = ["O"] + sorted({t for tags in train_tags for t in tags} - {"O"})
+        if len(names) < 2:
+            raise ConfigError("data: the training split holds no entity tag (every tag is O)")
+        invalid = sum(conll.invalid_sentences(list(r["tags"])) for k in records for r in records[k])
+        meta = {"labels": names, "scheme": conll.scheme([r["tags"] for r in records["train"]]),
+                "invalid_sequences": invalid}
+        enc = {k: self.encode(records[k], cfg, tokenizer, meta, where[k]) for k in ("train", "validation", "test")}
+        return Prepared(train=enc["train"], validation=enc["validation"], test=enc["test"], meta=meta,
+                        raw_test=records["test"])
+
+    def encode(self, records: list[Record], cfg: RunConfig, tokenizer: PreTrainedTokenizerBase,
+               meta: dict[str, Any], where: list[str]) -> list[Example]:
+        """Windows of every sentence: ``input_ids`` (+ ``token_type_ids``), ``labels`` per sub-token and, for
+        evaluation, the sentence number, word ids and gold tags (``_``-fields stay out of batches). A tag the
+        run never trained on counts as O for the loss; its entities still count as gold in the metrics."""
+        ids = {n: i for i, n in enumerate(meta["labels"])}
+        b_to_i = [ids.get("I-" + n[2:], i) if n.startswith("B-") else i for i, n in enumerate(meta["labels"])]
+        out: list[Example] = []
+        for k, record in enumerate(records):
+            words = [str(t) for t in record["tokens"]]
+            tags = conll.to_bio(list(record["tags"])) if record.get("tags") is not None else None
+            labels = [ids.get(t, 0) for t in tags] if tags is not None else None
+            for window in encode_words(tokenizer, words, labels, cfg.model.max_length, cfg.data.stride,
+                                       cfg.data.label_all_subtokens, b_to_i):
+                example = {key: window[key] for key in ("input_ids", "token_type_ids", "labels") if key in window}
+                example.update(_sentence=k, _word_ids=window["word_ids"], _tags=tags, _n_words=len(words))
+                out.append(example)
+        return out
+
+    def encode_any(self, records: list[Record], cfg: RunConfig, tokenizer: PreTrainedTokenizerBase,
+                   meta: dict[str, Any], where: list[str]) -> list[Example]:
+        return self.encode(records, cfg, tokenizer, meta, where)
+
+    def setup_tokenizer(self, tokenizer: PreTrainedTokenizerBase, cfg: RunConfig, meta: dict[str, Any]) -> None:
+        return None
+
+    def pack(self, examples: list[Example], cfg: RunConfig, keep_apart: bool) -> list[Example]:
+        return examples
+
+    # -- model and loss -----------------------------------------------------------------------------------
+    def load_model(self, path: str | Path, cfg: RunConfig, meta: dict[str, Any], pad_id: int,
+                   device: torch.device) -> tuple[nn.Module, list[str]]:
+        """Pre-trained backbone + fresh token-classification head (encoders and decoders alike)."""
+        names = meta["labels"]
+        model, fresh = load_pretrained(
+            AutoModelForTokenClassification, path, cfg.model.trust_remote_code, num_labels=len(names),
+            ignore_mismatched_sizes=True, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = pad_id
+        return model, fresh
+
+    def packing_ok(self, model: nn.Module, examples: list[Example], rt: Runtime) -> bool:
+        return False
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed cross-entropy over the labelled sub-tokens of the batch."""
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # (batch, seq, labels)
+        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(),
+                                           ignore_index=IGNORE, reduction="sum")
+
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        return int((batch["labels"] != IGNORE).sum())
+
+    # -- evaluation and use ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _token_predictions(self, model: nn.Module, examples: list[Example], rt: Runtime, batch_size: int
+                           ) -> tuple[list[list[int]], float, int]:
+        """Per-window predicted label ids (in the order of ``examples``), and the summed loss and token count
+        over labelled sub-tokens."""
+        model.eval()
+        order = batch_order([len(e["input_ids"]) for e in examples], batch_size, 0, 0, shuffle=False)
+        preds: dict[int, list[int]] = {}
+        total, count = 0.0, 0
+        for idx, batch in zip(order, iterate(examples, order, rt.pad_id)):
+            batch = {k: v.to(rt.device) for k, v in batch.items()}
+            with autocast(rt.device, rt.bf16):
+                logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()  # (b, seq, labels)
+            if "labels" in batch:
+                total += float(nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(),
+                                                           ignore_index=IGNORE, reduction="sum"))
+                count += int((batch["labels"] != IGNORE).sum())
+            for i, row in zip(idx, logits.argmax(-1).cpu().tolist()):
+                preds[i] = row[: len(examples[i]["input_ids"])]
+        return [preds[i] for i in range(len(examples))], total, count
+
+    def _word_tags(self, examples: list[Example], preds: list[list[int]], names: list[str]
+                   ) -> tuple[list[list[str]], list[list[str] | None]]:
+        """(predicted tags, gold tags) per sentence, windows stitched back together."""
+        windows: dict[int, list[int]] = defaultdict(list)
+        for i, e in enumerate(examples):
+            windows[e["_sentence"]].append(i)
+        predicted, gold = [], []
+        for s in sorted(windows):
+            idx = windows[s]
+            ids = stitch([examples[i]["_word_ids"] for i in idx], [preds[i] for i in idx], examples[idx[0]]["_n_words"])
+            predicted.append([names[j] for j in ids])
+            gold.append(examples[idx[0]]["_tags"])
+        return predicted, gold
+
+    def evaluate(self, model: nn.Module, examples: list[Example], rt: Runtime, cfg: RunConfig,
+                 meta: dict[str, Any], **_: Any) -> dict[str, Any]:
+        """Entity precision/recall/F1 (micro and per type), token accuracy and the sub-token loss."""
+        if not examples:
+            return {}
+        preds, total, count = self._token_predictions(model, examples, rt, cfg.eval.batch_size)
+        predicted, gold = self._word_tags(examples, preds, meta["labels"])
+        metrics = entity_metrics(gold, predicted)
+        metrics["loss"] = total / max(count, 1)
+        metrics["n"] = len(gold)
+        return metrics
+
+    def predict(self, model: nn.Module, inputs: list[Any], rt: Runtime, cfg: RunConfig, meta: dict[str, Any],
+                tokenizer: Any) -> list[dict[str, Any]]:
+        """Entities found in each text (words split at whitespace): type, text and character offsets."""
+        if any(isinstance(x, tuple) for x in inputs):
+            raise ConfigError("token classification tags single texts: drop the second texts")
+        rows = []
+        for text in inputs:
+            words = [(m.group(), m.start(), m.end()) for m in _WORD.finditer(str(text))]
+            if not words:
+                rows.append({"text": text, "entities": []})
+                continue
+            examples = self.encode([{"tokens": [w for w, _, _ in words], "tags": None}], cfg, tokenizer, meta,
+                                   ["input"])
+            preds, _, _ = self._token_predictions(model, examples, rt, cfg.eval.batch_size)
+            (tags,), _ = self._word_tags(examples, preds, meta["labels"])
+            spans = conll.tags_to_spans(tags, [(s, e) for _, s, e in words])
+            rows.append({"text": text, "entities": [{**s, "text": text[s["start"]:s["end"]]} for s in spans]})
+        return rows
+
+    def describe(self, prediction: dict[str, Any]) -> str:
+        found = [f"  {e['label']}: {e['text']}" for e in prediction["entities"]]
+        return "\n".join([prediction["text"]] + (found or ["  (no entities)"]))
+
+    def default_reference(self, cfg: RunConfig) -> str | None:
+        return None
