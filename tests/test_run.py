@@ -147,7 +147,7 @@ def test_early_stopping_and_eval_every(bert_dir, data_csv, tmp_path):
     ({"method": {"name": "lora", "target_modules": ["nope"]}}, "matches no linear layer"),
     ({"method": {"name": "lora", "rank": 0}}, "method.rank must be positive"),
     ({"train": {"batch_size": 0}}, "train.batch_size must be positive"),
-    ({"train": {"lr": 0}}, "train.lr must be positive"),
+    ({"train": {"lr": -1}}, "train.lr must be >= 0"),
 ])
 def test_bad_input_gives_one_clear_error(bert_dir, data_csv, tmp_path, change, message):
     cfg = _cfg(bert_dir, data_csv, tmp_path / "bad")

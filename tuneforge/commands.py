@@ -104,12 +104,14 @@ def cmd_methods(args: argparse.Namespace) -> int:
     import dataclasses
 
     from tuneforge.methods import registry
+    from tuneforge.tasks import TASKS
 
     for name in registry.names():
         module = registry.get(name)
         doc = (module.__doc__ or "").strip().splitlines()[0]
-        lr = registry.train_defaults(name).get("lr")
-        print(f"{name:10s} {doc}  [default lr {lr}]")
+        lrs = {task: registry.train_defaults(name, task).get("lr") for task in TASKS}
+        shown = ", ".join(f"{t} {v:g}" for t, v in lrs.items()) if len(set(lrs.values())) > 1 else f"{lrs['classification']:g}"
+        print(f"{name:10s} {doc}  [default lr: {shown}]")
         for f in dataclasses.fields(module.Config):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             print(f"    method.{f.name} = {default!r}")

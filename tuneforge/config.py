@@ -58,7 +58,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     optimizer: Literal["adamw", "sgd", "rmsprop"] = "adamw"
-    lr: float | None = None  # learning rate; default: the method's recommendation (see `tuneforge methods`)
+    lr: float | None = None  # learning rate; default: the method's for the task (see `tuneforge methods`); 0: no update
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd / rmsprop only
     schedule: Literal["constant", "linear", "cosine"] = "linear"
@@ -87,7 +87,8 @@ class TrainConfig:
     num_threads: int | None = None  # torch CPU threads; default: torch's choice
 
     def __post_init__(self) -> None:
-        positive("train.lr", self.lr)
+        if self.lr is not None and not self.lr >= 0:
+            raise ConfigError(f"train.lr must be >= 0, got {self.lr}")
         positive("train.batch_size", self.batch_size)
         positive("train.grad_accum", self.grad_accum)
         positive("train.epochs", self.epochs)

@@ -58,7 +58,7 @@ def resolve_config(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list
     cfg.method = {"name": cfg.method_name, **{f.name: getattr(options, f.name)
                                               for f in dataclasses.fields(options) if f.init}}
     if cfg.train.lr is None:
-        cfg.train.lr = float(registry.train_defaults(cfg.method_name).get("lr", 5e-5))
+        cfg.train.lr = float(registry.train_defaults(cfg.method_name, cfg.model.task).get("lr", 5e-5))
     if cfg.forgetting.previous_run:  # stored absolute: the run must find task 1 again when reloaded
         cfg.forgetting.previous_run = str(Path(cfg.forgetting.previous_run).resolve())
     return cfg

@@ -61,6 +61,13 @@ def call_optional(name: str, hook: str, model: nn.Module) -> nn.Module:
     return model if out is None else out
 
 
-def train_defaults(name: str) -> dict[str, Any]:
-    """Recommended ``train.*`` settings for the method (may be empty)."""
-    return dict(getattr(get(name), "TRAIN_DEFAULTS", {}))
+def train_defaults(name: str, task: str | None = None) -> dict[str, Any]:
+    """Recommended ``train.*`` settings of the method for a task (may be empty). A method declares them in
+    ``TRAIN_DEFAULTS``: a value, or a mapping from task name to value (``"default"``: every other task)."""
+    out = {}
+    for key, value in getattr(get(name), "TRAIN_DEFAULTS", {}).items():
+        if isinstance(value, dict):
+            value = value.get(task, value.get("default"))
+        if value is not None:
+            out[key] = value
+    return out

@@ -1,0 +1,90 @@
+"""Defaults that work on a first small data set: the automatic training length, per-task learning rates, and the
+warning when nothing was learned."""
+import json
+
+import pandas as pd
+import pytest
+
+from tiny import model_dir, sentiment_rows
+from tuneforge import distributed
+from tuneforge.config import load_config
+from tuneforge.methods import registry
+from tuneforge.run import resolve_config, train
+from tuneforge.train import AUTO_PATIENCE, StepPlan
+
+
+def _plan(n: int, **train_opts) -> StepPlan:
+    cfg = load_config(None, {"train": {"batch_size": 32, **train_opts}})
+    return StepPlan([10] * n, cfg, True, distributed.Dist())
+
+
+@pytest.mark.parametrize("n, epochs, steps", [
+    (1_200, 7, 7 * 38),  # small: 38 steps per epoch -> enough epochs for 250 steps
+    (400, 10, 10 * 13),  # tiny: capped at auto_max_epochs
+    (8_000, 1, 250),  # large: one epoch already holds 250 steps
+    (20_000, 1, 625),  # larger: still one whole epoch, no wasted passes
+])
+def test_automatic_length_gives_the_documented_steps(n, epochs, steps):
+    plan = _plan(n)
+    assert plan.auto and plan.total == steps and plan.total == epochs * plan.per_epoch
+    assert plan.describe(1) == f"training {epochs} epoch{'s' if epochs > 1 else ''} = {steps:,} steps (auto: {n:,} examples)"
+
+
+def test_explicit_epochs_or_steps_win_over_the_automatic_length():
+    assert _plan(1_200, epochs=1).total == 38 and not _plan(1_200, epochs=1).auto
+    assert _plan(1_200, max_steps=5).total == 5
+    assert _plan(1_200, epochs=1, max_steps=5).total == 5  # max_steps overrides epochs
+    assert _plan(1_200, auto_min_steps=76).total == 76  # the automatic rule's own knobs
+    assert _plan(100, auto_max_epochs=2).total == 2 * 4
+
+
+def test_learning_rates_are_declared_per_method_and_task():
+    for method in registry.names():
+        for task in ("classification", "causal_lm", "token_classification"):
+            lr = registry.train_defaults(method, task)["lr"]
+            assert 0 < lr < 1
+            cfg = resolve_config({"model": {"task": task}, "method": {"name": method}})
+            assert cfg.train.lr == lr  # what a run without train.lr uses
+    assert resolve_config({"method": {"name": "lora"}, "train": {"lr": 0.123}}).train.lr == 0.123  # explicit wins
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("defaults")
+    pd.DataFrame(sentiment_rows(200)).to_csv(root / "d.csv", index=False)
+    return root, model_dir(root / "bert", "bert")
+
+
+def _run(root, bert, name, **train_opts):
+    cfg = {"model": {"name": str(bert), "max_length": 32}, "data": {"dataset": str(root / "d.csv")},
+           "method": {"name": "lora"}, "train": {"precision": "fp32", "batch_size": 16, **train_opts},
+           "output_dir": str(root / name)}
+    return train(cfg, progress=False)
+
+
+def test_nothing_learned_is_said_in_one_line_and_a_learning_run_is_quiet(setup, capsys):
+    root, bert = setup
+    frozen = _run(root, bert, "lr0", lr=0.0, epochs=2)
+    warning = frozen.metrics["warning"]
+    assert warning and ("learned little" in warning or "did not fall" in warning)
+    assert f"warning: {frozen.metrics['warning']}" in frozen.table
+    assert "train.lr" in frozen.metrics["warning"] and "\n" not in frozen.metrics["warning"]
+    assert f"warning: {frozen.metrics['warning']}" in capsys.readouterr().err
+    learned = _run(root, bert, "learned", lr=5e-3, epochs=3)
+    assert learned.metrics["test_after"]["accuracy"] > 0.8 and learned.metrics["warning"] is None
+    assert "warning" not in learned.table
+
+
+def test_the_automatic_length_validates_keeps_the_best_and_stops_early(setup):
+    root, bert = setup
+    out = _run(root, bert, "auto", lr=5e-3, auto_min_steps=100, auto_max_epochs=20)
+    m = out.metrics
+    per_epoch = -(-m["examples"]["train"] // 16)
+    planned = -(-100 // per_epoch) * per_epoch
+    log = [json.loads(line) for line in (root / "auto" / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in log if "val_accuracy" in r]
+    assert [r["step"] for r in evals] == [per_epoch * (i + 1) for i in range(len(evals))]  # each epoch
+    best = max(range(len(evals)), key=lambda i: (evals[i]["val_accuracy"], -i))
+    assert m["best_validation"]["step"] == evals[best]["step"]
+    assert m["steps"] < planned  # the toy task is learnt in a few epochs: it stops early ...
+    assert len(evals) - 1 - best == AUTO_PATIENCE  # ... after AUTO_PATIENCE evaluations without improvement
