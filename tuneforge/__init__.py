@@ -1,4 +1,10 @@
-"""tuneforge: fine-tune pre-trained transformers on your own data, with seven methods behind one interface."""
+"""tuneforge: fine-tune pre-trained transformers on your own data, with nine methods behind one interface.
+
+Methods: full, freeze, lora, adapter (Houlsby/Pfeiffer bottleneck adapters), prompt, p-tuning, prefix, ia3 and
+bitfit (``tuneforge.methods.registry``). Tasks: classification, causal_lm (instruction pairs, chat, plain
+text) and token_classification (named entities). ``tuneforge.finetune(config)`` trains (see
+:func:`tuneforge.run.train`); ``tuneforge.load(run_dir)`` reloads a run to predict, evaluate, generate or merge.
+"""
 __version__ = "0.1.0"
 
 __all__ = ["finetune", "load"]

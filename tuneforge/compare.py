@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import math
 import re
 import subprocess
 import sys
@@ -273,7 +274,7 @@ def plot_comparison(rows: list[dict[str, Any]], task: Any, out: Path) -> list[st
             ax.scatter(x, y)
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         if log and pts:
-            ax.set_xscale("log")
+            log_axis(ax, [p[0] for p in pts])
         ax.set_xlabel(xlabel)
         ax.set_ylabel(quality)
         ax.set_title(f"{task.name}: {task.metric} vs {xlabel}")
@@ -300,3 +301,18 @@ def plot_comparison(rows: list[dict[str, Any]], task: Any, out: Path) -> list[st
         notes.append("No run measured forgetting (metrics.json has no `forgetting`): no forgetting plot.")
     bars("peak_memory_mb", "peak memory (MiB)", PLOTS[3])
     return notes
+
+
+def log_axis(ax: Any, xs: list[float]) -> None:
+    """A log x axis labelled only at powers of ten, as plain numbers (0.01, 0.1, 1, 10, 100), and spanning
+    at least the decades around ``xs`` so two labels always show; minor ticks stay unlabelled (matplotlib
+    labels them on short spans, where their labels overlap)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    first, last = math.floor(math.log10(min(xs))), math.ceil(math.log10(max(xs)))
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(min(lo, 10.0 ** first), max(hi, 10.0 ** max(last, first + 1)))
+    ax.xaxis.set_major_locator(LogLocator(base=10))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
