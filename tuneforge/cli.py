@@ -1,5 +1,5 @@
 """Command line: ``tuneforge train | evaluate | predict | generate | chat | merge | export | compare |
-calibrate | methods``. Errors are one line, no traceback."""
+mitigate | calibrate | methods``. Errors are one line, no traceback."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ from collections.abc import Callable
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tuneforge.commands import (fail, cmd_calibrate, cmd_chat, cmd_compare, cmd_evaluate, cmd_export,
-                                cmd_generate, cmd_merge, cmd_methods, cmd_predict, cmd_train)
+                                cmd_generate, cmd_merge, cmd_methods, cmd_mitigate, cmd_predict, cmd_train)
 
 EXAMPLES = """examples:
   tuneforge train                                   # LoRA on the embedded MiniLM + Rotten Tomatoes
@@ -155,6 +155,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="also write every setting, metric and prediction to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.set_defaults(fn=cmd_calibrate)
+
+    p = sub.add_parser("mitigate", help="choose a forgetting mitigation's strength on validation data",
+                       description="Train the run without mitigation and once per candidate strength of one "
+                       "mitigation (EWC / L2-SP strength, replay or self-replay ratio); pick the candidate that "
+                       "forgets least (first forgetting probe) while the validation metric stays within --margin "
+                       "of the unmitigated run (points of accuracy/F1, or per cent of perplexity). Writes "
+                       "mitigation.md and tradeoff.png (task gain against forgetting, Pareto front).")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides shared by every run")
+    p.add_argument("-c", "--config", help="base YAML config shared by every run")
+    p.add_argument("--kind", required=True, choices=["ewc", "l2sp", "replay", "self-replay"])
+    p.add_argument("--values", help="comma-separated candidate strengths or ratios (default: a small grid)")
+    p.add_argument("--margin", type=float, default=1.0, help="allowed task cost: accuracy/F1 points, or "
+                   "per cent of perplexity for causal LMs (default 1)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
+    p.add_argument("--overwrite", action="store_true", help="retrain every run")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_mitigate)
 
     p = sub.add_parser("methods", help="list methods, their options and default learning rates")
     p.set_defaults(fn=cmd_methods)

@@ -145,3 +145,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.output:
         print(f"\nresults written to {prompting.write_result(result, args.output, args.overwrite)}")
     return 0
+
+
+def cmd_mitigate(args: argparse.Namespace) -> int:
+    from tuneforge.config import ConfigError
+    from tuneforge.mitigate import mitigate
+
+    try:
+        values = [float(v) for v in args.values.split(",")] if args.values else None
+    except ValueError:
+        raise ConfigError(f"--values must be comma-separated numbers, got {args.values!r}") from None
+    result = mitigate(args.config, args.overrides, args.kind, values, args.margin, args.output,
+                      progress=not args.quiet, overwrite=args.overwrite)
+    with open(os.path.join(args.output, "mitigation.md")) as f:
+        print(f.read())
+    return 0 if result["chosen"] is not None else 1

@@ -121,7 +121,8 @@ class EvalConfig:
 
 @dataclass
 class ReplayConfig:
-    data: str | None = None  # embedded data set or file of general / earlier-task examples (same task format)
+    data: str | None = None  # embedded data set or file of general / earlier-task examples (same task format);
+    #                          "self": the untrained model's own answers to held-out general prompts (causal LM)
     ratio: float = 0.0  # share of each training epoch made of replay examples, in [0, 1)
 
     def __post_init__(self) -> None:
@@ -155,10 +156,17 @@ class RegularizeConfig:
         positive("forgetting.regularize.fisher_batches", self.fisher_batches)
 
 
+PROBES = ("auto", "none", "reference", "own_answers", "sentiment", "sentiment_calibrated")
+
+
 @dataclass
 class ForgettingConfig:
     reference: str | None = None  # causal LM: data whose perplexity measures what the model knew ("none": off)
     reference_examples: int = 200  # how many reference examples to measure on
+    probes: list[str] = field(default_factory=lambda: ["auto"])  # what the model knew, measured before and after:
+    #   auto (the task's default), reference, own_answers, sentiment, sentiment_calibrated; [] or none: off
+    probe_prompts: int = 64  # own_answers: held-out general prompts whose untrained answers are scored
+    probe_examples: int = 200  # sentiment: Rotten Tomatoes test sentences classified zero-shot from a prompt
     previous_run: str | None = None  # classification, sequential: run dir of task 1; its merged backbone starts
     #                                  this run and its own head + test split measure task 1 before/after
     replay: ReplayConfig = field(default_factory=ReplayConfig)
@@ -167,6 +175,11 @@ class ForgettingConfig:
 
     def __post_init__(self) -> None:
         positive("forgetting.reference_examples", self.reference_examples)
+        positive("forgetting.probe_prompts", self.probe_prompts)
+        positive("forgetting.probe_examples", self.probe_examples)
+        unknown = [p for p in self.probes if p not in PROBES]
+        if unknown:
+            raise ConfigError(f"forgetting.probes: unknown probe '{unknown[0]}'; choose from {', '.join(PROBES)}")
 
 
 @dataclass

@@ -12,7 +12,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase, TextStreamer
 
 from tuneforge.config import ConfigError, build_dataclass
 from tuneforge.data import chat
-from tuneforge.models import autocast
+from tuneforge.models import autocast, position_limit
 from tuneforge.tasks import Runtime
 
 Prompt = str | list[dict[str, str]]  # a user message, or a whole conversation of {role, content}
@@ -78,6 +78,7 @@ def generate_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: 
         raise ConfigError("streaming works for one prompt at a time")
     model.eval()
     config = generation_config(model, tokenizer, s)
+    limit = position_limit(model)
     eos = set(config.eos_token_id)
     pad = tokenizer.pad_token_id
     if s.sample and s.seed is not None:
@@ -87,6 +88,10 @@ def generate_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: 
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         longest = max(len(prompts[i]) for i in idx)
+        room = limit - longest if limit is not None else s.max_new_tokens  # positions left in the model's table
+        if room < 1:
+            continue  # the prompts fill every position: no answer
+        config.max_new_tokens = min(s.max_new_tokens, room)
         ids = torch.tensor([[pad] * (longest - len(prompts[i])) + prompts[i] for i in idx])  # (batch, seq)
         mask = torch.tensor([[0] * (longest - len(prompts[i])) + [1] * len(prompts[i]) for i in idx])  # (batch, seq)
         streamer = _Streamer(tokenizer, stream) if stream is not None else None

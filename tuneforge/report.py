@@ -66,8 +66,8 @@ def result_table(metrics: dict[str, Any], task_metrics: Sequence[str]) -> str:
         if name in before or name in after:
             rows.append((f"test {name}", _fmt(before.get(name)), _fmt(after.get(name))))
     f = metrics.get("forgetting") or {}
-    if f:
-        rows.append((f"forgetting: {f['reference']}", _fmt(f["before"]), _fmt(f["after"])))
+    for probe in f.get("probes", [f] if f else []):
+        rows.append((f"forgetting probe: {probe['reference']}", _fmt(probe["before"]), _fmt(probe["after"])))
     rows += [
         ("trainable parameters", "", f"{p['trainable']:,} / {p['total']:,} ({p['trainable_pct']:.2f}%)"),
         ("train seconds", "", f"{metrics['train_seconds']:.1f}"),

@@ -98,13 +98,13 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
             warn(line, file=sys.stderr)
         with checkpoint.discard_on_error(run_dir if resume is None and d.main else None):
             before = _before(cfg, task, s, run_dir, say)
-            probe = forgetting.probe_for(cfg, task, s.prev, s.heads, s.tokenizer, s.rt, s.data.meta)
-            s.data = forgetting.mix_replay(cfg, task, s.tokenizer, s.data, s.splits.held_out, probe)
-            knew_before = probe.measure(s.model) if probe and d.main else None
+            probes = forgetting.probes_for(cfg, task, s.prev, s.heads, s.tokenizer, s.rt, s.data.meta, s.model)
+            s.data = forgetting.mix_replay(cfg, task, s.tokenizer, s.data, s.splits.held_out, probes, s.model, s.rt)
+            knew_before = [p.measure(s.model) for p in probes] if d.main else []
             pretrained = {n for n, _ in s.model.named_parameters()}
             s.model = apply_method(s.model, cfg, s.heads).to(s.rt.device)
             params = count_parameters(s.model)
-            regs = forgetting.regularizers(cfg, s.model, pretrained, s.heads, probe, s.rt)
+            regs = forgetting.regularizers(cfg, s.model, pretrained, s.heads, probes, s.rt)
             apart = task.packing_ok(s.model, s.data.train, s.rt)  # position ids keep packed examples apart
             s.rt.padding_free = cfg.train.padding_free and apart
             s.data.train = task.pack(s.data.train, cfg, apart)
@@ -132,7 +132,7 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
         "precision": "bf16" if s.rt.bf16 else "fp32", "device": str(s.rt.device), "processes": d.world,
         "padding_free": s.rt.padding_free,
         "examples": {**s.splits.summary(), "trained_per_epoch": len(s.data.train)},
-        "forgetting": forgetting.summary(probe, knew_before, probe.measure(model) if probe else None),
+        "forgetting": forgetting.summary(probes, knew_before, [p.measure(model) for p in probes]),
         "training_loss": {"first": result.first_loss, "last": result.last_loss,
                           "logged": sum("train_loss" in h for h in result.history)},
     }

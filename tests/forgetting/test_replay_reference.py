@@ -32,7 +32,7 @@ def test_replay_pool_excludes_the_reference_examples(tmp_path):
     assert len(fisher) == 12 and not fisher & {tuple(e["input_ids"]) for e in probe.examples}
     own = {id(e) for e in data.train}
     n_train = len(data.train)
-    replayed = [e for e in mix_replay(cfg, task, tokenizer, data, splits.held_out, probe).train if id(e) not in own]
+    replayed = [e for e in mix_replay(cfg, task, tokenizer, data, splits.held_out, [probe]).train if id(e) not in own]
     assert len(replayed) == replay_count(n_train, 0.3) > 0
     held_out = {tuple(e["input_ids"]) for e in probe.examples}
     assert not held_out & {tuple(e["input_ids"]) for e in replayed}

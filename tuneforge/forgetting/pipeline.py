@@ -9,46 +9,77 @@ import torch.nn as nn
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.batching import collate
 from tuneforge.data.dataset import normalise, source_records
-from tuneforge.forgetting.probes import Probe, reference_probe, sample, task1_probe
+from tuneforge.forgetting.probes import (Probe, general_prompts, own_answers, own_answers_probe, reference_probe,
+                                        sample, sentiment_probe, task1_probe)
 from tuneforge.forgetting.regularize import EWC, L2SP
-from tuneforge.forgetting.replay import mix
+from tuneforge.forgetting.replay import mix, replay_count
 from tuneforge.tasks import Prepared, Runtime, Task
 
 
-def probe_for(cfg: RunConfig, task: Task, prev: Any, heads: list[str], tokenizer: Any, rt: Runtime,
-              meta: dict[str, Any]) -> Probe | None:
-    """The run's probe: task 1 in the sequential set-up (``prev``, the reloaded task-1 run), else the
-    reference data (``forgetting.reference`` or the task's default), or None."""
+def probes_for(cfg: RunConfig, task: Task, prev: Any, heads: list[str], tokenizer: Any, rt: Runtime,
+               meta: dict[str, Any], model: nn.Module) -> list[Probe]:
+    """The run's probes (``forgetting.probes``; ``auto``: the task's defaults): task 1 in the sequential set-up
+    (``prev``, the reloaded task-1 run), else reference perplexity, the model's own answers, zero-shot
+    sentiment. Built on the untrained ``model`` (own answers are generated now)."""
     if prev is not None:
-        return task1_probe(prev, heads, rt)
-    return reference_probe(cfg, task, tokenizer, rt, meta)
+        return [task1_probe(prev, heads, rt)]
+    names = cfg.forgetting.probes
+    if names == ["auto"]:
+        names = task.default_probes(cfg)
+    if "none" in names:
+        return []
+    explicit = cfg.forgetting.probes != ["auto"]
+    wants_generation = [n for n in names if n != "reference"]
+    if wants_generation and not task.generates:
+        raise ConfigError(f"forgetting.probes: {wants_generation[0]} needs a causal LM; a {task.name} run "
+                          "measures forgetting with forgetting.previous_run or forgetting.reference")
+    out = []
+    for name in dict.fromkeys(names):
+        if name == "reference":
+            probe = reference_probe(cfg, task, tokenizer, rt, meta)
+        elif name == "own_answers":
+            probe = own_answers_probe(model, cfg, task, tokenizer, rt, meta)
+        else:
+            probe = sentiment_probe(model, cfg, tokenizer, name == "sentiment_calibrated", required=explicit)
+        if probe is not None:
+            out.append(probe)
+    return out
 
 
 def mix_replay(cfg: RunConfig, task: Task, tokenizer: Any, data: Prepared, held_out: set[str],
-               probe: Probe | None) -> Prepared:
-    """Replay: a ``ratio`` share of each epoch comes from ``forgetting.replay.data``. Rows whose input matches
-    a validation or test example of the run (``held_out``) or an example the probe measures are left out, so
-    replay never trains on what is evaluated."""
+               probes: list[Probe], model: nn.Module | None = None, rt: Runtime | None = None) -> Prepared:
+    """Replay: a ``ratio`` share of each epoch comes from ``forgetting.replay.data``, or with ``"self"`` from
+    the untrained ``model``'s own answers to held-out general prompts (self-replay: no external data). Rows
+    whose input matches a validation or test example of the run (``held_out``) or an example a probe measures
+    are left out, so replay never trains on what is evaluated."""
     r = cfg.forgetting.replay
     if r.ratio == 0:
         return data
-    records, where = source_records(task, r.data, cfg)
-    banned = held_out | (probe.keys if probe is not None else set())
+    banned = held_out | {k for p in probes for k in p.keys}
+    if r.data == "self":
+        if not task.generates or model is None or rt is None:
+            raise ConfigError("forgetting.replay.data=self replays the model's own answers: causal LM runs only")
+        prompts = general_prompts(replay_count(len(data.train), r.ratio), cfg.train.seed, exclude=banned)
+        records = own_answers(model, task, cfg, tokenizer, rt, data.meta, prompts)
+        where = [f"self-replay {i + 1}" for i in range(len(records))]
+    else:
+        records, where = source_records(task, r.data, cfg)
     kept = [(rec, w) for rec, w in zip(records, where) if normalise(task.input_text(rec, cfg)) not in banned]
     if not kept:
         raise ConfigError(f"forgetting.replay.data {r.data}: every row is a validation/test example of this run; "
                           "replay needs other data")
     pool = task.encode_any([rec for rec, _ in kept], cfg, tokenizer, data.meta, [w for _, w in kept])
-    if probe is not None:
-        measured = {tuple(e["input_ids"]) for e in probe.examples}
-        pool = [e for e in pool if tuple(e["input_ids"]) not in measured]
+    measured = {tuple(e["input_ids"]) for p in probes for e in p.examples}
+    pool = [e for e in pool if tuple(e["input_ids"]) not in measured]
     data.train = mix(data.train, pool, r.ratio, cfg.train.seed)
     return data
 
 
-def regularizers(cfg: RunConfig, model: nn.Module, pretrained: set[str], heads: list[str], probe: Probe | None,
+def regularizers(cfg: RunConfig, model: nn.Module, pretrained: set[str], heads: list[str], probes: list[Probe],
                  rt: Runtime) -> tuple[Any, ...]:
-    """L2-SP or EWC anchored at the current (pre-trained) weights, as configured."""
+    """L2-SP or EWC anchored at the current (pre-trained) weights, as configured (EWC's Fisher: the first
+    probe with data of its own beside what it measures)."""
+    probe = next((p for p in probes if p.fisher_examples), probes[0] if probes else None)
     g = cfg.forgetting.regularize
     if g.kind == "none" or g.strength == 0:
         return ()
@@ -67,9 +98,13 @@ def regularizers(cfg: RunConfig, model: nn.Module, pretrained: set[str], heads: 
     return (EWC.from_reference(model, probe.loss, batches, g.strength, exclude=heads, pretrained=pretrained),)
 
 
-def summary(probe: Probe | None, before: float | None, after: float | None) -> dict[str, Any]:
-    """Before/after/change of the probe for metrics.json and the result table."""
-    if probe is None:
-        return {}
-    change = None if before is None or after is None else after - before
-    return {"reference": probe.name, "metric": probe.metric, "before": before, "after": after, "change": change}
+def summary(probes: list[Probe], before: list[float], after: list[float]) -> dict[str, Any]:
+    """Before/after of every probe for metrics.json and the result table. ``forgotten``: how much worse the
+    probe got (perplexity: per cent higher; accuracy: points lower); negative when it improved. The first
+    probe's figures also sit at the top level (``change``: after - before)."""
+    rows = []
+    for p, b, a in zip(probes, before, after):
+        worse = (a - b) / b * 100 if p.metric == "perplexity" else (b - a) * 100
+        rows.append({"reference": p.name, "metric": p.metric, "before": b, "after": a, "change": a - b,
+                     "forgotten": worse, "unit": "%" if p.metric == "perplexity" else "points"})
+    return {**rows[0], "probes": rows} if rows else {}

@@ -98,3 +98,89 @@ def reference_probe(cfg: RunConfig, task: Task, tokenizer: Any, rt: Runtime, met
 
     return Probe(f"{name} perplexity", "perplexity", measure, examples, lambda m, b: mean_loss(task, m, b),
                  pool[n:], keys)
+
+
+# ---- capability probes for causal LMs ------------------------------------------------------------------------
+
+GENERAL_PROMPTS = "chitchat"  # embedded conversations whose first user turns are the held-out general prompts
+SENTIMENT = ("rotten_tomatoes", "Review: {text}\nSentiment:", ("negative", "positive"))
+
+
+def general_prompts(n: int, seed: int, exclude: set[str] = frozenset(), skip: int = 0) -> list[str]:
+    """``n`` distinct first user turns of the embedded chitchat conversations (seeded order; ``skip`` the first
+    ones, e.g. those a probe uses), leaving out any in ``exclude``."""
+    from tuneforge.data import embedded
+    from tuneforge.data.dataset import normalise
+
+    seen, prompts = set(exclude), []
+    for record in embedded.load(GENERAL_PROMPTS):
+        text = next((m["content"] for m in record["messages"] if m["role"] == "user"), "").strip()
+        if 3 <= len(text.split()) <= 40 and normalise(text) not in seen:
+            seen.add(normalise(text))
+            prompts.append(text)
+    return sample(prompts, len(prompts), seed)[skip:skip + n]
+
+
+def own_answers(model: nn.Module, task: Task, cfg: RunConfig, tokenizer: Any, rt: Runtime, meta: dict[str, Any],
+                prompts: list[str]) -> list[dict[str, Any]]:
+    """Chat records pairing each prompt with the model's own greedy answer (empty answers left out)."""
+    from tuneforge.generate import generate_answers
+
+    answers = generate_answers(model, tokenizer, meta, cfg, rt, prompts, max_new_tokens=cfg.eval.max_new_tokens)
+    return [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]}
+            for p, a in zip(prompts, answers) if a.strip()]
+
+
+def own_answers_probe(model: nn.Module, cfg: RunConfig, task: Task, tokenizer: Any, rt: Runtime,
+                      meta: dict[str, Any]) -> Probe:
+    """Perplexity of the untrained model's own greedy answers to held-out general prompts: what it could
+    already do. Fine-tuning that keeps those abilities keeps this perplexity; forgetting raises it."""
+    from tuneforge.data.dataset import normalise
+
+    prompts = general_prompts(cfg.forgetting.probe_prompts, cfg.data.seed)
+    records = own_answers(model, task, cfg, tokenizer, rt, meta, prompts)
+    chat_meta = {**meta, "format": "chat"}
+    examples = task.encode(records, cfg, tokenizer, chat_meta, [f"own answer {i + 1}" for i in range(len(records))])
+
+    def measure(m: nn.Module) -> float:
+        return task.evaluate(m, examples, rt, cfg, chat_meta)["perplexity"]
+
+    return Probe(f"own answers ({len(examples)} {GENERAL_PROMPTS} prompts) perplexity", "perplexity", measure,
+                 examples, lambda m, b: mean_loss(task, m, b), [], {normalise(p) for p in prompts})
+
+
+def sentiment_probe(model: nn.Module, cfg: RunConfig, tokenizer: Any, calibrated: bool, required: bool = True
+                    ) -> Probe | None:
+    """Zero-shot Rotten Tomatoes sentiment accuracy from a prompt (``tuneforge calibrate``'s machinery) on a
+    seeded sample of the test split: a task the model could do before training, measured after too. None
+    (unless ``required``) when the tokenizer cannot encode the label words."""
+    from tuneforge.config import load_config
+    from tuneforge.data.dataset import load_splits
+    from tuneforge.prompting.calibration import PromptClassifier
+    from tuneforge.prompting.classify import check_label_words, scored_words
+    from tuneforge.tasks.classification import Task as Classification
+
+    data, template, words = SENTIMENT
+    try:
+        check_label_words(tokenizer, scored_words(list(words), template), list(words), cfg.model.name)
+    except ConfigError:
+        if required:
+            raise
+        return None
+    test = load_splits(load_config(None, {"data": {"dataset": data, "seed": cfg.data.seed}}), Classification())
+    rows = sample(test.records["test"], cfg.forgetting.probe_examples, cfg.data.seed)
+    texts, gold = [str(r["text"]) for r in rows], [list(words).index(str(r["label"])) for r in rows]
+    scored = scored_words(list(words), template)
+
+    def measure(m: nn.Module) -> float:
+        clf = PromptClassifier(m, tokenizer, template, scored, batch_size=cfg.eval.batch_size)
+        was = m.training
+        m.eval()
+        try:
+            result = clf.evaluate(texts, gold)
+        finally:
+            m.train(was)
+        return result["accuracy_calibrated" if calibrated else "accuracy"]
+
+    name = f"zero-shot {data} sentiment accuracy{' (calibrated)' if calibrated else ''}"
+    return Probe(name, "accuracy", measure, [], lambda m, b: None, [], set())

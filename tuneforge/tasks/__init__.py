@@ -50,6 +50,7 @@ class Task(Protocol):
     greater_is_better: bool
     table_metrics: tuple[str, ...]  # test metrics shown in the result table
     peft_task_type: str  # PEFT's task type for `export --format peft`
+    generates: bool  # answers prompts with text (generation, own-answer probes, self-replay)
     group_by_length: bool  # default of train.group_by_length
     loss_unit: str  # what the loss averages over: "example" or "token"
 
@@ -115,6 +116,9 @@ class Task(Protocol):
 
     def describe(self, prediction: dict[str, Any]) -> str:
         """One prediction as a line of text for the terminal."""
+
+    def default_probes(self, cfg: RunConfig) -> list[str]:
+        """Probes of ``forgetting.probes: [auto]`` (names of tuneforge.config.PROBES)."""
 
     def default_reference(self, cfg: RunConfig) -> str | None:
         """Data whose perplexity measures forgetting by default (``forgetting.reference``), or None."""

@@ -66,6 +66,7 @@ class Task:
     metric = "loss"  # validation metric that picks the best checkpoint
     greater_is_better = False
     table_metrics = ("loss", "perplexity", "bleu", "rouge_l")
+    generates = True  # answers prompts with text (generation, own-answer probes, self-replay)
     peft_task_type = "CAUSAL_LM"  # what PeftModel.from_pretrained builds around the base model
     loss_unit = "token"
     # train.group_by_length default: off. SmolLM2 LoRA on the ChatterBot pairs (1 epoch, 3 seeds) reached test
@@ -242,6 +243,11 @@ class Task:
 
     def describe(self, prediction: dict[str, Any]) -> str:
         return str(prediction)
+
+    def default_probes(self, cfg: RunConfig) -> list[str]:
+        """Reference perplexity (where the model has reference data), its own answers, zero-shot sentiment."""
+        return (["reference"] if self.default_reference(cfg) or cfg.forgetting.reference else []) + \
+            ["own_answers", "sentiment"]
 
     def default_reference(self, cfg: RunConfig) -> str | None:
         """Held-out ``chitchat`` conversations for the embedded chat model; none for other models."""

@@ -33,6 +33,7 @@ class Task:
     metric = "accuracy"  # validation metric that picks the best checkpoint
     greater_is_better = True
     table_metrics = ("accuracy", "macro_f1")
+    generates = False  # answers prompts with text (generation, own-answer probes, self-replay)
     peft_task_type = "SEQ_CLS"  # what PeftModel.from_pretrained builds around the base model
     loss_unit = "example"
     # train.group_by_length default: on. MiniLM on Rotten Tomatoes reached the same accuracy with random and
@@ -98,10 +99,20 @@ class Task:
                                   f"(labels: {', '.join(meta['labels'])}); fix the label or add training examples of it")
             else:
                 labels.append(ids[str(value)])
-        texts = [str(r[d.text_column]) for r in records]
-        pairs = [str(r[d.text_pair_column]) for r in records] if d.text_pair_column else None
+        text = (lambda r, c: "" if _blank(r.get(c)) else str(r[c]))  # a null/NaN text is empty, not "None"
+        texts = [text(r, d.text_column) for r in records]
+        pairs = [text(r, d.text_pair_column) for r in records] if d.text_pair_column else None
         enc = tokenizer(texts, pairs, truncation=True, max_length=cfg.model.max_length)
         keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
+        # an empty text with a tokenizer that adds no special tokens (GPT-2, Llama without BOS) would be a
+        # zero-length example, which the model cannot run: it becomes one end-of-text (or unknown) token
+        filler = next((t for t in (tokenizer.eos_token_id, tokenizer.unk_token_id, tokenizer.pad_token_id)
+                       if t is not None), 0)
+        for i, ids in enumerate(enc["input_ids"]):
+            if not ids:
+                enc["input_ids"][i] = [filler]
+                if "token_type_ids" in enc:
+                    enc["token_type_ids"][i] = [0]
         return [{**{k: enc[k][i] for k in keys}, "labels": labels[i]} for i in range(len(records))]
 
     def encode_any(self, records: list[Record], cfg: RunConfig, tokenizer: PreTrainedTokenizerBase,
@@ -195,6 +206,9 @@ class Task:
         probs = "  ".join(f"{k}={v:.3f}" for k, v in prediction["probabilities"].items())
         text = f"{prediction['text']}\t{prediction['pair']}" if "pair" in prediction else prediction["text"]
         return f"{prediction['label']}\t{probs}\t{text}"
+
+    def default_probes(self, cfg: RunConfig) -> list[str]:
+        return []
 
     def default_reference(self, cfg: RunConfig) -> str | None:
         return None

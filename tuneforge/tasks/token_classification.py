@@ -24,11 +24,12 @@ from tuneforge.data import conll
 from tuneforge.data.batching import batch_order, iterate
 from tuneforge.data.readers import read_records
 from tuneforge.data.tagging import IGNORE, encode_words, stitch
-from tuneforge.evaluate import entity_metrics
+from tuneforge.evaluate import entity_metrics, get_entities
 from tuneforge.models import autocast, load_pretrained
 from tuneforge.tasks import Example, Prepared, Record, Runtime
 
 _WORD = re.compile(r"\S+")
+SAMPLES = 3  # tagged test sentences kept in the metrics (and shown in the result table)
 
 
 class Task:
@@ -36,6 +37,7 @@ class Task:
     metric = "f1"  # entity-level micro F1 picks the best checkpoint
     greater_is_better = True
     table_metrics = ("f1", "precision", "recall", "token_accuracy")
+    generates = False  # answers prompts with text (generation, own-answer probes, self-replay)
     peft_task_type = "TOKEN_CLS"
     loss_unit = "token"
     group_by_length = True  # sentences of similar length share a batch (as for classification)
@@ -173,8 +175,9 @@ class Task:
         return predicted, gold
 
     def evaluate(self, model: nn.Module, examples: list[Example], rt: Runtime, cfg: RunConfig,
-                 meta: dict[str, Any], **_: Any) -> dict[str, Any]:
-        """Entity precision/recall/F1 (micro and per type), token accuracy and the sub-token loss."""
+                 meta: dict[str, Any], raw: list[Record] | None = None, **_: Any) -> dict[str, Any]:
+        """Entity precision/recall/F1 (micro and per type), token accuracy and the sub-token loss; with the
+        untokenised records (``raw``), a few tagged sentences (gold ``reference`` beside ``generated``)."""
         if not examples:
             return {}
         preds, total, count = self._token_predictions(model, examples, rt, cfg.eval.batch_size)
@@ -182,6 +185,8 @@ class Task:
         metrics = entity_metrics(gold, predicted)
         metrics["loss"] = total / max(count, 1)
         metrics["n"] = len(gold)
+        if raw is not None and len(raw) == len(gold):
+            metrics["samples"] = _samples(raw, gold, predicted)
         return metrics
 
     def predict(self, model: nn.Module, inputs: list[Any], rt: Runtime, cfg: RunConfig, meta: dict[str, Any],
@@ -207,5 +212,30 @@ class Task:
         found = [f"  {e['label']}: {e['text']}" for e in prediction["entities"]]
         return "\n".join([prediction["text"]] + (found or ["  (no entities)"]))
 
+    def default_probes(self, cfg: RunConfig) -> list[str]:
+        return []
+
     def default_reference(self, cfg: RunConfig) -> str | None:
         return None
+
+
+def tagged(words: list[str], tags: list[str]) -> str:
+    """Words with their entities marked: ``[Barack Obama](person) visited the [White House](facility)``."""
+    out = list(words)
+    for label, start, end in get_entities(list(tags)):
+        out[start] = "[" + out[start]
+        out[end] = f"{out[end]}]({label})"
+    return " ".join(out)
+
+
+def _samples(raw: list[Record], gold: list[list[str] | None], predicted: list[list[str]]) -> list[dict[str, str]]:
+    """The first test sentences holding a gold entity, tagged with gold and predicted entities (for the
+    result table, as the causal-LM task's generated answers)."""
+    out = []
+    for record, g, p in zip(raw, gold, predicted):
+        if g is not None and any(t != "O" for t in g):
+            words = [str(w) for w in record["tokens"]]
+            out.append({"prompt": " ".join(words), "reference": tagged(words, g), "generated": tagged(words, p)})
+        if len(out) == SAMPLES:
+            break
+    return out

@@ -1,0 +1,54 @@
+"""Mitigations that choose their own strength: the choice on a constructed case, the Pareto front, the plot,
+and a whole (tiny) sweep through the CLI."""
+import pandas as pd
+import pytest
+
+from tiny import model_dir, sentiment_rows
+from tuneforge.mitigate import choose, pareto_front, plot_tradeoff, quality_gap
+
+
+def test_quality_gap_in_points_and_in_per_cent_of_perplexity():
+    assert quality_gap(0.78, 0.80, "accuracy", True) == pytest.approx(2.0)
+    assert quality_gap(2.03, 2.0, "loss", False) == pytest.approx((2.718281828 ** 0.03 - 1) * 100, rel=1e-6)
+
+
+def test_choose_picks_the_least_forgetting_within_the_margin():
+    baseline = {"label": "none", "validation": 0.800, "forgotten": 5.0}
+    rows = [{"label": "ewc=1e2", "validation": 0.801, "forgotten": 4.0},
+            {"label": "ewc=1e3", "validation": 0.795, "forgotten": 2.5},  # 0.5 points worse: allowed
+            {"label": "ewc=1e4", "validation": 0.780, "forgotten": 0.1},  # 2 points worse: beyond margin 1
+            {"label": "ewc=1e5", "validation": 0.700, "forgotten": -0.2}]
+    assert choose(rows, baseline, 1.0, "accuracy", True)["label"] == "ewc=1e3"
+    assert choose(rows, baseline, 3.0, "accuracy", True)["label"] == "ewc=1e4"
+    assert choose(rows[2:], baseline, 1.0, "accuracy", True) is None
+    lm = [{"label": "a", "validation": 2.02, "forgotten": 10.0}, {"label": "b", "validation": 2.05, "forgotten": 1.0}]
+    assert choose(lm, {"validation": 2.0}, 3.0, "loss", False)["label"] == "a"  # b: +5.1 % perplexity
+
+
+def test_pareto_front_and_plot(tmp_path):
+    points = [(5.0, 10.0), (2.0, 9.0), (3.0, 8.0), (0.5, 4.0), (6.0, 9.5)]
+    assert pareto_front(points) == [3, 1, 0]
+    rows = [{"label": str(i), "forgotten": f, "gain": g} for i, (f, g) in enumerate(points)]
+    plot_tradeoff(rows, tmp_path / "t.png", "test accuracy", "task 1 accuracy")
+    assert (tmp_path / "t.png").stat().st_size > 1000
+
+
+def test_mitigate_cli_trains_candidates_and_chooses(tmp_path, capsys):
+    from tuneforge.cli import main
+
+    root = tmp_path
+    bert = model_dir(root / "bert", "bert")
+    pd.DataFrame(sentiment_rows(120)).to_csv(root / "sent.csv", index=False)
+    topics = [{"text": f"the {w} story {i}", "label": w} for i in range(60) for w in [["ball", "bread", "code"][i % 3]]]
+    pd.DataFrame(topics).to_csv(root / "topics.csv", index=False)
+    base = ["--model", str(bert), "model.max_length=32", "train.precision=fp32", "train.batch_size=16", "-q"]
+    assert main(["train", "--data", str(root / "sent.csv"), "--method", "full", "-o", str(root / "t1"),
+                 "train.epochs=2", "train.lr=1e-3"] + base) == 0
+    capsys.readouterr()
+    code = main(["mitigate", "--kind", "l2sp", "--values", "1,1e4", "--margin", "50", "-o", str(root / "mit"),
+                 "model.name=" + str(bert), "model.max_length=32", "data.dataset=" + str(root / "topics.csv"),
+                 "method.name=full", "train.max_steps=4", "train.lr=1e-3", "train.precision=fp32",
+                 "train.batch_size=16", "forgetting.previous_run=" + str(root / "t1"), "-q"])
+    out = capsys.readouterr().out
+    assert code == 0 and "chosen:" in out and "| none |" in out and "l2sp=1" in out
+    assert (root / "mit" / "tradeoff.png").is_file() and (root / "mit" / "runs" / "l2sp-10000" / "metrics.json").is_file()

@@ -1,0 +1,150 @@
+"""Mitigations that choose their own strength, and the picture of what each costs.
+
+``mitigate`` trains one run without mitigation and one per candidate strength of a mitigation (EWC or L2-SP
+strength, replay or self-replay ratio) and picks, on validation data, the candidate that forgets least among
+those whose task quality stays within a stated margin of the unmitigated run (``choose``). Task quality is the
+best validation metric of each run (accuracy-like metrics: ``margin`` in points; losses: per cent of
+perplexity); forgetting is the run's first probe (``metrics.json`` ``forgetting.forgotten``: per cent for
+perplexities, points for accuracies). ``plot_tradeoff`` draws task gain against forgetting, one point per
+run, with the Pareto front.
+
+    tuneforge mitigate -c configs/demo-chat.yaml --kind ewc --values 1e2,1e3,1e4 --margin 3 -o mit/
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tuneforge import checkpoint, tasks
+from tuneforge.config import ConfigError, load_config
+from tuneforge.files import fresh_folder
+
+# kind -> (fixed settings, the swept key, default candidates)
+SWEEPS: dict[str, tuple[list[str], str, list[float]]] = {
+    "ewc": (["forgetting.regularize.kind=ewc"], "forgetting.regularize.strength", [1e2, 1e3, 1e4, 1e5]),
+    "l2sp": (["forgetting.regularize.kind=l2sp"], "forgetting.regularize.strength", [1e-2, 1e-1, 1.0, 10.0]),
+    "replay": ([], "forgetting.replay.ratio", [0.1, 0.2, 0.4]),
+    "self-replay": (["forgetting.replay.data=self"], "forgetting.replay.ratio", [0.1, 0.2, 0.4]),
+}
+
+
+def quality_gap(value: float, baseline: float, metric: str, greater_is_better: bool) -> float:
+    """How much worse ``value`` is than ``baseline``: points (x100) for accuracy-like metrics in [0, 1], per cent
+    of perplexity for a loss (metric ``loss``: exp of the difference)."""
+    if metric == "loss":
+        return (math.exp(value - baseline) - 1) * 100
+    worse = baseline - value if greater_is_better else value - baseline
+    return worse * 100
+
+
+def choose(rows: Sequence[dict[str, Any]], baseline: dict[str, Any], margin: float, metric: str,
+           greater_is_better: bool) -> dict[str, Any] | None:
+    """The row that forgets least (smallest ``forgotten``) among those whose validation ``metric`` is within
+    ``margin`` of ``baseline``'s (see :func:`quality_gap`); ties: the weaker mitigation (earlier row). None
+    when no candidate keeps the task within the margin."""
+    ok = [r for r in rows if r.get("forgotten") is not None and r.get("validation") is not None
+          and quality_gap(r["validation"], baseline["validation"], metric, greater_is_better) <= margin]
+    return min(ok, key=lambda r: r["forgotten"]) if ok else None
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points (forgetting, task gain) that no other point beats on both (less forgetting and
+    more gain), sorted by forgetting."""
+    front = [i for i, (f, g) in enumerate(points)
+             if not any((f2 <= f and g2 >= g) and (f2 < f or g2 > g) for f2, g2 in points)]
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def plot_tradeoff(rows: Sequence[dict[str, Any]], path: str | Path, task_label: str, forgetting_label: str) -> None:
+    """Task gain (y) against forgetting (x), one labelled point per row (``label``, ``gain``, ``forgotten``),
+    the Pareto front as a line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.get("gain") is not None and r.get("forgotten") is not None]
+    points = [(r["forgotten"], r["gain"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (x, y), r in zip(points, rows):
+        ax.scatter(x, y, color="tab:blue")
+        ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    front = pareto_front(points)
+    if len(front) > 1:
+        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="tab:orange",
+                label="Pareto front")
+        ax.legend(fontsize=8)
+    ax.axvline(0, color="grey", linewidth=0.5)
+    ax.set_xlabel(f"forgetting: {forgetting_label} (right: forgets more)")
+    ax.set_ylabel(f"task gain: {task_label} (up: better)")
+    ax.set_title("what fine-tuning gained against what it forgot")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary_row(label: str, metrics: dict[str, Any], task: Any) -> dict[str, Any]:
+    """label, validation metric, test before/after, gain (after - before, sign: better is positive; for a loss,
+    per cent lower perplexity), forgetting (first probe) of one finished run."""
+    before, after = metrics.get("test_before") or {}, metrics.get("test_after") or {}
+    m = task.metric
+    gain = None
+    if m in before and m in after:
+        gain = ((1 - math.exp(after[m] - before[m])) * 100 if m == "loss"  # per cent lower perplexity
+                else (after[m] - before[m]) * (100 if task.greater_is_better else -100))
+    f = metrics.get("forgetting") or {}
+    return {"label": label, "validation": (metrics.get("best_validation") or {}).get(m),
+            f"test_{m}": after.get(m), "gain": gain, "forgotten": f.get("forgotten"), "probe": f.get("reference")}
+
+
+def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str], kind: str,
+             values: Sequence[float] | None, margin: float, out_dir: str | Path, progress: bool = True,
+             overwrite: bool = False) -> dict[str, Any]:
+    """Train the unmitigated run and one run per candidate of ``kind`` (see ``SWEEPS``) in subprocesses
+    (``out_dir/runs/<label>``; finished ones are reused), choose on validation data, write ``mitigation.md``
+    and ``tradeoff.png``; returns {"rows", "chosen", "baseline"}."""
+    from tuneforge.compare import _base_config, _train_subprocess
+
+    if kind not in SWEEPS:
+        raise ConfigError(f"--kind: unknown mitigation '{kind}'; choose one of {', '.join(SWEEPS)}")
+    fixed, key, default = SWEEPS[kind]
+    values = list(values) if values else default
+    base = _base_config(config, list(overrides))
+    if kind == "replay" and not base.forgetting.replay.data:
+        raise ConfigError("--kind replay needs forgetting.replay.data (the data to replay)")
+    task = tasks.get(base.model.task)
+    out = Path(out_dir)
+    if not out.exists() or not any(out.iterdir()) or overwrite:
+        fresh_folder(out, overwrite, "comparison")
+    variants = {"none": []} | {f"{kind}={v:g}": fixed + [f"{key}={v}"] for v in values}
+    rows = []
+    for label, extra in variants.items():
+        run_dir = out / "runs" / label.replace("=", "-")
+        data = load_config(None, {**base.to_dict(), "output_dir": str(run_dir)}).to_dict()
+        data = _base_config(data, extra).to_dict()
+        metrics_file = run_dir / "metrics.json"
+        if metrics_file.is_file() and not overwrite:
+            import json
+            metrics = json.loads(metrics_file.read_text())
+        else:
+            metrics = _train_subprocess(label, data, out, None, run_dir.exists(), progress)
+        rows.append(summary_row(label, metrics, task))
+    baseline, candidates = rows[0], rows[1:]
+    chosen = choose(candidates, baseline, margin, task.metric, task.greater_is_better)
+    unit = "points" if task.metric != "loss" else "% perplexity"
+    lines = [f"# {kind}: candidates on {base.model.name} ({base.data.dataset}), margin {margin:g} {unit}", "",
+             f"| run | validation {task.metric} | test {task.metric} | task gain | forgetting ({rows[0]['probe']}) |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        mark = " **chosen**" if chosen is not None and r is chosen else ""
+        lines.append(f"| {r['label']}{mark} | {_f(r['validation'])} | {_f(r[f'test_{task.metric}'])} | "
+                     f"{_f(r['gain'])} | {_f(r['forgotten'])} |")
+    lines += ["", "chosen: " + (chosen["label"] if chosen else "none keeps the task within the margin")]
+    checkpoint.atomic_write_text(out / "mitigation.md", "\n".join(lines) + "\n")
+    plot_tradeoff(rows, out / "tradeoff.png", f"test {task.metric}", rows[0]["probe"] or "probe")
+    return {"rows": rows, "chosen": chosen, "baseline": baseline}
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
