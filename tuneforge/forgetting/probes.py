@@ -103,7 +103,8 @@ def reference_probe(cfg: RunConfig, task: Task, tokenizer: Any, rt: Runtime, met
 # ---- capability probes for causal LMs ------------------------------------------------------------------------
 
 GENERAL_PROMPTS = "chitchat"  # embedded conversations whose first user turns are the held-out general prompts
-SENTIMENT = ("rotten_tomatoes", "Review: {text}\nSentiment:", ("negative", "positive"))
+# data set, prompt, its labels and the word that names each label after the prompt
+SENTIMENT = ("rotten_tomatoes", "Review: {text}\nSentiment:", ("negative", "positive"), ("negative", "positive"))
 
 
 def general_prompts(n: int, seed: int, exclude: set[str] = frozenset(), skip: int = 0) -> list[str]:
@@ -160,16 +161,16 @@ def sentiment_probe(model: nn.Module, cfg: RunConfig, tokenizer: Any, calibrated
     from tuneforge.prompting.classify import check_label_words, scored_words
     from tuneforge.tasks.classification import Task as Classification
 
-    data, template, words = SENTIMENT
+    data, template, labels, words = SENTIMENT
     try:
-        check_label_words(tokenizer, scored_words(list(words), template), list(words), cfg.model.name)
+        check_label_words(tokenizer, scored_words(list(words), template), list(labels), cfg.model.name)
     except ConfigError:
         if required:
             raise
         return None
     test = load_splits(load_config(None, {"data": {"dataset": data, "seed": cfg.data.seed}}), Classification())
     rows = sample(test.records["test"], cfg.forgetting.probe_examples, cfg.data.seed)
-    texts, gold = [str(r["text"]) for r in rows], [list(words).index(str(r["label"])) for r in rows]
+    texts, gold = [str(r["text"]) for r in rows], [list(labels).index(str(r["label"])) for r in rows]
     scored = scored_words(list(words), template)
 
     def measure(m: nn.Module) -> float:

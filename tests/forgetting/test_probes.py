@@ -1,0 +1,91 @@
+"""Capability probes compute what a direct computation computes; self-replay never uses a probe's prompts."""
+import math
+
+import pytest
+import torch
+
+from lm_helpers import model_folder, write_pairs
+from tuneforge import tasks
+from tuneforge.data import chat
+from tuneforge.data.dataset import normalise, prepare
+from tuneforge.forgetting import pipeline, probes
+from tuneforge.models import load_pretrained, load_tokenizer
+from tuneforge.run import resolve_config
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probes")
+    folder = model_folder(root / "llama", "llama")
+    cfg = resolve_config({"model": {"name": str(folder), "task": "causal_lm", "max_length": 32},
+                          "data": {"dataset": str(write_pairs(root / "pairs.jsonl"))},
+                          "forgetting": {"probe_prompts": 12, "probe_examples": 40},
+                          "eval": {"max_new_tokens": 8}})
+    task, tok = tasks.get("causal_lm"), load_tokenizer(folder)
+    from transformers import AutoModelForCausalLM
+    model, _ = load_pretrained(AutoModelForCausalLM, folder)
+    rt = tasks.Runtime(device=torch.device("cpu"), bf16=False, pad_id=tok.pad_token_id)
+    splits, data = prepare(cfg, task, tok)
+    return cfg, task, tok, model.eval(), rt, splits, data
+
+
+def test_own_answers_probe_is_the_perplexity_of_the_models_greedy_answers(setup):
+    cfg, task, tok, model, rt, _, data = setup
+    probe = probes.own_answers_probe(model, cfg, task, tok, rt, data.meta)
+    prompts = probes.general_prompts(12, cfg.data.seed)
+    template = chat.resolve_template(tok, None)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for p in prompts:  # direct: greedy answer with generate, then the HF loss of the answer tokens
+            ids = chat.prompt_ids(tok, template, [{"role": "user", "content": p}], 32)
+            out = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
+            answer = tok.decode(out[:out.index(tok.eos_token_id)] if tok.eos_token_id in out else out,
+                                skip_special_tokens=True).strip()
+            if not answer:
+                continue
+            (ex,) = chat.encode_conversations([[{"role": "user", "content": p}, {"role": "assistant", "content": answer}]],
+                                              tok, template, 32, ["r"])
+            labels = torch.tensor([ex["labels"]])
+            loss = model(input_ids=torch.tensor([ex["input_ids"]]), labels=labels).loss
+            n = int((labels[:, 1:] != -100).sum())
+            total, count = total + float(loss) * n, count + n
+    assert len(probe.examples) > 0 and probe.measure(model) == pytest.approx(math.exp(total / count), rel=1e-4)
+
+
+def test_sentiment_probe_is_the_zero_shot_accuracy_of_the_label_words(setup, monkeypatch):
+    cfg, task, tok, model, rt, _, data = setup
+    monkeypatch.setattr(probes, "SENTIMENT", ("rotten_tomatoes", "{text} :", ("negative", "positive"), ("no", "yes")))
+    probe = probes.sentiment_probe(model, cfg, tok, calibrated=False)
+    from tuneforge.config import load_config
+    from tuneforge.data.dataset import load_splits
+    from tuneforge.tasks.classification import Task as Classification
+    rows = probes.sample(load_splits(load_config(None, {"data": {"dataset": "rotten_tomatoes"}}), Classification())
+                         .records["test"], 40, cfg.data.seed)
+    word_ids = [tok(" no", add_special_tokens=False)["input_ids"][0], tok(" yes", add_special_tokens=False)["input_ids"][0]]
+    right = 0
+    with torch.no_grad():
+        for r in rows:  # direct: the next-token logits of the two label words after the prompt
+            ids = tok(f"{r['text']} :", add_special_tokens=False)["input_ids"]
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+            right += int(int(logits[word_ids].argmax()) == ["negative", "positive"].index(r["label"]))
+    assert probe.measure(model) == pytest.approx(right / len(rows))
+
+
+def test_self_replay_never_uses_the_probes_prompts(setup, monkeypatch):
+    cfg, task, tok, model, rt, splits, data = setup
+    cfg = resolve_config({**cfg.to_dict(), "forgetting": {**cfg.to_dict()["forgetting"],
+                                                         "replay": {"data": "self", "ratio": 0.5}}})
+    probe = probes.own_answers_probe(model, cfg, task, tok, rt, data.meta)
+    asked = []
+    answer = pipeline.own_answers
+
+    def spy(model, task, cfg, tok, rt, meta, prompts):
+        asked.extend(prompts)
+        return answer(model, task, cfg, tok, rt, meta, prompts)
+
+    monkeypatch.setattr(pipeline, "own_answers", spy)
+    n = len(data.train)
+    mixed = pipeline.mix_replay(cfg, task, tok, data, splits.held_out, [probe], model, rt)
+    assert len(mixed.train) > n and len(asked) == round(0.5 / 0.5 * n)  # ratio 0.5: as many replayed as trained
+    assert probe.keys and not probe.keys & {normalise(p) for p in asked}
