@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides shared by every run")
     p.add_argument("-c", "--config", help="base YAML config shared by every run")
     p.add_argument("--methods", help="comma-separated methods (default: all, see `tuneforge methods`)")
-    p.add_argument("--task", help="classification (default) or causal_lm (sets model.task)")
+    p.add_argument("--task", help="classification (default), causal_lm or token_classification (sets model.task)")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR",
                    help="folder for comparison.md/.csv, plots and runs/<method>")
     p.add_argument("--overwrite", action="store_true", help="retrain every method, replacing earlier runs")

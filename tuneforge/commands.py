@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 
@@ -108,9 +109,11 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
     for name in registry.names():
         module = registry.get(name)
-        doc = (module.__doc__ or "").strip().splitlines()[0]
+        doc = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph
+        doc = re.split(r"(?<!al)\. ", doc)[0].rstrip(".") + "."  # its first sentence ("et al." is no end)
         lrs = {task: registry.train_defaults(name, task).get("lr") for task in TASKS}
-        shown = ", ".join(f"{t} {v:g}" for t, v in lrs.items()) if len(set(lrs.values())) > 1 else f"{lrs['classification']:g}"
+        shown = ", ".join(f"{t} {v:g}" for t, v in lrs.items()) if len(set(lrs.values())) > 1 else \
+            f"{next(iter(lrs.values())):g}"
         print(f"{name:10s} {doc}  [default lr: {shown}]")
         for f in dataclasses.fields(module.Config):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

@@ -37,6 +37,8 @@ def learned_warning(metrics: dict[str, Any], task: Any) -> str | None:
     if name not in after:
         return None
     value, sign = after[name], (1 if task.greater_is_better else -1)
+    if sign > 0 and value == 0 and not before:
+        return f"test {name} is 0 after training: {FIXES}"
     bars = [before.get(name)]
     majority = _majority(after)
     if majority is not None and name == "accuracy":

@@ -162,7 +162,15 @@ def load_splits(cfg: RunConfig, task: Any) -> Splits:
                 kept.append(g)
                 n += len(g)
             groups = kept
+            duplicates = sum(len(g) - 1 for g in groups)  # within the examples kept
         parts = _split_groups(groups, d.split, d.seed, task, cfg)
+    if d.skip_invalid:  # rows of a class the training split lacks (a label never seen in training) are invalid too
+        known = {task.stratum(r, cfg) for r, _ in parts["train"]}
+        if None not in known:
+            for k in ("validation", "test"):
+                kept = [x for x in parts[k] if task.stratum(x[0], cfg) in known]
+                counts["skipped"] += len(parts[k]) - len(kept)
+                parts[k] = kept
     if not parts["train"]:
         raise ConfigError("data: the training split is empty; provide more examples or a larger data.split[0]")
     out = Splits({k: [r for r, _ in v] for k, v in parts.items()}, {k: [w for _, w in v] for k, v in parts.items()},
@@ -214,7 +222,11 @@ def restore(manifest: dict[str, Any], name: str, task: Any, cfg: RunConfig) -> t
     sources = [Source(**s) for s in manifest["sources"]]
     cache: dict[int, list[Record]] = {}
     for i, s in enumerate(sources):
-        records, now = read_source(task, s.path or s.name, cfg)
+        try:
+            records, now = read_source(task, s.path or s.name, cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; the run's stored split refers to it: restore it, or evaluate on a file "
+                              "explicitly with --data FILE") from None
         if now.fingerprint != s.fingerprint:
             raise ConfigError(f"data source {s.path or s.name} changed since training (fingerprint differs); its "
                               "stored split no longer applies: evaluate on a file explicitly with --data FILE")
