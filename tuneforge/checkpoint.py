@@ -24,8 +24,9 @@ from safetensors.torch import load_file
 
 from tuneforge import distributed
 from tuneforge.config import ConfigError, RunConfig, build_dataclass
-from tuneforge.files import (atomic_write_text, clean_partial, crash_point, fresh_folder, partial_dir,
-                             replace_dir, save_json, save_tensors, write_marker)
+from tuneforge.files import (atomic_write_text, check_replaceable, clean_partial, clean_siblings, crash_point,
+                             fresh_folder, partial_dir, put_back, replace_dir, save_json, save_tensors, set_aside,
+                             write_marker)
 
 __all__ = ["atomic_write_text", "save_json", "save_tensors", "crash_point", "RUN_FORMAT"]
 
@@ -39,14 +40,21 @@ def run_dir_path(output_dir: str | None, method: str, overwrite: bool = False) -
     """The run directory to create (``runs/METHOD-TIMESTAMP`` by default). An existing non-empty folder is
     refused unless ``overwrite`` and it is a tuneforge folder. Nothing is created yet."""
     path = Path(output_dir) if output_dir else Path("runs") / f"{method}-{datetime.now():%Y%m%d-%H%M%S}"
-    from tuneforge.files import check_replaceable
     check_replaceable(path, overwrite, "run directory")
     return path
 
 
+_REPLACED: dict[Path, Path] = {}  # run directory -> the run it replaces (--overwrite), set aside until training
+
+
 def create_run_dir(path: Path, overwrite: bool, cfg: RunConfig) -> Path:
     """Make the run directory with its marker and ``config.yaml`` (replacing a tuneforge folder only with
-    ``overwrite``)."""
+    ``overwrite``). A replaced run is only set aside: :func:`discard_on_error` brings it back if the new run
+    fails before training, and removes it once training starts."""
+    check_replaceable(path, overwrite, "run directory")
+    clean_siblings(path)  # an earlier replaced run a crash left behind
+    if path.exists() and any(path.iterdir()):
+        _REPLACED[path.resolve()] = set_aside(path)
     fresh_folder(path, overwrite, "run", "run directory")
     atomic_write_text(path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     crash_point("run-dir-created")
@@ -241,9 +249,21 @@ def _read_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     return meta, tensors
 
 
-def start_resume(run_dir: Path) -> None:
-    """Before continuing an interrupted run: remove leftovers of the writes the interruption cut short."""
+def start_resume(run_dir: Path, manifest: dict[str, Any] | None = None) -> None:
+    """Before continuing an interrupted run: remove leftovers of the writes the interruption cut short. With
+    the resumed run's split (``manifest``, ``Splits.manifest()``): store it where the run was killed before
+    its ``split.json`` was written, and refuse (one line) when it differs from the stored one -- a source
+    changed since the run started, so continuing would train on other examples than the checkpoint's."""
     clean_partial(run_dir)
+    clean_siblings(run_dir)  # a run it replaced (--overwrite), set aside when the run was killed
+    if manifest is None:
+        return
+    path = run_dir / SPLIT
+    if not path.is_file():
+        save_json(manifest, path)
+    elif json.loads(path.read_text()) != json.loads(json.dumps(manifest, default=float)):
+        raise ConfigError(f"cannot resume {run_dir}: its data changed since the run started (the split differs "
+                          f"from its {SPLIT}); restore the data it started with, or start a new run")
 
 
 def resume_config(run_dir: Path) -> RunConfig:
@@ -267,10 +287,16 @@ def resume_config(run_dir: Path) -> RunConfig:
 
 @contextlib.contextmanager
 def discard_on_error(path: Path | None) -> Iterator[None]:
-    """Remove the new run directory ``path`` if the block fails (a run that never started training)."""
+    """Remove the new run directory ``path`` if the block fails (a run that never started training), and
+    bring back the run it replaced (``--overwrite``); once the block succeeds the replaced run is removed."""
+    replaced = _REPLACED.pop(path.resolve(), None) if path is not None else None
     try:
         yield
     except BaseException:
         if path is not None:
             shutil.rmtree(path, ignore_errors=True)
+            if replaced is not None:
+                put_back(replaced, path)
         raise
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from tuneforge import assets, checkpoint
 from tuneforge.config import ConfigError
+from tuneforge.files import new_folder
 from tuneforge.methods import registry
 
 if TYPE_CHECKING:
@@ -55,17 +56,18 @@ def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
                                    list(run.heads))
     base = assets.resolve_model(run.cfg.model.name).resolve()
     adapter_config["base_model_name_or_path"] = str(base)
-    out = checkpoint.prepare_output(out, overwrite)
-    checkpoint.save_json(adapter_config, out / "adapter_config.json")
-    checkpoint.save_tensors(tensors, out / "adapter_model.safetensors", {"format": "pt"})
-    run.tokenizer.save_pretrained(out)
     labels = run.meta.get("labels")
     extra = f", num_labels={len(labels)}, id2label={dict(enumerate(labels))}" if labels else ""
     prompt_like = adapter_config["peft_type"] in ("PROMPT_TUNING", "P_TUNING")
     note = _PROMPT_NOTE.format(n=adapter_config.get("num_virtual_tokens")) if prompt_like else ""
-    checkpoint.atomic_write_text(out / "README.md", _README.format(
-        method=name, task_type=task_type, base=base, auto=AUTO_CLASSES.get(task_type, "AutoModel"), extra=extra,
-        out=out, note=note))
+    out = Path(out)
+    with new_folder(out, overwrite, "export") as tmp:  # moved in place once complete
+        checkpoint.save_json(adapter_config, tmp / "adapter_config.json")
+        checkpoint.save_tensors(tensors, tmp / "adapter_model.safetensors", {"format": "pt"})
+        run.tokenizer.save_pretrained(tmp)
+        checkpoint.atomic_write_text(tmp / "README.md", _README.format(
+            method=name, task_type=task_type, base=base, auto=AUTO_CLASSES.get(task_type, "AutoModel"), extra=extra,
+            out=out, note=note))
     return out
 
 

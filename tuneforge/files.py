@@ -7,12 +7,13 @@ is killed (SIGKILL, power loss after the fsync).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,9 @@ def crash_point(name: str) -> None:
     wanted = os.environ.get(CRASH_ENV)
     if not wanted:
         return
-    point, _, nth = wanted.partition(":")
+    point, _, nth = wanted.rpartition(":")  # names contain colons too: "write:metrics.json", "write:x.json:2"
+    if not nth.isdigit():
+        point, nth = wanted, ""
     if point != name:
         return
     hits = _HITS[name] = _HITS.get(name, 0) + 1
@@ -100,7 +103,7 @@ def replace_dir(tmp: Path, target: Path) -> None:
             with open(f, "rb+") as fh:
                 os.fsync(fh.fileno())
     if target.exists():
-        shutil.rmtree(target)
+        _discard(target)
     os.replace(tmp, target)
     fsync_dir(target.parent)
 
@@ -147,11 +150,62 @@ def check_replaceable(folder: Path, overwrite: bool, what: str = "output folder"
                           "--overwrite only replaces tuneforge's own folders: choose another path or empty it")
 
 
+def clean_siblings(folder: Path) -> None:
+    """Remove ``.<name>.*.partial`` beside ``folder``: leftovers of an interrupted build or removal of it."""
+    if folder.parent.is_dir():
+        for p in folder.parent.iterdir():
+            if p.name.startswith(f".{folder.name}.") and p.name.endswith(PARTIAL):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def set_aside(folder: Path) -> Path:
+    """Move ``folder`` to a new ``.partial`` sibling in one rename (durable) and return where it went: removed
+    all at once later, or moved back (:func:`put_back`); a crash leaves it whole (cleaned next time)."""
+    aside = partial_dir(folder.parent, folder.name)
+    os.replace(folder, aside)
+    fsync_dir(folder.parent)
+    return aside
+
+
+def put_back(aside: Path, folder: Path) -> None:
+    """Undo :func:`set_aside` (whatever is at ``folder`` now is removed)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(aside, folder)
+    fsync_dir(folder.parent)
+
+
+def _discard(folder: Path) -> None:
+    """Remove ``folder`` all at once, never half of it (a half-deleted run without its marker could never be
+    replaced again)."""
+    shutil.rmtree(set_aside(folder))
+
+
 def fresh_folder(folder: Path, overwrite: bool, kind: str, what: str = "output folder") -> Path:
     """An empty ``folder`` marked as tuneforge's: new, empty, or (``overwrite``) a tuneforge folder emptied."""
     check_replaceable(folder, overwrite, what)
     if folder.exists() and any(folder.iterdir()):
-        shutil.rmtree(folder)
+        _discard(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_marker(folder, kind)
     return folder
+
+
+@contextlib.contextmanager
+def new_folder(folder: Path, overwrite: bool, kind: str, what: str = "output folder") -> Iterator[Path]:
+    """Build ``folder`` (merged model, export) in a ``.partial`` folder beside it, moved in place, fsynced,
+    only when the block succeeds; an existing folder is refused unless :func:`check_replaceable` allows it,
+    and replaced only then. A crash leaves the old folder (or none) and a leftover removed next time."""
+    folder = Path(folder)
+    check_replaceable(folder, overwrite, what)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    clean_siblings(folder)
+    tmp = partial_dir(folder.parent, folder.name)
+    try:
+        write_marker(tmp, kind)
+        yield tmp
+        crash_point("folder-built")
+        replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -13,6 +13,7 @@ import torch.nn as nn
 from tuneforge import assets, checkpoint, tasks
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import dataset
+from tuneforge.files import new_folder
 from tuneforge.methods import registry
 from tuneforge.models import (apply_method, bf16_supported, head_modules, load_tokenizer, resolve_device,
                               store_frozen_in_bf16)
@@ -142,10 +143,10 @@ class Run:
             self.model, self.base_names = self._load_model()  # the merge hook may have changed the model
             raise ConfigError(f"method '{self.cfg.method_name}' cannot be merged into the base weights "
                               f"(e.g. {leftovers[0]}); use `tuneforge export` or load the run with tuneforge")
-        out = checkpoint.prepare_output(out, overwrite, "merged")
-        model.float().save_pretrained(out, safe_serialization=True)
-        self.tokenizer.save_pretrained(out)
-        return out
+        with new_folder(Path(out), overwrite, "merged") as tmp:  # moved in place once complete
+            model.float().save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+        return Path(out)
 
 
 def load(run_dir: str | Path, device: str = "auto") -> Run:

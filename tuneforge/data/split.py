@@ -26,6 +26,8 @@ def _counts(n: int, fractions: Sequence[float]) -> tuple[int, int]:
                 sizes[donor] -= 1
                 sizes[k] += 1
         n_train, n_val = sizes[0], sizes[1]
+    elif n and fractions[0] > 0 and n_train == 0:  # a class too small for every split is trained on (else its
+        n_train, n_val = 1, min(n_val, n - 1)         # test rows carry a label the model never saw)
     return n_train, n_val
 
 
