@@ -145,11 +145,6 @@ def test_sigkill_of_a_real_cli_process_then_resume(setup, straight, tmp_path, ca
     check_resumed(run, straight["lora"], capsys)
 
 
-RUN_PY_FIX = ("tuneforge/run.py must pass the split to the resume check: "
-              "checkpoint.start_resume(run_dir, s.splits.manifest())")
-
-
-@pytest.mark.xfail(strict=True, reason=RUN_PY_FIX)
 def test_a_run_killed_before_its_split_was_stored_gets_it_on_resume(setup, straight, tmp_path, capsys):
     run = tmp_path / "run"
     assert killed(argv(setup, "lora", run), "run-dir-created", tmp_path / "child.log") == -signal.SIGKILL
@@ -157,7 +152,6 @@ def test_a_run_killed_before_its_split_was_stored_gets_it_on_resume(setup, strai
     check_resumed(run, straight["lora"], capsys)
 
 
-@pytest.mark.xfail(strict=True, reason=RUN_PY_FIX)
 def test_resume_refuses_when_the_data_changed_since_the_run_started(setup, tmp_path, capsys):
     root, model, _ = setup
     data = tmp_path / "data.csv"

@@ -9,10 +9,17 @@ from typing import Any
 class Logger:
     """Metrics to ``log.jsonl`` and TensorBoard (rank 0 only)."""
 
-    def __init__(self, run_dir: Path | None, enabled: bool) -> None:
+    def __init__(self, run_dir: Path | None, enabled: bool, resumed_at: int | None = None) -> None:
+        """``resumed_at``: the step a resumed run continues from; later records (written before the run was
+        interrupted, and about to be written again) are dropped from ``log.jsonl``."""
         self.enabled = enabled and run_dir is not None
         self.path = run_dir / "log.jsonl" if self.enabled else None
         self.tb = None
+        if self.enabled and resumed_at is not None and self.path.is_file():
+            from tuneforge.files import atomic_write_text
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resumed_at]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         if self.enabled:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
@@ -49,5 +56,7 @@ def plot_loss_curve(history: list[dict[str, Any]], path: Path, metric: str) -> N
     ax.set_title(f"loss curve (best checkpoint by validation {metric})")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    tmp = path.with_name(f".{path.name}.partial")  # written whole, then renamed (a crash leaves no half PNG)
+    fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+    tmp.replace(path)

@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from tuneforge import checkpoint, distributed, tasks
 from tuneforge.config import ConfigError, RunConfig, load_config, merge_dicts, parse_overrides
-from tuneforge.data.dataset import Splits, prepare
+from tuneforge.data.dataset import Splits, prepare, source_records
 from tuneforge.data.dataset import warnings as dataset_warnings
 from tuneforge.forgetting import pipeline as forgetting
 from tuneforge.loaded import Run, load, start_model
@@ -92,7 +92,7 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
             checkpoint.create_run_dir(run_dir, overwrite, cfg)
             checkpoint.save_json(s.splits.manifest(), run_dir / checkpoint.SPLIT)
         elif d.main:
-            checkpoint.start_resume(run_dir)
+            checkpoint.start_resume(run_dir, s.splits.manifest())
         distributed.barrier()
         for line in dataset_warnings(s.splits):
             warn(line, file=sys.stderr)
@@ -165,6 +165,9 @@ def _setup(cfg: RunConfig, task: Task, base: Path, device: torch.device, prev: R
         torch.set_num_threads(cfg.train.num_threads)
     tokenizer = load_tokenizer(base, cfg.model.trust_remote_code)
     splits, data = prepare(cfg, task, tokenizer)
+    for extra in (cfg.forgetting.replay.data if cfg.forgetting.replay.ratio else None, cfg.forgetting.reference):
+        if extra not in (None, "none", "self"):  # replay / reference data checked before anything is created
+            source_records(task, extra, cfg)
     rt = Runtime(device=device, bf16=use_bf16(cfg.train.precision, device), pad_id=tokenizer.pad_token_id)
     torch.manual_seed(cfg.train.seed)
     model, fresh = task.load_model(base, cfg, data.meta, rt.pad_id, device)

@@ -176,7 +176,6 @@ def fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runtim
     patience = t.early_stopping if t.early_stopping is not None or not plan.auto else AUTO_PATIENCE
     if progress and d.main:
         print(plan.describe(d.world), file=sys.stderr)
-    logger = Logger(run_dir, d.main)
     result = TrainResult()
     sign = 1 if task.greater_is_better else -1
     params = [p for p in module.parameters() if p.requires_grad]
@@ -186,6 +185,7 @@ def fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runtim
             setattr(result, key, loop[key])
         result.best_state = loop["best_state"]
     step = result.steps
+    logger = Logger(run_dir, d.main, resumed_at=step if resume else None)
     bar = tqdm(total=total, initial=step, desc="train", disable=not progress or not d.main, dynamic_ncols=True)
     logged = torch.zeros(2, dtype=torch.float64, device=rt.device)  # this rank's loss sum, all ranks' units
     start = time.perf_counter() - result.train_seconds
