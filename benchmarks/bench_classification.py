@@ -1,16 +1,19 @@
 """tuneforge vs Hugging Face Trainer + PEFT: the same LoRA and full fine-tuning runs, side by side.
 
     .venv/bin/python benchmarks/bench_classification.py                 # default: LoRA + full, 3 repeats
-    .venv/bin/python benchmarks/bench_classification.py --quick         # smoke test (a minute or two)
+    .venv/bin/python benchmarks/bench_classification.py --quick         # smoke test: 256 train / 256 test, 1 repeat
     .venv/bin/python benchmarks/bench_classification.py --methods lora --repeats 5
 
 Both sides train the embedded MiniLM (``AutoModelForSequenceClassification``, 2 labels) on the embedded
 Rotten Tomatoes sentences, split by tuneforge's own seeded stratified split, tokenised by tuneforge's own
 classification task code, with the same batch size, epochs, learning rate, linear schedule and warmup,
-AdamW, weight decay, gradient clipping, seed, max_length and bf16 autocast on CPU, and the same LoRA
-(rank 8, alpha 16, dropout 0, every linear layer except the classifier; classifier trained in full).
-Neither side evaluates during training. Every configuration runs in a fresh subprocess (peak RSS is per
-run), repeats are interleaved (A, B, C, A, B, C, ...) and medians are reported. See benchmarks/README.md.
+AdamW, weight decay, gradient clipping, seed, max_length and precision (``--precision auto``: bf16 autocast
+where the CPU runs bf16 natively, else fp32, on both sides), and the same LoRA (rank 8, alpha 16, dropout 0,
+every linear layer except the classifier; classifier trained in full). Rows: tuneforge, Trainer + PEFT with
+its defaults, and the best-configured Trainer + PEFT (length-grouped batches), which the targets compare
+against. Neither side evaluates during training. Every configuration runs in a fresh subprocess (peak RSS is
+per run), repeats are interleaved (A, B, C, A, B, C, ...) and medians are reported, with train FLOP/s and MFU
+against the matmul rate measured in the same invocation (``flops.py``). See benchmarks/README.md.
 
 Trainer + PEFT is a benchmark-only dependency (transformers ``Trainer``, ``peft``, ``accelerate``).
 """
@@ -26,13 +29,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (FRAMEWORKS, LABELS, FirstLinearDtype, ListDataset, comparison_parser, comparison_settings,
-                    comparison_table, count_forward_tokens, environment, run_interleaved, run_tuneforge,
-                    summarise, trainer_clock, dispatch_worker, write_results)
+from common import (FRAMEWORKS, LABELS, FirstLinearDtype, ForwardTokens, ListDataset, comparison_parser,
+                    comparison_settings, comparison_table, dispatch_worker, environment, flops_text, machine_line,
+                    output_path, prepared_data, run_interleaved, run_tuneforge, split_records, summarise, trainer_clock,
+                    trainer_precision_args, worker_device, write_results)
+
+from flops import pooled_rates
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
+BEST_TRAINER = "trainer_grouped"  # the best-configured Trainer row: length-grouped batches
 
 # The demo's settings (configs/demo.yaml); full fine-tuning uses tuneforge's recommended lr for `full`.
 DEFAULTS = {
@@ -49,16 +56,17 @@ DEFAULTS = {
 # Data: written once by the parent, read by every worker through tuneforge's own data code.
 # --------------------------------------------------------------------------------------------------------
 
-def write_splits(workdir: Path, train_examples: int | None) -> dict[str, Any]:
+def write_splits(workdir: Path, test_examples: int, train_examples: int | None) -> dict[str, Any]:
     """tuneforge's seeded stratified split of the embedded Rotten Tomatoes sentences (the demo's split),
     optionally the first ``train_examples`` of the (already shuffled) train split, as JSONL files."""
-    from tuneforge.config import DataConfig
-    from tuneforge.data.dataset import load_splits
-
-    data = DataConfig(dataset="rotten_tomatoes", split=DEFAULTS["split"], seed=DEFAULTS["data_seed"])
-    train, _validation, test = load_splits(data, ["text", "label"], key=lambda r: str(r["label"]))
+    records = split_records({"model": {"name": "minilm", "task": "classification"},
+                             "data": {"dataset": "rotten_tomatoes", "split": DEFAULTS["split"],
+                                      "seed": DEFAULTS["data_seed"]}})
+    train, test = records["train"], records["test"]
     if train_examples:
         train = train[:train_examples]
+    if test_examples:
+        test = test[:test_examples]
     paths = {"train": workdir / "train.jsonl", "test": workdir / "test.jsonl"}
     for name, records in (("train", train), ("test", test)):
         with open(paths[name], "w", encoding="utf-8") as f:
@@ -81,22 +89,33 @@ def tuneforge_config(spec: dict[str, Any], out_dir: str) -> dict[str, Any]:
         "train": {"optimizer": "adamw", "lr": spec["lr"], "weight_decay": spec["weight_decay"],
                   "schedule": "linear", "warmup_ratio": spec["warmup_ratio"], "epochs": spec["epochs"],
                   "batch_size": spec["batch_size"], "grad_accum": 1, "max_grad_norm": spec["max_grad_norm"],
-                  "seed": spec["seed"], "precision": "bf16", "num_threads": spec["threads"], "device": "cpu"},
+                  "seed": spec["seed"], "precision": spec["precision"], "num_threads": spec["threads"],
+                  "device": spec["device"]},
         "eval": {"batch_size": spec["eval_batch_size"], "before": False},
         "output_dir": out_dir,
     }
 
 
 def prepared_examples(spec: dict[str, Any]):
-    """Tokenised train/test examples exactly as tuneforge builds them (its Task.prepare on the same config)."""
-    from tuneforge import assets, tasks
-    from tuneforge.config import load_config
-    from tuneforge.models import load_tokenizer
+    """Tokenised train/test examples exactly as tuneforge builds them (its data pipeline on the same config)."""
+    from tuneforge import assets
 
-    cfg = load_config(None, tuneforge_config(spec, "unused"))
-    tokenizer = load_tokenizer(assets.minilm_dir())
-    prepared = tasks.get("classification").prepare(cfg, tokenizer)
+    prepared, tokenizer, _task, _cfg = prepared_data(tuneforge_config(spec, "unused"), assets.minilm_dir())
     return prepared, tokenizer
+
+
+def flops_per_token(spec: dict[str, Any], methods: list[str]) -> dict[str, Any]:
+    """Training FLOPs per real token of each method on this training data (``flops.py``): the classifier and
+    pooler run once per example."""
+    from transformers import AutoModelForSequenceClassification
+    from tuneforge import assets
+    from flops import model_shapes, per_token_table
+
+    prepared, _ = prepared_examples({**spec, "framework": "tuneforge", "method": "lora", "lr": spec["lr_lora"]})
+    lengths = [len(e["input_ids"]) for e in prepared.train]
+    shapes = model_shapes(assets.minilm_dir(), AutoModelForSequenceClassification,
+                          num_labels=len(prepared.meta["labels"]))
+    return per_token_table(shapes, lengths, [1] * len(lengths), methods, spec["rank"])
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -130,6 +149,7 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
         model = get_peft_model(model, LoraConfig(
             r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=0.0, target_modules="all-linear",
             modules_to_save=["classifier"], task_type="SEQ_CLS"))
+    model.to(worker_device(spec))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     # identical step count and warmup to tuneforge: steps = ceil(epochs * ceil(n / batch)),
@@ -140,11 +160,11 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
         per_device_eval_batch_size=spec["eval_batch_size"], num_train_epochs=spec["epochs"],
         learning_rate=spec["lr"], lr_scheduler_type="linear", warmup_steps=int(spec["warmup_ratio"] * steps),
         weight_decay=spec["weight_decay"], max_grad_norm=spec["max_grad_norm"], seed=spec["seed"],
-        bf16=True, use_cpu=True, eval_strategy="no", save_strategy="no", report_to=[],
+        **trainer_precision_args(spec), eval_strategy="no", save_strategy="no", report_to=[],
         dataloader_num_workers=0, disable_tqdm=True, logging_steps=10,
         train_sampling_strategy="group_by_length" if grouped else "random")
 
-    counts = count_forward_tokens(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    counts = ForwardTokens(model.get_base_model() if hasattr(model, "get_base_model") else model)
     LoopClock = trainer_clock()
     probe = FirstLinearDtype()
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
@@ -158,10 +178,10 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
         "train_seconds": out.metrics["train_runtime"],  # Trainer's own: from just before the loop to its end
         "loop_seconds_callback": LoopClock.end - LoopClock.begin, "train_call_wall_seconds": wall,
         "loop_cpu_seconds": LoopClock.cpu_end - LoopClock.cpu_begin, "threads_in_loop": LoopClock.threads,
-        "real_tokens": counts["real"], "padded_tokens": counts["padded"], "steps": out.global_step,
-        "forwards": counts["forwards"], "expected_steps": steps, "test_accuracy": accuracy,
+        "real_tokens": counts.real, "padded_tokens": counts.padded, "steps": out.global_step,
+        "forwards": counts.forwards, "expected_steps": steps, "test_accuracy": accuracy,
         "trainable_parameters": trainable, "autocast_dtype": probe.dtype, "optim": str(args.optim),
-        "train_loss": out.metrics.get("train_loss"),
+        "train_loss": out.metrics.get("train_loss"), "precision": spec["precision"],
     }
 
 
@@ -169,9 +189,11 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
 # Parent: schedule, aggregate, print.
 # --------------------------------------------------------------------------------------------------------
 
-def markdown(rows: list[dict[str, Any]], settings: dict[str, Any], env: dict[str, Any]) -> str:
-    table = comparison_table(rows, LABELS, "test_accuracy", "test accuracy", ".4f", lower_is_better=False)
+def markdown(rows: list[dict[str, Any]], settings: dict[str, Any], env: dict[str, Any], flops: dict[str, Any],
+             rates: dict[str, Any], probes: int) -> str:
     s = settings
+    table = comparison_table(rows, LABELS, "test_accuracy", "test accuracy", ".4f", lower_is_better=False,
+                             settings=s, rates=rates, best=BEST_TRAINER)
     text = [
         "# Classification benchmark: tuneforge vs Hugging Face Trainer + PEFT", "",
         f"MiniLM (all-MiniLM-L6-v2) sequence classification on Rotten Tomatoes sentences: {s['n_train']:,} train / "
@@ -179,19 +201,21 @@ def markdown(rows: list[dict[str, Any]], settings: dict[str, Any], env: dict[str
         f"max_length {s['max_length']}, batch {s['batch_size']}, {s['epochs']:g} epoch(s), AdamW (wd {s['weight_decay']}), "
         f"linear schedule, warmup {s['warmup_ratio']} of steps, grad clip {s['max_grad_norm']}, training seed {s['seed']} + repeat "
         "index (the same on both sides), "
-        f"bf16 autocast on CPU, {s['threads']} torch threads; lr LoRA {s['lr_lora']:g}, full {s['lr_full']:g}; LoRA r={s['rank']}, "
+        f"precision {s['precision']} on both sides (--precision {s['requested_precision']}; "
+        f"{'bf16 autocast' if s['precision'] == 'bf16' else 'float32, no autocast'}) on {s['device']}, "
+        f"{s['threads']} torch threads; lr LoRA {s['lr_lora']:g}, full {s['lr_full']:g}; LoRA r={s['rank']}, "
         f"alpha={s['alpha']}, dropout 0, all linear layers except the classifier (trained in full). "
-        f"Medians of {s['repeats']} interleaved repeats, each run in a fresh process.", "",
+        f"Medians of {s['repeats']} interleaved repeats, each run in a fresh process. The best-configured Trainer "
+        f"row (the targets' reference) groups batches by length.", "",
         *table, "",
+        *flops_text(flops, rates, s["precision"], probes), "",
         "Real tokens = sum of attention masks of the training batches seen (the same count on both sides); "
         "train s = training loop only (tuneforge `train_seconds`; Trainer `train_runtime`), no evaluation; "
         "peak MiB = peak resident set size of the run's process (ru_maxrss); real tokens per CPU-s = real tokens ÷ "
         "process CPU time (all threads) of the loop; max load = highest 1-minute load average seen before/after "
         f"the runs of that row (the run itself adds about {s['threads']}): well above that, other processes shared "
         "the CPU and timings are unreliable.", "",
-        f"Machine: {env['cpu']}, {env['cores']} cores; python {env['python']}, torch {env['torch']}, "
-        f"transformers {env['transformers']}, peft {env['peft']}, accelerate {env['accelerate']}. "
-        f"Benchmark wall time {env['wall_seconds'] / 60:.1f} min. Command: `{env['command']}`.",
+        machine_line(env),
     ]
     return "\n".join(text) + "\n"
 
@@ -200,8 +224,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = comparison_parser(__doc__, DEFAULTS, 256, "use the first N examples of the (shuffled) train split (default "
                           f"{DEFAULTS['train_examples']}; 0: all 6,824 of them, the demo's data)",
                           RESULTS / "classification.md")
-    p.add_argument("--no-grouped-trainer", action="store_true",
-                   help="skip the extra 'Trainer + PEFT, group_by_length' row")
+    p.add_argument("--no-default-trainer", action="store_true",
+                   help="skip the 'Trainer + PEFT (defaults)' row; the best-configured (group_by_length) row stays")
     return p.parse_args(argv)
 
 
@@ -211,22 +235,25 @@ def main(argv: list[str] | None = None) -> None:
         dispatch_worker(a.worker, run_tuneforge_side, run_trainer)
         return
     t0 = time.perf_counter()
-    settings, methods = comparison_settings(a, DEFAULTS, 256)
-    frameworks = [f for f in FRAMEWORKS if f != "trainer_flat" and not (a.no_grouped_trainer and f == "trainer_grouped")]
+    settings, methods = comparison_settings(a, DEFAULTS, 256, 256)
+    frameworks = [f for f in FRAMEWORKS if f != "trainer_flat" and not (a.no_default_trainer and f == "trainer")]
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    out = Path(a.output)
+    out = output_path(a)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
-        data = write_splits(Path(tmp), settings["train_examples"])
+        data = write_splits(Path(tmp), settings["test_examples"], settings["train_examples"])
         settings.update(n_train=data.pop("n_train"), n_test=data.pop("n_test"))
-        runs = run_interleaved(__file__, settings, methods, tuple(frameworks), data, out, "test_accuracy")
-    rows = summarise(runs, methods, FRAMEWORKS, "test_accuracy")
+        flops = flops_per_token({**settings, **data}, methods)
+        runs, probes = run_interleaved(__file__, settings, methods, tuple(frameworks), data, out, "test_accuracy")
+    rates = pooled_rates(probes)
+    rows = summarise(runs, methods, FRAMEWORKS, "test_accuracy", {m: flops[m]["per_token"] for m in methods},
+                     rates, settings["precision"])
     env = {**environment(), "wall_seconds": time.perf_counter() - t0,
            "command": " ".join(["python", "benchmarks/bench_classification.py", *(argv if argv is not None else sys.argv[1:])])}
-    text = markdown(rows, settings, env)
-    write_results(out, text, {"settings": settings, "environment": env,
-                              "summary": rows, "runs": runs})
+    text = markdown(rows, settings, env, flops, rates, len(probes))
+    write_results(out, text, {"settings": settings, "environment": env, "flops": flops, "matmul_rates": rates,
+                              "matmul_probes": probes, "summary": rows, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -1,21 +1,23 @@
 """Supervised fine-tuning (SFT) of a causal LM: tuneforge vs Hugging Face Trainer + PEFT, side by side.
 
     .venv/bin/python benchmarks/bench_sft.py                 # default: LoRA + full, 3 repeats
-    .venv/bin/python benchmarks/bench_sft.py --quick         # smoke test: 128 pairs, 1 repeat
+    .venv/bin/python benchmarks/bench_sft.py --quick         # smoke test: 64 train / 32 test pairs, 1 repeat
     .venv/bin/python benchmarks/bench_sft.py --methods lora --repeats 5
 
 Both sides fine-tune the embedded SmolLM2-135M-Instruct on the embedded ChatterBot Q->A pairs (the
 ``make demo-chat`` data: tuneforge's seeded 80/10/10 split, chat template with the system prompt "Reply
 briefly.", max_length 64), tokenised once by tuneforge's own ``causal_lm`` task code so both see the same
 token ids and the same label mask (loss on answer tokens only). Same batch size, epochs, learning rate,
-linear schedule and warmup, AdamW, gradient clipping, seed and bf16 autocast on CPU; the same LoRA (rank 8,
-alpha 16, dropout 0, every linear layer except the LM head). Both draw random batches (tuneforge's causal-LM
-default; Trainer's default); tuneforge packs each batch's examples into padding-free rows (its default,
-``train.padding_free``), Trainer pads them (its default; ``--flat-trainer`` adds a row with transformers'
-padding-free ``DataCollatorWithFlattening``). Neither side evaluates during training; the
-final models are scored by the same code (tuneforge's token-weighted test loss -> perplexity). Every
-configuration runs in a fresh subprocess, repeats are interleaved, medians are reported. See
-benchmarks/README.md.
+linear schedule and warmup, AdamW, gradient clipping, seed and precision (``--precision auto``: bf16 autocast
+where the device runs bf16 natively, else fp32, on both sides); the same LoRA (rank 8, alpha 16, dropout 0,
+every linear layer except the LM head). Both draw random batches (tuneforge's causal-LM default; Trainer's
+default); tuneforge packs each batch's examples into padding-free rows (its default, ``train.padding_free``).
+Trainer rows: its defaults (padded rows), and the best-configured one, which the targets compare against:
+transformers' padding-free ``DataCollatorWithFlattening`` (one row per batch, position ids). Neither side
+evaluates during training; the final models are scored by the same code (tuneforge's token-weighted test
+loss -> perplexity). Every configuration runs in a fresh subprocess, repeats are interleaved, medians are
+reported, with train FLOP/s and MFU against the matmul rate measured in the same invocation (``flops.py``).
+See benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -29,13 +31,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (FRAMEWORKS, LABELS, FirstLinearDtype, ListDataset, comparison_parser, comparison_settings,
-                    comparison_table, count_forward_tokens, environment, run_interleaved, run_tuneforge,
-                    summarise, trainer_clock, dispatch_worker, write_results)
+from common import (FRAMEWORKS, LABELS, FirstLinearDtype, ForwardTokens, ListDataset, comparison_parser,
+                    comparison_settings, comparison_table, dispatch_worker, environment, flops_text, machine_line,
+                    output_path, prepared_data, run_interleaved, run_tuneforge, split_records, summarise,
+                    trainer_clock, trainer_precision_args, worker_device, write_results)
+from flops import pooled_rates
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
+BEST_TRAINER = "trainer_flat"  # the best-configured Trainer row: padding-free DataCollatorWithFlattening
+QUICK_TRAIN, QUICK_TEST = 64, 32  # --quick: pairs trained / scored (a smoke test of every code path)
+MFU_TARGETS = {"lora": 0.15}  # SmolLM2 LoRA SFT: at least 15 % of the matmul rate of the run's precision
 
 # configs/demo-chat.yaml's settings; full fine-tuning uses tuneforge's default lr for `full`.
 DEFAULTS = {
@@ -45,16 +52,16 @@ DEFAULTS = {
 }
 
 
-def write_splits(workdir: Path, train_examples: int) -> dict[str, Any]:
+def write_splits(workdir: Path, test_examples: int, train_examples: int) -> dict[str, Any]:
     """The demo-chat split of the embedded ChatterBot pairs (optionally the first ``train_examples`` of the
     shuffled train split) as instruction/output JSONL files."""
-    from tuneforge.config import DataConfig
-    from tuneforge.data.dataset import load_splits
-
-    data = DataConfig(dataset="chatterbot", split=DEFAULTS["split"], seed=DEFAULTS["data_seed"])
-    train, _validation, test = load_splits(data, [])
+    records = split_records({"model": {"name": "smollm2", "task": "causal_lm"},
+                             "data": {"dataset": "chatterbot", "split": DEFAULTS["split"], "seed": DEFAULTS["data_seed"]}})
+    train, test = records["train"], records["test"]
     if train_examples:
         train = train[:train_examples]
+    if test_examples:
+        test = test[:test_examples]
     paths = {"train": workdir / "train.jsonl", "test": workdir / "test.jsonl"}
     for name, records in (("train", train), ("test", test)):
         with open(paths[name], "w", encoding="utf-8") as f:
@@ -79,14 +86,32 @@ def tuneforge_config(spec: dict[str, Any], out_dir: str) -> dict[str, Any]:
         "train": {"optimizer": "adamw", "lr": spec["lr"], "weight_decay": spec["weight_decay"],
                   "schedule": "linear", "warmup_ratio": spec["warmup_ratio"], "epochs": spec["epochs"],
                   "batch_size": spec["batch_size"], "grad_accum": 1, "max_grad_norm": spec["max_grad_norm"],
-                  "seed": spec["seed"], "precision": "bf16", "num_threads": spec["threads"], "device": "cpu"},
+                  "seed": spec["seed"], "precision": spec["precision"], "num_threads": spec["threads"],
+                  "device": spec["device"]},
         "eval": {"batch_size": spec["eval_batch_size"],  # the untrained model: scored in the first repeat
-                 "before": spec["framework"] == "tuneforge" and spec.get("repeat") == 0,
+                 "before": spec["framework"] == "tuneforge" and spec.get("repeat") == 0 and not spec.get("quick"),
                  "generate_samples": 0},
-        "forgetting": {"reference": "none"},  # no chitchat probe: Trainer does no such extra work
+        # no forgetting probes (chitchat perplexity, own answers, zero-shot sentiment): Trainer does no such work
+        "forgetting": {"reference": "none", "probes": []},
         "output_dir": out_dir,
     }
     return merge_dicts(cfg, parse_overrides(spec.get("tuneforge_set", [])))
+
+
+def flops_per_token(spec: dict[str, Any], methods: list[str]) -> dict[str, Any]:
+    """Training FLOPs per real token of each method on this training data (``flops.py``): LM-head FLOPs only at
+    the trained (answer) positions, on both sides."""
+    from transformers import AutoModelForCausalLM
+    from tuneforge import assets
+    from tuneforge.data.chat import IGNORE
+    from flops import model_shapes, per_token_table
+
+    config = tuneforge_config({**spec, "framework": "tuneforge", "method": "lora", "lr": spec["lr_lora"]}, "unused")
+    prepared, _tokenizer, _task, _cfg = prepared_data(config, assets.resolve_model("smollm2"))
+    lengths = [len(e["input_ids"]) for e in prepared.train]
+    trained = [sum(1 for t in e["labels"][1:] if t != IGNORE) for e in prepared.train]
+    shapes = model_shapes(assets.resolve_model("smollm2"), AutoModelForCausalLM)
+    return per_token_table(shapes, lengths, trained, methods, spec["rank"])
 
 
 def run_tuneforge_side(spec: dict[str, Any]) -> dict[str, Any]:
@@ -101,18 +126,14 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
     from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, DataCollatorWithFlattening, Trainer,
                               TrainingArguments)
-    from tuneforge import assets, tasks
-    from tuneforge.config import load_config
-    from tuneforge.models import load_tokenizer, resolve_device
+    from tuneforge import assets
     from tuneforge.tasks import Runtime
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(spec["threads"])
-    # the same token ids and label masks as tuneforge: its own Task.prepare on the same config
-    cfg = load_config(None, tuneforge_config(spec, "unused"))
-    tokenizer = load_tokenizer(assets.resolve_model("smollm2"))
-    task = tasks.get("causal_lm")
-    prepared = task.prepare(cfg, tokenizer)
+    device = worker_device(spec)
+    # the same token ids and label masks as tuneforge: its own data pipeline on the same config
+    prepared, tokenizer, task, cfg = prepared_data(tuneforge_config(spec, "unused"), assets.resolve_model("smollm2"))
     tokenizer.padding_side = "right"  # as tuneforge pads
     train_ds = ListDataset(prepared.train)
 
@@ -121,16 +142,17 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
     if spec["method"] == "lora":
         model = get_peft_model(model, LoraConfig(r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=0.0,
                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
+    model.to(device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     steps = max(1, math.ceil(spec["epochs"] * math.ceil(len(train_ds) / spec["batch_size"])))
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="bench-hf-"), per_device_train_batch_size=spec["batch_size"],
         num_train_epochs=spec["epochs"], learning_rate=spec["lr"], lr_scheduler_type="linear",
         warmup_steps=int(spec["warmup_ratio"] * steps), weight_decay=spec["weight_decay"],
-        max_grad_norm=spec["max_grad_norm"], seed=spec["seed"], bf16=True, use_cpu=True, eval_strategy="no",
+        max_grad_norm=spec["max_grad_norm"], seed=spec["seed"], **trainer_precision_args(spec), eval_strategy="no",
         save_strategy="no", report_to=[], dataloader_num_workers=0, disable_tqdm=True, logging_steps=10,
         train_sampling_strategy="group_by_length" if grouped else "random")
-    counts = count_forward_tokens(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    counts = ForwardTokens(model.get_base_model() if hasattr(model, "get_base_model") else model)
     LoopClock = trainer_clock()
     probe = FirstLinearDtype()
     collator = (DataCollatorWithFlattening() if spec["framework"] == "trainer_flat"  # one row per batch
@@ -143,22 +165,24 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
     # score the final model with the same code as tuneforge's test_after; LoRA stays unmerged (as in tuneforge):
     # merging into fp32 weights that autocast then rounds to bf16 would lose part of the small LoRA update
     model = model.get_base_model() if hasattr(model, "get_base_model") else model
-    rt = Runtime(device=resolve_device("cpu"), bf16=True, pad_id=tokenizer.pad_token_id)
+    rt = Runtime(device=device, bf16=spec["precision"] == "bf16", pad_id=tokenizer.pad_token_id)
     test = task.evaluate(model, prepared.test, rt, cfg, prepared.meta)
     return {
         "train_seconds": out.metrics["train_runtime"], "loop_seconds_callback": LoopClock.end - LoopClock.begin,
         "train_call_wall_seconds": wall, "loop_cpu_seconds": LoopClock.cpu_end - LoopClock.cpu_begin,
-        "threads_in_loop": LoopClock.threads, "real_tokens": counts["real"], "padded_tokens": counts["padded"],
-        "steps": out.global_step, "forwards": counts["forwards"], "expected_steps": steps,
+        "threads_in_loop": LoopClock.threads, "real_tokens": counts.real, "padded_tokens": counts.padded,
+        "steps": out.global_step, "forwards": counts.forwards, "expected_steps": steps,
         "test_perplexity": test["perplexity"], "test_loss": test["loss"], "trainable_parameters": trainable,
         "autocast_dtype": probe.dtype, "optim": str(args.optim), "train_loss": out.metrics.get("train_loss"),
-        "attention": str(getattr(model.config, "_attn_implementation", "")),
+        "attention": str(getattr(model.config, "_attn_implementation", "")), "precision": spec["precision"],
     }
 
 
-def markdown(rows: list[dict[str, Any]], settings: dict[str, Any], env: dict[str, Any], before: float | None) -> str:
-    table = comparison_table(rows, LABELS, "test_perplexity", "test perplexity", ".3f", lower_is_better=True)
+def markdown(rows: list[dict[str, Any]], settings: dict[str, Any], env: dict[str, Any], before: float | None,
+             flops: dict[str, Any], rates: dict[str, Any], probes: int) -> str:
     s = settings
+    table = comparison_table(rows, LABELS, "test_perplexity", "test perplexity", ".3f", lower_is_better=True,
+                             settings=s, rates=rates, best=BEST_TRAINER, mfu_targets=MFU_TARGETS)
     text = [
         "# SFT benchmark: tuneforge vs Hugging Face Trainer + PEFT", "",
         f"SmolLM2-135M-Instruct on ChatterBot Q→A pairs: {s['n_train']:,} train / {s['n_test']:,} test pairs "
@@ -166,33 +190,35 @@ def markdown(rows: list[dict[str, Any]], settings: dict[str, Any], env: dict[str
         f"template with system prompt \"{s['system_prompt']}\", loss on answer tokens only, max_length "
         f"{s['max_length']}, batch {s['batch_size']}, {s['epochs']:g} epoch(s), AdamW (wd {s['weight_decay']}), linear "
         f"schedule, warmup {s['warmup_ratio']} of steps, grad clip {s['max_grad_norm']}, training seed {s['seed']} + "
-        f"repeat index, bf16 autocast on CPU, {s['threads']} torch threads; lr LoRA {s['lr_lora']:g}, full "
+        f"repeat index, precision {s['precision']} on both sides (--precision {s['requested_precision']}; "
+        f"{'bf16 autocast' if s['precision'] == 'bf16' else 'float32, no autocast'}) on {s['device']}, "
+        f"{s['threads']} torch threads; lr LoRA {s['lr_lora']:g}, full "
         f"{s['lr_full']:g}; LoRA r={s['rank']}, alpha={s['alpha']}, dropout 0, all linear layers except the LM head. "
-        f"Medians of {s['repeats']} interleaved repeats, each run in a fresh process."
+        f"Medians of {s['repeats']} interleaved repeats, each run in a fresh process. The best-configured Trainer "
+        "row (the targets' reference) uses transformers' padding-free DataCollatorWithFlattening."
         + (f" tuneforge config overrides: `{' '.join(s['tuneforge_set'])}`." if s.get("tuneforge_set") else ""), "",
         *table, "",
-        (f"Test perplexity of the untrained model (same scoring): {before:.3f}." if before else ""), "",
+        *([f"Test perplexity of the untrained model (same scoring): {before:.3f}.", ""] if before else []),
+        *flops_text(flops, rates, s["precision"], probes), "",
         "Real tokens = non-padding tokens of the training batches seen (prompt + answer; the same count on both "
         "sides); train s = training loop only (tuneforge `train_seconds`; Trainer `train_runtime`), no evaluation; "
         "test perplexity = exp(token-weighted mean cross-entropy over the test answers), computed for both sides by "
-        "tuneforge's `causal_lm` evaluation under bf16 autocast (LoRA unmerged on both sides); peak MiB = peak "
+        "tuneforge's `causal_lm` evaluation in the runs' precision (LoRA unmerged on both sides); peak MiB = peak "
         "resident set size of the run's process; max load = highest 1-minute load average seen around that row's "
         f"runs (the run itself adds about {s['threads']}).", "",
-        f"Machine: {env['cpu']}, {env['cores']} cores; python {env['python']}, torch {env['torch']}, "
-        f"transformers {env['transformers']}, peft {env['peft']}, accelerate {env['accelerate']}. "
-        f"Benchmark wall time {env['wall_seconds'] / 60:.1f} min. Command: `{env['command']}`.",
+        machine_line(env),
     ]
     return "\n".join(text) + "\n"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = comparison_parser(__doc__, DEFAULTS, 128, "use the first N pairs of the (shuffled) train split (default 0: "
+    p = comparison_parser(__doc__, DEFAULTS, QUICK_TRAIN, "use the first N pairs of the (shuffled) train split (default 0: "
                           "all 834)", RESULTS / "sft.md")
     p.add_argument("--grouped-trainer", action="store_true",
                    help="add a 'Trainer + PEFT, group_by_length' row (more runs)")
-    p.add_argument("--flat-trainer", action="store_true",
-                   help="add a 'Trainer + PEFT, DataCollatorWithFlattening' row: transformers' own padding-free "
-                        "batches (more runs)")
+    p.add_argument("--no-default-trainer", action="store_true",
+                   help="skip the 'Trainer + PEFT (defaults: padded rows)' row; the best-configured "
+                        "(DataCollatorWithFlattening) row stays")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="tuneforge config overrides for tuneforge's runs, e.g. train.group_by_length=true")
     return p.parse_args(argv)
@@ -204,25 +230,29 @@ def main(argv: list[str] | None = None) -> None:
         dispatch_worker(a.worker, run_tuneforge_side, run_trainer)
         return
     t0 = time.perf_counter()
-    settings, methods = comparison_settings(a, DEFAULTS, 128)
+    settings, methods = comparison_settings(a, DEFAULTS, QUICK_TRAIN, QUICK_TEST)
     settings["tuneforge_set"] = a.set
     frameworks = tuple(f for f in FRAMEWORKS if (a.grouped_trainer or f != "trainer_grouped")
-                       and (a.flat_trainer or f != "trainer_flat"))
+                       and not (a.no_default_trainer and f == "trainer"))
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    out = Path(a.output)
+    out = output_path(a)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
-        data = write_splits(Path(tmp), settings["train_examples"])
+        data = write_splits(Path(tmp), settings["test_examples"], settings["train_examples"])
         settings.update(n_train=data.pop("n_train"), n_test=data.pop("n_test"))
-        runs = run_interleaved(__file__, settings, methods, frameworks, data, out, "test_perplexity")
-    rows = summarise(runs, methods, frameworks, "test_perplexity")
+        flops = flops_per_token({**settings, **data}, methods)
+        runs, probes = run_interleaved(__file__, settings, methods, frameworks, data, out, "test_perplexity")
+    rates = pooled_rates(probes)
+    rows = summarise(runs, methods, frameworks, "test_perplexity", {m: flops[m]["per_token"] for m in methods},
+                     rates, settings["precision"])
     before = next((r["test_perplexity_before"] for r in runs if r.get("test_perplexity_before")), None)
     env = {**environment(), "wall_seconds": time.perf_counter() - t0,
            "command": " ".join(["python", "benchmarks/bench_sft.py", *(argv if argv is not None else sys.argv[1:])])}
-    text = markdown(rows, settings, env, before)
-    write_results(out, text, {"settings": settings, "environment": env,
-                              "test_perplexity_before": before, "summary": rows, "runs": runs})
+    text = markdown(rows, settings, env, before, flops, rates, len(probes))
+    write_results(out, text, {"settings": settings, "environment": env, "test_perplexity_before": before,
+                              "flops": flops, "matmul_rates": rates, "matmul_probes": probes, "summary": rows,
+                              "runs": runs})
 
 
 if __name__ == "__main__":

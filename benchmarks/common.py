@@ -1,22 +1,34 @@
-"""Shared pieces of the tuneforge-vs-Trainer benchmarks: worker processes, clocks, probes, environment.
+"""Shared pieces of the tuneforge-vs-Trainer benchmarks: worker processes, clocks, probes, precision, matmul-rate
+probes, the schedule and the command line (the results table and the verdicts: ``results_table.py``).
 
 Every configuration runs in a fresh subprocess of the benchmark script (``launch``), so peak memory is per
-run; the worker prints one ``BENCH_RESULT {json}`` line that the parent collects.
+run; the worker prints one ``BENCH_RESULT {json}`` line that the parent collects. The machine's matmul rate is
+measured by ``flops.py`` in a fresh subprocess with the runs' thread count before the first run and after
+every round of repeats (the same sitting), and MFU is computed against the median of those probes.
 """
 from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-ROOT = Path(__file__).resolve().parent.parent
+# summaries, the results table, the verdicts and the machine line live in results_table.py (re-exported here)
+from results_table import (DTYPES, MIN_REPEATS, SPEED_TARGETS, comparison_table, environment, flops_text,
+                           machine_line, median, summarise)
+
+__all__ = ["DTYPES", "MIN_REPEATS", "SPEED_TARGETS", "comparison_table", "environment", "flops_text", "machine_line",
+           "median", "summarise", "FRAMEWORKS", "LABELS", "FirstLinearDtype", "ListDataset", "ForwardTokens",
+           "split_records", "prepared_data", "resolve_precision", "worker_device", "trainer_clock", "worker_main",
+           "run_tuneforge", "trainer_precision_args", "dispatch_worker", "launch", "matmul_probe", "write_json",
+           "run_interleaved", "comparison_parser", "output_path", "comparison_settings", "write_results"]
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 RESULT_PREFIX = "BENCH_RESULT "
 FRAMEWORKS = ("tuneforge", "trainer", "trainer_grouped", "trainer_flat")
 LABELS = {
@@ -61,6 +73,56 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# --------------------------------------------------------------------------------------------------------
+# Data and precision through tuneforge's own code (the current API: RunConfig -> Splits / Prepared)
+# --------------------------------------------------------------------------------------------------------
+
+def split_records(config: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """tuneforge's checked, deduplicated, seeded split of a run config's data: {"train"|"validation"|"test": records}."""
+    from tuneforge import tasks
+    from tuneforge.config import load_config
+    from tuneforge.data.dataset import load_splits
+
+    cfg = load_config(None, config)
+    return load_splits(cfg, tasks.get(cfg.model.task)).records
+
+
+def prepared_data(config: dict[str, Any], model_path: str | Path):
+    """(Prepared, tokenizer, task, RunConfig): the tokenised splits exactly as tuneforge builds them for ``config``."""
+    from tuneforge import tasks
+    from tuneforge.config import load_config
+    from tuneforge.data.dataset import prepare
+    from tuneforge.models import load_tokenizer
+
+    cfg = load_config(None, config)
+    task = tasks.get(cfg.model.task)
+    tokenizer = load_tokenizer(model_path)
+    _splits, prepared = prepare(cfg, task, tokenizer)
+    return prepared, tokenizer, task, cfg
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    """``auto`` -> bf16 where the device runs it natively (CUDA with bf16, a CPU with AVX512-BF16/AMX), else fp32;
+    ``bf16`` on a device without it is refused (emulated bf16 is tens of times slower than fp32)."""
+    import torch
+    from tuneforge.models import bf16_supported
+
+    native = bf16_supported(torch.device(device))
+    if requested == "bf16" and not native:
+        raise SystemExit(f"--precision bf16: {device} has no native bf16 (emulated it is far slower than fp32); "
+                         "use --precision auto or fp32")
+    return requested if requested != "auto" else ("bf16" if native else "fp32")
+
+
+def worker_device(spec: dict[str, Any]):
+    import torch
+    return torch.device("cuda" if spec.get("device") == "cuda" else "cpu")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Clocks and counters (worker side)
+# --------------------------------------------------------------------------------------------------------
+
 def clock_tuneforge_fit() -> dict[str, float]:
     """Wrap ``tuneforge.run.fit`` so the returned dict receives the CPU and wall time of the training loop
     (a cross-check of tuneforge's own ``train_seconds``) and the torch thread count inside it."""
@@ -100,204 +162,45 @@ def trainer_clock():
     return LoopClock
 
 
-def count_forward_tokens(model: Any) -> dict[str, int]:
+class ForwardTokens:
     """Forward pre-hook on ``model`` summing the attention mask (real tokens) and its size (padded tokens) of
     every training-mode forward: the batches the model actually saw. A batch without a mask (flattened,
-    padding-free) counts all its tokens as real."""
-    counts = {"real": 0, "padded": 0, "forwards": 0}
+    padding-free) counts all its tokens as real. Sums stay on the device until read (no sync per step)."""
 
-    def hook(module: Any, fargs: Any, kwargs: dict[str, Any]) -> None:
+    def __init__(self, model: Any) -> None:
+        self._real: list[Any] = []
+        self.padded = self.forwards = 0
+        model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module: Any, fargs: Any, kwargs: dict[str, Any]) -> None:
         mask = kwargs.get("attention_mask")
         if mask is None and kwargs.get("position_ids") is not None:
             mask = kwargs["input_ids"].new_ones(kwargs["input_ids"].shape)
         if module.training and mask is not None:
-            counts["real"] += int(mask.sum())
-            counts["padded"] += mask.numel()
-            counts["forwards"] += 1
+            self._real.append(mask.sum())
+            self.padded += mask.numel()
+            self.forwards += 1
 
-    model.register_forward_pre_hook(hook, with_kwargs=True)
-    return counts
+    @property
+    def real(self) -> int:
+        return int(sum(int(x) for x in self._real))
+
+
+def gpu_peak_mib(device: Any) -> float | None:
+    import torch
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
 def worker_main(spec_json: str, worker: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
     """Worker side: run one configuration and print its result line (plus the per-run common measures)."""
-    res = worker(json.loads(spec_json))
+    spec = json.loads(spec_json)
+    res = worker(spec)
     res["peak_memory_mb"] = peak_rss_mib()  # same measure on every side: this process's peak RSS
+    res["peak_gpu_memory_mb"] = gpu_peak_mib(worker_device(spec))  # CUDA: peak allocated, the same call on both sides
     res["tokens_per_second"] = res["real_tokens"] / res["train_seconds"]
     res["padding_factor"] = res["padded_tokens"] / max(1, res["real_tokens"])
     res["tokens_per_cpu_second"] = res["real_tokens"] / max(1e-9, res["loop_cpu_seconds"])
     print(RESULT_PREFIX + json.dumps(res), flush=True)
-
-
-def launch(script: str | Path, spec: dict[str, Any]) -> dict[str, Any]:
-    """Parent side: run ``script --worker SPEC`` in a fresh process with ``spec['threads']`` threads."""
-    threads = str(spec["threads"])
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": threads,
-           "MKL_NUM_THREADS": threads, "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    load_before = os.getloadavg()[0]
-    started = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(Path(script).resolve()), "--worker", json.dumps(spec)],
-                          capture_output=True, text=True, env=env, cwd=str(ROOT))
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
-        raise SystemExit(f"worker failed: {spec['method']} / {spec['framework']} (exit {proc.returncode})")
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)][-1]
-    res = json.loads(line[len(RESULT_PREFIX):])
-    res["process_seconds"] = time.perf_counter() - started
-    res["load_1min_before"], res["load_1min_after"] = load_before, os.getloadavg()[0]
-    return res
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write (an interrupted benchmark never leaves half a file)."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def median(values: list[float]) -> float:
-    return float(statistics.median(values))
-
-
-def summarise(runs: list[dict[str, Any]], methods: list[str], frameworks: tuple[str, ...],
-              quality: str) -> list[dict[str, Any]]:
-    """Median (and min-max) of each (method, framework) over its repeats; ``quality`` names the per-run
-    quality metric (e.g. ``test_accuracy``). Adds tuneforge's speed-up over every row."""
-    rows = []
-    for method in methods:
-        for fw in frameworks:
-            rs = [r for r in runs if r["method"] == method and r["framework"] == fw]
-            if not rs:
-                continue
-            row = {"method": method, "framework": fw, "repeats": len(rs),
-                   "max_load": max(max(r["load_1min_before"], r["load_1min_after"]) for r in rs),
-                   "trainable_parameters": rs[0]["trainable_parameters"]}
-            for key in ("tokens_per_second", quality):
-                row[key] = median([r[key] for r in rs])
-                row[key + "_range"] = [min(r[key] for r in rs), max(r[key] for r in rs)]
-            for key in ("train_seconds", "peak_memory_mb", "padding_factor", "tokens_per_cpu_second", "real_tokens"):
-                row[key] = median([r[key] for r in rs])
-            rows.append(row)
-    for row in rows:
-        tf = next(r for r in rows if r["method"] == row["method"] and r["framework"] == "tuneforge")
-        row["tuneforge_speedup"] = tf["tokens_per_second"] / row["tokens_per_second"]
-        row["tuneforge_cpu_speedup"] = tf["tokens_per_cpu_second"] / row["tokens_per_cpu_second"]
-    return rows
-
-
-def environment() -> dict[str, Any]:
-    """Machine and package versions for the results file."""
-    import accelerate
-    import peft
-    import torch
-    import transformers
-    cpu = platform.processor() or platform.machine()
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__, "accelerate": accelerate.__version__,
-            "bf16_cpu": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
-
-
-def run_interleaved(script: str | Path, settings: dict[str, Any], methods: list[str], frameworks: tuple[str, ...],
-                    data: dict[str, Any], out: Path, quality: str) -> list[dict[str, Any]]:
-    """Every (repeat, method, framework) in a fresh worker, repeats interleaved so machine drift spreads over
-    all configurations; repeat i trains with seed + i. The raw runs are written to ``out``'s JSON after each
-    run, so an interrupted invocation keeps what it measured."""
-    runs: list[dict[str, Any]] = []
-    total = settings["repeats"] * len(methods) * len(frameworks)
-    print(f"{total} runs: {methods} × {list(frameworks)} × {settings['repeats']} repeats, "
-          f"{settings['n_train']} train examples", file=sys.stderr)
-    for rep in range(settings["repeats"]):
-        for method in methods:
-            for fw in frameworks:
-                spec = {**settings, **data, "method": method, "framework": fw, "repeat": rep,
-                        "seed": settings["seed"] + rep, "lr": settings[f"lr_{method}"]}
-                res = launch(script, spec)
-                res.update(method=method, framework=fw, repeat=rep)
-                runs.append(res)
-                print(f"[{len(runs)}/{total}] {method:4s} {fw:16s} {res['tokens_per_second']:8.0f} tok/s "
-                      f"{res['train_seconds']:7.1f} s {res['peak_memory_mb']:6.0f} MiB  {quality} {res[quality]:.4f}  "
-                      f"pad {res['padding_factor']:.2f}  autocast {res['autocast_dtype']}  "
-                      f"({res['process_seconds']:.0f} s process)", file=sys.stderr, flush=True)
-                write_json(out.with_suffix(".json"), {"complete": False, "settings": settings, "runs": runs})
-    return runs
-
-
-def comparison_table(rows: list[dict[str, Any]], labels: dict[str, str], quality: str, quality_name: str,
-                     fmt: str, lower_is_better: bool) -> list[str]:
-    """Markdown table of ``summarise`` rows, then one verdict line per method against the issue's target
-    (≥ 1.5× Trainer + PEFT's real tokens/s at equal or better ``quality``)."""
-    lines = [f"| method | framework | real tokens/s (median, min–max) | train s | peak MiB | {quality_name} (median, "
-             "min–max) | tuneforge tokens/s ÷ this row | padded/real tokens | real tokens per CPU-s | trainable params "
-             "| max load |", "|" + "---|" * 11]
-    for r in rows:
-        lo, hi = r["tokens_per_second_range"]
-        qlo, qhi = r[quality + "_range"]
-        lines.append(
-            f"| {r['method']} | {labels[r['framework']]} | {r['tokens_per_second']:,.0f} ({lo:,.0f}–{hi:,.0f}) "
-            f"| {r['train_seconds']:.1f} | {r['peak_memory_mb']:,.0f} | {r[quality]:{fmt}} ({qlo:{fmt}}–{qhi:{fmt}}) "
-            f"| {'—' if r['framework'] == 'tuneforge' else format(r['tuneforge_speedup'], '.2f') + '×'} "
-            f"| {r['padding_factor']:.2f} | {r['tokens_per_cpu_second']:,.0f} | {r['trainable_parameters']:,} "
-            f"| {r['max_load']:.1f} |")
-    lines.append("")
-    for method in dict.fromkeys(r["method"] for r in rows):
-        tf = next(r for r in rows if r["method"] == method and r["framework"] == "tuneforge")
-        hf = next((r for r in rows if r["method"] == method and r["framework"] == "trainer"), None)
-        if hf is None:
-            continue
-        as_good = tf[quality] <= hf[quality] if lower_is_better else tf[quality] >= hf[quality]
-        ok = hf["tuneforge_speedup"] >= 1.5 and as_good
-        lines.append(
-            f"- **{method}**: tuneforge {hf['tuneforge_speedup']:.2f}× the real tokens/s of Trainer + PEFT "
-            f"(default random batches); {quality_name} {tf[quality]:{fmt}} vs {hf[quality]:{fmt}} "
-            f"→ target (≥ 1.5× at equal or better {quality_name}) **{'met' if ok else 'not met'}** "
-            f"(per CPU-second of the loop: {hf['tuneforge_cpu_speedup']:.2f}×).")
-    return lines
-
-
-def comparison_parser(doc: str, defaults: dict[str, Any], quick_examples: int, examples_help: str,
-                      output: Path) -> Any:
-    """The flags both Trainer comparisons take; callers add their own before parsing."""
-    import argparse
-
-    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", default="lora,full", help="comma-separated: lora, full (default: lora,full)")
-    p.add_argument("--repeats", type=int, help="runs per configuration, interleaved (default 3)")
-    p.add_argument("--train-examples", type=int, help=examples_help)
-    p.add_argument("--seed", type=int, default=defaults["seed"],
-                   help=f"training seed of the first repeat; repeat i uses seed + i on every side (default {defaults['seed']})")
-    p.add_argument("--epochs", type=float, help=f"default {defaults['epochs']:g}")
-    p.add_argument("--batch-size", type=int, default=defaults["batch_size"], help=f"default {defaults['batch_size']}")
-    p.add_argument("--lr-lora", type=float, default=defaults["lr_lora"], help=f"default {defaults['lr_lora']:g}")
-    p.add_argument("--lr-full", type=float, default=defaults["lr_full"], help=f"default {defaults['lr_full']:g}")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads on every side (default 2)")
-    p.add_argument("--quick", action="store_true",
-                   help=f"smoke test: {quick_examples} train examples, 1 epoch, 1 repeat (explicit flags still win)")
-    p.add_argument("--output", default=str(output), help="markdown output (JSON beside it)")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
-    return p
-
-
-def comparison_settings(a: Any, defaults: dict[str, Any], quick_examples: int) -> tuple[dict[str, Any], list[str]]:
-    """(settings, methods) from parsed ``comparison_parser`` flags; ``--quick`` fills what was not given."""
-    quick = {"train_examples": quick_examples, "epochs": 1.0, "repeats": 1} if a.quick else {}
-    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in ("lora", "full")]
-    if bad:
-        raise SystemExit(f"--methods: unknown method '{bad[0]}'; choose from lora, full")
-    settings = {**defaults, "repeats": a.repeats or quick.get("repeats", 3), "threads": a.threads, "seed": a.seed,
-                "epochs": a.epochs or quick.get("epochs", defaults["epochs"]), "batch_size": a.batch_size,
-                "lr_lora": a.lr_lora, "lr_full": a.lr_full,
-                "train_examples": a.train_examples if a.train_examples is not None
-                else quick.get("train_examples", defaults["train_examples"])}
-    return settings, methods
 
 
 def run_tuneforge(config: dict[str, Any], threads: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -318,15 +221,164 @@ def run_tuneforge(config: dict[str, Any], threads: int) -> tuple[dict[str, Any],
         "train_seconds": m["train_seconds"],  # tuneforge's own: the loop only (no setup, no evaluation)
         "real_tokens": m["real_tokens"], "padded_tokens": m["padded_tokens"], "steps": m["steps"],
         "trainable_parameters": m["parameters"]["trainable"], "tuneforge_peak_memory_mb": m["peak_memory_mb"],
-        "autocast_dtype": probe.dtype, "precision": m["precision"],
+        "autocast_dtype": probe.dtype, "precision": m["precision"], "padding_free": m.get("padding_free"),
     }, m
+
+
+def trainer_precision_args(spec: dict[str, Any]) -> dict[str, Any]:
+    """TrainingArguments for the spec's device and precision (the same precision as tuneforge's side)."""
+    return {"bf16": spec["precision"] == "bf16", "use_cpu": spec.get("device", "cpu") == "cpu"}
 
 
 def dispatch_worker(spec_json: str, tuneforge_side: Callable[[dict[str, Any]], dict[str, Any]],
                     trainer_side: Callable[..., dict[str, Any]]) -> None:
-    """Worker side of both Trainer comparisons: tuneforge, Trainer, or Trainer with group_by_length."""
+    """Worker side of both Trainer comparisons: tuneforge, or one of the Trainer configurations."""
     worker_main(spec_json, lambda spec: tuneforge_side(spec) if spec["framework"] == "tuneforge"
                 else trainer_side(spec, grouped=spec["framework"] == "trainer_grouped"))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Parent side: processes, probes, schedule
+# --------------------------------------------------------------------------------------------------------
+
+def worker_env(threads: int) -> dict[str, str]:
+    t = str(threads)
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": t,
+            "MKL_NUM_THREADS": t, "PYTHONWARNINGS": "ignore",
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def launch(script: str | Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """Parent side: run ``script --worker SPEC`` in a fresh process with ``spec['threads']`` threads."""
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(Path(script).resolve()), "--worker", json.dumps(spec)],
+                          capture_output=True, text=True, env=worker_env(spec["threads"]), cwd=str(ROOT))
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
+        raise SystemExit(f"worker failed: {spec['method']} / {spec['framework']} (exit {proc.returncode})")
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)][-1]
+    res = json.loads(line[len(RESULT_PREFIX):])
+    res["process_seconds"] = time.perf_counter() - started
+    res["load_1min_before"], res["load_1min_after"] = load_before, os.getloadavg()[0]
+    return res
+
+
+def matmul_probe(threads: int, device: str) -> dict[str, Any]:
+    """bf16 and fp32 matmul rates (``flops.py``) in a fresh process with the runs' thread count."""
+    code = ("import json, sys; sys.path.insert(0, %r); import flops; "
+            "print(json.dumps(flops.matmul_rates(%r, %d)))" % (str(HERE), device, threads))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=worker_env(threads),
+                          cwd=str(ROOT))
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit("matmul probe failed")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["load_1min"] = os.getloadavg()[0]
+    print("matmul rate: " + ", ".join(f"{k} {v['flops'] / 1e9:,.1f} GFLOP/s ({v['size']}², "
+                                      f"{'native' if v['native'] else 'emulated'})" for k, v in res.items()
+                                      if isinstance(v, dict)), file=sys.stderr, flush=True)
+    return res
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomic JSON write (an interrupted benchmark never leaves half a file)."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def run_interleaved(script: str | Path, settings: dict[str, Any], methods: list[str], frameworks: tuple[str, ...],
+                    data: dict[str, Any], out: Path, quality: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every (repeat, method, framework) in a fresh worker, repeats interleaved so machine drift spreads over
+    all configurations; repeat i trains with seed + i. The matmul rate is probed before the first run and after
+    each round. Raw runs and probes are written to ``out``'s JSON after each run, so an interrupted invocation
+    keeps what it measured. Returns (runs, matmul probes)."""
+    runs: list[dict[str, Any]] = []
+    probes = [matmul_probe(settings["threads"], settings["device"])]
+    total = settings["repeats"] * len(methods) * len(frameworks)
+    print(f"{total} runs: {methods} × {list(frameworks)} × {settings['repeats']} repeats, "
+          f"{settings['n_train']} train examples, {settings['precision']} on {settings['device']}", file=sys.stderr)
+    for rep in range(settings["repeats"]):
+        for method in methods:
+            for fw in frameworks:
+                spec = {**settings, **data, "method": method, "framework": fw, "repeat": rep,
+                        "seed": settings["seed"] + rep, "lr": settings[f"lr_{method}"]}
+                res = launch(script, spec)
+                res.update(method=method, framework=fw, repeat=rep)
+                runs.append(res)
+                print(f"[{len(runs)}/{total}] {method:4s} {fw:16s} {res['tokens_per_second']:8.0f} tok/s "
+                      f"{res['train_seconds']:7.1f} s {res['peak_memory_mb']:6.0f} MiB  {quality} {res[quality]:.4f}  "
+                      f"pad {res['padding_factor']:.2f}  autocast {res['autocast_dtype']}  "
+                      f"({res['process_seconds']:.0f} s process)", file=sys.stderr, flush=True)
+                write_json(out.with_suffix(".json"), {"complete": False, "settings": settings, "runs": runs,
+                                                      "matmul_probes": probes})
+        probes.append(matmul_probe(settings["threads"], settings["device"]))
+    return runs, probes
+
+
+# --------------------------------------------------------------------------------------------------------
+# Command line shared by the Trainer comparisons
+# --------------------------------------------------------------------------------------------------------
+
+def comparison_parser(doc: str, defaults: dict[str, Any], quick_examples: int, examples_help: str,
+                      output: Path) -> Any:
+    """The flags both Trainer comparisons take; callers add their own before parsing."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", default="lora,full", help="comma-separated: lora, full (default: lora,full)")
+    p.add_argument("--repeats", type=int, help=f"runs per configuration, interleaved (default {MIN_REPEATS})")
+    p.add_argument("--train-examples", type=int, help=examples_help)
+    p.add_argument("--test-examples", type=int,
+                   help="score the first N test examples (default 0: all of them; --quick: fewer, see --quick)")
+    p.add_argument("--seed", type=int, default=defaults["seed"],
+                   help=f"training seed of the first repeat; repeat i uses seed + i on every side (default {defaults['seed']})")
+    p.add_argument("--epochs", type=float, help=f"default {defaults['epochs']:g}")
+    p.add_argument("--batch-size", type=int, default=defaults["batch_size"], help=f"default {defaults['batch_size']}")
+    p.add_argument("--lr-lora", type=float, default=defaults["lr_lora"], help=f"default {defaults['lr_lora']:g}")
+    p.add_argument("--lr-full", type=float, default=defaults["lr_full"], help=f"default {defaults['lr_full']:g}")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads on every side (default 2)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="on every side: auto = bf16 autocast where the device runs bf16 natively (AMX / AVX512-BF16 "
+                        "CPU, CUDA), else fp32 (default auto)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke test: {quick_examples} train examples, fewer test examples, 1 epoch, 1 repeat, results "
+                        "file *-quick.md (explicit flags still win)")
+    p.add_argument("--output", help=f"markdown output, JSON beside it (default {output.relative_to(ROOT)}; with "
+                   f"--quick {output.with_name(output.stem + '-quick.md').relative_to(ROOT)})")
+    p.set_defaults(default_output=str(output))
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    return p
+
+
+def output_path(a: Any) -> Path:
+    """``--output``, or the default results file (``-quick`` beside it for a smoke test)."""
+    if a.output:
+        return Path(a.output)
+    default = Path(a.default_output)
+    return default.with_name(default.stem + "-quick.md") if a.quick else default
+
+
+def comparison_settings(a: Any, defaults: dict[str, Any], quick_examples: int, quick_test: int = 0
+                        ) -> tuple[dict[str, Any], list[str]]:
+    """(settings, methods) from parsed ``comparison_parser`` flags; ``--quick`` fills what was not given."""
+    quick = ({"train_examples": quick_examples, "epochs": 1.0, "repeats": 1, "test_examples": quick_test}
+             if a.quick else {})
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in ("lora", "full")]
+    if bad:
+        raise SystemExit(f"--methods: unknown method '{bad[0]}'; choose from lora, full")
+    settings = {**defaults, "repeats": a.repeats or quick.get("repeats", MIN_REPEATS), "threads": a.threads,
+                "seed": a.seed, "epochs": a.epochs or quick.get("epochs", defaults["epochs"]),
+                "batch_size": a.batch_size, "lr_lora": a.lr_lora, "lr_full": a.lr_full, "device": a.device,
+                "precision": resolve_precision(a.precision, a.device), "requested_precision": a.precision,
+                "train_examples": a.train_examples if a.train_examples is not None
+                else quick.get("train_examples", defaults["train_examples"]),
+                "test_examples": a.test_examples if a.test_examples is not None else quick.get("test_examples", 0),
+                "quick": bool(a.quick)}
+    return settings, methods
 
 
 def write_results(out: Path, text: str, payload: dict[str, Any]) -> None:
