@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from conftest import VOCAB, tiny_config
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from conftest import tiny_config
+from tiny import save_folder, word_tokenizer
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 SPECIAL = ["<unk>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -23,36 +23,21 @@ TEMPLATE = ("{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + 
 
 
 def tiny_tokenizer(pad: bool = True, template: bool = True) -> PreTrainedTokenizerFast:
-    """Word-level tokenizer over ``SPECIAL + WORDS + PUNCT`` (fewer than ``VOCAB`` ids); EOS is ``<|end|>``."""
-    vocab = {t: i for i, t in enumerate(SPECIAL + WORDS + PUNCT)}
-    assert len(vocab) <= VOCAB
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(SPECIAL)
-    kwargs = {"pad_token": "<pad>"} if pad else {}
-    out = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|end|>", **kwargs)
-    if template:
-        out.chat_template = TEMPLATE
-    return out
+    """Word-level chat tokenizer over ``SPECIAL + WORDS + PUNCT`` (``tiny.word_tokenizer``); EOS is ``<|end|>``."""
+    return word_tokenizer(pad, WORDS + PUNCT, SPECIAL, TEMPLATE if template else None, lowercase=True,
+                          eos="<|end|>", unk="<unk>", pad_token="<pad>", fill=False)
 
 
 def model_folder(path: Path, family: str = "llama", pad: bool = True, template: bool = True) -> Path:
-    """Save a tiny random causal LM + tiny tokenizer into ``path`` (a loadable HF folder). Weights are drawn
+    """Save a tiny random causal LM + tiny tokenizer into ``path`` (``tiny.save_folder``). Weights are drawn
     wider than usual (std 0.2) so that a frozen head still allows confident predictions: LoRA can then
     visibly lower the loss in a few steps."""
     tok = tiny_tokenizer(pad, template)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(tiny_config(family, initializer_range=0.2))
-    model.config.eos_token_id = tok.eos_token_id
-    model.config.bos_token_id = None
-    model.config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.bos_token_id = None
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    for config in (model.config, model.generation_config):
+        config.eos_token_id, config.bos_token_id, config.pad_token_id = tok.eos_token_id, None, tok.pad_token_id
+    return save_folder(path, model, tok)
 
 
 QA = [("what is the capital of france ?", "paris ."), ("what is the capital of germany ?", "berlin ."),

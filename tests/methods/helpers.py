@@ -5,8 +5,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from conftest import VOCAB
 from tuneforge.methods import registry
@@ -107,9 +105,8 @@ def generate(model: nn.Module, ids: torch.Tensor, steps: int, mask: torch.Tensor
 
 
 def word_tokenizer(path: Path) -> Path:
-    """A whitespace word-level tokenizer over ``w0 .. w{VOCAB-1}`` saved to ``path``."""
-    vocab = {f"w{i}": i for i in range(VOCAB)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="w1"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w1", pad_token="w0").save_pretrained(path)
+    """A whitespace word-level tokenizer over ``w0 .. w{VOCAB-1}`` (``tiny.word_tokenizer``) saved to ``path``."""
+    from tiny import word_tokenizer as build
+
+    build(words=[], specials=[], unk="w1", pad_token="w0", eos="w2").save_pretrained(path)
     return path
