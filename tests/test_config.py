@@ -31,7 +31,7 @@ def test_switching_method_drops_other_options(tmp_path):
     (["train.lrr=1"], "unknown config key 'train.lrr'"),
     (["bogus.x=1"], "unknown config key 'bogus'"),
     (["train.batch_size=0"], "train.batch_size must be positive"),
-    (["train.lr=-1"], "train.lr must be positive"),
+    (["train.lr=-1"], "train.lr must be >= 0"),
     (["train.batch_size=abc"], "train.batch_size: expected an integer"),
     (["train.optimizer=adam"], "train.optimizer: 'adam' is not allowed"),
     (["data.split=[0.5,0.2]"], "data.split must be three"),

@@ -21,10 +21,11 @@ def test_smollm2_lora_on_chatterbot_end_to_end(tmp_path):
     assert (folder / "model.safetensors").is_file() and (folder / "chat_template.jinja").is_file()
     assert not str(folder).startswith(str(assets.package_dir("tuneforge", "tuneforge").parent))  # never the repo
     cfg = {"model": {"name": "smollm2", "task": "causal_lm", "max_length": 64},
-           "data": {"dataset": "chatterbot", "max_examples": 96},
-           "method": {"name": "lora", "rank": 8}, "train": {"max_steps": 6, "batch_size": 8, "lr": 2e-3},
+           "data": {"dataset": "chatterbot", "max_examples": 64},
+           "method": {"name": "lora", "rank": 8}, "train": {"max_steps": 6, "batch_size": 4, "lr": 2e-3},
            "eval": {"generate_samples": 2, "max_new_tokens": 8}, "output_dir": str(tmp_path / "run"),
-           "forgetting": {"reference_examples": 16}}  # chitchat perplexity, the default reference of smollm2
+           # chitchat perplexity, the default reference of smollm2 (the generating probes: tests/forgetting)
+           "forgetting": {"reference_examples": 8, "probes": ["reference"]}}
     out = train(cfg, progress=False)
     before, after = out.metrics["test_before"], out.metrics["test_after"]
     assert after["loss"] < before["loss"] and after["perplexity"] < before["perplexity"]
