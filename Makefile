@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-chat test clean
+.PHONY: install demo demo-chat demo-ner test clean
 
 $(STAMP): requirements.txt requirements-assets.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ demo: install
 
 demo-chat: install
 	$(BIN)/tuneforge train -c configs/demo-chat.yaml
+
+demo-ner: install
+	$(BIN)/tuneforge train -c configs/demo-ner.yaml -o runs/demo-ner --overwrite
+	$(BIN)/tuneforge predict runs/demo-ner "Barack Obama visited the Empire State Building in New York" \
+		"Apple showed the new iPhone before a Taylor Swift concert in London"
 
 test: install
 	$(BIN)/python -m pytest

@@ -67,6 +67,11 @@ def result_table(metrics: dict[str, Any], task_metrics: Sequence[str]) -> str:
     for name in task_metrics:
         if name in before or name in after:
             rows.append((f"test {name}", _fmt(before.get(name)), _fmt(after.get(name))))
+    types = {**(before.get("per_type") or {}), **(after.get("per_type") or {})}  # entity types (token tasks)
+    for name in sorted(types, key=lambda t: (-types[t].get("support", 0), t)):
+        old, new = (before.get("per_type") or {}).get(name, {}), (after.get("per_type") or {}).get(name, {})
+        rows.append((f"test f1: {name} ({types[name].get('support', 0)} entities)", _fmt(old.get("f1")),
+                     _fmt(new.get("f1"))))
     f = metrics.get("forgetting") or {}
     for probe in f.get("probes", [f] if f else []):
         rows.append((f"forgetting probe: {probe['reference']}", _fmt(probe["before"]), _fmt(probe["after"])))

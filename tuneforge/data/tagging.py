@@ -125,7 +125,9 @@ def encode_words(tokenizer: PreTrainedTokenizerBase, words: Sequence[str], word_
         raise ConfigError(f"max_length {max_length} leaves no room for words beside "
                           f"{len(word_ids) - len(content)} special tokens; raise it")
     if not 0 <= stride < budget:
-        raise ConfigError(f"stride {stride} must be at least 0 and below max_length minus special tokens ({budget})")
+        raise ConfigError(f"data.stride {stride} must be at least 0 and below model.max_length {max_length} minus "
+                          f"{max_length - budget} special tokens ({budget}); lower it (e.g. data.stride={budget // 4}) "
+                          "or raise model.max_length")
     labels = align(word_ids, word_labels, label_all_subtokens, b_to_i) if word_labels is not None else None
     columns = {k: enc[k] for k in ("input_ids", "token_type_ids") if k in enc}
     if labels is not None:
