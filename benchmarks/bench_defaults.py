@@ -1,0 +1,162 @@
+"""Are tuneforge's defaults good without tuning? For each task x training-set size x method: the default run
+(the method's default learning rate for the task, automatic training length) against a small sweep of
+learning rate x training length; prints the default's test metric, the best sweep setting's (picked on
+validation) and the gap, with met / not met per target:
+
+- LoRA, full and adapter: default within 2 accuracy/F1 points (3 % perplexity) of the best sweep setting;
+- the other methods: within 5 points (the perplexity target scales the same way: 7.5 %).
+
+The sweep is staged to fit a CPU: stage 1 tries learning rates default/3, default, default x 3 at the
+automatic length; stage 2 tries the best of those with a shorter and a longer automatic length
+(``train.auto_min_steps`` 100 and 600; the default is 250). Every run is a real tuneforge run
+(``tuneforge.run.train``), single-threaded, two at a time (``--workers``); finished runs are reused from the
+JSON, so an interrupted invocation continues.
+
+    python benchmarks/bench_defaults.py                      # every task, size and method (many hours on 2 cores)
+    python benchmarks/bench_defaults.py --tasks rt,wnut16 --methods lora,full,adapter --sizes 500
+    python benchmarks/bench_defaults.py --quick               # a smoke test: tiny sizes, two methods
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+# name -> (data set, task, max_length, metric, greater is better)
+TASKS = {
+    "rt": ("rotten_tomatoes", "classification", 64, "accuracy", True),
+    "imdb": ("imdb", "classification", 128, "accuracy", True),
+    "topics": ("chatterbot_topics", "classification", 64, "accuracy", True),
+    "wnut16": ("wnut16", "token_classification", 64, "f1", True),
+    "chatterbot": ("chatterbot", "causal_lm", 64, "perplexity", False),
+}
+MODEL = {"classification": "minilm", "token_classification": "minilm", "causal_lm": "smollm2"}
+CORE = ("lora", "full", "adapter")  # target: within 2 points (3 % perplexity); the others within 5 (7.5 %)
+LENGTHS = (100, 600)  # stage 2: train.auto_min_steps beside the default 250
+
+
+def settings(task: str, size: int, method: str, lr: float, min_steps: int, seed: int) -> dict:
+    data, kind, max_length, _, _ = TASKS[task]
+    cfg = {"model": {"name": MODEL[kind], "task": kind, "max_length": max_length},
+           "data": {"dataset": data, "max_examples": math.ceil(size / 0.8)},  # ~size training examples after 80/10/10
+           "method": {"name": method}, "train": {"lr": lr, "auto_min_steps": min_steps, "seed": seed,
+                                                  "num_threads": 1},
+           "eval": {"generate_samples": 0}, "forgetting": {"probes": ["none"]}}
+    return cfg
+
+
+def key(task: str, size: int, method: str, lr: float, min_steps: int) -> str:
+    return f"{task}|{size}|{method}|{lr:.3g}|{min_steps}"
+
+
+def run_one(job: tuple[str, dict, str]) -> tuple[str, dict]:
+    """Train one configuration in this worker process; returns (key, summary)."""
+    name, cfg, out = job
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    torch.set_num_threads(1)
+    from tuneforge.config import ConfigError
+    from tuneforge.run import train
+
+    cfg = {**cfg, "output_dir": out}
+    started = time.time()
+    try:
+        m = train(cfg, overwrite=True, progress=False).metrics
+    except ConfigError as exc:
+        return name, {"error": str(exc)}
+    _, _, _, metric, _ = TASKS[name.split("|")[0]]
+    after, val = m["test_after"], m["best_validation"]
+    value = after.get(metric)
+    validation = val.get("loss") if metric == "perplexity" else val.get(metric)
+    return name, {"test": value, "validation": validation, "steps": m["steps"], "seconds": time.time() - started,
+                  "train_examples": m["examples"]["train"], "before": m["test_before"].get(metric)}
+
+
+def gap(default: float, best: float, greater: bool) -> float:
+    """How much worse the default is: points for accuracy/F1, per cent for perplexity."""
+    return (best - default) * 100 if greater else (default / best - 1) * 100
+
+
+def main() -> None:
+    from tuneforge.methods import registry
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--sizes", default="500,2000", help="training examples (a task with fewer uses all it has)")
+    p.add_argument("--methods", default=",".join(registry.names()))
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--quick", action="store_true", help="smoke test: 60 examples, rt and wnut16, lora and ia3")
+    p.add_argument("--output", default=str(HERE / "results" / "defaults.md"))
+    p.add_argument("--runs", default="/tmp/tuneforge-bench-defaults", help="where the run directories go")
+    args = p.parse_args()
+    tasks = args.tasks.split(",") if not args.quick else ["rt", "wnut16"]
+    sizes = [int(s) for s in args.sizes.split(",")] if not args.quick else [60]
+    methods = args.methods.split(",") if not args.quick else ["lora", "ia3"]
+    out_json = Path(args.output).with_suffix(".json")
+    results = json.loads(out_json.read_text()) if out_json.is_file() else {}
+
+    def run_all(jobs: list[tuple[str, dict, str]]) -> None:
+        todo = [j for j in jobs if j[0] not in results]
+        with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
+            for name, summary in pool.imap_unordered(run_one, todo):
+                results[name] = summary
+                out_json.parent.mkdir(parents=True, exist_ok=True)
+                out_json.write_text(json.dumps(results, indent=1))
+                print(f"{name}: {summary}", flush=True)
+
+    cells = [(t, s, m) for t in tasks for s in sizes for m in methods]
+    default_lr = {(t, m): registry.train_defaults(m, TASKS[t][1])["lr"] for t, _, m in cells}
+
+    def job(t: str, s: int, m: str, lr: float, steps: int) -> tuple[str, dict, str]:
+        name = key(t, s, m, lr, steps)
+        return name, settings(t, s, m, lr, steps, args.seed), f"{args.runs}/{name.replace('|', '_')}"
+
+    run_all([job(t, s, m, default_lr[t, m] * f, 250) for t, s, m in cells for f in (1 / 3, 1, 3)])
+    best_lr = {}
+    for t, s, m in cells:
+        greater = TASKS[t][4] if TASKS[t][3] != "perplexity" else False
+        tried = [(results.get(key(t, s, m, default_lr[t, m] * f, 250), {}), default_lr[t, m] * f) for f in (1 / 3, 1, 3)]
+        tried = [(r["validation"], lr) for r, lr in tried if r.get("validation") is not None]
+        if tried:
+            best_lr[t, s, m] = (max if greater else min)(tried)[1]
+    run_all([job(t, s, m, best_lr[t, s, m], n) for (t, s, m) in best_lr for n in LENGTHS])
+    write_table(results, cells, default_lr, args, out_json)
+
+
+def write_table(results: dict, cells: list, default_lr: dict, args: argparse.Namespace, out_json: Path) -> None:
+    lines = ["| task | size | method | default lr | default | best sweep (lr, auto_min_steps) | best | gap | target | "
+             "met |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for t, s, m in cells:
+        _, _, _, metric, greater = TASKS[t]
+        greater = greater if metric != "perplexity" else False
+        mine = {k: v for k, v in results.items() if k.startswith(f"{t}|{s}|{m}|") and v.get("test") is not None}
+        d = results.get(key(t, s, m, default_lr[t, m], 250), {})
+        if not mine or d.get("test") is None:
+            lines.append(f"| {t} | {s} | {m} | {default_lr[t, m]:g} | {d.get('error', '-')} | | | | | |")
+            continue
+        val = (lambda k: mine[k]["validation"] if metric != "perplexity" else -mine[k]["validation"])
+        best = max(mine, key=val)
+        g = gap(d["test"], mine[best]["test"], greater)
+        target = (2 if m in CORE else 5) * (1.5 if metric == "perplexity" else 1)
+        _, _, _, lr, steps = best.split("|")
+        lines.append(f"| {t} | {d['train_examples']} | {m} | {default_lr[t, m]:g} | {d['test']:.4f} | {lr}, {steps} | "
+                     f"{mine[best]['test']:.4f} | {g:+.2f} | {target:g} | {'yes' if g <= target else 'NO'} |")
+    unit = "points (accuracy/F1) or % (perplexity; positive: the default is worse)"
+    text = (f"# Defaults against a small sweep\n\nCommand: `python benchmarks/bench_defaults.py "
+            f"{' '.join(sys.argv[1:])}`\n\nGap in {unit}; best sweep setting picked on validation.\n\n"
+            + "\n".join(lines) + "\n")
+    Path(args.output).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
