@@ -51,6 +51,19 @@ def load_pretrained(auto_cls: Any, path: str | Path, trust_remote_code: bool = F
     return model, fresh
 
 
+def load_labelled(auto_cls: Any, path: str | Path, cfg: RunConfig, names: list[str], pad_id: int
+                  ) -> tuple[nn.Module, list[str]]:
+    """A pre-trained backbone with a fresh head over the label ``names`` (a head of another label set, as in
+    sequential tasks, is replaced) -> (model, fresh module names). Decoders get a pad id: they find the last
+    real token by it."""
+    model, fresh = load_pretrained(auto_cls, path, cfg.model.trust_remote_code, num_labels=len(names),
+                                   ignore_mismatched_sizes=True, id2label=dict(enumerate(names)),
+                                   label2id={n: i for i, n in enumerate(names)})
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_id
+    return model, fresh
+
+
 def head_modules(model: nn.Module, fresh: list[str] | None = None) -> list[str]:
     """Module names that always train: freshly initialised ones, else the task head by its usual name."""
     if fresh:

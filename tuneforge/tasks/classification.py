@@ -13,7 +13,7 @@ from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.batching import batch_order, iterate
 from tuneforge.data.readers import read_records
 from tuneforge.evaluate import classification_metrics
-from tuneforge.models import autocast, load_pretrained
+from tuneforge.models import autocast, load_labelled
 from tuneforge.tasks import Example, Prepared, Record, Runtime
 
 
@@ -130,14 +130,7 @@ class Task:
     def load_model(self, path: str | Path, cfg: RunConfig, meta: dict[str, Any], pad_id: int,
                    device: torch.device) -> tuple[nn.Module, list[str]]:
         """Pre-trained backbone + fresh classification head -> (model, fresh module names)."""
-        names = meta["labels"]
-        model, fresh = load_pretrained(
-            AutoModelForSequenceClassification, path, cfg.model.trust_remote_code, num_labels=len(names),
-            ignore_mismatched_sizes=True,  # a classifier of another label set (sequential tasks) is replaced
-            id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-        if model.config.pad_token_id is None:  # decoders pick the last non-pad token to classify
-            model.config.pad_token_id = pad_id
-        return model, fresh
+        return load_labelled(AutoModelForSequenceClassification, path, cfg, meta["labels"], pad_id)
 
     def packing_ok(self, model: nn.Module, examples: list[Example], rt: Runtime) -> bool:
         """Padding-free batches: never (one label per row; the heads read one position per example)."""

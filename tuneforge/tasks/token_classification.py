@@ -26,7 +26,7 @@ from tuneforge.data.batching import batch_order, iterate
 from tuneforge.data.readers import read_records
 from tuneforge.data.tagging import IGNORE, encode_words, stitch
 from tuneforge.evaluate import entity_metrics, get_entities
-from tuneforge.models import autocast, load_pretrained
+from tuneforge.models import autocast, load_labelled
 from tuneforge.tasks import Example, Prepared, Record, Runtime
 
 _WORD = re.compile(r"\S+")
@@ -125,12 +125,7 @@ class Task:
     def load_model(self, path: str | Path, cfg: RunConfig, meta: dict[str, Any], pad_id: int,
                    device: torch.device) -> tuple[nn.Module, list[str]]:
         """Pre-trained backbone + fresh token-classification head (encoders and decoders alike)."""
-        names = meta["labels"]
-        model, fresh = load_pretrained(
-            AutoModelForTokenClassification, path, cfg.model.trust_remote_code, num_labels=len(names),
-            ignore_mismatched_sizes=True, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = pad_id
+        model, fresh = load_labelled(AutoModelForTokenClassification, path, cfg, meta["labels"], pad_id)
         if meta.get("label_counts"):
             _prior_bias(model, fresh, meta["label_counts"])
         return model, fresh
