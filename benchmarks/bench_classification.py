@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -32,7 +31,8 @@ from typing import Any
 from common import (FRAMEWORKS, LABELS, FirstLinearDtype, ForwardTokens, ListDataset, comparison_parser,
                     comparison_settings, comparison_table, dispatch_worker, environment, flops_text, machine_line,
                     output_path, prepared_data, run_interleaved, run_tuneforge, split_records, summarise, trainer_clock,
-                    trainer_precision_args, worker_device, write_results)
+                    trainer_precision_args, worker_device, write_results,
+                    trainer_arguments, tuneforge_train)
 
 from flops import pooled_rates
 
@@ -86,11 +86,7 @@ def tuneforge_config(spec: dict[str, Any], out_dir: str) -> dict[str, Any]:
         "data": {"train_file": spec["train_file"], "test_file": spec["test_file"], "split": [1.0, 0.0, 0.0],
                  "seed": spec["data_seed"]},
         "method": method,
-        "train": {"optimizer": "adamw", "lr": spec["lr"], "weight_decay": spec["weight_decay"],
-                  "schedule": "linear", "warmup_ratio": spec["warmup_ratio"], "epochs": spec["epochs"],
-                  "batch_size": spec["batch_size"], "grad_accum": 1, "max_grad_norm": spec["max_grad_norm"],
-                  "seed": spec["seed"], "precision": spec["precision"], "num_threads": spec["threads"],
-                  "device": spec["device"]},
+        "train": tuneforge_train(spec),
         "eval": {"batch_size": spec["eval_batch_size"], "before": False},
         "output_dir": out_dir,
     }
@@ -132,7 +128,7 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
     import torch
     import transformers
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer
     from tuneforge import assets
 
     transformers.logging.set_verbosity_error()
@@ -152,17 +148,7 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
     model.to(worker_device(spec))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    # identical step count and warmup to tuneforge: steps = ceil(epochs * ceil(n / batch)),
-    # warmup = int(warmup_ratio * steps) (Trainer's own ratio handling would round up instead)
-    steps = max(1, math.ceil(spec["epochs"] * math.ceil(len(train_ds) / spec["batch_size"])))
-    args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="bench-hf-"), per_device_train_batch_size=spec["batch_size"],
-        per_device_eval_batch_size=spec["eval_batch_size"], num_train_epochs=spec["epochs"],
-        learning_rate=spec["lr"], lr_scheduler_type="linear", warmup_steps=int(spec["warmup_ratio"] * steps),
-        weight_decay=spec["weight_decay"], max_grad_norm=spec["max_grad_norm"], seed=spec["seed"],
-        **trainer_precision_args(spec), eval_strategy="no", save_strategy="no", report_to=[],
-        dataloader_num_workers=0, disable_tqdm=True, logging_steps=10,
-        train_sampling_strategy="group_by_length" if grouped else "random")
+    args, steps = trainer_arguments(spec, len(train_ds), grouped, per_device_eval_batch_size=spec["eval_batch_size"])
 
     counts = ForwardTokens(model.get_base_model() if hasattr(model, "get_base_model") else model)
     LoopClock = trainer_clock()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -34,7 +33,8 @@ from typing import Any
 from common import (FRAMEWORKS, LABELS, FirstLinearDtype, ForwardTokens, ListDataset, comparison_parser,
                     comparison_settings, comparison_table, dispatch_worker, environment, flops_text, machine_line,
                     output_path, prepared_data, run_interleaved, run_tuneforge, split_records, summarise,
-                    trainer_clock, trainer_precision_args, worker_device, write_results)
+                    trainer_clock, trainer_precision_args, worker_device, write_results,
+                    trainer_arguments, tuneforge_train)
 from flops import pooled_rates
 
 HERE = Path(__file__).resolve().parent
@@ -83,11 +83,7 @@ def tuneforge_config(spec: dict[str, Any], out_dir: str) -> dict[str, Any]:
         "data": {"train_file": spec["train_file"], "test_file": spec["test_file"], "split": [1.0, 0.0, 0.0],
                  "seed": spec["data_seed"], "format": "pairs", "system_prompt": spec["system_prompt"]},
         "method": method,
-        "train": {"optimizer": "adamw", "lr": spec["lr"], "weight_decay": spec["weight_decay"],
-                  "schedule": "linear", "warmup_ratio": spec["warmup_ratio"], "epochs": spec["epochs"],
-                  "batch_size": spec["batch_size"], "grad_accum": 1, "max_grad_norm": spec["max_grad_norm"],
-                  "seed": spec["seed"], "precision": spec["precision"], "num_threads": spec["threads"],
-                  "device": spec["device"]},
+        "train": tuneforge_train(spec),
         "eval": {"batch_size": spec["eval_batch_size"],  # the untrained model: scored in the first repeat
                  "before": spec["framework"] == "tuneforge" and spec.get("repeat") == 0 and not spec.get("quick"),
                  "generate_samples": 0},
@@ -124,8 +120,7 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
     import torch
     import transformers
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, DataCollatorWithFlattening, Trainer,
-                              TrainingArguments)
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, DataCollatorWithFlattening, Trainer
     from tuneforge import assets
     from tuneforge.tasks import Runtime
 
@@ -144,14 +139,7 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
     model.to(device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    steps = max(1, math.ceil(spec["epochs"] * math.ceil(len(train_ds) / spec["batch_size"])))
-    args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="bench-hf-"), per_device_train_batch_size=spec["batch_size"],
-        num_train_epochs=spec["epochs"], learning_rate=spec["lr"], lr_scheduler_type="linear",
-        warmup_steps=int(spec["warmup_ratio"] * steps), weight_decay=spec["weight_decay"],
-        max_grad_norm=spec["max_grad_norm"], seed=spec["seed"], **trainer_precision_args(spec), eval_strategy="no",
-        save_strategy="no", report_to=[], dataloader_num_workers=0, disable_tqdm=True, logging_steps=10,
-        train_sampling_strategy="group_by_length" if grouped else "random")
+    args, steps = trainer_arguments(spec, len(train_ds), grouped)
     counts = ForwardTokens(model.get_base_model() if hasattr(model, "get_base_model") else model)
     LoopClock = trainer_clock()
     probe = FirstLinearDtype()

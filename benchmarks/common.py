@@ -230,6 +230,33 @@ def trainer_precision_args(spec: dict[str, Any]) -> dict[str, Any]:
     return {"bf16": spec["precision"] == "bf16", "use_cpu": spec.get("device", "cpu") == "cpu"}
 
 
+def tuneforge_train(spec: dict[str, Any]) -> dict[str, Any]:
+    """The ``train`` section of a tuneforge side's config: the comparison's shared settings."""
+    return {"optimizer": "adamw", "lr": spec["lr"], "weight_decay": spec["weight_decay"], "schedule": "linear",
+            "warmup_ratio": spec["warmup_ratio"], "epochs": spec["epochs"], "batch_size": spec["batch_size"],
+            "grad_accum": 1, "max_grad_norm": spec["max_grad_norm"], "seed": spec["seed"],
+            "precision": spec["precision"], "num_threads": spec["threads"], "device": spec["device"]}
+
+
+def trainer_arguments(spec: dict[str, Any], n_train: int, grouped: bool, **extra: Any) -> tuple[Any, int]:
+    """(Trainer's ``TrainingArguments``, optimizer steps) with the same settings as the tuneforge side: identical step count and
+    warmup (steps = ceil(epochs * ceil(n / batch)), warmup = int(warmup_ratio * steps); Trainer's own ratio
+    handling would round up instead), no evaluation or saving; random or length-grouped batches."""
+    import math
+    import tempfile
+
+    from transformers import TrainingArguments
+
+    steps = max(1, math.ceil(spec["epochs"] * math.ceil(n_train / spec["batch_size"])))
+    return TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="bench-hf-"), per_device_train_batch_size=spec["batch_size"],
+        num_train_epochs=spec["epochs"], learning_rate=spec["lr"], lr_scheduler_type="linear",
+        warmup_steps=int(spec["warmup_ratio"] * steps), weight_decay=spec["weight_decay"],
+        max_grad_norm=spec["max_grad_norm"], seed=spec["seed"], **trainer_precision_args(spec), eval_strategy="no",
+        save_strategy="no", report_to=[], dataloader_num_workers=0, disable_tqdm=True, logging_steps=10,
+        train_sampling_strategy="group_by_length" if grouped else "random", **extra), steps
+
+
 def dispatch_worker(spec_json: str, tuneforge_side: Callable[[dict[str, Any]], dict[str, Any]],
                     trainer_side: Callable[..., dict[str, Any]]) -> None:
     """Worker side of both Trainer comparisons: tuneforge, or one of the Trainer configurations."""
