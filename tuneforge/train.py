@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from tuneforge import checkpoint, distributed
+from tuneforge import checkpoint, distributed, fast
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.batching import iterate, step_plan
 from tuneforge.methods.layers import find_layers
@@ -161,7 +161,15 @@ def fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runtim
     """Train ``model`` in place; returns timings, history and the best trainable state (by validation; the
     final one without validation). With ``run_dir`` rank 0 writes a resumable checkpoint every
     ``train.save_every`` steps (default: at each evaluation); ``resume`` continues from it, batch for batch,
-    to the same result."""
+    to the same result. Dropout masks, gradient clipping and the heap take the cheaper paths of
+    :mod:`tuneforge.fast`."""
+    fast.tune_allocator()
+    with fast.fast_dropout(model, rt.device):
+        return _fit(model, task, data, cfg, rt, run_dir, progress, resume, regularizers)
+
+
+def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runtime, run_dir: Path | None,
+         progress: bool, resume: bool, regularizers: tuple[Any, ...]) -> TrainResult:
     t = cfg.train
     d = distributed.current()
     torch.manual_seed(t.seed)
@@ -209,7 +217,7 @@ def fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runtim
             logged[0] += batch_loss.double()
         logged[1] += window_units
         if t.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+            fast.clip_gradients(params, t.max_grad_norm, optimizer)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,107 @@
+"""The cheaper training paths of tuneforge.fast are equivalent to the plain ones."""
+from __future__ import annotations
+
+import copy
+import platform
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_classifier
+from tuneforge import fast
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_keep_mask_keeps_each_element_with_probability_one_minus_p(p):
+    torch.manual_seed(0)
+    mask = fast.keep_mask(torch.empty(1000, 1003), p).double()  # odd size: the last int64 word is cut
+    assert mask.shape == (1000, 1003)
+    assert abs(mask.mean().item() - (1 - p)) < 0.003  # ~1M draws: standard error <= 0.0005
+    flat = mask.flatten()
+    for lag in (1, 2, 3, 4):  # the four 16-bit lanes of one int64 and the next word are independent
+        r = torch.corrcoef(torch.stack([flat[:-lag], flat[lag:]]))[0, 1].item()
+        assert abs(r) < 0.01
+
+
+def test_keep_mask_follows_the_torch_seed():
+    x = torch.empty(64, 64)
+    torch.manual_seed(3)
+    a = fast.keep_mask(x, 0.1)
+    b = fast.keep_mask(x, 0.1)
+    torch.manual_seed(3)
+    assert torch.equal(fast.keep_mask(x, 0.1), a) and not torch.equal(a, b)
+
+
+def test_fast_dropout_scales_kept_values_and_is_unbiased():
+    torch.manual_seed(0)
+    x = torch.randn(8, 16, requires_grad=True)
+    drop = fast.FastDropout(0.25).train()
+    out = drop(x)
+    kept = out != 0
+    assert torch.allclose(out[kept], x[kept] / 0.75)
+    out.sum().backward()  # d out / d x = mask / (1 - p)
+    assert torch.allclose(x.grad, kept.float() / 0.75)
+    mean = torch.stack([drop(x.detach()) for _ in range(4000)]).mean(0)
+    assert torch.allclose(mean, x.detach(), atol=0.1 * x.detach().abs().max().item())
+    assert torch.equal(drop.eval()(x), x) and torch.equal(fast.FastDropout(0.0).train()(x), x)
+
+
+def test_fast_dropout_context_swaps_and_restores():
+    model = tiny_classifier("bert").train()
+    originals = {name: m for name, m in model.named_modules() if type(m) is nn.Dropout}
+    assert originals
+    with fast.fast_dropout(model, torch.device("cpu")) as swapped:
+        assert swapped == len(originals)
+        inside = {name: m for name, m in model.named_modules() if isinstance(m, nn.Dropout)}
+        assert all(type(m) is fast.FastDropout and m.p == originals[name].p and m.training
+                   for name, m in inside.items())
+        model.eval()
+    assert {name: m for name, m in model.named_modules() if isinstance(m, nn.Dropout)} == originals
+    assert not any(m.training for m in originals.values())  # the mode set inside is kept
+    with fast.fast_dropout(model, torch.device("cuda")) as swapped:  # CUDA's own dropout is kept
+        assert swapped == 0
+
+
+def test_model_in_eval_mode_is_unchanged_by_fast_dropout():
+    model = tiny_classifier("bert")
+    ids = torch.randint(4, 100, (3, 7))
+    plain = model(input_ids=ids).logits
+    with fast.fast_dropout(model, torch.device("cpu")):
+        assert torch.equal(model(input_ids=ids).logits, plain)
+
+
+def _step(model, optimizer, clip, max_norm, grad_scale):
+    torch.manual_seed(1)
+    ids = torch.randint(4, 100, (4, 9))
+    loss = nn.functional.cross_entropy(model(input_ids=ids).logits, torch.tensor([0, 1, 1, 0])) * grad_scale
+    loss.backward()
+    params = [p for p in model.parameters() if p.requires_grad]
+    clip(params, max_norm, optimizer)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3])  # clipping active / inactive
+@pytest.mark.parametrize("optimizer", ["fused_adamw", "sgd"])
+def test_clip_gradients_matches_clip_grad_norm(max_norm, optimizer):
+    make = {"fused_adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01, fused=True),
+            "sgd": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9)}[optimizer]
+    plain = tiny_classifier("bert").train()
+    for m in plain.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    ours = copy.deepcopy(plain)
+    opt_plain, opt_ours = make(list(plain.parameters())), make(list(ours.parameters()))
+    for _ in range(3):  # several steps: the optimizer's moments see the clipped gradients
+        _step(plain, opt_plain, lambda ps, n, o: nn.utils.clip_grad_norm_(ps, n), max_norm, 50.0)
+        _step(ours, opt_ours, fast.clip_gradients, max_norm, 50.0)
+    for (name, a), b in zip(plain.named_parameters(), ours.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), name
+
+
+def test_tune_allocator_on_glibc():
+    done = fast.tune_allocator()
+    assert isinstance(done, bool)
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert done
