@@ -28,9 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (FRAMEWORKS, LABELS, FirstLinearDtype, ForwardTokens, ListDataset, comparison_parser,
+from common import (FRAMEWORKS, LABELS, ListDataset, comparison_parser,
                     comparison_settings, comparison_table, dispatch_worker, environment, flops_text, machine_line,
-                    output_path, prepared_data, run_interleaved, run_tuneforge, split_records, summarise, trainer_clock,
+                    output_path, prepared_data, run_interleaved, run_tuneforge, split_records, summarise,
+                    train_with_trainer,
                     trainer_precision_args, worker_device, write_results,
                     trainer_arguments, tuneforge_train)
 
@@ -129,7 +130,7 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
     import torch
     import transformers
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
     from tuneforge import assets
 
     transformers.logging.set_verbosity_error()
@@ -147,29 +148,12 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
             r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=0.0, target_modules="all-linear",
             modules_to_save=["classifier"], task_type="SEQ_CLS"))
     model.to(worker_device(spec))
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-
     args, steps = trainer_arguments(spec, len(train_ds), grouped, per_device_eval_batch_size=spec["eval_batch_size"])
-
-    counts = ForwardTokens(model.get_base_model() if hasattr(model, "get_base_model") else model)
-    LoopClock = trainer_clock()
-    probe = FirstLinearDtype()
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
-                      data_collator=DataCollatorWithPadding(tokenizer), callbacks=[LoopClock()])
-    wall = time.perf_counter()
-    out = trainer.train()
-    wall = time.perf_counter() - wall
+    trainer, res = train_with_trainer(spec, model, args, steps, train_ds, tokenizer,
+                                      DataCollatorWithPadding(tokenizer))
     pred = trainer.predict(test_ds)
     accuracy = float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())
-    return {
-        "train_seconds": out.metrics["train_runtime"],  # Trainer's own: from just before the loop to its end
-        "loop_seconds_callback": LoopClock.end - LoopClock.begin, "train_call_wall_seconds": wall,
-        "loop_cpu_seconds": LoopClock.cpu_end - LoopClock.cpu_begin, "threads_in_loop": LoopClock.threads,
-        "real_tokens": counts.real, "padded_tokens": counts.padded, "steps": out.global_step,
-        "forwards": counts.forwards, "expected_steps": steps, "test_accuracy": accuracy,
-        "trainable_parameters": trainable, "autocast_dtype": probe.dtype, "optim": str(args.optim),
-        "train_loss": out.metrics.get("train_loss"), "precision": spec["precision"],
-    }
+    return {**res, "test_accuracy": accuracy}
 
 
 # --------------------------------------------------------------------------------------------------------

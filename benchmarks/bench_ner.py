@@ -31,9 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (FRAMEWORKS, LABELS, FirstLinearDtype, ForwardTokens, ListDataset, comparison_parser,
+from common import (FRAMEWORKS, LABELS, ListDataset, comparison_parser,
                     comparison_settings, comparison_table, dispatch_worker, environment, flops_text, machine_line,
-                    output_path, prepared_data, run_interleaved, run_tuneforge, split_records, summarise, trainer_clock,
+                    output_path, prepared_data, run_interleaved, run_tuneforge, split_records, summarise,
+                    train_with_trainer,
                     trainer_precision_args, worker_device, write_json, write_results,
                     trainer_arguments, tuneforge_train)
 from flops import pooled_rates
@@ -133,7 +134,7 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
     import torch
     import transformers
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer
+    from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
     from tuneforge import assets
     from tuneforge.tasks import Runtime
 
@@ -154,29 +155,12 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
             modules_to_save=["classifier"], task_type="TOKEN_CLS"))
     device = worker_device(spec)
     model.to(device)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-
     args, steps = trainer_arguments(spec, len(train_ds), grouped, per_device_eval_batch_size=spec["eval_batch_size"])
-
-    counts = ForwardTokens(model.get_base_model() if hasattr(model, "get_base_model") else model)
-    LoopClock = trainer_clock()
-    probe = FirstLinearDtype()
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
-                      data_collator=DataCollatorForTokenClassification(tokenizer), callbacks=[LoopClock()])
-    wall = time.perf_counter()
-    out = trainer.train()
-    wall = time.perf_counter() - wall
+    _, res = train_with_trainer(spec, model, args, steps, train_ds, tokenizer,
+                                DataCollatorForTokenClassification(tokenizer))
     rt = Runtime(device=device, bf16=spec["precision"] == "bf16", pad_id=tokenizer.pad_token_id)
     metrics = task.evaluate(model.eval(), prepared.test, rt, cfg, prepared.meta)  # the same scoring as tuneforge's
-    return {
-        "train_seconds": out.metrics["train_runtime"],  # Trainer's own: from just before the loop to its end
-        "loop_seconds_callback": LoopClock.end - LoopClock.begin, "train_call_wall_seconds": wall,
-        "loop_cpu_seconds": LoopClock.cpu_end - LoopClock.cpu_begin, "threads_in_loop": LoopClock.threads,
-        "real_tokens": counts.real, "padded_tokens": counts.padded, "steps": out.global_step,
-        "forwards": counts.forwards, "expected_steps": steps, **quality(metrics),
-        "trainable_parameters": trainable, "autocast_dtype": probe.dtype, "optim": str(args.optim),
-        "train_loss": out.metrics.get("train_loss"), "precision": spec["precision"],
-    }
+    return {**res, **quality(metrics)}
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -30,10 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (FRAMEWORKS, LABELS, FirstLinearDtype, ForwardTokens, ListDataset, comparison_parser,
+from common import (FRAMEWORKS, LABELS, ListDataset, comparison_parser,
                     comparison_settings, comparison_table, dispatch_worker, environment, flops_text, machine_line,
                     output_path, prepared_data, run_interleaved, run_tuneforge, split_records, summarise,
-                    trainer_clock, trainer_precision_args, worker_device, write_results,
+                    train_with_trainer, trainer_precision_args, worker_device, write_results,
                     trainer_arguments, tuneforge_train)
 from flops import pooled_rates
 
@@ -120,7 +120,7 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
     import torch
     import transformers
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, DataCollatorWithFlattening, Trainer
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, DataCollatorWithFlattening
     from tuneforge import assets
     from tuneforge.tasks import Runtime
 
@@ -138,32 +138,17 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
         model = get_peft_model(model, LoraConfig(r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=0.0,
                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
     model.to(device)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     args, steps = trainer_arguments(spec, len(train_ds), grouped)
-    counts = ForwardTokens(model.get_base_model() if hasattr(model, "get_base_model") else model)
-    LoopClock = trainer_clock()
-    probe = FirstLinearDtype()
     collator = (DataCollatorWithFlattening() if spec["framework"] == "trainer_flat"  # one row per batch
                 else DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
-                      data_collator=collator, callbacks=[LoopClock()])
-    wall = time.perf_counter()
-    out = trainer.train()
-    wall = time.perf_counter() - wall
+    _, res = train_with_trainer(spec, model, args, steps, train_ds, tokenizer, collator)
     # score the final model with the same code as tuneforge's test_after; LoRA stays unmerged (as in tuneforge):
     # merging into fp32 weights that autocast then rounds to bf16 would lose part of the small LoRA update
     model = model.get_base_model() if hasattr(model, "get_base_model") else model
     rt = Runtime(device=device, bf16=spec["precision"] == "bf16", pad_id=tokenizer.pad_token_id)
     test = task.evaluate(model, prepared.test, rt, cfg, prepared.meta)
-    return {
-        "train_seconds": out.metrics["train_runtime"], "loop_seconds_callback": LoopClock.end - LoopClock.begin,
-        "train_call_wall_seconds": wall, "loop_cpu_seconds": LoopClock.cpu_end - LoopClock.cpu_begin,
-        "threads_in_loop": LoopClock.threads, "real_tokens": counts.real, "padded_tokens": counts.padded,
-        "steps": out.global_step, "forwards": counts.forwards, "expected_steps": steps,
-        "test_perplexity": test["perplexity"], "test_loss": test["loss"], "trainable_parameters": trainable,
-        "autocast_dtype": probe.dtype, "optim": str(args.optim), "train_loss": out.metrics.get("train_loss"),
-        "attention": str(getattr(model.config, "_attn_implementation", "")), "precision": spec["precision"],
-    }
+    return {**res, "test_perplexity": test["perplexity"], "test_loss": test["loss"],
+            "attention": str(getattr(model.config, "_attn_implementation", ""))}
 
 
 def markdown(rows: list[dict[str, Any]], settings: dict[str, Any], env: dict[str, Any], before: float | None,

@@ -257,6 +257,32 @@ def trainer_arguments(spec: dict[str, Any], n_train: int, grouped: bool, **extra
         train_sampling_strategy="group_by_length" if grouped else "random", **extra), steps
 
 
+def train_with_trainer(spec: dict[str, Any], model: Any, args: Any, steps: int, train_ds: Any, tokenizer: Any,
+                collator: Any) -> tuple[Any, dict[str, Any]]:
+    """Train ``model`` with Trainer under the measures every comparison takes (real/padded tokens seen, loop
+    clock, autocast probe); returns the trainer and the result fields shared by all Trainer rows."""
+    from transformers import Trainer
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    counts = ForwardTokens(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    LoopClock = trainer_clock()
+    probe = FirstLinearDtype()
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
+                      data_collator=collator, callbacks=[LoopClock()])
+    wall = time.perf_counter()
+    out = trainer.train()
+    wall = time.perf_counter() - wall
+    return trainer, {
+        "train_seconds": out.metrics["train_runtime"],  # Trainer's own: from just before the loop to its end
+        "loop_seconds_callback": LoopClock.end - LoopClock.begin, "train_call_wall_seconds": wall,
+        "loop_cpu_seconds": LoopClock.cpu_end - LoopClock.cpu_begin, "threads_in_loop": LoopClock.threads,
+        "real_tokens": counts.real, "padded_tokens": counts.padded, "steps": out.global_step,
+        "forwards": counts.forwards, "expected_steps": steps, "trainable_parameters": trainable,
+        "autocast_dtype": probe.dtype, "optim": str(args.optim), "train_loss": out.metrics.get("train_loss"),
+        "precision": spec["precision"],
+    }
+
+
 def dispatch_worker(spec_json: str, tuneforge_side: Callable[[dict[str, Any]], dict[str, Any]],
                     trainer_side: Callable[..., dict[str, Any]]) -> None:
     """Worker side of both Trainer comparisons: tuneforge, or one of the Trainer configurations."""
