@@ -31,9 +31,7 @@ from typing import Any
 from common import (FRAMEWORKS, LABELS, ListDataset, comparison_parser,
                     comparison_settings, comparison_table, dispatch_worker, environment, flops_text, machine_line,
                     output_path, prepared_data, run_interleaved, run_tuneforge, split_records, summarise,
-                    train_with_trainer,
-                    trainer_precision_args, worker_device, write_results,
-                    trainer_arguments, tuneforge_train)
+                    minilm_with_head, train_with_trainer, write_results, trainer_arguments, tuneforge_train)
 
 from flops import pooled_rates
 
@@ -129,9 +127,7 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
     import numpy as np
     import torch
     import transformers
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
-    from tuneforge import assets
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(spec["threads"])
@@ -139,15 +135,7 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
     names = prepared.meta["labels"]
     train_ds, test_ds = ListDataset(prepared.train), ListDataset(prepared.test)
 
-    torch.manual_seed(spec["seed"])  # same seed before model creation as tuneforge (fresh classifier init)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(assets.minilm_dir()), dtype=torch.float32, num_labels=len(names),
-        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-    if spec["method"] == "lora":
-        model = get_peft_model(model, LoraConfig(
-            r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=0.0, target_modules="all-linear",
-            modules_to_save=["classifier"], task_type="SEQ_CLS"))
-    model.to(worker_device(spec))
+    model = minilm_with_head(AutoModelForSequenceClassification, spec, names, "SEQ_CLS")
     args, steps = trainer_arguments(spec, len(train_ds), grouped, per_device_eval_batch_size=spec["eval_batch_size"])
     trainer, res = train_with_trainer(spec, model, args, steps, train_ds, tokenizer,
                                       DataCollatorWithPadding(tokenizer))

@@ -34,8 +34,8 @@ from typing import Any
 from common import (FRAMEWORKS, LABELS, ListDataset, comparison_parser,
                     comparison_settings, comparison_table, dispatch_worker, environment, flops_text, machine_line,
                     output_path, prepared_data, run_interleaved, run_tuneforge, split_records, summarise,
-                    train_with_trainer,
-                    trainer_precision_args, worker_device, write_json, write_results,
+                    minilm_with_head, train_with_trainer,
+                    worker_device, write_json, write_results,
                     trainer_arguments, tuneforge_train)
 from flops import pooled_rates
 
@@ -133,9 +133,7 @@ def run_tuneforge_side(spec: dict[str, Any]) -> dict[str, Any]:
 def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
     import torch
     import transformers
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
-    from tuneforge import assets
     from tuneforge.tasks import Runtime
 
     transformers.logging.set_verbosity_error()
@@ -145,16 +143,8 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
     columns = ("input_ids", "token_type_ids", "labels")  # tuneforge's evaluation-only fields stay out
     train_ds = ListDataset([{k: e[k] for k in columns if k in e} for e in prepared.train])
 
-    torch.manual_seed(spec["seed"])  # same seed before model creation as tuneforge (fresh classifier init)
-    model = AutoModelForTokenClassification.from_pretrained(
-        str(assets.minilm_dir()), dtype=torch.float32, num_labels=len(names),
-        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-    if spec["method"] == "lora":
-        model = get_peft_model(model, LoraConfig(
-            r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=0.0, target_modules="all-linear",
-            modules_to_save=["classifier"], task_type="TOKEN_CLS"))
+    model = minilm_with_head(AutoModelForTokenClassification, spec, names, "TOKEN_CLS")
     device = worker_device(spec)
-    model.to(device)
     args, steps = trainer_arguments(spec, len(train_ds), grouped, per_device_eval_batch_size=spec["eval_batch_size"])
     _, res = train_with_trainer(spec, model, args, steps, train_ds, tokenizer,
                                 DataCollatorForTokenClassification(tokenizer))

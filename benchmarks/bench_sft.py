@@ -33,7 +33,7 @@ from typing import Any
 from common import (FRAMEWORKS, LABELS, ListDataset, comparison_parser,
                     comparison_settings, comparison_table, dispatch_worker, environment, flops_text, machine_line,
                     output_path, prepared_data, run_interleaved, run_tuneforge, split_records, summarise,
-                    train_with_trainer, trainer_precision_args, worker_device, write_results,
+                    train_with_trainer, worker_device, write_results,
                     trainer_arguments, tuneforge_train)
 from flops import pooled_rates
 

@@ -257,6 +257,24 @@ def trainer_arguments(spec: dict[str, Any], n_train: int, grouped: bool, **extra
         train_sampling_strategy="group_by_length" if grouped else "random", **extra), steps
 
 
+def minilm_with_head(auto_class: Any, spec: dict[str, Any], names: list[str], task_type: str) -> Any:
+    """The embedded MiniLM with a fresh labelled head (``auto_class``), LoRA on every linear layer but the
+    classifier (trained in full) when ``spec['method']`` is lora, on the worker's device. Seeded as tuneforge."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from tuneforge import assets
+
+    torch.manual_seed(spec["seed"])  # same seed before model creation as tuneforge (fresh classifier init)
+    model = auto_class.from_pretrained(
+        str(assets.minilm_dir()), dtype=torch.float32, num_labels=len(names),
+        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    if spec["method"] == "lora":
+        model = get_peft_model(model, LoraConfig(
+            r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=0.0, target_modules="all-linear",
+            modules_to_save=["classifier"], task_type=task_type))
+    return model.to(worker_device(spec))
+
+
 def train_with_trainer(spec: dict[str, Any], model: Any, args: Any, steps: int, train_ds: Any, tokenizer: Any,
                 collator: Any) -> tuple[Any, dict[str, Any]]:
     """Train ``model`` with Trainer under the measures every comparison takes (real/padded tokens seen, loop
