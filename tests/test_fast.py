@@ -105,3 +105,32 @@ def test_tune_allocator_on_glibc():
     assert isinstance(done, bool)
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert done
+
+
+def test_training_uses_the_cheaper_paths(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from tiny import model_dir, sentiment_rows
+    from tuneforge.run import train
+
+    calls = {"dropout": 0, "clip": 0}
+    forward, clip = fast.FastDropout.forward, fast.clip_gradients
+
+    def counted_forward(self, x):
+        calls["dropout"] += self.training
+        return forward(self, x)
+
+    def counted_clip(*args):
+        calls["clip"] += 1
+        return clip(*args)
+
+    monkeypatch.setattr(fast.FastDropout, "forward", counted_forward)
+    monkeypatch.setattr(fast, "clip_gradients", counted_clip)
+    data = tmp_path / "rows.csv"
+    pd.DataFrame(sentiment_rows(64)).to_csv(data, index=False)
+    cfg = {"model": {"name": str(model_dir(tmp_path / "bert", "bert")), "max_length": 32},
+           "data": {"dataset": str(data)}, "method": {"name": "full"},
+           "train": {"max_steps": 3, "batch_size": 16, "precision": "fp32", "max_grad_norm": 1.0},
+           "output_dir": str(tmp_path / "run")}
+    train(cfg, progress=False)
+    assert calls["clip"] == 3 and calls["dropout"] > 0  # every step clips; BERT's dropouts ran as FastDropout
