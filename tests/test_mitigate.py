@@ -1,5 +1,7 @@
 """Mitigations that choose their own strength: the choice on a constructed case, the Pareto front, the plot,
 and a whole (tiny) sweep through the CLI."""
+import json
+
 import pandas as pd
 import pytest
 
@@ -52,3 +54,6 @@ def test_mitigate_cli_trains_candidates_and_chooses(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "chosen:" in out and "| none |" in out and "l2sp=1" in out
     assert (root / "mit" / "tradeoff.png").is_file() and (root / "mit" / "runs" / "l2sp-10000" / "metrics.json").is_file()
+    for run in ("none", "l2sp-10000"):  # chosen on the probes' validation side, never on the reported test side
+        metrics = json.loads((root / "mit" / "runs" / run / "metrics.json").read_text())
+        assert "validation accuracy" in metrics["forgetting"]["reference"]

@@ -167,6 +167,8 @@ class ForgettingConfig:
     #   auto (the task's default), reference, own_answers, sentiment, sentiment_calibrated; [] or none: off
     probe_prompts: int = 64  # own_answers: held-out general prompts whose untrained answers are scored
     probe_examples: int = 200  # sentiment: Rotten Tomatoes test sentences classified zero-shot from a prompt
+    probe_split: Literal["test", "validation"] = "test"  # which held-out side the probes measure: test (report)
+    #   or validation (disjoint examples of the same sources; `tuneforge mitigate` chooses strengths on these)
     previous_run: str | None = None  # classification, sequential: run dir of task 1; its merged backbone starts
     #                                  this run and its own head + test split measure task 1 before/after
     replay: ReplayConfig = field(default_factory=ReplayConfig)

@@ -5,7 +5,8 @@ strength, replay or self-replay ratio) and picks, on validation data, the candid
 those whose task quality stays within a stated margin of the unmitigated run (``choose``). Task quality is the
 best validation metric of each run (accuracy-like metrics: ``margin`` in points; losses: per cent of
 perplexity); forgetting is the run's first probe (``metrics.json`` ``forgetting.forgotten``: per cent for
-perplexities, points for accuracies). ``plot_tradeoff`` draws task gain against forgetting, one point per
+perplexities, points for accuracies), measured on its validation side (``forgetting.probe_split=validation``:
+examples disjoint from the test-side ones), so the chosen setting's test-side numbers are not chosen on. ``plot_tradeoff`` draws task gain against forgetting, one point per
 run, with the Pareto front.
 
     tuneforge mitigate -c configs/demo-chat.yaml --kind ewc --values 1e2,1e3,1e4 --margin 3 -o mit/
@@ -117,7 +118,8 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
     out = Path(out_dir)
     if not out.exists() or not any(out.iterdir()) or overwrite:
         fresh_folder(out, overwrite, "comparison")
-    variants = {"none": []} | {f"{kind}={v:g}": fixed + [f"{key}={v}"] for v in values}
+    side = ["forgetting.probe_split=validation"]  # choose on validation-side probes, never on the reported ones
+    variants = {"none": side} | {f"{kind}={v:g}": side + fixed + [f"{key}={v}"] for v in values}
     rows = []
     for label, extra in variants.items():
         run_dir = out / "runs" / label.replace("=", "-")
@@ -134,6 +136,8 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
     chosen = choose(candidates, baseline, margin, task.metric, task.greater_is_better)
     unit = "points" if task.metric != "loss" else "% perplexity"
     lines = [f"# {kind}: candidates on {base.model.name} ({base.data.dataset}), margin {margin:g} {unit}", "",
+             "Forgetting is measured on the probes' validation side (chosen on; the test-side numbers come from a "
+             "run of the chosen setting with `forgetting.probe_split=test`, the default).", "",
              f"| run | validation {task.metric} | test {task.metric} | task gain | forgetting ({rows[0]['probe']}) |",
              "|---|---|---|---|---|"]
     for r in rows:

@@ -38,6 +38,14 @@ def test_sequential_run_measures_task1_with_its_own_head(setup):
     assert m["test_after"]["n"] > 0 and len(m["test_after"]["per_class"]) == 3  # task 2 has its own 3-label head
 
 
+def test_validation_side_task1_probe_measures_task1_validation_split(setup):
+    root, base, task1 = setup
+    f = _task2(root, base, task1, "seq-val", probe_split="validation")["forgetting"]
+    run = load(task1.run_dir, device="cpu")
+    direct = run.task.evaluate(run.model, run.prepared().validation, run.rt, run.cfg, run.meta)["accuracy"]
+    assert "validation" in f["reference"] and f["before"] == pytest.approx(direct, abs=1e-6)
+
+
 def _moved(run_dir, task1_dir, weights=None):
     """Squared distance of a full run's backbone weights to task 1's (heads excluded), optionally weighted
     per weight (EWC: by the Fisher information of task 1)."""

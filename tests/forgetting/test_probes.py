@@ -53,15 +53,28 @@ def test_own_answers_probe_is_the_perplexity_of_the_models_greedy_answers(setup)
     assert len(probe.examples) > 0 and probe.measure(model) == pytest.approx(math.exp(total / count), rel=1e-4)
 
 
-def test_sentiment_probe_is_the_zero_shot_accuracy_of_the_label_words(setup, monkeypatch):
+def test_validation_side_own_answers_use_other_prompts(setup):
     cfg, task, tok, model, rt, _, data = setup
+    val = resolve_config({**cfg.to_dict(), "forgetting": {**cfg.to_dict()["forgetting"], "probe_split": "validation"}})
+    test_side = probes.own_answers_probe(model, cfg, task, tok, rt, data.meta)
+    val_side = probes.own_answers_probe(model, val, task, tok, rt, data.meta)
+    both = probes.general_prompts(24, cfg.data.seed)
+    assert val_side.examples and "validation" in val_side.name
+    assert not {tuple(e["input_ids"]) for e in val_side.examples} & {tuple(e["input_ids"]) for e in test_side.examples}
+    assert val_side.keys == test_side.keys == {normalise(p) for p in both}  # self-replay avoids both sides
+
+
+@pytest.mark.parametrize("split", ["test", "validation"])
+def test_sentiment_probe_is_the_zero_shot_accuracy_of_the_label_words(setup, monkeypatch, split):
+    cfg, task, tok, model, rt, _, data = setup
+    cfg = resolve_config({**cfg.to_dict(), "forgetting": {**cfg.to_dict()["forgetting"], "probe_split": split}})
     monkeypatch.setattr(probes, "SENTIMENT", ("rotten_tomatoes", "{text} :", ("negative", "positive"), ("no", "yes")))
     probe = probes.sentiment_probe(model, cfg, tok, calibrated=False)
     from tuneforge.config import load_config
     from tuneforge.data.dataset import load_splits
     from tuneforge.tasks.classification import Task as Classification
     rows = probes.sample(load_splits(load_config(None, {"data": {"dataset": "rotten_tomatoes"}}), Classification())
-                         .records["test"], 40, cfg.data.seed)
+                         .records[split], 40, cfg.data.seed)
     word_ids = [tok(" no", add_special_tokens=False)["input_ids"][0], tok(" yes", add_special_tokens=False)["input_ids"][0]]
     right = 0
     with torch.no_grad():
@@ -89,3 +102,10 @@ def test_self_replay_never_uses_the_probes_prompts(setup, monkeypatch):
     mixed = pipeline.mix_replay(cfg, task, tok, data, splits.held_out, [probe], model, rt)
     assert len(mixed.train) > n and len(asked) == round(0.5 / 0.5 * n)  # ratio 0.5: as many replayed as trained
     assert probe.keys and not probe.keys & {normalise(p) for p in asked}
+
+
+def test_default_probes_lead_with_a_capability_probe(setup):
+    cfg, task, *_ = setup
+    assert task.default_probes(cfg) == ["own_answers", "sentiment"]  # no reference data for this model
+    smol = resolve_config({"model": {"name": "smollm2", "task": "causal_lm"}, "data": {"dataset": "chatterbot"}})
+    assert task.default_probes(smol) == ["own_answers", "sentiment", "reference"]  # chitchat perplexity last

@@ -36,7 +36,11 @@ def test_replay_pool_excludes_the_reference_examples(tmp_path):
     assert len(replayed) == replay_count(n_train, 0.3) > 0
     held_out = {tuple(e["input_ids"]) for e in probe.examples}
     assert not held_out & {tuple(e["input_ids"]) for e in replayed}
-    assert len({tuple(e["input_ids"]) for e in replayed}) == min(len(replayed), len(rows) - 12)
+    assert len({tuple(e["input_ids"]) for e in replayed}) == min(len(replayed), len(rows) - 24)  # both sides kept out
+    val_cfg = resolve_config({**cfg.to_dict(), "forgetting": {**cfg.to_dict()["forgetting"], "probe_split": "validation"}})
+    val = {tuple(e["input_ids"]) for e in reference_probe(val_cfg, task, tokenizer, rt, data.meta).examples}
+    assert len(val) == 12 and not val & held_out and not val & fisher  # a third, disjoint sample
+    assert not val & {tuple(e["input_ids"]) for e in replayed}
 
 
 def test_reference_none_turns_the_default_probe_off(tmp_path):

@@ -22,7 +22,7 @@ def probes_for(cfg: RunConfig, task: Task, prev: Any, heads: list[str], tokenize
     (``prev``, the reloaded task-1 run), else reference perplexity, the model's own answers, zero-shot
     sentiment. Built on the untrained ``model`` (own answers are generated now)."""
     if prev is not None:
-        return [task1_probe(prev, heads, rt)]
+        return [task1_probe(prev, heads, rt, cfg.forgetting.probe_split)]
     names = cfg.forgetting.probes
     if names == ["auto"]:
         names = task.default_probes(cfg)

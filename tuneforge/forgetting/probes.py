@@ -4,6 +4,10 @@
   conversations): perplexity of reference text that is not in training;
 * task 1 (``forgetting.previous_run``, sequential classification): task-1 accuracy of the current backbone
   with task 1's own head, on task 1's test split.
+
+``forgetting.probe_split=validation`` measures every probe on held-out examples disjoint from the test-side
+ones (task 1's validation split, other reference rows, other general prompts, the sentiment validation
+split): what ``tuneforge mitigate`` chooses on, so that the reported test-side numbers are not chosen on.
 """
 from __future__ import annotations
 
@@ -43,11 +47,13 @@ def mean_loss(task: Task, model: nn.Module, batch: dict[str, Any]) -> Any:
     return task.loss(model, batch) / max(task.units(batch), 1)
 
 
-def task1_probe(prev: Any, heads: list[str], rt: Runtime) -> Probe:
-    """Task-1 accuracy of the current backbone with task 1's own head, on task 1's test split (EWC's Fisher:
-    task 1's training split). ``prev`` is the reloaded task-1 run (``tuneforge.loaded.Run``)."""
+def task1_probe(prev: Any, heads: list[str], rt: Runtime, split: str = "test") -> Probe:
+    """Task-1 accuracy of the current backbone with task 1's own head, on task 1's test (or validation) split
+    (EWC's Fisher: task 1's training split). ``prev`` is the reloaded task-1 run (``tuneforge.loaded.Run``)."""
     task1 = prev.prepared()
-    examples = task1.test
+    examples = task1.validation if split == "validation" else task1.test
+    if not examples:
+        raise ConfigError(f"forgetting.probe_split={split}: task 1's {split} split is empty")
     own = {h: getattr(prev.model, h).to(rt.device) for h in heads}
 
     def swapped(model: nn.Module, fn: Callable[[], Any]) -> Any:
@@ -67,13 +73,13 @@ def task1_probe(prev: Any, heads: list[str], rt: Runtime) -> Probe:
         return swapped(model, lambda: mean_loss(prev.task, model, batch))
 
     name = prev.cfg.data.dataset if not prev.cfg.data.train_file else prev.cfg.data.train_file
-    return Probe(f"task 1 ({name}) accuracy", "accuracy", measure, examples, loss, task1.train, set(), own)
+    return Probe(f"task 1 ({name}) {split} accuracy", "accuracy", measure, examples, loss, task1.train, set(), own)
 
 
 def reference_probe(cfg: RunConfig, task: Task, tokenizer: Any, rt: Runtime, meta: dict[str, Any]) -> Probe | None:
     """Perplexity on reference data, or None when none applies (``"none"``, or a task without a default).
-    A seeded sample of ``reference_examples`` is measured; up to as many others of the same source are EWC's
-    Fisher data."""
+    A seeded sample of ``reference_examples`` is measured (``probe_split=validation``: the next as many, disjoint);
+    up to as many others of the same source are EWC's Fisher data."""
     from tuneforge.data.dataset import normalise
 
     name = cfg.forgetting.reference or task.default_reference(cfg)
@@ -84,10 +90,14 @@ def reference_probe(cfg: RunConfig, task: Task, tokenizer: Any, rt: Runtime, met
     if 4 * n < len(records):  # a seeded sample of 4n rows (in source order), 2n of them drawn again
         rows = sorted(random.Random(cfg.data.seed).sample(range(len(records)), 4 * n))
         records, where = [records[i] for i in rows], [where[i] for i in rows]
-    chosen = sample(list(zip(records, where)), 2 * n, cfg.data.seed)
+    chosen = sample(list(zip(records, where)), 3 * n, cfg.data.seed)  # test side, Fisher, validation side
     pool = task.encode_any([r for r, _ in chosen], cfg, tokenizer, meta, [w for _, w in chosen])
-    examples = pool[:n]
-    keys = {normalise(task.input_text(r, cfg)) for r, _ in chosen[:n]}
+    validation = cfg.forgetting.probe_split == "validation"
+    examples = pool[2 * n:] if validation else pool[:n]
+    if not examples:
+        raise ConfigError(f"forgetting.probe_split=validation: {name} has too few rows for validation-side "
+                          f"reference examples beside {2 * n} others; lower forgetting.reference_examples")
+    keys = {normalise(task.input_text(r, cfg)) for r, _ in chosen[:n] + chosen[2 * n:]}  # both sides: never replayed
 
     def measure(model: nn.Module) -> float:
         metrics = task.evaluate(model, examples, rt, cfg, meta)
@@ -96,8 +106,9 @@ def reference_probe(cfg: RunConfig, task: Task, tokenizer: Any, rt: Runtime, met
                               "use forgetting.previous_run, or forgetting.reference=none")
         return metrics["perplexity"]
 
-    return Probe(f"{name} perplexity", "perplexity", measure, examples, lambda m, b: mean_loss(task, m, b),
-                 pool[n:], keys)
+    side = " (validation)" if validation else ""
+    return Probe(f"{name}{side} perplexity", "perplexity", measure, examples, lambda m, b: mean_loss(task, m, b),
+                 pool[n:2 * n], keys)
 
 
 # ---- capability probes for causal LMs ------------------------------------------------------------------------
@@ -138,7 +149,12 @@ def own_answers_probe(model: nn.Module, cfg: RunConfig, task: Task, tokenizer: A
     already do. Fine-tuning that keeps those abilities keeps this perplexity; forgetting raises it."""
     from tuneforge.data.dataset import normalise
 
-    prompts = general_prompts(cfg.forgetting.probe_prompts, cfg.data.seed)
+    n = cfg.forgetting.probe_prompts
+    both = general_prompts(2 * n, cfg.data.seed)  # test side, then validation side (disjoint)
+    prompts = both[n:] if cfg.forgetting.probe_split == "validation" else both[:n]
+    if not prompts:
+        raise ConfigError(f"forgetting.probe_split=validation: too few {GENERAL_PROMPTS} prompts beside the {n} "
+                          "test-side ones; lower forgetting.probe_prompts")
     records = own_answers(model, task, cfg, tokenizer, rt, meta, prompts)
     chat_meta = {**meta, "format": "chat"}
     examples = task.encode(records, cfg, tokenizer, chat_meta, [f"own answer {i + 1}" for i in range(len(records))])
@@ -146,8 +162,9 @@ def own_answers_probe(model: nn.Module, cfg: RunConfig, task: Task, tokenizer: A
     def measure(m: nn.Module) -> float:
         return task.evaluate(m, examples, rt, cfg, chat_meta)["perplexity"]
 
-    return Probe(f"own answers ({len(examples)} {GENERAL_PROMPTS} prompts) perplexity", "perplexity", measure,
-                 examples, lambda m, b: mean_loss(task, m, b), [], {normalise(p) for p in prompts})
+    side = " validation" if cfg.forgetting.probe_split == "validation" else ""
+    return Probe(f"own answers ({len(examples)} {GENERAL_PROMPTS}{side} prompts) perplexity", "perplexity", measure,
+                 examples, lambda m, b: mean_loss(task, m, b), [], {normalise(p) for p in both})
 
 
 def sentiment_probe(model: nn.Module, cfg: RunConfig, tokenizer: Any, calibrated: bool, required: bool = True
@@ -169,7 +186,7 @@ def sentiment_probe(model: nn.Module, cfg: RunConfig, tokenizer: Any, calibrated
             raise
         return None
     test = load_splits(load_config(None, {"data": {"dataset": data, "seed": cfg.data.seed}}), Classification())
-    rows = sample(test.records["test"], cfg.forgetting.probe_examples, cfg.data.seed)
+    rows = sample(test.records[cfg.forgetting.probe_split], cfg.forgetting.probe_examples, cfg.data.seed)
     texts, gold = [str(r["text"]) for r in rows], [list(labels).index(str(r["label"])) for r in rows]
     scored = scored_words(list(words), template)
 
@@ -183,5 +200,6 @@ def sentiment_probe(model: nn.Module, cfg: RunConfig, tokenizer: Any, calibrated
             m.train(was)
         return result["accuracy_calibrated" if calibrated else "accuracy"]
 
-    name = f"zero-shot {data} sentiment accuracy{' (calibrated)' if calibrated else ''}"
+    side = " (validation)" if cfg.forgetting.probe_split == "validation" else ""
+    name = f"zero-shot {data}{side} sentiment accuracy{' (calibrated)' if calibrated else ''}"
     return Probe(name, "accuracy", measure, [], lambda m, b: None, [], set())

@@ -245,9 +245,11 @@ class Task:
         return str(prediction)
 
     def default_probes(self, cfg: RunConfig) -> list[str]:
-        """Reference perplexity (where the model has reference data), its own answers, zero-shot sentiment."""
-        return (["reference"] if self.default_reference(cfg) or cfg.forgetting.reference else []) + \
-            ["own_answers", "sentiment"]
+        """Its own answers first (the headline: a capability probe, which shows forgetting where perplexity of
+        reference text often falls with the new style), zero-shot sentiment, reference perplexity (where the
+        model has reference data)."""
+        return ["own_answers", "sentiment"] + \
+            (["reference"] if self.default_reference(cfg) or cfg.forgetting.reference else [])
 
     def default_reference(self, cfg: RunConfig) -> str | None:
         """Held-out ``chitchat`` conversations for the embedded chat model; none for other models."""
