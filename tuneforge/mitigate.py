@@ -27,7 +27,7 @@ SWEEPS: dict[str, tuple[list[str], str, list[float]]] = {
     "ewc": (["forgetting.regularize.kind=ewc"], "forgetting.regularize.strength", [1e2, 1e3, 1e4, 1e5]),
     "l2sp": (["forgetting.regularize.kind=l2sp"], "forgetting.regularize.strength", [1e-2, 1e-1, 1.0, 10.0]),
     "replay": ([], "forgetting.replay.ratio", [0.1, 0.2, 0.4]),
-    "self-replay": (["forgetting.replay.data=self"], "forgetting.replay.ratio", [0.1, 0.2, 0.4]),
+    "self-replay": (["forgetting.replay.data=self"], "forgetting.replay.ratio", [0.05, 0.1, 0.2]),
 }
 
 
@@ -43,9 +43,10 @@ def quality_gap(value: float, baseline: float, metric: str, greater_is_better: b
 def choose(rows: Sequence[dict[str, Any]], baseline: dict[str, Any], margin: float, metric: str,
            greater_is_better: bool) -> dict[str, Any] | None:
     """The row that forgets least (smallest ``forgotten``) among those whose validation ``metric`` is within
-    ``margin`` of ``baseline``'s (see :func:`quality_gap`); ties: the weaker mitigation (earlier row). None
-    when no candidate keeps the task within the margin."""
+    ``margin`` of ``baseline``'s (see :func:`quality_gap`) and that forget less than ``baseline``; ties: the
+    weaker mitigation (earlier row). None when no candidate does both."""
     ok = [r for r in rows if r.get("forgotten") is not None and r.get("validation") is not None
+          and (baseline.get("forgotten") is None or r["forgotten"] < baseline["forgotten"])
           and quality_gap(r["validation"], baseline["validation"], metric, greater_is_better) <= margin]
     return min(ok, key=lambda r: r["forgotten"]) if ok else None
 
@@ -144,7 +145,7 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
         mark = " **chosen**" if chosen is not None and r is chosen else ""
         lines.append(f"| {r['label']}{mark} | {_f(r['validation'])} | {_f(r[f'test_{task.metric}'])} | "
                      f"{_f(r['gain'])} | {_f(r['forgotten'])} |")
-    lines += ["", "chosen: " + (chosen["label"] if chosen else "none keeps the task within the margin")]
+    lines += ["", "chosen: " + (chosen["label"] if chosen else "none forgets less while keeping the task within the margin")]
     checkpoint.atomic_write_text(out / "mitigation.md", "\n".join(lines) + "\n")
     plot_tradeoff(rows, out / "tradeoff.png", f"test {task.metric}", rows[0]["probe"] or "probe")
     return {"rows": rows, "chosen": chosen, "baseline": baseline}
