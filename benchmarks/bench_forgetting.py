@@ -71,13 +71,6 @@ def merged(base: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[
     return _base_config(base, items).to_dict()
 
 
-def deep_update(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = deep_update(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
-    return out
-
-
 class Bench:
     """Trains (or reuses) runs under ``work`` and keeps every record in one JSON file, saved after each run."""
 
@@ -152,6 +145,7 @@ def matched_lora(bench: Bench, part: str, s: dict[str, Any], lora_cfg: dict[str,
 
 
 def run_part(bench: Bench, part: str, s: dict[str, Any], seeds: list[int]) -> None:
+    from tuneforge.config import merge_dicts
     from tuneforge.mitigate import mitigate
 
     base = dict(s["task2"])
@@ -159,16 +153,16 @@ def run_part(bench: Bench, part: str, s: dict[str, Any], seeds: list[int]) -> No
     if part == "sequential":  # task 1 once per method; its seed-42 model starts every task-2 run of that method
         t1 = {}
         for name, method, lr in (("full", {"name": "full"}, s["lr_full"]), ("LoRA", s["lora"], s["lr_lora"])):
-            cfg = deep_update(s["task1"], {"method": method, "train": {"lr": lr}})
+            cfg = merge_dicts(s["task1"], {"method": method, "train": {"lr": lr}})
             bench.run(part, f"task 1 {name}", cfg)
             t1[name] = str(bench.work / part / f"task_1_{name}")
-        full_cfg = deep_update(base, {"method": {"name": "full"}, "train": {"lr": s["lr_full"]},
+        full_cfg = merge_dicts(base, {"method": {"name": "full"}, "train": {"lr": s["lr_full"]},
                                       "forgetting": {"previous_run": t1["full"]}})
-        lora_cfg = deep_update(base, {"method": s["lora"], "train": {"lr": s["lr_lora"]},
+        lora_cfg = merge_dicts(base, {"method": s["lora"], "train": {"lr": s["lr_lora"]},
                                       "forgetting": {"previous_run": t1["LoRA"]}})
     else:
-        full_cfg = deep_update(base, {"method": {"name": "full"}, "train": {"lr": s["lr_full"]}})
-        lora_cfg = deep_update(base, {"method": s["lora"], "train": {"lr": s["lr_lora"]}})
+        full_cfg = merge_dicts(base, {"method": {"name": "full"}, "train": {"lr": s["lr_full"]}})
+        lora_cfg = merge_dicts(base, {"method": s["lora"], "train": {"lr": s["lr_lora"]}})
     full = bench.row(part, "full", full_cfg, seeds)
     lora = bench.row(part, "LoRA (default lr)", lora_cfg, seeds)
     val = lambda r: next(v for k, v in r["runs"][0]["validation"].items() if k != "step")  # noqa: E731
@@ -211,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     from common import environment
     from forgetting_report import markdown
 
+    from tuneforge.config import merge_dicts
+
     out = Path(a.output or RESULTS / ("forgetting-quick.md" if a.quick else "forgetting.md"))
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(a.workdir) / ("quick" if a.quick else "full")
@@ -219,8 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     bench = Bench(work, out, payload)
     started, load = time.perf_counter(), os.getloadavg()[0]
     for part in parts:
-        s = deep_update(SETTINGS[part], QUICK.get(part, {})) if a.quick else SETTINGS[part]
-        s = deep_update(s, {t: {"train": {"num_threads": a.threads}} for t in ("task1", "task2") if t in s})
+        s = merge_dicts(SETTINGS[part], QUICK.get(part, {})) if a.quick else SETTINGS[part]
+        s = merge_dicts(s, {t: {"train": {"num_threads": a.threads}} for t in ("task1", "task2") if t in s})
         if a.kinds:  # e.g. two invocations on two cores, one mitigation each (runs are reused when combined)
             s = {**s, "mitigations": {k: v for k, v in s["mitigations"].items() if k in a.kinds.split(",")}}
         run_part(bench, part, s, seeds)
