@@ -44,6 +44,10 @@ def test_validation_side_task1_probe_measures_task1_validation_split(setup):
     run = load(task1.run_dir, device="cpu")
     direct = run.task.evaluate(run.model, run.prepared().validation, run.rt, run.cfg, run.meta)["accuracy"]
     assert "validation" in f["reference"] and f["before"] == pytest.approx(direct, abs=1e-6)
+    from tuneforge.forgetting.probes import task1_probe
+    ids = lambda examples: [e["input_ids"] for e in examples]  # noqa: E731
+    for split, rows in (("validation", run.prepared().validation), ("test", run.prepared().test)):
+        assert ids(task1_probe(run, run.heads, run.rt, split).examples) == ids(rows)
 
 
 def _moved(run_dir, task1_dir, weights=None):
