@@ -126,6 +126,11 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return med
 
 
+def best(validation: dict[str, Any]) -> float:
+    """The best validation metric of a run (``best_validation`` without its step)."""
+    return next(v for k, v in validation.items() if k != "step")
+
+
 def matched_lora(bench: Bench, part: str, s: dict[str, Any], lora_cfg: dict[str, Any], full_val: float,
                  default_val: float) -> tuple[dict[str, Any], str]:
     """The LoRA setting (default or a sweep candidate, seed 42) whose validation metric is closest to full's;
@@ -136,7 +141,7 @@ def matched_lora(bench: Bench, part: str, s: dict[str, Any], lora_cfg: dict[str,
         cfg = merged(lora_cfg, {**extra, "train.seed": 42, "forgetting.probes": "[none]"} if part == "chat"
                      else {**extra, "train.seed": 42})
         val = bench.run(part, label, cfg)["best_validation"]
-        candidates.append((extra, list(v for k, v in val.items() if k != "step")[0]))
+        candidates.append((extra, best(val)))
     extra, _ = min(candidates, key=lambda c: abs(c[1] - full_val))
     name = lambda e: ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in e.items()) or "default"  # noqa: E731
     bench.payload["parts"][part]["matched_lora"] = {"full": full_val, "chosen": name(extra),
@@ -165,8 +170,8 @@ def run_part(bench: Bench, part: str, s: dict[str, Any], seeds: list[int]) -> No
         lora_cfg = merge_dicts(base, {"method": s["lora"], "train": {"lr": s["lr_lora"]}})
     full = bench.row(part, "full", full_cfg, seeds)
     lora = bench.row(part, "LoRA (default lr)", lora_cfg, seeds)
-    val = lambda r: next(v for k, v in r["runs"][0]["validation"].items() if k != "step")  # noqa: E731
-    matched_cfg, how = matched_lora(bench, part, s, lora_cfg, val(full), val(lora))
+    seed42 = lambda row: best(row["runs"][0]["validation"])  # noqa: E731
+    matched_cfg, how = matched_lora(bench, part, s, lora_cfg, seed42(full), seed42(lora))
     if how != "default":
         bench.row(part, f"LoRA (matched quality: {how})", matched_cfg, seeds)
     for kind, values in s["mitigations"].items():
