@@ -10,7 +10,8 @@ The sweep is staged to fit a CPU: stage 1 tries learning rates default/3, defaul
 automatic length; stage 2 tries the best of those with a shorter and a longer automatic length
 (``train.auto_min_steps`` 100 and 600; the default is 250). Every run is a real tuneforge run
 (``tuneforge.run.train``), single-threaded, two at a time (``--workers``); finished runs are reused from the
-JSON, so an interrupted invocation continues.
+JSON, so an interrupted invocation continues. Validation and test sets are the same size for every training
+size of a task (400 examples each, or 10 % each of a smaller data set), so a point is never one or two examples.
 
     python benchmarks/bench_defaults.py                      # every task, size and method (many hours on 2 cores)
     python benchmarks/bench_defaults.py --tasks rt,wnut16 --methods lora,full,adapter --sizes 500
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import functools
 import multiprocessing as mp
 import os
 import sys
@@ -40,17 +41,34 @@ TASKS = {
 }
 MODEL = {"classification": "minilm", "token_classification": "minilm", "causal_lm": "smollm2"}
 CORE = ("lora", "full", "adapter")  # target: within 2 points (3 % perplexity); the others within 5 (7.5 %)
+HELD_OUT = 400  # validation and test examples each (10 % each of a smaller data set): a point is 2.5 examples
 LENGTHS = (100, 600)  # stage 2: train.auto_min_steps beside the default 250
 
 
 def settings(task: str, size: int, method: str, lr: float, min_steps: int, seed: int) -> dict:
     data, kind, max_length, _, _ = TASKS[task]
+    n = available(task)  # validation and test: the same size for every training size of a task
+    held = min(HELD_OUT, n // 10) if size > 100 else size // 4
+    size = min(size, n - 2 * held)  # a small data set trains on what is left
+    total = size + 2 * held
     cfg = {"model": {"name": MODEL[kind], "task": kind, "max_length": max_length},
-           "data": {"dataset": data, "max_examples": math.ceil(size / 0.8)},  # ~size training examples after 80/10/10
+           "data": {"dataset": data, "max_examples": total, "split": [size / total, held / total, held / total]},
            "method": {"name": method}, "train": {"lr": lr, "auto_min_steps": min_steps, "seed": seed,
                                                   "num_threads": 1},
            "eval": {"generate_samples": 0}, "forgetting": {"probes": ["none"]}}
     return cfg
+
+
+@functools.cache
+def available(task: str) -> int:
+    """Checked rows of the task's data set (before the split)."""
+    from tuneforge import tasks
+    from tuneforge.config import load_config
+    from tuneforge.data.dataset import source_records
+
+    data, kind, _, _, _ = TASKS[task]
+    cfg = load_config(None, {"model": {"name": MODEL[kind], "task": kind}, "data": {"dataset": data}})
+    return len(source_records(tasks.get(kind), data, cfg)[0])
 
 
 def key(task: str, size: int, method: str, lr: float, min_steps: int) -> str:
