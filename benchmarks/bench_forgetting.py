@@ -40,7 +40,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
                   "train": {"epochs": 8, "batch_size": 32, "weight_decay": 0.01}},
         "lr_full": 5e-5, "lr_lora": 1e-3, "lora": LORA,
         "lora_sweep": [{"train.lr": 3e-3}, {"train.lr": 3e-3, "method.rank": 32, "method.alpha": 64}],
-        "mitigations": {"ewc": [1e3, 1e4, 1e5, 1e6], "l2sp": [1e-2, 1e-1, 1.0, 10.0]},
+        "mitigations": {"ewc": [1e3, 1e4, 1e5, 1e6], "l2sp": [1e-2, 1e-1, 1.0, 10.0],
+                        "interpolate": [0.9, 0.75, 0.5]},
         "margin": 1.0, "task_unit": "points", "cost_limit": 1.0},
     "chat": {
         "task2": {"model": {"name": "smollm2", "task": "causal_lm", "max_length": 64},
@@ -50,7 +51,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
                   "forgetting": {"probes": ["own_answers", "sentiment", "reference"], "probe_prompts": 24,
                                  "probe_examples": 100, "reference": "chitchat", "reference_examples": 48}},
         "lr_full": 3e-4, "lr_lora": 2e-3, "lora": LORA, "lora_sweep": [{"train.lr": 6e-3}],
-        "mitigations": {"self-replay": [0.02, 0.05, 0.2], "replay": [0.1, 0.2]},
+        "mitigations": {"self-replay": [0.02, 0.05, 0.2], "replay": [0.1, 0.2],
+                        "interpolate": [0.9, 0.8, 0.7, 0.6, 0.5]},
         "fixed": {"replay": ["forgetting.replay.data=chitchat"]},
         "margin": 3.0, "task_unit": "% perplexity", "cost_limit": 3.0},
 }

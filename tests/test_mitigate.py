@@ -60,3 +60,12 @@ def test_mitigate_cli_trains_candidates_and_chooses(tmp_path, capsys):
     for run in ("none", "l2sp-10000"):  # chosen on the probes' validation side, never on the reported test side
         metrics = json.loads((root / "mit" / "runs" / run / "metrics.json").read_text())
         assert "validation accuracy" in metrics["forgetting"]["reference"]
+
+
+def test_every_mitigation_kind_is_offered_by_the_cli():
+    from tuneforge.cli import build_parser
+    from tuneforge.mitigate import SWEEPS
+
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    kind = next(a for a in sub.choices["mitigate"]._actions if a.dest == "kind")
+    assert list(kind.choices) == list(SWEEPS)

@@ -158,13 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mitigate", help="choose a forgetting mitigation's strength on validation data",
                        description="Train the run without mitigation and once per candidate strength of one "
-                       "mitigation (EWC / L2-SP strength, replay or self-replay ratio); pick the candidate that "
+                       "mitigation (EWC / L2-SP strength, replay or self-replay ratio, interpolation share); pick the candidate that "
                        "forgets least (first forgetting probe) while the validation metric stays within --margin "
                        "of the unmitigated run (points of accuracy/F1, or per cent of perplexity). Writes "
                        "mitigation.md and tradeoff.png (task gain against forgetting, Pareto front).")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides shared by every run")
     p.add_argument("-c", "--config", help="base YAML config shared by every run")
-    p.add_argument("--kind", required=True, choices=["ewc", "l2sp", "replay", "self-replay"])
+    p.add_argument("--kind", required=True, choices=["ewc", "l2sp", "replay", "self-replay", "interpolate"],
+                   help="ewc / l2sp: regularisation strength; replay / self-replay: ratio; interpolate: share of "
+                   "the trained change kept (WiSE-FT)")
     p.add_argument("--values", help="comma-separated candidate strengths or ratios (default: a small grid)")
     p.add_argument("--margin", type=float, default=1.0, help="allowed task cost: accuracy/F1 points, or "
                    "per cent of perplexity for causal LMs (default 1)")

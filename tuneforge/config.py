@@ -174,8 +174,12 @@ class ForgettingConfig:
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     regularize: RegularizeConfig = field(default_factory=RegularizeConfig)
+    interpolate: float = 1.0  # WiSE-FT: after training, keep this share of what training changed (trained
+    #                           weights moved back toward their start; 1: off), in (0, 1]
 
     def __post_init__(self) -> None:
+        if not 0 < self.interpolate <= 1:
+            raise ConfigError(f"forgetting.interpolate must be in (0, 1], got {self.interpolate}")
         positive("forgetting.reference_examples", self.reference_examples)
         positive("forgetting.probe_prompts", self.probe_prompts)
         positive("forgetting.probe_examples", self.probe_examples)

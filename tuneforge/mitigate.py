@@ -28,6 +28,7 @@ SWEEPS: dict[str, tuple[list[str], str, list[float]]] = {
     "l2sp": (["forgetting.regularize.kind=l2sp"], "forgetting.regularize.strength", [1e-2, 1e-1, 1.0, 10.0]),
     "replay": ([], "forgetting.replay.ratio", [0.1, 0.2, 0.4]),
     "self-replay": (["forgetting.replay.data=self"], "forgetting.replay.ratio", [0.05, 0.1, 0.2]),
+    "interpolate": ([], "forgetting.interpolate", [0.9, 0.75, 0.5]),
 }
 
 

@@ -22,10 +22,11 @@ import torch
 import torch.nn as nn
 
 from tuneforge import checkpoint, distributed, tasks
-from tuneforge.config import ConfigError, RunConfig, load_config, merge_dicts, parse_overrides
+from tuneforge.config import RunConfig, load_config, merge_dicts, parse_overrides
 from tuneforge.data.dataset import Splits, prepare, source_records
 from tuneforge.data.dataset import warnings as dataset_warnings
 from tuneforge.forgetting import pipeline as forgetting
+from tuneforge.forgetting.interpolate import start_weights
 from tuneforge.loaded import Run, load, start_model
 from tuneforge.logs import plot_loss_curve
 from tuneforge.methods import registry
@@ -105,6 +106,7 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
             s.model = apply_method(s.model, cfg, s.heads).to(s.rt.device)
             params = count_parameters(s.model)
             regs = forgetting.regularizers(cfg, s.model, pretrained, s.heads, probes, s.rt)
+            start = start_weights(s.model, cfg.forgetting.interpolate, s.heads) if d.main else None
             apart = task.packing_ok(s.model, s.data.train, s.rt)  # position ids keep packed examples apart
             s.rt.padding_free = cfg.train.padding_free and apart
             s.data.train = task.pack(s.data.train, cfg, apart)
@@ -122,13 +124,16 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
         distributed.barrier()
         return TrainOutput(run_dir=run_dir)
     model = _final_model(cfg, task, s, result)
+    best = {task.metric: result.best_metric, "step": result.best_step}
+    if start is not None:
+        best = forgetting.interpolate_back(model, start, cfg, task, s.data, s.rt, best)
     after = _evaluate(task, model, s, cfg, run_dir, "after")
     metrics = {
         "task": task.name, "method": cfg.method_name, "test_before": before, "test_after": after,
         "parameters": params, "train_seconds": result.train_seconds, "steps": result.steps,
         "real_tokens": result.real_tokens, "padded_tokens": result.padded_tokens,
         "tokens_per_second": result.tokens_per_second, "peak_memory_mb": peak_memory_mb(s.rt.device),
-        "best_validation": {task.metric: result.best_metric, "step": result.best_step},
+        "best_validation": best,
         "precision": "bf16" if s.rt.bf16 else "fp32", "device": str(s.rt.device), "processes": d.world,
         "padding_free": s.rt.padding_free,
         "examples": {**s.splits.summary(), "trained_per_epoch": len(s.data.train)},

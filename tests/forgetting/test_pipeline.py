@@ -134,3 +134,26 @@ def test_replay_and_augmentation_grow_the_training_split(setup):
     aug = train({**cfg, "output_dir": str(root / "aug"), "forgetting": {"augment": {"copies": 2}}}, progress=False)
     assert aug.metrics["examples"]["trained_per_epoch"] == 3 * plain
     assert aug.metrics["examples"]["train"] == replay.metrics["examples"]["train"] == plain  # the split itself
+
+
+def test_interpolation_moves_the_trained_backbone_back_toward_its_start(setup):
+    from safetensors.torch import load_file
+
+    root, base, task1 = setup
+    trained = _task2(root, base, task1, "keep-all")
+    half = _task2(root, base, task1, "keep-half", interpolate=0.5)
+    a, t, s = (load_file(d / "model" / "model.safetensors") for d in (root / "keep-half", root / "keep-all",
+                                                                        task1.run_dir))
+    backbone = [k for k in a if k in s and not k.startswith("classifier")]
+    assert backbone and any(not (t[k] == s[k]).all() for k in backbone)
+    for k in backbone:  # WiSE-FT: start + 0.5 * (trained - start), the start being task 1's weights
+        assert (a[k] - (s[k] + 0.5 * (t[k] - s[k]))).abs().max() < 1e-5, k
+    for k in (k for k in a if k.startswith("classifier")):  # the fresh head is left as trained
+        assert (a[k] - t[k]).abs().max() < 1e-6, k
+    # the reported validation metric is the interpolated model's; the trained one's is kept beside it
+    best = half["best_validation"]
+    assert best["trained"] == pytest.approx(trained["best_validation"]["accuracy"]) and best["interpolate"] == 0.5
+    run = load(root / "keep-half", device="cpu")
+    direct = run.task.evaluate(run.model, run.prepared().validation, run.rt, run.cfg, run.meta)["accuracy"]
+    assert best["accuracy"] == pytest.approx(direct, abs=1e-6)
+    assert half["test_after"]["accuracy"] == pytest.approx(run.evaluate()["accuracy"], abs=1e-6)

@@ -1,5 +1,6 @@
 """Forgetting inside a run (``forgetting:`` config section): which probe measures what the model knew, replay
-data mixed into the training split, and the L2-SP / EWC regulariser for the loop."""
+data mixed into the training split, the L2-SP / EWC regulariser for the loop, and the interpolation back toward
+the start after it."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,6 +12,7 @@ from tuneforge.data.batching import collate
 from tuneforge.data.dataset import normalise, source_records
 from tuneforge.forgetting.probes import (Probe, general_prompts, own_answers, own_answers_probe, reference_probe,
                                         sample, sentiment_probe, task1_probe)
+from tuneforge.forgetting.interpolate import interpolate
 from tuneforge.forgetting.regularize import EWC, L2SP
 from tuneforge.forgetting.replay import mix, replay_count
 from tuneforge.tasks import Prepared, Runtime, Task
@@ -96,6 +98,19 @@ def regularizers(cfg: RunConfig, model: nn.Module, pretrained: set[str], heads: 
     batches = [{k: v.to(rt.device) for k, v in collate([e], rt.pad_id).items()}
                for e in sample(probe.fisher_examples, g.fisher_batches, cfg.data.seed)]
     return (EWC.from_reference(model, probe.loss, batches, g.strength, exclude=heads, pretrained=pretrained),)
+
+
+def interpolate_back(model: nn.Module, start: dict[str, Any], cfg: RunConfig, task: Task, data: Prepared,
+                     rt: Runtime, best: dict[str, Any]) -> dict[str, Any]:
+    """``forgetting.interpolate``: move the trained ``model``'s weights back toward their ``start``; returns the
+    run's ``best_validation`` for the result: the interpolated model's validation metric (what mitigate chooses
+    on), the trained one's kept as ``trained``."""
+    keep = cfg.forgetting.interpolate
+    interpolate(model, start, keep)
+    if not data.validation:
+        return {**best, "interpolate": keep}
+    value = task.evaluate(model, data.validation, rt, cfg, data.meta)[task.metric]
+    return {task.metric: value, "step": best["step"], "trained": best[task.metric], "interpolate": keep}
 
 
 def summary(probes: list[Probe], before: list[float], after: list[float]) -> dict[str, Any]:
