@@ -75,6 +75,11 @@ def result_table(metrics: dict[str, Any], task_metrics: Sequence[str]) -> str:
     f = metrics.get("forgetting") or {}
     for probe in f.get("probes", [f] if f else []):
         rows.append((f"forgetting probe: {probe['reference']}", _fmt(probe["before"]), _fmt(probe["after"])))
+    best = metrics.get("best_validation") or {}
+    if best.get("trained") is not None:  # forgetting.interpolate: before = as trained, after = moved back
+        name = next(k for k in best if k not in ("step", "trained", "interpolate"))
+        rows.append((f"validation {name}: trained / interpolated (keep {best['interpolate']:g})",
+                     _fmt(best["trained"]), _fmt(best[name])))
     rows += [
         ("trainable parameters", "", f"{p['trainable']:,} / {p['total']:,} ({p['trainable_pct']:.2f}%)"),
         ("train seconds", "", f"{metrics['train_seconds']:.1f}"),

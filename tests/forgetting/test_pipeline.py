@@ -157,3 +157,4 @@ def test_interpolation_moves_the_trained_backbone_back_toward_its_start(setup):
     direct = run.task.evaluate(run.model, run.prepared().validation, run.rt, run.cfg, run.meta)["accuracy"]
     assert best["accuracy"] == pytest.approx(direct, abs=1e-6)
     assert half["test_after"]["accuracy"] == pytest.approx(run.evaluate()["accuracy"], abs=1e-6)
+    assert "| validation accuracy: trained / interpolated (keep 0.5) |" in (root / "keep-half" / "results.md").read_text()
