@@ -1,8 +1,9 @@
 """Mitigations that choose their own strength, and the picture of what each costs.
 
 ``mitigate`` trains one run without mitigation and one per candidate strength of a mitigation (EWC or L2-SP
-strength, replay or self-replay ratio) and picks, on validation data, the candidate that forgets least among
-those whose task quality stays within a stated margin of the unmitigated run (``choose``). Task quality is the
+strength, replay or self-replay ratio, share kept by interpolation) and picks, on validation data, the
+candidate that forgets least among those whose task quality stays within a stated margin of the unmitigated
+run (``choose``). Task quality is the
 best validation metric of each run (accuracy-like metrics: ``margin`` in points; losses: per cent of
 perplexity); forgetting is the run's first probe (``metrics.json`` ``forgetting.forgotten``: per cent for
 perplexities, points for accuracies), measured on its validation side (``forgetting.probe_split=validation``:
