@@ -19,18 +19,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-
-def _excluded(name: str, prefixes: Sequence[str]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
+from tuneforge.forgetting.regularize import anchor_names, snapshot
 
 
 def start_weights(model: nn.Module, keep: float, exclude: Sequence[str] = ()) -> dict[str, torch.Tensor] | None:
-    """Float32 copies (on the CPU) of the trainable parameters not under an ``exclude`` prefix, taken before
-    training; None when ``keep`` is 1 (off)."""
-    if keep >= 1:
-        return None
-    return {n: p.detach().float().cpu().clone() for n, p in model.named_parameters()
-            if p.requires_grad and not _excluded(n, exclude)}
+    """Float32 copies of the trainable parameters not under an ``exclude`` prefix (the regularisers' anchors),
+    taken before training; None when ``keep`` is 1 (off)."""
+    return None if keep >= 1 else snapshot(model, anchor_names(model, exclude))
 
 
 @torch.no_grad()
