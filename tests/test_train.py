@@ -7,7 +7,8 @@ from conftest import tiny_batch, tiny_classifier
 from tuneforge.config import load_config
 from tuneforge.methods import registry
 from tuneforge.tasks import classification
-from tuneforge.train import build_optimizer, lr_lambda
+from tuneforge.logs import Logger
+from tuneforge.train import TrainResult, _record_evaluation, build_optimizer, improves, lr_lambda
 
 HEADS = ["classifier", "score"]
 
@@ -82,3 +83,23 @@ def test_length_grouping_defaults_to_the_task_and_a_setting_wins():
     for value in (True, False):
         cfg = load_config(None, {"train": {"group_by_length": value}})
         assert group_by_length(cfg, classification) is value and group_by_length(cfg, causal_lm) is value
+
+
+def test_an_equal_metric_is_better_only_at_a_clearly_lower_validation_loss():
+    assert improves(0.5, 2.0, None, None, 1)  # the first evaluation
+    assert improves(0.6, 9.0, 0.5, 1.0, 1) and not improves(0.4, 0.1, 0.5, 1.0, 1)  # the metric decides
+    assert improves(0.5, 0.9, 0.5, 1.0, 1)  # a tie, 10 % lower loss
+    assert not improves(0.5, 0.995, 0.5, 1.0, 1)  # a tie, loss only 0.5 % lower: a tiny step is no progress
+    assert not improves(0.5, 1.1, 0.5, 1.0, 1) and not improves(0.5, None, 0.5, 1.0, 1)
+    assert improves(8.0, 3.0, 9.0, 1.0, -1) and not improves(9.5, 0.1, 9.0, 1.0, -1)  # perplexity: lower is better
+
+
+def test_early_stopping_waits_while_a_flat_metric_comes_with_a_falling_loss():
+    """A tagger's entity F1 stays 0 while it still predicts only O; its falling validation loss keeps it going,
+    and the best state is the last such step; a flat metric at a flat loss stops after ``patience``."""
+    module, result = torch.nn.Linear(2, 2), TrainResult()
+    evaluations = [(0.0, 2.0), (0.0, 1.5), (0.0, 1.2), (0.3, 1.0), (0.3, 1.0), (0.2, 0.9), (0.3, 0.995)]
+    stops = [_record_evaluation(result, Logger(None, False), {"f1": f1, "loss": loss}, "f1", 1, step, module, 2)
+             for step, (f1, loss) in enumerate(evaluations, 1)]
+    assert stops == [False] * 5 + [True, True]  # 4 improvements (3 of them ties of F1 0), then 2 bad ones
+    assert (result.best_metric, result.best_step, result.best_loss) == (0.3, 4, 1.0)

@@ -30,6 +30,7 @@ from tuneforge.tasks import Prepared, Runtime, Task
 from tuneforge.logs import Logger, plot_loss_curve
 
 AUTO_PATIENCE = 3  # automatic length: stop after this many evaluations without improvement
+LOSS_TIE_DELTA = 0.01  # an equal validation metric counts as better at a validation loss 1 % lower
 
 __all__ = ["fit", "TrainResult", "build_optimizer", "lr_lambda", "plot_loss_curve", "StepPlan", "WithLoss"]
 
@@ -137,6 +138,7 @@ class TrainResult:
     padded_tokens: int = 0  # tokens including padding (all processes)
     best_metric: float | None = None
     best_step: int | None = None
+    best_loss: float | None = None  # validation loss at the best step (breaks ties of the metric)
     history: list[dict[str, Any]] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] | None = None  # trainable weights of the best step (rank 0)
     bad_evals: int = 0  # evaluations since the best one (early stopping)
@@ -147,8 +149,8 @@ class TrainResult:
     def tokens_per_second(self) -> float:
         return self.real_tokens / self.train_seconds if self.train_seconds else 0.0
 
-    LOOP_KEYS = ("steps", "train_seconds", "real_tokens", "padded_tokens", "best_metric", "best_step", "history",
-                 "bad_evals", "first_loss", "last_loss")
+    LOOP_KEYS = ("steps", "train_seconds", "real_tokens", "padded_tokens", "best_metric", "best_step", "best_loss",
+                 "history", "bad_evals", "first_loss", "last_loss")
 
 
 def group_by_length(cfg: RunConfig, task: Task) -> bool:
@@ -190,7 +192,7 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
     if resume and run_dir is not None and checkpoint.has_training_state(run_dir):
         loop = checkpoint.load_training_state(run_dir, module, optimizer, names, scheduler, rt.device)
         for key in TrainResult.LOOP_KEYS:
-            setattr(result, key, loop[key])
+            setattr(result, key, loop.get(key, getattr(result, key)))  # a key newer than the checkpoint: default
         result.best_state = loop["best_state"]
     step = result.steps
     logger = Logger(run_dir, d.main, resumed_at=step if resume else None)
@@ -267,12 +269,22 @@ def _log_train_loss(result: TrainResult, logger: Logger, bar: Any, logged: torch
 def _record_evaluation(result: TrainResult, logger: Logger, metrics: dict[str, Any], metric: str, sign: int,
                        step: int, module: nn.Module, patience: int | None) -> bool:
     """Log validation metrics, keep the best trainable state; True when early stopping ends the run."""
-    value = metrics[metric]
+    value, loss = metrics[metric], metrics.get("loss")
     logger.log({"step": step, **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}})
-    result.history.append({"step": step, f"val_{metric}": value, "val_loss": metrics.get("loss")})
-    if result.best_metric is None or sign * value > sign * result.best_metric:
-        result.best_metric, result.best_step, result.bad_evals = value, step, 0
+    result.history.append({"step": step, f"val_{metric}": value, "val_loss": loss})
+    if improves(value, loss, result.best_metric, result.best_loss, sign):
+        result.best_metric, result.best_step, result.best_loss, result.bad_evals = value, step, loss, 0
         result.best_state = checkpoint.model_names(distributed.full_state(module))
         return False
     result.bad_evals += 1
     return bool(patience and result.bad_evals >= patience)
+
+
+def improves(value: float, loss: float | None, best: float | None, best_loss: float | None, sign: int) -> bool:
+    """Is an evaluation better than the best so far: a better metric, or the same metric at a lower validation
+    loss. The tie-break keeps a run learning through a flat metric (entity F1 stays 0 while a tagger still
+    predicts only ``O``; accuracy on a small validation set) instead of early-stopping it there. The loss must
+    fall by ``LOSS_TIE_DELTA`` (relative), so a run that barely moves (a tiny learning rate) still stops."""
+    if best is None or sign * value > sign * best:
+        return True
+    return value == best and loss is not None and best_loss is not None and loss < best_loss * (1 - LOSS_TIE_DELTA)
