@@ -25,8 +25,7 @@ from safetensors.torch import load_file
 from tuneforge import distributed
 from tuneforge.config import ConfigError, RunConfig, build_dataclass
 from tuneforge.files import (atomic_write_text, check_replaceable, clean_partial, clean_siblings, crash_point,
-                             fresh_folder, partial_dir, put_back, replace_dir, save_json, save_tensors, set_aside,
-                             write_marker)
+                             fresh_folder, partial_dir, put_back, replace_dir, save_json, save_tensors, set_aside)
 
 __all__ = ["atomic_write_text", "save_json", "save_tensors", "crash_point", "RUN_FORMAT"]
 

@@ -36,6 +36,7 @@ class DataConfig:
     label_column: str = "label"  # column holding the label (or the answer for causal LM pairs)
     tokens_column: str = "tokens"  # token classification: column holding a list of words (JSONL/Parquet)
     tags_column: str = "tags"  # token classification: column holding their tags (BIO/IOB2 or plain labels)
+    tag_names: list[str] | None = None  # token classification: names of integer tags by id, e.g. [O, B-PER, I-PER]
     label_all_subtokens: bool = False  # token classification: every sub-token of a word carries its tag in training
     stride: int = 32  # token classification: tokens shared by consecutive windows of a sentence over max_length
     skip_invalid: bool = False  # leave out (and count) invalid rows instead of stopping with an error

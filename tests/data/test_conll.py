@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from tuneforge.config import ConfigError
-from tuneforge.data.conll import (invalid_sentences, read_conll, read_spans, read_token_lists, scheme, tags_to_spans,
-                                  to_bio, wnut16)
-from tuneforge.data.readers import read_records
+from tuneforge.data.conll import (invalid_sentences, list_columns, read_conll, read_spans, read_token_lists, scheme,
+                                  tags_to_spans, to_bio, wnut16)
+from tuneforge.data.readers import class_names, read_records
 
 TWO = [{"tokens": ["John", "lives", "in", "New", "York"], "tags": ["B-PER", "O", "O", "B-LOC", "I-LOC"]},
        {"tokens": ["Hi", "Ann"], "tags": ["O", "B-PER"]}]  # an entity at the sentence end
@@ -63,8 +63,40 @@ def test_read_token_lists_from_jsonl_and_parquet(tmp_path):
 def test_read_token_lists_maps_integer_tags_with_names():
     rows = [{"tokens": np.array(["Hi", "Ann"]), "tags": np.array([0, 1])}]
     assert read_token_lists(rows, tag_names=["O", "B-PER"]) == [{"tokens": ["Hi", "Ann"], "tags": ["O", "B-PER"]}]
-    with pytest.raises(ConfigError, match="row 1: tag 0 is a number"):
+    with pytest.raises(ConfigError, match="row 1: tag 0 is a number; .* data.tag_names"):
         read_token_lists(rows, source="d.parquet")
+
+
+@pytest.mark.parametrize("row, configured, expected", [
+    ({"tokens": [], "tags": []}, ("tokens", "tags", "label"), ("tokens", "tags")),
+    ({"tokens": [], "ner_tags": []}, ("tokens", "tags", "label"), ("tokens", "ner_tags")),  # Hugging Face's names
+    ({"words": [], "labels": []}, ("tokens", "tags", "label"), ("words", "labels")),
+    ({"tokens": [], "ner_tags": [], "labels": []}, ("tokens", "tags", "label"), ("tokens", "tags")),  # ambiguous
+    ({"tokens": [], "ner_tags": []}, ("tokens", "bio", "label"), ("tokens", "bio")),  # a name given stays
+    ({"tokens": [], "ner_tags": [], "pos": []}, ("tokens", "tags", "pos"), ("tokens", "pos")),  # --label-column
+])
+def test_list_columns_fall_back_to_common_names_only_for_defaults(row, configured, expected):
+    assert list_columns(row, *configured) == expected
+
+
+def test_class_names_from_hugging_face_parquet_features(tmp_path):
+    """The ``huggingface`` schema metadata ``datasets`` writes (5.x: ``List``; older: ``Sequence``, or a bare
+    list); no metadata, another column or a non-Parquet file: None."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = ["O", "B-PER", "I-PER"]
+    label = {"names": names, "_type": "ClassLabel"}
+    table = pa.table({"tokens": [["Hi", "Ann"]], "ner_tags": [[0, 1]]})
+    for feature in ({"feature": label, "_type": "List"}, {"feature": label, "_type": "Sequence"}, [label], label):
+        meta = {"info": {"features": {"tokens": {"feature": {"dtype": "string", "_type": "Value"}, "_type": "List"},
+                                      "ner_tags": feature}}}
+        path = tmp_path / "d.parquet"
+        pq.write_table(table.replace_schema_metadata({b"huggingface": json.dumps(meta).encode()}), path)
+        assert class_names(path, "ner_tags") == names and class_names(path, "tokens") is None
+    pq.write_table(table, tmp_path / "plain.parquet")
+    assert class_names(tmp_path / "plain.parquet", "ner_tags") is None
+    assert class_names(_write(tmp_path, "{}\n", "d.jsonl"), "ner_tags") is None
 
 
 @pytest.mark.parametrize("rows, message", [

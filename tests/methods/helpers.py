@@ -6,7 +6,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from conftest import VOCAB
 from tuneforge.methods import registry
 from tuneforge.models import store_frozen_in_bf16
 

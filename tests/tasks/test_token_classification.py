@@ -300,6 +300,29 @@ def test_compare_two_methods(conll_run, bert, tmp_path, capsys):
     assert len(rows) == 2 and all(row.rstrip().endswith("| ok |") for row in rows)
 
 
+def test_hugging_face_exports_load_as_they_are(tmp_path):
+    """``tokens`` + integer ``ner_tags``: a Parquet export names the ids in its features, a JSONL one through
+    data.tag_names; ``--label-column`` names the tags column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tuneforge.config import load_config
+
+    names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    rows = {"tokens": [["John", "lives", "in", "New", "York"]], "ner_tags": [[1, 0, 0, 3, 4]]}
+    meta = {"info": {"features": {"ner_tags": {"feature": {"names": names, "_type": "ClassLabel"}, "_type": "List"}}}}
+    parquet, jsonl = tmp_path / "d.parquet", tmp_path / "d.jsonl"
+    pq.write_table(pa.table(rows).replace_schema_metadata({b"huggingface": json.dumps(meta).encode()}), parquet)
+    jsonl.write_text(json.dumps({"tokens": rows["tokens"][0], "ner_tags": rows["ner_tags"][0], "pos": [1] * 5}) + "\n")
+    task = get("token_classification")
+    expected = [{"tokens": rows["tokens"][0], "tags": ["B-PER", "O", "O", "B-LOC", "I-LOC"]}]
+    assert task.read_source(str(parquet), load_config(None, {})) == expected
+    assert task.read_source(str(jsonl), load_config(None, {"data": {"tag_names": names}})) == expected
+    with pytest.raises(ConfigError, match="tag 1 is a number"):
+        task.read_source(str(jsonl), load_config(None, {}))
+    cfg = load_config(None, {"data": {"label_column": "pos", "tag_names": ["X", "NOUN"]}})
+    assert task.read_source(str(jsonl), cfg)[0]["tags"] == ["NOUN"] * 5
+
+
 def test_jsonl_token_lists_full_fine_tuning_of_gpt2(tmp_path):
     """Named columns of word/tag lists; a decoder (GPT-2) as token classifier."""
     path = tmp_path / "d.jsonl"

@@ -53,6 +53,27 @@ def read_conll(path: str | Path) -> list[Record]:
 
 # --- token and tag lists (JSONL / Parquet) --------------------------------------------------------------------
 
+TOKEN_COLUMNS = ("tokens", "words")  # the names data sets use for the word lists ...
+TAG_COLUMNS = ("tags", "ner_tags", "labels", "tag", "ner", "label")  # ... and for their tags
+
+
+def list_columns(row: Record, tokens: str, tags: str, label: str) -> tuple[str, str]:
+    """The tokens and tags columns of rows like ``row``: the configured names (``data.tokens_column`` /
+    ``data.tags_column``; ``data.label_column`` (``--label-column``) names the tags when ``tags_column`` is
+    left at its default); a name left at its default and absent from the data falls back to the one common
+    spelling present (``words``; ``ner_tags``, ``labels`` ...), as Hugging Face exports write them."""
+    if tags == TAG_COLUMNS[0] and label != "label":
+        return _alias(row, tokens, TOKEN_COLUMNS), label
+    return _alias(row, tokens, TOKEN_COLUMNS), _alias(row, tags, TAG_COLUMNS)
+
+
+def _alias(row: Record, name: str, spellings: tuple[str, ...]) -> str:
+    if name != spellings[0] or name in row:
+        return name
+    present = [c for c in spellings if c in row]
+    return present[0] if len(present) == 1 else name  # none or several: the configured name (and its error)
+
+
 def _as_list(value: Any, what: str, where: str) -> list:
     """A list from a list, tuple or numpy array (Parquet); ConfigError otherwise."""
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
@@ -113,8 +134,9 @@ def _tag(value: Any, where: str, names: Sequence[str] | None) -> str:
         value = _integer(value)
         if names is not None and 0 <= value < len(names):
             return str(names[value])
-        raise ConfigError(f"{where}: tag {value} is a number; give tag names (e.g. B-PER) or the list of names "
-                          f"for the ids{f' (only {len(names)} given)' if names is not None else ''}")
+        raise ConfigError(f"{where}: tag {value} is a number; give tag names (e.g. B-PER), or the names of the "
+                          "ids in data.tag_names (e.g. data.tag_names=[O,B-PER,I-PER])"
+                          f"{f', which has only {len(names)}' if names is not None else ''}")
     raise ConfigError(f"{where}: tag {value!r} is not a tag name; give one tag such as O or B-PER per token")
 
 

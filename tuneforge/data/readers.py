@@ -59,6 +59,27 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def class_names(path: str | Path, column: str) -> list[str] | None:
+    """The names of a column's integer classes as a Hugging Face ``datasets`` Parquet file records them
+    (``ClassLabel`` features in the schema metadata, e.g. CoNLL-2003's ``ner_tags``); None when absent."""
+    if Path(path).suffix.lower() != ".parquet":
+        return None
+    try:
+        import pyarrow.parquet as pq
+        meta = pq.read_schema(Path(path).expanduser()).metadata or {}
+        feature = json.loads(meta.get(b"huggingface", b"{}")).get("info", {}).get("features", {}).get(column)
+    except Exception:  # unreadable or foreign metadata: no names (read_records reports an unreadable file)
+        return None
+    while isinstance(feature, (dict, list)):  # Sequence / List features wrap the ClassLabel
+        if isinstance(feature, list):
+            feature = feature[0] if len(feature) == 1 else None
+        elif isinstance(feature.get("names"), list):
+            return [str(n) for n in feature["names"]]
+        else:
+            feature = feature.get("feature")
+    return None
+
+
 def require_columns(records: list[dict[str, Any]], columns: list[str], source: str) -> None:
     """Raise ConfigError naming the first missing column and the columns that exist."""
     present = list(records[0].keys())

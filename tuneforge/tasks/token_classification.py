@@ -2,7 +2,8 @@
 word; entity-level precision/recall/F1 with seqeval's (conlleval) semantics, and token accuracy.
 
 Data: CoNLL files (``.conll``/``.txt``/``.bio``), JSONL/Parquet rows with a list of words and a list of tags
-(``data.tokens_column``/``data.tags_column``), or JSONL rows with raw ``text`` and character-offset
+(``data.tokens_column``/``data.tags_column``, integer tags named by ``data.tag_names`` or a Hugging Face
+Parquet file's features), or JSONL rows with raw ``text`` and character-offset
 ``entities`` (``tuneforge.data.conll``). Tags are normalised to IOB2 (invalid ``I-`` starts repaired and
 counted). Words are labelled on their first sub-token (``data.label_all_subtokens``: on every one); sentences
 longer than ``model.max_length`` are split into windows overlapping by ``data.stride`` tokens and their
@@ -23,7 +24,7 @@ from transformers import AutoModelForTokenClassification, PreTrainedTokenizerBas
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import conll
 from tuneforge.data.batching import batch_order, iterate
-from tuneforge.data.readers import read_records
+from tuneforge.data.readers import class_names, read_records
 from tuneforge.data.tagging import IGNORE, encode_words, stitch
 from tuneforge.evaluate import entity_metrics, get_entities
 from tuneforge.models import autocast, load_labelled
@@ -51,7 +52,8 @@ class Task:
         d = cfg.data
         if d.tokens_column not in records[0] and "entities" in records[0]:
             return conll.read_spans(records, path, d.text_column)
-        return conll.read_token_lists(records, d.tokens_column, d.tags_column, path)
+        tokens, tags = conll.list_columns(records[0], d.tokens_column, d.tags_column, d.label_column)
+        return conll.read_token_lists(records, tokens, tags, path, d.tag_names or class_names(path, tags))
 
     def required_columns(self, cfg: RunConfig) -> list[str]:
         return []  # the readers above check their own columns
