@@ -9,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from tuneforge.data.readers import as_int, common_column
 from tuneforge.evaluate import get_entities, invalid_transitions
 from tuneforge.strict import ConfigError
 
@@ -63,15 +64,8 @@ def list_columns(row: Record, tokens: str, tags: str, label: str) -> tuple[str, 
     left at its default); a name left at its default and absent from the data falls back to the one common
     spelling present (``words``; ``ner_tags``, ``labels`` ...), as Hugging Face exports write them."""
     if tags == TAG_COLUMNS[0] and label != "label":
-        return _alias(row, tokens, TOKEN_COLUMNS), label
-    return _alias(row, tokens, TOKEN_COLUMNS), _alias(row, tags, TAG_COLUMNS)
-
-
-def _alias(row: Record, name: str, spellings: tuple[str, ...]) -> str:
-    if name != spellings[0] or name in row:
-        return name
-    present = [c for c in spellings if c in row]
-    return present[0] if len(present) == 1 else name  # none or several: the configured name (and its error)
+        return common_column(row, tokens, TOKEN_COLUMNS), label
+    return common_column(row, tokens, TOKEN_COLUMNS), common_column(row, tags, TAG_COLUMNS)
 
 
 def _as_list(value: Any, what: str, where: str) -> list:
@@ -114,13 +108,6 @@ def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", t
     return out
 
 
-def _integer(value: Any) -> int | None:
-    """An int from an int or a numpy integer (Parquet); None for anything else (bool, float, str)."""
-    if isinstance(value, bool) or not (isinstance(value, int) or type(value).__name__.startswith(("int", "uint"))):
-        return None
-    return int(value)
-
-
 def _token(value: Any, where: str) -> str:
     if value is None or isinstance(value, (list, dict)):
         raise ConfigError(f"{where}: token {value!r} is not a string; give one string per token")
@@ -130,8 +117,8 @@ def _token(value: Any, where: str) -> str:
 def _tag(value: Any, where: str, names: Sequence[str] | None) -> str:
     if isinstance(value, str) and value:
         return value
-    if _integer(value) is not None:
-        value = _integer(value)
+    if as_int(value) is not None:
+        value = as_int(value)
         if names is not None and 0 <= value < len(names):
             return str(names[value])
         raise ConfigError(f"{where}: tag {value} is a number; give tag names (e.g. B-PER), or the names of the "
@@ -147,9 +134,9 @@ def _span(entity: Any, text_len: int, where: str) -> tuple[int, int, str]:
     if not isinstance(entity, dict) or not {"start", "end", "label"} <= set(entity):
         raise ConfigError(f"{where}: expected an object with start, end and label, got {str(entity)[:60]}")
     start, end, label = entity["start"], entity["end"], entity["label"]
-    if _integer(start) is None or _integer(end) is None:
+    if as_int(start) is None or as_int(end) is None:
         raise ConfigError(f"{where}: start and end must be integer character offsets, got {start!r}, {end!r}")
-    start, end = _integer(start), _integer(end)
+    start, end = as_int(start), as_int(end)
     if not 0 <= start < end <= text_len:
         raise ConfigError(f"{where}: span [{start}, {end}) does not fit the text (length {text_len}); offsets "
                           "count characters from 0, end exclusive, start < end")

@@ -59,6 +59,23 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def as_int(value: Any) -> int | None:
+    """An int from an int or a numpy integer (Parquet); None for anything else (bool, float, str)."""
+    if isinstance(value, bool) or not (isinstance(value, int) or type(value).__name__.startswith(("int", "uint"))):
+        return None
+    return int(value)
+
+
+def common_column(row: dict[str, Any], name: str, spellings: tuple[str, ...]) -> str:
+    """``name``, or where it is left at its default (``spellings[0]``) and absent from ``row``, the one other
+    common spelling of that column that ``row`` holds (several or none: ``name``, whose absence the caller
+    reports)."""
+    if name != spellings[0] or name in row:
+        return name
+    present = [c for c in spellings if c in row]
+    return present[0] if len(present) == 1 else name
+
+
 def class_names(path: str | Path, column: str) -> list[str] | None:
     """The names of a column's integer classes as a Hugging Face ``datasets`` Parquet file records them
     (``ClassLabel`` features in the schema metadata, e.g. CoNLL-2003's ``ner_tags``); None when absent."""

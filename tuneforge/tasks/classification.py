@@ -11,10 +11,14 @@ from tqdm.auto import tqdm
 
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.batching import batch_order, iterate
-from tuneforge.data.readers import read_records
+from tuneforge.data.readers import as_int, class_names, common_column, read_records
 from tuneforge.evaluate import classification_metrics
 from tuneforge.models import autocast, load_labelled
 from tuneforge.tasks import Example, Prepared, Record, Runtime
+
+
+TEXT_COLUMNS = ("text", "sentence", "review", "content", "document", "comment", "tweet")  # common spellings of
+LABEL_COLUMNS = ("label", "sentiment", "category", "class")  # the columns, used when the default is absent
 
 
 def label_names(values: list[Any]) -> list[str]:
@@ -22,6 +26,14 @@ def label_names(values: list[Any]) -> list[str]:
     if all(n.lstrip("-").isdigit() for n in names):
         names.sort(key=int)
     return names
+
+
+def _named(value: Any, names: list[str] | None) -> Any:
+    """An integer class id as its name (an id outside ``names``, such as -1, as None); anything else as it is."""
+    i = as_int(value)
+    if names is None or i is None:
+        return value
+    return names[i] if 0 <= i < len(names) else None
 
 
 def _blank(value: Any) -> bool:
@@ -46,7 +58,19 @@ class Task:
         return [d.text_column] + ([d.text_pair_column] if d.text_pair_column else [])
 
     def read_source(self, path: str, cfg: RunConfig) -> list[Record]:
-        return read_records(path)
+        """Rows of a file. A text or label column left at its default (``text``/``label``) and absent is found
+        under its one common other spelling present (``sentence``, ``review`` ...; ``sentiment``, ``category``
+        ...); integer labels of a Parquet file written by ``datasets`` take their ``ClassLabel`` names (-1,
+        its "no label", becomes blank)."""
+        records = read_records(path)
+        d = cfg.data
+        text = common_column(records[0], d.text_column, TEXT_COLUMNS)
+        label = common_column(records[0], d.label_column, LABEL_COLUMNS)
+        names = class_names(path, label)
+        if text == d.text_column and label == d.label_column and names is None:
+            return records
+        return [{**r, d.text_column: r.get(text), d.label_column: _named(r.get(label), names)} if label in r
+                else {**r, d.text_column: r.get(text)} for r in records]
 
     def required_columns(self, cfg: RunConfig) -> list[str]:
         return self._text_columns(cfg) + [cfg.data.label_column]

@@ -1,0 +1,50 @@
+"""Classification data as users have it: common column spellings and Hugging Face ``ClassLabel`` names."""
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tuneforge.config import ConfigError, load_config
+from tuneforge.data.dataset import prepare
+from tuneforge.tasks import get
+from tiny import word_tokenizer
+
+TASK = get("classification")
+
+
+def _parquet(path, table, features):
+    meta = {"info": {"features": features}}
+    pq.write_table(table.replace_schema_metadata({b"huggingface": json.dumps(meta).encode()}), path)
+    return str(path)
+
+
+def test_integer_labels_of_a_datasets_parquet_file_take_their_class_names(tmp_path):
+    features = {"sentence": {"dtype": "string", "_type": "Value"},
+                "label": {"names": ["neg", "pos"], "_type": "ClassLabel"}}
+    path = _parquet(tmp_path / "d.parquet", pa.table({"sentence": ["good", "bad", "?"], "label": [1, 0, -1]}), features)
+    rows = TASK.read_source(path, load_config(None, {}))
+    assert [(r["text"], r["label"]) for r in rows] == [("good", "pos"), ("bad", "neg"), ("?", None)]  # -1: none
+
+
+@pytest.mark.parametrize("columns, data, expected", [
+    (("sentence", "label"), {}, ("sentence", "label")),
+    (("review", "sentiment"), {}, ("review", "sentiment")),
+    (("text", "category"), {}, ("text", "category")),
+    (("body", "stars"), {"text_column": "body", "label_column": "stars"}, ("body", "stars")),  # named: as given
+])
+def test_a_default_column_absent_is_found_under_its_common_spelling(tmp_path, columns, data, expected):
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({columns[0]: f"text {i}", columns[1]: i % 2}) + "\n" for i in range(4)))
+    cfg = load_config(None, {"data": data})
+    rows = TASK.read_source(str(path), cfg)
+    assert [(r[cfg.data.text_column], r[cfg.data.label_column]) for r in rows] == \
+        [(f"text {i}", i % 2) for i in range(4)]
+
+
+def test_two_common_spellings_are_ambiguous_and_the_error_names_the_columns(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("sentence,review,label\n" + "".join(f"a {i},b {i},{i % 2}\n" for i in range(20)))
+    cfg = load_config(None, {"data": {"dataset": str(path)}})
+    with pytest.raises(ConfigError, match="column 'text' not found; columns are sentence, review, label"):
+        prepare(cfg, TASK, word_tokenizer())
