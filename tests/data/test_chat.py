@@ -5,7 +5,7 @@ import pytest
 
 from lm_helpers import tiny_tokenizer
 from tuneforge.data.dataset import prepare
-from tuneforge.config import ConfigError, DataConfig, load_config
+from tuneforge.config import ConfigError, load_config
 from tuneforge.data import chat, embedded
 from tuneforge.tasks import causal_lm
 
@@ -129,21 +129,6 @@ def test_plain_text_trains_every_token_in_rows_of_max_length():
     assert [len(r["input_ids"]) for r in rows] == [16, 16, 16, 3]  # 50 words + EOS
     assert all(r["labels"] == r["input_ids"] for r in rows)
     assert rows[-1]["input_ids"][-1] == tok.eos_token_id
-
-
-@pytest.mark.parametrize("keys,expected", [({"messages"}, "chat"), ({"instruction", "input", "output"}, "pairs"),
-                                           ({"text", "label"}, "pairs"), ({"text", "source"}, "text")])
-def test_auto_detects_the_layout(keys, expected):
-    assert chat.detect_format(keys, DataConfig(), "f.jsonl") == expected
-
-
-def test_chosen_columns_and_alpaca_input_make_pairs():
-    d = DataConfig(text_column="question", label_column="answer")
-    assert chat.to_messages({"question": "q", "answer": "a"}, "pairs", d, "r")[1] == {"role": "assistant", "content": "a"}
-    m = chat.to_messages({"instruction": "add", "input": "1 2", "output": "3"}, "pairs", DataConfig(system_prompt="be brief"), "r")
-    assert [x["role"] for x in m] == ["system", "user", "assistant"] and m[1]["content"] == "add\n\n1 2"
-    with pytest.raises(ConfigError, match="cannot tell the data layout"):
-        chat.detect_format({"foo", "bar"}, DataConfig(), "f.csv")
 
 
 def test_named_template_for_a_model_without_one():

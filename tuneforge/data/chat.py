@@ -1,13 +1,6 @@
 """Causal-LM data: records -> conversations -> token ids with label masking, truncation and packing.
 
-Three layouts (``data.format``; ``auto`` detects from the columns; docs/data-formats.md shows each):
-
-* ``chat``: a ``messages`` or ``conversations`` column (or ``data.text_column``) holding a multi-turn list of
-  OpenAI ``{role, content}`` or ShareGPT ``{from, value}`` messages; role spellings are normalised (``SPEAKERS``);
-* ``pairs``: prompt -> answer from ``data.text_column``/``data.label_column``, or ``instruction`` (+ optional
-  ``input``) / ``output`` columns; a pair becomes a two-message conversation;
-* ``text``: plain text in ``data.text_column`` for continued pre-training (every token trains).
-
+Records become conversations in :mod:`tuneforge.data.layouts` (chat, pairs or plain text).
 Conversations are rendered with the tokenizer's chat template or a named one (``data.template``), and only
 assistant tokens train (prompt tokens get label -100). Each piece of the rendered text is tokenised on its
 own, so the prompt tokens seen in training are exactly those :func:`prompt_ids` gives at generation time.
@@ -19,20 +12,14 @@ position ids are dropped and rows are plain concatenations, as with Trainer/TRL 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from tuneforge.config import ConfigError, DataConfig
+from tuneforge.config import ConfigError
 from tuneforge.data.batching import pack_rows
 
 IGNORE = -100  # label of tokens that do not train
-CHAT_COLUMNS = ("messages", "conversations")  # OpenAI / ShareGPT (LLaMA-Factory, Axolotl, FastChat)
-SPEAKERS = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
-            "bot": "assistant", "model": "assistant", "chatgpt": "assistant"}  # role spelling -> role
-TOOL_ROLES = {"tool", "function", "function_call", "observation", "tool_call", "tool_calls", "ipython"}
 CHARS_PER_TOKEN = 8  # generous bound of characters per token: turns beyond 8 x max_length chars are dropped
 
 # Named plain templates (Jinja, like a tokenizer's chat template) for models that ship none.
@@ -50,110 +37,6 @@ TEMPLATES = {
         "{% else %}{{ m['content'] + '\\n' }}{% endif %}{% endfor %}"
     ),
 }
-
-
-def detect_format(keys: set[str], d: DataConfig, source: str) -> str:
-    """``data.format``, or for ``auto`` the layout the columns imply (chat > pairs > text)."""
-    if d.format != "auto":
-        return d.format
-    if keys & set(CHAT_COLUMNS):
-        return "chat"
-    if {d.text_column, d.label_column} <= keys or {"instruction", "output"} <= keys:
-        return "pairs"
-    if d.text_column in keys:
-        return "text"
-    raise ConfigError(
-        f"{source}: cannot tell the data layout from columns {', '.join(sorted(keys))}; give a 'messages' or "
-        "'conversations' column (chat), 'instruction'/'output' or data.text_column + data.label_column (pairs), "
-        "or data.text_column (plain text), or set data.format")
-
-
-def _text(value: Any) -> str:
-    if value is None or (isinstance(value, float) and value != value):  # None / NaN from CSV or Parquet
-        return ""
-    return str(value).strip()
-
-
-def _pair_columns(record: dict[str, Any], d: DataConfig) -> tuple[str, str]:
-    if d.text_column in record and d.label_column in record:
-        return d.text_column, d.label_column
-    if "instruction" in record and "output" in record:
-        return "instruction", "output"
-    raise ConfigError(f"pairs need columns data.text_column='{d.text_column}' and data.label_column="
-                      f"'{d.label_column}' (or instruction/output); the record has {', '.join(map(str, record))}")
-
-
-def to_messages(record: dict[str, Any], fmt: str, d: DataConfig, where: str) -> list[dict[str, str]] | str:
-    """One record as a checked conversation (``chat``/``pairs``) or a string (``text``). ``where`` names the
-    file and row in errors."""
-    try:
-        if fmt == "text":
-            text = _text(record.get(d.text_column))
-            if not text:
-                raise ConfigError(f"no text in column '{d.text_column}'; "
-                                  "fill it in, remove the row or set data.text_column")
-            return text
-        if fmt == "pairs":
-            q_col, a_col = _pair_columns(record, d)
-            prompt, answer = _text(record[q_col]), _text(record[a_col])
-            if q_col == "instruction" and _text(record.get("input")):
-                prompt = f"{prompt}\n\n{_text(record['input'])}".strip()
-            if not prompt:
-                raise ConfigError(f"empty prompt in column '{q_col}'; fill it in or remove the row")
-            if not answer:
-                raise ConfigError(f"empty answer in column '{a_col}'; fill it in or remove the row")
-            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-        else:
-            messages = _check_messages(record, d)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    # the system prompt: the conversation's own, else the row's 'system' column (LLaMA-Factory), else the config's
-    system = _text(record.get("system")) if "system" not in (d.text_column, d.label_column) else ""
-    if (system or d.system_prompt) and messages[0]["role"] != "system":
-        messages = [{"role": "system", "content": system or d.system_prompt}] + messages
-    return messages
-
-
-def _field(m: dict[str, Any], keys: tuple[str, str]) -> Any:
-    """The first of ``keys`` that ``m`` holds (Parquet structs of mixed layouts hold both, one as None)."""
-    return next((m[k] for k in keys if m.get(k) is not None), None)
-
-
-def _check_messages(record: dict[str, Any], d: DataConfig) -> list[dict[str, str]]:
-    col = next((c for c in CHAT_COLUMNS if c in record), d.text_column)
-    value = record.get(col)
-    if isinstance(value, str):  # CSV cells may hold the conversation as JSON
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise ConfigError(f"column '{col}' is not a JSON list of {{role, content}} messages") from None
-    if value is None or isinstance(value, (str, dict)) or not hasattr(value, "__iter__"):
-        raise ConfigError(f"column '{col}' must hold a list of {{role, content}} messages (data.format=chat)")
-    messages = []
-    for j, m in enumerate(list(value), start=1):
-        if not isinstance(m, dict) or not ({"role", "from"} & set(m) and {"content", "value"} & set(m)):
-            raise ConfigError(f"message {j} must be an object with 'role' and 'content' (or 'from' and 'value')")
-        spelling, content = _text(_field(m, ("role", "from"))), _text(_field(m, ("content", "value")))
-        role = SPEAKERS.get(spelling.lower())
-        if spelling.lower() in TOOL_ROLES:
-            raise ConfigError(f"message {j} has tool role '{spelling}'; tool calls and results cannot be "
-                              "trained on: drop those messages or the row")
-        if role is None:
-            raise ConfigError(f"message {j} has unknown role '{spelling}'; use system, user or assistant "
-                              "(also human for user; gpt, bot, model or chatgpt for assistant)")
-        if role == "system" and not content:  # ShareGPT dumps often carry an empty system turn: no prompt
-            continue
-        if not content:
-            raise ConfigError(f"message {j} ({role}) is empty; fill it in or drop the message")
-        if role == "system" and j != 1:
-            raise ConfigError(f"message {j}: a system message may only come first")
-        messages.append({"role": role, "content": content})
-    roles = [m["role"] for m in messages]
-    if "assistant" not in roles:
-        raise ConfigError("the conversation has no assistant message to learn from; add one or remove the row")
-    if "user" not in roles[:roles.index("assistant")]:
-        raise ConfigError("the assistant speaks before any user message; start with a user message")
-    return messages
 
 
 def resolve_template(tokenizer: PreTrainedTokenizerBase, name: str | None) -> str:

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from tuneforge.checkpoint import atomic_write_text
 from tuneforge.config import ConfigError, RunConfig
-from tuneforge.data import chat
+from tuneforge.data import chat, layouts
 from tuneforge.data.batching import batch_order, collate, collate_packed, iterate, without_positions
 from tuneforge.data.readers import read_records
 from tuneforge.evaluate import bleu, perplexity, rouge_l
@@ -79,7 +79,7 @@ class Task:
         return read_records(path)
 
     def _messages(self, record: Record, cfg: RunConfig, where: str) -> list[dict[str, str]] | str:
-        return chat.to_messages(record, chat.detect_format(set(record), cfg.data, where), cfg.data, where)
+        return layouts.to_messages(record, layouts.detect_format(set(record), cfg.data, where), cfg.data, where)
 
     def required_columns(self, cfg: RunConfig) -> list[str]:
         return [cfg.data.text_column] if cfg.data.format == "text" else []  # other layouts: checked per row
@@ -110,7 +110,7 @@ class Task:
                 where: dict[str, list[str]]) -> Prepared:
         """Detect the layout (one for all splits), render and tokenise (labels -100 outside answers)."""
         d = cfg.data
-        formats = {chat.detect_format(set(r), d, w) for k in records for r, w in zip(records[k], where[k])}
+        formats = {layouts.detect_format(set(r), d, w) for k in records for r, w in zip(records[k], where[k])}
         if len(formats) > 1:
             raise ConfigError(f"data: the rows mix layouts ({', '.join(sorted(formats))}); use one, or set data.format")
         fmt = formats.pop()
@@ -127,7 +127,7 @@ class Task:
         if not records:
             return []
         fmt = meta["format"]
-        items = [chat.to_messages(r, fmt, cfg.data, w) for r, w in zip(records, where)]
+        items = [layouts.to_messages(r, fmt, cfg.data, w) for r, w in zip(records, where)]
         if fmt == "text":
             return chat.encode_texts(items, tokenizer, cfg.model.max_length)
         return chat.encode_conversations(items, tokenizer, _template(tokenizer, meta), cfg.model.max_length, where)
@@ -138,7 +138,7 @@ class Task:
         unless ``data.format`` names one (then every source of the run has that layout)."""
         if not records:
             return []
-        fmt = chat.detect_format(set(records[0]), cfg.data, where[0])
+        fmt = layouts.detect_format(set(records[0]), cfg.data, where[0])
         return self.encode(records, cfg, tokenizer, {**meta, "format": fmt}, where)
 
     def pack(self, examples: list[Example], cfg: RunConfig, keep_apart: bool) -> list[Example]:
@@ -221,7 +221,7 @@ class Task:
 
         template = _template(tokenizer, meta)
         records = raw[:cfg.eval.generate_samples]
-        conversations = [chat.to_messages(r, meta["format"], cfg.data, f"test split, row {i}")
+        conversations = [layouts.to_messages(r, meta["format"], cfg.data, f"test split, row {i}")
                          for i, r in enumerate(records, start=1)]
         prompts, references = zip(*(chat.split_reference(c) for c in conversations))
         ids = [chat.prompt_ids(tokenizer, template, p, cfg.model.max_length) for p in prompts]

@@ -1,5 +1,6 @@
-"""Chat layouts users already have: OpenAI ``messages``, ShareGPT ``conversations`` (``from``/``value``) and the
-common role spellings load as they are and encode exactly like the equivalent OpenAI record."""
+"""Layouts users already have: OpenAI ``messages``, ShareGPT ``conversations`` (``from``/``value``) and the
+common role spellings load as they are and encode exactly like the equivalent OpenAI record; prompt/answer
+pairs under their common column names."""
 import json
 
 import pytest
@@ -7,7 +8,7 @@ import pytest
 from lm_helpers import tiny_tokenizer
 from tuneforge.data.dataset import prepare
 from tuneforge.config import ConfigError, DataConfig, load_config
-from tuneforge.data import chat
+from tuneforge.data import chat, layouts
 from tuneforge.tasks import causal_lm
 
 OPENAI = [{"role": "system", "content": "you are a bot"}, {"role": "user", "content": "hi"},
@@ -43,20 +44,20 @@ def _encode(messages):
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_layout_reads_and_encodes_like_the_openai_record(name):
     record, d = LAYOUTS[name], DataConfig()
-    fmt = chat.detect_format(set(record), d, "f.jsonl")
+    fmt = layouts.detect_format(set(record), d, "f.jsonl")
     assert fmt == "chat"
-    messages = chat.to_messages(record, fmt, d, "f.jsonl, row 1")
+    messages = layouts.to_messages(record, fmt, d, "f.jsonl, row 1")
     assert messages == OPENAI
-    assert _encode(messages) == _encode(chat.to_messages({"messages": OPENAI}, "chat", d, "r"))
+    assert _encode(messages) == _encode(layouts.to_messages({"messages": OPENAI}, "chat", d, "r"))
 
 
 def test_the_conversations_own_system_turn_wins_over_column_and_config():
     record = {"conversations": _sharegpt(), "system": "be brief"}
-    assert chat.to_messages(record, "chat", DataConfig(system_prompt="cfg"), "r")[0]["content"] == "you are a bot"
+    assert layouts.to_messages(record, "chat", DataConfig(system_prompt="cfg"), "r")[0]["content"] == "you are a bot"
     record = {"conversations": _sharegpt()[1:]}
-    assert chat.to_messages(record, "chat", DataConfig(system_prompt="cfg"), "r")[0]["content"] == "cfg"
+    assert layouts.to_messages(record, "chat", DataConfig(system_prompt="cfg"), "r")[0]["content"] == "cfg"
     alpaca = {"instruction": "add", "output": "3", "system": "be brief"}  # LLaMA-Factory's alpaca system column
-    assert chat.to_messages(alpaca, "pairs", DataConfig(), "r")[0] == {"role": "system", "content": "be brief"}
+    assert layouts.to_messages(alpaca, "pairs", DataConfig(), "r")[0] == {"role": "system", "content": "be brief"}
 
 
 def _write(path, rows):
@@ -118,9 +119,51 @@ def test_unknown_and_tool_roles_name_file_row_and_role(tmp_path, role, message):
 def test_malformed_sharegpt_messages_are_named():
     with pytest.raises(ConfigError, match=r"r: message 1 must be an object with 'role' and 'content' "
                                           r"\(or 'from' and 'value'\)"):
-        chat.to_messages({"conversations": [{"from": "human", "text": "hi"}]}, "chat", DataConfig(), "r")
+        layouts.to_messages({"conversations": [{"from": "human", "text": "hi"}]}, "chat", DataConfig(), "r")
     with pytest.raises(ConfigError, match=r"r: message 2 \(assistant\) is empty"):
-        chat.to_messages({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": " "}]},
+        layouts.to_messages({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": " "}]},
                          "chat", DataConfig(), "r")
     with pytest.raises(ConfigError, match="give a 'messages' or 'conversations' column"):
-        chat.detect_format({"conversation", "id"}, DataConfig(), "f.jsonl")
+        layouts.detect_format({"conversation", "id"}, DataConfig(), "f.jsonl")
+
+
+@pytest.mark.parametrize("keys,expected", [({"messages"}, "chat"), ({"instruction", "input", "output"}, "pairs"),
+                                           ({"text", "label"}, "pairs"), ({"text", "source"}, "text"),
+                                           ({"prompt", "completion"}, "pairs"), ({"question", "answer", "id"}, "pairs"),
+                                           ({"instruction", "context", "response"}, "pairs"),
+                                           ({"query", "response"}, "pairs"), ({"input", "output"}, "pairs")])
+def test_auto_detects_the_layout(keys, expected):
+    assert layouts.detect_format(keys, DataConfig(), "f.jsonl") == expected
+
+
+def test_chosen_columns_and_alpaca_input_make_pairs():
+    d = DataConfig(text_column="question", label_column="answer")
+    assert layouts.to_messages({"question": "q", "answer": "a"}, "pairs", d, "r")[1] == {"role": "assistant", "content": "a"}
+    m = layouts.to_messages({"instruction": "add", "input": "1 2", "output": "3"}, "pairs", DataConfig(system_prompt="be brief"), "r")
+    assert [x["role"] for x in m] == ["system", "user", "assistant"] and m[1]["content"] == "add\n\n1 2"
+    with pytest.raises(ConfigError, match="cannot tell the data layout"):
+        layouts.detect_format({"foo", "bar"}, DataConfig(), "f.csv")
+
+
+@pytest.mark.parametrize("record, prompt, answer", [
+    ({"prompt": "p", "completion": "c"}, "p", "c"),  # TRL / OpenAI prompt-completion
+    ({"question": "q", "answer": "a", "id": 3}, "q", "a"),
+    ({"instruction": "do", "context": "ctx", "response": "r", "category": "qa"}, "do\n\nctx", "r"),  # Dolly
+    ({"query": "q", "response": "r"}, "q", "r"),
+    ({"input": "i", "output": "o"}, "i", "o"),  # Alpaca without an instruction: input is the prompt
+    ({"instruction": "do", "input": "", "output": "o"}, "do", "o"),
+])
+def test_common_pair_columns_make_a_two_turn_conversation(record, prompt, answer):
+    assert layouts.to_messages(record, layouts.detect_format(set(record), DataConfig(), "f"), DataConfig(), "r") == \
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
+def test_conversational_prompt_completion_rows_join_their_messages():
+    """TRL's conversational prompt-completion: lists of messages in both columns (or a string answer)."""
+    prompt = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    for completion in ([{"role": "assistant", "content": "hello"}], "hello"):
+        assert layouts.to_messages({"prompt": prompt, "completion": completion}, "pairs", DataConfig(), "r") == \
+            prompt + [{"role": "assistant", "content": "hello"}]
+    with pytest.raises(ConfigError, match="r: the conversation has no assistant message"):
+        layouts.to_messages({"prompt": prompt, "completion": [{"role": "user", "content": "x"}]}, "pairs",
+                            DataConfig(), "r")

@@ -1,0 +1,154 @@
+"""Causal-LM data layouts: one record -> a checked conversation (or a plain text).
+
+Three layouts (``data.format``; ``auto`` detects from the columns; docs/data-formats.md shows each):
+
+* ``chat``: a ``messages`` or ``conversations`` column (or ``data.text_column``) holding a multi-turn list of
+  OpenAI ``{role, content}`` or ShareGPT ``{from, value}`` messages; role spellings are normalised (``SPEAKERS``);
+* ``pairs``: prompt -> answer from ``data.text_column``/``data.label_column``, or common column pairs
+  (``PAIR_COLUMNS``: ``instruction`` (+ optional ``input``/``context``) / ``output``, ``prompt`` / ``completion``,
+  ``question`` / ``answer`` ...); a pair becomes a two-message conversation;
+* ``text``: plain text in ``data.text_column`` for continued pre-training (every token trains).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tuneforge.config import ConfigError, DataConfig
+
+CHAT_COLUMNS = ("messages", "conversations")  # OpenAI / ShareGPT (LLaMA-Factory, Axolotl, FastChat)
+SPEAKERS = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
+            "bot": "assistant", "model": "assistant", "chatgpt": "assistant"}  # role spelling -> role
+TOOL_ROLES = {"tool", "function", "function_call", "observation", "tool_call", "tool_calls", "ipython"}
+# (prompt, answer) column names data sets use, tried in order after data.text_column + data.label_column:
+# Alpaca, Dolly, TRL / OpenAI prompt-completion, and other common spellings
+PAIR_COLUMNS = (("instruction", "output"), ("instruction", "response"), ("prompt", "completion"),
+                ("prompt", "response"), ("question", "answer"), ("query", "response"), ("input", "output"))
+CONTEXT_COLUMNS = ("input", "context")  # added below an instruction (Alpaca's input, Dolly's context)
+
+
+def detect_format(keys: set[str], d: DataConfig, source: str) -> str:
+    """``data.format``, or for ``auto`` the layout the columns imply (chat > pairs > text)."""
+    if d.format != "auto":
+        return d.format
+    if keys & set(CHAT_COLUMNS):
+        return "chat"
+    if {d.text_column, d.label_column} <= keys or _known_pair(keys):
+        return "pairs"
+    if d.text_column in keys:
+        return "text"
+    raise ConfigError(
+        f"{source}: cannot tell the data layout from columns {', '.join(sorted(keys))}; give a 'messages' or "
+        "'conversations' column (chat), prompt/answer columns (instruction/output, prompt/completion, "
+        "question/answer ... or data.text_column + data.label_column: pairs), "
+        "or data.text_column (plain text), or set data.format")
+
+
+def _text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):  # None / NaN from CSV or Parquet
+        return ""
+    return str(value).strip()
+
+
+def _known_pair(keys: set[str]) -> tuple[str, str] | None:
+    return next((pair for pair in PAIR_COLUMNS if set(pair) <= keys), None)
+
+
+def _pair_columns(record: dict[str, Any], d: DataConfig) -> tuple[str, str]:
+    if d.text_column in record and d.label_column in record:
+        return d.text_column, d.label_column
+    pair = _known_pair(set(record))
+    if pair is None:
+        raise ConfigError(f"pairs need columns data.text_column='{d.text_column}' and data.label_column="
+                          f"'{d.label_column}' (or instruction/output, prompt/completion, question/answer ...); "
+                          f"the record has {', '.join(map(str, record))}")
+    return pair
+
+
+def _is_list(value: Any) -> bool:
+    return not isinstance(value, (str, bytes, dict)) and hasattr(value, "__iter__")
+
+
+def _pair(record: dict[str, Any], d: DataConfig) -> list[dict[str, str]]:
+    """A prompt -> answer row as a conversation. TRL's conversational prompt-completion rows hold lists of
+    messages instead of strings; they are joined and checked like a chat."""
+    q_col, a_col = _pair_columns(record, d)
+    q, a = record[q_col], record[a_col]
+    if _is_list(q) or _is_list(a):
+        turns = ((list(q) if _is_list(q) else [{"role": "user", "content": q}])
+                 + (list(a) if _is_list(a) else [{"role": "assistant", "content": a}]))
+        return _check_messages({"messages": turns}, d)
+    prompt, answer = _text(q), _text(a)
+    context = next((_text(record[c]) for c in CONTEXT_COLUMNS if c != a_col and _text(record.get(c))), "")
+    if q_col == "instruction" and context:
+        prompt = f"{prompt}\n\n{context}".strip()
+    if not prompt:
+        raise ConfigError(f"empty prompt in column '{q_col}'; fill it in or remove the row")
+    if not answer:
+        raise ConfigError(f"empty answer in column '{a_col}'; fill it in or remove the row")
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
+def to_messages(record: dict[str, Any], fmt: str, d: DataConfig, where: str) -> list[dict[str, str]] | str:
+    """One record as a checked conversation (``chat``/``pairs``) or a string (``text``). ``where`` names the
+    file and row in errors."""
+    try:
+        if fmt == "text":
+            text = _text(record.get(d.text_column))
+            if not text:
+                raise ConfigError(f"no text in column '{d.text_column}'; "
+                                  "fill it in, remove the row or set data.text_column")
+            return text
+        if fmt == "pairs":
+            messages = _pair(record, d)
+        else:
+            messages = _check_messages(record, d)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    # the system prompt: the conversation's own, else the row's 'system' column (LLaMA-Factory), else the config's
+    system = _text(record.get("system")) if "system" not in (d.text_column, d.label_column) else ""
+    if (system or d.system_prompt) and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system or d.system_prompt}] + messages
+    return messages
+
+
+def _field(m: dict[str, Any], keys: tuple[str, str]) -> Any:
+    """The first of ``keys`` that ``m`` holds (Parquet structs of mixed layouts hold both, one as None)."""
+    return next((m[k] for k in keys if m.get(k) is not None), None)
+
+
+def _check_messages(record: dict[str, Any], d: DataConfig) -> list[dict[str, str]]:
+    col = next((c for c in CHAT_COLUMNS if c in record), d.text_column)
+    value = record.get(col)
+    if isinstance(value, str):  # CSV cells may hold the conversation as JSON
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ConfigError(f"column '{col}' is not a JSON list of {{role, content}} messages") from None
+    if value is None or isinstance(value, (str, dict)) or not hasattr(value, "__iter__"):
+        raise ConfigError(f"column '{col}' must hold a list of {{role, content}} messages (data.format=chat)")
+    messages = []
+    for j, m in enumerate(list(value), start=1):
+        if not isinstance(m, dict) or not ({"role", "from"} & set(m) and {"content", "value"} & set(m)):
+            raise ConfigError(f"message {j} must be an object with 'role' and 'content' (or 'from' and 'value')")
+        spelling, content = _text(_field(m, ("role", "from"))), _text(_field(m, ("content", "value")))
+        role = SPEAKERS.get(spelling.lower())
+        if spelling.lower() in TOOL_ROLES:
+            raise ConfigError(f"message {j} has tool role '{spelling}'; tool calls and results cannot be "
+                              "trained on: drop those messages or the row")
+        if role is None:
+            raise ConfigError(f"message {j} has unknown role '{spelling}'; use system, user or assistant "
+                              "(also human for user; gpt, bot, model or chatgpt for assistant)")
+        if role == "system" and not content:  # ShareGPT dumps often carry an empty system turn: no prompt
+            continue
+        if not content:
+            raise ConfigError(f"message {j} ({role}) is empty; fill it in or drop the message")
+        if role == "system" and j != 1:
+            raise ConfigError(f"message {j}: a system message may only come first")
+        messages.append({"role": role, "content": content})
+    roles = [m["role"] for m in messages]
+    if "assistant" not in roles:
+        raise ConfigError("the conversation has no assistant message to learn from; add one or remove the row")
+    if "user" not in roles[:roles.index("assistant")]:
+        raise ConfigError("the assistant speaks before any user message; start with a user message")
+    return messages
