@@ -8,7 +8,8 @@ validation) and the gap, with met / not met per target:
 
 The sweep is staged to fit a CPU: stage 1 tries learning rates default/3, default, default x 3 at the
 automatic length; stage 2 tries the best of those with a shorter and a longer automatic length
-(``train.auto_min_steps`` 100 and 600; the default is 250). Every run is a real tuneforge run
+(``train.auto_min_steps`` 100 and 600; the default is 250; a length that plans as many epochs as the
+default, both at the ``train.auto_max_epochs`` cap, is the default run and is not rerun). Every run is a real tuneforge run
 (``tuneforge.run.train``), single-threaded, two at a time (``--workers``); finished runs are reused from the
 JSON, so an interrupted invocation continues. Validation and test sets are the same size for every training
 size of a task (400 examples each, or 10 % each of a smaller data set), so a point is never one or two examples.
@@ -69,6 +70,15 @@ def available(task: str) -> int:
     data, kind, _, _, _ = TASKS[task]
     cfg = load_config(None, {"model": {"name": MODEL[kind], "task": kind}, "data": {"dataset": data}})
     return len(source_records(tasks.get(kind), data, cfg)[0])
+
+
+def epochs(train_examples: int, min_steps: int) -> int:
+    """Whole epochs the automatic length plans (train.auto_min_steps, default batch and epoch cap)."""
+    from tuneforge.config import TrainConfig
+
+    t = TrainConfig()
+    per_epoch = -(-train_examples // t.batch_size)
+    return min(t.auto_max_epochs, -(-min_steps // per_epoch))
 
 
 def key(task: str, size: int, method: str, lr: float, min_steps: int) -> str:
@@ -146,7 +156,15 @@ def main() -> None:
         tried = [(r["validation"], lr) for r, lr in tried if r.get("validation") is not None]
         if tried:
             best_lr[t, s, m] = (max if greater else min)(tried)[1]
-    run_all([job(t, s, m, best_lr[t, s, m], n) for (t, s, m) in best_lr for n in LENGTHS])
+    same = {}  # a length whose plan equals the default length's (both capped at auto_max_epochs) is not rerun
+    for (t, s, m), lr in best_lr.items():
+        base = results.get(key(t, s, m, lr, 250), {})
+        for n in LENGTHS:
+            if base.get("train_examples") and epochs(base["train_examples"], n) == epochs(base["train_examples"], 250):
+                same[key(t, s, m, lr, n)] = {**base, "same_as": key(t, s, m, lr, 250)}
+    run_all([job(t, s, m, best_lr[t, s, m], n) for (t, s, m) in best_lr for n in LENGTHS
+             if key(t, s, m, best_lr[t, s, m], n) not in same])
+    results.update(same)
     write_table(results, cells, default_lr, args, out_json)
 
 
