@@ -386,3 +386,20 @@ def test_evaluate_reproduces_the_perplexity_of_a_causal_lm_run(tmp_path, capsys)
     stored = json.loads((run / "metrics.json").read_text())["test_after"]
     assert got["perplexity"] == pytest.approx(stored["perplexity"], rel=0.005)
     assert got["tokens"] == stored["tokens"]
+
+
+def test_a_split_left_empty_is_named_before_training(tmp_path):
+    """Two examples (one per label) at the default 80/10/10 split leave validation and test empty: both are said;
+    a data set large enough for every split says nothing of the kind."""
+    from tiny import word_tokenizer
+    from tuneforge.config import load_config
+    from tuneforge.data.dataset import prepare, warnings
+    from tuneforge.tasks import get
+
+    def said(n):
+        path = _jsonl(tmp_path / f"d{n}.jsonl", sentiment_rows(n))
+        splits, _ = prepare(load_config(None, {"data": {"dataset": str(path)}}), get("classification"), word_tokenizer())
+        return " ".join(warnings(splits))
+
+    assert "no validation examples" in said(2) and "no test examples: nothing will be evaluated" in said(2)
+    assert "no validation" not in said(40) and "no test" not in said(40)

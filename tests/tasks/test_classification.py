@@ -48,3 +48,24 @@ def test_two_common_spellings_are_ambiguous_and_the_error_names_the_columns(tmp_
     cfg = load_config(None, {"data": {"dataset": str(path)}})
     with pytest.raises(ConfigError, match="column 'text' not found; columns are sentence, review, label"):
         prepare(cfg, TASK, word_tokenizer())
+
+
+def _prepare(tmp_path, rows, name="d.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return prepare(load_config(None, {"data": {"dataset": str(path)}}), TASK, word_tokenizer())
+
+
+def test_a_list_label_is_refused_as_multi_label(tmp_path):
+    rows = [{"text": f"t {i}", "label": ["a", "b"] if i == 3 else "a"} for i in range(20)]
+    with pytest.raises(ConfigError, match=r"row 4: the label \(column 'label'\) is a list; .*multi-label"):
+        _prepare(tmp_path, rows)
+
+
+def test_labels_that_are_nearly_all_different_are_refused_as_regression(tmp_path):
+    rows = [{"text": f"text {i}", "label": round(0.01 * i, 2)} for i in range(60)]
+    with pytest.raises(ConfigError, match="different labels in .* training examples; .*regression"):
+        _prepare(tmp_path, rows)
+    many = [{"text": f"text {i}", "label": f"intent {i % 25}"} for i in range(100)]  # 25 labels, 4 each: fine
+    splits, data = _prepare(tmp_path, many, "many.jsonl")
+    assert len(data.meta["labels"]) == 25

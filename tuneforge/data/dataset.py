@@ -200,6 +200,11 @@ def warnings(s: Splits) -> list[str]:
         out.append(f"warning: {s.skipped} invalid row(s) skipped (data.skip_invalid)")
     if s.empty_texts:
         out.append(f"warning: {s.empty_texts} example(s) have an empty text")
+    if not s.records["validation"]:
+        out.append("warning: no validation examples: the last step's weights are kept and nothing stops early "
+                   "(more data or a larger data.split[1] gives them)")
+    if not s.records["test"]:
+        out.append("warning: no test examples: nothing will be evaluated (more data or a larger data.split[2])")
     return out
 
 

@@ -81,7 +81,11 @@ class Task:
                 present = ", ".join(map(str, record)) or "none"
                 return (f"column '{column}' is missing (columns: {present}; choose them with data.text_column / "
                         "data.label_column)")
-        if _blank(record[cfg.data.label_column]):
+        value = record[cfg.data.label_column]
+        if isinstance(value, (list, tuple, dict)) or getattr(value, "ndim", 0) > 0:  # numpy arrays from Parquet
+            return (f"the label (column '{cfg.data.label_column}') is a list; a classifier predicts one label per "
+                    "text (multi-label classification is not supported)")
+        if _blank(value):
             return f"the label (column '{cfg.data.label_column}') is blank"
         return None
 
@@ -102,6 +106,11 @@ class Task:
         if len(names) < 2:
             raise ConfigError(f"data: column '{label}' has a single label ({names[0]}); "
                               "classification needs two or more")
+        n = len(records["train"])
+        if n >= 20 and len(names) > 0.8 * n:  # nearly every example its own label
+            raise ConfigError(f"data: column '{label}' holds {len(names)} different labels in {n} training examples; "
+                              "a classifier needs each label on several examples (a number to predict, like a "
+                              "score, is regression, which tuneforge does not train)")
         meta = {"labels": names}
         enc = {k: self.encode(records[k], cfg, tokenizer, meta, where[k]) for k in ("train", "validation", "test")}
         return Prepared(train=enc["train"], validation=enc["validation"], test=enc["test"], meta=meta)
