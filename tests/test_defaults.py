@@ -10,7 +10,7 @@ from tuneforge import distributed
 from tuneforge.config import load_config
 from tuneforge.methods import registry
 from tuneforge.run import resolve_config, train
-from tuneforge.train import AUTO_PATIENCE, StepPlan
+from tuneforge.train import AUTO_PATIENCE, StepPlan, improves
 
 
 def _plan(n: int, **train_opts) -> StepPlan:
@@ -84,7 +84,10 @@ def test_the_automatic_length_validates_keeps_the_best_and_stops_early(setup):
     log = [json.loads(line) for line in (root / "auto" / "log.jsonl").read_text().splitlines()]
     evals = [r for r in log if "val_accuracy" in r]
     assert [r["step"] for r in evals] == [per_epoch * (i + 1) for i in range(len(evals))]  # each epoch
-    best = max(range(len(evals)), key=lambda i: (evals[i]["val_accuracy"], -i))
+    best = 0  # the last evaluation better than every earlier one (equal accuracy: a clearly lower loss)
+    for i in range(1, len(evals)):
+        e, b = evals[i], evals[best]
+        best = i if improves(e["val_accuracy"], e["val_loss"], b["val_accuracy"], b["val_loss"], 1) else best
     assert m["best_validation"]["step"] == evals[best]["step"]
     assert m["steps"] < planned  # the toy task is learnt in a few epochs: it stops early ...
     assert len(evals) - 1 - best == AUTO_PATIENCE  # ... after AUTO_PATIENCE evaluations without improvement
