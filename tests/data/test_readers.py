@@ -32,6 +32,7 @@ def test_every_format_reads_the_same_rows(tmp_path, suffix):
     ("empty.jsonl", "\n", "is empty"),
     ("broken.jsonl", '{"text": "a"}\n{oops\n', r"broken\.jsonl, line 2: not valid JSON"),
     ("data.xlsx", "x", "unsupported type"),
+    ("strings.json", '["a", "b"]', r"strings\.json, item 1: expected a JSON object, got str"),
 ])
 def test_bad_files_give_clear_errors(tmp_path, name, content, message):
     path = tmp_path / name
@@ -45,3 +46,30 @@ def test_missing_file_and_column(tmp_path):
         read_records(tmp_path / "nope.csv")
     with pytest.raises(ConfigError, match="column 'review' not found; columns are text, label"):
         require_columns(ROWS, ["review"], "d.csv")
+
+
+@pytest.mark.parametrize("name, content", [
+    ("semicolons.csv", "text;label\ngood film;pos\nbad film;neg\n"),  # spreadsheets in many locales
+    ("tabs.csv", "text\tlabel\ngood film\tpos\nbad film\tneg\n"),
+    ("bars.csv", "text|label\ngood film|pos\nbad film|neg\n"),
+    ("bom.csv", "\ufefftext,label\ngood film,pos\nbad film,neg\n"),
+    ("bom.jsonl", "\ufeff" + "".join(json.dumps(r) + "\n" for r in ROWS)),  # Notepad's UTF-8
+    ("array.jsonl", json.dumps(ROWS)),  # a JSON array saved as .jsonl
+])
+def test_files_as_spreadsheets_and_editors_save_them_read_as_they_are(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    assert read_records(path) == ROWS
+
+
+def test_a_comma_in_the_header_keeps_commas_as_the_separator(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text('text,label\n"good; fine film",pos\n')
+    assert read_records(path) == [{"text": "good; fine film", "label": "pos"}]
+
+
+def test_a_file_not_in_utf8_names_the_fix(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes("text,label\ncaf\xe9 film,pos\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin.csv cannot be read: .*; save it as UTF-8"):
+        read_records(path)

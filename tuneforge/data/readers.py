@@ -22,11 +22,13 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         if suffix in (".csv", ".tsv"):
             if p.stat().st_size == 0:
                 raise ConfigError(f"data file {p} is empty; it needs a header row and at least one example")
-            frame = pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False)
+            frame = pd.read_csv(p, sep="\t" if suffix == ".tsv" else _delimiter(p), keep_default_na=False)
             records = frame.to_dict("records")
+        elif suffix == ".jsonl" and _json_list(p):  # a JSON array saved as .jsonl: read as .json
+            records = _json_records(p)
         elif suffix == ".jsonl":
             records = []
-            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+            for i, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), start=1):
                 if not line.strip():
                     continue
                 try:
@@ -38,25 +40,48 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
                     raise ConfigError(f"{p}, line {i}: expected a JSON object, got {type(row).__name__}")
                 records.append(row)
         elif suffix == ".json":
-            data = json.loads(p.read_text(encoding="utf-8"))
-            if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-                data = next(iter(data.values()))
-            if not isinstance(data, list):
-                raise ConfigError(f"{p}: expected a JSON list of objects (or use .jsonl, one object per line)")
-            records = data
+            records = _json_records(p)
         elif suffix == ".parquet":
             records = pd.read_parquet(p).to_dict("records")
         else:
             raise ConfigError(f"data file {p}: unsupported type '{suffix}'; use one of {', '.join(SUFFIXES)}")
     except ConfigError:
         raise
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"data file {p} cannot be read: {str(exc).splitlines()[0]}; save it as UTF-8") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, json.JSONDecodeError, OSError) as exc:
         raise ConfigError(f"data file {p} cannot be read: {str(exc).splitlines()[0]}") from None
     except Exception as exc:  # pyarrow errors have no common public base class
         raise ConfigError(f"data file {p} cannot be read: {str(exc).splitlines()[0]}") from None
     if not records:
         raise ConfigError(f"data file {p} is empty; it needs at least one example")
     return records
+
+
+def _delimiter(path: Path) -> str:
+    """A CSV file's column separator: a comma, or where the header has none, the first of tab, semicolon
+    (spreadsheets in many locales) and bar that it holds."""
+    with path.open(encoding="utf-8-sig") as f:
+        header = f.readline()
+    return "," if "," in header else next((c for c in "\t;|" if c in header), ",")
+
+
+def _json_list(path: Path) -> bool:
+    with path.open(encoding="utf-8-sig") as f:
+        return f.read(4096).lstrip().startswith("[")
+
+
+def _json_records(path: Path) -> list[Any]:
+    """A JSON list of objects (or an object holding one list, e.g. {"data": [...]})."""
+    data = json.loads(path.read_text(encoding="utf-8-sig"))
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))
+    if not isinstance(data, list):
+        raise ConfigError(f"{path}: expected a JSON list of objects (or use .jsonl, one object per line)")
+    for i, row in enumerate(data, start=1):
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}, item {i}: expected a JSON object, got {type(row).__name__}")
+    return data
 
 
 def as_int(value: Any) -> int | None:
