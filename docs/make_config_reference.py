@@ -77,7 +77,8 @@ SECTION_NOTES = {
     "train": "Training length: `train.max_steps` wins over `train.epochs`; with neither set the length is "
              "automatic (enough whole epochs for `train.auto_min_steps` optimizer steps, at most "
              "`train.auto_max_epochs`, validation each epoch, early stopping after 3 evaluations without "
-             "improvement). Under torchrun see [distributed.md](distributed.md).",
+             "improvement; an equal metric at a validation loss at least 1 % lower is an improvement). Under "
+             "torchrun see [distributed.md](distributed.md).",
     "forgetting": "See [forgetting.md](forgetting.md).",
 }
 

@@ -64,3 +64,15 @@ def test_missing_and_invalid_yaml(tmp_path):
 
 def test_parse_overrides_types():
     assert parse_overrides(["a.b=3", "a.c=true", "d=x"]) == {"a": {"b": 3, "c": True}, "d": "x"}
+
+
+def test_the_configuration_reference_is_generated_from_the_code():
+    """docs/configuration.md is what docs/make_config_reference.py renders from the dataclasses' comments."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "docs" / "make_config_reference.py"), "--check"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
