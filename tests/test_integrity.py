@@ -398,7 +398,8 @@ def test_a_split_left_empty_is_named_before_training(tmp_path):
 
     def said(n):
         path = _jsonl(tmp_path / f"d{n}.jsonl", sentiment_rows(n))
-        splits, _ = prepare(load_config(None, {"data": {"dataset": str(path)}}), get("classification"), word_tokenizer())
+        cfg = load_config(None, {"data": {"dataset": str(path)}})
+        splits, _ = prepare(cfg, get("classification"), word_tokenizer())
         return " ".join(warnings(splits))
 
     assert "no validation examples" in said(2) and "no test examples: nothing will be evaluated" in said(2)

@@ -60,6 +60,13 @@ def test_read_token_lists_from_jsonl_and_parquet(tmp_path):
     assert isinstance(read_records(parquet)[0]["words"], np.ndarray)
 
 
+def test_words_and_tags_may_be_whitespace_separated_strings():
+    rows = [{"sentence": "John  lives in New York", "tags": "B-PER O O B-LOC I-LOC"},
+            {"text": "Hi Ann", "tags": ["O", "B-PER"]}]
+    assert read_token_lists(rows[:1], *list_columns(rows[0], "tokens", "tags", "label")) == TWO[:1]
+    assert read_token_lists(rows[1:], *list_columns(rows[1], "tokens", "tags", "label")) == TWO[1:]
+
+
 def test_read_token_lists_maps_integer_tags_with_names():
     rows = [{"tokens": np.array(["Hi", "Ann"]), "tags": np.array([0, 1])}]
     assert read_token_lists(rows, tag_names=["O", "B-PER"]) == [{"tokens": ["Hi", "Ann"], "tags": ["O", "B-PER"]}]
@@ -101,7 +108,8 @@ def test_class_names_from_hugging_face_parquet_features(tmp_path):
 
 @pytest.mark.parametrize("rows, message", [
     ([{"tokens": ["a", "b"], "tags": ["O"]}], r"d\.jsonl, row 1: 2 tokens but 1 tags"),
-    ([{"tokens": ["a"], "tags": ["O"]}, {"tokens": "a b", "tags": ["O", "O"]}], r"row 2: 'tokens' must be a list"),
+    ([{"tokens": ["a"], "tags": ["O"]}, {"tokens": 5, "tags": ["O", "O"]}], r"row 2: 'tokens' must be a list"),
+    ([{"tokens": "a b c", "tags": "O B-PER"}], r"row 1: 3 tokens but 2 tags"),
     ([{"words": ["a"], "tags": ["O"]}], r"column 'tokens' not found; columns are words, tags"),
     ([{"tokens": [], "tags": []}], "empty"),
 ])

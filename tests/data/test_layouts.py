@@ -138,8 +138,10 @@ def test_auto_detects_the_layout(keys, expected):
 
 def test_chosen_columns_and_alpaca_input_make_pairs():
     d = DataConfig(text_column="question", label_column="answer")
-    assert layouts.to_messages({"question": "q", "answer": "a"}, "pairs", d, "r")[1] == {"role": "assistant", "content": "a"}
-    m = layouts.to_messages({"instruction": "add", "input": "1 2", "output": "3"}, "pairs", DataConfig(system_prompt="be brief"), "r")
+    assert layouts.to_messages({"question": "q", "answer": "a"}, "pairs", d, "r")[1] == \
+        {"role": "assistant", "content": "a"}
+    m = layouts.to_messages({"instruction": "add", "input": "1 2", "output": "3"}, "pairs",
+                            DataConfig(system_prompt="be brief"), "r")
     assert [x["role"] for x in m] == ["system", "user", "assistant"] and m[1]["content"] == "add\n\n1 2"
     with pytest.raises(ConfigError, match="cannot tell the data layout"):
         layouts.detect_format({"foo", "bar"}, DataConfig(), "f.csv")

@@ -54,7 +54,7 @@ def read_conll(path: str | Path) -> list[Record]:
 
 # --- token and tag lists (JSONL / Parquet) --------------------------------------------------------------------
 
-TOKEN_COLUMNS = ("tokens", "words")  # the names data sets use for the word lists ...
+TOKEN_COLUMNS = ("tokens", "words", "sentence", "text")  # the names data sets use for the words ...
 TAG_COLUMNS = ("tags", "ner_tags", "labels", "tag", "ner", "label")  # ... and for their tags
 
 
@@ -77,6 +77,11 @@ def _as_list(value: Any, what: str, where: str) -> list:
     return list(value)
 
 
+def _words(value: Any, what: str, where: str) -> list:
+    """A list of words or tags: a list (or array), or one string of them separated by whitespace."""
+    return value.split() if isinstance(value, str) else _as_list(value, what, where)
+
+
 def _require(records: Sequence[Record], columns: Iterable[str], source: str) -> None:
     """Raise ConfigError naming the first missing column and the columns that exist."""
     if not records:
@@ -89,14 +94,15 @@ def _require(records: Sequence[Record], columns: Iterable[str], source: str) -> 
 
 def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", tags_column: str = "tags",
                      source: str = "data", tag_names: Sequence[str] | None = None) -> list[Record]:
-    """Sentences from rows holding a list of tokens and an equally long list of tags (lists or numpy arrays);
-    integer tags are looked up in ``tag_names``. Rows without tokens are skipped."""
+    """Sentences from rows holding a list of tokens and an equally long list of tags (lists, numpy arrays or
+    whitespace-separated strings); integer tags are looked up in ``tag_names``. Rows without tokens are
+    skipped."""
     _require(records, (tokens_column, tags_column), source)
     out: list[Record] = []
     for row_no, row in enumerate(records, start=1):
         where = f"{source}, row {row_no}"
-        tokens = _as_list(row.get(tokens_column), tokens_column, where)
-        tags = _as_list(row.get(tags_column), tags_column, where)
+        tokens = _words(row.get(tokens_column), tokens_column, where)
+        tags = _words(row.get(tags_column), tags_column, where)
         if len(tokens) != len(tags):
             raise ConfigError(f"{where}: {len(tokens)} tokens but {len(tags)} tags; "
                               f"'{tokens_column}' and '{tags_column}' need one tag per token")
