@@ -52,11 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="classification (default), causal_lm or token_classification")
     p.add_argument("--data", help="embedded data set (rotten_tomatoes, imdb, chatterbot_topics, chatterbot, "
                    "chitchat, wnut16) or a .csv/.tsv/.jsonl/.json/.parquet (.conll/.txt/.bio for tagging) file")
-    p.add_argument("--text-column", dest="text_column")
-    p.add_argument("--label-column", dest="label_column")
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--text-column", dest="text_column",
+                   help="the text (classification) or prompt (causal LM pairs) column (default text, or a common "
+                        "other name such as sentence or prompt when text is absent)")
+    p.add_argument("--label-column", dest="label_column",
+                   help="the label (classification), answer (causal LM pairs) or tags (token classification) column")
+    p.add_argument("--epochs", type=float, help="passes over the training data (default: automatic length)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the method's for the task; tuneforge methods)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="examples per optimizer step (default 32)")
     p.add_argument("-o", "--output", help="run directory (default runs/<method>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
