@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the label (classification), answer (causal LM pairs) or tags (token classification) column")
     p.add_argument("--epochs", type=float, help="passes over the training data (default: automatic length)")
     p.add_argument("--lr", type=float, help="learning rate (default: the method's for the task; tuneforge methods)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="examples per micro-batch per process (default 32; x train.grad_accum x processes per step)")
+    p.add_argument("--batch-size", dest="batch_size", type=int,
+                   help="examples per micro-batch per process (default 32; x train.grad_accum x processes per step)")
     p.add_argument("-o", "--output", help="run directory (default runs/<method>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
