@@ -165,6 +165,7 @@ def main() -> None:
     run_all([job(t, s, m, best_lr[t, s, m], n) for (t, s, m) in best_lr for n in LENGTHS
              if key(t, s, m, best_lr[t, s, m], n) not in same])
     results.update(same)
+    out_json.write_text(json.dumps(results, indent=1))
     write_table(results, cells, default_lr, args, out_json)
 
 
