@@ -60,6 +60,7 @@ class DataConfig:
 class TrainConfig:
     optimizer: Literal["adamw", "sgd", "rmsprop"] = "adamw"
     lr: float | None = None  # learning rate; default: the method's for the task (see `tuneforge methods`); 0: no update
+    head_lr: float | None = None  # learning rate of a freshly initialised task head; null: train.lr
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd / rmsprop only
     schedule: Literal["constant", "linear", "cosine"] = "linear"

@@ -119,7 +119,8 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
                 f"on {len(s.data.train)} examples, {s.rt.device.type}{' bf16' if s.rt.bf16 else ' fp32'}"
                 f"{', padding-free batches' if s.rt.padding_free else ''}"
                 f"{f', {d.world} processes' if d.active else ''}", file=sys.stderr)
-    result = fit(s.model, task, s.data, cfg, s.rt, run_dir, progress, resume=resume is not None, regularizers=regs)
+    result = fit(s.model, task, s.data, cfg, s.rt, run_dir, progress, resume=resume is not None, regularizers=regs,
+                 heads=tuple(s.heads))
     if not d.main:
         distributed.barrier()
         return TrainOutput(run_dir=run_dir)
