@@ -69,8 +69,13 @@ class Task:
         names = class_names(path, label)
         if text == d.text_column and label == d.label_column and names is None:
             return records
-        return [{**r, d.text_column: r.get(text), d.label_column: _named(r.get(label), names)} if label in r
-                else {**r, d.text_column: r.get(text)} for r in records]
+        out = []
+        for r in records:  # each row under the configured names (a row without a label stays without)
+            r = {**r, d.text_column: r.get(text)}
+            if label in r:
+                r[d.label_column] = _named(r[label], names)
+            out.append(r)
+        return out
 
     def required_columns(self, cfg: RunConfig) -> list[str]:
         return self._text_columns(cfg) + [cfg.data.label_column]
