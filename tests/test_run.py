@@ -148,6 +148,7 @@ def test_early_stopping_and_eval_every(bert_dir, data_csv, tmp_path):
     ({"method": {"name": "lora", "rank": 0}}, "method.rank must be positive"),
     ({"train": {"batch_size": 0}}, "train.batch_size must be positive"),
     ({"train": {"lr": -1}}, "train.lr must be >= 0"),
+    ({"train": {"head_lr": -1}}, "train.head_lr must be >= 0"),
 ])
 def test_bad_input_gives_one_clear_error(bert_dir, data_csv, tmp_path, change, message):
     cfg = _cfg(bert_dir, data_csv, tmp_path / "bad")

@@ -89,8 +89,9 @@ class TrainConfig:
     num_threads: int | None = None  # torch CPU threads; default: torch's choice
 
     def __post_init__(self) -> None:
-        if self.lr is not None and not self.lr >= 0:
-            raise ConfigError(f"train.lr must be >= 0, got {self.lr}")
+        for key in ("lr", "head_lr"):
+            if getattr(self, key) is not None and not getattr(self, key) >= 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         positive("train.batch_size", self.batch_size)
         positive("train.grad_accum", self.grad_accum)
         positive("train.epochs", self.epochs)
