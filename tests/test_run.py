@@ -124,6 +124,18 @@ def test_separate_split_files_and_text_pairs(bert_dir, tmp_path):
         run.predict(texts, ["so it is"])
 
 
+def test_a_common_text_pair_layout_trains_as_pairs_without_settings(bert_dir, tmp_path):
+    rows = [{"premise": r["text"], "hypothesis": "so it is", "label": r["label"]} for r in sentiment_rows(40)]
+    pd.DataFrame(rows).to_json(tmp_path / "nli.jsonl", orient="records", lines=True)
+    cfg = {"model": {"name": str(bert_dir), "max_length": 32}, "data": {"dataset": str(tmp_path / "nli.jsonl")},
+           "train": {"max_steps": 2, "precision": "fp32"}, "output_dir": str(tmp_path / "r")}
+    run = load(train(cfg, progress=False).run_dir, "cpu")
+    assert (run.cfg.data.text_column, run.cfg.data.text_pair_column) == ("text", "hypothesis")
+    with pytest.raises(ConfigError, match="trained on text pairs"):
+        run.predict(["a fine film"])
+    assert len(run.predict(["a fine film"], ["so it is"])) == 1
+
+
 def test_seeded_training_is_reproducible(bert_dir, data_csv, tmp_path):
     runs = [train(_cfg(bert_dir, data_csv, tmp_path / f"r{i}", max_steps=4), progress=False) for i in range(2)]
     from safetensors.torch import load_file

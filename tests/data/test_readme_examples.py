@@ -31,7 +31,7 @@ EXAMPLES = _examples()
 
 def test_the_section_shows_every_layout():
     tasks = [t for t, _ in EXAMPLES]
-    assert tasks.count("classification") == 3 and tasks.count("token_classification") == 3
+    assert tasks.count("classification") == 6 and tasks.count("token_classification") == 3  # single texts, pairs
     assert tasks.count("causal_lm") == 12  # pairs, OpenAI chat, ShareGPT, plain text: three rows each
 
 
@@ -42,7 +42,8 @@ def test_each_row_loads(tmp_path, task, line):
     cfg = load_config(None, {"model": {"task": task}})
     (record,) = get(task).read_source(str(path), cfg)
     if task == "classification":
-        assert record["text"] and record["label"]
+        assert record["text"] and record["label"] is not None
+        assert cfg.data.text_pair_column is None or record[cfg.data.text_pair_column]
     elif task == "token_classification":
         assert len(record["tokens"]) == len(record["tags"]) > 0 and set(record["tags"]) - {"O"}
     else:

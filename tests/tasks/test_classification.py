@@ -42,6 +42,24 @@ def test_a_default_column_absent_is_found_under_its_common_spelling(tmp_path, co
         [(f"text {i}", i % 2) for i in range(4)]
 
 
+@pytest.mark.parametrize("first, second", [("sentence1", "sentence2"), ("premise", "hypothesis"),
+                                           ("question1", "question2")])
+def test_a_common_text_pair_is_found_and_recorded_as_the_pair_column(tmp_path, first, second):
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({first: f"a {i}", second: f"b {i}", "label": i % 2}) + "\n" for i in range(4)))
+    cfg = load_config(None, {})
+    rows = TASK.read_source(str(path), cfg)
+    assert cfg.data.text_pair_column == second  # saved with the run: predict asks for the second texts
+    assert [TASK.input_text(r, cfg) for r in rows] == [f"a {i}\x1fb {i}" for i in range(4)]
+    again = TASK.read_source(str(path), cfg)  # a second file (validation, test) of the same layout
+    assert [TASK.input_text(r, cfg) for r in again] == [f"a {i}\x1fb {i}" for i in range(4)]
+    named = load_config(None, {"data": {"text_column": first}})  # a column named by the user: no guessing
+    assert TASK.read_source(str(path), named) and named.data.text_pair_column is None
+    plain = load_config(None, {})  # a text column present: a single-text run, whatever else the rows hold
+    path.write_text(json.dumps({"text": "t", first: "a", second: "b", "label": 0}) + "\n")
+    assert TASK.read_source(str(path), plain) and plain.data.text_pair_column is None
+
+
 def test_two_common_spellings_are_ambiguous_and_the_error_names_the_columns(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("sentence,review,label\n" + "".join(f"a {i},b {i},{i % 2}\n" for i in range(20)))

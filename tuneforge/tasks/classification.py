@@ -19,6 +19,8 @@ from tuneforge.tasks import Example, Prepared, Record, Runtime
 
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document", "comment", "tweet")  # common spellings of
 LABEL_COLUMNS = ("label", "sentiment", "category", "class")  # the columns, used when the default is absent
+PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"), ("text1", "text2"),
+                ("text_a", "text_b"))  # text pairs as GLUE / SNLI / QQP and others name them
 
 
 def label_names(values: list[Any]) -> list[str]:
@@ -34,6 +36,15 @@ def _named(value: Any, names: list[str] | None) -> Any:
     if names is None or i is None:
         return value
     return names[i] if 0 <= i < len(names) else None
+
+
+def _pair(row: Record, cfg: RunConfig) -> tuple[str, str] | None:
+    """The first common text-pair spelling ``row`` holds, where the text column is left at its default (and the
+    pair column unset or that pair's second); else None."""
+    found = next((p for p in PAIR_COLUMNS if all(c in row for c in p)), None)
+    if cfg.data.text_column != TEXT_COLUMNS[0] or (found and cfg.data.text_pair_column not in (None, found[1])):
+        return None
+    return found
 
 
 def _blank(value: Any) -> bool:
@@ -60,11 +71,15 @@ class Task:
     def read_source(self, path: str, cfg: RunConfig) -> list[Record]:
         """Rows of a file. A text or label column left at its default (``text``/``label``) and absent is found
         under its one common other spelling present (``sentence``, ``review`` ...; ``sentiment``, ``category``
-        ...); integer labels of a Parquet file written by ``datasets`` take their ``ClassLabel`` names (-1,
-        its "no label", becomes blank)."""
+        ...), or, for the text, a common text pair (``sentence1`` + ``sentence2``, ``premise`` +
+        ``hypothesis`` ...: sets ``data.text_pair_column``); integer labels of a Parquet file written by
+        ``datasets`` take their ``ClassLabel`` names (-1, its "no label", becomes blank)."""
         records = read_records(path)
         d = cfg.data
         text = common_column(records[0], d.text_column, TEXT_COLUMNS)
+        pair = _pair(records[0], cfg) if text not in records[0] else None
+        if pair:  # the run becomes a text-pair run; config.yaml records the second column for `predict`
+            text, d.text_pair_column = pair
         label = common_column(records[0], d.label_column, LABEL_COLUMNS)
         names = class_names(path, label)
         if text == d.text_column and label == d.label_column and names is None:
