@@ -138,17 +138,18 @@ def matched_lora(bench: Bench, part: str, s: dict[str, Any], lora_cfg: dict[str,
     """The LoRA setting (default or a sweep candidate, seed 42) whose validation metric is closest to full's;
     the candidates are recorded in the payload."""
     candidates = [({}, default_val)]
+    pin = lambda e: {"train.head_lr": e["train.lr"]} if "train.lr" in e and part == "sequential" else {}  # noqa: E731
     for extra in s["lora_sweep"]:
         label = "LoRA sweep " + " ".join(f"{k.split('.')[-1]}={v:g}" for k, v in extra.items())
         cfg = merged(lora_cfg, {**extra, "train.seed": 42, "forgetting.probes": "[none]"} if part == "chat"
-                     else {**extra, "train.seed": 42})
+                     else {**extra, **pin(extra), "train.seed": 42})
         val = bench.run(part, label, cfg)["best_validation"]
         candidates.append((extra, best(val)))
     extra, _ = min(candidates, key=lambda c: abs(c[1] - full_val))
     name = lambda e: ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in e.items()) or "default"  # noqa: E731
     bench.payload["parts"][part]["matched_lora"] = {"full": full_val, "chosen": name(extra),
                                                     "candidates": {name(e): v for e, v in candidates}}
-    return merged(lora_cfg, extra), name(extra)
+    return merged(lora_cfg, {**extra, **pin(extra)}), name(extra)
 
 
 def run_part(bench: Bench, part: str, s: dict[str, Any], seeds: list[int]) -> None:
@@ -160,12 +161,13 @@ def run_part(bench: Bench, part: str, s: dict[str, Any], seeds: list[int]) -> No
     if part == "sequential":  # task 1 once per method; its seed-42 model starts every task-2 run of that method
         t1 = {}
         for name, method, lr in (("full", {"name": "full"}, s["lr_full"]), ("LoRA", s["lora"], s["lr_lora"])):
-            cfg = merge_dicts(s["task1"], {"method": method, "train": {"lr": lr}})
+            cfg = merge_dicts(s["task1"], {"method": method, "train": {"lr": lr, "head_lr": lr}})
             bench.run(part, f"task 1 {name}", cfg)
             t1[name] = str(bench.work / part / f"task_1_{name}")
-        full_cfg = merge_dicts(base, {"method": {"name": "full"}, "train": {"lr": s["lr_full"]},
+        # the heads at the body's rate, as when results/forgetting.md was measured (before train.head_lr's floor)
+        full_cfg = merge_dicts(base, {"method": {"name": "full"}, "train": {"lr": s["lr_full"], "head_lr": s["lr_full"]},
                                       "forgetting": {"previous_run": t1["full"]}})
-        lora_cfg = merge_dicts(base, {"method": s["lora"], "train": {"lr": s["lr_lora"]},
+        lora_cfg = merge_dicts(base, {"method": s["lora"], "train": {"lr": s["lr_lora"], "head_lr": s["lr_lora"]},
                                       "forgetting": {"previous_run": t1["LoRA"]}})
     else:
         full_cfg = merge_dicts(base, {"method": {"name": "full"}, "train": {"lr": s["lr_full"]}})

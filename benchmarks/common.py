@@ -217,7 +217,8 @@ def trainer_precision_args(spec: dict[str, Any]) -> dict[str, Any]:
 
 def tuneforge_train(spec: dict[str, Any]) -> dict[str, Any]:
     """The ``train`` section of a tuneforge side's config: the comparison's shared settings."""
-    return {"optimizer": "adamw", "lr": spec["lr"], "weight_decay": spec["weight_decay"], "schedule": "linear",
+    return {"optimizer": "adamw", "lr": spec["lr"], "head_lr": spec["lr"],  # Trainer: one rate, the head's too
+            "weight_decay": spec["weight_decay"], "schedule": "linear",
             "warmup_ratio": spec["warmup_ratio"], "epochs": spec["epochs"], "batch_size": spec["batch_size"],
             "grad_accum": 1, "max_grad_norm": spec["max_grad_norm"], "seed": spec["seed"],
             "precision": spec["precision"], "num_threads": spec["threads"], "device": spec["device"]}

@@ -48,6 +48,19 @@ def test_learning_rates_are_declared_per_method_and_task():
     assert resolve_config({"method": {"name": "lora"}, "train": {"lr": 0.123}}).train.lr == 0.123  # explicit wins
 
 
+@pytest.mark.parametrize("train_opts, head_lr", [
+    ({"lr": 5e-5}, 3e-3),  # a fresh head at the 3e-3 floor, the body at its own rate
+    ({"lr": 1e-2}, 1e-2),  # a rate above the floor takes the head with it
+    ({"lr": 0.0}, 0.0),  # lr 0 trains nothing, the head included
+    ({"lr": 5e-5, "head_lr": 1e-4}, 1e-4),  # an explicit head rate wins
+    ({"lr": 5e-5, "head_lr": 0}, 0.0),
+])
+def test_a_fresh_head_defaults_to_its_own_floor_rate(train_opts, head_lr):
+    cfg = resolve_config({"method": {"name": "full"}, "train": train_opts})
+    assert cfg.train.head_lr == head_lr and cfg.train.lr == train_opts["lr"]
+    assert resolve_config({"method": {"name": "full"}}).train.head_lr == max(registry.train_defaults("full")["lr"], 3e-3)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("defaults")

@@ -104,6 +104,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from tuneforge.config import HEAD_LR
     from tuneforge.methods import registry
     from tuneforge.tasks import TASKS
 
@@ -118,6 +119,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
         for f in dataclasses.fields(module.Config):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             print(f"    method.{f.name} = {default!r}")
+    print("A fresh task head (classification, token classification) trains at the larger of the method's rate and "
+          f"{HEAD_LR:g} (train.head_lr).")
     return 0
 
 

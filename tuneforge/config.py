@@ -56,11 +56,15 @@ class DataConfig:
             raise ConfigError(f"data.stride must be >= 0, got {self.stride}")
 
 
+HEAD_LR = 3e-3  # train.head_lr left unset: a fresh head trains at max(train.lr, HEAD_LR) (docs/benchmarks.md)
+
+
 @dataclass
 class TrainConfig:
     optimizer: Literal["adamw", "sgd", "rmsprop"] = "adamw"
     lr: float | None = None  # learning rate; default: the method's for the task (see `tuneforge methods`); 0: no update
-    head_lr: float | None = None  # learning rate of a freshly initialised task head; null: train.lr
+    head_lr: float | None = None  # learning rate of a freshly initialised task head (classification, token
+    #                               classification); null: the larger of train.lr and 3e-3 (0 when train.lr is 0)
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd / rmsprop only
     schedule: Literal["constant", "linear", "cosine"] = "linear"

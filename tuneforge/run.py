@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from tuneforge import checkpoint, distributed, tasks
-from tuneforge.config import RunConfig, load_config, merge_dicts, parse_overrides
+from tuneforge.config import HEAD_LR, RunConfig, load_config, merge_dicts, parse_overrides
 from tuneforge.data.dataset import Splits, prepare, source_records
 from tuneforge.data.dataset import warnings as dataset_warnings
 from tuneforge.forgetting import pipeline as forgetting
@@ -60,6 +60,8 @@ def resolve_config(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list
                                               for f in dataclasses.fields(options) if f.init}}
     if cfg.train.lr is None:
         cfg.train.lr = float(registry.train_defaults(cfg.method_name, cfg.model.task).get("lr", 5e-5))
+    if cfg.train.head_lr is None:  # a head starts from random: it learns at a higher rate than pre-trained weights
+        cfg.train.head_lr = max(cfg.train.lr, HEAD_LR) if cfg.train.lr > 0 else 0.0
     if cfg.forgetting.previous_run:  # stored absolute: the run must find task 1 again when reloaded
         cfg.forgetting.previous_run = str(Path(cfg.forgetting.previous_run).resolve())
     return cfg
