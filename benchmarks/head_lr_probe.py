@@ -20,7 +20,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import bench_defaults as b  # noqa: E402
 
-HEAD_LR = 3e-3
+from tuneforge.config import HEAD_LR  # noqa: E402  (the default floor this probe measured)
 
 
 def jobs(tasks: list[str], methods: list[str], seeds: list[int], runs: str) -> list[tuple[str, dict, str]]:
