@@ -13,16 +13,22 @@ default, both at the ``train.auto_max_epochs`` cap, is the default run and is no
 (``tuneforge.run.train``), single-threaded, two at a time (``--workers``); finished runs are reused from the
 JSON, so an interrupted invocation continues. Validation and test sets are the same size for every training
 size of a task (400 examples each, or 10 % each of a smaller data set), so a point is never one or two examples.
+A run's key records its settings (task|size|method|lr|auto_min_steps|e<auto_max_epochs>); ``--factors`` and
+``--lengths`` narrow the stages, and ``--merge`` adds the runs of earlier JSON files (settings of their own,
+e.g. the epoch cap of the time) to the sweep a default is judged against.
 
     python benchmarks/bench_defaults.py                      # every task, size and method (many hours on 2 cores)
     python benchmarks/bench_defaults.py --tasks rt,wnut16 --methods lora,full,adapter --sizes 500
     python benchmarks/bench_defaults.py --quick               # a smoke test: tiny sizes, two methods
+    python benchmarks/bench_defaults.py --tasks topics --methods lora --sizes 500 --factors 1,3 --lengths ""
+        --merge benchmarks/results/defaults-topics-all.json   # (one line) two rates, no stage 2, earlier runs
 """
 from __future__ import annotations
 
 import argparse
 import json
 import functools
+from fractions import Fraction
 import multiprocessing as mp
 import os
 import sys
@@ -46,10 +52,11 @@ TASKS = {
 MODEL = {"classification": "minilm", "token_classification": "minilm", "causal_lm": "smollm2"}
 CORE = ("lora", "full", "adapter")  # target: within 2 points (3 % perplexity); the others within 5 (7.5 %)
 HELD_OUT = 400  # validation and test examples each (10 % each of a smaller data set): a point is 2.5 examples
-LENGTHS = (100, 600)  # stage 2: train.auto_min_steps beside the default 250
+LENGTHS = "100,600"  # stage 2: train.auto_min_steps beside the default 250
+LEGACY_CAP = 10  # train.auto_max_epochs of runs recorded without it in their key
 
 
-def settings(task: str, size: int, method: str, lr: float, min_steps: int, seed: int) -> dict:
+def settings(task: str, size: int, method: str, lr: float, min_steps: int, seed: int, cap: int | None = None) -> dict:
     data, kind, max_length, _, _ = TASKS[task]
     n = available(task)  # validation and test: the same size for every training size of a task
     held = min(HELD_OUT, n // 10) if size > 100 else size // 4
@@ -58,7 +65,7 @@ def settings(task: str, size: int, method: str, lr: float, min_steps: int, seed:
     cfg = {"model": {"name": MODEL[kind], "task": kind, "max_length": max_length},
            "data": {"dataset": data, "max_examples": total, "split": [size / total, held / total, held / total]},
            "method": {"name": method}, "train": {"lr": lr, "auto_min_steps": min_steps, "seed": seed,
-                                                  "num_threads": 1},
+                                                  "auto_max_epochs": cap or default_cap(), "num_threads": 1},
            "eval": {"generate_samples": 0}, "forgetting": {"probes": ["none"]}}
     return cfg
 
@@ -88,17 +95,30 @@ def available(task: str) -> int:
     return len(source_records(tasks.get(kind), data, cfg)[0])
 
 
+def default_cap() -> int:
+    from tuneforge.config import TrainConfig
+
+    return TrainConfig().auto_max_epochs
+
+
 def epochs(train_examples: int, min_steps: int) -> int:
     """Whole epochs the automatic length plans (train.auto_min_steps, default batch and epoch cap)."""
     from tuneforge.config import TrainConfig
 
-    t = TrainConfig()
-    per_epoch = -(-train_examples // t.batch_size)
-    return min(t.auto_max_epochs, -(-min_steps // per_epoch))
+    per_epoch = -(-train_examples // TrainConfig().batch_size)
+    return min(default_cap(), -(-min_steps // per_epoch))
 
 
-def key(task: str, size: int, method: str, lr: float, min_steps: int) -> str:
-    return f"{task}|{size}|{method}|{lr:.3g}|{min_steps}"
+def key(task: str, size: int, method: str, lr: float, min_steps: int, cap: int | None = None) -> str:
+    """task|size|method|lr|auto_min_steps|e<auto_max_epochs> (the cap: default, the current default's)."""
+    return f"{task}|{size}|{method}|{lr:.3g}|{min_steps}|e{cap or default_cap()}"
+
+
+def read_results(path: Path) -> dict:
+    """A results JSON; keys written before the cap joined them (five fields) ran at the cap of the time, 10
+    epochs, with early stopping after 3 evaluations without improvement (the automatic length until 2026-12-02)."""
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    return {(k + f"|e{LEGACY_CAP}" if k.count("|") == 4 else k): v for k, v in results.items()}
 
 
 def run_one(job: tuple[str, dict, str]) -> tuple[str, dict]:
@@ -141,6 +161,10 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smoke test: 60 examples, rt and wnut16, lora and ia3")
     p.add_argument("--output", default=str(HERE / "results" / "defaults.md"))
     p.add_argument("--runs", default="/tmp/tuneforge-bench-defaults", help="where the run directories go")
+    p.add_argument("--factors", default="1/3,1,3", help="stage 1: learning rates as multiples of the default")
+    p.add_argument("--lengths", default=LENGTHS, help="stage 2: auto_min_steps to try at the best rate ('': none)")
+    p.add_argument("--merge", default="", help="earlier results JSON files whose runs (same task and size, "
+                   "recorded settings) join the sweep; they are not rerun")
     args = p.parse_args()
     tasks = args.tasks.split(",") if not args.quick else ["rt", "wnut16"]
     sizes = [int(s) for s in args.sizes.split(",")] if not args.quick else [60]
@@ -148,7 +172,10 @@ def main() -> None:
     if "tweets" in tasks:
         write_tweets()
     out_json = Path(args.output).with_suffix(".json")
-    results = json.loads(out_json.read_text()) if out_json.is_file() else {}
+    results = read_results(out_json)
+    factors = [float(Fraction(f)) for f in args.factors.split(",")]  # "1/3" -> 0.333...
+    lengths = [int(n) for n in args.lengths.split(",") if n]
+    merged = {k: v for f in args.merge.split(",") if f for k, v in read_results(Path(f)).items()}
 
     def run_all(jobs: list[tuple[str, dict, str]]) -> None:
         todo = [j for j in jobs if j[0] not in results]
@@ -166,29 +193,29 @@ def main() -> None:
         name = key(t, s, m, lr, steps)
         return name, settings(t, s, m, lr, steps, args.seed), f"{args.runs}/{name.replace('|', '_')}"
 
-    run_all([job(t, s, m, default_lr[t, m] * f, 250) for t, s, m in cells for f in (1 / 3, 1, 3)])
+    run_all([job(t, s, m, default_lr[t, m] * f, 250) for t, s, m in cells for f in factors])
     best_lr = {}
     for t, s, m in cells:
         greater = TASKS[t][4] if TASKS[t][3] != "perplexity" else False
-        tried = [(results.get(key(t, s, m, default_lr[t, m] * f, 250), {}), default_lr[t, m] * f) for f in (1 / 3, 1, 3)]
+        tried = [(results.get(key(t, s, m, default_lr[t, m] * f, 250), {}), default_lr[t, m] * f) for f in factors]
         tried = [(r["validation"], lr) for r, lr in tried if r.get("validation") is not None]
         if tried:
             best_lr[t, s, m] = (max if greater else min)(tried)[1]
     same = {}  # a length whose plan equals the default length's (both capped at auto_max_epochs) is not rerun
     for (t, s, m), lr in best_lr.items():
         base = results.get(key(t, s, m, lr, 250), {})
-        for n in LENGTHS:
+        for n in lengths:
             if base.get("train_examples") and epochs(base["train_examples"], n) == epochs(base["train_examples"], 250):
                 same[key(t, s, m, lr, n)] = {**base, "same_as": key(t, s, m, lr, 250)}
-    run_all([job(t, s, m, best_lr[t, s, m], n) for (t, s, m) in best_lr for n in LENGTHS
+    run_all([job(t, s, m, best_lr[t, s, m], n) for (t, s, m) in best_lr for n in lengths
              if key(t, s, m, best_lr[t, s, m], n) not in same])
     results.update(same)
     out_json.write_text(json.dumps(results, indent=1))
-    write_table(results, cells, default_lr, args, out_json)
+    write_table({**merged, **results}, cells, default_lr, args, out_json)
 
 
 def write_table(results: dict, cells: list, default_lr: dict, args: argparse.Namespace, out_json: Path) -> None:
-    lines = ["| task | size | method | default lr | default | best sweep (lr, auto_min_steps) | best | gap | target | "
+    lines = ["| task | size | method | default lr | default | best sweep (lr, auto_min_steps, epoch cap) | best | gap | target | "
              "met |", "|---|---|---|---|---|---|---|---|---|---|"]
     for t, s, m in cells:
         _, _, _, metric, greater = TASKS[t]
@@ -202,8 +229,8 @@ def write_table(results: dict, cells: list, default_lr: dict, args: argparse.Nam
         best = max(mine, key=val)
         g = gap(d["test"], mine[best]["test"], greater)
         target = (2 if m in CORE else 5) * (1.5 if metric == "perplexity" else 1)
-        _, _, _, lr, steps = best.split("|")
-        lines.append(f"| {t} | {d['train_examples']} | {m} | {default_lr[t, m]:g} | {d['test']:.4f} | {lr}, {steps} | "
+        _, _, _, lr, steps, cap = best.split("|")
+        lines.append(f"| {t} | {d['train_examples']} | {m} | {default_lr[t, m]:g} | {d['test']:.4f} | {lr}, {steps}, {cap} | "
                      f"{mine[best]['test']:.4f} | {g:+.2f} | {target:g} | {'yes' if g <= target else 'NO'} |")
     unit = "points (accuracy/F1) or % (perplexity; positive: the default is worse)"
     text = (f"# Defaults against a small sweep\n\nCommand: `python benchmarks/bench_defaults.py "

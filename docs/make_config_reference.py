@@ -76,8 +76,9 @@ SECTION_NOTES = {
     "data": "Embedded data sets: {datasets}; anything else is a file (see [data-formats.md](data-formats.md)).",
     "train": "Training length: `train.max_steps` wins over `train.epochs`; with neither set the length is "
              "automatic (enough whole epochs for `train.auto_min_steps` optimizer steps, at most "
-             "`train.auto_max_epochs`, validation each epoch, early stopping after 3 evaluations without "
-             "improvement; an equal metric at a validation loss at least 1 % lower is an improvement). Under "
+             "`train.auto_max_epochs`, validation each epoch, the best checkpoint kept; `train.early_stopping` "
+             "ends a run after N evaluations without improvement, where an equal metric at a validation loss at "
+             "least 1 % lower is an improvement). Under "
              "torchrun see [distributed.md](distributed.md).",
     "forgetting": "See [forgetting.md](forgetting.md).",
 }

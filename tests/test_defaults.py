@@ -10,7 +10,7 @@ from tuneforge import distributed
 from tuneforge.config import load_config
 from tuneforge.methods import registry
 from tuneforge.run import resolve_config, train
-from tuneforge.train import AUTO_PATIENCE, StepPlan, improves
+from tuneforge.train import StepPlan, improves
 
 
 def _plan(n: int, **train_opts) -> StepPlan:
@@ -20,7 +20,8 @@ def _plan(n: int, **train_opts) -> StepPlan:
 
 @pytest.mark.parametrize("n, epochs, steps", [
     (1_200, 7, 7 * 38),  # small: 38 steps per epoch -> enough epochs for 250 steps
-    (400, 10, 10 * 13),  # tiny: capped at auto_max_epochs
+    (400, 20, 20 * 13),  # smaller: 13 steps per epoch -> 20 epochs
+    (200, 30, 30 * 7),  # tiny: capped at auto_max_epochs
     (8_000, 1, 250),  # large: one epoch already holds 250 steps
     (20_000, 1, 625),  # larger: still one whole epoch, no wasted passes
 ])
@@ -88,19 +89,38 @@ def test_nothing_learned_is_said_in_one_line_and_a_learning_run_is_quiet(setup, 
     assert "warning" not in learned.table
 
 
-def test_the_automatic_length_validates_keeps_the_best_and_stops_early(setup):
+def _evaluations(run_dir):
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [r for r in log if "val_accuracy" in r]
+
+
+def _best(evals):
+    """Index of the last evaluation better than every earlier one (equal accuracy: a clearly lower loss)."""
+    best = 0
+    for i in range(1, len(evals)):
+        e, b = evals[i], evals[best]
+        best = i if improves(e["val_accuracy"], e["val_loss"], b["val_accuracy"], b["val_loss"], 1) else best
+    return best
+
+
+def test_the_automatic_length_validates_each_epoch_and_keeps_the_best(setup):
     root, bert = setup
     out = _run(root, bert, "auto", lr=5e-3, auto_min_steps=100, auto_max_epochs=20)
     m = out.metrics
     per_epoch = -(-m["examples"]["train"] // 16)
     planned = -(-100 // per_epoch) * per_epoch
-    log = [json.loads(line) for line in (root / "auto" / "log.jsonl").read_text().splitlines()]
-    evals = [r for r in log if "val_accuracy" in r]
-    assert [r["step"] for r in evals] == [per_epoch * (i + 1) for i in range(len(evals))]  # each epoch
-    best = 0  # the last evaluation better than every earlier one (equal accuracy: a clearly lower loss)
-    for i in range(1, len(evals)):
-        e, b = evals[i], evals[best]
-        best = i if improves(e["val_accuracy"], e["val_loss"], b["val_accuracy"], b["val_loss"], 1) else best
-    assert m["best_validation"]["step"] == evals[best]["step"]
-    assert m["steps"] < planned  # the toy task is learnt in a few epochs: it stops early ...
-    assert len(evals) - 1 - best == AUTO_PATIENCE  # ... after AUTO_PATIENCE evaluations without improvement
+    evals = _evaluations(root / "auto")
+    assert [r["step"] for r in evals] == [per_epoch * (i + 1) for i in range(planned // per_epoch)]  # each epoch
+    assert m["steps"] == planned  # the whole plan: no early stop on a plateau it might still leave
+    assert m["best_validation"]["step"] == evals[_best(evals)]["step"]  # the best evaluation's weights are kept
+
+
+def test_early_stopping_when_asked_ends_the_automatic_length(setup):
+    root, bert = setup
+    out = _run(root, bert, "auto-es", lr=5e-3, auto_min_steps=100, auto_max_epochs=20, early_stopping=2)
+    m = out.metrics
+    per_epoch = -(-m["examples"]["train"] // 16)
+    evals = _evaluations(root / "auto-es")
+    assert m["steps"] < -(-100 // per_epoch) * per_epoch  # the toy task is learnt in a few epochs ...
+    assert len(evals) - 1 - _best(evals) == 2  # ... and 2 evaluations without improvement end it
+    assert m["best_validation"]["step"] == evals[_best(evals)]["step"]

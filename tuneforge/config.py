@@ -72,7 +72,7 @@ class TrainConfig:
     epochs: float | None = None  # passes over the training data; unset (and no max_steps): automatic length
     max_steps: int | None = None  # optimizer steps; overrides epochs
     auto_min_steps: int = 250  # automatic length: enough epochs for at least this many optimizer steps ...
-    auto_max_epochs: int = 10  # ... but at most this many epochs (validation each epoch, early stopping)
+    auto_max_epochs: int = 30  # ... but at most this many epochs (validation each epoch, the best kept)
     batch_size: int = 32
     grad_accum: int = 1  # micro-batches per optimizer step
     max_grad_norm: float | None = 1.0  # gradient clipping; null disables
@@ -85,7 +85,7 @@ class TrainConfig:
     padding_free: bool = True  # causal LM: pack each batch's examples into rows (no example attends to another);
     #                            used where a start-up check shows the model supports it, else padded rows
     eval_every: int | None = None  # evaluate every N optimizer steps; default: each epoch
-    early_stopping: int | None = None  # stop after N evaluations without improvement; automatic length: 3
+    early_stopping: int | None = None  # stop after N evaluations without improvement (none by default)
     log_every: int = 10  # log training loss every N optimizer steps
     save_every: int | None = None  # resumable checkpoint every N optimizer steps; default: at each evaluation; 0: never
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each process's own GPU, or cpu)

@@ -29,7 +29,6 @@ from tuneforge.models import autocast
 from tuneforge.tasks import Prepared, Runtime, Task
 from tuneforge.logs import Logger, plot_loss_curve
 
-AUTO_PATIENCE = 3  # automatic length: stop after this many evaluations without improvement
 LOSS_TIE_DELTA = 0.01  # an equal validation metric counts as better at a validation loss 1 % lower
 
 __all__ = ["fit", "TrainResult", "build_optimizer", "lr_lambda", "plot_loss_curve", "StepPlan", "WithLoss"]
@@ -117,7 +116,7 @@ class StepPlan:
             self.total = t.max_steps
         elif t.epochs is not None:
             self.total = max(1, math.ceil(t.epochs * self.per_epoch))
-        else:  # automatic: at least auto_min_steps, in at most auto_max_epochs whole epochs
+        else:  # automatic: at least auto_min_steps, in at most auto_max_epochs whole epochs, the best one kept
             self.total = min(t.auto_max_epochs, math.ceil(t.auto_min_steps / self.per_epoch)) * self.per_epoch
 
     def describe(self, world: int) -> str:
@@ -191,7 +190,7 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.schedule, int(t.warmup_ratio * total), total))
     eval_every = t.eval_every or plan.per_epoch
     save_every = eval_every if t.save_every is None else t.save_every
-    patience = t.early_stopping if t.early_stopping is not None or not plan.auto else AUTO_PATIENCE
+    patience = t.early_stopping  # the automatic length trains its whole plan too: see config.TrainConfig
     if progress and d.main:
         print(plan.describe(d.world), file=sys.stderr)
     result = TrainResult()
