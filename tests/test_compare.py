@@ -4,12 +4,14 @@ import json
 
 import pandas as pd
 import pytest
+import yaml
 
 import tuneforge.run
 from tiny import model_dir, sentiment_rows
 from tuneforge.cli import main
+from tuneforge import checkpoint
 from tuneforge.compare import compare
-from tuneforge.config import ConfigError
+from tuneforge.config import HEAD_LR, ConfigError
 
 METHODS = ["lora", "freeze", "prompt"]
 
@@ -96,6 +98,23 @@ def test_changed_config_is_not_mixed_into_an_old_comparison(first, setup):
     _, base = setup
     with pytest.raises(ConfigError, match="another config .*max_steps"):
         compare(["lora"], base, ["train.max_steps=3"], out_dir=out, progress=False, in_process=True)
+
+
+def test_a_run_stored_before_the_head_rate_default_is_not_taken_for_a_new_one(first, setup):
+    out, _ = first
+    _, base = setup
+    path = out / "runs" / "lora" / "config.yaml"
+    text = path.read_text()
+    stored = yaml.safe_load(text)
+    assert stored["train"]["lr"] < HEAD_LR <= stored["train"]["head_lr"]  # resolved: the head at its floor
+    try:  # as written before train.head_lr had a default: null, the head trained at train.lr
+        stored["train"]["head_lr"] = None
+        path.write_text(yaml.safe_dump(stored, sort_keys=False))
+        assert checkpoint.stored_config(path.parent).train.head_lr == stored["train"]["lr"]
+        with pytest.raises(ConfigError, match="another config .*head_lr"):
+            compare(["lora"], base, out_dir=out, progress=False, in_process=True)
+    finally:
+        path.write_text(text)
 
 
 def test_config_error_is_recorded_and_others_continue(setup):

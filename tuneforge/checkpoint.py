@@ -280,8 +280,18 @@ def resume_config(run_dir: Path) -> RunConfig:
         if world != distributed.current().world:
             raise ConfigError(f"{run_dir} was trained with {world} process(es); resume it with the same number "
                               f"(torchrun --nproc_per_node=...), not {distributed.current().world}")
+    return stored_config(run_dir)
+
+
+def stored_config(run_dir: Path) -> RunConfig:
+    """A run directory's config.yaml as it trained. A run written before a fresh head had a rate of its own
+    by default (``train.head_lr`` null, before 2026-12-02) trained its head at ``train.lr``."""
     from tuneforge.config import load_config
-    return load_config(run_dir / "config.yaml")
+
+    cfg = load_config(run_dir / "config.yaml")
+    if cfg.train.head_lr is None and cfg.train.lr is not None:
+        cfg.train.head_lr = cfg.train.lr
+    return cfg
 
 
 @contextlib.contextmanager

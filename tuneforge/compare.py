@@ -109,7 +109,7 @@ def _check_same_config(run_dir: Path, wanted: dict[str, Any]) -> None:
     if not (run_dir / "config.yaml").is_file() or not any(f.is_file() for f in kept):
         return  # nothing to reuse or resume: the run restarts
 
-    stored = resolve_config(load_config(run_dir / "config.yaml")).to_dict()
+    stored = resolve_config(checkpoint.stored_config(run_dir)).to_dict()
     want = resolve_config(wanted).to_dict()
     diff = _differences({**stored, "output_dir": None}, {**want, "output_dir": None})
     if diff:
