@@ -35,6 +35,7 @@ def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "tuneforge", "methods"], capture_output=True, text=True)
     assert out.returncode == 0 and "lora" in out.stdout  # python -m tuneforge (what torchrun -m runs)
     assert "fresh task head" in out.stdout and "and 0.003 (train.head_lr)" in out.stdout  # beside the methods' rates
+    assert "(train.pooler_with_head)" in out.stdout
 
 
 @pytest.mark.parametrize("argv, message", [

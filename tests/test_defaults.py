@@ -62,6 +62,14 @@ def test_a_fresh_head_defaults_to_its_own_floor_rate(train_opts, head_lr):
     assert resolve_config({"method": {"name": "full"}}).train.head_lr == max(registry.train_defaults("full")["lr"], 3e-3)
 
 
+def test_the_pooler_default_is_declared_per_method_and_an_explicit_setting_wins():
+    on = {m for m in registry.names() if resolve_config({"method": {"name": m}}).train.pooler_with_head}
+    assert on == {m for m in registry.names() if registry.train_defaults(m).get("pooler_with_head")}
+    assert {"adapter", "p-tuning"} <= on and "prompt" not in on  # measured: docs/benchmarks.md
+    assert resolve_config({"method": {"name": "adapter"}, "train": {"pooler_with_head": False}}).train.pooler_with_head \
+        is False
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("defaults")

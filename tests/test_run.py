@@ -245,7 +245,7 @@ def test_every_method_saves_only_what_trained_and_reloads_to_identical_predictio
 
     result = train(_cfg(bert_dir, data_csv, tmp_path / method, method=method, max_steps=2), progress=False)
     fresh = AutoModelForSequenceClassification.from_pretrained(bert_dir, num_labels=2)
-    fresh = apply_method(fresh, resolve_config(_cfg(bert_dir, data_csv, tmp_path, method=method)), ["classifier"])
+    fresh, _ = apply_method(fresh, resolve_config(_cfg(bert_dir, data_csv, tmp_path, method=method)), ["classifier"])
     registry.call_optional(method, "fold", fresh)
     trained = {n for n, p in fresh.named_parameters() if p.requires_grad}
     if method == "full":

@@ -138,7 +138,7 @@ def read_run(run_dir: str | Path) -> RunFiles:
         raise ConfigError(f"{path}/config.yaml does not fit this tuneforge version: {exc}") from None
     if not (path / WEIGHTS).is_file() and not (path / FULL_DIR).is_dir():
         raise ConfigError(f"{path} holds no weights ({WEIGHTS} or {FULL_DIR}/); was training finished?")
-    return RunFiles(path, config, meta)
+    return RunFiles(path, as_trained(config, raw), meta)
 
 
 # ---- resumable training state -------------------------------------------------------------------------------
@@ -284,13 +284,22 @@ def resume_config(run_dir: Path) -> RunConfig:
 
 
 def stored_config(run_dir: Path) -> RunConfig:
-    """A run directory's config.yaml as it trained. A run written before a fresh head had a rate of its own
-    by default (``train.head_lr`` null, before 2026-12-02) trained its head at ``train.lr``."""
+    """A run directory's config.yaml as it trained (:func:`as_trained`)."""
     from tuneforge.config import load_config
 
-    cfg = load_config(run_dir / "config.yaml")
+    written = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    return as_trained(load_config(run_dir / "config.yaml"), written)
+
+
+def as_trained(cfg: RunConfig, written: Any) -> RunConfig:
+    """``cfg`` read from a run's config.yaml (``written``: its raw contents) with the rules of the time where a
+    key is unset: runs written before 2026-12-02 trained a fresh head at ``train.lr`` (``train.head_lr`` null)
+    and left a pre-trained pooler to the method (no ``train.pooler_with_head`` key)."""
     if cfg.train.head_lr is None and cfg.train.lr is not None:
         cfg.train.head_lr = cfg.train.lr
+    train = written.get("train") if isinstance(written, dict) else None
+    if "pooler_with_head" not in (train if isinstance(train, dict) else {}):
+        cfg.train.pooler_with_head = False
     return cfg
 
 

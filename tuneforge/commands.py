@@ -115,12 +115,14 @@ def cmd_methods(args: argparse.Namespace) -> int:
         lrs = {task: registry.train_defaults(name, task).get("lr") for task in TASKS}
         shown = ", ".join(f"{t} {v:g}" for t, v in lrs.items()) if len(set(lrs.values())) > 1 else \
             f"{next(iter(lrs.values())):g}"
-        print(f"{name:10s} {doc}  [default lr: {shown}]")
+        pooler = "; the pooler trains with the head" if registry.train_defaults(name).get("pooler_with_head") else ""
+        print(f"{name:10s} {doc}  [default lr: {shown}{pooler}]")
         for f in dataclasses.fields(module.Config):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             print(f"    method.{f.name} = {default!r}")
     print("A fresh task head (classification, token classification) trains at the larger of the method's rate and "
-          f"{HEAD_LR:g} (train.head_lr).")
+          f"{HEAD_LR:g} (train.head_lr); where marked, a pre-trained pooler (BERT's) that the method leaves frozen "
+          "trains with it (train.pooler_with_head).")
     return 0
 
 

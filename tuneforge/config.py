@@ -65,6 +65,9 @@ class TrainConfig:
     lr: float | None = None  # learning rate; default: the method's for the task (see `tuneforge methods`); 0: no update
     head_lr: float | None = None  # learning rate of a freshly initialised task head (classification, token
     #                               classification); null: the larger of train.lr and 3e-3 (0 when train.lr is 0)
+    pooler_with_head: bool | None = None  # classification: a pre-trained pooler (BERT's) that the method leaves
+    #                                       frozen trains in full with the head, at its rate; null: the method's
+    #                                       default (on for adapter and P-tuning, see `tuneforge methods`)
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd / rmsprop only
     schedule: Literal["constant", "linear", "cosine"] = "linear"

@@ -66,8 +66,7 @@ class Run:
             with start_model(self.cfg) as (_, base):
                 model, fresh = self.task.load_model(base, self.cfg, self.meta, self.rt.pad_id, self.device)
             names = {n for n, _ in model.named_parameters()}
-            self.heads = head_modules(model, fresh)
-            model = apply_method(model, self.cfg, self.heads)
+            model, self.heads = apply_method(model, self.cfg, head_modules(model, fresh))
             weights = self.files.trainable_weights()
             missing = set(weights) - {n for n, _ in model.named_parameters()}
             if missing:

@@ -72,11 +72,29 @@ def head_modules(model: nn.Module, fresh: list[str] | None = None) -> list[str]:
             and name != "lm_head"]
 
 
-def apply_method(model: nn.Module, cfg: RunConfig, heads: list[str]) -> nn.Module:
+def apply_method(model: nn.Module, cfg: RunConfig, heads: list[str]) -> tuple[nn.Module, list[str]]:
     """The configured method applied to a loaded model (training and reloading share this one place);
-    ``heads`` (modules trained in full, e.g. a fresh classification head) are unfrozen."""
+    ``heads`` (modules trained in full, e.g. a fresh classification head) are unfrozen. Returns the model and
+    every module trained in full beside the method: ``heads`` plus, with ``train.pooler_with_head``, a
+    pre-trained pooler the method left frozen (:func:`frozen_pooler`)."""
     options = registry.make_config(cfg.method_name, cfg.method_options())
-    return registry.apply(model, cfg.method_name, options, always_train=heads)
+    model = registry.apply(model, cfg.method_name, options, always_train=heads)
+    pooler = frozen_pooler(model) if cfg.train.pooler_with_head else []
+    for name in pooler:
+        model.get_submodule(name).requires_grad_(True)
+    return model, [*heads, *pooler]
+
+
+def frozen_pooler(model: nn.Module) -> list[str]:
+    """``["bert.pooler"]`` where a sequence classifier reads its input through a pre-trained pooler (BERT,
+    ALBERT: ``tanh(dense(h[CLS]))``) of which no parameter trains, else ``[]``. all-MiniLM-L6-v2's pooler maps
+    every input to nearly the same vector (it varies ~0.01 across inputs against ~0.05 in size), so the fresh
+    head of a method that leaves it frozen has little to separate (prompt tuning, P-tuning, adapters, freeze;
+    measured in ``benchmarks/pooler_probe.py``)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    pooler = getattr(getattr(model, prefix, None), "pooler", None) if prefix else None
+    params = list(pooler.parameters()) if isinstance(pooler, nn.Module) else []
+    return [f"{prefix}.pooler"] if params and not any(p.requires_grad for p in params) else []
 
 
 def position_limit(model: nn.Module) -> int | None:

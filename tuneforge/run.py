@@ -60,6 +60,9 @@ def resolve_config(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list
                                               for f in dataclasses.fields(options) if f.init}}
     if cfg.train.lr is None:
         cfg.train.lr = float(registry.train_defaults(cfg.method_name, cfg.model.task).get("lr", 5e-5))
+    if cfg.train.pooler_with_head is None:
+        cfg.train.pooler_with_head = bool(registry.train_defaults(cfg.method_name, cfg.model.task)
+                                          .get("pooler_with_head", False))
     if cfg.train.head_lr is None:  # a head starts from random: it learns at a higher rate than pre-trained weights
         cfg.train.head_lr = max(cfg.train.lr, HEAD_LR) if cfg.train.lr > 0 else 0.0
     if cfg.forgetting.previous_run:  # stored absolute: the run must find task 1 again when reloaded
@@ -105,7 +108,8 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
             s.data = forgetting.mix_replay(cfg, task, s.tokenizer, s.data, s.splits.held_out, probes, s.model, s.rt)
             knew_before = [p.measure(s.model) for p in probes] if d.main else []
             pretrained = {n for n, _ in s.model.named_parameters()}
-            s.model = apply_method(s.model, cfg, s.heads).to(s.rt.device)
+            s.model, trained_heads = apply_method(s.model, cfg, s.heads)
+            s.model = s.model.to(s.rt.device)
             params = count_parameters(s.model)
             regs = forgetting.regularizers(cfg, s.model, pretrained, s.heads, probes, s.rt)
             start = start_weights(s.model, cfg.forgetting.interpolate, s.heads) if d.main else None
@@ -122,7 +126,7 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
                 f"{', padding-free batches' if s.rt.padding_free else ''}"
                 f"{f', {d.world} processes' if d.active else ''}", file=sys.stderr)
     result = fit(s.model, task, s.data, cfg, s.rt, run_dir, progress, resume=resume is not None, regularizers=regs,
-                 heads=tuple(s.heads))
+                 heads=tuple(trained_heads))
     if not d.main:
         distributed.barrier()
         return TrainOutput(run_dir=run_dir)
@@ -209,7 +213,7 @@ def _final_model(cfg: RunConfig, task: Task, s: Setup, result: TrainResult) -> n
     if cfg.train.distributed == "fsdp" and distributed.current().active:
         with start_model(cfg) as (_, base):
             model, _ = task.load_model(base, cfg, s.data.meta, s.rt.pad_id, s.rt.device)
-        model = apply_method(model, cfg, s.heads).to(s.rt.device)
+        model = apply_method(model, cfg, s.heads)[0].to(s.rt.device)
         if s.rt.bf16:
             store_frozen_in_bf16(model)
     model.load_state_dict(result.best_state, strict=False)

@@ -23,7 +23,8 @@ from transformers.activations import ACT2FN
 from tuneforge.config import ConfigError
 from tuneforge.methods.layers import LINEAR, find_layers, is_norm, linear_features, replace
 
-TRAIN_DEFAULTS = {"lr": 3e-3}  # measured best of 1e-3 / 3e-3 on RT + MiniLM (README)
+# lr: measured best of 1e-3 / 3e-3 on RT + MiniLM (README); the pooler: docs/benchmarks.md, "BERT's pooler"
+TRAIN_DEFAULTS = {"lr": 3e-3, "pooler_with_head": True}
 
 VARIANTS = ("houlsby", "pfeiffer")
 

@@ -29,7 +29,7 @@ from tuneforge.config import ConfigError
 from tuneforge.methods import peft_format
 from tuneforge.methods.virtual_tokens import VirtualTokens, attach, backbone_of, encoder_of
 
-TRAIN_DEFAULTS = {"lr": 1e-3}
+TRAIN_DEFAULTS = {"lr": 1e-3, "pooler_with_head": True}  # the pooler: docs/benchmarks.md, "BERT's pooler"
 
 ENCODERS = ("mlp", "lstm")
 
