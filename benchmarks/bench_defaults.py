@@ -13,7 +13,8 @@ default, both at the ``train.auto_max_epochs`` cap, is the default run and is no
 (``tuneforge.run.train``), single-threaded, two at a time (``--workers``); finished runs are reused from the
 JSON, so an interrupted invocation continues. Validation and test sets are the same size for every training
 size of a task (400 examples each, or 10 % each of a smaller data set), so a point is never one or two examples.
-A run's key records its settings (task|size|method|lr|auto_min_steps|e<auto_max_epochs>); ``--factors`` and
+A run's key records its settings (task|size|method|lr|auto_min_steps|e<auto_max_epochs>|pool<0/1>: the epoch
+cap and ``train.pooler_with_head``); ``--factors`` and
 ``--lengths`` narrow the stages, and ``--merge`` adds the runs of earlier JSON files (settings of their own,
 e.g. the epoch cap of the time) to the sweep a default is judged against.
 
@@ -56,7 +57,8 @@ LENGTHS = "100,600"  # stage 2: train.auto_min_steps beside the default 250
 LEGACY_CAP = 10  # train.auto_max_epochs of runs recorded without it in their key
 
 
-def settings(task: str, size: int, method: str, lr: float, min_steps: int, seed: int, cap: int | None = None) -> dict:
+def settings(task: str, size: int, method: str, lr: float, min_steps: int, seed: int, cap: int | None = None,
+             pooler: bool | None = None) -> dict:
     data, kind, max_length, _, _ = TASKS[task]
     n = available(task)  # validation and test: the same size for every training size of a task
     held = min(HELD_OUT, n // 10) if size > 100 else size // 4
@@ -65,7 +67,9 @@ def settings(task: str, size: int, method: str, lr: float, min_steps: int, seed:
     cfg = {"model": {"name": MODEL[kind], "task": kind, "max_length": max_length},
            "data": {"dataset": data, "max_examples": total, "split": [size / total, held / total, held / total]},
            "method": {"name": method}, "train": {"lr": lr, "auto_min_steps": min_steps, "seed": seed,
-                                                  "auto_max_epochs": cap or default_cap(), "num_threads": 1},
+                                                  "auto_max_epochs": cap or default_cap(), "num_threads": 1,
+                                                  "pooler_with_head": default_pooler(task, method) if pooler is None
+                                                  else pooler},
            "eval": {"generate_samples": 0}, "forgetting": {"probes": ["none"]}}
     return cfg
 
@@ -101,6 +105,14 @@ def default_cap() -> int:
     return TrainConfig().auto_max_epochs
 
 
+def default_pooler(task: str, method: str) -> bool:
+    """train.pooler_with_head as a run of ``method`` on ``task`` resolves it."""
+    from tuneforge.run import resolve_config
+
+    kind = TASKS[task][1]
+    return bool(resolve_config({"model": {"task": kind}, "method": {"name": method}}).train.pooler_with_head)
+
+
 def epochs(train_examples: int, min_steps: int) -> int:
     """Whole epochs the automatic length plans (train.auto_min_steps, default batch and epoch cap)."""
     from tuneforge.config import TrainConfig
@@ -109,16 +121,21 @@ def epochs(train_examples: int, min_steps: int) -> int:
     return min(default_cap(), -(-min_steps // per_epoch))
 
 
-def key(task: str, size: int, method: str, lr: float, min_steps: int, cap: int | None = None) -> str:
-    """task|size|method|lr|auto_min_steps|e<auto_max_epochs> (the cap: default, the current default's)."""
-    return f"{task}|{size}|{method}|{lr:.3g}|{min_steps}|e{cap or default_cap()}"
+def key(task: str, size: int, method: str, lr: float, min_steps: int, cap: int | None = None,
+        pooler: bool | None = None) -> str:
+    """task|size|method|lr|auto_min_steps|e<auto_max_epochs>|pool<train.pooler_with_head as 0/1> (unset: the
+    current defaults)."""
+    pooler = default_pooler(task, method) if pooler is None else pooler
+    return f"{task}|{size}|{method}|{lr:.3g}|{min_steps}|e{cap or default_cap()}|pool{int(pooler)}"
 
 
 def read_results(path: Path) -> dict:
-    """A results JSON; keys written before the cap joined them (five fields) ran at the cap of the time, 10
-    epochs, with early stopping after 3 evaluations without improvement (the automatic length until 2026-12-02)."""
+    """A results JSON; keys written with fewer fields ran under the rules of their time: without the cap (five
+    fields) at 10 epochs with early stopping after 3 evaluations without improvement (the automatic length
+    until 2026-12-02), without the pooler field (five or six) with the pooler left to the method."""
     results = json.loads(path.read_text()) if path.is_file() else {}
-    return {(k + f"|e{LEGACY_CAP}" if k.count("|") == 4 else k): v for k, v in results.items()}
+    legacy = {4: f"|e{LEGACY_CAP}|pool0", 5: "|pool0", 6: ""}
+    return {k + legacy[k.count("|")]: v for k, v in results.items()}
 
 
 def run_one(job: tuple[str, dict, str]) -> tuple[str, dict]:
@@ -178,7 +195,7 @@ def main() -> None:
     merged = {k: v for f in args.merge.split(",") if f for k, v in read_results(Path(f)).items()}
 
     def run_all(jobs: list[tuple[str, dict, str]]) -> None:
-        todo = [j for j in jobs if j[0] not in results]
+        todo = [j for j in jobs if j[0] not in results and j[0] not in merged]  # a merged run is not rerun
         with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
             for name, summary in pool.imap_unordered(run_one, todo):
                 results[name] = summary
@@ -215,8 +232,8 @@ def main() -> None:
 
 
 def write_table(results: dict, cells: list, default_lr: dict, args: argparse.Namespace, out_json: Path) -> None:
-    lines = ["| task | size | method | default lr | default | best sweep (lr, auto_min_steps, epoch cap) | best | gap | target | "
-             "met |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | size | method | default lr | default | best sweep (lr, auto_min_steps, epoch cap, pooler) | best "
+             "| gap | target | met |", "|---|---|---|---|---|---|---|---|---|---|"]
     for t, s, m in cells:
         _, _, _, metric, greater = TASKS[t]
         greater = greater if metric != "perplexity" else False
@@ -229,8 +246,9 @@ def write_table(results: dict, cells: list, default_lr: dict, args: argparse.Nam
         best = max(mine, key=val)
         g = gap(d["test"], mine[best]["test"], greater)
         target = (2 if m in CORE else 5) * (1.5 if metric == "perplexity" else 1)
-        _, _, _, lr, steps, cap = best.split("|")
-        lines.append(f"| {t} | {d['train_examples']} | {m} | {default_lr[t, m]:g} | {d['test']:.4f} | {lr}, {steps}, {cap} | "
+        _, _, _, lr, steps, cap, pool = best.split("|")
+        lines.append(f"| {t} | {d['train_examples']} | {m} | {default_lr[t, m]:g} | {d['test']:.4f} | "
+                     f"{lr}, {steps}, {cap}, {pool} | "
                      f"{mine[best]['test']:.4f} | {g:+.2f} | {target:g} | {'yes' if g <= target else 'NO'} |")
     unit = "points (accuracy/F1) or % (perplexity; positive: the default is worse)"
     text = (f"# Defaults against a small sweep\n\nCommand: `python benchmarks/bench_defaults.py "

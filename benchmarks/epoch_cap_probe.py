@@ -46,7 +46,9 @@ def main() -> None:
     with mp.get_context("spawn").Pool(2, maxtasksperchild=1) as pool:
         for name, result in pool.imap(b.run_one, jobs):
             known = BASELINES.get(name.split("|")[0])
-            base = b.read_results(known).get(name.rsplit("|", 1)[0] + f"|e{b.LEGACY_CAP}", {}) if known else {}
+            task, _, method, lr = name.split("|")[:4]
+            base = b.read_results(known).get(b.key(task, 500, method, float(lr), 250, b.LEGACY_CAP, False), {}) \
+                if known else {}
             results[name] = {**result, "cap10": {k: base.get(k) for k in ("validation", "test", "steps")}}
             print(name, {k: result.get(k) for k in ("validation", "test", "steps")}, "cap 10:", results[name]["cap10"],
                   flush=True)
