@@ -68,11 +68,12 @@ def _randomise(model: torch.nn.Module, seed: int = 3) -> None:
             p.add_(torch.randn(p.shape, generator=g) * 0.3)
 
 
-def _pair(tmp_path, family, case, task_type):
-    """(tuneforge model, PEFT model loaded from the exported files, method name)."""
+def _pair(tmp_path, family, case, task_type, extra_heads=()):
+    """(tuneforge model, PEFT model loaded from the exported files, method name); ``extra_heads``: further
+    modules trained in full (e.g. BERT's pooler, ``train.pooler_with_head``)."""
     build, auto, heads = TASKS[task_type]
     base = build(family)
-    heads = [h for h in heads if hasattr(base, h)]
+    heads = [h for h in heads if hasattr(base, h)] + list(extra_heads)
     base.save_pretrained(tmp_path / "base")
     name, options = CASES[case]
     config = registry.make_config(name, options)
@@ -109,6 +110,16 @@ def test_classifier_with_its_head(tmp_path, family, case):
         for v in batch.values():
             v[-1] = v[-1].roll(3)  # 7 real tokens, 3 padding -> 3 padding, 7 real tokens
     torch.testing.assert_close(theirs(**batch).logits, ours(**batch).logits, **TOL)
+
+
+@PEFT_WARNINGS
+@torch.no_grad()
+@pytest.mark.parametrize("case", ["p-tuning-mlp", "prompt", "ia3"])  # methods that leave the pooler frozen
+def test_bert_classifier_with_a_trained_pooler(tmp_path, case):
+    ours, theirs, _ = _pair(tmp_path, "bert", case, "SEQ_CLS", extra_heads=["bert.pooler"])
+    assert "bert.pooler" in theirs.peft_config["default"].modules_to_save  # saved in full beside the head
+    assert not torch.equal(ours.bert.pooler.dense.weight, tiny_classifier("bert").bert.pooler.dense.weight)  # trained
+    torch.testing.assert_close(theirs(**tiny_batch()).logits, ours(**tiny_batch()).logits, **TOL)
 
 
 @torch.no_grad()
