@@ -58,11 +58,11 @@ def resolve_config(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list
     # every option stored, defaults included, so a run directory's config.yaml is complete
     cfg.method = {"name": cfg.method_name, **{f.name: getattr(options, f.name)
                                               for f in dataclasses.fields(options) if f.init}}
+    declared = registry.train_defaults(cfg.method_name, cfg.model.task)  # the method's TRAIN_DEFAULTS
     if cfg.train.lr is None:
-        cfg.train.lr = float(registry.train_defaults(cfg.method_name, cfg.model.task).get("lr", 5e-5))
+        cfg.train.lr = float(declared.get("lr", 5e-5))
     if cfg.train.pooler_with_head is None:
-        cfg.train.pooler_with_head = bool(registry.train_defaults(cfg.method_name, cfg.model.task)
-                                          .get("pooler_with_head", False))
+        cfg.train.pooler_with_head = bool(declared.get("pooler_with_head", False))
     if cfg.train.head_lr is None:  # a head starts from random: it learns at a higher rate than pre-trained weights
         cfg.train.head_lr = max(cfg.train.lr, HEAD_LR) if cfg.train.lr > 0 else 0.0
     if cfg.forgetting.previous_run:  # stored absolute: the run must find task 1 again when reloaded
