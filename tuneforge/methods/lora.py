@@ -2,8 +2,9 @@
 
 ``W' = W + s * B @ A`` with ``A: (r, in)``, ``B: (out, r)``, ``B`` zero-initialised and
 ``s = alpha / r`` (or ``alpha / sqrt(r)`` with rsLoRA, Kalajdzievski 2023). The forward never builds
-the full weight: ``base(x) + s * B(A(dropout(x)))`` (torchtune's LoRALinear). Works on ``nn.Linear``
-and GPT-2's transposed ``Conv1D``.
+the full weight: ``base(x) + s * B(A(dropout(x)))`` (torchtune's LoRALinear), with the low-rank product
+accumulated into the base output by the GEMM itself (``addmm_``; under autocast the input is cast once for both
+branches). Works on ``nn.Linear`` and GPT-2's transposed ``Conv1D``.
 """
 from __future__ import annotations
 
@@ -67,10 +68,16 @@ class LoRALinear(nn.Module):
         self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in) -> (..., out)
-        out = self.base(x)
         if self.merged:
-            return out
-        return out + self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
+            return self.base(x)
+        if torch.is_autocast_enabled(x.device.type):  # cast once for both branches (autocast would cast twice)
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        rows = x.reshape(-1, x.shape[-1])  # (T, in)
+        out = self.base(rows)  # (T, out)
+        h = self.lora_A(self.dropout(rows))  # (T, r)
+        # out += s * h @ B.T inside the GEMM (beta 1): no separate (T, out) product, scaling or sum tensors
+        out = out.addmm_(h.to(out.dtype), self.lora_B.weight.t().to(out.dtype), alpha=self.scaling)
+        return out.view(*x.shape[:-1], out.shape[-1])
 
     def delta(self) -> torch.Tensor:
         """The dense update ``s * B @ A`` in the base weight's layout."""
