@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_classifier
+from conftest import tiny_batch, tiny_classifier
 from tuneforge import fast
 
 
@@ -63,6 +63,76 @@ def test_fast_dropout_context_swaps_and_restores():
         assert swapped == 0
 
 
+def _qkv(heads_kv: int = 4):
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(2, 4, 7, 8, generator=g)  # (batch, heads, queries, head dim)
+    k, v = (torch.randn(2, heads_kv, 7, 8, generator=g) for _ in range(2))  # (batch, kv heads, keys, head dim)
+    mask = torch.ones(2, 1, 7, 7, dtype=torch.bool)
+    mask[1, :, :, 5:] = False  # the second example's last two keys are padding
+    return q, k, v, mask
+
+
+def test_attention_drops_eager_weights_with_keep_mask():
+    """Training-mode encoder attention: softmax(q k^T * s, masked) * keep / (1 - p) @ v with the mask that
+    keep_mask draws from the same seed (float32, 1e-6); padded keys get no weight."""
+    q, k, v, mask = _qkv()
+    module = nn.Module().train()
+    torch.manual_seed(4)
+    out, _ = fast.attention(module, q, k, v, mask, dropout=0.25, scaling=0.3)  # (2, 7, 4, 8)
+    torch.manual_seed(4)
+    keep = fast.keep_mask(torch.empty(2, 4, 7, 7), 0.25)  # (batch, heads, queries, keys)
+    weights = torch.softmax((q @ k.transpose(2, 3) * 0.3).masked_fill(~mask, float("-inf")), -1)
+    expected = ((weights * keep / 0.75) @ v).transpose(1, 2)
+    assert out.shape == (2, 7, 4, 8) and torch.allclose(out, expected, atol=1e-6)
+    v_padded = v.clone()
+    v_padded[1, :, 5:] = 1e4  # what padded keys hold does not matter
+    torch.manual_seed(4)
+    assert torch.allclose(fast.attention(module, q, k, v_padded, mask, dropout=0.25, scaling=0.3)[0], out, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["no dropout", "causal", "grouped kv heads"])
+def test_attention_leaves_other_cases_to_sdpa(case):
+    """Without dropout, in a causal module or with grouped key/value heads it is transformers' sdpa, draw for
+    draw (same seed, same output)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    q, k, v, mask = _qkv(heads_kv=2 if case == "grouped kv heads" else 4)
+    module = nn.Module().train()
+    module.is_causal = case == "causal"
+    module.num_key_value_groups = 2 if case == "grouped kv heads" else 1
+    mask = None if case == "causal" else mask
+    p = 0.0 if case == "no dropout" else 0.25
+    outs = []
+    for fn in (fast.attention, ALL_ATTENTION_FUNCTIONS["sdpa"]):
+        torch.manual_seed(4)
+        outs.append(fn(module, q, k, v, mask, dropout=p, scaling=0.3)[0])
+    assert torch.equal(*outs)
+
+
+def test_fast_attention_context_switches_sdpa_configs_and_restores():
+    """Inside, a padded batch gives the plain logits in evaluation, and in training what padding holds does not
+    change them (masks are built as for sdpa)."""
+    model = tiny_classifier("bert")
+    assert model.config._attn_implementation == "sdpa"
+    batch = tiny_batch()  # the last row ends in 3 padding tokens
+    other = {**batch, "input_ids": batch["input_ids"].clone()}
+    other["input_ids"][-1, -3:] = 7
+    plain = model(**batch).logits
+    with fast.fast_attention(model, torch.device("cpu")) as switched:
+        assert switched == 1 and model.config._attn_implementation == fast.ATTENTION
+        assert torch.equal(model(**batch).logits, plain)  # evaluation: no dropout, sdpa itself
+        model.train()
+        runs = []
+        for b in (batch, other):
+            torch.manual_seed(0)
+            runs.append(model(**b).logits)
+        assert torch.allclose(*runs, atol=1e-6) and not torch.allclose(runs[0], plain, atol=1e-3)  # dropout ran
+        model.eval()
+    assert model.config._attn_implementation == "sdpa"
+    with fast.fast_attention(model, torch.device("cuda")) as switched:
+        assert switched == 0
+
+
 def test_model_in_eval_mode_is_unchanged_by_fast_dropout():
     model = tiny_classifier("bert")
     ids = torch.randint(4, 100, (3, 7))
@@ -113,8 +183,8 @@ def test_training_uses_the_cheaper_paths(tmp_path, monkeypatch):
     from tiny import model_dir, sentiment_rows
     from tuneforge.run import train
 
-    calls = {"dropout": 0, "clip": 0}
-    forward, clip = fast.FastDropout.forward, fast.clip_gradients
+    calls = {"dropout": 0, "clip": 0, "attention": 0}
+    forward, clip, attention = fast.FastDropout.forward, fast.clip_gradients, fast.attention
 
     def counted_forward(self, x):
         calls["dropout"] += self.training
@@ -125,7 +195,12 @@ def test_training_uses_the_cheaper_paths(tmp_path, monkeypatch):
         return clip(*args)
 
     monkeypatch.setattr(fast.FastDropout, "forward", counted_forward)
+    def counted_attention(module, *args, **kwargs):
+        calls["attention"] += module.training
+        return attention(module, *args, **kwargs)
+
     monkeypatch.setattr(fast, "clip_gradients", counted_clip)
+    monkeypatch.setitem(fast.ALL_ATTENTION_FUNCTIONS, fast.ATTENTION, counted_attention)
     data = tmp_path / "rows.csv"
     pd.DataFrame(sentiment_rows(64)).to_csv(data, index=False)
     cfg = {"model": {"name": str(model_dir(tmp_path / "bert", "bert")), "max_length": 32},
@@ -134,3 +209,4 @@ def test_training_uses_the_cheaper_paths(tmp_path, monkeypatch):
            "output_dir": str(tmp_path / "run")}
     train(cfg, progress=False)
     assert calls["clip"] == 3 and calls["dropout"] > 0  # every step clips; BERT's dropouts ran as FastDropout
+    assert calls["attention"] > 0  # and its attention through fast.attention

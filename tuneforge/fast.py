@@ -4,6 +4,10 @@
   drop threshold, instead of a float Bernoulli draw per element; the keep probability is resolved to 1/65,536.
   A (16, 32, 384) MiniLM hidden-state dropout costs 0.9 ms instead of 2.7 ms on 2 threads (AMD EPYC); CUDA's
   own dropout is already cheap and is kept there;
+- **attention dropout from the same masks** (CPU): transformers' ``sdpa`` attention with dropout runs torch's
+  math kernel, which draws a float Bernoulli per attention weight; in training a plain encoder's attention (no
+  GQA, not causal) computes its weights as transformers' eager attention does (bf16 matmuls under autocast,
+  float32 softmax) and drops them with :func:`keep_mask` (a MiniLM training step: 6.6 % faster, bf16, AMD EPYC);
 - **gradient clipping inside the fused AdamW kernel**: the total norm is measured as usual and the kernel
   divides each gradient by ``1 / clip coefficient`` (its ``grad_scale``) as it reads it, sparing a separate
   pass that rescales every gradient in memory;
@@ -17,10 +21,16 @@ import contextlib
 import ctypes
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+ATTENTION = "tuneforge_sdpa"  # transformers' sdpa, attention dropout by keep_mask in CPU training
+UNSUPPORTED = ("position_bias", "softcap", "sliding_window", "s_aux")  # attention kwargs left to sdpa
 M_TOP_PAD = -2  # glibc mallopt parameter
 TOP_PAD_BYTES = 64 << 20
 
@@ -73,6 +83,50 @@ def fast_dropout(model: nn.Module, device: torch.device) -> Iterator[int]:
         for parent, name, child in swapped:
             child.train(getattr(parent, name).training)
             setattr(parent, name, child)
+
+
+def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+              attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+              **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' ``sdpa`` attention, except for a plain encoder's attention with dropout on a CPU: weights as
+    eager attention computes them, dropped with :func:`keep_mask`. query ``(B, heads, Tq, d)``, key/value
+    ``(B, heads, Tk, d)`` -> ``((B, Tq, heads, d), None)``."""
+    if (not dropout or query.device.type != "cpu" or key.shape[1] != query.shape[1] or kwargs.get("is_causal")
+            or getattr(module, "is_causal", False) or kwargs.get("output_attentions")
+            or any(kwargs.get(k) is not None for k in UNSUPPORTED)):
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, dropout=dropout,
+                                               scaling=scaling, **kwargs)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    weights = torch.matmul(query, key.transpose(2, 3)) * scale  # (B, heads, Tq, Tk)
+    if attention_mask is not None:  # bool: True attends (as sdpa); float: added (as eager)
+        weights = (weights.masked_fill(~attention_mask, torch.finfo(weights.dtype).min)
+                   if attention_mask.dtype == torch.bool else weights + attention_mask)
+    weights = torch.softmax(weights, dim=-1, dtype=torch.float32)
+    weights = weights * keep_mask(weights, dropout).to(weights.dtype).mul_(1.0 / (1.0 - dropout))
+    out = torch.matmul(weights.to(value.dtype), value)  # (B, heads, Tq, d)
+    return out.transpose(1, 2).contiguous(), None
+
+
+@contextlib.contextmanager
+def fast_attention(model: nn.Module, device: torch.device) -> Iterator[int]:
+    """Within the block, ``model``'s configs that select transformers' ``sdpa`` attention select
+    :func:`attention` (on a CPU; elsewhere nothing changes). Yields how many configs were switched."""
+    configs = {}
+    if device.type == "cpu":
+        for module in model.modules():
+            config = getattr(module, "config", None)
+            if getattr(config, "_attn_implementation", None) == "sdpa":
+                configs[id(config)] = config
+    if configs and ATTENTION not in ALL_ATTENTION_FUNCTIONS:  # masks built as for sdpa (unregistered: none at all)
+        AttentionInterface.register(ATTENTION, attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    for config in configs.values():
+        config._attn_implementation = ATTENTION
+    try:
+        yield len(configs)
+    finally:
+        for config in configs.values():
+            config._attn_implementation = "sdpa"
 
 
 def clip_gradients(params: list[nn.Parameter], max_norm: float, optimizer: torch.optim.Optimizer) -> torch.Tensor:

@@ -174,7 +174,8 @@ def fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runtim
     :mod:`tuneforge.fast`; a BERT-style classifier's last block runs where its head reads (:mod:`last_layer`)."""
     fast.tune_allocator()
     sample = _sample_batch(data, rt) if cfg.train.distributed != "fsdp" else None  # FSDP: blocks are sharded
-    with fast.fast_dropout(model, rt.device), last_layer.head_only(model, sample, rt.device, rt.bf16):
+    with (fast.fast_dropout(model, rt.device), fast.fast_attention(model, rt.device),
+          last_layer.head_only(model, sample, rt.device, rt.bf16)):
         return _fit(model, task, data, cfg, rt, run_dir, progress, resume, regularizers, heads)
 
 
