@@ -45,6 +45,7 @@ def summarise(runs: list[dict[str, Any]], methods: list[str], frameworks: tuple[
             row["achieved_flops"] = flops_per_token[method] * row["tokens_per_second"]
             row["mfu"] = row["achieved_flops"] / rates[DTYPES[precision]]["flops"]
             row["mfu_vs_bf16"] = row["achieved_flops"] / rates["bfloat16"]["flops"]
+            row["mfu_vs_fp32"] = row["achieved_flops"] / rates["float32"]["flops"] if "float32" in rates else None
             rows.append(row)
     for row in rows:
         tf = next(r for r in rows if r["method"] == row["method"] and r["framework"] == "tuneforge")
@@ -68,15 +69,18 @@ def comparison_table(rows: list[dict[str, Any]], labels: dict[str, str], quality
     bf16_native = rates.get("bfloat16", {}).get("native", True)
     cuda = settings.get("device") == "cuda"
     mem = "peak RSS MiB / GPU MiB" if cuda else "peak RSS MiB"
+    other = "fp32" if precision == "bf16" else "bf16"  # the second MFU column: the other precision's rate
     lines = [f"| method | framework | real tokens/s (median, min–max) | train s | {mem} | {quality_name} (median, "
              "min–max) | tuneforge tokens/s ÷ this row | padded/real tokens | train GFLOP/s | MFU "
-             f"({precision} rate) | MFU (bf16 rate) | real tokens per CPU-s | trainable params | max load |",
+             f"({precision} rate) | MFU ({other} rate) | real tokens per CPU-s | trainable params | max load |",
              "|" + "---|" * 14]
     for r in rows:
         lo, hi = r["tokens_per_second_range"]
         qlo, qhi = r[quality + "_range"]
         memory = f"{r['peak_memory_mb']:,.0f}" + (f" / {r['peak_gpu_memory_mb']:,.0f}" if cuda else "")
         vs_bf16 = _pct(r["mfu_vs_bf16"]) if bf16_native else "— (bf16 emulated)"
+        if other == "fp32":
+            vs_bf16 = _pct(r["mfu_vs_fp32"]) if r.get("mfu_vs_fp32") is not None else "—"
         lines.append(
             f"| {r['method']} | {labels[r['framework']]} | {r['tokens_per_second']:,.0f} ({lo:,.0f}–{hi:,.0f}) "
             f"| {r['train_seconds']:.1f} | {memory} | {r[quality]:{fmt}} ({qlo:{fmt}}–{qhi:{fmt}}) "
@@ -142,7 +146,8 @@ def flops_text(flops: dict[str, Any], rates: dict[str, dict[str, float]], precis
         f"Matmul rate measured by this invocation ({probes} probes: before the first run and after each round of "
         f"repeats, torch.mm of 2048×2048 matrices, median of 5 per probe, in a fresh process with the runs' "
         f"thread count): {rate}. MFU ({precision} rate) divides by the rate of the precision these runs use "
-        f"({precision}, the same on every side); MFU (bf16 rate) divides by the bf16 rate."]
+        f"({precision}, the same on every side); MFU ({'fp32' if precision == 'bf16' else 'bf16'} rate) divides by the "
+        f"{'float32' if precision == 'bf16' else 'bf16'} rate."]
 
 
 def environment() -> dict[str, Any]:
