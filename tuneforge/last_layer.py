@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tuneforge.data.batching import collate
 from tuneforge.methods.layers import find_layers
 from tuneforge.models import autocast
 
@@ -46,24 +47,30 @@ def bert_style_last_block(model: nn.Module) -> nn.Module | None:
     return block
 
 
+def sample_batch(examples: Any, pad_id: int, device: torch.device) -> dict[str, torch.Tensor] | None:
+    """Model inputs of up to 4 training examples, padded: what :func:`head_only` checks on."""
+    if not examples:
+        return None
+    batch = collate(list(examples[:4]), pad_id)
+    return {k: v.to(device) for k, v in batch.items() if k != "labels"}
+
+
 def _first_position_forward(block: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                             *args: Any, **kwargs: Any) -> torch.Tensor:
     """``block`` on hidden states ``(B, T, H)`` -> its output at the first position only, ``(B, 1, H)``."""
-    if args and args[0] is not None or any(kwargs.get(k) is not None for k in ("cache", "encoder_hidden_states")):
+    if (args and args[0] is not None) or any(kwargs.get(k) is not None for k in ("cache", "encoder_hidden_states")):
         return type(block).forward(block, hidden_states, attention_mask, *args, **kwargs)  # not a plain encoder call
     att = block.attention.self
-    b, t, _ = hidden_states.shape
     first = hidden_states[:, :1]  # (B, 1, H)
-    q = att.query(first).view(b, 1, -1, att.attention_head_size).transpose(1, 2)  # (B, heads, 1, d)
-    k = att.key(hidden_states).view(b, t, -1, att.attention_head_size).transpose(1, 2)  # (B, heads, T, d)
-    v = att.value(hidden_states).view(b, t, -1, att.attention_head_size).transpose(1, 2)  # (B, heads, T, d)
+    split = (lambda x: x.view(*x.shape[:2], -1, att.attention_head_size).transpose(1, 2))  # -> (B, heads, n, d)
+    q, k, v = split(att.query(first)), split(att.key(hidden_states)), split(att.value(hidden_states))
     mask = attention_mask
     if mask is not None:  # (B, 1, T or 1, T): the first query's row; additive masks in the queries' dtype
         mask = mask[:, :, :1] if mask.dim() == 4 else mask
         mask = mask if mask.dtype == torch.bool else mask.to(q.dtype)
     ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=att.scaling,
                                          dropout_p=att.dropout.p if att.training else 0.0)  # (B, heads, 1, d)
-    ctx = ctx.transpose(1, 2).reshape(b, 1, -1)  # (B, 1, H)
+    ctx = ctx.transpose(1, 2).reshape(first.shape[0], 1, -1)  # (B, 1, H)
     attended = block.attention.output(ctx, first)  # dense, dropout, LayerNorm(. + residual)
     return block.output(block.intermediate(attended), attended)  # (B, 1, H)
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from tuneforge import checkpoint, distributed, fast, last_layer
 from tuneforge.config import ConfigError, RunConfig
-from tuneforge.data.batching import collate, iterate, step_plan
+from tuneforge.data.batching import iterate, step_plan
 from tuneforge.methods.layers import find_layers
 from tuneforge.models import autocast
 from tuneforge.tasks import Prepared, Runtime, Task
@@ -173,18 +173,11 @@ def fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runtim
     to the same result. Dropout masks, gradient clipping and the heap take the cheaper paths of
     :mod:`tuneforge.fast`; a BERT-style classifier's last block runs where its head reads (:mod:`last_layer`)."""
     fast.tune_allocator()
-    sample = _sample_batch(data, rt) if cfg.train.distributed != "fsdp" else None  # FSDP: blocks are sharded
+    sample = (last_layer.sample_batch(data.train, rt.pad_id, rt.device)
+              if cfg.train.distributed != "fsdp" else None)  # FSDP: blocks are sharded
     with (fast.fast_dropout(model, rt.device), fast.fast_attention(model, rt.device),
           last_layer.head_only(model, sample, rt.device, rt.bf16)):
         return _fit(model, task, data, cfg, rt, run_dir, progress, resume, regularizers, heads)
-
-
-def _sample_batch(data: Prepared, rt: Runtime) -> dict[str, torch.Tensor] | None:
-    """Model inputs of up to 4 training examples, padded (the check of :func:`last_layer.head_only`)."""
-    if not data.train:
-        return None
-    batch = collate(list(data.train[:4]), rt.pad_id)
-    return {k: v.to(rt.device) for k, v in batch.items() if k != "labels"}
 
 
 def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runtime, run_dir: Path | None,
