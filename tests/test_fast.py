@@ -183,7 +183,7 @@ def test_training_uses_the_cheaper_paths(tmp_path, monkeypatch):
     from tiny import model_dir, sentiment_rows
     from tuneforge.run import train
 
-    calls = {"dropout": 0, "clip": 0, "attention": 0}
+    calls = {"dropout": 0, "clip": 0, "attention": 0, "last_block": 0}
     forward, clip, attention = fast.FastDropout.forward, fast.clip_gradients, fast.attention
 
     def counted_forward(self, x):
@@ -199,6 +199,13 @@ def test_training_uses_the_cheaper_paths(tmp_path, monkeypatch):
         calls["attention"] += module.training
         return attention(module, *args, **kwargs)
 
+    def counted_block(block, *args, **kwargs):
+        calls["last_block"] += 1
+        return block_forward(block, *args, **kwargs)
+
+    from tuneforge import last_layer
+    block_forward = last_layer._first_position_forward
+    monkeypatch.setattr(last_layer, "_first_position_forward", counted_block)
     monkeypatch.setattr(fast, "clip_gradients", counted_clip)
     monkeypatch.setitem(fast.ALL_ATTENTION_FUNCTIONS, fast.ATTENTION, counted_attention)
     data = tmp_path / "rows.csv"
@@ -210,3 +217,4 @@ def test_training_uses_the_cheaper_paths(tmp_path, monkeypatch):
     train(cfg, progress=False)
     assert calls["clip"] == 3 and calls["dropout"] > 0  # every step clips; BERT's dropouts ran as FastDropout
     assert calls["attention"] > 0  # and its attention through fast.attention
+    assert calls["last_block"] >= 1 + 3  # its last block at the head's position: the check, then every step
