@@ -9,7 +9,9 @@ from transformers import AutoModelForSequenceClassification
 import tuneforge
 from tiny import model_dir, sentiment_rows
 from tuneforge.config import ConfigError
+import tuneforge.run
 from tuneforge.run import load, train
+from tuneforge.train import fit
 
 
 @pytest.fixture(scope="module")
@@ -260,3 +262,23 @@ def test_every_method_saves_only_what_trained_and_reloads_to_identical_predictio
     enc = run.tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         assert not torch.allclose(before.model(**enc).logits, untrained(**enc).logits)
+
+
+def test_without_validation_the_final_weights_are_the_result_without_a_copy(bert_dir, data_csv, tmp_path,
+                                                                             monkeypatch):
+    # a copy of every trained weight while the optimizer still lives was the peak memory of a full run
+    seen = {}
+
+    def spy(model, *args, **kwargs):
+        result = fit(model, *args, **kwargs)
+        live = {n: p.data_ptr() for n, p in model.named_parameters() if p.requires_grad}
+        seen["shared"] = {n: live.get(n) == t.data_ptr() for n, t in result.best_state.items()}
+        return result
+
+    monkeypatch.setattr(tuneforge.run, "fit", spy)
+    cfg = _cfg(bert_dir, data_csv, tmp_path / "noval", method="full", lr=1e-3, epochs=1)
+    cfg["data"]["split"] = [0.9, 0.0, 0.1]
+    result = train(cfg, progress=False)
+    assert seen["shared"] and all(seen["shared"].values())
+    run = load(result.run_dir, device="cpu")  # the saved weights are the trained ones
+    assert run.evaluate()["accuracy"] == pytest.approx(result.metrics["test_after"]["accuracy"])

@@ -212,9 +212,10 @@ def unsharded(module: nn.Module) -> Iterator[None]:
         module.reshard()
 
 
-def full_state(module: nn.Module, names: set[str] | None = None) -> dict[str, torch.Tensor]:
+def full_state(module: nn.Module, names: set[str] | None = None, copy: bool = True) -> dict[str, torch.Tensor]:
     """CPU copies of the trainable (or the ``names``) parameters as one unsharded state. FSDP2 gathers them on
-    rank 0 (every rank must call it together; the others get an empty dict)."""
+    rank 0 (every rank must call it together; the others get an empty dict). ``copy=False``: parameters already
+    on the CPU are returned as they are (detached, sharing storage), not copied."""
     module = inner(module)
     wanted = names if names is not None else {n for n, p in module.named_parameters() if p.requires_grad}
     if is_fsdp(module):
@@ -222,7 +223,7 @@ def full_state(module: nn.Module, names: set[str] | None = None) -> dict[str, to
 
         state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return {n: v for n, v in state.items() if n in wanted}
-    return {n: p.detach().to("cpu", copy=True) for n, p in module.named_parameters() if n in wanted}
+    return {n: p.detach().to("cpu", copy=copy) for n, p in module.named_parameters() if n in wanted}
 
 
 def load_full_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:

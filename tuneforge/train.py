@@ -211,7 +211,7 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
     start = time.perf_counter() - result.train_seconds
     while step < total:
         epoch, micro = plan.step(step)
-        batches = list(iterate(data.train, micro, rt.pad_id, rt.padding_free))
+        batches = list(iterate(data.train, micro, rt.pad_id, rt.padding_free, rt.shapes))
         units = [int(task.units(b)) for b in batches]
         masks = [b["attention_mask"] for b in batches]
         counts = distributed.all_sum(torch.tensor([sum(units), sum(int(m.sum()) for m in masks),
@@ -258,8 +258,8 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
         _log_train_loss(result, logger, bar, logged, step, epoch, scheduler.get_last_lr()[0])
     bar.close()
     logger.close()
-    if result.best_state is None:  # no validation: the final weights are the result
-        result.best_state = checkpoint.model_names(distributed.full_state(module))
+    if result.best_state is None:  # no validation: the final weights are the result (not copied: the optimizer
+        result.best_state = checkpoint.model_names(distributed.full_state(module, copy=False))  # still holds memory)
     return result
 
 
