@@ -195,8 +195,12 @@ def test_training_uses_the_cheaper_paths(tmp_path, monkeypatch):
         return clip(*args)
 
     monkeypatch.setattr(fast.FastDropout, "forward", counted_forward)
+    lengths = set()
+
     def counted_attention(module, *args, **kwargs):
         calls["attention"] += module.training
+        if module.training:
+            lengths.add(args[0].shape[2])  # query (batch, heads, seq, head_dim)
         return attention(module, *args, **kwargs)
 
     def counted_block(block, *args, **kwargs):
@@ -217,4 +221,5 @@ def test_training_uses_the_cheaper_paths(tmp_path, monkeypatch):
     train(cfg, progress=False)
     assert calls["clip"] == 3 and calls["dropout"] > 0  # every step clips; BERT's dropouts ran as FastDropout
     assert calls["attention"] > 0  # and its attention through fast.attention
+    assert lengths and all(n % 4 == 0 for n in lengths)  # batch lengths rounded (batching.Shapes.training)
     assert calls["last_block"] >= 1 + 3  # its last block at the head's position: the check, then every step

@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from tuneforge import checkpoint, distributed, tasks
 from tuneforge.config import HEAD_LR, RunConfig, load_config, merge_dicts, parse_overrides
+from tuneforge.data.batching import Shapes
 from tuneforge.data.dataset import Splits, prepare, source_records
 from tuneforge.data.dataset import warnings as dataset_warnings
 from tuneforge.forgetting import pipeline as forgetting
@@ -180,7 +181,8 @@ def _setup(cfg: RunConfig, task: Task, base: Path, device: torch.device, prev: R
     for extra in (cfg.forgetting.replay.data if cfg.forgetting.replay.ratio else None, cfg.forgetting.reference):
         if extra not in (None, "none", "self"):  # replay / reference data checked before anything is created
             source_records(task, extra, cfg)
-    rt = Runtime(device=device, bf16=use_bf16(cfg.train.precision, device), pad_id=tokenizer.pad_token_id)
+    rt = Runtime(device=device, bf16=use_bf16(cfg.train.precision, device), pad_id=tokenizer.pad_token_id,
+                 shapes=Shapes.training(cfg.model.max_length))
     torch.manual_seed(cfg.train.seed)
     model, fresh = task.load_model(base, cfg, data.meta, rt.pad_id, device)
     check_max_length(model, cfg)

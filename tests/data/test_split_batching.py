@@ -3,7 +3,7 @@ from collections import Counter
 
 import torch
 
-from tuneforge.data.batching import batch_order, collate
+from tuneforge.data.batching import Shapes, batch_order, collate, collate_packed, iterate, round_up
 from tuneforge.data.split import split
 
 
@@ -68,3 +68,23 @@ def test_collate_pads_and_masks():
     assert batch["labels"].tolist() == [1, 0]
     lm = collate([{"input_ids": [5, 6], "labels": [-100, 6]}, {"input_ids": [8], "labels": [8]}], pad_id=0)
     assert lm["labels"].tolist() == [[-100, 6], [8, -100]]
+
+
+def test_batch_lengths_round_up_to_a_multiple_within_the_limit():
+    assert [round_up(n, 4) for n in (1, 4, 5, 8)] == [4, 4, 8, 8]
+    assert round_up(61, 4, limit=62) == 62 and round_up(63, 4, limit=62) == 63  # never beyond the limit ...
+    examples = [{"input_ids": [5, 6, 7, 3, 3], "labels": 1}, {"input_ids": [8], "labels": 0}]
+    batch = collate(examples, pad_id=0, multiple=4)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 3, 3, 0, 0, 0], [8] + [0] * 7]
+    assert batch["attention_mask"].tolist() == [[1] * 5 + [0] * 3, [1] + [0] * 7]
+    assert collate(examples, pad_id=0, multiple=4, limit=6)["input_ids"].shape == (2, 6)  # ... which wins
+    lm = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}]
+    packed = collate_packed(lm, pad_id=0, multiple=4)
+    assert packed["input_ids"].tolist() == [[5, 6, 7, 8, 9, 0, 0, 0]]
+    assert packed["labels"].tolist() == [[-100, 6, 7, -100, 9, -100, -100, -100]]
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]  # the tail: a segment of its own
+    assert packed["attention_mask"].sum() == 5
+    shapes = Shapes(padded=4, packed=8)
+    assert [b["input_ids"].shape for b in iterate(examples, [[0, 1]], 0, shapes=shapes)] == [(2, 8)]
+    assert [b["input_ids"].shape for b in iterate(lm, [[0, 1]], 0, packed=True, shapes=shapes)] == [(1, 8)]
+    assert [b["input_ids"].shape for b in iterate(examples, [[0, 1]], 0)] == [(2, 5)]  # default: as they are

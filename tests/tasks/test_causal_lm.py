@@ -48,6 +48,25 @@ def test_head_only_loss_equals_the_full_forward_hf_loss(family):
     torch.testing.assert_close(ours, hf, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_lm_head_rows_rounded_up_give_the_same_losses_and_gradients(family, monkeypatch):
+    model, tok = tiny_causal_lm(family), tiny_tokenizer()
+    batch = _batch(tok)
+    kept = int((batch["labels"][:, 1:] != -100).sum())
+    results = []
+    for rows in (1, 64):  # 1: exactly the kept positions; 64: spare rows that count for nothing
+        monkeypatch.setattr(causal_lm, "LM_HEAD_ROWS", rows)
+        model.zero_grad()
+        each = causal_lm.token_nll(model, batch, reduction="none")
+        each.sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        with torch.no_grad():
+            results.append((each.detach(), causal_lm.token_nll(model, batch), grads))
+    assert kept % 64 and results[0][0].shape == results[1][0].shape == (kept,)  # one loss per kept position
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_full_forward_fallback_gives_the_same_loss(monkeypatch):
     model, tok = tiny_causal_lm("llama"), tiny_tokenizer()
     batch = _batch(tok)

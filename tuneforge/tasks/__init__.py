@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from tuneforge.config import ConfigError, RunConfig
+from tuneforge.data.batching import Shapes
 
 TASKS = {
     "classification": "tuneforge.tasks.classification",
@@ -30,6 +31,7 @@ class Runtime:
     bf16: bool
     pad_id: int
     padding_free: bool = False  # training batches packed into rows (see data.batching.collate_packed)
+    shapes: Shapes = Shapes()  # how batch lengths are rounded (a training run's: see data.batching.Shapes)
 
 
 @dataclass

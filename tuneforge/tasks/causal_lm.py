@@ -36,16 +36,23 @@ def _backbone(model: nn.Module) -> nn.Module | None:
     return base
 
 
+LM_HEAD_ROWS = 64  # the LM head's rows (answer positions) are rounded up to a multiple of this
+
+
 def token_nll(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy (float32) of next-token predictions where labels are kept. Logits are computed only for
-    those positions: backbone hidden states -> select -> LM head on the selected rows. A packed batch
-    (``position_ids``, see ``collate_packed``) goes in without its attention mask: the model then builds the
-    block-diagonal causal mask from the position ids."""
+    those positions: backbone hidden states -> select -> LM head on the selected rows, their number rounded up
+    to a multiple of ``LM_HEAD_ROWS`` with rows that count for nothing (few matmul shapes: see
+    ``batching.Shapes``). A packed batch (``position_ids``, see ``collate_packed``) goes in without its
+    attention mask: the model then builds the block-diagonal causal mask from the position ids.
+    ``reduction="none"``: one loss per kept position, in row-major order."""
     ids = batch["input_ids"]  # (batch, seq)
     inputs = ({"position_ids": batch["position_ids"]} if "position_ids" in batch
               else {"attention_mask": batch["attention_mask"]})  # (batch, seq)
     target = batch["labels"][:, 1:]  # (batch, seq-1): token t+1 is predicted at position t
     keep = target != chat.IGNORE  # (batch, seq-1)
+    chosen = target[keep]  # (kept,)
+    kept = chosen.numel()
     base = _backbone(model)
     if base is None:
         logits = model(input_ids=ids, use_cache=False, **inputs).logits  # (batch, seq, vocab)
@@ -53,8 +60,13 @@ def token_nll(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str =
     else:
         hidden = base(input_ids=ids, use_cache=False, **inputs).last_hidden_state  # (batch, seq', hidden)
         hidden = hidden[:, -ids.shape[1]:]  # methods that prepend virtual tokens add positions on the left
-        selected = model.get_output_embeddings()(hidden[:, :-1][keep])  # (kept, vocab)
-    return nn.functional.cross_entropy(selected.float(), target[keep], reduction=reduction)
+        at = nn.functional.pad(keep, (0, 1)).flatten().nonzero().squeeze(1)  # (kept,): flat positions predicting
+        spare = -kept % LM_HEAD_ROWS
+        at = torch.cat([at, at.new_zeros(spare)])  # (kept + spare,): spare rows read position 0 ...
+        chosen = torch.cat([chosen, chosen.new_full((spare,), chat.IGNORE)])  # ... and count for nothing
+        selected = model.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])[at])  # (kept + spare, vocab)
+    nll = nn.functional.cross_entropy(selected.float(), chosen, reduction=reduction, ignore_index=chat.IGNORE)
+    return nll[:kept] if reduction == "none" else nll
 
 
 def _template(tokenizer: PreTrainedTokenizerBase, meta: dict[str, Any]) -> str:
@@ -202,7 +214,7 @@ class Task:
         lengths = [len(e["input_ids"]) for e in examples]
         order = batch_order(lengths, cfg.eval.batch_size, 0, 0, shuffle=False, group_by_length=True)
         total, count = 0.0, 0
-        for batch in tqdm(iterate(examples, order, rt.pad_id), total=len(order), desc="evaluate", leave=False,
+        for batch in tqdm(iterate(examples, order, rt.pad_id, shapes=rt.shapes), total=len(order), desc="evaluate", leave=False,
                           disable=not progress):
             batch = {k: v.to(rt.device) for k, v in batch.items()}
             with autocast(rt.device, rt.bf16):

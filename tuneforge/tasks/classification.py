@@ -207,7 +207,7 @@ class Task:
         order = batch_order(lengths, batch_size, 0, 0, shuffle=False, group_by_length=True)
         rows: dict[int, torch.Tensor] = {}
         bar = tqdm(order, desc="evaluate", leave=False, disable=not progress)
-        for idx, batch in zip(bar, iterate(examples, order, rt.pad_id)):
+        for idx, batch in zip(bar, iterate(examples, order, rt.pad_id, shapes=rt.shapes)):
             batch = {k: v.to(rt.device) for k, v in batch.items() if k != "labels"}
             with autocast(rt.device, rt.bf16):
                 logits = model(**batch).logits  # (batch, labels)

@@ -154,7 +154,7 @@ class Task:
         order = batch_order([len(e["input_ids"]) for e in examples], batch_size, 0, 0, shuffle=False)
         preds: dict[int, list[int]] = {}
         total, count = 0.0, 0
-        for idx, batch in zip(order, iterate(examples, order, rt.pad_id)):
+        for idx, batch in zip(order, iterate(examples, order, rt.pad_id, shapes=rt.shapes)):
             batch = {k: v.to(rt.device) for k, v in batch.items()}
             with autocast(rt.device, rt.bf16):
                 logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()  # (b, seq, labels)
