@@ -258,8 +258,8 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
         _log_train_loss(result, logger, bar, logged, step, epoch, scheduler.get_last_lr()[0])
     bar.close()
     logger.close()
-    if result.best_state is None:  # no validation: the final weights are the result (not copied: the optimizer
-        result.best_state = checkpoint.model_names(distributed.full_state(module, copy=False))  # still holds memory)
+    if result.best_state is None:  # no validation: the final weights themselves (no copy beside the optimizer's)
+        result.best_state = checkpoint.model_names(distributed.full_state(module, copy=False))
     return result
 
 

@@ -103,7 +103,7 @@ def round_up(n: int, multiple: int, limit: int = 0) -> int:
 def collate(examples: list[dict[str, Any]], pad_id: int, multiple: int = 1, limit: int = 0
             ) -> dict[str, torch.Tensor]:
     """Right-pad per-token fields to the longest example, its length rounded up to ``multiple`` (not beyond
-    ``limit``; see ``SHAPES``); build ``attention_mask``. Fields whose name starts
+    ``limit``; see ``Shapes``); build ``attention_mask``. Fields whose name starts
     with ``_`` are the task's bookkeeping and stay out of the batch. Where some example has
     ``position_ids`` (a ``data.packing`` row) every one gets them; padding sits at position 0, so each padding
     token is a sequence of its own and the model (given no attention mask) keeps packed examples apart."""
