@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_batch, tiny_classifier
+from conftest import tiny_batch, tiny_causal_lm, tiny_classifier
 from tuneforge import fast
 
 
@@ -183,8 +183,9 @@ def test_training_uses_the_cheaper_paths(tmp_path, monkeypatch):
     from tiny import model_dir, sentiment_rows
     from tuneforge.run import train
 
-    calls = {"dropout": 0, "clip": 0, "attention": 0, "last_block": 0}
+    calls = {"dropout": 0, "clip": 0, "attention": 0, "last_block": 0, "sparse_embedding": 0}
     forward, clip, attention = fast.FastDropout.forward, fast.clip_gradients, fast.attention
+    kept = fast.KeptGradient.__call__
 
     def counted_forward(self, x):
         calls["dropout"] += self.training
@@ -194,7 +195,12 @@ def test_training_uses_the_cheaper_paths(tmp_path, monkeypatch):
         calls["clip"] += 1
         return clip(*args)
 
+    def counted_kept(self, weight):
+        calls["sparse_embedding"] += weight.grad.is_sparse
+        return kept(self, weight)
+
     monkeypatch.setattr(fast.FastDropout, "forward", counted_forward)
+    monkeypatch.setattr(fast.KeptGradient, "__call__", counted_kept)
     lengths = set()
 
     def counted_attention(module, *args, **kwargs):
@@ -223,3 +229,57 @@ def test_training_uses_the_cheaper_paths(tmp_path, monkeypatch):
     assert calls["attention"] > 0  # and its attention through fast.attention
     assert lengths and all(n % 4 == 0 for n in lengths)  # batch lengths rounded (batching.Shapes.training)
     assert calls["last_block"] >= 1 + 3  # its last block at the head's position: the check, then every step
+    assert calls["sparse_embedding"] == 3  # the word embedding's gradient came sparse at every step
+
+
+def _embedding_step(model, optimizer, micro_batches, step):
+    """One optimizer step of ``micro_batches`` backward passes (ids seeded by step and micro-batch; some ids
+    repeat within a batch); clipping small enough that the fused kernel rescales the gradients."""
+    for m in range(micro_batches):
+        g = torch.Generator().manual_seed(10 * step + m)
+        ids = torch.randint(4, 40, (4, 9), generator=g)
+        labels = torch.randint(0, 2, (4,), generator=g)
+        nn.functional.cross_entropy(model(input_ids=ids).logits, labels).backward()
+    grad = model.get_input_embeddings().weight.grad.clone()
+    fast.clip_gradients([p for p in model.parameters() if p.grad is not None], 1e-3, optimizer)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad
+
+
+@pytest.mark.parametrize("micro_batches", [1, 2])  # 2: the later micro-batch adds into the kept buffer
+def test_sparse_embedding_gradient_equals_the_dense_one(micro_batches):
+    plain = tiny_classifier("bert").train()
+    for m in plain.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    ours = copy.deepcopy(plain)
+    opt_plain, opt_ours = (torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.01, fused=True)
+                           for m in (plain, ours))
+    emb = ours.get_input_embeddings()
+    with fast.sparse_embedding_gradient(ours, torch.device("cpu"), 1) as applied:
+        assert applied and emb.sparse
+        for step in range(4):  # different rows each step: the previous step's rows must be zeroed
+            expected = _embedding_step(plain, opt_plain, micro_batches, step)
+            got = _embedding_step(ours, opt_ours, micro_batches, step)
+            assert not got.is_sparse and torch.allclose(got, expected, rtol=1e-5, atol=1e-7)
+    for (name, a), b in zip(plain.named_parameters(), ours.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), name
+    assert not emb.sparse and not emb.weight._post_accumulate_grad_hooks  # restored, the hook removed
+
+
+def test_sparse_embedding_gradient_only_where_it_applies():
+    cpu = torch.device("cpu")
+
+    def applies(model, device=cpu, processes=1):
+        with fast.sparse_embedding_gradient(model, device, processes) as applied:
+            return applied
+
+    assert applies(tiny_classifier("bert"))
+    assert not applies(tiny_classifier("bert"), processes=2)  # DDP / FSDP reduce dense gradients
+    assert not applies(tiny_classifier("bert"), device=torch.device("cuda"))
+    frozen = tiny_classifier("bert")
+    frozen.get_input_embeddings().weight.requires_grad_(False)
+    assert not applies(frozen)
+    assert not applies(tiny_causal_lm("gpt2"))  # tied LM head: the weight's gradient is dense anyway
+    assert applies(tiny_causal_lm("llama"))  # untied

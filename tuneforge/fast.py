@@ -11,6 +11,10 @@
 - **gradient clipping inside the fused AdamW kernel**: the total norm is measured as usual and the kernel
   divides each gradient by ``1 / clip coefficient`` (its ``grad_scale``) as it reads it, sparing a separate
   pass that rescales every gradient in memory;
+- **a sparse input-embedding gradient** (CPU, one process, untied embedding being trained): the embedding's
+  backward yields only the rows its batch looked up, which are added into a gradient buffer kept across steps
+  (only the previous step's rows are zeroed first), instead of a fresh dense (vocabulary, hidden) gradient
+  zero-filled every step (MiniLM's 30,522 x 384: 15.6 ms -> 0.4 ms per step, 2 threads, AMD EPYC);
 - **fewer page faults**: glibc's heap grows and is trimmed in 64 MiB steps (``M_TOP_PAD``), so each step's
   large temporaries reuse pages instead of faulting in fresh zeroed ones from the kernel (50 full MiniLM
   steps: 835k -> 286k minor faults, system CPU time 4.1 -> 1.9 s; peak RSS within 30 MiB).
@@ -127,6 +131,64 @@ def fast_attention(model: nn.Module, device: torch.device) -> Iterator[int]:
     finally:
         for config in configs.values():
             config._attn_implementation = "sdpa"
+
+
+class KeptGradient:
+    """Post-accumulate-grad hook of an embedding weight whose module returns sparse gradients: a sparse
+    ``.grad`` (the rows looked up, duplicates summed by ``index_add_``) becomes the kept dense buffer, equal to
+    the dense gradient of a non-sparse embedding. Any other gradient is left as it is."""
+
+    def __init__(self, weight: nn.Parameter) -> None:
+        self.buffer: torch.Tensor | None = None  # (vocabulary, hidden), like the weight
+        self.rows: torch.Tensor | None = None  # rows of the buffer that may be non-zero; None: any of them
+        self.handle = weight.register_post_accumulate_grad_hook(self)
+
+    def __call__(self, weight: nn.Parameter) -> None:
+        grad = weight.grad
+        if grad is self.buffer:  # a later micro-batch was added into it: any row may be non-zero now
+            self.rows = None
+            return
+        if grad is None or not grad.is_sparse:
+            return
+        if self.buffer is None:
+            self.buffer = torch.zeros_like(weight)
+        elif self.rows is None:
+            self.buffer.zero_()
+        else:
+            self.buffer.index_fill_(0, self.rows, 0)
+        self.rows = grad._indices()[0]  # (looked-up tokens,)
+        self.buffer.index_add_(0, self.rows, grad._values())  # values: (looked-up tokens, hidden)
+        weight.grad = self.buffer
+
+
+def trained_embedding(model: nn.Module) -> nn.Embedding | None:
+    """``model``'s input embedding where it is a plain ``nn.Embedding`` being trained whose weight no other
+    module shares (a tied LM head reads it densely); else None."""
+    try:
+        emb = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if type(emb) is not nn.Embedding or not emb.weight.requires_grad or emb.sparse:
+        return None
+    uses = sum(p is emb.weight for _, p in model.named_parameters(remove_duplicate=False))
+    return emb if uses == 1 else None
+
+
+@contextlib.contextmanager
+def sparse_embedding_gradient(model: nn.Module, device: torch.device, processes: int) -> Iterator[bool]:
+    """Within the block, the trained input embedding of ``model`` (:func:`trained_embedding`) has sparse
+    gradients turned into a kept dense buffer (:class:`KeptGradient`), on a CPU in one process (DDP/FSDP
+    reduce dense gradients); elsewhere nothing changes. Yields whether it applies."""
+    emb = trained_embedding(model) if device.type == "cpu" and processes == 1 else None
+    kept = None
+    if emb is not None:
+        emb.sparse, kept = True, KeptGradient(emb.weight)
+    try:
+        yield emb is not None
+    finally:
+        if kept is not None:
+            emb.sparse = False
+            kept.handle.remove()
 
 
 def clip_gradients(params: list[nn.Parameter], max_norm: float, optimizer: torch.optim.Optimizer) -> torch.Tensor:
