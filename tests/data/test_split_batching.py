@@ -79,7 +79,7 @@ def test_batch_lengths_round_up_to_a_multiple_within_the_limit():
     assert batch["attention_mask"].tolist() == [[1] * 5 + [0] * 3, [1] + [0] * 7]
     assert collate(examples, pad_id=0, multiple=4, limit=6)["input_ids"].shape == (2, 6)  # ... which wins
     lm = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}]
-    packed = collate_packed(lm, pad_id=0, multiple=4)
+    packed = collate_packed(lm, pad_id=0, rows=[[0, 1]], multiple=4)  # one row of 5, its width rounded to 8
     assert packed["input_ids"].tolist() == [[5, 6, 7, 8, 9, 0, 0, 0]]
     assert packed["labels"].tolist() == [[-100, 6, 7, -100, 9, -100, -100, -100]]
     assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]  # the tail: a segment of its own

@@ -7,7 +7,8 @@ import torch
 from conftest import tiny_causal_lm
 from lm_helpers import QA, model_folder, single_thread, tiny_tokenizer, write_pairs
 from tuneforge.data import chat
-from tuneforge.data.batching import collate, collate_packed, pack_rows, packed_layout, without_positions
+from tuneforge.data.batching import (collate, collate_packed, pack_rows, packed_layout, round_up,
+                                     without_positions)
 from tuneforge.methods import registry
 from tuneforge.run import train
 from tuneforge.tasks import Runtime, causal_lm, get
@@ -84,6 +85,17 @@ def test_packed_layout_computes_fewer_tokens_than_a_fixed_capacity():
     assert width <= 2 * 64
     fixed = pack_rows(lengths, 128)
     assert len(rows) * width <= len(fixed) * max(sum(lengths[i] for i in row) for row in fixed)
+
+
+def test_packed_layout_packs_for_the_rounded_width():
+    lengths = [9, 9, 9, 9, 5]
+    # unrounded, one example per row computes the fewest tokens (5 x 9 = 45), but rounded to 16 that is 5 x 16 = 80;
+    # the 5 fits beside a 9 in a row of 16: 4 x 16 = 64
+    rows = packed_layout(lengths, multiple=16)
+    width = round_up(max(sum(lengths[i] for i in row) for row in rows), 16)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert len(rows) * width == 64
+    assert len(rows) * width < 5 * 16 == len(packed_layout(lengths)) * 16
 
 
 def test_pack_rows_best_fit_decreasing_within_capacity():
