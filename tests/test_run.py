@@ -212,21 +212,21 @@ def test_decoder_models_classify_too(tmp_path, data_csv):
 def test_interrupted_run_resumes_to_the_same_result(bert_dir, data_csv, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from tuneforge import checkpoint
+    from tuneforge import checkpoint, training_state
 
     cfg = lambda out: _cfg(bert_dir, data_csv, out, max_steps=6, save_every=2, eval_every=3)  # noqa: E731
     straight = train(cfg(tmp_path / "straight"), progress=False)
-    original = checkpoint.save_training_state
+    original = training_state.save_training_state
 
     def save_then_crash(run_dir, module, optimizer, names, scheduler, loop, best, device):
         original(run_dir, module, optimizer, names, scheduler, loop, best, device)
         if loop["steps"] == 4:
             raise KeyboardInterrupt  # the machine went down right after the step-4 checkpoint
 
-    monkeypatch.setattr(checkpoint, "save_training_state", save_then_crash)
+    monkeypatch.setattr(training_state, "save_training_state", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         train(cfg(tmp_path / "crashed"), progress=False)
-    monkeypatch.setattr(checkpoint, "save_training_state", original)
+    monkeypatch.setattr(training_state, "save_training_state", original)
     assert (tmp_path / "crashed" / checkpoint.RESUME).is_file()
     resumed = train({}, resume=tmp_path / "crashed", progress=False)
     a, b = load_file(straight.run_dir / "trainable.safetensors"), load_file(resumed.run_dir / "trainable.safetensors")

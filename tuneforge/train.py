@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from tuneforge import checkpoint, distributed, fast, last_layer
+from tuneforge import checkpoint, distributed, fast, last_layer, training_state
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.batching import iterate, step_plan
 from tuneforge.methods.layers import find_layers
@@ -199,8 +199,8 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
     result = TrainResult()
     sign = 1 if task.greater_is_better else -1
     params = [p for p in module.parameters() if p.requires_grad]
-    if resume and run_dir is not None and checkpoint.has_training_state(run_dir):
-        loop = checkpoint.load_training_state(run_dir, module, optimizer, names, scheduler, rt.device)
+    if resume and run_dir is not None and training_state.has_training_state(run_dir):
+        loop = training_state.load_training_state(run_dir, module, optimizer, names, scheduler, rt.device)
         for key in TrainResult.LOOP_KEYS:
             setattr(result, key, loop.get(key, getattr(result, key)))  # a key newer than the checkpoint: default
         result.best_state = loop["best_state"]
@@ -249,9 +249,9 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
             total = step
         elif run_dir is not None and save_every and step % save_every == 0 and step < total:
             result.steps, result.train_seconds = step, time.perf_counter() - start
-            checkpoint.save_training_state(run_dir, module, optimizer, names, scheduler,
-                                           {k: getattr(result, k) for k in TrainResult.LOOP_KEYS},
-                                           result.best_state, rt.device)
+            training_state.save_training_state(run_dir, module, optimizer, names, scheduler,
+                                               {k: getattr(result, k) for k in TrainResult.LOOP_KEYS},
+                                               result.best_state, rt.device)
     result.train_seconds = time.perf_counter() - start
     result.steps = step
     if logged[1] > 0:  # early stopping ended the run between two logged steps
@@ -259,7 +259,7 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
     bar.close()
     logger.close()
     if result.best_state is None:  # no validation: the final weights themselves (no copy beside the optimizer's)
-        result.best_state = checkpoint.model_names(distributed.full_state(module, copy=False))
+        result.best_state = training_state.model_names(distributed.full_state(module, copy=False))
     return result
 
 
@@ -284,7 +284,7 @@ def _record_evaluation(result: TrainResult, logger: Logger, metrics: dict[str, A
     result.history.append({"step": step, f"val_{metric}": value, "val_loss": loss})
     if improves(value, loss, result.best_metric, result.best_loss, sign):
         result.best_metric, result.best_step, result.best_loss, result.bad_evals = value, step, loss, 0
-        result.best_state = checkpoint.model_names(distributed.full_state(module))
+        result.best_state = training_state.model_names(distributed.full_state(module))
         return False
     result.bad_evals += 1
     return bool(patience and result.bad_evals >= patience)
