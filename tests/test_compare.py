@@ -153,21 +153,3 @@ def test_cli_help_and_subprocess_run(setup, capsys):
     with open(out / "comparison.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert row["status"] == "ok" and float(row["peak_memory_mb"]) == m["peak_memory_mb"]
-
-
-def test_forgetting_column_and_plot(tmp_path):
-    from tuneforge import tasks
-    from tuneforge.compare import row_from_metrics, write_outputs
-    from tuneforge.config import load_config
-
-    task = tasks.get("classification")
-    metrics = {"test_before": {"accuracy": 0.5}, "test_after": {"accuracy": 0.9},
-               "parameters": {"trainable": 10, "total": 1000, "trainable_pct": 1.0}, "train_seconds": 2.0,
-               "tokens_per_second": 100.0, "peak_memory_mb": 500.0, "forgetting": {"change": -0.125}}
-    rows = [row_from_metrics("lora", metrics, task, tmp_path / "a"),
-            row_from_metrics("full", {k: v for k, v in metrics.items() if k != "forgetting"}, task, tmp_path / "b")]
-    write_outputs(rows, task, tmp_path, load_config(), in_process=False)
-    assert (tmp_path / "forgetting.png").is_file() and (tmp_path / "peak_memory.png").is_file()
-    md = (tmp_path / "comparison.md").read_text()
-    assert "| lora | 0.5000 | 0.9000 | - | - | 10 | 1.000 |" in md and "-0.1250" in md
-    assert "no forgetting plot" not in md
