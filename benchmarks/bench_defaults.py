@@ -32,6 +32,7 @@ import functools
 from fractions import Fraction
 import multiprocessing as mp
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -183,6 +184,9 @@ def main() -> None:
     p.add_argument("--merge", default="", help="earlier results JSON files whose runs (same task and size, "
                    "recorded settings) join the sweep; they are not rerun")
     args = p.parse_args()
+    # kill <pid> ends the pool's workers too (the pool is terminated on the way out), not only this process:
+    # an orphaned worker would go on training into a run directory that the next invocation starts afresh
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tasks = args.tasks.split(",") if not args.quick else ["rt", "wnut16"]
     sizes = [int(s) for s in args.sizes.split(",")] if not args.quick else [60]
     methods = args.methods.split(",") if not args.quick else ["lora", "ia3"]
