@@ -134,3 +134,39 @@ def test_early_stopping_when_asked_ends_the_automatic_length(setup):
     assert m["steps"] == 3 * per_epoch < -(-100 // per_epoch) * per_epoch  # the plan is 10 epochs ...
     assert len(evals) - 1 - _best(evals) == 2 and _best(evals) == 0  # ... 2 evaluations without improvement end it
     assert m["best_validation"]["step"] == evals[_best(evals)]["step"]
+
+
+def test_the_plan_line_names_early_stopping_when_it_applies():
+    assert _plan(1_200).describe(1, 3) == "training 7 epochs = 266 steps (auto: 1,200 examples; stops after 3 " \
+        "evaluations without improvement)"
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    from lm_helpers import model_folder, write_pairs
+
+    root = tmp_path_factory.mktemp("defaults-lm")
+    return root, model_folder(root / "llama", "llama"), write_pairs(root / "pairs.jsonl")
+
+
+def _lm_run(lm, name, **train_opts):
+    root, folder, pairs = lm
+    cfg = {"model": {"name": str(folder), "task": "causal_lm", "max_length": 32}, "data": {"dataset": str(pairs)},
+           "method": {"name": "lora", "rank": 4}, "eval": {"generate_samples": 0},
+           "forgetting": {"probes": ["none"]},
+           "train": {"precision": "fp32", "batch_size": 8, "lr": 0.0, "auto_min_steps": 80, "auto_max_epochs": 20,
+                     **train_opts}, "output_dir": str(root / name)}
+    out = train(cfg, progress=False)
+    log = [json.loads(line) for line in (root / name / "log.jsonl").read_text().splitlines()]
+    return out.metrics, -(-out.metrics["examples"]["train"] // 8), [r for r in log if "val_loss" in r]
+
+
+def test_causal_lm_stops_early_under_the_automatic_length_only(lm):
+    # lr 0: the validation loss never falls below the first evaluation's
+    m, per_epoch, evals = _lm_run(lm, "auto")
+    assert -(-80 // per_epoch) > 4  # the plan is longer than 1 + 3 evaluations ...
+    assert m["steps"] == 4 * per_epoch and len(evals) == 4  # ... 3 epochs without a lower loss end it
+    m, per_epoch, evals = _lm_run(lm, "explicit-patience", early_stopping=1)  # an explicit setting wins
+    assert m["steps"] == 2 * per_epoch and len(evals) == 2
+    m, per_epoch, evals = _lm_run(lm, "epochs", epochs=6)  # explicit epochs: the whole length
+    assert m["steps"] == 6 * per_epoch and len(evals) == 6

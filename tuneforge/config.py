@@ -88,7 +88,8 @@ class TrainConfig:
     padding_free: bool = True  # causal LM: pack each batch's examples into rows (no example attends to another);
     #                            used where a start-up check shows the model supports it, else padded rows
     eval_every: int | None = None  # evaluate every N optimizer steps; default: each epoch
-    early_stopping: int | None = None  # stop after N evaluations without improvement (none by default)
+    early_stopping: int | None = None  # stop after N evaluations without improvement; default: none, except under
+    #                                    the automatic length for causal LM (3: its validation loss has no plateau)
     log_every: int = 10  # log training loss every N optimizer steps
     save_every: int | None = None  # resumable checkpoint every N optimizer steps; default: at each evaluation; 0: never
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each process's own GPU, or cpu)

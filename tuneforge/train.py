@@ -118,11 +118,12 @@ class StepPlan:
         else:  # automatic: at least auto_min_steps, in at most auto_max_epochs whole epochs, the best one kept
             self.total = min(t.auto_max_epochs, math.ceil(t.auto_min_steps / self.per_epoch)) * self.per_epoch
 
-    def describe(self, world: int) -> str:
-        """E.g. "training 6 epochs = 228 steps (auto: 1,200 examples)"."""
+    def describe(self, world: int, patience: int | None = None) -> str:
+        """E.g. "training 6 epochs = 228 steps (auto: 1,200 examples)"; ``patience``: early stopping's."""
         epochs = self.total / self.per_epoch
         shown = f"{epochs:g}" if epochs == int(epochs) else f"{epochs:.2f}"
         how = f"auto: {self.n * world:,} examples" if self.auto else f"{self.n * world:,} examples"
+        how += f"; stops after {patience} evaluations without improvement" if patience else ""
         return f"training {shown} epoch{'s' if epochs != 1 else ''} = {self.total:,} steps ({how})"
 
     def epoch(self, e: int) -> list[list[list[int]]]:
@@ -193,9 +194,9 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.schedule, int(t.warmup_ratio * total), total))
     eval_every = t.eval_every or plan.per_epoch
     save_every = eval_every if t.save_every is None else t.save_every
-    patience = t.early_stopping  # the automatic length trains its whole plan too: see config.TrainConfig
+    patience = t.early_stopping if t.early_stopping is not None else task.auto_patience if plan.auto else None
     if progress and d.main:
-        print(plan.describe(d.world), file=sys.stderr)
+        print(plan.describe(d.world, patience), file=sys.stderr)
     result = TrainResult()
     sign = 1 if task.greater_is_better else -1
     params = [p for p in module.parameters() if p.requires_grad]

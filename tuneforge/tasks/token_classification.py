@@ -43,6 +43,7 @@ class Task:
     peft_task_type = "TOKEN_CLS"
     loss_unit = "token"
     group_by_length = True  # sentences of similar length share a batch (as for classification)
+    auto_patience = None  # the whole automatic plan: entity F1 sits at 0 for epochs before it rises
 
     # -- data ---------------------------------------------------------------------------------------------
     def read_source(self, path: str, cfg: RunConfig) -> list[Record]:
