@@ -141,7 +141,7 @@ def read_run(run_dir: str | Path) -> RunFiles:
     return RunFiles(path, as_trained(config, raw), meta)
 
 
-# ---- resumable training state -------------------------------------------------------------------------------
+# ---- resuming an interrupted run ----------------------------------------------------------------------------
 
 def start_resume(run_dir: Path, manifest: dict[str, Any] | None = None) -> None:
     """Before continuing an interrupted run: remove leftovers of the writes the interruption cut short. With

@@ -29,6 +29,7 @@ from tuneforge.config import ConfigError, RunConfig, load_config, merge_dicts, p
 from tuneforge.compare_report import failed_row, row_from_metrics, write_outputs
 from tuneforge.methods import registry
 
+
 def compare(methods: Sequence[str] | str | None, config: str | Path | dict[str, Any] | None = None,
             overrides: Sequence[str] = (), out_dir: str | Path = "comparison", progress: bool = True,
             in_process: bool = False, overwrite: bool = False) -> list[dict[str, Any]]:
