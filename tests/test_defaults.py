@@ -149,14 +149,15 @@ def lm(tmp_path_factory):
     return root, model_folder(root / "llama", "llama"), write_pairs(root / "pairs.jsonl")
 
 
-def _lm_run(lm, name, **train_opts):
+def _lm_run(lm, name, progress=False, split=(0.8, 0.1, 0.1), **train_opts):
     root, folder, pairs = lm
-    cfg = {"model": {"name": str(folder), "task": "causal_lm", "max_length": 32}, "data": {"dataset": str(pairs)},
+    cfg = {"model": {"name": str(folder), "task": "causal_lm", "max_length": 32}, "data": {"dataset": str(pairs),
+                                                                                       "split": list(split)},
            "method": {"name": "lora", "rank": 4}, "eval": {"generate_samples": 0},
            "forgetting": {"probes": ["none"]},
            "train": {"precision": "fp32", "batch_size": 8, "lr": 0.0, "auto_min_steps": 80, "auto_max_epochs": 20,
                      **train_opts}, "output_dir": str(root / name)}
-    out = train(cfg, progress=False)
+    out = train(cfg, progress=progress)
     log = [json.loads(line) for line in (root / name / "log.jsonl").read_text().splitlines()]
     return out.metrics, -(-out.metrics["examples"]["train"] // 8), [r for r in log if "val_loss" in r]
 
@@ -170,3 +171,12 @@ def test_causal_lm_stops_early_under_the_automatic_length_only(lm):
     assert m["steps"] == 2 * per_epoch and len(evals) == 2
     m, per_epoch, evals = _lm_run(lm, "epochs", epochs=6)  # explicit epochs: the whole length
     assert m["steps"] == 6 * per_epoch and len(evals) == 6
+
+
+def test_the_plan_line_promises_early_stopping_only_where_validation_can_stop_the_run(lm, capsys):
+    _lm_run(lm, "plan-explicit", progress=True, max_steps=2, early_stopping=2)
+    assert "; stops after 2 evaluations without improvement)" in capsys.readouterr().err
+    _lm_run(lm, "plan-auto", progress=True, auto_min_steps=1, auto_max_epochs=1)
+    assert "; stops after 3 evaluations without improvement)" in capsys.readouterr().err
+    _lm_run(lm, "plan-no-validation", progress=True, split=(0.9, 0.0, 0.1), auto_min_steps=1, auto_max_epochs=1)
+    assert "stops after" not in capsys.readouterr().err

@@ -196,7 +196,7 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
     save_every = eval_every if t.save_every is None else t.save_every
     patience = t.early_stopping if t.early_stopping is not None else task.auto_patience if plan.auto else None
     if progress and d.main:
-        print(plan.describe(d.world, patience), file=sys.stderr)
+        print(plan.describe(d.world, patience if data.validation else None), file=sys.stderr)  # stops need them
     result = TrainResult()
     sign = 1 if task.greater_is_better else -1
     params = [p for p in module.parameters() if p.requires_grad]
