@@ -7,7 +7,7 @@ from tiny import model_dir
 from tuneforge.config import load_config
 from tuneforge.methods import registry
 from tuneforge.models import apply_method, frozen_pooler
-from tuneforge.train import build_optimizer
+from tuneforge.optim import build_optimizer
 
 
 @pytest.fixture(scope="module")
