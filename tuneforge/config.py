@@ -38,7 +38,8 @@ class DataConfig:
     tags_column: str = "tags"  # token classification: column holding their tags (BIO/IOB2 or plain labels)
     tag_names: list[str] | None = None  # token classification: names of integer tags by id, e.g. [O, B-PER, I-PER]
     label_all_subtokens: bool = False  # token classification: every sub-token of a word carries its tag in training
-    stride: int = 32  # token classification: tokens shared by consecutive windows of a sentence over max_length
+    stride: int | None = None  # token classification: tokens shared by consecutive windows of a sentence over
+    #                            max_length; default: 32, or under half a window when max_length is short
     skip_invalid: bool = False  # leave out (and count) invalid rows instead of stopping with an error
     format: Literal["auto", "pairs", "chat", "text"] = "auto"  # causal LM data layout
     template: str | None = None  # causal LM prompt template when the tokenizer has no chat template
@@ -52,7 +53,7 @@ class DataConfig:
         if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
             raise ConfigError(f"data.split must be three non-negative fractions summing to 1, got {self.split}")
         positive("data.max_examples", self.max_examples)
-        if self.stride < 0:
+        if self.stride is not None and self.stride < 0:
             raise ConfigError(f"data.stride must be >= 0, got {self.stride}")
 
 

@@ -8,7 +8,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from tuneforge import assets
 from tuneforge.config import ConfigError
 from tuneforge.data.conll import wnut16
-from tuneforge.data.tagging import IGNORE, align, encode_words, needs_word_spaces, stitch, window_spans
+from tuneforge.data.tagging import (DEFAULT_STRIDE, IGNORE, align, encode_words, needs_word_spaces, stitch,
+                                    window_spans)
 
 SENTENCES = [r["tokens"] for r in wnut16()[:400]]
 
@@ -153,3 +154,16 @@ def test_bad_lengths_give_clear_errors():
     assert encode_words(bert, [], [], max_length=6) == []
     (window,) = encode_words(bert, ["hi"], None, max_length=6)
     assert "labels" not in window and window["word_ids"] == [None, 0, None]
+
+
+def test_the_default_stride_fits_a_short_window_and_an_explicit_one_is_checked():
+    """data.stride unset: 32 tokens, or under half a window when model.max_length is short (a user who only
+    shortens max_length gets windows, not an error about a setting never made); a value given is kept or refused."""
+    bert = AutoTokenizer.from_pretrained(str(assets.minilm_dir()))
+    words = [f"w{i}" for i in range(100)]  # "w", "##N": two tokens a word
+    for max_length, expected in ((12, 4), (32, 14), (128, DEFAULT_STRIDE)):
+        windows = encode_words(bert, words, None, max_length, stride=None)
+        assert len(windows) > 1 and windows == encode_words(bert, words, None, max_length, stride=expected)
+        assert windows != encode_words(bert, words, None, max_length, stride=expected - 2)
+    with pytest.raises(ConfigError, match="stride 32 must be"):
+        encode_words(bert, words, None, max_length=32, stride=32)

@@ -12,6 +12,7 @@ from transformers import PreTrainedTokenizerBase
 from tuneforge.strict import ConfigError
 
 IGNORE = -100  # label of tokens the loss skips
+DEFAULT_STRIDE = 32  # data.stride left unset: tokens shared by consecutive windows of a long sentence
 _PROBE = ["Hello", "world", ",", "New", "York", "cats"]
 
 
@@ -106,10 +107,11 @@ def _next_start(bounds: list[int], start: int, end: int, budget: int, stride: in
 
 
 def encode_words(tokenizer: PreTrainedTokenizerBase, words: Sequence[str], word_labels: Sequence[int] | None,
-                 max_length: int, stride: int = 0, label_all_subtokens: bool = False,
+                 max_length: int, stride: int | None = 0, label_all_subtokens: bool = False,
                  b_to_i: Sequence[int] | None = None) -> list[dict[str, list]]:
     """Pre-split ``words`` as windows of at most ``max_length`` tokens (special tokens included) that overlap
-    by ``stride`` tokens; one window when the sentence fits. Each window: ``input_ids``, ``token_type_ids``
+    by ``stride`` tokens (None: ``DEFAULT_STRIDE``, or under half a window when the window is short); one window
+    when the sentence fits. Each window: ``input_ids``, ``token_type_ids``
     (when the tokenizer makes them), ``word_ids`` (sentence-level word index per token, None for special
     tokens) and, when ``word_labels`` are given, ``labels`` (:func:`align`)."""
     if word_labels is not None and len(word_labels) != len(words):
@@ -124,6 +126,8 @@ def encode_words(tokenizer: PreTrainedTokenizerBase, words: Sequence[str], word_
     if budget < 1:
         raise ConfigError(f"max_length {max_length} leaves no room for words beside "
                           f"{len(word_ids) - len(content)} special tokens; raise it")
+    if stride is None:
+        stride = min(DEFAULT_STRIDE, (budget - 1) // 2)
     if not 0 <= stride < budget:
         raise ConfigError(f"data.stride {stride} must be at least 0 and below model.max_length {max_length} minus "
                           f"{max_length - budget} special tokens ({budget}); lower it (e.g. data.stride={budget // 4}) "
