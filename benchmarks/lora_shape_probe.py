@@ -1,9 +1,9 @@
 """Is LoRA's default shape (rank 8, alpha 16, every linear layer) the one to ship? Each shape runs at LoRA's
 default learning rate for the task and the automatic length (the bench_defaults settings: 500 training examples,
-the same validation and test sets, one seed, two single-threaded runs at a time); the default shape's run is
-read from ``--baseline`` (bench_defaults' JSON) when it is there with the same settings. Per task it prints
-validation / test for each shape, the shape picked on validation and the default's gap to it (test points);
-over the tasks, each shape's mean test accuracy.
+the same validation and test sets, one training seed per invocation, two single-threaded runs at a time); the
+default shape's run is read from ``--baseline`` (bench_defaults' JSON, same seed) when it is there with the same
+settings. Per task it prints validation / test for each shape, the shape picked on validation and the default's
+gap to it (test points); over the tasks, each shape's mean test accuracy.
 
 Shapes: ``r4`` (rank 4, alpha 8), ``r16`` (rank 16, alpha 32) keep the default's scale alpha/r = 2; ``a32``
 (rank 8, alpha 32) doubles the scale; ``qv`` (rank 8, alpha 16) adapts only the attention's query and value
@@ -39,7 +39,9 @@ def main() -> None:
     p.add_argument("--tasks", default="rt,tweets,topics")
     p.add_argument("--shapes", default="r4,r16,a32,qv")
     p.add_argument("--size", type=int, default=500)
-    p.add_argument("--baseline", default=str(HERE / "results" / "defaults-cap30.json"))
+    p.add_argument("--seed", type=int, default=42, help="train.seed of every run (one seed per output file)")
+    p.add_argument("--baseline", default=str(HERE / "results" / "defaults-cap30.json"),
+                   help="bench_defaults JSON run with the same --seed")
     p.add_argument("--runs", default="/tmp/tuneforge-lora-shape")
     p.add_argument("--output", default=str(HERE / "results" / "lora-shape-probe.json"))
     args = p.parse_args()
@@ -59,16 +61,16 @@ def main() -> None:
             if name not in results and name in known:
                 results[name] = {**known[name], "from": Path(args.baseline).name}
             if name not in results:
-                cfg = b.settings(task, args.size, "lora", lr, 250, 42)
+                cfg = b.settings(task, args.size, "lora", lr, 250, args.seed)
                 cfg["method"].update(SHAPES[shape])
-                todo.append((name, cfg, f"{args.runs}/{task}_{shape}"))
+                todo.append((name, cfg, f"{args.runs}/{task}_{shape}_s{args.seed}"))
     with mp.get_context("spawn").Pool(2, maxtasksperchild=1) as pool:
         for name, result in pool.imap_unordered(b.run_one, todo):
             results[name] = result
             out.write_text(json.dumps(results, indent=1))
             print(name, {k: result.get(k) for k in ("validation", "test", "steps", "error")}, flush=True)
     out.write_text(json.dumps(results, indent=1))
-    lines = ["| task | " + " | ".join(shapes) + " | picked on validation | default − picked (test points) |",
+    lines = ["| task | " + " | ".join(shapes) + " | picked on validation | gap (test points; positive: the default is worse) |",
              "|---|" + "---|" * (len(shapes) + 2)]
     for task in tasks:
         got = {s: results.get(names[task, s], {}) for s in shapes}

@@ -24,6 +24,16 @@ def test_wraps_the_sublayer_outputs_of_every_block(family, variant):
     assert wrapped == {f"{LAYERS[family]}.{i}.{name}" for i in range(2) for name in per_block}
 
 
+def test_gpt_neox_attention_is_found_past_a_norm_named_after_it():
+    """GPT-NeoX's block lists ``post_attention_layernorm`` (no linear layer) before ``attention``."""
+    from transformers import AutoModelForCausalLM, GPTNeoXConfig
+
+    model = apply(AutoModelForCausalLM.from_config(GPTNeoXConfig(
+        vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)), "adapter")
+    wrapped = {n for n, m in model.named_modules() if isinstance(m, adapter.AdapterLayer)}
+    assert wrapped == {f"gpt_neox.layers.{i}.{n}" for i in range(2) for n in ("attention.dense", "mlp.dense_4h_to_h")}
+
+
 @pytest.mark.parametrize("variant", ["houlsby", "pfeiffer"])
 def test_exactly_the_adapters_train(family, variant):
     model = apply(tiny_classifier(family), "adapter", variant=variant, reduction_factor=8)

@@ -30,6 +30,23 @@ def test_freeze_selects_exactly_the_chosen_layers(family, options, layers):
     assert trainable == expected
 
 
+def test_freeze_trains_the_last_two_layers_by_default_and_every_layer_of_a_smaller_model():
+    """method.num_layers unset: 2 layers, or all of a model with fewer (ALBERT shares one layer; a 1-layer model
+    stopped with an error about a setting never made); an explicit count beyond the model is still refused."""
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    def one_layer():
+        return AutoModelForSequenceClassification.from_config(BertConfig(
+            vocab_size=128, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64))
+
+    model, trainable = _trainable("bert", "freeze")
+    assert {n for n in trainable if ".layer." in n} == {n for n, _ in model.named_parameters() if ".layer." in n}
+    one = registry.apply(one_layer(), "freeze", registry.make_config("freeze", {}), always_train=HEADS)
+    assert any(p.requires_grad for n, p in one.named_parameters() if ".layer.0." in n)
+    with pytest.raises(ConfigError, match="num_layers=2 but the model has only 1 layers"):
+        registry.apply(one_layer(), "freeze", registry.make_config("freeze", {"num_layers": 2}), always_train=HEADS)
+
+
 def test_freeze_extra_modules():
     model, trainable = _trainable("bert", "freeze", num_layers=0, extra=["embeddings"])
     assert {n for n in trainable if "embeddings" in n} == {n for n, _ in model.named_parameters() if "embeddings" in n}

@@ -37,6 +37,16 @@ def test_scales_keys_values_and_ffn_input(family):
     assert method_params(model) == {f"{n}.ia3" for n, *_ in expected}
 
 
+def test_distilbert_names_its_projections_k_lin_and_v_lin():
+    from transformers import AutoModelForSequenceClassification, DistilBertConfig
+
+    model = apply(AutoModelForSequenceClassification.from_config(
+        DistilBertConfig(vocab_size=128, dim=32, n_layers=2, n_heads=4, hidden_dim=64)), "ia3")
+    assert _layers(model) == {(f"distilbert.transformer.layer.{i}.{n}", size, 0, inp) for i in range(2) for n, size, inp
+                              in (("attention.k_lin", 32, False), ("attention.v_lin", 32, False),
+                                  ("ffn.lin2", 64, True))}
+
+
 def test_targets_subset():
     model = apply(tiny_causal_lm("gpt2"), "ia3", targets=["values"])
     assert {(_in_block(n), size, start) for n, size, start, _ in _layers(model)} == {("attn.c_attn", 32, 64)}
@@ -139,3 +149,40 @@ def test_matches_peft_where_the_designs_agree(family):
 def test_bad_targets_are_config_errors(targets):
     with pytest.raises(ConfigError, match="method.targets"):
         registry.make_config("ia3", {"targets": targets})
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+@torch.no_grad()
+def test_phi3_fused_qkv_scales_only_its_narrower_key_and_value_slices(tmp_path):
+    """Phi-3's ``qkv_proj`` is ``[q | k | v]`` with k and v narrower than q under grouped-query attention
+    (4 heads, 2 key/value heads of 8: 32 | 16 | 16). Random vectors: merging gives the same logits, and the
+    PEFT export (a full-width vector, ones on the query slice) loads in PEFT with the same logits."""
+    import json
+
+    from peft import PeftModel
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, Phi3Config
+
+    def build():
+        torch.manual_seed(0)
+        return AutoModelForCausalLM.from_config(Phi3Config(
+            vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, pad_token_id=0)).eval()
+
+    build().save_pretrained(tmp_path / "base")
+    model = apply(build(), "ia3")
+    assert _layers(model) == {(f"model.layers.{i}.{n}", size, start, inp) for i in range(2) for n, size, start, inp
+                              in (("self_attn.qkv_proj", 32, 32, False), ("mlp.down_proj", 64, 0, True))}
+    randomise(model, scale=0.3)
+    batch = tiny_batch()
+    expected = model(**batch).logits
+    assert not torch.allclose(expected, build()(**batch).logits, atol=1e-3)
+    config = registry.make_config("ia3", {})
+    adapter_config, tensors = ia3.to_peft(model, config, "CAUSAL_LM", [])
+    adapter_config["base_model_name_or_path"] = str(tmp_path / "base")
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(adapter_config))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp_path / "adapter" / "adapter_model.safetensors")
+    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), tmp_path / "adapter")
+    torch.testing.assert_close(theirs.eval()(**batch).logits, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ia3.merge(model)(**batch).logits, expected, rtol=0, atol=1e-5)

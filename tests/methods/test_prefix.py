@@ -218,3 +218,15 @@ def test_too_many_virtual_tokens(family):
 def test_bad_settings_are_config_errors(options, key):
     with pytest.raises(ConfigError, match=key):
         registry.make_config("prefix", options)
+
+
+def test_a_model_whose_attention_takes_no_cache_is_refused():
+    """DistilBERT (like DeBERTa-v2 and ALBERT) has no cache argument: a prefix could not reach its attention,
+    and training failed deep inside with a shape mismatch; it is refused when the method is applied."""
+    from transformers import AutoModelForSequenceClassification, DistilBertConfig
+
+    from conftest import VOCAB
+    model = AutoModelForSequenceClassification.from_config(
+        DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64))
+    with pytest.raises(ConfigError, match="DistilBertModel takes no key/value cache"):
+        apply(model, "prefix", num_virtual_tokens=N)

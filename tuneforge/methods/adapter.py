@@ -7,9 +7,9 @@ acts on the sublayer output before dropout, the residual addition and (BERT) the
 placement -- for BERT (``attention.output.dense``, ``output.dense``), Llama (``self_attn.o_proj``,
 ``mlp.down_proj``) and GPT-2 (``attn.c_proj``, ``mlp.c_proj``, ``Conv1D``) alike.
 
-The projections are found structurally, without per-model tables: the attention output is the last
-linear layer inside the block's first child whose name contains ``attn``/``attention``; the FFN output is
-the last linear layer of the block that maps a wider input to the hidden size.
+The projections are found structurally, without per-model tables: the attention output is the last linear
+layer inside the block's first child whose name contains ``attn``/``attention`` and that holds one; the FFN
+output is the last linear layer of the block that maps a wider input to the hidden size.
 """
 from __future__ import annotations
 
@@ -49,11 +49,13 @@ class Config:
 
 
 def attention_output(block: nn.Module) -> str | None:
-    """Name (within ``block``) of the attention output projection, or None."""
+    """Name (within ``block``) of the attention output projection, or None. Children named after attention that
+    hold no linear layer (GPT-NeoX's ``post_attention_layernorm`` comes before its ``attention``) are skipped."""
     for child_name, child in block.named_children():
         if "attn" in child_name.lower() or "attention" in child_name.lower():
             names = [n for n, m in child.named_modules() if isinstance(m, LINEAR)]
-            return f"{child_name}.{names[-1]}" if names else None
+            if names:
+                return f"{child_name}.{names[-1]}"
     return None
 
 

@@ -12,17 +12,20 @@ from tuneforge.methods.layers import find_layers, layer_index
 
 TRAIN_DEFAULTS = {"lr": 1e-4}
 
+DEFAULT_LAYERS = 2  # method.num_layers left unset: the last two layers train (every layer of a smaller model)
+
 
 @dataclass
 class Config:
-    num_layers: int = 2  # how many transformer layers train (see `which`)
+    num_layers: int | None = None  # how many transformer layers train (see `which`); default: 2 (every layer
+    #                                of a model with fewer)
     which: Literal["last", "first"] = "last"  # train the last or the first `num_layers` layers
     layer_indices: list[int] | None = None  # explicit layer indices (replaces num_layers/which)
     patterns: list[str] = field(default_factory=list)  # regexes on parameter names that also train
     extra: list[str] = field(default_factory=list)  # module names that also train, e.g. embeddings, norm, pooler
 
     def __post_init__(self) -> None:
-        if self.num_layers < 0:
+        if self.num_layers is not None and self.num_layers < 0:
             raise ConfigError(f"method.num_layers must be >= 0, got {self.num_layers}")
         for pattern in self.patterns:
             try:
@@ -38,10 +41,11 @@ def selected_layers(n_layers: int, config: Config) -> list[int]:
         if bad:
             raise ConfigError(f"method.layer_indices {bad} out of range: the model has {n_layers} layers")
         return sorted({i % n_layers for i in config.layer_indices})
-    if config.num_layers > n_layers:
-        raise ConfigError(f"method.num_layers={config.num_layers} but the model has only {n_layers} layers")
+    count = min(DEFAULT_LAYERS, n_layers) if config.num_layers is None else config.num_layers
+    if count > n_layers:
+        raise ConfigError(f"method.num_layers={count} but the model has only {n_layers} layers")
     all_layers = list(range(n_layers))
-    return all_layers[n_layers - config.num_layers:] if config.which == "last" else all_layers[: config.num_layers]
+    return all_layers[n_layers - count:] if config.which == "last" else all_layers[:count]
 
 
 def apply(model: nn.Module, config: Config) -> nn.Module:

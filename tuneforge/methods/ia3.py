@@ -3,10 +3,12 @@ intermediate activation (Liu et al. 2022, "Few-Shot Parameter-Efficient Fine-Tun
 than In-Context Learning", arXiv 2205.05638). At initialisation the model is exactly the base model.
 
 ``l_k``/``l_v`` multiply the outputs of the key/value projections (BERT ``key``/``value``, Llama
-``k_proj``/``v_proj``; for GPT-2's fused ``c_attn`` ``[q | k | v]`` only the k and v slices); ``l_ff``
-multiplies the input of the FFN down projection (found structurally, see
-:func:`tuneforge.methods.adapter.ffn_output`). Key/value projections are recognised by a small table of
-module names (below). Mergeable: ``merge`` scales the weights and unwraps.
+``k_proj``/``v_proj``, DistilBERT ``k_lin``/``v_lin``; for the fused ``[q | k | v]`` of GPT-2's ``c_attn`` and
+Phi-3's ``qkv_proj`` only the k and v slices); ``l_ff`` multiplies the input of the FFN down projection (found
+structurally, see :func:`tuneforge.methods.adapter.ffn_output`). Key/value projections are recognised by a small
+table of module names (below). Mergeable: ``merge`` scales the weights and unwraps. Fused projections that
+interleave q, k and v per head (GPT-NeoX's and BLOOM's ``query_key_value``) are not recognised:
+``method.targets=[ffn]`` still applies there.
 
 PEFT differs in its default targets: for GPT-2 it scales the whole ``c_attn`` output (queries too) and for
 BERT it also scales the input of ``attention.output.dense`` (its ``output.dense`` pattern matches both).
@@ -31,9 +33,10 @@ from tuneforge.methods.layers import LINEAR, find_layers, linear_features, repla
 TRAIN_DEFAULTS = {"lr": 3e-3}
 
 TARGETS = ("keys", "values", "ffn")
-KEY_NAMES = ("key", "k_proj", "k", "key_proj")  # separate key projections
-VALUE_NAMES = ("value", "v_proj", "v", "value_proj")  # separate value projections
-FUSED_QKV_NAMES = ("c_attn",)  # fused projections laid out as [q | k | v] of equal widths (GPT-2)
+KEY_NAMES = ("key", "k_proj", "k", "key_proj", "k_lin")  # separate key projections
+VALUE_NAMES = ("value", "v_proj", "v", "value_proj", "v_lin")  # separate value projections
+FUSED_QKV_NAMES = ("c_attn", "qkv_proj")  # fused projections laid out as [q | k | v] (GPT-2; Phi-3, k and v
+#                                          narrower than q under grouped-query attention)
 
 
 @dataclass
@@ -86,8 +89,20 @@ class IA3Layer(nn.Module):
         return self.base
 
 
-def _targets(block: nn.Module, hidden: int, wanted: list[str]) -> list[tuple[str, int, int, bool]]:
-    """``(name, size, start, on_input)`` for every projection of ``block`` to wrap."""
+def _qkv_widths(model: nn.Module, hidden: int) -> tuple[int, int] | None:
+    """(query width, key/value width) of a fused ``[q | k | v]`` projection, from the model's config."""
+    cfg = model.config
+    heads = getattr(cfg, "num_attention_heads", None)
+    if not heads:
+        return None
+    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+    return heads * head_dim, (getattr(cfg, "num_key_value_heads", None) or heads) * head_dim
+
+
+def _targets(block: nn.Module, hidden: int, wanted: list[str], qkv: tuple[int, int] | None
+             ) -> list[tuple[str, int, int, bool]]:
+    """``(name, size, start, on_input)`` for every projection of ``block`` to wrap; ``qkv``: the widths of a
+    fused projection's query and key/value parts (None: three equal parts)."""
     out = []
     for name, module in block.named_modules():
         leaf = name.rpartition(".")[2]
@@ -97,9 +112,9 @@ def _targets(block: nn.Module, hidden: int, wanted: list[str]) -> list[tuple[str
         if ("keys" in wanted and leaf in KEY_NAMES) or ("values" in wanted and leaf in VALUE_NAMES):
             out.append((name, fan_out, 0, False))
         elif leaf in FUSED_QKV_NAMES and {"keys", "values"} & set(wanted):
-            third = fan_out // 3  # [q | k | v]
-            start = third if "keys" in wanted else 2 * third
-            end = 3 * third if "values" in wanted else 2 * third
+            q, kv = qkv if qkv and qkv[0] + 2 * qkv[1] == fan_out else (fan_out // 3, fan_out // 3)  # [q | k | v]
+            start = q if "keys" in wanted else q + kv
+            end = q + 2 * kv if "values" in wanted else q + kv
             out.append((name, end - start, start, False))
     if "ffn" in wanted:
         down = ffn_output(block, hidden)
@@ -114,15 +129,18 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
         raise ConfigError("method: the model already has IA3 vectors; apply the ia3 method once")
     layers_name, layers = find_layers(model)
     hidden = model.get_input_embeddings().weight.shape[1]
+    qkv = _qkv_widths(model, hidden)
     for i, block in enumerate(layers):
-        targets = _targets(block, hidden, config.targets)
+        targets = _targets(block, hidden, config.targets, qkv)
         n_attn = sum(not on_input for *_, on_input in targets)
         want_attn = {"keys", "values"} & set(config.targets)
         if (want_attn and n_attn == 0) or ("ffn" in config.targets and n_attn == len(targets)):
             linear = sorted({n.rpartition(".")[2] for n, m in block.named_modules() if isinstance(m, LINEAR)})
+            kv = want_attn and n_attn == 0
             raise ConfigError(
-                f"method.targets: cannot find the {'key/value' if want_attn and n_attn == 0 else 'FFN down'} "
-                f"projections in {layers_name}.{i} ({type(block).__name__}; linear layers: {', '.join(linear)})"
+                f"method.targets: cannot find the {'key/value' if kv else 'FFN down'} projections in "
+                f"{layers_name}.{i} ({type(block).__name__}; linear layers: {', '.join(linear)})"
+                + ("; method.targets=[ffn] scales only the FFN" if kv and "ffn" in config.targets else "")
             )
         for name, size, start, on_input in targets:
             replace(block, name, IA3Layer(block.get_submodule(name), size, start, on_input))

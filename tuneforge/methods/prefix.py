@@ -30,6 +30,7 @@ rebuilds the prefix at every step (see :mod:`.virtual_tokens`).
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +130,10 @@ def _load_folded(module: PrefixEncoder, state_dict: dict[str, Any], prefix: str,
 
 def apply(model: nn.Module, config: Config) -> nn.Module:
     """Add the prefix encoder to ``model.base_model``; its new parameters train."""
+    backbone = backbone_of(model)
+    if not {"cache", "past_key_values"} & set(inspect.signature(backbone.forward).parameters):
+        raise ConfigError(f"method.name=prefix: {type(backbone).__name__} takes no key/value cache, so its "
+                          "attention cannot see a prefix; choose prompt, p-tuning or lora")
     layers, kv_heads, head_dim = kv_shape(model)
     attach(model, PrefixEncoder(config.num_virtual_tokens, layers, kv_heads, head_dim, config), "prefix_encoder")
     return model
