@@ -34,6 +34,19 @@ def test_gpt_neox_attention_is_found_past_a_norm_named_after_it():
     assert wrapped == {f"gpt_neox.layers.{i}.{n}" for i in range(2) for n in ("attention.dense", "mlp.dense_4h_to_h")}
 
 
+def test_albert_blocks_are_found_at_the_hidden_width_not_the_narrower_embedding():
+    """ALBERT projects 16-wide embeddings up to a 32-wide residual stream and nests its layer in a group."""
+    from transformers import AlbertConfig, AutoModelForSequenceClassification
+
+    model = apply(AutoModelForSequenceClassification.from_config(AlbertConfig(
+        vocab_size=128, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64)), "adapter")
+    wrapped = {n for n, m in model.named_modules() if isinstance(m, adapter.AdapterLayer)}
+    root = "albert.encoder.albert_layer_groups.0.albert_layers.0"
+    assert wrapped == {f"{root}.attention.dense", f"{root}.ffn_output"}
+    assert model(**tiny_batch()).logits.shape == (3, 2)
+
+
 @pytest.mark.parametrize("variant", ["houlsby", "pfeiffer"])
 def test_exactly_the_adapters_train(family, variant):
     model = apply(tiny_classifier(family), "adapter", variant=variant, reduction_factor=8)

@@ -47,6 +47,17 @@ def test_distilbert_names_its_projections_k_lin_and_v_lin():
                                   ("ffn.lin2", 64, True))}
 
 
+def test_albert_ffn_is_found_at_the_hidden_width_not_the_narrower_embedding():
+    from transformers import AlbertConfig, AutoModelForSequenceClassification
+
+    model = apply(AutoModelForSequenceClassification.from_config(AlbertConfig(
+        vocab_size=128, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64)), "ia3")
+    root = "albert.encoder.albert_layer_groups.0.albert_layers.0"
+    assert _layers(model) == {(f"{root}.attention.key", 32, 0, False), (f"{root}.attention.value", 32, 0, False),
+                              (f"{root}.ffn_output", 64, 0, True)}
+
+
 def test_targets_subset():
     model = apply(tiny_causal_lm("gpt2"), "ia3", targets=["values"])
     assert {(_in_block(n), size, start) for n, size, start, _ in _layers(model)} == {("attn.c_attn", 32, 64)}

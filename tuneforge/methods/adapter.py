@@ -8,7 +8,7 @@ placement -- for BERT (``attention.output.dense``, ``output.dense``), Llama (``s
 ``mlp.down_proj``) and GPT-2 (``attn.c_proj``, ``mlp.c_proj``, ``Conv1D``) alike.
 
 The projections are found structurally, without per-model tables: the attention output is the last linear
-layer inside the block's first child whose name contains ``attn``/``attention`` and that holds one; the FFN
+layer inside the block's outermost module whose name contains ``attn``/``attention`` and that holds one; the FFN
 output is the last linear layer of the block that maps a wider input to the hidden size.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch.nn as nn
 from transformers.activations import ACT2FN
 
 from tuneforge.config import ConfigError
-from tuneforge.methods.layers import LINEAR, find_layers, is_norm, linear_features, replace
+from tuneforge.methods.layers import LINEAR, find_layers, hidden_size, is_norm, linear_features, replace
 
 # lr: measured best of 1e-3 / 3e-3 on RT + MiniLM (README); the pooler: docs/benchmarks.md, "BERT's pooler"
 TRAIN_DEFAULTS = {"lr": 3e-3, "pooler_with_head": True}
@@ -49,13 +49,15 @@ class Config:
 
 
 def attention_output(block: nn.Module) -> str | None:
-    """Name (within ``block``) of the attention output projection, or None. Children named after attention that
-    hold no linear layer (GPT-NeoX's ``post_attention_layernorm`` comes before its ``attention``) are skipped."""
-    for child_name, child in block.named_children():
-        if "attn" in child_name.lower() or "attention" in child_name.lower():
-            names = [n for n, m in child.named_modules() if isinstance(m, LINEAR)]
+    """Name (within ``block``) of the attention output projection, or None: the last linear layer of the outermost
+    module named after attention that holds one (GPT-NeoX's ``post_attention_layernorm``, before its
+    ``attention``, holds none; ALBERT's attention sits one level down, in ``albert_layers.0``)."""
+    for name, module in block.named_modules():
+        leaf = name.rpartition(".")[2].lower()
+        if "attn" in leaf or "attention" in leaf:
+            names = [n for n, m in module.named_modules() if isinstance(m, LINEAR)]
             if names:
-                return f"{child_name}.{names[-1]}"
+                return f"{name}.{names[-1]}"
     return None
 
 
@@ -108,7 +110,7 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
     if any(isinstance(m, AdapterLayer) for m in model.modules()):
         raise ConfigError("method: the model already has adapters; apply the adapter method once")
     layers_name, layers = find_layers(model)
-    hidden = model.get_input_embeddings().weight.shape[1]
+    hidden = hidden_size(model)
     bottleneck = config.bottleneck_size or max(1, hidden // config.reduction_factor)
     for i, block in enumerate(layers):
         targets = {"FFN output": ffn_output(block, hidden)}

@@ -28,7 +28,7 @@ from transformers.pytorch_utils import Conv1D
 from tuneforge.config import ConfigError
 from tuneforge.methods import peft_format
 from tuneforge.methods.adapter import ffn_output
-from tuneforge.methods.layers import LINEAR, find_layers, linear_features, replace
+from tuneforge.methods.layers import LINEAR, find_layers, hidden_size, linear_features, replace
 
 TRAIN_DEFAULTS = {"lr": 3e-3}
 
@@ -128,7 +128,7 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
     if any(isinstance(m, IA3Layer) for m in model.modules()):
         raise ConfigError("method: the model already has IA3 vectors; apply the ia3 method once")
     layers_name, layers = find_layers(model)
-    hidden = model.get_input_embeddings().weight.shape[1]
+    hidden = hidden_size(model)
     qkv = _qkv_widths(model, hidden)
     for i, block in enumerate(layers):
         targets = _targets(block, hidden, config.targets, qkv)

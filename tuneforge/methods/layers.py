@@ -38,6 +38,12 @@ def layer_index(param_name: str, layers_name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def hidden_size(model: nn.Module) -> int:
+    """Width of the residual stream the blocks work in: ``config.hidden_size`` (ALBERT's embeddings are
+    narrower and projected up), else the input embeddings' width."""
+    return getattr(model.config, "hidden_size", None) or model.get_input_embeddings().weight.shape[1]
+
+
 def linear_features(module: nn.Module) -> tuple[int, int]:
     """``(in_features, out_features)`` of an ``nn.Linear`` or a transposed GPT-2 ``Conv1D``."""
     w = module.weight
