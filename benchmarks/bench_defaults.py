@@ -175,7 +175,8 @@ def main() -> None:
     p.add_argument("--sizes", default="500,2000", help="training examples (a task with fewer uses all it has)")
     p.add_argument("--methods", default=",".join(registry.names()))
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="train.seed of every run (keys do not record it: one seed "
+                   "per output file; the split and held-out sets stay those of data.seed 42)")
     p.add_argument("--quick", action="store_true", help="smoke test: 60 examples, rt and wnut16, lora and ia3")
     p.add_argument("--output", default=str(HERE / "results" / "defaults.md"))
     p.add_argument("--runs", default="/tmp/tuneforge-bench-defaults", help="where the run directories go")
