@@ -1,7 +1,7 @@
 """Are tuneforge's defaults good without tuning? For each task x training-set size x method: the default run
 (the method's default learning rate for the task, automatic training length) against a small sweep of
 learning rate x training length; prints the default's test metric, the best sweep setting's (picked on
-validation) and the gap, with met / not met per target:
+validation; a tie keeps the default) and the gap, with met / not met per target:
 
 - LoRA, full and adapter: default within 2 accuracy/F1 points (3 % perplexity) of the best sweep setting;
 - the other methods: within 5 points (the perplexity target scales the same way: 7.5 %).
@@ -238,26 +238,30 @@ def main() -> None:
 
 def write_table(results: dict, cells: list, default_lr: dict, args: argparse.Namespace, out_json: Path) -> None:
     lines = ["| task | size | method | default lr | default | best sweep (lr, auto_min_steps, epoch cap, pooler) | best "
-             "| gap | target | met |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| gap | target | met | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t, s, m in cells:
         _, _, _, metric, greater = TASKS[t]
         greater = greater if metric != "perplexity" else False
         mine = {k: v for k, v in results.items() if k.startswith(f"{t}|{s}|{m}|") and v.get("test") is not None}
         d = results.get(key(t, s, m, default_lr[t, m], 250), {})
         if not mine or d.get("test") is None:
-            lines.append(f"| {t} | {s} | {m} | {default_lr[t, m]:g} | {d.get('error', '-')} | | | | | |")
+            lines.append(f"| {t} | {s} | {m} | {default_lr[t, m]:g} | {d.get('error', '-')} | | | | | | |")
             continue
         val = (lambda k: mine[k]["validation"] if metric != "perplexity" else -mine[k]["validation"])
-        best = max(mine, key=val)
+        default_key = key(t, s, m, default_lr[t, m], 250)
+        best = max(mine, key=lambda k: (val(k), k == default_key))  # a validation tie keeps the default
+        ties = [k for k in mine if k != best and val(k) == val(best)]
         g = gap(d["test"], mine[best]["test"], greater)
         target = (2 if m in CORE else 5) * (1.5 if metric == "perplexity" else 1)
         _, _, _, lr, steps, cap, pool = best.split("|")
         lines.append(f"| {t} | {d['train_examples']} | {m} | {default_lr[t, m]:g} | {d['test']:.4f} | "
                      f"{lr}, {steps}, {cap}, {pool} | "
-                     f"{mine[best]['test']:.4f} | {g:+.2f} | {target:g} | {'yes' if g <= target else 'NO'} |")
+                     f"{mine[best]['test']:.4f} | {g:+.2f} | {target:g} | {'yes' if g <= target else 'NO'} |"
+                     + (f" tie on validation with {', '.join(k.split('|')[3] for k in ties)} |" if ties else " |"))
     unit = "points (accuracy/F1) or % (perplexity; positive: the default is worse)"
     text = (f"# Defaults against a small sweep\n\nCommand: `python benchmarks/bench_defaults.py "
-            f"{' '.join(sys.argv[1:])}`\n\nGap in {unit}; best sweep setting picked on validation.\n\n"
+            f"{' '.join(sys.argv[1:])}`\n\nGap in {unit}; best sweep setting picked on validation (a tie keeps the "
+            "default; the note names the settings tied with the pick).\n\n"
             + "\n".join(lines) + "\n")
     Path(args.output).write_text(text)
     print(text)
