@@ -243,12 +243,12 @@ def write_table(results: dict, cells: list, default_lr: dict, args: argparse.Nam
         _, _, _, metric, greater = TASKS[t]
         greater = greater if metric != "perplexity" else False
         mine = {k: v for k, v in results.items() if k.startswith(f"{t}|{s}|{m}|") and v.get("test") is not None}
-        d = results.get(key(t, s, m, default_lr[t, m], 250), {})
+        default_key = key(t, s, m, default_lr[t, m], 250)
+        d = results.get(default_key, {})
         if not mine or d.get("test") is None:
             lines.append(f"| {t} | {s} | {m} | {default_lr[t, m]:g} | {d.get('error', '-')} | | | | | | |")
             continue
         val = (lambda k: mine[k]["validation"] if metric != "perplexity" else -mine[k]["validation"])
-        default_key = key(t, s, m, default_lr[t, m], 250)
         best = max(mine, key=lambda k: (val(k), k == default_key))  # a validation tie keeps the default
         ties = [k for k in mine if k != best and val(k) == val(best)]
         g = gap(d["test"], mine[best]["test"], greater)

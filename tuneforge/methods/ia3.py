@@ -28,7 +28,7 @@ from transformers.pytorch_utils import Conv1D
 from tuneforge.config import ConfigError
 from tuneforge.methods import peft_format
 from tuneforge.methods.adapter import ffn_output
-from tuneforge.methods.layers import LINEAR, find_layers, hidden_size, linear_features, replace
+from tuneforge.methods.layers import LINEAR, attention_heads, find_layers, hidden_size, linear_features, replace
 
 # classification: lr x 3 was validation's pick on all three tasks measured (Rotten Tomatoes, tweets, topics at 500
 # examples: +4.8, +2.5, +4.2 test points over 3e-3, topics at the earlier 10-epoch cap; docs/benchmarks.md,
@@ -94,12 +94,11 @@ class IA3Layer(nn.Module):
 
 def _qkv_widths(model: nn.Module, hidden: int) -> tuple[int, int] | None:
     """(query width, key/value width) of a fused ``[q | k | v]`` projection, from the model's config."""
-    cfg = model.config
-    heads = getattr(cfg, "num_attention_heads", None)
-    if not heads:
+    shape = attention_heads(model.config, hidden)
+    if shape is None:
         return None
-    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
-    return heads * head_dim, (getattr(cfg, "num_key_value_heads", None) or heads) * head_dim
+    heads, kv_heads, head_dim = shape
+    return heads * head_dim, kv_heads * head_dim
 
 
 def _targets(block: nn.Module, hidden: int, wanted: list[str], qkv: tuple[int, int] | None

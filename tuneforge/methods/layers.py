@@ -3,6 +3,7 @@ per-architecture subclasses), recognise linear and norm layers, and swap a sub-m
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
@@ -42,6 +43,16 @@ def hidden_size(model: nn.Module) -> int:
     """Width of the residual stream the blocks work in: ``config.hidden_size`` (ALBERT's embeddings are
     narrower and projected up), else the input embeddings' width."""
     return getattr(model.config, "hidden_size", None) or model.get_input_embeddings().weight.shape[1]
+
+
+def attention_heads(config: Any, hidden: int) -> tuple[int, int, int] | None:
+    """``(heads, key/value heads, head_dim)`` from a model config (grouped-query attention: fewer key/value
+    heads), or None when it names no attention heads."""
+    heads = getattr(config, "num_attention_heads", None)
+    if not heads:
+        return None
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return heads, kv_heads, getattr(config, "head_dim", None) or hidden // heads
 
 
 def linear_features(module: nn.Module) -> tuple[int, int]:

@@ -40,7 +40,7 @@ from transformers import DynamicCache
 
 from tuneforge.config import ConfigError
 from tuneforge.methods import peft_format
-from tuneforge.methods.layers import find_layers
+from tuneforge.methods.layers import attention_heads, find_layers
 from tuneforge.methods.virtual_tokens import VirtualTokens, attach, backbone_of, encoder_of
 
 TRAIN_DEFAULTS = {"lr": 1e-2}
@@ -62,14 +62,12 @@ class Config:
 def kv_shape(model: nn.Module) -> tuple[int, int, int]:
     """``(layers, kv_heads, head_dim)`` of the model's key/value cache, read from its config."""
     cfg = model.config
-    layers = len(find_layers(model)[1])
-    heads = getattr(cfg, "num_attention_heads", None)
     hidden = getattr(cfg, "hidden_size", None)
-    if not heads or not hidden:
+    shape = attention_heads(cfg, hidden) if hidden else None
+    if shape is None:
         raise ConfigError(f"method: prefix tuning needs num_attention_heads and hidden_size in {type(cfg).__name__}")
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
-    return layers, kv_heads, head_dim
+    _, kv_heads, head_dim = shape
+    return len(find_layers(model)[1]), kv_heads, head_dim
 
 
 class PrefixEncoder(VirtualTokens):
