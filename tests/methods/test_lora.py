@@ -113,3 +113,42 @@ def test_fused_forward_matches_the_unfused_formula_with_gradients(base, bf16):
     for fused, plain in zip(*results):
         assert fused.shape == plain.shape
         assert (fused - plain).abs().max() <= tol * plain.abs().max()
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["linear", "conv1d"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_lora_product_gradients_pass_gradcheck(transposed, bias):
+    """LoRAProduct's hand-written backward (the rank-wide products as (r, tokens) rows, the branch's input
+    gradient inside the base GEMM) equals finite differences in float64, for x, A and B; W and the bias get none."""
+    torch.manual_seed(0)
+    x = torch.randn(7, 6, dtype=torch.float64, requires_grad=True)  # (T, in)
+    w = torch.randn(6, 5, dtype=torch.float64).t() if transposed else torch.randn(5, 6, dtype=torch.float64)
+    b_ = torch.randn(5, dtype=torch.float64) if bias else None  # (out,)
+    a = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)  # (r, in)
+    b = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)  # (out, r)
+    assert torch.autograd.gradcheck(lambda x, a, b: lora.LoRAProduct.apply(x, w, b_, a, b, 0.7), (x, a, b))
+
+
+def test_lora_product_skips_the_input_gradient_nobody_needs():
+    """Layer 0 reads frozen embeddings: no input gradient is computed, A and B still train."""
+    m = lora.LoRALinear(torch.nn.Linear(12, 20), rank=4, alpha=8, dropout=0.0, rslora=False)
+    m.base.requires_grad_(False)
+    x = torch.randn(2, 5, 12)  # (batch, seq, in), no grad
+    m(x).sum().backward()
+    assert x.grad is None and m.lora_A.weight.grad is not None and m.lora_B.weight.grad is not None
+
+
+@pytest.mark.parametrize("case", ["trainable-base", "dropout"])
+def test_layers_the_product_does_not_cover_keep_the_plain_path(case):
+    """A trainable base (its weight needs a gradient) or dropout on the branch runs the autograd path: the base
+    weight gets its gradient, and in eval mode (dropout off) both paths give the same output."""
+    torch.manual_seed(0)
+    m = lora.LoRALinear(torch.nn.Linear(12, 20), rank=4, alpha=8, dropout=0.2 if case == "dropout" else 0.0,
+                        rslora=False)
+    m.base.requires_grad_(case == "trainable-base")
+    assert not m._product_applies()
+    x = torch.randn(3, 12)
+    m(x).sum().backward()
+    assert (m.base.weight.grad is not None) == (case == "trainable-base")
+    m.eval()
+    assert torch.allclose(m(x), _reference(m, x), atol=1e-6)
