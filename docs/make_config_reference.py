@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import io
 import sys
-import tokenize
 import typing
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from tuneforge import config as config_module  # noqa: E402
 from tuneforge.methods import registry  # noqa: E402
+from tuneforge.strict import field_comments  # noqa: E402
 
 OUT = ROOT / "docs" / "configuration.md"
 SEEN: set[str] = {"method.name"}  # keys listed so far
@@ -83,30 +82,6 @@ SECTION_NOTES = {
              "torchrun see [distributed.md](distributed.md).",
     "forgetting": "See [forgetting.md](forgetting.md).",
 }
-
-
-def field_comments(cls: type) -> dict[str, str]:
-    """Field name -> the comment on its line (plus comment-only lines right below it) in ``cls``'s source."""
-    lines, _ = inspect.getsourcelines(cls)
-    comments: dict[int, str] = {}
-    code_lines: set[int] = set()
-    for tok in tokenize.generate_tokens(io.StringIO("".join(lines)).readline):
-        if tok.type == tokenize.COMMENT:
-            comments[tok.start[0]] = tok.string.lstrip("#").strip()
-        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
-            code_lines.add(tok.start[0])
-    names = {f.name for f in dataclasses.fields(cls)}
-    out: dict[str, str] = {}
-    for i, line in enumerate(lines, start=1):
-        name = line.strip().split(":", 1)[0]
-        if line.startswith("    ") and not line.startswith("     ") and name in names and i in code_lines:
-            parts = [comments[i]] if i in comments else []
-            j = i + 1
-            while j in comments and j not in code_lines:  # continuation lines: comment only
-                parts.append(comments[j])
-                j += 1
-            out[name] = " ".join(p for p in parts if p)
-    return out
 
 
 def default_of(f: dataclasses.Field) -> Any:

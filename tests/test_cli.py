@@ -36,6 +36,7 @@ def test_console_script_is_installed():
     assert out.returncode == 0 and "lora" in out.stdout  # python -m tuneforge (what torchrun -m runs)
     assert "fresh task head" in out.stdout and "and 0.003 (train.head_lr)" in out.stdout  # beside the methods' rates
     assert "(train.pooler_with_head)" in out.stdout
+    assert "method.rank = 8  # r: inner dimension of the low-rank update" in out.stdout  # each option explained
 
 
 @pytest.mark.parametrize("argv, message", [

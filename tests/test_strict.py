@@ -55,3 +55,18 @@ def test_a_comma_list_override_fills_a_list_of_integers():
     from tuneforge.methods import registry
     options = parse_overrides(["method.layer_indices=0,-1"])["method"]
     assert registry.make_config("freeze", options).layer_indices == [0, -1]
+
+
+def test_field_comments_read_each_fields_comment_and_its_continuation_lines():
+    import dataclasses
+
+    from tuneforge.strict import field_comments
+
+    @dataclasses.dataclass
+    class Example:
+        a: int = 1  # the first
+        b: list[int] = dataclasses.field(default_factory=list)  # the second,
+        # continued here
+        c: str = "x"
+
+    assert field_comments(Example) == {"a": "the first", "b": "the second, continued here", "c": ""}

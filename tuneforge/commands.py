@@ -106,6 +106,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
     from tuneforge.config import HEAD_LR
     from tuneforge.methods import registry
+    from tuneforge.strict import field_comments
     from tuneforge.tasks import TASKS
 
     for name in registry.names():
@@ -117,9 +118,11 @@ def cmd_methods(args: argparse.Namespace) -> int:
             f"{next(iter(lrs.values())):g}"
         pooler = "; the pooler trains with the head" if registry.train_defaults(name).get("pooler_with_head") else ""
         print(f"{name:10s} {doc}  [default lr: {shown}{pooler}]")
+        comments = field_comments(module.Config)
         for f in dataclasses.fields(module.Config):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            print(f"    method.{f.name} = {default!r}")
+            comment = f"  # {comments[f.name]}" if comments.get(f.name) else ""
+            print(f"    method.{f.name} = {default!r}{comment}")
     print("A fresh task head (classification, token classification) trains at the larger of the method's rate and "
           f"{HEAD_LR:g} (train.head_lr); where marked, a pre-trained pooler (BERT's) that the method leaves frozen "
           "trains with it (train.pooler_with_head).")

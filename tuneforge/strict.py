@@ -3,6 +3,10 @@ type hints, unknown keys are errors that list the valid ones."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import io
+import textwrap
+import tokenize
 import types
 import typing
 from typing import Any, Literal
@@ -103,3 +107,31 @@ def positive(path: str, value: float | int | None) -> None:
     """Raise ConfigError unless ``value`` is None or > 0."""
     if value is not None and not value > 0:
         raise ConfigError(f"{path} must be positive, got {value}")
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Field name -> the comment on its line (plus comment-only lines right below it) in ``cls``'s source
+    (none where the source is not installed)."""
+    try:
+        lines = textwrap.dedent("".join(inspect.getsourcelines(cls)[0])).splitlines(keepends=True)
+    except (OSError, TypeError):
+        return {}
+    comments: dict[int, str] = {}
+    code_lines: set[int] = set()
+    for tok in tokenize.generate_tokens(io.StringIO("".join(lines)).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+            code_lines.add(tok.start[0])
+    names = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, str] = {}
+    for i, line in enumerate(lines, start=1):
+        name = line.strip().split(":", 1)[0]
+        if line.startswith("    ") and not line.startswith("     ") and name in names and i in code_lines:
+            parts = [comments[i]] if i in comments else []
+            j = i + 1
+            while j in comments and j not in code_lines:  # continuation lines: comment only
+                parts.append(comments[j])
+                j += 1
+            out[name] = " ".join(p for p in parts if p)
+    return out
