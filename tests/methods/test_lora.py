@@ -134,7 +134,12 @@ def test_lora_product_skips_the_input_gradient_nobody_needs():
     m = lora.LoRALinear(torch.nn.Linear(12, 20), rank=4, alpha=8, dropout=0.0, rslora=False)
     m.base.requires_grad_(False)
     x = torch.randn(2, 5, 12)  # (batch, seq, in), no grad
-    m(x).sum().backward()
+    loss = m(x).sum()
+    with torch.profiler.profile() as prof:
+        loss.backward()
+    ops = [e.name for e in prof.events()]
+    assert "aten::addmm_" not in ops  # the input gradient's GEMM (g @ W, then + dh @ A) never ran
+    assert ops.count("aten::mm") == 3  # dh.T, dA, dB
     assert x.grad is None and m.lora_A.weight.grad is not None and m.lora_B.weight.grad is not None
 
 
