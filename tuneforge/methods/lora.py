@@ -114,11 +114,11 @@ class LoRALinear(nn.Module):
             w = self.base.weight
             out = LoRAProduct.apply(rows, w.t() if self.transposed else w, self.base.bias,
                                     self.lora_A.weight, self.lora_B.weight, self.scaling)  # (T, out)
-            return out.view(*x.shape[:-1], out.shape[-1])
-        out = self.base(rows)  # (T, out)
-        h = self.lora_A(self.dropout(rows))  # (T, r)
-        # out += s * h @ B.T inside the GEMM (beta 1): no separate (T, out) product, scaling or sum tensors
-        out = out.addmm_(h.to(out.dtype), self.lora_B.weight.t().to(out.dtype), alpha=self.scaling)
+        else:
+            out = self.base(rows)  # (T, out)
+            h = self.lora_A(self.dropout(rows))  # (T, r)
+            # out += s * h @ B.T inside the GEMM (beta 1): no separate (T, out) product, scaling or sum tensors
+            out = out.addmm_(h.to(out.dtype), self.lora_B.weight.t().to(out.dtype), alpha=self.scaling)
         return out.view(*x.shape[:-1], out.shape[-1])
 
     def _product_applies(self) -> bool:
