@@ -1,4 +1,6 @@
 """Capability probes compute what a direct computation computes; self-replay never uses a probe's prompts."""
+import copy
+import dataclasses
 import math
 
 import pytest
@@ -9,7 +11,7 @@ from tuneforge import tasks
 from tuneforge.data import chat
 from tuneforge.data.dataset import normalise, prepare
 from tuneforge.forgetting import pipeline, probes
-from tuneforge.models import load_pretrained, load_tokenizer
+from tuneforge.models import autocast, load_pretrained, load_tokenizer, store_frozen_in_bf16
 from tuneforge.run import resolve_config
 
 
@@ -64,12 +66,18 @@ def test_validation_side_own_answers_use_other_prompts(setup):
     assert val_side.keys == test_side.keys == {normalise(p) for p in both}  # self-replay avoids both sides
 
 
-@pytest.mark.parametrize("split", ["test", "validation"])
-def test_sentiment_probe_is_the_zero_shot_accuracy_of_the_label_words(setup, monkeypatch, split):
+@pytest.mark.parametrize("split, bf16", [("test", False), ("validation", False), ("test", True)])
+def test_sentiment_probe_is_the_zero_shot_accuracy_of_the_label_words(setup, monkeypatch, split, bf16):
+    """Also as a bf16 run measures it: frozen weights stored in bf16, scored under bf16 autocast (the probe
+    once ran without autocast and failed on such a model: found on a CUDA GPU)."""
     cfg, task, tok, model, rt, _, data = setup
+    if bf16:
+        model = copy.deepcopy(model).requires_grad_(False)
+        assert store_frozen_in_bf16(model) > 0
+        rt = dataclasses.replace(rt, bf16=True)
     cfg = resolve_config({**cfg.to_dict(), "forgetting": {**cfg.to_dict()["forgetting"], "probe_split": split}})
     monkeypatch.setattr(probes, "SENTIMENT", ("rotten_tomatoes", "{text} :", ("negative", "positive"), ("no", "yes")))
-    probe = probes.sentiment_probe(model, cfg, tok, calibrated=False)
+    probe = probes.sentiment_probe(model, cfg, tok, rt, calibrated=False)
     from tuneforge.config import load_config
     from tuneforge.data.dataset import load_splits
     from tuneforge.tasks.classification import Task as Classification
@@ -77,7 +85,7 @@ def test_sentiment_probe_is_the_zero_shot_accuracy_of_the_label_words(setup, mon
                          .records[split], 40, cfg.data.seed)
     word_ids = [tok(" no", add_special_tokens=False)["input_ids"][0], tok(" yes", add_special_tokens=False)["input_ids"][0]]
     right = 0
-    with torch.no_grad():
+    with torch.no_grad(), autocast(rt.device, rt.bf16):
         for r in rows:  # direct: the next-token logits of the two label words after the prompt
             ids = tok(f"{r['text']} :", add_special_tokens=False)["input_ids"]
             logits = model(input_ids=torch.tensor([ids])).logits[0, -1]

@@ -42,7 +42,7 @@ def probes_for(cfg: RunConfig, task: Task, prev: Any, heads: list[str], tokenize
         elif name == "own_answers":
             probe = own_answers_probe(model, cfg, task, tokenizer, rt, meta)
         else:
-            probe = sentiment_probe(model, cfg, tokenizer, name == "sentiment_calibrated", required=explicit)
+            probe = sentiment_probe(model, cfg, tokenizer, rt, name == "sentiment_calibrated", required=explicit)
         if probe is not None:
             out.append(probe)
     return out

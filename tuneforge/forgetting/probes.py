@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.dataset import source_records
+from tuneforge.models import autocast
 from tuneforge.tasks import Runtime, Task
 
 
@@ -167,8 +168,8 @@ def own_answers_probe(model: nn.Module, cfg: RunConfig, task: Task, tokenizer: A
                  examples, lambda m, b: mean_loss(task, m, b), [], {normalise(p) for p in both})
 
 
-def sentiment_probe(model: nn.Module, cfg: RunConfig, tokenizer: Any, calibrated: bool, required: bool = True
-                    ) -> Probe | None:
+def sentiment_probe(model: nn.Module, cfg: RunConfig, tokenizer: Any, rt: Runtime, calibrated: bool,
+                    required: bool = True) -> Probe | None:
     """Zero-shot Rotten Tomatoes sentiment accuracy from a prompt (``tuneforge calibrate``'s machinery) on a
     seeded sample of the test split: a task the model could do before training, measured after too. None
     (unless ``required``) when the tokenizer cannot encode the label words."""
@@ -195,7 +196,8 @@ def sentiment_probe(model: nn.Module, cfg: RunConfig, tokenizer: Any, calibrated
         was = m.training
         m.eval()
         try:
-            result = clf.evaluate(texts, gold)
+            with autocast(rt.device, rt.bf16):  # a bf16 run stores frozen weights in bf16
+                result = clf.evaluate(texts, gold)
         finally:
             m.train(was)
         return result["accuracy_calibrated" if calibrated else "accuracy"]
