@@ -12,6 +12,7 @@ import pytest
 from lm_helpers import QA, model_folder, single_thread, write_pairs
 from tiny import model_dir, sentiment_rows
 from tuneforge import loaded, models
+from tuneforge.methods import registry
 from tuneforge.forgetting import probes
 from tuneforge.run import load, train
 
@@ -31,17 +32,22 @@ def _run(cfg: dict) -> dict:
     return out
 
 
+METHODS = registry.names()
 CURES = {"replay": {"data": "self", "ratio": 0.5}, "regularize": {"kind": "ewc", "strength": 0.1}, "interpolate": 0.6}
 
 
-@pytest.mark.parametrize("method, cures", [("lora", {}), ("prefix", {}), ("freeze", CURES)],
-                         ids=["lora", "prefix", "freeze-cures"])
-def test_a_bf16_chat_run_measures_every_forgetting_probe(tmp_path, monkeypatch, method, cures):
+CHAT_CASES = [*(("gpt2", m, {}) for m in METHODS), *(("llama", m, {}) for m in METHODS if m != "bitfit"),
+              ("llama", "freeze", CURES)]  # Llama has no bias terms for BitFit
+
+
+@pytest.mark.parametrize("family, method, cures", CHAT_CASES,
+                         ids=[f"{f}-{m}{'-cures' if c else ''}" for f, m, c in CHAT_CASES])
+def test_a_bf16_chat_run_measures_every_forgetting_probe(tmp_path, monkeypatch, family, method, cures):
     monkeypatch.setattr(probes, "SENTIMENT", ("rotten_tomatoes", "{text} :", ("negative", "positive"), ("no", "yes")))
     chats = tmp_path / "chats.jsonl"  # reference conversations, not trained on
     chats.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"{q} {a}"},
                                                       {"role": "assistant", "content": a}]}) + "\n" for q, a in QA))
-    folder = model_folder(tmp_path / "llama", "llama")
+    folder = model_folder(tmp_path / family, family)
     out = _run({"model": {"name": str(folder), "task": "causal_lm", "max_length": 32},
                 "data": {"dataset": str(write_pairs(tmp_path / "pairs.jsonl"))}, "method": {"name": method},
                 "forgetting": {"probes": ["own_answers", "sentiment", "reference"], "reference": str(chats),
@@ -55,11 +61,12 @@ def test_a_bf16_chat_run_measures_every_forgetting_probe(tmp_path, monkeypatch, 
     assert run.rt.bf16 and run.generate(["hello"], max_new_tokens=3)  # reloaded as trained: bf16
 
 
-def test_a_bf16_classifier_trains_evaluates_and_reloads(tmp_path):
+@pytest.mark.parametrize("method", METHODS)
+def test_a_bf16_classifier_trains_evaluates_and_reloads(tmp_path, method):
     data = tmp_path / "sentiment.csv"
     pd.DataFrame(sentiment_rows(80)).to_csv(data, index=False)
     out = _run({"model": {"name": str(model_dir(tmp_path / "bert", "bert")), "max_length": 32},
-                "data": {"dataset": str(data)}, "method": {"name": "lora"}, "output_dir": str(tmp_path / "run")})
+                "data": {"dataset": str(data)}, "method": {"name": method}, "output_dir": str(tmp_path / "run")})
     assert 0 <= out.metrics["test_after"]["accuracy"] <= 1
     run = load(out.run_dir, "cpu")
     assert run.rt.bf16
@@ -67,7 +74,8 @@ def test_a_bf16_classifier_trains_evaluates_and_reloads(tmp_path):
     assert run.predict(["the movie was good"])[0]["label"] in {"positive", "negative"}
 
 
-def test_a_bf16_tagger_trains_and_evaluates(tmp_path):
+@pytest.mark.parametrize("method", METHODS)
+def test_a_bf16_tagger_trains_and_evaluates(tmp_path, method):
     rng, rows = random.Random(0), []
     for _ in range(60):
         words = [rng.choice(["the", "movie", "was", "good", "bad", "w1", "w2"]) for _ in range(rng.randint(3, 8))]
@@ -75,7 +83,7 @@ def test_a_bf16_tagger_trains_and_evaluates(tmp_path):
     data = tmp_path / "tagged.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = _run({"model": {"name": str(model_dir(tmp_path / "bert", "bert")), "task": "token_classification",
-                          "max_length": 16}, "data": {"dataset": str(data)}, "method": {"name": "lora"},
+                          "max_length": 16}, "data": {"dataset": str(data)}, "method": {"name": method},
                 "output_dir": str(tmp_path / "run")})
     assert math.isfinite(out.metrics["test_after"]["f1"])
     run = load(out.run_dir, "cpu")
