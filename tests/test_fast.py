@@ -1,6 +1,7 @@
 """The cheaper training paths of tuneforge.fast are equivalent to the plain ones."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import platform
 
@@ -131,6 +132,64 @@ def test_fast_attention_context_switches_sdpa_configs_and_restores():
     assert model.config._attn_implementation == "sdpa"
     with fast.fast_attention(model, torch.device("cuda")) as switched:
         assert switched == 0
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_packed_attention_gives_the_eager_losses_and_gradients(family):
+    """Packed rows (three examples in two rows, position ids restarting) through sdpa inside the block: the
+    per-token losses and every gradient of the eager path, float32, no dropout; configs restored after; nothing
+    switched for padded rows, under bf16 or off the CPU."""
+    from transformers import AutoModelForCausalLM
+
+    from conftest import tiny_config
+    from tuneforge.data.batching import collate_packed
+    from tuneforge.tasks.causal_lm import token_nll
+
+    torch.manual_seed(0)
+    no_dropout = {"attn_pdrop": 0.0, "resid_pdrop": 0.0, "embd_pdrop": 0.0} if family == "gpt2" else {}
+    model = AutoModelForCausalLM.from_config(tiny_config(family, **no_dropout), attn_implementation="eager").train()
+    g = torch.Generator().manual_seed(1)
+    examples = [{"input_ids": ids, "labels": ids} for ids in
+                (torch.randint(4, 40, (n,), generator=g).tolist() for n in (7, 5, 9))]
+    batch = collate_packed(examples, pad_id=0, rows=[[0, 1], [2]])
+    batch = {k: v for k, v in batch.items() if k != "attention_mask"}  # as training passes it
+    results = []
+    for packed in (False, True):
+        with fast.packed_attention(model, torch.device("cpu"), packed, bf16=False) as switched:
+            assert switched == packed and model.config._attn_implementation == ("sdpa" if packed else "eager")
+            nll = token_nll(model, batch, reduction="none")
+            nll.sum().backward()
+        results.append((nll.detach(), [p.grad.clone() for p in model.parameters()]))
+        model.zero_grad(set_to_none=True)
+    assert model.config._attn_implementation == "eager"
+    (plain, plain_grads), (sdpa, sdpa_grads) = results
+    assert torch.allclose(sdpa, plain, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(sdpa_grads, plain_grads))
+    for device, bf16 in (("cuda", False), ("cpu", True)):  # CUDA loads sdpa; bf16 SDPA's CPU backward was slower
+        with fast.packed_attention(model, torch.device(device), True, bf16) as switched:
+            assert switched == 0
+
+
+def test_a_padding_free_causal_run_trains_its_packed_rows_through_sdpa(tmp_path, monkeypatch):
+    from lm_helpers import model_folder, write_pairs
+    from tuneforge.run import train
+
+    seen = []
+    packed_attention = fast.packed_attention
+
+    @contextlib.contextmanager
+    def spy(model, device, packed, bf16):
+        with packed_attention(model, device, packed, bf16) as switched:
+            seen.append((packed, switched, model.config._attn_implementation))
+            yield switched
+
+    monkeypatch.setattr(fast, "packed_attention", spy)
+    cfg = {"model": {"name": str(model_folder(tmp_path / "llama")), "task": "causal_lm", "max_length": 32},
+           "data": {"dataset": str(write_pairs(tmp_path / "pairs.jsonl"))}, "method": {"name": "lora"},
+           "train": {"max_steps": 2, "batch_size": 8, "precision": "fp32"}, "eval": {"before": False},
+           "forgetting": {"probes": ["none"]}, "output_dir": str(tmp_path / "run")}
+    out = train(cfg, progress=False)
+    assert out.metrics["padding_free"] and seen == [(True, 1, "sdpa")]  # loaded eager (short rows), packed: sdpa
 
 
 def test_model_in_eval_mode_is_unchanged_by_fast_dropout():

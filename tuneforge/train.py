@@ -127,12 +127,14 @@ def fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runtim
     """Train ``model`` in place; returns timings, history and the best trainable state (by validation; the
     final one without validation). With ``run_dir`` rank 0 writes a resumable checkpoint every
     ``train.save_every`` steps (default: at each evaluation); ``resume`` continues from it, batch for batch,
-    to the same result. Dropout masks, gradient clipping, the input embedding's gradient and the heap take the
-    cheaper paths of :mod:`tuneforge.fast`; a BERT-style classifier's last block runs where its head reads."""
+    to the same result. Dropout masks, gradient clipping, the input embedding's gradient, the heap and packed
+    rows' attention take the cheaper paths of :mod:`tuneforge.fast`; a BERT-style classifier's last block runs
+    where its head reads."""
     fast.tune_allocator()
     sample = (last_layer.sample_batch(data.train, rt.pad_id, rt.device)
               if cfg.train.distributed != "fsdp" else None)  # FSDP: blocks are sharded
-    with (fast.fast_dropout(model, rt.device), fast.fast_attention(model, rt.device),
+    with (fast.fast_dropout(model, rt.device), fast.packed_attention(model, rt.device, rt.padding_free, rt.bf16),
+          fast.fast_attention(model, rt.device),
           fast.sparse_embedding_gradient(model, rt.device, distributed.current().world),
           last_layer.head_only(model, sample, rt.device, rt.bf16)):
         return _fit(model, task, data, cfg, rt, run_dir, progress, resume, regularizers, heads)
