@@ -122,7 +122,21 @@ def _configs(model: nn.Module, implementation: str) -> list[Any]:
 
 
 @contextlib.contextmanager
-def packed_attention(model: nn.Module, device: torch.device, packed: bool, bf16: bool) -> Iterator[int]:
+def _select(configs: list[Any], implementation: str) -> Iterator[int]:
+    """Within the block, ``configs`` select ``implementation`` of attention; each is restored after. Yields
+    how many were switched."""
+    before = [config._attn_implementation for config in configs]
+    for config in configs:
+        config._attn_implementation = implementation
+    try:
+        yield len(configs)
+    finally:
+        for config, implementation_before in zip(configs, before):
+            config._attn_implementation = implementation_before
+
+
+def packed_attention(model: nn.Module, device: torch.device, packed: bool,
+                     bf16: bool) -> contextlib.AbstractContextManager[int]:
     """Within the block, on a CPU training packed (padding-free) rows in float32, configs that select eager
     attention (``causal_lm`` loads short-row models so: faster on padded rows) select transformers' ``sdpa``.
     Eager keeps each layer's ``(rows, heads, T, T)`` attention weights for the backward, mostly masked out in a
@@ -130,31 +144,17 @@ def packed_attention(model: nn.Module, device: torch.device, packed: bool, bf16:
     thread: peak RSS 200-340 MiB lower at the same speed and test perplexity. Not under bf16 autocast, where
     SDPA's backward on packed rows was slower (SmolLM2 full fine-tuning, Intel Xeon: 0.83 -> 1.09 s).
     Yields how many configs were switched."""
-    configs = _configs(model, "eager") if packed and not bf16 and device.type == "cpu" else []
-    for config in configs:
-        config._attn_implementation = "sdpa"
-    try:
-        yield len(configs)
-    finally:
-        for config in configs:
-            config._attn_implementation = "eager"
+    return _select(_configs(model, "eager") if packed and not bf16 and device.type == "cpu" else [], "sdpa")
 
 
-@contextlib.contextmanager
-def fast_attention(model: nn.Module, device: torch.device) -> Iterator[int]:
+def fast_attention(model: nn.Module, device: torch.device) -> contextlib.AbstractContextManager[int]:
     """Within the block, ``model``'s configs that select transformers' ``sdpa`` attention select
     :func:`attention` (on a CPU; elsewhere nothing changes). Yields how many configs were switched."""
     configs = _configs(model, "sdpa") if device.type == "cpu" else []
     if configs and ATTENTION not in ALL_ATTENTION_FUNCTIONS:  # masks built as for sdpa (unregistered: none at all)
         AttentionInterface.register(ATTENTION, attention)
         ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
-    for config in configs:
-        config._attn_implementation = ATTENTION
-    try:
-        yield len(configs)
-    finally:
-        for config in configs:
-            config._attn_implementation = "sdpa"
+    return _select(configs, ATTENTION)
 
 
 class KeptGradient:

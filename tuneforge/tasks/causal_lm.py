@@ -170,7 +170,8 @@ class Task:
                    device: torch.device) -> tuple[nn.Module, list[str]]:
         """Pre-trained causal LM -> (model, freshly initialised module names, normally none). On CPU with rows
         of up to ``EAGER_MAX_LENGTH`` tokens attention runs eager: torch's CPU SDPA backward with a padding mask
-        made a SmolLM2 LoRA step ~1.4x slower (16 x 48 tokens, bf16); at 256 tokens both were even."""
+        made a SmolLM2 LoRA step ~1.4x slower (16 x 48 tokens, bf16); at 256 tokens both were even. Packed
+        float32 training rows go through sdpa after all (``fast.packed_attention``)."""
         extra = {}
         if device.type == "cpu" and cfg.model.max_length <= EAGER_MAX_LENGTH:
             extra["attn_implementation"] = "eager"
