@@ -1,0 +1,1 @@
+"""Trustworthy results through the command line: bad input, nothing lost, the split, portable runs."""

@@ -1,0 +1,169 @@
+"""The split belongs to the run (stored with it; duplicates never cross splits; replay never draws held-out rows)
+and runs are portable: a CUDA bf16 run evaluates on a CPU-only machine and ``evaluate RUN_DIR`` reproduces the
+run's own test metrics."""
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from .cli_checks import jsonl, main, one_error, train_argv
+from lm_helpers import model_folder, write_pairs
+from tiny import sentiment_rows
+
+
+# ---- 1. the split belongs to the run -----------------------------------------------------------------------
+
+def test_evaluate_refuses_when_the_source_changed_and_uses_data_given(bert, tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    pd.DataFrame(sentiment_rows(60)).to_csv(data, index=False)
+    run = tmp_path / "run"
+    assert main(train_argv(bert, data, run)) == 0
+    capsys.readouterr()
+    assert main(["evaluate", run]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == len(json.loads((run / "split.json").read_text())["test"])
+    pd.DataFrame(sentiment_rows(5, seed=3)).to_csv(data, mode="a", header=False, index=False)
+    one_error(capsys, ["evaluate", run], str(data), "changed since training", "--data FILE")
+    assert main(["evaluate", run, "--data", data]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 65
+    data.rename(tmp_path / "moved.csv")
+    one_error(capsys, ["evaluate", run], f"data file {data} does not exist", "--data FILE")
+
+
+def test_duplicates_never_end_up_in_two_splits(bert, tmp_path, capsys):
+    rows = sentiment_rows(60)
+    copies = [{"text": "  " + r["text"].replace(" ", "   ") + " ", "label": r["label"]} for r in rows[:20]]
+    copies += [{"text": r["text"].replace(" ", "\t"), "label": r["label"]} for r in rows[:10]]
+    data = tmp_path / "d.csv"
+    pd.DataFrame(rows + copies).to_csv(data, index=False)
+    texts = [" ".join(r["text"].split()) for r in rows + copies]
+    expected = len(texts) - len(set(texts))
+    run = tmp_path / "run"
+    assert main(train_argv(bert, data, run)) == 0
+    captured = capsys.readouterr()
+    assert f"note: the data holds {expected} duplicate example(s)" in captured.err
+    assert f"| duplicate examples (kept in one split) |  | {expected} |" in captured.out
+    stored = json.loads((run / "split.json").read_text())
+    assert stored["duplicates"] == expected >= 30
+    where = {k: {texts[r] for _, r in stored[k]} for k in ("train", "validation", "test")}
+    assert not where["train"] & where["validation"] and not where["train"] & where["test"]
+    assert not where["validation"] & where["test"]
+    assert sum(len(stored[k]) for k in ("train", "validation", "test")) == len(texts)  # every copy kept
+
+
+def test_replay_of_the_tasks_own_data_never_draws_its_validation_or_test_rows(bert, reviews, tmp_path, monkeypatch):
+    from tuneforge.forgetting import pipeline
+    from tuneforge.run import Run
+
+    drawn = {}
+
+    def spy(train_examples, pool, ratio, seed=0):
+        drawn.update(train=list(train_examples), pool=list(pool))
+        return original(train_examples, pool, ratio, seed)
+
+    original = pipeline.mix
+    monkeypatch.setattr(pipeline, "mix", spy)
+    run = tmp_path / "run"
+    assert main(train_argv(bert, reviews, run, f"forgetting.replay.data={reviews}", "forgetting.replay.ratio=0.5")) == 0
+    held = Run(run, "cpu").prepared()
+    held = {tuple(e["input_ids"]) for e in held.validation + held.test}
+    assert held and drawn["pool"] and len(drawn["pool"]) == 80 - len(held)  # the rest of the file: replayable
+    assert not any(tuple(e["input_ids"]) in held for e in drawn["pool"])
+    examples = json.loads((run / "metrics.json").read_text())["examples"]
+    assert examples["trained_per_epoch"] == 2 * examples["train"]  # ratio 0.5: as many replayed as own examples
+
+
+def test_stratified_split_keeps_every_class_of_three_and_names_the_smaller_ones(capsys):
+    from tuneforge import tasks
+    from tuneforge.data.dataset import load_splits
+    from tuneforge.run import resolve_config
+
+    words = "good great fine love best fun happy nice bad awful boring hate".split()
+    pairs = [f"{a} {b}" for a in words for b in words][:120]
+    rows = [{"text": text, "label": "big" if i < 60 else "mid"} for i, text in enumerate(pairs)]
+    rows += [{"text": f"three {i}", "label": "three"} for i in range(3)]
+    rows += [{"text": f"pair {i}", "label": "pair"} for i in range(2)]
+    rows += [{"text": "single", "label": "single"}]
+    path = Path("strata.csv")
+    pd.DataFrame(rows).to_csv(path, index=False)
+    for fractions in ([0.8, 0.1, 0.1], [0.4, 0.3, 0.3]):
+        cfg = resolve_config({"data": {"dataset": str(path), "split": fractions}})
+        capsys.readouterr()
+        splits = load_splits(cfg, tasks.get("classification"))
+        err = capsys.readouterr().err
+        labels = {k: {r["label"] for r in splits.records[k]} for k in ("train", "validation", "test")}
+        assert all({"big", "mid", "three"} <= labels[k] for k in labels), (fractions, labels)
+        assert {"pair", "single"} <= labels["train"]  # a class too small for every split is trained on
+        assert "warning:" in err and "pair" in err and "single" in err and "three" not in err
+
+
+# ---- 5. portable runs, metrics reproduced ----------------------------------------------------------------
+
+def test_a_cuda_bf16_run_loads_and_evaluates_on_a_cpu_only_machine(lora_run, tmp_path, capsys):
+    import torch
+
+    from tuneforge.run import Run
+
+    if torch.cuda.is_available():
+        pytest.skip("checks a CPU-only machine")
+    moved = tmp_path / "from-gpu"
+    shutil.copytree(lora_run, moved)
+    cfg = yaml.safe_load((moved / "config.yaml").read_text())
+    cfg["train"].update(device="cuda", precision="bf16")
+    (moved / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    run = Run(moved, device="cpu")
+    assert run.device.type == "cpu" and run.predict(["the movie was great"])[0]["label"] in ("positive", "negative")
+    expected = json.loads((lora_run / "metrics.json").read_text())["test_after"]["accuracy"]
+    assert run.evaluate()["accuracy"] == pytest.approx(expected, abs=0.002)
+    for device in ("cpu", "auto"):
+        capsys.readouterr()
+        assert main(["evaluate", str(moved), "--device", device]) == 0
+        assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(expected, abs=0.002)
+        assert main(["predict", str(moved), "--device", device, "a dull film"]) == 0
+    one_error(capsys, ["train", "--resume", moved], "finished")
+
+
+def test_evaluate_reproduces_the_classification_metrics_of_the_run(bert, reviews, tmp_path, capsys):
+    run = tmp_path / "run"  # default precision (auto): the same precision path as training
+    assert main(["train", "--model", bert, "--data", reviews, "-o", run, "-q", "train.max_steps=4",
+                 "model.max_length=32", "train.lr=5e-3", "eval.before=false"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 0
+    got = json.loads(capsys.readouterr().out)
+    stored = json.loads((run / "metrics.json").read_text())["test_after"]
+    assert got["accuracy"] == stored["accuracy"] and got["n"] == stored["n"]
+    assert got["loss"] == pytest.approx(stored["loss"], rel=1e-5)
+
+
+def test_evaluate_reproduces_the_perplexity_of_a_causal_lm_run(tmp_path, capsys):
+    folder = model_folder(tmp_path / "llama", "llama")
+    run = tmp_path / "run"
+    assert main(["train", "--model", folder, "--task", "causal_lm", "--data", write_pairs(tmp_path / "p.jsonl", 2),
+                 "-o", run, "-q", "train.max_steps=3", "train.batch_size=8", "train.lr=1e-2", "model.max_length=32",
+                 "method.rank=4", "eval.before=false", "eval.generate_samples=0"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 0
+    got = json.loads(capsys.readouterr().out)
+    stored = json.loads((run / "metrics.json").read_text())["test_after"]
+    assert got["perplexity"] == pytest.approx(stored["perplexity"], rel=0.005)
+    assert got["tokens"] == stored["tokens"]
+
+
+def test_a_split_left_empty_is_named_before_training(tmp_path):
+    """Two examples (one per label) at the default 80/10/10 split leave validation and test empty: both are said;
+    a data set large enough for every split says nothing of the kind."""
+    from tiny import word_tokenizer
+    from tuneforge.config import load_config
+    from tuneforge.data.dataset import prepare, warnings
+    from tuneforge.tasks import get
+
+    def said(n):
+        path = jsonl(tmp_path / f"d{n}.jsonl", sentiment_rows(n))
+        cfg = load_config(None, {"data": {"dataset": str(path)}})
+        splits, _ = prepare(cfg, get("classification"), word_tokenizer())
+        return " ".join(warnings(splits))
+
+    assert "no validation examples" in said(2) and "no test examples: nothing will be evaluated" in said(2)
+    assert "no validation" not in said(40) and "no test" not in said(40)
