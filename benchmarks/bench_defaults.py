@@ -23,6 +23,8 @@ e.g. the epoch cap of the time) to the sweep a default is judged against.
     python benchmarks/bench_defaults.py --quick               # a smoke test: tiny sizes, two methods
     python benchmarks/bench_defaults.py --tasks topics --methods lora --sizes 500 --factors 1,3 --lengths ""
         --merge benchmarks/results/defaults-topics-all.json   # (one line) two rates, no stage 2, earlier runs
+    python benchmarks/bench_defaults.py --table-only --tasks rt,wnut16 --sizes 500,2000 --merge a.json,b.json \
+        --output summary.md                                   # one table of earlier runs; nothing runs
 """
 from __future__ import annotations
 
@@ -184,6 +186,9 @@ def main() -> None:
     p.add_argument("--lengths", default=LENGTHS, help="stage 2: auto_min_steps to try at the best rate ('': none)")
     p.add_argument("--merge", default="", help="earlier results JSON files whose runs (same task and size, "
                    "recorded settings) join the sweep; they are not rerun")
+    p.add_argument("--table-only", action="store_true", help="run nothing: the table of the runs already in "
+                   "--output's JSON and the --merge files (later files win a key); cells without a default run "
+                   "are listed below it")
     args = p.parse_args()
     # kill <pid> ends the pool's workers too (the pool is terminated on the way out), not only this process:
     # an orphaned worker would go on training into a run directory that the next invocation starts afresh
@@ -215,6 +220,9 @@ def main() -> None:
         name = key(t, s, m, lr, steps)
         return name, settings(t, s, m, lr, steps, args.seed), f"{args.runs}/{name.replace('|', '_')}"
 
+    if args.table_only:
+        write_table({**merged, **results}, cells, default_lr, args, out_json)
+        return
     run_all([job(t, s, m, default_lr[t, m] * f, 250) for t, s, m in cells for f in factors])
     best_lr = {}
     for t, s, m in cells:
@@ -239,12 +247,16 @@ def main() -> None:
 def write_table(results: dict, cells: list, default_lr: dict, args: argparse.Namespace, out_json: Path) -> None:
     lines = ["| task | size | method | default lr | default | best sweep (lr, auto_min_steps, epoch cap, pooler) | best "
              "| gap | target | met | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    missing: list[str] = []
     for t, s, m in cells:
         _, _, _, metric, greater = TASKS[t]
         greater = greater if metric != "perplexity" else False
         mine = {k: v for k, v in results.items() if k.startswith(f"{t}|{s}|{m}|") and v.get("test") is not None}
         default_key = key(t, s, m, default_lr[t, m], 250)
         d = results.get(default_key, {})
+        if args.table_only and d.get("test") is None:
+            missing.append(f"{t} {s} {m}")
+            continue
         if not mine or d.get("test") is None:
             lines.append(f"| {t} | {s} | {m} | {default_lr[t, m]:g} | {d.get('error', '-')} | | | | | | |")
             continue
@@ -257,12 +269,14 @@ def write_table(results: dict, cells: list, default_lr: dict, args: argparse.Nam
         lines.append(f"| {t} | {d['train_examples']} | {m} | {default_lr[t, m]:g} | {d['test']:.4f} | "
                      f"{lr}, {steps}, {cap}, {pool} | "
                      f"{mine[best]['test']:.4f} | {g:+.2f} | {target:g} | {'yes' if g <= target else 'NO'} |"
-                     + (f" tie on validation with {', '.join(k.split('|')[3] for k in ties)} |" if ties else " |"))
+                     f" {len(mine)} runs" + (f"; tie on validation with {', '.join(k.split('|')[3] for k in ties)} |"
+                                             if ties else " |"))
     unit = "points (accuracy/F1) or % (perplexity; positive: the default is worse)"
     text = (f"# Defaults against a small sweep\n\nCommand: `python benchmarks/bench_defaults.py "
             f"{' '.join(sys.argv[1:])}`\n\nGap in {unit}; best sweep setting picked on validation (a tie keeps the "
-            "default; the note names the settings tied with the pick).\n\n"
-            + "\n".join(lines) + "\n")
+            "default; the note counts the cell's runs and names the settings tied with the pick).\n\n"
+            + "\n".join(lines) + "\n"
+            + (f"\nNo run at the current default ({len(missing)} cells): {', '.join(missing)}.\n" if missing else ""))
     Path(args.output).write_text(text)
     print(text)
 
