@@ -68,3 +68,11 @@ def tiny_batch(batch: int = 3, seq: int = 10, seed: int = 1) -> dict[str, torch.
 @pytest.fixture(params=["bert", "llama", "gpt2"])
 def family(request) -> str:
     return request.param
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    """A tiny BERT classifier folder (weights + tokenizer), built once per test module."""
+    from tiny import model_dir  # tiny imports this module
+
+    return model_dir(tmp_path_factory.mktemp("bert"), "bert")

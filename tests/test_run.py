@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import tuneforge
-from tiny import model_dir, sentiment_rows
+from tiny import model_dir, reviews_csv, sentiment_rows
 from tuneforge.config import ConfigError
 import tuneforge.run
 from tuneforge.run import load, train
@@ -15,15 +15,8 @@ from tuneforge.train import fit
 
 
 @pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    return model_dir(tmp_path_factory.mktemp("bert"), "bert")
-
-
-@pytest.fixture(scope="module")
 def data_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "reviews.csv"
-    pd.DataFrame(sentiment_rows(160)).to_csv(path, index=False)
-    return path
+    return reviews_csv(tmp_path_factory.mktemp("data") / "reviews.csv", 160)
 
 
 def _cfg(model, data, out, method="lora", **train):

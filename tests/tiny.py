@@ -53,6 +53,14 @@ def model_dir(path: Path, family: str, pad: bool = True, dropout: float | None =
     return save_folder(path, AutoModel.from_config(tiny_config(family, **extra)), word_tokenizer(pad))
 
 
+def reviews_csv(path: Path, n: int) -> Path:
+    """``n`` labelled sentiment rows (text, label) written to ``path`` as CSV."""
+    import pandas as pd
+
+    pd.DataFrame(sentiment_rows(n)).to_csv(path, index=False)
+    return path
+
+
 def sentiment_rows(n: int = 120, seed: int = 0) -> list[dict]:
     """A learnable toy sentiment set: positive rows use positive words, negative rows negative ones."""
     g = torch.Generator().manual_seed(seed)

@@ -1,11 +1,11 @@
-"""Fixtures of the integrity tests: a tiny BERT folder, 80 labelled reviews, a finished 2-step LoRA run; each test
-runs in its own folder (a default ``runs/`` directory would land there) on one thread."""
-import pandas as pd
+"""Fixtures of the integrity tests: 80 labelled reviews and a finished 2-step LoRA run (the tiny BERT
+folder is tests/conftest.py's ``bert_dir``); each test runs in its own folder (a default ``runs/`` directory
+would land there) on one thread."""
 import pytest
 
 from .cli_checks import main, train_argv
 from lm_helpers import single_thread
-from tiny import model_dir, sentiment_rows
+from tiny import reviews_csv
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -20,19 +20,12 @@ def in_tmp(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def bert(tmp_path_factory):
-    return model_dir(tmp_path_factory.mktemp("bert"), "bert")
-
-
-@pytest.fixture(scope="module")
 def reviews(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "reviews.csv"
-    pd.DataFrame(sentiment_rows(80)).to_csv(path, index=False)
-    return path
+    return reviews_csv(tmp_path_factory.mktemp("data") / "reviews.csv", 80)
 
 
 @pytest.fixture(scope="module")
-def lora_run(bert, reviews, tmp_path_factory):
+def lora_run(bert_dir, reviews, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "lora"
-    assert main(train_argv(bert, reviews, out)) == 0
+    assert main(train_argv(bert_dir, reviews, out)) == 0
     return out

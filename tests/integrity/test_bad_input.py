@@ -12,37 +12,37 @@ from tiny import sentiment_rows
 
 # ---- 2. every row is checked before anything is created --------------------------------------------------
 
-def test_blank_label_on_a_csv_row_names_file_row_and_column(bert, tmp_path, capsys):
+def test_blank_label_on_a_csv_row_names_file_row_and_column(bert_dir, tmp_path, capsys):
     rows = sentiment_rows(40)
     rows[26]["label"] = " "
     pd.DataFrame(rows).to_csv(tmp_path / "blank.csv", index=False)
-    one_error(capsys, train_argv(bert, tmp_path / "blank.csv", tmp_path / "run"),
+    one_error(capsys, train_argv(bert_dir, tmp_path / "blank.csv", tmp_path / "run"),
               "blank.csv, row 27", "column 'label'", "blank", "data.skip_invalid=true")
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
 
 
-def test_missing_label_on_a_later_jsonl_row(bert, tmp_path, capsys):
+def test_missing_label_on_a_later_jsonl_row(bert_dir, tmp_path, capsys):
     rows = sentiment_rows(40)
     del rows[33]["label"]
-    one_error(capsys, train_argv(bert, jsonl(tmp_path / "d.jsonl", rows), tmp_path / "run"),
+    one_error(capsys, train_argv(bert_dir, jsonl(tmp_path / "d.jsonl", rows), tmp_path / "run"),
               "d.jsonl, row 34", "column 'label' is missing")
     assert not (tmp_path / "run").exists()
 
 
-def test_missing_text_column_on_a_later_row(bert, tmp_path, capsys):
+def test_missing_text_column_on_a_later_row(bert_dir, tmp_path, capsys):
     rows = sentiment_rows(40)
     rows[21] = {"review": rows[21]["text"], "label": rows[21]["label"]}
-    one_error(capsys, train_argv(bert, jsonl(tmp_path / "d.jsonl", rows), tmp_path / "run"),
+    one_error(capsys, train_argv(bert_dir, jsonl(tmp_path / "d.jsonl", rows), tmp_path / "run"),
               "d.jsonl, row 22", "column 'text' is missing", "data.text_column")
     assert not (tmp_path / "run").exists()
 
 
-def test_label_of_a_test_file_unseen_in_training(bert, tmp_path, capsys):
+def test_label_of_a_test_file_unseen_in_training(bert_dir, tmp_path, capsys):
     pd.DataFrame(sentiment_rows(40)).to_csv(tmp_path / "train.csv", index=False)
     test = sentiment_rows(6, seed=7)
     test[2]["label"] = "neutral"
     pd.DataFrame(test).to_csv(tmp_path / "test.csv", index=False)
-    argv = train_argv(bert, tmp_path / "train.csv", tmp_path / "run", f"data.train_file={tmp_path / 'train.csv'}",
+    argv = train_argv(bert_dir, tmp_path / "train.csv", tmp_path / "run", f"data.train_file={tmp_path / 'train.csv'}",
                        f"data.test_file={tmp_path / 'test.csv'}")
     one_error(capsys, argv, "test.csv, row 3", "label 'neutral'", "column 'label'", "not seen in training")
     assert not (tmp_path / "run").exists()
@@ -52,11 +52,11 @@ def test_label_of_a_test_file_unseen_in_training(bert, tmp_path, capsys):
     assert stored["skipped_invalid"] == 1 and [1, 2] not in stored["test"] and len(stored["test"]) == 5
 
 
-def test_empty_texts_warn_with_their_count_and_the_run_trains(bert, tmp_path, capsys):
+def test_empty_texts_warn_with_their_count_and_the_run_trains(bert_dir, tmp_path, capsys):
     rows = sentiment_rows(40)
     rows[5]["text"], rows[11]["text"] = "", "   "
     rows[17]["text"] = None  # JSON null: an empty text too, never the word "None"
-    assert main(train_argv(bert, jsonl(tmp_path / "d.jsonl", rows), tmp_path / "run")) == 0
+    assert main(train_argv(bert_dir, jsonl(tmp_path / "d.jsonl", rows), tmp_path / "run")) == 0
     err = capsys.readouterr().err
     assert "warning: 3 example(s) have an empty text" in err and "Traceback" not in err
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["examples"]["empty_texts"] == 3
@@ -64,18 +64,18 @@ def test_empty_texts_warn_with_their_count_and_the_run_trains(bert, tmp_path, ca
     from tuneforge.tasks.classification import Task
     from tuneforge.models import load_tokenizer
     cfg = resolve_config({"model": {"max_length": 32}})
-    enc = Task().encode([rows[17], {"text": "", "label": "positive"}], cfg, load_tokenizer(bert), {"labels":
+    enc = Task().encode([rows[17], {"text": "", "label": "positive"}], cfg, load_tokenizer(bert_dir), {"labels":
                         ["negative", "positive"]}, ["row 18", "x"])
     assert enc[0]["input_ids"] == enc[1]["input_ids"] == [3]  # no special tokens added: one end-of-text token
 
 
-def test_skip_invalid_rows_are_left_out_and_counted(bert, tmp_path, capsys):
+def test_skip_invalid_rows_are_left_out_and_counted(bert_dir, tmp_path, capsys):
     rows = sentiment_rows(40)
     rows[3]["label"] = ""
     del rows[9]["text"]
     rows[30]["label"] = None
     out = tmp_path / "run"
-    assert main(train_argv(bert, jsonl(tmp_path / "d.jsonl", rows), out, "data.skip_invalid=true")) == 0
+    assert main(train_argv(bert_dir, jsonl(tmp_path / "d.jsonl", rows), out, "data.skip_invalid=true")) == 0
     captured = capsys.readouterr()
     assert "| invalid rows skipped |  | 3 |" in captured.out
     assert "warning: 3 invalid row(s) skipped" in captured.err
@@ -87,21 +87,21 @@ def test_skip_invalid_rows_are_left_out_and_counted(bert, tmp_path, capsys):
     assert not used & {3, 9, 30} and stored["skipped_invalid"] == 3
 
 
-def test_non_utf8_yaml_config(bert, tmp_path, capsys):
+def test_non_utf8_yaml_config(bert_dir, tmp_path, capsys):
     (tmp_path / "run.yaml").write_bytes(b"model:\n  name: caf\xe9\n")
     one_error(capsys, ["train", "-c", tmp_path / "run.yaml", "-o", tmp_path / "run"], "run.yaml", "not UTF-8")
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
 
 
-def test_non_mapping_yaml_config(bert, tmp_path, capsys):
+def test_non_mapping_yaml_config(bert_dir, tmp_path, capsys):
     (tmp_path / "run.yaml").write_text("- lora\n- full\n")
     one_error(capsys, ["train", "-c", tmp_path / "run.yaml", "-o", tmp_path / "run"], "run.yaml",
               "top level must be a mapping")
     assert not (tmp_path / "run").exists()
 
 
-def test_max_length_beyond_the_model_positions(bert, reviews, tmp_path, capsys):
-    one_error(capsys, train_argv(bert, reviews, tmp_path / "run", "model.max_length=100"),
+def test_max_length_beyond_the_model_positions(bert_dir, reviews, tmp_path, capsys):
+    one_error(capsys, train_argv(bert_dir, reviews, tmp_path / "run", "model.max_length=100"),
               "model.max_length=100 exceeds the 64 positions", "set model.max_length to 64 or less")
     assert not (tmp_path / "run").exists()
 
@@ -111,8 +111,8 @@ def test_missing_model_path(reviews, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_missing_data_file(bert, tmp_path, capsys):
-    one_error(capsys, train_argv(bert, tmp_path / "missing.csv", tmp_path / "run"),
+def test_missing_data_file(bert_dir, tmp_path, capsys):
+    one_error(capsys, train_argv(bert_dir, tmp_path / "missing.csv", tmp_path / "run"),
               f"data file {tmp_path / 'missing.csv'} does not exist")
     assert not (tmp_path / "run").exists()
 
@@ -130,35 +130,35 @@ def test_run_directory_of_an_incompatible_run_format(lora_run, tmp_path, capsys)
 
 # ---- 4. nothing lost, nothing clobbered --------------------------------------------------------------------
 
-def test_overwrite_refuses_a_folder_tuneforge_did_not_make(bert, reviews, tmp_path, capsys):
+def test_overwrite_refuses_a_folder_tuneforge_did_not_make(bert_dir, reviews, tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
     before = snapshot(mine)
-    one_error(capsys, train_argv(bert, reviews, mine, "--overwrite"), "not made by tuneforge", "choose another")
-    one_error(capsys, train_argv(bert, reviews, mine), "already exists", "--overwrite")
+    one_error(capsys, train_argv(bert_dir, reviews, mine, "--overwrite"), "not made by tuneforge", "choose another")
+    one_error(capsys, train_argv(bert_dir, reviews, mine), "already exists", "--overwrite")
     assert snapshot(mine) == before
 
 
-def test_overwrite_replaces_a_tuneforge_run(bert, reviews, tmp_path, capsys):
+def test_overwrite_replaces_a_tuneforge_run(bert_dir, reviews, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(train_argv(bert, reviews, out)) == 0
+    assert main(train_argv(bert_dir, reviews, out)) == 0
     (out / "notes.txt").write_text("old run")
-    assert main(train_argv(bert, reviews, out, "train.max_steps=3", "--overwrite")) == 0
+    assert main(train_argv(bert_dir, reviews, out, "train.max_steps=3", "--overwrite")) == 0
     assert json.loads((out / "metrics.json").read_text())["steps"] == 3 and not (out / "notes.txt").exists()
 
 
-def test_overwrite_keeps_the_old_run_when_the_new_one_fails_before_training(bert, reviews, tmp_path, capsys):
+def test_overwrite_keeps_the_old_run_when_the_new_one_fails_before_training(bert_dir, reviews, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(train_argv(bert, reviews, out)) == 0
-    one_error(capsys, train_argv(bert, reviews, out, "--overwrite", "forgetting.replay.data=missing.csv",
+    assert main(train_argv(bert_dir, reviews, out)) == 0
+    one_error(capsys, train_argv(bert_dir, reviews, out, "--overwrite", "forgetting.replay.data=missing.csv",
                                   "forgetting.replay.ratio=0.5"), "data file missing.csv does not exist")
     assert main(["evaluate", out]) == 0  # the replaced run is back, whole (one_error compared every byte)
 
 
-def test_merge_of_a_run_that_cannot_merge_leaves_the_output_untouched(bert, reviews, tmp_path, capsys):
+def test_merge_of_a_run_that_cannot_merge_leaves_the_output_untouched(bert_dir, reviews, tmp_path, capsys):
     run = tmp_path / "adapter"
-    assert main(train_argv(bert, reviews, run, "train.max_steps=1", method="adapter")) == 0
+    assert main(train_argv(bert_dir, reviews, run, "train.max_steps=1", method="adapter")) == 0
     out = tmp_path / "merged"
     from tuneforge.files import fresh_folder
     fresh_folder(out, False, "merged")  # an earlier merge: tuneforge's own, so --overwrite could replace it
@@ -168,9 +168,9 @@ def test_merge_of_a_run_that_cannot_merge_leaves_the_output_untouched(bert, revi
     assert snapshot(out) == before
 
 
-def test_peft_export_of_a_run_without_a_peft_form_leaves_no_folder(bert, reviews, tmp_path, capsys):
+def test_peft_export_of_a_run_without_a_peft_form_leaves_no_folder(bert_dir, reviews, tmp_path, capsys):
     run = tmp_path / "bitfit"
-    assert main(train_argv(bert, reviews, run, "train.max_steps=1", method="bitfit")) == 0
+    assert main(train_argv(bert_dir, reviews, run, "train.max_steps=1", method="bitfit")) == 0
     one_error(capsys, ["export", run, tmp_path / "peft", "--format", "peft"], "method 'bitfit' cannot export to PEFT",
               "tuneforge merge")
     assert not (tmp_path / "peft").exists()

@@ -16,11 +16,11 @@ from tiny import sentiment_rows
 
 # ---- 1. the split belongs to the run -----------------------------------------------------------------------
 
-def test_evaluate_refuses_when_the_source_changed_and_uses_data_given(bert, tmp_path, capsys):
+def test_evaluate_refuses_when_the_source_changed_and_uses_data_given(bert_dir, tmp_path, capsys):
     data = tmp_path / "d.csv"
     pd.DataFrame(sentiment_rows(60)).to_csv(data, index=False)
     run = tmp_path / "run"
-    assert main(train_argv(bert, data, run)) == 0
+    assert main(train_argv(bert_dir, data, run)) == 0
     capsys.readouterr()
     assert main(["evaluate", run]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == len(json.loads((run / "split.json").read_text())["test"])
@@ -32,7 +32,7 @@ def test_evaluate_refuses_when_the_source_changed_and_uses_data_given(bert, tmp_
     one_error(capsys, ["evaluate", run], f"data file {data} does not exist", "--data FILE")
 
 
-def test_duplicates_never_end_up_in_two_splits(bert, tmp_path, capsys):
+def test_duplicates_never_end_up_in_two_splits(bert_dir, tmp_path, capsys):
     rows = sentiment_rows(60)
     copies = [{"text": "  " + r["text"].replace(" ", "   ") + " ", "label": r["label"]} for r in rows[:20]]
     copies += [{"text": r["text"].replace(" ", "\t"), "label": r["label"]} for r in rows[:10]]
@@ -41,7 +41,7 @@ def test_duplicates_never_end_up_in_two_splits(bert, tmp_path, capsys):
     texts = [" ".join(r["text"].split()) for r in rows + copies]
     expected = len(texts) - len(set(texts))
     run = tmp_path / "run"
-    assert main(train_argv(bert, data, run)) == 0
+    assert main(train_argv(bert_dir, data, run)) == 0
     captured = capsys.readouterr()
     assert f"note: the data holds {expected} duplicate example(s)" in captured.err
     assert f"| duplicate examples (kept in one split) |  | {expected} |" in captured.out
@@ -53,7 +53,7 @@ def test_duplicates_never_end_up_in_two_splits(bert, tmp_path, capsys):
     assert sum(len(stored[k]) for k in ("train", "validation", "test")) == len(texts)  # every copy kept
 
 
-def test_replay_of_the_tasks_own_data_never_draws_its_validation_or_test_rows(bert, reviews, tmp_path, monkeypatch):
+def test_replay_of_the_tasks_own_data_never_draws_its_validation_or_test_rows(bert_dir, reviews, tmp_path, monkeypatch):
     from tuneforge.forgetting import pipeline
     from tuneforge.run import Run
 
@@ -66,7 +66,8 @@ def test_replay_of_the_tasks_own_data_never_draws_its_validation_or_test_rows(be
     original = pipeline.mix
     monkeypatch.setattr(pipeline, "mix", spy)
     run = tmp_path / "run"
-    assert main(train_argv(bert, reviews, run, f"forgetting.replay.data={reviews}", "forgetting.replay.ratio=0.5")) == 0
+    assert main(train_argv(bert_dir, reviews, run, f"forgetting.replay.data={reviews}",
+                           "forgetting.replay.ratio=0.5")) == 0
     held = Run(run, "cpu").prepared()
     held = {tuple(e["input_ids"]) for e in held.validation + held.test}
     assert held and drawn["pool"] and len(drawn["pool"]) == 80 - len(held)  # the rest of the file: replayable
@@ -125,9 +126,9 @@ def test_a_cuda_bf16_run_loads_and_evaluates_on_a_cpu_only_machine(lora_run, tmp
     one_error(capsys, ["train", "--resume", moved], "finished")
 
 
-def test_evaluate_reproduces_the_classification_metrics_of_the_run(bert, reviews, tmp_path, capsys):
+def test_evaluate_reproduces_the_classification_metrics_of_the_run(bert_dir, reviews, tmp_path, capsys):
     run = tmp_path / "run"  # default precision (auto): the same precision path as training
-    assert main(["train", "--model", bert, "--data", reviews, "-o", run, "-q", "train.max_steps=4",
+    assert main(["train", "--model", bert_dir, "--data", reviews, "-o", run, "-q", "train.max_steps=4",
                  "model.max_length=32", "train.lr=5e-3", "eval.before=false"]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(run)]) == 0
