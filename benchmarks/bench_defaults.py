@@ -14,7 +14,8 @@ default, both at the ``train.auto_max_epochs`` cap, is the default run and is no
 JSON, so an interrupted invocation continues. Validation and test sets are the same size for every training
 size of a task (400 examples each, or 10 % each of a smaller data set), so a point is never one or two examples.
 A run's key records its settings (task|size|method|lr|auto_min_steps|e<auto_max_epochs>|pool<0/1>: the epoch
-cap and ``train.pooler_with_head``); ``--factors`` and
+cap and ``train.pooler_with_head``; then |head<rate> where a method's own head floor sets ``train.head_lr`` to
+other than max(lr, 3e-3)); ``--factors`` and
 ``--lengths`` narrow the stages, and ``--merge`` adds the runs of earlier JSON files (settings of their own,
 e.g. the epoch cap of the time) to the sweep a default is judged against.
 
@@ -127,9 +128,15 @@ def epochs(train_examples: int, min_steps: int) -> int:
 def key(task: str, size: int, method: str, lr: float, min_steps: int, cap: int | None = None,
         pooler: bool | None = None) -> str:
     """task|size|method|lr|auto_min_steps|e<auto_max_epochs>|pool<train.pooler_with_head as 0/1> (unset: the
-    current defaults)."""
+    current defaults), and |head<train.head_lr> where the method's own head floor gives the head another rate
+    than max(lr, 3e-3), the rule every run without that field trained under."""
+    from tuneforge.config import HEAD_LR
+    from tuneforge.methods import registry
+
     pooler = default_pooler(task, method) if pooler is None else pooler
-    return f"{task}|{size}|{method}|{lr:.3g}|{min_steps}|e{cap or default_cap()}|pool{int(pooler)}"
+    head = max(lr, registry.train_defaults(method, TASKS[task][1]).get("head_lr", HEAD_LR))
+    own = f"|head{head:.3g}" if head != max(lr, HEAD_LR) else ""
+    return f"{task}|{size}|{method}|{lr:.3g}|{min_steps}|e{cap or default_cap()}|pool{int(pooler)}{own}"
 
 
 def read_results(path: Path) -> dict:
@@ -138,7 +145,7 @@ def read_results(path: Path) -> dict:
     until 2026-12-02), without the pooler field (five or six) with the pooler left to the method."""
     results = json.loads(path.read_text()) if path.is_file() else {}
     legacy = {4: f"|e{LEGACY_CAP}|pool0", 5: "|pool0", 6: ""}
-    return {k + legacy[k.count("|")]: v for k, v in results.items()}
+    return {k + legacy.get(k.count("|"), ""): v for k, v in results.items()}
 
 
 def run_one(job: tuple[str, dict, str]) -> tuple[str, dict]:
@@ -245,8 +252,8 @@ def main() -> None:
 
 
 def write_table(results: dict, cells: list, default_lr: dict, args: argparse.Namespace, out_json: Path) -> None:
-    lines = ["| task | size | method | default lr | default | best sweep (lr, auto_min_steps, epoch cap, pooler) | best "
-             "| gap | target | met | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | size | method | default lr | default | best sweep (lr, auto_min_steps, epoch cap, pooler[, head]) "
+             "| best | gap | target | met | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     missing: list[str] = []
     for t, s, m in cells:
         _, _, _, metric, greater = TASKS[t]
@@ -265,9 +272,9 @@ def write_table(results: dict, cells: list, default_lr: dict, args: argparse.Nam
         ties = [k for k in mine if k != best and val(k) == val(best)]
         g = gap(d["test"], mine[best]["test"], greater)
         target = (2 if m in CORE else 5) * (1.5 if metric == "perplexity" else 1)
-        _, _, _, lr, steps, cap, pool = best.split("|")
+        lr, steps, cap, pool, *head = best.split("|")[3:]
         lines.append(f"| {t} | {d['train_examples']} | {m} | {default_lr[t, m]:g} | {d['test']:.4f} | "
-                     f"{lr}, {steps}, {cap}, {pool} | "
+                     f"{', '.join([lr, steps, cap, pool, *head])} | "
                      f"{mine[best]['test']:.4f} | {g:+.2f} | {target:g} | {'yes' if g <= target else 'NO'} |"
                      f" {len(mine)} runs" + (f"; tie on validation with {', '.join(k.split('|')[3] for k in ties)} |"
                                              if ties else " |"))

@@ -9,6 +9,7 @@ import pytest
 
 from tiny import model_dir, sentiment_rows
 from tuneforge.cli import build_parser, main
+from tuneforge.methods import registry
 
 
 def _commands():
@@ -34,7 +35,10 @@ def test_console_script_is_installed():
     assert out.returncode == 0 and "--resume" in out.stdout and "dotted overrides" in out.stdout
     out = subprocess.run([sys.executable, "-m", "tuneforge", "methods"], capture_output=True, text=True)
     assert out.returncode == 0 and "lora" in out.stdout  # python -m tuneforge (what torchrun -m runs)
-    assert "fresh task head" in out.stdout and "and 0.003 (train.head_lr)" in out.stdout  # beside the methods' rates
+    assert "fresh task head" in out.stdout and "and 0.003 or the floor shown (train.head_lr)" in out.stdout
+    bitfit = next(line for line in out.stdout.splitlines() if line.startswith("bitfit "))
+    head = registry.train_defaults("bitfit", "classification")["head_lr"]
+    assert f"a fresh head at least classification {head:g}" in bitfit  # a method's own head floor, shown
     assert "(train.pooler_with_head)" in out.stdout
     assert "method.rank = 8  # r: inner dimension of the low-rank update" in out.stdout  # each option explained
 

@@ -62,6 +62,20 @@ def test_a_fresh_head_defaults_to_its_own_floor_rate(train_opts, head_lr):
     assert resolve_config({"method": {"name": "full"}}).train.head_lr == max(registry.train_defaults("full")["lr"], 3e-3)
 
 
+def test_a_method_may_declare_its_own_head_floor_per_task(monkeypatch):
+    module = registry.get("bitfit")
+    monkeypatch.setattr(module, "TRAIN_DEFAULTS", {"lr": 3e-3, "head_lr": {"classification": 9e-3}})
+
+    def head(task: str, **train) -> float:
+        return resolve_config({"model": {"task": task}, "method": {"name": "bitfit"}, "train": train}).train.head_lr
+
+    assert head("classification") == 9e-3  # the declared floor, above the method's rate
+    assert head("classification", lr=2e-2) == 2e-2  # a higher rate takes the head with it
+    assert head("classification", head_lr=1e-3) == 1e-3  # an explicit head rate wins
+    assert head("classification", lr=0.0) == 0.0  # lr 0 trains nothing
+    assert head("token_classification") == 3e-3  # a task the method declares nothing for: the common floor
+
+
 def test_the_pooler_default_is_declared_per_method_and_an_explicit_setting_wins():
     on = {m for m in registry.names() if resolve_config({"method": {"name": m}}).train.pooler_with_head}
     assert on == {m for m in registry.names() if registry.train_defaults(m).get("pooler_with_head")}

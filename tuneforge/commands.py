@@ -117,14 +117,16 @@ def cmd_methods(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{t} {v:g}" for t, v in lrs.items()) if len(set(lrs.values())) > 1 else \
             f"{next(iter(lrs.values())):g}"
         pooler = "; the pooler trains with the head" if registry.train_defaults(name).get("pooler_with_head") else ""
-        print(f"{name:10s} {doc}  [default lr: {shown}{pooler}]")
+        heads = {t: h for t in TASKS if (h := registry.train_defaults(name, t).get("head_lr", HEAD_LR)) != HEAD_LR}
+        head = f"; a fresh head at least {', '.join(f'{t} {h:g}' for t, h in heads.items())}" if heads else ""
+        print(f"{name:10s} {doc}  [default lr: {shown}{head}{pooler}]")
         comments = field_comments(module.Config)
         for f in dataclasses.fields(module.Config):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             comment = f"  # {comments[f.name]}" if comments.get(f.name) else ""
             print(f"    method.{f.name} = {default!r}{comment}")
     print("A fresh task head (classification, token classification) trains at the larger of the method's rate and "
-          f"{HEAD_LR:g} (train.head_lr); where marked, a pre-trained pooler (BERT's) that the method leaves frozen "
+          f"{HEAD_LR:g} or the floor shown (train.head_lr); where marked, a pre-trained pooler (BERT's) that the method leaves frozen "
           "trains with it (train.pooler_with_head).")
     return 0
 

@@ -65,7 +65,8 @@ class TrainConfig:
     optimizer: Literal["adamw", "sgd", "rmsprop"] = "adamw"
     lr: float | None = None  # learning rate; default: the method's for the task (see `tuneforge methods`); 0: no update
     head_lr: float | None = None  # learning rate of a freshly initialised task head (classification, token
-    #                               classification); null: the larger of train.lr and 3e-3 (0 when train.lr is 0)
+    #                               classification); null: the larger of train.lr and the method's head floor
+    #                               (3e-3 unless `tuneforge methods` shows another; 0 when train.lr is 0)
     pooler_with_head: bool | None = None  # classification: a pre-trained pooler (BERT's) that the method leaves
     #                                       frozen trains in full with the head, at its rate; null: the method's
     #                                       default (on for adapter and P-tuning, see `tuneforge methods`)

@@ -65,7 +65,7 @@ def resolve_config(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list
     if cfg.train.pooler_with_head is None:
         cfg.train.pooler_with_head = bool(declared.get("pooler_with_head", False))
     if cfg.train.head_lr is None:  # a head starts from random: it learns at a higher rate than pre-trained weights
-        cfg.train.head_lr = max(cfg.train.lr, HEAD_LR) if cfg.train.lr > 0 else 0.0
+        cfg.train.head_lr = max(cfg.train.lr, declared.get("head_lr", HEAD_LR)) if cfg.train.lr > 0 else 0.0
     if cfg.forgetting.previous_run:  # stored absolute: the run must find task 1 again when reloaded
         cfg.forgetting.previous_run = str(Path(cfg.forgetting.previous_run).resolve())
     return cfg
