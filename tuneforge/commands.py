@@ -126,8 +126,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
             comment = f"  # {comments[f.name]}" if comments.get(f.name) else ""
             print(f"    method.{f.name} = {default!r}{comment}")
     print("A fresh task head (classification, token classification) trains at the larger of the method's rate and "
-          f"{HEAD_LR:g} or the floor shown (train.head_lr); where marked, a pre-trained pooler (BERT's) that the method leaves frozen "
-          "trains with it (train.pooler_with_head).")
+          f"{HEAD_LR:g} or the floor shown (train.head_lr); where marked, a pre-trained pooler (BERT's) that the "
+          "method leaves frozen trains with it (train.pooler_with_head).")
     return 0
 
 
