@@ -12,7 +12,8 @@ from tuneforge.methods.layers import find_layers, layer_index
 
 # token classification: on WNUT-16 + MiniLM, 9e-4 was validation's pick of 1e-4 / 3e-4 / 9e-4 / 2.7e-3 at 496
 # training sentences (test entity F1 0.328 / 0.333 / 0.421 / 0.354) and at 1,915 (0.422 / 0.482 / 0.453 / 0.406)
-# (bench_defaults.py, docs/benchmarks.md, "Prefix tuning's rate, BitFit's head ...")
+# (1e-4 and 3e-4 in float32, 9e-4 and 2.7e-3 under bf16 autocast; bench_defaults.py, docs/benchmarks.md, "Prefix
+# tuning's rate, BitFit's head ...")
 TRAIN_DEFAULTS = {"lr": {"default": 1e-4, "token_classification": 9e-4}}
 
 DEFAULT_LAYERS = 2  # method.num_layers left unset: the last two layers train (every layer of a smaller model)
