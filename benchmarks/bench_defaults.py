@@ -131,10 +131,11 @@ def key(task: str, size: int, method: str, lr: float, min_steps: int, cap: int |
     current defaults), and |head<train.head_lr> where the method's own head floor gives the head another rate
     than max(lr, 3e-3), the rule every run without that field trained under."""
     from tuneforge.config import HEAD_LR
-    from tuneforge.methods import registry
+    from tuneforge.run import resolve_config
 
     pooler = default_pooler(task, method) if pooler is None else pooler
-    head = max(lr, registry.train_defaults(method, TASKS[task][1]).get("head_lr", HEAD_LR))
+    spec = {"model": {"task": TASKS[task][1]}, "method": {"name": method}, "train": {"lr": lr}}
+    head = resolve_config(spec).train.head_lr  # the head rate such a run trains at
     own = f"|head{head:.3g}" if head != max(lr, HEAD_LR) else ""
     return f"{task}|{size}|{method}|{lr:.3g}|{min_steps}|e{cap or default_cap()}|pool{int(pooler)}{own}"
 
