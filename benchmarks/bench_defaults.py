@@ -252,6 +252,11 @@ def main() -> None:
     write_table({**merged, **results}, cells, default_lr, args, out_json)
 
 
+def met(gap: float, target: float, runs: int) -> str:
+    """yes / NO; a cell whose only run is the default has nothing to be measured against."""
+    return "no sweep" if runs == 1 else "yes" if gap <= target else "NO"
+
+
 def write_table(results: dict, cells: list, default_lr: dict, args: argparse.Namespace, out_json: Path) -> None:
     lines = ["| task | size | method | default lr | default | best sweep (lr, auto_min_steps, epoch cap, pooler[, head]) "
              "| best | gap | target | met | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -262,11 +267,11 @@ def write_table(results: dict, cells: list, default_lr: dict, args: argparse.Nam
         mine = {k: v for k, v in results.items() if k.startswith(f"{t}|{s}|{m}|") and v.get("test") is not None}
         default_key = key(t, s, m, default_lr[t, m], 250)
         d = results.get(default_key, {})
-        if args.table_only and d.get("test") is None:
+        if args.table_only and d.get("test") is None and "error" not in d:
             missing.append(f"{t} {s} {m}")
             continue
-        if not mine or d.get("test") is None:
-            lines.append(f"| {t} | {s} | {m} | {default_lr[t, m]:g} | {d.get('error', '-')} | | | | | | |")
+        if not mine or d.get("test") is None:  # e.g. a method the task's model cannot take: its error
+            lines.append(f"| {t} | {s} | {m} | {default_lr[t, m]:g} | - | | | | | n/a | {d.get('error', '-')} |")
             continue
         val = (lambda k: mine[k]["validation"] if metric != "perplexity" else -mine[k]["validation"])
         best = max(mine, key=lambda k: (val(k), k == default_key))  # a validation tie keeps the default
@@ -276,7 +281,7 @@ def write_table(results: dict, cells: list, default_lr: dict, args: argparse.Nam
         lr, steps, cap, pool, *head = best.split("|")[3:]
         lines.append(f"| {t} | {d['train_examples']} | {m} | {default_lr[t, m]:g} | {d['test']:.4f} | "
                      f"{', '.join([lr, steps, cap, pool, *head])} | "
-                     f"{mine[best]['test']:.4f} | {g:+.2f} | {target:g} | {'yes' if g <= target else 'NO'} |"
+                     f"{mine[best]['test']:.4f} | {g:+.2f} | {target:g} | {met(g, target, len(mine))} |"
                      f" {len(mine)} runs" + (f"; tie on validation with {', '.join(k.split('|')[3] for k in ties)} |"
                                              if ties else " |"))
     unit = "points (accuracy/F1) or % (perplexity; positive: the default is worse)"
