@@ -36,6 +36,7 @@ from fractions import Fraction
 import multiprocessing as mp
 import os
 import signal
+import shlex
 import sys
 import tempfile
 import time
@@ -286,7 +287,7 @@ def write_table(results: dict, cells: list, default_lr: dict, args: argparse.Nam
                                              if ties else " |"))
     unit = "points (accuracy/F1) or % (perplexity; positive: the default is worse)"
     text = (f"# Defaults against a small sweep\n\nCommand: `python benchmarks/bench_defaults.py "
-            f"{' '.join(sys.argv[1:])}`\n\nGap in {unit}; best sweep setting picked on validation (a tie keeps the "
+            f"{shlex.join(sys.argv[1:])}`\n\nGap in {unit}; best sweep setting picked on validation (a tie keeps the "
             "default; the note counts the cell's runs and names the settings tied with the pick).\n\n"
             + "\n".join(lines) + "\n"
             + (f"\nNo run at the current default ({len(missing)} cells): {', '.join(missing)}.\n" if missing else ""))
