@@ -271,8 +271,9 @@ def write_table(results: dict, cells: list, default_lr: dict, args: argparse.Nam
         if args.table_only and d.get("test") is None and "error" not in d:
             missing.append(f"{t} {s} {m}")
             continue
-        if not mine or d.get("test") is None:  # e.g. a method the task's model cannot take: its error
-            lines.append(f"| {t} | {s} | {m} | {default_lr[t, m]:g} | - | | | | | n/a | {d.get('error', '-')} |")
+        if not mine or d.get("test") is None:  # no default run, or one that erred (a method the model cannot take)
+            status, note = ("n/a", d["error"]) if "error" in d else ("", "no default run")
+            lines.append(f"| {t} | {s} | {m} | {default_lr[t, m]:g} | - | | | | | {status} | {note} |")
             continue
         val = (lambda k: mine[k]["validation"] if metric != "perplexity" else -mine[k]["validation"])
         best = max(mine, key=lambda k: (val(k), k == default_key))  # a validation tie keeps the default
