@@ -34,7 +34,8 @@ from tuneforge.methods.layers import LINEAR, attention_heads, find_layers, hidde
 # examples: +4.8, +2.5, +4.2 test points over 3e-3, topics at the earlier 10-epoch cap; docs/benchmarks.md,
 # "LoRA over three training seeds, LoRA's shape, and the other methods on tweets"); causal LM (ChatterBot SFT at
 # 500 pairs, bf16): 9e-3 was validation's pick among 3e-3 / 9e-3 / 2.7e-2, test perplexity 10.68 / 10.23 / 10.47
-# ("The other methods on ChatterBot SFT"); token classification keeps 3e-3 (WNUT-16: x 3 lost on validation)
+# (docs/benchmarks.md, "... the other methods on ChatterBot SFT"); token classification keeps 3e-3 (WNUT-16: x 3
+# lost on validation)
 TRAIN_DEFAULTS = {"lr": {"default": 9e-3, "token_classification": 3e-3}}
 
 TARGETS = ("keys", "values", "ffn")

@@ -48,7 +48,7 @@ from tuneforge.methods.virtual_tokens import VirtualTokens, attach, backbone_of,
 # topics 575 +5.5 and, at the earlier 10-epoch cap, topics 500 +9.7) and was validation's pick in four
 # (docs/benchmarks.md, "Prefix tuning's rate"). Causal LM (ChatterBot SFT at 500 pairs, bf16): test perplexity
 # 13.81 / 12.09 / 11.35 at 1e-2 / 3e-2 / 9e-2 (9e-2 validation's pick, 6.5 % better than 3e-2, within the 7.5 %
-# target); 3e-2 keeps one rate for every task ("The other methods on ChatterBot SFT")
+# target); 3e-2 keeps one rate for every task (docs/benchmarks.md, "... the other methods on ChatterBot SFT")
 TRAIN_DEFAULTS = {"lr": 3e-2}
 
 
