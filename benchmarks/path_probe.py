@@ -1,0 +1,114 @@
+"""A/B probe of one of tuneforge's CPU code paths: runs as tuneforge trains against runs with one path switched
+(the variant), side by side on the two cores (1 thread each, the variant's process started first in odd rounds),
+over several rounds. Prints each run's real tokens/s, peak RSS and test metric, then the medians.
+
+Variants (what the switched runs do instead of tuneforge's own path):
+  packed-eager  packed causal-LM rows through eager attention, not SDPA (``fast.packed_attention``; float32)
+  lora-plain    LoRA layers as ``base(x) + s * B(A(x))`` with autograd's backward, not ``lora.LoRAProduct``
+  rounded       batch lengths rounded as oneDNN's kernel cache wants them (padded x 4, packed x 16)
+  unrounded     batch lengths not rounded (``batching.Shapes()``)
+
+Workloads: ``chat`` (SmolLM2 LoRA on the demo-chat pairs, 16 per step, lr 2e-3) and ``classification`` (MiniLM
+LoRA on the demo's Rotten Tomatoes sentences, 32 per step, the default rate).
+
+    python benchmarks/path_probe.py --variant packed-eager --rounds 3          # results/packed-attention-probe.md
+    python benchmarks/path_probe.py --variant lora-plain --workload classification --precision bf16 --steps 100
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+WORKLOADS = {
+    "chat": {"model": {"name": "smollm2", "task": "causal_lm", "max_length": 64},
+             "data": {"dataset": "chatterbot", "system_prompt": "Reply briefly.", "split": [0.8, 0.1, 0.1], "seed": 42},
+             "train": {"lr": 2e-3, "batch_size": 16}, "eval": {"generate_samples": 0}},
+    "classification": {"model": {"name": "minilm", "task": "classification", "max_length": 64},
+                       "data": {"dataset": "rotten_tomatoes", "split": [0.8, 0.1, 0.1], "seed": 42},
+                       "train": {"batch_size": 32}, "eval": {}},
+}
+TOOL = "tuneforge"
+
+
+def switch(variant: str) -> None:
+    """Patch this process so that training takes the variant's path."""
+    from tuneforge import fast
+    from tuneforge.data.batching import Shapes
+    from tuneforge.methods.lora import LoRALinear
+
+    if variant == "packed-eager":
+        fast.packed_attention = lambda model, device, packed, bf16: contextlib.nullcontext(0)
+    elif variant == "lora-plain":
+        LoRALinear._product_applies = lambda self: False
+    elif variant in ("rounded", "unrounded"):
+        rounded = variant == "rounded"
+        Shapes.training = classmethod(lambda cls, max_length, *_, **__: cls(padded=4 if rounded else 1,
+                                                                            packed=16 if rounded else 1,
+                                                                            limit=max_length))
+    elif variant != TOOL:
+        raise SystemExit(f"unknown variant {variant!r}")
+
+
+def run_one(variant: str, out: str, args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    from tuneforge.run import train
+
+    switch(variant)
+    w = WORKLOADS[args.workload]
+    cfg = {**w, "method": {"name": "lora"},
+           "train": {**w["train"], "max_steps": args.steps, "precision": args.precision, "num_threads": 1},
+           "eval": {**w["eval"], "before": False}, "forgetting": {"probes": ["none"]}, "output_dir": out}
+    m = train(cfg, progress=False).metrics
+    metric = "perplexity" if args.workload == "chat" else "accuracy"
+    print(json.dumps({"variant": variant, "tokens_per_second": m["tokens_per_second"],
+                      "peak_memory_mb": m["peak_memory_mb"], "metric": m["test_after"][metric],
+                      "padded_per_real": m["padded_tokens"] / m["real_tokens"], "precision": m["precision"]}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--variant", required=True, choices=["packed-eager", "lora-plain", "rounded", "unrounded"])
+    ap.add_argument("--workload", default="chat", choices=sorted(WORKLOADS))
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--one", nargs=2, metavar=("VARIANT", "OUT"), help=argparse.SUPPRESS)  # a worker process
+    args = ap.parse_args()
+    if args.one:
+        return run_one(args.one[0], args.one[1], args)
+    rows: dict[str, list[dict]] = {TOOL: [], args.variant: []}
+    flags = ["--variant", args.variant, "--workload", args.workload, "--precision", args.precision,
+             "--steps", str(args.steps)]
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            order = list(rows) if r % 2 else list(rows)[::-1]
+            procs = {v: subprocess.Popen([sys.executable, __file__, *flags, "--one", v, str(Path(tmp) / f"{v}{r}")],
+                                         stdout=subprocess.PIPE, text=True) for v in order}
+            for v, p in procs.items():
+                out, _ = p.communicate()
+                if p.returncode:
+                    sys.exit(f"{v} run failed (exit {p.returncode})")
+                rows[v].append(json.loads(out.strip().splitlines()[-1]))
+                print(f"round {r + 1} {v}: {rows[v][-1]}", flush=True)
+    print(f"\n| {args.workload}, {args.precision} | real tokens/s (median) | peak RSS MiB (median) "
+          f"| test {'perplexity' if args.workload == 'chat' else 'accuracy'} | padded/real tokens |")
+    print("|---|---|---|---|---|")
+    for v, runs in rows.items():
+        med = {k: statistics.median(x[k] for x in runs)
+               for k in ("tokens_per_second", "peak_memory_mb", "metric", "padded_per_real")}
+        print(f"| {v} | {med['tokens_per_second']:.1f} | {med['peak_memory_mb']:,.0f} | {med['metric']:.5f} "
+              f"| {med['padded_per_real']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
