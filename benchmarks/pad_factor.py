@@ -1,7 +1,8 @@
 """Padded/real tokens of a causal-LM run's padding-free training batches: the run's data prepared as
 ``tuneforge train`` prepares it, random batches (``batch_order``) over a few epochs, each packed by
-``collate_packed`` with its width rounded as a training run rounds it (``Shapes.training``). Deterministic: no
-model is run, so the number does not depend on the machine.
+``collate_packed`` with its width rounded as a training run rounds it (``Shapes.training``: bf16 on a CPU and
+CUDA round widths to 16, float32 on a CPU does not; both are printed). Deterministic: no model is run, so the
+numbers do not depend on the machine.
 
     python benchmarks/pad_factor.py                                  # configs/demo-chat.yaml, 5 epochs
     python benchmarks/pad_factor.py --config my.yaml --batch-size 8
@@ -35,19 +36,20 @@ def main() -> None:
     with start_model(cfg) as (_, base):
         _, data = prepare(cfg, task, load_tokenizer(base, cfg.model.trust_remote_code))
     lengths = [len(e["input_ids"]) for e in data.train]
-    multiple = Shapes.training(cfg.model.max_length).packed
     batch_size = args.batch_size or cfg.train.batch_size
-    real = computed = 0
-    widths = set()
-    for epoch in range(args.epochs):
-        for b in batch_order(lengths, batch_size, cfg.train.seed, epoch, group_by_length=False):
-            ids = collate_packed([data.train[i] for i in b], pad_id=0, multiple=multiple)["input_ids"]  # (rows, width)
-            real += sum(lengths[i] for i in b)
-            computed += ids.numel()
-            widths.add(tuple(ids.shape))
-    print(f"{len(lengths)} training examples (mean {real / args.epochs / len(lengths):.1f} tokens), batches of "
-          f"{batch_size}, {args.epochs} epochs: padded/real tokens {computed / real:.3f}, "
-          f"{len(widths)} batch shapes (widths rounded to {multiple})")
+    for rounded in (True, False):
+        multiple = Shapes.training(cfg.model.max_length, rounded).packed
+        real = computed = 0
+        widths = set()
+        for epoch in range(args.epochs):
+            for b in batch_order(lengths, batch_size, cfg.train.seed, epoch, group_by_length=False):
+                ids = collate_packed([data.train[i] for i in b], pad_id=0, multiple=multiple)["input_ids"]  # (rows, width)
+                real += sum(lengths[i] for i in b)
+                computed += ids.numel()
+                widths.add(tuple(ids.shape))
+        print(f"{len(lengths)} training examples (mean {real / args.epochs / len(lengths):.1f} tokens), batches of "
+              f"{batch_size}, {args.epochs} epochs: padded/real tokens {computed / real:.3f}, "
+              f"{len(widths)} batch shapes (widths rounded to {multiple}: {'bf16, CUDA' if rounded else 'fp32 CPU'})")
 
 
 if __name__ == "__main__":

@@ -131,12 +131,8 @@ def test_training_uses_the_cheaper_paths(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fast.FastDropout, "forward", counted_forward)
     monkeypatch.setattr(fast.KeptGradient, "__call__", counted_kept)
-    lengths = set()
-
     def counted_attention(module, *args, **kwargs):
         calls["attention"] += module.training
-        if module.training:
-            lengths.add(args[0].shape[2])  # query (batch, heads, seq, head_dim)
         return attention(module, *args, **kwargs)
 
     def counted_block(block, *args, **kwargs):
@@ -157,9 +153,48 @@ def test_training_uses_the_cheaper_paths(tmp_path, monkeypatch):
     train(cfg, progress=False)
     assert calls["clip"] == 3 and calls["dropout"] > 0  # every step clips; BERT's dropouts ran as FastDropout
     assert calls["attention"] > 0  # and its attention through fast.attention
-    assert lengths and all(n % 4 == 0 for n in lengths)  # batch lengths rounded (batching.Shapes.training)
     assert calls["last_block"] >= 1 + 3  # its last block at the head's position: the check, then every step
     assert calls["sparse_embedding"] == 3  # the word embedding's gradient came sparse at every step
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("task", ["classification", "causal_lm"])
+def test_batch_lengths_are_rounded_only_where_kernels_are_built_per_shape(tmp_path, monkeypatch, task, precision):
+    """bf16 on a CPU (oneDNN builds a kernel per matmul shape): padded lengths rounded to 4, packed rows' widths
+    to 16; float32 on a CPU (MKL): every batch exactly as wide as its longest example or packed row."""
+    import pandas as pd
+
+    from lm_helpers import model_folder, write_pairs
+    from tiny import model_dir, sentiment_rows
+    from tuneforge import models, train as train_module
+    from tuneforge.data import batching
+    from tuneforge.run import train
+
+    monkeypatch.setattr(models, "bf16_supported", lambda device: True)  # emulated where the CPU has no bf16
+    seen = []  # (width, longest row's real tokens) of every training batch
+
+    def recorded(*args, **kwargs):
+        for batch in batching.iterate(*args, **kwargs):
+            seen.append((batch["input_ids"].shape[1], int(batch["attention_mask"].sum(1).max())))
+            yield batch
+
+    monkeypatch.setattr(train_module, "iterate", recorded)
+    if task == "classification":
+        data = tmp_path / "rows.csv"
+        pd.DataFrame(sentiment_rows(64)).to_csv(data, index=False)
+        model, multiple = model_dir(tmp_path / "bert", "bert"), 4
+    else:
+        data, model, multiple = write_pairs(tmp_path / "pairs.jsonl"), model_folder(tmp_path / "llama"), 16
+    out = train({"model": {"name": str(model), "task": task, "max_length": 64}, "data": {"dataset": str(data)},
+                 "method": {"name": "lora"}, "train": {"max_steps": 3, "batch_size": 8, "precision": precision},
+                 "output_dir": str(tmp_path / "run")}, progress=False)
+    assert out.metrics["padding_free"] == (task == "causal_lm")
+    assert len(seen) == 3
+    if precision == "bf16":
+        assert all(width % multiple == 0 for width, _ in seen)
+    else:
+        assert all(width == longest for width, longest in seen)
+        assert any(width % multiple for width, _ in seen)  # so rounding would have shown
 
 
 def _embedding_step(model, optimizer, micro_batches, step):

@@ -181,8 +181,9 @@ def _setup(cfg: RunConfig, task: Task, base: Path, device: torch.device, prev: R
     for extra in (cfg.forgetting.replay.data if cfg.forgetting.replay.ratio else None, cfg.forgetting.reference):
         if extra not in (None, "none", "self"):  # replay / reference data checked before anything is created
             source_records(task, extra, cfg)
-    rt = Runtime(device=device, bf16=use_bf16(cfg.train.precision, device), pad_id=tokenizer.pad_token_id,
-                 shapes=Shapes.training(cfg.model.max_length))
+    bf16 = use_bf16(cfg.train.precision, device)
+    rt = Runtime(device=device, bf16=bf16, pad_id=tokenizer.pad_token_id,
+                 shapes=Shapes.training(cfg.model.max_length, rounded=bf16 or device.type != "cpu"))
     torch.manual_seed(cfg.train.seed)
     model, fresh = task.load_model(base, cfg, data.meta, rt.pad_id, device)
     check_max_length(model, cfg)

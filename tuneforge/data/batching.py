@@ -20,20 +20,23 @@ PAD_FIELDS = {"input_ids": None, "labels": -100, "token_type_ids": 0, "position_
 class Shapes:
     """How batch lengths are rounded up: a padded batch's length to a multiple of ``padded`` (never beyond
     ``limit``, the run's ``model.max_length``; 0: no limit), a packed row's width to a multiple of ``packed``.
-    On a CPU, oneDNN builds and caches a kernel for every matmul shape it meets (bf16: ~1,000 of them, up to
-    ~0.5 GiB); variable-length batches meet a new shape nearly every step. Rounding keeps the shapes few.
+    On a CPU under bf16, oneDNN builds and caches a kernel for every matmul shape it meets (~1,000 of them, up
+    to ~0.5 GiB); variable-length batches meet a new shape nearly every step. Rounding keeps the shapes few.
     Rounding also spares building those kernels, which pays for the extra padding. Medians of 2 runs, bf16,
     2-core EPYC: MiniLM LoRA on 2,000 Rotten Tomatoes sentences, padded length x 4: peak RSS 1,670 -> 1,253 MiB,
     3,353 -> 3,776 tokens/s (x 8: 1,149 MiB, 3,387); full SmolLM2 SFT on ChatterBot, packed width x 16 and LM
-    head rows x 64 (``tasks.causal_lm.LM_HEAD_ROWS``): 4,574 -> 4,079 MiB, 231 -> 221 tokens/s (noise: +-15 %)."""
+    head rows x 64 (``tasks.causal_lm.LM_HEAD_ROWS``): 4,574 -> 4,079 MiB, 231 -> 221 tokens/s (noise: +-15 %).
+    Float32 matmuls on a CPU are MKL's, which builds no kernel per shape: there rounding is only padding
+    (``training``)."""
     padded: int = 1
     packed: int = 1
     limit: int = 0
 
     @classmethod
-    def training(cls, max_length: int) -> Shapes:
-        """A training run's rounding (its evaluations too): padded lengths to 4, packed widths to 16."""
-        return cls(padded=4, packed=16, limit=max_length)
+    def training(cls, max_length: int, rounded: bool = True) -> Shapes:
+        """A training run's rounding (its evaluations too): padded lengths to 4, packed widths to 16 where
+        matmul kernels are built per shape (``rounded``: bf16 on a CPU, and CUDA); none for float32 on a CPU."""
+        return cls(padded=4, packed=16, limit=max_length) if rounded else cls(limit=max_length)
 
 
 def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, shuffle: bool = True,
