@@ -131,6 +131,7 @@ def test_training_uses_the_cheaper_paths(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fast.FastDropout, "forward", counted_forward)
     monkeypatch.setattr(fast.KeptGradient, "__call__", counted_kept)
+
     def counted_attention(module, *args, **kwargs):
         calls["attention"] += module.training
         return attention(module, *args, **kwargs)
