@@ -7,9 +7,12 @@ Variants (what the switched runs do instead of tuneforge's own path):
   lora-plain    LoRA layers as ``base(x) + s * B(A(x))`` with autograd's backward, not ``lora.LoRAProduct``
   rounded       batch lengths rounded as oneDNN's kernel cache wants them (padded x 4, packed x 16)
   unrounded     batch lengths not rounded (``batching.Shapes()``)
+  mmap-<bytes>  glibc's mmap threshold fixed at <bytes> (``mallopt(M_MMAP_THRESHOLD)``; e.g. mmap-131072): larger
+                buffers are mapped and unmapped each time instead of reused from the heap
 
-Workloads: ``chat`` (SmolLM2 LoRA on the demo-chat pairs, 16 per step, lr 2e-3) and ``classification`` (MiniLM
-LoRA on the demo's Rotten Tomatoes sentences, 32 per step, the default rate).
+Workloads: ``chat`` (SmolLM2 on the demo-chat pairs, 16 per step, lr 2e-3), ``classification`` (MiniLM on the
+demo's Rotten Tomatoes sentences, 32 per step, the default rate) and ``ner`` (MiniLM on the WNUT-16 tweets, 16 per
+step, the default rate); LoRA unless ``--method full``.
 
     python benchmarks/path_probe.py --variant packed-eager --rounds 3          # results/packed-attention-probe.md
     python benchmarks/path_probe.py --variant lora-plain --workload classification --precision bf16 --steps 100
@@ -34,7 +37,11 @@ WORKLOADS = {
     "classification": {"model": {"name": "minilm", "task": "classification", "max_length": 64},
                        "data": {"dataset": "rotten_tomatoes", "split": [0.8, 0.1, 0.1], "seed": 42},
                        "train": {"batch_size": 32}, "eval": {}},
+    "ner": {"model": {"name": "minilm", "task": "token_classification", "max_length": 64},
+            "data": {"dataset": "wnut16", "split": [0.8, 0.1, 0.1], "seed": 42},
+            "train": {"batch_size": 16}, "eval": {}},
 }
+METRIC = {"chat": "perplexity", "classification": "accuracy", "ner": "f1"}
 TOOL = "tuneforge"
 
 
@@ -53,6 +60,10 @@ def switch(variant: str) -> None:
         Shapes.training = classmethod(lambda cls, max_length, *_, **__: cls(padded=4 if rounded else 1,
                                                                             packed=16 if rounded else 1,
                                                                             limit=max_length))
+    elif variant.startswith("mmap-"):
+        import ctypes
+        if not ctypes.CDLL(None).mallopt(-3, int(variant[5:])):  # M_MMAP_THRESHOLD; 0 = refused
+            raise SystemExit(f"mallopt refused {variant}")
     elif variant != TOOL:
         raise SystemExit(f"unknown variant {variant!r}")
 
@@ -65,11 +76,11 @@ def run_one(variant: str, out: str, args: argparse.Namespace) -> None:
 
     switch(variant)
     w = WORKLOADS[args.workload]
-    cfg = {**w, "method": {"name": "lora"},
+    cfg = {**w, "method": {"name": args.method},
            "train": {**w["train"], "max_steps": args.steps, "precision": args.precision, "num_threads": 1},
            "eval": {**w["eval"], "before": False}, "forgetting": {"probes": ["none"]}, "output_dir": out}
     m = train(cfg, progress=False).metrics
-    metric = "perplexity" if args.workload == "chat" else "accuracy"
+    metric = METRIC[args.workload]
     print(json.dumps({"variant": variant, "tokens_per_second": m["tokens_per_second"],
                       "peak_memory_mb": m["peak_memory_mb"], "metric": m["test_after"][metric],
                       "padded_per_real": m["padded_tokens"] / m["real_tokens"], "precision": m["precision"]}))
@@ -77,7 +88,8 @@ def run_one(variant: str, out: str, args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--variant", required=True, choices=["packed-eager", "lora-plain", "rounded", "unrounded"])
+    ap.add_argument("--variant", required=True, help="packed-eager, lora-plain, rounded, unrounded or mmap-<bytes>")
+    ap.add_argument("--method", default="lora", choices=["lora", "full"])
     ap.add_argument("--workload", default="chat", choices=sorted(WORKLOADS))
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--rounds", type=int, default=3)
@@ -87,8 +99,8 @@ def main() -> None:
     if args.one:
         return run_one(args.one[0], args.one[1], args)
     rows: dict[str, list[dict]] = {TOOL: [], args.variant: []}
-    flags = ["--variant", args.variant, "--workload", args.workload, "--precision", args.precision,
-             "--steps", str(args.steps)]
+    flags = ["--variant", args.variant, "--method", args.method, "--workload", args.workload,
+             "--precision", args.precision, "--steps", str(args.steps)]
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             order = list(rows) if r % 2 else list(rows)[::-1]
@@ -100,8 +112,8 @@ def main() -> None:
                     sys.exit(f"{v} run failed (exit {p.returncode})")
                 rows[v].append(json.loads(out.strip().splitlines()[-1]))
                 print(f"round {r + 1} {v}: {rows[v][-1]}", flush=True)
-    print(f"\n| {args.workload}, {args.precision} | real tokens/s (median) | peak RSS MiB (median) "
-          f"| test {'perplexity' if args.workload == 'chat' else 'accuracy'} | padded/real tokens |")
+    print(f"\n| {args.workload}, {args.method}, {args.precision} | real tokens/s (median) | peak RSS MiB (median) "
+          f"| test {METRIC[args.workload]} | padded/real tokens |")
     print("|---|---|---|---|---|")
     for v, runs in rows.items():
         med = {k: statistics.median(x[k] for x in runs)
