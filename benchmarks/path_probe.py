@@ -43,6 +43,8 @@ WORKLOADS = {
 }
 METRIC = {"chat": "perplexity", "classification": "accuracy", "ner": "f1"}
 TOOL = "tuneforge"
+VARIANTS = ("packed-eager", "lora-plain", "rounded", "unrounded")  # and mmap-<bytes>
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
 def switch(variant: str) -> None:
@@ -62,7 +64,7 @@ def switch(variant: str) -> None:
                                                                             limit=max_length))
     elif variant.startswith("mmap-"):
         import ctypes
-        if not ctypes.CDLL(None).mallopt(-3, int(variant[5:])):  # M_MMAP_THRESHOLD; 0 = refused
+        if not ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, int(variant[5:])):  # 0: refused
             raise SystemExit(f"mallopt refused {variant}")
     elif variant != TOOL:
         raise SystemExit(f"unknown variant {variant!r}")
@@ -96,6 +98,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--one", nargs=2, metavar=("VARIANT", "OUT"), help=argparse.SUPPRESS)  # a worker process
     args = ap.parse_args()
+    if args.variant not in VARIANTS and not (args.variant.startswith("mmap-") and args.variant[5:].isdigit()):
+        ap.error(f"--variant {args.variant!r}: one of {', '.join(VARIANTS)} or mmap-<bytes>")
     if args.one:
         return run_one(args.one[0], args.one[1], args)
     rows: dict[str, list[dict]] = {TOOL: [], args.variant: []}
