@@ -1,12 +1,14 @@
-"""models.apply_method: a pre-trained pooler that the method leaves frozen trains with the head."""
+"""models.apply_method: a pre-trained pooler that the method leaves frozen trains with the head; models.store_frozen_in_bf16:
+frozen RMSNorm weights in bf16, at the float32 norms' loss and gradients under autocast."""
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
+from conftest import tiny_batch, tiny_causal_lm, tiny_classifier
 from tiny import model_dir
 from tuneforge.config import load_config
 from tuneforge.methods import registry
-from tuneforge.models import apply_method, frozen_pooler
+from tuneforge.models import apply_method, frozen_pooler, store_frozen_in_bf16
 from tuneforge.optim import build_optimizer
 
 
@@ -58,3 +60,49 @@ def test_the_pooler_learns_at_the_heads_rate(bert):
     rate = {next(order): g["lr"] for g in optimizer.param_groups for _ in g["params"]}
     assert rate["bert.pooler.dense.weight"] == rate["classifier.weight"] == 3e-3
     assert {r for n, r in rate.items() if not n.startswith(("bert.pooler.", "classifier."))} == {1e-4}
+
+
+def _lora_lm():
+    model = registry.apply(tiny_causal_lm("llama"), "lora", registry.make_config("lora", {}))
+    for n, p in model.named_parameters():  # a trained-looking update and norm weights away from 1
+        if "lora_B" in n or "norm" in n:
+            with torch.no_grad():
+                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if "norm" in n else 0.0))
+    return model
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(**batch, labels=batch["input_ids"]).loss
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_frozen_rms_norm_weights_are_stored_in_bf16_and_layer_norms_and_trained_ones_are_not():
+    lm = _lora_lm()
+    store_frozen_in_bf16(lm)
+    norms = [m for m in lm.modules() if type(m).__name__.endswith("RMSNorm")]
+    assert norms and all(m.weight.dtype == torch.bfloat16 for m in norms)
+    bert = tiny_classifier("bert")
+    store_frozen_in_bf16(bert)  # nothing frozen: every weight trains and stays float32
+    assert all(p.dtype == torch.float32 for p in bert.parameters())
+    bert.requires_grad_(False)
+    store_frozen_in_bf16(bert)
+    layer_norms = [m for m in bert.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert layer_norms and all(m.weight.dtype == torch.float32 for m in layer_norms)
+
+
+def test_bf16_rms_norm_weights_keep_the_loss_and_gradients_of_float32_ones_under_autocast():
+    batch = tiny_batch()
+    plain, ref = _lora_lm(), _lora_lm()
+    store_frozen_in_bf16(ref)
+    for m in ref.modules():  # the reference: linear weights in bf16 as before, norms back in float32
+        if type(m).__name__.endswith("RMSNorm"):
+            m.weight.data = m.weight.data.float()
+    loss_ref, grads_ref = _loss_and_grads(ref, batch)
+    store_frozen_in_bf16(plain)
+    loss, grads = _loss_and_grads(plain, batch)
+    assert loss == pytest.approx(loss_ref, rel=1e-2)
+    for n, g in grads_ref.items():  # bf16 rounding of the norm weights only: within 3 % of the largest entry
+        assert (grads[n] - g).abs().max() <= 0.03 * g.abs().max() + 1e-6, n
