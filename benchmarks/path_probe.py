@@ -7,6 +7,7 @@ Variants (what the switched runs do instead of tuneforge's own path):
   lora-plain    LoRA layers as ``base(x) + s * B(A(x))`` with autograd's backward, not ``lora.LoRAProduct``
   rounded       batch lengths rounded as oneDNN's kernel cache wants them (padded x 4, packed x 16)
   unrounded     batch lengths not rounded (``batching.Shapes()``)
+  head-plain    the LM head's logits and cross-entropy over every answer row at once, not ``lm_head.head_nll``
   rms-fp32      frozen RMSNorm weights left in float32 by ``models.store_frozen_in_bf16`` (bf16 runs)
   mmap-<bytes>  glibc's mmap threshold fixed at <bytes> (``mallopt(M_MMAP_THRESHOLD)``; e.g. mmap-131072): larger
                 buffers are mapped and unmapped each time instead of reused from the heap
@@ -44,7 +45,7 @@ WORKLOADS = {
 }
 METRIC = {"chat": "perplexity", "classification": "accuracy", "ner": "f1"}
 TOOL = "tuneforge"
-VARIANTS = ("packed-eager", "lora-plain", "rounded", "unrounded", "rms-fp32")  # and mmap-<bytes>
+VARIANTS = ("packed-eager", "lora-plain", "rounded", "unrounded", "head-plain", "rms-fp32")  # and mmap-<bytes>
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
@@ -65,6 +66,9 @@ def switch(variant: str) -> None:
         Shapes.training = classmethod(lambda cls, max_length, *_, **__: cls(padded=4 if rounded else 1,
                                                                             packed=16 if rounded else 1,
                                                                             limit=max_length))
+    elif variant == "head-plain":
+        from tuneforge.tasks import lm_head
+        lm_head.applies = lambda head: False
     elif variant == "rms-fp32":
         from tuneforge import run
         cast = run.store_frozen_in_bf16
@@ -104,7 +108,7 @@ def run_one(variant: str, out: str, args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--variant", required=True, help="packed-eager, lora-plain, rounded, unrounded, rms-fp32 or mmap-<bytes>")
+    ap.add_argument("--variant", required=True, help="packed-eager, lora-plain, rounded, unrounded, head-plain, rms-fp32 or mmap-<bytes>")
     ap.add_argument("--method", default="lora", choices=["lora", "full"])
     ap.add_argument("--workload", default="chat", choices=sorted(WORKLOADS))
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])

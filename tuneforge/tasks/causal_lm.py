@@ -18,7 +18,7 @@ from tuneforge.data.batching import batch_order, collate, collate_packed, iterat
 from tuneforge.data.readers import read_records
 from tuneforge.evaluate import bleu, perplexity, rouge_l
 from tuneforge.models import autocast, load_pretrained
-from tuneforge.tasks import Example, Prepared, Record, Runtime
+from tuneforge.tasks import Example, Prepared, Record, Runtime, lm_head
 
 # config attributes of models whose logits are not just lm_head(hidden): those take the full forward
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
@@ -45,7 +45,8 @@ def token_nll(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str =
     to a multiple of ``LM_HEAD_ROWS`` with rows that count for nothing (few matmul shapes: see
     ``batching.Shapes``). A packed batch (``position_ids``, see ``collate_packed``) goes in without its
     attention mask: the model then builds the block-diagonal causal mask from the position ids.
-    ``reduction="none"``: one loss per kept position, in row-major order."""
+    ``reduction="sum"`` with a plain head: the head and its cross-entropy a chunk of the vocabulary at a time
+    (``lm_head.head_nll``). ``reduction="none"``: one loss per kept position, in row-major order."""
     ids = batch["input_ids"]  # (batch, seq)
     inputs = ({"position_ids": batch["position_ids"]} if "position_ids" in batch
               else {"attention_mask": batch["attention_mask"]})  # (batch, seq)
@@ -64,7 +65,10 @@ def token_nll(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str =
         spare = -kept % LM_HEAD_ROWS
         at = torch.cat([at, at.new_zeros(spare)])  # (kept + spare,): spare rows read position 0 ...
         chosen = torch.cat([chosen, chosen.new_full((spare,), chat.IGNORE)])  # ... and count for nothing
-        selected = model.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])[at])  # (kept + spare, vocab)
+        head, rows = model.get_output_embeddings(), hidden.reshape(-1, hidden.shape[-1])[at]  # (kept + spare, hidden)
+        if reduction == "sum" and lm_head.applies(head):  # never the whole (rows, vocab) logits at once
+            return lm_head.head_nll(head, rows, chosen)
+        selected = head(rows)  # (kept + spare, vocab)
     nll = nn.functional.cross_entropy(selected.float(), chosen, reduction=reduction, ignore_index=chat.IGNORE)
     return nll[:kept] if reduction == "none" else nll
 

@@ -1,0 +1,104 @@
+"""The LM head and its cross-entropy over the answer rows, a chunk of rows at a time.
+
+Computed as ``lm_head(hidden).float()`` followed by ``cross_entropy``, a step writes and re-reads the whole
+``(rows, vocabulary)`` logits several times: the head's output, its float32 copy, the log-probabilities, and in
+the backward a zero-filled gradient, the log-softmax gradient and its cast back (SmolLM2: 49,152 words, so 50 MB
+of float32 per 256 answer rows, each pass out of cache). :class:`HeadNLL` takes ``CHUNK_ROWS`` rows at a time
+through the head, a float32 log-softmax and, while training, the gradient ``softmax - one_hot`` (as Liger
+Kernel's fused linear cross-entropy does): the gradient for the hidden states is multiplied out chunk by chunk,
+and only a head that trains keeps the whole (rows, vocabulary) gradient, in the compute dtype, for its own
+weight gradient. The backward scales the stored gradients by the incoming one. Same numbers as the plain path up
+to rounding (``tests/tasks/test_lm_head.py``).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+from torch.distributed.tensor import DTensor
+
+from tuneforge.data.chat import IGNORE
+
+CHUNK_WORDS = 2048  # vocabulary rows of the head per chunk (SmolLM2: 2,048 x 576 bf16 weights = 2.4 MB)
+
+
+class HeadNLL(torch.autograd.Function):
+    """Summed float32 cross-entropy of ``hidden @ weight.T (+ bias)`` against ``target`` (``IGNORE``: no loss),
+    a chunk of the vocabulary at a time; gradients for ``hidden``, ``weight`` and ``bias`` computed during the
+    forward, the incoming gradient applied in the backward."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, target: torch.Tensor,
+                chunk: int) -> torch.Tensor:
+        # hidden: (N, H); weight: (V, H); bias: (V,) or None; target: (N,) -> () summed loss
+        need = ctx.needs_input_grad[:2] + ((bias is not None and ctx.needs_input_grad[2]),)
+        keep = target != IGNORE  # (N,)
+        rows = torch.arange(len(target), device=target.device)  # (N,)
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # float32, or float64 for float64 inputs
+        peak = torch.full_like(target, float("-inf"), dtype=acc)  # (N,): running max logit
+        total = torch.zeros_like(peak)  # (N,): running sum of exp(logit - peak)
+        picked = torch.zeros_like(peak)  # (N,): the target's logit
+        kept = []  # the logits of each chunk (compute dtype), for the gradient
+        for v0 in range(0, weight.shape[0], chunk):
+            w = weight[v0:v0 + chunk]  # (C, H)
+            logits = hidden @ w.t() if bias is None else torch.addmm(bias[v0:v0 + chunk], hidden, w.t())  # (N, C)
+            f = logits.to(acc)  # (N, C)
+            top = torch.maximum(peak, f.amax(1))  # (N,)
+            total = total * (peak - top).exp() + (f - top.unsqueeze(1)).exp_().sum(1)
+            peak = top
+            here = (target >= v0) & (target < v0 + w.shape[0])  # (N,): targets in this chunk
+            picked = torch.where(here, f[rows, (target - v0).clamp(0, w.shape[0] - 1)], picked)
+            if any(need):
+                kept.append(logits)
+        lse = peak + total.log()  # (N,)
+        loss = torch.where(keep, lse - picked, 0.0).sum()
+        grads = _gradients(hidden, weight, target, keep, lse, kept, chunk, need) if any(need) else (None,) * 3
+        ctx.save_for_backward(*grads)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # grad: () of the summed loss
+        scale = (lambda g: None if g is None else g * grad.to(g.dtype))
+        return (*map(scale, ctx.saved_tensors), None, None)
+
+
+def _gradients(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, keep: torch.Tensor,
+               lse: torch.Tensor, kept: list[torch.Tensor], chunk: int, need: tuple[bool, bool, bool]
+               ) -> tuple[torch.Tensor | None, ...]:
+    """The summed loss's gradients for hidden ``(N, H)``, weight ``(V, H)`` and bias ``(V,)`` from each chunk's
+    ``softmax - one_hot`` (zero on ignored rows), cast to the compute dtype as autocast's backward would."""
+    rows = torch.arange(len(target), device=target.device)
+    grad_h = torch.zeros_like(hidden, dtype=lse.dtype) if need[0] else None  # (N, H), summed over chunks
+    grad_w = torch.empty_like(weight) if need[1] else None  # (V, H)
+    grad_b = weight.new_empty(weight.shape[0]) if need[2] else None  # (V,)
+    for logits, v0 in zip(kept, range(0, weight.shape[0], chunk)):
+        g = (logits.to(lse.dtype) - lse.unsqueeze(1)).exp_()  # (N, C): softmax
+        here = keep & (target >= v0) & (target < v0 + g.shape[1])
+        g[rows[here], target[here] - v0] -= 1.0
+        g = g.mul_(keep.unsqueeze(1)).to(hidden.dtype)  # (N, C)
+        if grad_h is not None:
+            grad_h += g @ weight[v0:v0 + chunk]  # (N, H)
+        if grad_w is not None:
+            grad_w[v0:v0 + chunk] = g.t() @ hidden  # (C, H)
+        if grad_b is not None:
+            grad_b[v0:v0 + chunk] = g.sum(0)
+    return (None if grad_h is None else grad_h.to(hidden.dtype)), grad_w, grad_b
+
+
+def applies(head: nn.Module) -> bool:
+    """Whether :func:`head_nll` can stand in for running the head: a plain ``nn.Linear`` (not a method's wrapper)
+    without hooks, whose weight is not sharded (FSDP2 gathers it only when the module itself runs)."""
+    return (type(head) is nn.Linear and not isinstance(head.weight, DTensor)
+            and not (head._forward_hooks or head._forward_pre_hooks))
+
+
+def head_nll(head: nn.Linear, hidden: torch.Tensor, target: torch.Tensor, chunk: int = CHUNK_WORDS) -> torch.Tensor:
+    """Summed cross-entropy of ``head(hidden)`` against ``target`` as :class:`HeadNLL` computes it, in the dtype
+    the head would run in (autocast's, else the weight's). hidden ``(N, H)``, target ``(N,)`` -> ``()``."""
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
+    bias = None if head.bias is None else head.bias.to(dtype)
+    with torch.autocast(device_type=device, enabled=False) if torch.is_autocast_enabled(device) \
+            else contextlib.nullcontext():
+        return HeadNLL.apply(hidden.to(dtype), head.weight.to(dtype), bias, target, chunk)
