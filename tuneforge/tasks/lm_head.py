@@ -1,18 +1,19 @@
-"""The LM head and its cross-entropy over the answer rows, a chunk of rows at a time.
+"""The LM head and its cross-entropy over the answer rows, a chunk of the vocabulary at a time.
 
 Computed as ``lm_head(hidden).float()`` followed by ``cross_entropy``, a step writes and re-reads the whole
 ``(rows, vocabulary)`` logits several times: the head's output, its float32 copy, the log-probabilities, and in
 the backward a zero-filled gradient, the log-softmax gradient and its cast back (SmolLM2: 49,152 words, so 50 MB
-of float32 per 256 answer rows, each pass out of cache). :class:`HeadNLL` takes ``CHUNK_ROWS`` rows at a time
-through the head, a float32 log-softmax and, while training, the gradient ``softmax - one_hot`` (as Liger
-Kernel's fused linear cross-entropy does): the gradient for the hidden states is multiplied out chunk by chunk,
-and only a head that trains keeps the whole (rows, vocabulary) gradient, in the compute dtype, for its own
-weight gradient. The backward scales the stored gradients by the incoming one. Same numbers as the plain path up
-to rounding (``tests/tasks/test_lm_head.py``).
+of float32 per 256 answer rows, each pass out of cache). :class:`HeadNLL` takes ``CHUNK_WORDS`` words at a time:
+a first pass keeps each row's running maximum logit and sum of exponentials (the loss is the log of that sum,
+plus the maximum, minus the target's logit); while training, a second pass turns each chunk's logits into
+``softmax - one_hot`` and multiplies it out into the gradients of the hidden states and, for a head that trains,
+of its weight (as Liger Kernel's fused linear cross-entropy does). Only the head's output in the compute dtype is
+kept between the passes; the backward scales the stored gradients by the incoming one. Same numbers as the plain
+path up to rounding (``tests/tasks/test_lm_head.py``).
 """
 from __future__ import annotations
 
-import contextlib
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -99,6 +100,6 @@ def head_nll(head: nn.Linear, hidden: torch.Tensor, target: torch.Tensor, chunk:
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
     bias = None if head.bias is None else head.bias.to(dtype)
-    with torch.autocast(device_type=device, enabled=False) if torch.is_autocast_enabled(device) \
-            else contextlib.nullcontext():
+    off = torch.autocast(device_type=device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext()
+    with off:  # the chunks' products run in ``dtype`` as cast here
         return HeadNLL.apply(hidden.to(dtype), head.weight.to(dtype), bias, target, chunk)
