@@ -38,8 +38,9 @@ LABELS = {
 
 
 class FirstLinearDtype:
-    """Records the output dtype of the first nn.Linear called in training mode (is autocast on?), then
-    removes its global hook so it costs nothing afterwards."""
+    """Records the output dtype of the first linear layer called in training mode (is autocast on?): an
+    ``nn.Linear`` or a method's wrapper of one (tuneforge's LoRA layers and LM-head loss do not call theirs as
+    modules), then removes its global hook so it costs nothing afterwards."""
 
     def __init__(self) -> None:
         import torch
@@ -48,7 +49,8 @@ class FirstLinearDtype:
 
     def _hook(self, module, args, output) -> None:
         import torch
-        if self.dtype is None and isinstance(module, torch.nn.Linear) and module.training and torch.is_tensor(output):
+        linear = isinstance(module, torch.nn.Linear) or type(module).__name__.endswith("Linear")
+        if self.dtype is None and linear and module.training and torch.is_tensor(output):
             self.dtype = str(output.dtype).replace("torch.", "")
             self.handle.remove()
 
