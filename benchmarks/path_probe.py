@@ -71,12 +71,13 @@ def switch(variant: str) -> None:
         lm_head.applies = lambda head: False
     elif variant == "rms-fp32":
         from tuneforge import run
+        from tuneforge.methods.layers import is_rms_norm
         cast = run.store_frozen_in_bf16
 
         def linear_only(model):
             n = cast(model)
             for m in model.modules():
-                if type(m).__name__.endswith("RMSNorm") and m.weight.dtype == torch.bfloat16:
+                if is_rms_norm(m) and m.weight.dtype == torch.bfloat16:
                     m.weight.data = m.weight.data.float()
             return n
         run.store_frozen_in_bf16 = linear_only

@@ -13,7 +13,7 @@ from transformers.pytorch_utils import Conv1D
 
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.methods import registry
-from tuneforge.methods.layers import HEAD_NAMES
+from tuneforge.methods.layers import HEAD_NAMES, is_rms_norm
 
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
@@ -181,7 +181,7 @@ def store_frozen_in_bf16(model: nn.Module) -> int:
     LayerNorm, which autocast runs in float32 anyway, keeps float32 weights."""
     cast = 0
     for module in model.modules():
-        if isinstance(module, (nn.Linear, Conv1D)) or type(module).__name__.endswith("RMSNorm"):
+        if isinstance(module, (nn.Linear, Conv1D)) or is_rms_norm(module):
             for name, p in module.named_parameters(recurse=False):
                 if not p.requires_grad and p.dtype == torch.float32 and name == "weight":
                     p.data = p.data.to(torch.bfloat16)

@@ -66,6 +66,11 @@ def is_norm(module: nn.Module) -> bool:
     return isinstance(module, nn.LayerNorm) or "Norm" in type(module).__name__
 
 
+def is_rms_norm(module: nn.Module) -> bool:
+    """An RMSNorm of any model family (``LlamaRMSNorm``, ``Qwen2RMSNorm``, ...; recognised by class name)."""
+    return type(module).__name__.endswith("RMSNorm")
+
+
 def replace(root: nn.Module, name: str, new: nn.Module) -> None:
     """Set sub-module ``name`` of ``root`` (dotted, e.g. ``model.layers.0.mlp``) to ``new``."""
     parent_name, _, child = name.rpartition(".")
