@@ -9,6 +9,10 @@ Variants (what the switched runs do instead of tuneforge's own path):
   unrounded     batch lengths not rounded (``batching.Shapes()``)
   head-plain    the LM head's logits and cross-entropy over every answer row at once, not ``lm_head.head_nll``
   rms-fp32      frozen RMSNorm weights left in float32 by ``models.store_frozen_in_bf16`` (bf16 runs)
+  eager-plain   transformers' own eager attention, not ``grouped_attention.attention``
+  rms-plain     transformers' own RMSNorm forward and autograd backward, not ``rms_norm.RMSNormFunction``
+  rotary-plain  transformers' own rotary embedding, not ``rotary.apply_rotary_pos_emb``
+  plain-layers  all three of the last: eager attention, RMSNorm and rotary embedding as transformers runs them
   mmap-<bytes>  glibc's mmap threshold fixed at <bytes> (``mallopt(M_MMAP_THRESHOLD)``; e.g. mmap-131072): larger
                 buffers are mapped and unmapped each time instead of reused from the heap
 
@@ -45,7 +49,8 @@ WORKLOADS = {
 }
 METRIC = {"chat": "perplexity", "classification": "accuracy", "ner": "f1"}
 TOOL = "tuneforge"
-VARIANTS = ("packed-eager", "lora-plain", "rounded", "unrounded", "head-plain", "rms-fp32")  # and mmap-<bytes>
+VARIANTS = ("packed-eager", "lora-plain", "rounded", "unrounded", "head-plain", "rms-fp32", "eager-plain", "rms-plain",
+            "rotary-plain", "plain-layers")  # and mmap-<bytes>
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
@@ -81,6 +86,11 @@ def switch(variant: str) -> None:
                     m.weight.data = m.weight.data.float()
             return n
         run.store_frozen_in_bf16 = linear_only
+    elif variant in ("eager-plain", "rms-plain", "rotary-plain", "plain-layers"):
+        from tuneforge import train
+        names = {"eager-plain": "grouped_attention", "rms-plain": "fast_rms_norm", "rotary-plain": "fast_rotary"}
+        for name in names.values() if variant == "plain-layers" else [names[variant]]:
+            setattr(train, name, lambda model, device: contextlib.nullcontext(0))
     elif variant.startswith("mmap-"):
         import ctypes
         if not ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, int(variant[5:])):  # 0: refused
@@ -109,7 +119,7 @@ def run_one(variant: str, out: str, args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--variant", required=True, help="packed-eager, lora-plain, rounded, unrounded, head-plain, rms-fp32 or mmap-<bytes>")
+    ap.add_argument("--variant", required=True, help=f"{', '.join(VARIANTS)} or mmap-<bytes>")
     ap.add_argument("--method", default="lora", choices=["lora", "full"])
     ap.add_argument("--workload", default="chat", choices=sorted(WORKLOADS))
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])

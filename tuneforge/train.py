@@ -22,11 +22,14 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from tuneforge import checkpoint, distributed, fast, last_layer, training_state
+from tuneforge.grouped_attention import grouped_attention
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.batching import iterate, step_plan
 from tuneforge.methods.layers import find_layers
 from tuneforge.models import autocast
 from tuneforge.optim import build_optimizer, lr_lambda
+from tuneforge.rms_norm import fast_rms_norm
+from tuneforge.rotary import fast_rotary
 from tuneforge.tasks import Prepared, Runtime, Task
 from tuneforge.logs import Logger, plot_loss_curve
 
@@ -128,13 +131,15 @@ def fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runtim
     final one without validation). With ``run_dir`` rank 0 writes a resumable checkpoint every
     ``train.save_every`` steps (default: at each evaluation); ``resume`` continues from it, batch for batch,
     to the same result. Dropout masks, gradient clipping, the input embedding's gradient, the heap and packed
-    rows' attention take the cheaper paths of :mod:`tuneforge.fast`; a BERT-style classifier's last block runs
-    where its head reads."""
+    rows' attention take the cheaper paths of :mod:`tuneforge.fast`; Llama-style eager attention, RMSNorm and
+    rotary embeddings those of :mod:`tuneforge.grouped_attention`, :mod:`tuneforge.rms_norm` and
+    :mod:`tuneforge.rotary`; a BERT-style classifier's last block runs where its head reads."""
     fast.tune_allocator()
     sample = (last_layer.sample_batch(data.train, rt.pad_id, rt.device)
               if cfg.train.distributed != "fsdp" else None)  # FSDP: blocks are sharded
     with (fast.fast_dropout(model, rt.device), fast.packed_attention(model, rt.device, rt.padding_free, rt.bf16),
-          fast.fast_attention(model, rt.device),
+          fast.fast_attention(model, rt.device), grouped_attention(model, rt.device),
+          fast_rms_norm(model, rt.device), fast_rotary(model, rt.device),
           fast.sparse_embedding_gradient(model, rt.device, distributed.current().world),
           last_layer.head_only(model, sample, rt.device, rt.bf16)):
         return _fit(model, task, data, cfg, rt, run_dir, progress, resume, regularizers, heads)
