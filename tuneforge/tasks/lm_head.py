@@ -68,23 +68,29 @@ def _gradients(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                lse: torch.Tensor, kept: list[torch.Tensor], chunk: int, need: tuple[bool, bool, bool]
                ) -> tuple[torch.Tensor | None, ...]:
     """The summed loss's gradients for hidden ``(N, H)``, weight ``(V, H)`` and bias ``(V,)`` from each chunk's
-    ``softmax - one_hot`` (zero on ignored rows), cast to the compute dtype as autocast's backward would."""
+    ``softmax - one_hot``, cast to the compute dtype as autocast's backward would. Ignored rows are left in
+    ``g`` and masked out of the narrow operands instead (the hidden states, the summed hidden gradient, the
+    bias's row weights): no pass over each ``(N, C)`` chunk to zero them."""
     rows = torch.arange(len(target), device=target.device)
+    weights = keep.to(hidden.dtype)  # (N,): 1 on rows that count, 0 on ignored ones
     grad_h = torch.zeros_like(hidden, dtype=lse.dtype) if need[0] else None  # (N, H), summed over chunks
     grad_w = torch.empty_like(weight) if need[1] else None  # (V, H)
     grad_b = weight.new_empty(weight.shape[0]) if need[2] else None  # (V,)
+    counted = hidden * weights.unsqueeze(1) if need[1] else None  # (N, H): ignored rows zeroed
     for logits, v0 in zip(kept, range(0, weight.shape[0], chunk)):
         g = (logits.to(lse.dtype) - lse.unsqueeze(1)).exp_()  # (N, C): softmax
         here = keep & (target >= v0) & (target < v0 + g.shape[1])
         g[rows[here], target[here] - v0] -= 1.0
-        g = g.mul_(keep.unsqueeze(1)).to(hidden.dtype)  # (N, C)
+        g = g.to(hidden.dtype)  # (N, C), ignored rows not zeroed
         if grad_h is not None:
             grad_h += g @ weight[v0:v0 + chunk]  # (N, H)
         if grad_w is not None:
-            grad_w[v0:v0 + chunk] = g.t() @ hidden  # (C, H)
+            grad_w[v0:v0 + chunk] = g.t() @ counted  # (C, H)
         if grad_b is not None:
-            grad_b[v0:v0 + chunk] = g.sum(0)
-    return (None if grad_h is None else grad_h.to(hidden.dtype)), grad_w, grad_b
+            grad_b[v0:v0 + chunk] = weights @ g  # (C,)
+    if grad_h is not None:
+        grad_h = grad_h.mul_(keep.unsqueeze(1)).to(hidden.dtype)
+    return grad_h, grad_w, grad_b
 
 
 def applies(head: nn.Module) -> bool:
