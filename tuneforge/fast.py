@@ -114,15 +114,22 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
     return out.transpose(1, 2).contiguous(), None
 
 
-def _configs(model: nn.Module, implementation: str) -> list[Any]:
+def attention_configs(model: nn.Module, implementation: str) -> list[Any]:
     """The distinct configs of ``model``'s modules that select ``implementation`` of attention."""
     found = {id(m.config): m.config for m in model.modules()
              if getattr(getattr(m, "config", None), "_attn_implementation", None) == implementation}
     return list(found.values())
 
 
+def bytecode(function: Any) -> tuple | None:
+    """A function's instructions, constants and names (None for what has no code): equal for transformers'
+    "Copied from" functions, so a model file's function can be recognised as another's."""
+    code = getattr(function, "__code__", None)
+    return None if code is None else (code.co_code, code.co_consts, code.co_names)
+
+
 @contextlib.contextmanager
-def _select(configs: list[Any], implementation: str) -> Iterator[int]:
+def select_attention(configs: list[Any], implementation: str) -> Iterator[int]:
     """Within the block, ``configs`` select ``implementation`` of attention; each is restored after. Yields
     how many were switched."""
     before = [config._attn_implementation for config in configs]
@@ -144,17 +151,17 @@ def packed_attention(model: nn.Module, device: torch.device, packed: bool,
     thread: peak RSS 200-340 MiB lower at the same speed and test perplexity. Not under bf16 autocast, where
     SDPA's backward on packed rows was slower (SmolLM2 full fine-tuning, Intel Xeon: 0.83 -> 1.09 s).
     Yields how many configs were switched."""
-    return _select(_configs(model, "eager") if packed and not bf16 and device.type == "cpu" else [], "sdpa")
+    return select_attention(attention_configs(model, "eager") if packed and not bf16 and device.type == "cpu" else [], "sdpa")
 
 
 def fast_attention(model: nn.Module, device: torch.device) -> contextlib.AbstractContextManager[int]:
     """Within the block, ``model``'s configs that select transformers' ``sdpa`` attention select
     :func:`attention` (on a CPU; elsewhere nothing changes). Yields how many configs were switched."""
-    configs = _configs(model, "sdpa") if device.type == "cpu" else []
+    configs = attention_configs(model, "sdpa") if device.type == "cpu" else []
     if configs and ATTENTION not in ALL_ATTENTION_FUNCTIONS:  # masks built as for sdpa (unregistered: none at all)
         AttentionInterface.register(ATTENTION, attention)
         ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
-    return _select(configs, ATTENTION)
+    return select_attention(configs, ATTENTION)
 
 
 class KeptGradient:

@@ -21,7 +21,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from tuneforge.fast import _configs, _select
+from tuneforge.fast import attention_configs, bytecode, select_attention
 
 __all__ = ["GROUPED", "attention", "llama_eager_configs", "grouped_attention"]
 
@@ -53,11 +53,6 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
     return out.transpose(1, 2).contiguous(), probs.view(b, h, t, s)
 
 
-def _code(function: Any) -> tuple | None:
-    code = getattr(function, "__code__", None)
-    return None if code is None else (code.co_code, code.co_consts, code.co_names)
-
-
 def llama_eager_configs(model: nn.Module) -> list[Any]:
     """The configs selecting ``eager`` attention whose modules come from model files whose
     ``eager_attention_forward`` is Llama's, instruction for instruction (Qwen2/3, Mistral, Gemma, Phi-3,
@@ -65,15 +60,15 @@ def llama_eager_configs(model: nn.Module) -> list[Any]:
     sinks)."""
     from transformers.models.llama.modeling_llama import eager_attention_forward
 
-    llama = _code(eager_attention_forward)
+    llama = bytecode(eager_attention_forward)
     verdict: dict[int, bool] = {}
-    for config in _configs(model, "eager"):
+    for config in attention_configs(model, "eager"):
         for m in model.modules():
             if getattr(m, "config", None) is config:
-                own = _code(getattr(sys.modules.get(type(m).__module__), "eager_attention_forward", None))
+                own = bytecode(getattr(sys.modules.get(type(m).__module__), "eager_attention_forward", None))
                 if own is not None:
                     verdict[id(config)] = verdict.get(id(config), True) and own == llama
-    return [c for c in _configs(model, "eager") if verdict.get(id(c))]
+    return [c for c in attention_configs(model, "eager") if verdict.get(id(c))]
 
 
 def grouped_attention(model: nn.Module, device: torch.device) -> contextlib.AbstractContextManager[int]:
@@ -84,4 +79,4 @@ def grouped_attention(model: nn.Module, device: torch.device) -> contextlib.Abst
     if configs and GROUPED not in ALL_ATTENTION_FUNCTIONS:
         AttentionInterface.register(GROUPED, attention)
         ALL_MASK_ATTENTION_FUNCTIONS.register(GROUPED, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
-    return _select(configs, GROUPED)
+    return select_attention(configs, GROUPED)

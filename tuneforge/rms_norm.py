@@ -21,6 +21,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from tuneforge.fast import bytecode
+
 __all__ = ["RMSNormFunction", "llama_style", "fast_rms_norm"]
 
 
@@ -55,11 +57,6 @@ def _normed(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return x * r if x.dtype == r.dtype else (x.to(r.dtype) * r).to(x.dtype)
 
 
-def _forward_code(cls: type) -> tuple:
-    code = cls.forward.__code__
-    return code.co_code, code.co_consts, code.co_names
-
-
 def llama_style(module: nn.Module) -> bool:
     """Whether ``module`` is an RMSNorm whose forward is ``LlamaRMSNorm``'s, instruction for instruction (the
     "Copied from" classes of other families are; Gemma's ``1 + weight``, OLMo's and T5's variants are not)."""
@@ -67,7 +64,7 @@ def llama_style(module: nn.Module) -> bool:
 
     weight = getattr(module, "weight", None)
     return (isinstance(weight, torch.Tensor) and weight.dim() == 1 and hasattr(module, "variance_epsilon")
-            and "forward" not in vars(module) and _forward_code(type(module)) == _forward_code(LlamaRMSNorm))
+            and "forward" not in vars(module) and bytecode(type(module).forward) == bytecode(LlamaRMSNorm.forward))
 
 
 @contextlib.contextmanager

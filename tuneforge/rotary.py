@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tuneforge.fast import bytecode
+
 __all__ = ["Rotate", "apply_rotary_pos_emb", "llama_style_files", "fast_rotary"]
 
 
@@ -67,20 +69,15 @@ def _plain(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + torch.cat((-x[..., h:], x[..., :h]), dim=-1) * sin
 
 
-def _code(function: Any) -> tuple | None:
-    code = getattr(function, "__code__", None)
-    return None if code is None else (code.co_code, code.co_consts, code.co_names)
-
-
 def llama_style_files(model: nn.Module) -> list[Any]:
     """The Python modules defining ``model``'s layers whose ``apply_rotary_pos_emb`` and ``rotate_half`` are
     Llama's, instruction for instruction (Qwen2/3, Mistral, ...; not partial or interleaved rotations)."""
     from transformers.models.llama import modeling_llama as llama
 
-    want = (_code(llama.apply_rotary_pos_emb), _code(llama.rotate_half))
+    want = (bytecode(llama.apply_rotary_pos_emb), bytecode(llama.rotate_half))
     files = {type(m).__module__: sys.modules.get(type(m).__module__) for m in model.modules()}
-    return [f for f in files.values() if f is not None and (_code(getattr(f, "apply_rotary_pos_emb", None)),
-                                                             _code(getattr(f, "rotate_half", None))) == want]
+    return [f for f in files.values() if f is not None and (bytecode(getattr(f, "apply_rotary_pos_emb", None)),
+                                                             bytecode(getattr(f, "rotate_half", None))) == want]
 
 
 @contextlib.contextmanager
