@@ -80,3 +80,37 @@ def test_early_stopping_waits_while_a_flat_metric_comes_with_a_falling_loss():
              for step, (f1, loss) in enumerate(evaluations, 1)]
     assert stops == [False] * 5 + [True, True]  # 4 improvements (3 of them ties of F1 0), then 2 bad ones
     assert (result.best_metric, result.best_step, result.best_loss) == (0.3, 4, 1.0)
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_training_a_llama_runs_the_llama_style_paths(tmp_path, monkeypatch, padding_free):
+    """fit switches in grouped eager attention, the hand-written RMSNorm and the fused rotation for a Llama
+    model on a CPU (padded float32 rows: eager attention; packed float32 rows go through SDPA instead), and
+    switches them out after: the model file's own rotation is back."""
+    from lm_helpers import model_folder, write_pairs
+    from transformers.models.llama import modeling_llama
+    from tuneforge import grouped_attention, rms_norm, rotary
+    from tuneforge.run import train
+
+    calls = {"attention": 0, "norm": 0, "rotation": 0}
+
+    def counting(key, function):
+        def counted(*args, **kwargs):
+            calls[key] += 1
+            return function(*args, **kwargs)
+        return counted
+
+    monkeypatch.setitem(grouped_attention.ALL_ATTENTION_FUNCTIONS, grouped_attention.GROUPED,
+                        counting("attention", grouped_attention.attention))
+    monkeypatch.setattr(rms_norm.RMSNormFunction, "apply", counting("norm", rms_norm.RMSNormFunction.apply))
+    monkeypatch.setattr(rotary.Rotate, "apply", counting("rotation", rotary.Rotate.apply))
+    plain_rotation = modeling_llama.apply_rotary_pos_emb
+    cfg = {"model": {"name": str(model_folder(tmp_path / "llama")), "task": "causal_lm"},
+           "data": {"dataset": str(write_pairs(tmp_path / "pairs.jsonl"))}, "method": {"name": "lora"},
+           "train": {"max_steps": 2, "batch_size": 4, "precision": "fp32", "padding_free": padding_free},
+           "eval": {"before": False, "generate_samples": 0}, "forgetting": {"probes": ["none"]},
+           "output_dir": str(tmp_path / "run")}
+    train(cfg, progress=False)
+    assert calls["norm"] > 0 and calls["rotation"] > 0
+    assert (calls["attention"] > 0) == (not padding_free)
+    assert modeling_llama.apply_rotary_pos_emb is plain_rotation
