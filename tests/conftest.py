@@ -65,6 +65,20 @@ def tiny_batch(batch: int = 3, seq: int = 10, seed: int = 1) -> dict[str, torch.
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def logits_and_grads(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list]:
+    """``model``'s logits on ``batch`` and the gradients of their mean square (every parameter that gets one)."""
+    model.zero_grad()
+    out = model(**batch).logits
+    out.float().square().mean().backward()
+    return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def assert_same_logits_and_grads(a: tuple[torch.Tensor, list], b: tuple[torch.Tensor, list]) -> None:
+    """Two :func:`logits_and_grads` results agree to float32 rounding."""
+    assert torch.allclose(a[0], b[0], atol=1e-5)
+    assert len(a[1]) == len(b[1]) and all(torch.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(a[1], b[1]))
+
+
 @pytest.fixture(params=["bert", "llama", "gpt2"])
 def family(request) -> str:
     return request.param

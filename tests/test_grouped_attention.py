@@ -10,7 +10,7 @@ import torch
 from transformers import Gemma2Config, Gemma2ForCausalLM
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
-from conftest import tiny_batch, tiny_causal_lm
+from conftest import assert_same_logits_and_grads, logits_and_grads, tiny_batch, tiny_causal_lm
 from tuneforge.grouped_attention import GROUPED, attention, grouped_attention, llama_eager_configs
 
 
@@ -90,18 +90,12 @@ def test_grouped_attention_runs_a_models_attention_and_restores_it():
     model.config._attn_implementation = "eager"
     batch = tiny_batch()
 
-    def logits_and_grads():
-        model.zero_grad()
-        out = model(**batch).logits
-        out.square().mean().backward()
-        return out, [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
-    before = logits_and_grads()
+    before = logits_and_grads(model, batch)
     with grouped_attention(model, torch.device("cuda")) as n:
         assert n == 0 and model.config._attn_implementation == "eager"
     with grouped_attention(model, torch.device("cpu")) as n:
         assert n == 1 and model.config._attn_implementation == GROUPED
-        during = logits_and_grads()
+        during = logits_and_grads(model, batch)
     assert model.config._attn_implementation == "eager"
-    assert torch.allclose(during[0], before[0], atol=1e-5)
-    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(during[1], before[1]))
+    assert_same_logits_and_grads(during, before)

@@ -12,7 +12,7 @@ from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
-from conftest import tiny_batch, tiny_causal_lm
+from conftest import assert_same_logits_and_grads, logits_and_grads, tiny_batch, tiny_causal_lm
 from tuneforge.rms_norm import RMSNormFunction, fast_rms_norm, llama_style
 
 EPS = 1e-5
@@ -90,13 +90,8 @@ def test_fast_rms_norm_switches_a_models_norms_and_restores_them():
     batch = tiny_batch()
     norms = [m for m in model.modules() if isinstance(m, LlamaRMSNorm)]
 
-    def logits_and_grads():
-        model.zero_grad()
-        out = model(**batch).logits
-        out.float().square().mean().backward()
-        return out, [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
-    before = logits_and_grads()
+    before = logits_and_grads(model, batch)
     calls = []
     apply = RMSNormFunction.apply
     RMSNormFunction.apply = lambda *a: calls.append(1) or apply(*a)
@@ -107,10 +102,9 @@ def test_fast_rms_norm_switches_a_models_norms_and_restores_them():
         assert not calls
         with fast_rms_norm(model, torch.device("cpu")) as n:
             assert n == len(norms) == 2 * 2 + 1  # two per block, one final
-            during = logits_and_grads()
+            during = logits_and_grads(model, batch)
         assert len(calls) == n
     finally:
         RMSNormFunction.apply = apply
     assert all("forward" not in vars(m) for m in norms)
-    assert torch.allclose(during[0], before[0], atol=1e-5)
-    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(during[1], before[1]))
+    assert_same_logits_and_grads(during, before)

@@ -9,7 +9,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 from transformers.models.llama import modeling_llama
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as plain
 
-from conftest import tiny_batch, tiny_causal_lm
+from conftest import assert_same_logits_and_grads, logits_and_grads, tiny_batch, tiny_causal_lm
 from tuneforge import rotary
 from tuneforge.rotary import Rotate, apply_rotary_pos_emb, fast_rotary, llama_style_files
 
@@ -76,18 +76,12 @@ def test_only_llama_style_files_are_switched_and_restored():
     assert llama_style_files(model) == [modeling_llama] and llama_style_files(neox) == []
     batch = tiny_batch()
 
-    def logits_and_grads():
-        model.zero_grad()
-        out = model(**batch).logits
-        out.square().mean().backward()
-        return out, [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
-    before = logits_and_grads()
+    before = logits_and_grads(model, batch)
     with fast_rotary(model, torch.device("cuda")) as n:
         assert n == 0 and modeling_llama.apply_rotary_pos_emb is plain
     with fast_rotary(model, torch.device("cpu")) as n:
         assert n == 1 and modeling_llama.apply_rotary_pos_emb is rotary.apply_rotary_pos_emb
-        during = logits_and_grads()
+        during = logits_and_grads(model, batch)
     assert modeling_llama.apply_rotary_pos_emb is plain
-    assert torch.allclose(during[0], before[0], atol=1e-5)
-    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(during[1], before[1]))
+    assert_same_logits_and_grads(during, before)
