@@ -128,10 +128,32 @@ def bytecode(function: Any) -> tuple | None:
     return None if code is None else (code.co_code, code.co_consts, code.co_names)
 
 
+_ABSENT = object()
+
+
+@contextlib.contextmanager
+def patched(name: str, values: list[tuple[Any, Any]]) -> Iterator[int]:
+    """Within the block, attribute ``name`` of each object of ``values`` (object, value) is that value; after it,
+    what the object's own attributes held before (one they did not hold, e.g. an ``nn.Module``'s ``forward``, is
+    removed again, so the class's shows through). Yields how many objects were patched."""
+    before = [(obj, vars(obj).get(name, _ABSENT)) for obj, _ in values]
+    for obj, value in values:
+        setattr(obj, name, value)
+    try:
+        yield len(values)
+    finally:
+        for obj, value in before:
+            if value is _ABSENT:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, value)
+
+
 @contextlib.contextmanager
 def select_attention(configs: list[Any], implementation: str) -> Iterator[int]:
-    """Within the block, ``configs`` select ``implementation`` of attention; each is restored after. Yields
-    how many were switched."""
+    """Within the block, ``configs`` select ``implementation`` of attention; each is restored after (a config
+    keeps it in a property, not in its own attributes as :func:`patched` requires). Yields how many were
+    switched."""
     before = [config._attn_implementation for config in configs]
     for config in configs:
         config._attn_implementation = implementation

@@ -61,13 +61,11 @@ def llama_eager_configs(model: nn.Module) -> list[Any]:
     from transformers.models.llama.modeling_llama import eager_attention_forward
 
     llama = bytecode(eager_attention_forward)
-    verdict: dict[int, bool] = {}
-    for config in attention_configs(model, "eager"):
-        for m in model.modules():
-            if getattr(m, "config", None) is config:
-                own = bytecode(getattr(sys.modules.get(type(m).__module__), "eager_attention_forward", None))
-                if own is not None:
-                    verdict[id(config)] = verdict.get(id(config), True) and own == llama
+    verdict: dict[int, bool] = {}  # config id -> every model file using it has Llama's eager attention
+    for m in model.modules():
+        own = bytecode(getattr(sys.modules.get(type(m).__module__), "eager_attention_forward", None))
+        if own is not None and hasattr(m, "config"):
+            verdict[id(m.config)] = verdict.get(id(m.config), True) and own == llama
     return [c for c in attention_configs(model, "eager") if verdict.get(id(c))]
 
 

@@ -16,12 +16,11 @@ an order of magnitude slower than either dtype alone.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-from tuneforge.fast import bytecode
+from tuneforge.fast import bytecode, patched
 
 __all__ = ["RMSNormFunction", "llama_style", "fast_rms_norm"]
 
@@ -67,15 +66,9 @@ def llama_style(module: nn.Module) -> bool:
             and "forward" not in vars(module) and bytecode(type(module).forward) == bytecode(LlamaRMSNorm.forward))
 
 
-@contextlib.contextmanager
-def fast_rms_norm(model: nn.Module, device: torch.device) -> Iterator[int]:
+def fast_rms_norm(model: nn.Module, device: torch.device) -> contextlib.AbstractContextManager[int]:
     """Within the block, on a CPU, ``model``'s Llama-style RMSNorms (:func:`llama_style`) run
     :class:`RMSNormFunction`; elsewhere nothing changes. Yields how many were switched."""
     norms = [m for m in model.modules() if llama_style(m)] if device.type == "cpu" else []
-    for norm in norms:
-        norm.forward = lambda x, norm=norm: RMSNormFunction.apply(x, norm.weight, norm.variance_epsilon)
-    try:
-        yield len(norms)
-    finally:
-        for norm in norms:
-            del norm.forward
+    forwards = [lambda x, norm=norm: RMSNormFunction.apply(x, norm.weight, norm.variance_epsilon) for norm in norms]
+    return patched("forward", list(zip(norms, forwards)))

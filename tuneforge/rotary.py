@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from tuneforge.fast import bytecode
+from tuneforge.fast import bytecode, patched
 
 __all__ = ["Rotate", "apply_rotary_pos_emb", "llama_style_files", "fast_rotary"]
 
@@ -80,16 +79,8 @@ def llama_style_files(model: nn.Module) -> list[Any]:
                                                              bytecode(getattr(f, "rotate_half", None))) == want]
 
 
-@contextlib.contextmanager
-def fast_rotary(model: nn.Module, device: torch.device) -> Iterator[int]:
+def fast_rotary(model: nn.Module, device: torch.device) -> contextlib.AbstractContextManager[int]:
     """Within the block, on a CPU, the model files of :func:`llama_style_files` call this module's
     :func:`apply_rotary_pos_emb`; elsewhere nothing changes. Yields how many files were switched."""
     files = llama_style_files(model) if device.type == "cpu" else []
-    before = [f.apply_rotary_pos_emb for f in files]
-    for f in files:
-        f.apply_rotary_pos_emb = apply_rotary_pos_emb
-    try:
-        yield len(files)
-    finally:
-        for f, original in zip(files, before):
-            f.apply_rotary_pos_emb = original
+    return patched("apply_rotary_pos_emb", [(f, apply_rotary_pos_emb) for f in files])
