@@ -93,9 +93,12 @@ def _reference(m: lora.LoRALinear, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("base", [torch.nn.Linear(12, 20), Conv1D(20, 12)], ids=["linear", "conv1d"])
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
-def test_fused_forward_matches_the_unfused_formula_with_gradients(base, bf16):
+@pytest.mark.parametrize("columns", [False, True], ids=["rows", "columns"])
+def test_fused_forward_matches_the_unfused_formula_with_gradients(base, bf16, columns, monkeypatch):
     """The GEMM-accumulated low-rank branch (and the single autocast cast) gives the plain formula's output and
-    gradients: float32 to 1e-6, bf16 autocast to 2e-2 relative (bf16 keeps 8 bits of mantissa)."""
+    gradients in either layout of the rank-wide products: float32 to 1e-6, bf16 autocast to 2e-2 relative (bf16
+    keeps 8 bits of mantissa)."""
+    monkeypatch.setattr(lora, "rank_columns", lambda dtype: columns)
     torch.manual_seed(0)
     m = lora.LoRALinear(base, rank=4, alpha=8, dropout=0.0, rslora=False)
     m.base.requires_grad_(False)
@@ -117,9 +120,12 @@ def test_fused_forward_matches_the_unfused_formula_with_gradients(base, bf16):
 
 @pytest.mark.parametrize("transposed", [False, True], ids=["linear", "conv1d"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-def test_lora_product_gradients_pass_gradcheck(transposed, bias):
-    """LoRAProduct's hand-written backward (the rank-wide products as (r, tokens) rows, the branch's input
-    gradient inside the base GEMM) equals finite differences in float64, for x, A and B; W and the bias get none."""
+@pytest.mark.parametrize("columns", [False, True], ids=["rows", "columns"])
+def test_lora_product_gradients_pass_gradcheck(transposed, bias, columns, monkeypatch):
+    """LoRAProduct's hand-written backward (the rank-wide products as (r, tokens) rows or (tokens, r) columns,
+    the branch's input gradient inside the base GEMM) equals finite differences in float64, for x, A and B; W
+    and the bias get none."""
+    monkeypatch.setattr(lora, "rank_columns", lambda dtype: columns)
     torch.manual_seed(0)
     x = torch.randn(7, 6, dtype=torch.float64, requires_grad=True)  # (T, in)
     w = torch.randn(6, 5, dtype=torch.float64).t() if transposed else torch.randn(5, 6, dtype=torch.float64)
@@ -127,6 +133,12 @@ def test_lora_product_gradients_pass_gradcheck(transposed, bias):
     a = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)  # (r, in)
     b = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)  # (out, r)
     assert torch.autograd.gradcheck(lambda x, a, b: lora.LoRAProduct.apply(x, w, b_, a, b, 0.7), (x, a, b))
+
+
+def test_rank_columns_for_low_precision_rows_for_float32():
+    """oneDNN's bf16/fp16 kernels get (tokens, r) columns, MKL's float32 ones (r, tokens) rows."""
+    assert lora.rank_columns(torch.bfloat16) and lora.rank_columns(torch.float16)
+    assert not lora.rank_columns(torch.float32)
 
 
 def test_lora_product_skips_the_input_gradient_nobody_needs():

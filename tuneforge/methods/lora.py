@@ -5,9 +5,9 @@
 the full weight: ``base(x) + s * B(A(dropout(x)))`` (torchtune's LoRALinear), with the low-rank product
 accumulated into the base output by the GEMM itself (``addmm_``; under autocast the input is cast once for both
 branches). With a frozen base and no LoRA dropout (the defaults) one autograd function (:class:`LoRAProduct`)
-computes the branch's gradients with its rank-wide products laid out as ``(r, tokens)`` rows, which CPU BLAS
-multiplies 2-7x faster than the ``(tokens, r)`` columns autograd's own ``linear``/``addmm`` backward produces
-(docs/performance.md), and adds the branch's input gradient inside the base one's GEMM. Works on ``nn.Linear`` and
+computes the branch's gradients with its rank-wide products laid out the way the compute dtype's CPU BLAS
+multiplies them fastest (:func:`rank_columns`; autograd's own ``linear`` backward multiplies ``dB = g.T @ h``, up to
+7x slower; docs/performance.md), and adds the branch's input gradient inside the base one's GEMM. Works on ``nn.Linear`` and
 GPT-2's transposed ``Conv1D``.
 """
 from __future__ import annotations
@@ -53,13 +53,21 @@ class Config:
                 raise ConfigError(f"method.target_regex: invalid regex ({exc})") from None
 
 
+def rank_columns(dtype: torch.dtype) -> bool:
+    """Whether :class:`LoRAProduct` lays its rank-wide products out as ``(tokens, r)`` columns (else ``(r, tokens)``
+    rows): the columns for bf16/fp16, whose CPU matmuls are oneDNN's (SmolLM2 LoRA SFT +3-6 %, MiniLM LoRA
+    +1-5 % real tokens/s, bf16, 2-core Xeon with AMX), the rows for float32, whose matmuls are MKL's (on the AMD
+    EPYC ``dh = g @ B`` ran 3-4x slower than ``B.T @ g.T``; docs/performance.md)."""
+    return dtype != torch.float32
+
+
 class LoRAProduct(torch.autograd.Function):
     """``x @ W.T + bias + s * (x @ A.T) @ B.T`` for a frozen ``W``/``bias``; gradients for ``x``, ``A``, ``B``.
 
-    Every rank-wide product is computed as ``(r, ·)`` rows: ``h.T = A @ x.T`` and, backward, ``dh.T = s * B.T @
-    g.T``, ``dA = dh.T @ x``, ``dB = s * (h.T @ g).T`` (autograd's ``linear`` backward computes ``dB = g.T @ h``,
-    a ``(out, tokens) @ (tokens, r)`` product 7x slower on CPU BLAS at MiniLM's sizes); ``dx = g @ W + dh @ A``
-    accumulates the branch in the base GEMM."""
+    The rank-wide products are laid out by :func:`rank_columns`: ``h = x @ A.T`` or ``h.T = A @ x.T`` and,
+    backward, ``dh = s * g @ B`` or ``dh.T = s * B.T @ g.T``; then ``dA = dh.T @ x`` and ``dB = s * (h.T @ g).T``
+    (autograd's ``linear`` backward computes ``dB = g.T @ h``, a ``(out, tokens) @ (tokens, r)`` product 7x slower
+    on CPU BLAS at MiniLM's sizes); ``dx = g @ W + dh @ A`` accumulates the branch in the base GEMM."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, a: torch.Tensor,
@@ -68,7 +76,8 @@ class LoRAProduct(torch.autograd.Function):
         dtype = x.dtype  # the compute dtype (autocast's, cast by the caller)
         weight, a, b = weight.to(dtype), a.to(dtype), b.to(dtype)
         out = x @ weight.t() if bias is None else torch.addmm(bias.to(dtype), x, weight.t())  # (T, out)
-        h_t = a @ x.t()  # (r, T)
+        ctx.columns = rank_columns(dtype)
+        h_t = (x @ a.t()).t() if ctx.columns else a @ x.t()  # (r, T): a transposed view of (T, r) columns
         out.addmm_(h_t.t(), b.t(), alpha=scaling)
         ctx.save_for_backward(x, weight, a, b, h_t)
         ctx.scaling = scaling
@@ -77,7 +86,8 @@ class LoRAProduct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # grad: (T, out)
         x, weight, a, b, h_t = ctx.saved_tensors
-        dh_t = (b.t() @ grad.t()).mul_(ctx.scaling)  # (r, T)
+        dh_t = (grad @ b).t() if ctx.columns else b.t() @ grad.t()  # (r, T)
+        dh_t.mul_(ctx.scaling)
         grad_a = dh_t @ x  # (r, in)
         grad_b = (h_t @ grad).mul_(ctx.scaling).t()  # (out, r)
         grad_x = None
