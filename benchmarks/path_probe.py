@@ -50,8 +50,8 @@ WORKLOADS = {
 }
 METRIC = {"chat": "perplexity", "classification": "accuracy", "ner": "f1"}
 TOOL = "tuneforge"
-VARIANTS = ("packed-eager", "lora-plain", "lora-rows", "rounded", "unrounded", "head-plain", "rms-fp32", "eager-plain", "rms-plain",
-            "rotary-plain", "plain-layers")  # and mmap-<bytes>
+VARIANTS = ("packed-eager", "lora-plain", "lora-rows", "rounded", "unrounded", "head-plain", "rms-fp32",
+            "eager-plain", "rms-plain", "rotary-plain", "plain-layers")  # and mmap-<bytes>
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 

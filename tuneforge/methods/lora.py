@@ -6,9 +6,9 @@ the full weight: ``base(x) + s * B(A(dropout(x)))`` (torchtune's LoRALinear), wi
 accumulated into the base output by the GEMM itself (``addmm_``; under autocast the input is cast once for both
 branches). With a frozen base and no LoRA dropout (the defaults) one autograd function (:class:`LoRAProduct`)
 computes the branch's gradients with its rank-wide products laid out the way the compute dtype's CPU BLAS
-multiplies them fastest (:func:`rank_columns`; autograd's own ``linear`` backward multiplies ``dB = g.T @ h``, up to
-7x slower; docs/performance.md), and adds the branch's input gradient inside the base one's GEMM. Works on ``nn.Linear`` and
-GPT-2's transposed ``Conv1D``.
+multiplies them fastest (:func:`rank_columns`; autograd's own ``linear`` backward multiplies ``dB = g.T @ h``,
+up to 7x slower; docs/performance.md), and adds the branch's input gradient inside the base one's GEMM. Works on
+``nn.Linear`` and GPT-2's transposed ``Conv1D``.
 """
 from __future__ import annotations
 
@@ -55,9 +55,9 @@ class Config:
 
 def rank_columns(dtype: torch.dtype) -> bool:
     """Whether :class:`LoRAProduct` lays its rank-wide products out as ``(tokens, r)`` columns (else ``(r, tokens)``
-    rows): the columns for bf16/fp16, whose CPU matmuls are oneDNN's (SmolLM2 LoRA SFT +3-6 %, MiniLM LoRA
-    +1-5 % real tokens/s, bf16, 2-core Xeon with AMX), the rows for float32, whose matmuls are MKL's (on the AMD
-    EPYC ``dh = g @ B`` ran 3-4x slower than ``B.T @ g.T``; docs/performance.md)."""
+    rows): the columns for bf16/fp16, whose CPU matmuls are oneDNN's (interleaved probes, bf16, Xeon with AMX:
+    SmolLM2 LoRA SFT +3.3 %, MiniLM LoRA classification +3.2 % real tokens/s), the rows for float32, whose
+    matmuls are MKL's (on the AMD EPYC ``dh = g @ B`` ran 3-4x slower than ``B.T @ g.T``; docs/performance.md)."""
     return dtype != torch.float32
 
 
