@@ -39,7 +39,7 @@ def run_dir_path(output_dir: str | None, method: str, overwrite: bool = False) -
     """The run directory to create (``runs/METHOD-TIMESTAMP`` by default). An existing non-empty folder is
     refused unless ``overwrite`` and it is a tuneforge folder. Nothing is created yet."""
     path = Path(output_dir) if output_dir else Path("runs") / f"{method}-{datetime.now():%Y%m%d-%H%M%S}"
-    check_replaceable(path, overwrite, "run directory")
+    check_replaceable(path, overwrite, "run directory", "run")
     return path
 
 
@@ -50,7 +50,7 @@ def create_run_dir(path: Path, overwrite: bool, cfg: RunConfig) -> Path:
     """Make the run directory with its marker and ``config.yaml`` (replacing a tuneforge folder only with
     ``overwrite``). A replaced run is only set aside: :func:`discard_on_error` brings it back if the new run
     fails before training, and removes it once training starts."""
-    check_replaceable(path, overwrite, "run directory")
+    check_replaceable(path, overwrite, "run directory", "run")
     clean_siblings(path)  # an earlier replaced run a crash left behind
     if path.exists() and any(path.iterdir()):
         _REPLACED[path.resolve()] = set_aside(path)

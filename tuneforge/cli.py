@@ -3,6 +3,7 @@ mitigate | calibrate | methods``. Errors are one line, no traceback."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -207,11 +208,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2  # rank 0 printed the error every rank shared
     except KeyboardInterrupt:
         return fail("interrupted")
+    except OSError as exc:  # a path the user gave cannot be written (read-only, a file where a folder goes, full)
+        if exc.filename is None or exc.errno not in PATH_ERRORS:
+            raise
+        return fail(f"cannot write {exc.filename}: {exc.strerror}{_where()}")
     except torch_oom() as exc:  # one process ran out of memory: say so in one line; torchrun stops the others
         return fail(f"out of memory{_where()}: {str(exc).splitlines()[0][:200]}; lower train.batch_size or "
                     "model.max_length, or use train.grad_accum")
     finally:
         distributed.teardown()
+
+
+PATH_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
+               errno.EEXIST, errno.ENAMETOOLONG}
 
 
 def torch_oom() -> tuple[type[BaseException], ...]:

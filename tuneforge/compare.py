@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from tuneforge import checkpoint, tasks
 from tuneforge.config import ConfigError, RunConfig, load_config, merge_dicts, parse_overrides
 from tuneforge.compare_report import failed_row, row_from_metrics, write_outputs
+from tuneforge.files import check_replaceable, is_ours, write_marker
 from tuneforge.methods import registry
 
 
@@ -42,6 +43,7 @@ def compare(methods: Sequence[str] | str | None, config: str | Path | dict[str, 
     base = _base_config(config, list(overrides))
     task = tasks.get(base.model.task)
     out = Path(out_dir)
+    claim_folder(out)
     if not overwrite:  # before any training: a changed config must not be mixed into an old comparison
         for name in names:
             _check_same_config(out / "runs" / name, method_config(base, name, out / "runs" / name))
@@ -54,6 +56,18 @@ def compare(methods: Sequence[str] | str | None, config: str | Path | dict[str, 
     bar.close()
     write_outputs(rows, task, out, base, in_process)
     return rows
+
+
+def claim_folder(out: Path) -> None:
+    """Make ``out`` a comparison's folder: new, empty, or an earlier comparison (its marker, or the ``runs/`` of
+    one made before markers); a folder of the user's or another kind of tuneforge folder is refused, so that
+    nothing in it is overwritten."""
+    if out.is_dir() and any(out.iterdir()) and not is_ours(out) and (out / "runs").is_dir():
+        return write_marker(out, "comparison")  # a comparison from before markers: resumed as it is
+    check_replaceable(out, True, "output folder", "comparison")
+    out.mkdir(parents=True, exist_ok=True)
+    if not is_ours(out):
+        write_marker(out, "comparison")
 
 
 def _method_list(methods: Sequence[str] | str | None) -> list[str]:

@@ -135,8 +135,22 @@ def is_ours(folder: Path) -> bool:
     return (folder / MARKER).is_file()
 
 
-def check_replaceable(folder: Path, overwrite: bool, what: str = "output folder") -> None:
-    """Refuse an existing non-empty ``folder`` unless ``overwrite`` and tuneforge made it (its marker)."""
+# kinds of folder that may replace each other with --overwrite: an export (PEFT adapter) and a merged model are
+# both outputs made from a run; a run is replaced only by a run, a comparison only by a comparison
+FAMILY = {"export": "export", "merged": "export", "peft": "export"}
+
+
+def marker_kind(folder: Path) -> str | None:
+    """The ``kind`` written in ``folder``'s marker (None: no readable marker)."""
+    try:
+        return json.loads((folder / MARKER).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_replaceable(folder: Path, overwrite: bool, what: str = "output folder", kind: str | None = None) -> None:
+    """Refuse an existing non-empty ``folder`` unless ``overwrite`` and tuneforge made it (its marker) as a folder
+    of the same kind as ``kind`` (when given): an export never replaces the run it was made from."""
     if not folder.exists():
         return
     if not folder.is_dir():
@@ -148,6 +162,10 @@ def check_replaceable(folder: Path, overwrite: bool, what: str = "output folder"
     if not is_ours(folder):
         raise ConfigError(f"{what} {folder} is not empty and was not made by tuneforge (no {MARKER} marker); "
                           "--overwrite only replaces tuneforge's own folders: choose another path or empty it")
+    found = marker_kind(folder)
+    if kind is not None and FAMILY.get(found, found) != FAMILY.get(kind, kind):
+        raise ConfigError(f"{what} {folder} is a tuneforge folder of kind '{found}', not '{kind}'; --overwrite "
+                          "only replaces a folder of the same kind (an export never its run): choose another path")
 
 
 def clean_siblings(folder: Path) -> None:
@@ -183,7 +201,7 @@ def _discard(folder: Path) -> None:
 
 def fresh_folder(folder: Path, overwrite: bool, kind: str, what: str = "output folder") -> Path:
     """An empty ``folder`` marked as tuneforge's: new, empty, or (``overwrite``) a tuneforge folder emptied."""
-    check_replaceable(folder, overwrite, what)
+    check_replaceable(folder, overwrite, what, kind)
     if folder.exists() and any(folder.iterdir()):
         _discard(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -197,7 +215,7 @@ def new_folder(folder: Path, overwrite: bool, kind: str, what: str = "output fol
     only when the block succeeds; an existing folder is refused unless :func:`check_replaceable` allows it,
     and replaced only then. A crash leaves the old folder (or none) and a leftover removed next time."""
     folder = Path(folder)
-    check_replaceable(folder, overwrite, what)
+    check_replaceable(folder, overwrite, what, kind)
     folder.parent.mkdir(parents=True, exist_ok=True)
     clean_siblings(folder)
     tmp = partial_dir(folder.parent, folder.name)

@@ -174,3 +174,37 @@ def test_peft_export_of_a_run_without_a_peft_form_leaves_no_folder(bert_dir, rev
     one_error(capsys, ["export", run, tmp_path / "peft", "--format", "peft"], "method 'bitfit' cannot export to PEFT",
               "tuneforge merge")
     assert not (tmp_path / "peft").exists()
+
+
+def test_export_or_merge_never_replaces_the_run_it_reads(bert_dir, reviews, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(train_argv(bert_dir, reviews, run)) == 0
+    before = snapshot(run)
+    for argv in (["export", run, run, "--overwrite"], ["merge", run, run, "--overwrite"]):
+        one_error(capsys, argv, "kind 'run'", "same kind", "choose another path")
+    assert snapshot(run) == before
+    assert main(["export", run, tmp_path / "out"]) == 0
+    assert main(["merge", run, tmp_path / "out", "--overwrite"]) == 0  # a merged model may replace an export
+    one_error(capsys, train_argv(bert_dir, reviews, tmp_path / "out", "--overwrite"), "kind 'merged'", "not 'run'")
+
+
+def test_compare_refuses_a_folder_of_the_users(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "comparison.md").write_text("my notes")
+    before = snapshot(mine)
+    one_error(capsys, ["compare", "--methods", "bitfit", "-o", mine, "-q"], "not made by tuneforge")
+    assert snapshot(mine) == before
+
+
+def test_an_output_path_below_a_file_is_one_line(bert_dir, reviews, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    one_error(capsys, train_argv(bert_dir, reviews, tmp_path / "afile" / "run"), "cannot write", "afile", "Not a directory")
+
+
+def test_a_diverging_run_stops_with_one_line_instead_of_saving_nan_weights(bert_dir, reviews, tmp_path, capsys):
+    capsys.readouterr()
+    code = main(train_argv(bert_dir, reviews, tmp_path / "run", "train.lr=1e30", "train.log_every=1"))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("tuneforge: error: training diverged") and "lower train.lr" in err, err
+    assert not (tmp_path / "run" / "trainable.safetensors").exists()
