@@ -76,3 +76,11 @@ def test_the_configuration_reference_is_generated_from_the_code():
     done = subprocess.run([sys.executable, str(root / "docs" / "make_config_reference.py"), "--check"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_override_values_that_are_not_yaml_or_look_like_a_mapping():
+    from tuneforge.config import parse_overrides
+    with pytest.raises(ConfigError, match=r"override 'train.max_steps=\[2': the value is not valid YAML"):
+        parse_overrides(["train.max_steps=[2"])
+    assert parse_overrides(["data.system_prompt=Answer: briefly"]) == {"data": {"system_prompt": "Answer: briefly"}}
+    assert parse_overrides(["method.x={a: 1}"]) == {"method": {"x": {"a": 1}}}

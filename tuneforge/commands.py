@@ -23,8 +23,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                       ("label_column", "data.label_column"), ("epochs", "train.epochs"), ("lr", "train.lr"),
                       ("batch_size", "train.batch_size"), ("output", "output_dir")):
         value = getattr(args, flag)
-        if value is not None:
-            overrides.insert(0, f"{key}={value}") if flag == "method" else overrides.append(f"{key}={value}")
+        if value is not None:  # as a JSON (so YAML) literal: a path with '#' or ': ', a column named 'on' stay strings
+            pair = f"{key}={json.dumps(value)}"
+            overrides.insert(0, pair) if flag == "method" else overrides.append(pair)
     if args.resume and (overrides or args.config):
         return fail("--resume continues a run with its own config; give no other settings")
     out = train(args.config if args.config else {}, overrides, overwrite=args.overwrite, progress=not args.quiet,

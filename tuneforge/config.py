@@ -233,7 +233,13 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise ConfigError(f"override '{pair}' must look like key.sub=value")
         key, raw = pair.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{pair}': the value is not valid YAML ({str(exc).splitlines()[0]}); "
+                              "quote it, e.g. key='value'") from None
+        if isinstance(value, dict) and not raw.lstrip().startswith("{"):
+            value = raw  # 'Answer: briefly' is text, not a one-key mapping
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:

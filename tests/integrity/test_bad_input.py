@@ -208,3 +208,10 @@ def test_a_diverging_run_stops_with_one_line_instead_of_saving_nan_weights(bert_
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("tuneforge: error: training diverged") and "lower train.lr" in err, err
     assert not (tmp_path / "run" / "trainable.safetensors").exists()
+
+
+def test_flag_values_are_taken_literally(bert_dir, reviews, tmp_path):
+    (tmp_path / "on.csv").write_text(reviews.read_text().replace("label", "on", 1))
+    out = tmp_path / "exp #2: null"
+    assert main(train_argv(bert_dir, tmp_path / "on.csv", out, "--label-column", "on")) == 0
+    assert (out / "metrics.json").is_file() and not (tmp_path / "exp").exists()
