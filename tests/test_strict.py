@@ -70,3 +70,11 @@ def test_field_comments_read_each_fields_comment_and_its_continuation_lines():
         c: str = "x"
 
     assert field_comments(Example) == {"a": "the first", "b": "the second, continued here", "c": ""}
+
+
+def test_non_finite_numbers_are_refused_where_a_float_is_expected():
+    from tuneforge.config import load_config
+    for override in ({"train": {"lr": float("inf")}}, {"train": {"weight_decay": "nan"}},
+                     {"data": {"split": [float("nan"), 0.5, 0.5]}}, {"train": {"epochs": "inf"}}):
+        with pytest.raises(ConfigError, match="expected a finite number"):
+            load_config(None, override)

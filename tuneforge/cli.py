@@ -148,14 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "'Review: {text}\\nSentiment:', else 'Text: {text}\\nLabel:')")
     p.add_argument("--label-words", dest="label_words", help="comma-separated, one per label in sorted label "
                    "order (default: the label names); each follows the template after one space")
-    p.add_argument("--shots", type=int, default=0, help="demonstrations drawn (seeded) from the train split")
+    p.add_argument("--shots", type=count(0), default=0, help="demonstrations drawn (seeded) from the train split")
     p.add_argument("--content-free", dest="content_free",
                    help="comma-separated content-free inputs (default 'N/A,[MASK],': N/A, [MASK] and the empty text)")
-    p.add_argument("--limit", type=int, help="classify a seeded sample of N test examples (default: all)")
+    p.add_argument("--limit", type=count(1), help="classify a seeded sample of N test examples (default: all)")
     p.add_argument("--seed", type=int, default=42, help="seed of the split, the test sample and the demonstrations")
     p.add_argument("--mode", default="first_token", choices=["first_token", "sequence"],
                    help="score the first token of each label word, or its whole token sequence")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=16)
+    p.add_argument("--batch-size", dest="batch_size", type=count(1), default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("-o", "--output", help="also write every setting, metric and prediction to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
@@ -217,6 +217,19 @@ def main(argv: list[str] | None = None) -> int:
                     "model.max_length, or use train.grad_accum")
     finally:
         distributed.teardown()
+
+
+def count(least: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``least``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+    return parse
 
 
 PATH_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,

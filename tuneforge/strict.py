@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import io
+import math
 import textwrap
 import tokenize
 import types
@@ -63,14 +64,17 @@ def _check(path: str, value: Any, hint: Any) -> Any:
             return int(value)
         raise ConfigError(f"{path}: expected an integer, got {value!r}")
     if hint is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if number is not None and math.isfinite(number):  # nan/inf would train NaN weights or crash later
+            return number
+        raise ConfigError(f"{path}: expected a finite number, got {value!r}")
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

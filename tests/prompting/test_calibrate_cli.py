@@ -93,3 +93,11 @@ def test_existing_output_is_refused_unless_overwrite(setup, capsys):
     assert "already exists" in capsys.readouterr().err and out.read_text() == "{}"
     assert main(_args(folder, data, "--limit", "2", "-o", str(out), "--overwrite")) == 0
     assert json.loads(out.read_text())["n"] == 2
+
+
+@pytest.mark.parametrize("flag, value", [("--batch-size", "0"), ("--limit", "0"), ("--shots", "-1")])
+def test_counts_below_their_least_are_refused_by_the_parser(setup, capsys, flag, value):
+    _, folder, data = setup
+    with pytest.raises(SystemExit) as exc:
+        main(_args(folder, data, flag, value))
+    assert exc.value.code == 2 and f"{flag}: must be at least" in capsys.readouterr().err
