@@ -87,3 +87,14 @@ def test_labels_that_are_nearly_all_different_are_refused_as_regression(tmp_path
     many = [{"text": f"text {i}", "label": f"intent {i % 25}"} for i in range(100)]  # 25 labels, 4 each: fine
     splits, data = _prepare(tmp_path, many, "many.jsonl")
     assert len(data.meta["labels"]) == 25
+
+
+def test_one_class_however_its_label_is_spelled(tmp_path):
+    spellings = [[1, "1", 1.0, " 1"], [0, "0 ", 0.0, "0"]]  # pandas reads a label column with a gap as float
+    rows = [{"text": f"text {i}", "label": spellings[i % 2][i // 2 % 4]} for i in range(80)]
+    _, data = _prepare(tmp_path, rows)
+    assert data.meta["labels"] == ["0", "1"]
+    for split in (data.train, data.validation, data.test):
+        assert {e["labels"] for e in split} <= {0, 1}
+    words = [{"text": f"w {i}", "label": [" good", "good", "bad ", "bad"][i % 4]} for i in range(40)]
+    assert _prepare(tmp_path, words, "w.jsonl")[1].meta["labels"] == ["bad", "good"]

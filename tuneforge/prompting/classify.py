@@ -23,7 +23,7 @@ from tuneforge.evaluate import classification_metrics
 from tuneforge.prompting.calibration import (
     CONTENT_FREE, Mode, PromptClassifier, apply_calibration, contextual_calibration,
 )
-from tuneforge.tasks.classification import Task as Classification, label_names
+from tuneforge.tasks.classification import Task as Classification, label_key, label_names
 
 GENERIC_TEMPLATE = "Text: {text}\nLabel:"
 TEMPLATES = {"rotten_tomatoes": "Review: {text}\nSentiment:", "imdb": "Review: {text}\nSentiment:"}
@@ -96,14 +96,14 @@ def evaluate_prompting(model: str = "smollm2", data: str = "rotten_tomatoes", te
     train, test = splits.records["train"], splits.records["test"]
     labels = label_names([r[label_column] for r in train])
     index = {name: i for i, name in enumerate(labels)}
-    test = [r for r in test if str(r[label_column]) in index]
+    test = [r for r in test if label_key(r[label_column]) in index]
     if not test:
         raise ConfigError(f"data {data}: the test split has no example of a label seen in training")
     if limit is not None and limit < len(test):
         test = random.Random(seed).sample(test, limit)
     if shots > len(train):
         raise ConfigError(f"--shots {shots} is more than the {len(train)} training examples")
-    demos = [(str(r[text_column]), index[str(r[label_column])]) for r in random.Random(seed).sample(train, shots)]
+    demos = [(str(r[text_column]), index[label_key(r[label_column])]) for r in random.Random(seed).sample(train, shots)]
     path = assets.resolve_model(model)
     tokenizer = load_tokenizer(path)
     words = scored_words(label_words if label_words is not None else labels, template)
@@ -113,7 +113,7 @@ def evaluate_prompting(model: str = "smollm2", data: str = "rotten_tomatoes", te
     clf = PromptClassifier(lm, tokenizer, template, words, demos, tuple(content_free), mode=mode,
                            batch_size=batch_size)
     started = time.perf_counter()
-    texts, gold = [str(r[text_column]) for r in test], [index[str(r[label_column])] for r in test]
+    texts, gold = [str(r[text_column]) for r in test], [index[label_key(r[label_column])] for r in test]
     probs = clf.scores(texts)  # (n, k)
     p_cf = clf.content_free_scores()  # (m, k)
     raw, cal = probs.argmax(-1), apply_calibration(probs, contextual_calibration(p_cf)).argmax(-1)

@@ -23,8 +23,16 @@ PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("questio
                 ("text_a", "text_b"))  # text pairs as GLUE / SNLI / QQP and others name them
 
 
+def label_key(value: Any) -> str:
+    """A label as its class name: surrounding spaces stripped, an integral float as its integer, so that 1, "1",
+    1.0 (a pandas column with a gap is float) and " 1" are one class."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
 def label_names(values: list[Any]) -> list[str]:
-    names = sorted({str(v) for v in values})
+    names = sorted({label_key(v) for v in values})
     if all(n.lstrip("-").isdigit() for n in names):
         names.sort(key=int)
     return names
@@ -115,7 +123,7 @@ class Task:
         return "\x1f".join("" if _blank(record.get(c)) else str(record[c]) for c in self._text_columns(cfg))
 
     def stratum(self, record: Record, cfg: RunConfig) -> str | None:
-        return str(record[cfg.data.label_column])
+        return label_key(record[cfg.data.label_column])
 
     def augment_columns(self, cfg: RunConfig) -> list[str]:
         return self._text_columns(cfg)
@@ -149,11 +157,12 @@ class Task:
             value = r.get(d.label_column)
             if _blank(value):
                 labels.append(-1)
-            elif str(value) not in ids:
-                raise ConfigError(f"{row}: label '{value}' (column '{d.label_column}') was not seen in training "
-                                  f"(labels: {', '.join(meta['labels'])}); fix the label or add training examples of it")
+            elif (key := label_key(value)) in ids or (key := str(value)) in ids:  # str: runs from before label_key
+                labels.append(ids[key])
             else:
-                labels.append(ids[str(value)])
+                raise ConfigError(f"{row}: label '{value}' (column '{d.label_column}') was not seen in training "
+                                  f"(labels: {', '.join(meta['labels'])}); fix the label or add training examples "
+                                  "of it")
         text = (lambda r, c: "" if _blank(r.get(c)) else str(r[c]))  # a null/NaN text is empty, not "None"
         texts = [text(r, d.text_column) for r in records]
         pairs = [text(r, d.text_pair_column) for r in records] if d.text_pair_column else None
