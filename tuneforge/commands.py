@@ -81,7 +81,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from tuneforge.generate import chat_loop
     from tuneforge.run import load
 
-    chat_loop(load(args.run_dir, args.device), **_sampling(args))
+    run = load(args.run_dir, args.device)
+    run.check_generates()  # before the banner: a classifier would fail only at the first message
+    chat_loop(run, **_sampling(args))
     return 0
 
 

@@ -123,13 +123,17 @@ class Run:
         inputs = list(zip(texts, pairs)) if pairs is not None else list(texts)
         return self.task.predict(self._ready(), inputs, self.rt, self.cfg, self.meta, self.tokenizer)
 
+    def check_generates(self) -> None:
+        """Refuse a run that cannot answer prompts (a classifier, a tagger) in one line."""
+        if self.meta.get("format") is None:
+            raise ConfigError(f"{self.files.path} is a {self.task.name} run; generation needs a causal_lm run")
+
     def generate(self, prompts: list[str | list[dict[str, str]]], **settings: Any) -> list[str]:
         """Answers of a causal-LM run: each prompt is a user message or a list of {role, content} messages,
         rendered with the run's chat template. ``settings``: max_new_tokens, sample, temperature, top_p,
         top_k, seed (see :class:`tuneforge.generate.Sampling`); ``stream`` (a file) streams one answer."""
         from tuneforge.generate import generate_answers
-        if self.meta.get("format") is None:
-            raise ConfigError(f"{self.files.path} is a {self.task.name} run; generation needs a causal_lm run")
+        self.check_generates()
         return generate_answers(self._ready(), self.tokenizer, self.meta, self.cfg, self.rt, list(prompts),
                                 **settings)
 

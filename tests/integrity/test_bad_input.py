@@ -215,3 +215,10 @@ def test_flag_values_are_taken_literally(bert_dir, reviews, tmp_path):
     out = tmp_path / "exp #2: null"
     assert main(train_argv(bert_dir, tmp_path / "on.csv", out, "--label-column", "on")) == 0
     assert (out / "metrics.json").is_file() and not (tmp_path / "exp").exists()
+
+
+def test_generate_and_chat_refuse_a_classifier_before_anything_else(lora_run, capsys, monkeypatch):
+    import io
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    for argv in (["generate", lora_run, "hi"], ["chat", lora_run]):
+        one_error(capsys, argv, "is a classification run; generation needs a causal_lm run")
