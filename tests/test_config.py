@@ -84,3 +84,9 @@ def test_override_values_that_are_not_yaml_or_look_like_a_mapping():
         parse_overrides(["train.max_steps=[2"])
     assert parse_overrides(["data.system_prompt=Answer: briefly"]) == {"data": {"system_prompt": "Answer: briefly"}}
     assert parse_overrides(["method.x={a: 1}"]) == {"method": {"x": {"a": 1}}}
+
+
+def test_a_validation_or_test_file_without_a_train_file_is_refused():
+    for key in ("validation_file", "test_file"):
+        with pytest.raises(ConfigError, match=f"data.{key} is given without data.train_file"):
+            load_config(None, {"data": {key: "v.csv"}})

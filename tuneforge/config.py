@@ -53,6 +53,10 @@ class DataConfig:
         if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
             raise ConfigError(f"data.split must be three non-negative fractions summing to 1, got {self.split}")
         positive("data.max_examples", self.max_examples)
+        if self.train_file is None and (self.validation_file or self.test_file):
+            given = "data.validation_file" if self.validation_file else "data.test_file"
+            raise ConfigError(f"{given} is given without data.train_file: set data.train_file too (separate files "
+                              "per split), or give one file as data.dataset to be split")
         if self.stride is not None and self.stride < 0:
             raise ConfigError(f"data.stride must be >= 0, got {self.stride}")
 
