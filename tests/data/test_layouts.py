@@ -169,3 +169,17 @@ def test_conversational_prompt_completion_rows_join_their_messages():
     with pytest.raises(ConfigError, match="r: the conversation has no assistant message"):
         layouts.to_messages({"prompt": prompt, "completion": [{"role": "user", "content": "x"}]}, "pairs",
                             DataConfig(), "r")
+
+
+def test_openai_content_parts_are_their_text_and_other_parts_are_refused():
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "there"}]},
+             {"role": "assistant", "content": [{"type": "text", "text": "hello"}]}]
+    got = layouts.to_messages({"messages": parts}, "chat", DataConfig(), "r")
+    assert [m["content"] for m in got if m["role"] != "system"] == ["hi\nthere", "hello"]
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+             {"role": "assistant", "content": "a cat"}]
+    with pytest.raises(ConfigError, match="message 1 has a content part of type 'image_url'; only text parts"):
+        layouts.to_messages({"messages": image}, "chat", DataConfig(), "r")
+    with pytest.raises(ConfigError, match="message 2 has an object as its content"):
+        layouts.to_messages({"messages": [parts[0], {"role": "assistant", "content": {"a": 1}}]}, "chat",
+                            DataConfig(), "r")

@@ -50,6 +50,23 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
+def _content(value: Any, j: int) -> str:
+    """A message's text: a string, or OpenAI's list of content parts, whose text parts are joined by newlines
+    (an image or audio part is refused: a text model cannot train on it)."""
+    if isinstance(value, dict):
+        raise ConfigError(f"message {j} has an object as its content; give text (or a list of text parts)")
+    if isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) > 0:  # numpy arrays from Parquet
+        texts = []
+        for part in value:
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise ConfigError(f"message {j} has a content part of type '{kind}'; only text parts "
+                                  "({'type': 'text', 'text': ...}) can be trained on")
+            texts.append(part["text"])
+        return "\n".join(texts).strip()
+    return _text(value)
+
+
 def _known_pair(keys: set[str]) -> tuple[str, str] | None:
     return next((pair for pair in PAIR_COLUMNS if set(pair) <= keys), None)
 
@@ -131,7 +148,7 @@ def _check_messages(record: dict[str, Any], d: DataConfig) -> list[dict[str, str
     for j, m in enumerate(list(value), start=1):
         if not isinstance(m, dict) or not ({"role", "from"} & set(m) and {"content", "value"} & set(m)):
             raise ConfigError(f"message {j} must be an object with 'role' and 'content' (or 'from' and 'value')")
-        spelling, content = _text(_field(m, ("role", "from"))), _text(_field(m, ("content", "value")))
+        spelling, content = _text(_field(m, ("role", "from"))), _content(_field(m, ("content", "value")), j)
         role = SPEAKERS.get(spelling.lower())
         if spelling.lower() in TOOL_ROLES:
             raise ConfigError(f"message {j} has tool role '{spelling}'; tool calls and results cannot be "
