@@ -171,3 +171,13 @@ def test_wnut16_counts():
     assert scheme([r["tags"] for r in records]) == "IOB2"
     records[0]["tags"][0] = "changed"
     assert wnut16()[0]["tags"][0] != "changed"  # callers get fresh lists
+
+
+@pytest.mark.parametrize("tags, expected", [
+    (["S-LOC", "O", "B-PER", "E-PER"], ["B-LOC", "O", "B-PER", "I-PER"]),  # IOBES
+    (["U-LOC", "O", "B-PER", "I-PER", "L-PER"], ["B-LOC", "O", "B-PER", "I-PER", "I-PER"]),  # BILOU
+    (["b-loc", "i-loc", "o", "B_ORG"], ["B-loc", "I-loc", "O", "B-ORG"]),  # lower case, underscore
+])
+def test_other_tag_schemes_become_iob2_with_the_right_types(tags, expected):
+    assert to_bio(tags) == expected
+    assert invalid_sentences([tags]) == 0 and scheme([tags]) == "IOB2"

@@ -212,8 +212,22 @@ def _sentences(tags: Sequence[str] | Sequence[Sequence[str]]) -> list[Sequence[s
     return [tags] if not tags or isinstance(tags[0], str) else list(tags)
 
 
+# IOBES/BIOES (S-ingle, E-nd) and BILOU (U-nit, L-ast) prefixes as IOB2's: a chunk's first word is B-, the rest I-
+PREFIXES = {"B": "B", "I": "I", "S": "B", "U": "B", "E": "I", "L": "I"}
+
+
+def normal_tag(tag: str) -> str:
+    """A tag in IOB2's spelling: ``o`` as ``O``; ``S-X``/``U-X`` as ``B-X``, ``E-X``/``L-X`` as ``I-X``; lower-case
+    prefixes and ``B_X`` as ``B-X`` (the type keeps its spelling); a plain label as it is."""
+    if tag.upper() == "O":
+        return "O"
+    if len(tag) > 2 and tag[1] in "-_" and tag[0].upper() in PREFIXES:
+        return f"{PREFIXES[tag[0].upper()]}-{tag[2:]}"
+    return tag
+
+
 def _prefixed(tag: str) -> bool:
-    return tag[:2] in ("B-", "I-")
+    return normal_tag(tag)[:2] in ("B-", "I-")
 
 
 def scheme(tags: Sequence[str] | Sequence[Sequence[str]]) -> str:
@@ -228,15 +242,16 @@ def scheme(tags: Sequence[str] | Sequence[Sequence[str]]) -> str:
 
 def invalid_sentences(tags: Sequence[str] | Sequence[Sequence[str]]) -> int:
     """How many sentences hold an ``I-X`` that does not continue an X chunk (for reporting; accepted)."""
-    return sum(invalid_transitions(list(s)) > 0 for s in _sentences(tags))
+    return sum(invalid_transitions([normal_tag(t) for t in s]) > 0 for s in _sentences(tags))
 
 
 def to_bio(tags: Sequence[str]) -> list[str]:
-    """IOB2 tags of one sentence: an ``I-X`` starting a chunk becomes ``B-X`` (IOB1 repair) and a run of one
-    plain label ``X`` becomes ``B-X I-X ...``; valid IOB2 comes back unchanged."""
+    """IOB2 tags of one sentence: other schemes' spellings as IOB2's (:func:`normal_tag`), an ``I-X`` starting a
+    chunk as ``B-X`` (IOB1 repair) and a run of one plain label ``X`` as ``B-X I-X ...``; valid IOB2 comes back
+    unchanged."""
     out: list[str] = []
     prev = "O"
-    for tag in tags:
+    for tag in map(normal_tag, tags):
         if tag == "O":
             out.append(tag)
         elif tag.startswith("I-"):
