@@ -101,3 +101,11 @@ def test_counts_below_their_least_are_refused_by_the_parser(setup, capsys, flag,
     with pytest.raises(SystemExit) as exc:
         main(_args(folder, data, flag, value))
     assert exc.value.code == 2 and f"{flag}: must be at least" in capsys.readouterr().err
+
+
+def test_an_encoder_is_refused_as_not_a_causal_lm(setup, bert_dir, capsys):
+    _, _, data = setup
+    args = _args(bert_dir, data, "--limit", "2")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not a trained causal language model" in err and len(err.splitlines()) == 1, err
