@@ -69,3 +69,22 @@ def test_every_mitigation_kind_is_offered_by_the_cli():
     sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
     kind = next(a for a in sub.choices["mitigate"]._actions if a.dest == "kind")
     assert list(kind.choices) == list(SWEEPS)
+
+
+def test_bad_candidates_margin_or_folder_fail_before_any_training(tmp_path, monkeypatch):
+    from tuneforge import compare
+    from tuneforge.config import ConfigError
+    from tuneforge.mitigate import mitigate
+
+    monkeypatch.setattr(compare, "_train_subprocess", lambda *a, **k: pytest.fail("trained before checking"))
+    with pytest.raises(ConfigError, match=r"forgetting.interpolate must be in \(0, 1\], got 1.5"):
+        mitigate(None, [], "interpolate", [0.5, 1.5], 1.0, tmp_path / "a", progress=False)
+    with pytest.raises(ConfigError, match="--margin must be a finite number >= 0"):
+        mitigate(None, [], "interpolate", [0.5], -1.0, tmp_path / "b", progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "mitigation.md").write_text("my notes")
+    with pytest.raises(ConfigError, match="not made by tuneforge"):
+        mitigate(None, [], "interpolate", [0.5], 1.0, mine, progress=False)
+    assert (mine / "mitigation.md").read_text() == "my notes"

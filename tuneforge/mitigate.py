@@ -108,26 +108,32 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
     """Train the unmitigated run and one run per candidate of ``kind`` (see ``SWEEPS``) in subprocesses
     (``out_dir/runs/<label>``; finished ones are reused), choose on validation data, write ``mitigation.md``
     and ``tradeoff.png``; returns {"rows", "chosen", "baseline"}."""
-    from tuneforge.compare import _base_config, _train_subprocess
+    from tuneforge.compare import _base_config, _train_subprocess, claim_folder
 
     if kind not in SWEEPS:
         raise ConfigError(f"--kind: unknown mitigation '{kind}'; choose one of {', '.join(SWEEPS)}")
     fixed, key, default = SWEEPS[kind]
     values = list(values) if values else default
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ConfigError(f"--margin must be a finite number >= 0, got {margin}")
     base = _base_config(config, list(overrides))
     if kind == "replay" and not base.forgetting.replay.data:
         raise ConfigError("--kind replay needs forgetting.replay.data (the data to replay)")
     task = tasks.get(base.model.task)
     out = Path(out_dir)
-    if not out.exists() or not any(out.iterdir()) or overwrite:
-        fresh_folder(out, overwrite, "comparison")
     side = ["forgetting.probe_split=validation"]  # choose on validation-side probes, never on the reported ones
     variants = {"none": side} | {f"{kind}={v:g}": side + fixed + [f"{key}={v}"] for v in values}
-    rows = []
+    runs = {}  # every candidate's config, checked before anything trains (a bad value fails at once)
     for label, extra in variants.items():
         run_dir = out / "runs" / label.replace("=", "-")
         data = load_config(None, {**base.to_dict(), "output_dir": str(run_dir)}).to_dict()
-        data = _base_config(data, extra).to_dict()
+        runs[label] = run_dir, _base_config(data, extra).to_dict()
+    if not out.exists() or not any(out.iterdir()) or overwrite:
+        fresh_folder(out, overwrite, "comparison")
+    else:
+        claim_folder(out)  # an earlier sweep's folder, never one of the user's
+    rows = []
+    for label, (run_dir, data) in runs.items():
         metrics_file = run_dir / "metrics.json"
         if metrics_file.is_file() and not overwrite:
             import json
