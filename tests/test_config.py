@@ -90,3 +90,26 @@ def test_a_validation_or_test_file_without_a_train_file_is_refused():
     for key in ("validation_file", "test_file"):
         with pytest.raises(ConfigError, match=f"data.{key} is given without data.train_file"):
             load_config(None, {"data": {key: "v.csv"}})
+
+
+def test_settings_built_directly_refuse_non_finite_numbers():
+    from tuneforge.config import DataConfig, RegularizeConfig, TrainConfig
+    for key in ("lr", "head_lr", "weight_decay", "momentum", "epochs", "max_grad_norm"):
+        for bad in (float("inf"), float("nan")):
+            with pytest.raises(ConfigError, match=f"train.{key} must be"):
+                TrainConfig(**{key: bad})
+    with pytest.raises(ConfigError, match="data.split must be three"):
+        DataConfig(split=[float("nan"), 0.5, 0.5])
+    with pytest.raises(ConfigError, match="forgetting.regularize.strength must be"):
+        RegularizeConfig(strength=float("inf"))
+
+
+def test_a_text_setting_takes_the_override_text_as_given():
+    cfg = load_config(None, ["data.label_column=on", "data.text_column=1.0", "output_dir=runs/exp #2: b",
+                             "data.system_prompt=Answer: briefly", "data.template={{ x"])
+    assert (cfg.data.label_column, cfg.data.text_column, cfg.output_dir) == ("on", "1.0", "runs/exp #2: b")
+    assert (cfg.data.system_prompt, cfg.data.template) == ("Answer: briefly", "{{ x")
+    cfg = load_config(None, ["data.system_prompt=null", "data.text_column='quoted'", 'data.template="a\\nb"'])
+    assert (cfg.data.system_prompt, cfg.data.text_column, cfg.data.template) == (None, "quoted", "a\nb")
+    with pytest.raises(ConfigError, match="override 'data.template='x': the value is not valid YAML"):
+        load_config(None, ["data.template='x"])

@@ -88,3 +88,17 @@ def test_bad_candidates_margin_or_folder_fail_before_any_training(tmp_path, monk
     with pytest.raises(ConfigError, match="not made by tuneforge"):
         mitigate(None, [], "interpolate", [0.5], 1.0, mine, progress=False)
     assert (mine / "mitigation.md").read_text() == "my notes"
+
+
+def test_ewc_without_data_for_its_fisher_or_a_file_as_folder_fails_before_any_training(tmp_path, monkeypatch):
+    from tuneforge import compare
+    from tuneforge.config import ConfigError
+    from tuneforge.mitigate import mitigate
+
+    monkeypatch.setattr(compare, "_train_subprocess", lambda *a, **k: pytest.fail("trained before checking"))
+    with pytest.raises(ConfigError, match="forgetting.regularize.kind=ewc needs reference data"):
+        mitigate(None, [], "ewc", [1.0], 1.0, tmp_path / "a", progress=False)
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="exists and is not a folder"):
+        mitigate(None, [], "interpolate", [0.5], 1.0, tmp_path / "afile", progress=False)

@@ -78,3 +78,16 @@ def test_non_finite_numbers_are_refused_where_a_float_is_expected():
                      {"data": {"split": [float("nan"), 0.5, 0.5]}}, {"train": {"epochs": "inf"}}):
         with pytest.raises(ConfigError, match="expected a finite number"):
             load_config(None, override)
+
+
+def test_positive_refuses_infinity_and_nan():
+    for value in (float("inf"), float("nan")):
+        with pytest.raises(ConfigError, match="train.epochs must be"):
+            positive("train.epochs", value)
+
+
+def test_field_hint_finds_the_declared_type_of_a_dotted_key():
+    from tuneforge.strict import field_hint, is_text
+    assert field_hint(Outer, ["inner", "rate"]) is float and field_hint(Outer, ["name"]) is str
+    assert field_hint(Outer, ["nosuch"]) is None and field_hint(Outer, ["name", "deeper"]) is None
+    assert is_text(str) and is_text(str | None) and not is_text(int | None) and not is_text(list[str])

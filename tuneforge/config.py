@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from tuneforge.strict import ConfigError, build_dataclass, positive
+from tuneforge.strict import ConfigError, build_dataclass, field_hint, is_text, positive
 
 __all__ = ["ConfigError", "build_dataclass", "positive", "RunConfig", "load_config", "merge_dicts", "parse_overrides"]
 
@@ -50,7 +51,7 @@ class DataConfig:
     max_examples: int | None = None  # use at most this many examples (after shuffling), for quick runs
 
     def __post_init__(self) -> None:
-        if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
+        if len(self.split) != 3 or not all(0 <= f < math.inf for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
             raise ConfigError(f"data.split must be three non-negative fractions summing to 1, got {self.split}")
         positive("data.max_examples", self.max_examples)
         if self.train_file is None and (self.validation_file or self.test_file):
@@ -103,9 +104,10 @@ class TrainConfig:
     num_threads: int | None = None  # torch CPU threads; default: torch's choice
 
     def __post_init__(self) -> None:
-        for key in ("lr", "head_lr"):
-            if getattr(self, key) is not None and not getattr(self, key) >= 0:
-                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        for key, value in (("lr", self.lr), ("head_lr", self.head_lr), ("weight_decay", self.weight_decay),
+                           ("momentum", self.momentum)):  # nan/inf would train NaN weights
+            if value is not None and not 0 <= value < math.inf:
+                raise ConfigError(f"train.{key} must be >= 0 and finite, got {value}")
         positive("train.batch_size", self.batch_size)
         positive("train.grad_accum", self.grad_accum)
         positive("train.epochs", self.epochs)
@@ -121,8 +123,6 @@ class TrainConfig:
         positive("train.max_grad_norm", self.max_grad_norm)
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
 
 
 @dataclass
@@ -168,8 +168,8 @@ class RegularizeConfig:
     fisher_batches: int = 64  # EWC: reference examples (batches of one) used to estimate the Fisher diagonal
 
     def __post_init__(self) -> None:
-        if self.strength < 0:
-            raise ConfigError(f"forgetting.regularize.strength must be >= 0, got {self.strength}")
+        if not 0 <= self.strength < math.inf:
+            raise ConfigError(f"forgetting.regularize.strength must be >= 0 and finite, got {self.strength}")
         positive("forgetting.regularize.fisher_batches", self.fisher_batches)
 
 
@@ -231,27 +231,36 @@ class RunConfig:
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["method.rank=16", "train.lr=1e-3"]`` -> nested dict, values parsed as YAML scalars."""
+    """``["method.rank=16", "train.lr=1e-3"]`` -> nested dict of YAML scalars; a ``str`` key takes its text as
+    given unless quoted ('on', 'Answer: briefly', 'exp #2'; null unsets ``str | None``)."""
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"override '{pair}' must look like key.sub=value")
         key, raw = pair.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override '{pair}': the value is not valid YAML ({str(exc).splitlines()[0]}); "
-                              "quote it, e.g. key='value'") from None
-        if isinstance(value, dict) and not raw.lstrip().startswith("{"):
-            value = raw  # 'Answer: briefly' is text, not a one-key mapping
-        node = out
         parts = key.strip().split(".")
+        hint = field_hint(RunConfig, parts)
+        value = _yaml_value(pair, raw) if not is_text(hint) or raw.strip().startswith(("'", '"')) else (
+            None if hint is not str and raw.strip() in ("", "~", "null", "Null", "NULL") else raw)
+        node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{pair}': '{part}' is not a section")
         node[parts[-1]] = value
     return out
+
+
+def _yaml_value(pair: str, raw: str) -> Any:
+    """The value of override ``pair`` read as YAML (one line naming the override where it is not YAML)."""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{pair}': the value is not valid YAML ({str(exc).splitlines()[0]}); "
+                          "quote it, e.g. key='value'") from None
+    if isinstance(value, dict) and not raw.lstrip().startswith("{"):
+        return raw  # 'Answer: briefly' is text, not a one-key mapping (a method option)
+    return value
 
 
 def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

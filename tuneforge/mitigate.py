@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge import checkpoint, tasks
-from tuneforge.config import ConfigError, load_config
+from tuneforge.config import ConfigError, RunConfig, load_config
 from tuneforge.files import fresh_folder
 
 # kind -> (fixed settings, the swept key, default candidates)
@@ -127,11 +127,13 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
     for label, extra in variants.items():
         run_dir = out / "runs" / label.replace("=", "-")
         data = load_config(None, {**base.to_dict(), "output_dir": str(run_dir)}).to_dict()
-        runs[label] = run_dir, _base_config(data, extra).to_dict()
-    if not out.exists() or not any(out.iterdir()) or overwrite:
+        cfg = _base_config(data, extra)
+        check_fisher_data(cfg, task)
+        runs[label] = run_dir, cfg.to_dict()
+    if overwrite:
         fresh_folder(out, overwrite, "comparison")
     else:
-        claim_folder(out)  # an earlier sweep's folder, never one of the user's
+        claim_folder(out)  # new, empty or an earlier sweep's folder, never one of the user's
     rows = []
     for label, (run_dir, data) in runs.items():
         metrics_file = run_dir / "metrics.json"
@@ -157,6 +159,18 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
     checkpoint.atomic_write_text(out / "mitigation.md", "\n".join(lines) + "\n")
     plot_tradeoff(rows, out / "tradeoff.png", f"test {task.metric}", rows[0]["probe"] or "probe")
     return {"rows": rows, "chosen": chosen, "baseline": baseline}
+
+
+def check_fisher_data(cfg: RunConfig, task: Any) -> None:
+    """EWC estimates its Fisher on a forgetting probe's data: refuse, before anything trains, a config that
+    has no probe (a classifier without ``forgetting.previous_run``)."""
+    g = cfg.forgetting.regularize
+    if g.kind != "ewc" or g.strength == 0 or cfg.forgetting.previous_run:
+        return
+    names = task.default_probes(cfg) if cfg.forgetting.probes == ["auto"] else cfg.forgetting.probes
+    if not names or "none" in names:
+        raise ConfigError("forgetting.regularize.kind=ewc needs reference data: set forgetting.reference "
+                          "(causal LM) or forgetting.previous_run (classification)")
 
 
 def _f(value: float | None) -> str:

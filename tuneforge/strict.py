@@ -107,10 +107,27 @@ def build_dataclass(cls: type, data: dict[str, Any] | None, path: str = "") -> A
         raise ConfigError(f"{path or 'config'}: {exc}") from None
 
 
+def field_hint(cls: type, parts: list[str]) -> Any:
+    """The declared type of the dotted key ``parts`` in dataclass ``cls``; None where none is declared (inside a
+    ``dict[str, Any]`` such as the method's options, or an unknown key)."""
+    hint: Any = cls
+    for part in parts:
+        hint = typing.get_type_hints(hint).get(part) if dataclasses.is_dataclass(hint) else None
+    return hint
+
+
+def is_text(hint: Any) -> bool:
+    """Whether ``hint`` is ``str`` or ``str | None``."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    return hint is str or (union and set(typing.get_args(hint)) == {str, type(None)})
+
+
 def positive(path: str, value: float | int | None) -> None:
-    """Raise ConfigError unless ``value`` is None or > 0."""
+    """Raise ConfigError unless ``value`` is None or > 0 and finite."""
     if value is not None and not value > 0:
         raise ConfigError(f"{path} must be positive, got {value}")
+    if value is not None and not math.isfinite(value):
+        raise ConfigError(f"{path} must be a finite number, got {value}")
 
 
 def field_comments(cls: type) -> dict[str, str]:

@@ -213,7 +213,7 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
         if stop:
             total = step
         elif run_dir is not None and save_every and step % save_every == 0 and step < total:
-            check_finite(float(logged[0]), step, scheduler.get_last_lr()[0])  # never checkpoint NaN weights
+            check_finite(float(logged[0]), step)  # never checkpoint NaN weights
             result.steps, result.train_seconds = step, time.perf_counter() - start
             training_state.save_training_state(run_dir, module, optimizer, names, scheduler,
                                                {k: getattr(result, k) for k in TrainResult.LOOP_KEYS},
@@ -237,18 +237,18 @@ def _log_train_loss(result: TrainResult, logger: Logger, bar: Any, logged: torch
     logged.zero_()
     bar.set_postfix(loss=f"{train_loss:.4f}")
     logger.log({"step": step, "epoch": epoch, "train_loss": train_loss, "lr": lr})
-    check_finite(train_loss, step, lr)
+    check_finite(train_loss, step)
     result.history.append({"step": step, "train_loss": train_loss})
     result.first_loss = train_loss if result.first_loss is None else result.first_loss
     result.last_loss = train_loss
 
 
-def check_finite(loss: float, step: int, lr: float) -> None:
+def check_finite(loss: float, step: int) -> None:
     """Stop a run whose training loss is no longer finite (its weights are NaN/inf from then on): one line with
     the likely fixes instead of a run saved as if it had succeeded."""
     if not math.isfinite(loss):
-        raise ConfigError(f"training diverged: the training loss is {loss} at step {step} (learning rate {lr:g}); "
-                          "lower train.lr, keep train.max_grad_norm on, or check the data for extreme values")
+        raise ConfigError(f"training diverged: the training loss is {loss} at step {step}; lower train.lr, keep "
+                          "train.max_grad_norm on, or check the data for extreme values")
 
 
 def _record_evaluation(result: TrainResult, logger: Logger, metrics: dict[str, Any], metric: str, sign: int,

@@ -109,3 +109,10 @@ def test_an_encoder_is_refused_as_not_a_causal_lm(setup, bert_dir, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "is not a trained causal language model" in err and len(err.splitlines()) == 1, err
+
+
+def test_the_python_api_refuses_a_batch_size_below_one():
+    from tuneforge.config import ConfigError
+    from tuneforge.prompting.classify import evaluate_prompting
+    with pytest.raises(ConfigError, match="--batch-size positive"):
+        evaluate_prompting(batch_size=0)

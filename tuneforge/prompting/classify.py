@@ -88,8 +88,8 @@ def evaluate_prompting(model: str = "smollm2", data: str = "rotten_tomatoes", te
 
     template = template if template is not None else default_template(data)
     check_template(template)
-    if shots < 0 or (limit is not None and limit <= 0):
-        raise ConfigError("--shots must be >= 0 and --limit positive")
+    if shots < 0 or (limit is not None and limit <= 0) or batch_size <= 0:
+        raise ConfigError("--shots must be >= 0, --limit and --batch-size positive")
     cfg = load_config(None, {"data": {"dataset": data, "text_column": text_column, "label_column": label_column,
                                       "seed": seed}})
     splits = load_splits(cfg, Classification())  # the split a fine-tuned classifier of this data is tested on
