@@ -181,3 +181,16 @@ def test_wnut16_counts():
 def test_other_tag_schemes_become_iob2_with_the_right_types(tags, expected):
     assert to_bio(tags) == expected
     assert invalid_sentences([tags]) == 0 and scheme([tags]) == "IOB2"
+
+
+def test_a_file_in_another_tag_scheme_is_read_as_iob2_with_one_note(tmp_path, capsys):
+    path = tmp_path / "iobes.conll"
+    path.write_text("I O\nsaw O\nNew B-LOC\nYork E-LOC\n\nParis S-LOC\nis O\nbig O\n\nRome S-LOC\n")
+    records = read_conll(path)
+    assert [to_bio(r["tags"]) for r in records] == [["O", "O", "B-LOC", "I-LOC"], ["B-LOC", "O", "O"], ["B-LOC"]]
+    assert capsys.readouterr().err.splitlines() == [f"note: {path}: tags read as IOB2 (E-LOC as I-LOC, S-LOC as "
+                                                    "B-LOC)"]
+    read_token_lists([{"tokens": ["Ann", "ran"], "tags": ["u-per", "o"]}], source="d.jsonl")
+    assert capsys.readouterr().err == "note: d.jsonl: tags read as IOB2 (u-per as B-per, o as O)\n"
+    read_token_lists([{"tokens": ["Ann", "ran"], "tags": ["B-PER", "O"]}], source="d.jsonl")
+    assert capsys.readouterr().err == ""  # IOB2 already: no note

@@ -4,6 +4,7 @@ WNUT-16 set. Errors are one line naming the file and line/row and the fix."""
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -49,7 +50,7 @@ def read_conll(path: str | Path) -> list[Record]:
     if not records:
         raise ConfigError(f"data file {p} holds no sentences; write one 'token<TAB>tag' line per token "
                           "and a blank line between sentences")
-    return records
+    return _note_scheme(records, str(p))
 
 
 # --- token and tag lists (JSONL / Parquet) --------------------------------------------------------------------
@@ -111,7 +112,7 @@ def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", t
                         "tags": [_tag(t, where, tag_names) for t in tags]})
     if not out:
         raise ConfigError(f"{source}: every row has an empty '{tokens_column}' list; nothing to train on")
-    return out
+    return _note_scheme(out, source)
 
 
 def _token(value: Any, where: str) -> str:
@@ -224,6 +225,18 @@ def normal_tag(tag: str) -> str:
     if len(tag) > 2 and tag[1] in "-_" and tag[0].upper() in PREFIXES:
         return f"{PREFIXES[tag[0].upper()]}-{tag[2:]}"
     return tag
+
+
+def _note_scheme(records: list[Record], source: str) -> list[Record]:
+    """``records``; prints one note when some tags are read in IOB2's spelling (:func:`normal_tag`), with one
+    example per prefix spelling (``S-LOC as B-LOC, E-LOC as I-LOC``)."""
+    examples: dict[str, str] = {}
+    for tag in (t for r in records for t in r["tags"]):
+        if normal_tag(tag) != tag:
+            examples.setdefault(tag if tag.upper() == "O" else tag[:2], f"{tag} as {normal_tag(tag)}")
+    if examples:
+        print(f"note: {source}: tags read as IOB2 ({', '.join(list(examples.values())[:4])})", file=sys.stderr)
+    return records
 
 
 def _prefixed(tag: str) -> bool:
