@@ -36,6 +36,12 @@ PEFT returns the {n} virtual positions in front of the real ones: drop the first
 and token-classification logits to align them with the input.
 """
 
+_PREFIX_CLASSIFIER_NOTE = """
+PEFT 0.21 refuses to run prefix tuning on a classifier with transformers 5 ("Model does not support past key
+values"); the prefix it loads still works when passed to the plain model:
+`model.get_base_model()(input_ids=ids, attention_mask=mask_with_prefix_ones, cache=model.get_prompt(batch))`.
+"""
+
 
 def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
     """Write the run's adapter (plus any fully trained head, as ``modules_to_save``) in PEFT's format,
@@ -60,6 +66,8 @@ def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
     extra = f", num_labels={len(labels)}, id2label={dict(enumerate(labels))}" if labels else ""
     prompt_like = adapter_config["peft_type"] in ("PROMPT_TUNING", "P_TUNING")
     note = _PROMPT_NOTE.format(n=adapter_config.get("num_virtual_tokens")) if prompt_like else ""
+    if adapter_config["peft_type"] == "PREFIX_TUNING" and task_type in ("SEQ_CLS", "TOKEN_CLS"):
+        note = _PREFIX_CLASSIFIER_NOTE
     out = Path(out)
     with new_folder(out, overwrite, "export") as tmp:  # moved in place once complete
         checkpoint.save_json(adapter_config, tmp / "adapter_config.json")

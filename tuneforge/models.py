@@ -13,7 +13,7 @@ from transformers.pytorch_utils import Conv1D
 
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.methods import registry
-from tuneforge.methods.layers import HEAD_NAMES, is_rms_norm
+from tuneforge.methods.layers import HEAD_NAMES, is_rms_norm, position_limit
 
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
@@ -46,9 +46,22 @@ def load_pretrained(auto_cls: Any, path: str | Path, trust_remote_code: bool = F
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load a model from {path}: {str(exc).splitlines()[0]}") from None
     mismatched = {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())}
-    new_keys = set(info["missing_keys"]) | mismatched
-    fresh = sorted({k.rsplit(".", 1)[0] for k in new_keys})
-    return model, fresh
+    return model, fresh_modules(model, set(info["missing_keys"]) | mismatched)
+
+
+def fresh_modules(model: nn.Module, new_keys: set[str]) -> list[str]:
+    """The outermost modules all of whose saved tensors are in ``new_keys`` (not loaded): RoBERTa's two-layer
+    head is ``classifier``, not ``classifier.dense`` + ``classifier.out_proj`` (PEFT saves whole modules)."""
+    saved = list(model.state_dict())
+    out = set()
+    for key in new_keys:
+        parts = key.split(".")
+        for i in range(1, len(parts)):
+            prefix = ".".join(parts[:i]) + "."
+            if all(k in new_keys for k in saved if k.startswith(prefix)):
+                out.add(prefix[:-1])
+                break
+    return sorted(out)
 
 
 def load_labelled(auto_cls: Any, path: str | Path, cfg: RunConfig, names: list[str], pad_id: int
@@ -97,22 +110,17 @@ def frozen_pooler(model: nn.Module) -> list[str]:
     return [f"{prefix}.pooler"] if params and not any(p.requires_grad for p in params) else []
 
 
-def position_limit(model: nn.Module) -> int | None:
-    """The most positions the model can embed (absolute position tables: BERT, GPT-2), or None."""
-    config = getattr(model, "config", None)
-    limit = getattr(config, "max_position_embeddings", None)
-    for module in model.modules():  # rotary models (Llama) have no table: their limit is soft
-        if isinstance(module, nn.Embedding) and module.num_embeddings == limit:
-            return int(limit)
-    return None
-
-
 def check_max_length(model: nn.Module, cfg: RunConfig) -> None:
-    """``model.max_length`` must fit the model's position table (one-line error instead of an index error)."""
+    """``model.max_length`` plus the method's virtual tokens (prompt, prefix) must fit the model's position table:
+    one line before anything runs instead of an index error."""
     limit = position_limit(model)
-    if limit is not None and cfg.model.max_length > limit:
-        raise ConfigError(f"model.max_length={cfg.model.max_length} exceeds the {limit} positions of "
-                          f"{cfg.model.name} (max_position_embeddings); set model.max_length to {limit} or less")
+    options = registry.make_config(cfg.method_name, cfg.method_options())
+    virtual = getattr(options, "num_virtual_tokens", 0)  # positions in front of the real tokens
+    if limit is not None and cfg.model.max_length + virtual > limit:
+        plus = f" + {virtual} virtual tokens" if virtual else ""
+        raise ConfigError(f"model.max_length={cfg.model.max_length}{plus} exceeds the {limit} positions "
+                          f"{cfg.model.name} can embed (its position table); set model.max_length to "
+                          f"{limit - virtual} or less")
 
 
 def count_parameters(model: nn.Module) -> dict[str, float]:

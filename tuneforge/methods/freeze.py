@@ -58,6 +58,7 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
     chosen = set(selected_layers(len(layers), config))
     regexes = [re.compile(p) for p in config.patterns]
     matched_extra = set()
+    selected = False
     for name, p in model.named_parameters():
         idx = layer_index(name, layers_name)
         parts = name.split(".")
@@ -65,10 +66,11 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
         matched_extra.update(hit_extra)
         if (idx is not None and idx in chosen) or any(r.search(name) for r in regexes) or hit_extra:
             p.requires_grad_(True)
+            selected = True
     missing = sorted(set(config.extra) - matched_extra)
     if missing:
         raise ConfigError(f"method.extra: no module named {missing[0]!r} in {type(model).__name__}")
-    if not any(p.requires_grad for p in model.parameters()) and not chosen:
+    if not selected and not chosen:
         raise ConfigError("method: freeze selects no parameters; set num_layers, layer_indices, patterns or extra")
     return model
 

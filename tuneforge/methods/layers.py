@@ -51,8 +51,31 @@ def attention_heads(config: Any, hidden: int) -> tuple[int, int, int] | None:
     heads = getattr(config, "num_attention_heads", None)
     if not heads:
         return None
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    if getattr(config, "new_decoder_architecture", False):  # Falcon-40B layout: its cache holds every head
+        kv_heads = heads
+    elif getattr(config, "multi_query", False):  # Falcon-7B, GPT-BigCode: one key/value head
+        kv_heads = 1
+    else:  # grouped-query attention names them num_key_value_heads (Falcon: num_kv_heads)
+        kv_heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_kv_heads", None) or heads
     return heads, kv_heads, getattr(config, "head_dim", None) or hidden // heads
+
+
+def position_limit(model: nn.Module) -> int | None:
+    """The most real tokens the model can embed when it has an absolute position table (BERT, GPT-2), else None
+    (rotary models such as Llama have no hard limit). A table's first ``padding_idx + 1`` rows are unused where
+    positions count from after the padding index (RoBERTa: 514 rows, 512 tokens), and OPT's table has ``offset``
+    extra rows."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit is None:
+        return None
+    inputs = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    for module in model.modules():
+        if not isinstance(module, nn.Embedding) or module is inputs:
+            continue
+        if module.num_embeddings == limit + getattr(module, "offset", 0):
+            pad = module.padding_idx
+            return int(limit) - (pad + 1 if pad is not None else 0)
+    return None
 
 
 def linear_features(module: nn.Module) -> tuple[int, int]:

@@ -151,19 +151,22 @@ class LoRALinear(nn.Module):
             self.merged = True
 
 
-def _is_target(name: str, module: nn.Module, config: Config) -> bool:
-    if not isinstance(module, LINEAR):
+def _is_target(name: str, module: nn.Module, config: Config, output: nn.Module | None) -> bool:
+    """A linear layer the config names; never one that trains in full (a fresh head: DistilBERT's
+    ``pre_classifier``) and, for all-linear, never an output layer (GPT-NeoX's ``embed_out``), as in PEFT."""
+    if not isinstance(module, LINEAR) or any(p.requires_grad for p in module.parameters()):
         return False
     if config.target_regex is not None:
         return re.fullmatch(config.target_regex, name) is not None
     if "all-linear" in config.target_modules:
-        return name.split(".")[0] not in HEAD_NAMES
+        return name.split(".")[0] not in HEAD_NAMES and module is not output
     return any(name == t or name.endswith("." + t) for t in config.target_modules)
 
 
 def apply(model: nn.Module, config: Config) -> nn.Module:
     """Wrap every targeted linear layer in a :class:`LoRALinear`; only ``lora_A``/``lora_B`` train."""
-    targets = [(n, m) for n, m in model.named_modules() if _is_target(n, m, config)]
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    targets = [(n, m) for n, m in model.named_modules() if _is_target(n, m, config, output)]
     if not targets:
         key, wanted = (("target_regex", config.target_regex) if config.target_regex is not None
                        else ("target_modules", ", ".join(config.target_modules)))

@@ -14,7 +14,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from tuneforge.config import ConfigError
 from tuneforge.methods.layers import find_layers
+from tuneforge.methods.virtual_tokens import backbone_of
 
 LAYER_TUNER = "base_model.model."  # key prefix of LoRA/IA3 tensors and of their heads
 PROMPT_LEARNING = "base_model."  # key prefix of the heads of prompt-learning adapters
@@ -76,6 +78,8 @@ def prompt_learning(model: nn.Module, peft_type: str, task_type: str, heads: lis
     """A prompt-learning adapter: ``prompt_embeddings`` ``(N, width)`` plus heads, and its config (PEFT's
     inference form: nothing to reparameterise). ``token_dim``/``num_attention_heads`` default to the model's
     hidden size and attention heads (prefix tuning passes the key/value width and key/value heads)."""
+    if task_type == "SEQ_CLS" and peft_type != "PREFIX_TUNING":
+        check_pooling(model)
     cfg = model.config
     adapter_config = {
         "peft_type": peft_type, "task_type": task_type, "num_virtual_tokens": embeddings.shape[0],
@@ -87,3 +91,16 @@ def prompt_learning(model: nn.Module, peft_type: str, task_type: str, heads: lis
     tensors = {"prompt_embeddings": embeddings.detach().float().clone()}  # (N, width)
     tensors |= head_tensors(model, heads, PROMPT_LEARNING)
     return adapter_config, tensors
+
+
+def check_pooling(model: nn.Module) -> None:
+    """A prompt-tuned sequence classifier whose head pools outside the backbone (RoBERTa's ``classifier``,
+    DistilBERT's ``pre_classifier``, DeBERTa's ``pooler``) reads the first real token in tuneforge, whose
+    backbone drops the virtual positions, but the first virtual token in PEFT: refused. The backbone's own
+    pooler (BERT, ALBERT) and decoders' last-token ``score`` read the same position in both."""
+    if isinstance(getattr(backbone_of(model), "pooler", None), nn.Module) or hasattr(model, "score"):
+        return
+    raise ConfigError(
+        f"PEFT's {type(model).__name__} would read its prediction from the first virtual token where tuneforge's "
+        "reads the first real token, so a PEFT adapter would predict differently; use the run with tuneforge "
+        "(tuneforge predict, tuneforge.run.load), or train with lora or ia3 to export to PEFT")

@@ -41,15 +41,12 @@ def make_config(name: str, options: dict[str, Any]) -> Any:
 
 
 def apply(model: nn.Module, name: str, config: Any, always_train: list[str] | tuple[str, ...] = ()) -> nn.Module:
-    """Freeze everything, apply the method (which unfreezes only what it adds or selects), then unfreeze
-    parameters whose names start with ``always_train`` (e.g. a freshly initialised classification head)."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model = get(name).apply(model, config)
+    """Freeze everything but the parameters whose names start with ``always_train`` (e.g. a freshly initialised
+    classification head, trained in full, which methods leave alone), then apply the method (which unfreezes
+    only what it adds or selects)."""
     for pname, p in model.named_parameters():
-        if any(pname == prefix or pname.startswith(prefix + ".") for prefix in always_train):
-            p.requires_grad_(True)
-    return model
+        p.requires_grad_(any(pname == prefix or pname.startswith(prefix + ".") for prefix in always_train))
+    return get(name).apply(model, config)
 
 
 def call_optional(name: str, hook: str, model: nn.Module) -> nn.Module:

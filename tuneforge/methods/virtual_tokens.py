@@ -5,8 +5,8 @@
 * prefix tuning (``mode = "cache"``): N key/value pairs per layer are pre-filled into a ``DynamicCache``
   through its public ``update`` API, exactly as if N tokens had been processed before (Li & Liang 2021).
 
-Both work through two hooks on the backbone (``model.base_model``: ``BertModel``, ``LlamaModel``,
-``GPT2Model``), so the task heads and the training loop never see them:
+Both work through two hooks on the backbone (:func:`backbone_of`: ``BertModel``, ``LlamaModel``,
+``GPT2Model``, OPT's ``OPTDecoder``), so the task heads and the training loop never see them:
 
 * the forward pre-hook prepends the virtual tokens (or fills an empty cache), prepends N ones to a 2D
   ``attention_mask``, N zeros to ``token_type_ids`` and shifts ``position_ids`` (see below);
@@ -47,9 +47,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from transformers import DynamicCache
+from transformers import DynamicCache, PreTrainedModel
 
 from tuneforge.config import ConfigError
+from tuneforge.methods.layers import find_layers, position_limit
 
 ATTRS = ("prompt_encoder", "prefix_encoder")  # where the method's module lives on the backbone
 
@@ -71,8 +72,17 @@ class VirtualTokens(nn.Module):
 
 
 def backbone_of(model: nn.Module) -> nn.Module:
-    """The transformer without its task head (``model.bert`` / ``model.model`` / ``model.transformer``)."""
-    return getattr(model, "base_model", model)
+    """The transformer without its task head (``model.bert`` / ``model.model`` / ``model.transformer``): the
+    innermost Hugging Face model holding both the input embeddings and the blocks. OPT's and BART's task models
+    call ``model.model.decoder`` directly, past ``model.base_model`` and any hook on it."""
+    backbone = getattr(model, "base_model", model)
+    wanted = {id(model.get_input_embeddings()), id(find_layers(model)[1])}
+    while True:
+        inner = [c for c in backbone.children() if isinstance(c, PreTrainedModel)
+                 and wanted <= {id(m) for m in c.modules()}]
+        if not inner:
+            return backbone
+        backbone = inner[0]
 
 
 def encoder_of(model: nn.Module, attr: str) -> VirtualTokens:
@@ -91,31 +101,21 @@ def compute_dtype(backbone: nn.Module) -> torch.dtype:
     return weight.dtype
 
 
-def _position_limit(backbone: nn.Module, max_positions: int | None) -> int | None:
-    """``max_positions`` when the backbone has an absolute position-embedding table (BERT, GPT-2), else None
-    (rotary models such as Llama have no hard limit)."""
-    if max_positions is None:
-        return None
-    inputs = backbone.get_input_embeddings()
-    for module in backbone.modules():
-        if isinstance(module, nn.Embedding) and module is not inputs and module.num_embeddings == max_positions:
-            return max_positions
-    return None
-
-
 def attach(model: nn.Module, encoder: VirtualTokens, attr: str) -> nn.Module:
     """Register ``encoder`` as ``model.base_model.<attr>`` and install the two hooks."""
     backbone = backbone_of(model)
     if any(hasattr(backbone, a) for a in ATTRS):
         raise ConfigError("method: the model already has prompt/prefix virtual tokens; apply one such method only")
     n = encoder.num_tokens
+    limit = position_limit(model)
     max_positions = getattr(model.config, "max_position_embeddings", None)
-    if max_positions is not None and n >= max_positions:
+    cap = limit or max_positions  # rotary models (Llama): their trained positions
+    if cap is not None and n >= cap:
         raise ConfigError(
-            f"method.num_virtual_tokens={n} leaves no position for real tokens: {type(model).__name__} has "
-            f"max_position_embeddings={max_positions}; use fewer than {max_positions} virtual tokens"
+            f"method.num_virtual_tokens={n} leaves no position for real tokens: {type(model).__name__} embeds "
+            f"{cap} positions (max_position_embeddings={max_positions}); use fewer than {cap} virtual tokens"
         )
-    encoder.position_limit = _position_limit(backbone, max_positions)
+    encoder.position_limit = limit
     encoder.to(backbone.get_input_embeddings().weight.device)
     backbone.add_module(attr, encoder)
     backbone.register_forward_pre_hook(functools.partial(_before, attr=attr), with_kwargs=True)
@@ -160,8 +160,8 @@ def _before(backbone: nn.Module, args: tuple, kwargs: dict[str, Any], attr: str)
     total = (n if first else past) + q  # positions in use after this call
     if enc.position_limit is not None and total > enc.position_limit:
         raise ConfigError(
-            f"{q} input tokens + {n} virtual tokens exceed the model's max_position_embeddings="
-            f"{enc.position_limit}; lower model.max_length to {enc.position_limit - n} or method.num_virtual_tokens"
+            f"{q} input tokens + {n} virtual tokens exceed the {enc.position_limit} positions the model embeds "
+            f"(max_position_embeddings); lower model.max_length to {enc.position_limit - n} or method.num_virtual_tokens"
         )
     mask, pos = inputs.get("attention_mask"), inputs.get("position_ids")
     enc._strip = 0
