@@ -95,3 +95,15 @@ def test_predict_text_pairs_from_flags_and_tab_separated_stdin(tmp_path, capsys,
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == by_flags
     assert main(["predict", run, "great film"]) == 2
     assert "trained on text pairs" in capsys.readouterr().err
+
+
+def test_a_sampling_setting_means_sampling():
+    from tuneforge.commands import _sampling
+
+    def settings(*flags):
+        return _sampling(build_parser().parse_args(["generate", "run", *flags]))
+
+    assert settings() == {"max_new_tokens": 128, "sample": False, "seed": None}  # greedy; Sampling's defaults
+    assert settings("--temperature", "0.7") == {"max_new_tokens": 128, "sample": True, "temperature": 0.7, "seed": None}
+    assert settings("--top-k", "5", "--seed", "3")["sample"] is True
+    assert settings("--sample")["sample"] is True

@@ -10,7 +10,7 @@ import tuneforge.run
 from tiny import model_dir, sentiment_rows
 from tuneforge.cli import main
 from tuneforge import checkpoint
-from tuneforge.compare import compare
+from tuneforge.compare import _method_list, compare
 from tuneforge.config import HEAD_LR, ConfigError
 
 METHODS = ["lora", "freeze", "prompt"]
@@ -135,6 +135,7 @@ def test_unknown_method_fails_before_training(tmp_path):
     with pytest.raises(ConfigError, match="unknown method 'lorax'"):
         compare("lora,lorax", out_dir=tmp_path, progress=False)
     assert not (tmp_path / "runs").exists()
+    assert _method_list("LoRA, IA3,lora") == ["lora", "ia3"]  # as the papers write them; once each
 
 
 def test_cli_help_and_subprocess_run(setup, capsys):

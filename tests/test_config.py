@@ -25,6 +25,8 @@ def test_switching_method_drops_other_options(tmp_path):
     f.write_text("method: {name: lora, rank: 4}\n")
     cfg = load_config(f, ["method.name=full"])
     assert cfg.method == {"name": "full"}
+    assert load_config(f, ["method.name=LoRA"]).method == {"name": "lora", "rank": 4}  # names are case-blind
+    assert load_config(None, {"method": {"name": " P-Tuning "}}).method_name == "p-tuning"
 
 
 @pytest.mark.parametrize("overrides, message", [

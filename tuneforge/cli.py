@@ -95,9 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="one JSON object per line")
         p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=128)
         p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-        p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-        p.add_argument("--top-p", dest="top_p", type=float, default=1.0, help="nucleus sampling mass")
-        p.add_argument("--top-k", dest="top_k", type=int, default=50, help="sample among the k likeliest tokens")
+        p.add_argument("--temperature", type=float, help="sampling temperature (default 1; implies --sample)")
+        p.add_argument("--top-p", dest="top_p", type=float, help="nucleus sampling mass (default 1; implies --sample)")
+        p.add_argument("--top-k", dest="top_k", type=int,
+                       help="sample among the k likeliest tokens (default 50; implies --sample)")
         p.add_argument("--seed", type=int, help="seed for reproducible sampling")
         p.add_argument("--device", default="auto")
         p.set_defaults(fn=fn)

@@ -61,8 +61,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _sampling(args: argparse.Namespace) -> dict:
-    return {"max_new_tokens": args.max_new_tokens, "sample": args.sample, "temperature": args.temperature,
-            "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed}
+    """Generation settings from the flags: a sampling setting given means sampling."""
+    given = {k: v for k, v in {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k}.items()
+             if v is not None}
+    return {"max_new_tokens": args.max_new_tokens, "sample": args.sample or bool(given), **given, "seed": args.seed}
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from tuneforge.config import ConfigError, RunConfig, load_config, merge_dicts, p
 from tuneforge.compare_report import failed_row, row_from_metrics, write_outputs
 from tuneforge.files import check_replaceable, is_ours, write_marker
 from tuneforge.methods import registry
+from tuneforge.strict import name_key
 
 
 def compare(methods: Sequence[str] | str | None, config: str | Path | dict[str, Any] | None = None,
@@ -75,7 +76,7 @@ def _method_list(methods: Sequence[str] | str | None) -> list[str]:
     if methods is None:
         return registry.names()
     items = methods.split(",") if isinstance(methods, str) else list(methods)
-    names = list(dict.fromkeys(m.strip() for m in items if m.strip()))
+    names = list(dict.fromkeys(name_key(m) for m in items if m.strip()))
     if not names:
         raise ConfigError(f"compare needs at least one method; choose from {', '.join(registry.names())}")
     unknown = [m for m in names if m not in registry.names()]

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import yaml
 
-from tuneforge.strict import ConfigError, build_dataclass, field_hint, is_text, positive
+from tuneforge.strict import ConfigError, build_dataclass, field_hint, is_text, name_key, positive
 
 __all__ = ["ConfigError", "build_dataclass", "positive", "RunConfig", "load_config", "merge_dicts", "parse_overrides"]
 
@@ -216,8 +216,8 @@ class RunConfig:
     output_dir: str | None = None  # run directory; default runs/<method>-<timestamp>
 
     def __post_init__(self) -> None:
-        if "name" not in self.method:
-            raise ConfigError("method.name is required (e.g. method.name=lora)")
+        self.method = {"name": "lora", **self.method}  # lora when only options are given
+        self.method["name"] = name_key(self.method["name"])  # LoRA, IA3 as the papers write them
 
     @property
     def method_name(self) -> str:
@@ -268,7 +268,7 @@ def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            if key == "method" and "name" in value and value["name"] != out[key].get("name"):
+            if key == "method" and "name" in value and name_key(value["name"]) != name_key(out[key].get("name")):
                 out[key] = dict(value)
             else:
                 out[key] = merge_dicts(out[key], value)
@@ -295,6 +295,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     if overrides:
         extra = parse_overrides(overrides) if isinstance(overrides, list) else overrides
         data = merge_dicts(data, extra)
-    if isinstance(data.get("method"), dict):
-        data["method"] = {"name": "lora", **data["method"]}  # the default method when only options are given
     return build_dataclass(RunConfig, data)

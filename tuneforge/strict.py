@@ -156,3 +156,8 @@ def field_comments(cls: type) -> dict[str, str]:
                 j += 1
             out[name] = " ".join(p for p in parts if p)
     return out
+
+
+def name_key(name: Any) -> str:
+    """A name as chosen among fixed names: ``LoRA``, `` lora`` and ``lora`` are the same choice."""
+    return str(name).strip().lower()

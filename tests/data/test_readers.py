@@ -73,3 +73,18 @@ def test_a_file_not_in_utf8_names_the_fix(tmp_path):
     path.write_bytes("text,label\ncaf\xe9 film,pos\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="latin.csv cannot be read: .*; save it as UTF-8"):
         read_records(path)
+
+
+def test_a_folder_or_a_compressed_file_is_named_as_such(tmp_path):
+    import gzip
+    import zipfile
+
+    with pytest.raises(ConfigError, match="is a folder; give a file in it"):
+        read_records(tmp_path)
+    (tmp_path / "d.csv").write_bytes(gzip.compress(b"text,label\ngood film,pos\n"))
+    with pytest.raises(ConfigError, match="d.csv is gzip-compressed; gunzip it"):
+        read_records(tmp_path / "d.csv")
+    with zipfile.ZipFile(tmp_path / "d.jsonl", "w") as archive:
+        archive.writestr("d.jsonl", '{"text": "good", "label": "pos"}\n')
+    with pytest.raises(ConfigError, match="d.jsonl is a zip archive; unzip it"):
+        read_records(tmp_path / "d.jsonl")

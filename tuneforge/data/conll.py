@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from tuneforge.data.readers import as_int, common_column
+from tuneforge.data.readers import as_int, common_column, not_text, require_file
 from tuneforge.evaluate import get_entities, invalid_transitions
 from tuneforge.strict import ConfigError
 
@@ -25,13 +25,11 @@ _WORD = re.compile(r"\S+")
 def read_conll(path: str | Path) -> list[Record]:
     """Sentences of a CoNLL file: first column the token, last the tag (columns split by spaces or tabs, middle
     ones ignored), blank or whitespace-only lines between sentences, ``-DOCSTART-`` lines skipped."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError(f"data file {p} does not exist")
+    p = require_file(path)
     try:
         lines = p.read_text(encoding="utf-8-sig").splitlines()
     except (UnicodeDecodeError, OSError) as exc:
-        raise ConfigError(f"data file {p} cannot be read: {str(exc).splitlines()[0]}; save it as UTF-8") from None
+        raise not_text(p, exc) from None
     records: list[Record] = []
     tokens: list[str] = []
     tags: list[str] = []

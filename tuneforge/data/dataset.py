@@ -11,11 +11,11 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import embedded
+from tuneforge.data.readers import require_file
 from tuneforge.data.split import split
 
 Record = dict[str, Any]
@@ -71,9 +71,7 @@ def read_source(task: Any, name: str, cfg: RunConfig) -> tuple[list[Record], Sou
         records = embedded.load(name)
         digest = hashlib.sha256(json.dumps(records, sort_keys=True, default=str).encode()).hexdigest()
         return records, Source(name, None, digest, len(records))
-    path = Path(name).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"data file {path} does not exist")
+    path = require_file(name)
     records = task.read_source(str(path), cfg)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return records, Source(name, str(path.resolve()), digest, len(records))

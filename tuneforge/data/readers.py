@@ -12,11 +12,29 @@ from tuneforge.config import ConfigError
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """All rows of a data file as dicts. Errors name the file and the fix."""
+def require_file(path: str | Path) -> Path:
+    """``path`` as a readable data file: a folder or a missing path is one line that says which."""
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise ConfigError(f"data file {p} is a folder; give a file in it ({', '.join(SUFFIXES)} or CoNLL)")
     if not p.is_file():
         raise ConfigError(f"data file {p} does not exist")
+    return p
+
+
+def not_text(p: Path, exc: Exception) -> ConfigError:
+    """The error for a file that does not decode as UTF-8: compressed archives are named as such."""
+    head = p.open("rb").read(4)
+    for magic, kind, fix in ((b"\x1f\x8b", "gzip-compressed", "gunzip it"), (b"PK\x03\x04", "a zip archive", "unzip it"),
+                             (b"BZh", "bzip2-compressed", "bunzip2 it"), (b"\xfd7zX", "xz-compressed", "unxz it")):
+        if head.startswith(magic):
+            return ConfigError(f"data file {p} is {kind}; {fix} and give the file inside")
+    return ConfigError(f"data file {p} cannot be read: {str(exc).splitlines()[0]}; save it as UTF-8")
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """All rows of a data file as dicts. Errors name the file and the fix."""
+    p = require_file(path)
     suffix = p.suffix.lower()
     try:
         if suffix in (".csv", ".tsv"):
@@ -48,7 +66,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     except ConfigError:
         raise
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"data file {p} cannot be read: {str(exc).splitlines()[0]}; save it as UTF-8") from None
+        raise not_text(p, exc) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, json.JSONDecodeError, OSError) as exc:
         raise ConfigError(f"data file {p} cannot be read: {str(exc).splitlines()[0]}") from None
     except Exception as exc:  # pyarrow errors have no common public base class
