@@ -101,7 +101,7 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
         elif d.main:
             checkpoint.start_resume(run_dir, s.splits.manifest())
         distributed.barrier()
-        for line in dataset_warnings(s.splits):
+        for line in dataset_warnings(s.splits, s.data, cfg.model.max_length):
             warn(line, file=sys.stderr)
         with checkpoint.discard_on_error(run_dir if resume is None and d.main else None):
             before = _before(cfg, task, s, run_dir, say)

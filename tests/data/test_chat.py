@@ -67,6 +67,7 @@ def test_long_prompt_is_cut_from_the_left_and_the_answer_kept():
     assert len(ex["input_ids"]) == 12
     assert ex["input_ids"] == full["input_ids"][-12:]  # the start of the prompt went
     assert _kept(tok, ex) == "paris . <|end|>"
+    assert ex["_cut"] and "_cut" not in full  # counted in the run's note on examples cut to model.max_length
 
 
 def test_long_answer_keeps_its_start_and_half_the_row_for_the_prompt():
@@ -94,6 +95,12 @@ def test_long_conversations_keep_their_latest_turns():
     full = chat.encode_conversations([conv], tok, tpl, 10**6, ["r"])[0]  # no trimming at this length
     (short,) = _encode([conv], tok, max_length=32)  # trimmed before rendering, then truncated
     assert short["input_ids"] == full["input_ids"][-32:] and short["labels"] == full["labels"][-32:]
+    assert short["_cut"] and "_cut" not in full
+    (kept,) = _encode([conv[:1] + conv[-4:]], tok, max_length=64)  # fits: nothing dropped
+    assert "_cut" not in kept
+    words = _conv(*["x" * 40] * 20)  # 40 characters, one token each: turns dropped, the rest fits
+    (dropped,) = _encode([words], tok, max_length=64)
+    assert dropped["_cut"] and len(dropped["input_ids"]) < 64
 
 
 def test_packing_keeps_whole_examples_and_blocks_cross_example_labels():

@@ -160,11 +160,15 @@ def test_a_split_left_empty_is_named_before_training(tmp_path):
     from tuneforge.data.dataset import prepare, warnings
     from tuneforge.tasks import get
 
-    def said(n):
+    def said(n, max_length=128):
         path = jsonl(tmp_path / f"d{n}.jsonl", sentiment_rows(n))
-        cfg = load_config(None, {"data": {"dataset": str(path)}})
-        splits, _ = prepare(cfg, get("classification"), word_tokenizer())
-        return " ".join(warnings(splits))
+        cfg = load_config(None, {"data": {"dataset": str(path)}, "model": {"max_length": max_length}})
+        splits, data = prepare(cfg, get("classification"), word_tokenizer())
+        return " ".join(warnings(splits, data, max_length))
 
     assert "no validation examples" in said(2) and "no test examples: nothing will be evaluated" in said(2)
     assert "no validation" not in said(40) and "no test" not in said(40)
+    assert "cut" not in said(40)
+    long = sum(len(r["text"].split()) > 8 for r in sentiment_rows(40))  # one token per word, no special tokens
+    assert 0 < long < 40
+    assert f"note: {long} of 40 examples are longer than model.max_length=8 tokens and were cut" in said(40, 8)

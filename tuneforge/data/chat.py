@@ -124,17 +124,21 @@ def truncate(ids: list[int], labels: list[int], answer_start: int, max_length: i
 
 def encode_conversations(conversations: list[list[dict[str, str]]], tokenizer: PreTrainedTokenizerBase,
                          template: str, max_length: int, where: list[str]) -> list[dict[str, list[int]]]:
-    """Token ids + labels (-100 outside assistant replies) of each conversation, truncated to ``max_length``."""
-    split = []
+    """Token ids + labels (-100 outside assistant replies) of each conversation, truncated to ``max_length``
+    (``_cut``: the example lost tokens or early turns)."""
+    split, dropped = [], []
     for messages, w in zip(conversations, where):
+        kept = until_last_reply(messages)
+        turns = recent(kept, CHARS_PER_TOKEN * max_length)
+        dropped.append(len(turns) < len(kept))
         try:
-            split.append(pieces(tokenizer, template, recent(until_last_reply(messages), CHARS_PER_TOKEN * max_length)))
+            split.append(pieces(tokenizer, template, turns))
         except ConfigError as exc:
             raise ConfigError(f"{w}: {exc}") from None
     flat = [text for parts in split for text, _ in parts]
     tokens = iter(tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
     examples = []
-    for parts, w in zip(split, where):
+    for parts, w, cut in zip(split, where, dropped):
         ids, labels, answer_start = [], [], 0
         for _, trains in parts:
             piece = next(tokens)
@@ -142,11 +146,12 @@ def encode_conversations(conversations: list[list[dict[str, str]]], tokenizer: P
                 answer_start = len(ids)
             ids += piece
             labels += piece if trains else [IGNORE] * len(piece)
+        cut = cut or len(ids) > max_length
         ids, labels = truncate(ids, labels, answer_start, max_length)
         if all(y == IGNORE for y in labels[1:]):
             raise ConfigError(f"{w}: no answer token is left after truncation to model.max_length={max_length}; "
                               "raise model.max_length or shorten the prompt")
-        examples.append({"input_ids": ids, "labels": labels})
+        examples.append({"input_ids": ids, "labels": labels, **({"_cut": True} if cut else {})})
     return examples
 
 

@@ -147,7 +147,8 @@ class Task:
 
     def encode(self, records: list[Record], cfg: RunConfig, tokenizer: PreTrainedTokenizerBase,
                meta: dict[str, Any], where: list[str]) -> list[Example]:
-        """Tokenise records; labels must be among ``meta['labels']`` (a record without a label gets -1)."""
+        """Tokenise records; labels must be among ``meta['labels']`` (a record without a label gets -1);
+        ``_cut`` marks an example longer than ``model.max_length`` (cut to it)."""
         if not records:
             return []
         d = cfg.data
@@ -177,7 +178,9 @@ class Task:
                 enc["input_ids"][i] = [filler]
                 if "token_type_ids" in enc:
                     enc["token_type_ids"][i] = [0]
-        return [{**{k: enc[k][i] for k in keys}, "labels": labels[i]} for i in range(len(records))]
+        cut = [bool(e.overflowing) for e in enc.encodings] if enc.encodings else [False] * len(records)
+        return [{**{k: enc[k][i] for k in keys}, "labels": labels[i], **({"_cut": True} if cut[i] else {})}
+                for i in range(len(records))]
 
     def encode_any(self, records: list[Record], cfg: RunConfig, tokenizer: PreTrainedTokenizerBase,
                    meta: dict[str, Any], where: list[str]) -> list[Example]:
