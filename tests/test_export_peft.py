@@ -254,3 +254,10 @@ def test_export_peft_writes_a_loadable_token_classification_folder(tmp_path):
     theirs = PeftModel.from_pretrained(base, out).eval()
     batch = tiny_batch()
     torch.testing.assert_close(theirs(**batch).logits[:, N:], run.model(**batch).logits, **TOL)
+
+
+def test_export_of_a_prefix_token_classifier_says_how_to_run_it(tmp_path):
+    """PEFT refuses to run prefix tuning on classifiers (transformers 5): the README shows the way that works."""
+    run = _fake_run(tmp_path, "prefix", options={"num_virtual_tokens": N})
+    readme = (export_peft(run, tmp_path / "out") / "README.md").read_text()
+    assert "PEFT 0.21 refuses to run prefix tuning on a classifier" in readme and "cache=model.get_prompt" in readme
