@@ -6,6 +6,8 @@ Variants (what the switched runs do instead of tuneforge's own path):
   packed-eager  packed causal-LM rows through eager attention, not SDPA (``fast.packed_attention``; float32)
   lora-plain    LoRA layers as ``base(x) + s * B(A(x))`` with autograd's backward, not ``lora.LoRAProduct``
   lora-rows     LoRA's rank-wide products as ``(r, tokens)`` rows in every dtype (``lora.rank_columns`` False)
+  lora-unstacked  LoRA layers that read one input (q/k/v, gate/up) computed one by one, not together
+                (``lora_stack.shared_inputs``)
   rounded       batch lengths rounded as oneDNN's kernel cache wants them (padded x 4, packed x 16)
   unrounded     batch lengths not rounded (``batching.Shapes()``)
   head-plain    the LM head's logits and cross-entropy over every answer row at once, not ``lm_head.head_nll``
@@ -50,8 +52,8 @@ WORKLOADS = {
 }
 METRIC = {"chat": "perplexity", "classification": "accuracy", "ner": "f1"}
 TOOL = "tuneforge"
-VARIANTS = ("packed-eager", "lora-plain", "lora-rows", "rounded", "unrounded", "head-plain", "rms-fp32",
-            "eager-plain", "rms-plain", "rotary-plain", "plain-layers")  # and mmap-<bytes>
+VARIANTS = ("packed-eager", "lora-plain", "lora-rows", "lora-unstacked", "rounded", "unrounded", "head-plain",
+            "rms-fp32", "eager-plain", "rms-plain", "rotary-plain", "plain-layers")  # and mmap-<bytes>
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
@@ -70,6 +72,9 @@ def switch(variant: str) -> None:
     elif variant == "lora-rows":
         from tuneforge.methods import lora
         lora.rank_columns = lambda dtype: False
+    elif variant == "lora-unstacked":
+        from tuneforge import train
+        train.shared_inputs = lambda model, sample, bf16: contextlib.nullcontext(0)
     elif variant in ("rounded", "unrounded"):
         rounded = variant == "rounded"
         Shapes.training = classmethod(lambda cls, max_length, *_, **__: cls(padded=4 if rounded else 1,

@@ -26,6 +26,7 @@ from tuneforge.grouped_attention import grouped_attention
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.batching import iterate, step_plan
 from tuneforge.methods.layers import find_layers
+from tuneforge.methods.lora_stack import shared_inputs
 from tuneforge.models import autocast
 from tuneforge.optim import build_optimizer, lr_lambda
 from tuneforge.rms_norm import fast_rms_norm
@@ -133,7 +134,8 @@ def fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runtim
     to the same result. Dropout masks, gradient clipping, the input embedding's gradient, the heap and packed
     rows' attention take the cheaper paths of :mod:`tuneforge.fast`; Llama-style eager attention, RMSNorm and
     rotary embeddings those of :mod:`tuneforge.grouped_attention`, :mod:`tuneforge.rms_norm` and
-    :mod:`tuneforge.rotary`; a BERT-style classifier's last block runs where its head reads."""
+    :mod:`tuneforge.rotary`; a BERT-style classifier's last block runs where its head reads; LoRA layers that read
+    one input (q/k/v, gate/up) run together (:mod:`tuneforge.methods.lora_stack`)."""
     fast.tune_allocator()
     sample = (last_layer.sample_batch(data.train, rt.pad_id, rt.device)
               if cfg.train.distributed != "fsdp" else None)  # FSDP: blocks are sharded
@@ -141,7 +143,8 @@ def fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runtim
           fast.fast_attention(model, rt.device), grouped_attention(model, rt.device),
           fast_rms_norm(model, rt.device), fast_rotary(model, rt.device),
           fast.sparse_embedding_gradient(model, rt.device, distributed.current().world),
-          last_layer.head_only(model, sample, rt.device, rt.bf16)):
+          last_layer.head_only(model, sample, rt.device, rt.bf16),
+          shared_inputs(model, sample, rt.bf16)):
         return _fit(model, task, data, cfg, rt, run_dir, progress, resume, regularizers, heads)
 
 

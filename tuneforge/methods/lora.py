@@ -113,18 +113,21 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling = alpha / math.sqrt(rank) if rslora else alpha / rank
         self.merged = False
+        self.shared = None  # a lora_stack.SharedInput: computed with the layers that read the same input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in) -> (..., out)
         if self.merged:
             return self.base(x)
+        given = x
         if torch.is_autocast_enabled(x.device.type):  # cast once for both branches (autocast would cast twice)
             x = x.to(torch.get_autocast_dtype(x.device.type))
         rows = x.reshape(-1, x.shape[-1])  # (T, in)
-        if self._product_applies():
+        out = self.shared.output(self, given, rows) if self.shared is not None else None  # (T, out) or None
+        if out is None and self._product_applies():
             w = self.base.weight
             out = LoRAProduct.apply(rows, w.t() if self.transposed else w, self.base.bias,
                                     self.lora_A.weight, self.lora_B.weight, self.scaling)  # (T, out)
-        else:
+        elif out is None:
             out = self.base(rows)  # (T, out)
             h = self.lora_A(self.dropout(rows))  # (T, r)
             # out += s * h @ B.T inside the GEMM (beta 1): no separate (T, out) product, scaling or sum tensors
