@@ -58,7 +58,7 @@ class LoRAStack(torch.autograd.Function):
         grad_b = [(h_t[i * r:(i + 1) * r] @ g).mul_(s).t() for i, g in enumerate(grads)]  # (out_i, r)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.addmm(grads[0] @ weights[0], dh_t.t(), a)  # (T, in)
+            grad_x = (grads[0] @ weights[0]).addmm_(dh_t.t(), a)  # (T, in)
             for g, w in zip(grads[1:], weights[1:]):
                 grad_x.addmm_(g, w)
         grad_a_list = [grad_a[i * r:(i + 1) * r] for i in range(n)]
@@ -95,8 +95,8 @@ def _groups(model: nn.Module, sample: dict[str, torch.Tensor], bf16: bool) -> li
     """LoRA layers of one parent called one after another with the same input object in a forward of ``sample``
     (model inputs; ``bf16``: the run's autocast)."""
     parent = {id(m): name.rpartition(".")[0] for name, m in model.named_modules() if isinstance(m, LoRALinear)}
-    calls: list[tuple[LoRALinear, int]] = []
-    hooks = [m.register_forward_pre_hook(lambda m, args: calls.append((m, id(args[0]))))
+    calls: list[tuple[LoRALinear, torch.Tensor]] = []  # inputs kept alive: no id is reused while recording
+    hooks = [m.register_forward_pre_hook(lambda m, args: calls.append((m, args[0])))
              for m in model.modules() if isinstance(m, LoRALinear)]
     training = model.training
     device = next(model.parameters()).device
@@ -109,7 +109,7 @@ def _groups(model: nn.Module, sample: dict[str, torch.Tensor], bf16: bool) -> li
             h.remove()
     groups: list[list[LoRALinear]] = []
     for (m, x), (prev, prev_x) in zip(calls, [(None, None), *calls[:-1]]):
-        if prev is not None and x == prev_x and parent[id(m)] == parent[id(prev)] and m not in groups[-1]:
+        if prev is not None and x is prev_x and parent[id(m)] == parent[id(prev)] and m not in groups[-1]:
             groups[-1].append(m)
         else:
             groups.append([m])

@@ -102,7 +102,7 @@ def compute_dtype(backbone: nn.Module) -> torch.dtype:
 
 
 def attach(model: nn.Module, encoder: VirtualTokens, attr: str) -> nn.Module:
-    """Register ``encoder`` as ``model.base_model.<attr>`` and install the two hooks."""
+    """Register ``encoder`` as ``<attr>`` of the backbone (:func:`backbone_of`) and install the two hooks."""
     backbone = backbone_of(model)
     if any(hasattr(backbone, a) for a in ATTRS):
         raise ConfigError("method: the model already has prompt/prefix virtual tokens; apply one such method only")
