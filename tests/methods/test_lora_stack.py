@@ -115,3 +115,19 @@ def test_a_layer_called_twice_on_one_input_is_no_group():
     model = registry.apply(Twice(), "lora", registry.make_config("lora", {"rank": 2}))
     with shared_inputs(model, {"input_ids": torch.tensor([[1, 2, 3]])}) as groups:
         assert groups == 0
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_gradient_checkpointing_recomputes_the_group():
+    """Under gradient checkpointing the blocks run again in the backward: the group hands out its outputs again."""
+    grads = []
+    for stacked in (False, True):
+        model = _lora("llama")
+        model.gradient_checkpointing_enable()
+        model.train()
+        batch = tiny_batch()
+        with shared_inputs(model, {k: v[:2] for k, v in batch.items()}) if stacked else contextlib.nullcontext(0):
+            (model(**batch).logits ** 2).mean().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6)
