@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import yaml
 
-from tuneforge.strict import ConfigError, build_dataclass, field_hint, is_text, name_key, positive
+from tuneforge.strict import ConfigError, build_dataclass, field_hint, is_text, name_key, non_negative, positive
 
 __all__ = ["ConfigError", "build_dataclass", "positive", "RunConfig", "load_config", "merge_dicts", "parse_overrides"]
 
@@ -104,10 +104,8 @@ class TrainConfig:
     num_threads: int | None = None  # torch CPU threads; default: torch's choice
 
     def __post_init__(self) -> None:
-        for key, value in (("lr", self.lr), ("head_lr", self.head_lr), ("weight_decay", self.weight_decay),
-                           ("momentum", self.momentum)):  # nan/inf would train NaN weights
-            if value is not None and not 0 <= value < math.inf:
-                raise ConfigError(f"train.{key} must be >= 0 and finite, got {value}")
+        for key in ("lr", "head_lr", "weight_decay", "momentum"):
+            non_negative(f"train.{key}", getattr(self, key))
         positive("train.batch_size", self.batch_size)
         positive("train.grad_accum", self.grad_accum)
         positive("train.epochs", self.epochs)
@@ -168,8 +166,7 @@ class RegularizeConfig:
     fisher_batches: int = 64  # EWC: reference examples (batches of one) used to estimate the Fisher diagonal
 
     def __post_init__(self) -> None:
-        if not 0 <= self.strength < math.inf:
-            raise ConfigError(f"forgetting.regularize.strength must be >= 0 and finite, got {self.strength}")
+        non_negative("forgetting.regularize.strength", self.strength)
         positive("forgetting.regularize.fisher_batches", self.fisher_batches)
 
 

@@ -130,6 +130,12 @@ def positive(path: str, value: float | int | None) -> None:
         raise ConfigError(f"{path} must be a finite number, got {value}")
 
 
+def non_negative(path: str, value: float | int | None) -> None:
+    """Raise ConfigError unless ``value`` is None or >= 0 and finite (nan/inf would train NaN weights)."""
+    if value is not None and not 0 <= value < math.inf:
+        raise ConfigError(f"{path} must be >= 0 and finite, got {value}")
+
+
 def field_comments(cls: type) -> dict[str, str]:
     """Field name -> the comment on its line (plus comment-only lines right below it) in ``cls``'s source
     (none where the source is not installed)."""

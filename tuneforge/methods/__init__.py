@@ -5,9 +5,9 @@ Each ``tuneforge/methods/<name>.py`` defines
 * ``Config``: a dataclass of the method's settings (one comment per field);
 * ``apply(model, config) -> model``: inject/wrap modules in place. It is called only through
   :func:`registry.apply`, which first freezes every parameter but the heads trained in full (a method leaves
-  those alone), so a method only sets ``requires_grad=True`` on what it adds or selects (new modules and ``nn.Parameter``s train by default; ``full`` unfreezes
-  everything, ``freeze``/``bitfit`` their selection); what trains is then exactly the method's parameters
-  (plus the heads);
+  those alone), so a method only sets ``requires_grad=True`` on what it adds or selects (new modules and
+  ``nn.Parameter``s train by default; ``full`` unfreezes everything, ``freeze``/``bitfit`` their selection);
+  what trains is then exactly the method's parameters (plus the heads);
 * optionally ``merge(model)`` (fold the trained weights into a plain Hugging Face model; defined by every
   method whose run can be saved as one), ``fold(model)`` (turn training-only reparameterisations into plain
   parameters before saving), ``to_peft(model, config, task_type, modules_to_save)`` (the adapter in PEFT's

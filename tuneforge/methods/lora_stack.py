@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+
 import torch
 import torch.nn as nn
 
@@ -26,7 +27,8 @@ class LoRAStack(torch.autograd.Function):
     :class:`tuneforge.methods.lora.LoRAProduct`."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scaling: float, n: int, *tensors: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    def forward(ctx, x: torch.Tensor, scaling: float, n: int,
+                *tensors: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         dtype = x.dtype
         weights = [w.to(dtype) for w in tensors[:n]]
         biases, a_list, b_list = tensors[n:2 * n], tensors[2 * n:3 * n], [b.to(dtype) for b in tensors[3 * n:]]

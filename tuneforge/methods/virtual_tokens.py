@@ -161,7 +161,8 @@ def _before(backbone: nn.Module, args: tuple, kwargs: dict[str, Any], attr: str)
     if enc.position_limit is not None and total > enc.position_limit:
         raise ConfigError(
             f"{q} input tokens + {n} virtual tokens exceed the {enc.position_limit} positions the model embeds "
-            f"(max_position_embeddings); lower model.max_length to {enc.position_limit - n} or method.num_virtual_tokens"
+            f"(max_position_embeddings); lower model.max_length to {enc.position_limit - n} or "
+            "method.num_virtual_tokens"
         )
     mask, pos = inputs.get("attention_mask"), inputs.get("position_ids")
     enc._strip = 0
