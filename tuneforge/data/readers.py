@@ -22,11 +22,16 @@ def require_file(path: str | Path) -> Path:
     return p
 
 
+# first bytes of a compressed file -> (what it is, how to get the file inside)
+ARCHIVES = ((b"\x1f\x8b", "gzip-compressed", "gunzip it"), (b"PK\x03\x04", "a zip archive", "unzip it"),
+            (b"BZh", "bzip2-compressed", "bunzip2 it"), (b"\xfd7zX", "xz-compressed", "unxz it"))
+
+
 def not_text(p: Path, exc: Exception) -> ConfigError:
     """The error for a file that does not decode as UTF-8: compressed archives are named as such."""
-    head = p.open("rb").read(4)
-    for magic, kind, fix in ((b"\x1f\x8b", "gzip-compressed", "gunzip it"), (b"PK\x03\x04", "a zip archive", "unzip it"),
-                             (b"BZh", "bzip2-compressed", "bunzip2 it"), (b"\xfd7zX", "xz-compressed", "unxz it")):
+    with p.open("rb") as f:
+        head = f.read(4)
+    for magic, kind, fix in ARCHIVES:
         if head.startswith(magic):
             return ConfigError(f"data file {p} is {kind}; {fix} and give the file inside")
     return ConfigError(f"data file {p} cannot be read: {str(exc).splitlines()[0]}; save it as UTF-8")
