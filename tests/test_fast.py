@@ -33,6 +33,18 @@ def test_keep_mask_follows_the_torch_seed():
     assert torch.equal(fast.keep_mask(x, 0.1), a) and not torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_scale_is_keep_mask_scaled_in_the_tensors_dtype(dtype):
+    """The same draws as keep_mask: kept elements 1 / (1 - p) in x's dtype, bit for bit, dropped ones 0."""
+    x = torch.empty(5, 7, 11, dtype=dtype)  # 385 elements: the last int64 word is cut
+    torch.manual_seed(4)
+    expected = fast.keep_mask(x, 0.3).to(dtype).mul_(1 / 0.7)
+    torch.manual_seed(4)
+    got = fast.dropout_scale(x, 0.3)
+    assert got.dtype == dtype and got.shape == x.shape and torch.equal(got, expected)
+    assert set(got.unique().tolist()) == {0.0, torch.tensor(1 / 0.7, dtype=dtype).item()}
+
+
 def test_fast_dropout_scales_kept_values_and_is_unbiased():
     torch.manual_seed(0)
     x = torch.randn(8, 16, requires_grad=True)

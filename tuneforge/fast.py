@@ -3,11 +3,12 @@
 - **dropout masks from 16-bit integers** (CPU): four uniform 16-bit draws per random int64 compared with the
   drop threshold, instead of a float Bernoulli draw per element; the keep probability is resolved to 1/65,536.
   A (16, 32, 384) MiniLM hidden-state dropout costs 0.9 ms instead of 2.7 ms on 2 threads (AMD EPYC); CUDA's
-  own dropout is already cheap and is kept there;
+  own dropout is already cheap and is kept there. The comparison writes the mask in the activations' dtype
+  directly (a (32, 26, 384) mask, draws included: 0.58 -> 0.37 ms in float32, 0.71 -> 0.40 ms in bf16, 1 thread, Xeon);
 - **attention dropout from the same masks** (CPU): transformers' ``sdpa`` attention with dropout runs torch's
   math kernel, which draws a float Bernoulli per attention weight; in training a plain encoder's attention (no
   GQA, not causal) computes its weights as transformers' eager attention does (bf16 matmuls under autocast,
-  float32 softmax) and drops them with :func:`keep_mask` (a MiniLM training step: 6.6 % faster, bf16, AMD EPYC);
+  float32 softmax) and drops them with :func:`dropout_scale` (a MiniLM training step: 6.6 % faster, bf16, AMD EPYC);
 - **gradient clipping inside the fused AdamW kernel**: the total norm is measured as usual and the kernel
   divides each gradient by ``1 / clip coefficient`` (its ``grad_scale``) as it reads it, sparing a separate
   pass that rescales every gradient in memory;
@@ -52,23 +53,36 @@ def tune_allocator() -> bool:
         return False
 
 
-def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Bool mask shaped like ``x``, each element kept with probability ``1 - p`` (resolved to 1/65,536)."""
+def _draws(x: torch.Tensor, p: float) -> tuple[torch.Tensor, int]:
+    """(uniform 16-bit integers shaped like ``x``, the threshold at or above which an element is kept)."""
     n = x.numel()
     words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)  # (ceil(n/4),)
     bits = words.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
-    return bits >= round(p * 65536) - 32768
+    return bits, round(p * 65536) - 32768
+
+
+def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Bool mask shaped like ``x``, each element kept with probability ``1 - p`` (resolved to 1/65,536)."""
+    bits, threshold = _draws(x, p)
+    return bits >= threshold
+
+
+def dropout_scale(x: torch.Tensor, p: float) -> torch.Tensor:
+    """:func:`keep_mask` (the same draws) as ``x``'s dtype, kept elements ``1 / (1 - p)`` and dropped ones 0: the
+    comparison writes straight into that dtype (no bool mask converted afterwards: a third of the cost)."""
+    bits, threshold = _draws(x, p)
+    return torch.ge(bits, threshold, out=torch.empty(x.shape, dtype=x.dtype, device=x.device)).mul_(1.0 / (1.0 - p))
 
 
 class FastDropout(nn.Dropout):
-    """``nn.Dropout`` with masks from :func:`keep_mask`; same ``p``, same scaling of kept values."""
+    """``nn.Dropout`` with masks from :func:`dropout_scale`; same ``p``, same scaling of kept values."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
         if self.p >= 1:
             return x * 0
-        return x * keep_mask(x, self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        return x * dropout_scale(x, self.p)
 
 
 @contextlib.contextmanager
@@ -109,7 +123,7 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
         weights = (weights.masked_fill(~attention_mask, torch.finfo(weights.dtype).min)
                    if attention_mask.dtype == torch.bool else weights + attention_mask)
     weights = torch.softmax(weights, dim=-1, dtype=torch.float32)
-    weights = weights * keep_mask(weights, dropout).to(weights.dtype).mul_(1.0 / (1.0 - dropout))
+    weights = weights * dropout_scale(weights, dropout)
     out = torch.matmul(weights.to(value.dtype), value)  # (B, heads, Tq, d)
     return out.transpose(1, 2).contiguous(), None
 
