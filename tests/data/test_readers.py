@@ -44,7 +44,7 @@ def test_bad_files_give_clear_errors(tmp_path, name, content, message):
 def test_missing_file_and_column(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         read_records(tmp_path / "nope.csv")
-    with pytest.raises(ConfigError, match="column 'review' not found; columns are text, label"):
+    with pytest.raises(ConfigError, match="column 'review' not found; columns are 'text', 'label'"):
         require_columns(ROWS, ["review"], "d.csv")
 
 
@@ -88,3 +88,37 @@ def test_a_folder_or_a_compressed_file_is_named_as_such(tmp_path):
         archive.writestr("d.jsonl", '{"text": "good", "label": "pos"}\n')
     with pytest.raises(ConfigError, match="d.jsonl is a zip archive; unzip it"):
         read_records(tmp_path / "d.jsonl")
+
+
+def test_csv_cells_stay_as_written(tmp_path):
+    """No number inference: zero-padded labels, answers like 0.50 or 1e3 and integers read as the text written."""
+    path = tmp_path / "d.csv"
+    path.write_text("question,answer,label\nhow much?,0.50,01\nhow many?,1e3,02\nwhich?,007,1\n")
+    assert read_records(path) == [{"question": "how much?", "answer": "0.50", "label": "01"},
+                                  {"question": "how many?", "answer": "1e3", "label": "02"},
+                                  {"question": "which?", "answer": "007", "label": "1"}]
+
+
+def test_a_tsv_is_unquoted_so_a_stray_quote_joins_no_rows(tmp_path):
+    path = tmp_path / "d.tsv"
+    path.write_text('sentence\tlabel\n" the best film, he said\t1\nslow "and" dull\t0\nfine\t1\n')
+    assert read_records(path) == [{"sentence": '" the best film, he said', "label": "1"},
+                                  {"sentence": 'slow "and" dull', "label": "0"}, {"sentence": "fine", "label": "1"}]
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("twice.csv", "text,label,label\na,x,y\n", r"twice\.csv: the header names 'label' more than once"),
+    ("ragged.csv", "text,label\na,x\nb, c,y,z\n", r"ragged\.csv, line 3: 4 cells where the header has 2; put a cell"),
+])
+def test_a_header_naming_a_column_twice_or_a_row_with_extra_cells_is_refused(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        read_records(path)
+
+
+def test_jsonl_strings_may_hold_line_and_paragraph_separators(tmp_path):
+    rows = [{"text": "great film\u2028loved it", "label": "pos"}, {"text": "dull \x85 film\u2029", "label": "neg"}]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert read_records(path) == rows

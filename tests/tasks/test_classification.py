@@ -64,7 +64,7 @@ def test_two_common_spellings_are_ambiguous_and_the_error_names_the_columns(tmp_
     path = tmp_path / "d.csv"
     path.write_text("sentence,review,label\n" + "".join(f"a {i},b {i},{i % 2}\n" for i in range(20)))
     cfg = load_config(None, {"data": {"dataset": str(path)}})
-    with pytest.raises(ConfigError, match="column 'text' not found; columns are sentence, review, label"):
+    with pytest.raises(ConfigError, match="column 'text' not found; columns are 'sentence', 'review', 'label'"):
         prepare(cfg, TASK, word_tokenizer())
 
 

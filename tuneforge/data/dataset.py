@@ -85,7 +85,7 @@ def _checked(task: Any, records: list[Record], src: int, source: Source, cfg: Ru
     for column in task.required_columns(cfg):
         if column not in present:
             raise ConfigError(f"{source.name}: column '{column}' not found; columns are "
-                              f"{', '.join(map(str, records[0])) if records else 'none'} "
+                              f"{', '.join(map(repr, map(str, records[0]))) if records else 'none'} "
                               "(choose with data.text_column / data.label_column)")
     out = []
     for r, record in enumerate(records):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +44,13 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         if suffix in (".csv", ".tsv"):
             if p.stat().st_size == 0:
                 raise ConfigError(f"data file {p} is empty; it needs a header row and at least one example")
-            import pandas as pd  # here: ~60 MiB and half a second that JSONL and CoNLL never need
-            frame = pd.read_csv(p, sep="\t" if suffix == ".tsv" else _delimiter(p), keep_default_na=False)
-            records = frame.to_dict("records")
+            records = _read_csv(p, "\t" if suffix == ".tsv" else _delimiter(p), quoted=suffix != ".tsv")
         elif suffix == ".jsonl" and _json_list(p):  # a JSON array saved as .jsonl: read as .json
             records = _json_records(p)
         elif suffix == ".jsonl":
             records = []
-            for i, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), start=1):
+            for i, line in enumerate(p.read_text(encoding="utf-8-sig").split("\n"), start=1):  # not splitlines:
+                # U+2028, U+0085 and the like are valid inside a JSON string
                 if not line.strip():
                     continue
                 try:
@@ -77,6 +77,32 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     if not records:
         raise ConfigError(f"data file {p} is empty; it needs at least one example")
     return records
+
+
+def _read_csv(p: Path, sep: str, quoted: bool) -> list[dict[str, Any]]:
+    """The rows of a CSV/TSV file, every cell as the text written (no number inference: "007", "1e3" and "0.50"
+    stay as they are). A TSV is unquoted, as GLUE's and most exports are: a stray '"' is text, not the start of
+    a field running over the following rows. A header naming a column twice and a row with more cells than the
+    header are errors that say so."""
+    import csv
+
+    import pandas as pd  # here: ~60 MiB and half a second that JSONL and CoNLL never need
+    quoting = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
+    with p.open(encoding="utf-8-sig", newline="") as f:
+        header = next(csv.reader(f, delimiter=sep, quoting=quoting), [])
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:
+        raise ConfigError(f"data file {p}: the header names {', '.join(map(repr, twice))} more than once; "
+                          "give every column its own name")
+    try:
+        frame = pd.read_csv(p, sep=sep, dtype=str, keep_default_na=False, quoting=quoting, encoding="utf-8-sig")
+    except pd.errors.ParserError as exc:
+        m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+        if not m:
+            raise
+        raise ConfigError(f"{p}, line {m[2]}: {m[3]} cells where the header has {m[1]}; put a cell that holds "
+                          f"the separator {sep!r} in double quotes") from None
+    return frame.to_dict("records")
 
 
 def _delimiter(path: Path) -> str:
@@ -149,6 +175,6 @@ def require_columns(records: list[dict[str, Any]], columns: list[str], source: s
     for col in columns:
         if col not in records[0]:
             raise ConfigError(
-                f"{source}: column '{col}' not found; columns are {', '.join(map(str, present))} "
+                f"{source}: column '{col}' not found; columns are {', '.join(map(repr, map(str, present)))} "
                 f"(choose with data.text_column / data.label_column)"
             )
