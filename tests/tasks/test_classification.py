@@ -80,6 +80,35 @@ def test_a_list_label_is_refused_as_multi_label(tmp_path):
         _prepare(tmp_path, rows)
 
 
+@pytest.mark.parametrize("column, value, message", [
+    ("label", {"name": "a"}, r"row 4: the label \(column 'label'\) is an object; .*multi-label"),
+    ("text", {"body": "t"}, r"row 4: the text \(column 'text'\) is an object, not a string"),
+    ("text", ["t", "u"], r"row 4: the text \(column 'text'\) is a list, not a string"),
+])
+def test_an_object_or_list_where_a_text_or_label_belongs_is_refused(tmp_path, column, value, message):
+    rows = [{"text": f"t {i}", "label": "ab"[i % 2], **({column: value} if i == 3 else {})} for i in range(20)]
+    with pytest.raises(ConfigError, match=message):
+        _prepare(tmp_path, rows)
+
+
+def test_the_first_text_of_a_known_pair_chosen_alone_says_the_second_is_unused(tmp_path, capsys):
+    rows = [{"premise": f"p {i}", "hypothesis": f"h {i}", "label": "ab"[i % 2]} for i in range(20)]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(None, {"data": {"dataset": str(path), "text_column": "premise"}})
+    assert TASK.read_source(str(path), cfg)[0]["premise"] == "p 0" and cfg.data.text_pair_column is None
+    assert "also has 'hypothesis'" in capsys.readouterr().err
+    paired = load_config(None, {"data": {"dataset": str(path), "text_column": "premise",
+                                         "text_pair_column": "hypothesis"}})
+    TASK.read_source(str(path), paired)
+    assert "also has" not in capsys.readouterr().err
+
+
+def test_one_label_names_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"d\.jsonl: column 'label' has a single label \(a\)"):
+        _prepare(tmp_path, [{"text": f"t {i}", "label": "a"} for i in range(20)])
+
+
 def test_labels_that_are_nearly_all_different_are_refused_as_regression(tmp_path):
     rows = [{"text": f"text {i}", "label": round(0.01 * i, 2)} for i in range(60)]
     with pytest.raises(ConfigError, match="different labels in .* training examples; .*regression"):

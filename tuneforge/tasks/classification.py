@@ -1,6 +1,7 @@
 """Sequence classification: labelled texts (or text pairs) -> label ids; accuracy and F1."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,20 @@ def _pair(row: Record, cfg: RunConfig) -> tuple[str, str] | None:
     return found
 
 
+def _source(cfg: RunConfig) -> str:
+    """The training data's file or embedded name, for errors about the training split as a whole."""
+    return cfg.data.train_file or cfg.data.dataset
+
+
+def _structured(value: Any) -> str | None:
+    """What a list, object or array cell is ("a list", "an object"); None for a plain value."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) > 0:  # numpy arrays from Parquet
+        return "a list"
+    return None
+
+
 def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value) or str(value).strip() == ""
 
@@ -90,6 +105,10 @@ class Task:
         pair = _pair(records[0], cfg) if text not in records[0] else None
         if pair:  # the run becomes a text-pair run; config.yaml records the second column for `predict`
             text, d.text_pair_column = pair
+        partner = dict(PAIR_COLUMNS).get(text)
+        if d.text_pair_column is None and partner in records[0]:
+            print(f"note: {path} also has '{partner}', the usual second text of '{text}'; the run reads '{text}' "
+                  f"alone (data.text_pair_column={partner} classifies the pair)", file=sys.stderr)
         label = common_column(records[0], d.label_column, LABEL_COLUMNS)
         names = class_names(path, label)
         if text == d.text_column and label == d.label_column and names is None:
@@ -111,10 +130,14 @@ class Task:
                 present = ", ".join(map(str, record)) or "none"
                 return (f"column '{column}' is missing (columns: {present}; choose them with data.text_column / "
                         "data.label_column)")
+        for column in self._text_columns(cfg):
+            if _structured(record[column]):
+                return (f"the text (column '{column}') is {_structured(record[column])}, not a string; give the text "
+                        "itself (or choose its column with data.text_column)")
         value = record[cfg.data.label_column]
-        if isinstance(value, (list, tuple, dict)) or getattr(value, "ndim", 0) > 0:  # numpy arrays from Parquet
-            return (f"the label (column '{cfg.data.label_column}') is a list; a classifier predicts one label per "
-                    "text (multi-label classification is not supported)")
+        if _structured(value):
+            return (f"the label (column '{cfg.data.label_column}') is {_structured(value)}; a classifier predicts "
+                    "one label per text (multi-label classification is not supported), given as a string or number")
         if _blank(value):
             return f"the label (column '{cfg.data.label_column}') is blank"
         return None
@@ -134,13 +157,13 @@ class Task:
         label = cfg.data.label_column
         names = label_names([r[label] for r in records["train"]])
         if len(names) < 2:
-            raise ConfigError(f"data: column '{label}' has a single label ({names[0]}); "
+            raise ConfigError(f"{_source(cfg)}: column '{label}' has a single label ({names[0]}); "
                               "classification needs two or more")
         n = len(records["train"])
         if n >= 20 and len(names) > 0.8 * n:  # nearly every example its own label
-            raise ConfigError(f"data: column '{label}' holds {len(names)} different labels in {n} training examples; "
-                              "a classifier needs each label on several examples (a number to predict, like a "
-                              "score, is regression, which tuneforge does not train)")
+            raise ConfigError(f"{_source(cfg)}: column '{label}' holds {len(names)} different labels in {n} training "
+                              "examples; a classifier needs each label on several examples (a number to predict, "
+                              "like a score, is regression, which tuneforge does not train)")
         meta = {"labels": names}
         enc = {k: self.encode(records[k], cfg, tokenizer, meta, where[k]) for k in ("train", "validation", "test")}
         return Prepared(train=enc["train"], validation=enc["validation"], test=enc["test"], meta=meta)
