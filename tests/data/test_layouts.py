@@ -183,3 +183,14 @@ def test_openai_content_parts_are_their_text_and_other_parts_are_refused():
     with pytest.raises(ConfigError, match="message 2 has an object as its content"):
         layouts.to_messages({"messages": [parts[0], {"role": "assistant", "content": {"a": 1}}]}, "chat",
                             DataConfig(), "r")
+
+
+@pytest.mark.parametrize("record, fmt, kind", [
+    ({"text": {"body": "a"}}, "text", "an object"),
+    ({"instruction": "q", "output": {"x": "y"}}, "pairs", "an object"),
+    ({"instruction": "q", "input": ["a", "b"], "output": "y"}, "pairs", "a list"),
+])
+def test_an_object_or_list_where_text_belongs_is_refused_not_trained_as_its_repr(record, fmt, kind):
+    d = load_config(None, {"model": {"task": "causal_lm"}}).data
+    with pytest.raises(ConfigError, match=rf"^f\.jsonl, row 3: {kind} \(.*\) where text belongs"):
+        layouts.to_messages(record, fmt, d, "f.jsonl, row 3")
