@@ -127,3 +127,14 @@ def test_one_class_however_its_label_is_spelled(tmp_path):
         assert {e["labels"] for e in split} <= {0, 1}
     words = [{"text": f"w {i}", "label": [" good", "good", "bad ", "bad"][i % 4]} for i in range(40)]
     assert _prepare(tmp_path, words, "w.jsonl")[1].meta["labels"] == ["bad", "good"]
+
+
+def test_a_test_file_whose_rows_all_repeat_training_rows_is_refused(tmp_path):
+    rows = "".join(json.dumps({"text": f"t {i}", "label": "ab"[i % 2]}) + "\n" for i in range(20))
+    (tmp_path / "train.jsonl").write_text(rows)
+    (tmp_path / "test.jsonl").write_text(rows)
+    cfg = load_config(None, {"data": {"train_file": str(tmp_path / "train.jsonl"),
+                                      "test_file": str(tmp_path / "test.jsonl")}})
+    with pytest.raises(ConfigError, match=r"test\.jsonl: every row repeats a training example, so nothing would be "
+                                          "left to test on"):
+        prepare(cfg, TASK, word_tokenizer())

@@ -145,6 +145,10 @@ def load_splits(cfg: RunConfig, task: Any) -> Splits:
                     dropped += 1
                     continue
                 parts[k].append((record, where))
+            if given[k] and not parts[k]:
+                raise ConfigError(f"{getattr(d, k + '_file')}: every row repeats a training example, so nothing "
+                                  f"would be left to {'validate' if k == 'validation' else 'test'} on; give "
+                                  "examples that data.train_file does not hold")
             seen |= {normalise(task.input_text(r, cfg)) for r, _ in parts[k]}
         if d.max_examples is not None:
             parts["train"] = parts["train"][: d.max_examples]
