@@ -194,3 +194,10 @@ def test_an_object_or_list_where_text_belongs_is_refused_not_trained_as_its_repr
     d = load_config(None, {"model": {"task": "causal_lm"}}).data
     with pytest.raises(ConfigError, match=rf"^f\.jsonl, row 3: {kind} \(.*\) where text belongs"):
         layouts.to_messages(record, fmt, d, "f.jsonl, row 3")
+
+
+def test_a_prompt_without_its_answer_column_says_which_is_missing():
+    d = load_config(None, {"model": {"task": "causal_lm"}}).data
+    with pytest.raises(ConfigError, match=r"^f\.jsonl, row 4: 'instruction' without an answer \('output' or "
+                                          r"'response' is missing\)$"):
+        layouts.detect_format({"instruction", "input"}, d, "f.jsonl, row 4")

@@ -37,6 +37,10 @@ def detect_format(keys: set[str], d: DataConfig, source: str) -> str:
         return "pairs"
     if d.text_column in keys:
         return "text"
+    prompt = next((q for q, _ in PAIR_COLUMNS if q in keys), None)
+    if prompt:  # e.g. an Alpaca row without its output
+        answers = " or ".join(f"'{a}'" for q, a in PAIR_COLUMNS if q == prompt)
+        raise ConfigError(f"{source}: '{prompt}' without an answer ({answers} is missing)")
     raise ConfigError(
         f"{source}: cannot tell the data layout from columns {', '.join(sorted(keys))}; give a 'messages' or "
         "'conversations' column (chat), prompt/answer columns (instruction/output, prompt/completion, "
