@@ -86,3 +86,14 @@ def test_virtual_tokens_do_not_shift_the_labels(family, method):
     assert a.shape == (2, 8, N_LABELS)
     torch.testing.assert_close(a[:, :-1], b[:, :-1])
     assert (a[:, -1] - b[:, -1]).abs().max() > 1e-4
+
+
+def test_an_unknown_suffix_lists_the_conll_names_too(tmp_path):
+    from tuneforge.config import load_config
+    path = tmp_path / "ner.iob"
+    path.write_text("Alice B-PER\nsmiled O\n")
+    cfg = load_config(None, {"model": {"task": "token_classification"}})
+    with pytest.raises(ConfigError, match=r"ner\.iob: unsupported type '\.iob'; use a CoNLL file \(named \.conll"):
+        TASK.read_source(str(path), cfg)
+    with pytest.raises(ConfigError, match="is a folder"):
+        TASK.read_source(str(tmp_path), cfg)

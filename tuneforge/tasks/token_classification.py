@@ -24,7 +24,7 @@ from transformers import AutoModelForTokenClassification, PreTrainedTokenizerBas
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import conll
 from tuneforge.data.batching import batch_order, iterate
-from tuneforge.data.readers import class_names, read_records
+from tuneforge.data.readers import SUFFIXES, class_names, read_records, require_file
 from tuneforge.data.tagging import IGNORE, encode_words, stitch
 from tuneforge.evaluate import entity_metrics, get_entities
 from tuneforge.models import autocast, load_labelled
@@ -49,6 +49,9 @@ class Task:
     def read_source(self, path: str, cfg: RunConfig) -> list[Record]:
         if path.lower().endswith(conll.CONLL_SUFFIXES):
             return conll.read_conll(path)
+        if not str(require_file(path)).lower().endswith(SUFFIXES):
+            raise ConfigError(f"data file {path}: unsupported type '{Path(path).suffix}'; use a CoNLL file (named "
+                              f"{', '.join(conll.CONLL_SUFFIXES)}) or one of {', '.join(SUFFIXES)}")
         records = read_records(path)
         d = cfg.data
         if d.tokens_column not in records[0] and "entities" in records[0]:
