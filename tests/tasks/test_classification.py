@@ -138,3 +138,11 @@ def test_a_test_file_whose_rows_all_repeat_training_rows_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"test\.jsonl: every row repeats a training example, so nothing would be "
                                           "left to test on"):
         prepare(cfg, TASK, word_tokenizer())
+
+
+def test_labels_differing_only_in_case_stay_classes_with_a_note(tmp_path, capsys):
+    _, data = _prepare(tmp_path, [{"text": f"t {i}", "label": ["good", "Good", "bad"][i % 3]} for i in range(30)])
+    assert data.meta["labels"] == ["Good", "bad", "good"]
+    assert "labels 'Good' and 'good' differ only in case" in capsys.readouterr().err
+    _prepare(tmp_path, [{"text": f"t {i}", "label": ["good", "bad"][i % 2]} for i in range(30)], "plain.jsonl")
+    assert "differ only in case" not in capsys.readouterr().err

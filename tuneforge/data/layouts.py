@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from tuneforge.config import ConfigError, DataConfig
+from tuneforge.data.readers import structure
 
 CHAT_COLUMNS = ("messages", "conversations")  # OpenAI / ShareGPT (LLaMA-Factory, Axolotl, FastChat)
 SPEAKERS = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
@@ -51,9 +52,8 @@ def detect_format(keys: set[str], d: DataConfig, source: str) -> str:
 def _text(value: Any) -> str:
     if value is None or (isinstance(value, float) and value != value):  # None / NaN from CSV or Parquet
         return ""
-    if isinstance(value, dict) or _is_list(value):  # never trained on as its repr
-        raise ConfigError(f"{'an object' if isinstance(value, dict) else 'a list'} ({str(value)[:40]!r}) where "
-                          "text belongs; give the text itself")
+    if structure(value):  # never trained on as its repr
+        raise ConfigError(f"{structure(value)} ({str(value)[:40]!r}) where text belongs; give the text itself")
     return str(value).strip()
 
 

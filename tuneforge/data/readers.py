@@ -138,6 +138,16 @@ def as_int(value: Any) -> int | None:
     return int(value)
 
 
+def structure(value: Any) -> str | None:
+    """What a cell that is not a plain value holds ("an object", "a list": JSON objects and lists, Parquet
+    arrays); None for a string, number or missing value."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) > 0:  # numpy arrays from Parquet
+        return "a list"
+    return None
+
+
 def common_column(row: dict[str, Any], name: str, spellings: tuple[str, ...]) -> str:
     """``name``, or where it is left at its default (``spellings[0]``) and absent from ``row``, the one other
     common spelling of that column that ``row`` holds (several or none: ``name``, whose absence the caller

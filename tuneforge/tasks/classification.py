@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.batching import batch_order, iterate
-from tuneforge.data.readers import as_int, class_names, common_column, read_records
+from tuneforge.data.readers import as_int, class_names, common_column, read_records, structure
 from tuneforge.evaluate import classification_metrics
 from tuneforge.models import autocast, load_labelled
 from tuneforge.tasks import Example, Prepared, Record, Runtime
@@ -59,15 +59,6 @@ def _pair(row: Record, cfg: RunConfig) -> tuple[str, str] | None:
 def _source(cfg: RunConfig) -> str:
     """The training data's file or embedded name, for errors about the training split as a whole."""
     return cfg.data.train_file or cfg.data.dataset
-
-
-def _structured(value: Any) -> str | None:
-    """What a list, object or array cell is ("a list", "an object"); None for a plain value."""
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) > 0:  # numpy arrays from Parquet
-        return "a list"
-    return None
 
 
 def _blank(value: Any) -> bool:
@@ -131,12 +122,12 @@ class Task:
                 return (f"column '{column}' is missing (columns: {present}; choose them with data.text_column / "
                         "data.label_column)")
         for column in self._text_columns(cfg):
-            if _structured(record[column]):
-                return (f"the text (column '{column}') is {_structured(record[column])}, not a string; give the text "
+            if structure(record[column]):
+                return (f"the text (column '{column}') is {structure(record[column])}, not a string; give the text "
                         "itself (or choose its column with data.text_column)")
         value = record[cfg.data.label_column]
-        if _structured(value):
-            return (f"the label (column '{cfg.data.label_column}') is {_structured(value)}; a classifier predicts "
+        if structure(value):
+            return (f"the label (column '{cfg.data.label_column}') is {structure(value)}; a classifier predicts "
                     "one label per text (multi-label classification is not supported), given as a string or number")
         if _blank(value):
             return f"the label (column '{cfg.data.label_column}') is blank"
@@ -164,6 +155,11 @@ class Task:
             raise ConfigError(f"{_source(cfg)}: column '{label}' holds {len(names)} different labels in {n} training "
                               "examples; a classifier needs each label on several examples (a number to predict, "
                               "like a score, is regression, which tuneforge does not train)")
+        cased = [g for g in {n.lower(): [m for m in names if m.lower() == n.lower()] for n in names}.values()
+                 if len(g) > 1]
+        if cased:
+            print(f"note: {_source(cfg)}: labels {'; '.join(' and '.join(map(repr, g)) for g in cased[:3])} differ "
+                  "only in case and are separate classes; write them one way if they mean the same", file=sys.stderr)
         meta = {"labels": names}
         enc = {k: self.encode(records[k], cfg, tokenizer, meta, where[k]) for k in ("train", "validation", "test")}
         return Prepared(train=enc["train"], validation=enc["validation"], test=enc["test"], meta=meta)
