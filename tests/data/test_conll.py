@@ -35,6 +35,42 @@ def test_read_conll_keeps_tokens_with_unicode_spaces(tmp_path):
     assert read_conll(_write(tmp_path, "a\u00a0b\tO\n"))[0]["tokens"] == ["a\u00a0b"]
 
 
+def test_read_conll_ends_lines_at_newline_only(tmp_path):
+    # str.splitlines() would also break at U+2028, U+2029, U+0085, \x0b, \x0c, \x1c-\x1e inside a token
+    text = "a\u2028b\tO\nc\u2029d\tB-X\ne\x85f\tO\ng\x0bh\x0ci\x1cj\tO\n\nlonely\n"
+    with pytest.raises(ConfigError, match=r"line 6: only one column \('lonely'\)"):  # lines counted at "\n"
+        read_conll(_write(tmp_path, text))
+    records = read_conll(_write(tmp_path, text.replace("lonely", "k\u2028\tO")))
+    assert records[0]["tokens"] == ["a\u2028b", "c\u2029d", "e\x85f", "g\x0bh\x0ci\x1cj"]
+    assert records[0]["tags"] == ["O", "B-X", "O", "O"]
+    assert records[1] == {"tokens": ["k\u2028"], "tags": ["O"]}
+
+
+@pytest.mark.parametrize("text, comments", [
+    ("# sent_id = 1\n# text = John lives in New York\nJohn\tB-PER\nlives\tO\nin\tO\nNew\tB-LOC\nYork\tI-LOC\n\n"
+     "# sent_id = 2\nHi\tO\nAnn\tB-PER\n", 3),  # CoNLL-U: more columns than the token lines ...
+    ("# sent_id = O\nJohn _ _ B-PER\nlives _ _ O\nin _ _ O\nNew _ _ B-LOC\nYork _ _ I-LOC\n\n# sent_id = O\nHi _ _ O\n"
+     "Ann _ _ B-PER\n", 2),  # ... or as many columns, ending in a tag, but "# key = value"
+    ("# id 3f2a\tdomain=en\nJohn _ _ B-PER\nlives _ _ O\nin _ _ O\nNew _ _ B-LOC\nYork _ _ I-LOC\n\n"  # MultiCoNER:
+     "# id 77c1\tdomain=en\nHi _ _ O\nAnn _ _ B-PER\n", 2),  # as many columns, but 'domain=en' is no tag
+    ("#\nJohn\tB-PER\nlives\tO\nin\tO\nNew\tB-LOC\nYork\tI-LOC\n# newpar\n\nHi\tO\nAnn\tB-PER\n", 2),
+], ids=["conllu", "conllu-spaces", "multiconer", "bare"])
+def test_read_conll_skips_comment_lines_with_one_note(tmp_path, capsys, text, comments):
+    assert read_conll(_write(tmp_path, text)) == TWO
+    assert capsys.readouterr().err.strip() == f"note: {tmp_path / 'd.conll'}: {comments} comment line(s) starting " \
+                                              "with '#' skipped"
+
+
+def test_read_conll_keeps_hash_tokens(tmp_path, capsys):
+    tweets = "#\tO\nJohn\tB-PER\n#NYC\tB-LOC\n#\tO\n\n#\tB-LOC\nHi\tO\n"  # '#' and hashtags are tokens
+    assert read_conll(_write(tmp_path, tweets)) == [
+        {"tokens": ["#", "John", "#NYC", "#"], "tags": ["O", "B-PER", "B-LOC", "O"]},
+        {"tokens": ["#", "Hi"], "tags": ["B-LOC", "O"]}]
+    tagged = "John NNP B-PER\n# # O\nHi UH O\n"  # token, part of speech, tag: the part of speech of '#' is '#'
+    assert read_conll(_write(tmp_path, tagged)) == [{"tokens": ["John", "#", "Hi"], "tags": ["B-PER", "O", "O"]}]
+    assert "comment" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("text, message", [
     ("John\tB-PER\nlives\n", r"d\.conll, line 2: only one column"),
     ("\n\n-DOCSTART- O\n\n", r"d\.conll holds no sentences"),
@@ -110,7 +146,7 @@ def test_class_names_from_hugging_face_parquet_features(tmp_path):
     ([{"tokens": ["a", "b"], "tags": ["O"]}], r"d\.jsonl, row 1: 2 tokens but 1 tags"),
     ([{"tokens": ["a"], "tags": ["O"]}, {"tokens": 5, "tags": ["O", "O"]}], r"row 2: 'tokens' must be a list"),
     ([{"tokens": "a b c", "tags": "O B-PER"}], r"row 1: 3 tokens but 2 tags"),
-    ([{"words": ["a"], "tags": ["O"]}], r"column 'tokens' not found; columns are words, tags"),
+    ([{"words": ["a"], "tags": ["O"]}], r"column 'tokens' not found; columns are 'words', 'tags'"),
     ([{"tokens": [], "tags": []}], "empty"),
 ])
 def test_read_token_lists_errors(rows, message):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -24,30 +25,37 @@ _WORD = re.compile(r"\S+")
 
 def read_conll(path: str | Path) -> list[Record]:
     """Sentences of a CoNLL file: first column the token, last the tag (columns split by spaces or tabs, middle
-    ones ignored), blank or whitespace-only lines between sentences, ``-DOCSTART-`` lines skipped."""
+    ones ignored), blank lines between sentences, ``-DOCSTART-`` lines skipped; lines end at "\\n" only (U+2028
+    stays in a token). Comments are skipped with one note: ``#`` lines whose column count differs from most lines',
+    ``# key = value`` (CoNLL-U), ``# ...`` ending in no other line's tag (MultiCoNER's ``# id 3f2a domain=en``)."""
     p = require_file(path)
     try:
-        lines = p.read_text(encoding="utf-8-sig").splitlines()
+        rows = [_COLUMNS.split(line.strip(" \t\r\n\f\v")) for line in p.read_text(encoding="utf-8-sig").split("\n")]
     except (UnicodeDecodeError, OSError) as exc:
         raise not_text(p, exc) from None
+    data = [r for r in rows if r != [""] and r[0] != "#"]  # the other lines (a hashtag, #NYC, is a token)
+    common, seen = Counter(map(len, data)).most_common(1)[0][0] if data else 0, {r[-1] for r in data}
+    comments = {i for i, r in enumerate(rows, start=1) if r[0].startswith("#") and (
+        len(r) != common or r[0] == "#" and ("=" in r[2:-1] or r[-1] not in seen))}
     records: list[Record] = []
-    tokens: list[str] = []
-    tags: list[str] = []
-    for i, line in enumerate([*lines, ""], start=1):
-        columns = _COLUMNS.split(line.strip(" \t\r\n\f\v"))
+    sentence: list[list[str]] = []  # its lines' columns
+    for i, columns in enumerate([*rows, [""]], start=1):
+        if i in comments:
+            continue
         if columns == [""] or columns[0] == "-DOCSTART-":  # sentence boundary
-            if tokens:
-                records.append({"tokens": tokens, "tags": tags})
-            tokens, tags = [], []
+            if sentence:
+                records.append({"tokens": [c[0] for c in sentence], "tags": [c[-1] for c in sentence]})
+            sentence = []
         elif len(columns) == 1:
-            raise ConfigError(f"{p}, line {i}: only one column ({line.strip()[:40]!r}); each line needs a token "
+            raise ConfigError(f"{p}, line {i}: only one column ({columns[0][:40]!r}); each line needs a token "
                               "and a tag separated by a tab or spaces, and a blank line ends a sentence")
         else:
-            tokens.append(columns[0])
-            tags.append(columns[-1])
+            sentence.append(columns)
     if not records:
         raise ConfigError(f"data file {p} holds no sentences; write one 'token<TAB>tag' line per token "
                           "and a blank line between sentences")
+    if comments:
+        print(f"note: {p}: {len(comments)} comment line(s) starting with '#' skipped", file=sys.stderr)
     return _note_scheme(records, str(p))
 
 
@@ -87,15 +95,14 @@ def _require(records: Sequence[Record], columns: Iterable[str], source: str) -> 
         raise ConfigError(f"{source} is empty; it needs at least one example")
     for col in columns:
         if col not in records[0]:
-            raise ConfigError(f"{source}: column '{col}' not found; columns are "
-                              f"{', '.join(map(str, records[0]))}")
+            names = ", ".join(map(repr, map(str, records[0])))
+            raise ConfigError(f"{source}: column '{col}' not found; columns are {names}")
 
 
 def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", tags_column: str = "tags",
                      source: str = "data", tag_names: Sequence[str] | None = None) -> list[Record]:
     """Sentences from rows holding a list of tokens and an equally long list of tags (lists, numpy arrays or
-    whitespace-separated strings); integer tags are looked up in ``tag_names``. Rows without tokens are
-    skipped."""
+    whitespace-separated strings); integer tags are looked up in ``tag_names``; rows without tokens skipped."""
     _require(records, (tokens_column, tags_column), source)
     out: list[Record] = []
     for row_no, row in enumerate(records, start=1):
@@ -187,8 +194,7 @@ def _span_tags(words: list[tuple[str, int, int]], spans: list[tuple[int, int, st
         start, end, label = span
         hit = [i for i, (_, ws, we) in enumerate(words) if ws < end and start < we]
         if not hit:
-            raise ConfigError(f"{where}: entity [{start}, {end}) {label} covers only whitespace; "
-                              "check its offsets")
+            raise ConfigError(f"{where}: entity [{start}, {end}) {label} covers only whitespace; check its offsets")
         for i in hit:
             if owner[i] is not None:
                 o = owner[i]
@@ -258,8 +264,7 @@ def invalid_sentences(tags: Sequence[str] | Sequence[Sequence[str]]) -> int:
 
 def to_bio(tags: Sequence[str]) -> list[str]:
     """IOB2 tags of one sentence: other schemes' spellings as IOB2's (:func:`normal_tag`), an ``I-X`` starting a
-    chunk as ``B-X`` (IOB1 repair) and a run of one plain label ``X`` as ``B-X I-X ...``; valid IOB2 comes back
-    unchanged."""
+    chunk as ``B-X`` (IOB1 repair), a run of one plain label ``X`` as ``B-X I-X ...``; valid IOB2 as it is."""
     out: list[str] = []
     prev = "O"
     for tag in map(normal_tag, tags):
