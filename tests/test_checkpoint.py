@@ -1,8 +1,14 @@
-"""checkpoint.stored_config / as_trained: a run directory's config read with the rules it trained under."""
+"""checkpoint.stored_config / as_trained: a run directory's config read with the rules it trained under; damaged
+weights files."""
+import re
+
+import pytest
+import torch
 import yaml
+from safetensors.torch import save_file
 
 from tuneforge import checkpoint
-from tuneforge.config import load_config
+from tuneforge.config import ConfigError, load_config
 
 
 def _write(path, train):
@@ -25,3 +31,16 @@ def test_a_run_written_now_reads_as_written(tmp_path):
     assert new.train.head_lr == 3e-3 and new.train.pooler_with_head is True
     off = checkpoint.stored_config(_write(tmp_path / "off", {"lr": 1e-4, "head_lr": 3e-3, "pooler_with_head": False}))
     assert off.train.pooler_with_head is False
+
+
+@pytest.mark.parametrize("cut", [0, 5, 100, -10])  # empty, shorter than the header length, header or data cut short
+def test_a_damaged_weights_file_is_one_line_naming_it(tmp_path, cut):
+    path = tmp_path / checkpoint.WEIGHTS
+    save_file({"w": torch.ones(4, 4)}, str(path))
+    run = checkpoint.RunFiles(tmp_path, load_config(None), {})
+    assert run.trainable_weights()["w"].sum() == 16
+    with open(path, "r+b") as f:
+        f.truncate(cut if cut >= 0 else path.stat().st_size + cut)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))} is damaged \(Error while deserializing header: "
+                       r".+\); train the run again, or restore the run directory from a copy$"):
+        run.trainable_weights()

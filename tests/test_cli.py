@@ -56,6 +56,20 @@ def test_bad_input_is_one_line_exit_2(argv, message, capsys):
     assert err.startswith("tuneforge: error:") and message in err and len(err.splitlines()) == 1
 
 
+def test_a_file_given_for_the_run_directory_says_so(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\ngood film,positive\n")
+    for argv, fix in ((["evaluate", data], f"the run directory comes first: `tuneforge evaluate RUN --data {data}`"),
+                      (["predict", data, "good"], "the run directory comes first: `tuneforge predict RUN TEXT...`"),
+                      (["merge", data, tmp_path / "m"], "give the folder `tuneforge train` wrote")):
+        assert main([str(a) for a in argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"tuneforge: error: {data} is a file, not a run directory; ")
+        assert len(err.splitlines()) == 1
+        assert fix in err and "does not exist" not in err
+    assert not (tmp_path / "m").exists()
+
+
 def test_train_predict_evaluate_merge(tmp_path, capsys):
     model = model_dir(tmp_path / "m", "bert")
     pd.DataFrame(sentiment_rows(80)).to_csv(tmp_path / "d.csv", index=False)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import yaml
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from tuneforge import distributed
@@ -103,7 +103,10 @@ class RunFiles:
         return p if p.is_dir() else None
 
     def trainable_weights(self) -> dict[str, torch.Tensor]:
-        return load_file(self.path / WEIGHTS)
+        try:
+            return load_file(self.path / WEIGHTS)
+        except DAMAGED as exc:
+            raise damaged(self.path / WEIGHTS, exc) from None
 
     def split(self) -> dict[str, Any] | None:
         """The stored split (``split.json``), or None for runs without one."""
@@ -112,11 +115,21 @@ class RunFiles:
 
 
 SPLIT = "split.json"  # which source rows went to train / validation / test, with source fingerprints
+DAMAGED = (SafetensorError, OSError)  # what reading a truncated or overwritten weights file raises
+
+
+def damaged(path: Path, exc: Exception) -> ConfigError:
+    """The one-line error for a run's weights file (or model folder) ``path`` that cannot be read (``exc``)."""
+    reason = str(exc).split("\n")[0] or type(exc).__name__
+    return ConfigError(f"{path} is damaged ({reason}); train the run again, or restore the run directory from a copy")
 
 
 def read_run(run_dir: str | Path) -> RunFiles:
     """Read config and meta of a finished run; one-line errors for anything missing or incompatible."""
     path = Path(run_dir)
+    if path.is_file():
+        raise ConfigError(f"{path} is a file, not a run directory; give the folder `tuneforge train` wrote (its last "
+                          "line, 'run directory: ...', names it)")
     if not path.is_dir():
         raise ConfigError(f"run directory {path} does not exist")
     if not (path / "config.yaml").is_file() or not (path / "meta.json").is_file():

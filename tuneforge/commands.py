@@ -7,6 +7,10 @@ import json
 import os
 import re
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tuneforge.loaded import Run
 
 
 def fail(message: str) -> int:
@@ -36,18 +40,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def _load(args: argparse.Namespace, form: str) -> Run:
+    """The run ``args.run_dir`` on ``args.device``; a file given in its place (a data file) is refused with the
+    command's right ``form``."""
+    from tuneforge.config import ConfigError
     from tuneforge.run import load
 
-    metrics = load(args.run_dir, args.device).evaluate(args.data)
+    if os.path.isfile(args.run_dir):
+        raise ConfigError(f"{args.run_dir} is a file, not a run directory; the run directory comes first: {form}")
+    return load(args.run_dir, args.device)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    metrics = _load(args, f"`tuneforge evaluate RUN --data {args.run_dir}`").evaluate(args.data)
     print(json.dumps(metrics, indent=2, default=float))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from tuneforge.run import load
-
-    run = load(args.run_dir, args.device)
+    run = _load(args, "`tuneforge predict RUN TEXT...` (or texts on standard input, one a line)")
     texts, pairs = list(args.texts), args.pair
     if not texts:
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]

@@ -60,7 +60,10 @@ class Run:
         """The run's model on its device, and the parameter names of the model before the method."""
         full = self.files.full_model_dir
         if full is not None:
-            model, _ = self.task.load_model(full, self.cfg, self.meta, self.rt.pad_id, self.device)
+            try:
+                model, _ = self.task.load_model(full, self.cfg, self.meta, self.rt.pad_id, self.device)
+            except checkpoint.DAMAGED as exc:
+                raise checkpoint.damaged(full, exc) from None
             names = {n for n, _ in model.named_parameters()}
         else:  # the base model (sequential set-up: task 1's merged model) + this run's trained weights
             with start_model(self.cfg) as (_, base):
@@ -103,7 +106,7 @@ class Run:
         """Metrics on ``data_file`` (any supported file) or on exactly the run's own test rows (refused when
         a source changed since training)."""
         if data_file:
-            records, where = dataset.source_records(self.task, data_file, self.cfg)
+            records, where = dataset.source_records(self.task, data_file, self.cfg, training=False)
         else:
             manifest = self.files.split()
             if manifest is None:

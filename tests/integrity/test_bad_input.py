@@ -226,3 +226,27 @@ def test_generate_and_chat_refuse_a_classifier_before_anything_else(lora_run, ca
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     for argv in (["generate", lora_run, "hi"], ["chat", lora_run]):
         one_error(capsys, argv, "is a classification run; generation needs a causal_lm run")
+
+
+# ---- a damaged or mistaken run directory --------------------------------------------------------------------
+
+def test_a_damaged_weights_file_is_one_line(lora_run, bert_dir, reviews, tmp_path, capsys):
+    lora, full = tmp_path / "lora", tmp_path / "full"
+    shutil.copytree(lora_run, lora)
+    assert main(train_argv(bert_dir, reviews, full, method="full")) == 0
+    for run, weights, named in ((lora, lora / "trainable.safetensors", lora / "trainable.safetensors"),
+                                (full, full / "model" / "model.safetensors", full / "model")):
+        with open(weights, "r+b") as f:
+            f.truncate(1000)  # a copy cut short
+        for argv in (["evaluate", run], ["predict", run, "a good film"], ["merge", run, tmp_path / "merged"]):
+            one_error(capsys, argv, f"{named} is damaged (", "train the run again, or restore the run directory")
+    assert not (tmp_path / "merged").exists()
+
+
+def test_evaluate_on_a_file_with_an_invalid_row_says_to_fix_the_row(lora_run, tmp_path, capsys):
+    rows = sentiment_rows(20)
+    rows[7]["label"] = ""
+    pd.DataFrame(rows).to_csv(tmp_path / "blank.csv", index=False)
+    err = one_error(capsys, ["evaluate", lora_run, "--data", tmp_path / "blank.csv"], "blank.csv, row 8",
+                    "column 'label') is blank; fix the row or remove it")
+    assert "skip_invalid" not in err  # a training setting: evaluate takes no settings

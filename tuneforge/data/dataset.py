@@ -78,15 +78,17 @@ def read_source(task: Any, name: str, cfg: RunConfig) -> tuple[list[Record], Sou
 
 
 def _checked(task: Any, records: list[Record], src: int, source: Source, cfg: RunConfig,
-             counts: dict[str, int]) -> list[tuple[Record, tuple[int, int]]]:
+             counts: dict[str, int], training: bool = True) -> list[tuple[Record, tuple[int, int]]]:
     """Every row checked (``Task.row_problem``): one-line error naming file, row and column, or with
-    ``data.skip_invalid`` the row is left out and counted."""
+    ``data.skip_invalid`` the row is left out and counted. Outside ``training`` (``evaluate --data``) the error's
+    fix names no training setting."""
     present = set().union(*(record.keys() for record in records)) if records else set()
     for column in task.required_columns(cfg):
         if column not in present:
             raise ConfigError(f"{source.name}: column '{column}' not found; columns are "
                               f"{', '.join(map(repr, map(str, records[0]))) if records else 'none'} "
-                              "(choose with data.text_column / data.label_column)")
+                              + ("(choose with data.text_column / data.label_column)" if training else
+                                 "(evaluate reads the columns the run was trained on: name them so in the file)"))
     out = []
     for r, record in enumerate(records):
         problem = task.row_problem(record, cfg)
@@ -94,8 +96,9 @@ def _checked(task: Any, records: list[Record], src: int, source: Source, cfg: Ru
             if cfg.data.skip_invalid:
                 counts["skipped"] += 1
                 continue
-            raise ConfigError(f"{source.name}, row {r + 1}: {problem}; fix the row, remove it, or skip invalid rows "
-                              "with data.skip_invalid=true")
+            fix = "fix the row, remove it, or skip invalid rows with data.skip_invalid=true" if training else \
+                "fix the row or remove it"
+            raise ConfigError(f"{source.name}, row {r + 1}: {problem}; {fix}")
         if not normalise(task.input_text(record, cfg)):
             counts["empty"] += 1
         out.append((record, (src, r)))
@@ -247,10 +250,11 @@ def restore(manifest: dict[str, Any], name: str, task: Any, cfg: RunConfig) -> t
     return [cache[s][r] for s, r in rows], [f"{sources[s].name}, row {r + 1}" for s, r in rows]
 
 
-def source_records(task: Any, name: str, cfg: RunConfig) -> tuple[list[Record], list[str]]:
-    """Every checked record of a data set name or file, with row names (``evaluate --data``, replay data)."""
+def source_records(task: Any, name: str, cfg: RunConfig, training: bool = True) -> tuple[list[Record], list[str]]:
+    """Every checked record of a data set name or file, with row names (``evaluate --data``: not ``training``;
+    replay data)."""
     records, source = read_source(task, name, cfg)
     counts = {"skipped": 0, "empty": 0}
-    checked = _checked(task, records, 0, source, cfg, counts)
+    checked = _checked(task, records, 0, source, cfg, counts, training)
     return [r for r, _ in checked], [f"{name}, row {r + 1}" for _, (_, r) in checked]
 
