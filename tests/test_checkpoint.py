@@ -44,3 +44,13 @@ def test_a_damaged_weights_file_is_one_line_naming_it(tmp_path, cut):
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))} is damaged \(Error while deserializing header: "
                        r".+\); train the run again, or restore the run directory from a copy$"):
         run.trainable_weights()
+
+
+def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path):
+    from tuneforge.checkpoint import RESUME, resume_config
+    (tmp_path / "config.yaml").write_text("model: {name: minilm}\n")
+    for content in (b"\x00" * 100, b"{not a checkpoint"):
+        (tmp_path / RESUME).write_bytes(content)
+        with pytest.raises(ConfigError, match=rf"cannot resume {tmp_path}: its {RESUME} is damaged \(.*\); start the "
+                                              "run again with --overwrite"):
+            resume_config(tmp_path)

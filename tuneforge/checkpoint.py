@@ -183,8 +183,13 @@ def resume_config(run_dir: Path) -> RunConfig:
         raise ConfigError(f"cannot resume {run_dir}: it holds no config.yaml (not a tuneforge run directory, or "
                           "killed while being created: start it again with --overwrite)")
     if (run_dir / RESUME).is_file():
-        with safe_open(str(run_dir / RESUME), "pt") as f:
-            world = json.loads(f.metadata()["state"]).get("world_size", 1)
+        try:
+            with safe_open(str(run_dir / RESUME), "pt") as f:
+                world = json.loads(f.metadata()["state"]).get("world_size", 1)
+        except (*DAMAGED, KeyError, TypeError, ValueError) as exc:  # cut short, or not a tuneforge checkpoint
+            reason = str(exc).split("\n")[0] or type(exc).__name__
+            raise ConfigError(f"cannot resume {run_dir}: its {RESUME} is damaged ({reason}); start the run again "
+                              "with --overwrite") from None
         if world != distributed.current().world:
             raise ConfigError(f"{run_dir} was trained with {world} process(es); resume it with the same number "
                               f"(torchrun --nproc_per_node=...), not {distributed.current().world}")
