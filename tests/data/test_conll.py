@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from tuneforge.config import ConfigError
-from tuneforge.data.conll import (invalid_sentences, list_columns, read_conll, read_spans, read_token_lists, scheme,
-                                  tags_to_spans, to_bio, wnut16)
+from tuneforge.data.conll import (invalid_sentences, list_columns, read_conll, read_token_lists, scheme, to_bio,
+                                  wnut16)
 from tuneforge.data.readers import class_names, read_records
 
 TWO = [{"tokens": ["John", "lives", "in", "New", "York"], "tags": ["B-PER", "O", "O", "B-LOC", "I-LOC"]},
@@ -152,39 +152,6 @@ def test_class_names_from_hugging_face_parquet_features(tmp_path):
 def test_read_token_lists_errors(rows, message):
     with pytest.raises(ConfigError, match=message):
         read_token_lists(rows, "tokens", "tags", "d.jsonl")
-
-
-def test_read_spans_to_bio_with_offsets():
-    text = "John Smith  visited New York."
-    rows = [{"text": text, "entities": [{"start": 20, "end": 28, "label": "LOC"},
-                                        {"start": 0, "end": 10, "label": "PER"}]},
-            {"text": "nothing here", "entities": []}, {"text": "  ", "entities": None}]
-    first, second = read_spans(rows, "d.jsonl")
-    assert first["tokens"] == ["John", "Smith", "visited", "New", "York."]
-    assert first["tags"] == ["B-PER", "I-PER", "O", "B-LOC", "I-LOC"]  # "York" of "York." tags the whole word
-    assert [text[s:e] for s, e in first["offsets"]] == first["tokens"]
-    assert second["tags"] == ["O", "O"]
-    assert tags_to_spans(first["tags"], first["offsets"]) == [
-        {"start": 0, "end": 10, "label": "PER"}, {"start": 20, "end": 29, "label": "LOC"}]
-
-
-def test_read_spans_partial_word_and_numpy_entities():
-    rows = [{"text": "visit Berlin-Mitte now", "entities": np.array([{"start": 6, "end": 12, "label": "LOC"}])}]
-    assert read_spans(rows, "d.parquet")[0]["tags"] == ["O", "B-LOC", "O"]
-
-
-@pytest.mark.parametrize("entities, message", [
-    ([{"start": 0, "end": 5, "label": "A"}, {"start": 3, "end": 8, "label": "B"}],
-     r"row 1: entities \[0, 5\) A and \[3, 8\) B overlap"),
-    ([{"start": 0, "end": 2, "label": "A"}, {"start": 3, "end": 5, "label": "B"}], "fall in the same word 'ab-cd'"),
-    ([{"start": 0, "end": 99, "label": "A"}], r"row 1, entity 1: span \[0, 99\) does not fit the text"),
-    ([{"start": 5, "end": 6, "label": "A"}], "covers only whitespace"),
-    ([{"start": 0, "end": 2}], "expected an object with start, end and label"),
-    ([{"start": "0", "end": 2, "label": "A"}], "must be integer character offsets"),
-])
-def test_read_spans_errors(entities, message):
-    with pytest.raises(ConfigError, match=message):
-        read_spans([{"text": "ab-cd efgh", "entities": entities}], "d.jsonl")
 
 
 def test_scheme_and_repair():

@@ -1,4 +1,4 @@
-"""Token-classification data: CoNLL files, token/tag lists, character-offset spans -> one record per sentence
+"""Token-classification data: CoNLL files and token/tag lists -> one record per sentence
 ``{"tokens": [str, ...], "tags": [str, ...]}``; tag-scheme detection and BIO (IOB2) normalisation; the embedded
 WNUT-16 set. Errors are one line naming the file and line/row and the fix."""
 from __future__ import annotations
@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.data.readers import as_int, common_column, not_text, require_file
-from tuneforge.evaluate import get_entities, invalid_transitions
+from tuneforge.evaluate import invalid_transitions
 from tuneforge.strict import ConfigError
 
 Record = dict[str, Any]
 CONLL_SUFFIXES = (".conll", ".txt", ".bio")
 _COLUMNS = re.compile(r"[ \t]+")  # column separators: ASCII spaces/tabs only (a token may hold e.g. U+00A0)
-_WORD = re.compile(r"\S+")
 
 
 # --- CoNLL files ----------------------------------------------------------------------------------------------
@@ -75,7 +74,7 @@ def list_columns(row: Record, tokens: str, tags: str, label: str) -> tuple[str, 
     return common_column(row, tokens, TOKEN_COLUMNS), common_column(row, tags, TAG_COLUMNS)
 
 
-def _as_list(value: Any, what: str, where: str) -> list:
+def as_list(value: Any, what: str, where: str) -> list:
     """A list from a list, tuple or numpy array (Parquet); ConfigError otherwise."""
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
         value = value.tolist()
@@ -86,10 +85,10 @@ def _as_list(value: Any, what: str, where: str) -> list:
 
 def _words(value: Any, what: str, where: str) -> list:
     """A list of words or tags: a list (or array), or one string of them separated by whitespace."""
-    return value.split() if isinstance(value, str) else _as_list(value, what, where)
+    return value.split() if isinstance(value, str) else as_list(value, what, where)
 
 
-def _require(records: Sequence[Record], columns: Iterable[str], source: str) -> None:
+def require(records: Sequence[Record], columns: Iterable[str], source: str) -> None:
     """Raise ConfigError naming the first missing column and the columns that exist."""
     if not records:
         raise ConfigError(f"{source} is empty; it needs at least one example")
@@ -103,7 +102,7 @@ def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", t
                      source: str = "data", tag_names: Sequence[str] | None = None) -> list[Record]:
     """Sentences from rows holding a list of tokens and an equally long list of tags (lists, numpy arrays or
     whitespace-separated strings); integer tags are looked up in ``tag_names``; rows without tokens skipped."""
-    _require(records, (tokens_column, tags_column), source)
+    require(records, (tokens_column, tags_column), source)
     out: list[Record] = []
     for row_no, row in enumerate(records, start=1):
         where = f"{source}, row {row_no}"
@@ -137,78 +136,6 @@ def _tag(value: Any, where: str, names: Sequence[str] | None) -> str:
                           "ids in data.tag_names (e.g. data.tag_names=[O,B-PER,I-PER])"
                           f"{f', which has only {len(names)}' if names is not None else ''}")
     raise ConfigError(f"{where}: tag {value!r} is not a tag name; give one tag such as O or B-PER per token")
-
-
-# --- character-offset spans (JSONL) ---------------------------------------------------------------------------
-
-def _span(entity: Any, text_len: int, where: str) -> tuple[int, int, str]:
-    """(start, end, label) of one entity, checked; end exclusive."""
-    if not isinstance(entity, dict) or not {"start", "end", "label"} <= set(entity):
-        raise ConfigError(f"{where}: expected an object with start, end and label, got {str(entity)[:60]}")
-    start, end, label = entity["start"], entity["end"], entity["label"]
-    if as_int(start) is None or as_int(end) is None:
-        raise ConfigError(f"{where}: start and end must be integer character offsets, got {start!r}, {end!r}")
-    start, end = as_int(start), as_int(end)
-    if not 0 <= start < end <= text_len:
-        raise ConfigError(f"{where}: span [{start}, {end}) does not fit the text (length {text_len}); offsets "
-                          "count characters from 0, end exclusive, start < end")
-    if not isinstance(label, str) or not label or label == "O":
-        raise ConfigError(f"{where}: label {label!r} is not an entity type name (e.g. PER)")
-    return start, end, label
-
-
-def read_spans(records: Sequence[Record], source: str, text_column: str = "text",
-               entities_column: str = "entities") -> list[Record]:
-    """Sentences from raw text with character-offset entities ``[{"start", "end", "label"}]`` (end exclusive):
-    BIO tags over whitespace-separated words, ``B-`` on the first word a span overlaps, ``I-`` on the others.
-    A span covering part of a word tags the whole word. Each record also keeps ``text`` and every word's
-    ``offsets`` (start, end) so predicted tags can be turned back into spans (:func:`tags_to_spans`)."""
-    _require(records, (text_column,), source)
-    out: list[Record] = []
-    for row_no, row in enumerate(records, start=1):
-        where = f"{source}, row {row_no}"
-        text = row.get(text_column)
-        if not isinstance(text, str):
-            raise ConfigError(f"{where}: '{text_column}' must be a string, got {type(text).__name__}")
-        raw = row.get(entities_column)
-        entities = [] if raw is None else _as_list(raw, entities_column, where)
-        spans = sorted(_span(e, len(text), f"{where}, entity {k}") for k, e in enumerate(entities, start=1))
-        for a, b in zip(spans, spans[1:]):
-            if b[0] < a[1]:
-                raise ConfigError(f"{where}: entities [{a[0]}, {a[1]}) {a[2]} and [{b[0]}, {b[1]}) {b[2]} overlap; "
-                                  "nested or overlapping entities cannot be BIO-tagged, keep one of them")
-        words = [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
-        if words:
-            out.append({"tokens": [w for w, _, _ in words], "tags": _span_tags(words, spans, where),
-                        "offsets": [(s, e) for _, s, e in words], "text": text})
-    if not out:
-        raise ConfigError(f"{source}: every '{text_column}' is empty; nothing to train on")
-    return out
-
-
-def _span_tags(words: list[tuple[str, int, int]], spans: list[tuple[int, int, str]], where: str) -> list[str]:
-    """BIO tags of words from sorted, non-overlapping spans."""
-    tags = ["O"] * len(words)
-    owner: list[tuple[int, int, str] | None] = [None] * len(words)
-    for span in spans:
-        start, end, label = span
-        hit = [i for i, (_, ws, we) in enumerate(words) if ws < end and start < we]
-        if not hit:
-            raise ConfigError(f"{where}: entity [{start}, {end}) {label} covers only whitespace; check its offsets")
-        for i in hit:
-            if owner[i] is not None:
-                o = owner[i]
-                raise ConfigError(f"{where}: entities [{o[0]}, {o[1]}) and [{start}, {end}) fall in the same word "
-                                  f"{words[i][0]!r}; words are split at whitespace, so one word has one tag")
-            owner[i] = span
-            tags[i] = ("B-" if i == hit[0] else "I-") + label
-    return tags
-
-
-def tags_to_spans(tags: Sequence[str], offsets: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
-    """Character-offset entities ``[{"start", "end", "label"}]`` of (predicted) word tags, the inverse of
-    :func:`read_spans` for whole words (chunks as in :func:`tuneforge.evaluate.get_entities`)."""
-    return [{"start": offsets[s][0], "end": offsets[e][1], "label": t} for t, s, e in get_entities(list(tags))]
 
 
 # --- tag schemes ----------------------------------------------------------------------------------------------

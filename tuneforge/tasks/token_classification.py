@@ -23,6 +23,7 @@ from transformers import AutoModelForTokenClassification, PreTrainedTokenizerBas
 
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import conll
+from tuneforge.data.spans import read_spans, span_column, tags_to_spans
 from tuneforge.data.batching import batch_order, iterate
 from tuneforge.data.readers import SUFFIXES, class_names, read_records, require_file
 from tuneforge.data.tagging import IGNORE, encode_words, stitch
@@ -54,8 +55,8 @@ class Task:
                               f"{', '.join(conll.CONLL_SUFFIXES)}) or one of {', '.join(SUFFIXES)}")
         records = read_records(path)
         d = cfg.data
-        if d.tokens_column not in records[0] and "entities" in records[0]:
-            return conll.read_spans(records, path, d.text_column)
+        if d.tokens_column not in records[0] and (column := span_column(records)):
+            return read_spans(records, path, d.text_column, column)
         tokens, tags = conll.list_columns(records[0], d.tokens_column, d.tags_column, d.label_column)
         return conll.read_token_lists(records, tokens, tags, path, d.tag_names or class_names(path, tags))
 
@@ -216,7 +217,7 @@ class Task:
                                    ["input"])
             preds, _, _ = self._token_predictions(model, examples, rt, cfg.eval.batch_size)
             (tags,), _ = self._word_tags(examples, preds, meta["labels"])
-            spans = conll.tags_to_spans(tags, [(s, e) for _, s, e in words])
+            spans = tags_to_spans(tags, [(s, e) for _, s, e in words])
             rows.append({"text": text, "entities": [{**s, "text": text[s["start"]:s["end"]]} for s in spans]})
         return rows
 
