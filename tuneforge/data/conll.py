@@ -88,14 +88,15 @@ def _words(value: Any, what: str, where: str) -> list:
     return value.split() if isinstance(value, str) else as_list(value, what, where)
 
 
-def require(records: Sequence[Record], columns: Iterable[str], source: str) -> None:
-    """Raise ConfigError naming the first missing column and the columns that exist."""
+def require(records: Sequence[Record], columns: Iterable[str], source: str,
+            settings: str = "data.tokens_column / data.tags_column") -> None:
+    """Raise ConfigError naming the first missing column, the columns that exist and the ``settings`` choosing."""
     if not records:
         raise ConfigError(f"{source} is empty; it needs at least one example")
     for col in columns:
         if col not in records[0]:
             names = ", ".join(map(repr, map(str, records[0])))
-            raise ConfigError(f"{source}: column '{col}' not found; columns are {names}")
+            raise ConfigError(f"{source}: column '{col}' not found; columns are {names} (choose with {settings})")
 
 
 def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", tags_column: str = "tags",

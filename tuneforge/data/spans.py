@@ -52,7 +52,7 @@ def read_spans(records: Sequence[Record], source: str, text_column: str = "text"
     BIO tags over whitespace-separated words, ``B-`` on the first word a span overlaps, ``I-`` on the others.
     A span covering part of a word tags the whole word. Each record also keeps ``text`` and every word's
     ``offsets`` (start, end) so predicted tags can be turned back into spans (:func:`tags_to_spans`)."""
-    require(records, (text_column,), source)
+    require(records, (text_column,), source, "data.text_column")
     out: list[Record] = []
     for row_no, row in enumerate(records, start=1):
         where = f"{source}, row {row_no}"
