@@ -146,7 +146,8 @@ def test_class_names_from_hugging_face_parquet_features(tmp_path):
     ([{"tokens": ["a", "b"], "tags": ["O"]}], r"d\.jsonl, row 1: 2 tokens but 1 tags"),
     ([{"tokens": ["a"], "tags": ["O"]}, {"tokens": 5, "tags": ["O", "O"]}], r"row 2: 'tokens' must be a list"),
     ([{"tokens": "a b c", "tags": "O B-PER"}], r"row 1: 3 tokens but 2 tags"),
-    ([{"words": ["a"], "tags": ["O"]}], r"column 'tokens' not found; columns are 'words', 'tags' \(choose with data.tokens_column / data.tags_column\)"),
+    ([{"words": ["a"], "tags": ["O"]}],
+     r"column 'tokens' not found; columns are 'words', 'tags' \(choose with data.tokens_column / data.tags_column\)"),
     ([{"tokens": [], "tags": []}], "empty"),
 ])
 def test_read_token_lists_errors(rows, message):
