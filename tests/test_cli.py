@@ -61,6 +61,7 @@ def test_a_file_given_for_the_run_directory_says_so(tmp_path, capsys):
     data.write_text("text,label\ngood film,positive\n")
     for argv, fix in ((["evaluate", data], f"the run directory comes first: `tuneforge evaluate RUN --data {data}`"),
                       (["predict", data, "good"], "the run directory comes first: `tuneforge predict RUN TEXT...`"),
+                      (["generate", data], "the run directory comes first: `tuneforge generate RUN PROMPT...`"),
                       (["merge", data, tmp_path / "m"], "give the folder `tuneforge train` wrote")):
         assert main([str(a) for a in argv]) == 2
         err = capsys.readouterr().err.strip()

@@ -79,12 +79,12 @@ def _sampling(args: argparse.Namespace) -> dict:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from tuneforge.run import load
-
+    run = _load(args, "`tuneforge generate RUN PROMPT...` (or prompts on standard input, one a line)")
+    run.check_generates()  # before waiting for standard input
     prompts = list(args.prompts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not prompts:
         return fail("generate needs PROMPT arguments or lines on standard input")
-    answers = load(args.run_dir, args.device).generate(prompts, **_sampling(args))
+    answers = run.generate(prompts, **_sampling(args))
     for prompt, answer in zip(prompts, answers):
         print(json.dumps({"prompt": prompt, "generated": answer}, ensure_ascii=False) if args.json else answer)
     return 0
