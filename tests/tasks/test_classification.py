@@ -146,3 +146,14 @@ def test_labels_differing_only_in_case_stay_classes_with_a_note(tmp_path, capsys
     assert "labels 'Good' and 'good' differ only in case" in capsys.readouterr().err
     _prepare(tmp_path, [{"text": f"t {i}", "label": ["good", "bad"][i % 2]} for i in range(30)], "plain.jsonl")
     assert "differ only in case" not in capsys.readouterr().err
+
+
+def test_rows_skipped_by_the_runs_skip_invalid_are_counted_aloud(tmp_path, capsys):
+    from tuneforge.data.dataset import source_records
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": f"t {i}", "label": "" if i in (2, 5) else "ab"[i % 2]}) + "\n"
+                            for i in range(10)))
+    cfg = load_config(None, {"data": {"dataset": str(path), "skip_invalid": True}})
+    records, where = source_records(TASK, str(path), cfg, training=False)
+    assert len(records) == 8 and where[2] == f"{path}, row 4"
+    assert f"note: {path}: 2 invalid row(s) skipped" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -256,5 +257,7 @@ def source_records(task: Any, name: str, cfg: RunConfig, training: bool = True) 
     records, source = read_source(task, name, cfg)
     counts = {"skipped": 0, "empty": 0}
     checked = _checked(task, records, 0, source, cfg, counts, training)
+    if counts["skipped"]:
+        print(f"note: {name}: {counts['skipped']} invalid row(s) skipped (data.skip_invalid)", file=sys.stderr)
     return [r for r, _ in checked], [f"{name}, row {r + 1}" for _, (_, r) in checked]
 
