@@ -1,4 +1,4 @@
-"""The attention paths of tuneforge.fast (attention dropout by keep_mask, the sdpa switch for packed rows)
+"""The attention paths of tuneforge.fast (attention dropout by dropout_scale, the sdpa switch for packed rows)
 are equivalent to the plain ones."""
 from __future__ import annotations
 
@@ -21,15 +21,15 @@ def _qkv(heads_kv: int = 4):
     return q, k, v, mask
 
 
-def test_attention_drops_eager_weights_with_keep_mask():
+def test_attention_drops_eager_weights_with_dropout_scale():
     """Training-mode encoder attention: softmax(q k^T * s, masked) * keep / (1 - p) @ v with the mask that
-    keep_mask draws from the same seed (float32, 1e-6); padded keys get no weight."""
+    dropout_scale draws from the same seed (float32, 1e-6); padded keys get no weight."""
     q, k, v, mask = _qkv()
     module = nn.Module().train()
     torch.manual_seed(4)
     out, _ = fast.attention(module, q, k, v, mask, dropout=0.25, scaling=0.3)  # (2, 7, 4, 8)
     torch.manual_seed(4)
-    keep = fast.keep_mask(torch.empty(2, 4, 7, 7), 0.25)  # (batch, heads, queries, keys)
+    keep = fast.dropout_scale(torch.empty(2, 4, 7, 7), 0.25) != 0  # (batch, heads, queries, keys)
     weights = torch.softmax((q @ k.transpose(2, 3) * 0.3).masked_fill(~mask, float("-inf")), -1)
     expected = ((weights * keep / 0.75) @ v).transpose(1, 2)
     assert out.shape == (2, 7, 4, 8) and torch.allclose(out, expected, atol=1e-6)

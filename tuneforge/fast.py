@@ -37,7 +37,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-ATTENTION = "tuneforge_sdpa"  # transformers' sdpa, attention dropout by keep_mask in CPU training
+ATTENTION = "tuneforge_sdpa"  # transformers' sdpa, attention dropout by dropout_scale in CPU training
 UNSUPPORTED = ("position_bias", "softcap", "sliding_window", "s_aux")  # attention kwargs left to sdpa
 M_TOP_PAD = -2  # glibc mallopt parameter
 TOP_PAD_BYTES = 64 << 20
@@ -53,25 +53,15 @@ def tune_allocator() -> bool:
         return False
 
 
-def _draws(x: torch.Tensor, p: float) -> tuple[torch.Tensor, int]:
-    """(uniform 16-bit integers shaped like ``x``, the threshold at or above which an element is kept)."""
+def dropout_scale(x: torch.Tensor, p: float) -> torch.Tensor:
+    """A dropout mask shaped like ``x`` in ``x``'s dtype: each element kept with probability ``1 - p`` (resolved to
+    1/65,536) and then ``1 / (1 - p)``, else 0. The comparison writes straight into that dtype (a bool mask
+    converted afterwards cost a third more)."""
     n = x.numel()
     words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)  # (ceil(n/4),)
     bits = words.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
-    return bits, round(p * 65536) - 32768
-
-
-def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Bool mask shaped like ``x``, each element kept with probability ``1 - p`` (resolved to 1/65,536)."""
-    bits, threshold = _draws(x, p)
-    return bits >= threshold
-
-
-def dropout_scale(x: torch.Tensor, p: float) -> torch.Tensor:
-    """:func:`keep_mask` (the same draws) as ``x``'s dtype, kept elements ``1 / (1 - p)`` and dropped ones 0: the
-    comparison writes straight into that dtype (no bool mask converted afterwards: a third of the cost)."""
-    bits, threshold = _draws(x, p)
-    return torch.ge(bits, threshold, out=torch.empty(x.shape, dtype=x.dtype, device=x.device)).mul_(1.0 / (1.0 - p))
+    kept = torch.ge(bits, round(p * 65536) - 32768, out=torch.empty(x.shape, dtype=x.dtype, device=x.device))
+    return kept.mul_(1.0 / (1.0 - p))
 
 
 class FastDropout(nn.Dropout):
@@ -110,7 +100,7 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
               attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
               **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers' ``sdpa`` attention, except for a plain encoder's attention with dropout on a CPU: weights as
-    eager attention computes them, dropped with :func:`keep_mask`. query ``(B, heads, Tq, d)``, key/value
+    eager attention computes them, dropped with :func:`dropout_scale`. query ``(B, heads, Tq, d)``, key/value
     ``(B, heads, Tk, d)`` -> ``((B, Tq, heads, d), None)``."""
     if (not dropout or query.device.type != "cpu" or key.shape[1] != query.shape[1] or kwargs.get("is_causal")
             or getattr(module, "is_causal", False) or kwargs.get("output_attentions")
