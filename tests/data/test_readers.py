@@ -33,6 +33,8 @@ def test_every_format_reads_the_same_rows(tmp_path, suffix):
     ("broken.jsonl", '{"text": "a"}\n{oops\n', r"broken\.jsonl, line 2: not valid JSON"),
     ("data.xlsx", "x", "unsupported type"),
     ("strings.json", '["a", "b"]', r"strings\.json, item 1: expected a JSON object, got str"),
+    ("twice.csv", "text,label,label\na,x,y\n", r"twice\.csv: the header names 'label' more than once"),
+    ("ragged.csv", "text,label\na,x\nb, c,y,z\n", r"ragged\.csv, line 3: 4 cells where the header has 2; put a cell"),
 ])
 def test_bad_files_give_clear_errors(tmp_path, name, content, message):
     path = tmp_path / name
@@ -104,17 +106,6 @@ def test_a_tsv_is_unquoted_so_a_stray_quote_joins_no_rows(tmp_path):
     path.write_text('sentence\tlabel\n" the best film, he said\t1\nslow "and" dull\t0\nfine\t1\n')
     assert read_records(path) == [{"sentence": '" the best film, he said', "label": "1"},
                                   {"sentence": 'slow "and" dull', "label": "0"}, {"sentence": "fine", "label": "1"}]
-
-
-@pytest.mark.parametrize("name, content, message", [
-    ("twice.csv", "text,label,label\na,x,y\n", r"twice\.csv: the header names 'label' more than once"),
-    ("ragged.csv", "text,label\na,x\nb, c,y,z\n", r"ragged\.csv, line 3: 4 cells where the header has 2; put a cell"),
-])
-def test_a_header_naming_a_column_twice_or_a_row_with_extra_cells_is_refused(tmp_path, name, content, message):
-    path = tmp_path / name
-    path.write_text(content)
-    with pytest.raises(ConfigError, match=message):
-        read_records(path)
 
 
 def test_jsonl_strings_may_hold_line_and_paragraph_separators(tmp_path):
