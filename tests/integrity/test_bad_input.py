@@ -224,7 +224,7 @@ def test_flag_values_are_taken_literally(bert_dir, reviews, tmp_path):
 def test_generate_and_chat_refuse_a_classifier_before_anything_else(lora_run, capsys, monkeypatch):
     import io
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
-    for argv in (["generate", lora_run, "hi"], ["chat", lora_run]):
+    for argv in (["generate", lora_run, "hi"], ["generate", lora_run], ["chat", lora_run]):  # no prompts: before stdin
         one_error(capsys, argv, "is a classification run; generation needs a causal_lm run")
 
 
