@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="one JSON object per line")
         p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=128)
         p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-        p.add_argument("--temperature", type=float, help="sampling temperature (default 1; implies --sample)")
+        p.add_argument("--temperature", type=float, help="sampling temperature (default 1; implies --sample; 0: greedy decoding)")
         p.add_argument("--top-p", dest="top_p", type=float, help="nucleus sampling mass (default 1; implies --sample)")
         p.add_argument("--top-k", dest="top_k", type=int,
                        help="sample among the k likeliest tokens (default 50; implies --sample)")

@@ -84,6 +84,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = list(args.prompts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not prompts:
         return fail("generate needs PROMPT arguments or lines on standard input")
+    empty = [i for i, p in enumerate(prompts, 1) if not p.strip()]
+    if empty:
+        return fail(f"prompt {empty[0]} is empty; give text to answer")
     answers = run.generate(prompts, **_sampling(args))
     for prompt, answer in zip(prompts, answers):
         print(json.dumps({"prompt": prompt, "generated": answer}, ensure_ascii=False) if args.json else answer)
@@ -95,7 +98,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from tuneforge.run import load
 
     run = load(args.run_dir, args.device)
-    run.check_generates()  # before the banner: a classifier would fail only at the first message
+    run.check_generates(chat=True)  # before the banner: a classifier would fail only at the first message
     chat_loop(run, **_sampling(args))
     return 0
 

@@ -22,7 +22,7 @@ Prompt = str | list[dict[str, str]]  # a user message, or a whole conversation o
 class Sampling:
     max_new_tokens: int = 128  # tokens generated at most per answer
     sample: bool = False  # sample (with temperature / top-p / top-k) instead of greedy decoding
-    temperature: float = 1.0  # sampling only: < 1 sharper, > 1 flatter
+    temperature: float = 1.0  # sampling only: < 1 sharper, > 1 flatter; 0 means greedy decoding
     top_p: float = 1.0  # sampling only: nucleus probability mass
     top_k: int = 50  # sampling only: keep the k most likely tokens (0 disables)
     seed: int | None = None  # sampling only: seed for reproducible samples
@@ -30,8 +30,10 @@ class Sampling:
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
             raise ConfigError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be positive, got {self.temperature}")
+        if self.temperature == 0:  # the limit of ever sharper sampling, as other tools read it
+            self.sample, self.temperature = False, 1.0
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be positive (or 0 for greedy decoding), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:

@@ -126,10 +126,14 @@ class Run:
         inputs = list(zip(texts, pairs)) if pairs is not None else list(texts)
         return self.task.predict(self._ready(), inputs, self.rt, self.cfg, self.meta, self.tokenizer)
 
-    def check_generates(self) -> None:
-        """Refuse a run that cannot answer prompts (a classifier, a tagger) in one line."""
+    def check_generates(self, chat: bool = False) -> None:
+        """Refuse a run that cannot answer prompts (a classifier, a tagger), or for ``chat`` messages (a run
+        trained on plain text), in one line."""
         if self.meta.get("format") is None:
             raise ConfigError(f"{self.files.path} is a {self.task.name} run; generation needs a causal_lm run")
+        if chat and self.meta["format"] == "text":
+            raise ConfigError(f"{self.files.path} was trained on plain text, which it continues: `tuneforge generate "
+                              "RUN TEXT`; chat needs a run trained on conversations or prompt/answer pairs")
 
     def generate(self, prompts: list[str | list[dict[str, str]]], **settings: Any) -> list[str]:
         """Answers of a causal-LM run: each prompt is a user message or a list of {role, content} messages,

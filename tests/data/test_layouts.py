@@ -201,3 +201,25 @@ def test_a_prompt_without_its_answer_column_says_which_is_missing():
     with pytest.raises(ConfigError, match=r"^f\.jsonl, row 4: 'instruction' without an answer \('output' or "
                                           r"'response' is missing\)$"):
         layouts.detect_format({"instruction", "input"}, d, "f.jsonl, row 4")
+
+
+def test_an_empty_system_message_counts_as_none_even_before_a_real_one():
+    conv = [{"role": "system", "content": ""}, {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    assert layouts.to_messages({"messages": conv}, "chat", DataConfig(), "r")[0] == {"role": "system",
+                                                                                      "content": "be brief"}
+
+
+def test_a_chat_row_without_a_conversation_column_names_the_columns_it_has():
+    with pytest.raises(ConfigError, match=r"^f, row 2: no 'messages' or 'conversations' column \(columns: "
+                                          r"instruction, output\)"):
+        layouts.to_messages({"instruction": "q", "output": "a"}, "chat", DataConfig(), "f, row 2")
+
+
+def test_mixed_layouts_name_where_each_first_appears(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}] * 3
+    rows += [{"instruction": f"q {i}", "output": "a"} for i in range(7)]
+    path = _write(tmp_path / "mixed.jsonl", rows)
+    with pytest.raises(ConfigError, match=r"the rows mix layouts: .*chat \(first at .*mixed\.jsonl, row \d+\).*"
+                                          r"pairs \(first at .*mixed\.jsonl, row \d+\)"):
+        _prepare(path)

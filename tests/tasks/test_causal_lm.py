@@ -135,6 +135,26 @@ def test_cli_generate_and_chat(trained, capsys, monkeypatch):
     assert cli.main(["chat", str(trained.run_dir), "--max-new-tokens", "4"]) == 0
 
 
+def test_generate_refuses_an_empty_prompt_and_reads_temperature_0_as_greedy(trained, capsys):
+    assert cli.main(["generate", str(trained.run_dir), "say yes", "  "]) == 2
+    assert "prompt 2 is empty" in capsys.readouterr().err
+    assert cli.main(["generate", str(trained.run_dir), "say yes", "--max-new-tokens", "4"]) == 0
+    greedy = capsys.readouterr().out
+    assert cli.main(["generate", str(trained.run_dir), "say yes", "--max-new-tokens", "4", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == greedy
+
+
+def test_chat_refuses_a_plain_text_run_before_the_banner():
+    from types import SimpleNamespace
+    from tuneforge.config import ConfigError
+    from tuneforge.loaded import Run
+    text_run = SimpleNamespace(meta={"format": "text"}, files=SimpleNamespace(path="runs/t"),
+                               task=SimpleNamespace(name="causal_lm"))
+    Run.check_generates(text_run)  # generate continues a text
+    with pytest.raises(ConfigError, match=r"runs/t was trained on plain text, .* chat needs a run trained on"):
+        Run.check_generates(text_run, chat=True)
+
+
 def test_streamed_chat_answer_equals_the_batch_answer(trained):
     run = load(trained.run_dir, "cpu")
     history = [{"role": "user", "content": "say yes"}]

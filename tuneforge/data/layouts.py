@@ -143,6 +143,9 @@ def _field(m: dict[str, Any], keys: tuple[str, str]) -> Any:
 
 def _check_messages(record: dict[str, Any], d: DataConfig) -> list[dict[str, str]]:
     col = next((c for c in CHAT_COLUMNS if c in record), d.text_column)
+    if col not in record:
+        raise ConfigError(f"no 'messages' or 'conversations' column (columns: {', '.join(map(str, record))}); a chat "
+                          "row holds its conversation there (or in data.text_column)")
     value = record.get(col)
     if isinstance(value, str):  # CSV cells may hold the conversation as JSON
         try:
@@ -167,7 +170,7 @@ def _check_messages(record: dict[str, Any], d: DataConfig) -> list[dict[str, str
             continue
         if not content:
             raise ConfigError(f"message {j} ({role}) is empty; fill it in or drop the message")
-        if role == "system" and j != 1:
+        if role == "system" and messages:  # an empty system message before it counted as none
             raise ConfigError(f"message {j}: a system message may only come first")
         messages.append({"role": role, "content": content})
     roles = [m["role"] for m in messages]

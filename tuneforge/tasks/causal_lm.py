@@ -131,10 +131,14 @@ class Task:
                 where: dict[str, list[str]]) -> Prepared:
         """Detect the layout (one for all splits), render and tokenise (labels -100 outside answers)."""
         d = cfg.data
-        formats = {layouts.detect_format(set(r), d, w) for k in records for r, w in zip(records[k], where[k])}
-        if len(formats) > 1:
-            raise ConfigError(f"data: the rows mix layouts ({', '.join(sorted(formats))}); use one, or set data.format")
-        fmt = formats.pop()
+        first: dict[str, str] = {}  # layout -> where its first row is
+        for k in records:
+            for r, w in zip(records[k], where[k]):
+                first.setdefault(layouts.detect_format(set(r), d, w), w)
+        if len(first) > 1:
+            found = ", ".join(f"{f} (first at {w})" for f, w in sorted(first.items()))
+            raise ConfigError(f"the rows mix layouts: {found}; give one data set one layout (convert those rows)")
+        fmt = next(iter(first))
         template = chat.resolve_template(tokenizer, d.template) if fmt != "text" else None
         meta = {"format": fmt, "chat_template": template if d.template else None}
         self.setup_tokenizer(tokenizer, cfg, meta)
