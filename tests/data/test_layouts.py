@@ -223,3 +223,12 @@ def test_mixed_layouts_name_where_each_first_appears(tmp_path):
     with pytest.raises(ConfigError, match=r"the rows mix layouts: .*chat \(first at .*mixed\.jsonl, row \d+\).*"
                                           r"pairs \(first at .*mixed\.jsonl, row \d+\)"):
         _prepare(path)
+
+
+def test_an_answers_indentation_is_kept_and_only_trailing_space_and_leading_blank_lines_go():
+    code = {"instruction": "finish it", "output": "\n    return x + 0\n  \n"}
+    assert layouts.to_messages(code, "pairs", DataConfig(), "r")[1] == {"role": "assistant",
+                                                                         "content": "    return x + 0"}
+    chat = {"messages": [{"role": " User ", "content": "hi "}, {"role": "assistant", "content": "\tyo\n"}]}
+    assert layouts.to_messages(chat, "chat", DataConfig(), "r") == [{"role": "user", "content": "hi"},
+                                                                    {"role": "assistant", "content": "\tyo"}]

@@ -54,7 +54,12 @@ def _text(value: Any) -> str:
         return ""
     if structure(value):  # never trained on as its repr
         raise ConfigError(f"{structure(value)} ({str(value)[:40]!r}) where text belongs; give the text itself")
-    return str(value).strip()
+    return _trimmed(str(value))
+
+
+def _trimmed(text: str) -> str:
+    """``text`` without trailing whitespace and leading blank lines: a first line's indentation (code) stays."""
+    return text.rstrip().lstrip("\r\n")
 
 
 def _content(value: Any, j: int) -> str:
@@ -70,7 +75,7 @@ def _content(value: Any, j: int) -> str:
                 raise ConfigError(f"message {j} has a content part of type '{kind}'; only text parts "
                                   "({'type': 'text', 'text': ...}) can be trained on")
             texts.append(part["text"])
-        return "\n".join(texts).strip()
+        return _trimmed("\n".join(texts))
     return _text(value)
 
 
@@ -158,7 +163,7 @@ def _check_messages(record: dict[str, Any], d: DataConfig) -> list[dict[str, str
     for j, m in enumerate(list(value), start=1):
         if not isinstance(m, dict) or not ({"role", "from"} & set(m) and {"content", "value"} & set(m)):
             raise ConfigError(f"message {j} must be an object with 'role' and 'content' (or 'from' and 'value')")
-        spelling, content = _text(_field(m, ("role", "from"))), _content(_field(m, ("content", "value")), j)
+        spelling, content = _text(_field(m, ("role", "from"))).strip(), _content(_field(m, ("content", "value")), j)
         role = SPEAKERS.get(spelling.lower())
         if spelling.lower() in TOOL_ROLES:
             raise ConfigError(f"message {j} has tool role '{spelling}'; tool calls and results cannot be "
