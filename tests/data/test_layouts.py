@@ -232,3 +232,8 @@ def test_an_answers_indentation_is_kept_and_only_trailing_space_and_leading_blan
     chat = {"messages": [{"role": " User ", "content": "hi "}, {"role": "assistant", "content": "\tyo\n"}]}
     assert layouts.to_messages(chat, "chat", DataConfig(), "r") == [{"role": "user", "content": "hi"},
                                                                     {"role": "assistant", "content": "\tyo"}]
+
+
+def test_a_json_boolean_answer_is_written_as_json_writes_it():
+    record = {"question": "is it?", "answer": True}
+    assert layouts.to_messages(record, "pairs", DataConfig(), "r")[1]["content"] == "true"

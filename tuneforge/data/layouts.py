@@ -54,7 +54,7 @@ def _text(value: Any) -> str:
         return ""
     if structure(value):  # never trained on as its repr
         raise ConfigError(f"{structure(value)} ({str(value)[:40]!r}) where text belongs; give the text itself")
-    return _trimmed(str(value))
+    return _trimmed(json.dumps(value) if isinstance(value, bool) else str(value))  # JSON's true, not Python's True
 
 
 def _trimmed(text: str) -> str:
