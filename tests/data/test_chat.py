@@ -219,3 +219,23 @@ def test_chitchat_conversations_alternate_from_the_user():
         assert roles[0] == "user" and "assistant" in roles
         assert all(a != b for a, b in zip(roles, roles[1:]))
         assert all(m["content"].strip() for m in r["messages"])
+
+
+def test_control_strings_inside_texts_are_noted(capsys):
+    tok = tiny_tokenizer()
+    items = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes <|end|> no"}],
+             [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"}], "a <|end|> text"]
+    assert chat.note_control_strings(items, tok, ["f, row 1", "f, row 2", "f, row 3"]) == 2
+    err = capsys.readouterr().err
+    assert "note: 2 example(s) hold the tokenizer's control string(s) <|end|> (first at f, row 1)" in err
+    assert chat.note_control_strings(items[1:2], tok, ["f, row 2"]) == 0 and capsys.readouterr().err == ""
+
+
+def test_preparing_a_chat_file_notes_its_control_strings(tmp_path, capsys):
+    rows = [{"instruction": f"say {w}", "output": f"{w} <|end|>" if i == 0 else w}
+            for i, w in enumerate(["yes", "no", "blue", "red", "one", "two", "three", "four", "five", "six"])]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(None, {"model": {"task": "causal_lm"}, "data": {"dataset": str(path)}})
+    prepare(cfg, causal_lm.Task(), tiny_tokenizer())
+    assert "1 example(s) hold the tokenizer's control string(s) <|end|>" in capsys.readouterr().err

@@ -12,6 +12,7 @@ position ids are dropped and rows are plain concatenations, as with Trainer/TRL 
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
@@ -120,6 +121,19 @@ def truncate(ids: list[int], labels: list[int], answer_start: int, max_length: i
     lo = answer_start - keep
     hi = lo + max_length
     return ids[lo:hi], labels[lo:hi]
+
+
+def note_control_strings(items: list, tokenizer: PreTrainedTokenizerBase, where: list[str]) -> int:
+    """One note when texts or messages (``items``) hold the tokenizer's control strings (``<|im_end|>`` ...), which
+    encode as those tokens, not as text; returns how many examples do."""
+    marks = [t for t in tokenizer.all_special_tokens if len(t) > 1 and not t.isalnum()]
+    texts = ([i] if isinstance(i, str) else [m["content"] for m in i] for i in items)
+    hits = [(w, s) for t, w in zip(texts, where) for s in marks if any(s in x for x in t)]
+    if hits:
+        print(f"note: {len({w for w, _ in hits})} example(s) hold the tokenizer's control string(s) "
+              f"{', '.join(sorted({s for _, s in hits}))} (first at {hits[0][0]}): they train as those tokens, "
+              "not as text; remove them if they are text", file=sys.stderr)
+    return len({w for w, _ in hits})
 
 
 def encode_conversations(conversations: list[list[dict[str, str]]], tokenizer: PreTrainedTokenizerBase,

@@ -153,6 +153,7 @@ class Task:
             return []
         fmt = meta["format"]
         items = [layouts.to_messages(r, fmt, cfg.data, w) for r, w in zip(records, where)]
+        chat.note_control_strings(items, tokenizer, where)
         if fmt == "text":
             return chat.encode_texts(items, tokenizer, cfg.model.max_length)
         return chat.encode_conversations(items, tokenizer, _template(tokenizer, meta), cfg.model.max_length, where)
