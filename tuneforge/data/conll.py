@@ -32,10 +32,7 @@ def read_conll(path: str | Path) -> list[Record]:
         rows = [_COLUMNS.split(line.strip(" \t\r\n\f\v")) for line in p.read_text(encoding="utf-8-sig").split("\n")]
     except (UnicodeDecodeError, OSError) as exc:
         raise not_text(p, exc) from None
-    data = [r for r in rows if r != [""] and r[0] != "#"]  # the other lines (a hashtag, #NYC, is a token)
-    common, seen = Counter(map(len, data)).most_common(1)[0][0] if data else 0, {r[-1] for r in data}
-    comments = {i for i, r in enumerate(rows, start=1) if r[0].startswith("#") and (
-        len(r) != common or r[0] == "#" and ("=" in r[2:-1] or r[-1] not in seen))}
+    comments = _comment_lines(rows)
     records: list[Record] = []
     sentence: list[list[str]] = []  # its lines' columns
     for i, columns in enumerate([*rows, [""]], start=1):
@@ -56,6 +53,18 @@ def read_conll(path: str | Path) -> list[Record]:
     if comments:
         print(f"note: {p}: {len(comments)} comment line(s) starting with '#' skipped", file=sys.stderr)
     return _note_scheme(records, str(p))
+
+
+def _comment_lines(rows: list[list[str]]) -> set[int]:
+    """The (1-based) numbers of the comment lines among a CoNLL file's split lines: a line starting with ``#``
+    whose column count differs from the most common one of the other lines, or whose first column is ``#`` alone
+    and that reads ``# key = value`` or ends in no other line's tag. A ``#`` token (``#	O``) and a hashtag
+    (``#NYC	B-LOC``) stay tokens."""
+    data = [r for r in rows if r != [""] and r[0] != "#"]
+    common = Counter(map(len, data)).most_common(1)[0][0] if data else 0
+    tags = {r[-1] for r in data}
+    return {i for i, r in enumerate(rows, start=1) if r[0].startswith("#") and (
+        len(r) != common or (r[0] == "#" and ("=" in r[2:-1] or r[-1] not in tags)))}
 
 
 # --- token and tag lists (JSONL / Parquet) --------------------------------------------------------------------
