@@ -239,3 +239,15 @@ def test_preparing_a_chat_file_notes_its_control_strings(tmp_path, capsys):
     cfg = load_config(None, {"model": {"task": "causal_lm"}, "data": {"dataset": str(path)}})
     prepare(cfg, causal_lm.Task(), tiny_tokenizer())
     assert "1 example(s) hold the tokenizer's control string(s) <|end|>" in capsys.readouterr().err
+
+
+def test_a_cut_through_an_earlier_reply_keeps_it_as_context_without_training_it():
+    I = chat.IGNORE
+    # user 1 (3 tokens), reply 1 (4), user 2 (3), the last answer (4): 14 tokens
+    ids = list(range(100, 114))
+    labels = [I] * 3 + ids[3:7] + [I] * 3 + ids[10:14]
+    cut_ids, cut_labels = chat.truncate(ids, labels, answer_start=10, max_length=9)  # cuts inside reply 1
+    assert cut_ids == ids[5:14]
+    assert cut_labels == [I, I] + [I] * 3 + ids[10:14]  # reply 1's tail: context only; the answer trains
+    cut_ids, cut_labels = chat.truncate(ids, labels, answer_start=10, max_length=12)  # cuts inside user 1
+    assert cut_labels == [I] + ids[3:7] + [I] * 3 + ids[10:14]  # reply 1 whole: it trains

@@ -113,14 +113,20 @@ def recent(messages: list[dict[str, str]], budget: int) -> list[dict[str, str]]:
 
 def truncate(ids: list[int], labels: list[int], answer_start: int, max_length: int) -> tuple[list[int], list[int]]:
     """Fit ``max_length``: cut the prompt (everything before the last answer) from the left, keeping at most
-    half the row for it when the answer itself is long; then cut the answer from the right."""
+    half the row for it when the answer itself is long; then cut the answer from the right. An earlier reply
+    whose start the cut removed stays as context but does not train (its tail would, without its question)."""
     if len(ids) <= max_length:
         return ids, labels
     prompt_len, answer_len = answer_start, len(ids) - answer_start
     keep = max(max_length - answer_len, min(prompt_len, max_length // 2))
     lo = answer_start - keep
     hi = lo + max_length
-    return ids[lo:hi], labels[lo:hi]
+    out = labels[lo:hi]
+    k = 0
+    while lo > 0 and labels[lo - 1] != IGNORE and lo + k < answer_start and out[k] != IGNORE:
+        out[k] = IGNORE  # the cut fell inside an earlier reply
+        k += 1
+    return ids[lo:hi], out
 
 
 def note_control_strings(items: list, tokenizer: PreTrainedTokenizerBase, where: list[str]) -> int:
