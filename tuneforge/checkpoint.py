@@ -120,8 +120,13 @@ DAMAGED = (SafetensorError, OSError)  # what reading a truncated or overwritten 
 
 def damaged(path: Path, exc: Exception) -> ConfigError:
     """The one-line error for a run's weights file (or model folder) ``path`` that cannot be read (``exc``)."""
-    reason = str(exc).split("\n")[0] or type(exc).__name__
-    return ConfigError(f"{path} is damaged ({reason}); train the run again, or restore the run directory from a copy")
+    return ConfigError(f"{path} is damaged ({_reason(exc)}); train the run again, or restore the run directory "
+                       "from a copy")
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of what a failed read said (its type where it said nothing)."""
+    return str(exc).split("\n")[0] or type(exc).__name__
 
 
 def read_run(run_dir: str | Path) -> RunFiles:
@@ -187,8 +192,7 @@ def resume_config(run_dir: Path) -> RunConfig:
             with safe_open(str(run_dir / RESUME), "pt") as f:
                 world = json.loads(f.metadata()["state"]).get("world_size", 1)
         except (*DAMAGED, KeyError, TypeError, ValueError) as exc:  # cut short, or not a tuneforge checkpoint
-            reason = str(exc).split("\n")[0] or type(exc).__name__
-            raise ConfigError(f"cannot resume {run_dir}: its {RESUME} is damaged ({reason}); start the run again "
+            raise ConfigError(f"cannot resume {run_dir}: its {RESUME} is damaged ({_reason(exc)}); start the run again "
                               "with --overwrite") from None
         if world != distributed.current().world:
             raise ConfigError(f"{run_dir} was trained with {world} process(es); resume it with the same number "

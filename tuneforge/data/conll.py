@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from tuneforge.data.readers import as_int, common_column, not_text, require_file
+from tuneforge.data.readers import as_int, column_names, common_column, not_text, require_file
 from tuneforge.evaluate import invalid_transitions
 from tuneforge.strict import ConfigError
 
@@ -104,8 +104,8 @@ def require(records: Sequence[Record], columns: Iterable[str], source: str,
         raise ConfigError(f"{source} is empty; it needs at least one example")
     for col in columns:
         if col not in records[0]:
-            names = ", ".join(map(repr, map(str, records[0])))
-            raise ConfigError(f"{source}: column '{col}' not found; columns are {names} (choose with {settings})")
+            raise ConfigError(f"{source}: column '{col}' not found; columns are {column_names(records[0])} "
+                              f"(choose with {settings})")
 
 
 def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", tags_column: str = "tags",

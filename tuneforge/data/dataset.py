@@ -16,7 +16,7 @@ from typing import Any
 
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import embedded
-from tuneforge.data.readers import require_file
+from tuneforge.data.readers import column_names, require_file
 from tuneforge.data.split import split
 
 Record = dict[str, Any]
@@ -87,7 +87,7 @@ def _checked(task: Any, records: list[Record], src: int, source: Source, cfg: Ru
     for column in task.required_columns(cfg):
         if column not in present:
             raise ConfigError(f"{source.name}: column '{column}' not found; columns are "
-                              f"{', '.join(map(repr, map(str, records[0]))) if records else 'none'} "
+                              f"{column_names(records[0]) if records else 'none'} "
                               + ("(choose with data.text_column / data.label_column)" if training else
                                  "(evaluate reads the columns the run was trained on: name them so in the file)"))
     out = []

@@ -179,12 +179,16 @@ def class_names(path: str | Path, column: str) -> list[str] | None:
     return None
 
 
+def column_names(row: dict[str, Any]) -> str:
+    """A row's column names, quoted so that spaces around a name show: ``'text', 'label'``."""
+    return ", ".join(repr(str(c)) for c in row)
+
+
 def require_columns(records: list[dict[str, Any]], columns: list[str], source: str) -> None:
     """Raise ConfigError naming the first missing column and the columns that exist."""
-    present = list(records[0].keys())
     for col in columns:
         if col not in records[0]:
             raise ConfigError(
-                f"{source}: column '{col}' not found; columns are {', '.join(map(repr, map(str, present)))} "
+                f"{source}: column '{col}' not found; columns are {column_names(records[0])} "
                 f"(choose with data.text_column / data.label_column)"
             )
