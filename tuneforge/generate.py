@@ -59,6 +59,17 @@ def generation_config(model: nn.Module, tokenizer: PreTrainedTokenizerBase, s: S
     return GenerationConfig(**kwargs)
 
 
+def whole_characters(text: str) -> str:
+    """``text`` without the U+FFFD that a byte-level tokenizer (GPT-2's, Llama 3's, SmolLM2's) decodes at the end
+    when the token limit cut a character's bytes short (an emoji is up to four tokens)."""
+    return text.rstrip("\ufffd")
+
+
+def answer_text(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
+    """The answer that new token ``ids`` spell: special tokens skipped, a character cut short dropped, stripped."""
+    return whole_characters(tokenizer.decode(ids, skip_special_tokens=True)).strip()
+
+
 class _Streamer(TextStreamer):
     """Writes decoded text to ``out`` as soon as it is final (word by word)."""
 
@@ -67,7 +78,7 @@ class _Streamer(TextStreamer):
         self.out = out
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-        self.out.write(text + ("\n" if stream_end else ""))
+        self.out.write(whole_characters(text) + "\n" if stream_end else text)
         self.out.flush()
 
 
@@ -134,7 +145,7 @@ def generate_answers(model: nn.Module, tokenizer: PreTrainedTokenizerBase, meta:
     template = meta.get("chat_template") or (chat.resolve_template(tokenizer, None) if fmt != "text" else None)
     ids = encode_prompts(tokenizer, prompts, template, cfg.model.max_length, cfg.data.system_prompt)
     new = generate_ids(model, tokenizer, ids, rt, s, cfg.eval.batch_size, stream)
-    return [tokenizer.decode(n, skip_special_tokens=True).strip() for n in new]
+    return [answer_text(tokenizer, n) for n in new]
 
 
 def chat_loop(run: Any, read: Callable[[str], str] = input, out: TextIO | None = None, **settings: Any) -> None:
