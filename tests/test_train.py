@@ -114,3 +114,27 @@ def test_training_a_llama_runs_the_llama_style_paths(tmp_path, monkeypatch, padd
     assert calls["norm"] > 0 and calls["rotation"] > 0
     assert (calls["attention"] > 0) == (not padding_free)
     assert modeling_llama.apply_rotary_pos_emb is plain_rotation
+
+
+def test_every_training_step_runs_in_training_mode_after_evaluations(tmp_path, monkeypatch):
+    """Evaluation switches the model to eval mode; the steps after it train with dropout on again."""
+    from lm_helpers import model_folder, write_pairs
+    from tuneforge.run import train
+    from tuneforge.tasks import causal_lm
+
+    modes = []
+    plain_loss = causal_lm.Task.loss
+
+    def recording(self, model, batch, *args, **kwargs):
+        if torch.is_grad_enabled():  # a training step (evaluation runs without gradients)
+            modes.append(model.training)
+        return plain_loss(self, model, batch, *args, **kwargs)
+
+    monkeypatch.setattr(causal_lm.Task, "loss", recording)
+    cfg = {"model": {"name": str(model_folder(tmp_path / "llama")), "task": "causal_lm"},
+           "data": {"dataset": str(write_pairs(tmp_path / "pairs.jsonl"))}, "method": {"name": "lora"},
+           "train": {"max_steps": 3, "batch_size": 4, "eval_every": 1, "precision": "fp32"},
+           "eval": {"before": False, "generate_samples": 0}, "forgetting": {"probes": ["none"]},
+           "output_dir": str(tmp_path / "run")}
+    train(cfg, progress=False)
+    assert modes == [True, True, True]

@@ -177,6 +177,7 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
     bar = tqdm(total=total, initial=step, desc="train", disable=not progress or not d.main, dynamic_ncols=True)
     logged = torch.zeros(2, dtype=torch.float64, device=rt.device)  # this rank's loss sum, all ranks' units
     start = time.perf_counter() - result.train_seconds
+    model.train()  # once, and again after each evaluation (transformers' train() costs ~1 ms a call)
     while step < total:
         epoch, micro = plan.step(step)
         batches = list(iterate(data.train, micro, rt.pad_id, rt.padding_free, rt.shapes))
@@ -187,7 +188,6 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
         window_units, real, padded = (int(c) for c in counts)
         result.real_tokens, result.padded_tokens = result.real_tokens + real, result.padded_tokens + padded
         scale = d.world / max(window_units, 1)  # DDP/FSDP average gradients over ranks: undo it
-        model.train()
         for i, batch in enumerate(batches):
             batch = {k: v.to(rt.device, non_blocking=True) for k, v in batch.items()}
             with distributed.gradient_sync(module, i == len(batches) - 1):
@@ -210,6 +210,7 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
             elapsed = time.perf_counter() - start
             with distributed.unsharded(module):
                 metrics = task.evaluate(model, data.validation, rt, cfg, data.meta)
+            model.train()
             checkpoint.crash_point("after-evaluation")
             start = time.perf_counter() - elapsed  # evaluation time is not training time
             stop = _record_evaluation(result, logger, metrics, task.metric, sign, step, module, patience)
