@@ -2,13 +2,13 @@
 frozen RMSNorm weights in bf16, at the float32 norms' loss and gradients under autocast."""
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, OPTConfig
 
 from conftest import tiny_batch, tiny_causal_lm, tiny_classifier
 from tiny import model_dir
-from tuneforge.config import load_config
+from tuneforge.config import ConfigError, load_config
 from tuneforge.methods import registry
-from tuneforge.models import apply_method, frozen_pooler, store_frozen_in_bf16
+from tuneforge.models import apply_method, frozen_pooler, load_pretrained, store_frozen_in_bf16
 from tuneforge.optim import build_optimizer
 
 
@@ -106,3 +106,9 @@ def test_bf16_rms_norm_weights_keep_the_loss_and_gradients_of_float32_ones_under
     assert loss == pytest.approx(loss_ref, rel=1e-2)
     for n, g in grads_ref.items():  # bf16 rounding of the norm weights only: within 3 % of the largest entry
         assert (grads[n] - g).abs().max() <= 0.03 * g.abs().max() + 1e-6, n
+
+
+def test_an_architecture_without_a_model_for_the_task_is_named_in_the_tasks_words(tmp_path):
+    OPTConfig().save_pretrained(tmp_path)  # transformers has no OPTForTokenClassification
+    with pytest.raises(ConfigError, match=r"has no token classification model for its architecture \(OPT;"):
+        load_pretrained(AutoModelForTokenClassification, tmp_path)

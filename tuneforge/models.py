@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,21 @@ def load_pretrained(auto_cls: Any, path: str | Path, trust_remote_code: bool = F
         model, info = auto_cls.from_pretrained(str(path), output_loading_info=True, dtype=torch.float32,
                                                trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load a model from {path}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"cannot load a model from {path}: {_load_error(exc, auto_cls)}") from None
     mismatched = {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())}
     return model, fresh_modules(model, set(info["missing_keys"]) | mismatched)
+
+
+def _load_error(exc: Exception, auto_cls: Any) -> str:
+    """The first line of a loading error; transformers' "Unrecognized configuration class" (an architecture
+    without a model for this task, e.g. OPT for token classification) said in the task's words."""
+    first = str(exc).splitlines()[0]
+    found = re.search(r"Unrecognized configuration class <class '[\w.]+\.(\w+)Config'>", first)
+    if found is None:
+        return first
+    task = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", auto_cls.__name__.removeprefix("AutoModelFor")).lower()
+    return (f"transformers has no {task} model for its architecture ({found[1]}; {auto_cls.__name__} does not "
+            f"support it); choose a model of a family that has one")
 
 
 def fresh_modules(model: nn.Module, new_keys: set[str]) -> list[str]:
