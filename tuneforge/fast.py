@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
+from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -176,8 +176,13 @@ def packed_attention(model: nn.Module, device: torch.device, packed: bool,
     row of several examples; torch's CPU flash kernel keeps none. SmolLM2 LoRA, 16 pairs per step, fp32, 1
     thread: peak RSS 200-340 MiB lower at the same speed and test perplexity. Not under bf16 autocast, where
     SDPA's backward on packed rows was slower (SmolLM2 full fine-tuning, Intel Xeon: 0.83 -> 1.09 s).
-    Yields how many configs were switched."""
-    return select_attention(attention_configs(model, "eager") if packed and not bf16 and device.type == "cpu" else [], "sdpa")
+    Only models whose class supports SDPA switch (Gemma 2's soft-capped attention and BLOOM's ALiBi do not: under
+    an ``sdpa`` config BLOOM builds no causal mask). Yields how many configs were switched."""
+    if not packed or bf16 or device.type != "cpu":
+        return select_attention([], "sdpa")
+    unsupported = {id(m.config) for m in model.modules()
+                   if isinstance(m, PreTrainedModel) and not getattr(type(m), "_supports_sdpa", False)}
+    return select_attention([c for c in attention_configs(model, "eager") if id(c) not in unsupported], "sdpa")
 
 
 def fast_attention(model: nn.Module, device: torch.device) -> contextlib.AbstractContextManager[int]:

@@ -3,6 +3,7 @@ start-up check refuses methods that prepend virtual tokens, and a run trains the
 ``data.packing`` rows keep their examples apart the same way, or fall back to plain concatenations."""
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from conftest import tiny_causal_lm
 from lm_helpers import QA, model_folder, single_thread, tiny_tokenizer, write_pairs
@@ -173,3 +174,43 @@ def test_data_packing_falls_back_to_plain_rows_where_examples_cannot_be_kept_apa
     warned = "cannot keep packed examples apart" in capsys.readouterr().err
     assert warned is not apart
     assert metrics["test_after"]["loss"] > 0
+
+
+def _tiny(config_class, **extra):
+    torch.manual_seed(0)
+    config = config_class(vocab_size=len(tiny_tokenizer()), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          pad_token_id=1, **extra)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+
+
+def test_models_without_sdpa_keep_eager_attention_on_packed_float32_rows():
+    """Gemma 2 (soft-capped attention) and BLOOM (ALiBi: under an sdpa config it builds no causal mask) keep eager
+    attention; Llama switches to SDPA. Gemma 2 trains a packed row under the switches fit makes."""
+    from transformers import BloomConfig, Gemma2Config, LlamaConfig
+    from tuneforge import fast
+
+    cpu = torch.device("cpu")
+    gemma2 = _tiny(Gemma2Config, intermediate_size=64, head_dim=8, num_key_value_heads=2)
+    llama = _tiny(LlamaConfig, intermediate_size=64, num_key_value_heads=2)
+    for model, switched in ((gemma2, 0), (_tiny(BloomConfig), 0), (llama, 1)):
+        with fast.packed_attention(model, cpu, packed=True, bf16=False) as n:
+            assert n == switched
+            assert model.config._attn_implementation == ("sdpa" if switched else "eager")
+    batch = collate_packed(_examples(3), 1, rows=[[0, 1, 2]])
+    gemma2.train()
+    with fast.packed_attention(gemma2, cpu, True, False), fast.fast_attention(gemma2, cpu):
+        causal_lm.token_nll(gemma2, batch, reduction="sum").backward()
+
+
+def test_the_start_up_check_refuses_a_model_whose_packed_examples_see_each_other():
+    """BLOOM's attention mask ignores position ids, so two examples in one row attend to each other: its losses
+    move by far more than rounding (a tiny random BLOOM's, by ~1e-3) and it trains on padded rows."""
+    from transformers import BloomConfig
+
+    model = _tiny(BloomConfig)
+    packed = collate_packed(_examples(2), 1, rows=[[0, 1]])
+    padded = collate(_examples(2), 1)
+    a, b = (causal_lm.token_nll(model, batch, reduction="none") for batch in (packed, padded))
+    assert (a - b).abs().max() > 1e-5  # the leak is there
+    assert get("causal_lm").packing_ok(model, _examples(), CPU) is False
+    assert get("causal_lm").packing_ok(tiny_causal_lm("llama"), _examples(), CPU) is True
