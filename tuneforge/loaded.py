@@ -151,8 +151,12 @@ class Run:
         leftovers = [n for n, _ in model.named_parameters() if n not in self.base_names]
         if leftovers:
             self.model, self.base_names = self._load_model()  # the merge hook may have changed the model
+            other = ("export it with `tuneforge export RUN OUT --format peft`, or load the run with tuneforge"
+                     if hasattr(registry.get(self.cfg.method_name), "to_peft") else
+                     "it has no PEFT form either: load the run with tuneforge (`tuneforge predict`/`evaluate`, "
+                     "`tuneforge.load`)")
             raise ConfigError(f"method '{self.cfg.method_name}' cannot be merged into the base weights "
-                              f"(e.g. {leftovers[0]}); use `tuneforge export` or load the run with tuneforge")
+                              f"(e.g. {leftovers[0]}); {other}")
         with new_folder(Path(out), overwrite, "merged") as tmp:  # moved in place once complete
             model.float().save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)

@@ -168,8 +168,16 @@ def test_merge_of_a_run_that_cannot_merge_leaves_the_output_untouched(bert_dir, 
     fresh_folder(out, False, "merged")  # an earlier merge: tuneforge's own, so --overwrite could replace it
     (out / "config.json").write_text("{}")
     before = snapshot(out)
-    one_error(capsys, ["merge", run, out, "--overwrite"], "method 'adapter' cannot be merged")
+    one_error(capsys, ["merge", run, out, "--overwrite"], "method 'adapter' cannot be merged",
+              "it has no PEFT form either")
     assert snapshot(out) == before
+
+
+def test_merge_of_a_run_that_cannot_merge_but_exports_points_to_the_peft_export(bert_dir, reviews, tmp_path, capsys):
+    run = tmp_path / "prompt"
+    assert main(train_argv(bert_dir, reviews, run, "train.max_steps=1", method="prompt")) == 0
+    one_error(capsys, ["merge", run, tmp_path / "merged"], "method 'prompt' cannot be merged", "--format peft")
+    assert not (tmp_path / "merged").exists()
 
 
 def test_peft_export_of_a_run_without_a_peft_form_leaves_no_folder(bert_dir, reviews, tmp_path, capsys):
