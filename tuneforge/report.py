@@ -31,7 +31,7 @@ def learned_warning(metrics: dict[str, Any], task: Any) -> str | None:
     first, last = loss.get("first"), loss.get("last")
     if first is not None and last is not None and math.isfinite(first) and last > 0.98 * first and \
             loss.get("logged", 0) > 1:
-        return f"the training loss did not fall ({first:.4f} -> {last:.4f}): {FIXES}"
+        return f"the training loss did not clearly fall ({first:.4f} -> {last:.4f}, under 2 %): {FIXES}"
     before, after = metrics.get("test_before") or {}, metrics.get("test_after") or {}
     name = task.metric
     if name not in after:
