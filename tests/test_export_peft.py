@@ -210,13 +210,13 @@ def _tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w1", pad_token="w0")
 
 
-def _fake_run(tmp_path, method, family="bert", options=None, heads=("classifier",), task_type="TOKEN_CLS"):
+def _fake_run(tmp_path, method, family="bert", options=None, heads=("classifier",), task_type="TOKEN_CLS",
+              build=tiny_token_classifier):
     """What export_peft reads from a Run, without training one."""
     options = options or {}
     base = tmp_path / "base"
-    tiny_token_classifier(family).save_pretrained(base)
-    model = registry.apply(tiny_token_classifier(family), method, registry.make_config(method, options),
-                           always_train=list(heads))
+    build(family).save_pretrained(base)
+    model = registry.apply(build(family), method, registry.make_config(method, options), always_train=list(heads))
     cfg = SimpleNamespace(method_name=method, method_options=lambda: options, model=SimpleNamespace(name=str(base)))
     return SimpleNamespace(cfg=cfg, files=SimpleNamespace(full_model_dir=None), model=model, heads=list(heads),
                            task=SimpleNamespace(peft_task_type=task_type), tokenizer=_tokenizer(),
@@ -261,3 +261,17 @@ def test_export_of_a_prefix_token_classifier_says_how_to_run_it(tmp_path):
     run = _fake_run(tmp_path, "prefix", options={"num_virtual_tokens": N})
     readme = (export_peft(run, tmp_path / "out") / "README.md").read_text()
     assert "PEFT 0.21 refuses to run prefix tuning on a classifier" in readme and "cache=model.get_prompt" in readme
+
+
+@pytest.mark.parametrize("family, build, task_type, said", [
+    ("llama", tiny_classifier, "SEQ_CLS", True), ("gpt2", tiny_classifier, "SEQ_CLS", True),
+    ("bert", tiny_classifier, "SEQ_CLS", False), ("llama", tiny_token_classifier, "TOKEN_CLS", False)])
+def test_a_prompt_tuned_decoder_classifier_export_says_peft_reads_the_last_position(tmp_path, capsys, family,
+                                                                                    build, task_type, said):
+    """PEFT gives such a classifier embeddings, so transformers pools a padded row's last position (padding):
+    test_classifier_with_its_head pads on the left to compare. The README and a note say so."""
+    heads = ("score",) if family != "bert" else ("classifier",)
+    run = _fake_run(tmp_path, "prompt", family, {"num_virtual_tokens": N}, heads, task_type, build)
+    readme = (export_peft(run, tmp_path / "out") / "README.md").read_text()
+    assert ("classify one text at a time" in readme) is said
+    assert ("note: PEFT reads a padded row's last position" in capsys.readouterr().err) is said

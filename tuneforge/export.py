@@ -3,6 +3,7 @@
 method's business: its optional ``to_peft(model, config, task_type, modules_to_save)`` hook."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,13 @@ PEFT returns the {n} virtual positions in front of the real ones: drop the first
 and token-classification logits to align them with the input.
 """
 
+_LAST_TOKEN_NOTE = """
+PEFT hands a prompt-tuned decoder classifier embeddings, not token ids, so transformers cannot see where a padded
+row's text ends and reads the row's last position, padding included: classify one text at a time (or rows of one
+length) with this adapter to get the run's predictions; `tuneforge predict` on the run batches padded rows as
+trained.
+"""
+
 _PREFIX_CLASSIFIER_NOTE = """
 PEFT 0.21 refuses to run prefix tuning on a classifier with transformers 5 ("Model does not support past key
 values"); the prefix it loads still works when passed to the plain model:
@@ -66,6 +74,10 @@ def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
     extra = f", num_labels={len(labels)}, id2label={dict(enumerate(labels))}" if labels else ""
     prompt_like = adapter_config["peft_type"] in ("PROMPT_TUNING", "P_TUNING")
     note = _PROMPT_NOTE.format(n=adapter_config.get("num_virtual_tokens")) if prompt_like else ""
+    if prompt_like and task_type == "SEQ_CLS" and hasattr(run.model, "score"):  # a decoder's last-token head
+        note += _LAST_TOKEN_NOTE
+        print("note: PEFT reads a padded row's last position, padding included, in this decoder classifier: "
+              "classify one text at a time with the exported adapter (its README.md says why)", file=sys.stderr)
     if adapter_config["peft_type"] == "PREFIX_TUNING" and task_type in ("SEQ_CLS", "TOKEN_CLS"):
         note = _PREFIX_CLASSIFIER_NOTE
     out = Path(out)
