@@ -137,4 +137,5 @@ def test_a_padding_free_causal_run_trains_its_packed_rows_through_sdpa(tmp_path,
            "train": {"max_steps": 2, "batch_size": 8, "precision": "fp32"}, "eval": {"before": False},
            "forgetting": {"probes": ["none"]}, "output_dir": str(tmp_path / "run")}
     out = train(cfg, progress=False)
-    assert out.metrics["padding_free"] and seen == [(True, 1, "sdpa")]  # loaded eager (short rows), packed: sdpa
+    # loaded eager (short rows), packed: sdpa, in the start-up check (packing_ok) and in training
+    assert out.metrics["padding_free"] and seen == [(True, 1, "sdpa")] * 2
