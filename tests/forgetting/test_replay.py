@@ -42,6 +42,15 @@ def test_zero_ratio_and_errors():
         mix(train, [{"input_ids": [1], "labels": 0}], 0.3)
 
 
+def test_bookkeeping_fields_of_cut_examples_do_not_count_as_a_different_task():
+    """``_cut`` marks only the examples cut to model.max_length: a replay pool whose first example was cut (or a
+    training set whose first was) mixes as any other."""
+    train = [{"input_ids": [1, 2], "labels": [1, 2]}, {"input_ids": [3], "labels": [3], "_cut": True}]
+    pool = [{"input_ids": [4], "labels": [4], "_cut": True}, {"input_ids": [5], "labels": [5]}]
+    assert len(mix(train, pool, 0.5)) == 4
+    assert len(mix(train[::-1], pool[::-1], 0.5)) == 4
+
+
 def test_remap_labels_into_a_joined_label_space():
     old = [{"input_ids": [1], "labels": 0}, {"input_ids": [2], "labels": 1}, {"input_ids": [3], "labels": -1}]
     joined = ["ai", "negative", "positive", "trivia"]

@@ -29,6 +29,12 @@ def replay_count(n_train: int, ratio: float) -> int:
     return round(ratio / (1.0 - ratio) * n_train)
 
 
+def model_fields(example: dict[str, Any]) -> list[str]:
+    """The fields of an example that reach the model: not the task's ``_`` bookkeeping (``_cut`` marks only the
+    examples cut to ``model.max_length``)."""
+    return sorted(k for k in example if not k.startswith("_"))
+
+
 def mix(train_examples: Sequence[dict[str, Any]], replay_examples: Sequence[dict[str, Any]], ratio: float,
         seed: int = 0) -> list[dict[str, Any]]:
     """One epoch's examples: all of ``train_examples`` plus :func:`replay_count` replay examples, shuffled.
@@ -43,9 +49,9 @@ def mix(train_examples: Sequence[dict[str, Any]], replay_examples: Sequence[dict
         return list(train_examples)
     if not replay_examples:
         raise ConfigError("replay: the replay data is empty; give replay examples or set the ratio to 0")
-    if train_examples and set(replay_examples[0]) != set(train_examples[0]):
-        raise ConfigError(f"replay: replay examples have fields {sorted(replay_examples[0])} but training examples "
-                          f"have {sorted(train_examples[0])}; encode the replay data for the same task")
+    if train_examples and model_fields(replay_examples[0]) != model_fields(train_examples[0]):
+        raise ConfigError(f"replay: replay examples have fields {model_fields(replay_examples[0])} but training "
+                          f"examples have {model_fields(train_examples[0])}; encode the replay data for the same task")
     rng = random.Random(seed)
     pool = list(replay_examples)
     full, rest = divmod(n, len(pool))
