@@ -51,3 +51,16 @@ def test_bad_settings_are_clear_errors():
         augment_records([{"text": TEXT}], copies=-1)
     with pytest.raises(ConfigError, match="row 2.*'text'"):
         augment_records([{"text": TEXT}, {"body": TEXT}])
+
+
+@pytest.mark.parametrize("task", ["causal_lm", "token_classification"])
+def test_tasks_without_text_to_edit_refuse_augmentation(task):
+    from tuneforge.config import load_config
+    from tuneforge.data.augment import augment_train
+    from tuneforge.tasks import get
+
+    cfg = load_config(None, {"model": {"task": task}, "forgetting": {"augment": {"copies": 2}}})
+    records = [{"text": TEXT}]
+    with pytest.raises(ConfigError, match=f"a {task} run has no text that word-level augmentation may change"):
+        augment_train(records, cfg, get(task).augment_columns(cfg))
+    assert augment_train(records, load_config(None, {"model": {"task": task}}), []) == records  # copies 0: as is
