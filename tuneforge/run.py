@@ -21,8 +21,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from tuneforge import checkpoint, distributed, tasks
+from tuneforge import assets, checkpoint, distributed, tasks
 from tuneforge.config import HEAD_LR, RunConfig, load_config, merge_dicts, parse_overrides
+from tuneforge.data import embedded
 from tuneforge.data.batching import Shapes
 from tuneforge.data.dataset import Splits, prepare, source_records
 from tuneforge.data.dataset import warnings as dataset_warnings
@@ -68,7 +69,24 @@ def resolve_config(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list
         cfg.train.head_lr = max(cfg.train.lr, declared.get("head_lr", HEAD_LR)) if cfg.train.lr > 0 else 0.0
     if cfg.forgetting.previous_run:  # stored absolute: the run must find task 1 again when reloaded
         cfg.forgetting.previous_run = str(Path(cfg.forgetting.previous_run).resolve())
+    _absolute_paths(cfg)
     return cfg
+
+
+def _absolute_paths(cfg: RunConfig) -> None:
+    """Local model folders and data files given relative to the working directory are stored absolute, so the
+    run is resumed, evaluated, exported and merged from anywhere. Embedded names (and ``self``/``none``) stay."""
+    def local(value: str | None, named: bool = False) -> str | None:
+        if not value or named or value in ("self", "none") or not Path(value).expanduser().exists():
+            return value  # a missing path keeps its own error message, with the path as given
+        return str(Path(value).expanduser().resolve())
+
+    d, f = cfg.data, cfg.forgetting
+    cfg.model.name = local(cfg.model.name, cfg.model.name in assets.MODELS)
+    d.dataset = local(d.dataset, embedded.is_embedded(d.dataset))
+    d.train_file, d.validation_file, d.test_file = (local(x) for x in (d.train_file, d.validation_file, d.test_file))
+    f.replay.data = local(f.replay.data, embedded.is_embedded(f.replay.data or ""))
+    f.reference = local(f.reference, embedded.is_embedded(f.reference or ""))
 
 
 @dataclass
