@@ -151,6 +151,7 @@ def generate_answers(model: nn.Module, tokenizer: PreTrainedTokenizerBase, meta:
 def chat_loop(run: Any, read: Callable[[str], str] = input, out: TextIO | None = None, **settings: Any) -> None:
     """Interactive multi-turn chat with a reloaded run (``tuneforge.loaded.Run``): answers stream as they are
     generated; ends on EOF, 'exit' or 'quit'."""
+    build_dataclass(Sampling, settings, "generate")  # bad options fail before the banner, not at the first answer
     out = out or sys.stdout
     history: list[dict[str, str]] = []
     out.write("chatting with the model: type a message, or 'exit' (or Ctrl-D) to quit\n")

@@ -155,6 +155,14 @@ def test_chat_refuses_a_plain_text_run_before_the_banner():
         Run.check_generates(text_run, chat=True)
 
 
+@pytest.mark.parametrize("option", [["--temperature", "-2"], ["--max-new-tokens", "0"], ["--top-p", "2"]])
+def test_chat_refuses_bad_options_before_the_banner(trained, capsys, monkeypatch, option):
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # no message at all: the options must fail on their own
+    assert cli.main(["chat", str(trained.run_dir), *option]) == 2
+    captured = capsys.readouterr()
+    assert "chatting with the model" not in captured.out and captured.err.startswith("tuneforge: error:")
+
+
 def test_streamed_chat_answer_equals_the_batch_answer(trained):
     run = load(trained.run_dir, "cpu")
     history = [{"role": "user", "content": "say yes"}]
