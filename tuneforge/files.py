@@ -62,7 +62,10 @@ def fsync_dir(path: Path) -> None:
 def _atomic(path: Path, write: Callable[[str], None]) -> None:
     """``write(tmp)`` a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the folder."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL)
+    except OSError as exc:  # a read-only or special folder (/proc): one line, not a traceback
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)
     try:
         write(tmp)

@@ -95,6 +95,19 @@ def test_existing_output_is_refused_unless_overwrite(setup, capsys):
     assert json.loads(out.read_text())["n"] == 2
 
 
+def test_an_output_that_cannot_be_written_is_refused_before_any_scoring(setup, capsys, monkeypatch):
+    from tuneforge.prompting import classify
+
+    root, folder, data = setup
+    (root / "a-folder").mkdir()
+    (root / "a-file").write_text("mine")
+    monkeypatch.setattr(classify, "evaluate_prompting", lambda *a, **k: pytest.fail("scored before the check"))
+    for out, said in ((root / "a-folder", "is a folder"), (root / "a-file" / "x.json", "is a file, not a folder")):
+        assert main(_args(folder, data, "--limit", "2", "-o", str(out), "--overwrite")) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("tuneforge: error:") and said in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("flag, value", [("--batch-size", "0"), ("--limit", "0"), ("--shots", "-1")])
 def test_counts_below_their_least_are_refused_by_the_parser(setup, capsys, flag, value):
     _, folder, data = setup

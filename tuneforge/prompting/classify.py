@@ -40,9 +40,18 @@ def check_template(template: str) -> None:
 
 
 def check_output(output: str | Path | None, overwrite: bool) -> None:
-    """Refuse to replace an existing results file unless ``overwrite``."""
-    if output is not None and Path(output).exists() and not overwrite:
+    """Refuse to replace an existing results file unless ``overwrite``, a folder, and a path under a file, before
+    any scoring is done."""
+    if output is None:
+        return
+    path = Path(output)
+    if path.is_dir():
+        raise ConfigError(f"output file {output} is a folder; give a file path (e.g. {path / 'calibrate.json'})")
+    if path.exists() and not overwrite:
         raise ConfigError(f"output file {output} already exists; choose another path or pass --overwrite")
+    above = next((a for a in path.parents if a.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ConfigError(f"output file {output}: {above} is a file, not a folder")
 
 
 def scored_words(words: Sequence[str], template: str) -> list[str]:
