@@ -180,6 +180,8 @@ def start_resume(run_dir: Path, manifest: dict[str, Any] | None = None) -> None:
 
 def resume_config(run_dir: Path) -> RunConfig:
     """The config of an interrupted run that ``train --resume`` can continue (one-line errors otherwise)."""
+    if run_dir.is_file():
+        raise ConfigError(f"cannot resume {run_dir}: it is a file; give the run directory that `train` wrote")
     if not run_dir.is_dir():
         raise ConfigError(f"cannot resume {run_dir}: no such run directory")
     if (run_dir / "metrics.json").is_file() and not (run_dir / RESUME).is_file():

@@ -45,7 +45,7 @@ class Run:
         self.cfg = self.files.config
         self.meta = self.files.meta
         self.task = tasks.get(self.cfg.model.task)
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, "--device")
         full = self.files.full_model_dir
         self.tokenizer = load_tokenizer(full or assets.resolve_model(self.cfg.model.name),
                                         self.cfg.model.trust_remote_code)

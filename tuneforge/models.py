@@ -149,16 +149,16 @@ def count_parameters(model: nn.Module) -> dict[str, float]:
     return {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / max(total, 1)}
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU."""
+def resolve_device(name: str, setting: str = "train.device") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; errors name ``setting`` (a command's ``--device``)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"train.device: unknown device '{name}'; use auto, cpu or cuda") from None
+        raise ConfigError(f"{setting}: unknown device '{name}'; use auto, cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda requested but no CUDA device is available; use auto or cpu")
+        raise ConfigError(f"{setting}: cuda requested but no CUDA device is available; use auto or cpu")
     return device
 
 

@@ -132,6 +132,13 @@ def test_run_directory_of_an_incompatible_run_format(lora_run, tmp_path, capsys)
     assert snapshot(old) == before and not (tmp_path / "merged").exists()
 
 
+def test_resume_of_a_file_and_a_commands_bad_device_say_what_they_are(lora_run, tmp_path, capsys):
+    a_file = tmp_path / "config.json"
+    a_file.write_text("{}")
+    one_error(capsys, ["train", "--resume", a_file], "cannot resume", "it is a file; give the run directory")
+    one_error(capsys, ["predict", lora_run, "a good film", "--device", "bogus"], "--device: unknown device 'bogus'")
+
+
 # ---- 4. nothing lost, nothing clobbered --------------------------------------------------------------------
 
 def test_overwrite_refuses_a_folder_tuneforge_did_not_make(bert_dir, reviews, tmp_path, capsys):

@@ -121,7 +121,7 @@ def evaluate_prompting(model: str = "smollm2", data: str = "rotten_tomatoes", te
     if fresh:  # e.g. an encoder such as MiniLM: its "LM head" would be random and its scores meaningless
         raise ConfigError(f"--model {model} is not a trained causal language model (loading it as one left "
                           f"{', '.join(fresh[:3])} newly initialised); use a causal LM such as smollm2")
-    lm.to(resolve_device(device))
+    lm.to(resolve_device(device, "--device"))
     clf = PromptClassifier(lm, tokenizer, template, words, demos, tuple(content_free), mode=mode,
                            batch_size=batch_size)
     started = time.perf_counter()
