@@ -122,3 +122,12 @@ def test_a_sampling_setting_means_sampling():
     assert settings("--temperature", "0.7") == {"max_new_tokens": 128, "sample": True, "temperature": 0.7, "seed": None}
     assert settings("--top-k", "5", "--seed", "3")["sample"] is True
     assert settings("--sample")["sample"] is True
+
+
+def test_an_unknown_flag_is_named_with_the_commands_usage_and_its_overrides_are_not(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "-o", str(tmp_path / "cmp"), "--batch-size", "8", "method.rank=4"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "usage: tuneforge compare" in err
+    assert "tuneforge compare: error: unrecognized arguments: --batch-size (see `tuneforge compare --help`)" in err
+    assert "method.rank=4" not in err.splitlines()[-1] and not (tmp_path / "cmp").exists()

@@ -194,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     rest = next((name for name in ("texts", "overrides", "prompts") if hasattr(args, name)), None)
     if extra and rest and not any(e.startswith("-") for e in extra):
         setattr(args, rest, list(getattr(args, rest)) + extra)
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    elif extra:  # the command's own usage, and only what it does not know (its KEY=VALUE overrides are fine)
+        command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        unknown = [e for e in extra if e.startswith("-")] if rest else extra
+        command.error(f"unrecognized arguments: {' '.join(unknown)} (see `tuneforge {args.command} --help`)")
     from tuneforge import distributed
     from tuneforge.config import ConfigError
 
