@@ -276,31 +276,3 @@ def test_without_validation_the_final_weights_are_the_result_without_a_copy(bert
     run = load(result.run_dir, device="cpu")  # the saved weights are the trained ones
     assert run.evaluate()["accuracy"] == pytest.approx(result.metrics["test_after"]["accuracy"])
 
-
-def test_relative_model_and_data_paths_are_stored_absolute(bert_dir, data_csv, tmp_path, monkeypatch):
-    """A run started with paths relative to its working directory is resumed and reloaded from any other."""
-    import shutil
-
-    from tuneforge import training_state
-
-    work = tmp_path / "work"
-    shutil.copytree(bert_dir, work / "models" / "bert")
-    shutil.copy(data_csv, work / "reviews.csv")
-    monkeypatch.chdir(work)
-    original = training_state.save_training_state
-
-    def save_then_crash(run_dir, module, optimizer, names, scheduler, loop, best, device):
-        original(run_dir, module, optimizer, names, scheduler, loop, best, device)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(training_state, "save_training_state", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg("models/bert", "reviews.csv", "run", max_steps=4, save_every=2), progress=False)
-    monkeypatch.setattr(training_state, "save_training_state", original)
-    stored = tuneforge.config.load_config(work / "run" / "config.yaml")
-    assert (stored.model.name, stored.data.dataset) == (str(work / "models" / "bert"), str(work / "reviews.csv"))
-    monkeypatch.chdir(tmp_path)  # elsewhere: "models/bert" and "reviews.csv" are not here
-    assert train({}, resume=work / "run", progress=False).metrics["steps"] == 4
-    assert load(work / "run").predict(["a fine film"])[0]["label"] in ("negative", "positive")
-    cfg = tuneforge.run.resolve_config({"model": {"name": "minilm"}, "data": {"dataset": "rotten_tomatoes"}})
-    assert (cfg.model.name, cfg.data.dataset) == ("minilm", "rotten_tomatoes")  # embedded names stay names

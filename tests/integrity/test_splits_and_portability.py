@@ -172,3 +172,34 @@ def test_a_split_left_empty_is_named_before_training(tmp_path):
     long = sum(len(r["text"].split()) > 8 for r in sentiment_rows(40))  # one token per word, no special tokens
     assert 0 < long < 40
     assert f"note: {long} of 40 examples are longer than model.max_length=8 tokens and were cut" in said(40, 8)
+
+
+def test_relative_model_and_data_paths_are_stored_absolute(bert_dir, reviews, tmp_path, monkeypatch):
+    """A run started with paths relative to its working directory is resumed and reloaded from any other."""
+    from tuneforge import training_state
+    from tuneforge.config import load_config
+    from tuneforge.run import load, resolve_config, train
+
+    work = tmp_path / "work"
+    shutil.copytree(bert_dir, work / "models" / "bert")
+    shutil.copy(reviews, work / "reviews.csv")
+    monkeypatch.chdir(work)
+    original = training_state.save_training_state
+
+    def save_then_crash(run_dir, module, optimizer, names, scheduler, loop, best, device):
+        original(run_dir, module, optimizer, names, scheduler, loop, best, device)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training_state, "save_training_state", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train({"model": {"name": "models/bert", "max_length": 32}, "data": {"dataset": "reviews.csv"},
+               "train": {"max_steps": 4, "save_every": 2, "batch_size": 16, "precision": "fp32"}, "output_dir": "run"},
+              progress=False)
+    monkeypatch.setattr(training_state, "save_training_state", original)
+    stored = load_config(work / "run" / "config.yaml")
+    assert (stored.model.name, stored.data.dataset) == (str(work / "models" / "bert"), str(work / "reviews.csv"))
+    monkeypatch.chdir(tmp_path)  # elsewhere: "models/bert" and "reviews.csv" are not here
+    assert train({}, resume=work / "run", progress=False).metrics["steps"] == 4
+    assert load(work / "run").predict(["a fine film"])[0]["label"] in ("negative", "positive")
+    cfg = resolve_config({"model": {"name": "minilm"}, "data": {"dataset": "rotten_tomatoes"}})
+    assert (cfg.model.name, cfg.data.dataset) == ("minilm", "rotten_tomatoes")  # embedded names stay names
