@@ -140,12 +140,17 @@ def generate_answers(model: nn.Module, tokenizer: PreTrainedTokenizerBase, meta:
                      rt: Runtime, prompts: list[Prompt], stream: TextIO | None = None, **settings: Any) -> list[str]:
     """Answers of a trained causal LM (run config ``cfg`` and ``meta``) to each prompt; ``settings`` are
     :class:`Sampling` fields."""
+    return [answer_text(tokenizer, n) for n in answer_ids(model, tokenizer, meta, cfg, rt, prompts, stream, **settings)]
+
+
+def answer_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase, meta: dict[str, Any], cfg: Any, rt: Runtime,
+               prompts: list[Prompt], stream: TextIO | None = None, **settings: Any) -> list[list[int]]:
+    """The new token ids of :func:`generate_answers` (before EOS; as many as ``max_new_tokens`` when cut)."""
     s = build_dataclass(Sampling, settings, "generate")
     fmt = meta.get("format")
     template = meta.get("chat_template") or (chat.resolve_template(tokenizer, None) if fmt != "text" else None)
     ids = encode_prompts(tokenizer, prompts, template, cfg.model.max_length, cfg.data.system_prompt)
-    new = generate_ids(model, tokenizer, ids, rt, s, cfg.eval.batch_size, stream)
-    return [answer_text(tokenizer, n) for n in new]
+    return generate_ids(model, tokenizer, ids, rt, s, cfg.eval.batch_size, stream)
 
 
 def chat_loop(run: Any, read: Callable[[str], str] = input, out: TextIO | None = None, **settings: Any) -> None:

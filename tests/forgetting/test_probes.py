@@ -32,27 +32,33 @@ def setup(tmp_path_factory):
 
 
 def test_own_answers_probe_is_the_perplexity_of_the_models_greedy_answers(setup):
+    """Most answers of the tiny model hit max_new_tokens=8: their end of turn, never said, is not scored."""
     cfg, task, tok, model, rt, _, data = setup
+    cfg = resolve_config({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "max_length": 64}})  # no truncation
     probe = probes.own_answers_probe(model, cfg, task, tok, rt, data.meta)
     prompts = probes.general_prompts(12, cfg.data.seed)
     template = chat.resolve_template(tok, None)
-    total, count = 0.0, 0
+    total, count, cut = 0.0, 0, 0
     with torch.no_grad():
         for p in prompts:  # direct: greedy answer with generate, then the HF loss of the answer tokens
-            ids = chat.prompt_ids(tok, template, [{"role": "user", "content": p}], 32)
+            ids = chat.prompt_ids(tok, template, [{"role": "user", "content": p}], 64)
             out = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
             answer = tok.decode(out[:out.index(tok.eos_token_id)] if tok.eos_token_id in out else out,
                                 skip_special_tokens=True).strip()
             if not answer:
                 continue
-            (ex,) = chat.encode_conversations([[{"role": "user", "content": p}, {"role": "assistant", "content": answer}]],
-                                              tok, template, 32, ["r"])
+            if len(out) == 8 and tok.eos_token_id not in out:  # cut: the answer's own tokens, no end of turn
+                content = tok(answer, add_special_tokens=False)["input_ids"]
+                ex, cut = {"input_ids": ids + content, "labels": [-100] * len(ids) + content}, cut + 1
+            else:
+                (ex,) = chat.encode_conversations([[{"role": "user", "content": p},
+                                                    {"role": "assistant", "content": answer}]], tok, template, 64, ["r"])
             labels = torch.tensor([ex["labels"]])
             loss = model(input_ids=torch.tensor([ex["input_ids"]]), labels=labels).loss
             n = int((labels[:, 1:] != -100).sum())
             total, count = total + float(loss) * n, count + n
-    assert len(probe.examples) > 0 and probe.measure(model) == pytest.approx(math.exp(total / count), rel=1e-4)
+    assert len(probe.examples) > cut > 0 and probe.measure(model) == pytest.approx(math.exp(total / count), rel=1e-4)
 
 
 def test_validation_side_own_answers_use_other_prompts(setup):
@@ -117,3 +123,10 @@ def test_default_probes_lead_with_a_capability_probe(setup):
     assert task.default_probes(cfg) == ["own_answers", "sentiment"]  # no reference data for this model
     smol = resolve_config({"model": {"name": "smollm2", "task": "causal_lm"}, "data": {"dataset": "chatterbot"}})
     assert task.default_probes(smol) == ["own_answers", "sentiment", "reference"]  # chitchat perplexity last
+
+
+def test_without_end_masks_only_what_follows_the_answers_own_tokens():
+    ex = {"input_ids": [1, 2, 7, 8, 9, 3], "labels": [-100, -100, 7, 8, 9, 3]}  # 9, 3: end of turn
+    assert probes.without_end(ex, [7, 8])["labels"] == [-100, -100, 7, 8, -100, -100]
+    assert probes.without_end(ex, [7, 5]) is None  # the template rewrote the answer: no safe cut
+    assert probes.without_end(ex, [7, 8, 9, 3, 4])["labels"] == ex["labels"]  # max_length cut the answer: no end left

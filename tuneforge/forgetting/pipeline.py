@@ -62,15 +62,16 @@ def mix_replay(cfg: RunConfig, task: Task, tokenizer: Any, data: Prepared, held_
         if not task.generates or model is None or rt is None:
             raise ConfigError("forgetting.replay.data=self replays the model's own answers: causal LM runs only")
         prompts = general_prompts(replay_count(len(data.train), r.ratio), cfg.train.seed, exclude=banned)
-        records = own_answers(model, task, cfg, tokenizer, rt, data.meta, prompts)
-        where = [f"self-replay {i + 1}" for i in range(len(records))]
+        _, pool = own_answers(model, task, cfg, tokenizer, rt, data.meta, prompts)  # prompts: none banned
+        if not pool:
+            raise ConfigError("forgetting.replay.data=self: the untrained model gave no answers to replay")
     else:
         records, where = source_records(task, r.data, cfg)
-    kept = [(rec, w) for rec, w in zip(records, where) if normalise(task.input_text(rec, cfg)) not in banned]
-    if not kept:
+        kept = [(rec, w) for rec, w in zip(records, where) if normalise(task.input_text(rec, cfg)) not in banned]
+        pool = task.encode_any([rec for rec, _ in kept], cfg, tokenizer, data.meta, [w for _, w in kept])
+    if not pool:
         raise ConfigError(f"forgetting.replay.data {r.data}: every row is a validation/test example of this run; "
                           "replay needs other data")
-    pool = task.encode_any([rec for rec, _ in kept], cfg, tokenizer, data.meta, [w for _, w in kept])
     measured = {tuple(e["input_ids"]) for p in probes for e in p.examples}
     pool = [e for e in pool if tuple(e["input_ids"]) not in measured]
     data.train = mix(data.train, pool, r.ratio, cfg.train.seed)

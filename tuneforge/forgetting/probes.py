@@ -19,6 +19,7 @@ from typing import Any
 import torch.nn as nn
 
 from tuneforge.config import ConfigError, RunConfig
+from tuneforge.data.chat import IGNORE
 from tuneforge.data.dataset import source_records
 from tuneforge.models import autocast
 from tuneforge.tasks import Runtime, Task
@@ -135,13 +136,37 @@ def general_prompts(n: int, seed: int, exclude: set[str] = frozenset(), skip: in
 
 
 def own_answers(model: nn.Module, task: Task, cfg: RunConfig, tokenizer: Any, rt: Runtime, meta: dict[str, Any],
-                prompts: list[str]) -> list[dict[str, Any]]:
-    """Chat records pairing each prompt with the model's own greedy answer (empty answers left out)."""
-    from tuneforge.generate import generate_answers
+                prompts: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Chat records pairing prompts with the model's own greedy answers, and their encoded examples (empty
+    answers left out). An answer that ``eval.max_new_tokens`` cut has no end: its end-of-turn tokens do not
+    count (the model never said them; scored, they cost tens of nats each)."""
+    from tuneforge.generate import answer_ids, answer_text
 
-    answers = generate_answers(model, tokenizer, meta, cfg, rt, prompts, max_new_tokens=cfg.eval.max_new_tokens)
-    return [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]}
-            for p, a in zip(prompts, answers) if a.strip()]
+    limit = cfg.eval.max_new_tokens
+    new = answer_ids(model, tokenizer, meta, cfg, rt, prompts, max_new_tokens=limit)
+    answers = [(p, answer_text(tokenizer, ids), len(ids) >= limit) for p, ids in zip(prompts, new)]
+    answers = [(p, a, cut) for p, a, cut in answers if a]
+    records = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]} for p, a, _ in answers]
+    examples = task.encode(records, cfg, tokenizer, {**meta, "format": "chat"},
+                           [f"own answer {i + 1}" for i in range(len(records))])
+    pairs = [(r, without_end(e, tokenizer(a, add_special_tokens=False)["input_ids"]) if cut else e)
+             for r, e, (_, a, cut) in zip(records, examples, answers)]
+    kept = [(r, e) for r, e in pairs if e is not None]
+    return [r for r, _ in kept], [e for _, e in kept]
+
+
+def without_end(example: dict[str, Any], content: list[int]) -> dict[str, Any] | None:
+    """``example`` with only its answer's ``content`` tokens trained (its end-of-turn tokens masked), or None
+    when its trained tokens do not start with ``content`` (a template that rewrites the answer)."""
+    labels = example["labels"]
+    trained = [i for i, y in enumerate(labels) if y != IGNORE]
+    n = min(len(content), len(trained))  # model.max_length may have cut the answer itself
+    if not n or [labels[i] for i in trained[:n]] != content[:n]:
+        return None
+    masked = list(labels)
+    for i in trained[n:]:
+        masked[i] = IGNORE
+    return {**example, "labels": masked}
 
 
 def own_answers_probe(model: nn.Module, cfg: RunConfig, task: Task, tokenizer: Any, rt: Runtime,
@@ -156,9 +181,8 @@ def own_answers_probe(model: nn.Module, cfg: RunConfig, task: Task, tokenizer: A
     if not prompts:
         raise ConfigError(f"forgetting.probe_split=validation: too few {GENERAL_PROMPTS} prompts beside the {n} "
                           "test-side ones; lower forgetting.probe_prompts")
-    records = own_answers(model, task, cfg, tokenizer, rt, meta, prompts)
+    _, examples = own_answers(model, task, cfg, tokenizer, rt, meta, prompts)
     chat_meta = {**meta, "format": "chat"}
-    examples = task.encode(records, cfg, tokenizer, chat_meta, [f"own answer {i + 1}" for i in range(len(records))])
 
     def measure(m: nn.Module) -> float:
         return task.evaluate(m, examples, rt, cfg, chat_meta)["perplexity"]
