@@ -154,3 +154,14 @@ def test_cli_help_and_subprocess_run(setup, capsys):
     with open(out / "comparison.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert row["status"] == "ok" and float(row["peak_memory_mb"]) == m["peak_memory_mb"]
+
+
+def test_a_failed_training_process_is_explained_in_one_line():
+    from tuneforge.compare import failure
+
+    crash = "note: 3 examples were cut\nTraceback (most recent call last):\n  File \"x\", line 1\nRuntimeError: boom\n"
+    assert failure(1, crash) == "the training process crashed: RuntimeError: boom"  # not the data note before it
+    assert failure(2, "epoch 1\r50%\ntuneforge: error: data.dataset: no such file\n") == "data.dataset: no such file"
+    assert failure(-9, "note: 3 examples were cut\n") == "the training process was killed by SIGKILL (out of memory?)"
+    assert failure(-15, "") == "the training process was killed by SIGTERM"
+    assert failure(3, "") == "the training process exited with code 3"

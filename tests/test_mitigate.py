@@ -37,7 +37,7 @@ def test_pareto_front_and_plot(tmp_path):
     assert (tmp_path / "t.png").stat().st_size > 1000
 
 
-def test_mitigate_cli_trains_candidates_and_chooses(tmp_path, capsys):
+def test_mitigate_cli_trains_candidates_and_chooses(tmp_path, capsys, monkeypatch):
     from tuneforge.cli import main
 
     root = tmp_path
@@ -60,6 +60,15 @@ def test_mitigate_cli_trains_candidates_and_chooses(tmp_path, capsys):
     for run in ("none", "l2sp-10000"):  # chosen on the probes' validation side, never on the reported test side
         metrics = json.loads((root / "mit" / "runs" / run / "metrics.json").read_text())
         assert "validation accuracy" in metrics["forgetting"]["reference"]
+    again = ["mitigate", "--kind", "l2sp", "--values", "1,1e4", "--margin", "50", "-o", str(root / "mit"),
+             "model.name=" + str(bert), "model.max_length=32", "data.dataset=" + str(root / "topics.csv"),
+             "method.name=full", "train.max_steps=4", "train.precision=fp32",
+             "train.batch_size=16", "forgetting.previous_run=" + str(root / "t1"), "-q"]
+    from tuneforge import compare
+    monkeypatch.setattr(compare, "_train_subprocess", lambda *a, **k: pytest.fail("retrained a finished run"))
+    assert main(again + ["train.lr=1e-3"]) == code and capsys.readouterr().out == out  # the same sweep: reused
+    assert main(again + ["train.lr=2e-3"]) == 2  # another config: refused before anything is reused or trained
+    assert "was trained with another config (train.lr: 0.001 -> 0.002)" in capsys.readouterr().err
 
 
 def test_every_mitigation_kind_is_offered_by_the_cli():
@@ -102,3 +111,25 @@ def test_ewc_without_data_for_its_fisher_or_a_file_as_folder_fails_before_any_tr
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ConfigError, match="exists and is not a folder"):
         mitigate(None, [], "interpolate", [0.5], 1.0, tmp_path / "afile", progress=False)
+
+
+def test_a_failing_candidate_is_a_failed_row_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    from tuneforge import compare
+    from tuneforge.config import ConfigError
+    from tuneforge.mitigate import mitigate
+
+    def train(label, data, out, resume, restart, progress):
+        if label == "interpolate=0.5":
+            raise ConfigError("the training process was killed by SIGKILL (out of memory?)")
+        forgot = {"none": 6.0, "interpolate=0.9": 3.0}[label]
+        return {"best_validation": {"accuracy": 0.8}, "forgetting": {"forgotten": forgot, "reference": "probe"}}
+
+    monkeypatch.setattr(compare, "_train_subprocess", train)
+    result = mitigate(None, [], "interpolate", [0.9, 0.5], 1.0, tmp_path / "m", progress=False)
+    assert result["chosen"]["label"] == "interpolate=0.9" and result["rows"][2]["error"].startswith("the training")
+    report = (tmp_path / "m" / "mitigation.md").read_text()
+    assert "| interpolate=0.5 (failed) |" in report
+    assert "failed: interpolate=0.5: the training process was killed by SIGKILL (out of memory?)" in report
+    monkeypatch.setattr(compare, "_train_subprocess", lambda label, *a: train("interpolate=0.5", *a))
+    with pytest.raises(ConfigError, match="the unmitigated run failed: the training process was killed"):
+        mitigate(None, [], "interpolate", [0.9], 1.0, tmp_path / "m2", progress=False)

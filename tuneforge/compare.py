@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -168,11 +169,22 @@ def _train_subprocess(name: str, wanted: dict[str, Any], out: Path, resume: Path
     metrics_file = Path(wanted["output_dir"]) / "metrics.json"
     if code == 0 and metrics_file.is_file():
         return json.loads(metrics_file.read_text())
+    raise ConfigError(failure(code, tail))
+
+
+def failure(code: int, tail: str) -> str:
+    """Why a training process failed, in one line, from its exit code and the end of its stderr: its own error
+    line, a crash's exception (the traceback's last line), or the signal that ended it."""
     lines = [line.strip() for line in re.split(r"[\r\n]+", tail) if line.strip()]
     errors = [line for line in lines if line.startswith("tuneforge: error: ")]
     if errors:
-        raise ConfigError(errors[-1][len("tuneforge: error: "):])
-    raise ConfigError(f"training process exited with code {code}" + (f": {lines[-1]}" if lines else ""))
+        return errors[-1][len("tuneforge: error: "):]
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        return f"the training process was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    if "Traceback (most recent call last)" in tail and lines:
+        return f"the training process crashed: {lines[-1]}"
+    return f"the training process exited with code {code}" + (f"; its last output: {lines[-1]}" if lines else "")
 
 
 def _stream(cmd: list[str], echo: bool) -> tuple[int, str]:

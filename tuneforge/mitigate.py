@@ -108,7 +108,7 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
     """Train the unmitigated run and one run per candidate of ``kind`` (see ``SWEEPS``) in subprocesses
     (``out_dir/runs/<label>``; finished ones are reused), choose on validation data, write ``mitigation.md``
     and ``tradeoff.png``; returns {"rows", "chosen", "baseline"}."""
-    from tuneforge.compare import _base_config, _train_subprocess, claim_folder
+    from tuneforge.compare import _base_config, _check_same_config, claim_folder
 
     if kind not in SWEEPS:
         raise ConfigError(f"--kind: unknown mitigation '{kind}'; choose one of {', '.join(SWEEPS)}")
@@ -134,14 +134,17 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
         fresh_folder(out, overwrite, "comparison")
     else:
         claim_folder(out)  # new, empty or an earlier sweep's folder, never one of the user's
+        for run_dir, data in runs.values():  # before any training: a changed config is never reused
+            _check_same_config(run_dir, data)
     rows = []
     for label, (run_dir, data) in runs.items():
-        metrics_file = run_dir / "metrics.json"
-        if metrics_file.is_file() and not overwrite:
-            import json
-            metrics = json.loads(metrics_file.read_text())
-        else:
-            metrics = _train_subprocess(label, data, out, None, run_dir.exists(), progress)
+        try:
+            metrics = _finished_or_trained(label, run_dir, data, out, progress, overwrite)
+        except ConfigError as exc:
+            if label == "none":
+                raise ConfigError(f"the unmitigated run failed: {exc}") from None
+            rows.append({**summary_row(label, {}, task), "error": str(exc).splitlines()[0]})
+            continue
         rows.append(summary_row(label, metrics, task))
     baseline, candidates = rows[0], rows[1:]
     chosen = choose(candidates, baseline, margin, task.metric, task.greater_is_better)
@@ -152,13 +155,27 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
              f"| run | validation {task.metric} | test {task.metric} | task gain | forgetting ({rows[0]['probe']}) |",
              "|---|---|---|---|---|"]
     for r in rows:
-        mark = " **chosen**" if chosen is not None and r is chosen else ""
+        mark = " **chosen**" if chosen is not None and r is chosen else " (failed)" if "error" in r else ""
         lines.append(f"| {r['label']}{mark} | {_f(r['validation'])} | {_f(r[f'test_{task.metric}'])} | "
                      f"{_f(r['gain'])} | {_f(r['forgotten'])} |")
     lines += ["", "chosen: " + (chosen["label"] if chosen else "none forgets less while keeping the task within the margin")]
+    lines += [f"failed: {r['label']}: {r['error']}" for r in rows if "error" in r]
     checkpoint.atomic_write_text(out / "mitigation.md", "\n".join(lines) + "\n")
     plot_tradeoff(rows, out / "tradeoff.png", f"test {task.metric}", rows[0]["probe"] or "probe")
     return {"rows": rows, "chosen": chosen, "baseline": baseline}
+
+
+def _finished_or_trained(label: str, run_dir: Path, data: dict[str, Any], out: Path, progress: bool,
+                         overwrite: bool) -> dict[str, Any]:
+    """The metrics of a candidate's run: reused when it finished (same config, checked before), resumed when it
+    was interrupted, else trained in a subprocess."""
+    from tuneforge.compare import _train_subprocess
+
+    if overwrite or not (run_dir / "metrics.json").is_file():
+        resume = run_dir if (run_dir / checkpoint.RESUME).is_file() and not overwrite else None
+        return _train_subprocess(label, data, out, resume, run_dir.exists() and resume is None, progress)
+    import json
+    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def check_fisher_data(cfg: RunConfig, task: Any) -> None:
