@@ -30,7 +30,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value is not None:  # as a JSON (so YAML) literal: a path with '#' or ': ', a column named 'on' stay strings
             pair = f"{key}={json.dumps(value)}"
             overrides.insert(0, pair) if flag == "method" else overrides.append(pair)
-    if args.resume and (overrides or args.config):
+    if args.resume is not None and (overrides or args.config):
         return fail("--resume continues a run with its own config; give no other settings")
     out = train(args.config if args.config else {}, overrides, overwrite=args.overwrite, progress=not args.quiet,
                 resume=args.resume)

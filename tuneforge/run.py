@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from tuneforge import assets, checkpoint, distributed, tasks
-from tuneforge.config import HEAD_LR, RunConfig, load_config, merge_dicts, parse_overrides
+from tuneforge.config import HEAD_LR, ConfigError, RunConfig, load_config, merge_dicts, parse_overrides
 from tuneforge.data import embedded
 from tuneforge.data.batching import Shapes
 from tuneforge.data.dataset import Splits, prepare, source_records
@@ -180,6 +180,8 @@ def _plan(cfg: Any, overrides: list[str] | None, overwrite: bool, resume: str | 
           ) -> tuple[RunConfig, Task, Path]:
     """The resolved config, the task and the run directory (checked by rank 0, the same on every rank)."""
     if resume is not None:
+        if not str(resume).strip():
+            raise ConfigError("--resume needs the run directory to continue (the one `train` wrote), got ''")
         cfg = checkpoint.resume_config(Path(resume))
     cfg = resolve_config(cfg, overrides)
     task = tasks.get(cfg.model.task)

@@ -136,6 +136,8 @@ def test_resume_of_a_file_and_a_commands_bad_device_say_what_they_are(lora_run, 
     a_file = tmp_path / "config.json"
     a_file.write_text("{}")
     one_error(capsys, ["train", "--resume", a_file], "cannot resume", "it is a file; give the run directory")
+    one_error(capsys, ["train", "--resume", ""], "--resume needs the run directory to continue")  # not '.'
+    one_error(capsys, ["train", "--resume", "", "--lr", "1e-3"], "--resume continues a run with its own config")
     one_error(capsys, ["predict", lora_run, "a good film", "--device", "bogus"], "--device: unknown device 'bogus'")
 
 
