@@ -105,8 +105,10 @@ class Run:
     def evaluate(self, data_file: str | None = None) -> dict[str, Any]:
         """Metrics on ``data_file`` (any supported file) or on exactly the run's own test rows (refused when
         a source changed since training)."""
+        meta = self.meta
         if data_file:
             records, where = dataset.source_records(self.task, data_file, self.cfg, training=False)
+            meta = self.task.source_meta(records, self.cfg, meta, where)  # a chat run on an input->output file
         else:
             manifest = self.files.split()
             if manifest is None:
@@ -114,8 +116,8 @@ class Run:
             records, where = dataset.restore(manifest, "test", self.task, self.cfg)
         if not records:
             raise ConfigError("no test examples to evaluate on; give --data FILE")
-        examples = self.task.encode(records, self.cfg, self.tokenizer, self.meta, where)
-        return self.task.evaluate(self._ready(), examples, self.rt, self.cfg, self.meta, tokenizer=self.tokenizer,
+        examples = self.task.encode(records, self.cfg, self.tokenizer, meta, where)
+        return self.task.evaluate(self._ready(), examples, self.rt, self.cfg, meta, tokenizer=self.tokenizer,
                                   raw=records)
 
     def predict(self, texts: list[str], pairs: list[str] | None = None) -> list[dict[str, Any]]:

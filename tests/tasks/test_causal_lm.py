@@ -114,6 +114,19 @@ def test_generation_from_the_run_dir_matches_in_process_generation(trained):
     assert again == [s["generated"] for s in samples]
 
 
+def test_evaluate_data_reads_a_file_of_another_layout(trained, tmp_path):
+    """The run trained on instruction/output pairs; the same rows as chat messages evaluate alike."""
+    run = load(trained.run_dir, "cpu")
+    pairs = write_pairs(tmp_path / "pairs.jsonl", repeat=1)
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    chat_file = tmp_path / "chat.jsonl"
+    chat_file.write_text("".join(json.dumps({"messages": [{"role": "user", "content": r["instruction"]},
+                                                          {"role": "assistant", "content": r["output"]}]}) + "\n"
+                                 for r in rows))
+    as_pairs, as_chat = run.evaluate(str(pairs)), run.evaluate(str(chat_file))
+    assert as_chat["loss"] == pytest.approx(as_pairs["loss"]) and as_chat["samples"] == as_pairs["samples"]
+
+
 def test_predict_on_a_causal_run_points_to_generate(trained, capsys):
     assert cli.main(["predict", str(trained.run_dir), "say yes"]) == 2
     assert "use `tuneforge generate RUN_DIR PROMPT...`" in capsys.readouterr().err

@@ -88,6 +88,10 @@ class Task(Protocol):
                    where: list[str]) -> list[Example]:
         """Tokenise records of another source (reference and replay data), whose layout may differ."""
 
+    def source_meta(self, records: list[Record], cfg: RunConfig, meta: dict[str, Any], where: list[str]
+                    ) -> dict[str, Any]:
+        """The run's ``meta`` for records of another source (``evaluate --data``): with that source's layout."""
+
     def setup_tokenizer(self, tokenizer: Any, cfg: RunConfig, meta: dict[str, Any]) -> None:
         """Adjust a loaded tokenizer to the run (e.g. a named chat template)."""
 

@@ -165,8 +165,12 @@ class Task:
         unless ``data.format`` names one (then every source of the run has that layout)."""
         if not records:
             return []
-        fmt = layouts.detect_format(set(records[0]), cfg.data, where[0])
-        return self.encode(records, cfg, tokenizer, {**meta, "format": fmt}, where)
+        return self.encode(records, cfg, tokenizer, self.source_meta(records, cfg, meta, where), where)
+
+    def source_meta(self, records: list[Record], cfg: RunConfig, meta: dict[str, Any], where: list[str]
+                    ) -> dict[str, Any]:
+        """``meta`` with the records' layout, detected anew unless ``data.format`` names one."""
+        return {**meta, "format": layouts.detect_format(set(records[0]), cfg.data, where[0])} if records else meta
 
     def pack(self, examples: list[Example], cfg: RunConfig, keep_apart: bool) -> list[Example]:
         """``data.packing``: short examples concatenated into rows of ``max_length``; their position ids keep

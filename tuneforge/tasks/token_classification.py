@@ -122,6 +122,10 @@ class Task:
                    meta: dict[str, Any], where: list[str]) -> list[Example]:
         return self.encode(records, cfg, tokenizer, meta, where)
 
+    def source_meta(self, records: list[Record], cfg: RunConfig, meta: dict[str, Any], where: list[str]
+                    ) -> dict[str, Any]:
+        return meta  # every source has the run's columns and labels
+
     def setup_tokenizer(self, tokenizer: PreTrainedTokenizerBase, cfg: RunConfig, meta: dict[str, Any]) -> None:
         return None
 
