@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list methods, their options and default learning rates")
     p.set_defaults(fn=cmd_methods)
+    for command in sub.choices.values():  # for errors in the command's own usage
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -195,9 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra and rest and not any(e.startswith("-") for e in extra):
         setattr(args, rest, list(getattr(args, rest)) + extra)
     elif extra:  # the command's own usage, and only what it does not know (its KEY=VALUE overrides are fine)
-        command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
         unknown = [e for e in extra if e.startswith("-")] if rest else extra
-        command.error(f"unrecognized arguments: {' '.join(unknown)} (see `tuneforge {args.command} --help`)")
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)} (see `tuneforge {args.command} --help`)")
     from tuneforge import distributed
     from tuneforge.config import ConfigError
 
