@@ -33,13 +33,25 @@ def test_integer_labels_of_a_datasets_parquet_file_take_their_class_names(tmp_pa
     (("text", "category"), {}, ("text", "category")),
     (("body", "stars"), {"text_column": "body", "label_column": "stars"}, ("body", "stars")),  # named: as given
 ])
-def test_a_default_column_absent_is_found_under_its_common_spelling(tmp_path, columns, data, expected):
+def test_a_default_column_absent_is_found_under_its_common_spelling(tmp_path, capsys, columns, data, expected):
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps({columns[0]: f"text {i}", columns[1]: i % 2}) + "\n" for i in range(4)))
     cfg = load_config(None, {"data": data})
     rows = TASK.read_source(str(path), cfg)
     assert [(r[cfg.data.text_column], r[cfg.data.label_column]) for r in rows] == \
         [(f"text {i}", i % 2) for i in range(4)]
+    notes = capsys.readouterr().err  # a column found under another name is said, never silent
+    for kind, column in zip(("text", "label"), columns):
+        said = f"has no '{kind}' column: the {kind}s come from '{column}' (data.{kind}_column chooses another)"
+        assert (said in notes) == (column != kind and not data)
+
+
+def test_rows_that_hold_the_configured_columns_keep_them_beside_rows_under_another_spelling(tmp_path):
+    path = tmp_path / "d.jsonl"  # two sources concatenated: their rows spell the columns differently
+    rows = [{"sentence": "first half", "sentiment": "pos"}, {"text": "second half", "label": "neg"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = TASK.read_source(str(path), load_config(None, {}))
+    assert [(r["text"], r["label"]) for r in got] == [("first half", "pos"), ("second half", "neg")]
 
 
 @pytest.mark.parametrize("first, second", [("sentence1", "sentence2"), ("premise", "hypothesis"),
@@ -119,14 +131,16 @@ def test_labels_that_are_nearly_all_different_are_refused_as_regression(tmp_path
 
 
 def test_one_class_however_its_label_is_spelled(tmp_path):
-    spellings = [[1, "1", 1.0, " 1"], [0, "0 ", 0.0, "0"]]  # pandas reads a label column with a gap as float
-    rows = [{"text": f"text {i}", "label": spellings[i % 2][i // 2 % 4]} for i in range(80)]
+    spellings = [[1, "1", 1.0, " 1", "1.0"], [0, "0 ", 0.0, "0", "0.00"]]  # pandas: a column with a gap is float
+    rows = [{"text": f"text {i}", "label": spellings[i % 2][i // 2 % 5]} for i in range(100)]
     _, data = _prepare(tmp_path, rows)
     assert data.meta["labels"] == ["0", "1"]
     for split in (data.train, data.validation, data.test):
         assert {e["labels"] for e in split} <= {0, 1}
     words = [{"text": f"w {i}", "label": [" good", "good", "bad ", "bad"][i % 4]} for i in range(40)]
     assert _prepare(tmp_path, words, "w.jsonl")[1].meta["labels"] == ["bad", "good"]
+    ratings = [{"text": f"r {i}", "label": ["1.5", "2.0", "10.", "+3.0"][i % 4]} for i in range(40)]
+    assert _prepare(tmp_path, ratings, "r.jsonl")[1].meta["labels"] == ["1.5", "10", "2", "3"]
 
 
 def test_a_test_file_whose_rows_all_repeat_training_rows_is_refused(tmp_path):

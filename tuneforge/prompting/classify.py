@@ -23,7 +23,8 @@ from tuneforge.evaluate import classification_metrics
 from tuneforge.prompting.calibration import (
     CONTENT_FREE, Mode, PromptClassifier, apply_calibration, contextual_calibration,
 )
-from tuneforge.tasks.classification import Task as Classification, label_key, label_names
+from tuneforge.data.labels import label_key, label_names
+from tuneforge.tasks.classification import Task as Classification
 
 GENERIC_TEMPLATE = "Text: {text}\nLabel:"
 TEMPLATES = {"rotten_tomatoes": "Review: {text}\nSentiment:", "imdb": "Review: {text}\nSentiment:"}

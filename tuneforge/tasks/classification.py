@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.batching import batch_order, iterate
+from tuneforge.data.labels import label_key, label_names
 from tuneforge.data.readers import as_int, class_names, common_column, read_records, structure
 from tuneforge.evaluate import classification_metrics
 from tuneforge.models import autocast, load_labelled
@@ -22,21 +23,6 @@ TEXT_COLUMNS = ("text", "sentence", "review", "content", "document", "comment", 
 LABEL_COLUMNS = ("label", "sentiment", "category", "class")  # the columns, used when the default is absent
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"), ("text1", "text2"),
                 ("text_a", "text_b"))  # text pairs as GLUE / SNLI / QQP and others name them
-
-
-def label_key(value: Any) -> str:
-    """A label as its class name: surrounding spaces stripped, an integral float as its integer, so that 1, "1",
-    1.0 (a pandas column with a gap is float) and " 1" are one class."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
-
-
-def label_names(values: list[Any]) -> list[str]:
-    names = sorted({label_key(v) for v in values})
-    if all(n.lstrip("-").isdigit() for n in names):
-        names.sort(key=int)
-    return names
 
 
 def _named(value: Any, names: list[str] | None) -> Any:
@@ -86,10 +72,10 @@ class Task:
 
     def read_source(self, path: str, cfg: RunConfig) -> list[Record]:
         """Rows of a file. A text or label column left at its default (``text``/``label``) and absent is found
-        under its one common other spelling present (``sentence``, ``review`` ...; ``sentiment``, ``category``
-        ...), or, for the text, a common text pair (``sentence1`` + ``sentence2``, ``premise`` +
-        ``hypothesis`` ...: sets ``data.text_pair_column``); integer labels of a Parquet file written by
-        ``datasets`` take their ``ClassLabel`` names (-1, its "no label", becomes blank)."""
+        under its one common other spelling in the first row (``sentence``, ``review`` ...; ``sentiment``,
+        ``category`` ...; a note says so), or, for the text, a common text pair (``sentence1`` + ``sentence2`` ...:
+        sets ``data.text_pair_column``); integer labels of a ``datasets`` Parquet file take their ``ClassLabel``
+        names (-1, its "no label", becomes blank)."""
         records = read_records(path)
         d = cfg.data
         text = common_column(records[0], d.text_column, TEXT_COLUMNS)
@@ -104,11 +90,15 @@ class Task:
         names = class_names(path, label)
         if text == d.text_column and label == d.label_column and names is None:
             return records
+        for kind, configured, used in (("text", d.text_column, text), ("label", d.label_column, label)):
+            if used != configured:  # said, never silent (the note names a text pair's first column)
+                print(f"note: {path} has no '{configured}' column: the {kind}s come from '{used}' "
+                      f"(data.{kind}_column chooses another)", file=sys.stderr)
         out = []
-        for r in records:  # each row under the configured names (a row without a label stays without)
-            r = {**r, d.text_column: r.get(text)}
-            if label in r:
-                r[d.label_column] = _named(r[label], names)
+        for r in records:  # each row under the configured names (a row that has them keeps its own)
+            r = {**r, d.text_column: r[d.text_column] if d.text_column in r else r.get(text)}
+            if d.label_column in r or label in r:
+                r[d.label_column] = _named(r[d.label_column] if d.label_column in r else r[label], names)
             out.append(r)
         return out
 
