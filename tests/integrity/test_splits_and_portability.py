@@ -174,6 +174,23 @@ def test_a_split_left_empty_is_named_before_training(tmp_path):
     assert f"note: {long} of 40 examples are longer than model.max_length=8 tokens and were cut" in said(40, 8)
 
 
+def test_max_examples_of_a_separate_training_file_is_a_seeded_sample_not_its_head(tmp_path):
+    from tuneforge.config import load_config
+    from tuneforge.data.dataset import load_splits
+    from tuneforge.tasks import get
+
+    rows = sorted(sentiment_rows(60), key=lambda r: r["label"])  # sorted by label, as exports often are
+    others = sentiment_rows(80)[60:]
+    files = {k: str(jsonl(tmp_path / f"{k}.jsonl", part)) for k, part in
+             (("train", rows), ("validation", others[:10]), ("test", others[10:]))}
+    cfg = load_config(None, {"data": {f"{k}_file": v for k, v in files.items()} | {"max_examples": 20}})
+    train = load_splits(cfg, get("classification")).records["train"]
+    assert len(train) == 20 and {r["label"] for r in train} == {r["label"] for r in rows}  # the head: one label
+    assert [r for r in rows if r in train] == train  # in file order
+    again = load_splits(cfg, get("classification")).records["train"]
+    assert again == train  # seeded (data.seed)
+
+
 def test_relative_model_and_data_paths_are_stored_absolute(bert_dir, reviews, tmp_path, monkeypatch):
     """A run started with paths relative to its working directory is resumed and reloaded from any other."""
     from tuneforge import training_state

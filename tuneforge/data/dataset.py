@@ -154,8 +154,9 @@ def load_splits(cfg: RunConfig, task: Any) -> Splits:
                                   f"would be left to {'validate' if k == 'validation' else 'test'} on; give "
                                   "examples that data.train_file does not hold")
             seen |= {normalise(task.input_text(r, cfg)) for r, _ in parts[k]}
-        if d.max_examples is not None:
-            parts["train"] = parts["train"][: d.max_examples]
+        if d.max_examples is not None and d.max_examples < len(parts["train"]):  # a seeded sample, in file order
+            kept = sorted(random.Random(d.seed).sample(range(len(parts["train"])), d.max_examples))
+            parts["train"] = [parts["train"][i] for i in kept]
     else:
         groups, duplicates = _groups(checked[0], task, cfg)
         if d.max_examples is not None and d.max_examples < sum(len(g) for g in groups):
