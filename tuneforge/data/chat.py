@@ -73,7 +73,7 @@ def render(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dic
 def pieces(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dict[str, str]]
            ) -> list[tuple[str, bool]]:
     """Rendered text cut into (text, trains) pieces; the assistant replies (with their end-of-turn marks)
-    are the pieces that train. Messages after the last reply are dropped."""
+    are the pieces that train, except those of weight 0. Messages after the last reply are dropped."""
     messages = until_last_reply(messages)
     full = render(tokenizer, template, messages, False)
     out, cursor = [], 0
@@ -85,14 +85,14 @@ def pieces(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dic
         if not (full.startswith(upto) and upto.startswith(head) and len(head) >= cursor):
             raise ConfigError("the chat template renders earlier turns differently once later turns follow; "
                               "name a template with data.template (e.g. alpaca)")
-        out += [(full[cursor:len(head)], False), (full[len(head):len(upto)], True)]
+        out += [(full[cursor:len(head)], False), (full[len(head):len(upto)], m.get("weight") != 0)]
         cursor = len(upto)
     return [(text, trains) for text, trains in out if text]
 
 
 def until_last_reply(messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The conversation up to its last assistant reply (later messages have nothing to learn from)."""
-    last = max(k for k, m in enumerate(messages) if m["role"] == "assistant")
+    """The conversation up to its last assistant reply that trains (later messages have nothing to learn from)."""
+    last = max(k for k, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight") != 0)
     return messages[:last + 1]
 
 

@@ -12,20 +12,23 @@ Three layouts (``data.format``; ``auto`` detects from the columns; docs/data-for
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from tuneforge.config import ConfigError, DataConfig
 from tuneforge.data.readers import structure
 
 CHAT_COLUMNS = ("messages", "conversations")  # OpenAI / ShareGPT (LLaMA-Factory, Axolotl, FastChat)
-SPEAKERS = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
-            "bot": "assistant", "model": "assistant", "chatgpt": "assistant"}  # role spelling -> role
+SPEAKERS = {"system": "system", "developer": "system", "user": "user", "human": "user", "assistant": "assistant",
+            "gpt": "assistant", "bot": "assistant", "model": "assistant", "chatgpt": "assistant"}  # spelling -> role
 TOOL_ROLES = {"tool", "function", "function_call", "observation", "tool_call", "tool_calls", "ipython"}
 # (prompt, answer) column names data sets use, tried in order after data.text_column + data.label_column:
 # Alpaca, Dolly, TRL / OpenAI prompt-completion, and other common spellings
 PAIR_COLUMNS = (("instruction", "output"), ("instruction", "response"), ("prompt", "completion"),
-                ("prompt", "response"), ("question", "answer"), ("query", "response"), ("input", "output"))
-CONTEXT_COLUMNS = ("input", "context")  # added below an instruction (Alpaca's input, Dolly's context)
+                ("prompt", "response"), ("question", "answer"), ("query", "response"), ("input", "output"),
+                ("text", "output"), ("text", "summary"), ("document", "summary"), ("dialogue", "summary"),
+                ("article", "highlights"), ("source", "target"))  # the last ones: summarisation, translation
+CONTEXT_COLUMNS = ("input", "context")  # beside an instruction (Alpaca's input, Dolly's context) or a question
 
 
 def detect_format(keys: set[str], d: DataConfig, source: str) -> str:
@@ -47,6 +50,28 @@ def detect_format(keys: set[str], d: DataConfig, source: str) -> str:
         "'conversations' column (chat), prompt/answer columns (instruction/output, prompt/completion, "
         "question/answer ... or data.text_column + data.label_column: pairs), "
         "or data.text_column (plain text), or set data.format")
+
+
+def note_unread(record: dict[str, Any], d: DataConfig, source: str) -> None:
+    """A note naming the columns of a file's (first) record that its layout does not read and that hold text or
+    lists: columns a user may have expected to train on (a passage, a history, a summary)."""
+    try:
+        fmt = detect_format(set(record), d, "")
+        if fmt == "chat":
+            read = [next((c for c in CHAT_COLUMNS if c in record), d.text_column)]
+        elif fmt == "pairs":
+            read = list(_pair_columns(record, d)) + list(CONTEXT_COLUMNS)
+        else:
+            read = [d.text_column]
+    except ConfigError:  # no layout: each row's error says why
+        return
+    other = [str(k) for k, v in record.items() if k not in read + ["system"]
+             and (isinstance(v, str) and " " in v.strip() or _is_list(v))]
+    reads = (f"prompt '{read[0]}' -> answer '{read[1]}'" if fmt == "pairs" else
+             f"{'conversations' if fmt == 'chat' else 'plain text'} from '{read[0]}'")
+    if other:
+        print(f"note: {source}: the run reads {reads}; column(s) {', '.join(map(repr, other))} are not read "
+              "(docs/data-formats.md lists the layouts)", file=sys.stderr)
 
 
 def _text(value: Any) -> str:
@@ -111,6 +136,8 @@ def _pair(record: dict[str, Any], d: DataConfig) -> list[dict[str, str]]:
     context = next((_text(record[c]) for c in CONTEXT_COLUMNS if c != a_col and _text(record.get(c))), "")
     if q_col == "instruction" and context:
         prompt = f"{prompt}\n\n{context}".strip()
+    elif q_col == "question" and context:  # reading comprehension (SQuAD-like): the passage, then the question
+        prompt = f"{context}\n\n{prompt}".strip()
     if not prompt:
         raise ConfigError(f"empty prompt in column '{q_col}'; fill it in or remove the row")
     if not answer:
@@ -163,11 +190,12 @@ def _check_messages(record: dict[str, Any], d: DataConfig) -> list[dict[str, str
     for j, m in enumerate(list(value), start=1):
         if not isinstance(m, dict) or not ({"role", "from"} & set(m) and {"content", "value"} & set(m)):
             raise ConfigError(f"message {j} must be an object with 'role' and 'content' (or 'from' and 'value')")
-        spelling, content = _text(_field(m, ("role", "from"))).strip(), _content(_field(m, ("content", "value")), j)
-        role = SPEAKERS.get(spelling.lower())
-        if spelling.lower() in TOOL_ROLES:
-            raise ConfigError(f"message {j} has tool role '{spelling}'; tool calls and results cannot be "
-                              "trained on: drop those messages or the row")
+        spelling = _text(_field(m, ("role", "from"))).strip()
+        if spelling.lower() in TOOL_ROLES or m.get("tool_calls") or m.get("function_call"):
+            what = f"has tool role '{spelling}'" if spelling.lower() in TOOL_ROLES else "makes a tool call"
+            raise ConfigError(f"message {j} {what}; tool calls and results cannot be trained on: drop those "
+                              "messages or the row")
+        role, content = SPEAKERS.get(spelling.lower()), _content(_field(m, ("content", "value")), j)
         if role is None:
             raise ConfigError(f"message {j} has unknown role '{spelling}'; use system, user or assistant "
                               "(also human for user; gpt, bot, model or chatgpt for assistant)")
@@ -177,10 +205,15 @@ def _check_messages(record: dict[str, Any], d: DataConfig) -> list[dict[str, str
             raise ConfigError(f"message {j} ({role}) is empty; fill it in or drop the message")
         if role == "system" and messages:  # an empty system message before it counted as none
             raise ConfigError(f"message {j}: a system message may only come first")
-        messages.append({"role": role, "content": content})
+        weight = 1 if m.get("weight") is None else m["weight"]  # OpenAI's, Axolotl's: 0 keeps a reply untrained
+        if weight not in (0, 1) or isinstance(weight, bool):
+            raise ConfigError(f"message {j} has weight {weight!r}; a message's weight is 0 (not trained on) or 1")
+        messages.append({"role": role, "content": content, **({"weight": 0} if weight == 0 else {})})
     roles = [m["role"] for m in messages]
     if "assistant" not in roles:
         raise ConfigError("the conversation has no assistant message to learn from; add one or remove the row")
+    if all(m.get("weight") == 0 for m in messages if m["role"] == "assistant"):
+        raise ConfigError("every assistant message has weight 0: nothing to learn from; remove the row")
     if "user" not in roles[:roles.index("assistant")]:
         raise ConfigError("the assistant speaks before any user message; start with a user message")
     return messages

@@ -98,7 +98,9 @@ class Task:
 
     # -- data ---------------------------------------------------------------------------------------------
     def read_source(self, path: str, cfg: RunConfig) -> list[Record]:
-        return read_records(path)
+        records = read_records(path)
+        layouts.note_unread(records[0], cfg.data, path)
+        return records
 
     def _messages(self, record: Record, cfg: RunConfig, where: str) -> list[dict[str, str]] | str:
         return layouts.to_messages(record, layouts.detect_format(set(record), cfg.data, where), cfg.data, where)
