@@ -6,7 +6,7 @@ import pytest
 
 from tuneforge.config import ConfigError
 from tuneforge.data.conll import (invalid_sentences, list_columns, read_conll, read_token_lists, scheme, to_bio,
-                                  wnut16)
+                                  unseen_types, wnut16)
 from tuneforge.data.readers import class_names, read_records
 
 TWO = [{"tokens": ["John", "lives", "in", "New", "York"], "tags": ["B-PER", "O", "O", "B-LOC", "I-LOC"]},
@@ -198,3 +198,83 @@ def test_a_file_in_another_tag_scheme_is_read_as_iob2_with_one_note(tmp_path, ca
     assert capsys.readouterr().err == "note: d.jsonl: tags read as IOB2 (u-per as B-per, o as O)\n"
     read_token_lists([{"tokens": ["Ann", "ran"], "tags": ["B-PER", "O"]}], source="d.jsonl")
     assert capsys.readouterr().err == ""  # IOB2 already: no note
+
+
+NAMES = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+@pytest.mark.parametrize("tags", [["1", "0", "0", "3", "4"], "1 0 0 3 4", "[1, 0, 0, 3, 4]"])
+def test_digit_string_tags_are_ids_named_by_tag_names(tags):
+    rows = [{"tokens": TWO[0]["tokens"], "ner_tags": tags}]  # a CSV or string export of Hugging Face's ids
+    assert read_token_lists(rows, "tokens", "ner_tags", tag_names=NAMES) == TWO[:1]
+    with pytest.raises(ConfigError, match=r"d\.jsonl, row 1: tag 1 is a number; .* data.tag_names"):
+        read_token_lists(rows, "tokens", "ner_tags", "d.jsonl")
+
+
+def test_a_conll_file_with_number_tags_needs_tag_names(tmp_path):
+    path = _write(tmp_path, "John\tB-PER\nlives\t0\n\nHi\t0\nAnn\tB-PER\n")  # 0 written for O
+    with pytest.raises(ConfigError, match=r"d\.conll, line 2: tag 0 is a number; .*O \(a letter\) outside"):
+        read_conll(path)
+    assert read_conll(_write(tmp_path, "John\t1\nlives\t0\n"), NAMES) == [
+        {"tokens": ["John", "lives"], "tags": ["B-PER", "O"]}]
+
+
+def test_pandas_csv_list_cells_are_read_as_lists(tmp_path):
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"tokens": [["John", "lives", "in", "New", "York"], ["Ann's", "cat"]],
+                  "ner_tags": [[1, 0, 0, 3, 4], [1, 0]]}).to_csv(path)  # cells "['John', ...]", "[1, 0, ...]"
+    records = read_records(path)
+    assert read_token_lists(records, "tokens", "ner_tags", tag_names=NAMES) == [
+        TWO[0], {"tokens": ["Ann's", "cat"], "tags": ["B-PER", "O"]}]
+    with pytest.raises(ConfigError, match="row 1: tag 1 is a number"):
+        read_token_lists(records, "tokens", "ner_tags")
+    rows = [{"tokens": '["Hi", "Ann"]', "tags": '["O", "B-PER"]'},  # JSON
+            {"tokens": "[ Music ] plays", "tags": "O O O O"}]  # words that happen to start with "["
+    assert read_token_lists(rows) == [TWO[1], {"tokens": ["[", "Music", "]", "plays"], "tags": ["O"] * 4}]
+
+
+@pytest.mark.parametrize("cell", ["['Hi' 'Ann']", "['Hi', Ann]", "[1 0]"])  # numpy's print form; not a literal
+def test_a_list_cell_that_does_not_parse_is_refused(cell):
+    with pytest.raises(ConfigError, match=r"d\.csv, row 2: 'tokens' .* is not a list JSON or Python can read"):
+        read_token_lists([TWO[1], {"tokens": cell, "tags": ["O", "B-PER"]}], source="d.csv")
+
+
+def test_one_word_per_row_files_are_refused(tmp_path):
+    path = _write(tmp_path, "Sentence #,Word,POS,Tag\nSentence: 1,John,NNP,B-PER\n,lives,VBZ,O\n,in,IN,O\n"
+                            ",New,NNP,B-LOC\n,York,NNP,I-LOC\nSentence: 2,Hi,UH,O\n,Ann,NNP,B-PER\n", "d.csv")
+    with pytest.raises(ConfigError, match=r"d\.csv: every row holds one word.*write it as a CoNLL file"):
+        read_token_lists(read_records(path), "Word", "Tag", str(path))
+    assert len(read_token_lists(read_records(path)[:5], "Word", "Tag")) == 5  # a handful: accepted
+
+
+def test_tab_separated_tokens_may_hold_spaces(tmp_path):
+    text = "-DOCSTART- -X- O\n\nAnn\tB-PER\nsaw \t O\nNew York\tB-LOC\n\n#\tO\nhi there\tO\n"
+    assert read_conll(_write(tmp_path, text)) == [
+        {"tokens": ["Ann", "saw", "New York"], "tags": ["B-PER", "O", "B-LOC"]},
+        {"tokens": ["#", "hi there"], "tags": ["O", "O"]}]
+    mixed = "Ann\tB-PER\nNew York B-LOC\n"  # not every line tab-separated: columns split at spaces too
+    assert read_conll(_write(tmp_path, mixed))[0]["tokens"] == ["Ann", "New"]
+
+
+@pytest.mark.parametrize("tag", ["B-", "I-", "i_"])
+def test_tags_without_entity_type_are_refused(tmp_path, tag):
+    with pytest.raises(ConfigError, match=rf"d\.conll, line 2: tag '{tag}' has no entity type"):
+        read_conll(_write(tmp_path, f"John\tB-PER\nlives\t{tag}\n"))
+    with pytest.raises(ConfigError, match=rf"d\.jsonl, row 1: tag '{tag}' has no entity type"):
+        read_token_lists([{"tokens": ["a", "b"], "tags": ["O", tag]}], source="d.jsonl")
+
+
+def test_unseen_entity_types_warn_and_refuse_where_none_is_seen(capsys):
+    names = ["O", "B-PER", "I-PER", "B-LOC"]
+    test = [{"tokens": ["Ann", "in", "Oslo"], "tags": ["B-PERSON", "O", "B-LOC"]}]
+    unseen_types(names, test, "test", "t.conll")
+    assert capsys.readouterr().err == ("warning: t.conll: entity type(s) PERSON of the test split never occur in "
+                                       "training (LOC, PER); tags are compared by type name, so they are never found\n")
+    unseen_types(names, [{"tokens": ["Ann"], "tags": ["B-PER"]}], "test", "t.conll")
+    assert capsys.readouterr().err == ""
+    lower = [{"tokens": ["Ann", "in", "Oslo"], "tags": ["b-per", "o", "b-loc"]}]
+    with pytest.raises(ConfigError, match=r"t\.conll: entity type\(s\) loc, per of the validation split never .*"
+                                          "write them as the training file does"):
+        unseen_types(names, lower, "validation", "t.conll")
+    unseen_types(names, lower, "validation", None)  # a split drawn from the training file: a warning only
+    assert capsys.readouterr().err.startswith("warning: data: entity type(s) loc, per of the validation split")

@@ -97,3 +97,46 @@ def test_an_unknown_suffix_lists_the_conll_names_too(tmp_path):
         TASK.read_source(str(path), cfg)
     with pytest.raises(ConfigError, match="is a folder"):
         TASK.read_source(str(tmp_path), cfg)
+
+
+def _prepare(data: dict, records: dict):
+    from transformers import AutoTokenizer
+
+    from tuneforge import assets
+    from tuneforge.config import load_config
+    cfg = load_config(None, {"model": {"task": "token_classification"}, "data": data})
+    splits = {"validation": [], "test": [], **records}
+    tokenizer = AutoTokenizer.from_pretrained(str(assets.minilm_dir()))
+    where = {k: [f"{k}, row {i}" for i in range(len(v))] for k, v in splits.items()}
+    return TASK.prepare(cfg, tokenizer, splits, where)
+
+
+TRAIN = [{"tokens": ["Ann", "saw", "New", "York"], "tags": ["I-PER", "O", "I-LOC", "I-LOC"]},  # IOB1
+         {"tokens": ["Bo", "ran"], "tags": ["B-PER", "O"]}]
+
+
+def test_tag_repairs_and_unseen_test_types_are_printed(capsys):
+    test = [{"tokens": ["Cy", "in", "Rome"], "tags": ["B-PERSON", "O", "B-LOC"]}]
+    meta = _prepare({"train_file": "a.conll", "test_file": "t.conll"}, {"train": TRAIN, "test": test}).meta
+    assert meta["invalid_sequences"] == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "note: 1 sentence(s) have an I- tag that starts an entity (IOB1 or loosely written BIO); read as B- "
+        "(invalid_sequences in meta.json)",
+        "warning: t.conll: entity type(s) PERSON of the test split never occur in training (LOC, PER); tags are "
+        "compared by type name, so they are never found"]
+    _prepare({}, {"train": TRAIN[1:], "test": [{"tokens": ["Cy"], "tags": ["B-PER"]}]})
+    assert capsys.readouterr().err == ""
+
+
+def test_a_test_file_sharing_no_entity_type_with_training_is_refused():
+    test = [{"tokens": ["Cy", "in", "Rome"], "tags": ["b-per", "O", "b-loc"]}]  # types compared by name: per != PER
+    with pytest.raises(ConfigError, match=r"t\.conll: entity type\(s\) loc, per of the test split never occur"):
+        _prepare({"train_file": "a.conll", "test_file": "t.conll"}, {"train": TRAIN, "test": test})
+
+
+def test_conll_number_tags_are_named_by_tag_names(tmp_path):
+    from tuneforge.config import load_config
+    path = tmp_path / "ner.conll"
+    path.write_text("Alice\t1\nsmiled\t0\n")
+    cfg = load_config(None, {"model": {"task": "token_classification"}, "data": {"tag_names": ["O", "B-PER"]}})
+    assert TASK.read_source(str(path), cfg) == [{"tokens": ["Alice", "smiled"], "tags": ["B-PER", "O"]}]

@@ -3,6 +3,8 @@
 WNUT-16 set. Errors are one line naming the file and line/row and the fix."""
 from __future__ import annotations
 
+import ast
+import json
 import re
 import sys
 from collections import Counter
@@ -22,31 +24,38 @@ _COLUMNS = re.compile(r"[ \t]+")  # column separators: ASCII spaces/tabs only (a
 
 # --- CoNLL files ----------------------------------------------------------------------------------------------
 
-def read_conll(path: str | Path) -> list[Record]:
+def read_conll(path: str | Path, tag_names: Sequence[str] | None = None) -> list[Record]:
     """Sentences of a CoNLL file: first column the token, last the tag (columns split by spaces or tabs, middle
-    ones ignored), blank lines between sentences, ``-DOCSTART-`` lines skipped; lines end at "\\n" only (U+2028
-    stays in a token). Comments are skipped with one note: ``#`` lines whose column count differs from most lines',
-    ``# key = value`` (CoNLL-U), ``# ...`` ending in no other line's tag (MultiCoNER's ``# id 3f2a domain=en``)."""
+    ones ignored; by tabs only where every token line holds one, so a token may hold a space), blank lines
+    between sentences, ``-DOCSTART-`` lines skipped; number tags (ids) named by ``tag_names`` (:func:`_tag`);
+    lines end at "\\n" only (U+2028 stays in a token). Comments are skipped with one note: ``#`` lines whose
+    column count differs from most lines', ``# key = value`` (CoNLL-U), ``# ...`` ending in no other line's tag
+    (MultiCoNER's ``# id 3f2a domain=en``)."""
     p = require_file(path)
     try:
-        rows = [_COLUMNS.split(line.strip(" \t\r\n\f\v")) for line in p.read_text(encoding="utf-8-sig").split("\n")]
+        lines = [line.strip(" \t\r\n\f\v") for line in p.read_text(encoding="utf-8-sig").split("\n")]
     except (UnicodeDecodeError, OSError) as exc:
         raise not_text(p, exc) from None
+    data = [line for line in lines if line and not line.startswith(("#", "-DOCSTART-"))]
+    tabs = bool(data) and all("\t" in line for line in data)  # tab-separated: "New York<TAB>B-LOC" is one token
+    rows = [[c.strip(" ") for c in line.split("\t")] if tabs and "\t" in line else _COLUMNS.split(line)
+            for line in lines]
     comments = _comment_lines(rows)
     records: list[Record] = []
-    sentence: list[list[str]] = []  # its lines' columns
+    sentence: list[tuple[int, list[str]]] = []  # its lines' numbers and columns
     for i, columns in enumerate([*rows, [""]], start=1):
         if i in comments:
             continue
         if columns == [""] or columns[0] == "-DOCSTART-":  # sentence boundary
             if sentence:
-                records.append({"tokens": [c[0] for c in sentence], "tags": [c[-1] for c in sentence]})
+                records.append({"tokens": [c[0] for _, c in sentence],
+                                "tags": [_tag(c[-1], f"{p}, line {j}", tag_names) for j, c in sentence]})
             sentence = []
         elif len(columns) == 1:
             raise ConfigError(f"{p}, line {i}: only one column ({columns[0][:40]!r}); each line needs a token "
                               "and a tag separated by a tab or spaces, and a blank line ends a sentence")
         else:
-            sentence.append(columns)
+            sentence.append((i, columns))
     if not records:
         raise ConfigError(f"data file {p} holds no sentences; write one 'token<TAB>tag' line per token "
                           "and a blank line between sentences")
@@ -92,9 +101,28 @@ def as_list(value: Any, what: str, where: str) -> list:
     return list(value)
 
 
+_LITERAL = re.compile(r"\[\s*(['\"\d-]|\]$)")  # "['EU', 'rejects']", "[3, 0]", "[]" written out; not "[ Music ]"
+
+
 def _words(value: Any, what: str, where: str) -> list:
-    """A list of words or tags: a list (or array), or one string of them separated by whitespace."""
-    return value.split() if isinstance(value, str) else as_list(value, what, where)
+    """A list of words or tags: a list (or array), a JSON or Python list literal (a pandas CSV export's cell), or
+    one string of them separated by whitespace."""
+    if not isinstance(value, str):
+        return as_list(value, what, where)
+    text = value.strip()
+    if not (_LITERAL.match(text) and text.endswith("]")):
+        return value.split()
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        if "," in text or not re.search(r"['\"\d]\s+['\"\d-]", text):  # numpy prints "['a' 'b']": no commas
+            return as_list(ast.literal_eval(text), what, where)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        pass
+    raise ConfigError(f"{where}: '{what}' {text[:40]!r} is not a list JSON or Python can read; write it as a JSON "
+                      "list (e.g. [\"EU\", \"rejects\"]) or as words separated by spaces")
 
 
 def require(records: Sequence[Record], columns: Iterable[str], source: str,
@@ -126,6 +154,10 @@ def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", t
                         "tags": [_tag(t, where, tag_names) for t in tags]})
     if not out:
         raise ConfigError(f"{source}: every row has an empty '{tokens_column}' list; nothing to train on")
+    if len(out) > 5 and all(len(r["tokens"]) == 1 for r in out):
+        raise ConfigError(f"{source}: every row holds one word, so each word would train as a sentence of its own; "
+                          "for a file with one word per row, write it as a CoNLL file (.conll: one 'token<TAB>tag' "
+                          "line per word, a blank line between sentences)")
     return _note_scheme(out, source)
 
 
@@ -136,13 +168,20 @@ def _token(value: Any, where: str) -> str:
 
 
 def _tag(value: Any, where: str, names: Sequence[str] | None) -> str:
+    """A tag name; an integer or a string of digits ("3", as CSV exports write Hugging Face's ids) is an id,
+    named by ``names``."""
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):
+        value = int(value)
+    if isinstance(value, str) and len(value) == 2 and value[1] in "-_" and value[0].upper() in PREFIXES:
+        raise ConfigError(f"{where}: tag {value!r} has no entity type; write the type after it (e.g. B-PER)")
     if isinstance(value, str) and value:
         return value
     if as_int(value) is not None:
         value = as_int(value)
         if names is not None and 0 <= value < len(names):
             return str(names[value])
-        raise ConfigError(f"{where}: tag {value} is a number; give tag names (e.g. B-PER), or the names of the "
+        raise ConfigError(f"{where}: tag {value} is a number; give tag names (e.g. B-PER"
+                          f"{', and O (a letter) outside entities' if value == 0 else ''}), or the names of the "
                           "ids in data.tag_names (e.g. data.tag_names=[O,B-PER,I-PER])"
                           f"{f', which has only {len(names)}' if names is not None else ''}")
     raise ConfigError(f"{where}: tag {value!r} is not a tag name; give one tag such as O or B-PER per token")
@@ -197,6 +236,20 @@ def scheme(tags: Sequence[str] | Sequence[Sequence[str]]) -> str:
 def invalid_sentences(tags: Sequence[str] | Sequence[Sequence[str]]) -> int:
     """How many sentences hold an ``I-X`` that does not continue an X chunk (for reporting; accepted)."""
     return sum(invalid_transitions([normal_tag(t) for t in s]) > 0 for s in _sentences(tags))
+
+
+def unseen_types(names: Sequence[str], records: Sequence[Record], split: str, file: str | None) -> None:
+    """One warning naming the entity types of a validation/test ``split`` that training (tag ``names``) lacks
+    (types are compared by name, so their entities are never found); where the split is a ``file`` of its own
+    and none of its types occurs in training (b-per vs B-PER, PER vs PERSON), a ConfigError."""
+    known = {n[2:] for n in names if n != "O"}
+    types = {t[2:] for r in records for t in to_bio(r["tags"]) if t != "O"}
+    if types - known:
+        line = (f"entity type(s) {', '.join(sorted(types - known))} of the {split} split never occur in training "
+                f"({', '.join(sorted(known))}); tags are compared by type name, so they are never found")
+        if file and not types & known:
+            raise ConfigError(f"{file}: {line}; write them as the training file does")
+        print(f"warning: {file or 'data'}: {line}", file=sys.stderr)
 
 
 def to_bio(tags: Sequence[str]) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ class Task:
     # -- data ---------------------------------------------------------------------------------------------
     def read_source(self, path: str, cfg: RunConfig) -> list[Record]:
         if path.lower().endswith(conll.CONLL_SUFFIXES):
-            return conll.read_conll(path)
+            return conll.read_conll(path, cfg.data.tag_names)
         if not str(require_file(path)).lower().endswith(SUFFIXES):
             raise ConfigError(f"data file {path}: unsupported type '{Path(path).suffix}'; use a CoNLL file (named "
                               f"{', '.join(conll.CONLL_SUFFIXES)}) or one of {', '.join(SUFFIXES)}")
@@ -87,6 +88,11 @@ class Task:
         if len(names) < 2:
             raise ConfigError("data: the training split holds no entity tag (every tag is O)")
         invalid = sum(conll.invalid_sentences(list(r["tags"])) for k in records for r in records[k])
+        if invalid:
+            print(f"note: {invalid} sentence(s) have an I- tag that starts an entity (IOB1 or loosely written BIO); "
+                  "read as B- (invalid_sequences in meta.json)", file=sys.stderr)
+        for k in ("validation", "test"):
+            conll.unseen_types(names, records[k], k, cfg.data.train_file and getattr(cfg.data, k + "_file"))
         meta = {"labels": names, "scheme": conll.scheme([r["tags"] for r in records["train"]]),
                 "invalid_sequences": invalid}
         enc = {k: self.encode(records[k], cfg, tokenizer, meta, where[k]) for k in ("train", "validation", "test")}
