@@ -113,3 +113,73 @@ def test_jsonl_strings_may_hold_line_and_paragraph_separators(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     assert read_records(path) == rows
+
+
+def test_a_stray_quote_that_joins_rows_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text('text,label\ngood film,pos\n"great film,pos\nbad film,neg\ndull "and" slow,neg\nfine,pos\n')
+    with pytest.raises(ConfigError, match=r"d\.csv, line 3: a '\"' opens a cell that runs to line 5, joining 3 lines "
+                                          r"into one example; delete the stray '\"'"):
+        read_records(path)
+
+
+@pytest.mark.parametrize("cell", ['"great film.\nloved it, really, pos"', '"great, ""so"" good,\n\nfilm"',
+                                  '"quoted" words'])
+def test_quoted_cells_on_several_lines_and_quotes_joining_no_rows_read_as_before(tmp_path, cell):
+    path = tmp_path / "d.csv"
+    path.write_text(f"text,label\n{cell},pos\nbad film,neg\n")
+    expected = "quoted words" if cell.startswith('"quoted"') else cell[1:-1].replace('""', '"')
+    assert read_records(path) == [{"text": expected, "label": "pos"}, {"text": "bad film", "label": "neg"}]
+
+
+def test_rows_repeating_the_header_are_dropped_with_a_note(tmp_path, capsys):
+    path = tmp_path / "d.csv"  # two files joined with cat, the second with its byte-order mark
+    path.write_text("\ufefftext,label\ngood film,pos\n\ufefftext,label\nbad film,neg\n", encoding="utf-8")
+    assert read_records(path) == ROWS
+    note = f"note: {path}: dropped 1 row(s) that repeat the header row (files joined together?)\n"
+    assert capsys.readouterr().err == note
+
+
+def test_a_json_file_holding_json_lines_is_read_as_json_lines(tmp_path):
+    path = tmp_path / "d.json"  # what datasets' Dataset.to_json("d.json") writes
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    assert read_records(path) == ROWS
+    path.write_text(json.dumps({"data": ROWS}, indent=2))  # an object holding the list still reads as JSON
+    assert read_records(path) == ROWS
+    path.write_text(json.dumps(ROWS[0]) + "\n{oops\n")
+    with pytest.raises(ConfigError, match=r"d\.json, line 2: not valid JSON"):
+        read_records(path)
+
+
+def test_empty_columns_without_a_name_are_dropped(tmp_path):
+    path = tmp_path / "d.csv"  # Excel's export of a sheet with formatted empty columns after the data
+    path.write_text("text;label;;\ngood film;pos;;\nbad film;neg;;\n")
+    assert read_records(path) == ROWS
+    path.write_text(",text,label,,\n0,good film,pos,,x\n")  # unnamed columns holding data stay (a pandas index)
+    assert read_records(path) == [{"Unnamed: 0": "0", "text": "good film", "label": "pos", "Unnamed: 4": "x"}]
+
+
+def test_a_tsv_written_with_csv_quoting_is_read_quoted(tmp_path):
+    rows = [{"text": 'the film was "really" good', "label": "pos"}, {"text": "bad\nvery bad", "label": "neg"},
+            {"text": "dull\tslow", "label": "neg"}, {"text": "fine", "label": "pos"}]
+    for some in (rows[:1], rows[1:2], rows[2:], rows):
+        path = tmp_path / "d.tsv"
+        pd.DataFrame(some).to_csv(path, index=False, sep="\t")
+        assert read_records(path) == some
+
+
+@pytest.mark.parametrize("cells", [['he said "hi', '"quoted" words'], ['"Up"', 'a "b" c'],
+                                   ['" the best film, he said', 'slow and dull "']])
+def test_a_glue_style_tsv_keeps_its_quotes_as_text(tmp_path, cells):
+    path = tmp_path / "d.tsv"
+    path.write_text("sentence\tlabel\n" + "".join(f"{c}\t1\n" for c in cells))
+    assert read_records(path) == [{"sentence": c, "label": "1"} for c in cells]
+
+
+@pytest.mark.parametrize("name, encoding", [("d.csv", "utf-16-le"), ("d.jsonl", "utf-16-be"), ("d.tsv", "utf-16")])
+def test_a_utf16_file_is_named_as_such(tmp_path, name, encoding):
+    path = tmp_path / name
+    path.write_bytes(("text,label\ngood film,pos\n" if name != "d.jsonl" else json.dumps(ROWS[0])).encode(encoding))
+    with pytest.raises(ConfigError, match=f"{name} cannot be read: it holds NUL bytes, as UTF-16 text does; "
+                                          "save it as UTF-8"):
+        read_records(path)

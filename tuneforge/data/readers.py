@@ -1,8 +1,10 @@
 """Read records (list of dicts) from CSV, JSONL/JSON or Parquet files."""
 from __future__ import annotations
 
+import io
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,10 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     p = require_file(path)
     suffix = p.suffix.lower()
     try:
+        if suffix in (".csv", ".tsv", ".jsonl", ".json"):
+            with p.open("rb") as f:
+                if b"\x00" in f.read(4096):  # UTF-16 without a byte-order mark decodes as UTF-8, NULs and all
+                    raise not_text(p, ValueError("it holds NUL bytes, as UTF-16 text does"))
         if suffix in (".csv", ".tsv"):
             if p.stat().st_size == 0:
                 raise ConfigError(f"data file {p} is empty; it needs a header row and at least one example")
@@ -48,19 +54,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         elif suffix == ".jsonl" and _json_list(p):  # a JSON array saved as .jsonl: read as .json
             records = _json_records(p)
         elif suffix == ".jsonl":
-            records = []
-            for i, line in enumerate(p.read_text(encoding="utf-8-sig").split("\n"), start=1):  # not splitlines:
-                # U+2028, U+0085 and the like are valid inside a JSON string
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{p}, line {i}: not valid JSON ({exc.msg}); "
-                                      "each line must be one JSON object") from None
-                if not isinstance(row, dict):
-                    raise ConfigError(f"{p}, line {i}: expected a JSON object, got {type(row).__name__}")
-                records.append(row)
+            records = _jsonl_records(p, p.read_text(encoding="utf-8-sig"))
         elif suffix == ".json":
             records = _json_records(p)
         elif suffix == ".parquet":
@@ -82,18 +76,23 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
 def _read_csv(p: Path, sep: str, quoted: bool) -> list[dict[str, Any]]:
     """The rows of a CSV/TSV file, every cell as the text written (no number inference: "007", "1e3" and "0.50"
     stay as they are). A TSV is unquoted, as GLUE's and most exports are: a stray '"' is text, not the start of
-    a field running over the following rows. A header naming a column twice and a row with more cells than the
-    header are errors that say so."""
+    a field running over the following rows; one written with CSV quoting is read quoted (see _csv_quoted). A
+    header naming a column twice, a row with more cells than the header and a stray '"' that joins rows (see
+    _joined_rows) are errors that say so. Rows that repeat the header (files joined together) and columns with
+    neither a name nor a value (a spreadsheet's trailing separators) are dropped."""
     import csv
 
     import pandas as pd  # here: ~60 MiB and half a second that JSONL and CoNLL never need
+    quoted = quoted or _csv_quoted(p)
     quoting = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
     with p.open(encoding="utf-8-sig", newline="") as f:
         header = next(csv.reader(f, delimiter=sep, quoting=quoting), [])
-    twice = sorted({c for c in header if header.count(c) > 1})
+    twice = sorted({c for c in header if c.strip() and header.count(c) > 1})
     if twice:
         raise ConfigError(f"data file {p}: the header names {', '.join(map(repr, twice))} more than once; "
                           "give every column its own name")
+    if quoted:
+        _joined_rows(p, sep)
     try:
         frame = pd.read_csv(p, sep=sep, dtype=str, keep_default_na=False, quoting=quoting, encoding="utf-8-sig")
     except pd.errors.ParserError as exc:
@@ -102,7 +101,57 @@ def _read_csv(p: Path, sep: str, quoted: bool) -> list[dict[str, Any]]:
             raise
         raise ConfigError(f"{p}, line {m[2]}: {m[3]} cells where the header has {m[1]}; put a cell that holds "
                           f"the separator {sep!r} in double quotes") from None
-    return frame.to_dict("records")
+    unnamed = [c for c, name in zip(frame.columns, header) if not name.strip() and frame[c].str.strip().eq("").all()]
+    names = [name for c, name in zip(frame.columns, header) if c not in unnamed]
+    records = frame.drop(columns=unnamed).to_dict("records")
+    kept = [r for r in records if [v.lstrip("\ufeff") for v in r.values()] != names]
+    if len(kept) < len(records):
+        print(f"note: {p}: dropped {len(records) - len(kept)} row(s) that repeat the header row "
+              "(files joined together?)", file=sys.stderr)
+    return kept
+
+
+def _csv_quoted(p: Path) -> bool:
+    """Whether a .tsv was written with CSV quoting, as pandas' ``to_csv(sep="\\t")`` and Excel's "Text (Tab
+    delimited)" quote a cell holding a '"', a tab or a line break: the file parses as strict CSV, a cell is quoted
+    as only a CSV writer quotes (``"a ""b"" c"``, or holding a tab or a line break), and no cell holds both a tab
+    and a line break (a row that a stray '"' swallowed). GLUE-style TSVs, whose '"' are text (``he said
+    "hi``, ``"quoted" words``), fail one of these and are read as written."""
+    import csv
+    text = p.read_text(encoding="utf-8-sig")
+    if '"' not in text:
+        return False
+    try:
+        cells = [c for row in csv.reader(io.StringIO(text, newline=""), delimiter="\t", strict=True) for c in row]
+    except csv.Error:
+        return False
+    if any("\t" in c and re.search(r"[\r\n]", c) for c in cells):
+        return False
+    return (any(re.search(r"[\t\r\n]", c) for c in cells)
+            or any(len(c) > 3 and c[0] == c[-1] == '"' and '""' in c[1:-1] for c in re.split(r"[\t\r\n]", text)))
+
+
+def _joined_rows(p: Path, sep: str) -> None:
+    """Refuse a CSV in which a stray '"' joins rows. A '"' opening a cell makes pandas read on to the next '"'
+    anywhere in the file, taking the rows between (separators, labels and all) into one text. A cell quoted as
+    CSV writers quote it ends with '"' just before a separator or the end of a line, and may hold line breaks; a
+    stray '"' runs to wherever the next '"' falls, almost never there: csv's strict mode refuses that cell. Such
+    a cell on one line (``"quoted" words``) joins no rows and is read as pandas reads it; one running over lines
+    is the joined rows."""
+    import csv
+    with p.open(encoding="utf-8-sig", newline="") as f:
+        reader, start = csv.reader(f, delimiter=sep, strict=True), 1
+        while True:
+            try:
+                next(reader)
+            except StopIteration:
+                return
+            except csv.Error:
+                if reader.line_num > start:
+                    raise ConfigError(f"{p}, line {start}: a '\"' opens a cell that runs to line {reader.line_num}, "
+                                      f"joining {reader.line_num - start + 1} lines into one example; delete the "
+                                      "stray '\"' (or quote the whole cell and double each '\"' in it)") from None
+            start = reader.line_num + 1
 
 
 def _delimiter(path: Path) -> str:
@@ -119,8 +168,15 @@ def _json_list(path: Path) -> bool:
 
 
 def _json_records(path: Path) -> list[Any]:
-    """A JSON list of objects (or an object holding one list, e.g. {"data": [...]})."""
-    data = json.loads(path.read_text(encoding="utf-8-sig"))
+    """A JSON list of objects (or an object holding one list, e.g. {"data": [...]}); JSON Lines saved as .json,
+    as ``datasets``' ``to_json("x.json")`` writes them, is read as JSON Lines."""
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg != "Extra data":  # a first value that ends before the file does: one object per line
+            raise
+        return _jsonl_records(path, text)
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))
     if not isinstance(data, list):
@@ -129,6 +185,23 @@ def _json_records(path: Path) -> list[Any]:
         if not isinstance(row, dict):
             raise ConfigError(f"{path}, item {i}: expected a JSON object, got {type(row).__name__}")
     return data
+
+
+def _jsonl_records(path: Path, text: str) -> list[dict[str, Any]]:
+    """One JSON object per line; blank lines are skipped."""
+    records = []
+    for i, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028, U+0085 and the like are
+        if not line.strip():  # valid inside a JSON string
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}, line {i}: not valid JSON ({exc.msg}); "
+                              "each line must be one JSON object") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}, line {i}: expected a JSON object, got {type(row).__name__}")
+        records.append(row)
+    return records
 
 
 def as_int(value: Any) -> int | None:
