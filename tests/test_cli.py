@@ -105,9 +105,9 @@ def test_predict_text_pairs_from_flags_and_tab_separated_stdin(tmp_path, capsys,
     assert main(["predict", run, "--json", "great film", "--pair", "so it is", "dull", "--pair", "not at all"]) == 0
     by_flags = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["text"], r["pair"]) for r in by_flags] == [("great film", "so it is"), ("dull", "not at all")]
-    monkeypatch.setattr("sys.stdin", io.StringIO("great film\tso it is\ndull\tnot at all\n"))
-    assert main(["predict", run, "--json"]) == 0
-    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == by_flags
+    monkeypatch.setattr("sys.stdin", io.StringIO("great film\tso it is\n\ndull\tnot at all\n"))
+    assert main(["predict", run, "--json"]) == 0  # a blank line stays a line of its own: outputs match inputs
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [by_flags[0], None, by_flags[1]]
     assert main(["predict", run, "great film"]) == 2
     assert "trained on text pairs" in capsys.readouterr().err
 

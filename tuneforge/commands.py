@@ -60,14 +60,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     run = _load(args, "`tuneforge predict RUN TEXT...` (or texts on standard input, one a line)")
     texts, pairs = list(args.texts), args.pair
+    lines = None  # standard input: one output line per input line, a blank one for a blank line (null in JSON)
     if not texts:
-        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        lines = [line.rstrip("\r\n") for line in sys.stdin]
+        texts = [t for t in lines if t.strip()]
         if run.cfg.data.text_pair_column:  # text pairs: FIRST<TAB>SECOND per line
             texts, pairs = [t.split("\t", 1)[0] for t in texts], [t.partition("\t")[2] for t in texts]
     if not texts:
         return fail("predict needs TEXT arguments or lines on standard input")
-    for row in run.predict(texts, pairs):
-        print(json.dumps(row, ensure_ascii=False) if args.json else run.task.describe(row))
+    rows = iter(run.predict(texts, pairs))
+    for line in lines if lines is not None else texts:
+        row = next(rows) if line.strip() else None
+        print(json.dumps(row, ensure_ascii=False) if args.json else "" if row is None else run.task.describe(row))
     return 0
 
 

@@ -90,6 +90,9 @@ def test_a_list_label_is_refused_as_multi_label(tmp_path):
     rows = [{"text": f"t {i}", "label": ["a", "b"] if i == 3 else "a"} for i in range(20)]
     with pytest.raises(ConfigError, match=r"row 4: the label \(column 'label'\) is a list; .*multi-label"):
         _prepare(tmp_path, rows)
+    rows[3]["label"] = "[0, 2]"  # as a pandas CSV export writes a list
+    with pytest.raises(ConfigError, match=r"row 4: the label \(column 'label'\) is a list written as text; "):
+        _prepare(tmp_path, rows)
 
 
 @pytest.mark.parametrize("column, value, message", [

@@ -1,6 +1,7 @@
 """Sequence classification: labelled texts (or text pairs) -> label ids; accuracy and F1."""
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -116,9 +117,11 @@ class Task:
                 return (f"the text (column '{column}') is {structure(record[column])}, not a string; give the text "
                         "itself (or choose its column with data.text_column)")
         value = record[cfg.data.label_column]
-        if structure(value):
-            return (f"the label (column '{cfg.data.label_column}') is {structure(value)}; a classifier predicts "
-                    "one label per text (multi-label classification is not supported), given as a string or number")
+        listed = isinstance(value, str) and re.fullmatch(r"\[.*,.*\]", value.strip(), re.S)  # a CSV export's list
+        if structure(value) or listed:
+            return (f"the label (column '{cfg.data.label_column}') is {structure(value) or 'a list written as text'}; "
+                    "a classifier predicts one label per text (multi-label classification is not supported), given "
+                    "as a string or number")
         if _blank(value):
             return f"the label (column '{cfg.data.label_column}') is blank"
         return None
