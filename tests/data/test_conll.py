@@ -149,6 +149,8 @@ def test_class_names_from_hugging_face_parquet_features(tmp_path):
     ([{"words": ["a"], "tags": ["O"]}],
      r"column 'tokens' not found; columns are 'words', 'tags' \(choose with data.tokens_column / data.tags_column\)"),
     ([{"tokens": [], "tags": []}], "empty"),
+    ([{"EU": "rejects", "B-ORG": "O"}], r"columns are 'EU', 'B-ORG' \(a token and its tag per line: a CoNLL file, "
+                                        r"to be named \.conll\)"),  # a CoNLL file named .tsv: its first line
 ])
 def test_read_token_lists_errors(rows, message):
     with pytest.raises(ConfigError, match=message):

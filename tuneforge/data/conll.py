@@ -132,8 +132,10 @@ def require(records: Sequence[Record], columns: Iterable[str], source: str,
         raise ConfigError(f"{source} is empty; it needs at least one example")
     for col in columns:
         if col not in records[0]:
+            conll = any(re.fullmatch(r"O|[BIESLU][-_]\S+", str(c)) for c in records[0])  # a tag as a header
             raise ConfigError(f"{source}: column '{col}' not found; columns are {column_names(records[0])} "
-                              f"(choose with {settings})")
+                              + ("(a token and its tag per line: a CoNLL file, to be named .conll)" if conll else
+                                 f"(choose with {settings})"))
 
 
 def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", tags_column: str = "tags",
