@@ -133,3 +133,31 @@ def test_a_failing_candidate_is_a_failed_row_and_the_sweep_goes_on(tmp_path, mon
     monkeypatch.setattr(compare, "_train_subprocess", lambda label, *a: train("interpolate=0.5", *a))
     with pytest.raises(ConfigError, match="the unmitigated run failed: the training process was killed"):
         mitigate(None, [], "interpolate", [0.9], 1.0, tmp_path / "m2", progress=False)
+
+
+def test_an_interrupted_candidate_is_resumed_and_a_finished_one_reused(tmp_path, monkeypatch):
+    import yaml
+
+    from tuneforge import checkpoint, compare
+    from tuneforge.mitigate import mitigate
+
+    calls = []
+
+    def train(label, data, out, resume, restart, progress):
+        calls.append((label, resume))
+        run_dir = tmp_path / "m" / "runs" / label.replace("=", "-")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(data))
+        metrics = {"best_validation": {"accuracy": 0.8}, "forgetting": {"forgotten": 2.0, "reference": "probe"}}
+        if label == "interpolate=0.5" and resume is None:  # killed after its first checkpoint
+            (run_dir / checkpoint.RESUME).write_bytes(b"state")
+            raise compare.ConfigError("the training process was killed by SIGKILL (out of memory?)")
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+    monkeypatch.setattr(compare, "_train_subprocess", train)
+    mitigate(None, [], "interpolate", [0.9, 0.5], 1.0, tmp_path / "m", progress=False)
+    assert [resume for _, resume in calls] == [None, None, None]
+    calls.clear()
+    mitigate(None, [], "interpolate", [0.9, 0.5], 1.0, tmp_path / "m", progress=False)
+    assert calls == [("interpolate=0.5", tmp_path / "m" / "runs" / "interpolate-0.5")]  # the others reused
