@@ -161,6 +161,8 @@ def test_a_failed_training_process_is_explained_in_one_line():
 
     crash = "note: 3 examples were cut\nTraceback (most recent call last):\n  File \"x\", line 1\nRuntimeError: boom\n"
     assert failure(1, crash) == "the training process crashed: RuntimeError: boom"  # not the data note before it
+    multi = crash.replace("RuntimeError: boom", "ValueError: shape mismatch\nexpected (2, 4)\nwarning: later")
+    assert failure(1, multi) == "the training process crashed: ValueError: shape mismatch"  # its first line
     assert failure(2, "epoch 1\r50%\ntuneforge: error: data.dataset: no such file\n") == "data.dataset: no such file"
     assert failure(-9, "note: 3 examples were cut\n") == "the training process was killed by SIGKILL (out of memory?)"
     assert failure(-15, "") == "the training process was killed by SIGTERM"

@@ -133,6 +133,10 @@ def test_a_failing_candidate_is_a_failed_row_and_the_sweep_goes_on(tmp_path, mon
     monkeypatch.setattr(compare, "_train_subprocess", lambda label, *a: train("interpolate=0.5", *a))
     with pytest.raises(ConfigError, match="the unmitigated run failed: the training process was killed"):
         mitigate(None, [], "interpolate", [0.9], 1.0, tmp_path / "m2", progress=False)
+    monkeypatch.setattr(compare, "_train_subprocess", lambda label, *a: train(
+        "interpolate=0.5" if label != "none" else label, *a))
+    mitigate(None, [], "interpolate", [0.9, 0.5], 1.0, tmp_path / "m3", progress=False)
+    assert "chosen: every candidate failed" in (tmp_path / "m3" / "mitigation.md").read_text()
 
 
 def test_an_interrupted_candidate_is_resumed_and_a_finished_one_reused(tmp_path, monkeypatch):
@@ -161,3 +165,13 @@ def test_an_interrupted_candidate_is_resumed_and_a_finished_one_reused(tmp_path,
     calls.clear()
     mitigate(None, [], "interpolate", [0.9, 0.5], 1.0, tmp_path / "m", progress=False)
     assert calls == [("interpolate=0.5", tmp_path / "m" / "runs" / "interpolate-0.5")]  # the others reused
+    (tmp_path / "m" / "runs" / "interpolate-0.5" / "metrics.json").unlink()
+    (tmp_path / "m" / "runs" / "interpolate-0.5" / checkpoint.RESUME).write_bytes(b"damaged")
+
+    def damaged(label, data, out, resume, restart, progress):
+        raise compare.ConfigError(f"cannot resume {resume}: its checkpoint is damaged; start the run again")
+
+    monkeypatch.setattr(compare, "_train_subprocess", damaged)
+    rows = mitigate(None, [], "interpolate", [0.9, 0.5], 1.0, tmp_path / "m", progress=False)["rows"]
+    assert rows[2]["error"].endswith(f"(resuming it; delete {tmp_path / 'm' / 'runs' / 'interpolate-0.5'} to "
+                                     "retrain this candidate alone)")

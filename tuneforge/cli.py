@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics of a run on its test split or on a data file")
     p.add_argument("run_dir")
-    p.add_argument("--data", help="data file with the run's columns (default: the run's own test split)")
+    p.add_argument("--data", help="data file with the run's columns, or for a causal LM any conversation layout "
+                   "(default: the run's own test split)")
     p.add_argument("--device", default="auto")
     p.set_defaults(fn=cmd_evaluate)
 

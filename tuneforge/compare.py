@@ -182,8 +182,11 @@ def failure(code: int, tail: str) -> str:
     if code < 0:
         name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
         return f"the training process was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
-    if "Traceback (most recent call last)" in tail and lines:
-        return f"the training process crashed: {lines[-1]}"
+    if "Traceback (most recent call last)" in tail:  # the exception: the first unindented line after the frames
+        trace = tail.rsplit("Traceback (most recent call last)", 1)[1].splitlines()[1:]
+        exception = next((line for line in trace if line.strip() and not line[0].isspace()), None)
+        if exception:
+            return f"the training process crashed: {exception.strip()}"
     return f"the training process exited with code {code}" + (f"; its last output: {lines[-1]}" if lines else "")
 
 

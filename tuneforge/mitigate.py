@@ -158,7 +158,9 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
         mark = " **chosen**" if chosen is not None and r is chosen else " (failed)" if "error" in r else ""
         lines.append(f"| {r['label']}{mark} | {_f(r['validation'])} | {_f(r[f'test_{task.metric}'])} | "
                      f"{_f(r['gain'])} | {_f(r['forgotten'])} |")
-    lines += ["", "chosen: " + (chosen["label"] if chosen else "none forgets less while keeping the task within the margin")]
+    none = "every candidate failed" if all("error" in r for r in candidates) else \
+        "none forgets less while keeping the task within the margin"
+    lines += ["", "chosen: " + (chosen["label"] if chosen else none)]
     lines += [f"failed: {r['label']}: {r['error']}" for r in rows if "error" in r]
     checkpoint.atomic_write_text(out / "mitigation.md", "\n".join(lines) + "\n")
     plot_tradeoff(rows, out / "tradeoff.png", f"test {task.metric}", rows[0]["probe"] or "probe")
@@ -173,7 +175,12 @@ def _finished_or_trained(label: str, run_dir: Path, data: dict[str, Any], out: P
 
     if overwrite or not (run_dir / "metrics.json").is_file():
         resume = run_dir if (run_dir / checkpoint.RESUME).is_file() and not overwrite else None
-        return _train_subprocess(label, data, out, resume, run_dir.exists() and resume is None, progress)
+        try:
+            return _train_subprocess(label, data, out, resume, run_dir.exists() and resume is None, progress)
+        except ConfigError as exc:
+            if resume is None:
+                raise
+            raise ConfigError(f"{exc} (resuming it; delete {run_dir} to retrain this candidate alone)") from None
     import json
     return json.loads((run_dir / "metrics.json").read_text())
 

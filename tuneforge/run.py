@@ -181,7 +181,8 @@ def _plan(cfg: Any, overrides: list[str] | None, overwrite: bool, resume: str | 
     """The resolved config, the task and the run directory (checked by rank 0, the same on every rank)."""
     if resume is not None:
         if not str(resume).strip():
-            raise ConfigError("--resume needs the run directory to continue (the one `train` wrote), got ''")
+            raise ConfigError(f"--resume needs the run directory to continue (the one `train` wrote), got "
+                              f"{str(resume)!r}")
         cfg = checkpoint.resume_config(Path(resume))
     cfg = resolve_config(cfg, overrides)
     task = tasks.get(cfg.model.task)
