@@ -58,3 +58,14 @@ def test_doccano_exports_are_found_and_read():
     assert read_spans(new, "d.jsonl")[0]["tags"] == ["B-PER", "O", "B-PER"]
     assert span_column([{"tokens": ["a"], "tags": ["O"]}]) is None
     assert span_column([{"text": "a b", "label": ["O", "O"]}, {"text": "c", "label": "O"}]) is None
+
+
+def test_label_studio_exports_and_entities_first_seen_late_are_found():
+    from tuneforge.data.spans import span_column
+    text = "Ann met Bob"
+    studio = [{"id": 1, "text": text, "label": [{"start": 0, "end": 3, "text": "Ann", "labels": ["PER"]}]}]
+    assert span_column(studio) == "label"
+    assert read_spans(studio, "d.json", entities_column="label")[0]["tags"] == ["B-PER", "O", "O"]
+    quiet = [{"text": f"nothing here {i}", "label": []} for i in range(150)]  # doccano: unlabelled rows first
+    assert span_column(quiet + [{"text": text, "label": [[0, 3, "PER"]]}]) == "label"
+    assert span_column([{"text": "hello"}, {"text": text, "entities": []}]) == "entities"

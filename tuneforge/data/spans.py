@@ -13,14 +13,16 @@ from tuneforge.evaluate import get_entities
 from tuneforge.strict import ConfigError
 
 _WORD = re.compile(r"\S+")
-KEYS = (("start", "start_offset"), ("end", "end_offset"), ("label",))  # an entity object's keys
+KEYS = (("start", "start_offset"), ("end", "end_offset"), ("label", "labels"))  # an entity object's keys
 
 
 def _span(entity: Any, text_len: int, where: str) -> tuple[int, int, str]:
     """(start, end, label) of one entity (an object, or spaCy's and doccano's [start, end, label]), checked; end
     exclusive."""
-    if isinstance(entity, dict):  # doccano writes start_offset / end_offset
+    if isinstance(entity, dict):  # doccano writes start_offset / end_offset, Label Studio labels: [one]
         entity = tuple(next((entity[k] for k in keys if k in entity), None) for keys in KEYS)
+        if isinstance(entity[2], list) and len(entity[2]) == 1:
+            entity = (*entity[:2], entity[2][0])
     if not isinstance(entity, (list, tuple)) or len(entity) != 3 or None in entity:
         raise ConfigError(f"{where}: expected an object with start, end and label (or [start, end, label]), got "
                           f"{str(entity)[:60]}")
@@ -38,12 +40,16 @@ def _span(entity: Any, text_len: int, where: str) -> tuple[int, int, str]:
 
 def span_column(records: Sequence[Record]) -> str | None:
     """The column holding character-offset entities: ``entities``, or doccano's ``label`` / ``labels`` where
-    they hold [start, end, label] lists; None for other layouts (token and tag lists)."""
-    if records and "entities" in records[0]:
+    they hold [start, end, label] lists or Label Studio's {start, end, labels} objects (in any row: the first
+    ones may have none); None for other layouts (token and tag lists)."""
+    if any("entities" in r for r in records):
         return "entities"
     return next((c for c in ("label", "labels") if any(
-        isinstance(v := r.get(c), list) and v and all(isinstance(e, (list, tuple)) and len(e) == 3 for e in v)
-        for r in records[:100])), None)
+        isinstance(v := r.get(c), list) and v and all(_is_span(e) for e in v) for r in records)), None)
+
+
+def _is_span(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 3 or isinstance(value, dict) and "start" in value
 
 
 def read_spans(records: Sequence[Record], source: str, text_column: str = "text",
