@@ -231,8 +231,10 @@ def test_pandas_csv_list_cells_are_read_as_lists(tmp_path):
     with pytest.raises(ConfigError, match="row 1: tag 1 is a number"):
         read_token_lists(records, "tokens", "ner_tags")
     rows = [{"tokens": '["Hi", "Ann"]', "tags": '["O", "B-PER"]'},  # JSON
-            {"tokens": "[ Music ] plays", "tags": "O O O O"}]  # words that happen to start with "["
-    assert read_token_lists(rows) == [TWO[1], {"tokens": ["[", "Music", "]", "plays"], "tags": ["O"] * 4}]
+            {"tokens": "[ Music ] plays", "tags": "O O O O"},  # words that happen to start with "["
+            {"tokens": "[1] see ref [2]", "tags": "O O O O"}]
+    assert read_token_lists(rows) == [TWO[1], {"tokens": ["[", "Music", "]", "plays"], "tags": ["O"] * 4},
+                                      {"tokens": ["[1]", "see", "ref", "[2]"], "tags": ["O"] * 4}]
 
 
 @pytest.mark.parametrize("cell", ["['Hi' 'Ann']", "['Hi', Ann]", "[1 0]"])  # numpy's print form; not a literal
@@ -247,6 +249,8 @@ def test_one_word_per_row_files_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"d\.csv: every row holds one word.*write it as a CoNLL file"):
         read_token_lists(read_records(path), "Word", "Tag", str(path))
     assert len(read_token_lists(read_records(path)[:5], "Word", "Tag")) == 5  # a handful: accepted
+    queries = [{"tokens": [w], "tags": [t]} for w, t in [("paris", "B-LOC"), ("ann", "B-PER"), ("hi", "O")] * 3]
+    assert len(read_token_lists(queries)) == 9  # one-word queries: no entity runs on from a row before
 
 
 def test_tab_separated_tokens_may_hold_spaces(tmp_path):
@@ -256,6 +260,8 @@ def test_tab_separated_tokens_may_hold_spaces(tmp_path):
         {"tokens": ["#", "hi there"], "tags": ["O", "O"]}]
     mixed = "Ann\tB-PER\nNew York B-LOC\n"  # not every line tab-separated: columns split at spaces too
     assert read_conll(_write(tmp_path, mixed))[0]["tokens"] == ["Ann", "New"]
+    pos = "EU NNP\tB-ORG\nrejects VBZ\tO\n"  # a space before the POS column, a tab before the tag: 3 columns
+    assert read_conll(_write(tmp_path, pos))[0]["tokens"] == ["EU", "rejects"]
 
 
 @pytest.mark.parametrize("tag", ["B-", "I-", "i_"])

@@ -72,3 +72,21 @@ def test_columns_a_layout_does_not_read_are_named_in_a_note(tmp_path, capsys):
     path.write_text('{"instruction": "add", "input": "2 and 3", "output": "5", "id": "q1"}\n')  # all read: silent
     causal_lm.Task().read_source(str(path), load_config(None, {"model": {"task": "causal_lm"}}))
     assert capsys.readouterr().err == ""
+
+
+def test_parquet_messages_with_empty_tool_call_arrays_read(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from tuneforge.data.readers import read_records
+    messages = [{"role": "user", "content": "hi", "tool_calls": np.array([])},
+                {"role": "assistant", "content": "hello !", "tool_calls": np.array([])}]
+    assert _chat(*messages) == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello !"}]
+    calls = np.array([{"id": "1"}, {"id": "2"}], dtype=object)
+    with pytest.raises(ConfigError, match="message 2 makes a tool call"):
+        _chat(messages[0], {**messages[1], "tool_calls": calls})
+    pd.DataFrame({"messages": [[{"role": "user", "content": "hi", "tool_calls": []},
+                                {"role": "assistant", "content": "hello !", "tool_calls": []}]]}).to_parquet(
+        tmp_path / "d.parquet")
+    (record,) = read_records(tmp_path / "d.parquet")
+    assert layouts.to_messages(record, "chat", DataConfig(), "r")[1] == {"role": "assistant", "content": "hello !"}

@@ -119,8 +119,26 @@ def test_a_stray_quote_that_joins_rows_is_refused_with_its_line(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text('text,label\ngood film,pos\n"great film,pos\nbad film,neg\ndull "and" slow,neg\nfine,pos\n')
     with pytest.raises(ConfigError, match=r"d\.csv, line 3: a '\"' opens a cell that runs to line 5, joining 3 lines "
-                                          r"into one example; delete the stray '\"'"):
+                                          r"\(whole rows\) into one example; delete the stray '\"'"):
         read_records(path)
+
+
+def test_hand_written_multi_line_cells_and_long_cells_are_read(tmp_path, capsys):
+    """A multi-line cell whose inner lines are not whole rows is read, with a warning when a space follows its
+    closing quote (strict CSV refuses that); a cell over Python csv's 128 KiB default limit reads too."""
+    path = tmp_path / "d.csv"
+    path.write_text('text,label\n"line one,\nline two" ,pos\nfine,neg\n')
+    assert [r["label"] for r in read_records(path)] == ["pos", "neg"]
+    assert "warning: " in capsys.readouterr().err
+    long = "first line\n" + "word " * 60_000
+    path.write_text(f'text,label\n"{long}",pos\nfine,neg\n')
+    assert [r["label"] for r in read_records(path)] == ["pos", "neg"] and capsys.readouterr().err == ""
+
+
+def test_a_glue_tsv_row_opening_and_closing_with_quotes_stays_unquoted(tmp_path):
+    path = tmp_path / "d.tsv"  # MNLI-style: a premise starting with '"', its hypothesis ending with one
+    path.write_text('premise\thypothesis\tlabel\n"Yes, he said\tit was "fine"\tentailment\nok\tfine\tneutral\n')
+    assert read_records(path)[0] == {"premise": '"Yes, he said', "hypothesis": 'it was "fine"', "label": "entailment"}
 
 
 @pytest.mark.parametrize("cell", ['"great film.\nloved it, really, pos"', '"great, ""so"" good,\n\nfilm"',
@@ -183,3 +201,9 @@ def test_a_utf16_file_is_named_as_such(tmp_path, name, encoding):
     with pytest.raises(ConfigError, match=f"{name} cannot be read: it holds NUL bytes, as UTF-16 text does; "
                                           "save it as UTF-8"):
         read_records(path)
+
+
+def test_one_nul_byte_in_a_utf8_file_is_not_taken_for_utf16(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes(b"text,label\ngood\x00 film,pos\nbad film,neg\n")
+    assert [r["label"] for r in read_records(path)] == ["pos", "neg"]

@@ -90,9 +90,12 @@ def test_a_list_label_is_refused_as_multi_label(tmp_path):
     rows = [{"text": f"t {i}", "label": ["a", "b"] if i == 3 else "a"} for i in range(20)]
     with pytest.raises(ConfigError, match=r"row 4: the label \(column 'label'\) is a list; .*multi-label"):
         _prepare(tmp_path, rows)
-    rows[3]["label"] = "[0, 2]"  # as a pandas CSV export writes a list
-    with pytest.raises(ConfigError, match=r"row 4: the label \(column 'label'\) is a list written as text; "):
-        _prepare(tmp_path, rows)
+
+
+def test_a_list_written_as_text_is_one_class_with_a_note(tmp_path, capsys):
+    rows = [{"text": f"t {i}", "label": ["[0, 2]", "[0, 10]", "a"][i % 3]} for i in range(30)]  # bins or lists
+    assert _prepare(tmp_path, rows)[1].meta["labels"] == ["[0, 10]", "[0, 2]", "a"]
+    assert "labels such as '[0, 10]' look like lists; each is one class of its own" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("column, value, message", [

@@ -37,7 +37,8 @@ def read_conll(path: str | Path, tag_names: Sequence[str] | None = None) -> list
     except (UnicodeDecodeError, OSError) as exc:
         raise not_text(p, exc) from None
     data = [line for line in lines if line and not line.startswith(("#", "-DOCSTART-"))]
-    tabs = bool(data) and all("\t" in line for line in data)  # tab-separated: "New York<TAB>B-LOC" is one token
+    # tab-separated, where whitespace would split lines into varying columns: "New York<TAB>B-LOC" is one token
+    tabs = bool(data) and all("\t" in line for line in data) and len({len(_COLUMNS.split(x)) for x in data}) > 1
     rows = [[c.strip(" ") for c in line.split("\t")] if tabs and "\t" in line else _COLUMNS.split(line)
             for line in lines]
     comments = _comment_lines(rows)
@@ -116,11 +117,13 @@ def _words(value: Any, what: str, where: str) -> list:
         return json.loads(text)
     except ValueError:
         pass
+    numpy = "," not in text and re.search(r"['\"]\s+['\"]|^\[\s*-?\d+(\s+-?\d+)+\s*\]$", text)  # "['a' 'b']"
     try:
-        if "," in text or not re.search(r"['\"\d]\s+['\"\d-]", text):  # numpy prints "['a' 'b']": no commas
+        if not numpy:
             return as_list(ast.literal_eval(text), what, where)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
-        pass
+        if not re.match(r"\[\s*['\"]", text):
+            return value.split()  # words that happen to start with '[' ("[1] see ref [2]")
     raise ConfigError(f"{where}: '{what}' {text[:40]!r} is not a list JSON or Python can read; write it as a JSON "
                       "list (e.g. [\"EU\", \"rejects\"]) or as words separated by spaces")
 
@@ -156,7 +159,8 @@ def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", t
                         "tags": [_tag(t, where, tag_names) for t in tags]})
     if not out:
         raise ConfigError(f"{source}: every row has an empty '{tokens_column}' list; nothing to train on")
-    if len(out) > 5 and all(len(r["tokens"]) == 1 for r in out):
+    if len(out) > 5 and all(len(r["tokens"]) == 1 for r in out) and any(
+            normal_tag(r["tags"][0]).startswith("I-") for r in out):  # an entity continued from the row before
         raise ConfigError(f"{source}: every row holds one word, so each word would train as a sentence of its own; "
                           "for a file with one word per row, write it as a CoNLL file (.conll: one 'token<TAB>tag' "
                           "line per word, a blank line between sentences)")

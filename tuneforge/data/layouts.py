@@ -119,6 +119,11 @@ def _pair_columns(record: dict[str, Any], d: DataConfig) -> tuple[str, str]:
     return pair
 
 
+def _filled(value: Any) -> bool:
+    """A field that holds something: not None, not empty (Parquet gives empty arrays for absent lists)."""
+    return value is not None and (len(value) > 0 if hasattr(value, "__len__") else bool(value))
+
+
 def _is_list(value: Any) -> bool:
     return not isinstance(value, (str, bytes, dict)) and hasattr(value, "__iter__")
 
@@ -191,7 +196,7 @@ def _check_messages(record: dict[str, Any], d: DataConfig) -> list[dict[str, str
         if not isinstance(m, dict) or not ({"role", "from"} & set(m) and {"content", "value"} & set(m)):
             raise ConfigError(f"message {j} must be an object with 'role' and 'content' (or 'from' and 'value')")
         spelling = _text(_field(m, ("role", "from"))).strip()
-        if spelling.lower() in TOOL_ROLES or m.get("tool_calls") or m.get("function_call"):
+        if spelling.lower() in TOOL_ROLES or _filled(m.get("tool_calls")) or _filled(m.get("function_call")):
             what = f"has tool role '{spelling}'" if spelling.lower() in TOOL_ROLES else "makes a tool call"
             raise ConfigError(f"message {j} {what}; tool calls and results cannot be trained on: drop those "
                               "messages or the row")

@@ -45,8 +45,9 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     try:
         if suffix in (".csv", ".tsv", ".jsonl", ".json"):
             with p.open("rb") as f:
-                if b"\x00" in f.read(4096):  # UTF-16 without a byte-order mark decodes as UTF-8, NULs and all
-                    raise not_text(p, ValueError("it holds NUL bytes, as UTF-16 text does"))
+                head = f.read(4096)
+            if head.count(b"\x00") > len(head) // 4:  # UTF-16 without a byte-order mark: every other byte NUL
+                raise not_text(p, ValueError("it holds NUL bytes, as UTF-16 text does"))
         if suffix in (".csv", ".tsv"):
             if p.stat().st_size == 0:
                 raise ConfigError(f"data file {p} is empty; it needs a header row and at least one example")
@@ -122,13 +123,23 @@ def _csv_quoted(p: Path) -> bool:
     if '"' not in text:
         return False
     try:
-        cells = [c for row in csv.reader(io.StringIO(text, newline=""), delimiter="\t", strict=True) for c in row]
+        _no_field_limit()
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t", strict=True))
     except csv.Error:
         return False
+    if len({len(row) for row in rows if row}) > 1:  # quoted reading would merge cells (a GLUE row's stray '"'s)
+        return False
+    cells = [c for row in rows for c in row]
     if any("\t" in c and re.search(r"[\r\n]", c) for c in cells):
         return False
     return (any(re.search(r"[\t\r\n]", c) for c in cells)
             or any(len(c) > 3 and c[0] == c[-1] == '"' and '""' in c[1:-1] for c in re.split(r"[\t\r\n]", text)))
+
+
+def _no_field_limit() -> None:
+    """Let Python's csv read cells of any size (its default limit, 128 KiB, would fail a long article)."""
+    import csv
+    csv.field_size_limit(min(sys.maxsize, 2 ** 31 - 1))
 
 
 def _joined_rows(p: Path, sep: str) -> None:
@@ -137,8 +148,12 @@ def _joined_rows(p: Path, sep: str) -> None:
     CSV writers quote it ends with '"' just before a separator or the end of a line, and may hold line breaks; a
     stray '"' runs to wherever the next '"' falls, almost never there: csv's strict mode refuses that cell. Such
     a cell on one line (``"quoted" words``) joins no rows and is read as pandas reads it; one running over lines
-    is the joined rows."""
+    whose inner lines are whole rows (as many separators as the header) is joined rows; otherwise (a multi-line
+    cell written by hand, ``"a\nb" ,1``) a warning names it."""
     import csv
+    _no_field_limit()
+    lines = p.read_text(encoding="utf-8-sig").split("\n")
+    columns = lines[0].count(sep)
     with p.open(encoding="utf-8-sig", newline="") as f:
         reader, start = csv.reader(f, delimiter=sep, strict=True), 1
         while True:
@@ -147,10 +162,13 @@ def _joined_rows(p: Path, sep: str) -> None:
             except StopIteration:
                 return
             except csv.Error:
-                if reader.line_num > start:
-                    raise ConfigError(f"{p}, line {start}: a '\"' opens a cell that runs to line {reader.line_num}, "
-                                      f"joining {reader.line_num - start + 1} lines into one example; delete the "
-                                      "stray '\"' (or quote the whole cell and double each '\"' in it)") from None
+                end = reader.line_num
+                said = f"{p}, line {start}: a '\"' opens a cell that runs to line {end}, joining {end - start + 1} lines"
+                if end > start + 1 and any(line.count(sep) >= columns for line in lines[start:end - 1]):
+                    raise ConfigError(f"{said} (whole rows) into one example; delete the stray '\"' (or quote the "
+                                      "whole cell and double each '\"' in it)") from None
+                if end > start:
+                    print(f"warning: {said} into one cell; if that '\"' is stray, delete it", file=sys.stderr)
             start = reader.line_num + 1
 
 

@@ -1,7 +1,6 @@
 """Sequence classification: labelled texts (or text pairs) -> label ids; accuracy and F1."""
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -117,11 +116,9 @@ class Task:
                 return (f"the text (column '{column}') is {structure(record[column])}, not a string; give the text "
                         "itself (or choose its column with data.text_column)")
         value = record[cfg.data.label_column]
-        listed = isinstance(value, str) and re.fullmatch(r"\[.*,.*\]", value.strip(), re.S)  # a CSV export's list
-        if structure(value) or listed:
-            return (f"the label (column '{cfg.data.label_column}') is {structure(value) or 'a list written as text'}; "
-                    "a classifier predicts one label per text (multi-label classification is not supported), given "
-                    "as a string or number")
+        if structure(value):
+            return (f"the label (column '{cfg.data.label_column}') is {structure(value)}; a classifier predicts "
+                    "one label per text (multi-label classification is not supported), given as a string or number")
         if _blank(value):
             return f"the label (column '{cfg.data.label_column}') is blank"
         return None
@@ -153,6 +150,10 @@ class Task:
         if cased:
             print(f"note: {_source(cfg)}: labels {'; '.join(' and '.join(map(repr, g)) for g in cased[:3])} differ "
                   "only in case and are separate classes; write them one way if they mean the same", file=sys.stderr)
+        listed = [n for n in names if n.startswith("[") and n.endswith("]") and "," in n]  # "[0, 2]": a CSV's list
+        if listed:
+            print(f"note: {_source(cfg)}: labels such as {listed[0]!r} look like lists; each is one class of its "
+                  "own (multi-label classification is not supported)", file=sys.stderr)
         meta = {"labels": names}
         enc = {k: self.encode(records[k], cfg, tokenizer, meta, where[k]) for k in ("train", "validation", "test")}
         return Prepared(train=enc["train"], validation=enc["validation"], test=enc["test"], meta=meta)
