@@ -232,9 +232,11 @@ def test_pandas_csv_list_cells_are_read_as_lists(tmp_path):
         read_token_lists(records, "tokens", "ner_tags")
     rows = [{"tokens": '["Hi", "Ann"]', "tags": '["O", "B-PER"]'},  # JSON
             {"tokens": "[ Music ] plays", "tags": "O O O O"},  # words that happen to start with "["
-            {"tokens": "[1] see ref [2]", "tags": "O O O O"}]
+            {"tokens": "[1] see ref [2]", "tags": "O O O O"},
+            {"tokens": "[ 5 ]", "tags": "O O O"}]  # a literal list [5], but three words by the tags' count
     assert read_token_lists(rows) == [TWO[1], {"tokens": ["[", "Music", "]", "plays"], "tags": ["O"] * 4},
-                                      {"tokens": ["[1]", "see", "ref", "[2]"], "tags": ["O"] * 4}]
+                                      {"tokens": ["[1]", "see", "ref", "[2]"], "tags": ["O"] * 4},
+                                      {"tokens": ["[", "5", "]"], "tags": ["O"] * 3}]
 
 
 @pytest.mark.parametrize("cell", ["['Hi' 'Ann']", "['Hi', Ann]", "[1 0]"])  # numpy's print form; not a literal

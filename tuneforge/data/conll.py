@@ -151,6 +151,8 @@ def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", t
         where = f"{source}, row {row_no}"
         tokens = _words(row.get(tokens_column), tokens_column, where)
         tags = _words(row.get(tags_column), tags_column, where)
+        if len(tokens) != len(tags) and isinstance(row.get(tokens_column), str):  # "[ 5 ]": words, not a list
+            tokens = tokens if len(row[tokens_column].split()) != len(tags) else row[tokens_column].split()
         if len(tokens) != len(tags):
             raise ConfigError(f"{where}: {len(tokens)} tokens but {len(tags)} tags; "
                               f"'{tokens_column}' and '{tags_column}' need one tag per token")
