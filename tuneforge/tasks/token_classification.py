@@ -23,7 +23,7 @@ import torch.nn as nn
 from transformers import AutoModelForTokenClassification, PreTrainedTokenizerBase
 
 from tuneforge.config import ConfigError, RunConfig
-from tuneforge.data import conll
+from tuneforge.data import conll, conll_file
 from tuneforge.data.spans import read_spans, span_column, tags_to_spans
 from tuneforge.data.batching import batch_order, iterate
 from tuneforge.data.readers import SUFFIXES, class_names, read_records, require_file
@@ -49,11 +49,11 @@ class Task:
 
     # -- data ---------------------------------------------------------------------------------------------
     def read_source(self, path: str, cfg: RunConfig) -> list[Record]:
-        if path.lower().endswith(conll.CONLL_SUFFIXES):
-            return conll.read_conll(path, cfg.data.tag_names)
+        if path.lower().endswith(conll_file.CONLL_SUFFIXES):
+            return conll_file.read_conll(path, cfg.data.tag_names)
         if not str(require_file(path)).lower().endswith(SUFFIXES):
             raise ConfigError(f"data file {path}: unsupported type '{Path(path).suffix}'; use a CoNLL file (named "
-                              f"{', '.join(conll.CONLL_SUFFIXES)}) or one of {', '.join(SUFFIXES)}")
+                              f"{', '.join(conll_file.CONLL_SUFFIXES)}) or one of {', '.join(SUFFIXES)}")
         records = read_records(path)
         d = cfg.data
         if d.tokens_column not in records[0] and (column := span_column(records)):
