@@ -7,7 +7,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from tuneforge import assets
 from tuneforge.config import ConfigError
-from tuneforge.data.conll import wnut16
+from tuneforge.data.conll_file import wnut16
 from tuneforge.data.tagging import (DEFAULT_STRIDE, IGNORE, align, encode_words, needs_word_spaces, stitch,
                                     window_spans)
 

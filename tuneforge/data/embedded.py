@@ -81,7 +81,7 @@ def _topics() -> list[dict[str, Any]]:
 
 def _wnut16() -> list[dict[str, Any]]:
     """WNUT-16 tweets (2,394 sentences, BIO tags over 10 entity types): token classification."""
-    from tuneforge.data.conll import wnut16
+    from tuneforge.data.conll_file import wnut16
     return wnut16()
 
 
