@@ -135,24 +135,28 @@ def _run_method(name: str, base: RunConfig, out: Path, task: Any, progress: bool
     """Reuse, resume, or (re)start one method's run; returns its row."""
     run_dir = out / "runs" / name
     wanted = method_config(base, name, run_dir)
-    done, resumable = (run_dir / "metrics.json").is_file(), (run_dir / checkpoint.RESUME).is_file()
-    if done and not overwrite:
+    if (run_dir / "metrics.json").is_file() and not overwrite:
         row = row_from_metrics(name, json.loads((run_dir / "metrics.json").read_text()), task, run_dir)
         return {**row, "reused": True}
-    resume = run_dir if resumable and not overwrite else None
-    restart = run_dir.exists() and resume is None
     try:
-        if in_process:
-            from tuneforge import run as run_module
-            if resume is not None:
-                metrics = run_module.train({}, resume=resume, progress=progress).metrics
-            else:
-                metrics = run_module.train(wanted, overwrite=restart, progress=progress).metrics
-        else:
-            metrics = _train_subprocess(name, wanted, out, resume, restart, progress)
+        metrics = train_run(name, run_dir, wanted, out, progress, overwrite, in_process)
     except ConfigError as exc:
         return failed_row(name, task, run_dir, str(exc))
     return row_from_metrics(name, metrics, task, run_dir)
+
+
+def train_run(name: str, run_dir: Path, wanted: dict[str, Any], out: Path, progress: bool, overwrite: bool,
+              in_process: bool = False) -> dict[str, Any]:
+    """Train one run of a comparison or sweep (config ``wanted``) and return its metrics: resumed where it was
+    interrupted (unless ``overwrite``), else started afresh over whatever an earlier attempt left."""
+    resume = run_dir if (run_dir / checkpoint.RESUME).is_file() and not overwrite else None
+    restart = run_dir.exists() and resume is None
+    if not in_process:
+        return _train_subprocess(name, wanted, out, resume, restart, progress)
+    from tuneforge import run as run_module
+    if resume is not None:
+        return run_module.train({}, resume=resume, progress=progress).metrics
+    return run_module.train(wanted, overwrite=restart, progress=progress).metrics
 
 
 def _train_subprocess(name: str, wanted: dict[str, Any], out: Path, resume: Path | None, restart: bool,

@@ -14,6 +14,7 @@ run, with the Pareto front.
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -169,20 +170,19 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
 
 def _finished_or_trained(label: str, run_dir: Path, data: dict[str, Any], out: Path, progress: bool,
                          overwrite: bool) -> dict[str, Any]:
-    """The metrics of a candidate's run: reused when it finished (same config, checked before), resumed when it
-    was interrupted, else trained in a subprocess."""
-    from tuneforge.compare import _train_subprocess
+    """The metrics of a candidate's run: reused when it finished (same config, checked before), else trained
+    (``compare.train_run``: resumed when it was interrupted)."""
+    from tuneforge.compare import train_run
 
-    if overwrite or not (run_dir / "metrics.json").is_file():
-        resume = run_dir if (run_dir / checkpoint.RESUME).is_file() and not overwrite else None
-        try:
-            return _train_subprocess(label, data, out, resume, run_dir.exists() and resume is None, progress)
-        except ConfigError as exc:
-            if resume is None:
-                raise
-            raise ConfigError(f"{exc} (resuming it; delete {run_dir} to retrain this candidate alone)") from None
-    import json
-    return json.loads((run_dir / "metrics.json").read_text())
+    if (run_dir / "metrics.json").is_file() and not overwrite:
+        return json.loads((run_dir / "metrics.json").read_text())
+    resuming = (run_dir / checkpoint.RESUME).is_file() and not overwrite
+    try:
+        return train_run(label, run_dir, data, out, progress, overwrite)
+    except ConfigError as exc:
+        if not resuming:
+            raise
+        raise ConfigError(f"{exc} (resuming it; delete {run_dir} to retrain this candidate alone)") from None
 
 
 def check_fisher_data(cfg: RunConfig, task: Any) -> None:
