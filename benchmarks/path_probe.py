@@ -16,6 +16,8 @@ Variants (what the switched runs do instead of tuneforge's own path):
   rms-plain     transformers' own RMSNorm forward and autograd backward, not ``rms_norm.RMSNormFunction``
   rotary-plain  transformers' own rotary embedding, not ``rotary.apply_rotary_pos_emb``
   plain-layers  all three of the last: eager attention, RMSNorm and rotary embedding as transformers runs them
+  embedding-all  the optimizer steps every row of a trained input embedding (``fast.KeptGradient``), not only the
+                rows the training data can reach (``embedding_rows.TrainedRows``)
   mmap-<bytes>  glibc's mmap threshold fixed at <bytes> (``mallopt(M_MMAP_THRESHOLD)``; e.g. mmap-131072): larger
                 buffers are mapped and unmapped each time instead of reused from the heap
 
@@ -53,7 +55,8 @@ WORKLOADS = {
 METRIC = {"chat": "perplexity", "classification": "accuracy", "ner": "f1"}
 TOOL = "tuneforge"
 VARIANTS = ("packed-eager", "lora-plain", "lora-rows", "lora-unstacked", "rounded", "unrounded", "head-plain",
-            "rms-fp32", "eager-plain", "rms-plain", "rotary-plain", "plain-layers")  # and mmap-<bytes>
+            "rms-fp32", "eager-plain", "rms-plain", "rotary-plain", "plain-layers",
+            "embedding-all")  # and mmap-<bytes>
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
@@ -100,6 +103,9 @@ def switch(variant: str) -> None:
         names = {"eager-plain": "grouped_attention", "rms-plain": "fast_rms_norm", "rotary-plain": "fast_rotary"}
         for name in names.values() if variant == "plain-layers" else [names[variant]]:
             setattr(train, name, lambda model, device: contextlib.nullcontext(0))
+    elif variant == "embedding-all":
+        from tuneforge import train
+        train.embedding_hook = lambda *_: fast.KeptGradient
     elif variant.startswith("mmap-"):
         import ctypes
         if not ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, int(variant[5:])):  # 0: refused

@@ -15,7 +15,8 @@
 - **a sparse input-embedding gradient** (CPU, one process, untied embedding being trained): the embedding's
   backward yields only the rows its batch looked up, which are added into a gradient buffer kept across steps
   (only the previous step's rows are zeroed first), instead of a fresh dense (vocabulary, hidden) gradient
-  zero-filled every step (MiniLM's 30,522 x 384: 15.6 ms -> 0.4 ms per step, 2 threads, AMD EPYC);
+  zero-filled every step (MiniLM's 30,522 x 384: 15.6 ms -> 0.4 ms per step, 2 threads, AMD EPYC); with no
+  weight decay the optimizer steps only the rows the training data holds (:mod:`tuneforge.embedding_rows`);
 - **no stored attention weights for packed rows** (CPU, float32): a causal LM loaded with eager attention
   (faster on short padded rows) trains padding-free rows through ``sdpa``, whose CPU kernel keeps no (T, T)
   weights for the backward (:func:`packed_attention`);
@@ -205,6 +206,9 @@ class KeptGradient:
         self.rows: torch.Tensor | None = None  # rows of the buffer that may be non-zero; None: any of them
         self.handle = weight.register_post_accumulate_grad_hook(self)
 
+    def remove(self) -> None:
+        self.handle.remove()
+
     def __call__(self, weight: nn.Parameter) -> None:
         grad = weight.grad
         if grad is self.buffer:  # a later micro-batch was added into it: any row may be non-zero now
@@ -237,20 +241,22 @@ def trained_embedding(model: nn.Module) -> nn.Embedding | None:
 
 
 @contextlib.contextmanager
-def sparse_embedding_gradient(model: nn.Module, device: torch.device, processes: int) -> Iterator[bool]:
+def sparse_embedding_gradient(model: nn.Module, device: torch.device, processes: int,
+                              hook: Any = KeptGradient) -> Iterator[Any]:
     """Within the block, the trained input embedding of ``model`` (:func:`trained_embedding`) has sparse
-    gradients turned into a kept dense buffer (:class:`KeptGradient`), on a CPU in one process (DDP/FSDP
-    reduce dense gradients); elsewhere nothing changes. Yields whether it applies."""
+    gradients, which ``hook(weight)`` takes in: by default a kept dense buffer (:class:`KeptGradient`), or the
+    optimizer's stand-in of the trained rows (:class:`tuneforge.embedding_rows.TrainedRows`). On a CPU in one
+    process (DDP/FSDP reduce dense gradients); elsewhere nothing changes. Yields the hook, or None."""
     emb = trained_embedding(model) if device.type == "cpu" and processes == 1 else None
     kept = None
     if emb is not None:
-        emb.sparse, kept = True, KeptGradient(emb.weight)
+        emb.sparse, kept = True, hook(emb.weight)
     try:
-        yield emb is not None
+        yield kept
     finally:
         if kept is not None:
             emb.sparse = False
-            kept.handle.remove()
+            kept.remove()
 
 
 def clip_gradients(params: list[nn.Parameter], max_norm: float, optimizer: torch.optim.Optimizer) -> torch.Tensor:

@@ -14,11 +14,12 @@ from tuneforge.config import RunConfig
 __all__ = ["build_optimizer", "lr_lambda"]
 
 
-def build_optimizer(module: nn.Module, cfg: RunConfig, heads: tuple[str, ...] = ()
-                    ) -> tuple[torch.optim.Optimizer, list[str]]:
+def build_optimizer(module: nn.Module, cfg: RunConfig, heads: tuple[str, ...] = (),
+                    stand_ins: dict[int, nn.Parameter] | None = None) -> tuple[torch.optim.Optimizer, list[str]]:
     """AdamW / SGD / RMSprop over trainable parameters (no weight decay on biases and norms; the modules named
     in ``heads`` at ``train.head_lr`` where set); returns the optimizer and the parameter names in its order
-    (how checkpoints name optimizer state)."""
+    (how checkpoints name optimizer state). ``stand_ins`` (by ``id`` of a parameter) are stepped in their
+    parameters' place, under their names (:class:`tuneforge.embedding_rows.TrainedRows`)."""
     t = cfg.train
     head_lr = t.head_lr if t.head_lr is not None and heads else None
     body: tuple[list, list] = ([], [])  # (name, parameter) with weight decay / without (biases, norms)
@@ -27,7 +28,7 @@ def build_optimizer(module: nn.Module, cfg: RunConfig, heads: tuple[str, ...] = 
         if p.requires_grad:
             local = name.removeprefix("model.")  # WithLoss holds the model as .model
             own = head_lr is not None and any(local == h or local.startswith(h + ".") for h in heads)
-            (head if own else body)[p.ndim < 2].append((name, p))
+            (head if own else body)[p.ndim < 2].append((name, (stand_ins or {}).get(id(p), p)))
     parts = [(body[0], t.weight_decay, {}), (body[1], 0.0, {})]
     parts += [(ps, decay, {"lr": head_lr}) for ps, decay in zip(head, (t.weight_decay, 0.0)) if ps]
     groups = [{"params": [p for _, p in ps], "weight_decay": decay, **extra} for ps, decay, extra in parts]

@@ -25,6 +25,7 @@ from tuneforge import checkpoint, distributed, fast, last_layer, training_state
 from tuneforge.grouped_attention import grouped_attention
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.batching import iterate, step_plan
+from tuneforge.embedding_rows import TrainedRows, training_ids
 from tuneforge.methods.layers import find_layers
 from tuneforge.methods.lora_stack import shared_inputs
 from tuneforge.models import autocast
@@ -142,21 +143,35 @@ def fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runtim
     with (fast.fast_dropout(model, rt.device), fast.packed_attention(model, rt.device, rt.padding_free, rt.bf16),
           fast.fast_attention(model, rt.device), grouped_attention(model, rt.device),
           fast_rms_norm(model, rt.device), fast_rotary(model, rt.device),
-          fast.sparse_embedding_gradient(model, rt.device, distributed.current().world),
+          fast.sparse_embedding_gradient(model, rt.device, distributed.current().world,
+                                         embedding_hook(data, cfg, rt, regularizers)) as embedding,
           last_layer.head_only(model, sample, rt.device, rt.bf16),
           shared_inputs(model, sample, rt.bf16)):
-        return _fit(model, task, data, cfg, rt, run_dir, progress, resume, regularizers, heads)
+        rows = embedding if isinstance(embedding, TrainedRows) else None
+        return _fit(model, task, data, cfg, rt, run_dir, progress, resume, regularizers, heads, rows)
+
+
+def embedding_hook(data: Prepared, cfg: RunConfig, rt: Runtime, regularizers: tuple[Any, ...]) -> Any:
+    """What takes a trained input embedding's sparse gradient: the optimizer's stand-in of the rows that the
+    training data can look up (:class:`TrainedRows`) where nothing else changes the other rows (no weight decay,
+    no regulariser's dense gradient), else a kept dense buffer (:class:`fast.KeptGradient`)."""
+    if cfg.train.weight_decay or regularizers:
+        return fast.KeptGradient
+    return lambda weight: TrainedRows(weight, training_ids(data.train, rt.pad_id))
 
 
 def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runtime, run_dir: Path | None,
-         progress: bool, resume: bool, regularizers: tuple[Any, ...], heads: tuple[str, ...]) -> TrainResult:
+         progress: bool, resume: bool, regularizers: tuple[Any, ...], heads: tuple[str, ...],
+         rows: TrainedRows | None) -> TrainResult:
     t = cfg.train
     d = distributed.current()
     torch.manual_seed(t.seed)
     plan = StepPlan([len(e["input_ids"]) for e in data.train], cfg, group_by_length(cfg, task), d)
     blocks = list(find_layers(model)[1]) if t.distributed == "fsdp" else []
     module = distributed.wrap(WithLoss(model, task, regularizers), t.distributed, blocks, rt.bf16, rt.device)
-    optimizer, names = build_optimizer(module, cfg, heads)
+    optimizer, names = build_optimizer(module, cfg, heads, {id(rows.weight): rows.param} if rows else None)
+    if rows is not None:
+        rows.attach(optimizer)
     total = plan.total
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.schedule, int(t.warmup_ratio * total), total))
     eval_every = t.eval_every or plan.per_epoch
@@ -166,7 +181,7 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
         print(plan.describe(d.world, patience if data.validation else None), file=sys.stderr)  # stops need them
     result = TrainResult()
     sign = 1 if task.greater_is_better else -1
-    params = [p for p in module.parameters() if p.requires_grad]
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # what clipping measures
     if resume and run_dir is not None and training_state.has_training_state(run_dir):
         loop = training_state.load_training_state(run_dir, module, optimizer, names, scheduler, rt.device)
         for key in TrainResult.LOOP_KEYS:
