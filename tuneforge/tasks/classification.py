@@ -175,8 +175,8 @@ class Task:
                 labels.append(ids[key])
             else:
                 raise ConfigError(f"{row}: label '{value}' (column '{d.label_column}') was not seen in training "
-                                  f"(labels: {', '.join(meta['labels'])}); fix the label or add training examples "
-                                  "of it")
+                                  f"(labels: {', '.join(meta['labels'])}); fix the label, or train on data that holds "
+                                  "examples of it")
         text = (lambda r, c: "" if _blank(r.get(c)) else str(r[c]))  # a null/NaN text is empty, not "None"
         texts = [text(r, d.text_column) for r in records]
         pairs = [text(r, d.text_pair_column) for r in records] if d.text_pair_column else None
