@@ -98,7 +98,7 @@ def check_resumed(run: Path, reference: Path, capsys, split: bool = True) -> Non
     a, b = weights(reference), weights(run)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not [p for p in run.rglob("*") if p.name.endswith(PARTIAL)]
-    assert not (run / "checkpoint.safetensors").exists()
+    assert not (run / "checkpoint.safetensors").exists() and not list(run.glob(".best-*"))
     got, want = (json.loads((r / "metrics.json").read_text()) for r in (run, reference))
     assert got["test_after"] == want["test_after"] and got["steps"] == want["steps"] == 6
     assert got["real_tokens"] == want["real_tokens"]
@@ -115,6 +115,8 @@ POINTS = [  # (method, crash point, what the killed run left behind)
     ("lora", "write:checkpoint.safetensors", "a half-written first checkpoint"),
     ("lora", "checkpoint-saved:2", "the step-4 checkpoint"),
     ("lora", "after-evaluation", "the step-3 evaluation, the step-2 checkpoint"),
+    ("lora", "best-kept", "the step-3 best weights, which no checkpoint names yet"),
+    ("full", "checkpoint-saved:2", "the step-4 checkpoint naming the step-3 best weights' file"),
     ("lora", "write:trainable.safetensors", "half-written final weights"),
     ("lora", "final-weights-saved", "final weights, no metrics"),
     ("lora", "write:metrics.json", "half-written metrics"),

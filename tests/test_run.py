@@ -211,8 +211,8 @@ def test_interrupted_run_resumes_to_the_same_result(bert_dir, data_csv, tmp_path
     straight = train(cfg(tmp_path / "straight"), progress=False)
     original = training_state.save_training_state
 
-    def save_then_crash(run_dir, module, optimizer, names, scheduler, loop, best, device):
-        original(run_dir, module, optimizer, names, scheduler, loop, best, device)
+    def save_then_crash(run_dir, module, optimizer, names, scheduler, loop, device):
+        original(run_dir, module, optimizer, names, scheduler, loop, device)
         if loop["steps"] == 4:
             raise KeyboardInterrupt  # the machine went down right after the step-4 checkpoint
 
@@ -255,6 +255,43 @@ def test_every_method_saves_only_what_trained_and_reloads_to_identical_predictio
     enc = run.tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         assert not torch.allclose(before.model(**enc).logits, untrained(**enc).logits)
+
+
+def test_with_validation_the_best_weights_wait_in_a_file_not_in_memory(bert_dir, data_csv, tmp_path, monkeypatch):
+    # kept in memory they were a second copy of every trained weight beside the optimizer's state, all run long
+    from safetensors.torch import load_file
+    from tuneforge.best_weights import BestWeights
+
+    kept, shared = {}, []
+    keep = BestWeights.keep
+
+    def spy(self, state, step):
+        live = {n.removeprefix("model."): p.data_ptr() for n, p in spies["module"].named_parameters()}
+        shared.append(all(live[n] == t.data_ptr() for n, t in state.items()))
+        kept[step] = {n: t.clone() for n, t in state.items()}
+        keep(self, state, step)
+        on_disk = sorted(p.name for p in self.folder.glob(".best-*"))
+        assert on_disk == [f".best-{step}.safetensors"], on_disk  # no checkpoint names an earlier best
+
+    spies = {}
+    record = tuneforge.train._record_evaluation
+
+    def with_module(result, logger, metrics, metric, sign, step, module, patience):
+        spies["module"] = module
+        return record(result, logger, metrics, metric, sign, step, module, patience)
+
+    monkeypatch.setattr(BestWeights, "keep", spy)
+    monkeypatch.setattr(tuneforge.train, "_record_evaluation", with_module)
+    cfg = _cfg(bert_dir, data_csv, tmp_path / "val", method="full", lr=1e-2, max_steps=10, eval_every=2,
+               save_every=0)
+    result = train(cfg, progress=False)
+    best = result.metrics["best_validation"]["step"]
+    assert best in kept and best < 10, (best, sorted(kept))  # an earlier evaluation than the last one was best
+    assert shared and all(shared)  # written straight from the trained parameters: no copy
+    saved = load_file(result.run_dir / "model" / "model.safetensors")
+    for name, weight in kept[best].items():
+        assert torch.equal(saved[name], weight), name
+    assert not list(result.run_dir.glob(".best-*"))  # a finished run keeps none of them
 
 
 def test_without_validation_the_final_weights_are_the_result_without_a_copy(bert_dir, data_csv, tmp_path,

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from conftest import tiny_batch, tiny_classifier
+from tuneforge.best_weights import BestWeights
 from tuneforge.config import load_config
 from tuneforge.methods import registry
 from tuneforge.tasks import classification
@@ -71,15 +72,20 @@ def test_an_equal_metric_is_better_only_at_a_clearly_lower_validation_loss():
     assert improves(8.0, 3.0, 9.0, 1.0, -1) and not improves(9.5, 0.1, 9.0, 1.0, -1)  # perplexity: lower is better
 
 
-def test_early_stopping_waits_while_a_flat_metric_comes_with_a_falling_loss():
+def test_early_stopping_waits_while_a_flat_metric_comes_with_a_falling_loss(tmp_path):
     """A tagger's entity F1 stays 0 while it still predicts only O; its falling validation loss keeps it going,
     and the best state is the last such step; a flat metric at a flat loss stops after ``patience``."""
-    module, result = torch.nn.Linear(2, 2), TrainResult()
+    module, result = torch.nn.Linear(2, 2), TrainResult(best=BestWeights(tmp_path, True))
     evaluations = [(0.0, 2.0), (0.0, 1.5), (0.0, 1.2), (0.3, 1.0), (0.3, 1.0), (0.2, 0.9), (0.3, 0.995)]
-    stops = [_record_evaluation(result, Logger(None, False), {"f1": f1, "loss": loss}, "f1", 1, step, module, 2)
-             for step, (f1, loss) in enumerate(evaluations, 1)]
+    stops = []
+    for step, (f1, loss) in enumerate(evaluations, 1):
+        module.bias.data.fill_(step)  # the weights evaluated at this step
+        stops.append(_record_evaluation(result, Logger(None, False), {"f1": f1, "loss": loss}, "f1", 1, step,
+                                        module, 2))
     assert stops == [False] * 5 + [True, True]  # 4 improvements (3 of them ties of F1 0), then 2 bad ones
     assert (result.best_metric, result.best_step, result.best_loss) == (0.3, 4, 1.0)
+    assert result.best_weights()["bias"].tolist() == [4.0, 4.0]  # step 4's weights, read back from their file
+    assert [p.name for p in tmp_path.iterdir()] == [".best-4.safetensors"]  # the earlier bests were removed
 
 
 @pytest.mark.parametrize("padding_free", [False, True])

@@ -22,7 +22,7 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from tuneforge import distributed
+from tuneforge import best_weights, distributed
 from tuneforge.config import ConfigError, RunConfig, build_dataclass
 from tuneforge.files import (atomic_write_text, check_replaceable, clean_partial, clean_siblings, crash_point,
                              fresh_folder, partial_dir, put_back, replace_dir, save_json, save_tensors, set_aside)
@@ -87,6 +87,7 @@ def finish_run(run_dir: Path) -> None:
     """The run is complete: drop its resumable checkpoint (``metrics.json`` was written before)."""
     crash_point("before-checkpoint-removed")
     (run_dir / RESUME).unlink(missing_ok=True)
+    best_weights.remove_all(run_dir)
     clean_partial(run_dir)
 
 

@@ -240,7 +240,7 @@ def _final_model(cfg: RunConfig, task: Task, s: Setup, result: TrainResult) -> n
         model = apply_method(model, cfg, s.heads)[0].to(s.rt.device)
         if s.rt.bf16:
             store_frozen_in_bf16(model)
-    model.load_state_dict(result.best_state, strict=False)
+    model.load_state_dict(result.best_weights(), strict=False)
     return model.eval()
 
 

@@ -22,6 +22,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from tuneforge import checkpoint, distributed, fast, last_layer, training_state
+from tuneforge.best_weights import BestWeights
 from tuneforge.grouped_attention import grouped_attention
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.batching import iterate, step_plan
@@ -108,10 +109,15 @@ class TrainResult:
     best_step: int | None = None
     best_loss: float | None = None  # validation loss at the best step (breaks ties of the metric)
     history: list[dict[str, Any]] = field(default_factory=list)
-    best_state: dict[str, torch.Tensor] | None = None  # trainable weights of the best step (rank 0)
+    best_state: dict[str, torch.Tensor] | None = None  # without validation: the final trainable weights (rank 0)
+    best: BestWeights | None = None  # with validation: the best step's trainable weights, in a file
     bad_evals: int = 0  # evaluations since the best one (early stopping)
     first_loss: float | None = None  # the first logged training loss
     last_loss: float | None = None  # the last logged training loss
+
+    def best_weights(self) -> dict[str, torch.Tensor]:
+        """The trainable weights of the best evaluation, else (no validation) the final ones (rank 0)."""
+        return self.best.load(self.best_step) if self.best and self.best_step is not None else self.best_state
 
     @property
     def tokens_per_second(self) -> float:
@@ -179,14 +185,14 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
     patience = t.early_stopping if t.early_stopping is not None else task.auto_patience if plan.auto else None
     if progress and d.main:
         print(plan.describe(d.world, patience if data.validation else None), file=sys.stderr)  # stops need them
-    result = TrainResult()
+    result = TrainResult(best=BestWeights(run_dir, d.main))
     sign = 1 if task.greater_is_better else -1
     params = [p for group in optimizer.param_groups for p in group["params"]]  # what clipping measures
     if resume and run_dir is not None and training_state.has_training_state(run_dir):
         loop = training_state.load_training_state(run_dir, module, optimizer, names, scheduler, rt.device)
         for key in TrainResult.LOOP_KEYS:
             setattr(result, key, loop.get(key, getattr(result, key)))  # a key newer than the checkpoint: default
-        result.best_state = loop["best_state"]
+        result.best.resumed(result.best_step, loop["best_state"])
     step = result.steps
     logger = Logger(run_dir, d.main, resumed_at=step if resume else None)
     bar = tqdm(total=total, initial=step, desc="train", disable=not progress or not d.main, dynamic_ncols=True)
@@ -235,15 +241,15 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
             check_finite(float(logged[0]), step)  # never checkpoint NaN weights
             result.steps, result.train_seconds = step, time.perf_counter() - start
             training_state.save_training_state(run_dir, module, optimizer, names, scheduler,
-                                               {k: getattr(result, k) for k in TrainResult.LOOP_KEYS},
-                                               result.best_state, rt.device)
+                                               {k: getattr(result, k) for k in TrainResult.LOOP_KEYS}, rt.device)
+            result.best.checkpoint_written(result.best_step)
     result.train_seconds = time.perf_counter() - start
     result.steps = step
     if logged[1] > 0:  # early stopping ended the run between two logged steps
         _log_train_loss(result, logger, bar, logged, step, epoch, scheduler.get_last_lr()[0])
     bar.close()
     logger.close()
-    if result.best_state is None:  # no validation: the final weights themselves (no copy beside the optimizer's)
+    if result.best_step is None:  # no validation: the final weights themselves (no copy beside the optimizer's)
         result.best_state = training_state.model_names(distributed.full_state(module, copy=False))
     return result
 
@@ -278,7 +284,7 @@ def _record_evaluation(result: TrainResult, logger: Logger, metrics: dict[str, A
     result.history.append({"step": step, f"val_{metric}": value, "val_loss": loss})
     if improves(value, loss, result.best_metric, result.best_loss, sign):
         result.best_metric, result.best_step, result.best_loss, result.bad_evals = value, step, loss, 0
-        result.best_state = training_state.model_names(distributed.full_state(module))
+        result.best.keep(training_state.model_names(distributed.full_state(module, copy=False)), step)
         return False
     result.bad_evals += 1
     return bool(patience and result.bad_evals >= patience)

@@ -28,12 +28,12 @@ def has_training_state(run_dir: Path) -> bool:
 
 
 def save_training_state(run_dir: Path, module: nn.Module, optimizer: torch.optim.Optimizer, names: list[str],
-                        scheduler: Any, loop: dict[str, Any], best_state: dict[str, torch.Tensor] | None,
-                        device: torch.device) -> None:
+                        scheduler: Any, loop: dict[str, Any], device: torch.device) -> None:
     """Everything needed to continue training to the same result, in ONE safetensors file written atomically
-    by rank 0: trainable weights, optimizer state (by parameter name), best state, every rank's RNG, loop
-    counters. Every rank calls it (FSDP2 gathers shards; RNG states are gathered)."""
-    weights = model_names(distributed.full_state(module))
+    by rank 0: trainable weights, optimizer state (by parameter name), every rank's RNG, loop counters (the best
+    weights are a file of their own, named by the counters' ``best_step``: :mod:`tuneforge.best_weights`). Every
+    rank calls it (FSDP2 gathers shards; RNG states are gathered)."""
+    weights = model_names(distributed.full_state(module, copy=False))  # written as they are: no copy
     opt_state, groups = _optimizer_state(module, optimizer, names)
     rng = distributed.rng_states(device)
     if not distributed.current().main:
@@ -46,7 +46,6 @@ def save_training_state(run_dir: Path, module: nn.Module, optimizer: torch.optim
                 tensors[f"opt.{name}.{key}"] = value
             else:
                 scalars[f"{name}.{key}"] = value
-    tensors.update({f"best.{n}": v for n, v in (best_state or {}).items()})
     tensors.update({f"rng.{k}": v for k, v in rng.items()})
     meta = {"loop": loop, "param_groups": groups, "opt_scalars": scalars, "world_size": distributed.current().world,
             "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}}
@@ -77,7 +76,7 @@ def _optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, names:
 def load_training_state(run_dir: Path, module: nn.Module, optimizer: torch.optim.Optimizer, names: list[str],
                         scheduler: Any, device: torch.device) -> dict[str, Any]:
     """Restore what :func:`save_training_state` wrote (rank 0 reads the file and shares it); returns the loop
-    counters plus ``best_state``."""
+    counters plus ``best_state``: the best weights that checkpoints written before 2026-12-06 held (else None)."""
     d = distributed.current()
     loaded = _read_state(run_dir / RESUME) if d.main else None
     if d.main and loaded[0]["world_size"] != d.world:

@@ -203,8 +203,8 @@ def test_relative_model_and_data_paths_are_stored_absolute(bert_dir, reviews, tm
     monkeypatch.chdir(work)
     original = training_state.save_training_state
 
-    def save_then_crash(run_dir, module, optimizer, names, scheduler, loop, best, device):
-        original(run_dir, module, optimizer, names, scheduler, loop, best, device)
+    def save_then_crash(run_dir, module, optimizer, names, scheduler, loop, device):
+        original(run_dir, module, optimizer, names, scheduler, loop, device)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(training_state, "save_training_state", save_then_crash)
