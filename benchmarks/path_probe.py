@@ -20,6 +20,8 @@ Variants (what the switched runs do instead of tuneforge's own path):
                 rows the training data can reach (``embedding_rows.TrainedRows``)
   mmap-<bytes>  glibc's mmap threshold fixed at <bytes> (``mallopt(M_MMAP_THRESHOLD)``; e.g. mmap-131072): larger
                 buffers are mapped and unmapped each time instead of reused from the heap
+  trim-<MiB>    glibc's free heap returned to the system (``malloc_trim(0)``) after each optimizer step where it holds
+                more than <MiB> (``mallinfo2().fordblks``; e.g. trim-320)
 
 Workloads: ``chat`` (SmolLM2 on the demo-chat pairs, 16 per step, lr 2e-3), ``classification`` (MiniLM on the
 demo's Rotten Tomatoes sentences, 32 per step, the default rate) and ``ner`` (MiniLM on the WNUT-16 tweets, 16 per
@@ -56,7 +58,7 @@ METRIC = {"chat": "perplexity", "classification": "accuracy", "ner": "f1"}
 TOOL = "tuneforge"
 VARIANTS = ("packed-eager", "lora-plain", "lora-rows", "lora-unstacked", "rounded", "unrounded", "head-plain",
             "rms-fp32", "eager-plain", "rms-plain", "rotary-plain", "plain-layers",
-            "embedding-all")  # and mmap-<bytes>
+            "embedding-all")  # and mmap-<bytes>, trim-<MiB>
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
@@ -110,6 +112,25 @@ def switch(variant: str) -> None:
         import ctypes
         if not ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, int(variant[5:])):  # 0: refused
             raise SystemExit(f"mallopt refused {variant}")
+    elif variant.startswith("trim-"):
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+
+        class Info(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                       "fsmblks", "uordblks", "fordblks", "keepcost")]
+        libc.mallinfo2.restype = Info
+        limit = int(variant[5:]) << 20
+        trims = [0]
+
+        def hook(opt, args, kwargs):
+            if libc.mallinfo2().fordblks > limit:
+                libc.malloc_trim(0)
+                trims[0] += 1
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+        register_optimizer_step_post_hook(hook)
+        import atexit
+        atexit.register(lambda: print("trims", trims[0], file=sys.stderr))
     elif variant != TOOL:
         raise SystemExit(f"unknown variant {variant!r}")
 
@@ -134,7 +155,7 @@ def run_one(variant: str, out: str, args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--variant", required=True, help=f"{', '.join(VARIANTS)} or mmap-<bytes>")
+    ap.add_argument("--variant", required=True, help=f"{', '.join(VARIANTS)}, mmap-<bytes> or trim-<MiB>")
     ap.add_argument("--method", default="lora", choices=["lora", "full"])
     ap.add_argument("--workload", default="chat", choices=sorted(WORKLOADS))
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
@@ -142,8 +163,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--one", nargs=2, metavar=("VARIANT", "OUT"), help=argparse.SUPPRESS)  # a worker process
     args = ap.parse_args()
-    if args.variant not in VARIANTS and not (args.variant.startswith("mmap-") and args.variant[5:].isdigit()):
-        ap.error(f"--variant {args.variant!r}: one of {', '.join(VARIANTS)} or mmap-<bytes>")
+    if args.variant not in VARIANTS and not (args.variant[:5] in ("mmap-", "trim-") and args.variant[5:].isdigit()):
+        ap.error(f"--variant {args.variant!r}: one of {', '.join(VARIANTS)}, mmap-<bytes> or trim-<MiB>")
     if args.one:
         return run_one(args.one[0], args.one[1], args)
     rows: dict[str, list[dict]] = {TOOL: [], args.variant: []}
