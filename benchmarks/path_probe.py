@@ -39,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -153,6 +154,26 @@ def run_one(variant: str, out: str, args: argparse.Namespace) -> None:
                       "padded_per_real": m["padded_tokens"] / m["real_tokens"], "precision": m["precision"]}))
 
 
+def interleaved(commands: dict[str, Callable[[int], tuple[list[str], dict[str, str] | None]]],
+                rounds: int) -> dict[str, list[dict]]:
+    """Run each name's command (argv and environment for round r) once per round, all of them at the same time, the
+    start order flipped every other round; each prints a JSON line last. Returns each name's lines, parsed."""
+    rows: dict[str, list[dict]] = {k: [] for k in commands}
+    for r in range(rounds):
+        order = list(commands) if r % 2 else list(commands)[::-1]
+        procs = {}
+        for k in order:
+            argv, env = commands[k](r)
+            procs[k] = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
+        for k, p in procs.items():
+            out, _ = p.communicate()
+            if p.returncode:
+                sys.exit(f"{k} run failed (exit {p.returncode})")
+            rows[k].append(json.loads(out.strip().splitlines()[-1]))
+            print(f"round {r + 1} {k}: {rows[k][-1]}", flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variant", required=True, help=f"{', '.join(VARIANTS)}, mmap-<bytes> or trim-<MiB>")
@@ -167,20 +188,12 @@ def main() -> None:
         ap.error(f"--variant {args.variant!r}: one of {', '.join(VARIANTS)}, mmap-<bytes> or trim-<MiB>")
     if args.one:
         return run_one(args.one[0], args.one[1], args)
-    rows: dict[str, list[dict]] = {TOOL: [], args.variant: []}
     flags = ["--variant", args.variant, "--method", args.method, "--workload", args.workload,
              "--precision", args.precision, "--steps", str(args.steps)]
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):
-            order = list(rows) if r % 2 else list(rows)[::-1]
-            procs = {v: subprocess.Popen([sys.executable, __file__, *flags, "--one", v, str(Path(tmp) / f"{v}{r}")],
-                                         stdout=subprocess.PIPE, text=True) for v in order}
-            for v, p in procs.items():
-                out, _ = p.communicate()
-                if p.returncode:
-                    sys.exit(f"{v} run failed (exit {p.returncode})")
-                rows[v].append(json.loads(out.strip().splitlines()[-1]))
-                print(f"round {r + 1} {v}: {rows[v][-1]}", flush=True)
+        rows = interleaved({v: lambda r, v=v: ([sys.executable, __file__, *flags, "--one", v,
+                                                 str(Path(tmp) / f"{v}{r}")], None)
+                            for v in (TOOL, args.variant)}, args.rounds)
     print(f"\n| {args.workload}, {args.method}, {args.precision} | real tokens/s (median) | peak RSS MiB (median) "
           f"| test {METRIC[args.workload]} | padded/real tokens |")
     print("|---|---|---|---|---|")

@@ -12,12 +12,13 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(HERE / "benchmarks"))
+from path_probe import interleaved  # noqa: E402
 
 
 def run_one(root: str, args: argparse.Namespace) -> None:
@@ -57,18 +58,10 @@ def main() -> None:
         return run_one(args.one, args)
     trees = {"this tree": str(HERE), "other": str(Path(args.other).resolve())}
     flags = sys.argv[1:]
-    rows: dict[str, list[dict]] = {k: [] for k in trees}
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    for r in range(args.rounds):
-        procs = {k: subprocess.Popen([sys.executable, __file__, *flags, "--one", root], stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True, env={**env, "PYTHONPATH": root})
-                 for k, root in (trees.items() if r % 2 else list(trees.items())[::-1])}
-        for k, p in procs.items():
-            out, _ = p.communicate()
-            if p.returncode:
-                sys.exit(f"{k} run failed (exit {p.returncode})")
-            rows[k].append(json.loads(out.strip().splitlines()[-1]))
-            print(f"round {r + 1} {k}: {rows[k][-1]}", flush=True)
+    rows = interleaved({k: lambda r, root=root: ([sys.executable, __file__, *flags, "--one", root],
+                                                 {**env, "PYTHONPATH": root})
+                        for k, root in trees.items()}, args.rounds)
     print(f"\n| {args.workload}, {args.method}, {args.precision}, {args.steps} steps | real tokens/s (median) "
           "| peak RSS MiB (median) |\n|---|---|---|")
     for k, runs in rows.items():
