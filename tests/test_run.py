@@ -262,8 +262,8 @@ def test_with_validation_the_best_weights_wait_in_a_file_not_in_memory(bert_dir,
     from safetensors.torch import load_file
     from tuneforge.best_weights import BestWeights
 
-    kept, shared = {}, []
-    keep = BestWeights.keep
+    kept, shared, spies = {}, [], {}
+    keep, record = BestWeights.keep, tuneforge.train._record_evaluation
 
     def spy(self, state, step):
         live = {n.removeprefix("model."): p.data_ptr() for n, p in spies["module"].named_parameters()}
@@ -272,9 +272,6 @@ def test_with_validation_the_best_weights_wait_in_a_file_not_in_memory(bert_dir,
         keep(self, state, step)
         on_disk = sorted(p.name for p in self.folder.glob(".best-*"))
         assert on_disk == [f".best-{step}.safetensors"], on_disk  # no checkpoint names an earlier best
-
-    spies = {}
-    record = tuneforge.train._record_evaluation
 
     def with_module(result, logger, metrics, metric, sign, step, module, patience):
         spies["module"] = module

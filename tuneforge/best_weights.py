@@ -74,12 +74,12 @@ class BestWeights:
         return load_file(str(self.path(step)))
 
     def _prune(self, keep: set[int | None]) -> None:
-        for step, p in best_files(self.folder).items():
-            if step not in keep:
-                p.unlink(missing_ok=True)
+        remove_all(self.folder, keep)
 
 
-def remove_all(folder: Path) -> None:
-    """A finished run needs none of its best-weights files."""
-    for p in best_files(folder).values():
-        p.unlink(missing_ok=True)
+def remove_all(folder: Path, keep: set[int | None] = frozenset()) -> None:
+    """Remove the best-weights files in ``folder`` except those of the steps in ``keep`` (a finished run needs
+    none)."""
+    for step, p in best_files(folder).items():
+        if step not in keep:
+            p.unlink(missing_ok=True)
