@@ -86,6 +86,8 @@ def test_train_predict_evaluate_merge(tmp_path, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["text"] for r in rows] == ["the movie was great", "awful film"]
     assert all(set(r["probabilities"]) == {"negative", "positive"} for r in rows)
+    assert main(["predict", str(run), "--json", "great", " ", "awful film"]) == 2  # not a shifted output
+    assert capsys.readouterr().err.strip() == "tuneforge: error: text 2 is empty; give text to predict for"
     assert main(["evaluate", str(run), "--data", str(tmp_path / "d.csv")]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 80
     assert main(["merge", str(run), str(tmp_path / "merged")]) == 0

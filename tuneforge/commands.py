@@ -68,6 +68,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             texts, pairs = [t.split("\t", 1)[0] for t in texts], [t.partition("\t")[2] for t in texts]
     if not texts:
         return fail("predict needs TEXT arguments or lines on standard input")
+    empty = [i for i, t in enumerate(texts, 1) if not t.strip()]
+    if empty:  # arguments only: blank standard-input lines were left out above
+        return fail(f"text {empty[0]} is empty; give text to predict for")
     rows = iter(run.predict(texts, pairs))
     for line in lines if lines is not None else texts:
         row = next(rows) if line.strip() else None
