@@ -34,6 +34,17 @@ def test_gpt_neox_attention_is_found_past_a_norm_named_after_it():
     assert wrapped == {f"gpt_neox.layers.{i}.{n}" for i in range(2) for n in ("attention.dense", "mlp.dense_4h_to_h")}
 
 
+def test_phi3_attention_output_is_o_proj_though_registered_before_the_fused_qkv():
+    """Phi-3's attention lists ``o_proj`` first, then the fused ``qkv_proj`` (hidden -> 3 x hidden)."""
+    from transformers import AutoModelForCausalLM, Phi3Config
+
+    model = apply(AutoModelForCausalLM.from_config(Phi3Config(
+        vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, pad_token_id=0)), "adapter")
+    wrapped = {n for n, m in model.named_modules() if isinstance(m, adapter.AdapterLayer)}
+    assert wrapped == {f"model.layers.{i}.{n}" for i in range(2) for n in ("self_attn.o_proj", "mlp.down_proj")}
+
+
 def test_albert_blocks_are_found_at_the_hidden_width_not_the_narrower_embedding():
     """ALBERT projects 16-wide embeddings up to a 32-wide residual stream and nests its layer in a group."""
     from transformers import AlbertConfig, AutoModelForSequenceClassification

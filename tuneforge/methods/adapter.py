@@ -48,16 +48,18 @@ class Config:
             raise ConfigError(f"method.activation: unknown activation {self.activation!r}; e.g. relu, gelu, silu, tanh")
 
 
-def attention_output(block: nn.Module) -> str | None:
-    """Name (within ``block``) of the attention output projection, or None: the last linear layer of the outermost
-    module named after attention that holds one (GPT-NeoX's ``post_attention_layernorm``, before its
-    ``attention``, holds none; ALBERT's attention sits one level down, in ``albert_layers.0``)."""
+def attention_output(block: nn.Module, hidden: int) -> str | None:
+    """Name (within ``block``) of the attention output projection, or None: in the outermost module named after
+    attention that holds a linear layer, the last one mapping to ``hidden`` features, by position (Phi-3 registers
+    its ``o_proj`` before its fused ``qkv_proj``; GPT-NeoX's ``post_attention_layernorm``, before its ``attention``,
+    holds none; ALBERT's attention sits one level down, in ``albert_layers.0``)."""
     for name, module in block.named_modules():
         leaf = name.rpartition(".")[2].lower()
         if "attn" in leaf or "attention" in leaf:
             names = [n for n, m in module.named_modules() if isinstance(m, LINEAR)]
             if names:
-                return f"{name}.{names[-1]}"
+                to_hidden = [n for n in names if linear_features(module.get_submodule(n))[1] == hidden]
+                return f"{name}.{(to_hidden or names)[-1]}"
     return None
 
 
@@ -115,7 +117,7 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
     for i, block in enumerate(layers):
         targets = {"FFN output": ffn_output(block, hidden)}
         if config.variant == "houlsby":
-            targets["attention output"] = attention_output(block)
+            targets["attention output"] = attention_output(block, hidden)
         missing = [what for what, name in targets.items() if name is None]
         if missing:
             raise ConfigError(
