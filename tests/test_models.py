@@ -8,7 +8,7 @@ from conftest import tiny_batch, tiny_causal_lm, tiny_classifier
 from tiny import model_dir
 from tuneforge.config import ConfigError, load_config
 from tuneforge.methods import registry
-from tuneforge.models import apply_method, frozen_pooler, load_pretrained, store_frozen_in_bf16
+from tuneforge.models import apply_method, frozen_pooler, load_labelled, load_pretrained, store_frozen_in_bf16
 from tuneforge.optim import build_optimizer
 
 
@@ -112,3 +112,25 @@ def test_an_architecture_without_a_model_for_the_task_is_named_in_the_tasks_word
     OPTConfig().save_pretrained(tmp_path)  # transformers has no OPTForTokenClassification
     with pytest.raises(ConfigError, match=r"has no token classification model for its architecture \(OPT;"):
         load_pretrained(AutoModelForTokenClassification, tmp_path)
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_a_decoder_classifier_finds_the_last_real_token_by_the_pad_id_its_batches_use(family, tmp_path, capsys):
+    """The config names pad id 0 (as Gemma's or OPT's do) but the tokenizer pads with 5 (e.g. its end-of-text token):
+    a decoder classifies each row at its last token that is not the config's pad id, so the two must agree; an
+    encoder reads the attention mask, and RoBERTa-style ones count positions from their config's pad id."""
+    folder = model_dir(tmp_path / family, family)
+    cfg = load_config(overrides={"model": {"name": str(folder)}})
+    model, _ = load_labelled(AutoModelForSequenceClassification, folder, cfg, ["a", "b"], pad_id=5)
+    decoder = family == "llama"
+    assert model.config.pad_token_id == (5 if decoder else 0)
+    assert ("tokenizer pads with 5" in capsys.readouterr().err) == decoder
+    if decoder:
+        model.eval()
+        ids = torch.tensor([[7, 8, 9, 10]])
+        padded = torch.tensor([[7, 8, 9, 10, 5, 5]])
+        mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
+        with torch.no_grad():
+            alone = model(input_ids=ids).logits
+            batched = model(input_ids=padded, attention_mask=mask).logits
+        torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +89,21 @@ def load_labelled(auto_cls: Any, path: str | Path, cfg: RunConfig, names: list[s
                                    label2id={n: i for i, n in enumerate(names)})
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_id
+    elif model.config.pad_token_id != pad_id and _finds_last_token_by_pad_id(model):
+        print(f"note: {path}: the model's config names pad id {model.config.pad_token_id} but its tokenizer pads with "
+              f"{pad_id}; the classifier finds each row's last real token by {pad_id}", file=sys.stderr)
+        model.config.pad_token_id = pad_id  # else a padded row is classified at a padding position
     return model, fresh
+
+
+def _finds_last_token_by_pad_id(model: nn.Module) -> bool:
+    """Whether the model's forward reads ``config.pad_token_id`` (a decoder's sequence classifier reads the last
+    token that is not padding); encoders use the attention mask and keep their config's pad id (RoBERTa counts
+    positions from it)."""
+    try:
+        return "pad_token_id" in inspect.getsource(type(model).forward)
+    except (OSError, TypeError):
+        return False
 
 
 def head_modules(model: nn.Module, fresh: list[str] | None = None) -> list[str]:
