@@ -277,14 +277,20 @@ def test_tags_without_entity_type_are_refused(tmp_path, tag):
 def test_unseen_entity_types_warn_and_refuse_where_none_is_seen(capsys):
     names = ["O", "B-PER", "I-PER", "B-LOC"]
     test = [{"tokens": ["Ann", "in", "Oslo"], "tags": ["B-PERSON", "O", "B-LOC"]}]
-    unseen_types(names, test, "test", "t.conll")
+    unseen_types(names, test, "test split", "t.conll")
     assert capsys.readouterr().err == ("warning: t.conll: entity type(s) PERSON of the test split never occur in "
                                        "training (LOC, PER); tags are compared by type name, so they are never found\n")
-    unseen_types(names, [{"tokens": ["Ann"], "tags": ["B-PER"]}], "test", "t.conll")
+    unseen_types(names, [{"tokens": ["Ann"], "tags": ["B-PER"]}], "test split", "t.conll")
     assert capsys.readouterr().err == ""
     lower = [{"tokens": ["Ann", "in", "Oslo"], "tags": ["b-per", "o", "b-loc"]}]
     with pytest.raises(ConfigError, match=r"t\.conll: entity type\(s\) loc, per of the validation split never .*"
                                           "write them as the training file does"):
-        unseen_types(names, lower, "validation", "t.conll")
-    unseen_types(names, lower, "validation", None)  # a split drawn from the training file: a warning only
+        unseen_types(names, lower, "validation split", "t.conll")
+    unseen_types(names, lower, "validation split", None)  # a split drawn from the training file: a warning only
     assert capsys.readouterr().err.startswith("warning: data: entity type(s) loc, per of the validation split")
+
+
+def test_rows_without_tokens_are_skipped_with_a_note(capsys):
+    rows = [TWO[0], {"tokens": [], "tags": []}, TWO[1], {"tokens": "", "tags": ""}]
+    assert read_token_lists(rows, source="d.jsonl") == TWO
+    assert capsys.readouterr().err == "note: d.jsonl: 2 row(s) with no tokens skipped (row 2, 4)\n"

@@ -186,6 +186,15 @@ def test_long_sentences_are_windowed_and_every_word_tagged(conll_run):
     assert [(e["label"], e["text"]) for e in row["entities"]] == [("person", "w4 w12"), ("loc", "w27")]
 
 
+def test_evaluating_a_file_with_entity_types_the_run_never_saw_warns(conll_run, capsys):
+    tmp, out = conll_run
+    rows = [(w, [t.replace("loc", "gpe") for t in tags]) for w, tags in sentences(6, seed=3)]
+    metrics = load(out.run_dir, "cpu").evaluate(write_conll(tmp / "gpe.conll", rows))
+    assert "warning: data: entity type(s) gpe of the evaluated data never occur in training (loc, person)" in (
+        capsys.readouterr().err)
+    assert metrics["n"] == 6
+
+
 @torch.no_grad()
 def test_merge_gives_the_run_logits(conll_run, tmp_path, capsys):
     _, out = conll_run

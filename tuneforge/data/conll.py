@@ -87,6 +87,7 @@ def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", t
     whitespace-separated strings); integer tags are looked up in ``tag_names``; rows without tokens skipped."""
     require(records, (tokens_column, tags_column), source)
     out: list[Record] = []
+    empty: list[int] = []  # rows without tokens (and tags), skipped
     for row_no, row in enumerate(records, start=1):
         where = f"{source}, row {row_no}"
         tokens = _words(row.get(tokens_column), tokens_column, where)
@@ -99,6 +100,11 @@ def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", t
         if tokens:
             out.append({"tokens": [_token(t, where) for t in tokens],
                         "tags": [_tag(t, where, tag_names) for t in tags]})
+        else:
+            empty.append(row_no)
+    if empty and out:
+        print(f"note: {source}: {len(empty)} row(s) with no tokens skipped (row {', '.join(map(str, empty[:3]))}"
+              f"{' ...' if len(empty) > 3 else ''})", file=sys.stderr)
     if not out:
         raise ConfigError(f"{source}: every row has an empty '{tokens_column}' list; nothing to train on")
     if len(out) > 5 and all(len(r["tokens"]) == 1 for r in out) and any(
@@ -143,6 +149,7 @@ def _sentences(tags: Sequence[str] | Sequence[Sequence[str]]) -> list[Sequence[s
 
 # IOBES/BIOES (S-ingle, E-nd) and BILOU (U-nit, L-ast) prefixes as IOB2's: a chunk's first word is B-, the rest I-
 PREFIXES = {"B": "B", "I": "I", "S": "B", "U": "B", "E": "I", "L": "I"}
+UNTYPED = "SPAN"  # the entity type of tags that are bare prefixes (B, I, O)
 
 
 def normal_tag(tag: str) -> str:
@@ -156,14 +163,29 @@ def normal_tag(tag: str) -> str:
 
 
 def _note_scheme(records: list[Record], source: str) -> list[Record]:
-    """``records``; prints one note when some tags are read in IOB2's spelling (:func:`normal_tag`), with one
-    example per prefix spelling (``S-LOC as B-LOC, E-LOC as I-LOC``)."""
+    """``records``, where every tag but O is a bare prefix (``B``, ``I``: keyphrases, chunks) with those tags
+    given the one entity type :data:`UNTYPED`; prints one note when that happens, one when some tags are read
+    in IOB2's spelling (:func:`normal_tag`; one example per prefix spelling: ``S-LOC as B-LOC, E-LOC as I-LOC``)
+    and one when entity types differ only in case (``PER``, ``per``: separate types)."""
+    bare = {t.upper() for r in records for t in r["tags"]} - {"O"}
+    if bare and bare <= set(PREFIXES) and bare & {"B", "I"}:
+        for r in records:
+            r["tags"] = [t if t.upper() == "O" else f"{t.upper()}-{UNTYPED}" for t in r["tags"]]
+        print(f"note: {source}: tags {', '.join(sorted(bare))} name no entity type; read as one type, {UNTYPED} "
+              f"(B as B-{UNTYPED})", file=sys.stderr)
     examples: dict[str, str] = {}
+    types: dict[str, set[str]] = {}  # lower case -> spellings
     for tag in (t for r in records for t in r["tags"]):
         if normal_tag(tag) != tag:
             examples.setdefault(tag if tag.upper() == "O" else tag[:2], f"{tag} as {normal_tag(tag)}")
+        kind = normal_tag(tag)[2:] if _prefixed(tag) else normal_tag(tag)
+        types.setdefault(kind.lower(), set()).add(kind)
     if examples:
         print(f"note: {source}: tags read as IOB2 ({', '.join(list(examples.values())[:4])})", file=sys.stderr)
+    cased = [sorted(g) for k, g in types.items() if len(g) > 1 and k != "o"]
+    if cased:
+        print(f"note: {source}: entity types {'; '.join(' and '.join(map(repr, g)) for g in cased[:3])} differ only "
+              "in case and are separate types; write them one way if they mean the same", file=sys.stderr)
     return records
 
 
@@ -187,13 +209,14 @@ def invalid_sentences(tags: Sequence[str] | Sequence[Sequence[str]]) -> int:
 
 
 def unseen_types(names: Sequence[str], records: Sequence[Record], split: str, file: str | None) -> None:
-    """One warning naming the entity types of a validation/test ``split`` that training (tag ``names``) lacks
+    """One warning naming the entity types of a ``split`` ("test split", "evaluated data") that training (tag
+    ``names``) lacks
     (types are compared by name, so their entities are never found); where the split is a ``file`` of its own
     and none of its types occurs in training (b-per vs B-PER, PER vs PERSON), a ConfigError."""
     known = {n[2:] for n in names if n != "O"}
     types = {t[2:] for r in records for t in to_bio(r["tags"]) if t != "O"}
     if types - known:
-        line = (f"entity type(s) {', '.join(sorted(types - known))} of the {split} split never occur in training "
+        line = (f"entity type(s) {', '.join(sorted(types - known))} of the {split} never occur in training "
                 f"({', '.join(sorted(known))}); tags are compared by type name, so they are never found")
         if file and not types & known:
             raise ConfigError(f"{file}: {line}; write them as the training file does")

@@ -57,7 +57,23 @@ def read_conll(path: str | Path, tag_names: Sequence[str] | None = None) -> list
                           "and a blank line between sentences")
     if comments:
         print(f"note: {p}: {len(comments)} comment line(s) starting with '#' skipped", file=sys.stderr)
+    _swapped(records, p)
     return _note_scheme(records, str(p))
+
+
+_TAG = re.compile(r"O|[BIESLU][-_]\S+", re.IGNORECASE)
+
+
+def _swapped(records: list[Record], p: Path) -> None:
+    """ConfigError where the first column holds the tags and the last the words ("B-PER<TAB>Mary")."""
+    def tag_share(values: list[str]) -> float:
+        return sum(bool(_TAG.fullmatch(v)) for v in values) / len(values)
+
+    tokens = [t for r in records for t in r["tokens"]]
+    tags = [t for r in records for t in r["tags"]]
+    if tag_share(tokens) >= 0.8 and tag_share(tags) < 0.5:
+        raise ConfigError(f"{p}: the first column holds tags ({', '.join(sorted(set(tokens))[:3])} ...) and the last "
+                          f"words ({', '.join(tags[:3])} ...); write each line as 'token<TAB>tag'")
 
 
 def _comment_lines(rows: list[list[str]]) -> set[int]:

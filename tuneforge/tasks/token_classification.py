@@ -92,7 +92,8 @@ class Task:
             print(f"note: {invalid} sentence(s) have an I- tag that starts an entity (IOB1 or loosely written BIO); "
                   "read as B- (invalid_sequences in meta.json)", file=sys.stderr)
         for k in ("validation", "test"):
-            conll.unseen_types(names, records[k], k, cfg.data.train_file and getattr(cfg.data, k + "_file"))
+            own_file = cfg.data.train_file and getattr(cfg.data, k + "_file")
+            conll.unseen_types(names, records[k], f"{k} split", own_file)
         meta = {"labels": names, "scheme": conll.scheme([r["tags"] for r in records["train"]]),
                 "invalid_sequences": invalid}
         enc = {k: self.encode(records[k], cfg, tokenizer, meta, where[k]) for k in ("train", "validation", "test")}
@@ -130,6 +131,7 @@ class Task:
 
     def source_meta(self, records: list[Record], cfg: RunConfig, meta: dict[str, Any], where: list[str]
                     ) -> dict[str, Any]:
+        conll.unseen_types(meta["labels"], records, "evaluated data", None)  # a warning: their entities count as missed
         return meta  # every source has the run's columns and labels
 
     def setup_tokenizer(self, tokenizer: PreTrainedTokenizerBase, cfg: RunConfig, meta: dict[str, Any]) -> None:
