@@ -220,8 +220,8 @@ def test_mixed_layouts_name_where_each_first_appears(tmp_path):
     rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}] * 3
     rows += [{"instruction": f"q {i}", "output": "a"} for i in range(7)]
     path = _write(tmp_path / "mixed.jsonl", rows)
-    with pytest.raises(ConfigError, match=r"the rows mix layouts: .*chat \(first at .*mixed\.jsonl, row \d+\).*"
-                                          r"pairs \(first at .*mixed\.jsonl, row \d+\)"):
+    with pytest.raises(ConfigError, match=r"the rows mix layouts: chat \(first at \S*mixed\.jsonl, row 1\), "
+                                          r"pairs \(first at \S*mixed\.jsonl, row 4\)"):  # file rows, not split order
         _prepare(path)
 
 

@@ -78,6 +78,12 @@ def _template(tokenizer: PreTrainedTokenizerBase, meta: dict[str, Any]) -> str:
     return meta.get("chat_template") or chat.resolve_template(tokenizer, None)
 
 
+
+def _file_order(where: str) -> tuple[str, int]:
+    """Sort key of a row's place, "source, row N": the source, then N as a number (splits are shuffled)."""
+    source, _, row = where.rpartition(", row ")
+    return (source, int(row)) if row.isdigit() else (where, 0)
+
 class Task:
     name = "causal_lm"
     metric = "loss"  # validation metric that picks the best checkpoint
@@ -134,10 +140,11 @@ class Task:
                 where: dict[str, list[str]]) -> Prepared:
         """Detect the layout (one for all splits), render and tokenise (labels -100 outside answers)."""
         d = cfg.data
-        first: dict[str, str] = {}  # layout -> where its first row is
+        first: dict[str, str] = {}  # layout -> where its first row in the file is ("data.jsonl, row 7")
         for k in records:
             for r, w in zip(records[k], where[k]):
-                first.setdefault(layouts.detect_format(set(r), d, w), w)
+                fmt = layouts.detect_format(set(r), d, w)
+                first[fmt] = min(first.get(fmt, w), w, key=_file_order)
         if len(first) > 1:
             found = ", ".join(f"{f} (first at {w})" for f, w in sorted(first.items()))
             raise ConfigError(f"the rows mix layouts: {found}; give one data set one layout (convert those rows)")
