@@ -19,6 +19,19 @@ def test_only_the_prompt_trains(family):
     assert model.base_model.prompt_encoder.embedding.shape == (N, 32)
 
 
+def test_a_model_that_shortens_the_sequence_is_refused_in_one_line():
+    """Funnel's classifier pools its sequence down: no output position is a virtual token's to strip."""
+    from transformers import AutoModelForSequenceClassification, FunnelConfig
+
+    torch.manual_seed(0)
+    model = apply(AutoModelForSequenceClassification.from_config(FunnelConfig(
+        vocab_size=128, d_model=32, n_head=4, d_head=8, d_inner=64, block_sizes=[1, 1], num_decoder_layers=1)),
+        "prompt", num_virtual_tokens=N)
+    with pytest.raises(ConfigError, match=r"FunnelBaseModel returns \d+ positions for 14 inputs \(it shortens the "
+                                          r"sequence\).*choose lora, ia3 or adapter"):
+        model(**tiny_batch())
+
+
 def test_outputs_keep_the_input_length(family):
     batch = tiny_batch()
     model = apply(tiny_classifier(family), "prompt", num_virtual_tokens=N)

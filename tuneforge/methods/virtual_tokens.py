@@ -66,6 +66,7 @@ class VirtualTokens(nn.Module):
         self.num_tokens = num_tokens
         self.position_limit: int | None = None  # set by attach() for models with a position-embedding table
         self._strip = 0  # virtual positions to strip from the current call's output
+        self._length = 0  # the positions of that call's input, virtual ones included
 
     def fill(self, cache: DynamicCache, batch: int, dtype: torch.dtype) -> None:
         raise NotImplementedError
@@ -179,7 +180,7 @@ def _before(backbone: nn.Module, args: tuple, kwargs: dict[str, Any], attr: str)
             inputs["position_ids"] = torch.cat([head, pos + n], dim=1)
         if mask is not None and mask.dim() == 2:
             inputs["attention_mask"] = _pad_left(mask, n, 1)
-        enc._strip = n
+        enc._strip, enc._length = n, n + q
         return (), inputs
     if first:  # cache mode: pre-fill the cache with the prefix keys/values of every layer
         checkpointing = (getattr(m, "gradient_checkpointing", False) for m in backbone.modules())
@@ -207,6 +208,11 @@ def _after(backbone: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any
     n, enc._strip = enc._strip, 0
     if not n:
         return output
+    hidden = output[0] if isinstance(output, tuple) else output["last_hidden_state"]
+    if hidden.shape[1] != enc._length:  # Funnel pools the sequence down: no position is a virtual token's
+        raise ConfigError(f"method: {type(backbone).__name__} returns {hidden.shape[1]} positions for {enc._length} "
+                          "inputs (it shortens the sequence), so the virtual tokens cannot be told from the real "
+                          "ones; choose lora, ia3 or adapter")
     if isinstance(output, tuple):
         return (output[0][:, n:],) + output[1:]
     output["last_hidden_state"] = output["last_hidden_state"][:, n:]  # (batch, N + L, hidden) -> (batch, L, hidden)
