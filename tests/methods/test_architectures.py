@@ -32,7 +32,6 @@ CONFIGS = {
 # (method, family) -> what the refusal says
 REFUSED = {
     **{("prefix", f): "takes no key/value cache" for f in ("distilbert", "deberta-v2", "albert")},
-    **{("ia3", f): "cannot find the key/value projections" for f in ("gpt_neox", "bloom")},  # q, k, v interleaved
     **{("bitfit", f): "no bias terms" for f in ("qwen3", "mistral", "gemma", "phi3")},
 }
 

@@ -3,23 +3,23 @@ intermediate activation (Liu et al. 2022, "Few-Shot Parameter-Efficient Fine-Tun
 than In-Context Learning", arXiv 2205.05638). At initialisation the model is exactly the base model.
 
 ``l_k``/``l_v`` multiply the outputs of the key/value projections (BERT ``key``/``value``, Llama
-``k_proj``/``v_proj``, DistilBERT ``k_lin``/``v_lin``; for the fused ``[q | k | v]`` of GPT-2's ``c_attn`` and
-Phi-3's ``qkv_proj`` only the k and v slices); ``l_ff`` multiplies the input of the FFN down projection (found
-structurally, see :func:`tuneforge.methods.adapter.ffn_output`). Key/value projections are recognised by a small
-table of module names (below). Mergeable: ``merge`` scales the weights and unwraps. Fused projections that
-interleave q, k and v per head (GPT-NeoX's and BLOOM's ``query_key_value``) are not recognised:
-``method.targets=[ffn]`` still applies there.
+``k_proj``/``v_proj``, DistilBERT ``k_lin``/``v_lin``; of a fused projection only the key and value outputs: the
+k and v slices of GPT-2's ``c_attn`` and Phi-3's ``qkv_proj``, ``[q | k | v]``, and the k and v parts of each head
+or group in GPT-NeoX's, BLOOM's and Falcon's ``query_key_value``); ``l_ff`` multiplies the input of the FFN down
+projection (found structurally, see :func:`tuneforge.methods.adapter.ffn_output`). Key/value projections are
+recognised by a small table of module names (below). Mergeable: ``merge`` scales the weights and unwraps.
 
 PEFT differs in its default targets: for GPT-2 it scales the whole ``c_attn`` output (queries too) and for
 BERT it also scales the input of ``attention.output.dense`` (its ``output.dense`` pattern matches both).
 ``to_peft`` therefore writes explicit targets: module-name suffixes where they select exactly the wrapped
 projections (Llama ``k_proj``/``v_proj``/``down_proj``; GPT-2 ``attn.c_attn``/``mlp.c_proj``), else a regex
-PEFT full-matches (BERT: ``output.dense`` inside the blocks but not ``attention.output.dense``); a GPT-2
-``c_attn`` vector becomes a full-width one with ones on the query slice. The export reproduces the logits.
+PEFT full-matches (BERT: ``output.dense`` inside the blocks but not ``attention.output.dense``); a fused
+projection's vector becomes a full-width one with ones on the queries. The export reproduces the logits.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -43,6 +43,7 @@ KEY_NAMES = ("key", "k_proj", "k", "key_proj", "k_lin")  # separate key projecti
 VALUE_NAMES = ("value", "v_proj", "v", "value_proj", "v_lin")  # separate value projections
 FUSED_QKV_NAMES = ("c_attn", "qkv_proj")  # fused projections laid out as [q | k | v] (GPT-2; Phi-3, k and v
 #                                          narrower than q under grouped-query attention)
+INTERLEAVED_QKV_NAMES = ("query_key_value",)  # q, k, v per head or group (GPT-NeoX, BLOOM, Falcon: _kv_index)
 
 
 @dataclass
@@ -58,24 +59,28 @@ class Config:
 
 
 class IA3Layer(nn.Module):
-    """A frozen projection whose output slice ``[start, start + n)`` -- or whose input -- is multiplied by a
-    learned vector ``ia3`` of length n (ones at initialisation)."""
+    """A frozen projection whose outputs at ``index`` (None: all of them) -- or whose input -- are multiplied by
+    a learned vector ``ia3`` of length n (ones at initialisation)."""
 
-    def __init__(self, base: nn.Module, size: int, start: int = 0, on_input: bool = False) -> None:
+    def __init__(self, base: nn.Module, size: int, index: torch.Tensor | None = None, on_input: bool = False) -> None:
         super().__init__()
-        self.base = base
-        self.start, self.on_input = start, on_input
+        self.base, self.on_input = base, on_input
         self.ia3 = nn.Parameter(torch.ones(size, device=base.weight.device))  # (n,)
+        self.register_buffer("index", None if index is None else index.to(base.weight.device), persistent=False)
+
+    @property
+    def start(self) -> int:
+        """The first scaled output position."""
+        return 0 if self.index is None else int(self.index[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, seq, in) -> (batch, seq, out)
         if self.on_input:
             return self.base(x * self.ia3.to(x.dtype))
         y = self.base(x)
         scale = self.ia3.to(y.dtype)  # keep the frozen path's dtype (bf16 storage / autocast)
-        if self.start == 0 and scale.shape[0] == y.shape[-1]:
-            return y * scale
-        end = self.start + scale.shape[0]
-        return torch.cat([y[..., : self.start], y[..., self.start:end] * scale, y[..., end:]], dim=-1)
+        if self.index is not None:  # (out,): ones where queries are (a fused projection)
+            scale = torch.ones(y.shape[-1], dtype=y.dtype, device=y.device).index_copy(0, self.index, scale)
+        return y * scale
 
     @torch.no_grad()
     def merged(self) -> nn.Module:
@@ -84,30 +89,45 @@ class IA3Layer(nn.Module):
         s = self.ia3.float()
         out_dim = 1 if isinstance(self.base, Conv1D) else 0  # Conv1D weight is (in, out)
         dim = 1 - out_dim if self.on_input else out_dim
-        end = self.start + s.shape[0]
+        index = self.index if self.index is not None else torch.arange(s.shape[0], device=w.device)
         shape = [1, 1]
         shape[dim] = -1
         new_w = w.float()
-        new_w.narrow(dim, self.start, s.shape[0]).mul_(s.view(shape))
+        new_w.index_copy_(dim, index, new_w.index_select(dim, index) * s.view(shape))
         w.copy_(new_w.to(w.dtype))
         if b is not None and not self.on_input:
-            b[self.start:end] = (b[self.start:end].float() * s).to(b.dtype)
+            b[index] = (b[index].float() * s).to(b.dtype)
         return self.base
 
 
-def _qkv_widths(model: nn.Module, hidden: int) -> tuple[int, int] | None:
-    """(query width, key/value width) of a fused ``[q | k | v]`` projection, from the model's config."""
-    shape = attention_heads(model.config, hidden)
-    if shape is None:
+def _kv_index(config: Any, hidden: int, leaf: str, fan_out: int, wanted: list[str]) -> torch.Tensor | None:
+    """The output positions of the keys and/or values (as ``wanted``) in a fused query/key/value projection, from
+    the order of its head-wide parts: ``[q | k | v]`` (GPT-2's ``c_attn``, Phi-3's ``qkv_proj``; three equal parts
+    where the config names no heads), per head ``q k v`` (GPT-NeoX's and BLOOM's ``query_key_value``), per
+    key/value group its queries then ``k v`` (Falcon-40B), all queries then one ``k v`` (Falcon-7B)."""
+    shape = attention_heads(config, hidden)
+    heads, kv_heads, d = shape if shape else (1, 1, fan_out // 3)
+    if leaf in FUSED_QKV_NAMES:
+        roles = "q" * heads + "k" * kv_heads + "v" * kv_heads
+        if len(roles) * d != fan_out:
+            roles, d = "qkv", fan_out // 3
+    elif getattr(config, "new_decoder_architecture", False):
+        groups = getattr(config, "num_kv_heads", None) or heads
+        roles = ("q" * (heads // groups) + "kv") * groups
+    elif getattr(config, "multi_query", False):
+        roles = "q" * heads + "kv"
+    else:
+        roles = "qkv" * heads
+    if len(roles) * d != fan_out:
         return None
-    heads, kv_heads, head_dim = shape
-    return heads * head_dim, kv_heads * head_dim
+    keep = {role for role, target in (("k", "keys"), ("v", "values")) if target in wanted}
+    units = torch.tensor([i for i, r in enumerate(roles) if r in keep])
+    return (units[:, None] * d + torch.arange(d)).flatten()  # (n,)
 
 
-def _targets(block: nn.Module, hidden: int, wanted: list[str], qkv: tuple[int, int] | None
-             ) -> list[tuple[str, int, int, bool]]:
-    """``(name, size, start, on_input)`` for every projection of ``block`` to wrap; ``qkv``: the widths of a
-    fused projection's query and key/value parts (None: three equal parts)."""
+def _targets(model: nn.Module, block: nn.Module, hidden: int, wanted: list[str]
+             ) -> list[tuple[str, int, torch.Tensor | None, bool]]:
+    """``(name, size, index, on_input)`` for every projection of ``block`` to wrap (:class:`IA3Layer`)."""
     out = []
     for name, module in block.named_modules():
         leaf = name.rpartition(".")[2]
@@ -115,16 +135,15 @@ def _targets(block: nn.Module, hidden: int, wanted: list[str], qkv: tuple[int, i
             continue
         fan_out = linear_features(module)[1]
         if ("keys" in wanted and leaf in KEY_NAMES) or ("values" in wanted and leaf in VALUE_NAMES):
-            out.append((name, fan_out, 0, False))
-        elif leaf in FUSED_QKV_NAMES and {"keys", "values"} & set(wanted):
-            q, kv = qkv if qkv and qkv[0] + 2 * qkv[1] == fan_out else (fan_out // 3, fan_out // 3)  # [q | k | v]
-            start = q if "keys" in wanted else q + kv
-            end = q + 2 * kv if "values" in wanted else q + kv
-            out.append((name, end - start, start, False))
+            out.append((name, fan_out, None, False))
+        elif leaf in FUSED_QKV_NAMES + INTERLEAVED_QKV_NAMES and {"keys", "values"} & set(wanted):
+            index = _kv_index(model.config, hidden, leaf, fan_out, wanted)
+            if index is not None:
+                out.append((name, index.numel(), index, False))
     if "ffn" in wanted:
         down = ffn_output(block, hidden)
         if down is not None:
-            out.append((down, linear_features(block.get_submodule(down))[0], 0, True))
+            out.append((down, linear_features(block.get_submodule(down))[0], None, True))
     return out
 
 
@@ -134,9 +153,8 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
         raise ConfigError("method: the model already has IA3 vectors; apply the ia3 method once")
     layers_name, layers = find_layers(model)
     hidden = hidden_size(model)
-    qkv = _qkv_widths(model, hidden)
     for i, block in enumerate(layers):
-        targets = _targets(block, hidden, config.targets, qkv)
+        targets = _targets(model, block, hidden, config.targets)
         n_attn = sum(not on_input for *_, on_input in targets)
         want_attn = {"keys", "values"} & set(config.targets)
         if (want_attn and n_attn == 0) or ("ffn" in config.targets and n_attn == len(targets)):
@@ -147,8 +165,8 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
                 f"{layers_name}.{i} ({type(block).__name__}; linear layers: {', '.join(linear)})"
                 + ("; method.targets=[ffn] scales only the FFN" if kv and "ffn" in config.targets else "")
             )
-        for name, size, start, on_input in targets:
-            replace(block, name, IA3Layer(block.get_submodule(name), size, start, on_input))
+        for name, size, index, on_input in targets:
+            replace(block, name, IA3Layer(block.get_submodule(name), size, index, on_input))
     return model
 
 
@@ -174,9 +192,9 @@ def to_peft(model: nn.Module, config: Config, task_type: str, modules_to_save: l
         vec = m.ia3.detach().float()
         if m.on_input:
             vec = vec.view(1, -1)  # (1, in)
-        else:  # a slice of the output (GPT-2 c_attn: k, v): ones elsewhere
+        else:  # a fused projection's keys and values: ones on its queries
             full = torch.ones(linear_features(m.base)[1], device=vec.device)
-            full[m.start:m.start + vec.shape[0]] = vec
+            full[m.index if m.index is not None else slice(None)] = vec
             vec = full.view(-1, 1)  # (out, 1)
         tensors[f"{peft_format.LAYER_TUNER}{name}.ia3_l"] = vec
     tensors |= peft_format.head_tensors(model, modules_to_save, peft_format.LAYER_TUNER)
