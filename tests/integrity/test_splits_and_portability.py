@@ -53,6 +53,20 @@ def test_duplicates_never_end_up_in_two_splits(bert_dir, tmp_path, capsys):
     assert sum(len(stored[k]) for k in ("train", "validation", "test")) == len(texts)  # every copy kept
 
 
+def test_copies_of_a_text_with_different_labels_are_warned_about(bert_dir, tmp_path, capsys):
+    rows = sentiment_rows(60)
+    flipped = {"positive": "negative", "negative": "positive"}
+    data = tmp_path / "d.csv"
+    pd.DataFrame(rows + [{"text": r["text"] + " ", "label": flipped[r["label"]]} for r in rows[:3]]).to_csv(
+        data, index=False)
+    assert main(train_argv(bert_dir, data, tmp_path / "run")) == 0
+    assert (f"warning: 3 text(s) occur with different labels (e.g. {rows[0]['text']!r}: negative, positive); each "
+            "copy trains with its own label: fix them if that is a mistake") in capsys.readouterr().err
+    pd.DataFrame(rows + rows[:3]).to_csv(data, index=False)  # copies that agree: no warning
+    assert main(train_argv(bert_dir, data, tmp_path / "run2")) == 0
+    assert "different labels" not in capsys.readouterr().err
+
+
 def test_replay_of_the_tasks_own_data_never_draws_its_validation_or_test_rows(bert_dir, reviews, tmp_path, monkeypatch):
     from tuneforge.forgetting import pipeline
     from tuneforge.run import Run

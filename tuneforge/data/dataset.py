@@ -43,6 +43,7 @@ class Splits:
     dropped_overlap: int = 0  # validation/test rows of separate files that repeat a training row
     empty_texts: int = 0
     held_out: set[str] = field(default_factory=set)  # input keys of validation + test (never replayed)
+    conflicts: list[tuple[str, list[str]]] = field(default_factory=list)  # (text, its labels) of texts labelled apart
 
     def where(self, name: str) -> list[str]:
         """``"<source>, row <n>"`` for each record of split ``name`` (1-based rows of the source)."""
@@ -115,6 +116,17 @@ def _groups(items: list[tuple[Record, tuple[int, int]]], task: Any, cfg: RunConf
     return list(groups.values()), len(items) - len(groups)
 
 
+def _conflicts(groups: list[list[tuple[Record, tuple[int, int]]]], task: Any, cfg: RunConfig
+               ) -> list[tuple[str, list[str]]]:
+    """(text, labels) of each duplicated text whose copies carry different labels (classes: ``task.stratum``)."""
+    out = []
+    for g in groups:
+        labels = sorted({task.stratum(r, cfg) for r, _ in g} - {None}) if len(g) > 1 else []
+        if len(labels) > 1:
+            out.append((task.input_text(g[0][0], cfg), labels))
+    return out
+
+
 def load_splits(cfg: RunConfig, task: Any) -> Splits:
     """The configured data as checked, deduplicated splits (separate files win over splitting
     ``data.dataset``)."""
@@ -182,6 +194,7 @@ def load_splits(cfg: RunConfig, task: Any) -> Splits:
     out = Splits({k: [r for r, _ in v] for k, v in parts.items()}, {k: [w for _, w in v] for k, v in parts.items()},
                  sources, duplicates, counts["skipped"], dropped, counts["empty"])
     out.held_out = {normalise(task.input_text(r, cfg)) for k in ("validation", "test") for r in out.records[k]}
+    out.conflicts = _conflicts(groups, task, cfg)
     return out
 
 
@@ -207,6 +220,10 @@ def warnings(s: Splits, data: Any = None, max_length: int = 0) -> list[str]:
     if s.duplicates:
         out.append(f"note: the data holds {s.duplicates} duplicate example(s) (same text after whitespace "
                    "normalisation); duplicates are kept in one split")
+    if s.conflicts:
+        text, labels = s.conflicts[0]
+        out.append(f"warning: {len(s.conflicts)} text(s) occur with different labels (e.g. {text[:60]!r}: "
+                   f"{', '.join(labels)}); each copy trains with its own label: fix them if that is a mistake")
     if s.dropped_overlap:
         out.append(f"warning: {s.dropped_overlap} validation/test row(s) repeat a training example and were left out")
     if s.skipped:
