@@ -1,6 +1,8 @@
 import pytest
+import yaml
 
 from tuneforge.config import ConfigError, load_config, parse_overrides
+from tuneforge.strict import UniqueKeyLoader
 from tuneforge.methods import registry
 
 
@@ -62,6 +64,18 @@ def test_missing_and_invalid_yaml(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+    bad.write_text("train:\n  lr: 1e-3\ntrain:\n  max_steps: 2\n")  # YAML would keep the second section only
+    with pytest.raises(ConfigError, match=r"bad\.yaml, line 3: 'train' is given twice in one section; keep one"):
+        load_config(bad)
+    bad.write_text("train: {lr: 1e-3, lr: 2e-3}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml, line 1: 'lr' is given twice"):
+        load_config(bad)
+    bad.write_text("base: &base {lr: 0.001}\ntrain:\n  <<: *base\n  lr: 0.002\n")  # a YAML merge key may be set again
+    assert yaml.load(bad.read_text(), Loader=UniqueKeyLoader)["train"] == {"lr": 0.002}
+    bad.write_text("train: abc\n")  # a section that is no mapping, whether or not an override names it
+    for overrides in ([], ["train.lr=1e-3"]):
+        with pytest.raises(ConfigError, match=r"^train: expected a mapping, got 'abc'$"):
+            load_config(bad, overrides)
 
 
 def test_parse_overrides_types():

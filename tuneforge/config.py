@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 import yaml
 
-from tuneforge.strict import ConfigError, build_dataclass, field_hint, is_text, name_key, non_negative, positive
+from tuneforge.strict import (ConfigError, UniqueKeyLoader, build_dataclass, field_hint, is_text, name_key, non_negative,
+                              positive)
 
 __all__ = ["ConfigError", "build_dataclass", "positive", "RunConfig", "load_config", "merge_dicts", "parse_overrides"]
 
@@ -269,6 +270,8 @@ def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
                 out[key] = dict(value)
             else:
                 out[key] = merge_dicts(out[key], value)
+        elif isinstance(value, dict) and out.get(key) is not None:  # a section given as a number or text
+            raise ConfigError(f"{key}: expected a mapping, got {out[key]!r}")
         else:
             out[key] = value
     return out
@@ -282,11 +285,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            data = yaml.load(p.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
         except UnicodeDecodeError:
             raise ConfigError(f"{p}: not UTF-8 text; save the config file as UTF-8") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        except ConfigError as exc:  # a key given twice
+            raise ConfigError(f"{p}, {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections (model, data, method, train, eval)")
     if overrides:

@@ -12,9 +12,27 @@ import types
 import typing
 from typing import Any, Literal
 
+import yaml
+
 
 class ConfigError(ValueError):
     """A user-facing error in configuration or input data: one line that names the key/file and the fix."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *defaults': its keys may be set again
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: '{key}' is given twice in one section; "
+                                  "keep one (YAML would keep the last silently)")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _check(path: str, value: Any, hint: Any) -> Any:
