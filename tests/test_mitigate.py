@@ -8,6 +8,8 @@ import pytest
 from tiny import model_dir, sentiment_rows
 from tuneforge.mitigate import choose, pareto_front, plot_tradeoff, quality_gap
 
+PROBED = ["forgetting.previous_run=earlier-run"]  # a classifier measures forgetting on its earlier task (faked here)
+
 
 def test_quality_gap_in_points_and_in_per_cent_of_perplexity():
     assert quality_gap(0.78, 0.80, "accuracy", True) == pytest.approx(2.0)
@@ -87,16 +89,29 @@ def test_bad_candidates_margin_or_folder_fail_before_any_training(tmp_path, monk
 
     monkeypatch.setattr(compare, "_train_subprocess", lambda *a, **k: pytest.fail("trained before checking"))
     with pytest.raises(ConfigError, match=r"forgetting.interpolate must be in \(0, 1\], got 1.5"):
-        mitigate(None, [], "interpolate", [0.5, 1.5], 1.0, tmp_path / "a", progress=False)
+        mitigate(None, PROBED, "interpolate", [0.5, 1.5], 1.0, tmp_path / "a", progress=False)
     with pytest.raises(ConfigError, match="--margin must be a finite number >= 0"):
-        mitigate(None, [], "interpolate", [0.5], -1.0, tmp_path / "b", progress=False)
+        mitigate(None, PROBED, "interpolate", [0.5], -1.0, tmp_path / "b", progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "mitigation.md").write_text("my notes")
     with pytest.raises(ConfigError, match="not made by tuneforge"):
-        mitigate(None, [], "interpolate", [0.5], 1.0, mine, progress=False)
+        mitigate(None, PROBED, "interpolate", [0.5], 1.0, mine, progress=False)
     assert (mine / "mitigation.md").read_text() == "my notes"
+
+
+def test_runs_that_measure_no_forgetting_fail_before_any_training(tmp_path, monkeypatch):
+    from tuneforge import compare
+    from tuneforge.config import ConfigError
+    from tuneforge.mitigate import mitigate
+
+    monkeypatch.setattr(compare, "_train_subprocess", lambda *a, **k: pytest.fail("trained before checking"))
+    for overrides in ([], ["forgetting.probes=none"]):  # a classifier without its earlier task's run; no probe
+        with pytest.raises(ConfigError, match="mitigate chooses by what each setting forgets, and these runs measure "
+                                              "no forgetting: set forgetting.previous_run"):
+            mitigate(None, overrides, "interpolate", [0.5], 1.0, tmp_path / "a", progress=False)
+    assert not (tmp_path / "a").exists()
 
 
 def test_ewc_without_data_for_its_fisher_or_a_file_as_folder_fails_before_any_training(tmp_path, monkeypatch):
@@ -110,7 +125,7 @@ def test_ewc_without_data_for_its_fisher_or_a_file_as_folder_fails_before_any_tr
     assert not (tmp_path / "a").exists()
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ConfigError, match="exists and is not a folder"):
-        mitigate(None, [], "interpolate", [0.5], 1.0, tmp_path / "afile", progress=False)
+        mitigate(None, PROBED, "interpolate", [0.5], 1.0, tmp_path / "afile", progress=False)
 
 
 def test_a_failing_candidate_is_a_failed_row_and_the_sweep_goes_on(tmp_path, monkeypatch):
@@ -125,17 +140,17 @@ def test_a_failing_candidate_is_a_failed_row_and_the_sweep_goes_on(tmp_path, mon
         return {"best_validation": {"accuracy": 0.8}, "forgetting": {"forgotten": forgot, "reference": "probe"}}
 
     monkeypatch.setattr(compare, "_train_subprocess", train)
-    result = mitigate(None, [], "interpolate", [0.9, 0.5], 1.0, tmp_path / "m", progress=False)
+    result = mitigate(None, PROBED, "interpolate", [0.9, 0.5], 1.0, tmp_path / "m", progress=False)
     assert result["chosen"]["label"] == "interpolate=0.9" and result["rows"][2]["error"].startswith("the training")
     report = (tmp_path / "m" / "mitigation.md").read_text()
     assert "| interpolate=0.5 (failed) |" in report
     assert "failed: interpolate=0.5: the training process was killed by SIGKILL (out of memory?)" in report
     monkeypatch.setattr(compare, "_train_subprocess", lambda label, *a: train("interpolate=0.5", *a))
     with pytest.raises(ConfigError, match="the unmitigated run failed: the training process was killed"):
-        mitigate(None, [], "interpolate", [0.9], 1.0, tmp_path / "m2", progress=False)
+        mitigate(None, PROBED, "interpolate", [0.9], 1.0, tmp_path / "m2", progress=False)
     monkeypatch.setattr(compare, "_train_subprocess", lambda label, *a: train(
         "interpolate=0.5" if label != "none" else label, *a))
-    mitigate(None, [], "interpolate", [0.9, 0.5], 1.0, tmp_path / "m3", progress=False)
+    mitigate(None, PROBED, "interpolate", [0.9, 0.5], 1.0, tmp_path / "m3", progress=False)
     assert "chosen: every candidate failed" in (tmp_path / "m3" / "mitigation.md").read_text()
 
 
@@ -160,10 +175,10 @@ def test_an_interrupted_candidate_is_resumed_and_a_finished_one_reused(tmp_path,
         return metrics
 
     monkeypatch.setattr(compare, "_train_subprocess", train)
-    mitigate(None, [], "interpolate", [0.9, 0.5], 1.0, tmp_path / "m", progress=False)
+    mitigate(None, PROBED, "interpolate", [0.9, 0.5], 1.0, tmp_path / "m", progress=False)
     assert [resume for _, resume in calls] == [None, None, None]
     calls.clear()
-    mitigate(None, [], "interpolate", [0.9, 0.5], 1.0, tmp_path / "m", progress=False)
+    mitigate(None, PROBED, "interpolate", [0.9, 0.5], 1.0, tmp_path / "m", progress=False)
     assert calls == [("interpolate=0.5", tmp_path / "m" / "runs" / "interpolate-0.5")]  # the others reused
     (tmp_path / "m" / "runs" / "interpolate-0.5" / "metrics.json").unlink()
     (tmp_path / "m" / "runs" / "interpolate-0.5" / checkpoint.RESUME).write_bytes(b"damaged")
@@ -172,6 +187,6 @@ def test_an_interrupted_candidate_is_resumed_and_a_finished_one_reused(tmp_path,
         raise compare.ConfigError(f"cannot resume {resume}: its checkpoint is damaged; start the run again")
 
     monkeypatch.setattr(compare, "_train_subprocess", damaged)
-    rows = mitigate(None, [], "interpolate", [0.9, 0.5], 1.0, tmp_path / "m", progress=False)["rows"]
+    rows = mitigate(None, PROBED, "interpolate", [0.9, 0.5], 1.0, tmp_path / "m", progress=False)["rows"]
     assert rows[2]["error"].endswith(f"(resuming it; delete {tmp_path / 'm' / 'runs' / 'interpolate-0.5'} to "
                                      "retrain this candidate alone)")

@@ -131,6 +131,10 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
         cfg = _base_config(data, extra)
         check_fisher_data(cfg, task)
         runs[label] = run_dir, cfg.to_dict()
+    if not has_probe(base, task):
+        raise ConfigError("mitigate chooses by what each setting forgets, and these runs measure no forgetting: set "
+                          "forgetting.previous_run (a classifier: the run of its earlier task) or forgetting.probes "
+                          "(a causal LM: auto)")
     if overwrite:
         fresh_folder(out, overwrite, "comparison")
     else:
@@ -185,14 +189,17 @@ def _finished_or_trained(label: str, run_dir: Path, data: dict[str, Any], out: P
         raise ConfigError(f"{exc} (resuming it; delete {run_dir} to retrain this candidate alone)") from None
 
 
+def has_probe(cfg: RunConfig, task: Any) -> bool:
+    """Whether the run measures forgetting: a previous run's task, or a probe (``forgetting.probes``)."""
+    names = task.default_probes(cfg) if cfg.forgetting.probes == ["auto"] else cfg.forgetting.probes
+    return bool(cfg.forgetting.previous_run) or (bool(names) and "none" not in names)
+
+
 def check_fisher_data(cfg: RunConfig, task: Any) -> None:
     """EWC estimates its Fisher on a forgetting probe's data: refuse, before anything trains, a config that
     has no probe (a classifier without ``forgetting.previous_run``)."""
     g = cfg.forgetting.regularize
-    if g.kind != "ewc" or g.strength == 0 or cfg.forgetting.previous_run:
-        return
-    names = task.default_probes(cfg) if cfg.forgetting.probes == ["auto"] else cfg.forgetting.probes
-    if not names or "none" in names:
+    if g.kind == "ewc" and g.strength != 0 and not has_probe(cfg, task):
         raise ConfigError("forgetting.regularize.kind=ewc needs reference data: set forgetting.reference "
                           "(causal LM) or forgetting.previous_run (classification)")
 
