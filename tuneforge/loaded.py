@@ -71,9 +71,14 @@ class Run:
             names = {n for n, _ in model.named_parameters()}
             model, self.heads = apply_method(model, self.cfg, head_modules(model, fresh))
             weights = self.files.trainable_weights()
-            missing = set(weights) - {n for n, _ in model.named_parameters()}
-            if missing:
-                raise ConfigError(f"{self.files.path}: saved weights do not fit the model (e.g. {sorted(missing)[0]})")
+            params = dict(model.named_parameters())
+            missing = sorted(set(weights) - set(params))
+            resized = sorted(n for n in set(weights) & set(params) if weights[n].shape != params[n].shape)
+            if missing or resized:
+                what = missing[0] if missing else (f"{resized[0]}: {tuple(weights[resized[0]].shape)} saved, "
+                                                   f"{tuple(params[resized[0]].shape)} in the model")
+                raise ConfigError(f"{self.files.path}: saved weights do not fit the model (e.g. {what}); the run "
+                                  "directory mixes files of different runs: train it again or restore it from a copy")
             model.load_state_dict(weights, strict=False)
         return model.to(self.device).eval(), names
 

@@ -267,3 +267,17 @@ def test_evaluate_on_a_file_with_an_invalid_row_says_to_fix_the_row(lora_run, tm
     err = one_error(capsys, ["evaluate", lora_run, "--data", tmp_path / "blank.csv"], "blank.csv, row 8",
                     "column 'label') is blank; fix the row or remove it")
     assert "skip_invalid" not in err  # a training setting: evaluate takes no settings
+
+
+def test_weights_of_another_run_in_the_run_directory_are_one_line(lora_run, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run)
+    weights = load_file(run / "trainable.safetensors")
+    head = next(n for n in weights if n.startswith("classifier.") and n.endswith("weight"))
+    weights[head] = weights[head].repeat(3, 1)  # a head of 3 x the labels: another run's file copied in
+    save_file(weights, run / "trainable.safetensors")
+    shape = tuple(weights[head].shape)
+    one_error(capsys, ["predict", run, "a good film"], f"{run}: saved weights do not fit the model (e.g. {head}: "
+              f"{shape} saved, ({shape[0] // 3}, {shape[1]}) in the model)", "mixes files of different runs")
