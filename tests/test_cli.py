@@ -133,3 +133,16 @@ def test_an_unknown_flag_is_named_with_the_commands_usage_and_its_overrides_are_
     assert exc.value.code == 2 and "usage: tuneforge compare" in err
     assert "tuneforge compare: error: unrecognized arguments: --batch-size (see `tuneforge compare --help`)" in err
     assert "method.rank=4" not in err.splitlines()[-1] and not (tmp_path / "cmp").exists()
+
+
+def test_an_interrupted_training_run_points_to_resume(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tuneforge.cli.cmd_train", interrupted)
+    assert main(["train", "train.max_steps=1"]) == 2
+    assert capsys.readouterr().err.strip() == ("tuneforge: error: interrupted; `tuneforge train --resume RUN_DIR` "
+                                               "continues from the run's last checkpoint")
+    monkeypatch.setattr("tuneforge.cli.cmd_methods", interrupted)
+    assert main(["methods"]) == 2
+    assert capsys.readouterr().err.strip() == "tuneforge: error: interrupted"

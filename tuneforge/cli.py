@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     except distributed.ReportedElsewhere:
         return 2  # rank 0 printed the error every rank shared
     except KeyboardInterrupt:
-        return fail("interrupted")
+        return fail("interrupted" + ("; `tuneforge train --resume RUN_DIR` continues from the run's last checkpoint"
+                                     if args.command == "train" else ""))
     except OSError as exc:  # a path the user gave cannot be written (read-only, a file where a folder goes, full)
         if exc.filename is None or exc.errno not in PATH_ERRORS:
             raise

@@ -155,7 +155,7 @@ def answer_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase, meta: dict[
 
 def chat_loop(run: Any, read: Callable[[str], str] = input, out: TextIO | None = None, **settings: Any) -> None:
     """Interactive multi-turn chat with a reloaded run (``tuneforge.loaded.Run``): answers stream as they are
-    generated; ends on EOF, 'exit' or 'quit'."""
+    generated; ends on EOF, 'exit' or 'quit' (also written '/exit', '/quit')."""
     build_dataclass(Sampling, settings, "generate")  # bad options fail before the banner, not at the first answer
     out = out or sys.stdout
     history: list[dict[str, str]] = []
@@ -166,7 +166,7 @@ def chat_loop(run: Any, read: Callable[[str], str] = input, out: TextIO | None =
         except EOFError:
             out.write("\n")
             return
-        if line.lower() in ("exit", "quit"):
+        if line.lower().removeprefix("/") in ("exit", "quit"):
             return
         if not line:
             continue

@@ -144,6 +144,9 @@ def test_cli_generate_and_chat(trained, capsys, monkeypatch):
     assert cli.main(["chat", str(trained.run_dir), "--max-new-tokens", "4"]) == 0
     out = capsys.readouterr().out
     assert out.count("model> ") == 2
+    monkeypatch.setattr(sys, "stdin", io.StringIO("say yes\n/quit\nsay no\n"))  # as '/quit' too
+    assert cli.main(["chat", str(trained.run_dir), "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.count("model> ") == 1
     monkeypatch.setattr(sys, "stdin", io.StringIO("say yes\n"))  # EOF ends the chat too
     assert cli.main(["chat", str(trained.run_dir), "--max-new-tokens", "4"]) == 0
 
