@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import PreTrainedTokenizerFast
 
-from tuneforge.generate import _Streamer, answer_text
+from tuneforge.generate import _Streamer, answer_text, encode_prompts
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
@@ -38,3 +38,15 @@ def test_a_streamed_answer_cut_inside_a_character_ends_before_it():
         streamer.put(torch.tensor([i]))
     streamer.end()
     assert out.getvalue() == "ok \n"
+
+
+def test_prompts_longer_than_max_length_keep_their_end_with_a_note(capsys):
+    tok = byte_tokenizer()
+    template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    short, long = encode_prompts(tok, ["hi", "x" * 40], template, 32, system_prompt="be brief")
+    assert tok.decode(short) == "stem>be brief<user>hi<assistant>"  # 35 bytes: its first 3 cut too
+    assert len(short) == 32 and tok.decode(long).endswith("x<assistant>") and len(long) == 32
+    assert capsys.readouterr().err == ("note: 2 prompt(s) longer than model.max_length=32 tokens keep their last 32 "
+                                       "(the start, e.g. a system prompt or earlier turns, is left out)\n")
+    assert encode_prompts(tok, ["plain text"], None, 32) == [tok("plain text")["input_ids"]]
+    assert capsys.readouterr().err == ""

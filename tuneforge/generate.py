@@ -127,13 +127,17 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], te
         if template is None:
             if not isinstance(p, str):
                 raise ConfigError("this run was trained on plain text: give prompts as strings to continue")
-            out.append(tokenizer(p)["input_ids"][-max_length:])
+            out.append(tokenizer(p)["input_ids"])
             continue
         messages = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
         if system_prompt and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": system_prompt}] + messages
-        out.append(chat.prompt_ids(tokenizer, template, messages, max_length))
-    return out
+        out.append(chat.prompt_ids(tokenizer, template, messages, None))
+    long = sum(len(ids) > max_length for ids in out)
+    if long:
+        print(f"note: {long} prompt(s) longer than model.max_length={max_length} tokens keep their last {max_length} "
+              "(the start, e.g. a system prompt or earlier turns, is left out)", file=sys.stderr)
+    return [ids[-max_length:] for ids in out]
 
 
 def generate_answers(model: nn.Module, tokenizer: PreTrainedTokenizerBase, meta: dict[str, Any], cfg: Any,

@@ -211,7 +211,7 @@ def split_reference(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dict[str, str]],
-               max_length: int) -> list[int]:
-    """Token ids of a conversation + the assistant header, cut from the left to ``max_length``."""
+               max_length: int | None) -> list[int]:
+    """Token ids of a conversation + the assistant header, cut from the left to ``max_length`` (None: whole)."""
     ids = tokenizer(render(tokenizer, template, messages, True), add_special_tokens=False)["input_ids"]
-    return ids[-max_length:]
+    return ids[-max_length:] if max_length else ids
