@@ -190,9 +190,13 @@ def test_evaluating_a_file_with_entity_types_the_run_never_saw_warns(conll_run, 
     tmp, out = conll_run
     rows = [(w, [t.replace("loc", "gpe") for t in tags]) for w, tags in sentences(6, seed=3)]
     metrics = load(out.run_dir, "cpu").evaluate(write_conll(tmp / "gpe.conll", rows))
-    assert "warning: data: entity type(s) gpe of the evaluated data never occur in training (loc, person)" in (
-        capsys.readouterr().err)
+    assert (f"warning: {tmp / 'gpe.conll'}: entity type(s) gpe of the evaluated data never occur in training (loc, "
+            "person)") in capsys.readouterr().err
     assert metrics["n"] == 6
+    rows = [(w, [t.replace("loc", "gpe").replace("person", "per") for t in tags]) for w, tags in rows]
+    with pytest.raises(ConfigError, match=r"entity type\(s\) gpe, per of the evaluated data never occur in training "
+                                          r"\(loc, person\).*write them as the training file does"):  # none known
+        load(out.run_dir, "cpu").evaluate(write_conll(tmp / "other.conll", rows))
 
 
 @torch.no_grad()

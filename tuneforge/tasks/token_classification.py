@@ -131,7 +131,8 @@ class Task:
 
     def source_meta(self, records: list[Record], cfg: RunConfig, meta: dict[str, Any], where: list[str]
                     ) -> dict[str, Any]:
-        conll.unseen_types(meta["labels"], records, "evaluated data", None)  # a warning: their entities count as missed
+        file = where[0].rpartition(", row ")[0] or None if where else None  # none of the run's types: refused
+        conll.unseen_types(meta["labels"], records, "evaluated data", file)  # else a warning: those count as missed
         return meta  # every source has the run's columns and labels
 
     def setup_tokenizer(self, tokenizer: PreTrainedTokenizerBase, cfg: RunConfig, meta: dict[str, Any]) -> None:
