@@ -210,9 +210,8 @@ def invalid_sentences(tags: Sequence[str] | Sequence[Sequence[str]]) -> int:
 
 def unseen_types(names: Sequence[str], records: Sequence[Record], split: str, file: str | None) -> None:
     """One warning naming the entity types of a ``split`` ("test split", "evaluated data") that training (tag
-    ``names``) lacks
-    (types are compared by name, so their entities are never found); where the split is a ``file`` of its own
-    and none of its types occurs in training (b-per vs B-PER, PER vs PERSON), a ConfigError."""
+    ``names``) lacks (types are compared by name, so their entities are never found); where the split is a
+    ``file`` of its own and none of its types occurs in training (b-per vs B-PER, PER vs PERSON), a ConfigError."""
     known = {n[2:] for n in names if n != "O"}
     types = {t[2:] for r in records for t in to_bio(r["tags"]) if t != "O"}
     if types - known:
