@@ -2,6 +2,7 @@
 a run starts from (``model.name``, or task 1's merged model in the sequential set-up)."""
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,16 +72,22 @@ class Run:
             names = {n for n, _ in model.named_parameters()}
             model, self.heads = apply_method(model, self.cfg, head_modules(model, fresh))
             weights = self.files.trainable_weights()
-            params = dict(model.named_parameters())
-            missing = sorted(set(weights) - set(params))
-            resized = sorted(n for n in set(weights) & set(params) if weights[n].shape != params[n].shape)
-            if missing or resized:
-                what = missing[0] if missing else (f"{resized[0]}: {tuple(weights[resized[0]].shape)} saved, "
-                                                   f"{tuple(params[resized[0]].shape)} in the model")
-                raise ConfigError(f"{self.files.path}: saved weights do not fit the model (e.g. {what}); the run "
-                                  "directory mixes files of different runs: train it again or restore it from a copy")
-            model.load_state_dict(weights, strict=False)
+            missing = sorted(set(weights) - {n for n, _ in model.named_parameters()})
+            if missing:
+                raise self._unfit(missing[0])
+            try:  # torch checks the shapes (a method may reshape its module as it loads: prefix tuning's folded prefix)
+                model.load_state_dict(weights, strict=False)
+            except RuntimeError as exc:
+                found = re.search(r"size mismatch for (\S+): copying a param with shape torch.Size\(\[(.*?)\]\) from "
+                                  r"checkpoint, the shape in current model is torch.Size\(\[(.*?)\]\)", str(exc))
+                if found is None:
+                    raise
+                raise self._unfit(f"{found[1]}: ({found[2]}) saved, ({found[3]}) in the model") from None
         return model.to(self.device).eval(), names
+
+    def _unfit(self, what: str) -> ConfigError:
+        return ConfigError(f"{self.files.path}: saved weights do not fit the model (e.g. {what}); the run directory "
+                           "mixes files of different runs: train it again or restore it from a copy")
 
     def _ready(self) -> nn.Module:
         """The model for inference in training's precision: frozen matmul weights stored in bf16 as during
