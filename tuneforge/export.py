@@ -62,6 +62,10 @@ def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
         fix = ("use `tuneforge merge` for a plain Hugging Face model" if hasattr(method, "merge")
                else "load the run directory with tuneforge (tuneforge.run.load)")
         raise ConfigError(f"method '{name}' cannot export to PEFT format (PEFT has no equivalent); {fix}")
+    if run.cfg.forgetting.previous_run:  # its base is task 1's merged model, which only existed while it trained
+        raise ConfigError(f"the run started from the merged model of {run.cfg.forgetting.previous_run} "
+                          "(forgetting.previous_run), which no folder holds for PEFT to load as the adapter's base; "
+                          "use `tuneforge merge RUN OUT` for a plain Hugging Face model")
     task_type = getattr(run.task, "peft_task_type", None)
     if task_type is None:
         raise ConfigError("the run's task has no PEFT task type, so it cannot export to PEFT format; "

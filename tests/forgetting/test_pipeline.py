@@ -99,6 +99,11 @@ def test_sequential_lora_run_reloads_on_task1_weights_and_leaves_no_temporary_mo
     # LoRA's saved weights sit on task 1's merged backbone, not on the original model
     assert run.evaluate()["loss"] == pytest.approx(result.metrics["test_after"]["loss"], abs=1e-5)
     assert list(tmp_path.iterdir()) == []  # the merged task-1 folders were removed
+    from tuneforge.export import export_peft  # PEFT would load the adapter on the original model, not task 1's
+    with pytest.raises(ConfigError, match=r"started from the merged model of .*task1 \(forgetting.previous_run\).*"
+                                          r"use `tuneforge merge RUN OUT`"):
+        export_peft(run, tmp_path / "peft")
+    assert not (tmp_path / "peft").exists()
 
 
 def test_ewc_fisher_uses_task1_training_data_not_its_test_split(setup, monkeypatch):
