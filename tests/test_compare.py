@@ -167,3 +167,17 @@ def test_a_failed_training_process_is_explained_in_one_line():
     assert failure(-9, "note: 3 examples were cut\n") == "the training process was killed by SIGKILL (out of memory?)"
     assert failure(-15, "") == "the training process was killed by SIGTERM"
     assert failure(3, "") == "the training process exited with code 3"
+
+
+def test_method_options_go_to_the_methods_that_have_them(setup, tmp_path):
+    from tuneforge.compare import _base_config, method_config
+
+    root, base = setup
+    shared = _base_config(base, ["method.num_virtual_tokens=3"])  # the base config's method is LoRA
+    for name, expected in (("prompt", {"num_virtual_tokens": 3}), ("p-tuning", {"num_virtual_tokens": 3}),
+                           ("lora", {})):
+        assert method_config(shared, name, tmp_path / name)["method"] == {"name": name, **expected}
+    with pytest.raises(ConfigError, match=r"method.num_virtual_tokens is an option of none of the compared methods "
+                                          r"\(lora, ia3\)"):
+        compare("lora,ia3", base, ["method.num_virtual_tokens=3"], out_dir=tmp_path / "c", progress=False)
+    assert not (tmp_path / "c").exists()

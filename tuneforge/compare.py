@@ -13,6 +13,7 @@ that its peak memory is its own.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import json
 import re
 import signal
@@ -43,6 +44,9 @@ def compare(methods: Sequence[str] | str | None, config: str | Path | dict[str, 
     subprocess, fails at all) is recorded as failed and the others go on."""
     names = _method_list(methods)
     base = _base_config(config, list(overrides))
+    unused = [k for k in base.method_options() if not any(k in _options(n) for n in names)]
+    if unused:
+        raise ConfigError(f"method.{unused[0]} is an option of none of the compared methods ({', '.join(names)})")
     task = tasks.get(base.model.task)
     out = Path(out_dir)
     claim_folder(out)
@@ -93,11 +97,15 @@ def _base_config(config: str | Path | dict[str, Any] | None, overrides: list[str
     return load_config(config, overrides)
 
 
+def _options(name: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(registry.get(name).Config)}
+
+
 def method_config(base: RunConfig, name: str, run_dir: Path) -> dict[str, Any]:
-    """The base config with ``method.name`` set (keeping the base's options only for its own method)."""
+    """The base config with ``method.name`` set and those of its method options that method ``name`` has
+    (``method.num_virtual_tokens`` goes to prompt tuning and P-tuning, not to LoRA)."""
     data = base.to_dict()
-    if data["method"].get("name") != name:
-        data["method"] = {"name": name}
+    data["method"] = {"name": name, **{k: v for k, v in base.method_options().items() if k in _options(name)}}
     data["output_dir"] = str(run_dir)
     return data
 
