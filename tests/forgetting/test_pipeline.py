@@ -163,3 +163,14 @@ def test_interpolation_moves_the_trained_backbone_back_toward_its_start(setup):
     assert best["accuracy"] == pytest.approx(direct, abs=1e-6)
     assert half["test_after"]["accuracy"] == pytest.approx(run.evaluate()["accuracy"], abs=1e-6)
     assert "| validation accuracy: trained / interpolated (keep 0.5) |" in (root / "keep-half" / "results.md").read_text()
+
+
+def test_a_sequential_run_names_task1s_model_and_refuses_another(setup, tmp_path):
+    from tuneforge.run import resolve_config
+
+    root, base, task1 = setup
+    cfg = {"data": {"dataset": str(root / "topics.csv")}, "forgetting": {"previous_run": str(task1.run_dir)}}
+    assert resolve_config(cfg).model.name == base["model"]["name"]  # left at its default: task 1's model
+    with pytest.raises(ConfigError, match=r"model.name=smollm2, but forgetting.previous_run .* was trained from .*bert "
+                                          r"and this run starts from its model; leave model.name out"):
+        resolve_config({**cfg, "model": {"name": "smollm2"}})
