@@ -33,7 +33,12 @@ def start_model(cfg: RunConfig) -> Iterator[tuple[Run | None, Path]]:
         raise ConfigError("forgetting.previous_run must be a run of the same task (model.task)")
     with tempfile.TemporaryDirectory(prefix="tuneforge-task1-") as tmp:
         folder = Path(tmp) / "model"
-        prev.merge(folder)  # ConfigError for methods that cannot merge into the backbone
+        try:
+            prev.merge(folder)
+        except ConfigError as exc:  # a method that cannot merge into the backbone
+            raise ConfigError(f"forgetting.previous_run: a sequential run starts from task 1's merged model, and "
+                              f"{str(exc).split(';')[0]}; train task 1 with a method that merges (e.g. lora, "
+                              "full)") from None
         yield prev, folder
 
 

@@ -174,3 +174,14 @@ def test_a_sequential_run_names_task1s_model_and_refuses_another(setup, tmp_path
     with pytest.raises(ConfigError, match=r"model.name=smollm2, but forgetting.previous_run .* was trained from .*bert "
                                           r"and this run starts from its model; leave model.name out"):
         resolve_config({**cfg, "model": {"name": "smollm2"}})
+
+
+def test_a_task1_run_that_cannot_merge_is_named_as_the_previous_run(setup):
+    root, base, _ = setup
+    task1 = train({**base, "data": {"dataset": str(root / "sentiment.csv")}, "method": {"name": "adapter"},
+                   "train": {**base["train"], "max_steps": 2}, "output_dir": str(root / "task1-adapter")},
+                  progress=False)
+    with pytest.raises(ConfigError, match=r"^forgetting.previous_run: a sequential run starts from task 1's merged "
+                                          r"model, and method 'adapter' cannot be merged into the base weights .*; "
+                                          r"train task 1 with a method that merges"):
+        _task2(root, base, task1, "after-adapter")
