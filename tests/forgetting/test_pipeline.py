@@ -185,3 +185,11 @@ def test_a_task1_run_that_cannot_merge_is_named_as_the_previous_run(setup):
                                           r"model, and method 'adapter' cannot be merged into the base weights .*; "
                                           r"train task 1 with a method that merges"):
         _task2(root, base, task1, "after-adapter")
+
+
+def test_replaying_an_earlier_tasks_labels_is_named_as_replay(setup):
+    root, base, task1 = setup  # task 2's head knows the topics, not task 1's sentiment labels
+    with pytest.raises(ConfigError, match=r"^forgetting.replay.data: .*sentiment.csv, row 1: label '.*' .*was not seen "
+                                          r"in training.*; replayed examples train this run's head, so they need its "
+                                          r"labels$"):
+        _task2(root, base, task1, "replay-task1", replay={"data": str(root / "sentiment.csv"), "ratio": 0.5})

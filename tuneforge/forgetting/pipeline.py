@@ -68,7 +68,11 @@ def mix_replay(cfg: RunConfig, task: Task, tokenizer: Any, data: Prepared, held_
     else:
         records, where = source_records(task, r.data, cfg)
         kept = [(rec, w) for rec, w in zip(records, where) if normalise(task.input_text(rec, cfg)) not in banned]
-        pool = task.encode_any([rec for rec, _ in kept], cfg, tokenizer, data.meta, [w for _, w in kept])
+        try:
+            pool = task.encode_any([rec for rec, _ in kept], cfg, tokenizer, data.meta, [w for _, w in kept])
+        except ConfigError as exc:  # e.g. an earlier task's labels: replayed rows train this run's head
+            raise ConfigError(f"forgetting.replay.data: {exc}; replayed examples train this run's head, so they need "
+                              "its labels") from None
     if not pool:
         raise ConfigError(f"forgetting.replay.data {r.data}: every row is a validation/test example of this run; "
                           "replay needs other data")
