@@ -193,3 +193,11 @@ def test_replaying_an_earlier_tasks_labels_is_named_as_replay(setup):
                                           r"in training.*; replayed examples train this run's head, so they need its "
                                           r"labels$"):
         _task2(root, base, task1, "replay-task1", replay={"data": str(root / "sentiment.csv"), "ratio": 0.5})
+
+
+@pytest.mark.parametrize("probes", [["none"], ["own_answers"]])
+def test_probes_beside_a_previous_run_are_refused(setup, probes):
+    root, base, task1 = setup  # task 1's own test data is what a sequential run measures
+    with pytest.raises(ConfigError, match=r"^forgetting.probes=\[.*\]: a sequential run \(forgetting.previous_run\) "
+                                          r"measures forgetting on task 1's own test data; leave forgetting.probes out"):
+        _task2(root, base, task1, f"probes-{probes[0]}", probes=probes)

@@ -24,6 +24,9 @@ def probes_for(cfg: RunConfig, task: Task, prev: Any, heads: list[str], tokenize
     (``prev``, the reloaded task-1 run), else reference perplexity, the model's own answers, zero-shot
     sentiment. Built on the untrained ``model`` (own answers are generated now)."""
     if prev is not None:
+        if cfg.forgetting.probes != ["auto"]:
+            raise ConfigError(f"forgetting.probes={cfg.forgetting.probes}: a sequential run (forgetting.previous_run) "
+                              "measures forgetting on task 1's own test data; leave forgetting.probes out")
         return [task1_probe(prev, heads, rt, cfg.forgetting.probe_split)]
     names = cfg.forgetting.probes
     if names == ["auto"]:
