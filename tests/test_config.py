@@ -40,6 +40,7 @@ def test_switching_method_drops_other_options(tmp_path):
     (["train.optimizer=adam"], "train.optimizer: 'adam' is not allowed"),
     (["data.split=[0.5,0.2]"], "data.split must be three"),
     (["noequals"], "must look like key.sub=value"),
+    (["forgetting.augment.p_delete=1.5"], "forgetting.augment.p_delete must be a probability in [0, 1], got 1"),
 ])
 def test_bad_config_gives_one_clear_error(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):

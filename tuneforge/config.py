@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 
 from tuneforge.strict import (ConfigError, UniqueKeyLoader, build_dataclass, field_hint, is_text, name_key, non_negative,
-                              positive)
+                              positive, probability)
 
 __all__ = ["ConfigError", "build_dataclass", "positive", "RunConfig", "load_config", "merge_dicts", "parse_overrides"]
 
@@ -158,6 +158,8 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         if self.copies < 0:
             raise ConfigError(f"forgetting.augment.copies must be >= 0, got {self.copies}")
+        for name in ("p_delete", "p_swap", "p_insert"):
+            probability(f"forgetting.augment.{name}", getattr(self, name))
 
 
 @dataclass

@@ -154,6 +154,12 @@ def non_negative(path: str, value: float | int | None) -> None:
         raise ConfigError(f"{path} must be >= 0 and finite, got {value}")
 
 
+def probability(path: str, value: float) -> None:
+    """Raise ConfigError unless ``value`` is in [0, 1]."""
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{path} must be a probability in [0, 1], got {value}")
+
+
 def field_comments(cls: type) -> dict[str, str]:
     """Field name -> the comment on its line (plus comment-only lines right below it) in ``cls``'s source
     (none where the source is not installed)."""

@@ -12,12 +12,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from tuneforge.config import ConfigError
-
-
-def _check_probability(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{name} must be a probability in [0, 1], got {value}")
+from tuneforge.strict import ConfigError, probability
 
 
 def augment(text: str, rng: random.Random, p_delete: float = 0.1, p_swap: float = 0.1, p_insert: float = 0.1,
@@ -31,7 +26,7 @@ def augment(text: str, rng: random.Random, p_delete: float = 0.1, p_swap: float 
     A text without words (empty or whitespace only) is returned unchanged.
     """
     for name, p in (("p_delete", p_delete), ("p_swap", p_swap), ("p_insert", p_insert)):
-        _check_probability(name, p)
+        probability(name, p)
     words = text.split()
     if not words:
         return text
