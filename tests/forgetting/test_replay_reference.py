@@ -53,3 +53,18 @@ def test_reference_none_turns_the_default_probe_off(tmp_path):
                               "forgetting": {"reference": reference, "reference_examples": 8}})
         probe = reference_probe(cfg, task, tokenizer, rt, {"format": "pairs"})
         assert (probe if expected is None else len(probe.examples)) == expected
+
+
+def test_a_missing_reference_file_is_named_as_the_reference(tmp_path):
+    import pytest
+
+    from tuneforge.config import ConfigError
+
+    folder = model_folder(tmp_path / "llama", "llama")
+    task, tokenizer = tasks.get("causal_lm"), load_tokenizer(folder)
+    rt = tasks.Runtime(device=torch.device("cpu"), bf16=False, pad_id=tokenizer.pad_token_id)
+    cfg = resolve_config({"model": {"name": str(folder), "task": "causal_lm", "max_length": 32},
+                          "data": {"dataset": str(write_pairs(tmp_path / "pairs.jsonl"))},
+                          "forgetting": {"reference": str(tmp_path / "nofile.jsonl")}})
+    with pytest.raises(ConfigError, match=r"^forgetting.reference: data file .*nofile.jsonl does not exist"):
+        reference_probe(cfg, task, tokenizer, rt, {"format": "pairs"})

@@ -88,7 +88,10 @@ def reference_probe(cfg: RunConfig, task: Task, tokenizer: Any, rt: Runtime, met
     if name in (None, "none"):
         return None
     n = cfg.forgetting.reference_examples
-    records, where = source_records(task, name, cfg)
+    try:
+        records, where = source_records(task, name, cfg)
+    except ConfigError as exc:  # a missing file, a row of another layout
+        raise ConfigError(f"forgetting.reference: {exc}") from None
     if 4 * n < len(records):  # a seeded sample of 4n rows (in source order), 2n of them drawn again
         rows = sorted(random.Random(cfg.data.seed).sample(range(len(records)), 4 * n))
         records, where = [records[i] for i in rows], [where[i] for i in rows]
