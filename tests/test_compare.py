@@ -98,6 +98,8 @@ def test_changed_config_is_not_mixed_into_an_old_comparison(first, setup):
     _, base = setup
     with pytest.raises(ConfigError, match="another config .*max_steps"):
         compare(["lora"], base, ["train.max_steps=3"], out_dir=out, progress=False, in_process=True)
+    with pytest.raises(ConfigError, match=r"another config \(train.lr: 0.0005 -> 0.05\)"):  # not the head rate it sets
+        compare(["lora"], base, ["train.lr=0.05"], out_dir=out, progress=False, in_process=True)
 
 
 def test_a_run_stored_before_the_head_rate_default_is_not_taken_for_a_new_one(first, setup):

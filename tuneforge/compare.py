@@ -122,6 +122,9 @@ def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
     return out
 
 
+DERIVED = ("train.head_lr:", "train.pooler_with_head:")  # filled in from train.lr and the method's defaults
+
+
 def _check_same_config(run_dir: Path, wanted: dict[str, Any]) -> None:
     """Refuse to reuse or resume a run that was started with another config (it would mix settings)."""
     from tuneforge.run import resolve_config
@@ -133,6 +136,7 @@ def _check_same_config(run_dir: Path, wanted: dict[str, Any]) -> None:
     stored = resolve_config(checkpoint.stored_config(run_dir)).to_dict()
     want = resolve_config(wanted).to_dict()
     diff = _differences({**stored, "output_dir": None}, {**want, "output_dir": None})
+    diff.sort(key=lambda d: d.startswith(DERIVED))  # name train.lr, not the head rate that follows it
     if diff:
         raise ConfigError(f"{run_dir} was trained with another config ({diff[0]}); use another output folder "
                           "or --overwrite to retrain")
