@@ -217,7 +217,8 @@ def _fake_run(tmp_path, method, family="bert", options=None, heads=("classifier"
     base = tmp_path / "base"
     build(family).save_pretrained(base)
     model = registry.apply(build(family), method, registry.make_config(method, options), always_train=list(heads))
-    cfg = SimpleNamespace(method_name=method, method_options=lambda: options, model=SimpleNamespace(name=str(base)))
+    cfg = SimpleNamespace(method_name=method, method_options=lambda: options, model=SimpleNamespace(name=str(base)),
+                          forgetting=SimpleNamespace(previous_run=None))  # a run of its own, not a sequential one
     return SimpleNamespace(cfg=cfg, files=SimpleNamespace(full_model_dir=None), model=model, heads=list(heads),
                            task=SimpleNamespace(peft_task_type=task_type), tokenizer=_tokenizer(),
                            meta={"labels": ["O", "B-x", "I-x"]})
