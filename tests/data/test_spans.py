@@ -5,7 +5,7 @@ from tuneforge.config import ConfigError
 from tuneforge.data.spans import read_spans, tags_to_spans
 
 
-def test_read_spans_to_bio_with_offsets():
+def test_read_spans_to_bio_with_offsets(capsys):
     text = "John Smith  visited New York."
     rows = [{"text": text, "entities": [{"start": 20, "end": 28, "label": "LOC"},
                                         {"start": 0, "end": 10, "label": "PER"}]},
@@ -17,6 +17,11 @@ def test_read_spans_to_bio_with_offsets():
     assert second["tags"] == ["O", "O"]
     assert tags_to_spans(first["tags"], first["offsets"]) == [
         {"start": 0, "end": 10, "label": "PER"}, {"start": 20, "end": 29, "label": "LOC"}]
+    assert capsys.readouterr().err == ("note: d.jsonl: 1 entity span(s) end inside a word and tag the whole word (e.g. "
+                                       "'New York' in 'New York.'): words are split at whitespace, and predicted "
+                                       "entities are whole words too\n")
+    read_spans(rows[1:] + [{"text": "in Oslo", "entities": [{"start": 3, "end": 7, "label": "LOC"}]}], "d.jsonl")
+    assert capsys.readouterr().err == ""  # spans on word edges: no note
 
 
 def test_read_spans_partial_word_and_numpy_entities():

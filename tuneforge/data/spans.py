@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,6 +61,7 @@ def read_spans(records: Sequence[Record], source: str, text_column: str = "text"
     ``offsets`` (start, end) so predicted tags can be turned back into spans (:func:`tags_to_spans`)."""
     require(records, (text_column,), source, "data.text_column")
     out: list[Record] = []
+    widened: list[tuple[str, str]] = []
     for row_no, row in enumerate(records, start=1):
         where = f"{source}, row {row_no}"
         text = row.get(text_column)
@@ -74,15 +76,22 @@ def read_spans(records: Sequence[Record], source: str, text_column: str = "text"
                                   "nested or overlapping entities cannot be BIO-tagged, keep one of them")
         words = [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
         if words:
-            out.append({"tokens": [w for w, _, _ in words], "tags": _span_tags(words, spans, where),
+            out.append({"tokens": [w for w, _, _ in words], "tags": _span_tags(text, words, spans, where, widened),
                         "offsets": [(s, e) for _, s, e in words], "text": text})
     if not out:
         raise ConfigError(f"{source}: every '{text_column}' is empty; nothing to train on")
+    if widened:
+        span, word = widened[0]
+        print(f"note: {source}: {len(widened)} entity span(s) end inside a word and tag the whole word (e.g. "
+              f"{span!r} in {word!r}): words are split at whitespace, and predicted entities are whole words too",
+              file=sys.stderr)
     return out
 
 
-def _span_tags(words: list[tuple[str, int, int]], spans: list[tuple[int, int, str]], where: str) -> list[str]:
-    """BIO tags of words from sorted, non-overlapping spans."""
+def _span_tags(text: str, words: list[tuple[str, int, int]], spans: list[tuple[int, int, str]], where: str,
+               widened: list[tuple[str, str]]) -> list[str]:
+    """BIO tags of the words of ``text`` from sorted, non-overlapping spans; a span that ends inside a word is
+    added to ``widened`` as (its text, the words' text)."""
     tags = ["O"] * len(words)
     owner: list[tuple[int, int, str] | None] = [None] * len(words)
     for span in spans:
@@ -90,6 +99,9 @@ def _span_tags(words: list[tuple[str, int, int]], spans: list[tuple[int, int, st
         hit = [i for i, (_, ws, we) in enumerate(words) if ws < end and start < we]
         if not hit:
             raise ConfigError(f"{where}: entity [{start}, {end}) {label} covers only whitespace; check its offsets")
+        first, last = words[hit[0]][1], words[hit[-1]][2]
+        if first < start or end < last:
+            widened.append((text[start:end], text[first:last]))
         for i in hit:
             if owner[i] is not None:
                 o = owner[i]
