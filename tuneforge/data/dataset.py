@@ -32,6 +32,17 @@ class Source:
     rows: int
 
 
+def place(source: str, index: int) -> str:
+    """Where a record comes from, as messages name it: ``"<source>, row <n>"`` (``index`` 0-based, n 1-based)."""
+    return f"{source}, row {index + 1}"
+
+
+def source_and_row(where: str) -> tuple[str, int]:
+    """``(source, n)`` of a :func:`place` (``(where, 0)`` for another string)."""
+    source, _, row = where.rpartition(", row ")
+    return (source, int(row)) if source and row.isdigit() else (where, 0)
+
+
 @dataclass
 class Splits:
     """The three splits' records, each with its (source index, row index)."""
@@ -47,7 +58,7 @@ class Splits:
 
     def where(self, name: str) -> list[str]:
         """``"<source>, row <n>"`` for each record of split ``name`` (1-based rows of the source)."""
-        return [f"{self.sources[s].name}, row {r + 1}" for s, r in self.rows[name]]
+        return [place(self.sources[s].name, r) for s, r in self.rows[name]]
 
     def manifest(self) -> dict[str, Any]:
         """What ``split.json`` stores."""
@@ -100,7 +111,7 @@ def _checked(task: Any, records: list[Record], src: int, source: Source, cfg: Ru
                 continue
             fix = "fix the row, remove it, or skip invalid rows with data.skip_invalid=true" if training else \
                 "fix the row or remove it"
-            raise ConfigError(f"{source.name}, row {r + 1}: {problem}; {fix}")
+            raise ConfigError(f"{place(source.name, r)}: {problem}; {fix}")
         if not normalise(task.input_text(record, cfg)):
             counts["empty"] += 1
         out.append((record, (src, r)))
@@ -266,7 +277,7 @@ def restore(manifest: dict[str, Any], name: str, task: Any, cfg: RunConfig) -> t
                               "stored split no longer applies: evaluate on a file explicitly with --data FILE")
         cache[i] = records
     rows = [tuple(x) for x in manifest[name]]
-    return [cache[s][r] for s, r in rows], [f"{sources[s].name}, row {r + 1}" for s, r in rows]
+    return [cache[s][r] for s, r in rows], [place(sources[s].name, r) for s, r in rows]
 
 
 def source_records(task: Any, name: str, cfg: RunConfig, training: bool = True) -> tuple[list[Record], list[str]]:
@@ -277,5 +288,5 @@ def source_records(task: Any, name: str, cfg: RunConfig, training: bool = True) 
     checked = _checked(task, records, 0, source, cfg, counts, training)
     if counts["skipped"]:
         print(f"note: {name}: {counts['skipped']} invalid row(s) skipped (data.skip_invalid)", file=sys.stderr)
-    return [r for r, _ in checked], [f"{name}, row {r + 1}" for _, (_, r) in checked]
+    return [r for r, _ in checked], [place(name, r) for _, (_, r) in checked]
 

@@ -16,6 +16,7 @@ from tuneforge.checkpoint import atomic_write_text
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import chat, layouts
 from tuneforge.data.batching import batch_order, collate, collate_packed, iterate, without_positions
+from tuneforge.data.dataset import source_and_row
 from tuneforge.data.readers import read_records
 from tuneforge.evaluate import bleu, perplexity, rouge_l
 from tuneforge.models import autocast, load_pretrained
@@ -78,12 +79,6 @@ def _template(tokenizer: PreTrainedTokenizerBase, meta: dict[str, Any]) -> str:
     return meta.get("chat_template") or chat.resolve_template(tokenizer, None)
 
 
-
-def _file_order(where: str) -> tuple[str, int]:
-    """Sort key of a row's place, "source, row N": the source, then N as a number (splits are shuffled)."""
-    source, _, row = where.rpartition(", row ")
-    return (source, int(row)) if row.isdigit() else (where, 0)
-
 class Task:
     name = "causal_lm"
     metric = "loss"  # validation metric that picks the best checkpoint
@@ -144,7 +139,7 @@ class Task:
         for k in records:
             for r, w in zip(records[k], where[k]):
                 fmt = layouts.detect_format(set(r), d, w)
-                first[fmt] = min(first.get(fmt, w), w, key=_file_order)
+                first[fmt] = min(first.get(fmt, w), w, key=source_and_row)  # file order, not the shuffled splits
         if len(first) > 1:
             found = ", ".join(f"{f} (first at {w})" for f, w in sorted(first.items()))
             raise ConfigError(f"the rows mix layouts: {found}; give one data set one layout (convert those rows)")

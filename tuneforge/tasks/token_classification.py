@@ -26,6 +26,7 @@ from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import conll, conll_file
 from tuneforge.data.spans import read_spans, span_column, tags_to_spans
 from tuneforge.data.batching import batch_order, iterate
+from tuneforge.data.dataset import source_and_row
 from tuneforge.data.readers import SUFFIXES, class_names, read_records, require_file
 from tuneforge.data.tagging import IGNORE, encode_words, stitch
 from tuneforge.evaluate import entity_metrics, get_entities
@@ -131,7 +132,7 @@ class Task:
 
     def source_meta(self, records: list[Record], cfg: RunConfig, meta: dict[str, Any], where: list[str]
                     ) -> dict[str, Any]:
-        file = where[0].rpartition(", row ")[0] or None if where else None  # none of the run's types: refused
+        file = source_and_row(where[0])[0] if where else None  # none of the run's types: refused
         conll.unseen_types(meta["labels"], records, "evaluated data", file)  # else a warning: those count as missed
         return meta  # every source has the run's columns and labels
 
