@@ -21,6 +21,7 @@ Record = dict[str, Any]
 
 TOKEN_COLUMNS = ("tokens", "words", "sentence", "text")  # the names data sets use for the words ...
 TAG_COLUMNS = ("tags", "ner_tags", "labels", "tag", "ner", "label")  # ... and for their tags
+TAG_LIKE = re.compile(r"O|[BIESLU][-_]\S+", re.IGNORECASE)  # a value that reads as a tag (O, B-PER, s_loc)
 
 
 def list_columns(row: Record, tokens: str, tags: str, label: str) -> tuple[str, str]:
@@ -75,7 +76,7 @@ def require(records: Sequence[Record], columns: Iterable[str], source: str,
         raise ConfigError(f"{source} is empty; it needs at least one example")
     for col in columns:
         if col not in records[0]:
-            conll = any(re.fullmatch(r"O|[BIESLU][-_]\S+", str(c)) for c in records[0])  # a tag as a header
+            conll = any(TAG_LIKE.fullmatch(str(c)) for c in records[0])  # a tag as a header
             raise ConfigError(f"{source}: column '{col}' not found; columns are {column_names(records[0])} "
                               + ("(a token and its tag per line: a CoNLL file, to be named .conll)" if conll else
                                  f"(choose with {settings})"))

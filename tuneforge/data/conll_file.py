@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from tuneforge.data.conll import Record, _note_scheme, _tag
+from tuneforge.data.conll import TAG_LIKE, Record, _note_scheme, _tag
 from tuneforge.data.readers import not_text, require_file
 from tuneforge.strict import ConfigError
 
@@ -61,13 +61,10 @@ def read_conll(path: str | Path, tag_names: Sequence[str] | None = None) -> list
     return _note_scheme(records, str(p))
 
 
-_TAG = re.compile(r"O|[BIESLU][-_]\S+", re.IGNORECASE)
-
-
 def _swapped(records: list[Record], p: Path) -> None:
     """ConfigError where the first column holds the tags and the last the words ("B-PER<TAB>Mary")."""
     def tag_share(values: list[str]) -> float:
-        return sum(bool(_TAG.fullmatch(v)) for v in values) / len(values)
+        return sum(bool(TAG_LIKE.fullmatch(v)) for v in values) / len(values)
 
     tokens = [t for r in records for t in r["tokens"]]
     tags = [t for r in records for t in r["tags"]]
