@@ -60,7 +60,8 @@ def _optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, names:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
         sd = get_optimizer_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True,
                                                                                   cpu_offload=True))
-        state = {k.removeprefix("model."): v for k, v in sd["state"].items()}
+        # a full state dict is gathered on rank 0 only: the other ranks get {} (and write nothing)
+        state = {k.removeprefix("model."): v for k, v in sd.get("state", {}).items()}
     else:
         sd = optimizer.state_dict()
         state = {names[i].removeprefix("model."): v for i, v in sd["state"].items()}
