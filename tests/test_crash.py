@@ -102,6 +102,8 @@ def check_resumed(run: Path, reference: Path, capsys, split: bool = True) -> Non
     got, want = (json.loads((r / "metrics.json").read_text()) for r in (run, reference))
     assert got["test_after"] == want["test_after"] and got["steps"] == want["steps"] == 6
     assert got["real_tokens"] == want["real_tokens"]
+    assert got["training_loss"] == want["training_loss"]  # a log window cut by the crash is continued, not restarted
+    assert (run / "log.jsonl").read_text() == (reference / "log.jsonl").read_text()
     if split:  # see test_a_run_killed_before_its_split_was_stored_gets_it_on_resume
         assert json.loads((run / "split.json").read_text()) == json.loads((reference / "split.json").read_text())
     capsys.readouterr()

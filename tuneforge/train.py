@@ -114,6 +114,7 @@ class TrainResult:
     bad_evals: int = 0  # evaluations since the best one (early stopping)
     first_loss: float | None = None  # the first logged training loss
     last_loss: float | None = None  # the last logged training loss
+    unlogged: tuple[float, int] = (0.0, 0)  # at a checkpoint: loss sum (all ranks) and units since the last log
 
     def best_weights(self) -> dict[str, torch.Tensor]:
         """The trainable weights of the best evaluation, else (no validation) the final ones (rank 0)."""
@@ -124,7 +125,7 @@ class TrainResult:
         return self.real_tokens / self.train_seconds if self.train_seconds else 0.0
 
     LOOP_KEYS = ("steps", "train_seconds", "real_tokens", "padded_tokens", "best_metric", "best_step", "best_loss",
-                 "history", "bad_evals", "first_loss", "last_loss")
+                 "history", "bad_evals", "first_loss", "last_loss", "unlogged")
 
 
 def group_by_length(cfg: RunConfig, task: Task) -> bool:
@@ -197,6 +198,7 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
     logger = Logger(run_dir, d.main, resumed_at=step if resume else None)
     bar = tqdm(total=total, initial=step, desc="train", disable=not progress or not d.main, dynamic_ncols=True)
     logged = torch.zeros(2, dtype=torch.float64, device=rt.device)  # this rank's loss sum, all ranks' units
+    logged[0], logged[1] = result.unlogged[0] if d.main else 0.0, result.unlogged[1]  # a resumed log window
     start = time.perf_counter() - result.train_seconds
     model.train()  # once, and again after each evaluation (transformers' train() costs ~1 ms a call)
     while step < total:
@@ -240,6 +242,7 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
         elif run_dir is not None and save_every and step % save_every == 0 and step < total:
             check_finite(float(logged[0]), step)  # never checkpoint NaN weights
             result.steps, result.train_seconds = step, time.perf_counter() - start
+            result.unlogged = (float(distributed.all_sum(logged[0])), int(logged[1]))
             training_state.save_training_state(run_dir, module, optimizer, names, scheduler,
                                                {k: getattr(result, k) for k in TrainResult.LOOP_KEYS}, rt.device)
             result.best.checkpoint_written(result.best_step)
