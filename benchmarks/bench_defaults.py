@@ -54,8 +54,10 @@ TASKS = {
     "chatterbot": ("chatterbot", "causal_lm", 64, "perplexity", False),
     "tweets": (str(Path(tempfile.gettempdir()) / "tuneforge-bench-tweets.jsonl"), "classification", 64, "accuracy",
                True),  # built by write_tweets: a 3-class task no default was tuned on
+    "rt-smollm2": ("rotten_tomatoes", "classification", 64, "accuracy", True),  # a decoder classifier
 }
 MODEL = {"classification": "minilm", "token_classification": "minilm", "causal_lm": "smollm2"}
+TASK_MODEL = {"rt-smollm2": "smollm2"}  # a task whose model is not its kind's (MODEL)
 CORE = ("lora", "full", "adapter")  # target: within 2 points (3 % perplexity); the others within 5 (7.5 %)
 HELD_OUT = 400  # validation and test examples each (10 % each of a smaller data set): a point is 2.5 examples
 LENGTHS = "100,600"  # stage 2: train.auto_min_steps beside the default 250
@@ -69,7 +71,7 @@ def settings(task: str, size: int, method: str, lr: float, min_steps: int, seed:
     held = min(HELD_OUT, n // 10) if size > 100 else size // 4
     size = min(size, n - 2 * held)  # a small data set trains on what is left
     total = size + 2 * held
-    cfg = {"model": {"name": MODEL[kind], "task": kind, "max_length": max_length},
+    cfg = {"model": {"name": TASK_MODEL.get(task, MODEL[kind]), "task": kind, "max_length": max_length},
            "data": {"dataset": data, "max_examples": total, "split": [size / total, held / total, held / total]},
            "method": {"name": method}, "train": {"lr": lr, "auto_min_steps": min_steps, "seed": seed,
                                                   "auto_max_epochs": cap or default_cap(), "num_threads": 1,

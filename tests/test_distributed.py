@@ -131,7 +131,8 @@ def test_a_killed_two_process_run_resumes_to_the_same_weights(data, kind, tmp_pa
     resumed = torchrun(["train", "--resume", str(tmp_path / "crashed"), "-q"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same(weights(tmp_path / "straight"), weights(tmp_path / "crashed"), atol=0)
-    got, want = (json.loads((tmp_path / r / "metrics.json").read_text())["training_loss"] for r in ("crashed", "straight"))
+    got, want = (json.loads((tmp_path / r / "metrics.json").read_text())["training_loss"]
+                 for r in ("crashed", "straight"))
     assert got == pytest.approx(want, rel=1e-12)  # every rank's loss since the last log is carried over
 
 
