@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lm_helpers import model_folder, write_pairs
+from lm_helpers import QA, model_folder, write_pairs
 from tiny import model_dir, sentiment_rows
 from tuneforge.run import train
 
@@ -136,17 +136,36 @@ def test_a_killed_two_process_run_resumes_to_the_same_weights(data, kind, tmp_pa
     assert got == pytest.approx(want, rel=1e-12)  # every rank's loss since the last log is carried over
 
 
-def test_bad_data_ends_every_rank_with_one_error_line(data, tmp_path):
+def _blank_label(root: Path) -> tuple[str, Path, list[str]]:
     rows = sentiment_rows(40)
     rows[7]["label"] = ""
-    pd.DataFrame(rows).to_csv(tmp_path / "bad.csv", index=False)
-    args = _args(data, "classification", tmp_path / "r")
-    args[args.index("--data") + 1] = str(tmp_path / "bad.csv")
+    pd.DataFrame(rows).to_csv(root / "bad.csv", index=False)
+    return "classification", root / "bad.csv", []
+
+
+def _one_training_example(root: Path) -> tuple[str, Path, list[str]]:
+    rows = [{"instruction": q, "output": a} for q, a in QA[:4]]
+    (root / "few.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return "causal_lm", root / "few.jsonl", ["data.split=[0.25,0.0,0.75]"]
+
+
+BAD = {"a blank label": (_blank_label, "bad.csv, row 8: the label (column 'label') is blank"),
+       "one training example": (_one_training_example, "1 training examples cannot be shared by 2 processes")}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_data_ends_every_rank_with_one_error_line(data, case, tmp_path):
+    write, message = BAD[case]
+    task, path, extra = write(tmp_path)
+    args = _args(data, task, tmp_path / "r") + extra
+    args[args.index("--data") + 1] = str(path)
     out = torchrun(args)
     errors = [line for line in (out.stdout + out.stderr).splitlines() if "tuneforge: error:" in line]
     assert out.returncode != 0 and len(errors) == 1, out.stderr[-3000:]
-    assert "bad.csv, row 8: the label (column 'label') is blank" in errors[0]
+    assert message in errors[0]
     assert not (tmp_path / "r").exists()
+    notes = [line for line in out.stderr.splitlines() if line.startswith(("note:", "warning:"))]
+    assert len(notes) == len(set(notes)), notes  # rank 0 alone prints notes and warnings
 
 
 def test_two_nodes_on_one_machine_equal_one_launch(data, tmp_path):

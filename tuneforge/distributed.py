@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -74,7 +75,34 @@ def setup() -> tuple[Dist, torch.device | None]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+        if not current().main and not isinstance(sys.stderr, RankZeroNotes):
+            sys.stderr = RankZeroNotes(sys.stderr)
     return current(), device
+
+
+class RankZeroNotes:
+    """stderr of the ranks other than 0: the notes and warnings every rank meets (about the data, the config)
+    are printed once, by rank 0; every other line (errors, tracebacks) passes."""
+    QUIET = ("note: ", "warning: ")
+
+    def __init__(self, stream: Any) -> None:
+        self._stream, self._line = stream, ""
+
+    def write(self, text: str) -> int:
+        *lines, self._line = (self._line + text).split("\n")
+        for line in lines:
+            if not line.startswith(self.QUIET):
+                self._stream.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._line and not self._line.startswith(self.QUIET):
+            self._stream.write(self._line)
+        self._line = ""
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, ...
+        return getattr(self._stream, name)
 
 
 def device_for(name: str, given: torch.device | None) -> torch.device | None:

@@ -36,7 +36,7 @@ from tuneforge.models import (apply_method, check_max_length, count_parameters, 
                               resolve_device, store_frozen_in_bf16, use_bf16)
 from tuneforge.report import learned_warning, result_table
 from tuneforge.tasks import Prepared, Runtime, Task
-from tuneforge.train import TrainResult, fit
+from tuneforge.train import TrainResult, fit, plan_steps
 
 __all__ = ["train", "load", "Run", "TrainOutput", "resolve_config"]
 BEFORE = "metrics_before.json"  # test metrics of the untrained model, kept for a resumed run
@@ -151,6 +151,7 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
             apart = task.packing_ok(s.model, s.data.train, s.rt)  # position ids keep packed examples apart
             s.rt.padding_free = cfg.train.padding_free and apart
             s.data.train = task.pack(s.data.train, cfg, apart)
+            plan_steps(s.data, cfg, task)  # too few examples for the processes: refused before training starts
             if cfg.data.packing and not apart:
                 warn("warning: data.packing: this model or method cannot keep packed examples apart; each "
                     "example attends to the earlier ones in its row", file=sys.stderr)

@@ -133,6 +133,12 @@ def group_by_length(cfg: RunConfig, task: Task) -> bool:
     return cfg.train.group_by_length if cfg.train.group_by_length is not None else task.group_by_length
 
 
+def plan_steps(data: Prepared, cfg: RunConfig, task: Task) -> StepPlan:
+    """The run's optimizer steps, agreed over the ranks (too few examples for the processes: one error line)."""
+    lengths = [len(e["input_ids"]) for e in data.train]
+    return distributed.agree(lambda: StepPlan(lengths, cfg, group_by_length(cfg, task), distributed.current()))
+
+
 def fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runtime, run_dir: Path | None = None,
         progress: bool = True, resume: bool = False, regularizers: tuple[Any, ...] = (),
         heads: tuple[str, ...] = ()) -> TrainResult:
@@ -173,7 +179,7 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
     t = cfg.train
     d = distributed.current()
     torch.manual_seed(t.seed)
-    plan = StepPlan([len(e["input_ids"]) for e in data.train], cfg, group_by_length(cfg, task), d)
+    plan = plan_steps(data, cfg, task)
     blocks = list(find_layers(model)[1]) if t.distributed == "fsdp" else []
     module = distributed.wrap(WithLoss(model, task, regularizers), t.distributed, blocks, rt.bf16, rt.device)
     optimizer, names = build_optimizer(module, cfg, heads, {id(rows.weight): rows.param} if rows else None)
