@@ -1,5 +1,5 @@
 """checkpoint.stored_config / as_trained: a run directory's config read with the rules it trained under; damaged
-weights files."""
+weights files; an unfinished run directory."""
 import re
 
 import pytest
@@ -54,3 +54,13 @@ def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path):
         with pytest.raises(ConfigError, match=rf"cannot resume {tmp_path}: its {RESUME} is damaged \(.*\); start the "
                                               "run again with --overwrite"):
             resume_config(tmp_path)
+
+
+def test_an_unfinished_run_names_the_file_it_lacks(tmp_path):
+    run = _write(tmp_path / "interrupted", {"lr": 1e-4})  # config.yaml only, as a killed run leaves it
+    with pytest.raises(ConfigError, match=r"\(meta\.json missing\); an interrupted run continues with `tuneforge "
+                                          r"train --resume`"):
+        checkpoint.read_run(run)
+    (run / "config.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"\(config\.yaml and meta\.json missing\)"):
+        checkpoint.read_run(run)

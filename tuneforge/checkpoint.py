@@ -138,8 +138,9 @@ def read_run(run_dir: str | Path) -> RunFiles:
                           "line, 'run directory: ...', names it)")
     if not path.is_dir():
         raise ConfigError(f"run directory {path} does not exist")
-    if not (path / "config.yaml").is_file() or not (path / "meta.json").is_file():
-        raise ConfigError(f"{path} is not a finished tuneforge run directory (config.yaml/meta.json missing); "
+    missing = [name for name in ("config.yaml", "meta.json") if not (path / name).is_file()]
+    if missing:
+        raise ConfigError(f"{path} is not a finished tuneforge run directory ({' and '.join(missing)} missing); "
                           "an interrupted run continues with `tuneforge train --resume`")
     try:
         meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
