@@ -243,14 +243,16 @@ def test_methods_peft_cannot_represent_fail_before_touching_the_output(tmp_path,
 
 @PEFT_WARNINGS
 @torch.no_grad()
-def test_export_peft_writes_a_loadable_token_classification_folder(tmp_path):
+def test_export_peft_writes_a_loadable_token_classification_folder(tmp_path, monkeypatch):
     run = _fake_run(tmp_path, "prompt", options={"num_virtual_tokens": N})
     _randomise(run.model)
-    out = export_peft(run, tmp_path / "out")
+    monkeypatch.chdir(tmp_path)
+    out = export_peft(run, "out")  # a relative path, as typed
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["peft_type"] == "PROMPT_TUNING" and config["task_type"] == "TOKEN_CLS"
     readme = (out / "README.md").read_text()
     assert "AutoModelForTokenClassification" in readme and f"first {N} positions" in readme
+    assert f'PeftModel.from_pretrained(base, "{tmp_path / "out"}")' in readme  # from any working directory
     base = AutoModelForTokenClassification.from_pretrained(config["base_model_name_or_path"])
     theirs = PeftModel.from_pretrained(base, out).eval()
     batch = tiny_batch()

@@ -91,7 +91,7 @@ def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
         run.tokenizer.save_pretrained(tmp)
         checkpoint.atomic_write_text(tmp / "README.md", _README.format(
             method=name, task_type=task_type, base=base, auto=AUTO_CLASSES.get(task_type, "AutoModel"), extra=extra,
-            out=out, note=note))
+            out=out.resolve(), note=note))  # loads from any working directory
     return out
 
 
