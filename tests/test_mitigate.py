@@ -190,3 +190,44 @@ def test_an_interrupted_candidate_is_resumed_and_a_finished_one_reused(tmp_path,
     rows = mitigate(None, PROBED, "interpolate", [0.9, 0.5], 1.0, tmp_path / "m", progress=False)["rows"]
     assert rows[2]["error"].endswith(f"(resuming it; delete {tmp_path / 'm' / 'runs' / 'interpolate-0.5'} to "
                                      "retrain this candidate alone)")
+
+
+def test_ties_go_to_the_weaker_setting_and_every_value_is_its_own_candidate(tmp_path, monkeypatch):
+    import yaml
+
+    from tuneforge import compare
+    from tuneforge.config import load_config
+    from tuneforge.mitigate import mitigate
+
+    task1 = tmp_path / "t1"  # a sequential run's model is task 1's: the report names it
+    task1.mkdir()
+    (task1 / "config.yaml").write_text(yaml.safe_dump(load_config(None, {"model": {"name": "my-bert"}}).to_dict()))
+    trained = {}
+
+    def train(label, data, out, resume, restart, progress):
+        trained[label] = data["forgetting"]
+        forgot = 6.0 if label == "none" else 3.0  # every candidate ties
+        return {"best_validation": {"accuracy": 0.8}, "forgetting": {"forgotten": forgot, "reference": "probe"}}
+
+    monkeypatch.setattr(compare, "_train_subprocess", train)
+    probed = [f"forgetting.previous_run={task1}"]
+    result = mitigate(None, probed, "interpolate", [0.2, 0.25], 1.0, tmp_path / "i", progress=False)
+    assert [r["label"] for r in result["rows"]] == ["none", "interpolate=0.25", "interpolate=0.2"]
+    assert result["chosen"]["label"] == "interpolate=0.25"  # keeps more of training: the weaker one
+    assert "# interpolate: candidates on my-bert" in (tmp_path / "i" / "mitigation.md").read_text()
+    result = mitigate(None, probed, "l2sp", [10.0, 1.0], 1.0, tmp_path / "l", progress=False)
+    assert result["chosen"]["label"] == "l2sp=1"
+    result = mitigate(None, probed, "interpolate", [0.3, 0.3000001, 0.3], 1.0, tmp_path / "c", progress=False)
+    assert [r["label"] for r in result["rows"]][1:] == ["interpolate=0.3000001", "interpolate=0.3"]
+    assert trained["interpolate=0.3000001"]["interpolate"] == 0.3000001  # the value trained is the one named
+
+
+def test_self_replay_on_a_classifier_fails_before_any_training(tmp_path, monkeypatch):
+    from tuneforge import compare
+    from tuneforge.config import ConfigError
+    from tuneforge.mitigate import mitigate
+
+    monkeypatch.setattr(compare, "_train_subprocess", lambda *a, **k: pytest.fail("trained before checking"))
+    with pytest.raises(ConfigError, match="--kind self-replay replays the model's own answers: causal LM runs only"):
+        mitigate(None, PROBED, "self-replay", [0.2], 1.0, tmp_path / "a", progress=False)
+    assert not (tmp_path / "a").exists()

@@ -212,6 +212,20 @@ def stored_config(run_dir: Path) -> RunConfig:
     return as_trained(load_config(run_dir / "config.yaml"), written)
 
 
+def task1_model(cfg: RunConfig) -> None:
+    """A sequential run starts from task 1's model, so ``model.name`` is the previous run's: left at its default
+    it is filled in (config.yaml names the model that trained); another model is refused."""
+    folder = Path(cfg.forgetting.previous_run)
+    if not (folder / "config.yaml").is_file():
+        return  # not a run: said when it is loaded
+    theirs = stored_config(folder).model.name
+    if cfg.model.name == type(cfg.model)().name:
+        cfg.model.name = theirs
+    elif cfg.model.name != theirs:
+        raise ConfigError(f"model.name={cfg.model.name}, but forgetting.previous_run {folder} was trained from "
+                          f"{theirs} and this run starts from its model; leave model.name out")
+
+
 def as_trained(cfg: RunConfig, written: Any) -> RunConfig:
     """``cfg`` read from a run's config.yaml (``written``: its raw contents) with the rules of the time where a
     key is unset: runs written before 2026-12-02 trained a fresh head at ``train.lr`` (``train.head_lr`` null)

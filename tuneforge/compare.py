@@ -91,10 +91,15 @@ def _method_list(methods: Sequence[str] | str | None) -> list[str]:
 
 
 def _base_config(config: str | Path | dict[str, Any] | None, overrides: list[str]) -> RunConfig:
-    """The shared config, validated once up front (a bad key fails before the first run)."""
+    """The shared config, validated once up front (a bad key fails before the first run); a sequential run's
+    ``model.name`` is task 1's (:func:`checkpoint.task1_model`)."""
     if isinstance(config, dict):
-        return load_config(None, merge_dicts(config, parse_overrides(overrides)))
-    return load_config(config, overrides)
+        cfg = load_config(None, merge_dicts(config, parse_overrides(overrides)))
+    else:
+        cfg = load_config(config, overrides)
+    if cfg.forgetting.previous_run:
+        checkpoint.task1_model(cfg)
+    return cfg
 
 
 def _options(name: str) -> set[str]:

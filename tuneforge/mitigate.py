@@ -114,16 +114,20 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
     if kind not in SWEEPS:
         raise ConfigError(f"--kind: unknown mitigation '{kind}'; choose one of {', '.join(SWEEPS)}")
     fixed, key, default = SWEEPS[kind]
-    values = list(values) if values else default
+    # weakest first (interpolation keeps more of training the higher its share): ties go to the earlier row
+    values = sorted(set(values or default), reverse=kind == "interpolate")
     if not (math.isfinite(margin) and margin >= 0):
         raise ConfigError(f"--margin must be a finite number >= 0, got {margin}")
     base = _base_config(config, list(overrides))
     if kind == "replay" and not base.forgetting.replay.data:
         raise ConfigError("--kind replay needs forgetting.replay.data (the data to replay)")
     task = tasks.get(base.model.task)
+    if kind == "self-replay" and not task.generates:
+        raise ConfigError("--kind self-replay replays the model's own answers: causal LM runs only (a classifier: "
+                          "--kind replay with forgetting.replay.data)")
     out = Path(out_dir)
     side = ["forgetting.probe_split=validation"]  # choose on validation-side probes, never on the reported ones
-    variants = {"none": side} | {f"{kind}={v:g}": side + fixed + [f"{key}={v}"] for v in values}
+    variants = {"none": side} | {f"{kind}={_label(v)}": side + fixed + [f"{key}={v!r}"] for v in values}
     runs = {}  # every candidate's config, checked before anything trains (a bad value fails at once)
     for label, extra in variants.items():
         run_dir = out / "runs" / label.replace("=", "-")
@@ -202,6 +206,11 @@ def check_fisher_data(cfg: RunConfig, task: Any) -> None:
     if g.kind == "ewc" and g.strength != 0 and not has_probe(cfg, task):
         raise ConfigError("forgetting.regularize.kind=ewc needs reference data: set forgetting.reference "
                           "(causal LM) or forgetting.previous_run (classification)")
+
+
+def _label(value: float) -> str:
+    """A candidate's name: short where that is the value itself (1e+03, 0.5), else every digit (0.3000001)."""
+    return f"{value:g}" if float(f"{value:g}") == value else repr(value)
 
 
 def _f(value: float | None) -> str:

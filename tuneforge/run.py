@@ -71,22 +71,8 @@ def resolve_config(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list
         cfg.forgetting.previous_run = str(Path(cfg.forgetting.previous_run).resolve())
     _absolute_paths(cfg)
     if cfg.forgetting.previous_run:
-        _task1_model(cfg)
+        checkpoint.task1_model(cfg)
     return cfg
-
-
-def _task1_model(cfg: RunConfig) -> None:
-    """A sequential run starts from task 1's model, so ``model.name`` is the previous run's: left at its default
-    it is filled in (config.yaml names the model that trained); another model is refused."""
-    folder = Path(cfg.forgetting.previous_run)
-    if not (folder / "config.yaml").is_file():
-        return  # not a run: said when it is loaded
-    theirs = checkpoint.stored_config(folder).model.name
-    if cfg.model.name == type(cfg.model)().name:
-        cfg.model.name = theirs
-    elif cfg.model.name != theirs:
-        raise ConfigError(f"model.name={cfg.model.name}, but forgetting.previous_run {folder} was trained from "
-                          f"{theirs} and this run starts from its model; leave model.name out")
 
 
 def _absolute_paths(cfg: RunConfig) -> None:
