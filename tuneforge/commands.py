@@ -62,8 +62,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     texts, pairs = list(args.texts), args.pair
     lines = None  # standard input: one output line per input line, a blank one for a blank line (null in JSON)
     if not texts:
-        lines = [line.rstrip("\r\n") for line in sys.stdin]
-        texts = [t for t in lines if t.strip()]
+        lines, texts = _stdin_lines()
         if run.cfg.data.text_pair_column:  # text pairs: FIRST<TAB>SECOND per line
             texts, pairs = [t.split("\t", 1)[0] for t in texts], [t.partition("\t")[2] for t in texts]
     if not texts:
@@ -78,6 +77,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stdin_lines() -> tuple[list[str], list[str]]:
+    """Standard input's lines (without line endings, CRLF included) and those that are not blank."""
+    lines = [line.rstrip("\r\n") for line in sys.stdin]
+    return lines, [line for line in lines if line.strip()]
+
+
 def _sampling(args: argparse.Namespace) -> dict:
     """Generation settings from the flags: a sampling setting given means sampling."""
     given = {k: v for k, v in {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k}.items()
@@ -88,15 +93,18 @@ def _sampling(args: argparse.Namespace) -> dict:
 def cmd_generate(args: argparse.Namespace) -> int:
     run = _load(args, "`tuneforge generate RUN PROMPT...` (or prompts on standard input, one a line)")
     run.check_generates()  # before waiting for standard input
-    prompts = list(args.prompts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    prompts, lines = list(args.prompts), None  # standard input: as predict, a blank line for a blank line
+    if not prompts:
+        lines, prompts = _stdin_lines()
     if not prompts:
         return fail("generate needs PROMPT arguments or lines on standard input")
     empty = [i for i, p in enumerate(prompts, 1) if not p.strip()]
-    if empty:
+    if empty:  # arguments only
         return fail(f"prompt {empty[0]} is empty; give text to answer")
-    answers = run.generate(prompts, **_sampling(args))
-    for prompt, answer in zip(prompts, answers):
-        print(json.dumps({"prompt": prompt, "generated": answer}, ensure_ascii=False) if args.json else answer)
+    answers = iter(run.generate(prompts, **_sampling(args)))
+    for prompt in lines if lines is not None else prompts:
+        row = {"prompt": prompt, "generated": next(answers)} if prompt.strip() else None
+        print(json.dumps(row, ensure_ascii=False) if args.json else "" if row is None else row["generated"])
     return 0
 
 

@@ -136,6 +136,11 @@ def test_cli_generate_and_chat(trained, capsys, monkeypatch):
     assert cli.main(["generate", str(trained.run_dir), "say yes", "say no", "--max-new-tokens", "4", "--json"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["prompt"] for x in lines] == ["say yes", "say no"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("say yes\r\n\nsay no\n"))  # a line out for every line in
+    assert cli.main(["generate", str(trained.run_dir), "--max-new-tokens", "4", "--json"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert rows[1] is None and [r["prompt"] for r in rows[::2]] == ["say yes", "say no"]
+    assert [r["generated"] for r in rows[::2]] == [x["generated"] for x in lines]
     assert cli.main(["generate", str(trained.run_dir), "say yes", "--sample", "--seed", "3", "--temperature", "0.7"]) == 0
     first = capsys.readouterr().out
     assert cli.main(["generate", str(trained.run_dir), "say yes", "--sample", "--seed", "3", "--temperature", "0.7"]) == 0
