@@ -15,7 +15,7 @@ def test_forgetting_column_and_plot(tmp_path):
     assert (tmp_path / "forgetting.png").is_file() and (tmp_path / "peak_memory.png").is_file()
     md = (tmp_path / "comparison.md").read_text()
     assert "| lora | 0.5000 | 0.9000 | - | - | 10 | 1.000 |" in md and "-0.1250" in md
-    assert "no forgetting plot" not in md
+    assert "no forgetting plot" not in md and "| forgetting probe (after - before) |" in md  # its own units, signed
 
 
 def test_failed_row_keeps_the_method_and_the_reason(tmp_path):

@@ -53,7 +53,8 @@ def _num(value: float | None, spec: str) -> str:
 def markdown_table(rows: list[dict[str, Any]], task: Any) -> str:
     """The comparison as a markdown table (``-`` where a figure is absent)."""
     head = ["method"] + [f"{m} {w}" for m in task.table_metrics for w in ("before", "after")]
-    head += ["trainable params", "trainable %", "train s", "real tokens/s", "peak MiB", "forgetting", "status"]
+    head += ["trainable params", "trainable %", "train s", "real tokens/s", "peak MiB", "forgetting probe (after - before)",
+             "status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"]] + [_fmt(r[f"{m}_{w}"]) for m in task.table_metrics for w in ("before", "after")]
