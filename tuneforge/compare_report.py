@@ -119,7 +119,7 @@ def plot_comparison(rows: list[dict[str, Any]], task: Any, out: Path) -> list[st
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.bar([p[0] for p in pts], [p[1] for p in pts])
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{task.name}: {ylabel} per method")
+        ax.set_title(f"{task.name}, per method")  # the y label says what (a long title is cut)
         ax.tick_params(axis="x", labelrotation=30)
         fig.tight_layout()
         fig.savefig(out / path, dpi=100)
@@ -128,7 +128,7 @@ def plot_comparison(rows: list[dict[str, Any]], task: Any, out: Path) -> list[st
     scatter("trainable_pct", "trainable parameters (%)", PLOTS[0], log=True)
     scatter("train_seconds", "train seconds", PLOTS[1], log=False)
     if any(r["forgetting_change"] is not None for r in ok):
-        bars("forgetting_change", "forgetting (change on the earlier task)", PLOTS[2])
+        bars("forgetting_change", "forgetting probe (after - before)", PLOTS[2])
     else:
         notes.append("No run measured forgetting (metrics.json has no `forgetting`): no forgetting plot.")
     bars("peak_memory_mb", "peak memory (MiB)", PLOTS[3])
