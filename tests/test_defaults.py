@@ -10,7 +10,8 @@ from tuneforge import distributed
 from tuneforge.config import load_config
 from tuneforge.methods import registry
 from tuneforge.run import resolve_config, train
-from tuneforge.train import StepPlan, improves
+from tuneforge.step_plan import StepPlan
+from tuneforge.train import improves
 
 
 def _plan(n: int, **train_opts) -> StepPlan:

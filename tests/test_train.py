@@ -53,7 +53,7 @@ def test_two_steps_lower_the_loss_for_every_method(method, family):
 def test_length_grouping_defaults_to_the_task_and_a_setting_wins():
     from tuneforge import tasks
     from tuneforge.config import load_config
-    from tuneforge.train import group_by_length
+    from tuneforge.step_plan import group_by_length
 
     classification, causal_lm = tasks.get("classification"), tasks.get("causal_lm")
     cfg = load_config(None, {})

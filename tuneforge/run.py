@@ -36,7 +36,8 @@ from tuneforge.models import (apply_method, check_max_length, count_parameters, 
                               resolve_device, store_frozen_in_bf16, use_bf16)
 from tuneforge.report import learned_warning, result_table
 from tuneforge.tasks import Prepared, Runtime, Task
-from tuneforge.train import TrainResult, fit, plan_steps
+from tuneforge.step_plan import plan_steps
+from tuneforge.train import TrainResult, fit
 
 __all__ = ["train", "load", "Run", "TrainOutput", "resolve_config"]
 BEFORE = "metrics_before.json"  # test metrics of the untrained model, kept for a resumed run

@@ -3,7 +3,7 @@ what trains, the task supplies ``loss`` (a sum), ``units`` (what the sum counts:
 ``evaluate``.
 
 An optimizer step trains one global batch of ``batch_size x grad_accum x processes`` examples
-(``data.batching.step_plan``); its gradient is that of the whole batch in one piece: every micro-batch's
+(:mod:`tuneforge.step_plan`); its gradient is that of the whole batch in one piece: every micro-batch's
 loss sum is divided by the units of the whole window on all ranks (all-reduced), so gradient accumulation
 and processes together behave exactly like one bigger batch. Under torchrun the gradients are synchronised
 once per step (DDP's ``no_sync`` / FSDP2's ``set_requires_gradient_sync`` on the other micro-batches).
@@ -25,7 +25,7 @@ from tuneforge import checkpoint, distributed, fast, last_layer, training_state
 from tuneforge.best_weights import BestWeights
 from tuneforge.grouped_attention import grouped_attention
 from tuneforge.config import ConfigError, RunConfig
-from tuneforge.data.batching import iterate, step_plan
+from tuneforge.data.batching import iterate
 from tuneforge.embedding_rows import TrainedRows, training_ids
 from tuneforge.methods.layers import find_layers
 from tuneforge.methods.lora_stack import shared_inputs
@@ -33,12 +33,13 @@ from tuneforge.models import autocast
 from tuneforge.optim import build_optimizer, lr_lambda
 from tuneforge.rms_norm import fast_rms_norm
 from tuneforge.rotary import fast_rotary
+from tuneforge.step_plan import plan_steps
 from tuneforge.tasks import Prepared, Runtime, Task
 from tuneforge.logs import Logger, plot_loss_curve
 
 LOSS_TIE_DELTA = 0.01  # an equal validation metric counts as better at a validation loss 1 % lower
 
-__all__ = ["fit", "TrainResult", "plot_loss_curve", "StepPlan", "WithLoss"]
+__all__ = ["fit", "TrainResult", "plot_loss_curve", "WithLoss"]
 
 
 class WithLoss(nn.Module):
@@ -57,46 +58,6 @@ class WithLoss(nn.Module):
         for reg in self.regularizers:
             objective = objective + reg.penalty(self.model) * share
         return objective, loss_sum.detach()
-
-
-class StepPlan:
-    """Optimizer steps across epochs: step ``s`` -> (epoch, this rank's micro-batches). Steps are counted
-    globally, so an epoch boundary never leaves gradients behind and a resumed run needs only ``s``."""
-
-    def __init__(self, lengths: list[int], cfg: RunConfig, grouped: bool, d: distributed.Dist) -> None:
-        t = cfg.train
-        self._args = dict(lengths=lengths, batch_size=t.batch_size, grad_accum=t.grad_accum, seed=t.seed,
-                          group_by_length=grouped, window=t.length_group_batches, rank=d.rank, world_size=d.world)
-        self._cache: tuple[int, list[list[list[int]]]] | None = None
-        self.per_epoch = len(self.epoch(0))
-        if self.per_epoch == 0:
-            raise ConfigError(f"data: {len(lengths)} training examples cannot be shared by {d.world} processes; "
-                              "give more examples or use fewer processes")
-        self.n = len(lengths)
-        self.auto = t.max_steps is None and t.epochs is None
-        if t.max_steps:
-            self.total = t.max_steps
-        elif t.epochs is not None:
-            self.total = max(1, math.ceil(t.epochs * self.per_epoch))
-        else:  # automatic: at least auto_min_steps, in at most auto_max_epochs whole epochs, the best one kept
-            self.total = min(t.auto_max_epochs, math.ceil(t.auto_min_steps / self.per_epoch)) * self.per_epoch
-
-    def describe(self, world: int, patience: int | None = None) -> str:
-        """E.g. "training 6 epochs = 228 steps (auto: 1,200 examples)"; ``patience``: early stopping's."""
-        epochs = self.total / self.per_epoch
-        shown = f"{epochs:g}" if epochs == int(epochs) else f"{epochs:.2f}"
-        how = f"auto: {self.n * world:,} examples" if self.auto else f"{self.n * world:,} examples"
-        how += f"; stops after {patience} evaluations without improvement" if patience else ""
-        return f"training {shown} epoch{'s' if epochs != 1 else ''} = {self.total:,} steps ({how})"
-
-    def epoch(self, e: int) -> list[list[list[int]]]:
-        if self._cache is None or self._cache[0] != e:
-            self._cache = (e, step_plan(epoch=e, **self._args))
-        return self._cache[1]
-
-    def step(self, s: int) -> tuple[int, list[list[int]]]:
-        e, k = divmod(s, self.per_epoch)
-        return e, self.epoch(e)[k]
 
 
 @dataclass
@@ -126,17 +87,6 @@ class TrainResult:
 
     LOOP_KEYS = ("steps", "train_seconds", "real_tokens", "padded_tokens", "best_metric", "best_step", "best_loss",
                  "history", "bad_evals", "first_loss", "last_loss", "unlogged")
-
-
-def group_by_length(cfg: RunConfig, task: Task) -> bool:
-    """``train.group_by_length``, or where unset the task's default (``task.group_by_length``)."""
-    return cfg.train.group_by_length if cfg.train.group_by_length is not None else task.group_by_length
-
-
-def plan_steps(data: Prepared, cfg: RunConfig, task: Task) -> StepPlan:
-    """The run's optimizer steps, agreed over the ranks (too few examples for the processes: one error line)."""
-    lengths = [len(e["input_ids"]) for e in data.train]
-    return distributed.agree(lambda: StepPlan(lengths, cfg, group_by_length(cfg, task), distributed.current()))
 
 
 def fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runtime, run_dir: Path | None = None,
