@@ -22,6 +22,8 @@ e.g. the epoch cap of the time) to the sweep a default is judged against.
     python benchmarks/bench_defaults.py                      # every task, size and method (many hours on 2 cores)
     python benchmarks/bench_defaults.py --tasks rt,wnut16 --methods lora,full,adapter --sizes 500
     python benchmarks/bench_defaults.py --quick               # a smoke test: tiny sizes, two methods
+    python benchmarks/bench_defaults.py --tasks rt-smollm2 --methods lora,full --sizes 500 --lengths ""
+                                                              # SmolLM2 as a decoder classifier (~35 min a run)
     python benchmarks/bench_defaults.py --tasks topics --methods lora --sizes 500 --factors 1,3 --lengths ""
         --merge benchmarks/results/defaults-topics-all.json   # (one line) two rates, no stage 2, earlier runs
     python benchmarks/bench_defaults.py --table-only --tasks rt,wnut16 --sizes 500,2000 --merge a.json,b.json \
