@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from tuneforge.data.dataset import place
 from tuneforge.data.readers import as_int, column_names, common_column
 from tuneforge.evaluate import invalid_transitions
 from tuneforge.strict import ConfigError
@@ -90,7 +91,7 @@ def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", t
     out: list[Record] = []
     empty: list[int] = []  # rows without tokens (and tags), skipped
     for row_no, row in enumerate(records, start=1):
-        where = f"{source}, row {row_no}"
+        where = place(source, row_no - 1)
         tokens = _words(row.get(tokens_column), tokens_column, where)
         tags = _words(row.get(tags_column), tags_column, where)
         if len(tokens) != len(tags) and isinstance(row.get(tokens_column), str):  # "[ 5 ]": words, not a list

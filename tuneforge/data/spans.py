@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tuneforge.data.conll import Record, as_list, require
+from tuneforge.data.dataset import place
 from tuneforge.data.readers import as_int
 from tuneforge.evaluate import get_entities
 from tuneforge.strict import ConfigError
@@ -63,7 +64,7 @@ def read_spans(records: Sequence[Record], source: str, text_column: str = "text"
     out: list[Record] = []
     widened: list[tuple[str, str]] = []
     for row_no, row in enumerate(records, start=1):
-        where = f"{source}, row {row_no}"
+        where = place(source, row_no - 1)
         text = row.get(text_column)
         if not isinstance(text, str):
             raise ConfigError(f"{where}: '{text_column}' must be a string, got {type(text).__name__}")

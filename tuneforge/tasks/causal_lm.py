@@ -16,7 +16,7 @@ from tuneforge.checkpoint import atomic_write_text
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import chat, layouts
 from tuneforge.data.batching import batch_order, collate, collate_packed, iterate, without_positions
-from tuneforge.data.dataset import source_and_row
+from tuneforge.data.dataset import place, source_and_row
 from tuneforge.data.readers import read_records
 from tuneforge.evaluate import bleu, perplexity, rouge_l
 from tuneforge.models import autocast, load_pretrained
@@ -260,8 +260,8 @@ class Task:
 
         template = _template(tokenizer, meta)
         records = raw[:cfg.eval.generate_samples]
-        conversations = [layouts.to_messages(r, meta["format"], cfg.data, f"test split, row {i}")
-                         for i, r in enumerate(records, start=1)]
+        conversations = [layouts.to_messages(r, meta["format"], cfg.data, place("test split", i))
+                         for i, r in enumerate(records)]
         prompts, references = zip(*(chat.split_reference(c) for c in conversations))
         ids = [chat.prompt_ids(tokenizer, template, p, cfg.model.max_length) for p in prompts]
         outputs = generate_ids(model, tokenizer, ids, rt, Sampling(max_new_tokens=cfg.eval.max_new_tokens),
