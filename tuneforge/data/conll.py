@@ -10,8 +10,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tuneforge.data.dataset import place
-from tuneforge.data.readers import as_int, column_names, common_column
+from tuneforge.data.readers import as_int, column_names, common_column, place
 from tuneforge.evaluate import invalid_transitions
 from tuneforge.strict import ConfigError
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import embedded
-from tuneforge.data.readers import column_names, require_file
+from tuneforge.data.readers import column_names, place, require_file
 from tuneforge.data.split import split
 
 Record = dict[str, Any]
@@ -30,17 +30,6 @@ class Source:
     path: str | None  # absolute path of a file (None for an embedded set)
     fingerprint: str  # sha256 of the file's bytes / of an embedded set's records
     rows: int
-
-
-def place(source: str, index: int) -> str:
-    """Where a record comes from, as messages name it: ``"<source>, row <n>"`` (``index`` 0-based, n 1-based)."""
-    return f"{source}, row {index + 1}"
-
-
-def source_and_row(where: str) -> tuple[str, int]:
-    """``(source, n)`` of a :func:`place` (``(where, 0)`` for another string)."""
-    source, _, row = where.rpartition(", row ")
-    return (source, int(row)) if source and row.isdigit() else (where, 0)
 
 
 @dataclass

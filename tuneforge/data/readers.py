@@ -283,3 +283,14 @@ def require_columns(records: list[dict[str, Any]], columns: list[str], source: s
                 f"{source}: column '{col}' not found; columns are {column_names(records[0])} "
                 f"(choose with data.text_column / data.label_column)"
             )
+
+
+def place(source: str, index: int) -> str:
+    """Where a record comes from, as messages name it: ``"<source>, row <n>"`` (``index`` 0-based, n 1-based)."""
+    return f"{source}, row {index + 1}"
+
+
+def source_and_row(where: str) -> tuple[str, int]:
+    """``(source, n)`` of a :func:`place` (``(where, 0)`` for another string)."""
+    source, _, row = where.rpartition(", row ")
+    return (source, int(row)) if source and row.isdigit() else (where, 0)

@@ -9,8 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tuneforge.data.conll import Record, as_list, require
-from tuneforge.data.dataset import place
-from tuneforge.data.readers import as_int
+from tuneforge.data.readers import as_int, place
 from tuneforge.evaluate import get_entities
 from tuneforge.strict import ConfigError
 

@@ -16,8 +16,7 @@ from tuneforge.checkpoint import atomic_write_text
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import chat, layouts
 from tuneforge.data.batching import batch_order, collate, collate_packed, iterate, without_positions
-from tuneforge.data.dataset import place, source_and_row
-from tuneforge.data.readers import read_records
+from tuneforge.data.readers import place, read_records, source_and_row
 from tuneforge.evaluate import bleu, perplexity, rouge_l
 from tuneforge.models import autocast, load_pretrained
 from tuneforge.tasks import Example, Prepared, Record, Runtime, lm_head

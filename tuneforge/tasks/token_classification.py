@@ -26,7 +26,7 @@ from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import conll, conll_file
 from tuneforge.data.spans import read_spans, span_column, tags_to_spans
 from tuneforge.data.batching import batch_order, iterate
-from tuneforge.data.dataset import source_and_row
+from tuneforge.data.readers import source_and_row
 from tuneforge.data.readers import SUFFIXES, class_names, read_records, require_file
 from tuneforge.data.tagging import IGNORE, encode_words, stitch
 from tuneforge.evaluate import entity_metrics, get_entities
