@@ -53,6 +53,20 @@ def test_duplicates_never_end_up_in_two_splits(bert_dir, tmp_path, capsys):
     assert sum(len(stored[k]) for k in ("train", "validation", "test")) == len(texts)  # every copy kept
 
 
+def test_sentence_pairs_are_duplicates_only_when_both_texts_match(bert_dir, tmp_path, capsys):
+    rows = [{"premise": r["text"], "hypothesis": "good film", "label": r["label"]} for r in sentiment_rows(60)]
+    rows += [{"premise": "the plot was", "hypothesis": "good", "label": "negative"},  # same words, other split
+             {"premise": "the plot", "hypothesis": "was good", "label": "positive"},
+             {"premise": "the  plot", "hypothesis": " was good ", "label": "positive"},  # a true copy
+             {"premise": "a dull mess", "hypothesis": "", "label": "negative"}]  # a second text left blank
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(train_argv(bert_dir, data, tmp_path / "run")) == 0
+    err = capsys.readouterr().err
+    assert "note: the data holds 1 duplicate example(s)" in err and "different labels" not in err
+    assert "warning: 1 example(s) have an empty text" in err
+
+
 def test_copies_of_a_text_with_different_labels_are_warned_about(bert_dir, tmp_path, capsys):
     rows = sentiment_rows(60)
     flipped = {"positive": "negative", "negative": "positive"}

@@ -16,7 +16,7 @@ from typing import Any
 
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import embedded
-from tuneforge.data.readers import column_names, place, require_file
+from tuneforge.data.readers import FIELD_SEP, column_names, place, require_file
 from tuneforge.data.split import split
 
 Record = dict[str, Any]
@@ -63,8 +63,9 @@ class Splits:
 
 
 def normalise(text: str) -> str:
-    """Whitespace-normalised text: what makes two examples duplicates."""
-    return " ".join(str(text).split())
+    """Whitespace-normalised text: what makes two examples duplicates. Each text of a pair is normalised on its
+    own (``str.split`` counts the separator as whitespace), so ("a b", "c") and ("a", "b c") stay apart."""
+    return FIELD_SEP.join(" ".join(part.split()) for part in str(text).split(FIELD_SEP))
 
 
 def read_source(task: Any, name: str, cfg: RunConfig) -> tuple[list[Record], Source]:
@@ -101,7 +102,7 @@ def _checked(task: Any, records: list[Record], src: int, source: Source, cfg: Ru
             fix = "fix the row, remove it, or skip invalid rows with data.skip_invalid=true" if training else \
                 "fix the row or remove it"
             raise ConfigError(f"{place(source.name, r)}: {problem}; {fix}")
-        if not normalise(task.input_text(record, cfg)):
+        if "" in normalise(task.input_text(record, cfg)).split(FIELD_SEP):  # a pair's second text counts too
             counts["empty"] += 1
         out.append((record, (src, r)))
     return out
@@ -222,6 +223,7 @@ def warnings(s: Splits, data: Any = None, max_length: int = 0) -> list[str]:
                    "normalisation); duplicates are kept in one split")
     if s.conflicts:
         text, labels = s.conflicts[0]
+        text = text.replace(FIELD_SEP, " | ")  # a sentence pair, readable
         out.append(f"warning: {len(s.conflicts)} text(s) occur with different labels (e.g. {text[:60]!r}: "
                    f"{', '.join(labels)}); each copy trains with its own label: fix them if that is a mistake")
     if s.dropped_overlap:

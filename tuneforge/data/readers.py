@@ -11,6 +11,7 @@ from typing import Any
 from tuneforge.config import ConfigError
 
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+FIELD_SEP = "\x1f"  # between the texts of one example (a sentence pair) in Task.input_text
 
 
 def require_file(path: str | Path) -> Path:

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.batching import batch_order, iterate
 from tuneforge.data.labels import label_key, label_names
-from tuneforge.data.readers import as_int, class_names, common_column, read_records, structure
+from tuneforge.data.readers import FIELD_SEP, as_int, class_names, common_column, read_records, structure
 from tuneforge.evaluate import classification_metrics
 from tuneforge.models import autocast, load_labelled
 from tuneforge.tasks import Example, Prepared, Record, Runtime
@@ -124,7 +124,7 @@ class Task:
         return None
 
     def input_text(self, record: Record, cfg: RunConfig) -> str:
-        return "\x1f".join("" if _blank(record.get(c)) else str(record[c]) for c in self._text_columns(cfg))
+        return FIELD_SEP.join("" if _blank(record.get(c)) else str(record[c]) for c in self._text_columns(cfg))
 
     def stratum(self, record: Record, cfg: RunConfig) -> str | None:
         return label_key(record[cfg.data.label_column])
