@@ -127,6 +127,8 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
         with checkpoint.discard_on_error(run_dir if resume is None and d.main else None):
             before = _before(cfg, task, s, run_dir, say)
             probes = forgetting.probes_for(cfg, task, s.prev, s.heads, s.tokenizer, s.rt, s.data.meta, s.model)
+            for line in forgetting.probe_overlap(probes, task, cfg, s.splits.records):
+                warn(line, file=sys.stderr)
             s.data = forgetting.mix_replay(cfg, task, s.tokenizer, s.data, s.splits.held_out, probes, s.model, s.rt)
             knew_before = [p.measure(s.model) for p in probes] if d.main else []
             pretrained = {n for n, _ in s.model.named_parameters()}

@@ -7,7 +7,7 @@ import torch
 from lm_helpers import QA, model_folder, write_pairs
 from tuneforge import tasks
 from tuneforge.data.dataset import prepare
-from tuneforge.forgetting.pipeline import mix_replay, reference_probe
+from tuneforge.forgetting.pipeline import mix_replay, probe_overlap, reference_probe
 from tuneforge.forgetting.replay import replay_count
 from tuneforge.models import load_tokenizer
 from tuneforge.run import resolve_config
@@ -68,3 +68,23 @@ def test_a_missing_reference_file_is_named_as_the_reference(tmp_path):
                           "forgetting": {"reference": str(tmp_path / "nofile.jsonl")}})
     with pytest.raises(ConfigError, match=r"^forgetting.reference: data file .*nofile.jsonl does not exist"):
         reference_probe(cfg, task, tokenizer, rt, {"format": "pairs"})
+
+
+def test_a_reference_that_is_the_training_data_is_warned_about(tmp_path):
+    folder = model_folder(tmp_path / "llama", "llama")
+    task, tokenizer = tasks.get("causal_lm"), load_tokenizer(folder)
+    rt = tasks.Runtime(device=torch.device("cpu"), bf16=False, pad_id=tokenizer.pad_token_id)
+    pairs, other = write_pairs(tmp_path / "pairs.jsonl"), tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"instruction": f"{q} {q}", "output": a}) + "\n" for q, a in QA))
+    for reference, warned in ((pairs, True), (other, False)):
+        cfg = resolve_config({"model": {"name": str(folder), "task": "causal_lm", "max_length": 32},
+                              "data": {"dataset": str(pairs)},
+                              "forgetting": {"reference": str(reference), "reference_examples": 4}})
+        splits, data = prepare(cfg, task, tokenizer)
+        probe = reference_probe(cfg, task, tokenizer, rt, data.meta)
+        lines = probe_overlap([probe], task, cfg, splits.records)
+        assert bool(lines) == warned
+        if warned:  # every reference text is one of the run's examples, in whichever split
+            assert lines == [f"warning: 8 of the 8 texts the forgetting probe '{probe.name}' draws on are examples "
+                             "of this run's own data, so its change shows learning, not forgetting; measure "
+                             "forgetting on other data (forgetting.reference)"]

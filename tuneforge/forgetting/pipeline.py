@@ -51,6 +51,21 @@ def probes_for(cfg: RunConfig, task: Task, prev: Any, heads: list[str], tokenize
     return out
 
 
+def probe_overlap(probes: list[Probe], task: Task, cfg: RunConfig, records: dict[str, list[dict[str, Any]]]
+                  ) -> list[str]:
+    """One warning per probe that draws on texts of the run's own data (any split of ``records``; e.g.
+    ``forgetting.reference`` set to the training file): its change after training then shows learning, not
+    forgetting."""
+    own = {normalise(task.input_text(r, cfg)) for split in records.values() for r in split}
+    out = []
+    for probe in probes:
+        if shared := len(probe.keys & own):
+            out.append(f"warning: {shared} of the {len(probe.keys)} texts the forgetting probe '{probe.name}' draws "
+                       "on are examples of this run's own data, so its change shows learning, not forgetting; "
+                       "measure forgetting on other data (forgetting.reference)")
+    return out
+
+
 def mix_replay(cfg: RunConfig, task: Task, tokenizer: Any, data: Prepared, held_out: set[str],
                probes: list[Probe], model: nn.Module | None = None, rt: Runtime | None = None) -> Prepared:
     """Replay: a ``ratio`` share of each epoch comes from ``forgetting.replay.data``, or with ``"self"`` from
