@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import ConfigError
+from tuneforge.data.json_file import json_list, json_records, jsonl_records
 
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 FIELD_SEP = "\x1f"  # between the texts of one example (a sentence pair) in Task.input_text
@@ -53,12 +54,12 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
             if p.stat().st_size == 0:
                 raise ConfigError(f"data file {p} is empty; it needs a header row and at least one example")
             records = _read_csv(p, "\t" if suffix == ".tsv" else _delimiter(p), quoted=suffix != ".tsv")
-        elif suffix == ".jsonl" and _json_list(p):  # a JSON array saved as .jsonl: read as .json
-            records = _json_records(p)
+        elif suffix == ".jsonl" and json_list(p):  # a JSON array saved as .jsonl: read as .json
+            records = json_records(p)
         elif suffix == ".jsonl":
-            records = _jsonl_records(p, p.read_text(encoding="utf-8-sig"))
+            records = jsonl_records(p, p.read_text(encoding="utf-8-sig"))
         elif suffix == ".json":
-            records = _json_records(p)
+            records = json_records(p)
         elif suffix == ".parquet":
             import pandas as pd
             records = pd.read_parquet(p).to_dict("records")
@@ -179,48 +180,6 @@ def _delimiter(path: Path) -> str:
     with path.open(encoding="utf-8-sig") as f:
         header = f.readline()
     return "," if "," in header else next((c for c in "\t;|" if c in header), ",")
-
-
-def _json_list(path: Path) -> bool:
-    with path.open(encoding="utf-8-sig") as f:
-        return f.read(4096).lstrip().startswith("[")
-
-
-def _json_records(path: Path) -> list[Any]:
-    """A JSON list of objects (or an object holding one list, e.g. {"data": [...]}); JSON Lines saved as .json,
-    as ``datasets``' ``to_json("x.json")`` writes them, is read as JSON Lines."""
-    text = path.read_text(encoding="utf-8-sig")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if exc.msg != "Extra data":  # a first value that ends before the file does: one object per line
-            raise
-        return _jsonl_records(path, text)
-    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-        data = next(iter(data.values()))
-    if not isinstance(data, list):
-        raise ConfigError(f"{path}: expected a JSON list of objects (or use .jsonl, one object per line)")
-    for i, row in enumerate(data, start=1):
-        if not isinstance(row, dict):
-            raise ConfigError(f"{path}, item {i}: expected a JSON object, got {type(row).__name__}")
-    return data
-
-
-def _jsonl_records(path: Path, text: str) -> list[dict[str, Any]]:
-    """One JSON object per line; blank lines are skipped."""
-    records = []
-    for i, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028, U+0085 and the like are
-        if not line.strip():  # valid inside a JSON string
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}, line {i}: not valid JSON ({exc.msg}); "
-                              "each line must be one JSON object") from None
-        if not isinstance(row, dict):
-            raise ConfigError(f"{path}, line {i}: expected a JSON object, got {type(row).__name__}")
-        records.append(row)
-    return records
 
 
 def as_int(value: Any) -> int | None:
