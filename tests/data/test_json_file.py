@@ -31,3 +31,35 @@ def test_the_same_key_in_different_objects_is_fine(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert read_records(path) == rows
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_half_a_surrogate_pair_is_refused_with_its_row_and_a_whole_pair_reads(tmp_path, suffix):
+    rows = [{"text": "good film \U0001F600", "label": "pos"}, {"text": "bad film", "label": "neg"}]
+    path = tmp_path / f"d{suffix}"  # json.dumps writes the emoji as the escaped pair \ud83d\ude00
+    dump = (lambda rs: json.dumps(rs)) if suffix == ".json" else (lambda rs: "".join(json.dumps(r) + "\n" for r in rs))
+    path.write_text(dump(rows))
+    assert read_records(path) == rows
+    path.write_text(dump(rows).replace("\\ude00", ""))  # scraped text cut inside the emoji
+    where = "item 1" if suffix == ".json" else "line 1"
+    with pytest.raises(ConfigError, match=rf"d\{suffix}, {where}: the text 'good film \\ud83d' holds half of a UTF-16 "
+                                          r"surrogate pair \(an emoji or other character cut in two\), which is not "
+                                          r"text; fix or remove that escape"):
+        read_records(path)
+    rows[1]["meta"] = {"note": ["fine", "x \ud800"]}  # nested strings count too
+    path.write_text(dump(rows[1:]))
+    with pytest.raises(ConfigError, match=r"the text 'x \\ud800' holds half"):
+        read_records(path)
+
+
+def test_a_json_file_holding_one_object_is_one_row_unless_it_wraps_the_rows(tmp_path):
+    chat = {"messages": [{"role": "user", "content": "say yes"}, {"role": "assistant", "content": "yes ."}]}
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(chat))  # one conversation: its message list is no wrapper of rows
+    assert read_records(path) == [chat]
+    path.write_text(json.dumps({**chat, "system": "be brief"}))
+    assert read_records(path) == [{**chat, "system": "be brief"}]
+    path.write_text(json.dumps({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}))
+    assert len(read_records(path)) == 1
+    path.write_text(json.dumps({"rows": [chat, chat]}))  # a wrapper of rows under any other name
+    assert read_records(path) == [chat, chat]

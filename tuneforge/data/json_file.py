@@ -1,8 +1,11 @@
 """JSON and JSON Lines data files as rows (dicts). An object that names a key twice is refused: ``json`` would
-keep the last value and drop the first without a word."""
+keep the last value and drop the first without a word. So is a string holding half of a UTF-16 surrogate pair
+(an escape such as ``"\\ud83d"`` alone, as scraped data cut inside an emoji has): it is not text, and no tokenizer
+takes it."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,30 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+CHAT_COLUMNS = ("messages", "conversations")  # one row's conversation: OpenAI / ShareGPT (LLaMA-Factory, Axolotl)
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # how JSON writes a UTF-16 surrogate
+
+
+def broken_text(value: Any) -> str | None:
+    """The first string in ``value`` (nested lists and dicts included) that is not valid Unicode text (a lone
+    surrogate: from a JSON escape, or from bytes that are not UTF-8 in a command-line argument); else None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value
+        return None
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return next((bad for bad in map(broken_text, items) if bad is not None), None)
+
+
+def _text_problem(value: Any) -> str | None:
+    """The error for a value holding a string that is not text, else None."""
+    bad = broken_text(value)
+    return None if bad is None else (f"the text {bad[:40]!r} holds half of a UTF-16 surrogate pair (an emoji or other "
+                                     "character cut in two), which is not text; fix or remove that escape")
+
+
 def json_list(path: Path) -> bool:
     """Whether the file starts with a JSON array (whatever its suffix)."""
     with path.open(encoding="utf-8-sig") as f:
@@ -35,8 +62,9 @@ def json_list(path: Path) -> bool:
 
 
 def json_records(path: Path) -> list[Any]:
-    """A JSON list of objects (or an object holding one list, e.g. {"data": [...]}); JSON Lines saved as .json,
-    as ``datasets``' ``to_json("x.json")`` writes them, is read as JSON Lines."""
+    """A JSON list of objects, an object holding one list (e.g. {"data": [...]}) or one object (one row, e.g. one
+    conversation); JSON Lines saved as .json, as ``datasets``' ``to_json("x.json")`` writes them, is read as JSON
+    Lines."""
     text = path.read_text(encoding="utf-8-sig")
     try:
         data = json.loads(text, object_pairs_hook=_object)
@@ -46,13 +74,17 @@ def json_records(path: Path) -> list[Any]:
         return jsonl_records(path, text)
     except DuplicateKey as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-        data = next(iter(data.values()))
+    if isinstance(data, dict):  # {"data": [...]} holds the rows; any other object (a conversation) is one row
+        key, value = next(iter(data.items())) if len(data) == 1 else (None, None)
+        data = value if isinstance(value, list) and key not in CHAT_COLUMNS else [data]
     if not isinstance(data, list):
         raise ConfigError(f"{path}: expected a JSON list of objects (or use .jsonl, one object per line)")
+    escapes = SURROGATE_ESCAPE.search(text) is not None  # none: every string is text; some: may be valid pairs
     for i, row in enumerate(data, start=1):
         if not isinstance(row, dict):
             raise ConfigError(f"{path}, item {i}: expected a JSON object, got {type(row).__name__}")
+        if escapes and (problem := _text_problem(row)):
+            raise ConfigError(f"{path}, item {i}: {problem}")
     return data
 
 
@@ -71,5 +103,7 @@ def jsonl_records(path: Path, text: str) -> list[dict[str, Any]]:
             raise ConfigError(f"{path}, line {i}: {exc}") from None
         if not isinstance(row, dict):
             raise ConfigError(f"{path}, line {i}: expected a JSON object, got {type(row).__name__}")
+        if SURROGATE_ESCAPE.search(line) and (problem := _text_problem(row)):
+            raise ConfigError(f"{path}, line {i}: {problem}")
         records.append(row)
     return records

@@ -16,9 +16,9 @@ import sys
 from typing import Any
 
 from tuneforge.config import ConfigError, DataConfig
+from tuneforge.data.json_file import CHAT_COLUMNS
 from tuneforge.data.readers import structure
 
-CHAT_COLUMNS = ("messages", "conversations")  # OpenAI / ShareGPT (LLaMA-Factory, Axolotl, FastChat)
 SPEAKERS = {"system": "system", "developer": "system", "user": "user", "human": "user", "assistant": "assistant",
             "gpt": "assistant", "bot": "assistant", "model": "assistant", "chatgpt": "assistant"}  # spelling -> role
 TOOL_ROLES = {"tool", "function", "function_call", "observation", "tool_call", "tool_calls", "ipython"}
@@ -79,10 +79,10 @@ def _text(value: Any) -> str:
         return ""
     if structure(value):  # never trained on as its repr
         raise ConfigError(f"{structure(value)} ({str(value)[:40]!r}) where text belongs; give the text itself")
-    return _trimmed(json.dumps(value) if isinstance(value, bool) else str(value))  # JSON's true, not Python's True
+    return trimmed(json.dumps(value) if isinstance(value, bool) else str(value))  # JSON's true, not Python's True
 
 
-def _trimmed(text: str) -> str:
+def trimmed(text: str) -> str:
     """``text`` without trailing whitespace and leading blank lines: a first line's indentation (code) stays."""
     return text.rstrip().lstrip("\r\n")
 
@@ -100,7 +100,7 @@ def _content(value: Any, j: int) -> str:
                 raise ConfigError(f"message {j} has a content part of type '{kind}'; only text parts "
                                   "({'type': 'text', 'text': ...}) can be trained on")
             texts.append(part["text"])
-        return _trimmed("\n".join(texts))
+        return trimmed("\n".join(texts))
     return _text(value)
 
 
