@@ -88,6 +88,9 @@ def test_train_predict_evaluate_merge(tmp_path, capsys):
     assert all(set(r["probabilities"]) == {"negative", "positive"} for r in rows)
     assert main(["predict", str(run), "--json", "great", " ", "awful film"]) == 2  # not a shifted output
     assert capsys.readouterr().err.strip() == "tuneforge: error: text 2 is empty; give text to predict for"
+    assert main(["predict", str(run), "great", "caf\udce9"]) == 2  # bytes of another encoding in argv
+    assert capsys.readouterr().err.strip() == ("tuneforge: error: text 2 is not UTF-8 text (bytes of another "
+                                               "encoding?); give it as UTF-8")
     assert main(["evaluate", str(run), "--data", str(tmp_path / "d.csv")]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 80
     assert main(["merge", str(run), str(tmp_path / "merged")]) == 0

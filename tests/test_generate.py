@@ -50,3 +50,11 @@ def test_prompts_longer_than_max_length_keep_their_end_with_a_note(capsys):
                                        "(the start, e.g. a system prompt or earlier turns, is left out)\n")
     assert encode_prompts(tok, ["plain text"], None, 32) == [tok("plain text")["input_ids"]]
     assert capsys.readouterr().err == ""
+
+
+def test_chat_prompts_are_trimmed_as_training_trimmed_messages_and_plain_text_is_not():
+    tok = byte_tokenizer()
+    template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    assert encode_prompts(tok, ["hi there \n", [{"role": "user", "content": "\nhi there  "}]], template, 64) == \
+        encode_prompts(tok, ["hi there", "hi there"], template, 64)
+    assert encode_prompts(tok, ["the cat "], None, 64) == [tok("the cat ")["input_ids"]]  # a text to continue

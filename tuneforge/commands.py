@@ -67,9 +67,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             texts, pairs = [t.split("\t", 1)[0] for t in texts], [t.partition("\t")[2] for t in texts]
     if not texts:
         return fail("predict needs TEXT arguments or lines on standard input")
-    empty = [i for i, t in enumerate(texts, 1) if not t.strip()]
-    if empty:  # arguments only: blank standard-input lines were left out above
-        return fail(f"text {empty[0]} is empty; give text to predict for")
+    problem = _text_problem(texts, "text", "give text to predict for")
+    if problem:  # an empty one: arguments only (blank standard-input lines were left out above)
+        return fail(problem)
     rows = iter(run.predict(texts, pairs))
     for line in lines if lines is not None else texts:
         row = next(rows) if line.strip() else None
@@ -81,6 +81,19 @@ def _stdin_lines() -> tuple[list[str], list[str]]:
     """Standard input's lines (without line endings, CRLF included) and those that are not blank."""
     lines = [line.rstrip("\r\n") for line in sys.stdin]
     return lines, [line for line in lines if line.strip()]
+
+
+def _text_problem(texts: list[str], what: str, fix: str) -> str | None:
+    """The error for the first empty text (``what`` N) or the first that is not UTF-8 (its bytes arrive as lone
+    surrogates, which no tokenizer takes), else None."""
+    from tuneforge.data.json_file import broken_text
+
+    for i, text in enumerate(texts, 1):
+        if not text.strip():
+            return f"{what} {i} is empty; {fix}"
+        if broken_text(text) is not None:
+            return f"{what} {i} is not UTF-8 text (bytes of another encoding?); give it as UTF-8"
+    return None
 
 
 def _sampling(args: argparse.Namespace) -> dict:
@@ -98,9 +111,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         lines, prompts = _stdin_lines()
     if not prompts:
         return fail("generate needs PROMPT arguments or lines on standard input")
-    empty = [i for i, p in enumerate(prompts, 1) if not p.strip()]
-    if empty:  # arguments only
-        return fail(f"prompt {empty[0]} is empty; give text to answer")
+    problem = _text_problem(prompts, "prompt", "give text to answer")
+    if problem:
+        return fail(problem)
     answers = iter(run.generate(prompts, **_sampling(args)))
     for prompt in lines if lines is not None else prompts:
         row = {"prompt": prompt, "generated": next(answers)} if prompt.strip() else None

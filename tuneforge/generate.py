@@ -12,6 +12,8 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase, TextStreamer
 
 from tuneforge.config import ConfigError, build_dataclass
 from tuneforge.data import chat
+from tuneforge.data.json_file import broken_text
+from tuneforge.data.layouts import trimmed
 from tuneforge.models import autocast, position_limit
 from tuneforge.tasks import Runtime
 
@@ -130,6 +132,7 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], te
             out.append(tokenizer(p)["input_ids"])
             continue
         messages = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+        messages = [{**m, "content": trimmed(m["content"])} for m in messages]  # as training trimmed them
         if system_prompt and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": system_prompt}] + messages
         out.append(chat.prompt_ids(tokenizer, template, messages, None))
@@ -173,6 +176,9 @@ def chat_loop(run: Any, read: Callable[[str], str] = input, out: TextIO | None =
         if line.lower().removeprefix("/") in ("exit", "quit"):
             return
         if not line:
+            continue
+        if broken_text(line) is not None:  # bytes of another encoding: no tokenizer takes them
+            out.write("(that message is not UTF-8 text: type it again)\n")
             continue
         history.append({"role": "user", "content": line})
         out.write("model> ")

@@ -156,9 +156,16 @@ def test_cli_generate_and_chat(trained, capsys, monkeypatch):
     assert cli.main(["chat", str(trained.run_dir), "--max-new-tokens", "4"]) == 0
 
 
-def test_generate_refuses_an_empty_prompt_and_reads_temperature_0_as_greedy(trained, capsys):
+def test_generate_refuses_an_empty_prompt_and_reads_temperature_0_as_greedy(trained, capsys, monkeypatch):
     assert cli.main(["generate", str(trained.run_dir), "say yes", "  "]) == 2
     assert "prompt 2 is empty" in capsys.readouterr().err
+    assert cli.main(["generate", str(trained.run_dir), "say yes", "caf\udce9"]) == 2  # a Latin-1 byte in argv
+    assert capsys.readouterr().err == ("tuneforge: error: prompt 2 is not UTF-8 text (bytes of another encoding?); "
+                                       "give it as UTF-8\n")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("caf\udce9\nsay yes\nexit\n"))
+    assert cli.main(["chat", str(trained.run_dir), "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "(that message is not UTF-8 text: type it again)" in out and out.count("model> ") == 1
     assert cli.main(["generate", str(trained.run_dir), "say yes", "--max-new-tokens", "4"]) == 0
     greedy = capsys.readouterr().out
     assert cli.main(["generate", str(trained.run_dir), "say yes", "--max-new-tokens", "4", "--temperature", "0"]) == 0
