@@ -98,9 +98,19 @@ def test_long_conversations_keep_their_latest_turns():
     assert short["_cut"] and "_cut" not in full
     (kept,) = _encode([conv[:1] + conv[-4:]], tok, max_length=64)  # fits: nothing dropped
     assert "_cut" not in kept
-    words = _conv(*["x" * 40] * 20)  # 40 characters, one token each: turns dropped, the rest fits
-    (dropped,) = _encode([words], tok, max_length=64)
-    assert dropped["_cut"] and len(dropped["input_ids"]) < 64
+
+
+def test_turns_whose_characters_overrun_the_bound_but_whose_tokens_fit_are_all_kept():
+    tok = tiny_tokenizer()  # runs of spaces: many characters, no tokens (code, tables)
+    conv = [{"role": "system", "content": "bot"}] + _conv("say yes", "yes .", "say no", "no" + " " * 600 + "no")
+    tpl = chat.resolve_template(tok, None)
+    (full,) = chat.encode_conversations([conv], tok, tpl, 10**6, ["r"])
+    assert len(chat.recent(conv, 8 * 64)) < len(conv) and len(full["input_ids"]) < 64
+    (got,) = _encode([conv], tok, max_length=64)
+    assert got == full and "_cut" not in got  # the first exchange still trains; no "longer than" note
+    words = _conv(*["x" * 40] * 20)  # 40 characters, one token each: the bound drops turns, all of them fit
+    (whole,) = chat.encode_conversations([words], tok, tpl, 10**6, ["r"])
+    assert _encode([words], tok, max_length=64) == [whole] and len(whole["input_ids"]) < 64
 
 
 def test_packing_keeps_whole_examples_and_blocks_cross_example_labels():

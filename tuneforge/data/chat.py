@@ -146,11 +146,11 @@ def encode_conversations(conversations: list[list[dict[str, str]]], tokenizer: P
                          template: str, max_length: int, where: list[str]) -> list[dict[str, list[int]]]:
     """Token ids + labels (-100 outside assistant replies) of each conversation, truncated to ``max_length``
     (``_cut``: the example lost tokens or early turns)."""
-    split, dropped = [], []
+    split, whole, dropped = [], [], []
     for messages, w in zip(conversations, where):
-        kept = until_last_reply(messages)
-        turns = recent(kept, CHARS_PER_TOKEN * max_length)
-        dropped.append(len(turns) < len(kept))
+        whole.append(until_last_reply(messages))
+        turns = recent(whole[-1], CHARS_PER_TOKEN * max_length)
+        dropped.append(len(turns) < len(whole[-1]))
         try:
             split.append(pieces(tokenizer, template, turns))
         except ConfigError as exc:
@@ -158,14 +158,13 @@ def encode_conversations(conversations: list[list[dict[str, str]]], tokenizer: P
     flat = [text for parts in split for text, _ in parts]
     tokens = iter(tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
     examples = []
-    for parts, w, cut in zip(split, where, dropped):
-        ids, labels, answer_start = [], [], 0
-        for _, trains in parts:
-            piece = next(tokens)
-            if trains:
-                answer_start = len(ids)
-            ids += piece
-            labels += piece if trains else [IGNORE] * len(piece)
+    for parts, kept, w, cut in zip(split, whole, where, dropped):
+        ids, labels, answer_start = _joined(parts, [next(tokens) for _ in parts])
+        if cut and len(ids) < max_length:  # the character bound dropped turns that fit (e.g. runs of spaces)
+            parts = pieces(tokenizer, template, kept)
+            ids, labels, answer_start = _joined(parts, tokenizer([t for t, _ in parts], add_special_tokens=False)[
+                "input_ids"])
+            cut = False
         cut = cut or len(ids) > max_length
         ids, labels = truncate(ids, labels, answer_start, max_length)
         if all(y == IGNORE for y in labels[1:]):
@@ -173,6 +172,18 @@ def encode_conversations(conversations: list[list[dict[str, str]]], tokenizer: P
                               "raise model.max_length or shorten the prompt")
         examples.append({"input_ids": ids, "labels": labels, **({"_cut": True} if cut else {})})
     return examples
+
+
+def _joined(parts: list[tuple[str, bool]], piece_ids: list[list[int]]) -> tuple[list[int], list[int], int]:
+    """One conversation's ids and labels from its rendered pieces (text, trains) and their token ids, and where
+    its last reply starts."""
+    ids, labels, answer_start = [], [], 0
+    for (_, trains), piece in zip(parts, piece_ids):
+        if trains:
+            answer_start = len(ids)
+        ids += piece
+        labels += piece if trains else [IGNORE] * len(piece)
+    return ids, labels, answer_start
 
 
 def encode_texts(texts: list[str], tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[dict[str, list[int]]]:
