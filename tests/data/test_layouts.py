@@ -185,14 +185,15 @@ def test_openai_content_parts_are_their_text_and_other_parts_are_refused():
                             DataConfig(), "r")
 
 
-@pytest.mark.parametrize("record, fmt, kind", [
-    ({"text": {"body": "a"}}, "text", "an object"),
-    ({"instruction": "q", "output": {"x": "y"}}, "pairs", "an object"),
-    ({"instruction": "q", "input": ["a", "b"], "output": "y"}, "pairs", "a list"),
+@pytest.mark.parametrize("record, fmt, column, kind", [
+    ({"text": {"body": "a"}}, "text", "text", "an object"),
+    ({"instruction": "q", "output": {"x": "y"}}, "pairs", "output", "an object"),
+    ({"instruction": "q", "input": ["a", "b"], "output": "y"}, "pairs", "input", "a list"),
+    ({"instruction": "q", "output": "y", "system": ["be brief"]}, "pairs", "system", "a list"),
 ])
-def test_an_object_or_list_where_text_belongs_is_refused_not_trained_as_its_repr(record, fmt, kind):
+def test_an_object_or_list_where_text_belongs_is_refused_not_trained_as_its_repr(record, fmt, column, kind):
     d = load_config(None, {"model": {"task": "causal_lm"}}).data
-    with pytest.raises(ConfigError, match=rf"^f\.jsonl, row 3: {kind} \(.*\) where text belongs"):
+    with pytest.raises(ConfigError, match=rf"^f\.jsonl, row 3: column '{column}': {kind} \(.*\) where text belongs"):
         layouts.to_messages(record, fmt, d, "f.jsonl, row 3")
 
 
@@ -223,6 +224,15 @@ def test_mixed_layouts_name_where_each_first_appears(tmp_path):
     with pytest.raises(ConfigError, match=r"the rows mix layouts: chat \(first at \S*mixed\.jsonl, row 1\), "
                                           r"pairs \(first at \S*mixed\.jsonl, row 4\)"):  # file rows, not split order
         _prepare(path)
+
+
+def test_a_pair_row_missing_its_answer_is_named_as_such_among_pairs(tmp_path):
+    rows = [{"query": f"say hi {i}", "reply": "hi"} for i in range(9)] + [{"query": "say yes"}]
+    path = _write(tmp_path / "qr.jsonl", rows)
+    with pytest.raises(ConfigError, match=r"the rows mix layouts: pairs \(first at \S*qr\.jsonl, row 1\), text \(first "
+                                          r"at \S*qr\.jsonl, row 10\) \(the text rows hold 'query' without 'reply': "
+                                          r"pairs missing their answer\?\); give one data set one layout"):
+        _prepare(path, text_column="query", label_column="reply")
 
 
 def test_an_answers_indentation_is_kept_and_only_trailing_space_and_leading_blank_lines_go():

@@ -82,6 +82,14 @@ def _text(value: Any) -> str:
     return trimmed(json.dumps(value) if isinstance(value, bool) else str(value))  # JSON's true, not Python's True
 
 
+def _column_text(record: dict[str, Any], column: str) -> str:
+    """``_text`` of a column, its errors naming the column."""
+    try:
+        return _text(record.get(column))
+    except ConfigError as exc:
+        raise ConfigError(f"column '{column}': {exc}") from None
+
+
 def trimmed(text: str) -> str:
     """``text`` without trailing whitespace and leading blank lines: a first line's indentation (code) stays."""
     return text.rstrip().lstrip("\r\n")
@@ -137,8 +145,8 @@ def _pair(record: dict[str, Any], d: DataConfig) -> list[dict[str, str]]:
         turns = ((list(q) if _is_list(q) else [{"role": "user", "content": q}])
                  + (list(a) if _is_list(a) else [{"role": "assistant", "content": a}]))
         return _check_messages({"messages": turns}, d)
-    prompt, answer = _text(q), _text(a)
-    context = next((_text(record[c]) for c in CONTEXT_COLUMNS if c != a_col and _text(record.get(c))), "")
+    prompt, answer = _column_text(record, q_col), _column_text(record, a_col)
+    context = next((t for c in CONTEXT_COLUMNS if c != a_col and (t := _column_text(record, c))), "")
     if q_col == "instruction" and context:
         prompt = f"{prompt}\n\n{context}".strip()
     elif q_col == "question" and context:  # reading comprehension (SQuAD-like): the passage, then the question
@@ -155,19 +163,18 @@ def to_messages(record: dict[str, Any], fmt: str, d: DataConfig, where: str) -> 
     file and row in errors."""
     try:
         if fmt == "text":
-            text = _text(record.get(d.text_column))
+            text = _column_text(record, d.text_column)
             if not text:
                 raise ConfigError(f"no text in column '{d.text_column}'; "
                                   "fill it in, remove the row or set data.text_column")
             return text
-        if fmt == "pairs":
-            messages = _pair(record, d)
-        else:
-            messages = _check_messages(record, d)
+        messages = _pair(record, d) if fmt == "pairs" else _check_messages(record, d)
+        # the system prompt: the conversation's own, else the row's 'system' column (LLaMA-Factory), else the config's
+        system = ""
+        if "system" not in (d.text_column, d.label_column):
+            system = _column_text(record, "system")
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    # the system prompt: the conversation's own, else the row's 'system' column (LLaMA-Factory), else the config's
-    system = _text(record.get("system")) if "system" not in (d.text_column, d.label_column) else ""
     if (system or d.system_prompt) and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": system or d.system_prompt}] + messages
     return messages

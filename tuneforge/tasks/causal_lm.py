@@ -141,7 +141,9 @@ class Task:
                 first[fmt] = min(first.get(fmt, w), w, key=source_and_row)  # file order, not the shuffled splits
         if len(first) > 1:
             found = ", ".join(f"{f} (first at {w})" for f, w in sorted(first.items()))
-            raise ConfigError(f"the rows mix layouts: {found}; give one data set one layout (convert those rows)")
+            hint = (f" (the text rows hold '{d.text_column}' without '{d.label_column}': pairs missing their answer?)"
+                    if set(first) == {"pairs", "text"} else "")
+            raise ConfigError(f"the rows mix layouts: {found}{hint}; give one data set one layout (convert those rows)")
         fmt = next(iter(first))
         template = chat.resolve_template(tokenizer, d.template) if fmt != "text" else None
         meta = {"format": fmt, "chat_template": template if d.template else None}
