@@ -207,3 +207,21 @@ def test_one_nul_byte_in_a_utf8_file_is_not_taken_for_utf16(tmp_path):
     path = tmp_path / "d.csv"
     path.write_bytes(b"text,label\ngood\x00 film,pos\nbad film,neg\n")
     assert [r["label"] for r in read_records(path)] == ["pos", "neg"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_rows_longer_than_the_header_are_refused_not_shifted_into_the_wrong_columns(tmp_path, suffix):
+    sep = "," if suffix == ".csv" else "\t"
+    path = tmp_path / f"d{suffix}"  # pandas would read the first cells as an index: texts become the labels
+    path.write_text(f"text{sep}label\ngood film{sep}pos{sep}imdb\nbad film{sep}neg{sep}rt\n")
+    with pytest.raises(ConfigError, match=rf"d\{suffix}, line 2: 3 cells where the header has 2; name every column"):
+        read_records(path)
+    path.write_text(f"text{sep}label\ngood film{sep}pos{sep}\nbad film{sep}neg{sep}\n")  # a stray last separator
+    assert read_records(path) == ROWS
+
+
+def test_rows_of_separators_only_are_skipped_with_a_note(tmp_path, capsys):
+    path = tmp_path / "d.csv"  # a spreadsheet's export of formatted but empty rows
+    path.write_text("text,label\ngood film,pos\n,\nbad film,neg\n , \n")
+    assert read_records(path) == ROWS
+    assert capsys.readouterr().err == f"note: {path}: skipped 2 row(s) with no value in any cell\n"

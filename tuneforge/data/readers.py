@@ -5,6 +5,7 @@ import io
 import json
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +97,14 @@ def _read_csv(p: Path, sep: str, quoted: bool) -> list[dict[str, Any]]:
                           "give every column its own name")
     if quoted:
         _joined_rows(p, sep)
+    read = dict(sep=sep, dtype=str, keep_default_na=False, quoting=quoting, encoding="utf-8-sig")
     try:
-        frame = pd.read_csv(p, sep=sep, dtype=str, keep_default_na=False, quoting=quoting, encoding="utf-8-sig")
+        frame = pd.read_csv(p, **read)
+        if not isinstance(frame.index, pd.RangeIndex):  # rows longer than the header: pandas made an index of them
+            _longer_rows(p, sep, quoting, len(header))
+            with warnings.catch_warnings():  # "loss of data": only the blank last cells checked above
+                warnings.simplefilter("ignore", pd.errors.ParserWarning)
+                frame = pd.read_csv(p, index_col=False, **read)
     except pd.errors.ParserError as exc:
         m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
         if not m:
@@ -111,7 +118,25 @@ def _read_csv(p: Path, sep: str, quoted: bool) -> list[dict[str, Any]]:
     if len(kept) < len(records):
         print(f"note: {p}: dropped {len(records) - len(kept)} row(s) that repeat the header row "
               "(files joined together?)", file=sys.stderr)
-    return kept
+    filled = [r for r in kept if any(v.strip() for v in r.values())]  # separators only: a blank line to a spreadsheet
+    if len(filled) < len(kept):
+        print(f"note: {p}: skipped {len(kept) - len(filled)} row(s) with no value in any cell", file=sys.stderr)
+    return filled
+
+
+def _longer_rows(p: Path, sep: str, quoting: int, width: int) -> None:
+    """Refuse the first row with a value beyond the header's ``width`` cells (pandas would shift every column
+    by one); rows that only end with a stray separator (spreadsheet exports) pass."""
+    import csv
+    _no_field_limit()
+    with p.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter=sep, quoting=quoting)
+        next(reader, None)
+        for row in reader:
+            if any(cell.strip() for cell in row[width:]):
+                raise ConfigError(f"{p}, line {reader.line_num}: {len(row)} cells where the header has {width}; "
+                                  f"name every column in the header, or put a cell that holds the separator {sep!r} "
+                                  "in double quotes")
 
 
 def _csv_quoted(p: Path) -> bool:
