@@ -147,6 +147,8 @@ def test_one_class_however_its_label_is_spelled(tmp_path):
     assert _prepare(tmp_path, words, "w.jsonl")[1].meta["labels"] == ["bad", "good"]
     ratings = [{"text": f"r {i}", "label": ["1.5", "2.0", "10.", "+3.0"][i % 4]} for i in range(40)]
     assert _prepare(tmp_path, ratings, "r.jsonl")[1].meta["labels"] == ["1.5", "10", "2", "3"]
+    odd = [{"text": f"o {i}", "label": ["①", "²", "--1", "٢.0", "01.0"][i % 5]} for i in range(50)]  # not int()'s
+    assert _prepare(tmp_path, odd, "o.jsonl")[1].meta["labels"] == sorted(["①", "²", "--1", "٢.0", "01.0"])
 
 
 def test_a_test_file_whose_rows_all_repeat_training_rows_is_refused(tmp_path):

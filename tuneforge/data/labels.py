@@ -11,12 +11,12 @@ def label_key(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     text = str(value).strip()
-    return str(int(text.split(".")[0])) if re.fullmatch(r"[+-]?\d+\.0*", text) else text
+    return str(int(text.split(".")[0])) if re.fullmatch(r"[+-]?(0|[1-9][0-9]*)\.0*", text) else text
 
 
 def label_names(values: list[Any]) -> list[str]:
     """The classes of ``values`` (by :func:`label_key`), sorted: as numbers when all are integers."""
     names = sorted({label_key(v) for v in values})
-    if all(n.lstrip("-").isdigit() for n in names):
+    if all(re.fullmatch(r"-?[0-9]+", n) for n in names):  # ASCII digits: int() takes them ("①", "--1" it does not)
         names.sort(key=int)
     return names
