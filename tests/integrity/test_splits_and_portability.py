@@ -81,6 +81,19 @@ def test_copies_of_a_text_with_different_labels_are_warned_about(bert_dir, tmp_p
     assert "different labels" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_a_class_found_only_on_a_copy_of_a_text_labelled_otherwise_is_trained_on(tmp_path, seed):
+    from tuneforge.config import load_config
+    from tuneforge.data.dataset import load_splits
+    from tuneforge.tasks.classification import Task
+
+    rows = sentiment_rows(40) + [{"text": sentiment_rows(40)[0]["text"], "label": "neutral"}]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    splits = load_splits(load_config(None, {"data": {"dataset": str(data), "seed": seed}}), Task())
+    assert "neutral" in {r["label"] for r in splits.records["train"]}
+
+
 def test_replay_of_the_tasks_own_data_never_draws_its_validation_or_test_rows(bert_dir, reviews, tmp_path, monkeypatch):
     from tuneforge.forgetting import pipeline
     from tuneforge.run import Run

@@ -11,6 +11,7 @@ import hashlib
 import json
 import random
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,10 +202,14 @@ def load_splits(cfg: RunConfig, task: Any) -> Splits:
 
 def _split_groups(groups: list[list], fractions: list[float], seed: int, task: Any, cfg: RunConfig
                   ) -> dict[str, list]:
-    """Seeded split of duplicate groups, stratified by the task's stratum of each group's first row."""
-    stratum = (lambda g: task.stratum(g[0][0], cfg))
-    train, val, test = split(groups, fractions, seed, stratum if task.stratum(groups[0][0][0], cfg) is not None
-                             else None)
+    """Seeded split of duplicate groups, stratified by the task's stratum (class) of each group: the rarest one
+    among its rows, so a class that occurs only on copies of a text labelled otherwise too is not left out of
+    training (a class too small for every split is trained on)."""
+    counts = Counter(task.stratum(r, cfg) for g in groups for r, _ in g)
+
+    def stratum(group: list) -> Any:
+        return min({task.stratum(r, cfg) for r, _ in group}, key=lambda s: (counts[s], str(s)))
+    train, val, test = split(groups, fractions, seed, stratum if None not in counts else None)
     return {"train": [x for g in train for x in g], "validation": [x for g in val for x in g],
             "test": [x for g in test for x in g]}
 
