@@ -54,6 +54,16 @@ def test_rows_that_hold_the_configured_columns_keep_them_beside_rows_under_anoth
     assert [(r["text"], r["label"]) for r in got] == [("first half", "pos"), ("second half", "neg")]
 
 
+def test_a_row_missing_a_text_column_found_under_another_spelling_is_named_not_trained_empty(tmp_path):
+    path = tmp_path / "d.jsonl"
+    rows = [{"review": f"film {i}", "label": i % 2} for i in range(6)] + [{"title": "x", "label": 1}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(None, {})
+    got = TASK.read_source(str(path), cfg)
+    assert [r.get("text") for r in got] == [f"film {i}" for i in range(6)] + [None]
+    assert TASK.row_problem(got[-1], cfg).startswith("column 'text' is missing (columns: title, label")
+
+
 @pytest.mark.parametrize("first, second", [("sentence1", "sentence2"), ("premise", "hypothesis"),
                                            ("question1", "question2")])
 def test_a_common_text_pair_is_found_and_recorded_as_the_pair_column(tmp_path, first, second):

@@ -96,7 +96,9 @@ class Task:
                       f"(data.{kind}_column chooses another)", file=sys.stderr)
         out = []
         for r in records:  # each row under the configured names (a row that has them keeps its own)
-            r = {**r, d.text_column: r[d.text_column] if d.text_column in r else r.get(text)}
+            r = dict(r)
+            if d.text_column not in r and text in r:  # a row without either stays without: row_problem names it
+                r[d.text_column] = r[text]
             if d.label_column in r or label in r:
                 r[d.label_column] = _named(r[d.label_column] if d.label_column in r else r[label], names)
             out.append(r)
