@@ -149,3 +149,12 @@ def test_an_interrupted_training_run_points_to_resume(monkeypatch, capsys):
     monkeypatch.setattr("tuneforge.cli.cmd_methods", interrupted)
     assert main(["methods"]) == 2
     assert capsys.readouterr().err.strip() == "tuneforge: error: interrupted"
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly():
+    """`tuneforge methods | head -1`: the pipe's reader has gone; no BrokenPipeError traceback."""
+    child = subprocess.Popen([sys.executable, "-m", "tuneforge", "methods"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    child.stdout.close()  # before the child writes anything: its first write (or flush) meets a closed pipe
+    err = child.stderr.read().decode()
+    assert child.wait() == 1 and err == ""

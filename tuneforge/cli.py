@@ -205,12 +205,17 @@ def main(argv: list[str] | None = None) -> int:
 
     fn: Callable[[argparse.Namespace], int] = args.fn
     try:
-        return fn(args)
+        code = fn(args)
+        sys.stdout.flush()  # a reader gone (`| head`) fails here, not in the interpreter's exit
+        return code
     except ConfigError as exc:
         rank = distributed.current().rank
         return fail(str(exc) if rank == 0 else f"rank {rank}: {exc}")
     except distributed.ReportedElsewhere:
         return 2  # rank 0 printed the error every rank shared
+    except BrokenPipeError:  # the reader of our output went away (`| head`): stop quietly, as Python's docs advise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit either
+        return 1
     except KeyboardInterrupt:
         return fail("interrupted" + ("; `tuneforge train --resume RUN_DIR` continues from the run's last checkpoint"
                                      if args.command == "train" else ""))
