@@ -65,7 +65,7 @@ def test_a_row_missing_a_text_column_found_under_another_spelling_is_named_not_t
 
 
 @pytest.mark.parametrize("first, second", [("sentence1", "sentence2"), ("premise", "hypothesis"),
-                                           ("question1", "question2")])
+                                           ("question1", "question2"), ("question", "sentence")])
 def test_a_common_text_pair_is_found_and_recorded_as_the_pair_column(tmp_path, first, second):
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps({first: f"a {i}", second: f"b {i}", "label": i % 2}) + "\n" for i in range(4)))

@@ -22,7 +22,7 @@ from tuneforge.tasks import Example, Prepared, Record, Runtime
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document", "comment", "tweet")  # common spellings of
 LABEL_COLUMNS = ("label", "sentiment", "category", "class")  # the columns, used when the default is absent
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"), ("text1", "text2"),
-                ("text_a", "text_b"))  # text pairs as GLUE / SNLI / QQP and others name them
+                ("text_a", "text_b"), ("question", "sentence"))  # text pairs as GLUE / SNLI / QQP / QNLI name them
 
 
 def _named(value: Any, names: list[str] | None) -> Any:
@@ -78,8 +78,8 @@ class Task:
         names (-1, its "no label", becomes blank)."""
         records = read_records(path)
         d = cfg.data
+        pair = _pair(records[0], cfg) if d.text_column not in records[0] else None  # before 'sentence' alone (QNLI)
         text = common_column(records[0], d.text_column, TEXT_COLUMNS)
-        pair = _pair(records[0], cfg) if text not in records[0] else None
         if pair:  # the run becomes a text-pair run; config.yaml records the second column for `predict`
             text, d.text_pair_column = pair
         partner = dict(PAIR_COLUMNS).get(text)
