@@ -63,3 +63,16 @@ def test_a_json_file_holding_one_object_is_one_row_unless_it_wraps_the_rows(tmp_
     assert len(read_records(path)) == 1
     path.write_text(json.dumps({"rows": [chat, chat]}))  # a wrapper of rows under any other name
     assert read_records(path) == [chat, chat]
+
+
+def test_pandas_column_oriented_json_is_refused_with_the_way_to_write_rows(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "d.json"
+    pd.DataFrame({"text": ["good film", "bad film"], "label": ["pos", "neg"]}).to_json(path)  # pandas' default
+    with pytest.raises(ConfigError, match=r"d\.json holds columns of values by index, as pandas' DataFrame\.to_json\(\) "
+                                          r"writes by default; write one object per example: to_json\(path, "
+                                          r"orient='records', lines=True\)"):
+        read_records(path)
+    path.write_text(json.dumps({"meta": {"a": 1}, "text": "good film", "label": "pos"}))  # one row with an object
+    assert read_records(path) == [{"meta": {"a": 1}, "text": "good film", "label": "pos"}]

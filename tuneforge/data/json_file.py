@@ -74,6 +74,10 @@ def json_records(path: Path) -> list[Any]:
         return jsonl_records(path, text)
     except DuplicateKey as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    if isinstance(data, dict) and data and all(isinstance(v, dict) and v and all(k.isascii() and k.isdigit() for k in v)
+                                               for v in data.values()):  # {column: {"0": value, "1": value ...}}
+        raise ConfigError(f"{path} holds columns of values by index, as pandas' DataFrame.to_json() writes by "
+                          "default; write one object per example: to_json(path, orient='records', lines=True)")
     if isinstance(data, dict):  # {"data": [...]} holds the rows; any other object (a conversation) is one row
         key, value = next(iter(data.items())) if len(data) == 1 else (None, None)
         data = value if isinstance(value, list) and key not in CHAT_COLUMNS else [data]
