@@ -92,8 +92,9 @@ def test_api_accepts_yaml_and_overrides(bert_dir, data_csv, tmp_path):
     assert result.metrics["steps"] == 2 and result.metrics["method"] == "freeze"
 
 
-def test_separate_split_files_and_text_pairs(bert_dir, tmp_path):
+def test_separate_split_files_and_text_pairs(bert_dir, tmp_path, capsys):
     rows = [{"a": r["text"], "b": "so it is", "y": r["label"]} for r in sentiment_rows(60)]
+    rows.append(dict(rows[45], a=rows[45]["a"] + " "))  # a test row repeating a validation row
     for name, part in (("train", rows[:40]), ("val", rows[40:50]), ("test", rows[50:])):
         pd.DataFrame(part).to_json(tmp_path / f"{name}.jsonl", orient="records", lines=True)
     cfg = {"model": {"name": str(bert_dir), "max_length": 32}, "data": {"train_file": str(tmp_path / "train.jsonl"),
@@ -104,10 +105,12 @@ def test_separate_split_files_and_text_pairs(bert_dir, tmp_path):
     seen = {(r["a"], r["b"]) for r in rows[:40]}
     val = [r for r in rows[40:50] if (r["a"], r["b"]) not in seen]  # rows repeating training rows are dropped
     seen |= {(r["a"], r["b"]) for r in val}
-    test = [r for r in rows[50:] if (r["a"], r["b"]) not in seen]
+    test = [r for r in rows[50:] if (r["a"].strip(), r["b"]) not in seen]
     examples = out.metrics["examples"]
     assert (examples["train"], examples["validation"], examples["test"]) == (40, len(val), len(test))
-    assert examples["dropped_overlap"] == 20 - len(val) - len(test)
+    assert examples["dropped_overlap"] == 21 - len(val) - len(test) > 0
+    assert (f"warning: {examples['dropped_overlap']} validation/test row(s) repeat an example of an earlier split "
+            "(training; validation, for test rows) and were left out") in capsys.readouterr().err
     run = load(out.run_dir, "cpu")
     texts = [r["a"] for r in rows[50:53]]
     rows_so, rows_not = run.predict(texts, ["so it is"] * 3), run.predict(texts, ["not at all"] * 3)

@@ -232,7 +232,8 @@ def warnings(s: Splits, data: Any = None, max_length: int = 0) -> list[str]:
         out.append(f"warning: {len(s.conflicts)} text(s) occur with different labels (e.g. {text[:60]!r}: "
                    f"{', '.join(labels)}); each copy trains with its own label: fix them if that is a mistake")
     if s.dropped_overlap:
-        out.append(f"warning: {s.dropped_overlap} validation/test row(s) repeat a training example and were left out")
+        out.append(f"warning: {s.dropped_overlap} validation/test row(s) repeat an example of an earlier split "
+                   "(training; validation, for test rows) and were left out")
     if s.skipped:
         out.append(f"warning: {s.skipped} invalid row(s) skipped (data.skip_invalid)")
     if s.empty_texts:
