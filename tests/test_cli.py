@@ -115,6 +115,10 @@ def test_predict_text_pairs_from_flags_and_tab_separated_stdin(tmp_path, capsys,
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [by_flags[0], None, by_flags[1]]
     assert main(["predict", run, "great film"]) == 2
     assert "trained on text pairs" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("great film\tso it is\n\ndull film\n"))  # no second text
+    assert main(["predict", run]) == 2
+    assert capsys.readouterr().err == ("tuneforge: error: standard input line 3 has no tab: this run classifies text "
+                                       "pairs, one FIRST<TAB>SECOND a line\n")
 
 
 def test_a_sampling_setting_means_sampling():

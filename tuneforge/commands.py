@@ -64,6 +64,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not texts:
         lines, texts = _stdin_lines()
         if run.cfg.data.text_pair_column:  # text pairs: FIRST<TAB>SECOND per line
+            lone = next((i for i, t in enumerate(lines, 1) if t.strip() and "\t" not in t), None)
+            if lone is not None:
+                return fail(f"standard input line {lone} has no tab: this run classifies text pairs, one "
+                            "FIRST<TAB>SECOND a line")
             texts, pairs = [t.split("\t", 1)[0] for t in texts], [t.partition("\t")[2] for t in texts]
     if not texts:
         return fail("predict needs TEXT arguments or lines on standard input")
