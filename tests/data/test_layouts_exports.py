@@ -72,6 +72,10 @@ def test_columns_a_layout_does_not_read_are_named_in_a_note(tmp_path, capsys):
     path.write_text('{"instruction": "add", "input": "2 and 3", "output": "5", "id": "q1"}\n')  # all read: silent
     causal_lm.Task().read_source(str(path), load_config(None, {"model": {"task": "causal_lm"}}))
     assert capsys.readouterr().err == ""
+    row = '{"instruction": "add", "output": "5"}\n'  # a history in a later row only is named too
+    path.write_text(row * 3 + '{"instruction": "and 4", "output": "9", "history": [["add", "5"]]}\n')
+    causal_lm.Task().read_source(str(path), load_config(None, {"model": {"task": "causal_lm"}}))
+    assert "column(s) 'history' are not read" in capsys.readouterr().err
 
 
 def test_parquet_messages_with_empty_tool_call_arrays_read(tmp_path):

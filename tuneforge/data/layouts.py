@@ -52,21 +52,23 @@ def detect_format(keys: set[str], d: DataConfig, source: str) -> str:
         "or data.text_column (plain text), or set data.format")
 
 
-def note_unread(record: dict[str, Any], d: DataConfig, source: str) -> None:
-    """A note naming the columns of a file's (first) record that its layout does not read and that hold text or
-    lists: columns a user may have expected to train on (a passage, a history, a summary)."""
+def note_unread(records: list[dict[str, Any]], d: DataConfig, source: str) -> None:
+    """A note naming the columns of a file's records that its layout (the first record's) does not read and that
+    hold text or lists in some row: columns a user may have expected to train on (a passage, a history)."""
     try:
-        fmt = detect_format(set(record), d, "")
+        fmt = detect_format(set(records[0]), d, "")
         if fmt == "chat":
-            read = [next((c for c in CHAT_COLUMNS if c in record), d.text_column)]
+            read = [next((c for c in CHAT_COLUMNS if c in records[0]), d.text_column)]
         elif fmt == "pairs":
-            read = list(_pair_columns(record, d)) + list(CONTEXT_COLUMNS)
+            read = list(_pair_columns(records[0], d)) + list(CONTEXT_COLUMNS)
         else:
             read = [d.text_column]
     except ConfigError:  # no layout: each row's error says why
         return
-    other = [str(k) for k, v in record.items() if k not in read + ["system"]
-             and (isinstance(v, str) and " " in v.strip() or _is_list(v))]
+    other: dict[str, None] = {}  # in order of first appearance
+    for record in records:
+        other.update((str(k), None) for k, v in record.items() if k not in read + ["system"] and str(k) not in other
+                     and (isinstance(v, str) and " " in v.strip() or _is_list(v)))
     reads = (f"prompt '{read[0]}' -> answer '{read[1]}'" if fmt == "pairs" else
              f"{'conversations' if fmt == 'chat' else 'plain text'} from '{read[0]}'")
     if other:

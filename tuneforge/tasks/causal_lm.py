@@ -99,7 +99,7 @@ class Task:
     # -- data ---------------------------------------------------------------------------------------------
     def read_source(self, path: str, cfg: RunConfig) -> list[Record]:
         records = read_records(path)
-        layouts.note_unread(records[0], cfg.data, path)
+        layouts.note_unread(records, cfg.data, path)
         return records
 
     def _messages(self, record: Record, cfg: RunConfig, where: str) -> list[dict[str, str]] | str:
