@@ -261,3 +261,13 @@ def test_a_cut_through_an_earlier_reply_keeps_it_as_context_without_training_it(
     assert cut_labels == [I, I] + [I] * 3 + ids[10:14]  # reply 1's tail: context only; the answer trains
     cut_ids, cut_labels = chat.truncate(ids, labels, answer_start=10, max_length=12)  # cuts inside user 1
     assert cut_labels == [I] + ids[3:7] + [I] * 3 + ids[10:14]  # reply 1 whole: it trains
+
+
+def test_a_conversation_the_template_refuses_names_the_row_and_the_fix():
+    tok = tiny_tokenizer()
+    strict = ("{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+              "{{ raise_exception('Conversation roles must alternate') }}{% endif %}{{ m['content'] }}{% endfor %}")
+    with pytest.raises(ConfigError, match=r"^row 0: the chat template cannot render this conversation: Conversation "
+                                          r"roles must alternate; fix or remove the row \(the template, not "
+                                          r"data\.skip_invalid, decides what it renders\)$"):
+        _encode([_conv("say yes", "yes .")[:1] * 2 + _conv("x", "yes .")[1:]], tok, template=strict)

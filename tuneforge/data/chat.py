@@ -67,7 +67,8 @@ def render(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dic
         return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
                                              add_generation_prompt=generation_prompt)
     except Exception as exc:  # Jinja errors (e.g. a template that raises on role order)
-        raise ConfigError(f"the chat template cannot render this conversation: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"the chat template cannot render this conversation: {str(exc).splitlines()[0]}; fix or "
+                          "remove the row (the template, not data.skip_invalid, decides what it renders)") from None
 
 
 def pieces(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dict[str, str]]
