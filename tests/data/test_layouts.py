@@ -224,6 +224,10 @@ def test_mixed_layouts_name_where_each_first_appears(tmp_path):
     with pytest.raises(ConfigError, match=r"the rows mix layouts: chat \(first at \S*mixed\.jsonl, row 1\), "
                                           r"pairs \(first at \S*mixed\.jsonl, row 4\)"):  # file rows, not split order
         _prepare(path)
+    cfg = load_config(None, {"model": {"task": "causal_lm"}})  # evaluate --data / replay / reference: the same
+    with pytest.raises(ConfigError, match=r"the rows mix layouts: chat \(first at f, row 1\), pairs \(first at f, "
+                                          r"row 4\)"):
+        causal_lm.Task().source_meta(rows, cfg, {"format": "chat"}, [f"f, row {i}" for i in range(1, 11)])
 
 
 def test_a_pair_row_missing_its_answer_is_named_as_such_among_pairs(tmp_path):

@@ -17,7 +17,7 @@ from typing import Any
 
 from tuneforge.config import ConfigError, DataConfig
 from tuneforge.data.json_file import CHAT_COLUMNS
-from tuneforge.data.readers import structure
+from tuneforge.data.readers import source_and_row, structure
 
 SPEAKERS = {"system": "system", "developer": "system", "user": "user", "human": "user", "assistant": "assistant",
             "gpt": "assistant", "bot": "assistant", "model": "assistant", "chatgpt": "assistant"}  # spelling -> role
@@ -50,6 +50,22 @@ def detect_format(keys: set[str], d: DataConfig, source: str) -> str:
         "'conversations' column (chat), prompt/answer columns (instruction/output, prompt/completion, "
         "question/answer ... or data.text_column + data.label_column: pairs), "
         "or data.text_column (plain text), or set data.format")
+
+
+def one_layout(parts: list[tuple[list[dict[str, Any]], list[str]]], d: DataConfig) -> str:
+    """The one layout of the rows of ``parts`` (records, where each is); rows of several: one error naming where
+    each layout first appears, in file order."""
+    first: dict[str, str] = {}  # layout -> where its first row in the file is ("data.jsonl, row 7")
+    for records, where in parts:
+        for r, w in zip(records, where):
+            fmt = detect_format(set(r), d, w)
+            first[fmt] = min(first.get(fmt, w), w, key=source_and_row)  # file order, not the shuffled splits
+    if len(first) > 1:
+        found = ", ".join(f"{f} (first at {w})" for f, w in sorted(first.items()))
+        hint = (f" (the text rows hold '{d.text_column}' without '{d.label_column}': pairs missing their answer?)"
+                if set(first) == {"pairs", "text"} else "")
+        raise ConfigError(f"the rows mix layouts: {found}{hint}; give one data set one layout (convert those rows)")
+    return next(iter(first))
 
 
 def note_unread(records: list[dict[str, Any]], d: DataConfig, source: str) -> None:

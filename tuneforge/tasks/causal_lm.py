@@ -16,7 +16,7 @@ from tuneforge.checkpoint import atomic_write_text
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import chat, layouts
 from tuneforge.data.batching import batch_order, collate, collate_packed, iterate, without_positions
-from tuneforge.data.readers import place, read_records, source_and_row
+from tuneforge.data.readers import place, read_records
 from tuneforge.evaluate import bleu, perplexity, rouge_l
 from tuneforge.models import autocast, load_pretrained
 from tuneforge.tasks import Example, Prepared, Record, Runtime, lm_head
@@ -134,17 +134,7 @@ class Task:
                 where: dict[str, list[str]]) -> Prepared:
         """Detect the layout (one for all splits), render and tokenise (labels -100 outside answers)."""
         d = cfg.data
-        first: dict[str, str] = {}  # layout -> where its first row in the file is ("data.jsonl, row 7")
-        for k in records:
-            for r, w in zip(records[k], where[k]):
-                fmt = layouts.detect_format(set(r), d, w)
-                first[fmt] = min(first.get(fmt, w), w, key=source_and_row)  # file order, not the shuffled splits
-        if len(first) > 1:
-            found = ", ".join(f"{f} (first at {w})" for f, w in sorted(first.items()))
-            hint = (f" (the text rows hold '{d.text_column}' without '{d.label_column}': pairs missing their answer?)"
-                    if set(first) == {"pairs", "text"} else "")
-            raise ConfigError(f"the rows mix layouts: {found}{hint}; give one data set one layout (convert those rows)")
-        fmt = next(iter(first))
+        fmt = layouts.one_layout([(records[k], where[k]) for k in records], d)
         template = chat.resolve_template(tokenizer, d.template) if fmt != "text" else None
         meta = {"format": fmt, "chat_template": template if d.template else None}
         self.setup_tokenizer(tokenizer, cfg, meta)
@@ -175,7 +165,7 @@ class Task:
     def source_meta(self, records: list[Record], cfg: RunConfig, meta: dict[str, Any], where: list[str]
                     ) -> dict[str, Any]:
         """``meta`` with the records' layout, detected anew unless ``data.format`` names one."""
-        return {**meta, "format": layouts.detect_format(set(records[0]), cfg.data, where[0])} if records else meta
+        return {**meta, "format": layouts.one_layout([(records, where)], cfg.data)} if records else meta
 
     def pack(self, examples: list[Example], cfg: RunConfig, keep_apart: bool) -> list[Example]:
         """``data.packing``: short examples concatenated into rows of ``max_length``; their position ids keep
