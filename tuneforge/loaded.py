@@ -3,6 +3,7 @@ a run starts from (``model.name``, or task 1's merged model in the sequential se
 from __future__ import annotations
 
 import re
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -134,6 +135,8 @@ class Run:
         if not records:
             raise ConfigError("no test examples to evaluate on; give --data FILE")
         examples = self.task.encode(records, self.cfg, self.tokenizer, meta, where)
+        if data_file and (note := dataset.cut_note(examples, self.cfg.model.max_length)):
+            print(note, file=sys.stderr)  # the run's own test rows: said when it trained
         return self.task.evaluate(self._ready(), examples, self.rt, self.cfg, meta, tokenizer=self.tokenizer,
                                   raw=records)
 

@@ -191,6 +191,10 @@ def test_evaluate_reproduces_the_perplexity_of_a_causal_lm_run(tmp_path, capsys)
     stored = json.loads((run / "metrics.json").read_text())["test_after"]
     assert got["perplexity"] == pytest.approx(stored["perplexity"], rel=0.005)
     assert got["tokens"] == stored["tokens"]
+    long = tmp_path / "long.jsonl"  # evaluate --data says what it cut, as training does
+    long.write_text(json.dumps({"instruction": "say yes", "output": " ".join(["yes"] * 40)}) + "\n")
+    assert main(["evaluate", str(run), "--data", str(long)]) == 0
+    assert "note: 1 of 1 examples are longer than model.max_length=32 tokens" in capsys.readouterr().err
 
 
 def test_a_split_left_empty_is_named_before_training(tmp_path):

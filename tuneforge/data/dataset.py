@@ -214,15 +214,18 @@ def _split_groups(groups: list[list], fractions: list[float], seed: int, task: A
             "test": [x for g in test for x in g]}
 
 
+def cut_note(examples: list[dict[str, Any]], max_length: int) -> str | None:
+    """The note on the examples the task cut to ``max_length`` (marked ``_cut``), or None."""
+    cut = sum("_cut" in e for e in examples)
+    return (f"note: {cut} of {len(examples)} examples are longer than model.max_length={max_length} tokens and were "
+            "cut to fit; a larger model.max_length keeps more of them") if cut else None
+
+
 def warnings(s: Splits, data: Any = None, max_length: int = 0) -> list[str]:
     """One line per thing the user should know about the data (duplicates, rows left out, empty texts, and,
     given the tokenised ``data``, examples cut to ``max_length``: those the task marked ``_cut``)."""
-    out = []
     splits = [getattr(data, k) for k in ("train", "validation", "test")] if data is not None else []
-    cut = sum("_cut" in e for examples in splits for e in examples)
-    if cut:
-        out.append(f"note: {cut} of {sum(map(len, splits))} examples are longer than model.max_length={max_length} "
-                   "tokens and were cut to fit; a larger model.max_length keeps more of them")
+    out = [line for line in [cut_note([e for examples in splits for e in examples], max_length)] if line]
     if s.duplicates:
         out.append(f"note: the data holds {s.duplicates} duplicate example(s) (same text after whitespace "
                    "normalisation); duplicates are kept in one split")
