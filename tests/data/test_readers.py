@@ -72,8 +72,9 @@ def test_a_comma_in_the_header_keeps_commas_as_the_separator(tmp_path):
 
 def test_a_file_not_in_utf8_names_the_fix(tmp_path):
     path = tmp_path / "latin.csv"
-    path.write_bytes("text,label\ncaf\xe9 film,pos\n".encode("latin-1"))
-    with pytest.raises(ConfigError, match="latin.csv cannot be read: .*; save it as UTF-8"):
+    path.write_bytes(("text,label\n" + "fine film,pos\n" * 3 + "caf\xe9 film,pos\n").encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin.csv, line 5 cannot be read: byte 0xe9 is not UTF-8 \(another "
+                                          r"encoding\?\); save it as UTF-8$"):
         read_records(path)
 
 

@@ -38,7 +38,15 @@ def not_text(p: Path, exc: Exception) -> ConfigError:
     for magic, kind, fix in ARCHIVES:
         if head.startswith(magic):
             return ConfigError(f"data file {p} is {kind}; {fix} and give the file inside")
-    return ConfigError(f"data file {p} cannot be read: {str(exc).splitlines()[0]}; save it as UTF-8")
+    where = ""
+    if isinstance(exc, UnicodeDecodeError):  # the reader's offset may be into a chunk: find the byte in the file
+        data = p.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as whole:
+            line = data.count(b"\n", 0, whole.start) + 1
+            where, exc = f", line {line}", ValueError(f"byte 0x{data[whole.start]:02x} is not UTF-8 (another encoding?)")
+    return ConfigError(f"data file {p}{where} cannot be read: {str(exc).splitlines()[0]}; save it as UTF-8")
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
