@@ -226,3 +226,14 @@ def test_rows_of_separators_only_are_skipped_with_a_note(tmp_path, capsys):
     path.write_text("text,label\ngood film,pos\n,\nbad film,neg\n , \n")
     assert read_records(path) == ROWS
     assert capsys.readouterr().err == f"note: {path}: skipped 2 row(s) with no value in any cell\n"
+
+
+def test_a_parquet_column_of_bytes_reads_as_text(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "d.parquet"
+    pd.DataFrame({"text": [b"good film", b"bad film"], "label": ["pos", "neg"]}).to_parquet(path)
+    assert read_records(path) == ROWS
+    pd.DataFrame({"text": [b"good film", b"caf\xe9"], "label": ["pos", "neg"]}).to_parquet(path)
+    with pytest.raises(ConfigError, match=r"d\.parquet: column 'text' holds bytes that are not UTF-8 text"):
+        read_records(path)

@@ -71,7 +71,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
             records = json_records(p)
         elif suffix == ".parquet":
             import pandas as pd
-            records = pd.read_parquet(p).to_dict("records")
+            records = _decoded(pd.read_parquet(p), p).to_dict("records")
         else:
             raise ConfigError(f"data file {p}: unsupported type '{suffix}'; use one of {', '.join(SUFFIXES)}")
     except ConfigError:
@@ -83,6 +83,18 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     if not records:
         raise ConfigError(f"data file {p} is empty; it needs at least one example")
     return records
+
+
+def _decoded(frame: Any, p: Path) -> Any:
+    """``frame`` with its binary (bytes) columns as text: a text, never "b'...'"."""
+    for column in frame.columns:
+        first = frame[column].dropna().head(1).tolist()
+        if first and isinstance(first[0], bytes):
+            try:
+                frame[column] = frame[column].map(lambda v: v.decode("utf-8") if isinstance(v, bytes) else v)
+            except UnicodeDecodeError:
+                raise ConfigError(f"data file {p}: column '{column}' holds bytes that are not UTF-8 text") from None
+    return frame
 
 
 def _read_csv(p: Path, sep: str, quoted: bool) -> list[dict[str, Any]]:
