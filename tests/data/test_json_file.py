@@ -4,6 +4,7 @@ import json
 import pytest
 
 from tuneforge.config import ConfigError
+from tuneforge.data.labels import label_key
 from tuneforge.data.readers import read_records
 
 
@@ -76,3 +77,12 @@ def test_pandas_column_oriented_json_is_refused_with_the_way_to_write_rows(tmp_p
         read_records(path)
     path.write_text(json.dumps({"meta": {"a": 1}, "text": "good film", "label": "pos"}))  # one row with an object
     assert read_records(path) == [{"meta": {"a": 1}, "text": "good film", "label": "pos"}]
+
+
+def test_json_numbers_print_as_written_and_compute_as_numbers(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"question": "price ?", "answer": 4.50, "label": 1.0}\n{"question": "big ?", "answer": 1e3, "label": 2}\n')
+    rows = read_records(path)
+    assert [str(r["answer"]) for r in rows] == ["4.50", "1e3"]  # what a causal LM trains on
+    assert rows[0]["answer"] == 4.5 and rows[1]["answer"] == 1000 and rows[0]["label"].is_integer()
+    assert label_key(rows[0]["answer"]) == label_key(4.5) == "4.5" and label_key(rows[0]["label"]) == "1"

@@ -12,6 +12,19 @@ from typing import Any
 from tuneforge.config import ConfigError
 
 
+class WrittenFloat(float):
+    """A JSON number with a fraction or an exponent that prints as written ("4.50", "1e3"), so an answer or a text
+    given as a number trains as the file shows it; it computes as the float it is."""
+
+    def __new__(cls, text: str) -> "WrittenFloat":
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+    def __str__(self) -> str:
+        return self.text
+
+
 class DuplicateKey(ConfigError):
     """A JSON object names ``key`` twice."""
 
@@ -67,7 +80,7 @@ def json_records(path: Path) -> list[Any]:
     Lines."""
     text = path.read_text(encoding="utf-8-sig")
     try:
-        data = json.loads(text, object_pairs_hook=_object)
+        data = json.loads(text, object_pairs_hook=_object, parse_float=WrittenFloat)
     except json.JSONDecodeError as exc:
         if exc.msg != "Extra data":  # a first value that ends before the file does: one object per line
             raise
@@ -99,7 +112,7 @@ def jsonl_records(path: Path, text: str) -> list[dict[str, Any]]:
         if not line.strip():  # valid inside a JSON string
             continue
         try:
-            row = json.loads(line, object_pairs_hook=_object)
+            row = json.loads(line, object_pairs_hook=_object, parse_float=WrittenFloat)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}, line {i}: not valid JSON ({exc.msg}); "
                               "each line must be one JSON object") from None

@@ -8,8 +8,8 @@ from typing import Any
 def label_key(value: Any) -> str:
     """A label as its class name: surrounding spaces stripped, an integral float (or its text) as its integer,
     so that 1, "1", 1.0 (a pandas column with a gap is float), "1.0" (a spreadsheet's) and " 1" are one class."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
+    if isinstance(value, float):  # JSON's 0.50 and 0.5 (printed as written) are one class too
+        return str(int(value)) if value.is_integer() else repr(float(value))
     text = str(value).strip()
     return str(int(text.split(".")[0])) if re.fullmatch(r"[+-]?(0|[1-9][0-9]*)\.0*", text) else text
 
