@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from tuneforge.evaluate import (bleu, classification_metrics, entity_metrics, get_entities, invalid_transitions,
-                                perplexity, rouge_l)
+                                perplexity, rouge_l, RougeWords)
 
 TOL = 1e-9
 
@@ -166,6 +166,25 @@ def test_bleu_and_rouge_match_the_libraries(seed):
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     expected = sum(scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs)) / len(hyps)
     assert rouge_l(hyps, refs) == pytest.approx(expected, abs=TOL)
+
+
+@pytest.mark.parametrize("text", ["Don't run, U.S. cats!", "co-operate_now 42 times: Running & running...",
+                                  "THE Cat's 3rd mat\tover\nlines", "", "  -- ", "naïve café 1.5"])
+def test_rouge_words_are_rouge_scores_own_tokens_on_english_text(text):
+    from rouge_score.tokenizers import DefaultTokenizer
+
+    ours = RougeWords().tokenize(text)
+    if text.isascii():
+        assert ours == DefaultTokenizer(use_stemmer=True).tokenize(text)
+    else:  # accented words stay whole words, where rouge-score cuts them at each accent
+        assert "naïve" in ours and "café" in ours
+
+
+def test_text_in_other_scripts_scores_as_text():
+    same = ["Кошка сидит на ковре", "Η γάτα κάθεται", "我喜欢我的猫和狗", "猫がとても好きです"]
+    assert rouge_l(same, same) == pytest.approx(1.0)  # rouge-score's own tokens: 0.0 for all four
+    assert bleu(same, same) == pytest.approx(100.0)  # 13a: 0 for a Chinese or Japanese sentence (one word)
+    assert rouge_l(["我喜欢猫"], ["我喜欢狗"]) == pytest.approx(0.75)  # a character is a word
 
 
 def test_perplexity_is_exp_of_the_token_weighted_mean_loss():

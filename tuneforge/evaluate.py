@@ -131,17 +131,46 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else math.inf
 
 
+KANA = "\u3040-\u30ff"  # Japanese syllabaries
+HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK ideographs
+
+
 def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus BLEU (sacreBLEU, 0-100, default 13a tokenisation) of one reference per hypothesis."""
+    """Corpus BLEU (sacreBLEU, 0-100) of one reference per hypothesis: tokenised as sacreBLEU's default (13a)
+    does, Chinese with its ``zh`` tokenizer and Japanese by character (13a keeps a sentence without spaces
+    as one word)."""
+    import re
+
     import sacrebleu
 
-    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+    text = "".join(hypotheses) + "".join(references)
+    tokenize = "char" if re.search(f"[{KANA}]", text) else "zh" if re.search(f"[{HAN}]", text) else "13a"
+    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)], tokenize=tokenize).score)
+
+
+class RougeWords:
+    """rouge-score's tokenisation (lower-cased runs of letters and digits, Porter-stemmed when longer than 3)
+    for every script: its own keeps ``[a-z0-9]`` only, so text in Cyrillic, Greek, accented or CJK scripts
+    scored 0 even when identical. English text gives rouge-score's tokens exactly; a CJK character is a word."""
+
+    def __init__(self) -> None:
+        import re
+
+        from nltk.stem import porter
+
+        self._stemmer = porter.PorterStemmer()
+        self._token = re.compile(f"[{KANA}{HAN}]|[^\\W_{KANA}{HAN}]+")
+
+    def tokenize(self, text: str) -> list[str]:
+        words = self._token.findall(text.lower())
+        return [self._stemmer.stem(w) if len(w) > 3 and w.isascii() else w for w in words]
 
 
 def rouge_l(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L F1 (rouge-score, stemmed, 0-1) over hypothesis/reference pairs."""
+    """Mean ROUGE-L F1 (rouge-score's ``rougeL``, stemmed, :class:`RougeWords`; 0-1) over hypothesis/reference
+    pairs."""
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=RougeWords())
     scores = [scorer.score(ref, hyp)["rougeL"].fmeasure for hyp, ref in zip(hypotheses, references)]
     return sum(scores) / len(scores) if scores else 0.0
