@@ -131,6 +131,7 @@ def test_metrics_and_meta(conll_run):
     assert len(counts) == 4 and counts[0] == max(counts) and min(counts) > 0
     assert before["f1"] == 0 and before["token_accuracy"] > 0.6  # so the untrained model tags every word O
     assert meta["invalid_sequences"] == 1 and meta["scheme"] == "BIO"
+    assert "invalid_gold" not in after and "invalid_pred" in after  # the file's count is meta's, not a 0 here
     for line in ("test f1", "test precision", "test recall", "test token_accuracy"):
         assert line in out.table
     for name, scores in after["per_type"].items():  # per-type F1 rows, with the gold entity count

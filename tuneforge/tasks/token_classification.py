@@ -210,6 +210,7 @@ class Task:
         preds, total, count = self._token_predictions(model, examples, rt, cfg.eval.batch_size)
         predicted, gold = self._word_tags(examples, preds, meta["labels"])
         metrics = entity_metrics(gold, predicted)
+        del metrics["invalid_gold"]  # always 0: the gold was normalised to IOB2 (the file's count: meta.json)
         metrics["loss"] = total / max(count, 1)
         metrics["n"] = len(gold)
         if raw is not None and len(raw) == len(gold) and tag != "before":
