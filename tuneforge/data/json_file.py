@@ -1,7 +1,7 @@
 """JSON and JSON Lines data files as rows (dicts). An object that names a key twice is refused: ``json`` would
 keep the last value and drop the first without a word. So is a string holding half of a UTF-16 surrogate pair
 (an escape such as ``"\\ud83d"`` alone, as scraped data cut inside an emoji has): it is not text, and no tokenizer
-takes it."""
+takes it. Numbers with a fraction or an exponent keep their written form (:class:`WrittenFloat`)."""
 from __future__ import annotations
 
 import json
