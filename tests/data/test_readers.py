@@ -237,3 +237,10 @@ def test_a_parquet_column_of_bytes_reads_as_text(tmp_path):
     pd.DataFrame({"text": [b"good film", b"caf\xe9"], "label": ["pos", "neg"]}).to_parquet(path)
     with pytest.raises(ConfigError, match=r"d\.parquet: column 'text' holds bytes that are not UTF-8 text"):
         read_records(path)
+
+
+def test_a_quote_that_never_closes_names_its_row(tmp_path):
+    path = tmp_path / "d.csv"  # the example numbered as everywhere: a multi-line cell before it is one row
+    path.write_text('text,label\n"good\nfilm",pos\nbad film,neg\n"open cell,pos\n')
+    with pytest.raises(ConfigError, match=r"d\.csv, row 3: a '\"' opens a cell that never closes; delete the stray"):
+        read_records(path)
