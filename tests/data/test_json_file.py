@@ -7,6 +7,8 @@ from tuneforge.config import ConfigError
 from tuneforge.data.labels import label_key
 from tuneforge.data.readers import read_records
 
+ROWS = [{"text": "good film", "label": "pos"}, {"text": "bad film", "label": "neg"}]
+
 
 def test_a_key_named_twice_in_a_json_lines_row_is_refused_with_its_line(tmp_path):
     path = tmp_path / "d.jsonl"
@@ -86,3 +88,21 @@ def test_json_numbers_print_as_written_and_compute_as_numbers(tmp_path):
     assert [str(r["answer"]) for r in rows] == ["4.50", "1e3"]  # what a causal LM trains on
     assert rows[0]["answer"] == 4.5 and rows[1]["answer"] == 1000 and rows[0]["label"].is_integer()
     assert label_key(rows[0]["answer"]) == label_key(4.5) == "4.5" and label_key(rows[0]["label"]) == "1"
+
+
+def test_jsonl_strings_may_hold_line_and_paragraph_separators(tmp_path):
+    rows = [{"text": "great film\u2028loved it", "label": "pos"}, {"text": "dull \x85 film\u2029", "label": "neg"}]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert read_records(path) == rows
+
+
+def test_a_json_file_holding_json_lines_is_read_as_json_lines(tmp_path):
+    path = tmp_path / "d.json"  # what datasets' Dataset.to_json("d.json") writes
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    assert read_records(path) == ROWS
+    path.write_text(json.dumps({"data": ROWS}, indent=2))  # an object holding the list still reads as JSON
+    assert read_records(path) == ROWS
+    path.write_text(json.dumps(ROWS[0]) + "\n{oops\n")
+    with pytest.raises(ConfigError, match=r"d\.json, line 2: not valid JSON"):
+        read_records(path)
