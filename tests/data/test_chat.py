@@ -271,3 +271,12 @@ def test_a_conversation_the_template_refuses_names_the_row_and_the_fix():
                                           r"roles must alternate; fix or remove the row \(the template, not "
                                           r"data\.skip_invalid, decides what it renders\)$"):
         _encode([_conv("say yes", "yes .")[:1] * 2 + _conv("x", "yes .")[1:]], tok, template=strict)
+
+
+def test_a_refusal_when_dropped_turns_are_rendered_again_names_the_row():
+    tok = tiny_tokenizer()  # the bound drops the first exchange; the whole conversation is what the template refuses
+    short = ("{% if messages|length > 2 %}{{ raise_exception('too many turns') }}{% endif %}"
+             "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    conv = _conv("say yes", "yes .", "say no", "no" + " " * 600 + "no")
+    with pytest.raises(ConfigError, match=r"^row 0: the chat template cannot render this conversation: too many turns"):
+        _encode([conv], tok, template=short)

@@ -162,7 +162,10 @@ def encode_conversations(conversations: list[list[dict[str, str]]], tokenizer: P
     for parts, kept, w, cut in zip(split, whole, where, dropped):
         ids, labels, answer_start = _joined(parts, [next(tokens) for _ in parts])
         if cut and len(ids) < max_length:  # the character bound dropped turns that fit (e.g. runs of spaces)
-            parts = pieces(tokenizer, template, kept)
+            try:
+                parts = pieces(tokenizer, template, kept)
+            except ConfigError as exc:
+                raise ConfigError(f"{w}: {exc}") from None
             ids, labels, answer_start = _joined(parts, tokenizer([t for t, _ in parts], add_special_tokens=False)[
                 "input_ids"])
             cut = False
