@@ -3,6 +3,7 @@ conlleval-compatible chunking) and text generation (sacreBLEU, rouge-score, perp
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
@@ -139,8 +140,6 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     """Corpus BLEU (sacreBLEU, 0-100) of one reference per hypothesis: tokenised as sacreBLEU's default (13a)
     does, Chinese with its ``zh`` tokenizer and Japanese by character (13a keeps a sentence without spaces
     as one word)."""
-    import re
-
     import sacrebleu
 
     text = "".join(hypotheses) + "".join(references)
@@ -154,8 +153,6 @@ class RougeWords:
     scored 0 even when identical. English text gives rouge-score's tokens exactly; a CJK character is a word."""
 
     def __init__(self) -> None:
-        import re
-
         from nltk.stem import porter
 
         self._stemmer = porter.PorterStemmer()

@@ -152,20 +152,14 @@ def encode_conversations(conversations: list[list[dict[str, str]]], tokenizer: P
         whole.append(until_last_reply(messages))
         turns = recent(whole[-1], CHARS_PER_TOKEN * max_length)
         dropped.append(len(turns) < len(whole[-1]))
-        try:
-            split.append(pieces(tokenizer, template, turns))
-        except ConfigError as exc:
-            raise ConfigError(f"{w}: {exc}") from None
+        split.append(_pieces_of_row(tokenizer, template, turns, w))
     flat = [text for parts in split for text, _ in parts]
     tokens = iter(tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
     examples = []
     for parts, kept, w, cut in zip(split, whole, where, dropped):
         ids, labels, answer_start = _joined(parts, [next(tokens) for _ in parts])
         if cut and len(ids) < max_length:  # the character bound dropped turns that fit (e.g. runs of spaces)
-            try:
-                parts = pieces(tokenizer, template, kept)
-            except ConfigError as exc:
-                raise ConfigError(f"{w}: {exc}") from None
+            parts = _pieces_of_row(tokenizer, template, kept, w)
             ids, labels, answer_start = _joined(parts, tokenizer([t for t, _ in parts], add_special_tokens=False)[
                 "input_ids"])
             cut = False
@@ -176,6 +170,15 @@ def encode_conversations(conversations: list[list[dict[str, str]]], tokenizer: P
                               "raise model.max_length or shorten the prompt")
         examples.append({"input_ids": ids, "labels": labels, **({"_cut": True} if cut else {})})
     return examples
+
+
+def _pieces_of_row(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dict[str, str]],
+                   where: str) -> list[tuple[str, bool]]:
+    """:func:`pieces`, its errors naming the row (``where``)."""
+    try:
+        return pieces(tokenizer, template, messages)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _joined(parts: list[tuple[str, bool]], piece_ids: list[list[int]]) -> tuple[list[int], list[int], int]:

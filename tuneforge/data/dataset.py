@@ -225,7 +225,8 @@ def warnings(s: Splits, data: Any = None, max_length: int = 0) -> list[str]:
     """One line per thing the user should know about the data (duplicates, rows left out, empty texts, and,
     given the tokenised ``data``, examples cut to ``max_length``: those the task marked ``_cut``)."""
     splits = [getattr(data, k) for k in ("train", "validation", "test")] if data is not None else []
-    out = [line for line in [cut_note([e for examples in splits for e in examples], max_length)] if line]
+    cut = cut_note([e for examples in splits for e in examples], max_length)
+    out = [cut] if cut else []
     if s.duplicates:
         out.append(f"note: the data holds {s.duplicates} duplicate example(s) (same text after whitespace "
                    "normalisation); duplicates are kept in one split")
