@@ -60,6 +60,12 @@ TASKS = {
 }
 MODEL = {"classification": "minilm", "token_classification": "minilm", "causal_lm": "smollm2"}
 TASK_MODEL = {"rt-smollm2": "smollm2"}  # a task whose model is not its kind's (MODEL)
+
+
+def model_name(task: str) -> str:
+    return TASK_MODEL.get(task, MODEL[TASKS[task][1]])
+
+
 CORE = ("lora", "full", "adapter")  # target: within 2 points (3 % perplexity); the others within 5 (7.5 %)
 HELD_OUT = 400  # validation and test examples each (10 % each of a smaller data set): a point is 2.5 examples
 LENGTHS = "100,600"  # stage 2: train.auto_min_steps beside the default 250
@@ -73,7 +79,7 @@ def settings(task: str, size: int, method: str, lr: float, min_steps: int, seed:
     held = min(HELD_OUT, n // 10) if size > 100 else size // 4
     size = min(size, n - 2 * held)  # a small data set trains on what is left
     total = size + 2 * held
-    cfg = {"model": {"name": TASK_MODEL.get(task, MODEL[kind]), "task": kind, "max_length": max_length},
+    cfg = {"model": {"name": model_name(task), "task": kind, "max_length": max_length},
            "data": {"dataset": data, "max_examples": total, "split": [size / total, held / total, held / total]},
            "method": {"name": method}, "train": {"lr": lr, "auto_min_steps": min_steps, "seed": seed,
                                                   "auto_max_epochs": cap or default_cap(), "num_threads": 1,
@@ -227,7 +233,7 @@ def main() -> None:
                 print(f"{name}: {summary}", flush=True)
 
     cells = [(t, s, m) for t in tasks for s in sizes for m in methods]
-    default_lr = {(t, m): registry.train_defaults(m, TASKS[t][1])["lr"] for t, _, m in cells}
+    default_lr = {(t, m): registry.train_defaults(m, TASKS[t][1], model_name(t))["lr"] for t, _, m in cells}
 
     def job(t: str, s: int, m: str, lr: float, steps: int) -> tuple[str, dict, str]:
         name = key(t, s, m, lr, steps)

@@ -8,7 +8,7 @@ import pytest
 from tiny import model_dir, sentiment_rows
 from tuneforge import distributed
 from tuneforge.config import load_config
-from tuneforge.methods import registry
+from tuneforge.methods import adapter, registry
 from tuneforge.run import resolve_config, train
 from tuneforge.step_plan import StepPlan
 from tuneforge.train import improves
@@ -48,6 +48,21 @@ def test_learning_rates_are_declared_per_method_and_task():
             cfg = resolve_config({"model": {"task": task}, "method": {"name": method}})
             assert cfg.train.lr == lr  # what a run without train.lr uses
     assert resolve_config({"method": {"name": "lora"}, "train": {"lr": 0.123}}).train.lr == 0.123  # explicit wins
+
+
+@pytest.mark.parametrize("config", [
+    {"model_type": "bert", "hidden_size": 768, "num_hidden_layers": 12},
+    {"model_type": "gpt2", "n_embd": 768, "n_layer": 12},  # GPT-2 spells width and depth its own way
+])
+def test_a_rate_declared_per_model_shape_reads_the_runs_model(tmp_path, config):
+    from transformers import AutoConfig
+
+    AutoConfig.for_model(**config).save_pretrained(tmp_path)  # config.json is all the rule reads
+    run = {"model": {"name": str(tmp_path)}, "method": {"name": "adapter"}}
+    assert resolve_config(run).train.lr == adapter.default_lr((768, 12)) < 3e-3
+    assert resolve_config({**run, "train": {"lr": 3e-3}}).train.lr == 3e-3  # an explicit rate wins
+    assert resolve_config({**run, "method": {"name": "lora"}}).train.lr == registry.train_defaults("lora")["lr"]
+    assert registry.train_defaults("adapter", "classification", str(tmp_path / "none"))["lr"] == 3e-3  # unreadable
 
 
 @pytest.mark.parametrize("train_opts, head_lr", [

@@ -108,3 +108,15 @@ def resolve_model(name: str) -> Path:
     if not (path / "config.json").is_file():
         raise ConfigError(f"model.name: folder '{path}' has no config.json; is it a Hugging Face model folder?")
     return path
+
+
+def model_shape(name: str | None) -> tuple[int, int] | None:
+    """(width, depth) -- hidden size and number of blocks -- of a model (embedded name or folder) from its
+    config.json, or None where it cannot be read (the run's own model loading then names the problem)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(resolve_model(name or ""))).get_text_config()
+        return int(config.hidden_size), int(config.num_hidden_layers)
+    except (ConfigError, OSError, ValueError, AttributeError, TypeError):
+        return None

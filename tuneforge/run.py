@@ -61,7 +61,7 @@ def resolve_config(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list
     # every option stored, defaults included, so a run directory's config.yaml is complete
     cfg.method = {"name": cfg.method_name, **{f.name: getattr(options, f.name)
                                               for f in dataclasses.fields(options) if f.init}}
-    declared = registry.train_defaults(cfg.method_name, cfg.model.task)  # the method's TRAIN_DEFAULTS
+    declared = registry.train_defaults(cfg.method_name, cfg.model.task, cfg.model.name)  # its TRAIN_DEFAULTS
     if cfg.train.lr is None:
         cfg.train.lr = float(declared.get("lr", 5e-5))
     if cfg.train.pooler_with_head is None:
@@ -147,7 +147,7 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
             if s.rt.bf16 and cfg.train.distributed != "fsdp":  # FSDP2 casts while gathering instead
                 store_frozen_in_bf16(s.model)
             say(f"training {params['trainable']:,} of {params['total']:,} parameters ({params['trainable_pct']:.2f}%) "
-                f"on {len(s.data.train)} examples, {s.rt.device.type}{' bf16' if s.rt.bf16 else ' fp32'}"
+                f"on {len(s.data.train)} examples at lr {cfg.train.lr:.2g}, {s.rt.device.type}{' bf16' if s.rt.bf16 else ' fp32'}"
                 f"{', padding-free batches' if s.rt.padding_free else ''}"
                 f"{f', {d.world} processes' if d.active else ''}", file=sys.stderr)
     result = fit(s.model, task, s.data, cfg, s.rt, run_dir, progress, resume=resume is not None, regularizers=regs,

@@ -136,3 +136,16 @@ def test_applying_twice_is_refused():
     model = apply(tiny_classifier("bert"), "adapter")
     with pytest.raises(ConfigError, match="already has adapters"):
         apply(model, "adapter")
+
+
+@pytest.mark.parametrize("shape, lr", [
+    (None, 3e-3),  # model unknown: the rate measured on MiniLM
+    ((384, 6), 3e-3),  # MiniLM itself
+    ((32, 2), 3e-3),  # smaller models keep it: the rule only lowers the rate
+    ((768, 6), 1.5e-3),  # twice as wide: half
+    ((384, 24), 1.5e-3),  # four times as deep: half
+    ((576, 30), 3e-3 * 384 / 576 * (6 / 30) ** 0.5),  # SmolLM2-135M: 8.9e-4
+])
+def test_the_default_rate_falls_with_the_models_width_and_depth(shape, lr):
+    assert adapter.default_lr(shape) == pytest.approx(lr)
+    assert registry.train_defaults("adapter", "classification")["lr"] == 3e-3  # no model named

@@ -12,7 +12,7 @@ Each ``tuneforge/methods/<name>.py`` defines
   method whose run can be saved as one), ``fold(model)`` (turn training-only reparameterisations into plain
   parameters before saving), ``to_peft(model, config, task_type, modules_to_save)`` (the adapter in PEFT's
   file format: config dict + tensors) and ``TRAIN_DEFAULTS`` (a dict of recommended ``train.*`` settings,
-  e.g. a higher learning rate).
+  e.g. a higher learning rate: a value, a task -> value mapping, or a function of the model's width and depth).
 
 Shared helpers: :mod:`.layers` (transformer blocks, linear/norm layers, module replacement),
 :mod:`.virtual_tokens` (prompt/prefix mechanics), :mod:`.peft_format` (PEFT file layout).

@@ -58,13 +58,17 @@ def call_optional(name: str, hook: str, model: nn.Module) -> nn.Module:
     return model if out is None else out
 
 
-def train_defaults(name: str, task: str | None = None) -> dict[str, Any]:
-    """Recommended ``train.*`` settings of the method for a task (may be empty). A method declares them in
-    ``TRAIN_DEFAULTS``: a value, or a mapping from task name to value (``"default"``: every other task)."""
+def train_defaults(name: str, task: str | None = None, model: str | None = None) -> dict[str, Any]:
+    """Recommended ``train.*`` settings of the method for a task and model (may be empty). A method declares them
+    in ``TRAIN_DEFAULTS``: a value, a mapping from task name to value (``"default"``: every other task), or a
+    function of the model's ``(width, depth)`` (None where unknown: ``model`` not given or unreadable)."""
     out = {}
     for key, value in getattr(get(name), "TRAIN_DEFAULTS", {}).items():
         if isinstance(value, dict):
             value = value.get(task, value.get("default"))
+        if callable(value):
+            from tuneforge.assets import model_shape
+            value = value(model_shape(model) if model else None)
         if value is not None:
             out[key] = value
     return out
