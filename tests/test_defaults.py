@@ -52,17 +52,25 @@ def test_learning_rates_are_declared_per_method_and_task():
 
 @pytest.mark.parametrize("config", [
     {"model_type": "bert", "hidden_size": 768, "num_hidden_layers": 12},
-    {"model_type": "gpt2", "n_embd": 768, "n_layer": 12},  # GPT-2 spells width and depth its own way
+    {"model_type": "gpt2", "n_embd": 768, "n_layer": 12},  # each family spells width and depth its own way
+    {"model_type": "distilbert", "dim": 768, "n_layers": 12},
+    {"model_type": "t5", "d_model": 768, "num_layers": 12},
+    {"model_type": "llava", "text_config": {"hidden_size": 768, "num_hidden_layers": 12}},  # the text model's
+    {"model_type": "custom", "auto_map": {"AutoConfig": "x.Config"}, "hidden_size": 768, "num_hidden_layers": 12},
 ])
 def test_a_rate_declared_per_model_shape_reads_the_runs_model(tmp_path, config):
-    from transformers import AutoConfig
-
-    AutoConfig.for_model(**config).save_pretrained(tmp_path)  # config.json is all the rule reads
+    (tmp_path / "config.json").write_text(json.dumps(config))  # config.json is all the rule reads
     run = {"model": {"name": str(tmp_path)}, "method": {"name": "adapter"}}
     assert resolve_config(run).train.lr == adapter.default_lr((768, 12)) < 3e-3
     assert resolve_config({**run, "train": {"lr": 3e-3}}).train.lr == 3e-3  # an explicit rate wins
     assert resolve_config({**run, "method": {"name": "lora"}}).train.lr == registry.train_defaults("lora")["lr"]
-    assert registry.train_defaults("adapter", "classification", str(tmp_path / "none"))["lr"] == 3e-3  # unreadable
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"hidden_size": 768}', '{"hidden_size": "768", "n_layer": 2}'])
+def test_a_model_of_unknown_shape_gets_the_reference_rate(tmp_path, text):
+    (tmp_path / "config.json").write_text(text)
+    assert registry.train_defaults("adapter", "classification", str(tmp_path))["lr"] == 3e-3
+    assert registry.train_defaults("adapter", "classification", str(tmp_path / "missing"))["lr"] == 3e-3
 
 
 @pytest.mark.parametrize("train_opts, head_lr", [

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -110,13 +111,20 @@ def resolve_model(name: str) -> Path:
     return path
 
 
+WIDTH_KEYS = ("hidden_size", "n_embd", "d_model", "dim")  # config.json spellings (BERT/Llama, GPT-2, T5, DistilBERT)
+DEPTH_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+
+
 def model_shape(name: str | None) -> tuple[int, int] | None:
     """(width, depth) -- hidden size and number of blocks -- of a model (embedded name or folder) from its
-    config.json, or None where it cannot be read (the run's own model loading then names the problem)."""
-    from transformers import AutoConfig
-
+    config.json (a multimodal one's ``text_config``), or None where it cannot be read (the run's own model
+    loading then names the problem). Read as JSON: no model code runs, a custom architecture's included."""
     try:
-        config = AutoConfig.from_pretrained(str(resolve_model(name or ""))).get_text_config()
-        return int(config.hidden_size), int(config.num_hidden_layers)
-    except (ConfigError, OSError, ValueError, AttributeError, TypeError):
+        config = json.loads((resolve_model(name or "") / "config.json").read_text(encoding="utf-8"))
+    except (ConfigError, OSError, ValueError):
         return None
+    text = config.get("text_config") if isinstance(config, dict) else None
+    config = text if isinstance(text, dict) else config if isinstance(config, dict) else {}
+    width, depth = (next((config[k] for k in keys if type(config.get(k)) is int and config[k] > 0), None)
+                    for keys in (WIDTH_KEYS, DEPTH_KEYS))
+    return (width, depth) if width and depth else None

@@ -147,7 +147,8 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
             if s.rt.bf16 and cfg.train.distributed != "fsdp":  # FSDP2 casts while gathering instead
                 store_frozen_in_bf16(s.model)
             say(f"training {params['trainable']:,} of {params['total']:,} parameters ({params['trainable_pct']:.2f}%) "
-                f"on {len(s.data.train)} examples at lr {cfg.train.lr:.2g}, {s.rt.device.type}{' bf16' if s.rt.bf16 else ' fp32'}"
+                f"on {len(s.data.train)} examples at lr {cfg.train.lr:.2g}, "
+                f"{s.rt.device.type}{' bf16' if s.rt.bf16 else ' fp32'}"
                 f"{', padding-free batches' if s.rt.padding_free else ''}"
                 f"{f', {d.world} processes' if d.active else ''}", file=sys.stderr)
     result = fit(s.model, task, s.data, cfg, s.rt, run_dir, progress, resume=resume is not None, regularizers=regs,
