@@ -69,7 +69,7 @@ HEAD_LR = 3e-3  # train.head_lr left unset: a fresh head trains at max(train.lr,
 @dataclass
 class TrainConfig:
     optimizer: Literal["adamw", "sgd", "rmsprop"] = "adamw"
-    lr: float | None = None  # learning rate; default: the method's for the task (see `tuneforge methods`); 0: no update
+    lr: float | None = None  # learning rate; default: the method's per task and model (tuneforge methods); 0: no update
     head_lr: float | None = None  # learning rate of a freshly initialised task head (classification, token
     #                               classification); null: the larger of train.lr and the method's head floor
     #                               (3e-3 unless `tuneforge methods` shows another; 0 when train.lr is 0)
