@@ -167,7 +167,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         lrs = {task: registry.train_defaults(name, task).get("lr") for task in TASKS}
         shown = ", ".join(f"{t} {v:g}" for t, v in lrs.items()) if len(set(lrs.values())) > 1 else \
             f"{next(iter(lrs.values())):g}"
-        shown += "; less on wider or deeper models" if callable(module.TRAIN_DEFAULTS.get("lr")) else ""
+        shown += "; less on wider or deeper models" if callable(getattr(module, "TRAIN_DEFAULTS", {}).get("lr")) else ""
         pooler = "; the pooler trains with the head" if registry.train_defaults(name).get("pooler_with_head") else ""
         heads = {t: h for t in TASKS if (h := registry.train_defaults(name, t).get("head_lr", HEAD_LR)) != HEAD_LR}
         head = f"; a fresh head at least {', '.join(f'{t} {h:g}' for t, h in heads.items())}" if heads else ""

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from tuneforge.assets import model_shape
 from tuneforge.config import ConfigError, build_dataclass
 
 # name -> module path; add a method by adding one line here and one file beside this one.
@@ -67,7 +68,6 @@ def train_defaults(name: str, task: str | None = None, model: str | None = None)
         if isinstance(value, dict):
             value = value.get(task, value.get("default"))
         if callable(value):
-            from tuneforge.assets import model_shape
             value = value(model_shape(model) if model else None)
         if value is not None:
             out[key] = value
