@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="label + probabilities for texts (arguments or stdin lines)",
                        description="Label + probabilities for each TEXT (or each standard-input line). A "
                        "classifier trained on text pairs takes the second texts as --pair, one per TEXT in "
-                       "order, or as tab-separated stdin lines (FIRST<TAB>SECOND).")
+                       "order, or as tab-separated stdin lines (FIRST<TAB>SECOND). A token classifier (NER) prints the "
+                       "entities found in each text, with their types and character offsets under --json; words "
+                       "are split at whitespace and punctuation, as NER data sets are.")
     p.add_argument("run_dir")
     p.add_argument("texts", nargs="*", metavar="TEXT")
     p.add_argument("--pair", action="append", metavar="SECOND", help="second text of a pair (repeat per TEXT)")

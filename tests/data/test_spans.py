@@ -6,21 +6,23 @@ from tuneforge.data.spans import read_spans, tags_to_spans
 
 
 def test_read_spans_to_bio_with_offsets(capsys):
-    text = "John Smith  visited New York."
+    text = "John Smith  visited New York. Berlin-Mitte too"
     rows = [{"text": text, "entities": [{"start": 20, "end": 28, "label": "LOC"},
-                                        {"start": 0, "end": 10, "label": "PER"}]},
+                                        {"start": 0, "end": 10, "label": "PER"},
+                                        {"start": 30, "end": 36, "label": "LOC"}]},
             {"text": "nothing here", "entities": []}, {"text": "  ", "entities": None}]
     first, second = read_spans(rows, "d.jsonl")
-    assert first["tokens"] == ["John", "Smith", "visited", "New", "York."]
-    assert first["tags"] == ["B-PER", "I-PER", "O", "B-LOC", "I-LOC"]  # "York" of "York." tags the whole word
+    assert first["tokens"] == ["John", "Smith", "visited", "New", "York", ".", "Berlin-Mitte", "too"]
+    assert first["tags"] == ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O", "B-LOC", "O"]  # the period is a word
     assert [text[s:e] for s, e in first["offsets"]] == first["tokens"]
     assert second["tags"] == ["O", "O"]
-    assert tags_to_spans(first["tags"], first["offsets"]) == [
-        {"start": 0, "end": 10, "label": "PER"}, {"start": 20, "end": 29, "label": "LOC"}]
+    assert tags_to_spans(first["tags"], first["offsets"]) == [  # "Berlin" of "Berlin-Mitte" tags the whole word
+        {"start": 0, "end": 10, "label": "PER"}, {"start": 20, "end": 28, "label": "LOC"},
+        {"start": 30, "end": 42, "label": "LOC"}]
     assert capsys.readouterr().err == ("note: d.jsonl: 1 entity span(s) end inside a word and tag the whole word (e.g. "
-                                       "'New York' in 'New York.'): words are split at whitespace, and predicted "
-                                       "entities are whole words too\n")
-    read_spans(rows[1:] + [{"text": "in Oslo", "entities": [{"start": 3, "end": 7, "label": "LOC"}]}], "d.jsonl")
+                                       "'Berlin' in 'Berlin-Mitte'): words are split at whitespace and punctuation, "
+                                       "and predicted entities are whole words too\n")
+    read_spans(rows[1:] + [{"text": "in Oslo.", "entities": [{"start": 3, "end": 7, "label": "LOC"}]}], "d.jsonl")
     assert capsys.readouterr().err == ""  # spans on word edges: no note
 
 

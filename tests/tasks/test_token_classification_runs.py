@@ -170,6 +170,11 @@ def test_predict_cli_prints_entities_and_json_offsets(conll_run, capsys):
     assert row["text"] == text
     assert [(e["label"], e["start"], e["end"], e["text"]) for e in row["entities"]] == [
         ("person", 4, 10, "w3 w11"), ("loc", 19, 22, "w25")]
+    punctuated = "the w3 w11, was so (w25)."  # words as NER data splits them: the marks stay out of the entities
+    assert cli.main(["predict", str(out.run_dir), punctuated, "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)  # (the tiny model never saw punctuation: it may tag a mark alone)
+    assert [(e["label"], e["start"], e["end"], e["text"]) for e in row["entities"] if e["text"][0].isalnum()] == [
+        ("person", 4, 10, "w3 w11"), ("loc", 20, 23, "w25")]
 
 
 def test_long_sentences_are_windowed_and_every_word_tagged(conll_run):

@@ -1,19 +1,18 @@
 """Token-classification data from raw text with character-offset entities (JSONL): ``{"text": ..., "entities":
 [{"start", "end", "label"}]}`` (or spaCy's and doccano's ``[start, end, label]`` lists) -> one record per text
-``{"tokens", "tags", "offsets", "text"}`` with BIO tags over whitespace-separated words; and back."""
+``{"tokens", "tags", "offsets", "text"}`` with BIO tags over its words (:mod:`tuneforge.data.words`); and back."""
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from tuneforge.data.conll import Record, as_list, require
 from tuneforge.data.readers import as_int, place
+from tuneforge.data.words import split_words
 from tuneforge.evaluate import get_entities
 from tuneforge.strict import ConfigError
 
-_WORD = re.compile(r"\S+")
 KEYS = (("start", "start_offset"), ("end", "end_offset"), ("label", "labels"))  # an entity object's keys
 
 
@@ -56,7 +55,7 @@ def _is_span(value: Any) -> bool:
 def read_spans(records: Sequence[Record], source: str, text_column: str = "text",
                entities_column: str = "entities") -> list[Record]:
     """Sentences from raw text with character-offset entities ``[{"start", "end", "label"}]`` (end exclusive):
-    BIO tags over whitespace-separated words, ``B-`` on the first word a span overlaps, ``I-`` on the others.
+    BIO tags over its words (split at whitespace and punctuation: :func:`split_words`), ``B-`` on the first word a span overlaps, ``I-`` on the others.
     A span covering part of a word tags the whole word. Each record also keeps ``text`` and every word's
     ``offsets`` (start, end) so predicted tags can be turned back into spans (:func:`tags_to_spans`)."""
     require(records, (text_column,), source, "data.text_column")
@@ -74,7 +73,7 @@ def read_spans(records: Sequence[Record], source: str, text_column: str = "text"
             if b[0] < a[1]:
                 raise ConfigError(f"{where}: entities [{a[0]}, {a[1]}) {a[2]} and [{b[0]}, {b[1]}) {b[2]} overlap; "
                                   "nested or overlapping entities cannot be BIO-tagged, keep one of them")
-        words = [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
+        words = split_words(text)
         if words:
             out.append({"tokens": [w for w, _, _ in words], "tags": _span_tags(text, words, spans, where, widened),
                         "offsets": [(s, e) for _, s, e in words], "text": text})
@@ -83,7 +82,7 @@ def read_spans(records: Sequence[Record], source: str, text_column: str = "text"
     if widened:
         span, word = widened[0]
         print(f"note: {source}: {len(widened)} entity span(s) end inside a word and tag the whole word (e.g. "
-              f"{span!r} in {word!r}): words are split at whitespace, and predicted entities are whole words too",
+              f"{span!r} in {word!r}): words are split at whitespace and punctuation, and predicted entities are whole words too",
               file=sys.stderr)
     return out
 
@@ -106,7 +105,7 @@ def _span_tags(text: str, words: list[tuple[str, int, int]], spans: list[tuple[i
             if owner[i] is not None:
                 o = owner[i]
                 raise ConfigError(f"{where}: entities [{o[0]}, {o[1]}) and [{start}, {end}) fall in the same word "
-                                  f"{words[i][0]!r}; words are split at whitespace, so one word has one tag")
+                                  f"{words[i][0]!r}; words are split at whitespace and punctuation, so one word has one tag")
             owner[i] = span
             tags[i] = ("B-" if i == hit[0] else "I-") + label
     return tags

@@ -12,7 +12,6 @@ predictions stitched back (``tuneforge.data.tagging``), so nothing is cut.
 from __future__ import annotations
 
 import math
-import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -25,6 +24,7 @@ from transformers import AutoModelForTokenClassification, PreTrainedTokenizerBas
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import conll, conll_file
 from tuneforge.data.spans import read_spans, span_column, tags_to_spans
+from tuneforge.data.words import split_words
 from tuneforge.data.batching import batch_order, iterate
 from tuneforge.data.readers import source_and_row
 from tuneforge.data.readers import SUFFIXES, class_names, read_records, require_file
@@ -33,7 +33,6 @@ from tuneforge.evaluate import entity_metrics, get_entities
 from tuneforge.models import autocast, load_labelled
 from tuneforge.tasks import Example, Prepared, Record, Runtime
 
-_WORD = re.compile(r"\S+")
 SAMPLES = 3  # tagged test sentences kept in the metrics (and shown in the result table)
 
 
@@ -219,12 +218,13 @@ class Task:
 
     def predict(self, model: nn.Module, inputs: list[Any], rt: Runtime, cfg: RunConfig, meta: dict[str, Any],
                 tokenizer: Any) -> list[dict[str, Any]]:
-        """Entities found in each text (words split at whitespace): type, text and character offsets."""
+        """Entities found in each text (words split at whitespace and punctuation, as NER data is): type, text
+        and character offsets."""
         if any(isinstance(x, tuple) for x in inputs):
             raise ConfigError("token classification tags single texts: drop the second texts")
         rows = []
         for text in inputs:
-            words = [(m.group(), m.start(), m.end()) for m in _WORD.finditer(str(text))]
+            words = split_words(str(text))
             if not words:
                 rows.append({"text": text, "entities": []})
                 continue
