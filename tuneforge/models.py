@@ -145,6 +145,10 @@ def check_max_length(model: nn.Module, cfg: RunConfig) -> None:
     limit = position_limit(model)
     options = registry.make_config(cfg.method_name, cfg.method_options())
     virtual = getattr(options, "num_virtual_tokens", 0)  # positions in front of the real tokens
+    if limit is not None and virtual >= limit:
+        raise ConfigError(f"method.num_virtual_tokens={virtual} leaves no position for real tokens: "
+                          f"{cfg.model.name} embeds {limit} positions (its position table); use fewer virtual "
+                          f"tokens, e.g. method.num_virtual_tokens={min(20, limit // 2)}")
     if limit is not None and cfg.model.max_length + virtual > limit:
         plus = f" + {virtual} virtual tokens" if virtual else ""
         raise ConfigError(f"model.max_length={cfg.model.max_length}{plus} exceeds the {limit} positions "

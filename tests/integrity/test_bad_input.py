@@ -108,6 +108,10 @@ def test_max_length_beyond_the_model_positions(bert_dir, reviews, tmp_path, caps
                                  "method.num_virtual_tokens=3", method="prompt"),
               "model.max_length=62 + 3 virtual tokens exceeds the 64 positions", "set model.max_length to 61 or less")
     assert not (tmp_path / "run").exists()
+    one_error(capsys, train_argv(bert_dir, reviews, tmp_path / "run", "model.max_length=62",  # no length would fit
+                                 "method.num_virtual_tokens=64", method="prompt"),
+              "method.num_virtual_tokens=64 leaves no position for real tokens", "method.num_virtual_tokens=20")
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_model_path(reviews, tmp_path, capsys):

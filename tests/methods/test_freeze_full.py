@@ -57,6 +57,8 @@ def test_freeze_extra_modules():
     ({"num_layers": 5}, "has only 2 layers"), ({"layer_indices": [7]}, "out of range"),
     ({"extra": ["nosuch"]}, "no module named 'nosuch'"), ({"patterns": ["("]}, "invalid regex"),
     ({"num_layers": 0}, "selects no parameters"),
+    ({"layer_indices": [-1, 1]}, r"name a layer twice \(negative indices count from the end: -1 is layer 1 of 2\)"),
+    ({"patterns": [r"\.0\.", "zzzz"]}, r"method.patterns: 'zzzz' matches no parameter name of .* such as 'bert\."),
 ])
 def test_freeze_bad_settings(options, message):
     with pytest.raises(ConfigError, match=message):

@@ -74,6 +74,8 @@ def test_text_init_repeats_the_text_tokens(tmp_path):
     assert torch.equal(model.transformer.prompt_encoder.embedding.detach(), table[[5, 7, 5, 7, 5]])
     with pytest.raises(ConfigError, match="method.tokenizer"):
         apply(tiny_classifier("gpt2"), "prompt", init="text", init_text="w5", tokenizer=str(tmp_path / "none"))
+    with pytest.raises(ConfigError, match="holds no word the tokenizer knows"):  # all [UNK]: nothing to start from
+        apply(tiny_classifier("gpt2"), "prompt", init="text", init_text="zzz qqq", tokenizer=str(tok))
 
 
 @PEFT_WARNINGS
@@ -172,6 +174,8 @@ def test_too_many_virtual_tokens(family):
     ({"num_virtual_tokens": 0}, "method.num_virtual_tokens"),
     ({"init": "zeros"}, "method.init"),
     ({"init": "text"}, "method.init_text"),
+    ({"init_text": "Classify the review:"}, "method.init_text is read only with method.init=text"),
+    ({"init": "random", "tokenizer": "tok"}, "method.tokenizer is read only with method.init=text"),
 ])
 def test_bad_settings_are_config_errors(options, key):
     with pytest.raises(ConfigError, match=key):

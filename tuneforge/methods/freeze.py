@@ -24,7 +24,7 @@ class Config:
     num_layers: int | None = None  # how many transformer layers train (see `which`); default: 2 (every layer
     #                                of a model with fewer)
     which: Literal["last", "first"] = "last"  # train the last or the first `num_layers` layers
-    layer_indices: list[int] | None = None  # explicit layer indices (replaces num_layers/which)
+    layer_indices: list[int] | None = None  # explicit layer indices (replaces num_layers/which); -1: the last
     patterns: list[str] = field(default_factory=list)  # regexes on parameter names that also train
     extra: list[str] = field(default_factory=list)  # module names that also train, e.g. embeddings, norm, pooler
 
@@ -44,7 +44,11 @@ def selected_layers(n_layers: int, config: Config) -> list[int]:
         bad = [i for i in config.layer_indices if not -n_layers <= i < n_layers]
         if bad:
             raise ConfigError(f"method.layer_indices {bad} out of range: the model has {n_layers} layers")
-        return sorted({i % n_layers for i in config.layer_indices})
+        chosen = sorted({i % n_layers for i in config.layer_indices})
+        if len(chosen) < len(config.layer_indices):
+            raise ConfigError(f"method.layer_indices {config.layer_indices} name a layer twice (negative indices count "
+                              f"from the end: -1 is layer {n_layers - 1} of {n_layers})")
+        return chosen
     count = min(DEFAULT_LAYERS, n_layers) if config.num_layers is None else config.num_layers
     if count > n_layers:
         raise ConfigError(f"method.num_layers={count} but the model has only {n_layers} layers")
@@ -57,19 +61,26 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
     layers_name, layers = find_layers(model)
     chosen = set(selected_layers(len(layers), config))
     regexes = [re.compile(p) for p in config.patterns]
-    matched_extra = set()
+    matched_extra, matched_patterns = set(), set()
     selected = False
     for name, p in model.named_parameters():
         idx = layer_index(name, layers_name)
         parts = name.split(".")
         hit_extra = [e for e in config.extra if e in parts or name.startswith(e + ".")]
+        hit_patterns = [r.pattern for r in regexes if r.search(name)]
         matched_extra.update(hit_extra)
-        if (idx is not None and idx in chosen) or any(r.search(name) for r in regexes) or hit_extra:
+        matched_patterns.update(hit_patterns)
+        if (idx is not None and idx in chosen) or hit_patterns or hit_extra:
             p.requires_grad_(True)
             selected = True
     missing = sorted(set(config.extra) - matched_extra)
     if missing:
         raise ConfigError(f"method.extra: no module named {missing[0]!r} in {type(model).__name__}")
+    unmatched = [p for p in config.patterns if p not in matched_patterns]
+    if unmatched:
+        names = [n for n, _ in model.named_parameters()]
+        raise ConfigError(f"method.patterns: {unmatched[0]!r} matches no parameter name of {type(model).__name__} "
+                          f"(regexes are searched in names such as {names[0]!r}, {names[len(names) // 2]!r})")
     if not selected and not chosen:
         raise ConfigError("method: freeze selects no parameters; set num_layers, layer_indices, patterns or extra")
     return model

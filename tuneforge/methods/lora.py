@@ -166,18 +166,33 @@ def _is_target(name: str, module: nn.Module, config: Config, output: nn.Module |
     return any(name == t or name.endswith("." + t) for t in config.target_modules)
 
 
+def _check_targets(model: nn.Module, config: Config, targets: list[tuple[str, nn.Module]]) -> None:
+    """One line where the targets select nothing, or a named target matches no linear layer or only ones that
+    train in full (the task head: ``classifier``, ``score``)."""
+    linear = {n: m for n, m in model.named_modules() if isinstance(m, LINEAR)}
+    trains = {n for n, m in linear.items() if any(p.requires_grad for p in m.parameters())}
+    frozen = ", ".join(sorted({n.split(".")[-1] for n in linear if n not in trains}))
+    named = [] if config.target_regex is not None or "all-linear" in config.target_modules else config.target_modules
+    for t in named:
+        hits = [n for n in linear if n == t or n.endswith("." + t)]
+        if hits and all(n in trains for n in hits):
+            raise ConfigError(f"method.target_modules: '{t}' is part of the task head, which trains in full (not a "
+                              f"LoRA target); the linear layers LoRA can wrap are named: {frozen}")
+        if not hits and targets:
+            raise ConfigError(f"method.target_modules: '{t}' matches no linear layer of {type(model).__name__}; "
+                              f"the linear layers LoRA can wrap are named: {frozen}")
+    if not targets:
+        key, wanted = (("target_regex", config.target_regex) if config.target_regex is not None
+                       else ("target_modules", ", ".join(config.target_modules)))
+        raise ConfigError(f"method.{key}: '{wanted}' matches no linear layer of {type(model).__name__}; "
+                          f"the linear layers LoRA can wrap are named: {frozen}")
+
+
 def apply(model: nn.Module, config: Config) -> nn.Module:
     """Wrap every targeted linear layer in a :class:`LoRALinear`; only ``lora_A``/``lora_B`` train."""
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     targets = [(n, m) for n, m in model.named_modules() if _is_target(n, m, config, output)]
-    if not targets:
-        key, wanted = (("target_regex", config.target_regex) if config.target_regex is not None
-                       else ("target_modules", ", ".join(config.target_modules)))
-        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, LINEAR)})
-        raise ConfigError(
-            f"method.{key}: '{wanted}' matches no linear layer of {type(model).__name__}; "
-            f"its linear layers are named: {', '.join(linear)}"
-        )
+    _check_targets(model, config, targets)
     for name, module in targets:  # the new lora_A/lora_B train; the wrapped base stays frozen
         replace(model, name, LoRALinear(module, config.rank, config.alpha, config.dropout, config.rslora))
     return model

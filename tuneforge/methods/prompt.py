@@ -39,6 +39,10 @@ class Config:
             raise ConfigError(f"method.init: {self.init!r} is not allowed; choose one of {', '.join(INITS)}")
         if self.init == "text" and not self.init_text:
             raise ConfigError("method.init_text is required with method.init=text (e.g. 'Classify the review:')")
+        if self.init != "text" and (self.init_text or self.tokenizer):
+            given = "method.init_text" if self.init_text else "method.tokenizer"
+            raise ConfigError(f"{given} is read only with method.init=text (the prompt starts from method.init="
+                              f"{self.init} here): set method.init=text or drop {given}")
 
 
 class PromptEmbedding(VirtualTokens):
@@ -66,6 +70,9 @@ def _text_ids(model: nn.Module, config: Config) -> torch.Tensor:
     ids = tokenizer(config.init_text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise ConfigError(f"method.init_text {config.init_text!r} encodes to no tokens; give a longer text")
+    if tokenizer.unk_token_id is not None and set(ids) == {tokenizer.unk_token_id}:
+        raise ConfigError(f"method.init_text {config.init_text!r} holds no word the tokenizer knows (every token is "
+                          f"{tokenizer.unk_token!r}); write it in the model's language")
     reps = -(-config.num_virtual_tokens // len(ids))
     return torch.tensor((ids * reps)[: config.num_virtual_tokens])
 
