@@ -36,6 +36,9 @@ CALIBRATE_EXAMPLES = """examples:
 """
 
 
+QUIET = "no progress bars or start lines (results, notes and warnings still print)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneforge",
                                      description="Fine-tune pre-trained transformers on your own data.",
@@ -65,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="run directory (default runs/<method>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true", help=QUIET)
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics of a run on its test split or on a data file")
@@ -134,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="retrain every method, replacing earlier runs")
     p.add_argument("--in-process", dest="in_process", action="store_true",
                    help="train in this process (faster start; peak memory is then not per method)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true", help=QUIET)
     p.set_defaults(fn=cmd_compare)
 
     p = sub.add_parser("calibrate", help="classify labelled data with a causal LM from a prompt, with and without "
@@ -181,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "per cent of perplexity for causal LMs (default 1)")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
     p.add_argument("--overwrite", action="store_true", help="retrain every run")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true", help=QUIET)
     p.set_defaults(fn=cmd_mitigate)
 
     p = sub.add_parser("methods", help="list methods, their options and default learning rates")

@@ -168,8 +168,8 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
         lines.append(f"| {r['label']}{mark} | {_f(r['validation'])} | {_f(r[f'test_{task.metric}'])} | "
                      f"{_f(r['gain'])} | {_f(r['forgotten'])} |")
     none = "every candidate failed" if all("error" in r for r in candidates) else \
-        "none forgets less while keeping the task within the margin"
-    lines += ["", "chosen: " + (chosen["label"] if chosen else none)]
+        "no candidate forgets less than the run without mitigation while keeping the task within the margin"
+    lines += ["", ("chosen: " + chosen["label"]) if chosen else "nothing chosen: " + none]
     lines += [f"failed: {r['label']}: {r['error']}" for r in rows if "error" in r]
     checkpoint.atomic_write_text(out / "mitigation.md", "\n".join(lines) + "\n")
     plot_tradeoff(rows, out / "tradeoff.png", f"test {task.metric}", rows[0]["probe"] or "probe")

@@ -146,6 +146,8 @@ def test_class_names_from_hugging_face_parquet_features(tmp_path):
     ([{"tokens": ["a", "b"], "tags": ["O"]}], r"d\.jsonl, row 1: 2 tokens but 1 tags"),
     ([{"tokens": ["a"], "tags": ["O"]}, {"tokens": 5, "tags": ["O", "O"]}], r"row 2: 'tokens' must be a list"),
     ([{"tokens": "a b c", "tags": "O B-PER"}], r"row 1: 3 tokens but 2 tags"),
+    ([{"tokens": ["a"], "tags": ["O"]}, {"tokens": ["b"], "ner_tags": ["O"]}],  # a row of another layout
+     r"row 2: column 'tags' is missing \(columns: 'tokens', 'ner_tags'; the first row's columns name every row's"),
     ([{"words": ["a"], "tags": ["O"]}],
      r"column 'tokens' not found; columns are 'words', 'tags' \(choose with data.tokens_column / data.tags_column\)"),
     ([{"tokens": [], "tags": []}], "empty"),

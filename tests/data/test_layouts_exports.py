@@ -76,6 +76,9 @@ def test_columns_a_layout_does_not_read_are_named_in_a_note(tmp_path, capsys):
     path.write_text(row * 3 + '{"instruction": "and 4", "output": "9", "history": [["add", "5"]]}\n')
     causal_lm.Task().read_source(str(path), load_config(None, {"model": {"task": "causal_lm"}}))
     assert "column(s) 'history' are not read" in capsys.readouterr().err
+    path.write_text(row + '{"question": "what is 2 and 3 ?", "answer": "5"}\n')  # pairs are chosen row by row
+    causal_lm.Task().read_source(str(path), load_config(None, {"model": {"task": "causal_lm"}}))
+    assert capsys.readouterr().err == ""
 
 
 def test_parquet_messages_with_empty_tool_call_arrays_read(tmp_path):

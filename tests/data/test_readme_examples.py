@@ -21,18 +21,30 @@ def _examples():
         task = next((t for name, t in (("Token classification", "token_classification"),
                                        ("Classification", "classification"), ("Causal LM", "causal_lm"))
                      if name in intro), task)
-        out += [(task, line) for line in block.group(1).strip().splitlines()]
+        out.append((task, block.group(1).strip().splitlines()))
         last = block.end()
     return out
 
 
-EXAMPLES = _examples()
+BLOCKS = _examples()
+EXAMPLES = [(task, line) for task, lines in BLOCKS for line in lines]
 
 
 def test_the_section_shows_every_layout():
     tasks = [t for t, _ in EXAMPLES]
-    assert tasks.count("classification") == 6 and tasks.count("token_classification") == 3  # single texts, pairs
-    assert tasks.count("causal_lm") == 12  # pairs, OpenAI chat, ShareGPT, plain text: three rows each
+    assert tasks.count("classification") == 6  # single texts, pairs: three rows each
+    assert tasks.count("token_classification") == 6  # token and tag lists, character-offset entities
+    assert tasks.count("causal_lm") == 12  # pairs, OpenAI chat, ShareGPT, plain text
+
+
+@pytest.mark.parametrize("task, lines", BLOCKS)
+def test_each_block_loads_as_one_file(tmp_path, task, lines):
+    path = tmp_path / "d.jsonl"  # a user copies a block into a file: every row of it loads
+    path.write_text("\n".join(lines) + "\n")
+    cfg = load_config(None, {"model": {"task": task}})
+    t = get(task)
+    records = t.read_source(str(path), cfg)
+    assert len(records) == len(lines) and all(t.row_problem(r, cfg) is None for r in records)
 
 
 @pytest.mark.parametrize("task, line", EXAMPLES)

@@ -61,7 +61,12 @@ def test_a_row_missing_a_text_column_found_under_another_spelling_is_named_not_t
     cfg = load_config(None, {})
     got = TASK.read_source(str(path), cfg)
     assert [r.get("text") for r in got] == [f"film {i}" for i in range(6)] + [None]
-    assert TASK.row_problem(got[-1], cfg).startswith("column 'text' is missing (columns: title, label")
+    assert TASK.row_problem(got[-1], cfg).startswith(  # the file's own name for the column, as its first row has it
+        "column 'review' is missing (columns: title, label (the first row's columns name every row's)")
+    path.write_text(json.dumps({"premise": "a", "hypothesis": "b", "label": 1}) + "\n"  # a pair file, likewise
+                    + json.dumps({"sentence1": "a", "sentence2": "b", "label": 1}) + "\n")
+    got = TASK.read_source(str(path), cfg)
+    assert TASK.row_problem(got[-1], cfg).startswith("column 'premise' is missing (columns: sentence1, sentence2")
 
 
 @pytest.mark.parametrize("first, second", [("sentence1", "sentence2"), ("premise", "hypothesis"),

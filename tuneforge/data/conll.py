@@ -91,6 +91,10 @@ def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", t
     empty: list[int] = []  # rows without tokens (and tags), skipped
     for row_no, row in enumerate(records, start=1):
         where = place(source, row_no - 1)
+        for column in (tokens_column, tags_column):
+            if column not in row:  # another layout in a later row: one layout per file, the first row's
+                raise ConfigError(f"{where}: column '{column}' is missing (columns: {column_names(row)}; the first "
+                                  f"row's columns name every row's: '{tokens_column}' + '{tags_column}')")
         tokens = _words(row.get(tokens_column), tokens_column, where)
         tags = _words(row.get(tags_column), tags_column, where)
         if len(tokens) != len(tags) and isinstance(row.get(tokens_column), str):  # "[ 5 ]": words, not a list

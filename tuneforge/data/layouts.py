@@ -70,22 +70,24 @@ def one_layout(parts: list[tuple[list[dict[str, Any]], list[str]]], d: DataConfi
 
 def note_unread(records: list[dict[str, Any]], d: DataConfig, source: str) -> None:
     """A note naming the columns of a file's records that its layout (the first record's) does not read and that
-    hold text or lists in some row: columns a user may have expected to train on (a passage, a history)."""
+    hold text or lists in some row: columns a user may have expected to train on (a passage, a history). Pairs are
+    chosen row by row, so each row's own prompt and answer columns count as read."""
     try:
         fmt = detect_format(set(records[0]), d, "")
-        if fmt == "chat":
-            read = [next((c for c in CHAT_COLUMNS if c in records[0]), d.text_column)]
-        elif fmt == "pairs":
-            read = list(_pair_columns(records[0], d)) + list(CONTEXT_COLUMNS)
-        else:
-            read = [d.text_column]
+        pairs = {_pair_columns(r, d): None for r in records} if fmt == "pairs" else {}
     except ConfigError:  # no layout: each row's error says why
         return
+    if fmt == "chat":
+        read = [next((c for c in CHAT_COLUMNS if c in records[0]), d.text_column)]
+    elif fmt == "pairs":
+        read = [c for pair in pairs for c in pair] + list(CONTEXT_COLUMNS)
+    else:
+        read = [d.text_column]
     other: dict[str, None] = {}  # in order of first appearance
     for record in records:
         other.update((str(k), None) for k, v in record.items() if k not in read + ["system"] and str(k) not in other
                      and (isinstance(v, str) and " " in v.strip() or _is_list(v)))
-    reads = (f"prompt '{read[0]}' -> answer '{read[1]}'" if fmt == "pairs" else
+    reads = (", ".join(f"prompt '{p}' -> answer '{a}'" for p, a in pairs) if fmt == "pairs" else
              f"{'conversations' if fmt == 'chat' else 'plain text'} from '{read[0]}'")
     if other:
         print(f"note: {source}: the run reads {reads}; column(s) {', '.join(map(repr, other))} are not read "

@@ -88,6 +88,7 @@ class Task:
                   f"alone (data.text_pair_column={partner} classifies the pair)", file=sys.stderr)
         label = common_column(records[0], d.label_column, LABEL_COLUMNS)
         names = class_names(path, label)
+        self.read_as = {d.text_column: text, d.label_column: label}  # for row_problem's errors about this file
         if text == d.text_column and label == d.label_column and names is None:
             return records
         for kind, configured, used in (("text", d.text_column, text), ("label", d.label_column, label)):
@@ -111,7 +112,9 @@ class Task:
         for column in self._text_columns(cfg) + [cfg.data.label_column]:
             if column not in record:
                 present = ", ".join(map(str, record)) or "none"
-                return (f"column '{column}' is missing (columns: {present}; choose them with data.text_column / "
+                used = getattr(self, "read_as", {}).get(column, column)  # the file's own name (its first row's)
+                first = " (the first row's columns name every row's)" if used != column else ""
+                return (f"column '{used}' is missing (columns: {present}{first}; choose them with data.text_column / "
                         "data.label_column)")
         for column in self._text_columns(cfg):
             if structure(record[column]):
