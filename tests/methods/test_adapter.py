@@ -132,6 +132,13 @@ def test_bad_settings_are_config_errors(options, key):
         adapter.Config(**options)
 
 
+def test_a_reduction_wider_than_the_model_is_refused():
+    with pytest.raises(ConfigError, match=r"method.reduction_factor=100 leaves no bottleneck on a 32-wide model"):
+        apply(tiny_classifier("bert"), "adapter", reduction_factor=100)
+    model = apply(tiny_classifier("bert"), "adapter", reduction_factor=32)  # the widest that leaves one unit
+    assert {m.adapter.down.out_features for m in model.modules() if isinstance(m, adapter.AdapterLayer)} == {1}
+
+
 def test_applying_twice_is_refused():
     model = apply(tiny_classifier("bert"), "adapter")
     with pytest.raises(ConfigError, match="already has adapters"):

@@ -123,7 +123,11 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
         raise ConfigError("method: the model already has adapters; apply the adapter method once")
     layers_name, layers = find_layers(model)
     hidden = hidden_size(model)
-    bottleneck = config.bottleneck_size or max(1, hidden // config.reduction_factor)
+    bottleneck = config.bottleneck_size or hidden // config.reduction_factor
+    if not bottleneck:
+        raise ConfigError(f"method.reduction_factor={config.reduction_factor} leaves no bottleneck on a {hidden}-wide "
+                          f"model ({hidden} // {config.reduction_factor} = 0): use at most {hidden}, or set "
+                          "method.bottleneck_size")
     for i, block in enumerate(layers):
         targets = {"FFN output": ffn_output(block, hidden)}
         if config.variant == "houlsby":
