@@ -55,7 +55,8 @@ def _is_span(value: Any) -> bool:
 def read_spans(records: Sequence[Record], source: str, text_column: str = "text",
                entities_column: str = "entities") -> list[Record]:
     """Sentences from raw text with character-offset entities ``[{"start", "end", "label"}]`` (end exclusive):
-    BIO tags over its words (split at whitespace and punctuation: :func:`split_words`), ``B-`` on the first word a span overlaps, ``I-`` on the others.
+    BIO tags over its words (split at whitespace and punctuation: :func:`split_words`), ``B-`` on the first word a
+    span overlaps, ``I-`` on the others.
     A span covering part of a word tags the whole word. Each record also keeps ``text`` and every word's
     ``offsets`` (start, end) so predicted tags can be turned back into spans (:func:`tags_to_spans`)."""
     require(records, (text_column,), source, "data.text_column")
@@ -82,7 +83,8 @@ def read_spans(records: Sequence[Record], source: str, text_column: str = "text"
     if widened:
         span, word = widened[0]
         print(f"note: {source}: {len(widened)} entity span(s) end inside a word and tag the whole word (e.g. "
-              f"{span!r} in {word!r}): words are split at whitespace and punctuation, and predicted entities are whole words too",
+              f"{span!r} in {word!r}): words are split at whitespace and punctuation, and predicted entities are "
+              "whole words too",
               file=sys.stderr)
     return out
 
@@ -105,7 +107,8 @@ def _span_tags(text: str, words: list[tuple[str, int, int]], spans: list[tuple[i
             if owner[i] is not None:
                 o = owner[i]
                 raise ConfigError(f"{where}: entities [{o[0]}, {o[1]}) and [{start}, {end}) fall in the same word "
-                                  f"{words[i][0]!r}; words are split at whitespace and punctuation, so one word has one tag")
+                                  f"{words[i][0]!r}; words are split at whitespace and punctuation, so one word "
+                                  "has one tag")
             owner[i] = span
             tags[i] = ("B-" if i == hit[0] else "I-") + label
     return tags
