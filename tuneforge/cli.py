@@ -205,8 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:  # the command's own usage, and only what it does not know (its KEY=VALUE overrides are fine)
         unknown = [e for e in extra if e.startswith("-")] if rest else extra
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)} (see `tuneforge {args.command} --help`)")
-    from tuneforge import distributed
+    from tuneforge import distributed, scope
     from tuneforge.config import ConfigError
+
+    scope.silence_hf()  # this process is the command's: tuneforge prints its own notes
 
     fn: Callable[[argparse.Namespace], int] = args.fn
     try:

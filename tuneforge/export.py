@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuneforge import assets, checkpoint
+from tuneforge import assets, checkpoint, scope
 from tuneforge.config import ConfigError
 from tuneforge.files import new_folder
 from tuneforge.methods import registry
@@ -95,6 +95,7 @@ def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
     return out
 
 
+@scope.quietly
 def export(run: Run, out: str | Path, fmt: str = "peft", overwrite: bool = False) -> Path:
     """``peft``: adapter in PEFT format; ``merged``: a plain Hugging Face model folder (``Run.merge``)."""
     if fmt == "peft":

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from tuneforge import assets, checkpoint, tasks
+from tuneforge import assets, checkpoint, scope, tasks
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import dataset
 from tuneforge.files import new_folder
@@ -47,6 +47,7 @@ class Run:
     """A finished run reloaded from its directory (on ``device``: auto, cpu, cuda), whatever device it was
     trained on."""
 
+    @scope.quietly
     def __init__(self, run_dir: str | Path, device: str = "auto") -> None:
         self.files = checkpoint.read_run(run_dir)
         self.cfg = self.files.config
@@ -91,6 +92,12 @@ class Run:
                 raise self._unfit(f"{found[1]}: ({found[2]}) saved, ({found[3]}) in the model") from None
         return model.to(self.device).eval(), names
 
+    def _here(self) -> None:
+        """Refuse to read the run directory's files once it is gone (moved or deleted since it was loaded)."""
+        if not self.files.path.is_dir():
+            raise ConfigError(f"run directory {self.files.path} no longer exists (moved or deleted since it was "
+                              "loaded); load it again from where it is now")
+
     def _unfit(self, what: str) -> ConfigError:
         return ConfigError(f"{self.files.path}: saved weights do not fit the model (e.g. {what}); the run directory "
                            "mixes files of different runs: train it again or restore it from a copy")
@@ -111,6 +118,7 @@ class Run:
 
     def prepared(self) -> Prepared:
         """The run's own splits, tokenised as in training (from its stored split)."""
+        self._here()
         manifest = self.files.split()
         if manifest is None:
             raise ConfigError(f"{self.files.path} has no stored split ({checkpoint.SPLIT})")
@@ -120,6 +128,7 @@ class Run:
         enc = {k: self.task.encode(records[k], self.cfg, self.tokenizer, self.meta, where[k]) for k in records}
         return Prepared(enc["train"], enc["validation"], enc["test"], self.meta, records["test"])
 
+    @scope.quietly
     def evaluate(self, data_file: str | None = None) -> dict[str, Any]:
         """Metrics on ``data_file`` (any supported file) or on exactly the run's own test rows (refused when
         a source changed since training)."""
@@ -128,6 +137,7 @@ class Run:
             records, where = dataset.source_records(self.task, data_file, self.cfg, training=False)
             meta = self.task.source_meta(records, self.cfg, meta, where)  # a chat run on an input->output file
         else:
+            self._here()
             manifest = self.files.split()
             if manifest is None:
                 raise ConfigError(f"{self.files.path} has no stored split; give --data FILE")
@@ -140,11 +150,17 @@ class Run:
         return self.task.evaluate(self._ready(), examples, self.rt, self.cfg, meta, tokenizer=self.tokenizer,
                                   raw=records)
 
+    @scope.quietly
     def predict(self, texts: list[str], pairs: list[str] | None = None) -> list[dict[str, Any]]:
         """The task's predictions for each text (a label and probabilities; the entities found...); ``pairs``:
         the second texts, for a classifier trained on text pairs (``data.text_pair_column``), one per text."""
+        _text_list(texts, "texts")
+        if pairs is not None:
+            _text_list(pairs, "pairs")
         if pairs is not None and len(pairs) != len(texts):
             raise ConfigError(f"{len(texts)} texts but {len(pairs)} second texts: give one second text per text")
+        if not texts:
+            return []
         inputs = list(zip(texts, pairs)) if pairs is not None else list(texts)
         return self.task.predict(self._ready(), inputs, self.rt, self.cfg, self.meta, self.tokenizer)
 
@@ -157,18 +173,23 @@ class Run:
             raise ConfigError(f"{self.files.path} was trained on plain text, which it continues: `tuneforge generate "
                               "RUN TEXT`; chat needs a run trained on conversations or prompt/answer pairs")
 
+    @scope.quietly
     def generate(self, prompts: list[str | list[dict[str, str]]], **settings: Any) -> list[str]:
         """Answers of a causal-LM run: each prompt is a user message or a list of {role, content} messages,
         rendered with the run's chat template. ``settings``: max_new_tokens, sample, temperature, top_p,
         top_k, seed (see :class:`tuneforge.generate.Sampling`); ``stream`` (a file) streams one answer."""
         from tuneforge.generate import generate_answers
+        if isinstance(prompts, (str, bytes)):
+            raise ConfigError("generate takes a list of prompts, not one string: run.generate([prompt])")
         self.check_generates()
         return generate_answers(self._ready(), self.tokenizer, self.meta, self.cfg, self.rt, list(prompts),
                                 **settings)
 
+    @scope.quietly
     def merge(self, out: str | Path, overwrite: bool = False) -> Path:
         """Write a plain Hugging Face model folder with the method merged in (where the method can merge);
         the output folder is touched only once the merge succeeded."""
+        self._here()
         model = registry.call_optional(self.cfg.method_name, "merge", self._float_model())
         leftovers = [n for n, _ in model.named_parameters() if n not in self.base_names]
         if leftovers:
@@ -179,10 +200,24 @@ class Run:
                      "`tuneforge.load`)")
             raise ConfigError(f"method '{self.cfg.method_name}' cannot be merged into the base weights "
                               f"(e.g. {leftovers[0]}); {other}")
-        with new_folder(Path(out), overwrite, "merged") as tmp:  # moved in place once complete
-            model.float().save_pretrained(tmp, safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp)
+        try:
+            with new_folder(Path(out), overwrite, "merged") as tmp:  # moved in place once complete
+                model.float().save_pretrained(tmp, safe_serialization=True)
+                self.tokenizer.save_pretrained(tmp)
+        finally:  # merged in place and cast to float32: the run's own model again, for later calls
+            self.model, self.base_names = self._load_model()
+            self._cast = False
         return Path(out)
+
+
+def _text_list(values: Any, name: str) -> None:
+    """``values`` is a list of texts: one string (which would be read a character at a time) or a missing text is
+    refused."""
+    if isinstance(values, (str, bytes)):
+        raise ConfigError(f"{name} must be a list of texts, not one string: predict([text])")
+    missing = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
+    if missing is not None:
+        raise ConfigError(f"{name}[{missing}] is {type(values[missing]).__name__}, not a text")
 
 
 def load(run_dir: str | Path, device: str = "auto") -> Run:

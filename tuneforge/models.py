@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import transformers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
@@ -18,13 +17,6 @@ from tuneforge.config import ConfigError, RunConfig
 from tuneforge.methods import registry
 from tuneforge.methods.layers import HEAD_NAMES, is_rms_norm, position_limit
 
-transformers.logging.set_verbosity_error()
-transformers.utils.logging.disable_progress_bar()
-try:  # e.g. "Writing model shards" bars of save_pretrained
-    from huggingface_hub.utils import disable_progress_bars
-    disable_progress_bars()
-except ImportError:  # pragma: no cover - huggingface_hub always comes with transformers
-    pass
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

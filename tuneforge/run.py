@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from tuneforge import assets, checkpoint, distributed, tasks
+from tuneforge import assets, checkpoint, distributed, scope, tasks
 from tuneforge.config import HEAD_LR, ConfigError, RunConfig, load_config, merge_dicts, parse_overrides
 from tuneforge.data import embedded
 from tuneforge.data.batching import Shapes
@@ -52,6 +52,9 @@ class TrainOutput:
 
 def resolve_config(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Accept a RunConfig, a dict or a YAML path (plus dotted overrides); fill the method's default lr."""
+    if not isinstance(cfg, (RunConfig, dict, str, Path)):
+        raise ConfigError(f"the config must be a dict of sections, a YAML file's path or a RunConfig; got "
+                          f"{type(cfg).__name__} {str(cfg)[:40]!r} (tuneforge.finetune({{}}) trains the defaults)")
     if isinstance(cfg, (str, Path)):
         cfg = load_config(cfg, overrides)
     else:
@@ -108,7 +111,14 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
           overwrite: bool = False, progress: bool = True, resume: str | Path | None = None) -> TrainOutput:
     """Fine-tune as configured; writes a run directory and returns its metrics and result table.
     ``resume=RUN_DIR`` continues an interrupted run (from its last checkpoint, or from the start) with its own
-    config. Every input is checked before the run directory is created."""
+    config. Every input is checked before the run directory is created. The caller's thread count, grad mode and
+    Hugging Face logging are as they were afterwards (:func:`tuneforge.scope.training`)."""
+    with scope.training():
+        return _train(cfg, overrides, overwrite, progress, resume)
+
+
+def _train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | None, overwrite: bool,
+           progress: bool, resume: str | Path | None) -> TrainOutput:
     d, device = distributed.setup()
     cfg, task, run_dir = distributed.agree(lambda: _plan(cfg, overrides, overwrite, resume))
     say = print if d.main and progress else (lambda *a, **k: None)
