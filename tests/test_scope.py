@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 import transformers
-from huggingface_hub.utils import are_progress_bars_disabled
+from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
 import tuneforge
 from tiny import reviews_csv
@@ -80,7 +80,12 @@ def test_merging_leaves_the_loaded_run_as_it_was(bf16_run, tmp_path):
     texts = ["the movie was w1 w2", "the movie was w9 w10"]
     before, metrics = run.predict(texts), run.evaluate()
     run.merge(tmp_path / "merged")
+    assert any(".lora_A" in n for n, _ in run.model.named_parameters())  # the run's own model, not the merged one
     assert run.predict(texts) == before and run.evaluate() == metrics  # the same object, the same numbers
+    with pytest.raises(ConfigError, match="exists"):  # a merge whose folder is refused leaves the run as it was
+        run.merge(tmp_path / "merged")
+    assert run.predict(texts) == before
+    assert run.predict(t for t in texts) == before  # any iterable of texts
 
 
 def test_a_moved_run_directory_is_named_when_its_files_are_needed(bf16_run, tmp_path):
@@ -92,3 +97,40 @@ def test_a_moved_run_directory_is_named_when_its_files_are_needed(bf16_run, tmp_
         with pytest.raises(ConfigError, match=r"run directory .*/a no longer exists \(moved or deleted"):
             call()
     assert load(tmp_path / "b", "cpu").evaluate()["n"] > 0
+
+
+def test_a_saved_run_loads_with_options_new_runs_refuse(bert_dir, data_csv, tmp_path):
+    """Options refused since (here a freeze pattern that matches nothing) stay loadable in runs saved before."""
+    import yaml
+    out = train(_cfg(bert_dir, data_csv, tmp_path / "freeze", num_threads=1) | {"method": {"name": "freeze"}},
+                progress=False)
+    config = out.run_dir / "config.yaml"
+    saved = yaml.safe_load(config.read_text())
+    saved["method"]["patterns"] = ["zzzz"]  # as a run trained before the refusal would have stored it
+    config.write_text(yaml.safe_dump(saved))
+    assert load(out.run_dir, "cpu").predict(["the movie was w1"])
+    saved["output_dir"] = str(tmp_path / "new")
+    with pytest.raises(ConfigError, match="method.patterns: 'zzzz' matches no frozen parameter"):
+        train(saved, progress=False)
+
+
+def test_nested_and_overlapping_quiet_blocks_restore_logging_once_the_last_ends():
+    verbosity, bars_off = hf_logging.get_verbosity(), are_progress_bars_disabled()
+    hf_logging.set_verbosity_warning()
+    enable_progress_bars()  # (a CLI test in this process may have silenced them for good)
+    try:
+        outer = scope.quiet()
+        outer.__enter__()
+        with scope.quiet():  # nested (a run's load inside a run), or another thread's
+            assert hf_logging.get_verbosity() == hf_logging.ERROR
+        assert hf_logging.get_verbosity() == hf_logging.ERROR  # the outer block still works quietly
+        inner = scope.quiet()
+        inner.__enter__()
+        outer.__exit__(None, None, None)  # overlapping: the first to start ends first
+        assert hf_logging.get_verbosity() == hf_logging.ERROR
+        inner.__exit__(None, None, None)
+        assert hf_logging.get_verbosity() == hf_logging.WARNING and not are_progress_bars_disabled()
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars_off:
+            disable_progress_bars()

@@ -16,6 +16,7 @@ from tuneforge import assets, checkpoint, scope, tasks
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import dataset
 from tuneforge.files import new_folder
+from tuneforge.strict import saved_config
 from tuneforge.methods import registry
 from tuneforge.models import (apply_method, bf16_supported, head_modules, load_tokenizer, resolve_device,
                               store_frozen_in_bf16)
@@ -49,7 +50,8 @@ class Run:
 
     @scope.quietly
     def __init__(self, run_dir: str | Path, device: str = "auto") -> None:
-        self.files = checkpoint.read_run(run_dir)
+        with saved_config():  # the options it trained with, even those tuneforge now refuses for new runs
+            self.files = checkpoint.read_run(run_dir)
         self.cfg = self.files.config
         self.meta = self.files.meta
         self.task = tasks.get(self.cfg.model.task)
@@ -62,10 +64,23 @@ class Run:
         self.rt = Runtime(device=self.device, bf16=bf16, pad_id=self.tokenizer.pad_token_id)
         self.heads: list[str] = []  # modules trained in full beside the method (e.g. a fresh classification head)
         self._cast = False
-        self.model, self.base_names = self._load_model()
+        self._model: nn.Module | None = None
+        self._model, self.base_names = self._load_model()
+
+    @property
+    def model(self) -> nn.Module:
+        """The run's model (loaded again where :meth:`merge` folded the method into it)."""
+        if self._model is None:
+            self._model, self.base_names = self._load_model()
+            self._cast = False
+        return self._model
 
     def _load_model(self) -> tuple[nn.Module, set[str]]:
         """The run's model on its device, and the parameter names of the model before the method."""
+        with saved_config():
+            return self._build_model()
+
+    def _build_model(self) -> tuple[nn.Module, set[str]]:
         full = self.files.full_model_dir
         if full is not None:
             try:
@@ -111,9 +126,8 @@ class Run:
         return self.model
 
     def _float_model(self) -> nn.Module:
-        if self._cast:
-            self.model, self.base_names = self._load_model()
-            self._cast = False
+        if self._cast:  # cast to bf16 for inference: the float32 weights again
+            self._model = None  # freed before the reload: one model in memory at a time
         return self.model
 
     def prepared(self) -> Prepared:
@@ -154,9 +168,8 @@ class Run:
     def predict(self, texts: list[str], pairs: list[str] | None = None) -> list[dict[str, Any]]:
         """The task's predictions for each text (a label and probabilities; the entities found...); ``pairs``:
         the second texts, for a classifier trained on text pairs (``data.text_pair_column``), one per text."""
-        _text_list(texts, "texts")
-        if pairs is not None:
-            _text_list(pairs, "pairs")
+        texts = _text_list(texts, "texts")
+        pairs = None if pairs is None else _text_list(pairs, "pairs")
         if pairs is not None and len(pairs) != len(texts):
             raise ConfigError(f"{len(texts)} texts but {len(pairs)} second texts: give one second text per text")
         if not texts:
@@ -193,31 +206,30 @@ class Run:
         model = registry.call_optional(self.cfg.method_name, "merge", self._float_model())
         leftovers = [n for n, _ in model.named_parameters() if n not in self.base_names]
         if leftovers:
-            self.model, self.base_names = self._load_model()  # the merge hook may have changed the model
+            self._model = None  # the merge hook may have changed the model: loaded again when next needed
             other = ("export it with `tuneforge export RUN OUT --format peft`, or load the run with tuneforge"
                      if hasattr(registry.get(self.cfg.method_name), "to_peft") else
                      "it has no PEFT form either: load the run with tuneforge (`tuneforge predict`/`evaluate`, "
                      "`tuneforge.load`)")
             raise ConfigError(f"method '{self.cfg.method_name}' cannot be merged into the base weights "
                               f"(e.g. {leftovers[0]}); {other}")
-        try:
-            with new_folder(Path(out), overwrite, "merged") as tmp:  # moved in place once complete
-                model.float().save_pretrained(tmp, safe_serialization=True)
-                self.tokenizer.save_pretrained(tmp)
-        finally:  # merged in place and cast to float32: the run's own model again, for later calls
-            self.model, self.base_names = self._load_model()
-            self._cast = False
+        self._model = None  # merged in place: the run's own model is loaded again when next needed
+        with new_folder(Path(out), overwrite, "merged") as tmp:  # moved in place once complete
+            model.float().save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
         return Path(out)
 
 
-def _text_list(values: Any, name: str) -> None:
-    """``values`` is a list of texts: one string (which would be read a character at a time) or a missing text is
-    refused."""
+def _text_list(values: Any, name: str) -> list[str]:
+    """``values`` (any iterable of texts) as a list; one string (which would be read a character at a time) or a
+    missing text is refused."""
     if isinstance(values, (str, bytes)):
-        raise ConfigError(f"{name} must be a list of texts, not one string: predict([text])")
+        raise ConfigError(f"{name} must be a list of texts, not one string: {name}=[...]")
+    values = list(values)
     missing = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
     if missing is not None:
         raise ConfigError(f"{name}[{missing}] is {type(values[missing]).__name__}, not a text")
+    return values
 
 
 def load(run_dir: str | Path, device: str = "auto") -> Run:

@@ -2,6 +2,8 @@
 type hints, unknown keys are errors that list the valid ones."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import inspect
 import io
@@ -10,6 +12,7 @@ import textwrap
 import tokenize
 import types
 import typing
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import yaml
@@ -17,6 +20,27 @@ import yaml
 
 class ConfigError(ValueError):
     """A user-facing error in configuration or input data: one line that names the key/file and the fix."""
+
+
+_SAVED = contextvars.ContextVar("tuneforge_saved_config", default=False)
+
+
+@contextlib.contextmanager
+def saved_config() -> Iterator[None]:
+    """Within: a finished run's saved config is being rebuilt (a reloaded run), so :func:`refuse` lets pass the
+    options it trained with."""
+    token = _SAVED.set(True)
+    try:
+        yield
+    finally:
+        _SAVED.reset(token)
+
+
+def refuse(message: str) -> None:
+    """A ConfigError for an option that would do nothing, or not what was meant, in a new run; a saved run trained
+    with it before tuneforge refused it still loads as it trained (:func:`saved_config`)."""
+    if not _SAVED.get():
+        raise ConfigError(message)
 
 
 class UniqueKeyLoader(yaml.SafeLoader):

@@ -19,7 +19,7 @@ def test_full_trains_everything(family):
 
 
 @pytest.mark.parametrize("options, layers", [
-    ({"num_layers": 1}, {1}), ({"num_layers": 1, "which": "first"}, {0}), ({"layer_indices": [0, -1]}, {0, 1}),
+    ({"num_layers": 1}, {1}), ({"num_layers": 1, "which": "first"}, {0}), ({"layer_indices": [0, -1]}, {0, 1}), ({"layer_indices": [0, 0]}, {0}),
     ({"num_layers": 0, "patterns": [r"\b(layers?|h)\.0\."]}, {0}),
 ])
 def test_freeze_selects_exactly_the_chosen_layers(family, options, layers):
@@ -57,8 +57,9 @@ def test_freeze_extra_modules():
     ({"num_layers": 5}, "has only 2 layers"), ({"layer_indices": [7]}, "out of range"),
     ({"extra": ["nosuch"]}, "no module named 'nosuch'"), ({"patterns": ["("]}, "invalid regex"),
     ({"num_layers": 0}, "selects no parameters"),
-    ({"layer_indices": [-1, 1]}, r"name a layer twice \(negative indices count from the end: -1 is layer 1 of 2\)"),
-    ({"patterns": [r"\.0\.", "zzzz"]}, r"method.patterns: 'zzzz' matches no parameter name of .* such as 'bert\."),
+    ({"layer_indices": [-1, 1]}, r"name a layer twice: negative indices count from the end \(-1 is layer 1 of 2\)"),
+    ({"patterns": [r"\.0\.", "zzzz"]}, r"method.patterns: 'zzzz' matches no frozen parameter of .* such as 'bert\."),
+    ({"num_layers": 0, "patterns": ["classifier"]}, "'classifier' matches no frozen parameter .* the task head trains"),
 ])
 def test_freeze_bad_settings(options, message):
     with pytest.raises(ConfigError, match=message):

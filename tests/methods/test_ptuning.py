@@ -35,7 +35,7 @@ def test_exactly_the_prompt_encoder_trains(family, encoder):
 @pytest.mark.parametrize("encoder", ENCODERS)
 def test_fold_then_save_and_reload(family, encoder):
     batch = tiny_batch()
-    model = _model(family, encoder, **({"lstm_layers": 2, "dropout": 0.1} if encoder == "lstm" else {}))
+    model = _model(family, encoder, lstm_layers=2, dropout=0.1)
     randomise(model, scale=0.1)
     model.eval()
     expected = model(**batch).logits
@@ -121,8 +121,6 @@ def test_bf16_frozen_weights_with_autocast(family):
     ({"encoder_hidden": 0}, "method.encoder_hidden"),
     ({"lstm_layers": 0}, "method.lstm_layers"),
     ({"dropout": 1.0}, "method.dropout"),
-    ({"dropout": 0.1}, "method.dropout is read only by the LSTM encoder"),  # the MLP encoder has no dropout
-    ({"encoder": "mlp", "lstm_layers": 3}, "method.lstm_layers is read only by the LSTM encoder"),
 ])
 def test_bad_settings_are_config_errors(options, key):
     with pytest.raises(ConfigError, match=key):

@@ -21,6 +21,7 @@ import torch.nn as nn
 from transformers.activations import ACT2FN
 
 from tuneforge.config import ConfigError
+from tuneforge.strict import refuse
 from tuneforge.methods.layers import LINEAR, find_layers, hidden_size, is_norm, linear_features, replace
 
 
@@ -125,9 +126,9 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
     hidden = hidden_size(model)
     bottleneck = config.bottleneck_size or hidden // config.reduction_factor
     if not bottleneck:
-        raise ConfigError(f"method.reduction_factor={config.reduction_factor} leaves no bottleneck on a {hidden}-wide "
-                          f"model ({hidden} // {config.reduction_factor} = 0): use at most {hidden}, or set "
-                          "method.bottleneck_size")
+        refuse(f"method.reduction_factor={config.reduction_factor} leaves no bottleneck on a {hidden}-wide model "
+               f"({hidden} // {config.reduction_factor} = 0): use at most {hidden}, or set method.bottleneck_size")
+        bottleneck = 1  # a run saved before the refusal trained with one unit
     for i, block in enumerate(layers):
         targets = {"FFN output": ffn_output(block, hidden)}
         if config.variant == "houlsby":

@@ -8,6 +8,7 @@ from typing import Literal
 import torch.nn as nn
 
 from tuneforge.config import ConfigError
+from tuneforge.strict import refuse
 from tuneforge.methods.layers import find_layers, layer_index
 
 # token classification: on WNUT-16 + MiniLM, 9e-4 was validation's pick of 1e-4 / 3e-4 / 9e-4 / 2.7e-3 at 496
@@ -45,9 +46,9 @@ def selected_layers(n_layers: int, config: Config) -> list[int]:
         if bad:
             raise ConfigError(f"method.layer_indices {bad} out of range: the model has {n_layers} layers")
         chosen = sorted({i % n_layers for i in config.layer_indices})
-        if len(chosen) < len(config.layer_indices):
-            raise ConfigError(f"method.layer_indices {config.layer_indices} name a layer twice (negative indices count "
-                              f"from the end: -1 is layer {n_layers - 1} of {n_layers})")
+        if len(chosen) < len(set(config.layer_indices)):  # e.g. [-1, 1] of 2 layers; a repeated [0, 0] is harmless
+            refuse(f"method.layer_indices {config.layer_indices} name a layer twice: negative indices count from the "
+                   f"end (-1 is layer {n_layers - 1} of {n_layers})")
         return chosen
     count = min(DEFAULT_LAYERS, n_layers) if config.num_layers is None else config.num_layers
     if count > n_layers:
@@ -69,18 +70,19 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
         hit_extra = [e for e in config.extra if e in parts or name.startswith(e + ".")]
         hit_patterns = [r.pattern for r in regexes if r.search(name)]
         matched_extra.update(hit_extra)
-        matched_patterns.update(hit_patterns)
+        if not p.requires_grad:  # a pattern that only names what trains anyway (the task head) selects nothing
+            matched_patterns.update(hit_patterns)
         if (idx is not None and idx in chosen) or hit_patterns or hit_extra:
+            selected = selected or not p.requires_grad
             p.requires_grad_(True)
-            selected = True
     missing = sorted(set(config.extra) - matched_extra)
     if missing:
         raise ConfigError(f"method.extra: no module named {missing[0]!r} in {type(model).__name__}")
     unmatched = [p for p in config.patterns if p not in matched_patterns]
     if unmatched:
         names = [n for n, _ in model.named_parameters()]
-        raise ConfigError(f"method.patterns: {unmatched[0]!r} matches no parameter name of {type(model).__name__} "
-                          f"(regexes are searched in names such as {names[0]!r}, {names[len(names) // 2]!r})")
+        refuse(f"method.patterns: {unmatched[0]!r} matches no frozen parameter of {type(model).__name__} (regexes "
+               f"are searched in names such as {names[0]!r}, {names[len(names) // 2]!r}; the task head trains anyway)")
     if not selected and not chosen:
         raise ConfigError("method: freeze selects no parameters; set num_layers, layer_indices, patterns or extra")
     return model

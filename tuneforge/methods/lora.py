@@ -167,25 +167,23 @@ def _is_target(name: str, module: nn.Module, config: Config, output: nn.Module |
 
 
 def _check_targets(model: nn.Module, config: Config, targets: list[tuple[str, nn.Module]]) -> None:
-    """One line where the targets select nothing, or a named target matches no linear layer or only ones that
-    train in full (the task head: ``classifier``, ``score``)."""
+    """One line where the targets select nothing: saying whether they name only the task head (which trains in full)
+    or no layer at all. Names that match nothing beside names that do are fine (a list for several model families,
+    as PEFT allows)."""
+    if targets:
+        return
     linear = {n: m for n, m in model.named_modules() if isinstance(m, LINEAR)}
-    trains = {n for n, m in linear.items() if any(p.requires_grad for p in m.parameters())}
-    frozen = ", ".join(sorted({n.split(".")[-1] for n in linear if n not in trains}))
-    named = [] if config.target_regex is not None or "all-linear" in config.target_modules else config.target_modules
-    for t in named:
-        hits = [n for n in linear if n == t or n.endswith("." + t)]
-        if hits and all(n in trains for n in hits):
-            raise ConfigError(f"method.target_modules: '{t}' is part of the task head, which trains in full (not a "
-                              f"LoRA target); the linear layers LoRA can wrap are named: {frozen}")
-        if not hits and targets:
-            raise ConfigError(f"method.target_modules: '{t}' matches no linear layer of {type(model).__name__}; "
-                              f"the linear layers LoRA can wrap are named: {frozen}")
-    if not targets:
-        key, wanted = (("target_regex", config.target_regex) if config.target_regex is not None
-                       else ("target_modules", ", ".join(config.target_modules)))
-        raise ConfigError(f"method.{key}: '{wanted}' matches no linear layer of {type(model).__name__}; "
-                          f"the linear layers LoRA can wrap are named: {frozen}")
+    trains = [n for n, m in linear.items() if any(p.requires_grad for p in m.parameters())]
+    frozen = ", ".join(sorted({n.split(".")[-1] for n in linear if n not in trains})) or "none"
+    if config.target_regex is not None:
+        key, wanted = "target_regex", config.target_regex
+        head = [n for n in trains if re.fullmatch(config.target_regex, n)]
+    else:
+        key, wanted = "target_modules", ", ".join(config.target_modules)
+        head = [n for n in trains if any(n == t or n.endswith("." + t) for t in config.target_modules)]
+    why = (f"'{wanted}' names only the task head ({head[0]}), which trains in full (not a LoRA target)" if head else
+           f"'{wanted}' matches no linear layer of {type(model).__name__}")
+    raise ConfigError(f"method.{key}: {why}; the linear layers LoRA can wrap are named: {frozen}")
 
 
 def apply(model: nn.Module, config: Config) -> nn.Module:

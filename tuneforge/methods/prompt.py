@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from tuneforge.config import ConfigError
+from tuneforge.strict import refuse
 from tuneforge.methods import peft_format
 from tuneforge.methods.virtual_tokens import VirtualTokens, attach, backbone_of, encoder_of
 
@@ -41,8 +42,8 @@ class Config:
             raise ConfigError("method.init_text is required with method.init=text (e.g. 'Classify the review:')")
         if self.init != "text" and (self.init_text or self.tokenizer):
             given = "method.init_text" if self.init_text else "method.tokenizer"
-            raise ConfigError(f"{given} is read only with method.init=text (the prompt starts from method.init="
-                              f"{self.init} here): set method.init=text or drop {given}")
+            refuse(f"{given} is read only with method.init=text (the prompt starts from method.init={self.init} "
+                   f"here): set method.init=text or drop {given}")
 
 
 class PromptEmbedding(VirtualTokens):
@@ -71,8 +72,8 @@ def _text_ids(model: nn.Module, config: Config) -> torch.Tensor:
     if not ids:
         raise ConfigError(f"method.init_text {config.init_text!r} encodes to no tokens; give a longer text")
     if tokenizer.unk_token_id is not None and set(ids) == {tokenizer.unk_token_id}:
-        raise ConfigError(f"method.init_text {config.init_text!r} holds no word the tokenizer knows (every token is "
-                          f"{tokenizer.unk_token!r}); write it in the model's language")
+        refuse(f"method.init_text {config.init_text!r} holds no word the tokenizer knows (every token is "
+               f"{tokenizer.unk_token!r}); write it in the model's language")
     reps = -(-config.num_virtual_tokens // len(ids))
     return torch.tensor((ids * reps)[: config.num_virtual_tokens])
 

@@ -53,10 +53,6 @@ class Config:
             raise ConfigError(f"method.lstm_layers must be positive, got {self.lstm_layers}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"method.dropout must be in [0, 1), got {self.dropout}")
-        lstm_only = [k for k, v in (("lstm_layers", self.lstm_layers != 2), ("dropout", self.dropout)) if v]
-        if self.encoder == "mlp" and lstm_only:
-            raise ConfigError(f"method.{lstm_only[0]} is read only by the LSTM encoder: set method.encoder=lstm or "
-                              f"drop method.{lstm_only[0]}")
 
 
 class PromptEncoder(VirtualTokens):
