@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import resource
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,13 +54,13 @@ class TrainOutput:
 
 def resolve_config(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Accept a RunConfig, a dict or a YAML path (plus dotted overrides); fill the method's default lr."""
-    if not isinstance(cfg, (RunConfig, dict, str, Path)):
+    if not isinstance(cfg, (RunConfig, Mapping, str, os.PathLike)):
         raise ConfigError(f"the config must be a dict of sections, a YAML file's path or a RunConfig; got "
                           f"{type(cfg).__name__} {str(cfg)[:40]!r} (tuneforge.finetune({{}}) trains the defaults)")
-    if isinstance(cfg, (str, Path)):
+    if isinstance(cfg, (str, os.PathLike)):
         cfg = load_config(cfg, overrides)
     else:
-        data = cfg.to_dict() if isinstance(cfg, RunConfig) else cfg
+        data = cfg.to_dict() if isinstance(cfg, RunConfig) else dict(cfg)
         cfg = load_config(None, merge_dicts(data, parse_overrides(overrides or [])))
     options = registry.make_config(cfg.method_name, cfg.method_options())  # validated early
     # every option stored, defaults included, so a run directory's config.yaml is complete

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -30,20 +31,33 @@ def silence_hf() -> None:
     disable_progress_bars()
 
 
+_LOCK = threading.Lock()
+_DEPTH = [0]  # quiet() blocks open in the process: the first saves Hugging Face's settings, the last restores them
+_SAVED: list[tuple[int, bool, bool]] = []
+
+
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Hugging Face's warnings and progress bars off while the block runs, then as they were."""
-    verbosity, bars, hub_off = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled(), \
-        are_progress_bars_disabled()
-    silence_hf()
+    """Hugging Face's warnings and progress bars off while the block runs (and any block nested in it or running
+    in another thread), then as they were."""
+    with _LOCK:
+        if _DEPTH[0] == 0:
+            _SAVED[:] = [(hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled(),
+                          are_progress_bars_disabled())]
+            silence_hf()
+        _DEPTH[0] += 1
     try:
         yield
     finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-        if not hub_off:
-            enable_progress_bars()
+        with _LOCK:
+            _DEPTH[0] -= 1
+            if _DEPTH[0] == 0:
+                verbosity, bars, hub_off = _SAVED.pop()
+                hf_logging.set_verbosity(verbosity)
+                if bars:
+                    hf_logging.enable_progress_bar()
+                if not hub_off:
+                    enable_progress_bars()
 
 
 def quietly(fn: F) -> F:

@@ -9,6 +9,8 @@ from tuneforge.data.words import split_words
     ("The U.S. and e.g., Obama's dog...", "The U.S. and e.g. , Obama 's dog ..."),
     ("visit google.com. at 10:30, 50% off C# #tag @user?!", "visit google.com . at 10:30 , 50% off C# #tag @user ? !"),
     ("Stratford-upon-Avon’s  mayor, J. Smith; students' books", "Stratford-upon-Avon ’s mayor , J. Smith ; students ' books"),
+    ("Mr. Smith of Apple Inc. met Dr. Who, etc.", "Mr. Smith of Apple Inc. met Dr. Who , etc."),  # CoNLL keeps them
+    ("Paris—the capital—in 1990–2000 –x–", "Paris — the capital — in 1990–2000 – x –"),  # em dashes alone
     ("我爱北京天安门。", "我 爱 北 京 天 安 门 。"),
     ("Tokyo東京 is big", "Tokyo 東 京 is big"),
     ("... ?! ( 's", "... ?! ( 's"),  # punctuation alone (or a bare 's) is one word

@@ -1,11 +1,13 @@
-"""Raw text -> words with character offsets, split as named-entity data sets are tokenised (CoNLL, Penn Treebank):
-at whitespace, with punctuation around a word, a possessive ``'s`` and each CJK ideograph as words of their own.
+"""Raw text -> words with character offsets, split close to how named-entity data sets are tokenised (CoNLL, Penn
+Treebank): at whitespace, with the punctuation around a word, a possessive ``'s``, each em dash and each CJK
+ideograph as words of their own.
 
 So ``"I met Tim Cook, then flew to London."`` gives ``I met Tim Cook , then flew to London .``: a tagger trained on
 such words sees the same kind of words at prediction time, and an entity's span stops before the comma. Punctuation
-inside a word stays (``e-mail``, ``10:30``, ``google.com``, ``rock'n'roll``), as do an abbreviation's periods
-(``U.S.``, ``e.g.``), ``#``/``@`` (hashtags, mentions) and ``%``. Scripts without spaces other than CJK ideographs
-(Thai, Japanese kana runs) stay one word per whitespace-separated run.
+inside a word stays (``e-mail``, ``10:30``, ``google.com``, ``rock'n'roll``), as do the periods of an abbreviation
+(``U.S.``, ``e.g.``, ``Mr.``, ``Inc.``), ``#``/``@`` (hashtags, mentions) and ``%``. Rules, not a trained tokenizer:
+a sentence's last word keeps its period where it looks like an initial (``Plan B.``), and scripts written without
+spaces other than CJK ideographs (Thai, Japanese kana runs) stay one word per whitespace-separated run.
 """
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ import unicodedata
 
 _CHUNK = re.compile(r"\S+")
 _ABBREVIATION = re.compile(r"(?:[^\W\d_]\.)+\Z")  # U.S., e.g., J.
+_TITLES = {"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "inc", "corp", "ltd", "co", "bros", "vs", "etc", "mt",
+           "gen", "gov", "sen", "rep", "rev", "capt", "col", "lt", "sgt"}  # kept with their period, as CoNLL keeps them
+_ALONE = set("—―")  # em dash, horizontal bar: a word of their own wherever they stand ("Paris—the capital")
 _POSSESSIVE = re.compile(r"['’][sS]\Z")
 _KEPT = set("%#@&*/\\")  # punctuation (Unicode category Po) that stays on a word's end: 50%, C#
 # CJK ideograph blocks, as BERT's BasicTokenizer splits them (one ideograph = one word)
@@ -32,17 +37,18 @@ def split_words(text: str) -> list[Word]:
     return out
 
 
-def _is_cjk(ch: str) -> bool:
+def _alone(ch: str) -> bool:
+    """A CJK ideograph or an em dash: one word by itself."""
     cp = ord(ch)
-    return any(a <= cp <= b for a, b in _CJK)
+    return ch in _ALONE or any(a <= cp <= b for a, b in _CJK)
 
 
 def _runs(chunk: str) -> list[tuple[str, int]]:
-    """``chunk`` cut into CJK ideographs (one each) and the runs between them: (text, offset in chunk)."""
+    """``chunk`` cut into CJK ideographs and em dashes (one each) and the runs between them: (text, offset)."""
     runs: list[tuple[str, int]] = []
     begin = 0
     for i, ch in enumerate(chunk):
-        if _is_cjk(ch):
+        if _alone(ch):
             if begin < i:
                 runs.append((chunk[begin:i], begin))
             runs.append((ch, i))
@@ -53,12 +59,12 @@ def _runs(chunk: str) -> list[tuple[str, int]]:
 
 
 def _leading(ch: str) -> bool:
-    return unicodedata.category(ch) in ("Ps", "Pi") or ch in "\"'¿¡"
+    return unicodedata.category(ch) in ("Ps", "Pi") or ch in "\"'¿¡–"
 
 
 def _trailing(ch: str) -> bool:
     cat = unicodedata.category(ch)
-    return cat in ("Pe", "Pf") or cat == "Po" and ch not in _KEPT
+    return cat in ("Pe", "Pf") or cat == "Po" and ch not in _KEPT or ch == "–"  # an en dash at a word's end
 
 
 def _trim(run: str, offset: int) -> list[Word]:
@@ -78,7 +84,7 @@ def _trim(run: str, offset: int) -> list[Word]:
         if run[b] == ".":
             while b > a and run[b - 1] == ".":
                 b -= 1  # an ellipsis is one word
-            if end - b == 1 and _ABBREVIATION.match(run, a, end):
+            if end - b == 1 and (_ABBREVIATION.match(run, a, end) or run[a:b].lower() in _TITLES):
                 b = end
                 break  # U.S. keeps its period
         tail.append((b, end))
