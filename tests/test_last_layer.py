@@ -104,3 +104,14 @@ def test_a_head_reading_every_position_fails_the_check():
     assert last_layer.bert_style_last_block(model) is not None
     with last_layer.head_only(model, tiny_batch(), CPU, bf16=False) as on:
         assert not on
+
+
+def test_the_check_runs_on_the_longest_training_examples():
+    """One-token rows cannot tell a tagger from a first-position head: the sample is the 4 longest examples."""
+    examples = [{"input_ids": [5], "attention_mask": [1]} for _ in range(6)]  # e.g. one-word sentences first
+    examples.append({"input_ids": [5, 6, 7, 8], "attention_mask": [1, 1, 1, 1]})
+    batch = last_layer.sample_batch(examples, 0, CPU)
+    assert batch["input_ids"].shape == (4, 4)
+    tagger = AutoModelForTokenClassification.from_config(tiny_config("bert", num_labels=3)).eval()
+    with last_layer.head_only(tagger, batch, CPU, bf16=False) as on:
+        assert not on

@@ -16,6 +16,7 @@ first position only in that block, so runs differ from the plain path by their r
 from __future__ import annotations
 
 import contextlib
+import heapq
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -48,10 +49,11 @@ def bert_style_last_block(model: nn.Module) -> nn.Module | None:
 
 
 def sample_batch(examples: Any, pad_id: int, device: torch.device) -> dict[str, torch.Tensor] | None:
-    """Model inputs of up to 4 training examples, padded: what :func:`head_only` checks on."""
+    """Model inputs of the 4 longest training examples, padded: what :func:`head_only` checks on. The longest, so
+    that a head reading every position (a tagger) shows it: with one-token rows both ways would agree."""
     if not examples:
         return None
-    batch = collate(list(examples[:4]), pad_id)
+    batch = collate(heapq.nlargest(4, examples, key=lambda e: len(e["input_ids"])), pad_id)
     return {k: v.to(device) for k, v in batch.items() if k != "labels"}
 
 
