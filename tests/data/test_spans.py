@@ -40,6 +40,8 @@ def test_read_spans_partial_word_and_numpy_entities():
     ([{"start": 0, "end": 2}], r"expected an object with start, end and label \(or \[start, end, label\]\)"),
     ([[0, 2]], r"expected an object with start, end and label"),
     ([{"start": "0", "end": 2, "label": "A"}], "must be integer character offsets"),
+    ([{"start": 0, "end": 2, "label": "B-PER"}], r"label 'B-PER' is a BIO tag; a character span takes the entity type "
+                                                  r"alone \('PER'\)"),
 ])
 def test_read_spans_errors(entities, message):
     with pytest.raises(ConfigError, match=message):

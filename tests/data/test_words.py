@@ -16,6 +16,7 @@ from tuneforge.data.words import split_words
     ("... ?! ( 's", "... ?! ( 's"),  # punctuation alone (or a bare 's) is one word
     ("Wait...what «quoted» ¿qué?", "Wait...what « quoted » ¿ qué ?"),
     ("  \n\t ", ""),
+    ("\ufeffApple\u200bGoogle", "Apple Google"),  # a byte-order mark and a zero-width space separate words
 ])
 def test_words_split_as_ner_data_is_tokenised_with_offsets(text, words):
     found = split_words(text)

@@ -172,8 +172,17 @@ def test_a_test_file_whose_rows_all_repeat_training_rows_is_refused(tmp_path):
     (tmp_path / "test.jsonl").write_text(rows)
     cfg = load_config(None, {"data": {"train_file": str(tmp_path / "train.jsonl"),
                                       "test_file": str(tmp_path / "test.jsonl")}})
-    with pytest.raises(ConfigError, match=r"test\.jsonl: every row repeats a training example, so nothing would be "
-                                          "left to test on"):
+    with pytest.raises(ConfigError, match=r"test\.jsonl: every row repeats an example of data\.train_file, so "
+                                          "nothing would be left to test on"):
+        prepare(cfg, TASK, word_tokenizer())
+    other = "".join(json.dumps({"text": f"v {i}", "label": "ab"[i % 2]}) + "\n" for i in range(20))
+    (tmp_path / "test.jsonl").write_text(other)  # the same file for validation and test: named as such
+    cfg = load_config(None, {"data": {"train_file": str(tmp_path / "train.jsonl"),
+                                      "validation_file": str(tmp_path / "test.jsonl"),
+                                      "test_file": str(tmp_path / "test.jsonl")}})
+    with pytest.raises(ConfigError, match=r"test\.jsonl: every row repeats an example of data\.validation_file, "
+                                          "so nothing would be left to test on; give examples that "
+                                          "data\.validation_file does not hold"):
         prepare(cfg, TASK, word_tokenizer())
 
 

@@ -140,3 +140,9 @@ def test_conll_number_tags_are_named_by_tag_names(tmp_path):
     path.write_text("Alice\t1\nsmiled\t0\n")
     cfg = load_config(None, {"model": {"task": "token_classification"}, "data": {"tag_names": ["O", "B-PER"]}})
     assert TASK.read_source(str(path), cfg) == [{"tokens": ["Alice", "smiled"], "tags": ["B-PER", "O"]}]
+
+
+def test_printed_entities_stay_on_one_line_each():
+    from tuneforge.tasks.token_classification import Task
+    row = {"text": "to New\nYork", "entities": [{"label": "loc", "start": 3, "end": 11, "text": "New\nYork"}]}
+    assert Task().describe(row) == "to New\nYork\n  loc: New York"

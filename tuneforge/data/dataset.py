@@ -155,19 +155,22 @@ def load_splits(cfg: RunConfig, task: Any) -> Splits:
             parts = _split_groups(groups, fractions, d.seed, task, cfg)
         else:
             parts["train"] = [x for g in groups for x in g]
-        seen = {normalise(task.input_text(r, cfg)) for r, _ in parts["train"]}
+        seen = {normalise(task.input_text(r, cfg)): "train" for r, _ in parts["train"]}  # text -> its split
         for k in ("validation", "test"):
+            repeated = set()
             for record, where in given[k]:
                 key = normalise(task.input_text(record, cfg))
                 if key in seen:
                     dropped += 1
+                    repeated.add(seen[key])
                     continue
                 parts[k].append((record, where))
             if given[k] and not parts[k]:
-                raise ConfigError(f"{getattr(d, k + '_file')}: every row repeats a training example, so nothing "
+                other = "data.validation_file" if repeated == {"validation"} else "data.train_file"
+                raise ConfigError(f"{getattr(d, k + '_file')}: every row repeats an example of {other}, so nothing "
                                   f"would be left to {'validate' if k == 'validation' else 'test'} on; give "
-                                  "examples that data.train_file does not hold")
-            seen |= {normalise(task.input_text(r, cfg)) for r, _ in parts[k]}
+                                  f"examples that {other} does not hold")
+            seen.update((normalise(task.input_text(r, cfg)), k) for r, _ in parts[k])
         if d.max_examples is not None and d.max_examples < len(parts["train"]):  # a seeded sample, in file order
             kept = sorted(random.Random(d.seed).sample(range(len(parts["train"])), d.max_examples))
             parts["train"] = [parts["train"][i] for i in kept]

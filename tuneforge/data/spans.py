@@ -35,6 +35,9 @@ def _span(entity: Any, text_len: int, where: str) -> tuple[int, int, str]:
                           "count characters from 0, end exclusive, start < end")
     if not isinstance(label, str) or not label or label == "O":
         raise ConfigError(f"{where}: label {label!r} is not an entity type name (e.g. PER)")
+    if label[:2] in ("B-", "I-"):
+        raise ConfigError(f"{where}: label {label!r} is a BIO tag; a character span takes the entity type alone "
+                          f"({label[2:]!r}): its words are tagged B-/I- from the span")
     return start, end, label
 
 
@@ -107,8 +110,8 @@ def _span_tags(text: str, words: list[tuple[str, int, int]], spans: list[tuple[i
             if owner[i] is not None:
                 o = owner[i]
                 raise ConfigError(f"{where}: entities [{o[0]}, {o[1]}) and [{start}, {end}) fall in the same word "
-                                  f"{words[i][0]!r}; words are split at whitespace and punctuation, so one word "
-                                  "has one tag")
+                                  f"{words[i][0]!r}; words are split at whitespace and at the punctuation around "
+                                  "them (not inside them), so one word has one tag")
             owner[i] = span
             tags[i] = ("B-" if i == hit[0] else "I-") + label
     return tags

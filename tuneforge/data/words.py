@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-_CHUNK = re.compile(r"\S+")
+_CHUNK = re.compile(r"[^\s\u200b\ufeff]+")  # zero-width spaces and stray byte-order marks separate words too
 _ABBREVIATION = re.compile(r"(?:[^\W\d_]\.)+\Z")  # U.S., e.g., J.
 _TITLES = {"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "inc", "corp", "ltd", "co", "bros", "vs", "etc", "mt",
            "gen", "gov", "sen", "rep", "rev", "capt", "col", "lt", "sgt"}  # kept with their period, as CoNLL keeps them

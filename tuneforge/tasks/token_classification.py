@@ -237,7 +237,7 @@ class Task:
         return rows
 
     def describe(self, prediction: dict[str, Any]) -> str:
-        found = [f"  {e['label']}: {e['text']}" for e in prediction["entities"]]
+        found = [f"  {e['label']}: {' '.join(e['text'].split())}" for e in prediction["entities"]]  # one line each
         return "\n".join([prediction["text"]] + (found or ["  (no entities)"]))
 
     def default_probes(self, cfg: RunConfig) -> list[str]:
