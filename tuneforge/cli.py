@@ -37,6 +37,11 @@ CALIBRATE_EXAMPLES = """examples:
 
 
 QUIET = "no progress bars or start lines (results, notes and warnings still print)"
+RUN_DIR = "a run directory written by tuneforge train (its output's last line names it)"
+OUT = "the folder to write (refused where it exists, unless --overwrite)"
+TEXTS = "texts to label (none: one per standard-input line)"
+PROMPTS = "prompts to answer (none: one per standard-input line)"
+DEVICE = "auto (CUDA where there is a GPU, else CPU), cpu, cuda or cuda:N (default auto)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,10 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics of a run on its test split or on a data file")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help=RUN_DIR)
     p.add_argument("--data", help="data file with the run's columns, or for a causal LM any conversation layout "
                    "(default: the run's own test split)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE)
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("predict", help="label + probabilities for texts (arguments or stdin lines)",
@@ -84,42 +89,43 @@ def build_parser() -> argparse.ArgumentParser:
                        "order, or as tab-separated stdin lines (FIRST<TAB>SECOND). A token classifier (NER) prints the "
                        "entities found in each text, with their types and character offsets under --json; words "
                        "are split at whitespace and punctuation, as NER data sets are.")
-    p.add_argument("run_dir")
-    p.add_argument("texts", nargs="*", metavar="TEXT")
+    p.add_argument("run_dir", help=RUN_DIR)
+    p.add_argument("texts", nargs="*", metavar="TEXT", help=TEXTS)
     p.add_argument("--pair", action="append", metavar="SECOND", help="second text of a pair (repeat per TEXT)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE)
     p.set_defaults(fn=cmd_predict)
 
     for command, fn, text in (("generate", cmd_generate,
                                "answers of a causal-LM run to prompts (arguments or stdin lines)"),
                               ("chat", cmd_chat, "chat with a causal-LM run interactively (answers stream)")):
         p = sub.add_parser(command, help=text)
-        p.add_argument("run_dir")
+        p.add_argument("run_dir", help=RUN_DIR)
         if command == "generate":
-            p.add_argument("prompts", nargs="*", metavar="PROMPT")
+            p.add_argument("prompts", nargs="*", metavar="PROMPT", help=PROMPTS)
             p.add_argument("--json", action="store_true", help="one JSON object per line")
-        p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=128)
+        p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=128,
+                       help="most tokens generated per answer (default 128)")
         p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
         p.add_argument("--temperature", type=float, help="sampling temperature (default 1; implies --sample; 0: greedy decoding)")
         p.add_argument("--top-p", dest="top_p", type=float, help="nucleus sampling mass (default 1; implies --sample)")
         p.add_argument("--top-k", dest="top_k", type=int,
                        help="sample among the k likeliest tokens (default 50; implies --sample)")
         p.add_argument("--seed", type=int, help="seed for reproducible sampling")
-        p.add_argument("--device", default="auto")
+        p.add_argument("--device", default="auto", help=DEVICE)
         p.set_defaults(fn=fn)
 
     p = sub.add_parser("export", help="write a PEFT-format adapter (or a merged model) usable without tuneforge")
-    p.add_argument("run_dir")
-    p.add_argument("out")
+    p.add_argument("run_dir", help=RUN_DIR)
+    p.add_argument("out", help=OUT)
     p.add_argument("--format", default="peft", choices=["peft", "merged"],
                    help="peft: adapter_config.json + adapter_model.safetensors; merged: as `merge`")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("merge", help="write a plain Hugging Face model folder with the adapter merged in")
-    p.add_argument("run_dir")
-    p.add_argument("out")
+    p.add_argument("run_dir", help=RUN_DIR)
+    p.add_argument("out", help=OUT)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(fn=cmd_merge)
 
@@ -163,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="first_token", choices=["first_token", "sequence"],
                    help="score the first token of each label word, or its whole token sequence")
     p.add_argument("--batch-size", dest="batch_size", type=count(1), default=16)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE)
     p.add_argument("-o", "--output", help="also write every setting, metric and prediction to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.set_defaults(fn=cmd_calibrate)

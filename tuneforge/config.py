@@ -285,7 +285,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
+            raise ConfigError(f"config file {p} is a folder; give a YAML file" if p.is_dir() else
+                              f"config file {p} does not exist")
         try:
             data = yaml.load(p.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
         except UnicodeDecodeError:

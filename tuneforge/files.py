@@ -112,8 +112,12 @@ def replace_dir(tmp: Path, target: Path) -> None:
 
 
 def partial_dir(parent: Path, name: str) -> Path:
-    """A new temporary folder in ``parent`` for building ``name`` (see :func:`replace_dir`)."""
-    return Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=PARTIAL))
+    """A new temporary folder in ``parent`` for building ``name`` (see :func:`replace_dir`); a folder that cannot be
+    written (read-only, /proc) is one line naming ``name``'s path, not the temporary one's."""
+    try:
+        return Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=PARTIAL))
+    except OSError as exc:
+        raise ConfigError(f"cannot write {parent / name}: {exc.strerror or exc}") from None
 
 
 def clean_partial(folder: Path) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import difflib
 import inspect
 import io
 import math
@@ -136,8 +137,10 @@ def build_dataclass(cls: type, data: dict[str, Any] | None, path: str = "") -> A
     unknown = sorted(set(data) - known)
     if unknown:
         where = f"{path}." if path else ""
+        near = difflib.get_close_matches(str(unknown[0]), sorted(known), n=1)
+        guess = f" (did you mean '{where}{near[0]}'?)" if near else ""
         raise ConfigError(
-            f"unknown config key '{where}{unknown[0]}'; "
+            f"unknown config key '{where}{unknown[0]}'{guess}; "
             f"valid keys under '{path or 'top level'}': {', '.join(sorted(known))}"
         )
     kwargs = {k: _check(f"{path}.{k}" if path else k, v, hints[k]) for k, v in data.items()}

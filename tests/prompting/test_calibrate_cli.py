@@ -102,7 +102,8 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_scoring(setup, c
     (root / "a-folder").mkdir()
     (root / "a-file").write_text("mine")
     monkeypatch.setattr(classify, "evaluate_prompting", lambda *a, **k: pytest.fail("scored before the check"))
-    for out, said in ((root / "a-folder", "is a folder"), (root / "a-file" / "x.json", "is a file, not a folder")):
+    for out, said in ((root / "a-folder", "is a folder"), (root / "a-file" / "x.json", "is a file, not a folder"),
+                      ("/proc/tuneforge-x.json", "cannot write /proc/tuneforge-x.json")):  # takes no files
         assert main(_args(folder, data, "--limit", "2", "-o", str(out), "--overwrite")) == 2
         err = capsys.readouterr().err
         assert err.startswith("tuneforge: error:") and said in err and len(err.strip().splitlines()) == 1

@@ -273,7 +273,7 @@ class Task:
             raise ConfigError(f"this run was trained on text pairs ('{d.text_column}' + '{d.text_pair_column}'): give "
                               "a second text for each (--pair / tab-separated stdin lines; Run.predict(texts, pairs))")
         if not d.text_pair_column and any(pairs):
-            raise ConfigError("this run classifies single texts: drop the second texts")
+            raise ConfigError("this run classifies single texts: drop the second texts (--pair)")
         records = [{d.text_column: x[0], d.text_pair_column: x[1]} if isinstance(x, tuple) else {d.text_column: x}
                    for x in inputs]
         examples = self.encode(records, cfg, tokenizer, meta, [f"input {i + 1}" for i in range(len(inputs))])
