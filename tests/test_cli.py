@@ -71,7 +71,7 @@ def test_a_file_given_for_the_run_directory_says_so(tmp_path, capsys):
     assert not (tmp_path / "m").exists()
 
 
-def test_train_predict_evaluate_merge(tmp_path, capsys):
+def test_train_predict_evaluate_merge(tmp_path, capsys, monkeypatch):
     model = model_dir(tmp_path / "m", "bert")
     pd.DataFrame(sentiment_rows(80)).to_csv(tmp_path / "d.csv", index=False)
     run = tmp_path / "run"
@@ -91,6 +91,10 @@ def test_train_predict_evaluate_merge(tmp_path, capsys):
     assert main(["predict", str(run), "great", "caf\udce9"]) == 2  # bytes of another encoding in argv
     assert capsys.readouterr().err.strip() == ("tuneforge: error: text 2 is not UTF-8 text (bytes of another "
                                                "encoding?); give it as UTF-8")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("great\n\ncaf\udce9\n"))  # standard input: its line number
+    assert main(["predict", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == ("tuneforge: error: standard input line 3 is not UTF-8 text (bytes "
+                                               "of another encoding?); give it as UTF-8")
     assert main(["evaluate", str(run), "--data", str(tmp_path / "d.csv")]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 80
     assert main(["merge", str(run), str(tmp_path / "merged")]) == 0

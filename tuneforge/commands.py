@@ -71,7 +71,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             texts, pairs = [t.split("\t", 1)[0] for t in texts], [t.partition("\t")[2] for t in texts]
     if not texts:
         return fail("predict needs TEXT arguments or lines on standard input")
-    problem = _text_problem(texts, "text", "give text to predict for")
+    problem = _text_problem(texts, "text", "give text to predict for", lines)
     if problem:  # an empty one: arguments only (blank standard-input lines were left out above)
         return fail(problem)
     rows = iter(run.predict(texts, pairs))
@@ -87,16 +87,19 @@ def _stdin_lines() -> tuple[list[str], list[str]]:
     return lines, [line for line in lines if line.strip()]
 
 
-def _text_problem(texts: list[str], what: str, fix: str) -> str | None:
+def _text_problem(texts: list[str], what: str, fix: str, lines: list[str] | None = None) -> str | None:
     """The error for the first empty text (``what`` N) or the first that is not UTF-8 (its bytes arrive as lone
-    surrogates, which no tokenizer takes), else None."""
+    surrogates, which no tokenizer takes), else None; texts read from standard input (``lines``, blank ones
+    included) are named by their line number."""
     from tuneforge.data.json_file import broken_text
 
-    for i, text in enumerate(texts, 1):
+    names = ([f"standard input line {i}" for i, line in enumerate(lines, 1) if line.strip()] if lines is not None
+             else [f"{what} {i}" for i in range(1, len(texts) + 1)])
+    for name, text in zip(names, texts):
         if not text.strip():
-            return f"{what} {i} is empty; {fix}"
+            return f"{name} is empty; {fix}"
         if broken_text(text) is not None:
-            return f"{what} {i} is not UTF-8 text (bytes of another encoding?); give it as UTF-8"
+            return f"{name} is not UTF-8 text (bytes of another encoding?); give it as UTF-8"
     return None
 
 
@@ -115,7 +118,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         lines, prompts = _stdin_lines()
     if not prompts:
         return fail("generate needs PROMPT arguments or lines on standard input")
-    problem = _text_problem(prompts, "prompt", "give text to answer")
+    problem = _text_problem(prompts, "prompt", "give text to answer", lines)
     if problem:
         return fail(problem)
     answers = iter(run.generate(prompts, **_sampling(args)))

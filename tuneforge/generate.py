@@ -31,15 +31,16 @@ class Sampling:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
-            raise ConfigError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
+            raise ConfigError(f"max_new_tokens (--max-new-tokens) must be positive, got {self.max_new_tokens}")
         if self.temperature == 0:  # the limit of ever sharper sampling, as other tools read it
             self.sample, self.temperature = False, 1.0
         if self.temperature < 0:
-            raise ConfigError(f"temperature must be positive (or 0 for greedy decoding), got {self.temperature}")
+            raise ConfigError(f"temperature (--temperature) must be positive (or 0 for greedy decoding), got "
+                              f"{self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ConfigError(f"top_p (--top-p) must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
-            raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
+            raise ConfigError(f"top_k (--top-k) must be >= 0, got {self.top_k}")
 
 
 def _eos_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:

@@ -197,7 +197,7 @@ def test_streamed_chat_answer_equals_the_batch_answer(trained):
     out = io.StringIO()
     streamed = run.generate([history], max_new_tokens=6, stream=out)[0]
     assert out.getvalue().strip() == streamed == run.generate(["say yes"], max_new_tokens=6)[0]
-    with pytest.raises(ConfigError, match="top_p must be in"):
+    with pytest.raises(ConfigError, match=r"top_p \(--top-p\) must be in"):
         run.generate(["say yes"], sample=True, top_p=1.5)
 
 
