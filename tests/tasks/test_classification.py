@@ -182,7 +182,7 @@ def test_a_test_file_whose_rows_all_repeat_training_rows_is_refused(tmp_path):
                                       "test_file": str(tmp_path / "test.jsonl")}})
     with pytest.raises(ConfigError, match=r"test\.jsonl: every row repeats an example of data\.validation_file, "
                                           "so nothing would be left to test on; give examples that "
-                                          "data\.validation_file does not hold"):
+                                          r"data\.validation_file does not hold"):
         prepare(cfg, TASK, word_tokenizer())
 
 
