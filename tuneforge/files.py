@@ -59,13 +59,29 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _writing(shown: Path | str) -> Iterator[None]:
+    """Around making a temporary file or folder: a folder that takes none (read-only, /proc) is one line naming
+    ``shown``, the path the user gave, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(f"cannot write {shown}: {exc.strerror or exc}") from None
+
+
+def check_writable(folder: Path, shown: Path | str) -> None:
+    """Refuse now, before any work, to write ``shown`` where ``folder`` takes no new file."""
+    with _writing(shown):
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".tuneforge-probe-")
+    os.close(fd)
+    os.unlink(probe)
+
+
 def _atomic(path: Path, write: Callable[[str], None]) -> None:
     """``write(tmp)`` a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the folder."""
     path = Path(path)
-    try:
+    with _writing(path):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL)
-    except OSError as exc:  # a read-only or special folder (/proc): one line, not a traceback
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)
     try:
         write(tmp)
@@ -114,10 +130,8 @@ def replace_dir(tmp: Path, target: Path) -> None:
 def partial_dir(parent: Path, name: str) -> Path:
     """A new temporary folder in ``parent`` for building ``name`` (see :func:`replace_dir`); a folder that cannot be
     written (read-only, /proc) is one line naming ``name``'s path, not the temporary one's."""
-    try:
+    with _writing(parent / name):
         return Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=PARTIAL))
-    except OSError as exc:
-        raise ConfigError(f"cannot write {parent / name}: {exc.strerror or exc}") from None
 
 
 def clean_partial(folder: Path) -> int:

@@ -64,8 +64,7 @@ class Run:
         self.rt = Runtime(device=self.device, bf16=bf16, pad_id=self.tokenizer.pad_token_id)
         self.heads: list[str] = []  # modules trained in full beside the method (e.g. a fresh classification head)
         self._cast = False
-        self._model: nn.Module | None = None
-        self._model, self.base_names = self._load_model()
+        self._model, self.base_names = self._load_model()  # None once merge() folded the method into it
 
     @property
     def model(self) -> nn.Module:

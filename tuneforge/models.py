@@ -18,7 +18,6 @@ from tuneforge.methods import registry
 from tuneforge.methods.layers import HEAD_NAMES, is_rms_norm, position_limit
 
 
-
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Tokenizer of a local model folder; a missing pad token falls back to EOS (or UNK)."""
     try:

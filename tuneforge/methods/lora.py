@@ -159,10 +159,15 @@ def _is_target(name: str, module: nn.Module, config: Config, output: nn.Module |
     ``pre_classifier``) and, for all-linear, never an output layer (GPT-NeoX's ``embed_out``), as in PEFT."""
     if not isinstance(module, LINEAR) or any(p.requires_grad for p in module.parameters()):
         return False
+    if config.target_regex is None and "all-linear" in config.target_modules:
+        return name.split(".")[0] not in HEAD_NAMES and module is not output
+    return _named(name, config)
+
+
+def _named(name: str, config: Config) -> bool:
+    """Whether the module ``name`` is one the config names (its regex, or a name or dotted suffix it lists)."""
     if config.target_regex is not None:
         return re.fullmatch(config.target_regex, name) is not None
-    if "all-linear" in config.target_modules:
-        return name.split(".")[0] not in HEAD_NAMES and module is not output
     return any(name == t or name.endswith("." + t) for t in config.target_modules)
 
 
@@ -175,12 +180,9 @@ def _check_targets(model: nn.Module, config: Config, targets: list[tuple[str, nn
     linear = {n: m for n, m in model.named_modules() if isinstance(m, LINEAR)}
     trains = [n for n, m in linear.items() if any(p.requires_grad for p in m.parameters())]
     frozen = ", ".join(sorted({n.split(".")[-1] for n in linear if n not in trains})) or "none"
-    if config.target_regex is not None:
-        key, wanted = "target_regex", config.target_regex
-        head = [n for n in trains if re.fullmatch(config.target_regex, n)]
-    else:
-        key, wanted = "target_modules", ", ".join(config.target_modules)
-        head = [n for n in trains if any(n == t or n.endswith("." + t) for t in config.target_modules)]
+    key, wanted = (("target_regex", config.target_regex) if config.target_regex is not None
+                   else ("target_modules", ", ".join(config.target_modules)))
+    head = [n for n in trains if _named(n, config)]
     why = (f"'{wanted}' names only the task head ({head[0]}), which trains in full (not a LoRA target)" if head else
            f"'{wanted}' matches no linear layer of {type(model).__name__}")
     raise ConfigError(f"method.{key}: {why}; the linear layers LoRA can wrap are named: {frozen}")

@@ -7,9 +7,7 @@ map to the labels in tuneforge's label order (sorted names, numbers numerically)
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +17,7 @@ import torch
 
 from tuneforge import assets
 from tuneforge.checkpoint import save_json
+from tuneforge.files import check_writable
 from tuneforge.config import ConfigError, load_config
 from tuneforge.data.dataset import load_splits
 from tuneforge.evaluate import classification_metrics
@@ -56,12 +55,7 @@ def check_output(output: str | Path | None, overwrite: bool) -> None:
     if above is not None and not above.is_dir():
         raise ConfigError(f"output file {output}: {above} is a file, not a folder")
     if above is not None:  # a folder that takes no files (read-only, /proc): found now, not after the scoring
-        try:
-            fd, probe = tempfile.mkstemp(dir=above, prefix=".tuneforge-probe-")
-        except OSError as exc:
-            raise ConfigError(f"cannot write {output}: {exc.strerror or exc}") from None
-        os.close(fd)
-        os.unlink(probe)
+        check_writable(above, output)
 
 
 def scored_words(words: Sequence[str], template: str) -> list[str]:
