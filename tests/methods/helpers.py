@@ -9,7 +9,7 @@ import torch.nn as nn
 from tuneforge.methods import registry
 from tuneforge.models import store_frozen_in_bf16
 
-HEADS = ["classifier", "score"]  # fresh classification heads (BERT / Llama, GPT-2)
+HEADS = ["classifier", "score", "classification_head"]  # fresh classification heads (BERT / Llama, GPT-2 / T5, BART)
 
 
 def apply(model: nn.Module, name: str, **options) -> nn.Module:

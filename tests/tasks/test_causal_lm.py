@@ -244,3 +244,16 @@ def test_encode_any_detects_the_layout_of_another_source(tmp_path):
     as_chat = [{"messages": [{"role": "user", "content": r["instruction"]},
                              {"role": "assistant", "content": r["output"]}]} for r in records]
     assert pairs == task.encode(as_chat, cfg, tok, {"format": "chat", "chat_template": None}, where)
+
+def test_an_encoder_decoder_model_is_refused_not_cut_to_its_decoder(tmp_path):
+    """AutoModelForCausalLM loads BART as its decoder alone (BartForCausalLM): the encoder would be dropped."""
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    from tiny import save_folder
+
+    config = BartConfig(vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32)
+    folder = save_folder(tmp_path / "bart", BartForConditionalGeneration(config), tiny_tokenizer())
+    cfg = load_config(None, {"model": {"name": str(folder), "task": "causal_lm"}})
+    with pytest.raises(ConfigError, match="is an encoder-decoder model \\(bart\\).*drop its encoder"):
+        get("causal_lm").load_model(folder, cfg, {}, 0, torch.device("cpu"))

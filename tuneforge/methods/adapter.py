@@ -22,7 +22,7 @@ from transformers.activations import ACT2FN
 
 from tuneforge.config import ConfigError
 from tuneforge.strict import refuse
-from tuneforge.methods.layers import LINEAR, find_layers, hidden_size, is_norm, linear_features, replace
+from tuneforge.methods.layers import LINEAR, find_layers, hidden_size, is_norm, linear_features, replace, Wrapper
 
 
 def default_lr(shape: tuple[int, int] | None) -> float:
@@ -102,7 +102,7 @@ class Adapter(nn.Module):
         return self.up(self.act(self.down(y)))
 
 
-class AdapterLayer(nn.Module):
+class AdapterLayer(Wrapper):
     """A frozen projection followed by an adapter with its own residual: ``y + adapter(y)``."""
 
     def __init__(self, base: nn.Module, bottleneck: int, activation: str) -> None:

@@ -28,7 +28,7 @@ from transformers.pytorch_utils import Conv1D
 from tuneforge.config import ConfigError
 from tuneforge.methods import peft_format
 from tuneforge.methods.adapter import ffn_output
-from tuneforge.methods.layers import LINEAR, attention_heads, find_layers, hidden_size, linear_features, replace
+from tuneforge.methods.layers import LINEAR, attention_heads, find_layers, hidden_size, linear_features, replace, Wrapper
 
 # classification: lr x 3 was validation's pick on all three tasks measured (Rotten Tomatoes, tweets, topics at 500
 # examples: +4.8, +2.5, +4.2 test points over 3e-3, topics at the earlier 10-epoch cap; docs/benchmarks.md,
@@ -58,7 +58,7 @@ class Config:
             raise ConfigError("method.targets must name at least one of keys, values, ffn")
 
 
-class IA3Layer(nn.Module):
+class IA3Layer(Wrapper):
     """A frozen projection whose outputs at ``index`` (None: all of them) -- or whose input -- are multiplied by
     a learned vector ``ia3`` of length n (ones at initialisation)."""
 

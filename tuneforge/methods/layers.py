@@ -11,7 +11,7 @@ from transformers.pytorch_utils import Conv1D
 from tuneforge.config import ConfigError
 
 # Top-level output modules of Hugging Face task models: never wrapped by adapters, trained as heads.
-HEAD_NAMES = ("classifier", "score", "lm_head", "qa_outputs")
+HEAD_NAMES = ("classifier", "classification_head", "score", "lm_head", "qa_outputs")  # BART, T5: classification_head
 # Linear layers: ``nn.Linear`` (weight (out, in)) and GPT-2's transposed ``Conv1D`` (weight (in, out)).
 LINEAR = (nn.Linear, Conv1D)
 
@@ -92,6 +92,21 @@ def is_norm(module: nn.Module) -> bool:
 def is_rms_norm(module: nn.Module) -> bool:
     """An RMSNorm of any model family (``LlamaRMSNorm``, ``Qwen2RMSNorm``, ...; recognised by class name)."""
     return type(module).__name__.endswith("RMSNorm")
+
+
+class Wrapper(nn.Module):
+    """A module that wraps a frozen projection ``base`` (LoRA, adapters, IA3). Reads of ``weight`` and ``bias``
+    go to the base: model code reads them (T5's feed-forward casts its input to ``wo.weight.dtype``)."""
+
+    base: nn.Module
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.base.weight
+
+    @property
+    def bias(self) -> nn.Parameter | None:
+        return getattr(self.base, "bias", None)
 
 
 def replace(root: nn.Module, name: str, new: nn.Module) -> None:

@@ -22,7 +22,7 @@ from transformers.pytorch_utils import Conv1D
 
 from tuneforge.config import ConfigError
 from tuneforge.methods import peft_format
-from tuneforge.methods.layers import HEAD_NAMES, LINEAR, replace
+from tuneforge.methods.layers import HEAD_NAMES, LINEAR, Wrapper, replace
 
 # token classification: on WNUT-16 + MiniLM at the automatic length, 3e-3 beat 1e-3 on validation and test at
 # 496 training sentences (test entity F1 0.416 vs 0.339) and 1,915 (0.449 vs 0.431); 9e-3 fell apart at both
@@ -96,7 +96,7 @@ class LoRAProduct(torch.autograd.Function):
         return grad_x, None, None, grad_a, grad_b, None
 
 
-class LoRALinear(nn.Module):
+class LoRALinear(Wrapper):
     """A frozen ``nn.Linear``/``Conv1D`` plus a trainable low-rank branch."""
 
     def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float, rslora: bool) -> None:

@@ -41,7 +41,7 @@ from transformers import DynamicCache
 from tuneforge.config import ConfigError
 from tuneforge.methods import peft_format
 from tuneforge.methods.layers import attention_heads, find_layers
-from tuneforge.methods.virtual_tokens import VirtualTokens, attach, backbone_of, encoder_of
+from tuneforge.methods.virtual_tokens import VirtualTokens, attach, backbone_of, encoder_of, refuse_encoder_decoder
 
 # every task kind 3e-2. Classification and token classification: lr x 3 over 1e-2 scored at least 1e-2's test
 # metric in all five cells measured (Rotten Tomatoes 500 +0.8, tweets 500 +2.5, WNUT-16 496 +0.4, ChatterBot
@@ -134,6 +134,7 @@ def _load_folded(module: PrefixEncoder, state_dict: dict[str, Any], prefix: str,
 
 def apply(model: nn.Module, config: Config) -> nn.Module:
     """Add the prefix encoder to ``model.base_model``; its new parameters train."""
+    refuse_encoder_decoder(model)
     backbone = backbone_of(model)
     if not {"cache", "past_key_values"} & set(inspect.signature(backbone.forward).parameters):
         raise ConfigError(f"method.name=prefix: {type(backbone).__name__} takes no key/value cache, so its "

@@ -102,8 +102,18 @@ def compute_dtype(backbone: nn.Module) -> torch.dtype:
     return weight.dtype
 
 
+def refuse_encoder_decoder(model: nn.Module) -> None:
+    """A clear error for an encoder-decoder model (T5 or BART classifiers): the hooks would give its encoder the
+    virtual tokens while its decoder reads the bare ``input_ids`` (and BART's head their end-of-text tokens)."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise ConfigError(f"method: prompt, p-tuning and prefix tuning support encoder-only and decoder-only models; "
+                          f"{type(model).__name__} is an encoder-decoder model: choose lora, ia3, adapter, bitfit, "
+                          "freeze or full")
+
+
 def attach(model: nn.Module, encoder: VirtualTokens, attr: str) -> nn.Module:
     """Register ``encoder`` as ``<attr>`` of the backbone (:func:`backbone_of`) and install the two hooks."""
+    refuse_encoder_decoder(model)
     backbone = backbone_of(model)
     if any(hasattr(backbone, a) for a in ATTRS):
         raise ConfigError("method: the model already has prompt/prefix virtual tokens; apply one such method only")

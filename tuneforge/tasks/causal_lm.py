@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
 from tqdm.auto import tqdm
 
 from tuneforge import fast
@@ -181,6 +181,11 @@ class Task:
         of up to ``EAGER_MAX_LENGTH`` tokens attention runs eager: torch's CPU SDPA backward with a padding mask
         made a SmolLM2 LoRA step ~1.4x slower (16 x 48 tokens, bf16); at 256 tokens both were even. Packed
         float32 training rows go through sdpa after all (``fast.packed_attention``)."""
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=cfg.model.trust_remote_code)
+        if getattr(config, "is_encoder_decoder", False):  # AutoModelForCausalLM would keep BART's decoder only
+            raise ConfigError(f"model: {path} is an encoder-decoder model ({config.model_type}); the causal_lm task "
+                              "trains decoder-only models (Llama, Qwen, GPT-2, SmolLM2 ...) and would drop its "
+                              "encoder; use a decoder-only model, or train this one for classification")
         extra = {}
         if device.type == "cpu" and cfg.model.max_length <= EAGER_MAX_LENGTH:
             extra["attn_implementation"] = "eager"
