@@ -61,6 +61,18 @@ def test_own_answers_probe_is_the_perplexity_of_the_models_greedy_answers(setup)
     assert len(probe.examples) > cut > 0 and probe.measure(model) == pytest.approx(math.exp(total / count), rel=1e-4)
 
 
+
+def test_a_model_that_answers_nothing_has_no_own_answers_probe(setup, monkeypatch, capsys):
+    """Answers that all end at once leave nothing to measure: named when asked for, left out under auto."""
+    cfg, task, tok, model, rt, _, data = setup
+    monkeypatch.setattr(probes, "own_answers", lambda *a, **k: ([], []))
+    with pytest.raises(probes.ConfigError, match="answered none of the 12 .*forgetting.probes: \\[reference\\]"):
+        probes.own_answers_probe(model, cfg, task, tok, rt, data.meta)
+    assert probes.own_answers_probe(model, cfg, task, tok, rt, data.meta, required=False) is None
+    assert "warning: the untrained model answered none" in capsys.readouterr().err
+    auto = pipeline.probes_for(cfg, task, None, [], tok, rt, data.meta, model)
+    assert auto == []  # and no error (the tiny tokenizer cannot spell the sentiment probe's label words either)
+
 def test_validation_side_own_answers_use_other_prompts(setup):
     cfg, task, tok, model, rt, _, data = setup
     val = resolve_config({**cfg.to_dict(), "forgetting": {**cfg.to_dict()["forgetting"], "probe_split": "validation"}})

@@ -43,7 +43,7 @@ def probes_for(cfg: RunConfig, task: Task, prev: Any, heads: list[str], tokenize
         if name == "reference":
             probe = reference_probe(cfg, task, tokenizer, rt, meta)
         elif name == "own_answers":
-            probe = own_answers_probe(model, cfg, task, tokenizer, rt, meta)
+            probe = own_answers_probe(model, cfg, task, tokenizer, rt, meta, required=explicit)
         else:
             probe = sentiment_probe(model, cfg, tokenizer, rt, name == "sentiment_calibrated", required=explicit)
         if probe is not None:

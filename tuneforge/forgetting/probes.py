@@ -12,6 +12,7 @@ split): what ``tuneforge mitigate`` chooses on, so that the reported test-side n
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -173,9 +174,11 @@ def without_end(example: dict[str, Any], content: list[int]) -> dict[str, Any] |
 
 
 def own_answers_probe(model: nn.Module, cfg: RunConfig, task: Task, tokenizer: Any, rt: Runtime,
-                      meta: dict[str, Any]) -> Probe:
+                      meta: dict[str, Any], required: bool = True) -> Probe | None:
     """Perplexity of the untrained model's own greedy answers to held-out general prompts: what it could
-    already do. Fine-tuning that keeps those abilities keeps this perplexity; forgetting raises it."""
+    already do. Fine-tuning that keeps those abilities keeps this perplexity; forgetting raises it. A model
+    that answers none of the prompts (it ends every answer at once) gives nothing to measure: an error when
+    ``required``, else a warning and None."""
     from tuneforge.data.dataset import normalise
 
     n = cfg.forgetting.probe_prompts
@@ -185,6 +188,13 @@ def own_answers_probe(model: nn.Module, cfg: RunConfig, task: Task, tokenizer: A
         raise ConfigError(f"forgetting.probe_split=validation: too few {GENERAL_PROMPTS} prompts beside the {n} "
                           "test-side ones; lower forgetting.probe_prompts")
     _, examples = own_answers(model, task, cfg, tokenizer, rt, meta, prompts)
+    if not examples:
+        why = (f"the untrained model answered none of the {len(prompts)} {GENERAL_PROMPTS} prompts (each answer "
+               "ended at once), so its own answers cannot measure forgetting")
+        if required:
+            raise ConfigError(f"forgetting.probes: own_answers: {why}; choose forgetting.probes: [reference] or [none]")
+        print(f"warning: {why}; that probe is left out", file=sys.stderr)
+        return None
     chat_meta = {**meta, "format": "chat"}
 
     def measure(m: nn.Module) -> float:
