@@ -22,7 +22,7 @@ from transformers.activations import ACT2FN
 
 from tuneforge.config import ConfigError
 from tuneforge.strict import refuse
-from tuneforge.methods.layers import LINEAR, find_layers, hidden_size, is_norm, linear_features, replace, Wrapper
+from tuneforge.methods.layers import LINEAR, block_stacks, hidden_size, is_norm, linear_features, replace, Wrapper
 
 
 def default_lr(shape: tuple[int, int] | None) -> float:
@@ -122,21 +122,21 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
     ``train_layernorms``, the blocks' norm layers)."""
     if any(isinstance(m, AdapterLayer) for m in model.modules()):
         raise ConfigError("method: the model already has adapters; apply the adapter method once")
-    layers_name, layers = find_layers(model)
     hidden = hidden_size(model)
     bottleneck = config.bottleneck_size or hidden // config.reduction_factor
     if not bottleneck:
         refuse(f"method.reduction_factor={config.reduction_factor} leaves no bottleneck on a {hidden}-wide model "
                f"({hidden} // {config.reduction_factor} = 0): use at most {hidden}, or set method.bottleneck_size")
         bottleneck = 1  # a run saved before the refusal trained with one unit
-    for i, block in enumerate(layers):
+    blocks = [(f"{name}.{i}", block) for name, layers in block_stacks(model) for i, block in enumerate(layers)]
+    for where, block in blocks:  # an encoder-decoder's encoder and decoder blocks alike
         targets = {"FFN output": ffn_output(block, hidden)}
         if config.variant == "houlsby":
             targets["attention output"] = attention_output(block, hidden)
         missing = [what for what, name in targets.items() if name is None]
         if missing:
             raise ConfigError(
-                f"method: cannot find the {missing[0]} projection in {layers_name}.{i} ({type(block).__name__}); "
+                f"method: cannot find the {missing[0]} projection in {where} ({type(block).__name__}); "
                 "adapters support BERT-, Llama- and GPT-2-style blocks"
             )
         for name in targets.values():

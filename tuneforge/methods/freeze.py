@@ -1,4 +1,6 @@
-"""Freeze tuning (LLaMA-Factory ``freeze``): train a chosen subset of transformer layers/modules, freeze the rest."""
+"""Freeze tuning (LLaMA-Factory ``freeze``): train a chosen subset of transformer layers/modules, freeze the rest.
+An encoder-decoder's (T5, BART) layers count in forward order, encoder then decoder: the last layers are the
+decoder's."""
 from __future__ import annotations
 
 import re
@@ -9,7 +11,7 @@ import torch.nn as nn
 
 from tuneforge.config import ConfigError
 from tuneforge.strict import refuse
-from tuneforge.methods.layers import find_layers, layer_index
+from tuneforge.methods.layers import block_stacks, layer_index
 
 # token classification: on WNUT-16 + MiniLM, 9e-4 was validation's pick of 1e-4 / 3e-4 / 9e-4 / 2.7e-3 at 496
 # training sentences (test entity F1 0.328 / 0.333 / 0.421 / 0.354) and at 1,915 (0.422 / 0.482 / 0.453 / 0.406)
@@ -57,15 +59,26 @@ def selected_layers(n_layers: int, config: Config) -> list[int]:
     return all_layers[n_layers - count:] if config.which == "last" else all_layers[:count]
 
 
+def block_number(param_name: str, stacks: list[tuple[str, nn.ModuleList]]) -> int | None:
+    """The block a parameter belongs to, numbered across ``stacks`` in order, or None outside the blocks."""
+    offset = 0
+    for name, layers in stacks:
+        index = layer_index(param_name, name)
+        if index is not None:
+            return offset + index
+        offset += len(layers)
+    return None
+
+
 def apply(model: nn.Module, config: Config) -> nn.Module:
     """Unfreeze the selected layers, pattern matches and extra modules."""
-    layers_name, layers = find_layers(model)
-    chosen = set(selected_layers(len(layers), config))
+    stacks = block_stacks(model)
+    chosen = set(selected_layers(sum(len(layers) for _, layers in stacks), config))
     regexes = [re.compile(p) for p in config.patterns]
     matched_extra, matched_patterns = set(), set()
     selected = False
     for name, p in model.named_parameters():
-        idx = layer_index(name, layers_name)
+        idx = block_number(name, stacks)
         parts = name.split(".")
         hit_extra = [e for e in config.extra if e in parts or name.startswith(e + ".")]
         hit_patterns = [r.pattern for r in regexes if r.search(name)]

@@ -28,7 +28,7 @@ from transformers.pytorch_utils import Conv1D
 from tuneforge.config import ConfigError
 from tuneforge.methods import peft_format
 from tuneforge.methods.adapter import ffn_output
-from tuneforge.methods.layers import LINEAR, attention_heads, find_layers, hidden_size, linear_features, replace, Wrapper
+from tuneforge.methods.layers import LINEAR, attention_heads, block_stacks, hidden_size, linear_features, replace, Wrapper
 
 # classification: lr x 3 was validation's pick on all three tasks measured (Rotten Tomatoes, tweets, topics at 500
 # examples: +4.8, +2.5, +4.2 test points over 3e-3, topics at the earlier 10-epoch cap; docs/benchmarks.md,
@@ -151,9 +151,9 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
     """Wrap key/value projections and FFN down projections; only the ``ia3`` vectors train."""
     if any(isinstance(m, IA3Layer) for m in model.modules()):
         raise ConfigError("method: the model already has IA3 vectors; apply the ia3 method once")
-    layers_name, layers = find_layers(model)
     hidden = hidden_size(model)
-    for i, block in enumerate(layers):
+    blocks = [(f"{name}.{i}", block) for name, layers in block_stacks(model) for i, block in enumerate(layers)]
+    for where, block in blocks:  # an encoder-decoder's encoder and decoder blocks alike
         targets = _targets(model, block, hidden, config.targets)
         n_attn = sum(not on_input for *_, on_input in targets)
         want_attn = {"keys", "values"} & set(config.targets)
@@ -162,7 +162,7 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
             kv = want_attn and n_attn == 0
             raise ConfigError(
                 f"method.targets: cannot find the {'key/value' if kv else 'FFN down'} projections in "
-                f"{layers_name}.{i} ({type(block).__name__}; linear layers: {', '.join(linear)})"
+                f"{where} ({type(block).__name__}; linear layers: {', '.join(linear)})"
                 + ("; method.targets=[ffn] scales only the FFN" if kv and "ffn" in config.targets else "")
             )
         for name, size, index, on_input in targets:

@@ -33,6 +33,20 @@ def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return best
 
 
+def block_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """Every stack of transformer blocks in forward order: an encoder-decoder's (T5, BART) encoder blocks then its
+    decoder blocks, else the one stack of :func:`find_layers`."""
+    coders = [getattr(model, f"get_{part}", lambda: None)() for part in ("encoder", "decoder")]
+    if not getattr(getattr(model, "config", None), "is_encoder_decoder", False) or None in coders:
+        return [find_layers(model)]
+    names = {id(m): n for n, m in model.named_modules()}
+    stacks = []
+    for coder in coders:
+        name, layers = find_layers(coder)
+        stacks.append((f"{names[id(coder)]}.{name}".lstrip("."), layers))
+    return stacks
+
+
 def layer_index(param_name: str, layers_name: str) -> int | None:
     """The block index a parameter belongs to (``encoder.layer.3.x`` -> 3), or None outside the blocks."""
     m = re.match(re.escape(layers_name) + r"\.(\d+)\.", param_name)

@@ -1,0 +1,79 @@
+"""Encoder-decoder classifiers (T5, BART): the methods that change blocks change the encoder's and the decoder's,
+as PEFT does for IA3; freeze counts layers in forward order (the last layers are the decoder's)."""
+import pytest
+import torch
+import transformers as T
+from peft import IA3Config, get_peft_model
+
+from helpers import apply, method_params
+from test_architectures import CONFIGS, EOS
+from tuneforge.methods.adapter import AdapterLayer
+from tuneforge.methods.ia3 import IA3Layer
+from tuneforge.methods.layers import block_stacks
+
+STACKS = {"t5": ["transformer.encoder.block", "transformer.decoder.block"],
+          "bart": ["model.encoder.layers", "model.decoder.layers"]}
+IA3_TARGETS = {"t5": (["k", "v", "wo"], ["wo"]), "bart": (["k_proj", "v_proj", "fc2"], ["fc2"])}
+
+
+def classifier(family: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return T.AutoModelForSequenceClassification.from_config(CONFIGS[family]()).eval()
+
+
+def batch() -> dict[str, torch.Tensor]:
+    ids = torch.tensor([[5, 6, 7, 8, EOS], [9, 10, 11, EOS, 0]])  # (2, 5): each row ends in EOS, the last padded
+    return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+
+
+@pytest.mark.parametrize("family", STACKS)
+def test_the_blocks_are_the_encoders_then_the_decoders(family):
+    assert [name for name, _ in block_stacks(classifier(family))] == STACKS[family]
+    token = T.AutoModelForTokenClassification.from_config(CONFIGS["t5"]())  # T5's encoder alone
+    assert [name for name, _ in block_stacks(token)] == ["transformer.encoder.block"]
+
+
+@pytest.mark.parametrize("family", STACKS)
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+def test_ia3_scales_what_peft_scales_in_both_stacks_with_its_logits(family):
+    """PEFT's IA3 on keys, values and FFN down projections (its T5 default: k, v, wo; its BART default scales
+    q_proj, not k_proj), cross-attention too: the same modules; with our vectors copied in, the same logits
+    (both heads start from one seed)."""
+    ours = apply(classifier(family), "ia3")
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in ours.modules():
+            if isinstance(m, IA3Layer):
+                m.ia3.add_(torch.randn(m.ia3.shape, generator=g) * 0.3)
+    targets, ffn = IA3_TARGETS[family]
+    twin = get_peft_model(classifier(family), IA3Config(task_type="SEQ_CLS", target_modules=targets,
+                                                        feedforward_modules=ffn)).eval()
+    vectors = {n: m.ia3 for n, m in ours.named_modules() if isinstance(m, IA3Layer)}
+    theirs = {n.removeprefix("base_model.model."): m for n, m in twin.named_modules() if hasattr(m, "ia3_l")}
+    assert set(theirs) == set(vectors)
+    assert all(any(n.startswith(s) for n in vectors) for s in STACKS[family])
+    with torch.no_grad():
+        for n, m in theirs.items():
+            m.ia3_l["default"].copy_(vectors[n].view(m.ia3_l["default"].shape))
+        assert torch.allclose(twin(**batch()).logits, ours(**batch()).logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", STACKS)
+def test_adapters_follow_every_block_of_both_stacks(family):
+    model = apply(classifier(family), "adapter")
+    wrapped = [n for n, m in model.named_modules() if isinstance(m, AdapterLayer)]
+    layers = sum(len(layers) for _, layers in block_stacks(model))
+    assert len(wrapped) == 2 * layers  # after attention and after the FFN
+    assert all(sum(n.startswith(s + ".") for n in wrapped) == 2 * 2 for s in STACKS[family])
+
+
+@pytest.mark.parametrize("family", STACKS)
+@pytest.mark.parametrize("options, blocks", [
+    ({}, ["decoder.0", "decoder.1"]),  # the last two in forward order
+    ({"which": "first", "num_layers": 3}, ["encoder.0", "encoder.1", "decoder.0"]),
+    ({"layer_indices": [1, -1]}, ["encoder.1", "decoder.1"]),
+])
+def test_freeze_counts_the_encoders_layers_then_the_decoders(family, options, blocks):
+    model = apply(classifier(family), "freeze", **options)
+    parts = [n.split(".") for n in method_params(model)]  # e.g. transformer.decoder.block.1.layer.0...
+    assert sorted({f"{p[1]}.{p[3]}" for p in parts}) == sorted(blocks)
