@@ -134,3 +134,14 @@ def test_position_table_offset_is_respected():
     with pytest.raises(ConfigError, match="62 input tokens \\+ 3 virtual tokens exceed the 64 positions"):
         model(input_ids=torch.full((1, 62), 5))
     assert model(input_ids=torch.full((1, 61), 5)).logits.shape == (1, 2)
+
+
+@pytest.mark.parametrize("config", [T.GPTJConfig, T.CodeGenConfig])
+def test_a_fixed_sin_cos_table_limits_the_positions(config):
+    """GPT-J and CodeGen index a sin/cos buffer of n_positions rows (no embedding table): 64 tokens fit, and
+    generation stops there (a 65th position would index past the buffer)."""
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                                      rotary_dim=4, pad_token_id=0)).eval()
+    assert position_limit(model) == 64
+    assert model(input_ids=torch.full((1, 64), 5)).logits.shape == (1, 64, VOCAB)
