@@ -58,3 +58,39 @@ def test_chat_prompts_are_trimmed_as_training_trimmed_messages_and_plain_text_is
     assert encode_prompts(tok, ["hi there \n", [{"role": "user", "content": "\nhi there  "}]], template, 64) == \
         encode_prompts(tok, ["hi there", "hi there"], template, 64)
     assert encode_prompts(tok, ["the cat "], None, 64) == [tok("the cat ")["input_ids"]]  # a text to continue
+
+
+def test_prompts_of_one_length_share_a_batch_where_pads_must_stay_apart():
+    from tuneforge.generate import _batches
+
+    lengths = [5, 3, 5, 3, 4, 5]
+    assert _batches(lengths, 2, equal=False) == [[1, 3], [4, 0], [2, 5]]
+    assert _batches(lengths, 2, equal=True) == [[1, 3], [4], [0, 2], [5]]
+
+
+def test_virtual_tokens_under_a_sliding_window_generate_as_one_prompt_at_a_time(tmp_path):
+    """Gemma 2 with a 16-token window and a 12-token soft prompt: a padded row would put its pads between the
+    prompt and the text (inside the window); batched answers are the answers each prompt gets alone."""
+    import transformers as T
+
+    from lm_helpers import tiny_tokenizer
+    from tuneforge.generate import Sampling, generate_ids
+    from tuneforge.methods import registry
+    from tuneforge.tasks import Runtime
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    config = T.Gemma2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, head_dim=8, intermediate_size=64, max_position_embeddings=64,
+                            sliding_window=16, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                            bos_token_id=None)
+    model = T.AutoModelForCausalLM.from_config(config)
+    model = registry.apply(model, "prompt", registry.make_config("prompt", {"num_virtual_tokens": 12})).eval()
+    with torch.no_grad():
+        model.base_model.prompt_encoder.embedding.normal_(0, 1)
+    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in
+               ["what is the capital of france ?", "say hello", "please tell me what color is the sun ?"]]
+    rt = Runtime(device=torch.device("cpu"), bf16=False, pad_id=tok.pad_token_id)
+    s = Sampling(max_new_tokens=6)
+    alone = [generate_ids(model, tok, [p], rt, s)[0] for p in prompts]
+    assert generate_ids(model, tok, prompts, rt, s, batch_size=3) == alone

@@ -15,6 +15,7 @@ from tuneforge.data import chat
 from tuneforge.data.json_file import broken_text
 from tuneforge.data.layouts import trimmed
 from tuneforge.models import autocast, position_limit
+from tuneforge.methods.virtual_tokens import pads_apart
 from tuneforge.tasks import Runtime
 
 Prompt = str | list[dict[str, str]]  # a user message, or a whole conversation of {role, content}
@@ -99,10 +100,8 @@ def generate_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: 
     pad = tokenizer.pad_token_id
     if s.sample and s.seed is not None:
         torch.manual_seed(s.seed)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[int]] = [[] for _ in prompts]
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    for idx in _batches([len(p) for p in prompts], batch_size, equal=pads_apart(model)):
         longest = max(len(prompts[i]) for i in idx)
         room = limit - longest if limit is not None else s.max_new_tokens  # positions left in the model's table
         if room < 1:
@@ -119,6 +118,19 @@ def generate_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: 
             cut = next((k for k, t in enumerate(new) if t in eos), len(new))
             out[i] = new[:cut]
     return out
+
+
+def _batches(lengths: list[int], batch_size: int, equal: bool) -> list[list[int]]:
+    """Prompt indices by length, ``batch_size`` at a time; with ``equal`` only prompts of one length share a
+    batch (no padding: see ``virtual_tokens.pads_apart``)."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        last = batches[-1] if batches else None
+        if last is not None and len(last) < batch_size and not (equal and lengths[last[0]] != lengths[i]):
+            last.append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], template: str | None,

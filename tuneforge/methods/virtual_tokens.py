@@ -72,6 +72,15 @@ class VirtualTokens(nn.Module):
         raise NotImplementedError
 
 
+def pads_apart(model: nn.Module) -> bool:
+    """Whether left-padded rows (generation) must not share a batch: the virtual tokens go before a row's left
+    padding, so under sliding-window attention (Gemma 2 and 3, Mistral) the pads would take window room between
+    them and the text, which then sees less of them than it does unpadded."""
+    config = getattr(model, "config", None)
+    windowed = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
+    return bool(windowed) and any(isinstance(m, VirtualTokens) for m in model.modules())
+
+
 def backbone_of(model: nn.Module) -> nn.Module:
     """The transformer without its task head (``model.bert`` / ``model.model`` / ``model.transformer``): the
     innermost Hugging Face model holding both the input embeddings and the blocks. OPT's and BART's task models
