@@ -278,3 +278,17 @@ def test_a_prompt_tuned_decoder_classifier_export_says_peft_reads_the_last_posit
     readme = (export_peft(run, tmp_path / "out") / "README.md").read_text()
     assert ("classify one text at a time" in readme) is said
     assert ("note: PEFT reads a padded row's last position" in capsys.readouterr().err) is said
+
+
+@pytest.mark.parametrize("method, task_type, build, said", [
+    ("prompt", "CAUSAL_LM", tiny_causal_lm, True), ("p-tuning", "CAUSAL_LM", tiny_causal_lm, True),
+    ("prefix", "CAUSAL_LM", tiny_causal_lm, True), ("lora", "CAUSAL_LM", tiny_causal_lm, False),
+    ("prompt", "TOKEN_CLS", tiny_token_classifier, False)])
+def test_a_prompt_learning_causal_lm_export_says_how_to_generate(tmp_path, capsys, method, task_type, build, said):
+    """PEFT 0.21's generate() mis-applies prompt-learning adapters (test_causal_lm_logits_and_greedy_generation
+    decodes greedily through the forward instead): the README and a note say so."""
+    options = {} if method == "lora" else {"num_virtual_tokens": N}
+    run = _fake_run(tmp_path, method, "llama", options, (), task_type, build)
+    readme = (export_peft(run, tmp_path / "out") / "README.md").read_text()
+    assert ("greedy decoding\nthrough the PEFT model's forward" in readme) is said
+    assert ("note: PEFT 0.21's generate() does not apply" in capsys.readouterr().err) is said

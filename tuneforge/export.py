@@ -50,6 +50,12 @@ values"); the prefix it loads still works when passed to the plain model:
 `model.get_base_model()(input_ids=ids, attention_mask=mask_with_prefix_ones, cache=model.get_prompt(batch))`.
 """
 
+_GENERATE_NOTE = """
+PEFT 0.21's `generate` mis-handles transformers 5's `cache` argument for prompt-learning adapters (a prefix is
+ignored, a soft prompt drifts after a token or two); the forward pass is right. Generate by greedy decoding
+through the PEFT model's forward (no cache), or with `tuneforge generate` on the run.
+"""
+
 
 def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
     """Write the run's adapter (plus any fully trained head, as ``modules_to_save``) in PEFT's format,
@@ -84,6 +90,10 @@ def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
               "classify one text at a time with the exported adapter (its README.md says why)", file=sys.stderr)
     if adapter_config["peft_type"] == "PREFIX_TUNING" and task_type in ("SEQ_CLS", "TOKEN_CLS"):
         note = _PREFIX_CLASSIFIER_NOTE
+    if "num_virtual_tokens" in adapter_config and task_type == "CAUSAL_LM":
+        note += _GENERATE_NOTE
+        print("note: PEFT 0.21's generate() does not apply this prompt-learning adapter correctly; greedy decoding "
+              "through its forward does (the export's README.md says how)", file=sys.stderr)
     out = Path(out)
     with new_folder(out, overwrite, "export") as tmp:  # moved in place once complete
         checkpoint.save_json(adapter_config, tmp / "adapter_config.json")
