@@ -29,8 +29,24 @@ def batch() -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("family", STACKS)
 def test_the_blocks_are_the_encoders_then_the_decoders(family):
     assert [name for name, _ in block_stacks(classifier(family))] == STACKS[family]
-    token = T.AutoModelForTokenClassification.from_config(CONFIGS["t5"]())  # T5's encoder alone
-    assert [name for name, _ in block_stacks(token)] == ["transformer.encoder.block"]
+
+
+@pytest.mark.parametrize("config", [T.T5Config, T.MT5Config, T.UMT5Config])
+@pytest.mark.parametrize("method", ["freeze", "ia3", "adapter", "prompt"])
+def test_a_t5_token_classifier_is_its_encoder_alone(config, method):
+    """T5-family token classifiers hold the encoder only (UMT5's keeps is_encoder_decoder and returns the
+    encoder model as its decoder): one stack, changed once, and the virtual-token methods apply."""
+    torch.manual_seed(0)
+    model = T.AutoModelForTokenClassification.from_config(config(vocab_size=64, d_model=32, d_kv=8, d_ff=64,
+                                                                 num_layers=2, num_heads=4))
+    assert [name for name, _ in block_stacks(model)] == ["transformer.encoder.block"]
+    model = apply(model, method)
+    assert {".".join(n.split(".")[:4]) for n in method_params(model) if ".block." in n} <= \
+        {f"transformer.encoder.block.{i}" for i in (0, 1)}
+    if method == "adapter":  # one after attention, one after the FFN, per block
+        assert sum(isinstance(m, AdapterLayer) for m in model.modules()) == 4
+    if method == "freeze":  # the last two of two blocks
+        assert {n.split(".")[3] for n in method_params(model) if ".block." in n} == {"0", "1"}
 
 
 @pytest.mark.parametrize("family", STACKS)

@@ -33,11 +33,25 @@ def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return best
 
 
+def encoder_and_decoder(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """An encoder-decoder model's (T5's, BART's) encoder and decoder, or None for a model with one stack. Told
+    from the structure: UMT5's token classifier keeps ``is_encoder_decoder`` but holds the encoder alone (its
+    ``get_decoder()`` returns the encoder model around it)."""
+    if not getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        return None
+    encoder, decoder = (getattr(model, f"get_{part}", lambda: None)() for part in ("encoder", "decoder"))
+    if encoder is None or decoder is None or model in (encoder, decoder):
+        return None
+    if any(m is encoder for m in decoder.modules()) or any(m is decoder for m in encoder.modules()):
+        return None  # one holds the other
+    return encoder, decoder
+
+
 def block_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
     """Every stack of transformer blocks in forward order: an encoder-decoder's (T5, BART) encoder blocks then its
     decoder blocks, else the one stack of :func:`find_layers`."""
-    coders = [getattr(model, f"get_{part}", lambda: None)() for part in ("encoder", "decoder")]
-    if not getattr(getattr(model, "config", None), "is_encoder_decoder", False) or None in coders:
+    coders = encoder_and_decoder(model)
+    if coders is None:
         return [find_layers(model)]
     names = {id(m): n for n, m in model.named_modules()}
     stacks = []

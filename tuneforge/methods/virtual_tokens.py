@@ -50,7 +50,7 @@ import torch.nn as nn
 from transformers import DynamicCache, PreTrainedModel
 
 from tuneforge.config import ConfigError
-from tuneforge.methods.layers import find_layers, position_limit
+from tuneforge.methods.layers import encoder_and_decoder, find_layers, position_limit
 
 ATTRS = ("prompt_encoder", "prefix_encoder")  # where the method's module lives on the backbone
 
@@ -114,10 +114,10 @@ def compute_dtype(backbone: nn.Module) -> torch.dtype:
 def refuse_encoder_decoder(model: nn.Module) -> None:
     """A clear error for an encoder-decoder model (T5 or BART classifiers): the hooks would give its encoder the
     virtual tokens while its decoder reads the bare ``input_ids`` (and BART's head their end-of-text tokens)."""
-    if getattr(model.config, "is_encoder_decoder", False):
+    if encoder_and_decoder(model) is not None:
         raise ConfigError(f"method: prompt, p-tuning and prefix tuning support encoder-only and decoder-only models; "
-                          f"{type(model).__name__} is an encoder-decoder model: choose lora, ia3, adapter, bitfit, "
-                          "freeze or full")
+                          f"{type(model).__name__} is an encoder-decoder model: choose lora, ia3, adapter, freeze "
+                          "or full")
 
 
 def attach(model: nn.Module, encoder: VirtualTokens, attr: str) -> nn.Module:
