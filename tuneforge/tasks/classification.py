@@ -16,7 +16,7 @@ from tuneforge.data.labels import label_key, label_names
 from tuneforge.data.readers import FIELD_SEP, as_int, class_names, common_column, read_records, structure
 from tuneforge.evaluate import classification_metrics
 from tuneforge.models import autocast, load_labelled
-from tuneforge.tasks import Example, Prepared, Record, Runtime
+from tuneforge.tasks import Example, Prepared, Record, Runtime, end_token
 
 
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document", "comment", "tweet")  # common spellings of
@@ -161,6 +161,10 @@ class Task:
             print(f"note: {_source(cfg)}: labels such as {listed[0]!r} look like lists; each is one class of its "
                   "own (multi-label classification is not supported)", file=sys.stderr)
         meta = {"labels": names}
+        end = end_token.end_token(cfg)  # an encoder-decoder's head reads it
+        if end is not None:
+            end_token.check_tokenizer(tokenizer, end, cfg)
+            meta["end_token"] = end
         enc = {k: self.encode(records[k], cfg, tokenizer, meta, where[k]) for k in ("train", "validation", "test")}
         return Prepared(train=enc["train"], validation=enc["validation"], test=enc["test"], meta=meta)
 
@@ -186,7 +190,8 @@ class Task:
         text = (lambda r, c: "" if _blank(r.get(c)) else str(r[c]))  # a null/NaN text is empty, not "None"
         texts = [text(r, d.text_column) for r in records]
         pairs = [text(r, d.text_pair_column) for r in records] if d.text_pair_column else None
-        enc = tokenizer(texts, pairs, truncation=True, max_length=cfg.model.max_length)
+        enc = tokenizer(texts, pairs, truncation=True, max_length=cfg.model.max_length, **end_token.encode_kwargs(meta))
+        end_token.end_rows(enc, meta, cfg.model.max_length)
         keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
         # an empty text with a tokenizer that adds no special tokens (GPT-2, Llama without BOS) would be a
         # zero-length example, which the model cannot run: it becomes one end-of-text (or unknown) token
