@@ -313,3 +313,15 @@ def test_without_validation_the_final_weights_are_the_result_without_a_copy(bert
     run = load(result.run_dir, device="cpu")  # the saved weights are the trained ones
     assert run.evaluate()["accuracy"] == pytest.approx(result.metrics["test_after"]["accuracy"])
 
+
+
+def test_every_evaluation_shows_its_progress_and_a_quiet_run_none(bert_dir, data_csv, tmp_path, capsys):
+    """Before training, at each validation and after training a bar counts the batches (a 20k-row test split took
+    two silent minutes); evaluating a saved run shows one too."""
+    out = train(_cfg(bert_dir, data_csv, tmp_path / "loud", epochs=1), progress=True)
+    err = capsys.readouterr().err
+    assert "evaluating the trained model ..." in err and err.count("evaluate:   0%") >= 3
+    load(out.run_dir).evaluate(progress=True)
+    assert "evaluate:   0%" in capsys.readouterr().err
+    train(_cfg(bert_dir, data_csv, tmp_path / "quiet", epochs=1), progress=False)
+    assert "evaluate" not in capsys.readouterr().err

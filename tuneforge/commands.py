@@ -52,7 +52,7 @@ def _load(args: argparse.Namespace, form: str) -> Run:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    metrics = _load(args, f"`tuneforge evaluate RUN --data {args.run_dir}`").evaluate(args.data)
+    metrics = _load(args, f"`tuneforge evaluate RUN --data {args.run_dir}`").evaluate(args.data, progress=True)
     print(json.dumps(metrics, indent=2, default=float))
     return 0
 

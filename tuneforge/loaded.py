@@ -142,9 +142,9 @@ class Run:
         return Prepared(enc["train"], enc["validation"], enc["test"], self.meta, records["test"])
 
     @scope.quietly
-    def evaluate(self, data_file: str | None = None) -> dict[str, Any]:
+    def evaluate(self, data_file: str | None = None, progress: bool = False) -> dict[str, Any]:
         """Metrics on ``data_file`` (any supported file) or on exactly the run's own test rows (refused when
-        a source changed since training)."""
+        a source changed since training); ``progress``: a progress bar on stderr."""
         meta = self.meta
         if data_file:
             records, where = dataset.source_records(self.task, data_file, self.cfg, training=False)
@@ -161,7 +161,7 @@ class Run:
         if data_file and (note := dataset.cut_note(examples, self.cfg.model.max_length)):
             print(note, file=sys.stderr)  # the run's own test rows: said when it trained
         return self.task.evaluate(self._ready(), examples, self.rt, self.cfg, meta, tokenizer=self.tokenizer,
-                                  raw=records)
+                                  raw=records, progress=progress)
 
     @scope.quietly
     def predict(self, texts: list[str], pairs: list[str] | None = None) -> list[dict[str, Any]]:

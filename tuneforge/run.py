@@ -137,7 +137,7 @@ def _train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | 
         for line in dataset_warnings(s.splits, s.data, cfg.model.max_length):
             warn(line, file=sys.stderr)
         with checkpoint.discard_on_error(run_dir if resume is None and d.main else None):
-            before = _before(cfg, task, s, run_dir, say)
+            before = _before(cfg, task, s, run_dir, say, progress)
             probes = forgetting.probes_for(cfg, task, s.prev, s.heads, s.tokenizer, s.rt, s.data.meta, s.model)
             for line in forgetting.probe_overlap(probes, task, cfg, s.splits.records):
                 warn(line, file=sys.stderr)
@@ -172,7 +172,9 @@ def _train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | 
     best = {task.metric: result.best_metric, "step": result.best_step}
     if start is not None:
         best = forgetting.interpolate_back(model, start, cfg, task, s.data, s.rt, best)
-    after = _evaluate(task, model, s, cfg, run_dir, "after")
+    if s.data.test:
+        say("evaluating the trained model ...", file=sys.stderr)
+    after = _evaluate(task, model, s, cfg, run_dir, "after", progress)
     metrics = {
         "task": task.name, "method": cfg.method_name, "test_before": before, "test_after": after,
         "parameters": params, "train_seconds": result.train_seconds, "steps": result.steps,
@@ -230,23 +232,24 @@ def _setup(cfg: RunConfig, task: Task, base: Path, device: torch.device, prev: R
     return Setup(tokenizer, splits, data, model.to(device), head_modules(model, fresh), rt, prev)
 
 
-def _before(cfg: RunConfig, task: Task, s: Setup, run_dir: Path, say: Any) -> dict[str, Any]:
+def _before(cfg: RunConfig, task: Task, s: Setup, run_dir: Path, say: Any, progress: bool) -> dict[str, Any]:
     """Test metrics of the untrained model (rank 0; kept in the run directory for a resumed run)."""
     if not distributed.current().main or not cfg.eval.before or not s.data.test:
         return {}
     if (run_dir / BEFORE).is_file():
         return json.loads((run_dir / BEFORE).read_text())
     say("evaluating the model before training ...", file=sys.stderr)
-    before = _evaluate(task, s.model, s, cfg, run_dir, "before")
+    before = _evaluate(task, s.model, s, cfg, run_dir, "before", progress)
     checkpoint.save_json(before, run_dir / BEFORE)
     return before
 
 
-def _evaluate(task: Task, model: nn.Module, s: Setup, cfg: RunConfig, run_dir: Path, tag: str) -> dict[str, Any]:
+def _evaluate(task: Task, model: nn.Module, s: Setup, cfg: RunConfig, run_dir: Path, tag: str, progress: bool
+              ) -> dict[str, Any]:
     if not s.data.test:
         return {}
     return task.evaluate(model, s.data.test, s.rt, cfg, s.data.meta, tokenizer=s.tokenizer, raw=s.data.raw_test,
-                         run_dir=run_dir, tag=tag)
+                         run_dir=run_dir, tag=tag, progress=progress)
 
 
 def _final_model(cfg: RunConfig, task: Task, s: Setup, result: TrainResult) -> nn.Module:

@@ -188,7 +188,7 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
         if (step % eval_every == 0 or step == total) and data.validation:
             elapsed = time.perf_counter() - start
             with distributed.unsharded(module):
-                metrics = task.evaluate(model, data.validation, rt, cfg, data.meta)
+                metrics = task.evaluate(model, data.validation, rt, cfg, data.meta, progress=progress and d.main)
             model.train()
             checkpoint.crash_point("after-evaluation")
             start = time.perf_counter() - elapsed  # evaluation time is not training time

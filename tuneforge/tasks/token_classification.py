@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 from transformers import AutoModelForTokenClassification, PreTrainedTokenizerBase
 
 from tuneforge.config import ConfigError, RunConfig
@@ -164,15 +165,17 @@ class Task:
 
     # -- evaluation and use ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def _token_predictions(self, model: nn.Module, examples: list[Example], rt: Runtime, batch_size: int
-                           ) -> tuple[list[list[int]], float, int]:
+    def _token_predictions(self, model: nn.Module, examples: list[Example], rt: Runtime, batch_size: int,
+                           progress: bool = False) -> tuple[list[list[int]], float, int]:
         """Per-window predicted label ids (in the order of ``examples``), and the summed loss and token count
         over labelled sub-tokens."""
         model.eval()
         order = batch_order([len(e["input_ids"]) for e in examples], batch_size, 0, 0, shuffle=False)
         preds: dict[int, list[int]] = {}
         total, count = 0.0, 0
-        for idx, batch in zip(order, iterate(examples, order, rt.pad_id, shapes=rt.shapes)):
+        batches = tqdm(iterate(examples, order, rt.pad_id, shapes=rt.shapes), total=len(order), desc="evaluate",
+                       leave=False, disable=not progress)
+        for idx, batch in zip(order, batches):
             batch = {k: v.to(rt.device) for k, v in batch.items()}
             with autocast(rt.device, rt.bf16):
                 logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()  # (b, seq, labels)
@@ -199,14 +202,14 @@ class Task:
         return predicted, gold
 
     def evaluate(self, model: nn.Module, examples: list[Example], rt: Runtime, cfg: RunConfig,
-                 meta: dict[str, Any], raw: list[Record] | None = None, tag: str | None = None, **_: Any
-                 ) -> dict[str, Any]:
+                 meta: dict[str, Any], raw: list[Record] | None = None, tag: str | None = None,
+                 progress: bool = False, **_: Any) -> dict[str, Any]:
         """Entity precision/recall/F1 (micro and per type), token accuracy and the sub-token loss; with the
         untokenised records (``raw``), a few tagged sentences (gold ``reference`` beside ``generated``), except
         for the untrained model (``tag`` "before": its fresh head tags words at random)."""
         if not examples:
             return {}
-        preds, total, count = self._token_predictions(model, examples, rt, cfg.eval.batch_size)
+        preds, total, count = self._token_predictions(model, examples, rt, cfg.eval.batch_size, progress)
         predicted, gold = self._word_tags(examples, preds, meta["labels"])
         metrics = entity_metrics(gold, predicted)
         del metrics["invalid_gold"]  # always 0: the gold was normalised to IOB2 (the file's count: meta.json)
