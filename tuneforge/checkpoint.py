@@ -174,7 +174,7 @@ def start_resume(run_dir: Path, manifest: dict[str, Any] | None = None) -> None:
         return
     path = run_dir / SPLIT
     if not path.is_file():
-        save_json(manifest, path)
+        save_json(manifest, path, compact=True)
     elif json.loads(path.read_text()) != json.loads(json.dumps(manifest, default=float)):
         raise ConfigError(f"cannot resume {run_dir}: its data changed since the run started (the split differs "
                           f"from its {SPLIT}); restore the data it started with, or start a new run")

@@ -130,7 +130,7 @@ def _train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | 
         s = distributed.agree(lambda: _setup(cfg, task, base, device, prev))
         if d.main and resume is None:
             checkpoint.create_run_dir(run_dir, overwrite, cfg)
-            checkpoint.save_json(s.splits.manifest(), run_dir / checkpoint.SPLIT)
+            checkpoint.save_json(s.splits.manifest(), run_dir / checkpoint.SPLIT, compact=True)
         elif d.main:
             checkpoint.start_resume(run_dir, s.splits.manifest())
         distributed.barrier()
