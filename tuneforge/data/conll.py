@@ -4,6 +4,7 @@ WNUT-16 set. Errors are one line naming the file and line/row and the fix."""
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 import sys
@@ -157,6 +158,7 @@ PREFIXES = {"B": "B", "I": "I", "S": "B", "U": "B", "E": "I", "L": "I"}
 UNTYPED = "SPAN"  # the entity type of tags that are bare prefixes (B, I, O)
 
 
+@functools.lru_cache(maxsize=4096)  # a file holds a handful of distinct tags, read millions of times
 def normal_tag(tag: str) -> str:
     """A tag in IOB2's spelling: ``o`` as ``O``; ``S-X``/``U-X`` as ``B-X``, ``E-X``/``L-X`` as ``I-X``; lower-case
     prefixes and ``B_X`` as ``B-X`` (the type keeps its spelling); a plain label as it is."""
@@ -180,7 +182,7 @@ def _note_scheme(records: list[Record], source: str) -> list[Record]:
               f"(B as B-{UNTYPED})", file=sys.stderr)
     examples: dict[str, str] = {}
     types: dict[str, set[str]] = {}  # lower case -> spellings
-    for tag in (t for r in records for t in r["tags"]):
+    for tag in dict.fromkeys(t for r in records for t in r["tags"]):  # each distinct tag once, in order
         if normal_tag(tag) != tag:
             examples.setdefault(tag if tag.upper() == "O" else tag[:2], f"{tag} as {normal_tag(tag)}")
         kind = normal_tag(tag)[2:] if _prefixed(tag) else normal_tag(tag)
