@@ -327,3 +327,11 @@ def test_every_evaluation_shows_its_progress_and_a_quiet_run_none(bert_dir, data
     assert "evaluate:   0%" in capsys.readouterr().err
     train(_cfg(bert_dir, data_csv, tmp_path / "quiet", epochs=1), progress=False)
     assert "evaluate" not in capsys.readouterr().err
+
+
+def test_packing_a_classification_run_is_a_note_not_a_false_warning(bert_dir, data_csv, tmp_path, capsys):
+    cfg = _cfg(bert_dir, data_csv, tmp_path / "packed", epochs=1)
+    train({**cfg, "data": {**cfg["data"], "packing": True}}, progress=False)
+    err = capsys.readouterr().err
+    assert "note: data.packing applies to causal_lm runs; a classification run keeps each example" in err
+    assert "cannot keep packed examples apart" not in err

@@ -15,7 +15,7 @@ from transformers.pytorch_utils import Conv1D
 
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.methods import registry
-from tuneforge.methods.layers import HEAD_NAMES, is_rms_norm, position_limit
+from tuneforge.methods.layers import HEAD_NAMES, encoder_and_decoder, is_rms_norm, position_limit
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -136,6 +136,8 @@ def check_max_length(model: nn.Module, cfg: RunConfig) -> None:
     limit = position_limit(model)
     options = registry.make_config(cfg.method_name, cfg.method_options())
     virtual = getattr(options, "num_virtual_tokens", 0)  # positions in front of the real tokens
+    if encoder_and_decoder(model) is not None:
+        virtual = 0  # such methods are refused on an encoder-decoder (say that, not how to shorten the rows)
     if limit is not None and virtual >= limit:
         raise ConfigError(f"method.num_virtual_tokens={virtual} leaves no position for real tokens: "
                           f"{cfg.model.name} embeds {limit} positions (its position table); use fewer virtual "

@@ -151,11 +151,15 @@ def _train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | 
             start = start_weights(s.model, cfg.forgetting.interpolate, s.heads) if d.main else None
             apart = task.packing_ok(s.model, s.data.train, s.rt)  # position ids keep packed examples apart
             s.rt.padding_free = cfg.train.padding_free and apart
-            s.data.train = task.pack(s.data.train, cfg, apart)
-            plan_steps(s.data, cfg, task)  # too few examples for the processes: refused before training starts
-            if cfg.data.packing and not apart:
+            packed = task.pack(s.data.train, cfg, apart)
+            if cfg.data.packing and packed is s.data.train:
+                warn(f"note: data.packing applies to causal_lm runs; a {task.name} run keeps each example in a row "
+                     "of its own", file=sys.stderr)
+            elif cfg.data.packing and not apart:
                 warn("warning: data.packing: this model or method cannot keep packed examples apart; each "
                     "example attends to the earlier ones in its row", file=sys.stderr)
+            s.data.train = packed
+            plan_steps(s.data, cfg, task)  # too few examples for the processes: refused before training starts
             if s.rt.bf16 and cfg.train.distributed != "fsdp":  # FSDP2 casts while gathering instead
                 store_frozen_in_bf16(s.model)
             say(f"training {params['trainable']:,} of {params['total']:,} parameters ({params['trainable_pct']:.2f}%) "

@@ -93,3 +93,15 @@ def test_freeze_counts_the_encoders_layers_then_the_decoders(family, options, bl
     model = apply(classifier(family), "freeze", **options)
     parts = [n.split(".") for n in method_params(model)]  # e.g. transformer.decoder.block.1.layer.0...
     assert sorted({f"{p[1]}.{p[3]}" for p in parts}) == sorted(blocks)
+
+
+def test_virtual_tokens_on_an_encoder_decoder_are_refused_for_what_they_are_not_for_their_length():
+    """BART's 64 positions at max_length 64 + 20 virtual tokens: the position check leaves it to the method's
+    refusal (shortening the rows would only lead to it)."""
+    from tuneforge.config import ConfigError, load_config
+    from tuneforge.models import check_max_length
+
+    cfg = load_config(None, {"model": {"name": "bart", "max_length": 64}, "method": {"name": "prompt"}})
+    check_max_length(classifier("bart"), cfg)
+    with pytest.raises(ConfigError, match="is an encoder-decoder model"):
+        apply(classifier("bart"), "prompt")

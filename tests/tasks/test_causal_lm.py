@@ -253,7 +253,10 @@ def test_an_encoder_decoder_model_is_refused_not_cut_to_its_decoder(tmp_path):
 
     config = BartConfig(vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
                         decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32)
-    folder = save_folder(tmp_path / "bart", BartForConditionalGeneration(config), tiny_tokenizer())
-    cfg = load_config(None, {"model": {"name": str(folder), "task": "causal_lm"}})
+    folder = save_folder(tmp_path / "bart", BartForConditionalGeneration(config), tiny_tokenizer(template=False))
+    cfg = load_config(None, {"model": {"name": str(folder), "task": "causal_lm"},
+                             "data": {"dataset": str(write_pairs(tmp_path / "pairs.jsonl"))}})
     with pytest.raises(ConfigError, match="is an encoder-decoder model \\(bart\\).*drop its encoder"):
         get("causal_lm").load_model(folder, cfg, {}, 0, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="is an encoder-decoder model"):  # not "no chat template" first
+        prepare(cfg, get("causal_lm"), load_tokenizer(folder))

@@ -11,7 +11,7 @@ import torch.nn as nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
 from tqdm.auto import tqdm
 
-from tuneforge import fast
+from tuneforge import assets, fast
 from tuneforge.checkpoint import atomic_write_text
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import chat, layouts
@@ -74,6 +74,18 @@ def token_nll(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str =
     return nll[:kept] if reduction == "none" else nll
 
 
+def _refuse_encoder_decoder(path: str | Path, cfg: RunConfig) -> None:
+    """One line for an encoder-decoder model: AutoModelForCausalLM would load BART as its decoder alone."""
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=cfg.model.trust_remote_code)
+    except (OSError, ValueError):
+        return  # the model's own loading names the problem
+    if getattr(config, "is_encoder_decoder", False):
+        raise ConfigError(f"model: {path} is an encoder-decoder model ({config.model_type}); the causal_lm task "
+                          "trains decoder-only models (Llama, Qwen, GPT-2, SmolLM2 ...) and would drop its "
+                          "encoder; use a decoder-only model, or train this one for classification")
+
+
 def _template(tokenizer: PreTrainedTokenizerBase, meta: dict[str, Any]) -> str:
     return meta.get("chat_template") or chat.resolve_template(tokenizer, None)
 
@@ -133,6 +145,7 @@ class Task:
     def prepare(self, cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, records: dict[str, list[Record]],
                 where: dict[str, list[str]]) -> Prepared:
         """Detect the layout (one for all splits), render and tokenise (labels -100 outside answers)."""
+        _refuse_encoder_decoder(assets.resolve_model(cfg.model.name), cfg)  # before the data's chat template
         d = cfg.data
         fmt = layouts.one_layout([(records[k], where[k]) for k in records], d)
         template = chat.resolve_template(tokenizer, d.template) if fmt != "text" else None
@@ -181,11 +194,7 @@ class Task:
         of up to ``EAGER_MAX_LENGTH`` tokens attention runs eager: torch's CPU SDPA backward with a padding mask
         made a SmolLM2 LoRA step ~1.4x slower (16 x 48 tokens, bf16); at 256 tokens both were even. Packed
         float32 training rows go through sdpa after all (``fast.packed_attention``)."""
-        config = AutoConfig.from_pretrained(str(path), trust_remote_code=cfg.model.trust_remote_code)
-        if getattr(config, "is_encoder_decoder", False):  # AutoModelForCausalLM would keep BART's decoder only
-            raise ConfigError(f"model: {path} is an encoder-decoder model ({config.model_type}); the causal_lm task "
-                              "trains decoder-only models (Llama, Qwen, GPT-2, SmolLM2 ...) and would drop its "
-                              "encoder; use a decoder-only model, or train this one for classification")
+        _refuse_encoder_decoder(path, cfg)
         extra = {}
         if device.type == "cpu" and cfg.model.max_length <= EAGER_MAX_LENGTH:
             extra["attn_implementation"] = "eager"
