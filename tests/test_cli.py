@@ -166,3 +166,22 @@ def test_a_reader_that_goes_away_ends_the_output_quietly():
     child.stdout.close()  # before the child writes anything: its first write (or flush) meets a closed pipe
     err = child.stderr.read().decode()
     assert child.wait() == 1 and err == ""
+
+
+def test_predict_works_through_large_inputs_a_chunk_at_a_time_in_order(monkeypatch):
+    """50k standard-input lines of a 500-label run held 2 GB at once: texts go to the run a chunk at a time and
+    each chunk's lines are printed before the next is predicted."""
+    from tuneforge import commands
+
+    calls = []
+
+    class Run:
+        def predict(self, texts, pairs):
+            calls.append((texts, pairs))
+            return [{"text": t, "pair": p} for t, p in zip(texts, pairs)]
+
+    monkeypatch.setattr(commands, "PREDICT_CHUNK", 2)
+    rows = commands._predictions(Run(), list("abcde"), list("12345"))
+    assert next(rows) == {"text": "a", "pair": "1"} and len(calls) == 1  # lazily, chunk by chunk
+    assert [r["text"] for r in rows] == list("bcde")
+    assert calls == [(["a", "b"], ["1", "2"]), (["c", "d"], ["3", "4"]), (["e"], ["5"])]

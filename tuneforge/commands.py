@@ -7,7 +7,8 @@ import json
 import os
 import re
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tuneforge.loaded import Run
@@ -74,11 +75,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     problem = _text_problem(texts, "text", "give text to predict for", lines)
     if problem:  # an empty one: arguments only (blank standard-input lines were left out above)
         return fail(problem)
-    rows = iter(run.predict(texts, pairs))
+    rows = _predictions(run, texts, pairs)
     for line in lines if lines is not None else texts:
         row = next(rows) if line.strip() else None
         print(json.dumps(row, ensure_ascii=False) if args.json else "" if row is None else run.task.describe(row))
     return 0
+
+
+PREDICT_CHUNK = 1024  # texts predicted at a time: output streams and memory stays bounded on large inputs
+
+
+def _predictions(run: Run, texts: list[str], pairs: list[str] | None) -> Iterator[dict[str, Any]]:
+    """``run.predict`` over ``texts`` a chunk at a time, with a progress bar (stderr) when there are several."""
+    from tqdm.auto import tqdm
+
+    starts = range(0, len(texts), PREDICT_CHUNK)
+    for start in tqdm(starts, desc="predict", unit="chunk", leave=False, disable=len(starts) < 2):
+        end = start + PREDICT_CHUNK
+        yield from run.predict(texts[start:end], pairs[start:end] if pairs is not None else None)
 
 
 def _stdin_lines() -> tuple[list[str], list[str]]:

@@ -203,3 +203,11 @@ def test_rows_skipped_by_the_runs_skip_invalid_are_counted_aloud(tmp_path, capsy
     records, where = source_records(TASK, str(path), cfg, training=False)
     assert len(records) == 8 and where[2] == f"{path}, row 4"
     assert f"note: {path}: 2 invalid row(s) skipped" in capsys.readouterr().err
+
+
+def test_a_prediction_line_shows_every_class_of_a_few_and_the_likeliest_of_many():
+    task = get("classification")
+    few = {"text": "t", "label": "b", "probabilities": {"a": 0.25, "b": 0.75}}
+    assert task.describe(few) == "b\ta=0.250  b=0.750\tt"
+    many = {"text": "t", "label": "c7", "probabilities": {f"c{i}": i / 28 for i in range(8)}}
+    assert task.describe(many) == "c7\tc7=0.250  c6=0.214  c5=0.179  c4=0.143  c3=0.107  (+3 more)\tt"

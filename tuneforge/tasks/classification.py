@@ -21,6 +21,7 @@ from tuneforge.tasks import Example, Prepared, Record, Runtime, end_token
 
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document", "comment", "tweet")  # common spellings of
 LABEL_COLUMNS = ("label", "sentiment", "category", "class")  # the columns, used when the default is absent
+SHOWN = 5  # predict's text output: the probabilities of up to this many classes (the likeliest)
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"), ("text1", "text2"),
                 ("text_a", "text_b"), ("question", "sentence"))  # text pairs as GLUE / SNLI / QQP / QNLI name them
 
@@ -291,7 +292,11 @@ class Task:
         return rows
 
     def describe(self, prediction: dict[str, Any]) -> str:
-        probs = "  ".join(f"{k}={v:.3f}" for k, v in prediction["probabilities"].items())
+        """``label<TAB>probabilities<TAB>text``: every class's probability, or of many classes the most likely
+        (``--json`` holds them all)."""
+        p, more = prediction["probabilities"], len(prediction["probabilities"]) - SHOWN
+        shown = sorted(p.items(), key=lambda kv: -kv[1])[:SHOWN] if more > 0 else p.items()
+        probs = "  ".join(f"{k}={v:.3f}" for k, v in shown) + (f"  (+{more} more)" if more > 0 else "")
         text = f"{prediction['text']}\t{prediction['pair']}" if "pair" in prediction else prediction["text"]
         return f"{prediction['label']}\t{probs}\t{text}"
 
