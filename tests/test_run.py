@@ -322,6 +322,7 @@ def test_every_evaluation_shows_its_progress_and_a_quiet_run_none(bert_dir, data
     two silent minutes); evaluating a saved run shows one too."""
     out = train(_cfg(bert_dir, data_csv, tmp_path / "loud", epochs=1), progress=True)
     err = capsys.readouterr().err
+    assert err.startswith(f"reading, checking and tokenising {data_csv}, loading the model ...")
     assert "evaluating the trained model ..." in err and err.count("evaluate:   0%") >= 3
     load(out.run_dir).evaluate(progress=True)
     assert "evaluate:   0%" in capsys.readouterr().err

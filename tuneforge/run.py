@@ -127,6 +127,8 @@ def _train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | 
     warn = print if d.main else (lambda *a, **k: None)
     with start_model(cfg) as (prev, base):
         device = distributed.device_for(cfg.train.device, device) or resolve_device(cfg.train.device)
+        say(f"reading, checking and tokenising {cfg.data.train_file or cfg.data.dataset}, loading the model ...",
+            file=sys.stderr)  # a large file takes a while (200k rows: about a minute)
         s = distributed.agree(lambda: _setup(cfg, task, base, device, prev))
         if d.main and resume is None:
             checkpoint.create_run_dir(run_dir, overwrite, cfg)
