@@ -317,17 +317,20 @@ def test_without_validation_the_final_weights_are_the_result_without_a_copy(bert
 
 
 
-def test_every_evaluation_shows_its_progress_and_a_quiet_run_none(bert_dir, data_csv, tmp_path, capsys):
+def test_every_evaluation_shows_its_progress_and_a_quiet_run_none(bert_dir, data_csv, tmp_path, capsys,
+                                                                    monkeypatch):
     """Before training, at each validation and after training a bar counts the batches (a 20k-row test split took
     two silent minutes); evaluating a saved run shows one too."""
+    monkeypatch.setattr(tuneforge.run, "LARGE_DATA", data_csv.stat().st_size)  # a line before a large file
     out = train(_cfg(bert_dir, data_csv, tmp_path / "loud", epochs=1), progress=True)
     err = capsys.readouterr().err
-    assert err.startswith(f"reading, checking and tokenising {data_csv}, loading the model ...")
+    assert err.startswith(f"reading, checking and tokenising {data_csv} ...")
     assert "evaluating the trained model ..." in err and err.count("evaluate:   0%") >= 3
     load(out.run_dir).evaluate(progress=True)
     assert "evaluate:   0%" in capsys.readouterr().err
     train(_cfg(bert_dir, data_csv, tmp_path / "quiet", epochs=1), progress=False)
-    assert "evaluate" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "evaluate" not in err and "reading" not in err
 
 
 def test_packing_a_classification_run_is_a_note_not_a_false_warning(bert_dir, data_csv, tmp_path, capsys):

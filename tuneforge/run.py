@@ -127,8 +127,8 @@ def _train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | 
     warn = print if d.main else (lambda *a, **k: None)
     with start_model(cfg) as (prev, base):
         device = distributed.device_for(cfg.train.device, device) or resolve_device(cfg.train.device)
-        say(f"reading, checking and tokenising {cfg.data.train_file or cfg.data.dataset}, loading the model ...",
-            file=sys.stderr)  # a large file takes a while (200k rows: about a minute)
+        if _data_bytes(cfg) >= LARGE_DATA:  # reading, checking, splitting and tokenising: 200k rows took a minute
+            say(f"reading, checking and tokenising {cfg.data.train_file or cfg.data.dataset} ...", file=sys.stderr)
         s = distributed.agree(lambda: _setup(cfg, task, base, device, prev))
         if d.main and resume is None:
             checkpoint.create_run_dir(run_dir, overwrite, cfg)
@@ -218,6 +218,16 @@ def _plan(cfg: Any, overrides: list[str] | None, overwrite: bool, resume: str | 
         run_dir = Path(resume) if resume is not None else checkpoint.run_dir_path(cfg.output_dir, cfg.method_name,
                                                                                    overwrite)
     return cfg, task, distributed.broadcast(run_dir)
+
+
+LARGE_DATA = 5 << 20  # data files of at least this many bytes get a line before they are prepared
+
+
+def _data_bytes(cfg: RunConfig) -> int:
+    """The size of the run's data files (0 for embedded data sets)."""
+    d = cfg.data
+    names = [d.train_file, d.validation_file, d.test_file] if d.train_file else [d.dataset]
+    return sum(Path(n).stat().st_size for n in names if n and Path(n).is_file())
 
 
 def _setup(cfg: RunConfig, task: Task, base: Path, device: torch.device, prev: Run | None) -> Setup:
