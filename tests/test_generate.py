@@ -1,6 +1,7 @@
 """Generated answers as text: a character whose bytes the token limit cut short is dropped, not shown as U+FFFD."""
 import io
 
+import pytest
 import torch
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -94,3 +95,26 @@ def test_virtual_tokens_under_a_sliding_window_generate_as_one_prompt_at_a_time(
     s = Sampling(max_new_tokens=6)
     alone = [generate_ids(model, tok, [p], rt, s)[0] for p in prompts]
     assert generate_ids(model, tok, prompts, rt, s, batch_size=3) == alone
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix"])
+def test_answers_stop_where_the_position_table_ends_counting_the_virtual_tokens(method):
+    """GPT-2's 64 positions, 8 virtual tokens and a prompt of 50: at most 6 new tokens, not an error once the
+    answer runs past the table."""
+    import transformers as T
+
+    from lm_helpers import tiny_tokenizer
+    from tuneforge.generate import Sampling, generate_ids
+    from tuneforge.methods import registry
+    from tuneforge.tasks import Runtime
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(T.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4,
+                                                            n_positions=64, pad_token_id=tok.pad_token_id,
+                                                            eos_token_id=tok.eos_token_id, bos_token_id=None))
+    model = registry.apply(model, method, registry.make_config(method, {"num_virtual_tokens": 8})).eval()
+    ids = tok("what is the capital of france ? " * 8, add_special_tokens=False)["input_ids"][:50]
+    rt = Runtime(device=torch.device("cpu"), bf16=False, pad_id=tok.pad_token_id)
+    (out,) = generate_ids(model, tok, [ids], rt, Sampling(max_new_tokens=20))
+    assert len(out) <= 64 - 8 - 50

@@ -15,7 +15,7 @@ from tuneforge.data import chat
 from tuneforge.data.json_file import broken_text
 from tuneforge.data.layouts import trimmed
 from tuneforge.models import autocast, position_limit
-from tuneforge.methods.virtual_tokens import pads_apart
+from tuneforge.methods.virtual_tokens import pads_apart, virtual_count
 from tuneforge.tasks import Runtime
 
 Prompt = str | list[dict[str, str]]  # a user message, or a whole conversation of {role, content}
@@ -96,6 +96,7 @@ def generate_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: 
     model.eval()
     config = generation_config(model, tokenizer, s)
     limit = position_limit(model)
+    limit = limit - virtual_count(model) if limit is not None else None  # virtual tokens take positions too
     eos = set(config.eos_token_id)
     pad = tokenizer.pad_token_id
     if s.sample and s.seed is not None:

@@ -72,6 +72,11 @@ class VirtualTokens(nn.Module):
         raise NotImplementedError
 
 
+def virtual_count(model: nn.Module) -> int:
+    """The positions the model's virtual tokens take in front of every row (0 without them)."""
+    return sum(m.num_tokens for m in model.modules() if isinstance(m, VirtualTokens))
+
+
 def pads_apart(model: nn.Module) -> bool:
     """Whether left-padded rows (generation) must not share a batch: the virtual tokens go before a row's left
     padding, so under sliding-window attention (Gemma 2 and 3, Mistral) the pads would take window room between
