@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
 from tuneforge.config import ConfigError, RunConfig
@@ -29,6 +29,14 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrai
     if tok.pad_token_id is None:
         raise ConfigError(f"tokenizer of {path} has no pad, eos or unk token to pad with; add a pad token")
     return tok
+
+
+def pretrained_config(path: str | Path, trust_remote_code: bool = False) -> Any:
+    """The model folder's config (``AutoConfig``), or None where it cannot be read (loading the model says why)."""
+    try:
+        return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None
 
 
 def load_pretrained(auto_cls: Any, path: str | Path, trust_remote_code: bool = False, **kwargs: Any

@@ -16,11 +16,11 @@ from tuneforge.tasks import get
 EOS = 3  # word_tokenizer's [EOS]
 
 
-def t5_folder(path, appends: bool = True, pad: bool = True, eos: int = EOS):
+def t5_folder(path, appends: bool = True, pad: bool = True, eos: int = EOS, single: str = "$A [EOS]"):
     tok = word_tokenizer(pad)
-    if appends:
-        tok._tokenizer.post_processor = TemplateProcessing(single="$A [EOS]", pair="$A [EOS] $B [EOS]",
-                                                           special_tokens=[("[EOS]", EOS)])
+    if appends:  # T5's way; mBART's appends a language code after it ("$A [EOS] w5")
+        tok._tokenizer.post_processor = TemplateProcessing(single=single, pair="$A [EOS] $B [EOS]",
+                                                           special_tokens=[("[EOS]", EOS), ("w5", 9)])
     torch.manual_seed(0)
     config = T.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4, pad_token_id=0,
                         eos_token_id=eos, decoder_start_token_id=0)
@@ -38,7 +38,7 @@ def prepared(tmp_path, folder, rows=None):
 
 
 @pytest.mark.parametrize("appends", [True, False])
-def test_every_row_ends_in_the_end_token_once_whatever_the_text_spells(tmp_path, capsys, appends):
+def test_every_row_holds_the_end_token_once_whatever_the_text_spells(tmp_path, capsys, appends):
     rows = [("good [EOS] movie", "positive"), ("bad </s> film", "negative"), ("a very very very very very very very "
                                                                              "very very very very very very long one",
                                                                              "positive")]
@@ -50,6 +50,36 @@ def test_every_row_ends_in_the_end_token_once_whatever_the_text_spells(tmp_path,
     assert ("tuneforge appends it" in capsys.readouterr().err) is not appends
     model, _ = task.load_model(cfg.model.name, cfg, data.meta, 0, torch.device("cpu"))
     assert model(**collate(examples[:8], 0)).logits.shape == (8, 2)  # the head finds one end token per row
+
+
+def test_a_row_cut_to_make_room_for_the_end_token_is_marked_cut(tmp_path):
+    _, _, data = prepared(tmp_path, t5_folder(tmp_path / "t5", appends=False),
+                          [("the movie was very good and fun w1 w2 w3 w4 w6 w7 w8 w9", "positive"),
+                           ("bad film", "negative")])
+    examples = data.train + data.validation + data.test
+    assert {len(e["input_ids"]): bool(e.get("_cut")) for e in examples}[16] is True  # 16 words: the last lost
+    assert all(not e.get("_cut") for e in examples if len(e["input_ids"]) < 16)
+
+
+def test_a_language_code_after_the_end_token_is_kept_and_nothing_appended(tmp_path, capsys):
+    """mBART's tokenizer ends texts with ``</s> en_XX``: the end token is there, so nothing is added."""
+    _, _, data = prepared(tmp_path, t5_folder(tmp_path / "mbart", single="$A [EOS] w5"), [("good movie", "positive"),
+                                                                                          ("bad film", "negative")])
+    assert all(e["input_ids"][-2:] == [EOS, 9] for e in data.train + data.validation + data.test)
+    assert "tuneforge appends it" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("appends, ends", [(True, 2), (False, 1)])
+def test_text_pairs_hold_as_many_end_tokens_in_every_row(tmp_path, appends, ends):
+    data = reviews_csv(tmp_path / "r.csv", 2)
+    data.write_text("premise,hypothesis,label\n" + "".join(f"good [EOS] w{i},bad w{i},yes\nfine w{i},</s> x,no\n"
+                                                           for i in range(30)))
+    folder = t5_folder(tmp_path / "t5", appends)
+    cfg = resolve_config({"model": {"name": str(folder), "max_length": 16}, "data": {"dataset": str(data)}})
+    from tuneforge.models import load_tokenizer
+    _, prepared_data = prepare(cfg, get("classification"), load_tokenizer(folder))
+    examples = prepared_data.train + prepared_data.validation + prepared_data.test
+    assert {e["input_ids"].count(EOS) for e in examples} == {ends} and all(e["input_ids"][-1] == EOS for e in examples)
 
 
 def test_a_tokenizer_that_pads_with_the_end_token_is_refused(tmp_path):

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 from tqdm.auto import tqdm
 
 from tuneforge import assets, fast
@@ -18,7 +18,7 @@ from tuneforge.data import chat, layouts
 from tuneforge.data.batching import batch_order, collate, collate_packed, iterate, without_positions
 from tuneforge.data.readers import place, read_records
 from tuneforge.evaluate import bleu, perplexity, rouge_l
-from tuneforge.models import autocast, load_pretrained
+from tuneforge.models import autocast, load_pretrained, pretrained_config
 from tuneforge.tasks import Example, Prepared, Record, Runtime, lm_head
 
 # config attributes of models whose logits are not just lm_head(hidden): those take the full forward
@@ -76,10 +76,7 @@ def token_nll(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str =
 
 def _refuse_encoder_decoder(path: str | Path, cfg: RunConfig) -> None:
     """One line for an encoder-decoder model: AutoModelForCausalLM would load BART as its decoder alone."""
-    try:
-        config = AutoConfig.from_pretrained(str(path), trust_remote_code=cfg.model.trust_remote_code)
-    except (OSError, ValueError):
-        return  # the model's own loading names the problem
+    config = pretrained_config(path, cfg.model.trust_remote_code)
     if getattr(config, "is_encoder_decoder", False):
         raise ConfigError(f"model: {path} is an encoder-decoder model ({config.model_type}); the causal_lm task "
                           "trains decoder-only models (Llama, Qwen, GPT-2, SmolLM2 ...) and would drop its "

@@ -192,7 +192,7 @@ class Task:
         texts = [text(r, d.text_column) for r in records]
         pairs = [text(r, d.text_pair_column) for r in records] if d.text_pair_column else None
         enc = tokenizer(texts, pairs, truncation=True, max_length=cfg.model.max_length, **end_token.encode_kwargs(meta))
-        end_token.end_rows(enc, meta, cfg.model.max_length)
+        lost = end_token.end_rows(enc, meta, cfg.model.max_length)
         keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
         # an empty text with a tokenizer that adds no special tokens (GPT-2, Llama without BOS) would be a
         # zero-length example, which the model cannot run: it becomes one end-of-text (or unknown) token
@@ -203,7 +203,8 @@ class Task:
                 enc["input_ids"][i] = [filler]
                 if "token_type_ids" in enc:
                     enc["token_type_ids"][i] = [0]
-        cut = [bool(e.overflowing) for e in enc.encodings] if enc.encodings else [False] * len(records)
+        cut = [bool(e.overflowing) or i in lost for i, e in enumerate(enc.encodings)] if enc.encodings else \
+            [i in lost for i in range(len(records))]
         return [{**{k: enc[k][i] for k in keys}, "labels": labels[i], **({"_cut": True} if cut[i] else {})}
                 for i in range(len(records))]
 

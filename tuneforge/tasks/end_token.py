@@ -1,26 +1,22 @@
 """Encoder-decoder sequence classifiers (T5, BART, mBART ...) classify from each row's end-of-text token: their
 head reads the hidden state at the row's last ``config.eos_token_id`` and requires every row of a batch to hold
-as many. Rows must therefore end in that token and hold it nowhere else: a text that spells it (``</s>`` in
-scraped HTML) is read as characters, a tokenizer that does not append it gets it appended, and a tokenizer that
-pads with it or names another end token is refused."""
+as many. So a text that spells the token (``</s>`` in scraped HTML) is read as characters, a tokenizer that does
+not append it gets it appended, and a tokenizer that pads with it or names another end token is refused."""
 from __future__ import annotations
 
 import sys
 from typing import Any
 
-from transformers import AutoConfig, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from tuneforge import assets
 from tuneforge.config import ConfigError, RunConfig
+from tuneforge.models import pretrained_config
 
 
 def end_token(cfg: RunConfig) -> int | None:
     """The end-of-text id the model's classification head reads (an encoder-decoder's), else None."""
-    path = assets.resolve_model(cfg.model.name)
-    try:
-        config = AutoConfig.from_pretrained(str(path), trust_remote_code=cfg.model.trust_remote_code)
-    except (OSError, ValueError):
-        return None  # the model's own loading names the problem
+    config = pretrained_config(assets.resolve_model(cfg.model.name), cfg.model.trust_remote_code)
     if not getattr(config, "is_encoder_decoder", False) or config.eos_token_id is None:
         return None
     return int(config.eos_token_id)
@@ -38,7 +34,7 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerBase, end: int, cfg: RunConfig
         raise ConfigError(f"model: {cfg.model.name} classifies from each row's end-of-text token ({word!r}, id {end}), "
                           "and its tokenizer, having no pad token, pads with that token; give the tokenizer a pad "
                           "token (tokenizer_config.json \"pad_token\")")
-    if tokenizer("a")["input_ids"][-1:] != [end]:
+    if end not in tokenizer("a")["input_ids"]:  # mBART's follow it with a language code
         print(f"note: {cfg.model.name} classifies from each row's end-of-text token ({word!r}, id {end}), which its "
               "tokenizer does not append: tuneforge appends it", file=sys.stderr)
 
@@ -48,15 +44,18 @@ def encode_kwargs(meta: dict[str, Any]) -> dict[str, Any]:
     return {"split_special_tokens": True} if meta.get("end_token") is not None else {}
 
 
-def end_rows(enc: Any, meta: dict[str, Any], max_length: int) -> None:
-    """Append the end token to every row of ``enc`` (a tokenizer's output) that does not end in it, keeping rows
-    within ``max_length``."""
-    end = meta.get("end_token")
+def end_rows(enc: Any, meta: dict[str, Any], max_length: int) -> set[int]:
+    """Append the end token to every row of ``enc`` (a tokenizer's output) that lacks it, keeping rows within
+    ``max_length``; returns the rows that lost a token for it."""
+    end, cut = meta.get("end_token"), set()
     if end is None:
-        return
+        return cut
     for i, ids in enumerate(enc["input_ids"]):  # (seq,) per row
-        if ids[-1:] != [end]:
+        if end not in ids:  # split_special_tokens: no text spells it, so the tokenizer did not append it
+            if len(ids) >= max_length:
+                cut.add(i)
             enc["input_ids"][i] = ids[:max_length - 1] + [end]
             if "token_type_ids" in enc:
                 types = enc["token_type_ids"][i][:max_length - 1]
                 enc["token_type_ids"][i] = types + (types[-1:] or [0])
+    return cut
