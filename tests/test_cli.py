@@ -9,6 +9,7 @@ import pytest
 
 from tiny import model_dir, sentiment_rows
 from tuneforge.cli import build_parser, main
+from tuneforge.config import ConfigError
 from tuneforge.methods import registry
 
 
@@ -185,3 +186,6 @@ def test_predict_works_through_large_inputs_a_chunk_at_a_time_in_order(monkeypat
     assert next(rows) == {"text": "a", "pair": "1"} and len(calls) == 1  # lazily, chunk by chunk
     assert [r["text"] for r in rows] == list("bcde")
     assert calls == [(["a", "b"], ["1", "2"]), (["c", "d"], ["3", "4"]), (["e"], ["5"])]
+    for pairs in (list("1234"), list("123456")):  # counted whole, before any chunk is predicted
+        with pytest.raises(ConfigError, match=f"5 texts but {len(pairs)} second texts"):
+            next(commands._predictions(Run(), list("abcde"), pairs))

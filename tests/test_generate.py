@@ -95,6 +95,10 @@ def test_virtual_tokens_under_a_sliding_window_generate_as_one_prompt_at_a_time(
     s = Sampling(max_new_tokens=6)
     alone = [generate_ids(model, tok, [p], rt, s)[0] for p in prompts]
     assert generate_ids(model, tok, prompts, rt, s, batch_size=3) == alone
+    from tuneforge.methods.virtual_tokens import pads_apart
+    assert pads_apart(model, 9, 6) and not pads_apart(model, 2, 1)  # 12 + 9 + 6 > 16 > 12 + 2 + 1 rows
+    model.config.sliding_window = 4096  # a window wider than the rows: prompts of all lengths batch together
+    assert not pads_apart(model, 9, 6)
 
 
 @pytest.mark.parametrize("method", ["prompt", "prefix"])

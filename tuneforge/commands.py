@@ -89,6 +89,10 @@ def _predictions(run: Run, texts: list[str], pairs: list[str] | None) -> Iterato
     """``run.predict`` over ``texts`` a chunk at a time, with a progress bar (stderr) when there are several."""
     from tqdm.auto import tqdm
 
+    from tuneforge.config import ConfigError
+
+    if pairs is not None and len(pairs) != len(texts):  # checked whole, as Run.predict would
+        raise ConfigError(f"{len(texts)} texts but {len(pairs)} second texts: give one second text per text")
     starts = range(0, len(texts), PREDICT_CHUNK)
     for start in tqdm(starts, desc="predict", unit="chunk", leave=False, disable=len(starts) < 2):
         end = start + PREDICT_CHUNK

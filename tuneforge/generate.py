@@ -102,7 +102,8 @@ def generate_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: 
     if s.sample and s.seed is not None:
         torch.manual_seed(s.seed)
     out: list[list[int]] = [[] for _ in prompts]
-    for idx in _batches([len(p) for p in prompts], batch_size, equal=pads_apart(model)):
+    apart = pads_apart(model, max(map(len, prompts), default=0), s.max_new_tokens)
+    for idx in _batches([len(p) for p in prompts], batch_size, equal=apart):
         longest = max(len(prompts[i]) for i in idx)
         room = limit - longest if limit is not None else s.max_new_tokens  # positions left in the model's table
         if room < 1:

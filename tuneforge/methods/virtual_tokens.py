@@ -77,13 +77,15 @@ def virtual_count(model: nn.Module) -> int:
     return sum(m.num_tokens for m in model.modules() if isinstance(m, VirtualTokens))
 
 
-def pads_apart(model: nn.Module) -> bool:
+def pads_apart(model: nn.Module, longest: int, new_tokens: int) -> bool:
     """Whether left-padded rows (generation) must not share a batch: the virtual tokens go before a row's left
-    padding, so under sliding-window attention (Gemma 2 and 3, Mistral) the pads would take window room between
-    them and the text, which then sees less of them than it does unpadded."""
+    padding, so where sliding-window attention (Gemma 2 and 3, Mistral) could span fewer positions than virtual
+    tokens + the ``longest`` prompt + ``new_tokens``, the pads would take window room between them and the text."""
     config = getattr(model, "config", None)
-    windowed = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
-    return bool(windowed) and any(isinstance(m, VirtualTokens) for m in model.modules())
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config  # Gemma 3's is inside
+    window = getattr(text, "sliding_window", None) if getattr(text, "use_sliding_window", True) else None
+    n = virtual_count(model)
+    return bool(window) and n > 0 and window < n + longest + new_tokens
 
 
 def backbone_of(model: nn.Module) -> nn.Module:
