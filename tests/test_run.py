@@ -316,7 +316,6 @@ def test_without_validation_the_final_weights_are_the_result_without_a_copy(bert
     assert run.evaluate()["accuracy"] == pytest.approx(result.metrics["test_after"]["accuracy"])
 
 
-
 def test_every_evaluation_shows_its_progress_and_a_quiet_run_none(bert_dir, data_csv, tmp_path, capsys,
                                                                     monkeypatch):
     """Before training, at each validation and after training a bar counts the batches (a 20k-row test split took
@@ -337,5 +336,5 @@ def test_packing_a_classification_run_is_a_note_not_a_false_warning(bert_dir, da
     cfg = _cfg(bert_dir, data_csv, tmp_path / "packed", epochs=1)
     train({**cfg, "data": {**cfg["data"], "packing": True}}, progress=False)
     err = capsys.readouterr().err
-    assert "note: data.packing applies to causal_lm runs; a classification run keeps each example" in err
+    assert "note: data.packing does not apply to classification runs: each example keeps a row of its own" in err
     assert "cannot keep packed examples apart" not in err

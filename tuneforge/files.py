@@ -106,8 +106,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 def save_json(obj: Any, path: Path, compact: bool = False) -> None:
     """``obj`` as indented JSON, or with ``compact`` on as few bytes as JSON allows (``split.json``: a row
     number per example, 34 bytes each indented, 7 compact)."""
-    text = json.dumps(obj, separators=(",", ":"), default=float) if compact else json.dumps(obj, indent=2, default=float)
-    atomic_write_text(path, text + "\n")
+    layout = {"separators": (",", ":")} if compact else {"indent": 2}
+    atomic_write_text(path, json.dumps(obj, default=float, **layout) + "\n")
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:

@@ -29,6 +29,7 @@ from tuneforge.data import embedded
 from tuneforge.data.batching import Shapes
 from tuneforge.data.dataset import Splits, prepare, source_records
 from tuneforge.data.dataset import warnings as dataset_warnings
+from tuneforge.data.readers import data_bytes
 from tuneforge.forgetting import pipeline as forgetting
 from tuneforge.forgetting.interpolate import start_weights
 from tuneforge.loaded import Run, load, start_model
@@ -127,7 +128,7 @@ def _train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | 
     warn = print if d.main else (lambda *a, **k: None)
     with start_model(cfg) as (prev, base):
         device = distributed.device_for(cfg.train.device, device) or resolve_device(cfg.train.device)
-        if _data_bytes(cfg) >= LARGE_DATA:  # reading, checking, splitting and tokenising: 200k rows took a minute
+        if data_bytes(cfg.data) >= LARGE_DATA:  # reading, checking, splitting and tokenising: 200k rows took a minute
             say(f"reading, checking and tokenising {cfg.data.train_file or cfg.data.dataset} ...", file=sys.stderr)
         s = distributed.agree(lambda: _setup(cfg, task, base, device, prev))
         if d.main and resume is None:
@@ -153,14 +154,13 @@ def _train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | 
             start = start_weights(s.model, cfg.forgetting.interpolate, s.heads) if d.main else None
             apart = task.packing_ok(s.model, s.data.train, s.rt)  # position ids keep packed examples apart
             s.rt.padding_free = cfg.train.padding_free and apart
-            packed = task.pack(s.data.train, cfg, apart)
-            if cfg.data.packing and packed is s.data.train:
-                warn(f"note: data.packing applies to causal_lm runs; a {task.name} run keeps each example in a row "
-                     "of its own", file=sys.stderr)
+            s.data.train = task.pack(s.data.train, cfg, apart)
+            if cfg.data.packing and not task.packs:
+                warn(f"note: data.packing does not apply to {task.name} runs: each example keeps a row of its own",
+                     file=sys.stderr)
             elif cfg.data.packing and not apart:
                 warn("warning: data.packing: this model or method cannot keep packed examples apart; each "
                     "example attends to the earlier ones in its row", file=sys.stderr)
-            s.data.train = packed
             plan_steps(s.data, cfg, task)  # too few examples for the processes: refused before training starts
             if s.rt.bf16 and cfg.train.distributed != "fsdp":  # FSDP2 casts while gathering instead
                 store_frozen_in_bf16(s.model)
@@ -221,13 +221,6 @@ def _plan(cfg: Any, overrides: list[str] | None, overwrite: bool, resume: str | 
 
 
 LARGE_DATA = 5 << 20  # data files of at least this many bytes get a line before they are prepared
-
-
-def _data_bytes(cfg: RunConfig) -> int:
-    """The size of the run's data files (0 for embedded data sets)."""
-    d = cfg.data
-    names = [d.train_file, d.validation_file, d.test_file] if d.train_file else [d.dataset]
-    return sum(Path(n).stat().st_size for n in names if n and Path(n).is_file())
 
 
 def _setup(cfg: RunConfig, task: Task, base: Path, device: torch.device, prev: Run | None) -> Setup:

@@ -27,7 +27,7 @@ from tuneforge.grouped_attention import grouped_attention
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.batching import iterate
 from tuneforge.embedding_rows import TrainedRows, training_ids
-from tuneforge.methods.layers import block_stacks
+from tuneforge.methods.layers import blocks
 from tuneforge.methods.lora_stack import shared_inputs
 from tuneforge.models import autocast
 from tuneforge.optim import build_optimizer, lr_lambda
@@ -130,8 +130,8 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
     d = distributed.current()
     torch.manual_seed(t.seed)
     plan = plan_steps(data, cfg, task)
-    blocks = [b for _, layers in block_stacks(model) for b in layers] if t.distributed == "fsdp" else []
-    module = distributed.wrap(WithLoss(model, task, regularizers), t.distributed, blocks, rt.bf16, rt.device)
+    fsdp_units = [block for _, block in blocks(model)] if t.distributed == "fsdp" else []
+    module = distributed.wrap(WithLoss(model, task, regularizers), t.distributed, fsdp_units, rt.bf16, rt.device)
     optimizer, names = build_optimizer(module, cfg, heads, {id(rows.weight): rows.param} if rows else None)
     if rows is not None:
         rows.attach(optimizer)

@@ -61,7 +61,6 @@ def test_own_answers_probe_is_the_perplexity_of_the_models_greedy_answers(setup)
     assert len(probe.examples) > cut > 0 and probe.measure(model) == pytest.approx(math.exp(total / count), rel=1e-4)
 
 
-
 def test_a_model_that_answers_nothing_has_no_own_answers_probe(setup, monkeypatch, capsys):
     """Answers that all end at once leave nothing to measure: named when asked for, left out under auto."""
     cfg, task, tok, model, rt, _, data = setup
@@ -72,6 +71,7 @@ def test_a_model_that_answers_nothing_has_no_own_answers_probe(setup, monkeypatc
     assert "warning: the untrained model answered none" in capsys.readouterr().err
     auto = pipeline.probes_for(cfg, task, None, [], tok, rt, data.meta, model)
     assert auto == []  # and no error (the tiny tokenizer cannot spell the sentiment probe's label words either)
+
 
 def test_validation_side_own_answers_use_other_prompts(setup):
     cfg, task, tok, model, rt, _, data = setup

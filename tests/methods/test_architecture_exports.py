@@ -138,8 +138,8 @@ def test_position_table_offset_is_respected():
 
 @pytest.mark.parametrize("config", [T.GPTJConfig, T.CodeGenConfig])
 def test_a_fixed_sin_cos_table_limits_the_positions(config):
-    """GPT-J and CodeGen index a sin/cos buffer of n_positions rows (no embedding table): 64 tokens fit, and
-    generation stops there (a 65th position would index past the buffer)."""
+    """GPT-J and CodeGen index a sin/cos buffer of n_positions rows (no embedding table): that is their limit
+    (model.max_length is checked against it and generation stops at it); 64 tokens fit."""
     torch.manual_seed(0)
     model = T.AutoModelForCausalLM.from_config(config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
                                                       rotary_dim=4, pad_token_id=0)).eval()

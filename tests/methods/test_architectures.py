@@ -1,5 +1,5 @@
 """Every method on architectures beyond the three the other tests use (BERT, Llama, GPT-2): tiny random
-sequence classifiers of fourteen more families, the encoder-decoders T5 and BART among them. Each method applies and one backward pass reaches every
+sequence classifiers of fifteen more families, the encoder-decoders T5 and BART among them. Each method applies and one backward pass reaches every
 trainable parameter, or the method refuses the architecture with a ConfigError that says why (the only
 refusals allowed are listed in REFUSED)."""
 import pytest

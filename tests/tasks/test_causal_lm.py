@@ -245,6 +245,7 @@ def test_encode_any_detects_the_layout_of_another_source(tmp_path):
                              {"role": "assistant", "content": r["output"]}]} for r in records]
     assert pairs == task.encode(as_chat, cfg, tok, {"format": "chat", "chat_template": None}, where)
 
+
 def test_an_encoder_decoder_model_is_refused_not_cut_to_its_decoder(tmp_path):
     """AutoModelForCausalLM loads BART as its decoder alone (BartForCausalLM): the encoder would be dropped."""
     from transformers import BartConfig, BartForConditionalGeneration

@@ -101,6 +101,11 @@ def as_int(value: Any) -> int | None:
     return int(value)
 
 
+def blank(value: Any) -> bool:
+    """A missing value: None, NaN (pandas' empty cell) or only whitespace."""
+    return value is None or (isinstance(value, float) and value != value) or str(value).strip() == ""
+
+
 def structure(value: Any) -> str | None:
     """What a cell that is not a plain value holds ("an object", "a list": JSON objects and lists, Parquet
     arrays); None for a string, number or missing value."""
@@ -155,6 +160,12 @@ def require_columns(records: list[dict[str, Any]], columns: list[str], source: s
                 f"{source}: column '{col}' not found; columns are {column_names(records[0])} "
                 f"(choose with data.text_column / data.label_column)"
             )
+
+
+def data_bytes(data: Any) -> int:
+    """The size of the files a ``DataConfig`` names (0 for embedded data sets)."""
+    names = [data.train_file, data.validation_file, data.test_file] if data.train_file else [data.dataset]
+    return sum(Path(n).stat().st_size for n in names if n and Path(n).is_file())
 
 
 def place(source: str, index: int) -> str:

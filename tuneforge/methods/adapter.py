@@ -22,7 +22,8 @@ from transformers.activations import ACT2FN
 
 from tuneforge.config import ConfigError
 from tuneforge.strict import refuse
-from tuneforge.methods.layers import LINEAR, block_stacks, hidden_size, is_norm, linear_features, replace, Wrapper
+from tuneforge.methods.layers import (LINEAR, Wrapper, blocks, hidden_size, is_norm, linear_features,
+                                      replace)
 
 
 def default_lr(shape: tuple[int, int] | None) -> float:
@@ -128,8 +129,7 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
         refuse(f"method.reduction_factor={config.reduction_factor} leaves no bottleneck on a {hidden}-wide model "
                f"({hidden} // {config.reduction_factor} = 0): use at most {hidden}, or set method.bottleneck_size")
         bottleneck = 1  # a run saved before the refusal trained with one unit
-    blocks = [(f"{name}.{i}", block) for name, layers in block_stacks(model) for i, block in enumerate(layers)]
-    for where, block in blocks:  # an encoder-decoder's encoder and decoder blocks alike
+    for where, block in blocks(model):  # an encoder-decoder's encoder and decoder blocks alike
         targets = {"FFN output": ffn_output(block, hidden)}
         if config.variant == "houlsby":
             targets["attention output"] = attention_output(block, hidden)

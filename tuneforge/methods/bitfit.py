@@ -43,8 +43,8 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
         found += 1
     if not found and config.layernorm:
         raise ConfigError(
-            f"method.name=bitfit: {type(model).__name__} has no bias terms to train (nor have Llama-family, T5 or "
-            "ModernBERT models); choose another method, e.g. lora or ia3"
+            f"method.name=bitfit: {type(model).__name__} has no bias terms to train (models of the Llama, T5 and "
+            "ModernBERT families have none); choose another method, e.g. lora or ia3"
         )
     if not found:
         raise ConfigError(

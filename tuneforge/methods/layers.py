@@ -61,6 +61,11 @@ def block_stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
     return stacks
 
 
+def blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every transformer block with its qualified name, in forward order (:func:`block_stacks`)."""
+    return [(f"{name}.{i}", block) for name, layers in block_stacks(model) for i, block in enumerate(layers)]
+
+
 def layer_index(param_name: str, layers_name: str) -> int | None:
     """The block index a parameter belongs to (``encoder.layer.3.x`` -> 3), or None outside the blocks."""
     m = re.match(re.escape(layers_name) + r"\.(\d+)\.", param_name)

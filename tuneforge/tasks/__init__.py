@@ -56,6 +56,7 @@ class Task(Protocol):
     group_by_length: bool  # default of train.group_by_length
     auto_patience: int | None  # default of train.early_stopping under the automatic length (None: the whole plan)
     loss_unit: str  # what the loss averages over: "example" or "token"
+    packs: bool  # data.packing concatenates its examples into rows
 
     # -- data ---------------------------------------------------------------------------------------------
     def read_source(self, path: str, cfg: RunConfig) -> list[Record]:

@@ -14,6 +14,15 @@ from tuneforge.config import ConfigError, RunConfig
 from tuneforge.models import pretrained_config
 
 
+def setup(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """The run's ``meta`` entry ``end_token`` where the model's head reads one (checked against the tokenizer)."""
+    end = end_token(cfg)
+    if end is None:
+        return {}
+    check_tokenizer(tokenizer, end, cfg)
+    return {"end_token": end}
+
+
 def end_token(cfg: RunConfig) -> int | None:
     """The end-of-text id the model's classification head reads (an encoder-decoder's), else None."""
     config = pretrained_config(assets.resolve_model(cfg.model.name), cfg.model.trust_remote_code)

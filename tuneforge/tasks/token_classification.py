@@ -45,6 +45,7 @@ class Task:
     generates = False  # answers prompts with text (generation, own-answer probes, self-replay)
     peft_task_type = "TOKEN_CLS"
     loss_unit = "token"
+    packs = False
     group_by_length = True  # sentences of similar length share a batch (as for classification)
     auto_patience = None  # the whole automatic plan: entity F1 sits at 0 for epochs before it rises
 
