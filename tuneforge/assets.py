@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -97,18 +98,37 @@ def chitchat_json() -> Path:
 
 
 def resolve_model(name: str) -> Path:
-    """An embedded model name or an existing local folder -> folder path."""
+    """An embedded model name, an existing local folder or a Hub id (``owner/name``) already in the local Hugging
+    Face cache -> folder path."""
     if name in MODELS:
         return MODELS[name]()
     path = Path(name).expanduser()
+    if not path.is_dir() and (cached := _hub_cache(name)) is not None:
+        return cached
     if not path.is_dir():
         raise ConfigError(
-            f"model.name: '{name}' is neither an embedded model ({', '.join(MODELS)}) nor an existing folder; "
-            "give a local Hugging Face model folder (downloads are not possible offline)"
+            f"model.name: '{name}' is neither an embedded model ({', '.join(MODELS)}), an existing folder nor a "
+            "model in the local Hugging Face cache; give a local Hugging Face model folder (downloads are not "
+            "possible offline)"
         )
     if not (path / "config.json").is_file():
         raise ConfigError(f"model.name: folder '{path}' has no config.json; is it a Hugging Face model folder?")
     return path
+
+
+def _hub_cache(name: str) -> Path | None:
+    """The cached snapshot of Hub model ``name`` (``owner/name``, as ``from_pretrained`` takes it), never
+    downloading; None when it is not cached or not a Hub id."""
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        return None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(name, local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError, OSError):
+        return None
+    return folder if (folder / "config.json").is_file() else None
 
 
 WIDTH_KEYS = ("hidden_size", "n_embd", "d_model", "dim")  # config.json spellings (BERT/Llama, GPT-2, T5, DistilBERT)

@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dotted overrides, e.g. method.rank=16 train.lr=1e-3")
     p.add_argument("-c", "--config", help="YAML config file (sections: model, data, method, train, eval)")
     p.add_argument("--method", help="full | freeze | lora | ... (default lora)")
-    p.add_argument("--model", help="embedded model name (minilm, smollm2) or a local Hugging Face folder")
+    p.add_argument("--model", help="embedded model name (minilm, smollm2), a local Hugging Face folder, or a Hub "
+                   "id (owner/name) already in the local Hugging Face cache (nothing is downloaded)")
     p.add_argument("--task", help="classification (default), causal_lm or token_classification")
     p.add_argument("--data", help="embedded data set (rotten_tomatoes, imdb, chatterbot_topics, chatterbot, "
                    "chitchat, wnut16) or a .csv/.tsv/.jsonl/.json/.parquet (.conll/.txt/.bio for tagging) file")

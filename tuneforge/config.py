@@ -18,7 +18,7 @@ __all__ = ["ConfigError", "build_dataclass", "positive", "RunConfig", "load_conf
 
 @dataclass
 class ModelConfig:
-    name: str = "minilm"  # embedded model name (minilm, smollm2) or a local Hugging Face folder
+    name: str = "minilm"  # embedded model (minilm, smollm2), a local Hugging Face folder or a cached Hub id
     task: Literal["classification", "causal_lm", "token_classification"] = "classification"  # what it learns to do
     max_length: int = 128  # tokens per example after truncation
     trust_remote_code: bool = False  # allow custom model code from the folder (off unless asked for)
