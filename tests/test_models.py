@@ -134,3 +134,30 @@ def test_a_decoder_classifier_finds_the_last_real_token_by_the_pad_id_its_batche
             alone = model(input_ids=ids).logits
             batched = model(input_ids=padded, attention_mask=mask).logits
         torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_a_folder_without_vocabulary_files_is_refused_and_a_sentencepiece_one_loads(tmp_path):
+    """transformers 5 builds an empty T5Tokenizer (every word unknown) for a folder without its spiece.model;
+    with the file (and the sentencepiece package) it loads."""
+    import json
+    import random
+
+    import sentencepiece
+    from transformers import T5Config
+
+    from tuneforge.models import load_tokenizer
+
+    folder = tmp_path / "t5"
+    folder.mkdir()
+    T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4).save_pretrained(folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "T5Tokenizer", "extra_ids": 0}))
+    with pytest.raises(ConfigError, match="holds none of the vocabulary files of its T5Tokenizer \\(spiece.model"):
+        load_tokenizer(folder)
+    random.seed(0)
+    words = "good bad movie film the a is was very not".split()
+    (tmp_path / "corpus.txt").write_text("\n".join(" ".join(random.choices(words, k=8)) for _ in range(500)))
+    sentencepiece.SentencePieceTrainer.train(input=str(tmp_path / "corpus.txt"), model_prefix=str(folder / "spiece"),
+                                             vocab_size=30, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                             minloglevel=2)
+    tok = load_tokenizer(folder)
+    assert tok.unk_token_id not in tok("good movie")["input_ids"]

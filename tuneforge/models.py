@@ -24,6 +24,11 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrai
         tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load a tokenizer from {path}: {str(exc).splitlines()[0]}") from None
+    files = {"tokenizer.json", *getattr(tok, "vocab_files_names", {}).values()}
+    if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in files):
+        raise ConfigError(f"cannot load a tokenizer from {path}: it holds none of the vocabulary files of its "
+                          f"{type(tok).__name__} ({', '.join(sorted(files))}); transformers would build an empty "
+                          "one that reads every word as unknown. Copy the model's tokenizer files into the folder")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     if tok.pad_token_id is None:
