@@ -112,8 +112,21 @@ def resolve_model(name: str) -> Path:
             "possible offline)"
         )
     if not (path / "config.json").is_file():
-        raise ConfigError(f"model.name: folder '{path}' has no config.json; is it a Hugging Face model folder?")
+        raise ConfigError(f"model.name: folder '{path}' has no config.json; {_what_else(path)}")
     return path
+
+
+def _what_else(path: Path) -> str:
+    """What a model folder without config.json holds instead, and what to pass."""
+    if (path / "adapter_config.json").is_file():
+        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        return f"it is a PEFT adapter (of {base}): give its base model, or merge the adapter into one first"
+    if (path / "meta.json").is_file() and (path / "config.yaml").is_file():
+        return (f"it is a tuneforge run directory: `tuneforge merge {path} OUT` writes a model folder to give "
+                "(or load the run with `tuneforge predict`/`evaluate`)")
+    if any(path.glob("*.gguf")):
+        return "a .gguf file is not read as a model here; give a Hugging Face model folder (config.json, weights)"
+    return "is it a Hugging Face model folder?"
 
 
 def _hub_cache(name: str) -> Path | None:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from safetensors import SafetensorError
 from transformers.pytorch_utils import Conv1D
 
 from tuneforge.config import ConfigError, RunConfig
@@ -22,8 +23,9 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrai
     """Tokenizer of a local model folder; a missing pad token falls back to EOS (or UNK)."""
     try:
         tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load a tokenizer from {path}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # transformers' conversions raise TypeError, KeyError ... on odd files
+        raise ConfigError(f"cannot load a tokenizer from {path}: {(str(exc) or type(exc).__name__).splitlines()[0]}"
+                          ) from None
     files = {"tokenizer.json", *getattr(tok, "vocab_files_names", {}).values()}
     if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in files):
         raise ConfigError(f"cannot load a tokenizer from {path}: it holds none of the vocabulary files of its "
@@ -47,13 +49,32 @@ def pretrained_config(path: str | Path, trust_remote_code: bool = False) -> Any:
 def load_pretrained(auto_cls: Any, path: str | Path, trust_remote_code: bool = False, **kwargs: Any
                     ) -> tuple[nn.Module, list[str]]:
     """``auto_cls.from_pretrained`` in float32 -> (model, names of freshly initialised top-level modules)."""
-    try:
+    try:  # mismatched shapes are loaded past, then refused outside a classification head (named, below)
         model, info = auto_cls.from_pretrained(str(path), output_loading_info=True, dtype=torch.float32,
-                                               trust_remote_code=trust_remote_code, **kwargs)
+                                               trust_remote_code=trust_remote_code,
+                                               **{"ignore_mismatched_sizes": True, **kwargs})
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load a model from {path}: {_load_error(exc, auto_cls)}") from None
-    mismatched = {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())}
-    return model, fresh_modules(model, set(info["missing_keys"]) | mismatched)
+    except SafetensorError as exc:
+        raise ConfigError(f"cannot load a model from {path}: a weights file is damaged ({str(exc).splitlines()[0]}); "
+                          "copy the model folder again") from None
+    mismatched = [k if isinstance(k, tuple) else (k,) for k in info.get("mismatched_keys", ())]
+    body = sorted(k for k in mismatched if k[0].split(".")[0] not in HEAD_NAMES or k[0].startswith("lm_head."))
+    if body:  # only a task head may be replaced (another label count); a backbone layer would start random
+        shapes = f": {tuple(body[0][1])} saved, {tuple(body[0][2])} in config.json" if len(body[0]) == 3 else ""
+        raise ConfigError(f"cannot load a model from {path}: its weights do not fit its config.json ({body[0][0]}"
+                          f"{shapes}; {len(body)} tensor(s) differ)")
+    return model, fresh_modules(model, set(info["missing_keys"]) | {k[0] for k in mismatched})
+
+
+def check_vocabulary(model: nn.Module, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
+    """One line where the tokenizer has more tokens than the model embeds (ids past the table would crash or, if
+    never met, hide a mismatched pair): a missing tokenizer_config.json, or tokens added without resizing."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ConfigError(f"model: {path}: its tokenizer has {len(tokenizer)} tokens but the model embeds {rows}, so "
+                          f"ids from {rows} on have no embedding; is tokenizer_config.json missing, or were tokens "
+                          "added without resizing the model's embeddings?")
 
 
 def _load_error(exc: Exception, auto_cls: Any) -> str:

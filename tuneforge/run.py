@@ -35,8 +35,8 @@ from tuneforge.forgetting.interpolate import start_weights
 from tuneforge.loaded import Run, load, start_model
 from tuneforge.logs import plot_loss_curve
 from tuneforge.methods import registry
-from tuneforge.models import (apply_method, check_max_length, count_parameters, head_modules, load_tokenizer,
-                              resolve_device, store_frozen_in_bf16, use_bf16)
+from tuneforge.models import (apply_method, check_max_length, check_vocabulary, count_parameters, head_modules,
+                              load_tokenizer, resolve_device, store_frozen_in_bf16, use_bf16)
 from tuneforge.report import learned_warning, result_table
 from tuneforge.tasks import Prepared, Runtime, Task
 from tuneforge.step_plan import plan_steps
@@ -237,6 +237,7 @@ def _setup(cfg: RunConfig, task: Task, base: Path, device: torch.device, prev: R
                  shapes=Shapes.training(cfg.model.max_length, rounded=bf16 or device.type != "cpu"))
     torch.manual_seed(cfg.train.seed)
     model, fresh = task.load_model(base, cfg, data.meta, rt.pad_id, device)
+    check_vocabulary(model, tokenizer, base)
     check_max_length(model, cfg)
     return Setup(tokenizer, splits, data, model.to(device), head_modules(model, fresh), rt, prev)
 

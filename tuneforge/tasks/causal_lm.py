@@ -3,6 +3,7 @@ answer (assistant) tokens; perplexity, and BLEU / ROUGE-L of generated answers."
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +198,10 @@ class Task:
         if device.type == "cpu" and cfg.model.max_length <= EAGER_MAX_LENGTH:
             extra["attn_implementation"] = "eager"
         model, fresh = load_pretrained(AutoModelForCausalLM, path, cfg.model.trust_remote_code, **extra)
+        if fresh:  # e.g. a *ForSequenceClassification checkpoint: its LM head starts random and trains in full
+            print(f"warning: {path} holds no pre-trained {', '.join(fresh)}; it starts random and trains in full "
+                  f"(the checkpoint is a {', '.join(model.config.architectures or ['model of another kind'])})",
+                  file=sys.stderr)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = pad_id
         return model, fresh

@@ -1,0 +1,63 @@
+"""Model folders a user brings that do not hold what they claim: weights that do not fit config.json, damaged
+weight files, a tokenizer larger than the embedding, a checkpoint without the task's head -- each one line (or a
+warning), never a random layer trained in silence."""
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from conftest import tiny_config
+from lm_helpers import model_folder
+from tiny import model_dir, save_folder, word_tokenizer
+from tuneforge.config import ConfigError, load_config
+from tuneforge.models import check_vocabulary, load_labelled, load_pretrained
+from tuneforge.tasks import get
+
+
+def _edit_config(folder, **changes):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    return folder
+
+
+def test_weights_that_do_not_fit_their_config_are_refused_naming_the_tensor(tmp_path):
+    """A classifier's head may be replaced (another label count); a backbone layer re-initialised would train from
+    random in silence (it did, as a 'fresh module')."""
+    bert = _edit_config(model_dir(tmp_path / "bert", "bert"), intermediate_size=96)
+    cfg = load_config(overrides={"model": {"name": str(bert)}})
+    with pytest.raises(ConfigError, match=r"do not fit its config.json \(bert.encoder.layer.0.intermediate.dense.bias: "
+                                          r"\(64,\) saved, \(96,\) in config.json; 6 tensor\(s\) differ\)"):
+        load_labelled(AutoModelForSequenceClassification, bert, cfg, ["a", "b"], pad_id=0)
+    llama = _edit_config(model_folder(tmp_path / "llama"), vocab_size=200)
+    with pytest.raises(ConfigError, match=r"do not fit its config.json \(\S+: \(\d+, 32\) saved, \(200, 32\)"):
+        load_pretrained(AutoModelForCausalLM, llama)
+
+
+def test_a_damaged_weights_file_is_named(tmp_path):
+    folder = model_dir(tmp_path / "bert", "bert")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ConfigError, match="a weights file is damaged \\(.*\\); copy the model folder again"):
+        load_pretrained(AutoModelForSequenceClassification, folder)
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused():
+    model = AutoModelForSequenceClassification.from_config(tiny_config("bert"))
+    check_vocabulary(model, word_tokenizer(), "m")  # 128 tokens, 128 rows
+    grown = word_tokenizer()
+    grown.add_tokens(["zzz1", "zzz2"])
+    with pytest.raises(ConfigError, match="its tokenizer has 130 tokens but the model embeds 128"):
+        check_vocabulary(model, grown, "m")
+
+
+def test_a_checkpoint_without_a_language_model_head_is_said_to_start_one_random(tmp_path, capsys):
+    torch.manual_seed(0)
+    folder = model_folder(tmp_path / "lm")
+    classifier = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
+    save_folder(tmp_path / "cls", classifier, word_tokenizer())
+    cfg = load_config(overrides={"model": {"name": str(tmp_path / "cls"), "task": "causal_lm"}})
+    _, fresh = get("causal_lm").load_model(tmp_path / "cls", cfg, {}, 0, torch.device("cpu"))
+    assert fresh == ["lm_head"]
+    assert "holds no pre-trained lm_head; it starts random and trains in full (the checkpoint is a " \
+           "LlamaForSequenceClassification)" in capsys.readouterr().err
