@@ -61,3 +61,23 @@ def test_a_checkpoint_without_a_language_model_head_is_said_to_start_one_random(
     assert fresh == ["lm_head"]
     assert "holds no pre-trained lm_head; it starts random and trains in full (the checkpoint is a " \
            "LlamaForSequenceClassification)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("labels, reordered", [(["negative", "positive"], True), (["spam", "ham"], False)])
+def test_a_saved_heads_rows_follow_the_datas_labels_where_they_name_the_same(tmp_path, capsys, labels, reordered):
+    """A fine-tuned classifier (id2label 0: positive, 1: negative) given data labelled negative/positive: its head
+    keeps answering 'positive' for what it called positive (it answered 'negative' before)."""
+    torch.manual_seed(0)
+    config = tiny_config("bert", num_labels=2, id2label={0: "positive", 1: "negative"})
+    model = AutoModelForSequenceClassification.from_config(config)
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([5.0, -5.0]))  # answers its class 0, "positive"
+    folder = save_folder(tmp_path / "sst", model, word_tokenizer())
+    cfg = load_config(overrides={"model": {"name": str(folder)}})
+    loaded, fresh = load_labelled(AutoModelForSequenceClassification, folder, cfg, labels, pad_id=0)
+    assert fresh == []
+    answer = labels[int(loaded.eval()(input_ids=torch.tensor([[5, 6, 7]])).logits.argmax())]
+    assert answer == ("positive" if reordered else "spam")
+    err = capsys.readouterr().err
+    assert ("are reordered to this data's negative, positive" in err) is reordered
+    assert ("it is kept and trained for this data's spam, ham" in err) is not reordered

@@ -2,6 +2,8 @@
 a run starts from (``model.name``, or task 1's merged model in the sequential set-up)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import sys
 import tempfile
@@ -18,8 +20,8 @@ from tuneforge.data import dataset
 from tuneforge.files import new_folder
 from tuneforge.strict import saved_config
 from tuneforge.methods import registry
-from tuneforge.models import (apply_method, bf16_supported, head_modules, load_tokenizer, resolve_device,
-                              store_frozen_in_bf16)
+from tuneforge.models import (DamagedWeights, apply_method, bf16_supported, head_modules, load_tokenizer,
+                              resolve_device, store_frozen_in_bf16)
 from tuneforge.tasks import Prepared, Runtime
 
 
@@ -84,11 +86,12 @@ class Run:
         if full is not None:
             try:
                 model, _ = self.task.load_model(full, self.cfg, self.meta, self.rt.pad_id, self.device)
-            except checkpoint.DAMAGED as exc:
+            except (*checkpoint.DAMAGED, DamagedWeights) as exc:
                 raise checkpoint.damaged(full, exc) from None
             names = {n for n, _ in model.named_parameters()}
         else:  # the base model (sequential set-up: task 1's merged model) + this run's trained weights
-            with start_model(self.cfg) as (_, base):
+            with start_model(self.cfg) as (_, base), contextlib.redirect_stderr(io.StringIO()):
+                # its notes (a saved head reordered, a pad id followed) were said when the run trained
                 model, fresh = self.task.load_model(base, self.cfg, self.meta, self.rt.pad_id, self.device)
             names = {n for n, _ in model.named_parameters()}
             model, self.heads = apply_method(model, self.cfg, head_modules(model, fresh))

@@ -46,6 +46,10 @@ def pretrained_config(path: str | Path, trust_remote_code: bool = False) -> Any:
         return None
 
 
+class DamagedWeights(ConfigError):
+    """A model folder's weights file cannot be read (a run directory's loader names the run instead)."""
+
+
 def load_pretrained(auto_cls: Any, path: str | Path, trust_remote_code: bool = False, **kwargs: Any
                     ) -> tuple[nn.Module, list[str]]:
     """``auto_cls.from_pretrained`` in float32 -> (model, names of freshly initialised top-level modules)."""
@@ -56,8 +60,8 @@ def load_pretrained(auto_cls: Any, path: str | Path, trust_remote_code: bool = F
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load a model from {path}: {_load_error(exc, auto_cls)}") from None
     except SafetensorError as exc:
-        raise ConfigError(f"cannot load a model from {path}: a weights file is damaged ({str(exc).splitlines()[0]}); "
-                          "copy the model folder again") from None
+        raise DamagedWeights(f"cannot load a model from {path}: a weights file is damaged "
+                             f"({str(exc).splitlines()[0]}); copy the model folder again") from None
     mismatched = [k if isinstance(k, tuple) else (k,) for k in info.get("mismatched_keys", ())]
     body = sorted(k for k in mismatched if k[0].split(".")[0] not in HEAD_NAMES or k[0].startswith("lm_head."))
     if body:  # only a task head may be replaced (another label count); a backbone layer would start random
@@ -106,12 +110,14 @@ def fresh_modules(model: nn.Module, new_keys: set[str]) -> list[str]:
 
 def load_labelled(auto_cls: Any, path: str | Path, cfg: RunConfig, names: list[str], pad_id: int
                   ) -> tuple[nn.Module, list[str]]:
-    """A pre-trained backbone with a fresh head over the label ``names`` (a head of another label set, as in
-    sequential tasks, is replaced) -> (model, fresh module names). Decoders get a pad id: they find the last
-    real token by it."""
+    """A pre-trained backbone with a fresh head over the label ``names`` (a saved head of another label count, as
+    in sequential tasks, is replaced; one of as many labels is kept, see :func:`_match_saved_head`) -> (model,
+    fresh module names). Decoders get a pad id: they find the last real token by it."""
     model, fresh = load_pretrained(auto_cls, path, cfg.model.trust_remote_code, num_labels=len(names),
                                    ignore_mismatched_sizes=True, id2label=dict(enumerate(names)),
                                    label2id={n: i for i, n in enumerate(names)})
+    if not fresh:  # a saved head of as many labels, e.g. a fine-tuned classifier's
+        _match_saved_head(model, path, cfg.model.trust_remote_code, names)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_id
     elif model.config.pad_token_id != pad_id and _finds_last_token_by_pad_id(model):
@@ -119,6 +125,30 @@ def load_labelled(auto_cls: Any, path: str | Path, cfg: RunConfig, names: list[s
               f"{pad_id}; the classifier finds each row's last real token by {pad_id}", file=sys.stderr)
         model.config.pad_token_id = pad_id  # else a padded row is classified at a padding position
     return model, fresh
+
+
+@torch.no_grad()
+def _match_saved_head(model: nn.Module, path: str | Path, trust_remote_code: bool, names: list[str]) -> None:
+    """A saved head answers in the checkpoint's label order (its ``id2label``): its output rows are put in the
+    order of ``names`` where both name the same labels (case aside); where they name others, a note says the head
+    starts from the checkpoint's labels."""
+    saved = getattr(pretrained_config(path, trust_remote_code), "id2label", None) or {}
+    old = [str(saved[i]) for i in sorted(saved)]
+    if len(old) != len(names) or old == names or all(re.fullmatch(r"LABEL_\d+", n) for n in old):
+        return
+    heads = [m for n, m in model.named_children() if n in HEAD_NAMES]
+    outputs = [m for h in heads for m in h.modules() if isinstance(m, nn.Linear) and m.out_features == len(names)]
+    where = {n.lower(): i for i, n in enumerate(old)}
+    if outputs and len(where) == len(names) and set(where) == {n.lower() for n in names}:
+        order = torch.tensor([where[n.lower()] for n in names])  # (labels,): the saved row of each label
+        outputs[-1].weight.copy_(outputs[-1].weight[order])
+        if outputs[-1].bias is not None:
+            outputs[-1].bias.copy_(outputs[-1].bias[order])
+        print(f"note: {path}: its head's rows, trained in the order {', '.join(old)}, are reordered to this data's "
+              f"{', '.join(names)}", file=sys.stderr)
+    else:
+        print(f"note: {path}: its head was trained for the labels {', '.join(old)}; it is kept and trained for this "
+              f"data's {', '.join(names)} (row by row in that order)", file=sys.stderr)
 
 
 def _finds_last_token_by_pad_id(model: nn.Module) -> bool:
