@@ -14,8 +14,8 @@ from tuneforge.config import ConfigError, build_dataclass
 from tuneforge.data import chat
 from tuneforge.data.json_file import broken_text
 from tuneforge.data.layouts import trimmed
-from tuneforge.models import autocast, position_limit
 from tuneforge.methods.virtual_tokens import pads_apart, virtual_count
+from tuneforge.models import autocast, position_limit
 from tuneforge.tasks import Runtime
 
 Prompt = str | list[dict[str, str]]  # a user message, or a whole conversation of {role, content}

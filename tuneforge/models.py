@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from safetensors import SafetensorError
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
 from tuneforge.config import ConfigError, RunConfig
@@ -114,8 +114,7 @@ def load_labelled(auto_cls: Any, path: str | Path, cfg: RunConfig, names: list[s
     in sequential tasks, is replaced; one of as many labels is kept, see :func:`_match_saved_head`) -> (model,
     fresh module names). Decoders get a pad id: they find the last real token by it."""
     model, fresh = load_pretrained(auto_cls, path, cfg.model.trust_remote_code, num_labels=len(names),
-                                   ignore_mismatched_sizes=True, id2label=dict(enumerate(names)),
-                                   label2id={n: i for i, n in enumerate(names)})
+                                   id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     if not fresh:  # a saved head of as many labels, e.g. a fine-tuned classifier's
         _match_saved_head(model, path, cfg.model.trust_remote_code, names)
     if model.config.pad_token_id is None:

@@ -197,8 +197,8 @@ class Task:
                 enc["input_ids"][i] = [filler]
                 if "token_type_ids" in enc:
                     enc["token_type_ids"][i] = [0]
-        cut = [bool(e.overflowing) or i in lost for i, e in enumerate(enc.encodings)] if enc.encodings else \
-            [i in lost for i in range(len(records))]
+        overflowing = [bool(e.overflowing) for e in enc.encodings] if enc.encodings else [False] * len(records)
+        cut = [o or i in lost for i, o in enumerate(overflowing)]
         return [{**{k: enc[k][i] for k in keys}, "labels": labels[i], **({"_cut": True} if cut[i] else {})}
                 for i in range(len(records))]
 
