@@ -10,8 +10,8 @@ from typing import Literal
 import torch.nn as nn
 
 from tuneforge.config import ConfigError
-from tuneforge.strict import refuse
 from tuneforge.methods.layers import block_stacks, layer_index
+from tuneforge.strict import refuse
 
 # token classification: on WNUT-16 + MiniLM, 9e-4 was validation's pick of 1e-4 / 3e-4 / 9e-4 / 2.7e-3 at 496
 # training sentences (test entity F1 0.328 / 0.333 / 0.421 / 0.354) and at 1,915 (0.422 / 0.482 / 0.453 / 0.406)
