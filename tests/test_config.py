@@ -40,6 +40,7 @@ def test_switching_method_drops_other_options(tmp_path):
     (["train.optimizer=adam"], "train.optimizer: 'adam' is not allowed"),
     (["data.split=[0.5,0.2]"], "data.split must be three"),
     (["noequals"], "must look like key.sub=value"),
+    (["configs/mine.yaml"], "override 'configs/mine.yaml' must look like key.sub=value; give a config file with -c"),
     (["forgetting.augment.p_delete=1.5"], "forgetting.augment.p_delete must be a probability in [0, 1], got 1"),
 ])
 def test_bad_config_gives_one_clear_error(overrides, message):
@@ -66,6 +67,10 @@ def test_missing_and_invalid_yaml(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("model:\n  max_length: [64\ndata:\n  path: a.csv\n")  # where it is wrong, not only that it is
+    with pytest.raises(ConfigError, match=r"not valid YAML, line 3, column 5: expected ',' or '\]', but got ':' "
+                                          r"\(while parsing a flow sequence that starts on line 2\)"):
         load_config(bad)
     bad.write_text("train:\n  lr: 1e-3\ntrain:\n  max_steps: 2\n")  # YAML would keep the second section only
     with pytest.raises(ConfigError, match=r"bad\.yaml, line 3: 'train' is given twice in one section; keep one"):

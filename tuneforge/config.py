@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 
 from tuneforge.strict import (ConfigError, UniqueKeyLoader, build_dataclass, field_hint, is_text, name_key, non_negative,
-                              positive, probability)
+                              positive, probability, yaml_problem)
 
 __all__ = ["ConfigError", "build_dataclass", "positive", "RunConfig", "load_config", "merge_dicts", "parse_overrides"]
 
@@ -236,7 +236,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ConfigError(f"override '{pair}' must look like key.sub=value")
+            hint = "; give a config file with -c" if pair.lower().endswith((".yaml", ".yml")) else ""
+            raise ConfigError(f"override '{pair}' must look like key.sub=value{hint}")
         key, raw = pair.split("=", 1)
         parts = key.strip().split(".")
         hint = field_hint(RunConfig, parts)
@@ -292,7 +293,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         except UnicodeDecodeError:
             raise ConfigError(f"{p}: not UTF-8 text; save the config file as UTF-8") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            raise ConfigError(f"{p}: not valid YAML, {yaml_problem(exc)}") from None
         except ConfigError as exc:  # a key given twice
             raise ConfigError(f"{p}, {exc}") from None
         if not isinstance(data, dict):

@@ -44,6 +44,17 @@ def refuse(message: str) -> None:
         raise ConfigError(message)
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong in a YAML text and where: 'line 3, column 2: expected ',' or ']', but got ':' (while parsing
+    a flow sequence that starts on line 2)'."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if not problem or mark is None:
+        return str(exc).splitlines()[0]
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    where = f" that starts on line {start.line + 1}" if start is not None and start.line != mark.line else ""
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context}{where})" if context else "")
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one silently)."""
 
