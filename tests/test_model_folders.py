@@ -5,7 +5,8 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from tokenizers import Tokenizer, models
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerFast
 
 from conftest import tiny_config
 from lm_helpers import model_folder
@@ -49,6 +50,24 @@ def test_a_tokenizer_larger_than_the_embedding_is_refused():
     grown.add_tokens(["zzz1", "zzz2"])
     with pytest.raises(ConfigError, match="its tokenizer has 130 tokens but the model embeds 128"):
         check_vocabulary(model, grown, "m")
+
+
+def test_a_token_id_past_the_embedding_is_refused_though_the_tokenizer_is_small():
+    """Three tokens, but the pad token's id is 200 of 128 rows: training died in F.embedding (IndexError)."""
+    model = AutoModelForSequenceClassification.from_config(tiny_config("bert"))
+    vocab = {"[UNK]": 0, "good": 1, "[PAD]": 200}
+    small = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")),
+                                    unk_token="[UNK]", pad_token="[PAD]")
+    with pytest.raises(ConfigError, match=r"its tokenizer gives '\[PAD\]' the id 200 but the model embeds only 128 "
+                                          r"tokens \(ids 0-127\)"):
+        check_vocabulary(model, small, "m")
+
+
+def test_a_config_pad_id_past_its_vocabulary_is_one_line(tmp_path):
+    """transformers asserted ('Padding_idx must be within num_embeddings'): a traceback."""
+    bert = _edit_config(model_dir(tmp_path / "bert", "bert"), pad_token_id=200)
+    with pytest.raises(ConfigError, match="config.json's pad_token_id is not below its vocab_size"):
+        load_pretrained(AutoModelForSequenceClassification, bert)
 
 
 def test_a_checkpoint_without_a_language_model_head_is_said_to_start_one_random(tmp_path, capsys):

@@ -57,7 +57,7 @@ def load_pretrained(auto_cls: Any, path: str | Path, trust_remote_code: bool = F
         model, info = auto_cls.from_pretrained(str(path), output_loading_info=True, dtype=torch.float32,
                                                trust_remote_code=trust_remote_code,
                                                **{"ignore_mismatched_sizes": True, **kwargs})
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, AssertionError) as exc:  # AssertionError: e.g. a pad id past nn.Embedding's rows
         raise ConfigError(f"cannot load a model from {path}: {_load_error(exc, auto_cls)}") from None
     except SafetensorError as exc:
         raise DamagedWeights(f"cannot load a model from {path}: a weights file is damaged "
@@ -79,12 +79,20 @@ def check_vocabulary(model: nn.Module, tokenizer: PreTrainedTokenizerBase, path:
         raise ConfigError(f"model: {path}: its tokenizer has {len(tokenizer)} tokens but the model embeds {rows}, so "
                           f"ids from {rows} on have no embedding; is tokenizer_config.json missing, or were tokens "
                           "added without resizing the model's embeddings?")
+    ids = {**tokenizer.get_vocab(), **dict(zip(tokenizer.all_special_tokens, tokenizer.all_special_ids))}
+    token, top = max(ids.items(), key=lambda kv: kv[1] if kv[1] is not None else -1, default=(None, -1))
+    if top is not None and top >= rows:  # fewer tokens than rows, yet an id past them (e.g. a pad token's)
+        raise ConfigError(f"model: {path}: its tokenizer gives {token!r} the id {top} but the model embeds only "
+                          f"{rows} tokens (ids 0-{rows - 1}); fix the id in the tokenizer files or resize the model's "
+                          "embeddings")
 
 
 def _load_error(exc: Exception, auto_cls: Any) -> str:
     """The first line of a loading error; transformers' "Unrecognized configuration class" (an architecture
     without a model for this task, e.g. OPT for token classification) said in the task's words."""
-    first = str(exc).splitlines()[0]
+    first = (str(exc) or type(exc).__name__).splitlines()[0]
+    if first.startswith("Padding_idx must be within num_embeddings"):
+        return "config.json's pad_token_id is not below its vocab_size (no such embedding row); fix pad_token_id"
     found = re.search(r"Unrecognized configuration class <class '[\w.]+\.(\w+)Config'>", first)
     if found is None:
         return first
