@@ -280,3 +280,36 @@ def test_a_refusal_when_dropped_turns_are_rendered_again_names_the_row():
     conv = _conv("say yes", "yes .", "say no", "no" + " " * 600 + "no")
     with pytest.raises(ConfigError, match=r"^row 0: the chat template cannot render this conversation: too many turns"):
         _encode([conv], tok, template=short)
+
+
+# As Qwen3's template does: the reply after the last user message opens with an (empty) think block, earlier
+# replies render bare, so an earlier reply renders otherwise once later turns follow.
+LAST_THINKS = ("{% set last = namespace(user=0) %}{% for m in messages %}{% if m['role'] == 'user' %}"
+               "{% set last.user = loop.index0 %}{% endif %}{% endfor %}"
+               "{% for m in messages %}{{ '<|' + m['role'] + '|>' }}"
+               "{% if m['role'] == 'assistant' and loop.index0 > last.user %}{{ 'why because ' }}{% endif %}"
+               "{{ m['content'] + '<|end|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
+
+
+def test_an_earlier_reply_rendered_otherwise_once_later_turns_follow_stays_context(capsys):
+    """Such a template (Qwen3's) was refused ('renders earlier turns differently'); the last reply trains as
+    generation continues it, the earlier ones are context and one note says so."""
+    tok = tiny_tokenizer()
+    conversations = [_conv("hi", "hello !", "say yes", "yes ."), _conv("say no", "no .")]
+    first, second = _encode(conversations, tok, template=LAST_THINKS)
+    assert tok.decode(first["input_ids"]) == ("<|user|> hi <|end|> <|assistant|> hello ! <|end|> <|user|> say yes "
+                                              "<|end|> <|assistant|> why because yes . <|end|>")
+    assert _kept(tok, first) == "why because yes . <|end|>" and _kept(tok, second) == "why because no . <|end|>"
+    prompt = chat.prompt_ids(tok, LAST_THINKS, chat.split_reference(conversations[0])[0], None)
+    assert first["input_ids"][:len(prompt)] == prompt and first["labels"][len(prompt)] != IGNORE
+    assert ("the chat template renders 1 earlier repl(ies) in 1 conversation(s) otherwise once later turns follow"
+            in capsys.readouterr().err)
+
+
+def test_a_generation_prompt_that_does_not_start_the_rendered_reply_is_refused():
+    tok = tiny_tokenizer()
+    thinks_at_generation = ("{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}"
+                            "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|> why because' }}{% endif %}")
+    with pytest.raises(ConfigError, match=r"^row 0: the chat template's generation prompt \(add_generation_prompt\) "
+                                          r"does not start the reply as the template renders it"):
+        _encode([_conv("say yes", "yes .")], tok, template=thinks_at_generation)

@@ -72,23 +72,30 @@ def render(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dic
 
 
 def pieces(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dict[str, str]]
-           ) -> list[tuple[str, bool]]:
+           ) -> tuple[list[tuple[str, bool]], int]:
     """Rendered text cut into (text, trains) pieces; the assistant replies (with their end-of-turn marks)
-    are the pieces that train, except those of weight 0. Messages after the last reply are dropped."""
+    are the pieces that train, except those of weight 0. Messages after the last reply are dropped. An earlier
+    reply the template renders otherwise once later turns follow (Qwen3 drops the empty think block it gives the
+    last reply) stays as context: training it would teach what generation never continues. Also returns how many
+    replies that kept from training."""
     messages = until_last_reply(messages)
     full = render(tokenizer, template, messages, False)
-    out, cursor = [], 0
+    out, cursor, unstable = [], 0, 0
     for k, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
         head = render(tokenizer, template, messages[:k], True)
         upto = render(tokenizer, template, messages[:k + 1], False)
         if not (full.startswith(upto) and upto.startswith(head) and len(head) >= cursor):
-            raise ConfigError("the chat template renders earlier turns differently once later turns follow; "
-                              "name a template with data.template (e.g. alpaca)")
+            if k < len(messages) - 1:
+                unstable += m.get("weight") != 0
+                continue
+            raise ConfigError("the chat template's generation prompt (add_generation_prompt) does not start the "
+                              "reply as the template renders it in the conversation, so what trains is not what "
+                              "generation continues; name a template with data.template (e.g. alpaca)")
         out += [(full[cursor:len(head)], False), (full[len(head):len(upto)], m.get("weight") != 0)]
         cursor = len(upto)
-    return [(text, trains) for text, trains in out if text]
+    return [(text, trains) for text, trains in out if text], unstable
 
 
 def until_last_reply(messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -147,19 +154,19 @@ def encode_conversations(conversations: list[list[dict[str, str]]], tokenizer: P
                          template: str, max_length: int, where: list[str]) -> list[dict[str, list[int]]]:
     """Token ids + labels (-100 outside assistant replies) of each conversation, truncated to ``max_length``
     (``_cut``: the example lost tokens or early turns)."""
-    split, whole, dropped = [], [], []
+    split, whole, dropped, unstable = [], [], [], []
     for messages, w in zip(conversations, where):
         whole.append(until_last_reply(messages))
         turns = recent(whole[-1], CHARS_PER_TOKEN * max_length)
         dropped.append(len(turns) < len(whole[-1]))
-        split.append(_pieces_of_row(tokenizer, template, turns, w))
+        split.append(_pieces_of_row(tokenizer, template, turns, w, unstable))
     flat = [text for parts in split for text, _ in parts]
     tokens = iter(tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
     examples = []
     for parts, kept, w, cut in zip(split, whole, where, dropped):
         ids, labels, answer_start = _joined(parts, [next(tokens) for _ in parts])
         if cut and len(ids) < max_length:  # the character bound dropped turns that fit (e.g. runs of spaces)
-            parts = _pieces_of_row(tokenizer, template, kept, w)
+            parts = _pieces_of_row(tokenizer, template, kept, w, [])
             ids, labels, answer_start = _joined(parts, tokenizer([t for t, _ in parts], add_special_tokens=False)[
                 "input_ids"])
             cut = False
@@ -169,16 +176,25 @@ def encode_conversations(conversations: list[list[dict[str, str]]], tokenizer: P
             raise ConfigError(f"{w}: no answer token is left after truncation to model.max_length={max_length}; "
                               "raise model.max_length or shorten the prompt")
         examples.append({"input_ids": ids, "labels": labels, **({"_cut": True} if cut else {})})
+    if unstable:
+        print(f"note: the chat template renders {sum(unstable)} earlier repl(ies) in {len(unstable)} conversation(s) "
+              "otherwise once later turns follow (as Qwen3 drops the think block it gives the last reply); they stay "
+              "as context and do not train, so each reply that trains is rendered as generation continues it; to "
+              "train them, give each as the last reply of its own conversation", file=sys.stderr)
     return examples
 
 
 def _pieces_of_row(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dict[str, str]],
-                   where: str) -> list[tuple[str, bool]]:
-    """:func:`pieces`, its errors naming the row (``where``)."""
+                   where: str, unstable: list[int]) -> list[tuple[str, bool]]:
+    """:func:`pieces`, its errors naming the row (``where``); the count of replies kept as context is appended to
+    ``unstable`` where there are any."""
     try:
-        return pieces(tokenizer, template, messages)
+        parts, kept_out = pieces(tokenizer, template, messages)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    if kept_out:
+        unstable.append(kept_out)
+    return parts
 
 
 def _joined(parts: list[tuple[str, bool]], piece_ids: list[list[int]]) -> tuple[list[int], list[int], int]:
