@@ -44,7 +44,7 @@ class DataConfig:
     #                            max_length; default: 32, or under half a window when max_length is short
     skip_invalid: bool = False  # leave out (and count) invalid rows instead of stopping with an error
     format: Literal["auto", "pairs", "chat", "text"] = "auto"  # causal LM data layout
-    template: str | None = None  # causal LM prompt template when the tokenizer has no chat template
+    template: str | None = None  # causal LM chat template: alpaca | plain | one the tokenizer names | .jinja file | inline Jinja
     system_prompt: str | None = None  # optional system message for chat-rendered prompts
     packing: bool = False  # causal LM: concatenate short examples into rows of max_length (kept apart)
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train/validation/test fractions

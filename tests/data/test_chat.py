@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from lm_helpers import tiny_tokenizer
+from lm_helpers import TEMPLATE, tiny_tokenizer
 from tuneforge.data.dataset import prepare
 from tuneforge.config import ConfigError, load_config
 from tuneforge.data import chat, embedded
@@ -157,6 +157,37 @@ def test_named_template_for_a_model_without_one():
     (ex,) = _encode([_conv("say yes", "yes .")], tok, template="alpaca")
     assert _kept(tok, ex) == "yes . <|end|>"
     assert "### Response:" in chat.render(tok, chat.TEMPLATES["alpaca"], _conv("say yes"), True)
+
+
+def test_a_tokenizers_named_templates_without_a_default_are_listed_and_chosen_by_name():
+    tok = tiny_tokenizer(template=False)  # transformers keeps a list of {name, template} as a dict
+    tok.chat_template = {"chatml": TEMPLATE, "tool_use": "{{ raise_exception('tools') }}"}
+    with pytest.raises(ConfigError, match=r"has chat templates named chatml, tool_use but none named 'default'; "
+                                          r"choose one with data.template \(e.g. data.template=chatml\)"):
+        chat.resolve_template(tok, None)  # was: 'the model's tokenizer has no chat template'
+    assert chat.resolve_template(tok, "chatml") == TEMPLATE
+    tok.chat_template = {"default": TEMPLATE, "tool_use": "x"}
+    assert chat.resolve_template(tok, None) == TEMPLATE
+
+
+def test_a_system_prompt_the_template_refuses_names_the_setting_not_a_row():
+    tok = tiny_tokenizer()
+    no_system = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+                 "{% endif %}" + TEMPLATE)
+    assert chat.resolve_template(tok, no_system) == no_system
+    with pytest.raises(ConfigError, match=r"^data.system_prompt: the chat template refuses a system message \(System "
+                                          r"role not supported\); unset data.system_prompt"):
+        chat.resolve_template(tok, no_system, "be brief .")  # was: 'row 1: ... fix or remove the row'
+
+
+def test_preparing_with_a_system_prompt_the_template_refuses_names_the_setting(tmp_path):
+    rows = [{"instruction": "say yes", "output": "yes ."}] * 4
+    tok = tiny_tokenizer()
+    tok.chat_template = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system') }}{% endif %}" + TEMPLATE
+    cfg = load_config(None, {"model": {"task": "causal_lm"}, "data": {"dataset": _write(tmp_path, rows),
+                                                                       "system_prompt": "be brief ."}})
+    with pytest.raises(ConfigError, match=r"^data.system_prompt: the chat template refuses a system message"):
+        prepare(cfg, causal_lm.Task(), tok)
 
 
 def _write(tmp_path, rows):

@@ -40,24 +40,40 @@ TEMPLATES = {
 }
 
 
-def resolve_template(tokenizer: PreTrainedTokenizerBase, name: str | None) -> str:
-    """The Jinja chat template to use: a named one (alpaca, plain), a .jinja file or inline Jinja from
-    ``data.template``; else the tokenizer's own. A model with neither is a ConfigError."""
-    if name:
-        if name in TEMPLATES:
-            return TEMPLATES[name]
-        if "{{" in name or "{%" in name:
-            return name
-        if Path(name).expanduser().is_file():
-            return Path(name).expanduser().read_text(encoding="utf-8")
-        raise ConfigError(f"data.template: unknown template '{name}'; use {', '.join(TEMPLATES)}, "
-                          "a .jinja file or an inline Jinja chat template")
+def resolve_template(tokenizer: PreTrainedTokenizerBase, name: str | None, system: str | None = None) -> str:
+    """The Jinja chat template to use: a named one (alpaca, plain, or one of the tokenizer's named templates), a
+    .jinja file or inline Jinja from ``data.template``; else the tokenizer's own. A model with neither is a
+    ConfigError, as is a template that refuses the ``system`` message (``data.system_prompt``) every row gets."""
     own = getattr(tokenizer, "chat_template", None)
-    own = own.get("default") if isinstance(own, dict) else own
-    if not own:
-        raise ConfigError("the model's tokenizer has no chat template; name one with data.template "
-                          f"({', '.join(TEMPLATES)}) or use data.format=text")
-    return own
+    named = own if isinstance(own, dict) else {}
+    if name:
+        if name in TEMPLATES or name in named:
+            template = TEMPLATES.get(name) or named[name]
+        elif "{{" in name or "{%" in name:
+            template = name
+        elif Path(name).expanduser().is_file():
+            template = Path(name).expanduser().read_text(encoding="utf-8")
+        else:
+            raise ConfigError(f"data.template: unknown template '{name}'; use {', '.join([*TEMPLATES, *named])}, "
+                              "a .jinja file or an inline Jinja chat template")
+    elif named and "default" not in named:
+        raise ConfigError(f"the model's tokenizer has chat templates named {', '.join(named)} but none named "
+                          f"'default'; choose one with data.template (e.g. data.template={next(iter(named))})")
+    else:
+        template = named.get("default") if named else own
+        if not template:
+            raise ConfigError("the model's tokenizer has no chat template; name one with data.template "
+                              f"({', '.join(TEMPLATES)}) or use data.format=text")
+    if system:
+        try:
+            tokenizer.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": "hi"},
+                                           {"role": "assistant", "content": "hello"}], chat_template=template,
+                                          tokenize=False)
+        except Exception as exc:  # noqa: BLE001 - Jinja's raise_exception and template errors
+            raise ConfigError(f"data.system_prompt: the chat template refuses a system message "
+                              f"({str(exc).splitlines()[0]}); unset data.system_prompt or name a template that "
+                              "takes one with data.template") from None
+    return template
 
 
 def render(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dict[str, str]],

@@ -147,7 +147,7 @@ class Task:
         _refuse_encoder_decoder(assets.resolve_model(cfg.model.name), cfg)  # before the data's chat template
         d = cfg.data
         fmt = layouts.one_layout([(records[k], where[k]) for k in records], d)
-        template = chat.resolve_template(tokenizer, d.template) if fmt != "text" else None
+        template = chat.resolve_template(tokenizer, d.template, d.system_prompt) if fmt != "text" else None
         meta = {"format": fmt, "chat_template": template if d.template else None}
         self.setup_tokenizer(tokenizer, cfg, meta)
         enc = {k: self.encode(records[k], cfg, tokenizer, meta, where[k]) for k in ("train", "validation", "test")}
