@@ -39,6 +39,17 @@ def test_resuming_keeps_the_named_file_removes_leftovers_and_refuses_a_missing_o
         BestWeights(tmp_path, main=True).resumed(4, None)
 
 
+def test_resuming_refuses_damaged_best_weights_before_training(tmp_path):
+    """A damaged file was accepted: the resumed run trained to its end, then failed reading it (SafetensorError
+    traceback), and every later --resume did the same."""
+    BestWeights(tmp_path, main=True).keep(state(1.0), 4)
+    path = best_files(tmp_path)[4]
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ConfigError, match=r"cannot resume: the best weights of step 4 \(.*\) that the checkpoint "
+                                          r"names are damaged \(.*\); start the run again with --overwrite"):
+        BestWeights(tmp_path, main=True).resumed(4, None)
+
+
 def test_a_checkpoint_that_held_its_best_weights_inside_resumes_with_them(tmp_path):
     best = BestWeights(tmp_path, main=True)  # checkpoints written before 2026-12-06
     best.resumed(8, state(5.0))

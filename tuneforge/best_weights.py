@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from tuneforge.config import ConfigError
@@ -68,6 +69,14 @@ class BestWeights:
         if self.main and best_step is not None and not self.path(best_step).is_file():
             raise ConfigError(f"cannot resume: the best weights of step {best_step} ({self.path(best_step)}) that the "
                               "checkpoint names are missing; start the run again without --resume")
+        if self.main and best_step is not None:  # read at the end: a damaged file would fail the finished run
+            try:
+                with safe_open(str(self.path(best_step)), "pt"):
+                    pass
+            except (SafetensorError, OSError) as exc:
+                raise ConfigError(f"cannot resume: the best weights of step {best_step} ({self.path(best_step)}) that "
+                                  f"the checkpoint names are damaged ({str(exc).splitlines()[0]}); start the run again "
+                                  "with --overwrite") from None
 
     def load(self, step: int) -> dict[str, torch.Tensor]:
         """The weights stored for ``step`` (rank 0)."""
