@@ -171,6 +171,24 @@ def test_resume_refuses_when_the_data_changed_since_the_run_started(setup, tmp_p
     assert (run / "checkpoint.safetensors").is_file()  # nothing lost: the run resumes once the data is restored
 
 
+def test_resume_refuses_an_edited_config_but_not_a_comment(setup, straight, tmp_path, capsys):
+    """An edited train.lr was ignored in silence (optimizer and schedule resume as they were), yet the finished
+    run's config.yaml claimed it; an edited method failed on its options ('unknown config key')."""
+    run = tmp_path / "run"
+    assert killed(argv(setup, "lora", run), "checkpoint-saved", tmp_path / "child.log") == -signal.SIGKILL
+    original = (run / "config.yaml").read_text()
+    for old, new, named in [("\n  lr: 0.005", "\n  lr: 0.5", "train.lr: 0.005 when it started, 0.5 now"),
+                            ("name: lora", "name: bitfit", "method.name: lora when it started, bitfit now")]:
+        assert old in original
+        (run / "config.yaml").write_text(original.replace(old, new))
+        capsys.readouterr()
+        assert main(["train", "--resume", run]) == 2
+        err = capsys.readouterr().err
+        assert f"config.yaml was edited since the run started ({named}); a resumed run continues" in err, err
+    (run / "config.yaml").write_text("# my note\n" + original)
+    check_resumed(run, straight["lora"], capsys)
+
+
 def test_the_resume_check_stores_a_missing_split_and_refuses_a_different_one(tmp_path):
     from tuneforge import checkpoint
     from tuneforge.config import ConfigError

@@ -48,7 +48,8 @@ def save_training_state(run_dir: Path, module: nn.Module, optimizer: torch.optim
                 scalars[f"{name}.{key}"] = value
     tensors.update({f"rng.{k}": v for k, v in rng.items()})
     meta = {"loop": loop, "param_groups": groups, "opt_scalars": scalars, "world_size": distributed.current().world,
-            "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}}
+            "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
+            "config_yaml": (run_dir / "config.yaml").read_text(encoding="utf-8")}  # resume refuses an edited one
     save_tensors(tensors, run_dir / RESUME, {"state": json.dumps(meta, default=float)})
     crash_point("checkpoint-saved")
 
