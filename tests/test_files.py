@@ -21,3 +21,29 @@ def test_a_folder_that_cannot_be_written_is_named_not_its_temporary_sibling():
     with pytest.raises(ConfigError, match=r"^cannot write /proc/tuneforge-x: "):  # /proc takes no new folders
         with new_folder(Path("/proc/tuneforge-x"), False, "merged"):
             pass
+
+
+def test_an_output_path_with_a_tilde_or_through_a_link_is_the_folder_meant(tmp_path, monkeypatch):
+    """YAML's `output_dir: ~/x` made a folder named '~' in the working directory; `-o link --overwrite` of a link
+    to an earlier run failed ('Is a directory') and left an empty .partial folder."""
+    from tuneforge.checkpoint import run_dir_path
+    from tuneforge.files import PARTIAL, fresh_folder, new_folder, write_marker
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert run_dir_path("~/runs/x", "lora") == tmp_path / "runs" / "x"
+    old = tmp_path / "runs" / "old"
+    old.mkdir(parents=True)
+    write_marker(old, "run")
+    (old / "metrics.json").write_text("{}")
+    link = tmp_path / "latest"
+    link.symlink_to(old)
+    assert run_dir_path(str(link), "lora", overwrite=True) == old
+    assert fresh_folder(link, True, "run") == old and link.resolve() == old and not (old / "metrics.json").exists()
+    export = tmp_path / "export"
+    export.mkdir()
+    write_marker(export, "export")
+    (tmp_path / "export-link").symlink_to(export)
+    with new_folder(tmp_path / "export-link", True, "export") as tmp:
+        (tmp / "adapter_config.json").write_text("{}")
+    assert (export / "adapter_config.json").is_file() and (tmp_path / "export-link").is_symlink()
+    assert not [p for p in tmp_path.iterdir() if PARTIAL in p.name]

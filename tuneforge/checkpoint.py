@@ -25,7 +25,8 @@ from safetensors.torch import load_file
 from tuneforge import best_weights, distributed
 from tuneforge.config import ConfigError, RunConfig, build_dataclass
 from tuneforge.files import (atomic_write_text, check_replaceable, clean_partial, clean_siblings, crash_point,
-                             fresh_folder, partial_dir, put_back, replace_dir, save_json, save_tensors, set_aside)
+                             fresh_folder, output_folder, partial_dir, put_back, replace_dir, save_json, save_tensors,
+                             set_aside)
 
 __all__ = ["atomic_write_text", "save_json", "save_tensors", "crash_point", "RUN_FORMAT"]
 
@@ -38,7 +39,7 @@ RUN_FORMAT = 2  # run-directory layout version (meta.json "run_format"); 2 added
 def run_dir_path(output_dir: str | None, method: str, overwrite: bool = False) -> Path:
     """The run directory to create (``runs/METHOD-TIMESTAMP`` by default). An existing non-empty folder is
     refused unless ``overwrite`` and it is a tuneforge folder. Nothing is created yet."""
-    path = Path(output_dir) if output_dir else Path("runs") / f"{method}-{datetime.now():%Y%m%d-%H%M%S}"
+    path = output_folder(output_dir) if output_dir else Path("runs") / f"{method}-{datetime.now():%Y%m%d-%H%M%S}"
     check_replaceable(path, overwrite, "run directory", "run")
     return path
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from tuneforge import checkpoint, tasks
 from tuneforge.config import ConfigError, RunConfig, load_config, merge_dicts, parse_overrides
 from tuneforge.compare_report import failed_row, row_from_metrics, write_outputs
-from tuneforge.files import check_replaceable, is_ours, write_marker
+from tuneforge.files import check_replaceable, is_ours, output_folder, write_marker
 from tuneforge.methods import registry
 from tuneforge.strict import name_key
 
@@ -48,7 +48,7 @@ def compare(methods: Sequence[str] | str | None, config: str | Path | dict[str, 
     if unused:
         raise ConfigError(f"method.{unused[0]} is an option of none of the compared methods ({', '.join(names)})")
     task = tasks.get(base.model.task)
-    out = Path(out_dir)
+    out = output_folder(out_dir)
     claim_folder(out)
     if not overwrite:  # before any training: a changed config must not be mixed into an old comparison
         for name in names:

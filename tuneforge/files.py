@@ -223,8 +223,16 @@ def _discard(folder: Path) -> None:
     shutil.rmtree(set_aside(folder))
 
 
+def output_folder(folder: str | Path) -> Path:
+    """A folder to write as the user named it: ``~`` expanded (a YAML ``output_dir: ~/runs/x`` made a folder
+    named '~'), a symbolic link followed to the folder it names (replacing the link itself failed)."""
+    path = Path(folder).expanduser()
+    return path.resolve() if path.is_symlink() else path
+
+
 def fresh_folder(folder: Path, overwrite: bool, kind: str, what: str = "output folder") -> Path:
     """An empty ``folder`` marked as tuneforge's: new, empty, or (``overwrite``) a tuneforge folder emptied."""
+    folder = output_folder(folder)
     check_replaceable(folder, overwrite, what, kind)
     if folder.exists() and any(folder.iterdir()):
         _discard(folder)
@@ -238,7 +246,7 @@ def new_folder(folder: Path, overwrite: bool, kind: str, what: str = "output fol
     """Build ``folder`` (merged model, export) in a ``.partial`` folder beside it, moved in place, fsynced,
     only when the block succeeds; an existing folder is refused unless :func:`check_replaceable` allows it,
     and replaced only then. A crash leaves the old folder (or none) and a leftover removed next time."""
-    folder = Path(folder)
+    folder = output_folder(folder)
     check_replaceable(folder, overwrite, what, kind)
     folder.parent.mkdir(parents=True, exist_ok=True)
     clean_siblings(folder)

@@ -22,7 +22,7 @@ from typing import Any
 
 from tuneforge import checkpoint, tasks
 from tuneforge.config import ConfigError, RunConfig, load_config
-from tuneforge.files import fresh_folder
+from tuneforge.files import fresh_folder, output_folder
 
 # kind -> (fixed settings, the swept key, default candidates)
 SWEEPS: dict[str, tuple[list[str], str, list[float]]] = {
@@ -125,7 +125,7 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
     if kind == "self-replay" and not task.generates:
         raise ConfigError("--kind self-replay replays the model's own answers: causal LM runs only (a classifier: "
                           "--kind replay with forgetting.replay.data)")
-    out = Path(out_dir)
+    out = output_folder(out_dir)
     side = ["forgetting.probe_split=validation"]  # choose on validation-side probes, never on the reported ones
     variants = {"none": side} | {f"{kind}={_label(v)}": side + fixed + [f"{key}={v!r}"] for v in values}
     runs = {}  # every candidate's config, checked before anything trains (a bad value fails at once)

@@ -210,13 +210,13 @@ def _plan(cfg: Any, overrides: list[str] | None, overwrite: bool, resume: str | 
         if not str(resume).strip():
             raise ConfigError(f"--resume needs the run directory to continue (the one `train` wrote), got "
                               f"{str(resume)!r}")
-        cfg = checkpoint.resume_config(Path(resume))
+        cfg = checkpoint.resume_config(Path(resume).expanduser())
     cfg = resolve_config(cfg, overrides)
     task = tasks.get(cfg.model.task)
     run_dir = None
     if distributed.current().main:
-        run_dir = Path(resume) if resume is not None else checkpoint.run_dir_path(cfg.output_dir, cfg.method_name,
-                                                                                   overwrite)
+        run_dir = (Path(resume).expanduser() if resume is not None else
+                   checkpoint.run_dir_path(cfg.output_dir, cfg.method_name, overwrite))
     return cfg, task, distributed.broadcast(run_dir)
 
 
