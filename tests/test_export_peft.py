@@ -15,6 +15,7 @@ Where PEFT 0.21.2 itself differs from tuneforge (documented in methods/virtual_t
   the PEFT model.
 """
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -292,3 +293,34 @@ def test_a_prompt_learning_causal_lm_export_says_how_to_generate(tmp_path, capsy
     readme = (export_peft(run, tmp_path / "out") / "README.md").read_text()
     assert ("greedy decoding\nthrough the PEFT model's forward" in readme) is said
     assert ("note: PEFT 0.21's generate() does not apply" in capsys.readouterr().err) is said
+
+
+@PEFT_WARNINGS
+@torch.no_grad()
+def test_the_readme_loads_a_decoder_classifier_with_the_pad_id_it_trained_with(tmp_path):
+    """A base whose config names another pad id than its tokenizer pads with (Gemma, OPT, Phi-3 with a borrowed
+    tokenizer): tuneforge trains with the tokenizer's, so a padded row's end is found; loaded as the README said
+    (the base config's id), PEFT's probabilities on a padded batch were off by 0.05."""
+    def padding_with(pad):
+        def build(family):
+            model = tiny_classifier(family)
+            model.config.pad_token_id = pad
+            return model
+        return build
+
+    run = _fake_run(tmp_path, "lora", "llama", {"rank": 4}, ("score",), "SEQ_CLS", padding_with(100))  # not 0
+    _randomise(run.model)
+    run.meta = {"labels": ["neg", "pos"]}
+    run.model.config.pad_token_id = 0  # as models.load_labelled sets it
+    readme = (export_peft(run, tmp_path / "out") / "README.md").read_text()
+    load = re.search(r"base = AutoModelForSequenceClassification\.from_pretrained\((.*)\)\n", readme)[1]
+    assert load.endswith(", pad_token_id=0")
+    base = eval(f"AutoModelForSequenceClassification.from_pretrained({load})")  # the README's own line
+    theirs = PeftModel.from_pretrained(base, tmp_path / "out").eval()
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])  # the second row padded on the right
+    batch = {"input_ids": ids, "attention_mask": (ids != 0).long()}
+    torch.testing.assert_close(theirs(**batch).logits, run.model(**batch).logits, **TOL)
+    (tmp_path / "plain").mkdir()
+    plain = _fake_run(tmp_path / "plain", "lora", "llama", {"rank": 4}, ("score",), "SEQ_CLS", padding_with(0))
+    plain.meta = {"labels": ["neg", "pos"]}
+    assert "pad_token_id" not in (export_peft(plain, tmp_path / "plain-out") / "README.md").read_text()

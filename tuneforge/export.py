@@ -11,6 +11,7 @@ from tuneforge import assets, checkpoint, scope
 from tuneforge.config import ConfigError
 from tuneforge.files import new_folder
 from tuneforge.methods import registry
+from tuneforge.models import pretrained_config
 
 if TYPE_CHECKING:
     from tuneforge.run import Run
@@ -82,6 +83,9 @@ def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
     adapter_config["base_model_name_or_path"] = str(base)
     labels = run.meta.get("labels")
     extra = f", num_labels={len(labels)}, id2label={dict(enumerate(labels))}" if labels else ""
+    pad, config = run.tokenizer.pad_token_id, pretrained_config(base)
+    if labels and pad is not None and config is not None and getattr(config, "pad_token_id", None) != pad:
+        extra += f", pad_token_id={pad}"  # as trained: a decoder's classifier finds a row's end by the pad id
     prompt_like = adapter_config["peft_type"] in ("PROMPT_TUNING", "P_TUNING")
     note = _PROMPT_NOTE.format(n=adapter_config.get("num_virtual_tokens")) if prompt_like else ""
     if prompt_like and task_type == "SEQ_CLS" and hasattr(run.model, "score"):  # a decoder's last-token head
