@@ -58,6 +58,27 @@ def test_merge_gives_a_plain_transformers_folder_with_same_logits(llama_run, tmp
     assert merged.generation_config.eos_token_id == tok.eos_token_id
 
 
+def test_exports_prompt_as_the_run_did_with_its_system_prompt(tmp_path):
+    """A run's data.system_prompt was lost from both exports: a pipeline prompted without it and answered otherwise."""
+    from tuneforge.generate import encode_prompts
+
+    folder = model_folder(tmp_path / "llama", "llama")
+    cfg = {"model": {"name": str(folder), "task": "causal_lm", "max_length": 32},
+           "data": {"dataset": str(write_pairs(tmp_path / "pairs.jsonl", repeat=2)), "system_prompt": "be brief ."},
+           "train": {"max_steps": 1, "batch_size": 8, "precision": "fp32"},
+           "eval": {"before": False, "generate_samples": 0}, "output_dir": str(tmp_path / "run")}
+    run = load(train(cfg, progress=False).run_dir, "cpu")
+    asked = [[{"role": "user", "content": "say yes"}], [{"role": "system", "content": "no"}, {"role": "user", "content": "hi"}]]
+    expected = encode_prompts(run.tokenizer, asked, run.tokenizer.chat_template, 32, "be brief .")
+    run.merge(tmp_path / "merged")
+    export_peft(run, tmp_path / "peft")
+    for out in ("merged", "peft"):
+        tok = AutoTokenizer.from_pretrained(tmp_path / out)
+        assert [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False) for m in asked
+                ] == expected
+    assert run.tokenizer.chat_template == TEMPLATE  # the run's own tokenizer is left as it was
+
+
 def test_peft_export_of_a_causal_lm_loads_with_peft(llama_run, tmp_path):
     from peft import PeftModel
 

@@ -220,9 +220,10 @@ def _fake_run(tmp_path, method, family="bert", options=None, heads=("classifier"
     model = registry.apply(build(family), method, registry.make_config(method, options), always_train=list(heads))
     cfg = SimpleNamespace(method_name=method, method_options=lambda: options, model=SimpleNamespace(name=str(base)),
                           forgetting=SimpleNamespace(previous_run=None))  # a run of its own, not a sequential one
+    tokenizer = _tokenizer()
     return SimpleNamespace(cfg=cfg, files=SimpleNamespace(full_model_dir=None), model=model, heads=list(heads),
-                           task=SimpleNamespace(peft_task_type=task_type), tokenizer=_tokenizer(),
-                           meta={"labels": ["O", "B-x", "I-x"]})
+                           task=SimpleNamespace(peft_task_type=task_type), tokenizer=tokenizer,
+                           save_tokenizer=tokenizer.save_pretrained, meta={"labels": ["O", "B-x", "I-x"]})
 
 
 @pytest.mark.parametrize("method, fix", [("adapter", "load the run directory with tuneforge"),

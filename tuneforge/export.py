@@ -102,7 +102,7 @@ def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
     with new_folder(out, overwrite, "export") as tmp:  # moved in place once complete
         checkpoint.save_json(adapter_config, tmp / "adapter_config.json")
         checkpoint.save_tensors(tensors, tmp / "adapter_model.safetensors", {"format": "pt"})
-        run.tokenizer.save_pretrained(tmp)
+        run.save_tokenizer(tmp)
         checkpoint.atomic_write_text(tmp / "README.md", _README.format(
             method=name, task_type=task_type, base=base, auto=AUTO_CLASSES.get(task_type, "AutoModel"), extra=extra,
             out=out.resolve(), note=note))  # loads from any working directory

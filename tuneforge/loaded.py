@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from tuneforge import assets, checkpoint, scope, tasks
 from tuneforge.config import ConfigError, RunConfig
-from tuneforge.data import dataset
+from tuneforge.data import chat, dataset
 from tuneforge.files import new_folder
 from tuneforge.strict import saved_config
 from tuneforge.methods import registry
@@ -200,6 +200,20 @@ class Run:
         return generate_answers(self._ready(), self.tokenizer, self.meta, self.cfg, self.rt, list(prompts),
                                 **settings)
 
+    def save_tokenizer(self, folder: Path) -> None:
+        """The tokenizer as the run prompted with it: a chat run's ``data.system_prompt`` goes into the saved chat
+        template for conversations without a system message (a pipeline on an export left it out)."""
+        tok, system = self.tokenizer, self.cfg.data.system_prompt
+        template = getattr(tok, "chat_template", None)
+        if not system or self.meta.get("format") not in ("chat", "pairs") or not isinstance(template, str):
+            tok.save_pretrained(folder)
+            return
+        tok.chat_template = chat.with_system(template, system)
+        try:
+            tok.save_pretrained(folder)
+        finally:
+            tok.chat_template = template
+
     @scope.quietly
     def merge(self, out: str | Path, overwrite: bool = False) -> Path:
         """Write a plain Hugging Face model folder with the method merged in (where the method can merge);
@@ -218,7 +232,7 @@ class Run:
         self._model = None  # merged in place: the run's own model is loaded again when next needed
         with new_folder(Path(out), overwrite, "merged") as tmp:  # moved in place once complete
             model.float().save_pretrained(tmp, safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp)
+            self.save_tokenizer(tmp)
         return Path(out)
 
 

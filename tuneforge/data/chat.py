@@ -12,6 +12,7 @@ position ids are dropped and rows are plain concatenations, as with Trainer/TRL 
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -252,6 +253,13 @@ def pack(examples: list[dict[str, list[int]]], max_length: int) -> list[dict[str
             positions += range(len(examples[i]["input_ids"]))
         packed.append({"input_ids": ids, "labels": labels, "position_ids": positions})
     return packed
+
+
+def with_system(template: str, system: str) -> str:
+    """``template`` giving a conversation without a system message ``system`` first, as the run prompted: an
+    exported tokenizer carries ``data.system_prompt`` to pipelines (its text as a Jinja string literal)."""
+    return ("{%- if messages and messages[0]['role'] != 'system' %}{%- set messages = [{'role': 'system', "
+            f"'content': {json.dumps(system, ensure_ascii=False)}}}] + messages %}}{{%- endif %}}" + template)
 
 
 def split_reference(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
