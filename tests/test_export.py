@@ -163,3 +163,32 @@ def test_peft_export_of_other_methods_from_a_reloaded_run(tmp_path, family, meth
     got = _logits(peft_model)
     n = options.get("num_virtual_tokens", 0) if method in ("prompt", "p-tuning") else 0  # PEFT's leading positions
     torch.testing.assert_close(got[:, n:], _logits(load(run_dir, "cpu").model), rtol=0, atol=1e-4)
+
+
+def test_a_merge_keeps_the_base_models_dtype_unless_told(tmp_path, capsys):
+    """A bfloat16 base was exported in float32, at twice its size."""
+    from safetensors import safe_open
+
+    folder = model_folder(tmp_path / "llama", "llama")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
+    cfg = {"model": {"name": str(folder), "task": "causal_lm", "max_length": 32},
+           "data": {"dataset": str(write_pairs(tmp_path / "pairs.jsonl", repeat=2))},
+           "train": {"max_steps": 1, "batch_size": 8, "precision": "fp32"},
+           "eval": {"before": False, "generate_samples": 0}, "output_dir": str(tmp_path / "run")}
+    run_dir = train(cfg, progress=False).run_dir
+
+    def saved(out):
+        with safe_open(str(out / "model.safetensors"), "pt") as f:
+            return {f.get_slice(k).get_dtype() for k in f.keys()}, json.loads((out / "config.json").read_text())["dtype"]
+
+    capsys.readouterr()
+    assert cli.main(["merge", str(run_dir), str(tmp_path / "auto")]) == 0
+    assert saved(tmp_path / "auto") == ({"BF16"}, "bfloat16")
+    assert "note: the merged weights are saved in bfloat16, as the base model (--dtype float32" in capsys.readouterr().err
+    assert cli.main(["export", str(run_dir), str(tmp_path / "f32"), "--format", "merged", "--dtype", "float32"]) == 0
+    assert saved(tmp_path / "f32") == ({"F32"}, "float32")
+    torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(tmp_path / "f32")),
+                               _logits(load(run_dir, "cpu").model), **TOL)
+    assert cli.main(["export", str(run_dir), str(tmp_path / "peft"), "--dtype", "float16"]) == 2
+    assert "--dtype applies to merged models" in capsys.readouterr().err and not (tmp_path / "peft").exists()

@@ -40,6 +40,8 @@ CALIBRATE_EXAMPLES = """examples:
 
 
 QUIET = "no progress bars or start lines (results, notes and warnings still print)"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPE = "the merged weights' dtype; auto: the base model's (e.g. bfloat16), else float32"
 RUN_DIR = "a run directory written by tuneforge train (its output's last line names it)"
 OUT = "the folder to write (refused where it exists, unless --overwrite)"
 TEXTS = "texts to label (none: one per standard-input line)"
@@ -125,12 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="peft", choices=["peft", "merged"],
                    help="peft: adapter_config.json + adapter_model.safetensors; merged: as `merge`")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE + " (merged only)")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("merge", help="write a plain Hugging Face model folder with the adapter merged in")
     p.add_argument("run_dir", help=RUN_DIR)
     p.add_argument("out", help=OUT)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help=DTYPE)
     p.set_defaults(fn=cmd_merge)
 
     p = sub.add_parser("compare", help="train several methods on one task; table, CSV and plots side by side",

@@ -160,7 +160,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from tuneforge.export import export
     from tuneforge.run import load
 
-    out = export(load(args.run_dir, "cpu"), args.out, args.format, overwrite=args.overwrite)
+    out = export(load(args.run_dir, "cpu"), args.out, args.format, overwrite=args.overwrite, dtype=args.dtype)
     print(f"{args.format} export written to {out}")
     return 0
 
@@ -168,7 +168,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from tuneforge.run import load
 
-    out = load(args.run_dir, "cpu").merge(args.out, overwrite=args.overwrite)
+    out = load(args.run_dir, "cpu").merge(args.out, overwrite=args.overwrite, dtype=args.dtype)
     print(f"merged model written to {out} (load it with transformers' from_pretrained)")
     return 0
 

@@ -110,10 +110,13 @@ def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
 
 
 @scope.quietly
-def export(run: Run, out: str | Path, fmt: str = "peft", overwrite: bool = False) -> Path:
-    """``peft``: adapter in PEFT format; ``merged``: a plain Hugging Face model folder (``Run.merge``)."""
+def export(run: Run, out: str | Path, fmt: str = "peft", overwrite: bool = False, dtype: str = "auto") -> Path:
+    """``peft``: adapter in PEFT format; ``merged``: a plain Hugging Face model folder (``Run.merge``) in
+    ``dtype``."""
     if fmt == "peft":
+        if dtype != "auto":
+            raise ConfigError("--dtype applies to merged models; a PEFT adapter keeps its trained float32 weights")
         return export_peft(run, out, overwrite)
     if fmt == "merged":
-        return run.merge(out, overwrite)
+        return run.merge(out, overwrite, dtype)
     raise ConfigError(f"--format: unknown export format '{fmt}'; choose {', '.join(FORMATS)}")

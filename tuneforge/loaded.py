@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from tuneforge import assets, checkpoint, scope, tasks
@@ -21,7 +22,7 @@ from tuneforge.files import new_folder
 from tuneforge.strict import saved_config
 from tuneforge.methods import registry
 from tuneforge.models import (DamagedWeights, apply_method, bf16_supported, head_modules, load_tokenizer,
-                              resolve_device, store_frozen_in_bf16)
+                              pretrained_config, resolve_device, store_frozen_in_bf16)
 from tuneforge.tasks import Prepared, Runtime
 
 
@@ -38,12 +39,15 @@ def start_model(cfg: RunConfig) -> Iterator[tuple[Run | None, Path]]:
     with tempfile.TemporaryDirectory(prefix="tuneforge-task1-") as tmp:
         folder = Path(tmp) / "model"
         try:
-            prev.merge(folder)
+            prev.merge(folder, dtype="float32")  # task 2 trains from task 1's weights as they are
         except ConfigError as exc:  # a method that cannot merge into the backbone
             raise ConfigError(f"forgetting.previous_run: a sequential run starts from task 1's merged model, and "
                               f"{str(exc).split(';')[0]}; train task 1 with a method that merges (e.g. lora, "
                               "full)") from None
         yield prev, folder
+
+
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class Run:
@@ -215,10 +219,12 @@ class Run:
             tok.chat_template = template
 
     @scope.quietly
-    def merge(self, out: str | Path, overwrite: bool = False) -> Path:
-        """Write a plain Hugging Face model folder with the method merged in (where the method can merge);
+    def merge(self, out: str | Path, overwrite: bool = False, dtype: str = "auto") -> Path:
+        """Write a plain Hugging Face model folder with the method merged in (where the method can merge), its
+        weights in ``dtype`` (auto: the base model's, e.g. bfloat16, else float32; float32, bfloat16, float16);
         the output folder is touched only once the merge succeeded."""
         self._here()
+        saved = self._save_dtype(dtype)
         model = registry.call_optional(self.cfg.method_name, "merge", self._float_model())
         leftovers = [n for n, _ in model.named_parameters() if n not in self.base_names]
         if leftovers:
@@ -231,9 +237,24 @@ class Run:
                               f"(e.g. {leftovers[0]}); {other}")
         self._model = None  # merged in place: the run's own model is loaded again when next needed
         with new_folder(Path(out), overwrite, "merged") as tmp:  # moved in place once complete
-            model.float().save_pretrained(tmp, safe_serialization=True)
+            model.to(saved).save_pretrained(tmp, safe_serialization=True)
             self.save_tokenizer(tmp)
+        if saved != torch.float32:
+            print(f"note: the merged weights are saved in {str(saved).removeprefix('torch.')}"
+                  f"{', as the base model' if dtype == 'auto' else ''} (--dtype float32 keeps them unrounded)",
+                  file=sys.stderr)
         return Path(out)
+
+    def _save_dtype(self, dtype: str) -> torch.dtype:
+        """``merge``'s dtype: auto reads the base model's config (``dtype``, or ``torch_dtype`` before
+        transformers 5), so a bfloat16 model is not exported at twice its size."""
+        if dtype not in DTYPES:
+            raise ConfigError(f"--dtype: unknown dtype '{dtype}'; choose {', '.join(DTYPES)}")
+        if dtype != "auto":
+            return DTYPES[dtype]
+        config = pretrained_config(assets.resolve_model(self.cfg.model.name))
+        named = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        return DTYPES.get(str(named).removeprefix("torch."), torch.float32)
 
 
 def _text_list(values: Any, name: str) -> list[str]:
