@@ -337,6 +337,18 @@ def test_an_earlier_reply_rendered_otherwise_once_later_turns_follow_stays_conte
             in capsys.readouterr().err)
 
 
+def test_a_template_that_closes_the_conversation_with_a_mark_trains_every_reply(capsys):
+    """Phi-3's template ends a conversation (not a prompt) with its end-of-text: every earlier reply was kept
+    from training as if rendered otherwise, and the cut fell inside the next '<|user|>' mark."""
+    tok = tiny_tokenizer()
+    closes = TEMPLATE.replace("{% endif %}", "{% else %}{{ eos_token }}{% endif %}")
+    (ex,) = _encode([_conv("hi", "hello !", "say yes", "yes .")], tok, template=closes)
+    assert tok.decode(ex["input_ids"]) == ("<|user|> hi <|end|> <|assistant|> hello ! <|end|> <|user|> say yes <|end|> "
+                                           "<|assistant|> yes . <|end|> <|end|>")
+    assert _kept(tok, ex) == "hello ! <|end|> yes . <|end|> <|end|>"
+    assert "note:" not in capsys.readouterr().err  # nothing kept from training
+
+
 def test_a_generation_prompt_that_does_not_start_the_rendered_reply_is_refused():
     tok = tiny_tokenizer()
     thinks_at_generation = ("{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}"

@@ -13,6 +13,7 @@ position ids are dropped and rows are plain concatenations, as with Trainer/TRL 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -91,28 +92,48 @@ def render(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dic
 def pieces(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dict[str, str]]
            ) -> tuple[list[tuple[str, bool]], int]:
     """Rendered text cut into (text, trains) pieces; the assistant replies (with their end-of-turn marks)
-    are the pieces that train, except those of weight 0. Messages after the last reply are dropped. An earlier
-    reply the template renders otherwise once later turns follow (Qwen3 drops the empty think block it gives the
-    last reply) stays as context: training it would teach what generation never continues. Also returns how many
-    replies that kept from training."""
+    are the pieces that train, except those of weight 0. Messages after the last reply are dropped. A template
+    that closes the whole conversation with a mark (Phi-3's end-of-text) trains each earlier reply as far as the
+    conversation renders it; an earlier reply the template renders otherwise once later turns follow (Qwen3
+    gives only the last reply its think block) stays as context: training it would teach what generation never
+    continues. Also returns how many replies that kept from training."""
     messages = until_last_reply(messages)
     full = render(tokenizer, template, messages, False)
+    marks = [t.content for t in tokenizer.added_tokens_decoder.values()]
     out, cursor, unstable = [], 0, 0
     for k, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
         head = render(tokenizer, template, messages[:k], True)
         upto = render(tokenizer, template, messages[:k + 1], False)
-        if not (full.startswith(upto) and upto.startswith(head) and len(head) >= cursor):
+        stable = full.startswith(head) and upto.startswith(head) and len(head) >= cursor
+        end = (len(upto) if full.startswith(upto) else _end_before_trailer(full, upto, len(head), marks)
+               ) if stable else None
+        if end is None:
             if k < len(messages) - 1:
                 unstable += m.get("weight") != 0
                 continue
             raise ConfigError("the chat template's generation prompt (add_generation_prompt) does not start the "
                               "reply as the template renders it in the conversation, so what trains is not what "
                               "generation continues; name a template with data.template (e.g. alpaca)")
-        out += [(full[cursor:len(head)], False), (full[len(head):len(upto)], m.get("weight") != 0)]
-        cursor = len(upto)
+        out += [(full[cursor:len(head)], False), (full[len(head):end], m.get("weight") != 0)]
+        cursor = end
     return [(text, trains) for text, trains in out if text], unstable
+
+
+def _end_before_trailer(full: str, upto: str, start: int, marks: list[str]) -> int | None:
+    """Where a reply rendered from ``start`` ends in ``full`` when ``upto`` (the conversation rendered up to it)
+    differs from ``full`` only by a trailer the template puts at the very end (Phi-3's end-of-text, OLMo's
+    end-of-text for its ``<|im_end|>``): the shared text, never cutting a special token (``marks``) in two;
+    None where the reply itself renders otherwise."""
+    shared = len(os.path.commonprefix([full, upto]))
+    if shared <= start or not full.endswith(upto[shared:]):
+        return None
+    for mark in marks:
+        at = full.rfind(mark, 0, shared + len(mark) - 1)  # the last one starting before the cut
+        if at != -1 and at < shared < at + len(mark):
+            shared = at
+    return shared if shared > start else None
 
 
 def until_last_reply(messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -195,9 +216,9 @@ def encode_conversations(conversations: list[list[dict[str, str]]], tokenizer: P
         examples.append({"input_ids": ids, "labels": labels, **({"_cut": True} if cut else {})})
     if unstable:
         print(f"note: the chat template renders {sum(unstable)} earlier repl(ies) in {len(unstable)} conversation(s) "
-              "otherwise once later turns follow (as Qwen3 drops the think block it gives the last reply); they stay "
-              "as context and do not train, so each reply that trains is rendered as generation continues it; to "
-              "train them, give each as the last reply of its own conversation", file=sys.stderr)
+              "otherwise once later turns follow (Qwen3's, for one, gives only the last reply its think block); they "
+              "stay as context and do not train, so each reply that trains is rendered as generation continues it; "
+              "to train them, give each as the last reply of its own conversation", file=sys.stderr)
     return examples
 
 
