@@ -77,6 +77,11 @@ def test_exports_prompt_as_the_run_did_with_its_system_prompt(tmp_path):
         assert [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False) for m in asked
                 ] == expected
     assert run.tokenizer.chat_template == TEMPLATE  # the run's own tokenizer is left as it was
+    run.tokenizer.chat_template = {"default": TEMPLATE, "tool_use": "{{ 'x' }}"}  # named templates: 'default' ran
+    run.merge(tmp_path / "named")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "named")
+    assert tok.apply_chat_template(asked[0], add_generation_prompt=True, tokenize=True, return_dict=False
+                                   ) == expected[0]
 
 
 def test_peft_export_of_a_causal_lm_loads_with_peft(llama_run, tmp_path):

@@ -208,11 +208,13 @@ class Run:
         """The tokenizer as the run prompted with it: a chat run's ``data.system_prompt`` goes into the saved chat
         template for conversations without a system message (a pipeline on an export left it out)."""
         tok, system = self.tokenizer, self.cfg.data.system_prompt
-        template = getattr(tok, "chat_template", None)
-        if not system or self.meta.get("format") not in ("chat", "pairs") or not isinstance(template, str):
+        template = getattr(tok, "chat_template", None)  # named templates: the run used 'default'
+        used = template.get("default") if isinstance(template, dict) else template
+        if not system or self.meta.get("format") not in ("chat", "pairs") or not isinstance(used, str):
             tok.save_pretrained(folder)
             return
-        tok.chat_template = chat.with_system(template, system)
+        wrapped = chat.with_system(used, system)
+        tok.chat_template = {**template, "default": wrapped} if isinstance(template, dict) else wrapped
         try:
             tok.save_pretrained(folder)
         finally:

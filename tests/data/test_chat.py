@@ -356,3 +356,14 @@ def test_a_generation_prompt_that_does_not_start_the_rendered_reply_is_refused()
     with pytest.raises(ConfigError, match=r"^row 0: the chat template's generation prompt \(add_generation_prompt\) "
                                           r"does not start the reply as the template renders it"):
         _encode([_conv("say yes", "yes .")], tok, template=thinks_at_generation)
+
+
+@pytest.mark.parametrize("start", ["", "\n", "  ", "\n\n  "])
+def test_a_system_prompt_put_into_a_template_renders_as_the_run_prompted(start):
+    """Exports carry data.system_prompt inside the template; a template's leading newline was dropped (and
+    leading spaces kept) by transformers' trim_blocks / lstrip_blocks after the added tag."""
+    tok = tiny_tokenizer()
+    template = start + TEMPLATE
+    asked = [{"role": "user", "content": "say yes"}]
+    as_run = chat.render(tok, template, [{"role": "system", "content": 'be "brief" %} .'}] + asked, True)
+    assert chat.render(tok, chat.with_system(template, 'be "brief" %} .'), asked, True) == as_run

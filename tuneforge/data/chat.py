@@ -278,9 +278,11 @@ def pack(examples: list[dict[str, list[int]]], max_length: int) -> list[dict[str
 
 def with_system(template: str, system: str) -> str:
     """``template`` giving a conversation without a system message ``system`` first, as the run prompted: an
-    exported tokenizer carries ``data.system_prompt`` to pipelines (its text as a Jinja string literal)."""
+    exported tokenizer carries ``data.system_prompt`` to pipelines (its text as a Jinja string literal). The
+    newline after the added tag is the one transformers' ``trim_blocks`` drops, so ``template`` starts a line as
+    before (its own leading newline or indented first tag renders as it did)."""
     return ("{%- if messages and messages[0]['role'] != 'system' %}{%- set messages = [{'role': 'system', "
-            f"'content': {json.dumps(system, ensure_ascii=False)}}}] + messages %}}{{%- endif %}}" + template)
+            f"'content': {json.dumps(system, ensure_ascii=False)}}}] + messages %}}{{%- endif %}}\n" + template)
 
 
 def split_reference(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
