@@ -63,6 +63,40 @@ def test_a_token_id_past_the_embedding_is_refused_though_the_tokenizer_is_small(
         check_vocabulary(model, small, "m")
 
 
+def test_an_added_token_past_the_embedding_is_refused_where_the_vocabulary_omits_it():
+    """A slow (e.g. remote-code) tokenizer can leave its added tokens out of get_vocab() and len()."""
+    from transformers import PreTrainedTokenizer
+
+    class Slow(PreTrainedTokenizer):
+        words = {"[UNK]": 0, "good": 1}
+
+        @property
+        def vocab_size(self):
+            return len(self.words)
+
+        def __len__(self):
+            return len(self.words)
+
+        def get_vocab(self):
+            return dict(self.words)
+
+        def _tokenize(self, text):
+            return text.split()
+
+        def _convert_token_to_id(self, token):
+            return self.words.get(token, 0)
+
+        def _convert_id_to_token(self, index):
+            return {i: w for w, i in self.words.items()}.get(index, "[UNK]")
+
+    slow = Slow(unk_token="[UNK]")
+    slow.add_tokens(["<tool>"])  # id 2
+    two_rows = torch.nn.Module()
+    two_rows.get_input_embeddings = lambda: torch.nn.Embedding(2, 4)
+    with pytest.raises(ConfigError, match=r"its tokenizer gives '<tool>' the id 2 but the model embeds only 2"):
+        check_vocabulary(two_rows, slow, "m")
+
+
 def test_a_config_pad_id_past_its_vocabulary_is_one_line(tmp_path):
     """transformers asserted ('Padding_idx must be within num_embeddings'): a traceback."""
     bert = _edit_config(model_dir(tmp_path / "bert", "bert"), pad_token_id=200)

@@ -57,7 +57,11 @@ def load_pretrained(auto_cls: Any, path: str | Path, trust_remote_code: bool = F
         model, info = auto_cls.from_pretrained(str(path), output_loading_info=True, dtype=torch.float32,
                                                trust_remote_code=trust_remote_code,
                                                **{"ignore_mismatched_sizes": True, **kwargs})
-    except (OSError, ValueError, AssertionError) as exc:  # AssertionError: e.g. a pad id past nn.Embedding's rows
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load a model from {path}: {_load_error(exc, auto_cls)}") from None
+    except AssertionError as exc:  # nn.Embedding's: a config pad id past its rows
+        if not str(exc).startswith("Padding_idx must be within num_embeddings"):
+            raise
         raise ConfigError(f"cannot load a model from {path}: {_load_error(exc, auto_cls)}") from None
     except SafetensorError as exc:
         raise DamagedWeights(f"cannot load a model from {path}: a weights file is damaged "
@@ -79,7 +83,8 @@ def check_vocabulary(model: nn.Module, tokenizer: PreTrainedTokenizerBase, path:
         raise ConfigError(f"model: {path}: its tokenizer has {len(tokenizer)} tokens but the model embeds {rows}, so "
                           f"ids from {rows} on have no embedding; is tokenizer_config.json missing, or were tokens "
                           "added without resizing the model's embeddings?")
-    ids = {**tokenizer.get_vocab(), **dict(zip(tokenizer.all_special_tokens, tokenizer.all_special_ids))}
+    ids = {**tokenizer.get_vocab(), **dict(zip(tokenizer.all_special_tokens, tokenizer.all_special_ids)),
+           **{t.content: i for i, t in tokenizer.added_tokens_decoder.items()}}
     token, top = max(ids.items(), key=lambda kv: kv[1] if kv[1] is not None else -1, default=(None, -1))
     if top is not None and top >= rows:  # fewer tokens than rows, yet an id past them (e.g. a pad token's)
         raise ConfigError(f"model: {path}: its tokenizer gives {token!r} the id {top} but the model embeds only "
