@@ -1,11 +1,8 @@
 """The console script: --help everywhere, one-line errors (exit 2, no traceback), train/predict/evaluate/merge."""
 import io
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -152,47 +149,48 @@ def test_an_unknown_flag_is_named_with_the_commands_usage_and_its_overrides_are_
 
 def test_an_interrupted_training_run_points_to_resume(monkeypatch, capsys, tmp_path):
     """The message named a placeholder RUN_DIR, also where the run directory had been removed (interrupted before
-    training started); a Ctrl-C while the command still imported was a traceback."""
-    from tuneforge import checkpoint
+    training started); a Ctrl-C while the command still imported was a traceback. Exit status 130, as shells
+    report Ctrl-C (2 is a configuration error)."""
+    from tuneforge import resume_check
 
     def interrupted(args):
         raise KeyboardInterrupt
 
+    monkeypatch.setattr(resume_check, "_RUN", [])
     monkeypatch.setattr("tuneforge.cli.cmd_train", interrupted)
-    assert main(["train", "train.max_steps=1"]) == 2
+    assert main(["train", "train.max_steps=1"]) == 130
     assert capsys.readouterr().err.strip() == "tuneforge: error: interrupted before training started; nothing was kept"
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "config.yaml").write_text("{}")
-    monkeypatch.setattr(checkpoint, "_TRAINING", [tmp_path / "run"])
-    assert main(["train", "train.max_steps=1"]) == 2
-    assert capsys.readouterr().err.strip() == (f"tuneforge: error: interrupted; `tuneforge train --resume "
-                                               f"{tmp_path / 'run'}` continues from the run's last checkpoint")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("{}")
+    resume_check.started(run, "{}")
+    assert main(["train", "train.max_steps=1"]) == 130
+    assert capsys.readouterr().err.strip() == (f"tuneforge: error: interrupted; `tuneforge train --resume {run}` "
+                                               "continues from the run's last checkpoint")
+    (run / "metrics.json").write_text("{}")  # finished: no checkpoint left
+    assert main(["train", "train.max_steps=1"]) == 130
+    assert capsys.readouterr().err.strip() == f"tuneforge: error: interrupted after the run finished; its results are in {run}"
     monkeypatch.setattr("tuneforge.cli.cmd_methods", interrupted)
-    assert main(["methods"]) == 2
+    assert main(["methods"]) == 130
     assert capsys.readouterr().err.strip() == "tuneforge: error: interrupted"
     monkeypatch.setattr("tuneforge.cli.build_parser", lambda: interrupted(None))  # still importing
-    assert main(["methods"]) == 2
+    assert main(["methods"]) == 130
     assert capsys.readouterr().err.strip() == "tuneforge: error: interrupted"
 
 
-def test_a_sigterm_ends_a_command_as_ctrl_c_does_and_the_handler_is_restored(monkeypatch, capsys, tmp_path):
-    """SIGTERM (a scheduler's pre-emption, docker stop) killed the process without a word."""
-    from tuneforge import checkpoint
-
-    def terminated(args):
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # the handler raises before this ends
-        return 0
-
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "config.yaml").write_text("{}")
-    monkeypatch.setattr(checkpoint, "_TRAINING", [tmp_path / "run"])
-    monkeypatch.setattr("tuneforge.cli.cmd_train", terminated)
-    before = signal.getsignal(signal.SIGTERM)
-    assert main(["train"]) == 2
-    assert capsys.readouterr().err.strip() == (f"tuneforge: error: terminated (SIGTERM); `tuneforge train --resume "
-                                               f"{tmp_path / 'run'}` continues from the run's last checkpoint")
-    assert signal.getsignal(signal.SIGTERM) is before
+def test_a_sigterm_ends_a_command_as_ctrl_c_does():
+    """SIGTERM (a scheduler's pre-emption, docker stop) killed the process without a word; now one line and exit
+    status 143. In a child process, so that a regression cannot kill the test run."""
+    child = subprocess.run([sys.executable, "-c", (
+        "import os, signal, sys, time\n"
+        "from tuneforge import cli\n"
+        "before = signal.getsignal(signal.SIGTERM)\n"
+        "cli.cmd_methods = lambda args: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(30))\n"
+        "code = cli.main(['methods'])\n"
+        "print(signal.getsignal(signal.SIGTERM) is before)\n"
+        "sys.exit(code)\n")], capture_output=True, text=True, timeout=120)
+    assert child.returncode == 143 and child.stdout.strip() == "True"  # the handler before is put back
+    assert child.stderr.strip() == "tuneforge: error: terminated (SIGTERM)"
 
 
 def test_a_reader_that_goes_away_ends_the_output_quietly():

@@ -185,8 +185,26 @@ def test_resume_refuses_an_edited_config_but_not_a_comment(setup, straight, tmp_
         assert main(["train", "--resume", run]) == 2
         err = capsys.readouterr().err
         assert f"config.yaml was edited since the run started ({named}); a resumed run continues" in err, err
-    (run / "config.yaml").write_text("# my note\n" + original)
+    same = original.replace("\n  lr: 0.005", "\n  lr: 5e-3").replace("  train_file: null\n", "")
+    assert same != original  # PyYAML reads 5e-3 as text; the config reads it as 0.005 and fills train_file in
+    (run / "config.yaml").write_text("# my note\n" + same)
     check_resumed(run, straight["lora"], capsys)
+
+
+def test_a_resume_interrupted_before_it_trains_names_the_run_to_resume(setup, tmp_path, capsys, monkeypatch):
+    """Ctrl-C while a resumed run loaded its model said 'nothing was kept', its checkpoint intact."""
+    run = tmp_path / "run"
+    assert killed(argv(setup, "lora", run), "checkpoint-saved", tmp_path / "child.log") == -signal.SIGKILL
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tuneforge.run._setup", interrupted)
+    capsys.readouterr()
+    assert main(["train", "--resume", run]) == 130
+    assert capsys.readouterr().err.strip() == (f"tuneforge: error: interrupted; `tuneforge train --resume {run}` "
+                                               "continues from the run's last checkpoint")
+    assert (run / "checkpoint.safetensors").is_file()
 
 
 def test_the_resume_check_stores_a_missing_split_and_refuses_a_different_one(tmp_path):

@@ -47,3 +47,12 @@ def test_an_output_path_with_a_tilde_or_through_a_link_is_the_folder_meant(tmp_p
         (tmp / "adapter_config.json").write_text("{}")
     assert (export / "adapter_config.json").is_file() and (tmp_path / "export-link").is_symlink()
     assert not [p for p in tmp_path.iterdir() if PARTIAL in p.name]
+
+
+def test_a_loop_of_links_as_the_output_is_one_line(tmp_path):
+    from tuneforge.files import output_folder
+
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(ConfigError, match=r"a symbolic link that cannot be followed .*; give a folder"):
+        output_folder(tmp_path / "a")

@@ -71,3 +71,18 @@ def test_no_checkpoint_and_a_checkpoint_from_another_world_size(tmp_path):
     save_tensors(tensors, tmp_path / RESUME, {"state": json.dumps({**meta, "world_size": 2})})
     with pytest.raises(ConfigError, match="2 process"):
         training_state.load_training_state(tmp_path, module, optimizer, names, scheduler, torch.device("cpu"))
+
+
+def test_a_checkpoint_keeps_the_config_the_run_started_with_not_one_edited_while_it_trains(tmp_path):
+    """The checkpoint read config.yaml at each save: an edit made while the run trained became the 'started'
+    config, and --resume then accepted it (and ignored it); a deleted config.yaml failed the save."""
+    from tuneforge import resume_check
+
+    (tmp_path / "config.yaml").write_text("train:\n  lr: 0.001\n")
+    resume_check.started(tmp_path, "train:\n  lr: 0.001\n")
+    (tmp_path / "config.yaml").write_text("train:\n  lr: 0.5\n")  # edited while training
+    module, names, optimizer, scheduler = _setup(0)
+    training_state.save_training_state(tmp_path, module, optimizer, names, scheduler, {"steps": 0},
+                                       torch.device("cpu"))
+    assert training_state._read_state(tmp_path / RESUME)[0]["config_yaml"] == "train:\n  lr: 0.001\n"
+    resume_check.discarded()

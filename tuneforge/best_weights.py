@@ -68,7 +68,7 @@ class BestWeights:
         self.checkpoint_written(best_step)
         if self.main and best_step is not None and not self.path(best_step).is_file():
             raise ConfigError(f"cannot resume: the best weights of step {best_step} ({self.path(best_step)}) that the "
-                              "checkpoint names are missing; start the run again without --resume")
+                              "checkpoint names are missing; start the run again with --overwrite")
         if self.main and best_step is not None:  # read at the end: a damaged file would fail the finished run
             try:
                 with safe_open(str(self.path(best_step)), "pt"):

@@ -22,17 +22,17 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from tuneforge import best_weights, distributed
+from tuneforge import best_weights, distributed, resume_check
 from tuneforge.config import ConfigError, RunConfig, build_dataclass
 from tuneforge.files import (atomic_write_text, check_replaceable, clean_partial, clean_siblings, crash_point,
                              fresh_folder, output_folder, partial_dir, put_back, replace_dir, save_json, save_tensors,
                              set_aside)
+from tuneforge.resume_check import RESUME  # resumable training state, deleted when the run finishes
 
 __all__ = ["atomic_write_text", "save_json", "save_tensors", "crash_point", "RUN_FORMAT"]
 
 WEIGHTS = "trainable.safetensors"  # parameter-efficient runs: only what trained (plus the fresh head)
 FULL_DIR = "model"  # runs where every weight trained: a Hugging Face folder (save_pretrained + tokenizer)
-RESUME = "checkpoint.safetensors"  # resumable training state, deleted when the run finishes
 RUN_FORMAT = 2  # run-directory layout version (meta.json "run_format"); 2 added split.json
 
 
@@ -45,13 +45,6 @@ def run_dir_path(output_dir: str | None, method: str, overwrite: bool = False) -
 
 
 _REPLACED: dict[Path, Path] = {}  # run directory -> the run it replaces (--overwrite), set aside until training
-_TRAINING: list[Path] = []  # the run directory this process creates or resumes, while it may be resumed
-
-
-def resumable_run() -> Path | None:
-    """The run directory this process was training when it stopped, where ``train --resume`` can continue it
-    (None: no run directory yet, or one removed because training had not started)."""
-    return _TRAINING[0] if _TRAINING and (_TRAINING[0] / "config.yaml").is_file() else None
 
 
 def create_run_dir(path: Path, overwrite: bool, cfg: RunConfig) -> Path:
@@ -63,8 +56,9 @@ def create_run_dir(path: Path, overwrite: bool, cfg: RunConfig) -> Path:
     if path.exists() and any(path.iterdir()):
         _REPLACED[path.resolve()] = set_aside(path)
     fresh_folder(path, overwrite, "run", "run directory")
-    atomic_write_text(path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    _TRAINING[:] = [path]
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    atomic_write_text(path / "config.yaml", text)
+    resume_check.started(path, text)
     crash_point("run-dir-created")
     return path
 
@@ -98,7 +92,6 @@ def finish_run(run_dir: Path) -> None:
     (run_dir / RESUME).unlink(missing_ok=True)
     best_weights.remove_all(run_dir)
     clean_partial(run_dir)
-    _TRAINING.clear()
 
 
 @dataclass
@@ -180,7 +173,6 @@ def start_resume(run_dir: Path, manifest: dict[str, Any] | None = None) -> None:
     changed since the run started, so continuing would train on other examples than the checkpoint's."""
     clean_partial(run_dir)
     clean_siblings(run_dir)  # a run it replaced (--overwrite), set aside when the run was killed
-    _TRAINING[:] = [run_dir]
     if manifest is None:
         return
     path = run_dir / SPLIT
@@ -202,6 +194,7 @@ def resume_config(run_dir: Path) -> RunConfig:
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"cannot resume {run_dir}: it holds no config.yaml (not a tuneforge run directory, or "
                           "killed while being created: start it again with --overwrite)")
+    then = None
     if (run_dir / RESUME).is_file():
         try:
             with safe_open(str(run_dir / RESUME), "pt") as f:
@@ -213,35 +206,12 @@ def resume_config(run_dir: Path) -> RunConfig:
         if world != distributed.current().world:
             raise ConfigError(f"{run_dir} was trained with {world} process(es); resume it with the same number "
                               f"(torchrun --nproc_per_node=...), not {distributed.current().world}")
-        _refuse_edited(run_dir, state.get("config_yaml"))
-    return stored_config(run_dir)
-
-
-def _refuse_edited(run_dir: Path, started: str | None) -> None:
-    """One line where config.yaml differs from the one the checkpoint was written with (``started``; None:
-    checkpoints before 2026-12-07): the optimizer and schedule resume as they were, so an edit would not apply,
-    yet the finished run's config.yaml would claim it had."""
-    if started is None:
-        return
-    try:
-        now = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError):
-        return  # said when it is loaded
-    old, new = _flat(yaml.safe_load(started)), _flat(now or {})
-    changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k, "(unset)") != new.get(k, "(unset)")]
-    if not changed:  # comments or layout only
-        return
-    what = (f" ({changed[0]}: {old.get(changed[0], '(unset)')} when it started, {new.get(changed[0], '(unset)')} "
-            f"now{f'; {len(changed) - 1} more' if len(changed) > 1 else ''})")
-    raise ConfigError(f"cannot resume {run_dir}: its config.yaml was edited since the run started{what}; a resumed "
-                      "run continues with the settings it started with: restore them, or start a new run")
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config as {'train.lr': 0.001, ...}."""
-    if not isinstance(tree, dict):
-        return {prefix.rstrip("."): tree}
-    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+        then = state.get("config_yaml")
+    now = (run_dir / "config.yaml").read_text(encoding="utf-8")
+    resume_check.refuse_edited(run_dir, then, now)
+    cfg = stored_config(run_dir)
+    resume_check.started(run_dir, then or now)
+    return cfg
 
 
 def stored_config(run_dir: Path) -> RunConfig:
@@ -288,7 +258,7 @@ def discard_on_error(path: Path | None) -> Iterator[None]:
     except BaseException:
         if path is not None:
             shutil.rmtree(path, ignore_errors=True)
-            _TRAINING.clear()
+            resume_check.discarded()
             if replaced is not None:
                 put_back(replaced, path)
         raise

@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable
-from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from tuneforge import interrupts
 from tuneforge.commands import (fail, cmd_calibrate, cmd_chat, cmd_compare, cmd_evaluate, cmd_export,
                                 cmd_generate, cmd_merge, cmd_methods, cmd_mitigate, cmd_predict, cmd_train)
 
@@ -208,38 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's pre-emption, ``docker stop``): handled as Ctrl-C is."""
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated
-
-
 def main(argv: list[str] | None = None) -> int:
-    """The command line; a SIGTERM to a single process (not torchrun's workers, which torchrun stops) and a
-    Ctrl-C, even while the command is still importing, end in one line."""
-    alone = int(os.environ.get("WORLD_SIZE", "1")) == 1 and threading.current_thread() is threading.main_thread()
-    before = signal.signal(signal.SIGTERM, _terminate) if alone else None
-    try:
-        return _main(argv)
-    except KeyboardInterrupt as exc:  # before the command's own handling (importing torch takes seconds)
-        return fail(_stopped(exc, None))
-    finally:
-        if alone:
-            signal.signal(signal.SIGTERM, before)
-
-
-def _stopped(exc: KeyboardInterrupt, command: str | None) -> str:
-    """What an interrupted or terminated command says: a training run that can resume is named."""
-    word = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-    if command != "train":
-        return word
-    checkpoint = sys.modules.get("tuneforge.checkpoint")
-    run = checkpoint.resumable_run() if checkpoint is not None else None
-    if run is None:
-        return f"{word} before training started; nothing was kept"
-    return f"{word}; `tuneforge train --resume {run}` continues from the run's last checkpoint"
+    """The command line; Ctrl-C, even while the command still imports, and SIGTERM end in one line."""
+    with interrupts.sigterm_raises():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt as exc:  # before the command's own handling (importing torch takes seconds)
+            fail(interrupts.stopped(exc, None))
+            return interrupts.status(exc)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -272,7 +246,8 @@ def _main(argv: list[str] | None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit either
         return 1
     except KeyboardInterrupt as exc:
-        return fail(_stopped(exc, args.command))
+        fail(interrupts.stopped(exc, args.command))
+        return interrupts.status(exc)
     except OSError as exc:  # a path the user gave cannot be written (read-only, a file where a folder goes, full)
         if exc.filename is None or exc.errno not in PATH_ERRORS:
             raise

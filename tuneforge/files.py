@@ -227,7 +227,10 @@ def output_folder(folder: str | Path) -> Path:
     """A folder to write as the user named it: ``~`` expanded (a YAML ``output_dir: ~/runs/x`` made a folder
     named '~'), a symbolic link followed to the folder it names (replacing the link itself failed)."""
     path = Path(folder).expanduser()
-    return path.resolve() if path.is_symlink() else path
+    try:
+        return path.resolve(strict=False) if path.is_symlink() else path
+    except (RuntimeError, OSError) as exc:  # a loop of links
+        raise ConfigError(f"{folder}: a symbolic link that cannot be followed ({exc}); give a folder") from None
 
 
 def fresh_folder(folder: Path, overwrite: bool, kind: str, what: str = "output folder") -> Path:

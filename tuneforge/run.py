@@ -30,6 +30,7 @@ from tuneforge.data.batching import Shapes
 from tuneforge.data.dataset import Splits, prepare, source_records
 from tuneforge.data.dataset import warnings as dataset_warnings
 from tuneforge.data.readers import data_bytes
+from tuneforge.files import output_folder
 from tuneforge.forgetting import pipeline as forgetting
 from tuneforge.forgetting.interpolate import start_weights
 from tuneforge.loaded import Run, load, start_model
@@ -210,12 +211,12 @@ def _plan(cfg: Any, overrides: list[str] | None, overwrite: bool, resume: str | 
         if not str(resume).strip():
             raise ConfigError(f"--resume needs the run directory to continue (the one `train` wrote), got "
                               f"{str(resume)!r}")
-        cfg = checkpoint.resume_config(Path(resume).expanduser())
+        cfg = checkpoint.resume_config(output_folder(resume))
     cfg = resolve_config(cfg, overrides)
     task = tasks.get(cfg.model.task)
     run_dir = None
     if distributed.current().main:
-        run_dir = (Path(resume).expanduser() if resume is not None else
+        run_dir = (output_folder(resume) if resume is not None else
                    checkpoint.run_dir_path(cfg.output_dir, cfg.method_name, overwrite))
     return cfg, task, distributed.broadcast(run_dir)
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from safetensors import safe_open
 
-from tuneforge import distributed
+from tuneforge import distributed, resume_check
 from tuneforge.checkpoint import RESUME
 from tuneforge.config import ConfigError
 from tuneforge.files import crash_point, save_tensors
@@ -49,7 +49,7 @@ def save_training_state(run_dir: Path, module: nn.Module, optimizer: torch.optim
     tensors.update({f"rng.{k}": v for k, v in rng.items()})
     meta = {"loop": loop, "param_groups": groups, "opt_scalars": scalars, "world_size": distributed.current().world,
             "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
-            "config_yaml": (run_dir / "config.yaml").read_text(encoding="utf-8")}  # resume refuses an edited one
+            "config_yaml": resume_check.started_config(run_dir)}  # resume refuses a config.yaml edited since
     save_tensors(tensors, run_dir / RESUME, {"state": json.dumps(meta, default=float)})
     crash_point("checkpoint-saved")
 

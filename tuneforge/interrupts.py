@@ -1,0 +1,56 @@
+"""Ctrl-C and SIGTERM on the command line: one line saying what was kept, and the usual exit statuses.
+
+SIGTERM (a scheduler's pre-emption, ``docker stop``, systemd) is turned into :class:`Terminated`, a
+``KeyboardInterrupt``, in a single process; torchrun's workers keep Python's default, as torchrun stops them
+itself. The exit status is 130 after Ctrl-C and 143 after SIGTERM (128 + the signal), as shells report them,
+so a scheduler's wrapper can tell pre-emption from a configuration error (2).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` inside the block (single process, main thread); the handler that was
+    there before is put back after it."""
+    alone = int(os.environ.get("WORLD_SIZE", "1")) == 1 and threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _terminate) if alone else None
+    try:
+        yield
+    finally:
+        if alone:
+            signal.signal(signal.SIGTERM, before)
+
+
+def status(exc: KeyboardInterrupt) -> int:
+    """The exit status after ``exc``: 143 for SIGTERM, 130 for Ctrl-C."""
+    return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+
+
+def stopped(exc: KeyboardInterrupt, command: str | None) -> str:
+    """What an interrupted or terminated command says; for ``train``, whether and how its run resumes."""
+    word = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    resume_check = sys.modules.get("tuneforge.resume_check")  # not imported: no run was started
+    run = resume_check.current_run() if command == "train" and resume_check is not None else None
+    if command != "train":
+        return word
+    if run is None:
+        return f"{word} before training started; nothing was kept"
+    if resume_check.finished(run):
+        return f"{word} after the run finished; its results are in {run}"
+    return f"{word}; `tuneforge train --resume {run}` continues from the run's last checkpoint"

@@ -1,0 +1,94 @@
+"""Which run this process trains, and what ``train --resume`` must find unchanged.
+
+A resumed run continues with the optimizer state and schedule its checkpoint saved, so it goes on with the
+settings it started with: a ``config.yaml`` edited since is refused (:func:`refuse_edited`), not ignored while
+the finished run's config.yaml claims the edit. The run this process trains (:func:`current_run`) also lets an
+interrupted command say whether and how it can be resumed. Light on imports: the command line reads it while
+torch may still be importing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuneforge.config import ConfigError, load_config
+
+RESUME = "checkpoint.safetensors"  # resumable training state, deleted when the run finishes
+
+_RUN: list[tuple[Path, str]] = []  # (run directory, its config.yaml as the run started or resumed)
+
+
+def started(run_dir: Path, config_text: str) -> None:
+    """This process trains ``run_dir`` (new or resumed) with the config text ``config_text``."""
+    _RUN[:] = [(run_dir, config_text)]
+
+
+def discarded() -> None:
+    """The run directory was removed (training had not started)."""
+    _RUN.clear()
+
+
+def current_run() -> Path | None:
+    """The run directory this process created or resumed, where it still exists."""
+    return _RUN[0][0] if _RUN and (_RUN[0][0] / "config.yaml").is_file() else None
+
+
+def started_config(run_dir: Path) -> str | None:
+    """``run_dir``'s config.yaml as this process started (or resumed) it, for its checkpoints to keep."""
+    return _RUN[0][1] if _RUN and _RUN[0][0] == run_dir else None
+
+
+def finished(run_dir: Path) -> bool:
+    """Whether the run wrote its results and dropped its checkpoint."""
+    return (run_dir / "metrics.json").is_file() and not (run_dir / RESUME).is_file()
+
+
+def refuse_edited(run_dir: Path, then: str | None, now: str) -> None:
+    """One line where config.yaml (``now``) differs in a setting from the one the checkpoint was written with
+    (``then``; None: checkpoints from before 2026-12-07). Comments, layout, spellings of one value (``5e-3``)
+    and defaults written out or left out are not edits."""
+    if then is None:
+        return
+    old, new = _settings(then), _settings(now)
+    if old is not None and old == new:
+        return
+    old, new = _flat(old if old is not None else _raw(then)), _flat(new if new is not None else _raw(now))
+    changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k, "(unset)") != new.get(k, "(unset)")]
+    if not changed:
+        return
+    what = (f" ({changed[0]}: {_shown(old.get(changed[0], '(unset)'))} when it started, "
+            f"{_shown(new.get(changed[0], '(unset)'))} now{f'; {len(changed) - 1} more' if len(changed) > 1 else ''})")
+    raise ConfigError(f"cannot resume {run_dir}: its config.yaml was edited since the run started{what}; a resumed "
+                      "run continues with the settings it started with: restore them, or start a new run")
+
+
+def _settings(text: str) -> dict[str, Any] | None:
+    """The config ``text`` holds, every default filled in; None where it does not load (said when loaded)."""
+    try:
+        return load_config(None, _raw(text)).to_dict()
+    except (ConfigError, TypeError, ValueError, yaml.YAMLError):
+        return None
+
+
+def _raw(text: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as {'train.lr': 0.001, ...}."""
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+
+
+def _shown(value: Any) -> str:
+    """A value as YAML writes it (null, a quoted '5e-3' text)."""
+    if value == "(unset)":
+        return value
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
