@@ -4,7 +4,7 @@ import json
 import pytest
 
 from lm_helpers import TEMPLATE, tiny_tokenizer
-from tuneforge.data.dataset import prepare
+from tuneforge.data.dataset import prepare, warnings
 from tuneforge.config import ConfigError, load_config
 from tuneforge.data import chat, embedded
 from tuneforge.tasks import causal_lm
@@ -322,9 +322,9 @@ LAST_THINKS = ("{% set last = namespace(user=0) %}{% for m in messages %}{% if m
                "{{ m['content'] + '<|end|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
 
 
-def test_an_earlier_reply_rendered_otherwise_once_later_turns_follow_stays_context(capsys):
+def test_an_earlier_reply_rendered_otherwise_once_later_turns_follow_stays_context(tmp_path):
     """Such a template (Qwen3's) was refused ('renders earlier turns differently'); the last reply trains as
-    generation continues it, the earlier ones are context and one note says so."""
+    generation continues it, the earlier ones are context and one note says so (one for all splits)."""
     tok = tiny_tokenizer()
     conversations = [_conv("hi", "hello !", "say yes", "yes ."), _conv("say no", "no .")]
     first, second = _encode(conversations, tok, template=LAST_THINKS)
@@ -333,11 +333,19 @@ def test_an_earlier_reply_rendered_otherwise_once_later_turns_follow_stays_conte
     assert _kept(tok, first) == "why because yes . <|end|>" and _kept(tok, second) == "why because no . <|end|>"
     prompt = chat.prompt_ids(tok, LAST_THINKS, chat.split_reference(conversations[0])[0], None)
     assert first["input_ids"][:len(prompt)] == prompt and first["labels"][len(prompt)] != IGNORE
-    assert ("the chat template renders 1 earlier repl(ies) in 1 conversation(s) otherwise once later turns follow"
-            in capsys.readouterr().err)
+    assert first["_context"] == 1 and "_context" not in second
+    rows = [{"messages": _conv("hi", "hello !", f"say {n}", f"{n} .")} for n in "one two three four five six".split()]
+    cfg = load_config(None, {"model": {"task": "causal_lm"}, "data": {"dataset": _write(tmp_path, rows * 2),
+                                                                       "template": LAST_THINKS}})
+    splits, data = prepare(cfg, causal_lm.Task(), tok)
+    notes = [line for line in warnings(splits, data, 64) if "earlier repl" in line]
+    assert notes == ["note: the chat template renders 12 earlier repl(ies) in 12 conversation(s) otherwise once later "
+                     "turns follow (Qwen3's, for one, gives only the last reply its think block); they stay as context "
+                     "and do not train, so each reply that trains is rendered as generation continues it; to train "
+                     "them, give each as the last reply of its own conversation"]
 
 
-def test_a_template_that_closes_the_conversation_with_a_mark_trains_every_reply(capsys):
+def test_a_template_that_closes_the_conversation_with_a_mark_trains_every_reply():
     """Phi-3's template ends a conversation (not a prompt) with its end-of-text: every earlier reply was kept
     from training as if rendered otherwise, and the cut fell inside the next '<|user|>' mark."""
     tok = tiny_tokenizer()
@@ -346,7 +354,7 @@ def test_a_template_that_closes_the_conversation_with_a_mark_trains_every_reply(
     assert tok.decode(ex["input_ids"]) == ("<|user|> hi <|end|> <|assistant|> hello ! <|end|> <|user|> say yes <|end|> "
                                            "<|assistant|> yes . <|end|> <|end|>")
     assert _kept(tok, ex) == "hello ! <|end|> yes . <|end|> <|end|>"
-    assert "note:" not in capsys.readouterr().err  # nothing kept from training
+    assert "_context" not in ex  # nothing kept from training
 
 
 def test_a_generation_prompt_that_does_not_start_the_rendered_reply_is_refused():

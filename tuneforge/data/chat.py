@@ -191,20 +191,23 @@ def note_control_strings(items: list, tokenizer: PreTrainedTokenizerBase, where:
 def encode_conversations(conversations: list[list[dict[str, str]]], tokenizer: PreTrainedTokenizerBase,
                          template: str, max_length: int, where: list[str]) -> list[dict[str, list[int]]]:
     """Token ids + labels (-100 outside assistant replies) of each conversation, truncated to ``max_length``
-    (``_cut``: the example lost tokens or early turns)."""
-    split, whole, dropped, unstable = [], [], [], []
+    (``_cut``: the example lost tokens or early turns; ``_context``: earlier replies kept from training, see
+    :func:`pieces` and :func:`context_note`)."""
+    split, whole, dropped, context = [], [], [], []
     for messages, w in zip(conversations, where):
         whole.append(until_last_reply(messages))
         turns = recent(whole[-1], CHARS_PER_TOKEN * max_length)
         dropped.append(len(turns) < len(whole[-1]))
-        split.append(_pieces_of_row(tokenizer, template, turns, w, unstable))
+        split.append(_pieces_of_row(tokenizer, template, turns, w, context))
     flat = [text for parts in split for text, _ in parts]
     tokens = iter(tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
     examples = []
-    for parts, kept, w, cut in zip(split, whole, where, dropped):
+    for parts, kept, w, cut, kept_out in zip(split, whole, where, dropped, context):
         ids, labels, answer_start = _joined(parts, [next(tokens) for _ in parts])
         if cut and len(ids) < max_length:  # the character bound dropped turns that fit (e.g. runs of spaces)
-            parts = _pieces_of_row(tokenizer, template, kept, w, [])
+            again: list[int] = []
+            parts = _pieces_of_row(tokenizer, template, kept, w, again)
+            kept_out = again[0]
             ids, labels, answer_start = _joined(parts, tokenizer([t for t, _ in parts], add_special_tokens=False)[
                 "input_ids"])
             cut = False
@@ -213,25 +216,31 @@ def encode_conversations(conversations: list[list[dict[str, str]]], tokenizer: P
         if all(y == IGNORE for y in labels[1:]):
             raise ConfigError(f"{w}: no answer token is left after truncation to model.max_length={max_length}; "
                               "raise model.max_length or shorten the prompt")
-        examples.append({"input_ids": ids, "labels": labels, **({"_cut": True} if cut else {})})
-    if unstable:
-        print(f"note: the chat template renders {sum(unstable)} earlier repl(ies) in {len(unstable)} conversation(s) "
-              "otherwise once later turns follow (Qwen3's, for one, gives only the last reply its think block); they "
-              "stay as context and do not train, so each reply that trains is rendered as generation continues it; "
-              "to train them, give each as the last reply of its own conversation", file=sys.stderr)
+        examples.append({"input_ids": ids, "labels": labels, **({"_cut": True} if cut else {}),
+                         **({"_context": kept_out} if kept_out else {})})
     return examples
 
 
+def context_note(examples: list[dict]) -> str | None:
+    """The note on earlier replies kept from training (examples marked ``_context``), or None."""
+    rows = [e["_context"] for e in examples if e.get("_context")]
+    if not rows:
+        return None
+    return (f"note: the chat template renders {sum(rows)} earlier repl(ies) in {len(rows)} conversation(s) otherwise "
+            "once later turns follow (Qwen3's, for one, gives only the last reply its think block); they stay as "
+            "context and do not train, so each reply that trains is rendered as generation continues it; to train "
+            "them, give each as the last reply of its own conversation")
+
+
 def _pieces_of_row(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dict[str, str]],
-                   where: str, unstable: list[int]) -> list[tuple[str, bool]]:
-    """:func:`pieces`, its errors naming the row (``where``); the count of replies kept as context is appended to
-    ``unstable`` where there are any."""
+                   where: str, context: list[int]) -> list[tuple[str, bool]]:
+    """:func:`pieces`, its errors naming the row (``where``); how many replies it kept as context is appended
+    to ``context``."""
     try:
         parts, kept_out = pieces(tokenizer, template, messages)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    if kept_out:
-        unstable.append(kept_out)
+    context.append(kept_out)
     return parts
 
 

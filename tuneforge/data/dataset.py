@@ -17,6 +17,7 @@ from typing import Any
 
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import embedded
+from tuneforge.data.chat import context_note
 from tuneforge.data.readers import FIELD_SEP, column_names, place, require_file
 from tuneforge.data.split import split
 
@@ -228,8 +229,8 @@ def warnings(s: Splits, data: Any = None, max_length: int = 0) -> list[str]:
     """One line per thing the user should know about the data (duplicates, rows left out, empty texts, and,
     given the tokenised ``data``, examples cut to ``max_length``: those the task marked ``_cut``)."""
     splits = [getattr(data, k) for k in ("train", "validation", "test")] if data is not None else []
-    cut = cut_note([e for examples in splits for e in examples], max_length)
-    out = [cut] if cut else []
+    examples = [e for split in splits for e in split]
+    out = [line for line in (cut_note(examples, max_length), context_note(examples)) if line]
     if s.duplicates:
         out.append(f"note: the data holds {s.duplicates} duplicate example(s) (same text after whitespace "
                    "normalisation); duplicates are kept in one split")
