@@ -2,6 +2,7 @@
 interactive chat loop that streams tokens as they are produced."""
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, TextIO
@@ -72,6 +73,15 @@ def whole_characters(text: str) -> str:
 def answer_text(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
     """The answer that new token ``ids`` spell: special tokens skipped, a character cut short dropped, stripped."""
     return whole_characters(tokenizer.decode(ids, skip_special_tokens=True)).strip()
+
+
+REASONING = re.compile(r"^\s*(<think>.*?</think>|\[THINK\].*?\[/THINK\])\s*", re.DOTALL)
+
+
+def without_reasoning(answer: str) -> str:
+    """``answer`` without a leading reasoning block (``<think>…</think>``, as Qwen3 and DeepSeek-R1 write, even
+    empty; ``[THINK]…[/THINK]``): what BLEU and ROUGE compare with a reference answer."""
+    return REASONING.sub("", answer, count=1)
 
 
 class _Streamer(TextStreamer):

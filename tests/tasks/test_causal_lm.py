@@ -261,3 +261,18 @@ def test_an_encoder_decoder_model_is_refused_not_cut_to_its_decoder(tmp_path):
         get("causal_lm").load_model(folder, cfg, {}, 0, torch.device("cpu"))
     with pytest.raises(ConfigError, match="is an encoder-decoder model"):  # not "no chat template" first
         prepare(cfg, get("causal_lm"), load_tokenizer(folder))
+
+
+def test_a_reasoning_block_before_the_answer_is_not_scored(trained, monkeypatch):
+    """A Qwen3-style model answers '<think>\\n\\n</think>\\n\\n' + the answer (its template trains the empty block):
+    BLEU and ROUGE-L compared the block too, scoring right answers as wrong."""
+    from tuneforge import generate
+
+    run = load(trained.run_dir, "cpu")
+    plain = run.evaluate()
+    answer_text = generate.answer_text
+    monkeypatch.setattr(generate, "answer_text", lambda tok, ids: "<think>\n\n</think>\n\n" + answer_text(tok, ids))
+    thinking = run.evaluate()
+    assert (thinking["bleu"], thinking["rouge_l"]) == (plain["bleu"], plain["rouge_l"])
+    assert generate.without_reasoning("<think>\nsum it\n</think>\n\ntwo .") == "two ."
+    assert generate.without_reasoning("<think> cut short by max_new_tokens") == "<think> cut short by max_new_tokens"

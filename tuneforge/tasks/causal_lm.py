@@ -264,7 +264,7 @@ class Task:
     def _generation_metrics(self, model: nn.Module, raw: list[dict[str, Any]], rt: Runtime, cfg: RunConfig,
                             meta: dict[str, Any], tokenizer: PreTrainedTokenizerBase, run_dir: Path | None,
                             tag: str | None) -> dict[str, Any]:
-        from tuneforge.generate import Sampling, answer_text, generate_ids
+        from tuneforge.generate import Sampling, answer_text, generate_ids, without_reasoning
 
         template = _template(tokenizer, meta)
         records = raw[:cfg.eval.generate_samples]
@@ -274,7 +274,7 @@ class Task:
         ids = [chat.prompt_ids(tokenizer, template, p, cfg.model.max_length) for p in prompts]
         outputs = generate_ids(model, tokenizer, ids, rt, Sampling(max_new_tokens=cfg.eval.max_new_tokens),
                                cfg.eval.batch_size)
-        generated = [answer_text(tokenizer, o) for o in outputs]
+        generated = [without_reasoning(answer_text(tokenizer, o)) for o in outputs]  # the answer is scored
         samples = [{"prompt": next(m["content"] for m in reversed(p) if m["role"] == "user"),
                     "reference": ref, "generated": gen} for p, ref, gen in zip(prompts, references, generated)]
         if run_dir is not None:
