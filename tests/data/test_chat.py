@@ -362,8 +362,25 @@ def test_a_generation_prompt_that_does_not_start_the_rendered_reply_is_refused()
     thinks_at_generation = ("{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}"
                             "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|> why because' }}{% endif %}")
     with pytest.raises(ConfigError, match=r"^row 0: the chat template's generation prompt \(add_generation_prompt\) "
-                                          r"does not start the reply as the template renders it"):
+                                          r"does not start the reply as the template renders it in the conversation "
+                                          r"\(the prompt goes on ' why because' where the conversation has 'yes "
+                                          r"\.<\|end\|>'\), so what trains is not what generation continues"):
         _encode([_conv("say yes", "yes .")], tok, template=thinks_at_generation)
+
+
+def test_a_system_prompt_the_template_moves_once_the_reply_follows_is_refused_at_the_start():
+    """Mistral v0.3's template puts the system text into the last user message only: every row was refused,
+    each naming the row, none the setting."""
+    tok = tiny_tokenizer()
+    folds = ("{% set sys = messages[0]['content'] if messages[0]['role'] == 'system' else '' %}"
+             "{% for m in messages if m['role'] != 'system' %}{% if m['role'] == 'user' %}{{ '<|user|>' }}"
+             "{% if loop.last and sys %}{{ sys + ' ' }}{% endif %}{{ m['content'] + '<|end|>' }}"
+             "{% else %}{{ '<|assistant|>' + m['content'] + '<|end|>' }}{% endif %}{% endfor %}"
+             "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
+    assert chat.resolve_template(tok, folds) == folds
+    with pytest.raises(ConfigError, match=r"^data.system_prompt: with a system message, the chat template's "
+                                          r"generation prompt .* \(the prompt goes on 'be brief \. hi"):
+        chat.resolve_template(tok, folds, "be brief .")
 
 
 @pytest.mark.parametrize("start", ["", "\n", "  ", "\n\n  "])

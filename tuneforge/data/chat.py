@@ -67,14 +67,18 @@ def resolve_template(tokenizer: PreTrainedTokenizerBase, name: str | None, syste
             raise ConfigError("the model's tokenizer has no chat template; name one with data.template "
                               f"({', '.join(TEMPLATES)}) or use data.format=text")
     if system:
+        probe = [{"role": "system", "content": system}, {"role": "user", "content": "hi"},
+                 {"role": "assistant", "content": "hello"}]
         try:
-            tokenizer.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": "hi"},
-                                           {"role": "assistant", "content": "hello"}], chat_template=template,
-                                          tokenize=False)
+            tokenizer.apply_chat_template(probe, chat_template=template, tokenize=False)
         except Exception as exc:  # noqa: BLE001 - Jinja's raise_exception and template errors
             raise ConfigError(f"data.system_prompt: the chat template refuses a system message "
                               f"({str(exc).splitlines()[0]}); unset data.system_prompt or name a template that "
                               "takes one with data.template") from None
+        try:  # Mistral v0.3's folds it into the last user message only: gone once the reply follows
+            pieces(tokenizer, template, probe)
+        except ConfigError as exc:
+            raise ConfigError(f"data.system_prompt: with a system message, {exc}") from None
     return template
 
 
@@ -114,11 +118,17 @@ def pieces(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dic
                 unstable += m.get("weight") != 0
                 continue
             raise ConfigError("the chat template's generation prompt (add_generation_prompt) does not start the "
-                              "reply as the template renders it in the conversation, so what trains is not what "
-                              "generation continues; name a template with data.template (e.g. alpaca)")
+                              f"reply as the template renders it in the conversation ({_differ(head, full)}), so "
+                              "what trains is not what generation continues; name a template with data.template")
         out += [(full[cursor:len(head)], False), (full[len(head):end], m.get("weight") != 0)]
         cursor = end
     return [(text, trains) for text, trains in out if text], unstable
+
+
+def _differ(prompt: str, full: str) -> str:
+    """Where the generation prompt and the rendered conversation part, in a few characters of each."""
+    at = len(os.path.commonprefix([prompt, full]))
+    return f"the prompt goes on {prompt[at:at + 24]!r} where the conversation has {full[at:at + 24]!r}"
 
 
 def _end_before_trailer(full: str, upto: str, start: int, marks: list[str]) -> int | None:
