@@ -8,6 +8,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import PreTrainedTokenizerFast
 
+from conftest import tiny_causal_lm
 from tuneforge.generate import _Streamer, answer_text, encode_prompts
 
 
@@ -122,3 +123,21 @@ def test_answers_stop_where_the_position_table_ends_counting_the_virtual_tokens(
     rt = Runtime(device=torch.device("cpu"), bf16=False, pad_id=tok.pad_token_id)
     (out,) = generate_ids(model, tok, [ids], rt, Sampling(max_new_tokens=20))
     assert len(out) <= 64 - 8 - 50
+
+
+def test_generation_stops_at_the_mark_the_template_ends_a_reply_with():
+    """A folder whose generation config names only the end-of-text token (gemma-7b-it's stopped at <eos> only)
+    while its template ends replies with an end-of-turn mark: answers ran on past the mark training taught."""
+    from lm_helpers import TEMPLATE, tiny_tokenizer
+    from tuneforge.generate import _eos_ids
+
+    tok = tiny_tokenizer()
+    tok.eos_token = "<|system|>"  # not the mark that ends a reply
+    model = tiny_causal_lm("llama")
+    model.generation_config.eos_token_id = None
+    end = tok.convert_tokens_to_ids("<|end|>")
+    assert end in _eos_ids(model, tok) and tok.eos_token_id in _eos_ids(model, tok)
+    tok.chat_template = {"default": TEMPLATE}
+    assert end in _eos_ids(model, tok)
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"  # plain text after a reply
+    assert _eos_ids(model, tok) == [tok.eos_token_id]

@@ -12,7 +12,7 @@ import torch.nn as nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase, TextStreamer
 
 from tuneforge.config import ConfigError, build_dataclass
-from tuneforge.data import chat
+from tuneforge.data import chat, templates
 from tuneforge.data.json_file import broken_text
 from tuneforge.data.layouts import trimmed
 from tuneforge.methods.virtual_tokens import pads_apart, virtual_count
@@ -46,11 +46,17 @@ class Sampling:
 
 
 def _eos_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """End-of-sequence ids: the tokenizer's EOS plus the model's generation config (e.g. end-of-turn)."""
+    """End-of-sequence ids: the tokenizer's EOS, the model's generation config's and the mark its chat template
+    ends a reply with, which training taught (Gemma's ``<end_of_turn>``, where a generation config names only
+    ``<eos>``: answers ran on past it)."""
     ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = [ids] if isinstance(ids, int) else list(ids or [])
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
+    template = getattr(tokenizer, "chat_template", None)
+    template = template.get("default") if isinstance(template, dict) else template
+    end = templates.reply_end_id(tokenizer, template) if isinstance(template, str) else None
+    ids += [end] if end is not None else []
     vocab = model.get_input_embeddings().num_embeddings
     return sorted({i for i in ids if 0 <= i < vocab})
 
@@ -180,7 +186,7 @@ def answer_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase, meta: dict[
     """The new token ids of :func:`generate_answers` (before EOS; as many as ``max_new_tokens`` when cut)."""
     s = build_dataclass(Sampling, settings, "generate")
     fmt = meta.get("format")
-    template = meta.get("chat_template") or (chat.resolve_template(tokenizer, None) if fmt != "text" else None)
+    template = meta.get("chat_template") or (templates.resolve_template(tokenizer, None) if fmt != "text" else None)
     ids = encode_prompts(tokenizer, prompts, template, cfg.model.max_length, cfg.data.system_prompt)
     return generate_ids(model, tokenizer, ids, rt, s, cfg.eval.batch_size, stream)
 

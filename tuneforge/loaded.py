@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from tuneforge import assets, checkpoint, scope, tasks
 from tuneforge.config import ConfigError, RunConfig
-from tuneforge.data import chat, dataset
+from tuneforge.data import dataset, templates
 from tuneforge.files import new_folder
 from tuneforge.strict import saved_config
 from tuneforge.methods import registry
@@ -213,7 +213,7 @@ class Run:
         if not system or self.meta.get("format") not in ("chat", "pairs") or not isinstance(used, str):
             tok.save_pretrained(folder)
             return
-        wrapped = chat.with_system(used, system)
+        wrapped = templates.with_system(used, system)
         tok.chat_template = {**template, "default": wrapped} if isinstance(template, dict) else wrapped
         try:
             tok.save_pretrained(folder)

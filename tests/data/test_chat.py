@@ -6,7 +6,7 @@ import pytest
 from lm_helpers import TEMPLATE, tiny_tokenizer
 from tuneforge.data.dataset import prepare, warnings
 from tuneforge.config import ConfigError, load_config
-from tuneforge.data import chat, embedded
+from tuneforge.data import chat, embedded, templates
 from tuneforge.tasks import causal_lm
 
 IGNORE = chat.IGNORE
@@ -19,7 +19,7 @@ def _conv(*turns):
 
 def _encode(conversations, tok=None, max_length=64, template=None):
     tok = tok or tiny_tokenizer()
-    template = chat.resolve_template(tok, template)
+    template = templates.resolve_template(tok, template)
     return chat.encode_conversations(conversations, tok, template, max_length, [f"row {i}" for i in range(len(conversations))])
 
 
@@ -91,7 +91,7 @@ def test_long_conversations_keep_their_latest_turns():
     trimmed = chat.recent(conv, 100)
     assert trimmed[0]["role"] == "system" and trimmed[1]["role"] == "user" and trimmed[-1] == conv[-1]
     assert len(trimmed) < len(conv)
-    tpl = chat.resolve_template(tok, None)
+    tpl = templates.resolve_template(tok, None)
     full = chat.encode_conversations([conv], tok, tpl, 10**6, ["r"])[0]  # no trimming at this length
     (short,) = _encode([conv], tok, max_length=32)  # trimmed before rendering, then truncated
     assert short["input_ids"] == full["input_ids"][-32:] and short["labels"] == full["labels"][-32:]
@@ -103,7 +103,7 @@ def test_long_conversations_keep_their_latest_turns():
 def test_turns_whose_characters_overrun_the_bound_but_whose_tokens_fit_are_all_kept():
     tok = tiny_tokenizer()  # runs of spaces: many characters, no tokens (code, tables)
     conv = [{"role": "system", "content": "bot"}] + _conv("say yes", "yes .", "say no", "no" + " " * 600 + "no")
-    tpl = chat.resolve_template(tok, None)
+    tpl = templates.resolve_template(tok, None)
     (full,) = chat.encode_conversations([conv], tok, tpl, 10**6, ["r"])
     assert len(chat.recent(conv, 8 * 64)) < len(conv) and len(full["input_ids"]) < 64
     (got,) = _encode([conv], tok, max_length=64)
@@ -151,12 +151,12 @@ def test_plain_text_trains_every_token_in_rows_of_max_length():
 def test_named_template_for_a_model_without_one():
     tok = tiny_tokenizer(template=False)
     with pytest.raises(ConfigError, match="no chat template; name one with data.template"):
-        chat.resolve_template(tok, None)
+        templates.resolve_template(tok, None)
     with pytest.raises(ConfigError, match="unknown template 'chatml2'"):
-        chat.resolve_template(tok, "chatml2")
+        templates.resolve_template(tok, "chatml2")
     (ex,) = _encode([_conv("say yes", "yes .")], tok, template="alpaca")
     assert _kept(tok, ex) == "yes . <|end|>"
-    assert "### Response:" in chat.render(tok, chat.TEMPLATES["alpaca"], _conv("say yes"), True)
+    assert "### Response:" in templates.render(tok, templates.TEMPLATES["alpaca"], _conv("say yes"), True)
 
 
 def test_a_tokenizers_named_templates_without_a_default_are_listed_and_chosen_by_name():
@@ -164,20 +164,20 @@ def test_a_tokenizers_named_templates_without_a_default_are_listed_and_chosen_by
     tok.chat_template = {"chatml": TEMPLATE, "tool_use": "{{ raise_exception('tools') }}"}
     with pytest.raises(ConfigError, match=r"has chat templates named chatml, tool_use but none named 'default'; "
                                           r"choose one with data.template \(e.g. data.template=chatml\)"):
-        chat.resolve_template(tok, None)  # was: 'the model's tokenizer has no chat template'
-    assert chat.resolve_template(tok, "chatml") == TEMPLATE
+        templates.resolve_template(tok, None)  # was: 'the model's tokenizer has no chat template'
+    assert templates.resolve_template(tok, "chatml") == TEMPLATE
     tok.chat_template = {"default": TEMPLATE, "tool_use": "x"}
-    assert chat.resolve_template(tok, None) == TEMPLATE
+    assert templates.resolve_template(tok, None) == TEMPLATE
 
 
 def test_a_system_prompt_the_template_refuses_names_the_setting_not_a_row():
     tok = tiny_tokenizer()
     no_system = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
                  "{% endif %}" + TEMPLATE)
-    assert chat.resolve_template(tok, no_system) == no_system
+    assert templates.resolve_template(tok, no_system) == no_system
     with pytest.raises(ConfigError, match=r"^data.system_prompt: the chat template refuses a system message \(System "
                                           r"role not supported\); unset data.system_prompt"):
-        chat.resolve_template(tok, no_system, "be brief .")  # was: 'row 1: ... fix or remove the row'
+        templates.resolve_template(tok, no_system, "be brief .")  # was: 'row 1: ... fix or remove the row'
 
 
 def test_preparing_with_a_system_prompt_the_template_refuses_names_the_setting(tmp_path):
@@ -377,10 +377,10 @@ def test_a_system_prompt_the_template_moves_once_the_reply_follows_is_refused_at
              "{% if loop.last and sys %}{{ sys + ' ' }}{% endif %}{{ m['content'] + '<|end|>' }}"
              "{% else %}{{ '<|assistant|>' + m['content'] + '<|end|>' }}{% endif %}{% endfor %}"
              "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
-    assert chat.resolve_template(tok, folds) == folds
+    assert templates.resolve_template(tok, folds) == folds
     with pytest.raises(ConfigError, match=r"^data.system_prompt: with a system message, the chat template's "
                                           r"generation prompt .* \(the prompt goes on 'be brief \. hi"):
-        chat.resolve_template(tok, folds, "be brief .")
+        templates.resolve_template(tok, folds, "be brief .")
 
 
 @pytest.mark.parametrize("start", ["", "\n", "  ", "\n\n  "])
@@ -390,5 +390,5 @@ def test_a_system_prompt_put_into_a_template_renders_as_the_run_prompted(start):
     tok = tiny_tokenizer()
     template = start + TEMPLATE
     asked = [{"role": "user", "content": "say yes"}]
-    as_run = chat.render(tok, template, [{"role": "system", "content": 'be "brief" %} .'}] + asked, True)
-    assert chat.render(tok, chat.with_system(template, 'be "brief" %} .'), asked, True) == as_run
+    as_run = templates.render(tok, template, [{"role": "system", "content": 'be "brief" %} .'}] + asked, True)
+    assert templates.render(tok, templates.with_system(template, 'be "brief" %} .'), asked, True) == as_run

@@ -8,7 +8,7 @@ import pytest
 from lm_helpers import tiny_tokenizer
 from tuneforge.data.dataset import prepare
 from tuneforge.config import ConfigError, DataConfig, load_config
-from tuneforge.data import chat, layouts
+from tuneforge.data import chat, layouts, templates
 from tuneforge.tasks import causal_lm
 
 OPENAI = [{"role": "system", "content": "you are a bot"}, {"role": "user", "content": "hi"},
@@ -38,7 +38,7 @@ LAYOUTS = {  # name -> a record holding OPENAI in another layout
 
 def _encode(messages):
     tok = tiny_tokenizer()
-    return chat.encode_conversations([messages], tok, chat.resolve_template(tok, None), 64, ["row 1"])[0]
+    return chat.encode_conversations([messages], tok, templates.resolve_template(tok, None), 64, ["row 1"])[0]
 
 
 @pytest.mark.parametrize("name", LAYOUTS)

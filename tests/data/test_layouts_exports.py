@@ -4,7 +4,7 @@ import pytest
 
 from lm_helpers import tiny_tokenizer
 from tuneforge.config import ConfigError, DataConfig, load_config
-from tuneforge.data import chat, layouts
+from tuneforge.data import chat, layouts, templates
 from tuneforge.tasks import causal_lm
 
 IGNORE = chat.IGNORE
@@ -13,7 +13,7 @@ IGNORE = chat.IGNORE
 def _trained(messages):
     """The token ids that train in ``messages`` encoded with the tiny chat template."""
     tok = tiny_tokenizer()
-    (ex,) = chat.encode_conversations([messages], tok, chat.resolve_template(tok, None), 64, ["row 1"])
+    (ex,) = chat.encode_conversations([messages], tok, templates.resolve_template(tok, None), 64, ["row 1"])
     return tok.decode([y for y in ex["labels"] if y != IGNORE])
 
 

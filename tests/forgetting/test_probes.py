@@ -8,7 +8,7 @@ import torch
 
 from lm_helpers import model_folder, write_pairs
 from tuneforge import tasks
-from tuneforge.data import chat
+from tuneforge.data import chat, templates
 from tuneforge.data.dataset import normalise, prepare
 from tuneforge.forgetting import pipeline, probes
 from tuneforge.models import autocast, load_pretrained, load_tokenizer, store_frozen_in_bf16
@@ -37,7 +37,7 @@ def test_own_answers_probe_is_the_perplexity_of_the_models_greedy_answers(setup)
     cfg = resolve_config({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "max_length": 64}})  # no truncation
     probe = probes.own_answers_probe(model, cfg, task, tok, rt, data.meta)
     prompts = probes.general_prompts(12, cfg.data.seed)
-    template = chat.resolve_template(tok, None)
+    template = templates.resolve_template(tok, None)
     total, count, cut = 0.0, 0, 0
     with torch.no_grad():
         for p in prompts:  # direct: greedy answer with generate, then the HF loss of the answer tokens

@@ -13,7 +13,7 @@ from conftest import tiny_causal_lm
 from lm_helpers import QA, model_folder, single_thread, tiny_tokenizer, write_pairs
 from tuneforge import cli
 from tuneforge.config import ConfigError, load_config
-from tuneforge.data import chat
+from tuneforge.data import chat, templates
 from tuneforge.generate import Sampling, generate_ids
 from tuneforge.models import load_tokenizer
 from tuneforge.tasks import Runtime, causal_lm, get
@@ -28,7 +28,7 @@ def one_thread():
 
 
 def _batch(tok, max_length=64):
-    template = chat.resolve_template(tok, None)
+    template = templates.resolve_template(tok, None)
     convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QA[:5]]
     examples = chat.encode_conversations(convs, tok, template, max_length, ["r"] * len(convs))
     from tuneforge.data.batching import collate
@@ -221,7 +221,7 @@ def test_tokenizer_without_pad_token_falls_back_to_eos(tmp_path):
     out = train(cfg, progress=False)
     assert out.metrics["test_after"]["loss"] < out.metrics["test_before"]["loss"]
     run = load(out.run_dir, "cpu")
-    assert run.tokenizer.chat_template == chat.TEMPLATES["alpaca"]  # the named template travels with the run
+    assert run.tokenizer.chat_template == templates.TEMPLATES["alpaca"]  # the named template travels with the run
     assert len(run.generate(["say yes", "what is the capital of france ?"], max_new_tokens=3)) == 2
 
 

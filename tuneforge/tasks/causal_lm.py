@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from tuneforge import assets, fast
 from tuneforge.checkpoint import atomic_write_text
 from tuneforge.config import ConfigError, RunConfig
-from tuneforge.data import chat, layouts
+from tuneforge.data import chat, layouts, templates
 from tuneforge.data.batching import batch_order, collate, collate_packed, iterate, without_positions
 from tuneforge.data.readers import place, read_records
 from tuneforge.evaluate import bleu, perplexity, rouge_l
@@ -85,7 +85,7 @@ def _refuse_encoder_decoder(path: str | Path, cfg: RunConfig) -> None:
 
 
 def _template(tokenizer: PreTrainedTokenizerBase, meta: dict[str, Any]) -> str:
-    return meta.get("chat_template") or chat.resolve_template(tokenizer, None)
+    return meta.get("chat_template") or templates.resolve_template(tokenizer, None)
 
 
 class Task:
@@ -147,7 +147,7 @@ class Task:
         _refuse_encoder_decoder(assets.resolve_model(cfg.model.name), cfg)  # before the data's chat template
         d = cfg.data
         fmt = layouts.one_layout([(records[k], where[k]) for k in records], d)
-        template = chat.resolve_template(tokenizer, d.template, d.system_prompt) if fmt != "text" else None
+        template = templates.resolve_template(tokenizer, d.template, d.system_prompt) if fmt != "text" else None
         meta = {"format": fmt, "chat_template": template if d.template else None}
         self.setup_tokenizer(tokenizer, cfg, meta)
         enc = {k: self.encode(records[k], cfg, tokenizer, meta, where[k]) for k in ("train", "validation", "test")}
