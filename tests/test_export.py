@@ -197,3 +197,19 @@ def test_a_merge_keeps_the_base_models_dtype_unless_told(tmp_path, capsys):
                                _logits(load(run_dir, "cpu").model), **TOL)
     assert cli.main(["export", str(run_dir), str(tmp_path / "peft"), "--dtype", "float16"]) == 2
     assert "--dtype applies to merged models" in capsys.readouterr().err and not (tmp_path / "peft").exists()
+
+
+def test_a_full_run_whose_base_model_is_gone_merges_in_float32_with_a_note(tmp_path, capsys):
+    """A full run loads without its base folder; merging read the base config for its dtype and failed."""
+    folder = model_folder(tmp_path / "llama", "llama")
+    cfg = {"model": {"name": str(folder), "task": "causal_lm", "max_length": 32}, "method": {"name": "full"},
+           "data": {"dataset": str(write_pairs(tmp_path / "pairs.jsonl", repeat=2))},
+           "train": {"max_steps": 1, "batch_size": 8, "precision": "fp32"},
+           "eval": {"before": False, "generate_samples": 0}, "output_dir": str(tmp_path / "run")}
+    run_dir = train(cfg, progress=False).run_dir
+    folder.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert cli.main(["merge", str(run_dir), str(tmp_path / "merged")]) == 0
+    assert "note: the base model's config cannot be read, so the merged weights are saved in float32" in \
+        capsys.readouterr().err
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["dtype"] == "float32"

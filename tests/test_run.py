@@ -226,8 +226,10 @@ def test_interrupted_run_resumes_to_the_same_result(bert_dir, data_csv, tmp_path
         train(cfg(tmp_path / "crashed"), progress=False)
     monkeypatch.setattr(training_state, "save_training_state", original)
     assert (tmp_path / "crashed" / checkpoint.RESUME).is_file()
-    with pytest.raises(ConfigError, match="resume continues a run with its own config; give no overrides"):
+    with pytest.raises(ConfigError, match="resume continues a run with its own config; give no other config or overrides"):
         train({}, ["train.lr=0.5"], resume=tmp_path / "crashed", progress=False)  # was applied, yet not to the optimizer
+    with pytest.raises(ConfigError, match="resume continues a run with its own config"):
+        train({"train": {"lr": 0.5}}, resume=tmp_path / "crashed", progress=False)  # was ignored in silence
     resumed = train({}, resume=tmp_path / "crashed", progress=False)
     a, b = load_file(straight.run_dir / "trainable.safetensors"), load_file(resumed.run_dir / "trainable.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -246,7 +246,7 @@ def _main(argv: list[str] | None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit either
         return 1
     except KeyboardInterrupt as exc:
-        fail(interrupts.stopped(exc, args.command))
+        fail(interrupts.stopped(exc, args.command, getattr(args, "resume", None)))
         return interrupts.status(exc)
     except OSError as exc:  # a path the user gave cannot be written (read-only, a file where a folder goes, full)
         if exc.filename is None or exc.errno not in PATH_ERRORS:

@@ -42,13 +42,16 @@ def status(exc: KeyboardInterrupt) -> int:
     return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
 
-def stopped(exc: KeyboardInterrupt, command: str | None) -> str:
-    """What an interrupted or terminated command says; for ``train``, whether and how its run resumes."""
+def stopped(exc: KeyboardInterrupt, command: str | None, resume: str | None = None) -> str:
+    """What an interrupted or terminated command says; for ``train``, whether and how its run (``resume``: the
+    one it was continuing) resumes."""
     word = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-    resume_check = sys.modules.get("tuneforge.resume_check")  # not imported: no run was started
+    resume_check = sys.modules.get("tuneforge.resume_check")  # not imported: no run was started here
     run = resume_check.current_run() if command == "train" and resume_check is not None else None
     if command != "train":
         return word
+    if run is None and resume is not None:
+        return f"{word}; `tuneforge train --resume {resume}` continues from the run's last checkpoint"
     if run is None:
         return f"{word} before training started; nothing was kept"
     if resume_check.finished(run):

@@ -254,7 +254,13 @@ class Run:
             raise ConfigError(f"--dtype: unknown dtype '{dtype}'; choose {', '.join(DTYPES)}")
         if dtype != "auto":
             return DTYPES[dtype]
-        config = pretrained_config(assets.resolve_model(self.cfg.model.name))
+        try:
+            config = pretrained_config(assets.resolve_model(self.cfg.model.name), self.cfg.model.trust_remote_code)
+        except ConfigError:  # a full run loads without its base model, which may be gone
+            config = None
+        if config is None:
+            print("note: the base model's config cannot be read, so the merged weights are saved in float32 "
+                  "(--dtype chooses)", file=sys.stderr)
         named = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
         return DTYPES.get(str(named).removeprefix("torch."), torch.float32)
 

@@ -49,12 +49,12 @@ def refuse_edited(run_dir: Path, then: str | None, now: str) -> None:
     """One line where config.yaml (``now``) differs in a setting from the one the checkpoint was written with
     (``then``; None: checkpoints from before 2026-12-07). Comments, layout, spellings of one value (``5e-3``)
     and defaults written out or left out are not edits."""
-    if then is None:
-        return
+    if then is None or _raw(now) is None:
+        return  # not a config at all: said when it is loaded
     old, new = _settings(then), _settings(now)
     if old is not None and old == new:
         return
-    old, new = _flat(old if old is not None else _raw(then)), _flat(new if new is not None else _raw(now))
+    old, new = _flat(old if old is not None else _raw(then) or {}), _flat(new if new is not None else _raw(now))
     changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k, "(unset)") != new.get(k, "(unset)")]
     if not changed:
         return
@@ -66,18 +66,20 @@ def refuse_edited(run_dir: Path, then: str | None, now: str) -> None:
 
 def _settings(text: str) -> dict[str, Any] | None:
     """The config ``text`` holds, every default filled in; None where it does not load (said when loaded)."""
+    raw = _raw(text)
     try:
-        return load_config(None, _raw(text)).to_dict()
-    except (ConfigError, TypeError, ValueError, yaml.YAMLError):
+        return load_config(None, raw).to_dict() if raw is not None else None
+    except (ConfigError, TypeError, ValueError):
         return None
 
 
-def _raw(text: str) -> dict[str, Any]:
+def _raw(text: str) -> dict[str, Any] | None:
+    """The mapping ``text`` holds, or None (not YAML, or not a mapping)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, dict) else {}
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

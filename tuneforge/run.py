@@ -211,8 +211,8 @@ def _plan(cfg: Any, overrides: list[str] | None, overwrite: bool, resume: str | 
         if not str(resume).strip():
             raise ConfigError(f"--resume needs the run directory to continue (the one `train` wrote), got "
                               f"{str(resume)!r}")
-        if overrides:  # they would not apply to the saved optimizer and schedule, yet config.yaml would claim them
-            raise ConfigError("resume continues a run with its own config; give no overrides")
+        if overrides or cfg:  # would not apply to the saved optimizer and schedule, yet config.yaml would claim them
+            raise ConfigError("resume continues a run with its own config; give no other config or overrides")
         cfg = checkpoint.resume_config(output_folder(resume))
     cfg = resolve_config(cfg, overrides)
     task = tasks.get(cfg.model.task)

@@ -392,3 +392,17 @@ def test_a_system_prompt_put_into_a_template_renders_as_the_run_prompted(start):
     asked = [{"role": "user", "content": "say yes"}]
     as_run = templates.render(tok, template, [{"role": "system", "content": 'be "brief" %} .'}] + asked, True)
     assert templates.render(tok, templates.with_system(template, 'be "brief" %} .'), asked, True) == as_run
+
+
+def test_a_template_broken_without_a_system_prompt_is_not_blamed_on_it():
+    tok = tiny_tokenizer()
+    broken = TEMPLATE.replace("{{ '<|assistant|>' }}", "{{ '<|assistant|> why' }}")  # prompt != rendered reply
+    assert templates.resolve_template(tok, broken, "be brief .") == broken  # each row says what is wrong
+
+
+def test_the_mark_after_a_reply_is_a_special_token_never_unknown_or_padding():
+    tok = tiny_tokenizer()
+    assert templates.reply_end_id(tok, TEMPLATE) == tok.convert_tokens_to_ids("<|end|>")
+    for after in ["' zzz '", "'<pad>'"]:  # an unknown word; the padding token
+        template = TEMPLATE.replace("m['content'] + '<|end|>'", f"m['content'] + {after}")
+        assert template != TEMPLATE and templates.reply_end_id(tok, template) is None

@@ -274,5 +274,10 @@ def test_a_reasoning_block_before_the_answer_is_not_scored(trained, monkeypatch)
     monkeypatch.setattr(generate, "answer_text", lambda tok, ids: "<think>\n\n</think>\n\n" + answer_text(tok, ids))
     thinking = run.evaluate()
     assert (thinking["bleu"], thinking["rouge_l"]) == (plain["bleu"], plain["rouge_l"])
+    from tuneforge.data import chat  # reasoning traces in the references (distilled R1 data) are not scored either
+    split = chat.split_reference
+    monkeypatch.setattr(chat, "split_reference", lambda c: (split(c)[0], "<think>sum</think>" + split(c)[1]))
+    both = run.evaluate()
+    assert (both["bleu"], both["rouge_l"]) == (plain["bleu"], plain["rouge_l"])
     assert generate.without_reasoning("<think>\nsum it\n</think>\n\ntwo .") == "two ."
     assert generate.without_reasoning("<think> cut short by max_new_tokens") == "<think> cut short by max_new_tokens"

@@ -67,6 +67,10 @@ def resolve_template(tokenizer: PreTrainedTokenizerBase, name: str | None, syste
                               f"({str(exc).splitlines()[0]}); unset data.system_prompt or name a template that "
                               "takes one with data.template") from None
         try:  # Mistral v0.3's folds it into the last user message only: gone once the reply follows
+            pieces(tokenizer, template, probe[1:])
+        except ConfigError:
+            return template  # refused without it too: each row says so
+        try:
             pieces(tokenizer, template, probe)
         except ConfigError as exc:
             raise ConfigError(f"data.system_prompt: with a system message, {exc}") from None
@@ -153,7 +157,9 @@ def reply_end_id(tokenizer: PreTrainedTokenizerBase, template: str) -> int | Non
         return None
     at = text.rfind("hello")
     ids = tokenizer(text[at + len("hello"):], add_special_tokens=False)["input_ids"] if at != -1 else []
-    return ids[0] if ids and ids[0] in set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder) else None
+    marks = (set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)) - {tokenizer.unk_token_id,
+                                                                                     tokenizer.pad_token_id}
+    return ids[0] if ids and ids[0] in marks else None
 
 
 def with_system(template: str, system: str) -> str:

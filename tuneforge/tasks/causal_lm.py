@@ -274,9 +274,10 @@ class Task:
         ids = [chat.prompt_ids(tokenizer, template, p, cfg.model.max_length) for p in prompts]
         outputs = generate_ids(model, tokenizer, ids, rt, Sampling(max_new_tokens=cfg.eval.max_new_tokens),
                                cfg.eval.batch_size)
-        generated = [without_reasoning(answer_text(tokenizer, o)) for o in outputs]  # the answer is scored
+        generated = [answer_text(tokenizer, o) for o in outputs]
         samples = [{"prompt": next(m["content"] for m in reversed(p) if m["role"] == "user"),
                     "reference": ref, "generated": gen} for p, ref, gen in zip(prompts, references, generated)]
+        generated, references = ([without_reasoning(t) for t in texts] for texts in (generated, references))
         if run_dir is not None:
             path = Path(run_dir) / (f"samples_{tag}.jsonl" if tag else "samples.jsonl")
             atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
