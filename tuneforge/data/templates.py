@@ -98,7 +98,6 @@ def pieces(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dic
     continues. Also returns how many replies that kept from training."""
     messages = until_last_reply(messages)
     full = render(tokenizer, template, messages, False)
-    marks = [t.content for t in tokenizer.added_tokens_decoder.values()]
     out, cursor, unstable = [], 0, 0
     for k, m in enumerate(messages):
         if m["role"] != "assistant":
@@ -106,7 +105,7 @@ def pieces(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dic
         head = render(tokenizer, template, messages[:k], True)
         upto = render(tokenizer, template, messages[:k + 1], False)
         stable = full.startswith(head) and upto.startswith(head) and len(head) >= cursor
-        end = (len(upto) if full.startswith(upto) else _end_before_trailer(full, upto, len(head), marks)
+        end = (len(upto) if full.startswith(upto) else _end_before_trailer(full, upto, len(head), tokenizer)
                ) if stable else None
         if end is None:
             if k < len(messages) - 1:
@@ -126,15 +125,15 @@ def _differ(prompt: str, full: str) -> str:
     return f"the prompt goes on {prompt[at:at + 24]!r} where the conversation has {full[at:at + 24]!r}"
 
 
-def _end_before_trailer(full: str, upto: str, start: int, marks: list[str]) -> int | None:
+def _end_before_trailer(full: str, upto: str, start: int, tokenizer: PreTrainedTokenizerBase) -> int | None:
     """Where a reply rendered from ``start`` ends in ``full`` when ``upto`` (the conversation rendered up to it)
     differs from ``full`` only by a trailer the template puts at the very end (Phi-3's end-of-text, OLMo's
-    end-of-text for its ``<|im_end|>``): the shared text, never cutting a special token (``marks``) in two;
-    None where the reply itself renders otherwise."""
+    end-of-text for its ``<|im_end|>``): the shared text, never cutting one of the tokenizer's added tokens in
+    two; None where the reply itself renders otherwise."""
     shared = len(os.path.commonprefix([full, upto]))
     if shared <= start or not full.endswith(upto[shared:]):
         return None
-    for mark in marks:
+    for mark in (t.content for t in tokenizer.added_tokens_decoder.values()):
         at = full.rfind(mark, 0, shared + len(mark) - 1)  # the last one starting before the cut
         if at != -1 and at < shared < at + len(mark):
             shared = at
