@@ -53,9 +53,8 @@ def _eos_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     ids = [ids] if isinstance(ids, int) else list(ids or [])
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
-    template = getattr(tokenizer, "chat_template", None)
-    template = template.get("default") if isinstance(template, dict) else template
-    end = templates.reply_end_id(tokenizer, template) if isinstance(template, str) else None
+    template = templates.own_template(tokenizer)
+    end = templates.reply_end_id(tokenizer, template) if template else None
     ids += [end] if end is not None else []
     vocab = model.get_input_embeddings().num_embeddings
     return sorted({i for i in ids if 0 <= i < vocab})

@@ -208,9 +208,8 @@ class Run:
         """The tokenizer as the run prompted with it: a chat run's ``data.system_prompt`` goes into the saved chat
         template for conversations without a system message (a pipeline on an export left it out)."""
         tok, system = self.tokenizer, self.cfg.data.system_prompt
-        template = getattr(tok, "chat_template", None)  # named templates: the run used 'default'
-        used = template.get("default") if isinstance(template, dict) else template
-        if not system or self.meta.get("format") not in ("chat", "pairs") or not isinstance(used, str):
+        template, used = getattr(tok, "chat_template", None), templates.own_template(tok)  # named: 'default' ran
+        if not system or self.meta.get("format") not in ("chat", "pairs") or used is None:
             tok.save_pretrained(folder)
             return
         wrapped = templates.with_system(used, system)

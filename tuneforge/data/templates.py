@@ -33,6 +33,13 @@ TEMPLATES = {
 }
 
 
+def own_template(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The tokenizer's chat template, or of its named templates the one named 'default' (None: neither)."""
+    own = getattr(tokenizer, "chat_template", None)
+    own = own.get("default") if isinstance(own, dict) else own
+    return own if isinstance(own, str) and own else None
+
+
 def resolve_template(tokenizer: PreTrainedTokenizerBase, name: str | None, system: str | None = None) -> str:
     """The Jinja chat template to use: a named one (alpaca, plain, or one of the tokenizer's named templates), a
     .jinja file or inline Jinja from ``data.template``; else the tokenizer's own. A model with neither is a
@@ -53,7 +60,7 @@ def resolve_template(tokenizer: PreTrainedTokenizerBase, name: str | None, syste
         raise ConfigError(f"the model's tokenizer has chat templates named {', '.join(named)} but none named "
                           f"'default'; choose one with data.template (e.g. data.template={next(iter(named))})")
     else:
-        template = named.get("default") if named else own
+        template = own_template(tokenizer)
         if not template:
             raise ConfigError("the model's tokenizer has no chat template; name one with data.template "
                               f"({', '.join(TEMPLATES)}) or use data.format=text")
