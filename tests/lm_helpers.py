@@ -69,3 +69,32 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(n)
+
+
+def seq2seq_folder(path: Path, family: str = "t5") -> Path:
+    """Save a tiny random encoder-decoder (``t5`` or ``bart``) with its LM head + the tiny tokenizer (no chat
+    template) into ``path``; its special ids are the tokenizer's (T5 starts the decoder at padding, BART at EOS)."""
+    from transformers import AutoModelForSeq2SeqLM, BartConfig, T5Config
+
+    tok = tiny_tokenizer(template=False)
+    pad, eos = tok.pad_token_id, tok.eos_token_id
+    config = (T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                       initializer_factor=0.2, pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad)
+              if family == "t5" else
+              BartConfig(vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                         decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+                         init_std=0.2, pad_token_id=pad, eos_token_id=eos, bos_token_id=None,
+                         decoder_start_token_id=eos, forced_eos_token_id=None))
+    torch.manual_seed(0)
+    model = AutoModelForSeq2SeqLM.from_config(config)
+    for c in (model.config, model.generation_config):
+        c.pad_token_id, c.eos_token_id, c.decoder_start_token_id = pad, eos, config.decoder_start_token_id
+    return save_folder(path, model, tok)
+
+
+def write_sources(path: Path, repeat: int = 4) -> Path:
+    """JSONL of source/target pairs (``QA`` asked ``repeat`` ways, as :func:`write_pairs`)."""
+    prefixes = ["", "please ", "tell me ", "please tell me "][:repeat]
+    rows = [{"source": p + q, "target": a} for p in prefixes for q, a in QA]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="full | freeze | lora | ... (default lora)")
     p.add_argument("--model", help="embedded model name (minilm, smollm2), a local Hugging Face folder, or a Hub "
                    "id (owner/name) already in the local Hugging Face cache (nothing is downloaded)")
-    p.add_argument("--task", help="classification (default), causal_lm or token_classification")
+    p.add_argument("--task", help="classification (default), causal_lm, token_classification or seq2seq")
     p.add_argument("--data", help="embedded data set (rotten_tomatoes, imdb, chatterbot_topics, chatterbot, "
                    "chitchat, wnut16) or a .csv/.tsv/.jsonl/.json/.parquet (.conll/.txt/.bio for tagging) file")
     p.add_argument("--text-column", dest="text_column",
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides shared by every run")
     p.add_argument("-c", "--config", help="base YAML config shared by every run")
     p.add_argument("--methods", help="comma-separated methods (default: all, see `tuneforge methods`)")
-    p.add_argument("--task", help="classification (default), causal_lm or token_classification (sets model.task)")
+    p.add_argument("--task", help="classification (default), causal_lm, token_classification or seq2seq (sets model.task)")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR",
                    help="folder for comparison.md/.csv, plots and runs/<method>")
     p.add_argument("--overwrite", action="store_true", help="retrain every method, replacing earlier runs")

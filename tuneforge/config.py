@@ -19,7 +19,8 @@ __all__ = ["ConfigError", "build_dataclass", "positive", "RunConfig", "load_conf
 @dataclass
 class ModelConfig:
     name: str = "minilm"  # embedded model (minilm, smollm2), a local Hugging Face folder or a cached Hub id
-    task: Literal["classification", "causal_lm", "token_classification"] = "classification"  # what it learns to do
+    task: Literal["classification", "causal_lm", "token_classification", "seq2seq"] = "classification"  # what it learns
+    #   to do (seq2seq: an output text per input text, for encoder-decoders such as T5 and BART)
     max_length: int = 128  # tokens per example after truncation
     trust_remote_code: bool = False  # allow custom model code from the folder (off unless asked for)
 

@@ -13,7 +13,7 @@ import torch
 
 # How to pad each per-token field; fields not listed here are per-example scalars. Padding positions 0 makes
 # every padding token a sequence of its own (see ``collate``).
-PAD_FIELDS = {"input_ids": None, "labels": -100, "token_type_ids": 0, "position_ids": 0}
+PAD_FIELDS = {"input_ids": None, "decoder_input_ids": None, "labels": -100, "token_type_ids": 0, "position_ids": 0}
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,8 @@ def round_up(n: int, multiple: int, limit: int = 0) -> int:
 def collate(examples: list[dict[str, Any]], pad_id: int, multiple: int = 1, limit: int = 0
             ) -> dict[str, torch.Tensor]:
     """Right-pad per-token fields to the longest example, its length rounded up to ``multiple`` (not beyond
-    ``limit``; see ``Shapes``); build ``attention_mask``. Fields whose name starts
+    ``limit``; see ``Shapes``; a seq2seq example's ``labels``, the decoder's, to the longest output); build
+    ``attention_mask``. Fields whose name starts
     with ``_`` are the task's bookkeeping and stay out of the batch. Where some example has
     ``position_ids`` (a ``data.packing`` row) every one gets them; padding sits at position 0, so each padding
     token is a sequence of its own and the model (given no attention mask) keeps packed examples apart."""
@@ -120,7 +121,8 @@ def collate(examples: list[dict[str, Any]], pad_id: int, multiple: int = 1, limi
         values = [e[name] for e in examples]
         if isinstance(values[0], (list, tuple)):
             pad = pad_id if PAD_FIELDS.get(name, 0) is None else PAD_FIELDS.get(name, 0)
-            batch[name] = torch.tensor([list(v) + [pad] * (longest - len(v)) for v in values])  # (batch, seq)
+            width = round_up(max(map(len, values)), multiple, limit)  # longest, or a seq2seq output's own
+            batch[name] = torch.tensor([list(v) + [pad] * (width - len(v)) for v in values])  # (batch, seq)
         else:
             batch[name] = torch.tensor(values)  # (batch,)
     batch["attention_mask"] = torch.tensor(

@@ -18,6 +18,7 @@ TASKS = {
     "classification": "tuneforge.tasks.classification",
     "causal_lm": "tuneforge.tasks.causal_lm",
     "token_classification": "tuneforge.tasks.token_classification",
+    "seq2seq": "tuneforge.tasks.seq2seq",
 }
 
 Record = dict[str, Any]

@@ -1,0 +1,153 @@
+"""Seq2seq task (T5, BART): the loss is Hugging Face's, outputs end in EOS and are cut keeping it, decoder labels
+pad to their own length, training learns, predictions and exports reload, wrong models and rows are refused."""
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForSeq2SeqLM
+
+from lm_helpers import QA, model_folder, seq2seq_folder, single_thread, tiny_tokenizer, write_sources
+from tuneforge.config import ConfigError, load_config
+from tuneforge.data.batching import collate
+from tuneforge.data.dataset import prepare
+from tuneforge.models import load_tokenizer
+from tuneforge.run import load, train
+from tuneforge.tasks import Runtime, get, seq2seq
+
+CPU = Runtime(device=torch.device("cpu"), bf16=False, pad_id=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with single_thread():
+        yield
+
+
+def _cfg(tmp_path, folder, **extra):
+    data = {"model": {"name": str(folder), "task": "seq2seq", "max_length": 32},
+            "data": {"dataset": str(write_sources(tmp_path / "pairs.jsonl"))},
+            "method": {"name": "full"},
+            "train": {"epochs": 40, "batch_size": 8, "lr": 1e-2, "precision": "fp32", "log_every": 5},
+            "eval": {"generate_samples": 4, "max_new_tokens": 6}, "output_dir": str(tmp_path / "run")}
+    for section, values in extra.items():
+        data[section] = {**data.get(section, {}), **values}
+    return data
+
+
+def test_outputs_end_in_eos_and_a_cut_keeps_it():
+    tok = tiny_tokenizer(template=False)
+    eos = tok.eos_token_id
+    long = " ".join(["one"] * 40)
+    ex = seq2seq.encode_pairs([("say hello", "hello !"), (long, long)], tok, 8, start=7)
+    assert ex[0]["labels"] == tok("hello !")["input_ids"] + [eos] and "_cut" not in ex[0]
+    assert ex[0]["decoder_input_ids"] == [7] + ex[0]["labels"][:-1]  # teacher forcing: one place right
+    assert len(ex[1]["input_ids"]) == 8 and len(ex[1]["labels"]) == 8 and ex[1]["labels"][-1] == eos
+    assert ex[1]["_cut"]
+
+
+def test_decoder_labels_pad_to_their_own_length():
+    tok = tiny_tokenizer(template=False)
+    ex = seq2seq.encode_pairs([("what is the capital of france ?", "paris ."), ("say hi", "hi")], tok, 32, 1)
+    batch = collate(ex, tok.pad_token_id)
+    assert batch["input_ids"].shape == (2, 7) and batch["labels"].shape == (2, 3)
+    assert batch["labels"][1].tolist()[-1] == -100 and batch["decoder_input_ids"][1].tolist()[-1] == 1
+    assert batch["attention_mask"].sum().item() == 7 + 2
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_the_loss_is_hugging_faces_and_its_gradients(family, tmp_path):
+    """Summed over output tokens / their number = the model's own loss given ``labels`` (it shifts them itself),
+    gradients included: our teacher-forced decoder inputs are the model's."""
+    folder = seq2seq_folder(tmp_path / family, family)
+    cfg = load_config(None, _cfg(tmp_path, folder))
+    tok = load_tokenizer(folder)
+    start = seq2seq.decoder_start(folder, cfg)
+    pairs = [(q, a) for q, a in QA[:5]]
+    batch = collate(seq2seq.encode_pairs(pairs, tok, 32, start), tok.pad_token_id)
+    grads = []
+    for ours in (True, False):
+        model = AutoModelForSeq2SeqLM.from_pretrained(folder).train(False)
+        if ours:
+            loss = get("seq2seq").loss(model, batch) / get("seq2seq").units(batch)
+        else:
+            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         labels=batch["labels"]).loss
+        loss.backward()
+        grads.append((loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("seq2seq")
+    return train(_cfg(tmp_path, seq2seq_folder(tmp_path / "t5")), progress=False)
+
+
+def test_training_lowers_the_loss_and_answers_some_right(trained):
+    m = trained.metrics
+    assert m["task"] == "seq2seq"
+    assert m["test_after"]["loss"] < m["test_before"]["loss"] - 1.5
+    assert m["test_after"]["rouge_l"] > m["test_before"]["rouge_l"]
+    samples = [json.loads(line) for line in (trained.run_dir / "samples_after.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and set(samples[0]) == {"prompt", "reference", "generated"}
+    assert "test perplexity" in trained.table
+
+
+def test_predictions_reload_and_batch_like_single_inputs(trained):
+    run = load(trained.run_dir, "cpu")
+    texts = [q for q, _ in QA]
+    together = run.predict(texts)
+    assert [p["text"] for p in together] == texts
+    assert [p["output"] for p in together] == [run.predict([t])[0]["output"] for t in texts]  # padding changes none
+    assert sum(p["output"] == a for p, (_, a) in zip(together, QA)) >= 4  # 9 of 18 when written
+    with pytest.raises(ConfigError, match="generation needs a causal_lm run.*tuneforge predict RUN TEXT"):
+        run.generate(["say hi"])
+
+
+def test_merged_and_peft_exports_load_in_transformers(tmp_path):
+    cfg = _cfg(tmp_path, seq2seq_folder(tmp_path / "t5"), method={"name": "lora", "rank": 4},
+               train={"epochs": 2})
+    run = load(train(cfg, progress=False).run_dir, "cpu")
+    from tuneforge.export import export
+    tok = run.tokenizer
+    batch = collate(seq2seq.encode_pairs(QA[:3], tok, 32, run.meta["decoder_start"]), tok.pad_token_id)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "decoder_input_ids")}
+    with torch.no_grad():
+        ours = run.model.eval()(**inputs).logits
+        merged = AutoModelForSeq2SeqLM.from_pretrained(export(run, tmp_path / "merged", "merged")).eval()
+        torch.testing.assert_close(merged(**inputs).logits, ours, rtol=1e-4, atol=1e-4)
+        peft_dir = export(run, tmp_path / "peft", "peft")
+        config = json.loads((peft_dir / "adapter_config.json").read_text())
+        assert config["task_type"] == "SEQ_2_SEQ_LM"
+        base = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "t5")
+        theirs = PeftModel.from_pretrained(base, peft_dir).eval()
+        torch.testing.assert_close(theirs(**inputs).logits, ours, rtol=1e-4, atol=1e-4)
+
+
+def test_a_decoder_only_model_is_refused(tmp_path):
+    folder = model_folder(tmp_path / "llama")
+    cfg = load_config(None, _cfg(tmp_path, folder))
+    with pytest.raises(ConfigError, match=r"is not an encoder-decoder model \(llama\).*model.task=causal_lm"):
+        prepare(cfg, get("seq2seq"), load_tokenizer(folder))
+
+
+def test_rows_without_one_input_and_one_output_are_named(tmp_path):
+    task = get("seq2seq")
+    cfg = load_config(None, _cfg(tmp_path, tmp_path))
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                         {"role": "user", "content": "bye"}, {"role": "assistant", "content": "bye"}]}
+    assert "one output per input; this conversation has 4 messages" in task.row_problem(chat, cfg)
+    assert task.row_problem({"source": "hi", "target": ""}, cfg).startswith("empty answer")
+    text = load_config(None, _cfg(tmp_path, tmp_path, data={"format": "text"}))
+    assert "holds plain text only" in task.row_problem({"text": "hello"}, text)
+    sys_cfg = load_config(None, _cfg(tmp_path, tmp_path, data={"system_prompt": "answer:"}))
+    assert seq2seq.source_target({"source": "hi", "target": "yo"}, sys_cfg, "") == ("answer: hi", "yo")
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix"])
+def test_virtual_token_methods_are_refused_on_an_encoder_decoder(method, tmp_path):
+    cfg = _cfg(tmp_path, seq2seq_folder(tmp_path / "t5"), method={"name": method})
+    with pytest.raises(ConfigError, match="encoder-decoder"):
+        train(cfg, progress=False)

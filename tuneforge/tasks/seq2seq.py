@@ -1,0 +1,289 @@
+"""Sequence to sequence: input -> output pairs (summaries, translations, rewrites, answers) for encoder-decoder
+models (T5, BART, mBART, Pegasus, Marian ...). The encoder reads the input; the decoder learns the output
+(cross-entropy on its tokens, teacher-forced); perplexity, and BLEU / ROUGE-L of greedy outputs.
+
+The data layouts are the causal LM's input -> output pairs (``data/layouts.py``: ``source``/``target``,
+``document``/``summary``, ``instruction``/``output`` ... or ``data.text_column`` + ``data.label_column``) and
+one-exchange conversations. A system prompt (``data.system_prompt``, a row's ``system`` column or a leading
+system message) is written before the input, as T5's task prefixes are ("summarize: ...")."""
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+from transformers import AutoModelForSeq2SeqLM, GenerationConfig, PreTrainedTokenizerBase
+
+from tuneforge import assets
+from tuneforge.checkpoint import atomic_write_text
+from tuneforge.config import ConfigError, RunConfig
+from tuneforge.data import layouts
+from tuneforge.data.batching import batch_order, iterate
+from tuneforge.data.readers import place, read_records
+from tuneforge.evaluate import bleu, perplexity, rouge_l
+from tuneforge.models import autocast, load_pretrained, pretrained_config
+from tuneforge.tasks import Example, Prepared, Record, Runtime
+
+IGNORE = -100  # label of a padding position: no loss
+
+
+def source_target(record: Record, cfg: RunConfig, where: str) -> tuple[str, str]:
+    """The row's input (after its system prompt, if any) and the output to learn."""
+    item = layouts.to_messages(record, layouts.detect_format(set(record), cfg.data, where), cfg.data, where)
+    if isinstance(item, str):
+        raise ConfigError(f"{where}: a seq2seq row needs an input and an output; this one holds plain text only "
+                          "(give input/output columns: source/target, document/summary, instruction/output ..., or "
+                          "data.text_column + data.label_column)")
+    system = item[0]["content"] if item[0]["role"] == "system" else ""
+    turns = [m for m in item if m["role"] != "system"]
+    if len(turns) != 2:
+        raise ConfigError(f"{where}: seq2seq learns one output per input; this conversation has {len(turns)} "
+                          "messages (give one user message and its reply, or train a causal_lm model on it)")
+    return with_prefix(system, turns[0]["content"]), turns[1]["content"]
+
+
+def with_prefix(prefix: str, text: str) -> str:
+    """``text`` after a system prompt / task prefix, a space between them unless the prefix ends in one."""
+    return text if not prefix else prefix + ("" if prefix[-1].isspace() else " ") + text
+
+
+def encode_pairs(pairs: list[tuple[str, str]], tokenizer: PreTrainedTokenizerBase, max_length: int,
+                 start: int) -> list[Example]:
+    """Encoder ids of each input, decoder labels of its output and the decoder's teacher-forced inputs (the labels
+    one place right, behind the ``start`` token), each at most ``max_length`` tokens (the tokenizer's own special
+    tokens kept: a cut example is marked ``_cut``); an output always ends in the end-of-sequence token, so the
+    model learns where to stop."""
+    if not pairs:
+        return []
+    sources, targets = (list(t) for t in zip(*pairs))
+    src = tokenizer(sources)["input_ids"]
+    tgt = tokenizer(text_target=targets)["input_ids"]
+    eos = tokenizer.eos_token_id
+    out = []
+    for i, (s, t) in enumerate(zip(src, tgt)):
+        if eos is not None and (not t or t[-1] != eos):
+            t = t + [eos]
+        cut = len(s) > max_length or len(t) > max_length
+        if len(s) > max_length:  # cut by the tokenizer, which keeps its special tokens (T5's, BART's </s>)
+            s = tokenizer(sources[i], truncation=True, max_length=max_length)["input_ids"]
+        if len(t) > max_length:
+            t = t[:max_length - 1] + [t[-1]]  # the end-of-sequence token stays
+        out.append({"input_ids": s, "labels": t, "decoder_input_ids": [start] + t[:-1], **({"_cut": True} if cut else {})})
+    return out
+
+
+def decoder_start(path: str | Path, cfg: RunConfig) -> int:
+    """The token the model's decoder starts from (config.json, else generation_config.json)."""
+    start = pretrained_config(path, cfg.model.trust_remote_code).decoder_start_token_id
+    if start is None:
+        try:
+            start = GenerationConfig.from_pretrained(str(path)).decoder_start_token_id
+        except OSError:  # no generation_config.json
+            start = None
+    if start is None:
+        raise ConfigError(f"model: {path} names no decoder_start_token_id (in config.json or generation_config.json); "
+                          "its decoder cannot start without it: add it to config.json")
+    return int(start)
+
+
+def output_nll(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str = "sum") -> torch.Tensor:
+    """Cross-entropy (float32) of the output tokens given the input, teacher-forced."""
+    labels = batch["labels"]  # (batch, target)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   decoder_input_ids=batch["decoder_input_ids"], use_cache=False).logits  # (batch, target, vocab)
+    keep = labels != IGNORE  # (batch, target)
+    return nn.functional.cross_entropy(logits[keep].float(), labels[keep], reduction=reduction)
+
+
+@torch.no_grad()
+def generate_outputs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, inputs: list[list[int]], rt: Runtime,
+                     max_new_tokens: int, batch_size: int, progress: bool = False) -> list[str]:
+    """Greedy outputs for encoder inputs (token ids), inputs of similar length batched together; the model's
+    own generation settings otherwise (e.g. mBART's forced language token)."""
+    model.eval()
+    config = copy.deepcopy(model.generation_config)
+    config.update(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, max_length=None, min_length=0)
+    out: list[str] = [""] * len(inputs)
+    lengths = [len(x) for x in inputs]
+    order = batch_order(lengths, batch_size, 0, 0, shuffle=False, group_by_length=True)
+    for idx in tqdm(order, desc="generate", leave=False, disable=not progress):
+        longest = max(lengths[i] for i in idx)
+        ids = torch.tensor([inputs[i] + [rt.pad_id] * (longest - lengths[i]) for i in idx])  # (batch, seq)
+        mask = torch.tensor([[1] * lengths[i] + [0] * (longest - lengths[i]) for i in idx])  # (batch, seq)
+        with autocast(rt.device, rt.bf16):
+            result = model.generate(input_ids=ids.to(rt.device), attention_mask=mask.to(rt.device),
+                                    generation_config=config)  # (batch, 1 + new): the start token first
+        for row, i in enumerate(idx):
+            out[i] = tokenizer.decode(result[row].tolist(), skip_special_tokens=True).strip()
+    return out
+
+
+class Task:
+    name = "seq2seq"
+    metric = "loss"  # validation metric that picks the best checkpoint
+    greater_is_better = False
+    table_metrics = ("loss", "perplexity", "bleu", "rouge_l")
+    generates = False  # outputs come from `tuneforge predict`; chat and the own-answer probes are a causal LM's
+    peft_task_type = "SEQ_2_SEQ_LM"  # what PeftModel.from_pretrained builds around the base model
+    loss_unit = "token"
+    packs = False  # an encoder-decoder row holds one input
+    group_by_length = True  # by input length, as classification (less padding in the encoder)
+    auto_patience = 3  # as the causal LM's: a smooth validation loss, the best epoch kept either way
+
+    # -- data ---------------------------------------------------------------------------------------------
+    def read_source(self, path: str, cfg: RunConfig) -> list[Record]:
+        records = read_records(path)
+        layouts.note_unread(records, cfg.data, path)
+        return records
+
+    def required_columns(self, cfg: RunConfig) -> list[str]:
+        return []  # the layout is detected per row
+
+    def row_problem(self, record: Record, cfg: RunConfig) -> str | None:
+        try:
+            source_target(record, cfg, "")
+        except ConfigError as exc:
+            return str(exc).removeprefix(": ")
+        return None
+
+    def input_text(self, record: Record, cfg: RunConfig) -> str:
+        return source_target(record, cfg, "")[0]
+
+    def stratum(self, record: Record, cfg: RunConfig) -> str | None:
+        return None
+
+    def augment_columns(self, cfg: RunConfig) -> list[str]:
+        return []  # word-level edits of an input would teach an output for a text no one wrote
+
+    def setup_tokenizer(self, tokenizer: PreTrainedTokenizerBase, cfg: RunConfig, meta: dict[str, Any]) -> None:
+        pass
+
+    def prepare(self, cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, records: dict[str, list[Record]],
+                where: dict[str, list[str]]) -> Prepared:
+        """The layout (one for all splits) and the tokenised splits."""
+        path = assets.resolve_model(cfg.model.name)
+        _refuse_decoder_only(path, cfg)  # before any row is read
+        meta = {"layout": layouts.one_layout([(records[k], where[k]) for k in records], cfg.data),
+                "decoder_start": decoder_start(path, cfg)}
+        enc = {k: self.encode(records[k], cfg, tokenizer, meta, where[k]) for k in ("train", "validation", "test")}
+        return Prepared(train=enc["train"], validation=enc["validation"], test=enc["test"], meta=meta,
+                        raw_test=records["test"])
+
+    def encode(self, records: list[Record], cfg: RunConfig, tokenizer: PreTrainedTokenizerBase,
+               meta: dict[str, Any], where: list[str]) -> list[Example]:
+        return encode_pairs([source_target(r, cfg, w) for r, w in zip(records, where)], tokenizer,
+                            cfg.model.max_length, meta["decoder_start"])
+
+    def encode_any(self, records: list[Record], cfg: RunConfig, tokenizer: PreTrainedTokenizerBase,
+                   meta: dict[str, Any], where: list[str]) -> list[Example]:
+        return self.encode(records, cfg, tokenizer, meta, where)  # every row's layout is detected on its own
+
+    def source_meta(self, records: list[Record], cfg: RunConfig, meta: dict[str, Any], where: list[str]
+                    ) -> dict[str, Any]:
+        return {**meta, "layout": layouts.one_layout([(records, where)], cfg.data)} if records else meta
+
+    def pack(self, examples: list[Example], cfg: RunConfig, keep_apart: bool) -> list[Example]:
+        return examples
+
+    # -- model and loss -----------------------------------------------------------------------------------
+    def load_model(self, path: str | Path, cfg: RunConfig, meta: dict[str, Any], pad_id: int,
+                   device: torch.device) -> tuple[nn.Module, list[str]]:
+        """The pre-trained encoder-decoder with its LM head -> (model, freshly initialised module names)."""
+        _refuse_decoder_only(path, cfg)
+        model, fresh = load_pretrained(AutoModelForSeq2SeqLM, path, cfg.model.trust_remote_code)
+        if fresh:
+            print(f"warning: {path} holds no pre-trained {', '.join(fresh)}; it starts random and trains in full",
+                  file=sys.stderr)
+        c = model.config
+        if c.pad_token_id is None:
+            c.pad_token_id = pad_id
+        if c.decoder_start_token_id is None:  # some folders name it in the generation config only
+            c.decoder_start_token_id = meta.get("decoder_start", decoder_start(path, cfg))
+        return model, fresh
+
+    def packing_ok(self, model: nn.Module, examples: list[Example], rt: Runtime) -> bool:
+        return False  # each input has its own encoder row
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed cross-entropy over the output tokens of the batch."""
+        return output_nll(model, batch, reduction="sum")
+
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        return int((batch["labels"] != IGNORE).sum())
+
+    # -- evaluation and use ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, examples: list[Example], rt: Runtime, cfg: RunConfig,
+                 meta: dict[str, Any], progress: bool = False, tokenizer: PreTrainedTokenizerBase | None = None,
+                 raw: list[Record] | None = None, run_dir: Path | None = None, tag: str | None = None
+                 ) -> dict[str, Any]:
+        """Token-weighted loss and perplexity of the outputs; with ``raw`` and ``tokenizer`` also BLEU and ROUGE-L
+        of greedy outputs for up to ``eval.generate_samples`` test inputs (written to ``samples_{tag}.jsonl``)."""
+        if not examples:
+            return {}
+        model.eval()
+        lengths = [len(e["input_ids"]) for e in examples]
+        order = batch_order(lengths, cfg.eval.batch_size, 0, 0, shuffle=False, group_by_length=True)
+        total, count = 0.0, 0
+        for batch in tqdm(iterate(examples, order, rt.pad_id, shapes=rt.shapes), total=len(order), desc="evaluate",
+                          leave=False, disable=not progress):
+            batch = {k: v.to(rt.device) for k, v in batch.items()}
+            with autocast(rt.device, rt.bf16):
+                total += float(output_nll(model, batch))
+            count += self.units(batch)
+        loss = total / count
+        metrics: dict[str, Any] = {"loss": loss, "perplexity": perplexity(loss), "tokens": count}
+        if raw and tokenizer is not None and cfg.eval.generate_samples > 0:
+            records = raw[:cfg.eval.generate_samples]
+            pairs = [source_target(r, cfg, place("test split", i)) for i, r in enumerate(records)]
+            metrics.update(self._generation_metrics(model, pairs, rt, cfg, tokenizer, run_dir, tag, progress))
+        return metrics
+
+    def _generation_metrics(self, model: nn.Module, pairs: list[tuple[str, str]], rt: Runtime, cfg: RunConfig,
+                            tokenizer: PreTrainedTokenizerBase, run_dir: Path | None, tag: str | None,
+                            progress: bool) -> dict[str, Any]:
+        inputs = [e["input_ids"] for e in encode_pairs(pairs, tokenizer, cfg.model.max_length, 0)]
+        generated = generate_outputs(model, tokenizer, inputs, rt, cfg.eval.max_new_tokens, cfg.eval.batch_size,
+                                     progress)
+        references = [t for _, t in pairs]
+        samples = [{"prompt": s, "reference": r, "generated": g} for (s, _), r, g in zip(pairs, references, generated)]
+        if run_dir is not None:
+            path = Path(run_dir) / (f"samples_{tag}.jsonl" if tag else "samples.jsonl")
+            atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+        return {"bleu": bleu(generated, references), "rouge_l": rouge_l(generated, references),
+                "generated": len(samples), "samples": samples[:3]}
+
+    def predict(self, model: nn.Module, inputs: list[Any], rt: Runtime, cfg: RunConfig, meta: dict[str, Any],
+                tokenizer: Any) -> list[dict[str, Any]]:
+        """The output for each input text (greedy, at most ``eval.max_new_tokens`` tokens), after the run's
+        system prompt as in training."""
+        if any(isinstance(x, tuple) for x in inputs):
+            raise ConfigError("this seq2seq run takes one input text each: drop the second texts (--pair)")
+        pairs = [(with_prefix(cfg.data.system_prompt or "", x), "") for x in inputs]
+        ids = [e["input_ids"] for e in encode_pairs(pairs, tokenizer, cfg.model.max_length, 0)]  # inputs only
+        outputs = generate_outputs(model, tokenizer, ids, rt, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+        return [{"text": x, "output": o} for x, o in zip(inputs, outputs)]
+
+    def describe(self, prediction: dict[str, Any]) -> str:
+        return prediction["output"]
+
+    def default_probes(self, cfg: RunConfig) -> list[str]:
+        return ["reference"] if cfg.forgetting.reference else []
+
+    def default_reference(self, cfg: RunConfig) -> str | None:
+        return None
+
+
+def _refuse_decoder_only(path: str | Path, cfg: RunConfig) -> None:
+    """One line for a model without a decoder reading an encoder (BERT, Llama ...)."""
+    config = pretrained_config(path, cfg.model.trust_remote_code)
+    if not getattr(config, "is_encoder_decoder", False):
+        raise ConfigError(f"model: {cfg.model.name} is not an encoder-decoder model ({config.model_type}); the seq2seq "
+                          "task trains encoder-decoder models (T5, BART, mBART, Pegasus, Marian ...): give one with "
+                          "model.name, or train a decoder-only model (Llama, Qwen, SmolLM2 ...) on the same input -> "
+                          "output pairs with model.task=causal_lm")
