@@ -187,8 +187,8 @@ class ForgettingConfig:
     probe_examples: int = 200  # sentiment: Rotten Tomatoes test sentences classified zero-shot from a prompt
     probe_split: Literal["test", "validation"] = "test"  # which held-out side the probes measure: test (report)
     #   or validation (disjoint examples of the same sources; `tuneforge mitigate` chooses strengths on these)
-    previous_run: str | None = None  # classification, sequential: run dir of task 1; its merged backbone starts
-    #                                  this run and its own head + test split measure task 1 before/after
+    previous_run: str | None = None  # sequential: run dir of task 1; its merged backbone starts this run and its
+    #   own head + test split measure task 1 before/after (accuracy, entity F1, or perplexity for text outputs)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     regularize: RegularizeConfig = field(default_factory=RegularizeConfig)

@@ -201,3 +201,28 @@ def test_probes_beside_a_previous_run_are_refused(setup, probes):
     with pytest.raises(ConfigError, match=r"^forgetting.probes=\[.*\]: a sequential run \(forgetting.previous_run\) "
                                           r"measures forgetting on task 1's own test data; leave forgetting.probes out"):
         _task2(root, base, task1, f"probes-{probes[0]}", probes=probes)
+
+
+@pytest.mark.parametrize("task", ["causal_lm", "seq2seq"])
+def test_a_sequential_text_task_measures_task1s_perplexity(task, tmp_path):
+    """Task 1's test perplexity before and after task 2 (a task whose metric is its loss): it had looked up an
+    accuracy and stopped with a KeyError once task 1 was merged."""
+    import json
+
+    from lm_helpers import model_folder, seq2seq_folder, write_pairs, write_sources
+
+    folder = seq2seq_folder(tmp_path / "m", "t5") if task == "seq2seq" else model_folder(tmp_path / "m")
+    data = (write_sources if task == "seq2seq" else write_pairs)(tmp_path / "task1.jsonl")
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    answer = "target" if task == "seq2seq" else "output"
+    (tmp_path / "task2.jsonl").write_text("".join(json.dumps({**r, answer: "yes ."}) + "\n" for r in rows))
+    base = {"model": {"name": str(folder), "task": task, "max_length": 32}, "method": {"name": "lora", "rank": 4},
+            "train": {"epochs": 3, "batch_size": 8, "lr": 1e-2, "precision": "fp32"},
+            "eval": {"generate_samples": 0}}
+    task1 = train({**base, "data": {"dataset": str(data)}, "output_dir": str(tmp_path / "task1")}, progress=False)
+    task2 = train({**base, "data": {"dataset": str(tmp_path / "task2.jsonl")}, "output_dir": str(tmp_path / "task2"),
+                   "forgetting": {"previous_run": str(task1.run_dir)}}, progress=False)
+    f = task2.metrics["forgetting"]
+    assert f["metric"] == "perplexity" and f["unit"] == "%" and f["reference"].endswith("test perplexity")
+    assert f["before"] == pytest.approx(task1.metrics["test_after"]["perplexity"], rel=1e-4)  # task 1's merged model
+    assert f["after"] != f["before"]

@@ -114,7 +114,7 @@ def regularizers(cfg: RunConfig, model: nn.Module, pretrained: set[str], heads: 
         return (L2SP(model, g.strength, exclude=heads, pretrained=pretrained),)
     if probe is None:
         raise ConfigError("forgetting.regularize.kind=ewc needs reference data: set forgetting.reference "
-                          "(causal LM) or forgetting.previous_run (classification)")
+                          "or forgetting.previous_run (a sequential task 2)")
     if not probe.fisher_examples:
         raise ConfigError(f"forgetting.regularize.kind=ewc: no data to estimate the Fisher on ({probe.name}: "
                           "the reference set is too small to leave examples beside the measured ones)")

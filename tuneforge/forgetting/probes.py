@@ -2,8 +2,8 @@
 
 * reference perplexity (``forgetting.reference``; the embedded chat model defaults to held-out ``chitchat``
   conversations): perplexity of reference text that is not in training;
-* task 1 (``forgetting.previous_run``, sequential classification): task-1 accuracy of the current backbone
-  with task 1's own head, on task 1's test split.
+* task 1 (``forgetting.previous_run``, sequential tasks): task 1's metric (accuracy, entity F1; perplexity for
+  causal LM and seq2seq) of the current backbone with task 1's own head, on task 1's test split.
 
 ``forgetting.probe_split=validation`` measures every probe on held-out examples disjoint from the test-side
 ones (task 1's validation split, other reference rows, other general prompts, the sentiment validation
@@ -51,8 +51,10 @@ def mean_loss(task: Task, model: nn.Module, batch: dict[str, Any]) -> Any:
 
 
 def task1_probe(prev: Any, heads: list[str], rt: Runtime, split: str = "test") -> Probe:
-    """Task-1 accuracy of the current backbone with task 1's own head, on task 1's test (or validation) split
-    (EWC's Fisher: task 1's training split). ``prev`` is the reloaded task-1 run (``tuneforge.loaded.Run``)."""
+    """Task 1's metric (accuracy, entity F1; perplexity for a task that generates text) of the current backbone
+    with task 1's own head, on task 1's test (or validation) split (EWC's Fisher: task 1's training split).
+    ``prev`` is the reloaded task-1 run (``tuneforge.loaded.Run``)."""
+    metric = "perplexity" if "perplexity" in prev.task.table_metrics else prev.task.metric
     task1 = prev.prepared()
     examples = task1.validation if split == "validation" else task1.test
     if not examples:
@@ -70,13 +72,13 @@ def task1_probe(prev: Any, heads: list[str], rt: Runtime, split: str = "test") -
                 setattr(model, h, module)
 
     def measure(model: nn.Module) -> float:
-        return swapped(model, lambda: prev.task.evaluate(model, examples, rt, prev.cfg, prev.meta))["accuracy"]
+        return swapped(model, lambda: prev.task.evaluate(model, examples, rt, prev.cfg, prev.meta))[metric]
 
     def loss(model: nn.Module, batch: dict[str, Any]) -> Any:
         return swapped(model, lambda: mean_loss(prev.task, model, batch))
 
     name = prev.cfg.data.dataset if not prev.cfg.data.train_file else prev.cfg.data.train_file
-    return Probe(f"task 1 ({name}) {split} accuracy", "accuracy", measure, examples, loss, task1.train, set(), own)
+    return Probe(f"task 1 ({name}) {split} {metric}", metric, measure, examples, loss, task1.train, set(), own)
 
 
 def reference_probe(cfg: RunConfig, task: Task, tokenizer: Any, rt: Runtime, meta: dict[str, Any]) -> Probe | None:
