@@ -71,20 +71,35 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
+def ending(tok: PreTrainedTokenizerFast, suffix: str) -> PreTrainedTokenizerFast:
+    """``tok`` adding ``suffix`` (special tokens) after every text, as T5's tokenizer (``</s>``) and mBART-cc25's
+    target side (``</s> ro_RO``) do."""
+    from tokenizers.processors import TemplateProcessing
+
+    marks = [(t, tok.convert_tokens_to_ids(t)) for t in suffix.split()]
+    tok._tokenizer.post_processor = TemplateProcessing(single=f"$A {suffix}", special_tokens=marks)
+    return tok
+
+
 def seq2seq_folder(path: Path, family: str = "t5") -> Path:
-    """Save a tiny random encoder-decoder (``t5`` or ``bart``) with its LM head + the tiny tokenizer (no chat
-    template) into ``path``; its special ids are the tokenizer's (T5 starts the decoder at padding, BART at EOS)."""
-    from transformers import AutoModelForSeq2SeqLM, BartConfig, T5Config
+    """Save a tiny random encoder-decoder (``t5``, ``bart`` or ``mbart``) with its LM head + the tiny tokenizer (no
+    chat template) into ``path``; its special ids are the tokenizer's (T5 starts the decoder at padding, BART at
+    EOS; the mBART one's tokenizer ends every text in ``<|end|> <|system|>``, the second standing for mBART-cc25's
+    language code, which its decoder starts from in training whatever ``decoder_start_token_id`` says)."""
+    from transformers import AutoModelForSeq2SeqLM, BartConfig, MBartConfig, T5Config
 
     tok = tiny_tokenizer(template=False)
     pad, eos = tok.pad_token_id, tok.eos_token_id
-    config = (T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                       initializer_factor=0.2, pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad)
-              if family == "t5" else
-              BartConfig(vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                         decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
-                         init_std=0.2, pad_token_id=pad, eos_token_id=eos, bos_token_id=None,
-                         decoder_start_token_id=eos, forced_eos_token_id=None))
+    if family == "t5":
+        config = T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                          initializer_factor=0.2, pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad)
+    else:
+        sizes = dict(vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                     decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+                     init_std=0.2, pad_token_id=pad, eos_token_id=eos, bos_token_id=None, forced_eos_token_id=None)
+        config = (BartConfig if family == "bart" else MBartConfig)(**sizes, decoder_start_token_id=eos)
+        if family == "mbart":
+            tok = ending(tok, "<|end|> <|system|>")
     torch.manual_seed(0)
     model = AutoModelForSeq2SeqLM.from_config(config)
     for c in (model.config, model.generation_config):

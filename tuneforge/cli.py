@@ -87,15 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help=DEVICE)
     p.set_defaults(fn=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="label + probabilities for texts (arguments or stdin lines)",
+    p = sub.add_parser("predict", help="label + probabilities (entities, outputs) for texts (arguments or stdin lines)",
                        description="Label + probabilities for each TEXT (or each standard-input line). A "
                        "classifier trained on text pairs takes the second texts as --pair, one per TEXT in "
                        "order, or as tab-separated stdin lines (FIRST<TAB>SECOND). A token classifier (NER) prints the "
                        "entities found in each text, with their types and character offsets under --json; words "
-                       "are split at whitespace and punctuation, as NER data sets are.")
+                       "are split at whitespace and punctuation, as NER data sets are. A seq2seq run prints each "
+                       "text's output (greedy, at most the run's eval.max_new_tokens tokens).")
     p.add_argument("run_dir", help=RUN_DIR)
     p.add_argument("texts", nargs="*", metavar="TEXT", help=TEXTS)
     p.add_argument("--pair", action="append", metavar="SECOND", help="second text of a pair (repeat per TEXT)")
+    p.add_argument("--max-new-tokens", type=int, metavar="N",
+                   help="seq2seq: the longest output, in tokens (default: the run's eval.max_new_tokens)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--device", default="auto", help=DEVICE)
     p.set_defaults(fn=cmd_predict)

@@ -44,9 +44,9 @@ class DataConfig:
     stride: int | None = None  # token classification: tokens shared by consecutive windows of a sentence over
     #                            max_length; default: 32, or under half a window when max_length is short
     skip_invalid: bool = False  # leave out (and count) invalid rows instead of stopping with an error
-    format: Literal["auto", "pairs", "chat", "text"] = "auto"  # causal LM data layout
+    format: Literal["auto", "pairs", "chat", "text"] = "auto"  # causal LM / seq2seq data layout
     template: str | None = None  # causal LM chat template: alpaca | plain | one the tokenizer names | .jinja file | inline Jinja
-    system_prompt: str | None = None  # optional system message for chat-rendered prompts
+    system_prompt: str | None = None  # optional system message for chat-rendered prompts (seq2seq: before the input)
     packing: bool = False  # causal LM: concatenate short examples into rows of max_length (kept apart)
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train/validation/test fractions
     seed: int = 42  # seed of the split
@@ -129,8 +129,8 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = 64
     before: bool = True  # also evaluate the untrained model on the test split
-    generate_samples: int = 32  # causal LM: answers generated for BLEU/ROUGE
-    max_new_tokens: int = 48  # causal LM: generation length for evaluation
+    generate_samples: int = 32  # causal LM, seq2seq: answers generated for BLEU/ROUGE
+    max_new_tokens: int = 48  # causal LM, seq2seq: generation length for evaluation (seq2seq: and predict)
 
     def __post_init__(self) -> None:
         positive("eval.batch_size", self.batch_size)
@@ -179,7 +179,7 @@ PROBES = ("auto", "none", "reference", "own_answers", "sentiment", "sentiment_ca
 
 @dataclass
 class ForgettingConfig:
-    reference: str | None = None  # causal LM: data whose perplexity measures what the model knew ("none": off)
+    reference: str | None = None  # causal LM, seq2seq: data whose perplexity measures what the model knew ("none": off)
     reference_examples: int = 200  # how many reference examples to measure on
     probes: list[str] = field(default_factory=lambda: ["auto"])  # what the model knew, measured before and after:
     #   auto (the task's default), reference, own_answers, sentiment, sentiment_calibrated; [] or none: off

@@ -7,7 +7,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForSeq2SeqLM
 
-from lm_helpers import QA, model_folder, seq2seq_folder, single_thread, tiny_tokenizer, write_sources
+from lm_helpers import QA, ending, model_folder, seq2seq_folder, single_thread, tiny_tokenizer, write_sources
 from tuneforge.config import ConfigError, load_config
 from tuneforge.data.batching import collate
 from tuneforge.data.dataset import prepare
@@ -35,36 +35,70 @@ def _cfg(tmp_path, folder, **extra):
     return data
 
 
+def meta(tok, start=7, last_first=False):
+    return {"eos": tok.eos_token_id, "decoder_start": start, "last_first": last_first}
+
+
 def test_outputs_end_in_eos_and_a_cut_keeps_it():
     tok = tiny_tokenizer(template=False)
     eos = tok.eos_token_id
     long = " ".join(["one"] * 40)
-    ex = seq2seq.encode_pairs([("say hello", "hello !"), (long, long)], tok, 8, start=7)
+    ex = seq2seq.encode_pairs([("say hello", "hello !"), (long, long)], tok, 8, meta(tok))
     assert ex[0]["labels"] == tok("hello !")["input_ids"] + [eos] and "_cut" not in ex[0]
     assert ex[0]["decoder_input_ids"] == [7] + ex[0]["labels"][:-1]  # teacher forcing: one place right
     assert len(ex[1]["input_ids"]) == 8 and len(ex[1]["labels"]) == 8 and ex[1]["labels"][-1] == eos
     assert ex[1]["_cut"]
 
 
+@pytest.mark.parametrize("suffix", ["<|end|>", "<|end|> <|system|>"])
+def test_a_tokenizer_that_ends_outputs_itself_keeps_its_ending(suffix):
+    """No second end-of-sequence token, and a cut output keeps the tokenizer's ending (mBART-cc25's language code
+    after </s>, which its decoder starts from: ``last_first``)."""
+    tok = ending(tiny_tokenizer(template=False), suffix)
+    marks = tok.convert_tokens_to_ids(suffix.split())
+    last_first = len(marks) > 1
+    long = " ".join(["one"] * 40)
+    ex = seq2seq.encode_pairs([("say hello", "hello !"), (long, long)], tok, 8, meta(tok, 7, last_first))
+    words = tok("hello !", add_special_tokens=False)["input_ids"]
+    assert ex[0]["labels"] == words + marks
+    assert ex[0]["decoder_input_ids"] == [marks[-1] if last_first else 7] + ex[0]["labels"][:-1]
+    assert len(ex[1]["labels"]) == 8 and ex[1]["labels"][-len(marks):] == marks and ex[1]["_cut"]
+    assert ex[1]["input_ids"][-len(marks):] == marks and len(ex[1]["input_ids"]) == 8
+
+
 def test_decoder_labels_pad_to_their_own_length():
     tok = tiny_tokenizer(template=False)
-    ex = seq2seq.encode_pairs([("what is the capital of france ?", "paris ."), ("say hi", "hi")], tok, 32, 1)
+    ex = seq2seq.encode_pairs([("what is the capital of france ?", "paris ."), ("say hi", "hi")], tok, 32, meta(tok, 1))
     batch = collate(ex, tok.pad_token_id)
     assert batch["input_ids"].shape == (2, 7) and batch["labels"].shape == (2, 3)
     assert batch["labels"][1].tolist()[-1] == -100 and batch["decoder_input_ids"][1].tolist()[-1] == 1
     assert batch["attention_mask"].sum().item() == 7 + 2
 
 
-@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_the_models_end_of_sequence_token_stands_in_for_a_tokenizers(tmp_path):
+    folder = seq2seq_folder(tmp_path / "t5")
+    cfg = load_config(None, _cfg(tmp_path, folder))
+    tok = tiny_tokenizer(template=False)
+    eos = tok.eos_token_id
+    tok.eos_token = None
+    assert seq2seq.decoding(folder, cfg, tok) == {"eos": eos, "decoder_start": tok.pad_token_id, "last_first": False}
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "eos_token_id": None}))
+    (folder / "generation_config.json").unlink()
+    with pytest.raises(ConfigError, match="names no end-of-sequence token .* would never end"):
+        seq2seq.decoding(folder, cfg, tok)
+
+
+@pytest.mark.parametrize("family", ["t5", "bart", "mbart"])
 def test_the_loss_is_hugging_faces_and_its_gradients(family, tmp_path):
     """Summed over output tokens / their number = the model's own loss given ``labels`` (it shifts them itself),
-    gradients included: our teacher-forced decoder inputs are the model's."""
+    gradients included: our teacher-forced decoder inputs are the model's (mBART's start from the output's last
+    token, its language code)."""
     folder = seq2seq_folder(tmp_path / family, family)
     cfg = load_config(None, _cfg(tmp_path, folder))
     tok = load_tokenizer(folder)
-    start = seq2seq.decoder_start(folder, cfg)
     pairs = [(q, a) for q, a in QA[:5]]
-    batch = collate(seq2seq.encode_pairs(pairs, tok, 32, start), tok.pad_token_id)
+    batch = collate(seq2seq.encode_pairs(pairs, tok, 32, seq2seq.decoding(folder, cfg, tok)), tok.pad_token_id)
     grads = []
     for ours in (True, False):
         model = AutoModelForSeq2SeqLM.from_pretrained(folder).train(False)
@@ -95,15 +129,35 @@ def test_training_lowers_the_loss_and_answers_some_right(trained):
     assert "test perplexity" in trained.table
 
 
-def test_predictions_reload_and_batch_like_single_inputs(trained):
+def test_predictions_reload_and_batch_like_single_inputs(trained, capsys):
     run = load(trained.run_dir, "cpu")
     texts = [q for q, _ in QA]
     together = run.predict(texts)
     assert [p["text"] for p in together] == texts
     assert [p["output"] for p in together] == [run.predict([t])[0]["output"] for t in texts]  # padding changes none
     assert sum(p["output"] == a for p, (_, a) in zip(together, QA)) >= 4  # 9 of 18 when written
+    capsys.readouterr()
+    long = run.predict([" ".join(["please"] * 40) + " say hello", "say hello"])
+    assert len(long) == 2 and "note: 1 input(s) longer than model.max_length=32 tokens keep their first 32" in \
+        capsys.readouterr().err
     with pytest.raises(ConfigError, match="generation needs a causal_lm run.*tuneforge predict RUN TEXT"):
         run.generate(["say hi"])
+
+
+def test_the_cli_prints_each_output_and_takes_a_shorter_limit(trained, capsys):
+    from tuneforge import cli
+
+    texts = ["what is your name ?", "say hello"]
+    assert cli.main(["predict", str(trained.run_dir), *texts, "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows] == texts and all(set(r) == {"text", "output"} for r in rows)
+    assert cli.main(["predict", str(trained.run_dir), *texts, "--max-new-tokens", "1"]) == 0
+    short = capsys.readouterr().out.splitlines()
+    tok = load(trained.run_dir, "cpu").tokenizer
+    assert len(short) == 2 and all(len(tok(s, add_special_tokens=False)["input_ids"]) <= 1 for s in short)
+    assert any(len(tok(r["output"], add_special_tokens=False)["input_ids"]) > 1 for r in rows)
+    assert cli.main(["predict", str(trained.run_dir), "x", "--max-new-tokens", "0"]) == 2
+    assert "--max-new-tokens must be at least 1" in capsys.readouterr().err
 
 
 def test_merged_and_peft_exports_load_in_transformers(tmp_path):
@@ -112,7 +166,7 @@ def test_merged_and_peft_exports_load_in_transformers(tmp_path):
     run = load(train(cfg, progress=False).run_dir, "cpu")
     from tuneforge.export import export
     tok = run.tokenizer
-    batch = collate(seq2seq.encode_pairs(QA[:3], tok, 32, run.meta["decoder_start"]), tok.pad_token_id)
+    batch = collate(seq2seq.encode_pairs(QA[:3], tok, 32, run.meta), tok.pad_token_id)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "decoder_input_ids")}
     with torch.no_grad():
         ours = run.model.eval()(**inputs).logits

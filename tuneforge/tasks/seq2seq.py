@@ -52,43 +52,75 @@ def with_prefix(prefix: str, text: str) -> str:
     return text if not prefix else prefix + ("" if prefix[-1].isspace() else " ") + text
 
 
+# model types whose decoder starts from the output's last token (mBART-cc25's target language code), as their
+# Hugging Face ``shift_tokens_right`` does; the others start from ``decoder_start_token_id``
+LAST_TOKEN_FIRST = ("mbart", "plbart")
+
+
+def decoding(path: str | Path, cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """How the model's decoder reads and ends an output: ``decoder_start`` (config.json, else
+    generation_config.json), ``eos`` (the tokenizer's, else the model's) and ``last_first`` (see
+    ``LAST_TOKEN_FIRST``). Refused: a model that names no start token, or no end-of-sequence token (the outputs it
+    learned would never end)."""
+    config = pretrained_config(path, cfg.model.trust_remote_code)
+    try:
+        generation = GenerationConfig.from_pretrained(str(path))
+    except OSError:  # no generation_config.json
+        generation = None
+
+    def named(key: str) -> Any:
+        value = getattr(config, key, None)
+        value = value if value is not None else getattr(generation, key, None)
+        return value[0] if isinstance(value, list) and value else value
+
+    start, last_first = named("decoder_start_token_id"), config.model_type in LAST_TOKEN_FIRST
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else named("eos_token_id")
+    if start is None and not last_first:
+        raise ConfigError(f"model: {cfg.model.name} names no decoder_start_token_id (in config.json or "
+                          "generation_config.json); its decoder cannot start without it: add it to config.json")
+    if eos is None:
+        raise ConfigError(f"model: {cfg.model.name} names no end-of-sequence token (the tokenizer's eos_token, the "
+                          "config's eos_token_id), so the outputs it learns would never end: set eos_token in "
+                          "tokenizer_config.json")
+    return {"decoder_start": None if start is None else int(start), "eos": int(eos), "last_first": last_first}
+
+
 def encode_pairs(pairs: list[tuple[str, str]], tokenizer: PreTrainedTokenizerBase, max_length: int,
-                 start: int) -> list[Example]:
+                 meta: dict[str, Any]) -> list[Example]:
     """Encoder ids of each input, decoder labels of its output and the decoder's teacher-forced inputs (the labels
-    one place right, behind the ``start`` token), each at most ``max_length`` tokens (the tokenizer's own special
-    tokens kept: a cut example is marked ``_cut``); an output always ends in the end-of-sequence token, so the
-    model learns where to stop."""
+    one place right, behind the start token: see :func:`decoding`), each at most ``max_length`` tokens (cut by
+    the tokenizer, which keeps its special tokens; a cut example is marked ``_cut``). An output ends in the
+    end-of-sequence token (added where the tokenizer adds none), so the model learns where to stop."""
     if not pairs:
         return []
     sources, targets = (list(t) for t in zip(*pairs))
-    src = tokenizer(sources)["input_ids"]
+    src, long = encoder_ids(sources, tokenizer, max_length)
     tgt = tokenizer(text_target=targets)["input_ids"]
-    eos = tokenizer.eos_token_id
-    out = []
+    eos = meta["eos"]
+    out, long = [], set(long)
     for i, (s, t) in enumerate(zip(src, tgt)):
-        if eos is not None and (not t or t[-1] != eos):
-            t = t + [eos]
-        cut = len(s) > max_length or len(t) > max_length
-        if len(s) > max_length:  # cut by the tokenizer, which keeps its special tokens (T5's, BART's </s>)
-            s = tokenizer(sources[i], truncation=True, max_length=max_length)["input_ids"]
-        if len(t) > max_length:
-            t = t[:max_length - 1] + [t[-1]]  # the end-of-sequence token stays
-        out.append({"input_ids": s, "labels": t, "decoder_input_ids": [start] + t[:-1], **({"_cut": True} if cut else {})})
+        own = eos in t  # the tokenizer ends outputs itself (T5, BART; mBART-cc25 follows it with a language code)
+        cut = i in long or len(t) + (not own) > max_length
+        if own and len(t) > max_length:
+            t = tokenizer(text_target=targets[i], truncation=True, max_length=max_length)["input_ids"]
+        elif not own:
+            t = t[:max_length - 1] + [eos]
+        start = t[-1] if meta["last_first"] else meta["decoder_start"]
+        out.append({"input_ids": s, "labels": t, "decoder_input_ids": [start] + t[:-1],
+                    **({"_cut": True} if cut else {})})
     return out
 
 
-def decoder_start(path: str | Path, cfg: RunConfig) -> int:
-    """The token the model's decoder starts from (config.json, else generation_config.json)."""
-    start = pretrained_config(path, cfg.model.trust_remote_code).decoder_start_token_id
-    if start is None:
-        try:
-            start = GenerationConfig.from_pretrained(str(path)).decoder_start_token_id
-        except OSError:  # no generation_config.json
-            start = None
-    if start is None:
-        raise ConfigError(f"model: {path} names no decoder_start_token_id (in config.json or generation_config.json); "
-                          "its decoder cannot start without it: add it to config.json")
-    return int(start)
+def encoder_ids(texts: list[str], tokenizer: PreTrainedTokenizerBase, max_length: int
+                ) -> tuple[list[list[int]], list[int]]:
+    """The encoder's token ids of each input, one longer than ``max_length`` cut by the tokenizer (which keeps its
+    special tokens: T5's, BART's ``</s>``), and the indices of those cut."""
+    ids = tokenizer(texts)["input_ids"] if texts else []
+    long = [i for i, x in enumerate(ids) if len(x) > max_length]
+    if long:
+        for i, x in zip(long, tokenizer([texts[i] for i in long], truncation=True, max_length=max_length)["input_ids"]):
+            ids[i] = x
+    return ids, long
 
 
 def output_nll(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str = "sum") -> torch.Tensor:
@@ -169,7 +201,7 @@ class Task:
         path = assets.resolve_model(cfg.model.name)
         _refuse_decoder_only(path, cfg)  # before any row is read
         meta = {"layout": layouts.one_layout([(records[k], where[k]) for k in records], cfg.data),
-                "decoder_start": decoder_start(path, cfg)}
+                **decoding(path, cfg, tokenizer)}
         enc = {k: self.encode(records[k], cfg, tokenizer, meta, where[k]) for k in ("train", "validation", "test")}
         return Prepared(train=enc["train"], validation=enc["validation"], test=enc["test"], meta=meta,
                         raw_test=records["test"])
@@ -177,7 +209,7 @@ class Task:
     def encode(self, records: list[Record], cfg: RunConfig, tokenizer: PreTrainedTokenizerBase,
                meta: dict[str, Any], where: list[str]) -> list[Example]:
         return encode_pairs([source_target(r, cfg, w) for r, w in zip(records, where)], tokenizer,
-                            cfg.model.max_length, meta["decoder_start"])
+                            cfg.model.max_length, meta)
 
     def encode_any(self, records: list[Record], cfg: RunConfig, tokenizer: PreTrainedTokenizerBase,
                    meta: dict[str, Any], where: list[str]) -> list[Example]:
@@ -203,7 +235,7 @@ class Task:
         if c.pad_token_id is None:
             c.pad_token_id = pad_id
         if c.decoder_start_token_id is None:  # some folders name it in the generation config only
-            c.decoder_start_token_id = meta.get("decoder_start", decoder_start(path, cfg))
+            c.decoder_start_token_id = meta.get("decoder_start")
         return model, fresh
 
     def packing_ok(self, model: nn.Module, examples: list[Example], rt: Runtime) -> bool:
@@ -247,7 +279,7 @@ class Task:
     def _generation_metrics(self, model: nn.Module, pairs: list[tuple[str, str]], rt: Runtime, cfg: RunConfig,
                             tokenizer: PreTrainedTokenizerBase, run_dir: Path | None, tag: str | None,
                             progress: bool) -> dict[str, Any]:
-        inputs = [e["input_ids"] for e in encode_pairs(pairs, tokenizer, cfg.model.max_length, 0)]
+        inputs, _ = encoder_ids([x for x, _ in pairs], tokenizer, cfg.model.max_length)  # cuts: noted in training
         generated = generate_outputs(model, tokenizer, inputs, rt, cfg.eval.max_new_tokens, cfg.eval.batch_size,
                                      progress)
         references = [t for _, t in pairs]
@@ -264,8 +296,12 @@ class Task:
         system prompt as in training."""
         if any(isinstance(x, tuple) for x in inputs):
             raise ConfigError("this seq2seq run takes one input text each: drop the second texts (--pair)")
-        pairs = [(with_prefix(cfg.data.system_prompt or "", x), "") for x in inputs]
-        ids = [e["input_ids"] for e in encode_pairs(pairs, tokenizer, cfg.model.max_length, 0)]  # inputs only
+        ids, cut = encoder_ids([with_prefix(cfg.data.system_prompt or "", x) for x in inputs], tokenizer,
+                               cfg.model.max_length)
+        if cut:
+            n = cfg.model.max_length
+            print(f"note: {len(cut)} input(s) longer than model.max_length={n} tokens keep their first {n} (as in "
+                  "training)", file=sys.stderr)
         outputs = generate_outputs(model, tokenizer, ids, rt, cfg.eval.max_new_tokens, cfg.eval.batch_size)
         return [{"text": x, "output": o} for x, o in zip(inputs, outputs)]
 
