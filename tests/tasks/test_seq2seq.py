@@ -205,3 +205,29 @@ def test_virtual_token_methods_are_refused_on_an_encoder_decoder(method, tmp_pat
     cfg = _cfg(tmp_path, seq2seq_folder(tmp_path / "t5"), method={"name": method})
     with pytest.raises(ConfigError, match="encoder-decoder"):
         train(cfg, progress=False)
+
+
+@pytest.mark.parametrize("method", ["freeze", "adapter", "ia3", "bitfit"])
+def test_the_other_methods_train_both_stacks_and_merge(method, tmp_path):
+    """On BART (bias terms for BitFit): the loss falls; a merged export gives the run's logits and differs from the
+    base in the encoder's and the decoder's layers (freeze: its last two layers, the decoder's); the adapter,
+    which does not merge, is refused."""
+    from tuneforge.export import export
+
+    folder = seq2seq_folder(tmp_path / "bart", "bart")
+    cfg = _cfg(tmp_path, folder, method={"name": method}, train={"epochs": 3, "lr": 3e-2})
+    result = train(cfg, progress=False)
+    assert result.metrics["test_after"]["loss"] < result.metrics["test_before"]["loss"]
+    run = load(result.run_dir, "cpu")
+    if method == "adapter":
+        with pytest.raises(ConfigError, match="cannot be merged"):
+            export(run, tmp_path / "merged", "merged")
+        return
+    batch = collate(seq2seq.encode_pairs(QA[:3], run.tokenizer, 32, run.meta), run.tokenizer.pad_token_id)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "decoder_input_ids")}
+    merged = AutoModelForSeq2SeqLM.from_pretrained(export(run, tmp_path / "merged", "merged")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**inputs).logits, run.model.eval()(**inputs).logits, rtol=1e-4, atol=1e-4)
+    base = AutoModelForSeq2SeqLM.from_pretrained(folder).state_dict()
+    changed = {k.split(".")[1] for k, v in merged.state_dict().items() if ".layers." in k and not torch.equal(v, base[k])}
+    assert changed == ({"decoder"} if method == "freeze" else {"encoder", "decoder"})
