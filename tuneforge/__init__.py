@@ -2,7 +2,7 @@
 
 Methods: full, freeze, lora, adapter (Houlsby/Pfeiffer bottleneck adapters), prompt, p-tuning, prefix, ia3 and
 bitfit (``tuneforge.methods.registry``). Tasks: classification, causal_lm (instruction pairs, chat, plain
-text) and token_classification (named entities). ``tuneforge.finetune(config)`` trains (see
+text), token_classification (named entities) and seq2seq (input -> output pairs for encoder-decoders). ``tuneforge.finetune(config)`` trains (see
 :func:`tuneforge.run.train`); ``tuneforge.load(run_dir)`` reloads a run to predict, evaluate, generate or merge.
 """
 __version__ = "0.1.0"

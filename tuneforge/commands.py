@@ -62,6 +62,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         return fail(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     run = _load(args, "`tuneforge predict RUN TEXT...` (or texts on standard input, one a line)")
+    if args.max_new_tokens is not None and not run.task.predict_generates:
+        return fail(f"--max-new-tokens: a {run.task.name} run predicts without generating text; leave it out")
     if args.max_new_tokens is not None:
         run.cfg.eval.max_new_tokens = args.max_new_tokens  # this process's predictions only
     texts, pairs = list(args.texts), args.pair

@@ -137,8 +137,8 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
         runs[label] = run_dir, cfg.to_dict()
     if not has_probe(base, task):
         raise ConfigError("mitigate chooses by what each setting forgets, and these runs measure no forgetting: set "
-                          "forgetting.previous_run (a classifier: the run of its earlier task) or forgetting.probes "
-                          "(a causal LM: auto)")
+                          "forgetting.previous_run (the run of the earlier task: any task) or forgetting.probes (a "
+                          "causal LM: auto) or forgetting.reference")
     if overwrite:
         fresh_folder(out, overwrite, "comparison")
     else:
@@ -205,7 +205,7 @@ def check_fisher_data(cfg: RunConfig, task: Any) -> None:
     g = cfg.forgetting.regularize
     if g.kind == "ewc" and g.strength != 0 and not has_probe(cfg, task):
         raise ConfigError("forgetting.regularize.kind=ewc needs reference data: set forgetting.reference "
-                          "(causal LM) or forgetting.previous_run (classification)")
+                          "or forgetting.previous_run (a sequential task 2)")
 
 
 def _label(value: float) -> str:

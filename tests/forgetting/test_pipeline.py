@@ -225,4 +225,32 @@ def test_a_sequential_text_task_measures_task1s_perplexity(task, tmp_path):
     f = task2.metrics["forgetting"]
     assert f["metric"] == "perplexity" and f["unit"] == "%" and f["reference"].endswith("test perplexity")
     assert f["before"] == pytest.approx(task1.metrics["test_after"]["perplexity"], rel=1e-4)  # task 1's merged model
-    assert f["after"] != f["before"]
+    run = load(task2.run_dir, device="cpu")  # after: task 2's model on task 1's test rows
+    after = run.task.evaluate(run.model, load(task1.run_dir, device="cpu").prepared().test, run.rt, run.cfg, run.meta)
+    assert f["after"] == pytest.approx(after["perplexity"], rel=1e-4) and f["after"] != f["before"]
+
+
+def test_a_sequential_tagger_measures_task1s_entity_f1(tmp_path):
+    """Task 1's entity F1 (points) with its own head: it had looked up an accuracy (KeyError) as well."""
+    import random
+
+    def conll(path, kinds):
+        rng, lines = random.Random(str(path)), []
+        for _ in range(90):
+            words = [rng.choice(["the", "a", "film", "is", "w1", "w2", "w3"]) for _ in range(6)]
+            lines += [f"{w}\t{'B-' + kinds[w] if w in kinds else 'O'}" for w in words] + [""]
+        path.write_text("\n".join(lines) + "\n")
+        return str(path)
+
+    folder = model_dir(tmp_path / "bert", "bert", dropout=0.0)
+    base = {"model": {"name": str(folder), "task": "token_classification", "max_length": 16},
+            "method": {"name": "lora", "rank": 4}, "train": {"epochs": 3, "batch_size": 16, "lr": 1e-2,
+                                                             "precision": "fp32"}}
+    task1 = train({**base, "data": {"dataset": conll(tmp_path / "a.conll", {"w1": "per", "w2": "loc"})},
+                   "output_dir": str(tmp_path / "task1")}, progress=False)
+    task2 = train({**base, "data": {"dataset": conll(tmp_path / "b.conll", {"w3": "org"})},
+                   "forgetting": {"previous_run": str(task1.run_dir)}, "output_dir": str(tmp_path / "task2")},
+                  progress=False)
+    f = task2.metrics["forgetting"]
+    assert f["metric"] == "f1" and f["unit"] == "points" and f["reference"].endswith("test f1")
+    assert f["before"] == pytest.approx(task1.metrics["test_after"]["f1"], abs=1e-9) and f["before"] > 0.5

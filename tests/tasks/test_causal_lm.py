@@ -130,6 +130,8 @@ def test_evaluate_data_reads_a_file_of_another_layout(trained, tmp_path):
 def test_predict_on_a_causal_run_points_to_generate(trained, capsys):
     assert cli.main(["predict", str(trained.run_dir), "say yes"]) == 2
     assert "use `tuneforge generate RUN_DIR PROMPT...`" in capsys.readouterr().err
+    assert cli.main(["predict", str(trained.run_dir), "say yes", "--max-new-tokens", "4"]) == 2  # seq2seq's option
+    assert "--max-new-tokens: a causal_lm run predicts without generating text" in capsys.readouterr().err
 
 
 def test_cli_generate_and_chat(trained, capsys, monkeypatch):
@@ -257,7 +259,7 @@ def test_an_encoder_decoder_model_is_refused_not_cut_to_its_decoder(tmp_path):
     folder = save_folder(tmp_path / "bart", BartForConditionalGeneration(config), tiny_tokenizer(template=False))
     cfg = load_config(None, {"model": {"name": str(folder), "task": "causal_lm"},
                              "data": {"dataset": str(write_pairs(tmp_path / "pairs.jsonl"))}})
-    with pytest.raises(ConfigError, match="is an encoder-decoder model \\(bart\\).*drop its encoder"):
+    with pytest.raises(ConfigError, match=r"is an encoder-decoder model \(bart\).*drop its encoder.*model.task=seq2seq"):
         get("causal_lm").load_model(folder, cfg, {}, 0, torch.device("cpu"))
     with pytest.raises(ConfigError, match="is an encoder-decoder model"):  # not "no chat template" first
         prepare(cfg, get("causal_lm"), load_tokenizer(folder))

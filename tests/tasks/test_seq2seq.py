@@ -9,11 +9,12 @@ from transformers import AutoModelForSeq2SeqLM
 
 from lm_helpers import QA, ending, model_folder, seq2seq_folder, single_thread, tiny_tokenizer, write_sources
 from tuneforge.config import ConfigError, load_config
+from tuneforge.data import pairs
 from tuneforge.data.batching import collate
 from tuneforge.data.dataset import prepare
 from tuneforge.models import load_tokenizer
 from tuneforge.run import load, train
-from tuneforge.tasks import Runtime, get, seq2seq
+from tuneforge.tasks import Runtime, get
 
 CPU = Runtime(device=torch.device("cpu"), bf16=False, pad_id=1)
 
@@ -43,7 +44,7 @@ def test_outputs_end_in_eos_and_a_cut_keeps_it():
     tok = tiny_tokenizer(template=False)
     eos = tok.eos_token_id
     long = " ".join(["one"] * 40)
-    ex = seq2seq.encode_pairs([("say hello", "hello !"), (long, long)], tok, 8, meta(tok))
+    ex = pairs.encode_pairs([("say hello", "hello !"), (long, long)], tok, 8, meta(tok))
     assert ex[0]["labels"] == tok("hello !")["input_ids"] + [eos] and "_cut" not in ex[0]
     assert ex[0]["decoder_input_ids"] == [7] + ex[0]["labels"][:-1]  # teacher forcing: one place right
     assert len(ex[1]["input_ids"]) == 8 and len(ex[1]["labels"]) == 8 and ex[1]["labels"][-1] == eos
@@ -58,7 +59,7 @@ def test_a_tokenizer_that_ends_outputs_itself_keeps_its_ending(suffix):
     marks = tok.convert_tokens_to_ids(suffix.split())
     last_first = len(marks) > 1
     long = " ".join(["one"] * 40)
-    ex = seq2seq.encode_pairs([("say hello", "hello !"), (long, long)], tok, 8, meta(tok, 7, last_first))
+    ex = pairs.encode_pairs([("say hello", "hello !"), (long, long)], tok, 8, meta(tok, 7, last_first))
     words = tok("hello !", add_special_tokens=False)["input_ids"]
     assert ex[0]["labels"] == words + marks
     assert ex[0]["decoder_input_ids"] == [marks[-1] if last_first else 7] + ex[0]["labels"][:-1]
@@ -68,7 +69,7 @@ def test_a_tokenizer_that_ends_outputs_itself_keeps_its_ending(suffix):
 
 def test_decoder_labels_pad_to_their_own_length():
     tok = tiny_tokenizer(template=False)
-    ex = seq2seq.encode_pairs([("what is the capital of france ?", "paris ."), ("say hi", "hi")], tok, 32, meta(tok, 1))
+    ex = pairs.encode_pairs([("what is the capital of france ?", "paris ."), ("say hi", "hi")], tok, 32, meta(tok, 1))
     batch = collate(ex, tok.pad_token_id)
     assert batch["input_ids"].shape == (2, 7) and batch["labels"].shape == (2, 3)
     assert batch["labels"][1].tolist()[-1] == -100 and batch["decoder_input_ids"][1].tolist()[-1] == 1
@@ -81,12 +82,12 @@ def test_the_models_end_of_sequence_token_stands_in_for_a_tokenizers(tmp_path):
     tok = tiny_tokenizer(template=False)
     eos = tok.eos_token_id
     tok.eos_token = None
-    assert seq2seq.decoding(folder, cfg, tok) == {"eos": eos, "decoder_start": tok.pad_token_id, "last_first": False}
+    assert pairs.decoding(folder, cfg, tok) == {"eos": eos, "decoder_start": tok.pad_token_id, "last_first": False}
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "eos_token_id": None}))
     (folder / "generation_config.json").unlink()
     with pytest.raises(ConfigError, match="names no end-of-sequence token .* would never end"):
-        seq2seq.decoding(folder, cfg, tok)
+        pairs.decoding(folder, cfg, tok)
 
 
 @pytest.mark.parametrize("family", ["t5", "bart", "mbart"])
@@ -97,8 +98,7 @@ def test_the_loss_is_hugging_faces_and_its_gradients(family, tmp_path):
     folder = seq2seq_folder(tmp_path / family, family)
     cfg = load_config(None, _cfg(tmp_path, folder))
     tok = load_tokenizer(folder)
-    pairs = [(q, a) for q, a in QA[:5]]
-    batch = collate(seq2seq.encode_pairs(pairs, tok, 32, seq2seq.decoding(folder, cfg, tok)), tok.pad_token_id)
+    batch = collate(pairs.encode_pairs(QA[:5], tok, 32, pairs.decoding(folder, cfg, tok)), tok.pad_token_id)
     grads = []
     for ours in (True, False):
         model = AutoModelForSeq2SeqLM.from_pretrained(folder).train(False)
@@ -144,6 +144,40 @@ def test_predictions_reload_and_batch_like_single_inputs(trained, capsys):
         run.generate(["say hi"])
 
 
+def test_another_file_in_another_layout_scores_the_same(trained, tmp_path):
+    """``evaluate --data``: the test rows as one-exchange conversations score as the source/target rows do."""
+    run = load(trained.run_dir, "cpu")
+    rows = [json.loads(line) for line in (trained.run_dir / "samples_after.jsonl").read_text().splitlines()]
+    plain, chat = tmp_path / "plain.jsonl", tmp_path / "chat.jsonl"
+    plain.write_text("".join(json.dumps({"source": r["prompt"], "target": r["reference"]}) + "\n" for r in rows))
+    chat.write_text("".join(json.dumps({"messages": [{"role": "user", "content": r["prompt"]},
+                                                     {"role": "assistant", "content": r["reference"]}]}) + "\n"
+                            for r in rows))
+    a, b = run.evaluate(str(plain)), run.evaluate(str(chat))
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["tokens"] == b["tokens"] > len(rows)
+    assert [s["generated"] for s in a["samples"]] == [r["generated"] for r in rows[:3]]
+
+
+def test_an_mbart_decoder_generates_from_where_it_trained(tmp_path):
+    """mBART trains its decoder from the output's last token (cc25's language code), not from
+    decoder_start_token_id: generation must start there too (from EOS it answered 3 of 18 right, 17 from there)."""
+    result = train(_cfg(tmp_path, seq2seq_folder(tmp_path / "mbart", "mbart")), progress=False)
+    run = load(result.run_dir, "cpu")
+    assert run.meta["last_first"] and run.meta["decoder_start"] == run.tokenizer.convert_tokens_to_ids("<|system|>")
+    outputs = [p["output"] for p in run.predict([q for q, _ in QA])]
+    assert sum(o == a for o, (_, a) in zip(outputs, QA)) >= 12
+
+
+def test_forgetting_is_measured_on_reference_pairs(tmp_path):
+    reference = tmp_path / "reference.jsonl"
+    reference.write_text("".join(json.dumps({"source": f"say {w}", "target": f"{w} ."}) + "\n"
+                                 for w in ("yes", "no", "hello", "hi", "blue", "green")))
+    cfg = _cfg(tmp_path, seq2seq_folder(tmp_path / "t5"), train={"epochs": 2},
+               forgetting={"reference": str(reference), "reference_examples": 2})
+    f = train(cfg, progress=False).metrics["forgetting"]
+    assert f["metric"] == "perplexity" and f["unit"] == "%" and f["before"] > 1 and f["after"] != f["before"]
+
+
 def test_the_cli_prints_each_output_and_takes_a_shorter_limit(trained, capsys):
     from tuneforge import cli
 
@@ -158,6 +192,7 @@ def test_the_cli_prints_each_output_and_takes_a_shorter_limit(trained, capsys):
     assert any(len(tok(r["output"], add_special_tokens=False)["input_ids"]) > 1 for r in rows)
     assert cli.main(["predict", str(trained.run_dir), "x", "--max-new-tokens", "0"]) == 2
     assert "--max-new-tokens must be at least 1" in capsys.readouterr().err
+    assert get("seq2seq").describe({"text": "x", "output": "one\ntwo"}) == "one\\ntwo"  # one line per input
 
 
 def test_merged_and_peft_exports_load_in_transformers(tmp_path):
@@ -166,7 +201,7 @@ def test_merged_and_peft_exports_load_in_transformers(tmp_path):
     run = load(train(cfg, progress=False).run_dir, "cpu")
     from tuneforge.export import export
     tok = run.tokenizer
-    batch = collate(seq2seq.encode_pairs(QA[:3], tok, 32, run.meta), tok.pad_token_id)
+    batch = collate(pairs.encode_pairs(QA[:3], tok, 32, run.meta), tok.pad_token_id)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "decoder_input_ids")}
     with torch.no_grad():
         ours = run.model.eval()(**inputs).logits
@@ -197,7 +232,7 @@ def test_rows_without_one_input_and_one_output_are_named(tmp_path):
     text = load_config(None, _cfg(tmp_path, tmp_path, data={"format": "text"}))
     assert "holds plain text only" in task.row_problem({"text": "hello"}, text)
     sys_cfg = load_config(None, _cfg(tmp_path, tmp_path, data={"system_prompt": "answer:"}))
-    assert seq2seq.source_target({"source": "hi", "target": "yo"}, sys_cfg, "") == ("answer: hi", "yo")
+    assert pairs.source_target({"source": "hi", "target": "yo"}, sys_cfg, "") == ("answer: hi", "yo")
 
 
 @pytest.mark.parametrize("method", ["prompt", "prefix"])
@@ -223,7 +258,7 @@ def test_the_other_methods_train_both_stacks_and_merge(method, tmp_path):
         with pytest.raises(ConfigError, match="cannot be merged"):
             export(run, tmp_path / "merged", "merged")
         return
-    batch = collate(seq2seq.encode_pairs(QA[:3], run.tokenizer, 32, run.meta), run.tokenizer.pad_token_id)
+    batch = collate(pairs.encode_pairs(QA[:3], run.tokenizer, 32, run.meta), run.tokenizer.pad_token_id)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "decoder_input_ids")}
     merged = AutoModelForSeq2SeqLM.from_pretrained(export(run, tmp_path / "merged", "merged")).eval()
     with torch.no_grad():

@@ -30,7 +30,7 @@ from tuneforge.tasks import Runtime, Task
 class Probe:
     """Measures "what the model knew" on the current weights."""
     name: str  # e.g. "chitchat perplexity"
-    metric: str  # accuracy | perplexity
+    metric: str  # perplexity, else task 1's own: accuracy, f1 (entities)
     measure: Callable[[nn.Module], float]
     examples: list[dict[str, Any]]  # what it measures on
     loss: Callable[[nn.Module, dict[str, Any]], Any]  # summed loss of one collated batch (for the Fisher)

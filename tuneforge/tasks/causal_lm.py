@@ -81,7 +81,8 @@ def _refuse_encoder_decoder(path: str | Path, cfg: RunConfig) -> None:
     if getattr(config, "is_encoder_decoder", False):
         raise ConfigError(f"model: {path} is an encoder-decoder model ({config.model_type}); the causal_lm task "
                           "trains decoder-only models (Llama, Qwen, GPT-2, SmolLM2 ...) and would drop its "
-                          "encoder; use a decoder-only model, or train this one for classification")
+                          "encoder; train this one with model.task=seq2seq (the same input -> output pairs), or use a "
+                          "decoder-only model")
 
 
 def _template(tokenizer: PreTrainedTokenizerBase, meta: dict[str, Any]) -> str:
@@ -94,6 +95,7 @@ class Task:
     greater_is_better = False
     table_metrics = ("loss", "perplexity", "bleu", "rouge_l")
     generates = True  # answers prompts with text (generation, own-answer probes, self-replay)
+    predict_generates = False  # predict refuses: `generate` writes its text
     peft_task_type = "CAUSAL_LM"  # what PeftModel.from_pretrained builds around the base model
     loss_unit = "token"
     packs = True

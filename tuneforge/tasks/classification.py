@@ -54,6 +54,7 @@ class Task:
     greater_is_better = True
     table_metrics = ("accuracy", "macro_f1")
     generates = False  # answers prompts with text (generation, own-answer probes, self-replay)
+    predict_generates = False  # predict gives labels, not text (predict --max-new-tokens does not apply)
     peft_task_type = "SEQ_CLS"  # what PeftModel.from_pretrained builds around the base model
     loss_unit = "example"
     packs = False

@@ -1,11 +1,7 @@
 """Sequence to sequence: input -> output pairs (summaries, translations, rewrites, answers) for encoder-decoder
 models (T5, BART, mBART, Pegasus, Marian ...). The encoder reads the input; the decoder learns the output
-(cross-entropy on its tokens, teacher-forced); perplexity, and BLEU / ROUGE-L of greedy outputs.
-
-The data layouts are the causal LM's input -> output pairs (``data/layouts.py``: ``source``/``target``,
-``document``/``summary``, ``instruction``/``output`` ... or ``data.text_column`` + ``data.label_column``) and
-one-exchange conversations. A system prompt (``data.system_prompt``, a row's ``system`` column or a leading
-system message) is written before the input, as T5's task prefixes are ("summarize: ...")."""
+(cross-entropy on its tokens, teacher-forced); perplexity, and BLEU / ROUGE-L of greedy outputs. The data side
+(layouts, tokenising, teacher forcing) is ``tuneforge/data/pairs.py``."""
 from __future__ import annotations
 
 import copy
@@ -17,12 +13,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
-from transformers import AutoModelForSeq2SeqLM, GenerationConfig, PreTrainedTokenizerBase
+from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
 
 from tuneforge import assets
 from tuneforge.checkpoint import atomic_write_text
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import layouts
+from tuneforge.data.pairs import decoding, encode_pairs, encoder_ids, source_target, with_prefix
 from tuneforge.data.batching import batch_order, iterate
 from tuneforge.data.readers import place, read_records
 from tuneforge.evaluate import bleu, perplexity, rouge_l
@@ -30,98 +27,6 @@ from tuneforge.models import autocast, load_pretrained, pretrained_config
 from tuneforge.tasks import Example, Prepared, Record, Runtime
 
 IGNORE = -100  # label of a padding position: no loss
-
-
-def source_target(record: Record, cfg: RunConfig, where: str) -> tuple[str, str]:
-    """The row's input (after its system prompt, if any) and the output to learn."""
-    item = layouts.to_messages(record, layouts.detect_format(set(record), cfg.data, where), cfg.data, where)
-    if isinstance(item, str):
-        raise ConfigError(f"{where}: a seq2seq row needs an input and an output; this one holds plain text only "
-                          "(give input/output columns: source/target, document/summary, instruction/output ..., or "
-                          "data.text_column + data.label_column)")
-    system = item[0]["content"] if item[0]["role"] == "system" else ""
-    turns = [m for m in item if m["role"] != "system"]
-    if len(turns) != 2:
-        raise ConfigError(f"{where}: seq2seq learns one output per input; this conversation has {len(turns)} "
-                          "messages (give one user message and its reply, or train a causal_lm model on it)")
-    return with_prefix(system, turns[0]["content"]), turns[1]["content"]
-
-
-def with_prefix(prefix: str, text: str) -> str:
-    """``text`` after a system prompt / task prefix, a space between them unless the prefix ends in one."""
-    return text if not prefix else prefix + ("" if prefix[-1].isspace() else " ") + text
-
-
-# model types whose decoder starts from the output's last token (mBART-cc25's target language code), as their
-# Hugging Face ``shift_tokens_right`` does; the others start from ``decoder_start_token_id``
-LAST_TOKEN_FIRST = ("mbart", "plbart")
-
-
-def decoding(path: str | Path, cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
-    """How the model's decoder reads and ends an output: ``decoder_start`` (config.json, else
-    generation_config.json), ``eos`` (the tokenizer's, else the model's) and ``last_first`` (see
-    ``LAST_TOKEN_FIRST``). Refused: a model that names no start token, or no end-of-sequence token (the outputs it
-    learned would never end)."""
-    config = pretrained_config(path, cfg.model.trust_remote_code)
-    try:
-        generation = GenerationConfig.from_pretrained(str(path))
-    except OSError:  # no generation_config.json
-        generation = None
-
-    def named(key: str) -> Any:
-        value = getattr(config, key, None)
-        value = value if value is not None else getattr(generation, key, None)
-        return value[0] if isinstance(value, list) and value else value
-
-    start, last_first = named("decoder_start_token_id"), config.model_type in LAST_TOKEN_FIRST
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else named("eos_token_id")
-    if start is None and not last_first:
-        raise ConfigError(f"model: {cfg.model.name} names no decoder_start_token_id (in config.json or "
-                          "generation_config.json); its decoder cannot start without it: add it to config.json")
-    if eos is None:
-        raise ConfigError(f"model: {cfg.model.name} names no end-of-sequence token (the tokenizer's eos_token, the "
-                          "config's eos_token_id), so the outputs it learns would never end: set eos_token in "
-                          "tokenizer_config.json")
-    return {"decoder_start": None if start is None else int(start), "eos": int(eos), "last_first": last_first}
-
-
-def encode_pairs(pairs: list[tuple[str, str]], tokenizer: PreTrainedTokenizerBase, max_length: int,
-                 meta: dict[str, Any]) -> list[Example]:
-    """Encoder ids of each input, decoder labels of its output and the decoder's teacher-forced inputs (the labels
-    one place right, behind the start token: see :func:`decoding`), each at most ``max_length`` tokens (cut by
-    the tokenizer, which keeps its special tokens; a cut example is marked ``_cut``). An output ends in the
-    end-of-sequence token (added where the tokenizer adds none), so the model learns where to stop."""
-    if not pairs:
-        return []
-    sources, targets = (list(t) for t in zip(*pairs))
-    src, long = encoder_ids(sources, tokenizer, max_length)
-    tgt = tokenizer(text_target=targets)["input_ids"]
-    eos = meta["eos"]
-    out, long = [], set(long)
-    for i, (s, t) in enumerate(zip(src, tgt)):
-        own = eos in t  # the tokenizer ends outputs itself (T5, BART; mBART-cc25 follows it with a language code)
-        cut = i in long or len(t) + (not own) > max_length
-        if own and len(t) > max_length:
-            t = tokenizer(text_target=targets[i], truncation=True, max_length=max_length)["input_ids"]
-        elif not own:
-            t = t[:max_length - 1] + [eos]
-        start = t[-1] if meta["last_first"] else meta["decoder_start"]
-        out.append({"input_ids": s, "labels": t, "decoder_input_ids": [start] + t[:-1],
-                    **({"_cut": True} if cut else {})})
-    return out
-
-
-def encoder_ids(texts: list[str], tokenizer: PreTrainedTokenizerBase, max_length: int
-                ) -> tuple[list[list[int]], list[int]]:
-    """The encoder's token ids of each input, one longer than ``max_length`` cut by the tokenizer (which keeps its
-    special tokens: T5's, BART's ``</s>``), and the indices of those cut."""
-    ids = tokenizer(texts)["input_ids"] if texts else []
-    long = [i for i, x in enumerate(ids) if len(x) > max_length]
-    if long:
-        for i, x in zip(long, tokenizer([texts[i] for i in long], truncation=True, max_length=max_length)["input_ids"]):
-            ids[i] = x
-    return ids, long
-
 
 def output_nll(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str = "sum") -> torch.Tensor:
     """Cross-entropy (float32) of the output tokens given the input, teacher-forced."""
@@ -134,12 +39,14 @@ def output_nll(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str 
 
 @torch.no_grad()
 def generate_outputs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, inputs: list[list[int]], rt: Runtime,
-                     max_new_tokens: int, batch_size: int, progress: bool = False) -> list[str]:
-    """Greedy outputs for encoder inputs (token ids), inputs of similar length batched together; the model's
-    own generation settings otherwise (e.g. mBART's forced language token)."""
+                     meta: dict[str, Any], max_new_tokens: int, batch_size: int, progress: bool = False) -> list[str]:
+    """Greedy outputs for encoder inputs (token ids), inputs of similar length batched together, the decoder
+    started where training started it (``meta``: :func:`tuneforge.data.pairs.decoding`); the model's own
+    generation settings otherwise (e.g. mBART-50's forced language token)."""
     model.eval()
     config = copy.deepcopy(model.generation_config)
-    config.update(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, max_length=None, min_length=0)
+    config.update(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, max_length=None, min_length=0,
+                  decoder_start_token_id=meta["decoder_start"])
     out: list[str] = [""] * len(inputs)
     lengths = [len(x) for x in inputs]
     order = batch_order(lengths, batch_size, 0, 0, shuffle=False, group_by_length=True)
@@ -161,6 +68,7 @@ class Task:
     greater_is_better = False
     table_metrics = ("loss", "perplexity", "bleu", "rouge_l")
     generates = False  # outputs come from `tuneforge predict`; chat and the own-answer probes are a causal LM's
+    predict_generates = True  # predict writes text (its length: eval.max_new_tokens, predict --max-new-tokens)
     peft_task_type = "SEQ_2_SEQ_LM"  # what PeftModel.from_pretrained builds around the base model
     loss_unit = "token"
     packs = False  # an encoder-decoder row holds one input
@@ -199,7 +107,7 @@ class Task:
                 where: dict[str, list[str]]) -> Prepared:
         """The layout (one for all splits) and the tokenised splits."""
         path = assets.resolve_model(cfg.model.name)
-        _refuse_decoder_only(path, cfg)  # before any row is read
+        _refuse_decoder_only(path, cfg)  # before any row is tokenised
         meta = {"layout": layouts.one_layout([(records[k], where[k]) for k in records], cfg.data),
                 **decoding(path, cfg, tokenizer)}
         enc = {k: self.encode(records[k], cfg, tokenizer, meta, where[k]) for k in ("train", "validation", "test")}
@@ -208,12 +116,13 @@ class Task:
 
     def encode(self, records: list[Record], cfg: RunConfig, tokenizer: PreTrainedTokenizerBase,
                meta: dict[str, Any], where: list[str]) -> list[Example]:
-        return encode_pairs([source_target(r, cfg, w) for r, w in zip(records, where)], tokenizer,
+        return encode_pairs([source_target(r, cfg, w, meta["layout"]) for r, w in zip(records, where)], tokenizer,
                             cfg.model.max_length, meta)
 
     def encode_any(self, records: list[Record], cfg: RunConfig, tokenizer: PreTrainedTokenizerBase,
                    meta: dict[str, Any], where: list[str]) -> list[Example]:
-        return self.encode(records, cfg, tokenizer, meta, where)  # every row's layout is detected on its own
+        """Records of another source (reference and replay data): their own layout, detected anew."""
+        return self.encode(records, cfg, tokenizer, self.source_meta(records, cfg, meta, where), where)
 
     def source_meta(self, records: list[Record], cfg: RunConfig, meta: dict[str, Any], where: list[str]
                     ) -> dict[str, Any]:
@@ -234,8 +143,8 @@ class Task:
         c = model.config
         if c.pad_token_id is None:
             c.pad_token_id = pad_id
-        if c.decoder_start_token_id is None:  # some folders name it in the generation config only
-            c.decoder_start_token_id = meta.get("decoder_start")
+        if c.decoder_start_token_id is None:  # a folder naming it in generation_config.json only; mBART-cc25
+            c.decoder_start_token_id = meta["decoder_start"]
         return model, fresh
 
     def packing_ok(self, model: nn.Module, examples: list[Example], rt: Runtime) -> bool:
@@ -272,18 +181,18 @@ class Task:
         metrics: dict[str, Any] = {"loss": loss, "perplexity": perplexity(loss), "tokens": count}
         if raw and tokenizer is not None and cfg.eval.generate_samples > 0:
             records = raw[:cfg.eval.generate_samples]
-            pairs = [source_target(r, cfg, place("test split", i)) for i, r in enumerate(records)]
-            metrics.update(self._generation_metrics(model, pairs, rt, cfg, tokenizer, run_dir, tag, progress))
+            rows = [source_target(r, cfg, place("test split", i), meta["layout"]) for i, r in enumerate(records)]
+            metrics.update(self._generation_metrics(model, rows, rt, cfg, meta, tokenizer, run_dir, tag, progress))
         return metrics
 
-    def _generation_metrics(self, model: nn.Module, pairs: list[tuple[str, str]], rt: Runtime, cfg: RunConfig,
-                            tokenizer: PreTrainedTokenizerBase, run_dir: Path | None, tag: str | None,
-                            progress: bool) -> dict[str, Any]:
-        inputs, _ = encoder_ids([x for x, _ in pairs], tokenizer, cfg.model.max_length)  # cuts: noted in training
-        generated = generate_outputs(model, tokenizer, inputs, rt, cfg.eval.max_new_tokens, cfg.eval.batch_size,
+    def _generation_metrics(self, model: nn.Module, rows: list[tuple[str, str]], rt: Runtime, cfg: RunConfig,
+                            meta: dict[str, Any], tokenizer: PreTrainedTokenizerBase, run_dir: Path | None,
+                            tag: str | None, progress: bool) -> dict[str, Any]:
+        inputs, _ = encoder_ids([x for x, _ in rows], tokenizer, cfg.model.max_length)  # cuts: noted in training
+        generated = generate_outputs(model, tokenizer, inputs, rt, meta, cfg.eval.max_new_tokens, cfg.eval.batch_size,
                                      progress)
-        references = [t for _, t in pairs]
-        samples = [{"prompt": s, "reference": r, "generated": g} for (s, _), r, g in zip(pairs, references, generated)]
+        references = [t for _, t in rows]
+        samples = [{"prompt": s, "reference": r, "generated": g} for (s, _), r, g in zip(rows, references, generated)]
         if run_dir is not None:
             path = Path(run_dir) / (f"samples_{tag}.jsonl" if tag else "samples.jsonl")
             atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
@@ -302,11 +211,12 @@ class Task:
             n = cfg.model.max_length
             print(f"note: {len(cut)} input(s) longer than model.max_length={n} tokens keep their first {n} (as in "
                   "training)", file=sys.stderr)
-        outputs = generate_outputs(model, tokenizer, ids, rt, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+        outputs = generate_outputs(model, tokenizer, ids, rt, meta, cfg.eval.max_new_tokens, cfg.eval.batch_size)
         return [{"text": x, "output": o} for x, o in zip(inputs, outputs)]
 
     def describe(self, prediction: dict[str, Any]) -> str:
-        return prediction["output"]
+        """The output on one line (a line break written ``\\n``: ``--json`` keeps the text as it is)."""
+        return prediction["output"].replace("\r", "\\r").replace("\n", "\\n")
 
     def default_probes(self, cfg: RunConfig) -> list[str]:
         return ["reference"] if cfg.forgetting.reference else []
