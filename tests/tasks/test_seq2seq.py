@@ -11,6 +11,7 @@ from lm_helpers import QA, ending, model_folder, seq2seq_folder, single_thread, 
 from tuneforge.config import ConfigError, load_config
 from tuneforge.data import pairs
 from tuneforge.data.batching import collate
+from tuneforge.evaluate import bleu, rouge_l
 from tuneforge.data.dataset import prepare
 from tuneforge.models import load_tokenizer
 from tuneforge.run import load, train
@@ -123,9 +124,11 @@ def test_training_lowers_the_loss_and_answers_some_right(trained):
     m = trained.metrics
     assert m["task"] == "seq2seq"
     assert m["test_after"]["loss"] < m["test_before"]["loss"] - 1.5
-    assert m["test_after"]["rouge_l"] > m["test_before"]["rouge_l"]
     samples = [json.loads(line) for line in (trained.run_dir / "samples_after.jsonl").read_text().splitlines()]
     assert len(samples) == 4 and set(samples[0]) == {"prompt", "reference", "generated"}
+    generated, references = [s["generated"] for s in samples], [s["reference"] for s in samples]
+    assert m["test_after"]["rouge_l"] == pytest.approx(rouge_l(generated, references))  # scored from these outputs
+    assert m["test_after"]["bleu"] == pytest.approx(bleu(generated, references)) and any(generated)
     assert "test perplexity" in trained.table
 
 

@@ -16,6 +16,7 @@ from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import layouts
 from tuneforge.models import pretrained_config
 
+
 def source_target(record: dict[str, Any], cfg: RunConfig, where: str, fmt: str | None = None) -> tuple[str, str]:
     """The row's input (after its system prompt, if any) and the output to learn; ``fmt``: the layout (default:
     the one its columns imply)."""
@@ -45,8 +46,8 @@ LAST_TOKEN_FIRST = ("mbart", "plbart")
 def decoding(path: str | Path, cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     """How the model's decoder reads and ends an output: ``decoder_start`` (config.json, else
     generation_config.json; with ``last_first`` (see ``LAST_TOKEN_FIRST``) an output's last token, which training
-    starts from), ``eos`` (the tokenizer's, else the model's). Refused: a model that names no start token, or no end-of-sequence token (the outputs it
-    learned would never end)."""
+    starts from), ``eos`` (the tokenizer's, else the model's). Refused: a model that names no start token, or no
+    end-of-sequence token (the outputs it learned would never end)."""
     config = pretrained_config(path, cfg.model.trust_remote_code)
     try:
         generation = GenerationConfig.from_pretrained(str(path))

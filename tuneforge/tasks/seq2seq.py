@@ -19,14 +19,15 @@ from tuneforge import assets
 from tuneforge.checkpoint import atomic_write_text
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import layouts
-from tuneforge.data.pairs import decoding, encode_pairs, encoder_ids, source_target, with_prefix
 from tuneforge.data.batching import batch_order, iterate
+from tuneforge.data.pairs import decoding, encode_pairs, encoder_ids, source_target, with_prefix
 from tuneforge.data.readers import place, read_records
 from tuneforge.evaluate import bleu, perplexity, rouge_l
 from tuneforge.models import autocast, load_pretrained, pretrained_config
 from tuneforge.tasks import Example, Prepared, Record, Runtime
 
 IGNORE = -100  # label of a padding position: no loss
+
 
 def output_nll(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str = "sum") -> torch.Tensor:
     """Cross-entropy (float32) of the output tokens given the input, teacher-forced."""
@@ -72,7 +73,11 @@ class Task:
     peft_task_type = "SEQ_2_SEQ_LM"  # what PeftModel.from_pretrained builds around the base model
     loss_unit = "token"
     packs = False  # an encoder-decoder row holds one input
-    group_by_length = True  # by input length, as classification (less padding in the encoder)
+    # train.group_by_length default: off, as the causal LM's. A random-weight T5 of t5-small's shapes on 256 ChatterBot
+    # pairs (1 epoch, 3 seeds, benchmarks/bench_seq2seq.py's data) reached test perplexity 2,789 (2,471-2,937) full /
+    # 4,548 (4,033-4,952) LoRA with random batches, 3,385 (3,215-3,938) / 5,637 (5,348-5,704) with length-grouped
+    # ones; Trainer's random batches: 2,725 / 4,469.
+    group_by_length = False
     auto_patience = 3  # as the causal LM's: a smooth validation loss, the best epoch kept either way
 
     # -- data ---------------------------------------------------------------------------------------------
