@@ -176,12 +176,10 @@ def markdown(rows: list[dict[str, Any]], s: dict[str, Any], env: dict[str, Any],
         f"on {s['device']}, {s['threads']} torch threads; lr LoRA {s['lr_lora']:g}, full {s['lr_full']:g}; LoRA "
         f"r={s['rank']}, alpha={s['alpha']}, dropout 0, all linear layers except the LM head. Medians of "
         f"{s['repeats']} interleaved repeats, each run in a fresh process. Random weights: speed and memory are "
-        "the measure; test perplexity only checks that both sides learned alike. The best-configured Trainer row "
-        "groups batches by length.", "",
+        "the measure; test perplexity checks that both sides learned alike. tuneforge draws random batches (its "
+        "seq2seq default); the best-configured Trainer row groups batches by length.", "",
         *table, "",
-        "(The speed, memory and MFU targets above are #17's for classification and SFT, applied here for reference; "
-        "with random weights the perplexities of the two sides differ by the runs' noise, so its \"quality worse\" "
-        "is a coin toss.)", "",
+        "(The speed and memory targets above are #17's for classification and SFT, applied here for reference.)", "",
         *flops_text(flops, rates, s["precision"], probes), "",
         f"For the encoder-decoder: {flops['convention']}; per real token = per input token.", "",
         f"Real tokens = input (encoder) tokens of the training batches seen, the same count on both sides (mean "
