@@ -2,10 +2,12 @@
 conlleval-compatible chunking) and text generation (sacreBLEU, rouge-score, perplexity)."""
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 
 def _prf(tp: int, n_pred: int, n_true: int) -> tuple[float, float, float]:
@@ -171,3 +173,18 @@ def rouge_l(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=RougeWords())
     scores = [scorer.score(ref, hyp)["rougeL"].fmeasure for hyp, ref in zip(hypotheses, references)]
     return sum(scores) / len(scores) if scores else 0.0
+
+
+def generation_metrics(samples: list[dict], generated: Sequence[str], references: Sequence[str],
+                       run_dir: Any = None, tag: str | None = None) -> dict:
+    """BLEU and ROUGE-L of ``generated`` against ``references``; the ``samples`` (prompt, reference, generated) are
+    written to ``run_dir/samples_{tag}.jsonl`` when a run directory is given, the first three kept in the result."""
+    if run_dir is not None:
+        from pathlib import Path
+
+        from tuneforge.checkpoint import atomic_write_text
+
+        path = Path(run_dir) / (f"samples_{tag}.jsonl" if tag else "samples.jsonl")
+        atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    return {"bleu": bleu(generated, references), "rouge_l": rouge_l(generated, references),
+            "generated": len(samples), "samples": samples[:3]}

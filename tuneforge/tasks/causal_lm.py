@@ -13,12 +13,11 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 from tqdm.auto import tqdm
 
 from tuneforge import assets, fast
-from tuneforge.checkpoint import atomic_write_text
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import chat, layouts, templates
 from tuneforge.data.batching import batch_order, collate, collate_packed, iterate, without_positions
 from tuneforge.data.readers import place, read_records
-from tuneforge.evaluate import bleu, perplexity, rouge_l
+from tuneforge.evaluate import generation_metrics, perplexity
 from tuneforge.models import autocast, load_pretrained, pretrained_config
 from tuneforge.tasks import Example, Prepared, Record, Runtime, lm_head
 
@@ -280,11 +279,7 @@ class Task:
         samples = [{"prompt": next(m["content"] for m in reversed(p) if m["role"] == "user"),
                     "reference": ref, "generated": gen} for p, ref, gen in zip(prompts, references, generated)]
         generated, references = ([without_reasoning(t) for t in texts] for texts in (generated, references))
-        if run_dir is not None:
-            path = Path(run_dir) / (f"samples_{tag}.jsonl" if tag else "samples.jsonl")
-            atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
-        return {"bleu": bleu(generated, references), "rouge_l": rouge_l(generated, references),
-                "generated": len(samples), "samples": samples[:3]}
+        return generation_metrics(samples, generated, references, run_dir, tag)
 
     def predict(self, model: nn.Module, inputs: list[Any], rt: Runtime, cfg: RunConfig, meta: dict[str, Any],
                 tokenizer: Any) -> list[dict[str, Any]]:

@@ -5,7 +5,6 @@ models (T5, BART, mBART, Pegasus, Marian ...). The encoder reads the input; the 
 from __future__ import annotations
 
 import copy
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,12 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
 
 from tuneforge import assets
-from tuneforge.checkpoint import atomic_write_text
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import layouts
 from tuneforge.data.batching import batch_order, iterate
 from tuneforge.data.pairs import decoding, encode_pairs, encoder_ids, source_target, with_prefix
 from tuneforge.data.readers import place, read_records
-from tuneforge.evaluate import bleu, perplexity, rouge_l
+from tuneforge.evaluate import generation_metrics, perplexity
 from tuneforge.models import autocast, load_pretrained, pretrained_config
 from tuneforge.tasks import Example, Prepared, Record, Runtime
 
@@ -198,11 +196,7 @@ class Task:
                                      progress)
         references = [t for _, t in rows]
         samples = [{"prompt": s, "reference": r, "generated": g} for (s, _), r, g in zip(rows, references, generated)]
-        if run_dir is not None:
-            path = Path(run_dir) / (f"samples_{tag}.jsonl" if tag else "samples.jsonl")
-            atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
-        return {"bleu": bleu(generated, references), "rouge_l": rouge_l(generated, references),
-                "generated": len(samples), "samples": samples[:3]}
+        return generation_metrics(samples, generated, references, run_dir, tag)
 
     def predict(self, model: nn.Module, inputs: list[Any], rt: Runtime, cfg: RunConfig, meta: dict[str, Any],
                 tokenizer: Any) -> list[dict[str, Any]]:
