@@ -10,16 +10,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
-from tqdm.auto import tqdm
 
 from tuneforge import assets, fast
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import chat, layouts, templates
-from tuneforge.data.batching import batch_order, collate, collate_packed, iterate, without_positions
+from tuneforge.data.batching import collate, collate_packed, without_positions
 from tuneforge.data.readers import place, read_records
-from tuneforge.evaluate import generation_metrics, perplexity
-from tuneforge.models import autocast, load_pretrained, pretrained_config
-from tuneforge.tasks import Example, Prepared, Record, Runtime, lm_head
+from tuneforge.evaluate import generation_metrics
+from tuneforge.models import load_pretrained, pretrained_config
+from tuneforge.tasks import Example, Prepared, Record, Runtime, lm_head, token_loss
 
 # config attributes of models whose logits are not just lm_head(hidden): those take the full forward
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
@@ -246,18 +245,7 @@ class Task:
         answers to up to ``eval.generate_samples`` test prompts (written to ``samples_{tag}.jsonl``)."""
         if not examples:
             return {}
-        model.eval()
-        lengths = [len(e["input_ids"]) for e in examples]
-        order = batch_order(lengths, cfg.eval.batch_size, 0, 0, shuffle=False, group_by_length=True)
-        total, count = 0.0, 0
-        for batch in tqdm(iterate(examples, order, rt.pad_id, shapes=rt.shapes), total=len(order), desc="evaluate", leave=False,
-                          disable=not progress):
-            batch = {k: v.to(rt.device) for k, v in batch.items()}
-            with autocast(rt.device, rt.bf16):
-                total += float(token_nll(model, batch, reduction="sum"))
-            count += int((batch["labels"][:, 1:] != chat.IGNORE).sum())
-        loss = total / count
-        metrics: dict[str, Any] = {"loss": loss, "perplexity": perplexity(loss), "tokens": count}
+        metrics = token_loss(self, model, examples, rt, cfg.eval.batch_size, progress)
         if raw and tokenizer is not None and cfg.eval.generate_samples > 0 and meta.get("format") != "text":
             metrics.update(self._generation_metrics(model, raw, rt, cfg, meta, tokenizer, run_dir, tag))
         return metrics

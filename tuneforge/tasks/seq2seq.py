@@ -17,12 +17,12 @@ from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
 from tuneforge import assets
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import layouts
-from tuneforge.data.batching import batch_order, iterate
+from tuneforge.data.batching import batch_order
 from tuneforge.data.pairs import decoding, encode_pairs, encoder_ids, source_target, with_prefix
 from tuneforge.data.readers import place, read_records
-from tuneforge.evaluate import generation_metrics, perplexity
+from tuneforge.evaluate import generation_metrics
 from tuneforge.models import autocast, load_pretrained, pretrained_config
-from tuneforge.tasks import Example, Prepared, Record, Runtime
+from tuneforge.tasks import Example, Prepared, Record, Runtime, token_loss
 
 IGNORE = -100  # label of a padding position: no loss
 
@@ -170,18 +170,7 @@ class Task:
         of greedy outputs for up to ``eval.generate_samples`` test inputs (written to ``samples_{tag}.jsonl``)."""
         if not examples:
             return {}
-        model.eval()
-        lengths = [len(e["input_ids"]) for e in examples]
-        order = batch_order(lengths, cfg.eval.batch_size, 0, 0, shuffle=False, group_by_length=True)
-        total, count = 0.0, 0
-        for batch in tqdm(iterate(examples, order, rt.pad_id, shapes=rt.shapes), total=len(order), desc="evaluate",
-                          leave=False, disable=not progress):
-            batch = {k: v.to(rt.device) for k, v in batch.items()}
-            with autocast(rt.device, rt.bf16):
-                total += float(output_nll(model, batch))
-            count += self.units(batch)
-        loss = total / count
-        metrics: dict[str, Any] = {"loss": loss, "perplexity": perplexity(loss), "tokens": count}
+        metrics = token_loss(self, model, examples, rt, cfg.eval.batch_size, progress)
         if raw and tokenizer is not None and cfg.eval.generate_samples > 0:
             records = raw[:cfg.eval.generate_samples]
             rows = [source_target(r, cfg, place("test split", i), meta["layout"]) for i, r in enumerate(records)]
