@@ -45,11 +45,37 @@ def test_loss_and_every_gradient_equal_the_plain_path_in_float32(chunk, bias):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("chunk", [5, 64])
+def test_an_extra_bias_on_the_output_is_added_in_float32_with_every_gradient(chunk):
+    """BART's ``final_logits_bias`` (a buffer added to the head's output): ``head(h) + extra`` to rounding."""
+    head, h, target = _case()
+    extra = torch.randn(head.out_features) * 3
+    want = nn.functional.cross_entropy(head(h).float() + extra, target, reduction="sum", ignore_index=IGNORE)
+    want_grads = _grads(want, head, h)
+    got = lm_head.head_nll(head, h, target, chunk, extra_bias=extra)
+    got_grads = _grads(got, head, h)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_kept_rows_pick_the_trained_positions_in_order_and_pad_with_rows_that_count_for_nothing():
+    hidden = torch.arange(12.0).reshape(6, 2)  # (N, H)
+    target = torch.tensor([IGNORE, 4, IGNORE, 7, 9, IGNORE])
+    rows, chosen, kept = lm_head.kept_rows(hidden, target, multiple=4)
+    assert kept == 3
+    assert torch.equal(rows, hidden[[1, 3, 4, 0]])
+    assert chosen.tolist() == [4, 7, 9, IGNORE]
+
+
 def test_gradcheck_in_float64_including_the_incoming_gradient():
     head, h, target = _case(rows=5, hidden=4, vocab=11, dtype=torch.float64)
     w = head.weight.detach().clone().requires_grad_(True)
     b = head.bias.detach().clone().requires_grad_(True)
     fn = (lambda h_, w_, b_: lm_head.HeadNLL.apply(h_, w_, b_, target, 3) * 0.37)
+    assert torch.autograd.gradcheck(fn, (h.detach().clone().requires_grad_(True), w, b))
+    offset = torch.randn(11, dtype=torch.float64)
+    fn = (lambda h_, w_, b_: lm_head.HeadNLL.apply(h_, w_, b_, target, 3, offset) * 0.37)
     assert torch.autograd.gradcheck(fn, (h.detach().clone().requires_grad_(True), w, b))
 
 

@@ -36,7 +36,7 @@ def _backbone(model: nn.Module) -> nn.Module | None:
     return base
 
 
-LM_HEAD_ROWS = 64  # the LM head's rows (answer positions) are rounded up to a multiple of this
+LM_HEAD_ROWS = lm_head.HEAD_ROWS  # the LM head's rows (answer positions) are rounded up to a multiple of this
 
 
 def token_nll(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
@@ -61,11 +61,10 @@ def token_nll(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str =
     else:
         hidden = base(input_ids=ids, use_cache=False, **inputs).last_hidden_state  # (batch, seq', hidden)
         hidden = hidden[:, -ids.shape[1]:]  # methods that prepend virtual tokens add positions on the left
-        at = nn.functional.pad(keep, (0, 1)).flatten().nonzero().squeeze(1)  # (kept,): flat positions predicting
-        spare = -kept % LM_HEAD_ROWS
-        at = torch.cat([at, at.new_zeros(spare)])  # (kept + spare,): spare rows read position 0 ...
-        chosen = torch.cat([chosen, chosen.new_full((spare,), chat.IGNORE)])  # ... and count for nothing
-        head, rows = model.get_output_embeddings(), hidden.reshape(-1, hidden.shape[-1])[at]  # (kept + spare, hidden)
+        last = nn.functional.pad(target, (0, 1), value=chat.IGNORE)  # (batch, seq): the last position predicts none
+        rows, chosen, _ = lm_head.kept_rows(hidden.reshape(-1, hidden.shape[-1]), last.flatten(),
+                                            LM_HEAD_ROWS)  # (kept + spare, hidden), (kept + spare,)
+        head = model.get_output_embeddings()
         if reduction == "sum" and lm_head.applies(head):  # never the whole (rows, vocab) logits at once
             return lm_head.head_nll(head, rows, chosen)
         selected = head(rows)  # (kept + spare, vocab)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +22,85 @@ from tuneforge.data.batching import batch_order
 from tuneforge.data.pairs import decoding, encode_pairs, encoder_ids, source_target, with_prefix
 from tuneforge.data.readers import place, read_records
 from tuneforge.evaluate import generation_metrics
+from tuneforge.last_layer import TOLERANCE
 from tuneforge.models import autocast, load_pretrained, pretrained_config
-from tuneforge.tasks import Example, Prepared, Record, Runtime, token_loss
+from tuneforge.tasks import Example, Prepared, Record, Runtime, lm_head, token_loss
 
 IGNORE = -100  # label of a padding position: no loss
 
 
 def output_nll(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str = "sum") -> torch.Tensor:
-    """Cross-entropy (float32) of the output tokens given the input, teacher-forced."""
+    """Cross-entropy (float32) of the output tokens given the input, teacher-forced. Summed, with a plain LM head
+    whose logits the model only offsets by a bias (checked once per model, :func:`_head_path`): the head runs at
+    the output tokens alone, a chunk of the vocabulary at a time (``lm_head.head_nll``), not at every decoder
+    position (padding included) over the whole vocabulary."""
     labels = batch["labels"]  # (batch, target)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   decoder_input_ids=batch["decoder_input_ids"], use_cache=False).logits  # (batch, target, vocab)
+    head = model.get_output_embeddings()
+    if reduction == "sum" and lm_head.applies(head) and _head_path(model, head, batch):
+        hidden = _head_input(model, head, batch)  # (batch, target, hidden)
+        rows, chosen, _ = lm_head.kept_rows(hidden.reshape(-1, hidden.shape[-1]), labels.flatten())
+        return lm_head.head_nll(head, rows, chosen, extra_bias=_logits_bias(model))
+    logits = _forward(model, batch).logits  # (batch, target, vocab)
     keep = labels != IGNORE  # (batch, target)
     return nn.functional.cross_entropy(logits[keep].float(), labels[keep], reduction=reduction)
+
+
+def _forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                 decoder_input_ids=batch["decoder_input_ids"], use_cache=False)
+
+
+class _HeadReached(Exception):
+    """Raised as the LM head is called: the decoder's hidden states are in hand."""
+
+
+def _head_input(model: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What the LM head reads (T5's rescaling applied), ``(batch, target, hidden)``: the model's own forward,
+    stopped as it calls its head."""
+    seen: list[torch.Tensor] = []
+
+    def grab(module: nn.Module, args: tuple[Any, ...]) -> None:
+        seen.append(args[0])
+        raise _HeadReached
+
+    handle = head.register_forward_pre_hook(grab)
+    try:
+        _forward(model, batch)
+    except _HeadReached:
+        pass
+    finally:
+        handle.remove()
+    if not seen:
+        raise RuntimeError(f"{type(model).__name__} never called its LM head")
+    return seen[0]
+
+
+def _logits_bias(model: nn.Module) -> torch.Tensor | None:
+    """BART-style models add ``final_logits_bias`` ``(1, vocab)`` to the head's output -> ``(vocab,)``."""
+    bias = getattr(model, "final_logits_bias", None)
+    return bias.reshape(-1) if isinstance(bias, torch.Tensor) else None
+
+
+_HEAD_PATH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> whether its logits are head + bias
+
+
+@torch.no_grad()
+def _head_path(model: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor]) -> bool:
+    """Whether the model's logits are ``head(what it reads) + final_logits_bias``: checked on the first batch
+    (evaluation mode, the run's precision), to ``last_layer.TOLERANCE`` of the largest logit, then remembered.
+    A model that transforms its logits further (soft-capping, scaling) keeps the plain path."""
+    if model not in _HEAD_PATH:
+        training = model.training
+        model.eval()
+        try:
+            plain = _forward(model, batch).logits.float()  # (batch, target, vocab)
+            bias = _logits_bias(model)
+            mine = head(_head_input(model, head, batch)).float() + (0 if bias is None else bias.float())
+        finally:
+            model.train(training)
+        limit = TOLERANCE[torch.is_autocast_enabled(plain.device.type)] * float(plain.abs().max().clamp_min(1e-6))
+        _HEAD_PATH[model] = mine.shape == plain.shape and float((mine - plain).abs().max()) <= limit
+    return _HEAD_PATH[model]
 
 
 @torch.no_grad()
