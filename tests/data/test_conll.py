@@ -262,8 +262,9 @@ def test_tab_separated_tokens_may_hold_spaces(tmp_path):
     assert read_conll(_write(tmp_path, text)) == [
         {"tokens": ["Ann", "saw", "New York"], "tags": ["B-PER", "O", "B-LOC"]},
         {"tokens": ["#", "hi there"], "tags": ["O", "O"]}]
-    mixed = "Ann\tB-PER\nNew York B-LOC\n"  # not every line tab-separated: columns split at spaces too
-    assert read_conll(_write(tmp_path, mixed))[0]["tokens"] == ["Ann", "New"]
+    mixed = "Ann\tB-PER\nNew York B-LOC\n"  # not every line tab-separated: columns split at spaces too, and the
+    with pytest.raises(ConfigError, match=r"line 2: 3 columns .* other token lines have 2"):  # odd line refused
+        read_conll(_write(tmp_path, mixed))
     pos = "EU NNP\tB-ORG\nrejects VBZ\tO\n"  # a space before the POS column, a tab before the tag: 3 columns
     assert read_conll(_write(tmp_path, pos))[0]["tokens"] == ["EU", "rejects"]
 

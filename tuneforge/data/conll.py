@@ -22,7 +22,7 @@ Record = dict[str, Any]
 
 TOKEN_COLUMNS = ("tokens", "words", "sentence", "text")  # the names data sets use for the words ...
 TAG_COLUMNS = ("tags", "ner_tags", "labels", "tag", "ner", "label")  # ... and for their tags
-TAG_LIKE = re.compile(r"O|[BIESLU][-_]\S+", re.IGNORECASE)  # a value that reads as a tag (O, B-PER, s_loc)
+TAG_LIKE = re.compile(r"O|[BIESLUMW][-_]\S+", re.IGNORECASE)  # a value that reads as a tag (O, B-PER, s_loc)
 
 
 def list_columns(row: Record, tokens: str, tags: str, label: str) -> tuple[str, str]:
@@ -124,6 +124,9 @@ def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", t
 def _token(value: Any, where: str) -> str:
     if value is None or isinstance(value, (list, dict)):
         raise ConfigError(f"{where}: token {value!r} is not a string; give one string per token")
+    if not str(value).strip():
+        raise ConfigError(f"{where}: token {str(value)!r} is empty; each token is a word (remove the empty ones and "
+                          "their tags)")
     return str(value)
 
 
@@ -153,8 +156,9 @@ def _sentences(tags: Sequence[str] | Sequence[Sequence[str]]) -> list[Sequence[s
     return [tags] if not tags or isinstance(tags[0], str) else list(tags)
 
 
-# IOBES/BIOES (S-ingle, E-nd) and BILOU (U-nit, L-ast) prefixes as IOB2's: a chunk's first word is B-, the rest I-
-PREFIXES = {"B": "B", "I": "I", "S": "B", "U": "B", "E": "I", "L": "I"}
+# IOBES/BIOES (S-ingle, E-nd), BILOU (U-nit, L-ast) and BMES/BMEWO (M-iddle, W-hole) prefixes as IOB2's: a chunk's
+# first word is B-, the rest I-
+PREFIXES = {"B": "B", "I": "I", "S": "B", "U": "B", "E": "I", "L": "I", "M": "I", "W": "B"}
 UNTYPED = "SPAN"  # the entity type of tags that are bare prefixes (B, I, O)
 
 
@@ -180,6 +184,7 @@ def _note_scheme(records: list[Record], source: str) -> list[Record]:
             r["tags"] = [t if t.upper() == "O" else f"{t.upper()}-{UNTYPED}" for t in r["tags"]]
         print(f"note: {source}: tags {', '.join(sorted(bare))} name no entity type; read as one type, {UNTYPED} "
               f"(B as B-{UNTYPED})", file=sys.stderr)
+    _refuse_unknown_prefixes(records, source)
     examples: dict[str, str] = {}
     types: dict[str, set[str]] = {}  # lower case -> spellings
     for tag in dict.fromkeys(t for r in records for t in r["tags"]):  # each distinct tag once, in order
@@ -194,6 +199,23 @@ def _note_scheme(records: list[Record], source: str) -> list[Record]:
         print(f"note: {source}: entity types {'; '.join(' and '.join(map(repr, g)) for g in cased[:3])} differ only "
               "in case and are separate types; write them one way if they mean the same", file=sys.stderr)
     return records
+
+
+_PREFIX_LIKE = re.compile(r"[A-Za-z][-_]\S+")  # X-MOV: a one-letter prefix and a type
+
+
+def _refuse_unknown_prefixes(records: list[Record], source: str) -> None:
+    """ConfigError for a tag like ``X-MOV`` in a file of prefixed tags (B-MOV ...): a prefix no scheme uses (a typo,
+    or a scheme tuneforge does not read) would otherwise train as an entity type of its own."""
+    tags = dict.fromkeys(t for r in records for t in r["tags"])
+    if not any(_prefixed(t) for t in tags):
+        return
+    for i, r in enumerate(records, start=1):
+        odd = next((t for t in r["tags"] if _PREFIX_LIKE.fullmatch(t) and t[0].upper() not in PREFIXES), None)
+        if odd is not None:
+            raise ConfigError(f"{source}: sentence {i}: tag {odd!r} has the prefix {odd[:2]!r}, which no tag scheme "
+                              f"uses, while other tags have B-/I- prefixes; write it with one of "
+                              f"{', '.join(p + '-' for p in PREFIXES)} (B- begins an entity, I- continues it) or O")
 
 
 def _prefixed(tag: str) -> bool:

@@ -20,7 +20,8 @@ _COLUMNS = re.compile(r"[ \t]+")  # column separators: ASCII spaces/tabs only (a
 
 def read_conll(path: str | Path, tag_names: Sequence[str] | None = None) -> list[Record]:
     """Sentences of a CoNLL file: first column the token, last the tag (after an index column: the next two,
-    :func:`_index_first`; columns split by spaces or tabs, middle ones ignored; by tabs only where every token line holds one, so a token may hold a space), blank lines
+    :func:`_index_first`; columns split by spaces or tabs, middle ones ignored; by tabs only where every token line holds one, so a token may hold a space; a token line with more or fewer
+    columns than most is refused), blank lines
     between sentences, ``-DOCSTART-`` lines skipped; number tags (ids) named by ``tag_names`` (:func:`_tag`);
     lines end at "\\n" only (U+2028 stays in a token). Comments are skipped with one note: ``#`` lines whose
     column count differs from most lines', ``# key = value`` (CoNLL-U), ``# ...`` ending in no other line's tag
@@ -37,6 +38,8 @@ def read_conll(path: str | Path, tag_names: Sequence[str] | None = None) -> list
             for line in lines]
     comments = _comment_lines(rows)
     token, tag = _index_first(rows, comments, p)
+    common = Counter(len(r) for i, r in enumerate(rows, start=1)
+                     if i not in comments and len(r) > 1 and r[0] != "-DOCSTART-").most_common(1)
     records: list[Record] = []
     sentence: list[tuple[int, list[str]]] = []  # its lines' numbers and columns
     for i, columns in enumerate([*rows, [""]], start=1):
@@ -50,6 +53,10 @@ def read_conll(path: str | Path, tag_names: Sequence[str] | None = None) -> list
         elif len(columns) == 1:
             raise ConfigError(f"{p}, line {i}: only one column ({columns[0][:40]!r}); each line needs a token "
                               "and a tag separated by a tab or spaces, and a blank line ends a sentence")
+        elif len(columns) != common[0][0]:
+            raise ConfigError(f"{p}, line {i}: {len(columns)} columns ({' '.join(columns)[:60]!r}) where the file's other "
+                              f"token lines have {common[0][0]}; write every token line with the same columns "
+                              "(a token, any middle columns, its tag last)")
         else:
             sentence.append((i, columns))
     if not records:

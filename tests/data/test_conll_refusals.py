@@ -1,0 +1,54 @@
+"""Tag lists and CoNLL files that would otherwise train wrong: a line with an extra column, a prefix no scheme
+uses, an empty token; BMES/BMEWO prefixes read as IOB2's."""
+import pytest
+
+from tuneforge.config import ConfigError
+from tuneforge.data.conll import read_token_lists, to_bio
+from tuneforge.data.conll_file import read_conll
+
+
+def _write(tmp_path, text, name="d.conll"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("sep", [" ", "\t"])
+def test_a_token_line_with_more_columns_than_the_others_is_refused_naming_it(tmp_path, sep):
+    text = sep.join(["the", "O"]) + "\n" + sep.join(["movie", "B-MOV", "EXTRA"]) + "\n" + sep.join(["film", "I-MOV"])
+    with pytest.raises(ConfigError, match=r"d\.conll, line 2: 3 columns .*'movie B-MOV EXTRA'.* have 2"):
+        read_conll(_write(tmp_path, text + "\n\nok O\n"))
+
+
+def test_files_of_four_columns_and_docstart_lines_still_read(tmp_path):
+    text = "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\nHi UH B-INTJ O\n"
+    assert read_conll(_write(tmp_path, text)) == [{"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]},
+                                                  {"tokens": ["Hi"], "tags": ["O"]}]
+
+
+def test_bmes_and_bmewo_prefixes_read_as_iob2():
+    rows = [{"tokens": ["the", "big", "bad", "wolf", "Ann"], "tags": ["O", "B-PER", "M-PER", "E-PER", "S-PER"]},
+            {"tokens": ["a", "Bo"], "tags": ["O", "W-PER"]}]
+    out = read_token_lists(rows, source="d.jsonl")
+    assert [to_bio(r["tags"]) for r in out] == [["O", "B-PER", "I-PER", "I-PER", "B-PER"], ["O", "B-PER"]]
+
+
+@pytest.mark.parametrize("odd", ["X-MOV", "o-MOV"])
+def test_a_prefix_no_scheme_uses_is_refused_among_prefixed_tags(tmp_path, odd):
+    rows = [{"tokens": ["a", "b"], "tags": ["B-MOV", "I-MOV"]}, {"tokens": ["c", "d"], "tags": ["B-MOV", odd]}]
+    with pytest.raises(ConfigError, match=rf"d\.jsonl: sentence 2: tag '{odd}' has the prefix '{odd[:2]}'"):
+        read_token_lists(rows, source="d.jsonl")
+    with pytest.raises(ConfigError, match=rf"sentence 2: tag '{odd}'"):
+        read_conll(_write(tmp_path, f"a B-MOV\nb I-MOV\n\nc B-MOV\nd {odd}\n"))
+
+
+def test_plain_labels_with_a_hyphen_are_not_prefixes_without_prefixed_tags():
+    out = read_token_lists([{"tokens": ["a", "b"], "tags": ["X-RAY", "O"]}], source="d.jsonl")
+    assert out[0]["tags"] == ["X-RAY", "O"]
+
+
+@pytest.mark.parametrize("token", ["", "  ", "\t"])
+def test_an_empty_token_is_refused_naming_its_row(token):
+    rows = [{"tokens": ["a", "b"], "tags": ["B-PER", "O"]}, {"tokens": [token, "b"], "tags": ["B-PER", "O"]}]
+    with pytest.raises(ConfigError, match=r"d\.jsonl, row 2: token .* is empty"):
+        read_token_lists(rows, source="d.jsonl")
