@@ -79,6 +79,13 @@ def test_columns_a_layout_does_not_read_are_named_in_a_note(tmp_path, capsys):
     path.write_text(row + '{"question": "what is 2 and 3 ?", "answer": "5"}\n')  # pairs are chosen row by row
     causal_lm.Task().read_source(str(path), load_config(None, {"model": {"task": "causal_lm"}}))
     assert capsys.readouterr().err == ""
+    chat = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+    path.write_text(chat + '{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}\n')
+    causal_lm.Task().read_source(str(path), load_config(None, {"model": {"task": "causal_lm"}}))
+    assert capsys.readouterr().err == ""  # so are conversation columns: both read
+    path.write_text(chat + '{"messages": [], "context": "a passage of text"}\n')
+    causal_lm.Task().read_source(str(path), load_config(None, {"model": {"task": "causal_lm"}}))
+    assert "reads conversations from 'messages'; column(s) 'context' are not read" in capsys.readouterr().err
 
 
 def test_parquet_messages_with_empty_tool_call_arrays_read(tmp_path):

@@ -58,7 +58,8 @@ def test_empty_texts_warn_with_their_count_and_the_run_trains(bert_dir, tmp_path
     rows[17]["text"] = None  # JSON null: an empty text too, never the word "None"
     assert main(train_argv(bert_dir, jsonl(tmp_path / "d.jsonl", rows), tmp_path / "run")) == 0
     err = capsys.readouterr().err
-    assert "warning: 3 example(s) have an empty text" in err and "Traceback" not in err
+    assert "warning: 3 example(s) have an empty text (the first: " in err and "Traceback" not in err
+    assert "d.jsonl, row 6); they train as they are" in err
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["examples"]["empty_texts"] == 3
     from tuneforge.run import resolve_config
     from tuneforge.tasks.classification import Task

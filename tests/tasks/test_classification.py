@@ -95,6 +95,29 @@ def test_two_common_spellings_are_ambiguous_and_the_error_names_the_columns(tmp_
         prepare(cfg, TASK, word_tokenizer())
 
 
+def _files(tmp_path, **rows):
+    for name, items in rows.items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    return {f"{name}_file": str(tmp_path / f"{name}.jsonl") for name in rows}
+
+
+def test_a_missing_column_is_named_among_the_files_own_columns(tmp_path):
+    """A test file spelling its texts 'review' and its labels 'stars': the error names 'label' (missing) and the
+    file's columns, not the 'text' copy made of 'review'."""
+    rows = [{"text": f"a {i}", "label": i % 2} for i in range(20)]
+    files = _files(tmp_path, train=rows, validation=rows[:4], test=[{"review": "b", "stars": 1}] * 4)
+    with pytest.raises(ConfigError, match=r"test\.jsonl: column 'label' not found; columns are 'review', 'stars' "):
+        prepare(load_config(None, {"data": files}), TASK, word_tokenizer())
+
+
+def test_a_later_file_of_a_pair_run_missing_its_second_text_is_named_so(tmp_path):
+    pair = [{"premise": f"a {i}", "hypothesis": f"b {i}", "label": i % 2} for i in range(20)]
+    files = _files(tmp_path, train=pair, validation=[{"premise": "c", "label": 0}] * 4, test=pair[:4])
+    with pytest.raises(ConfigError, match=r"validation\.jsonl: column 'hypothesis' not found; columns are "
+                                          r"'premise', 'label' "):
+        prepare(load_config(None, {"data": files}), TASK, word_tokenizer())
+
+
 def _prepare(tmp_path, rows, name="d.jsonl"):
     path = tmp_path / name
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -183,6 +206,14 @@ def test_a_test_file_whose_rows_all_repeat_training_rows_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"test\.jsonl: every row repeats an example of data\.validation_file, "
                                           "so nothing would be left to test on; give examples that "
                                           r"data\.validation_file does not hold"):
+        prepare(cfg, TASK, word_tokenizer())
+    (tmp_path / "val.jsonl").write_text(other)  # test rows repeating validation's and training's: both named
+    (tmp_path / "test.jsonl").write_text(other + rows[:rows.index("\n") + 1])
+    cfg = load_config(None, {"data": {"train_file": str(tmp_path / "train.jsonl"),
+                                      "validation_file": str(tmp_path / "val.jsonl"),
+                                      "test_file": str(tmp_path / "test.jsonl")}})
+    with pytest.raises(ConfigError, match=r"test\.jsonl: every row repeats an example of data\.train_file or "
+                                          r"data\.validation_file, so"):
         prepare(cfg, TASK, word_tokenizer())
 
 

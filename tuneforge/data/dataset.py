@@ -44,6 +44,7 @@ class Splits:
     skipped: int = 0  # invalid rows left out (data.skip_invalid)
     dropped_overlap: int = 0  # validation/test rows of separate files that repeat a training row
     empty_texts: int = 0
+    first_empty: str = ""  # where the first of them is (file and row)
     held_out: set[str] = field(default_factory=set)  # input keys of validation + test (never replayed)
     conflicts: list[tuple[str, list[str]]] = field(default_factory=list)  # (text, its labels) of texts labelled apart
 
@@ -88,10 +89,12 @@ def _checked(task: Any, records: list[Record], src: int, source: Source, cfg: Ru
     ``data.skip_invalid`` the row is left out and counted. Outside ``training`` (``evaluate --data``) the error's
     fix names no training setting."""
     present = set().union(*(record.keys() for record in records)) if records else set()
-    for column in task.required_columns(cfg):
+    read_from = getattr(task, "source_column", lambda c: c) if source.path else lambda c: c  # a file's own spelling
+    for column in map(read_from, task.required_columns(cfg)):
         if column not in present:
+            own = {k: v for k, v in records[0].items() if read_from(k) == k} if records else None  # not copies
             raise ConfigError(f"{source.name}: column '{column}' not found; columns are "
-                              f"{column_names(records[0]) if records else 'none'} "
+                              f"{column_names(own) if own else 'none'} "
                               + ("(choose with data.text_column / data.label_column)" if training else
                                  "(evaluate reads the columns the run was trained on: name them so in the file)"))
     out = []
@@ -106,6 +109,7 @@ def _checked(task: Any, records: list[Record], src: int, source: Source, cfg: Ru
             raise ConfigError(f"{place(source.name, r)}: {problem}; {fix}")
         if "" in normalise(task.input_text(record, cfg)).split(FIELD_SEP):  # a pair's second text counts too
             counts["empty"] += 1
+            counts.setdefault("first_empty", place(source.name, r))
         out.append((record, (src, r)))
     return out
 
@@ -167,7 +171,9 @@ def load_splits(cfg: RunConfig, task: Any) -> Splits:
                     continue
                 parts[k].append((record, where))
             if given[k] and not parts[k]:
-                other = "data.validation_file" if repeated == {"validation"} else "data.train_file"
+                files = {"data.validation_file" if s == "validation" and given["validation"] else "data.train_file"
+                         for s in repeated}  # a validation split drawn from the training file is that file's
+                other = " or ".join(sorted(files, key=lambda f: f != "data.train_file"))
                 raise ConfigError(f"{getattr(d, k + '_file')}: every row repeats an example of {other}, so nothing "
                                   f"would be left to {'validate' if k == 'validation' else 'test'} on; give "
                                   f"examples that {other} does not hold")
@@ -198,7 +204,7 @@ def load_splits(cfg: RunConfig, task: Any) -> Splits:
     if not parts["train"]:
         raise ConfigError("data: the training split is empty; provide more examples or a larger data.split[0]")
     out = Splits({k: [r for r, _ in v] for k, v in parts.items()}, {k: [w for _, w in v] for k, v in parts.items()},
-                 sources, duplicates, counts["skipped"], dropped, counts["empty"])
+                 sources, duplicates, counts["skipped"], dropped, counts["empty"], counts.get("first_empty", ""))
     out.held_out = {normalise(task.input_text(r, cfg)) for k in ("validation", "test") for r in out.records[k]}
     out.conflicts = _conflicts(groups, task, cfg)
     return out
@@ -245,7 +251,8 @@ def warnings(s: Splits, data: Any = None, max_length: int = 0) -> list[str]:
     if s.skipped:
         out.append(f"warning: {s.skipped} invalid row(s) skipped (data.skip_invalid)")
     if s.empty_texts:
-        out.append(f"warning: {s.empty_texts} example(s) have an empty text")
+        out.append(f"warning: {s.empty_texts} example(s) have an empty text (the first: {s.first_empty}); they train "
+                   "as they are: fix or remove them if that is a mistake")
     if not s.records["validation"]:
         out.append("warning: no validation examples: the last step's weights are kept and nothing stops early "
                    "(more data or a larger data.split[1] gives them)")

@@ -70,15 +70,15 @@ def one_layout(parts: list[tuple[list[dict[str, Any]], list[str]]], d: DataConfi
 
 def note_unread(records: list[dict[str, Any]], d: DataConfig, source: str) -> None:
     """A note naming the columns of a file's records that its layout (the first record's) does not read and that
-    hold text or lists in some row: columns a user may have expected to train on (a passage, a history). Pairs are
-    chosen row by row, so each row's own prompt and answer columns count as read."""
+    hold text or lists in some row: columns a user may have expected to train on (a passage, a history). Pairs and
+    conversation columns are chosen row by row, so each row's own columns count as read."""
     try:
         fmt = detect_format(set(records[0]), d, "")
         pairs = {_pair_columns(r, d): None for r in records} if fmt == "pairs" else {}
     except ConfigError:  # no layout: each row's error says why
         return
-    if fmt == "chat":
-        read = [next((c for c in CHAT_COLUMNS if c in records[0]), d.text_column)]
+    if fmt == "chat":  # each row's own conversation column ('messages' in one, 'conversations' in another)
+        read = list({next((c for c in CHAT_COLUMNS if c in r), d.text_column): None for r in records})
     elif fmt == "pairs":
         read = [c for pair in pairs for c in pair] + list(CONTEXT_COLUMNS)
     else:
@@ -88,7 +88,7 @@ def note_unread(records: list[dict[str, Any]], d: DataConfig, source: str) -> No
         other.update((str(k), None) for k, v in record.items() if k not in read + ["system"] and str(k) not in other
                      and (isinstance(v, str) and " " in v.strip() or _is_list(v)))
     reads = (", ".join(f"prompt '{p}' -> answer '{a}'" for p, a in pairs) if fmt == "pairs" else
-             f"{'conversations' if fmt == 'chat' else 'plain text'} from '{read[0]}'")
+             f"conversations from {' and '.join(map(repr, read))}" if fmt == "chat" else f"plain text from '{read[0]}'")
     if other:
         print(f"note: {source}: the run reads {reads}; column(s) {', '.join(map(repr, other))} are not read "
               "(docs/data-formats.md lists the layouts)", file=sys.stderr)

@@ -79,9 +79,12 @@ class Task:
         records = read_records(path)
         d = cfg.data
         pair = _pair(records[0], cfg) if d.text_column not in records[0] else None  # before 'sentence' alone (QNLI)
+        first = next((a for a, b in PAIR_COLUMNS if b == d.text_pair_column and a in records[0]), None)
         text = common_column(records[0], d.text_column, TEXT_COLUMNS)
         if pair:  # the run becomes a text-pair run; config.yaml records the second column for `predict`
             text, d.text_pair_column = pair
+        elif first and text not in records[0]:  # a later file of a pair run (premise + hypothesis) missing the second
+            text = first
         partner = dict(PAIR_COLUMNS).get(text)
         if d.text_pair_column is None and partner in records[0]:
             print(f"note: {path} also has '{partner}', the usual second text of '{text}'; the run reads '{text}' "
@@ -91,6 +94,8 @@ class Task:
         self.read_as = {d.text_column: text, d.label_column: label}  # for row_problem's errors about this file
         if text == d.text_column and label == d.label_column and names is None:
             return records
+        if text not in records[0] or label not in records[0]:
+            return records  # as read: dataset's check names the missing column among the file's own
         for kind, configured, used in (("text", d.text_column, text), ("label", d.label_column, label)):
             if used != configured:  # said, never silent (the note names a text pair's first column)
                 print(f"note: {path} has no '{configured}' column: the {kind}s come from '{used}' "
@@ -107,6 +112,10 @@ class Task:
 
     def required_columns(self, cfg: RunConfig) -> list[str]:
         return self._text_columns(cfg) + [cfg.data.label_column]
+
+    def source_column(self, column: str) -> str:
+        """The last file's column that a required column is read from (``review`` for ``text``)."""
+        return getattr(self, "read_as", {}).get(column, column)
 
     def row_problem(self, record: Record, cfg: RunConfig) -> str | None:
         for column in self._text_columns(cfg) + [cfg.data.label_column]:
