@@ -129,13 +129,18 @@ def test_regularisation_refuses_methods_that_train_no_pretrained_weight(setup):
         _task2(root, base, task1, "reg-lora", method="lora", regularize={"kind": "l2sp"})
 
 
-def test_replay_and_augmentation_grow_the_training_split(setup):
+def test_replay_and_augmentation_grow_the_training_split(setup, capsys):
     root, base, _ = setup
     cfg = {**base, "data": {"dataset": str(root / "sentiment.csv")}, "train": {**base["train"], "max_steps": 1}}
     plain = train({**cfg, "output_dir": str(root / "plain")}, progress=False).metrics["examples"]["trained_per_epoch"]
     replay = train({**cfg, "output_dir": str(root / "replay"),
                     "forgetting": {"replay": {"data": str(root / "sentiment.csv"), "ratio": 0.5}}}, progress=False)
     assert replay.metrics["examples"]["trained_per_epoch"] == 2 * plain  # ratio 0.5: as many replay as task examples
+    capsys.readouterr()
+    named = train({**cfg, "output_dir": str(root / "named"),  # replay data without a ratio: said, not silent
+                   "forgetting": {"replay": {"data": str(root / "sentiment.csv")}}}, progress=False)
+    assert named.metrics["examples"]["trained_per_epoch"] == plain
+    assert "forgetting.replay.ratio is 0, so nothing is replayed" in capsys.readouterr().err
     aug = train({**cfg, "output_dir": str(root / "aug"), "forgetting": {"augment": {"copies": 2}}}, progress=False)
     assert aug.metrics["examples"]["trained_per_epoch"] == 3 * plain
     assert aug.metrics["examples"]["train"] == replay.metrics["examples"]["train"] == plain  # the split itself

@@ -3,6 +3,8 @@ data mixed into the training split, the L2-SP / EWC regulariser for the loop, an
 the start after it."""
 from __future__ import annotations
 
+import sys
+
 from typing import Any
 
 import torch.nn as nn
@@ -74,6 +76,9 @@ def mix_replay(cfg: RunConfig, task: Task, tokenizer: Any, data: Prepared, held_
     are left out, so replay never trains on what is evaluated."""
     r = cfg.forgetting.replay
     if r.ratio == 0:
+        if r.data:  # named, so meant to be replayed: never silently unused
+            print(f"warning: forgetting.replay.data={r.data} is set but forgetting.replay.ratio is 0, so nothing is "
+                  "replayed; forgetting.replay.ratio=0.2 makes a fifth of each epoch replay", file=sys.stderr)
         return data
     banned = held_out | {k for p in probes for k in p.keys}
     if r.data == "self":
