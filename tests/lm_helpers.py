@@ -82,11 +82,11 @@ def ending(tok: PreTrainedTokenizerFast, suffix: str) -> PreTrainedTokenizerFast
 
 
 def seq2seq_folder(path: Path, family: str = "t5") -> Path:
-    """Save a tiny random encoder-decoder (``t5``, ``bart`` or ``mbart``) with its LM head + the tiny tokenizer (no
+    """Save a tiny random encoder-decoder (``t5``, ``bart``, ``mbart`` or ``marian``) with its LM head + the tiny tokenizer (no
     chat template) into ``path``; its special ids are the tokenizer's (T5 starts the decoder at padding, BART at
     EOS; the mBART one's tokenizer ends every text in ``<|end|> <|system|>``, the second standing for mBART-cc25's
     language code, which its decoder starts from in training whatever ``decoder_start_token_id`` says)."""
-    from transformers import AutoModelForSeq2SeqLM, BartConfig, MBartConfig, T5Config
+    from transformers import AutoModelForSeq2SeqLM, BartConfig, MarianConfig, MBartConfig, T5Config
 
     tok = tiny_tokenizer(template=False)
     pad, eos = tok.pad_token_id, tok.eos_token_id
@@ -97,7 +97,8 @@ def seq2seq_folder(path: Path, family: str = "t5") -> Path:
         sizes = dict(vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                      decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
                      init_std=0.2, pad_token_id=pad, eos_token_id=eos, bos_token_id=None, forced_eos_token_id=None)
-        config = (BartConfig if family == "bart" else MBartConfig)(**sizes, decoder_start_token_id=eos)
+        kind = {"bart": BartConfig, "mbart": MBartConfig, "marian": MarianConfig}[family]
+        config = kind(**sizes, decoder_start_token_id=eos)
         if family == "mbart":
             tok = ending(tok, "<|end|> <|system|>")
     torch.manual_seed(0)

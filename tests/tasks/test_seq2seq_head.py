@@ -93,3 +93,26 @@ def test_a_model_that_rescales_its_logits_keeps_the_full_forward(tmp_path, monke
     torch.testing.assert_close(loss, ref_loss)
     for name in grads:
         torch.testing.assert_close(grads[name], ref_grads[name], msg=name)
+
+
+@pytest.mark.parametrize("method", ["full", "freeze"])
+def test_parameters_saving_leaves_out_stay_frozen_so_the_saved_run_is_the_trained_one(method, tmp_path):
+    """Marian's sinusoidal position tables are parameters that ``save_pretrained`` drops (rebuilt on loading):
+    trained, the run on disk would differ from the trained model. They stay frozen; the reloaded run reproduces
+    the run's own test loss."""
+    from tuneforge.methods import registry
+    from tuneforge.run import load, train
+
+    folder, _ = _setup(tmp_path, "marian")
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder)
+    options = {"num_layers": 4, "extra": ["embed_positions"]} if method == "freeze" else {}
+    registry.apply(model, method, registry.make_config(method, options))
+    trains = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trains and not {n for n in trains if "embed_positions" in n}
+    run = train({"model": {"name": str(folder), "task": "seq2seq", "max_length": 32},
+                 "data": {"dataset": str(write_sources(tmp_path / "pairs.jsonl"))}, "method": {"name": "full"},
+                 "train": {"max_steps": 8, "batch_size": 8, "lr": 1e-2, "precision": "fp32"},
+                 "eval": {"generate_samples": 0, "before": False}, "output_dir": str(tmp_path / "run")},
+                progress=False)
+    again = load(run.run_dir, "cpu").evaluate()
+    assert again["loss"] == pytest.approx(run.metrics["test_after"]["loss"], rel=1e-6)

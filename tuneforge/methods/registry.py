@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from types import ModuleType
 from typing import Any
 
@@ -44,10 +45,15 @@ def make_config(name: str, options: dict[str, Any]) -> Any:
 def apply(model: nn.Module, name: str, config: Any, always_train: list[str] | tuple[str, ...] = ()) -> nn.Module:
     """Freeze everything but the parameters whose names start with ``always_train`` (e.g. a freshly initialised
     classification head, trained in full, which methods leave alone), then apply the method (which unfreezes
-    only what it adds or selects)."""
+    only what it adds or selects). Parameters the model's ``save_pretrained`` leaves out stay frozen."""
     for pname, p in model.named_parameters():
         p.requires_grad_(any(pname == prefix or pname.startswith(prefix + ".") for prefix in always_train))
-    return get(name).apply(model, config)
+    unsaved = getattr(model, "_keys_to_ignore_on_save", None) or ()  # patterns of parameter names
+    model = get(name).apply(model, config)
+    for pname, p in model.named_parameters():  # e.g. Marian's sinusoidal position tables: rebuilt, never loaded
+        if p.requires_grad and any(re.search(k, pname) for k in unsaved):
+            p.requires_grad_(False)  # trained, they would be lost on saving: the saved run would not be the trained one
+    return model
 
 
 def call_optional(name: str, hook: str, model: nn.Module) -> nn.Module:
