@@ -119,7 +119,7 @@ def test_a_run_stored_before_the_head_rate_default_is_not_taken_for_a_new_one(fi
         path.write_text(text)
 
 
-def test_config_error_is_recorded_and_others_continue(setup):
+def test_config_error_is_recorded_and_others_continue(setup, capsys):
     root, base = setup
     out = root / "failing"
     # method options in the base config belong to the method they name: freeze gets 5 layers of a 2-layer model
@@ -131,6 +131,18 @@ def test_config_error_is_recorded_and_others_continue(setup):
     assert "failed: method.num_layers=5" in md
     with open(out / "comparison.csv") as f:
         assert [r["status"] for r in csv.DictReader(f)] == ["failed", "ok"]
+    config = root / "failing.yaml"  # the command: exit status 1, so scripts see the failure
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["compare", "-c", str(config), "--methods", "freeze,prompt", "-o", str(out), "-q", "--in-process"]) == 1
+    assert "(1 failed: freeze)" in capsys.readouterr().out
+
+
+def test_an_interrupted_comparison_says_how_to_continue_in_one_line():
+    from tuneforge import interrupts
+
+    assert interrupts.stopped(KeyboardInterrupt(), "compare") == (
+        "interrupted; running the same `tuneforge compare` command again skips the finished methods and resumes the "
+        "interrupted one from its last checkpoint")
 
 
 def test_unknown_method_fails_before_training(tmp_path):

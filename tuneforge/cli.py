@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train each method with its own defaults (only method.name changes; the "
                        "learning rate is the method's default unless train.lr is set) and compare quality, "
                        "trainable share, time, speed, memory and forgetting. Runs go to OUT_DIR/runs/<method>; "
-                       "running again skips finished methods and resumes interrupted ones.")
+                       "running again skips finished methods and resumes interrupted ones. Exit status 1 when "
+                       "a method failed (its row says why; the others are written).")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides shared by every run")
     p.add_argument("-c", "--config", help="base YAML config shared by every run")
     p.add_argument("--methods", help="comma-separated methods (default: all, see `tuneforge methods`)")
@@ -164,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "content-free inputs. Prints accuracy and macro-F1 without and with it.")
     p.add_argument("--model", default="smollm2", help="embedded causal LM (smollm2) or a local Hugging Face folder")
     p.add_argument("--data", default="rotten_tomatoes", help="embedded data set or a .csv/.jsonl/.parquet file")
-    p.add_argument("--text-column", dest="text_column", default="text")
-    p.add_argument("--label-column", dest="label_column", default="label")
+    p.add_argument("--text-column", dest="text_column", default="text", help="the data's text column (default: text)")
+    p.add_argument("--label-column", dest="label_column", default="label",
+                   help="the data's label column (default: label)")
     p.add_argument("--template", help="prompt with {text}; \\n is a newline (default for rotten_tomatoes/imdb: "
                    "'Review: {text}\\nSentiment:', else 'Text: {text}\\nLabel:')")
     p.add_argument("--label-words", dest="label_words", help="comma-separated, one per label in sorted label "
@@ -177,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="seed of the split, the test sample and the demonstrations")
     p.add_argument("--mode", default="first_token", choices=["first_token", "sequence"],
                    help="score the first token of each label word, or its whole token sequence")
-    p.add_argument("--batch-size", dest="batch_size", type=count(1), default=16)
+    p.add_argument("--batch-size", dest="batch_size", type=count(1), default=16,
+                   help="prompts scored at a time (default: 16; lower it if memory runs short)")
     p.add_argument("--device", default="auto", help=DEVICE)
     p.add_argument("-o", "--output", help="also write every setting, metric and prediction to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")

@@ -93,14 +93,14 @@ PREDICT_CHUNK = 1024  # texts predicted at a time: output streams and memory sta
 
 def _predictions(run: Run, texts: list[str], pairs: list[str] | None) -> Iterator[dict[str, Any]]:
     """``run.predict`` over ``texts`` a chunk at a time, with a progress bar (stderr) when there are several."""
-    from tqdm.auto import tqdm
+    from tuneforge.progress import bar as progress_bar
 
     from tuneforge.config import ConfigError
 
     if pairs is not None and len(pairs) != len(texts):  # checked whole, as Run.predict would
         raise ConfigError(f"{len(texts)} texts but {len(pairs)} second texts: give one second text per text")
     starts = range(0, len(texts), PREDICT_CHUNK)
-    for start in tqdm(starts, desc="predict", unit="chunk", leave=False, disable=len(starts) < 2):
+    for start in progress_bar(starts, desc="predict", unit="chunk", leave=False, disable=len(starts) < 2):
         end = start + PREDICT_CHUNK
         yield from run.predict(texts[start:end], pairs[start:end] if pairs is not None else None)
 
@@ -220,7 +220,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f.read())
     failed = [r["method"] for r in rows if r["status"] != "ok"]
     print(f"comparison written to {args.output}" + (f" ({len(failed)} failed: {', '.join(failed)})" if failed else ""))
-    return 0
+    return 1 if failed else 0  # scripts see a method that failed; the others' rows are written either way
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

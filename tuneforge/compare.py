@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tqdm.auto import tqdm
 
+from tuneforge.progress import bar as progress_bar
 from tuneforge import checkpoint, tasks
 from tuneforge.config import ConfigError, RunConfig, load_config, merge_dicts, parse_overrides
 from tuneforge.compare_report import failed_row, row_from_metrics, write_outputs
@@ -55,7 +55,7 @@ def compare(methods: Sequence[str] | str | None, config: str | Path | dict[str, 
             _check_same_config(out / "runs" / name, method_config(base, name, out / "runs" / name))
     (out / "runs").mkdir(parents=True, exist_ok=True)
     rows = []
-    bar = tqdm(names, desc="compare", unit="method", disable=not progress)
+    bar = progress_bar(names, desc="compare", unit="method", disable=not progress)
     for name in bar:
         bar.set_description(f"compare: {name}")
         rows.append(_run_method(name, base, out, task, progress, in_process, overwrite))
@@ -212,8 +212,10 @@ def failure(code: int, tail: str) -> str:
 
 
 def _stream(cmd: list[str], echo: bool) -> tuple[int, str]:
-    """Run ``cmd``; pass its stderr (progress bars, errors) through when ``echo``; return (exit code, stderr tail)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    """Run ``cmd``; pass its stderr (progress bars, errors) through when ``echo``; return (exit code, stderr tail).
+    The child runs in a session of its own, so a terminal's Ctrl-C reaches this process alone, which stops the
+    child and says in one line how to continue (the child's checkpoints resume it)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     decoder, tail = codecs.getincrementaldecoder("utf-8")(errors="replace"), ""
     try:
         assert proc.stderr is not None

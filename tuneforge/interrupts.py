@@ -48,6 +48,9 @@ def stopped(exc: KeyboardInterrupt, command: str | None, resume: str | None = No
     word = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
     resume_check = sys.modules.get("tuneforge.resume_check")  # not imported: no run was started here
     run = resume_check.current_run() if command == "train" and resume_check is not None else None
+    if command == "compare":
+        return (f"{word}; running the same `tuneforge compare` command again skips the finished methods and resumes "
+                "the interrupted one from its last checkpoint")
     if command != "train":
         return word
     if run is None and resume is not None:
