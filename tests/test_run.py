@@ -64,6 +64,20 @@ def test_reload_gives_identical_predictions(lora_run, bert_dir, data_csv):
     assert run.evaluate(str(data_csv))["n"] == 160
 
 
+def test_evaluating_on_rows_the_run_trained_on_warns(lora_run, data_csv, tmp_path, capsys):
+    import pandas as pd
+
+    run = load(lora_run.run_dir, device="cpu")
+    capsys.readouterr()
+    run.evaluate(str(data_csv))  # the run's own source: its training rows among the others
+    train = lora_run.metrics["examples"]["train"]
+    assert f"warning: {train} of 160 row(s) of {data_csv} are training examples of this run" in capsys.readouterr().err
+    test_rows = [row for _, row in json.loads((lora_run.run_dir / "split.json").read_text())["test"]]  # (source, row)
+    pd.read_csv(data_csv).iloc[test_rows].to_csv(tmp_path / "held.csv", index=False)
+    run.evaluate(str(tmp_path / "held.csv"))  # only the test rows: nothing to warn about
+    assert "training examples" not in capsys.readouterr().err
+
+
 def test_merge_writes_a_plain_hf_model_with_the_same_outputs(lora_run, tmp_path):
     run = load(lora_run.run_dir, device="cpu")
     enc = run.tokenizer(["the movie was great fun", "bad"], padding=True, return_tensors="pt")

@@ -156,6 +156,7 @@ class Run:
         if data_file:
             records, where = dataset.source_records(self.task, data_file, self.cfg, training=False)
             meta = self.task.source_meta(records, self.cfg, meta, where)  # a chat run on an input->output file
+            self._note_trained_on(records, data_file)
         else:
             self._here()
             manifest = self.files.split()
@@ -169,6 +170,20 @@ class Run:
             print(note, file=sys.stderr)  # the run's own test rows: said when it trained
         return self.task.evaluate(self._ready(), examples, self.rt, self.cfg, meta, tokenizer=self.tokenizer,
                                   raw=records, progress=progress)
+
+    def _note_trained_on(self, records: list[dict[str, Any]], data_file: str) -> None:
+        """A warning when rows of ``data_file`` repeat the run's training examples (the same input text): their
+        metrics overstate how the model does on new data. Skipped where the training data cannot be read back."""
+        manifest = self.files.split()
+        try:
+            train, _ = dataset.restore(manifest, "train", self.task, self.cfg) if manifest else ([], [])
+            seen = {dataset.normalise(self.task.input_text(r, self.cfg)) for r in train}
+            repeats = sum(dataset.normalise(self.task.input_text(r, self.cfg)) in seen for r in records)
+        except (ConfigError, OSError, KeyError, TypeError, ValueError):  # moved sources, another layout
+            return
+        if repeats:
+            print(f"warning: {repeats} of {len(records)} row(s) of {data_file} are training examples of this run (the "
+                  "same input text); their metrics overstate how it does on new data", file=sys.stderr)
 
     @scope.quietly
     def predict(self, texts: list[str], pairs: list[str] | None = None) -> list[dict[str, Any]]:

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
+from tuneforge.progress import bar as progress_bar
 from tuneforge import checkpoint, distributed, fast, last_layer, training_state
 from tuneforge.best_weights import BestWeights
 from tuneforge.grouped_attention import grouped_attention
@@ -152,7 +152,7 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
         result.best.resumed(result.best_step, loop["best_state"])
     step = result.steps
     logger = Logger(run_dir, d.main, resumed_at=step if resume else None)
-    bar = tqdm(total=total, initial=step, desc="train", disable=not progress or not d.main, dynamic_ncols=True)
+    bar = progress_bar(total=total, initial=step, desc="train", disable=not progress or not d.main, dynamic_ncols=True)
     logged = torch.zeros(2, dtype=torch.float64, device=rt.device)  # this rank's loss sum, all ranks' units
     logged[0], logged[1] = result.unlogged[0] if d.main else 0.0, result.unlogged[1]  # a resumed log window
     start = time.perf_counter() - result.train_seconds

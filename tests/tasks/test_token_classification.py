@@ -142,7 +142,9 @@ def test_conll_number_tags_are_named_by_tag_names(tmp_path):
     assert TASK.read_source(str(path), cfg) == [{"tokens": ["Alice", "smiled"], "tags": ["B-PER", "O"]}]
 
 
-def test_printed_entities_stay_on_one_line_each():
+def test_each_input_prints_on_one_line_with_its_entities():
     from tuneforge.tasks.token_classification import Task
-    row = {"text": "to New\nYork", "entities": [{"label": "loc", "start": 3, "end": 11, "text": "New\nYork"}]}
-    assert Task().describe(row) == "to New\nYork\n  loc: New York"
+    row = {"text": "to New\nYork", "entities": [{"label": "loc", "start": 3, "end": 11, "text": "New\nYork"},
+                                              {"label": "per", "start": 0, "end": 2, "text": "to"}]}
+    assert Task().describe(row) == "to New\\nYork\tloc: New York | per: to"
+    assert Task().describe({"text": "hi", "entities": []}) == "hi\t(no entities)"

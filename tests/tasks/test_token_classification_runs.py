@@ -164,7 +164,7 @@ def test_predict_cli_prints_entities_and_json_offsets(conll_run, capsys):
     text = "the w3 w11 was so  w25 movie"
     assert cli.main(["predict", str(out.run_dir), text, "so w7 and w22"]) == 0
     printed = capsys.readouterr().out
-    assert "  person: w3 w11\n" in printed and "  loc: w25\n" in printed and "  person: w7\n" in printed
+    assert printed.splitlines() == [f"{text}\tperson: w3 w11 | loc: w25", "so w7 and w22\tperson: w7 | loc: w22"]
     assert cli.main(["predict", str(out.run_dir), text, "--json"]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["text"] == text

@@ -146,17 +146,16 @@ def token_loss(task: Task, model: nn.Module, examples: list[Example], rt: Runtim
                progress: bool = False) -> dict[str, Any]:
     """Token-weighted mean of ``task.loss`` over ``examples`` (summed over ``task.units`` tokens), its perplexity and
     the token count: the evaluation of the tasks that learn text (causal LM, seq2seq)."""
-    from tqdm.auto import tqdm
-
     from tuneforge.data.batching import batch_order, iterate
     from tuneforge.evaluate import perplexity
     from tuneforge.models import autocast
+    from tuneforge.progress import bar as progress_bar
 
     model.eval()
     order = batch_order([len(e["input_ids"]) for e in examples], batch_size, 0, 0, shuffle=False, group_by_length=True)
     total, count = 0.0, 0
-    for batch in tqdm(iterate(examples, order, rt.pad_id, shapes=rt.shapes), total=len(order), desc="evaluate",
-                      leave=False, disable=not progress):
+    for batch in progress_bar(iterate(examples, order, rt.pad_id, shapes=rt.shapes), total=len(order),
+                              desc="evaluate", leave=False, disable=not progress):
         batch = {k: v.to(rt.device) for k, v in batch.items()}
         with autocast(rt.device, rt.bf16):
             total += float(task.loss(model, batch))

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
-from tqdm.auto import tqdm
 
+from tuneforge.progress import bar as progress_bar
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.batching import batch_order, iterate
 from tuneforge.data.labels import label_key, label_names
@@ -254,7 +254,7 @@ class Task:
         lengths = [len(e["input_ids"]) for e in examples]
         order = batch_order(lengths, batch_size, 0, 0, shuffle=False, group_by_length=True)
         rows: dict[int, torch.Tensor] = {}
-        bar = tqdm(order, desc="evaluate", leave=False, disable=not progress)
+        bar = progress_bar(order, desc="evaluate", leave=False, disable=not progress)
         for idx, batch in zip(bar, iterate(examples, order, rt.pad_id, shapes=rt.shapes)):
             batch = {k: v.to(rt.device) for k, v in batch.items() if k != "labels"}
             with autocast(rt.device, rt.bf16):

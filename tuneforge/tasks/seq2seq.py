@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
 
+from tuneforge.progress import bar as progress_bar
 from tuneforge import assets
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import layouts
@@ -116,7 +116,7 @@ def generate_outputs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, input
     out: list[str] = [""] * len(inputs)
     lengths = [len(x) for x in inputs]
     order = batch_order(lengths, batch_size, 0, 0, shuffle=False, group_by_length=True)
-    for idx in tqdm(order, desc="generate", leave=False, disable=not progress):
+    for idx in progress_bar(order, desc="generate", leave=False, disable=not progress):
         longest = max(lengths[i] for i in idx)
         ids = torch.tensor([inputs[i] + [rt.pad_id] * (longest - lengths[i]) for i in idx])  # (batch, seq)
         mask = torch.tensor([[1] * lengths[i] + [0] * (longest - lengths[i]) for i in idx])  # (batch, seq)

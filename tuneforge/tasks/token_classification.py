@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 from transformers import AutoModelForTokenClassification, PreTrainedTokenizerBase
 
+from tuneforge.progress import bar as progress_bar
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import conll, conll_file
 from tuneforge.data.spans import read_spans, span_column, tags_to_spans
@@ -175,8 +175,8 @@ class Task:
         order = batch_order([len(e["input_ids"]) for e in examples], batch_size, 0, 0, shuffle=False)
         preds: dict[int, list[int]] = {}
         total, count = 0.0, 0
-        batches = tqdm(iterate(examples, order, rt.pad_id, shapes=rt.shapes), total=len(order), desc="evaluate",
-                       leave=False, disable=not progress)
+        batches = progress_bar(iterate(examples, order, rt.pad_id, shapes=rt.shapes), total=len(order),
+                               desc="evaluate", leave=False, disable=not progress)
         for idx, batch in zip(order, batches):
             batch = {k: v.to(rt.device) for k, v in batch.items()}
             with autocast(rt.device, rt.bf16):
@@ -242,8 +242,11 @@ class Task:
         return rows
 
     def describe(self, prediction: dict[str, Any]) -> str:
-        found = [f"  {e['label']}: {' '.join(e['text'].split())}" for e in prediction["entities"]]  # one line each
-        return "\n".join([prediction["text"]] + (found or ["  (no entities)"]))
+        """One line per input: the text (a line break written ``\\n``), a tab, its entities (``loc: New York |
+        per: Ann``) or ``(no entities)``; ``--json`` keeps the character offsets."""
+        found = [f"{e['label']}: {' '.join(e['text'].split())}" for e in prediction["entities"]]
+        text = prediction["text"].replace("\r", "\\r").replace("\n", "\\n")
+        return f"{text}\t{' | '.join(found) or '(no entities)'}"
 
     def default_probes(self, cfg: RunConfig) -> list[str]:
         return []
