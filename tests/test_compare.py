@@ -195,3 +195,14 @@ def test_method_options_go_to_the_methods_that_have_them(setup, tmp_path):
                                           r"\(lora, ia3\)"):
         compare("lora,ia3", base, ["method.num_virtual_tokens=3"], out_dir=tmp_path / "c", progress=False)
     assert not (tmp_path / "c").exists()
+
+
+def test_a_training_child_leaves_the_interrupt_message_to_compare(monkeypatch, capsys):
+    """Ctrl-C reaches compare's training child too: the child stops without a word and compare says the one line."""
+    from tuneforge import interrupts
+
+    assert interrupts.report(KeyboardInterrupt(), "train") == 130
+    assert capsys.readouterr().err.startswith("tuneforge: error: interrupted")
+    monkeypatch.setenv(interrupts.PARENT_SAYS, "1")
+    assert interrupts.report(KeyboardInterrupt(), "train") == 130
+    assert capsys.readouterr().err == ""

@@ -337,7 +337,10 @@ def test_without_validation_the_final_weights_are_the_result_without_a_copy(bert
 def test_every_evaluation_shows_its_progress_and_a_quiet_run_none(bert_dir, data_csv, tmp_path, capsys,
                                                                     monkeypatch):
     """Before training, at each validation and after training a bar counts the batches (a 20k-row test split took
-    two silent minutes); evaluating a saved run shows one too."""
+    two silent minutes); evaluating a saved run shows one too (on a terminal; tests/test_progress.py: log files)."""
+    from tuneforge import progress
+
+    monkeypatch.setattr(progress, "_terminal", lambda: True)
     monkeypatch.setattr(tuneforge.run, "LARGE_DATA", data_csv.stat().st_size)  # a line before a large file
     out = train(_cfg(bert_dir, data_csv, tmp_path / "loud", epochs=1), progress=True)
     err = capsys.readouterr().err

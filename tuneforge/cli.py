@@ -218,8 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _main(argv)
         except KeyboardInterrupt as exc:  # before the command's own handling (importing torch takes seconds)
-            fail(interrupts.stopped(exc, None))
-            return interrupts.status(exc)
+            return interrupts.report(exc, None)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -252,8 +251,7 @@ def _main(argv: list[str] | None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit either
         return 1
     except KeyboardInterrupt as exc:
-        fail(interrupts.stopped(exc, args.command, getattr(args, "resume", None)))
-        return interrupts.status(exc)
+        return interrupts.report(exc, args.command, getattr(args, "resume", None))
     except OSError as exc:  # a path the user gave cannot be written (read-only, a file where a folder goes, full)
         if exc.filename is None or exc.errno not in PATH_ERRORS:
             raise

@@ -93,9 +93,8 @@ PREDICT_CHUNK = 1024  # texts predicted at a time: output streams and memory sta
 
 def _predictions(run: Run, texts: list[str], pairs: list[str] | None) -> Iterator[dict[str, Any]]:
     """``run.predict`` over ``texts`` a chunk at a time, with a progress bar (stderr) when there are several."""
-    from tuneforge.progress import bar as progress_bar
-
     from tuneforge.config import ConfigError
+    from tuneforge.progress import bar as progress_bar
 
     if pairs is not None and len(pairs) != len(texts):  # checked whole, as Run.predict would
         raise ConfigError(f"{len(texts)} texts but {len(pairs)} second texts: give one second text per text")

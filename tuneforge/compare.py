@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import json
+import os
 import re
 import signal
 import subprocess
@@ -25,12 +26,12 @@ from typing import Any
 
 import yaml
 
-from tuneforge.progress import bar as progress_bar
-from tuneforge import checkpoint, tasks
+from tuneforge import checkpoint, interrupts, tasks
 from tuneforge.config import ConfigError, RunConfig, load_config, merge_dicts, parse_overrides
 from tuneforge.compare_report import failed_row, row_from_metrics, write_outputs
 from tuneforge.files import check_replaceable, is_ours, output_folder, write_marker
 from tuneforge.methods import registry
+from tuneforge.progress import bar as progress_bar
 from tuneforge.strict import name_key
 
 
@@ -213,9 +214,10 @@ def failure(code: int, tail: str) -> str:
 
 def _stream(cmd: list[str], echo: bool) -> tuple[int, str]:
     """Run ``cmd``; pass its stderr (progress bars, errors) through when ``echo``; return (exit code, stderr tail).
-    The child runs in a session of its own, so a terminal's Ctrl-C reaches this process alone, which stops the
-    child and says in one line how to continue (the child's checkpoints resume it)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    A terminal's Ctrl-C reaches the child too; it stops without a word, and this process says in one line how to
+    continue (the child's checkpoints resume it)."""
+    env = {**os.environ, interrupts.PARENT_SAYS: "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     decoder, tail = codecs.getincrementaldecoder("utf-8")(errors="replace"), ""
     try:
         assert proc.stderr is not None

@@ -37,6 +37,17 @@ def sigterm_raises() -> Iterator[None]:
             signal.signal(signal.SIGTERM, before)
 
 
+PARENT_SAYS = "TUNEFORGE_PARENT_REPORTS_INTERRUPTS"  # set for a child process whose parent tells the user
+
+
+def report(exc: KeyboardInterrupt, command: str | None, resume: str | None = None) -> int:
+    """Say in one line that the command stopped (:func:`stopped`), unless a parent process says it (``compare``'s
+    training children, which Ctrl-C reaches too); returns the exit status."""
+    if not os.environ.get(PARENT_SAYS):
+        print(f"tuneforge: error: {stopped(exc, command, resume)}", file=sys.stderr)
+    return status(exc)
+
+
 def status(exc: KeyboardInterrupt) -> int:
     """The exit status after ``exc``: 143 for SIGTERM, 130 for Ctrl-C."""
     return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)

@@ -173,10 +173,12 @@ class Run:
 
     def _note_trained_on(self, records: list[dict[str, Any]], data_file: str) -> None:
         """A warning when rows of ``data_file`` repeat the run's training examples (the same input text): their
-        metrics overstate how the model does on new data. Skipped where the training data cannot be read back."""
+        metrics overstate how the model does on new data. The training data is read back (its notes unprinted);
+        skipped where it cannot be."""
         manifest = self.files.split()
         try:
-            train, _ = dataset.restore(manifest, "train", self.task, self.cfg) if manifest else ([], [])
+            with contextlib.redirect_stderr(io.StringIO()):  # training's reading notes: said when it trained
+                train, _ = dataset.restore(manifest, "train", self.task, self.cfg) if manifest else ([], [])
             seen = {dataset.normalise(self.task.input_text(r, self.cfg)) for r in train}
             repeats = sum(dataset.normalise(self.task.input_text(r, self.cfg)) in seen for r in records)
         except (ConfigError, OSError, KeyError, TypeError, ValueError):  # moved sources, another layout

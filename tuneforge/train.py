@@ -20,7 +20,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from tuneforge.progress import bar as progress_bar
 from tuneforge import checkpoint, distributed, fast, last_layer, training_state
 from tuneforge.best_weights import BestWeights
 from tuneforge.grouped_attention import grouped_attention
@@ -31,6 +30,7 @@ from tuneforge.methods.layers import blocks
 from tuneforge.methods.lora_stack import shared_inputs
 from tuneforge.models import autocast
 from tuneforge.optim import build_optimizer, lr_lambda
+from tuneforge.progress import bar as progress_bar
 from tuneforge.rms_norm import fast_rms_norm
 from tuneforge.rotary import fast_rotary
 from tuneforge.step_plan import plan_steps
@@ -219,7 +219,7 @@ def _log_train_loss(result: TrainResult, logger: Logger, bar: Any, logged: torch
     ``logged`` is reset. Every rank calls it at the same steps."""
     train_loss = float(distributed.all_sum(logged[0]) / logged[1].clamp_min(1))
     logged.zero_()
-    bar.set_postfix(loss=f"{train_loss:.4f}")
+    bar.set_postfix(loss=f"{train_loss:.4f}", refresh=False)  # drawn with the next update (a log file: a line a minute)
     logger.log({"step": step, "epoch": epoch, "train_loss": train_loss, "lr": lr})
     check_finite(train_loss, step)
     result.history.append({"step": step, "train_loss": train_loss})

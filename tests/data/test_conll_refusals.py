@@ -1,5 +1,5 @@
 """Tag lists and CoNLL files that would otherwise train wrong: a line with an extra column, a prefix no scheme
-uses, an empty token; BMES/BMEWO prefixes read as IOB2's."""
+uses, an empty token in an entity; BMES/BMEWO prefixes read as IOB2's."""
 import pytest
 
 from tuneforge.config import ConfigError
@@ -47,8 +47,10 @@ def test_plain_labels_with_a_hyphen_are_not_prefixes_without_prefixed_tags():
     assert out[0]["tags"] == ["X-RAY", "O"]
 
 
-@pytest.mark.parametrize("token", ["", "  ", "\t"])
-def test_an_empty_token_is_refused_naming_its_row(token):
-    rows = [{"tokens": ["a", "b"], "tags": ["B-PER", "O"]}, {"tokens": [token, "b"], "tags": ["B-PER", "O"]}]
-    with pytest.raises(ConfigError, match=r"d\.jsonl, row 2: token .* is empty"):
+@pytest.mark.parametrize("token", ["", "  ", "\t", "\u3000"])
+def test_an_empty_token_in_an_entity_is_refused_naming_its_row_and_one_tagged_o_reads(token):
+    rows = [{"tokens": ["a", "b"], "tags": ["B-PER", "O"]}, {"tokens": ["x", token, "b"], "tags": ["O", "B-PER", "O"]}]
+    with pytest.raises(ConfigError, match=r"d\.jsonl, row 2: token 2 .* is empty but tagged B-PER"):
         read_token_lists(rows, source="d.jsonl")
+    rows[1]["tags"][1] = "O"  # a full-width space in character-level data, say
+    assert read_token_lists(rows, source="d.jsonl")[1]["tokens"] == ["x", token, "b"]

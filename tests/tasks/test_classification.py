@@ -118,6 +118,15 @@ def test_a_later_file_of_a_pair_run_missing_its_second_text_is_named_so(tmp_path
         prepare(load_config(None, {"data": files}), TASK, word_tokenizer())
 
 
+def test_a_named_text_column_is_never_guessed_in_a_later_file(tmp_path):
+    rows = [{"claim": f"a {i}", "hypothesis": f"b {i}", "label": i % 2} for i in range(20)]
+    other = [{"premise": "c", "hypothesis": "d", "label": 0}] * 4
+    files = _files(tmp_path, train=rows, validation=other, test=rows[:4])
+    cfg = load_config(None, {"data": {**files, "text_column": "claim", "text_pair_column": "hypothesis"}})
+    with pytest.raises(ConfigError, match=r"validation\.jsonl: column 'claim' not found; columns are 'premise'"):
+        prepare(cfg, TASK, word_tokenizer())
+
+
 def _prepare(tmp_path, rows, name="d.jsonl"):
     path = tmp_path / name
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -96,7 +96,7 @@ def test_a_model_that_rescales_its_logits_keeps_the_full_forward(tmp_path, monke
 
 
 @pytest.mark.parametrize("method", ["full", "freeze"])
-def test_parameters_saving_leaves_out_stay_frozen_so_the_saved_run_is_the_trained_one(method, tmp_path):
+def test_parameters_saving_leaves_out_stay_frozen_so_the_saved_run_is_the_trained_one(method, tmp_path, capsys):
     """Marian's sinusoidal position tables are parameters that ``save_pretrained`` drops (rebuilt on loading):
     trained, the run on disk would differ from the trained model. They stay frozen; the reloaded run reproduces
     the run's own test loss."""
@@ -109,6 +109,7 @@ def test_parameters_saving_leaves_out_stay_frozen_so_the_saved_run_is_the_traine
     registry.apply(model, method, registry.make_config(method, options))
     trains = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trains and not {n for n in trains if "embed_positions" in n}
+    assert "embed_positions.weight stay frozen: the model's save_pretrained does not save them" in capsys.readouterr().err
     run = train({"model": {"name": str(folder), "task": "seq2seq", "max_length": 32},
                  "data": {"dataset": str(write_sources(tmp_path / "pairs.jsonl"))}, "method": {"name": "full"},
                  "train": {"max_steps": 8, "batch_size": 8, "lr": 1e-2, "precision": "fp32"},
@@ -116,3 +117,19 @@ def test_parameters_saving_leaves_out_stay_frozen_so_the_saved_run_is_the_traine
                 progress=False)
     again = load(run.run_dir, "cpu").evaluate()
     assert again["loss"] == pytest.approx(run.metrics["test_after"]["loss"], rel=1e-6)
+
+
+def test_a_head_the_forward_never_calls_and_a_hook_added_later_take_the_full_forward(tmp_path):
+    """The check fails safe: a model computing its logits without calling its head module trains on the full
+    forward instead of stopping; a forward hook added after the first check is checked anew."""
+    folder, batch = _setup(tmp_path, "t5")
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder).train(False)
+    ref = _plain(model, batch)
+    stand_in = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=False)
+    stand_in.weight = model.lm_head.weight  # what the model names as its head, but its forward never calls
+    model.get_output_embeddings = lambda: stand_in
+    torch.testing.assert_close(seq2seq.output_nll(model, batch), ref)
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder).train(False)
+    torch.testing.assert_close(seq2seq.output_nll(model, batch), ref)  # the head path, checked
+    model.register_forward_hook(lambda m, args, out: out.__setitem__("logits", out.logits * 2) or out)
+    torch.testing.assert_close(seq2seq.output_nll(model, batch), _plain(model, batch))

@@ -106,6 +106,7 @@ def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", t
         if tokens:
             out.append({"tokens": [_token(t, where) for t in tokens],
                         "tags": [_tag(t, where, tag_names) for t in tags]})
+            _no_blank_entities(out[-1]["tokens"], out[-1]["tags"], where)
         else:
             empty.append(row_no)
     if empty and out:
@@ -124,10 +125,16 @@ def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", t
 def _token(value: Any, where: str) -> str:
     if value is None or isinstance(value, (list, dict)):
         raise ConfigError(f"{where}: token {value!r} is not a string; give one string per token")
-    if not str(value).strip():
-        raise ConfigError(f"{where}: token {str(value)!r} is empty; each token is a word (remove the empty ones and "
-                          "their tags)")
     return str(value)
+
+
+def _no_blank_entities(tokens: list[str], tags: list[str], where: str) -> None:
+    """ConfigError for an empty (or whitespace) token tagged as part of an entity: no one could find that entity.
+    Tagged O it reads as it is (a full-width space in character-level data)."""
+    for i, (token, tag) in enumerate(zip(tokens, tags), start=1):
+        if not token.strip() and normal_tag(tag) != "O":
+            raise ConfigError(f"{where}: token {i} ({token!r}) is empty but tagged {tag}: an entity with no text can "
+                              "never be found; remove the empty token and its tag, or tag it O")
 
 
 def _tag(value: Any, where: str, names: Sequence[str] | None) -> str:

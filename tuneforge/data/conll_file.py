@@ -20,12 +20,12 @@ _COLUMNS = re.compile(r"[ \t]+")  # column separators: ASCII spaces/tabs only (a
 
 def read_conll(path: str | Path, tag_names: Sequence[str] | None = None) -> list[Record]:
     """Sentences of a CoNLL file: first column the token, last the tag (after an index column: the next two,
-    :func:`_index_first`; columns split by spaces or tabs, middle ones ignored; by tabs only where every token line holds one, so a token may hold a space; a token line with more or fewer
-    columns than most is refused), blank lines
-    between sentences, ``-DOCSTART-`` lines skipped; number tags (ids) named by ``tag_names`` (:func:`_tag`);
-    lines end at "\\n" only (U+2028 stays in a token). Comments are skipped with one note: ``#`` lines whose
-    column count differs from most lines', ``# key = value`` (CoNLL-U), ``# ...`` ending in no other line's tag
-    (MultiCoNER's ``# id 3f2a domain=en``)."""
+    :func:`_index_first`; columns split by spaces or tabs, middle ones ignored; by tabs only where every token line
+    holds one, so a token may hold a space; a token line with more or fewer columns than most is refused), blank
+    lines between sentences, ``-DOCSTART-`` lines skipped; number tags (ids) named by ``tag_names``
+    (:func:`_tag`); lines end at "\\n" only (U+2028 stays in a token). Comments are skipped with one note: ``#``
+    lines whose column count differs from most lines', ``# key = value`` (CoNLL-U), ``# ...`` ending in no other
+    line's tag (MultiCoNER's ``# id 3f2a domain=en``)."""
     p = require_file(path)
     try:
         lines = [line.strip(" \t\r\n\f\v") for line in p.read_text(encoding="utf-8-sig").split("\n")]

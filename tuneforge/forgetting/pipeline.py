@@ -4,7 +4,6 @@ the start after it."""
 from __future__ import annotations
 
 import sys
-
 from typing import Any
 
 import torch.nn as nn

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import importlib
-import re
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -48,11 +48,15 @@ def apply(model: nn.Module, name: str, config: Any, always_train: list[str] | tu
     only what it adds or selects). Parameters the model's ``save_pretrained`` leaves out stay frozen."""
     for pname, p in model.named_parameters():
         p.requires_grad_(any(pname == prefix or pname.startswith(prefix + ".") for prefix in always_train))
-    unsaved = getattr(model, "_keys_to_ignore_on_save", None) or ()  # patterns of parameter names
+    unsaved = getattr(model, "_keys_to_ignore_on_save", None) or ()  # parameter names
     model = get(name).apply(model, config)
-    for pname, p in model.named_parameters():  # e.g. Marian's sinusoidal position tables: rebuilt, never loaded
-        if p.requires_grad and any(re.search(k, pname) for k in unsaved):
-            p.requires_grad_(False)  # trained, they would be lost on saving: the saved run would not be the trained one
+    kept = [pname for pname, p in model.named_parameters()  # e.g. Marian's sinusoidal position tables
+            if p.requires_grad and any(pname == k or pname.endswith("." + k) for k in unsaved)]
+    for pname in kept:  # trained, they would be lost on saving: the saved run would not be the trained one
+        model.get_parameter(pname).requires_grad_(False)
+    if kept:
+        print(f"note: {', '.join(kept)} stay frozen: the model's save_pretrained does not save them (they are rebuilt "
+              "when it loads)", file=sys.stderr)
     return model
 
 

@@ -141,6 +141,12 @@ def get(name: str) -> Task:
     return importlib.import_module(TASKS[name]).Task()
 
 
+def one_line(text: str) -> str:
+    """``text`` on one printed line: backslashes, line breaks and tabs written ``\\\\``, ``\\n``, ``\\t`` (``--json``
+    keeps texts as they are)."""
+    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+
+
 @torch.no_grad()
 def token_loss(task: Task, model: nn.Module, examples: list[Example], rt: Runtime, batch_size: int,
                progress: bool = False) -> dict[str, Any]:

@@ -9,14 +9,14 @@ import torch
 import torch.nn as nn
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
-from tuneforge.progress import bar as progress_bar
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.batching import batch_order, iterate
 from tuneforge.data.labels import label_key, label_names
 from tuneforge.data.readers import FIELD_SEP, as_int, blank, class_names, common_column, read_records, structure
 from tuneforge.evaluate import classification_metrics
 from tuneforge.models import autocast, load_labelled
-from tuneforge.tasks import Example, Prepared, Record, Runtime, end_token
+from tuneforge.progress import bar as progress_bar
+from tuneforge.tasks import Example, Prepared, Record, Runtime, end_token, one_line
 
 
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document", "comment", "tweet")  # common spellings of
@@ -83,8 +83,8 @@ class Task:
         text = common_column(records[0], d.text_column, TEXT_COLUMNS)
         if pair:  # the run becomes a text-pair run; config.yaml records the second column for `predict`
             text, d.text_pair_column = pair
-        elif first and text not in records[0]:  # a later file of a pair run (premise + hypothesis) missing the second
-            text = first
+        elif first and text not in records[0] and d.text_column == TEXT_COLUMNS[0]:  # a later file of a pair run
+            text = first  # (premise + hypothesis) missing the second: its first text, as training read it
         partner = dict(PAIR_COLUMNS).get(text)
         if d.text_pair_column is None and partner in records[0]:
             print(f"note: {path} also has '{partner}', the usual second text of '{text}'; the run reads '{text}' "
@@ -302,7 +302,8 @@ class Task:
         p, more = prediction["probabilities"], len(prediction["probabilities"]) - SHOWN
         shown = sorted(p.items(), key=lambda kv: -kv[1])[:SHOWN] if more > 0 else p.items()
         probs = "  ".join(f"{k}={v:.3f}" for k, v in shown) + (f"  (+{more} more)" if more > 0 else "")
-        text = f"{prediction['text']}\t{prediction['pair']}" if "pair" in prediction else prediction["text"]
+        texts = [prediction["text"]] + ([prediction["pair"]] if "pair" in prediction else [])
+        text = "\t".join(map(one_line, texts))  # a pair's two texts a tab apart
         return f"{prediction['label']}\t{probs}\t{text}"
 
     def default_probes(self, cfg: RunConfig) -> list[str]:

@@ -14,7 +14,6 @@ import torch
 import torch.nn as nn
 from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
 
-from tuneforge.progress import bar as progress_bar
 from tuneforge import assets
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import layouts
@@ -24,7 +23,8 @@ from tuneforge.data.readers import place, read_records
 from tuneforge.evaluate import generation_metrics
 from tuneforge.last_layer import TOLERANCE
 from tuneforge.models import autocast, load_pretrained, pretrained_config
-from tuneforge.tasks import Example, Prepared, Record, Runtime, lm_head, token_loss
+from tuneforge.progress import bar as progress_bar
+from tuneforge.tasks import Example, Prepared, Record, Runtime, lm_head, one_line, token_loss
 
 IGNORE = -100  # label of a padding position: no loss
 
@@ -81,26 +81,36 @@ def _logits_bias(model: nn.Module) -> torch.Tensor | None:
     return bias.reshape(-1) if isinstance(bias, torch.Tensor) else None
 
 
-_HEAD_PATH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> whether its logits are head + bias
+# model -> (what the verdict was reached with: its head and forward hooks, whether its logits are head + bias)
+_HEAD_PATH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _head_path(model: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor]) -> bool:
+    """Whether the model's logits are ``head(what it reads) + final_logits_bias``: checked on a batch (evaluation
+    mode, the run's precision), to ``last_layer.TOLERANCE`` of the largest logit, and checked again once the head
+    or the model's forward hooks change. A model that transforms its logits further (soft-capping, scaling), or
+    whose check fails in any way, keeps the full forward."""
+    state = (id(head), tuple(model._forward_hooks), tuple(model._forward_pre_hooks))
+    seen = _HEAD_PATH.get(model)
+    if seen is None or seen[0] != state:
+        _HEAD_PATH[model] = seen = (state, _head_agrees(model, head, batch))
+    return seen[1]
 
 
 @torch.no_grad()
-def _head_path(model: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor]) -> bool:
-    """Whether the model's logits are ``head(what it reads) + final_logits_bias``: checked on the first batch
-    (evaluation mode, the run's precision), to ``last_layer.TOLERANCE`` of the largest logit, then remembered.
-    A model that transforms its logits further (soft-capping, scaling) keeps the plain path."""
-    if model not in _HEAD_PATH:
-        training = model.training
-        model.eval()
-        try:
-            plain = _forward(model, batch).logits.float()  # (batch, target, vocab)
-            bias = _logits_bias(model)
-            mine = head(_head_input(model, head, batch)).float() + (0 if bias is None else bias.float())
-        finally:
-            model.train(training)
-        limit = TOLERANCE[torch.is_autocast_enabled(plain.device.type)] * float(plain.abs().max().clamp_min(1e-6))
-        _HEAD_PATH[model] = mine.shape == plain.shape and float((mine - plain).abs().max()) <= limit
-    return _HEAD_PATH[model]
+def _head_agrees(model: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor]) -> bool:
+    training = model.training
+    model.eval()
+    try:
+        plain = _forward(model, batch).logits.float()  # (batch, target, vocab)
+        bias = _logits_bias(model)
+        mine = head(_head_input(model, head, batch)).float() + (0 if bias is None else bias.float())
+    except Exception:  # noqa: BLE001 - a head never called, another output: the full forward it is
+        return False
+    finally:
+        model.train(training)
+    limit = TOLERANCE[torch.is_autocast_enabled(plain.device.type)] * float(plain.abs().max().clamp_min(1e-6))
+    return mine.shape == plain.shape and float((mine - plain).abs().max()) <= limit
 
 
 @torch.no_grad()
@@ -270,8 +280,8 @@ class Task:
         return [{"text": x, "output": o} for x, o in zip(inputs, outputs)]
 
     def describe(self, prediction: dict[str, Any]) -> str:
-        """The output on one line (a line break written ``\\n``: ``--json`` keeps the text as it is)."""
-        return prediction["output"].replace("\r", "\\r").replace("\n", "\\n")
+        """The output on one line (:func:`tuneforge.tasks.one_line`)."""
+        return one_line(prediction["output"])
 
     def default_probes(self, cfg: RunConfig) -> list[str]:
         return ["reference"] if cfg.forgetting.reference else []

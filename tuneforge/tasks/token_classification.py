@@ -21,7 +21,6 @@ import torch
 import torch.nn as nn
 from transformers import AutoModelForTokenClassification, PreTrainedTokenizerBase
 
-from tuneforge.progress import bar as progress_bar
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import conll, conll_file
 from tuneforge.data.spans import read_spans, span_column, tags_to_spans
@@ -32,7 +31,8 @@ from tuneforge.data.readers import SUFFIXES, class_names, read_records, require_
 from tuneforge.data.tagging import IGNORE, encode_words, stitch
 from tuneforge.evaluate import entity_metrics, get_entities
 from tuneforge.models import autocast, load_labelled
-from tuneforge.tasks import Example, Prepared, Record, Runtime
+from tuneforge.progress import bar as progress_bar
+from tuneforge.tasks import Example, Prepared, Record, Runtime, one_line
 
 SAMPLES = 3  # tagged test sentences kept in the metrics (and shown in the result table)
 
@@ -242,11 +242,10 @@ class Task:
         return rows
 
     def describe(self, prediction: dict[str, Any]) -> str:
-        """One line per input: the text (a line break written ``\\n``), a tab, its entities (``loc: New York |
+        """One line per input: the text (:func:`tuneforge.tasks.one_line`), a tab, its entities (``loc: New York |
         per: Ann``) or ``(no entities)``; ``--json`` keeps the character offsets."""
         found = [f"{e['label']}: {' '.join(e['text'].split())}" for e in prediction["entities"]]
-        text = prediction["text"].replace("\r", "\\r").replace("\n", "\\n")
-        return f"{text}\t{' | '.join(found) or '(no entities)'}"
+        return f"{one_line(prediction['text'])}\t{' | '.join(found) or '(no entities)'}"
 
     def default_probes(self, cfg: RunConfig) -> list[str]:
         return []
