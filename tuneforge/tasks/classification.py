@@ -11,36 +11,16 @@ from transformers import AutoModelForSequenceClassification, PreTrainedTokenizer
 
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.batching import batch_order, iterate
+from tuneforge.data import text_columns
 from tuneforge.data.labels import label_key, label_names
-from tuneforge.data.readers import FIELD_SEP, as_int, blank, class_names, common_column, read_records, structure
+from tuneforge.data.readers import FIELD_SEP, blank, class_names, read_records, structure
 from tuneforge.evaluate import classification_metrics
 from tuneforge.models import autocast, load_labelled
 from tuneforge.progress import bar as progress_bar
 from tuneforge.tasks import Example, Prepared, Record, Runtime, end_token, one_line
 
 
-TEXT_COLUMNS = ("text", "sentence", "review", "content", "document", "comment", "tweet")  # common spellings of
-LABEL_COLUMNS = ("label", "sentiment", "category", "class")  # the columns, used when the default is absent
 SHOWN = 5  # predict's text output: the probabilities of up to this many classes (the likeliest)
-PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"), ("text1", "text2"),
-                ("text_a", "text_b"), ("question", "sentence"))  # text pairs as GLUE / SNLI / QQP / QNLI name them
-
-
-def _named(value: Any, names: list[str] | None) -> Any:
-    """An integer class id as its name (an id outside ``names``, such as -1, as None); anything else as it is."""
-    i = as_int(value)
-    if names is None or i is None:
-        return value
-    return names[i] if 0 <= i < len(names) else None
-
-
-def _pair(row: Record, cfg: RunConfig) -> tuple[str, str] | None:
-    """The first common text-pair spelling ``row`` holds, where the text column is left at its default (and the
-    pair column unset or that pair's second); else None."""
-    found = next((p for p in PAIR_COLUMNS if all(c in row for c in p)), None)
-    if cfg.data.text_column != TEXT_COLUMNS[0] or (found and cfg.data.text_pair_column not in (None, found[1])):
-        return None
-    return found
 
 
 def _source(cfg: RunConfig) -> str:
@@ -78,18 +58,7 @@ class Task:
         names (-1, its "no label", becomes blank)."""
         records = read_records(path)
         d = cfg.data
-        pair = _pair(records[0], cfg) if d.text_column not in records[0] else None  # before 'sentence' alone (QNLI)
-        first = next((a for a, b in PAIR_COLUMNS if b == d.text_pair_column and a in records[0]), None)
-        text = common_column(records[0], d.text_column, TEXT_COLUMNS)
-        if pair:  # the run becomes a text-pair run; config.yaml records the second column for `predict`
-            text, d.text_pair_column = pair
-        elif first and text not in records[0] and d.text_column == TEXT_COLUMNS[0]:  # a later file of a pair run
-            text = first  # (premise + hypothesis) missing the second: its first text, as training read it
-        partner = dict(PAIR_COLUMNS).get(text)
-        if d.text_pair_column is None and partner in records[0]:
-            print(f"note: {path} also has '{partner}', the usual second text of '{text}'; the run reads '{text}' "
-                  f"alone (data.text_pair_column={partner} classifies the pair)", file=sys.stderr)
-        label = common_column(records[0], d.label_column, LABEL_COLUMNS)
+        text, label = text_columns.find(records[0], path, cfg)
         names = class_names(path, label)
         self.read_as = {d.text_column: text, d.label_column: label}  # for row_problem's errors about this file
         if text == d.text_column and label == d.label_column and names is None:
@@ -106,7 +75,7 @@ class Task:
             if d.text_column not in r and text in r:  # a row without either stays without: row_problem names it
                 r[d.text_column] = r[text]
             if d.label_column in r or label in r:
-                r[d.label_column] = _named(r[d.label_column] if d.label_column in r else r[label], names)
+                r[d.label_column] = text_columns.named(r[d.label_column] if d.label_column in r else r[label], names)
             out.append(r)
         return out
 
