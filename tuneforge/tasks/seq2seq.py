@@ -31,7 +31,7 @@ IGNORE = -100  # label of a padding position: no loss
 
 def output_nll(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str = "sum") -> torch.Tensor:
     """Cross-entropy (float32) of the output tokens given the input, teacher-forced. Summed, with a plain LM head
-    whose logits the model only offsets by a bias (checked once per model, :func:`_head_path`): the head runs at
+    whose logits the model only offsets by a bias (checked on a batch, :func:`_head_path`): the head runs at
     the output tokens alone, a chunk of the vocabulary at a time (``lm_head.head_nll``), not at every decoder
     position (padding included) over the whole vocabulary."""
     labels = batch["labels"]  # (batch, target)
@@ -99,6 +99,7 @@ def _head_path(model: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor]
 
 @torch.no_grad()
 def _head_agrees(model: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor]) -> bool:
+    """The check of :func:`_head_path`: the full forward's logits against the head's on what it reads."""
     training = model.training
     model.eval()
     try:
