@@ -29,7 +29,7 @@ def _plan(n: int, **train_opts) -> StepPlan:
 def test_automatic_length_gives_the_documented_steps(n, epochs, steps):
     plan = _plan(n)
     assert plan.auto and plan.total == steps and plan.total == epochs * plan.per_epoch
-    assert plan.describe(1) == f"training {epochs} epoch{'s' if epochs > 1 else ''} = {steps:,} steps (auto: {n:,} examples)"
+    assert plan.describe() == f"training {epochs} epoch{'s' if epochs > 1 else ''} = {steps:,} steps (auto: {n:,} examples)"
 
 
 def test_explicit_epochs_or_steps_win_over_the_automatic_length():
@@ -175,8 +175,15 @@ def test_early_stopping_when_asked_ends_the_automatic_length(setup):
 
 
 def test_the_plan_line_names_early_stopping_when_it_applies():
-    assert _plan(1_200).describe(1, 3) == "training 7 epochs = 266 steps (auto: 1,200 examples; stops after 3 " \
+    assert _plan(1_200).describe(3) == "training 7 epochs = 266 steps (auto: 1,200 examples; stops after 3 " \
         "evaluations without improvement)"
+
+
+def test_the_plan_line_counts_the_training_examples_once_under_torchrun():
+    """Every rank holds the whole training split (each takes its batch of a step): 1,200 examples, not 2,400."""
+    cfg = load_config(None, {"train": {"batch_size": 32}})
+    two = StepPlan([10] * 1_200, cfg, True, distributed.Dist(rank=0, world=2))
+    assert two.describe() == "training 14 epochs = 266 steps (auto: 1,200 examples)"  # 2 x 32 examples a step
 
 
 @pytest.fixture(scope="module")

@@ -32,11 +32,11 @@ class StepPlan:
         else:  # automatic: at least auto_min_steps, in at most auto_max_epochs whole epochs, the best one kept
             self.total = min(t.auto_max_epochs, math.ceil(t.auto_min_steps / self.per_epoch)) * self.per_epoch
 
-    def describe(self, world: int, patience: int | None = None) -> str:
+    def describe(self, patience: int | None = None) -> str:
         """E.g. "training 6 epochs = 228 steps (auto: 1,200 examples)"; ``patience``: early stopping's."""
         epochs = self.total / self.per_epoch
         shown = f"{epochs:g}" if epochs == int(epochs) else f"{epochs:.2f}"
-        how = f"auto: {self.n * world:,} examples" if self.auto else f"{self.n * world:,} examples"
+        how = f"auto: {self.n:,} examples" if self.auto else f"{self.n:,} examples"  # every rank holds them all
         how += f"; stops after {patience} evaluations without improvement" if patience else ""
         return f"training {shown} epoch{'s' if epochs != 1 else ''} = {self.total:,} steps ({how})"
 

@@ -141,7 +141,7 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
     save_every = eval_every if t.save_every is None else t.save_every
     patience = t.early_stopping if t.early_stopping is not None else task.auto_patience if plan.auto else None
     if progress and d.main:
-        print(plan.describe(d.world, patience if data.validation else None), file=sys.stderr)  # stops need them
+        print(plan.describe(patience if data.validation else None), file=sys.stderr)  # stops need them
     result = TrainResult(best=BestWeights(run_dir, d.main))
     sign = 1 if task.greater_is_better else -1
     params = [p for group in optimizer.param_groups for p in group["params"]]  # what clipping measures

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
 
-from tuneforge import assets
+from tuneforge import assets, distributed
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import layouts
 from tuneforge.data.batching import batch_order
@@ -36,13 +36,18 @@ def output_nll(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str 
     position (padding included) over the whole vocabulary."""
     labels = batch["labels"]  # (batch, target)
     head = model.get_output_embeddings()
-    if reduction == "sum" and lm_head.applies(head) and _head_path(model, head, batch):
+    if reduction == "sum" and lm_head.applies(head) and not _sharded(model) and _head_path(model, head, batch):
         hidden = _head_input(model, head, batch)  # (batch, target, hidden)
         rows, chosen, _ = lm_head.kept_rows(hidden.reshape(-1, hidden.shape[-1]), labels.flatten())
         return lm_head.head_nll(head, rows, chosen, extra_bias=_logits_bias(model))
     logits = _forward(model, batch).logits  # (batch, target, vocab)
     keep = labels != IGNORE  # (batch, target)
     return nn.functional.cross_entropy(logits[keep].float(), labels[keep], reduction=reduction)
+
+
+def _sharded(model: nn.Module) -> bool:
+    """FSDP2 blocks: a forward stopped before the head would leave the root's resharding and backward hooks undone."""
+    return any(distributed.is_fsdp(m) for m in model.modules())
 
 
 def _forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
