@@ -54,3 +54,14 @@ def test_nested_bars_leave_no_cursor_moves_in_a_log_file(capsys, monkeypatch):
     outer.close()
     err = capsys.readouterr().err
     assert "\x1b" not in err and "[A" not in err and "evaluate:" in err and "train: 100%" in err
+
+
+def test_an_interrupted_command_closes_its_bars_before_its_one_line(capsys, monkeypatch):
+    from tuneforge import interrupts
+
+    monkeypatch.setattr(progress, "_terminal", lambda: False)
+    open_bar = progress.bar(total=10, desc="train")
+    open_bar.update(3)
+    assert interrupts.report(KeyboardInterrupt(), "compare") == 130
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1].startswith("tuneforge: error: interrupted") and lines[-2].startswith("train:  30%")

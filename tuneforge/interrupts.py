@@ -43,6 +43,9 @@ PARENT_SAYS = "TUNEFORGE_PARENT_REPORTS_INTERRUPTS"  # set for a child process w
 def report(exc: KeyboardInterrupt, command: str | None, resume: str | None = None) -> int:
     """Say in one line that the command stopped (:func:`stopped`), unless a parent process says it (``compare``'s
     training children, which Ctrl-C reaches too); returns the exit status."""
+    progress = sys.modules.get("tuneforge.progress")  # not imported: no bar was drawn
+    if progress is not None:
+        progress.close_all()
     if not os.environ.get(PARENT_SAYS):
         print(f"tuneforge: error: {stopped(exc, command, resume)}", file=sys.stderr)
     return status(exc)

@@ -7,11 +7,13 @@ from __future__ import annotations
 import io
 import re
 import sys
+import weakref
 from typing import Any
 
 from tqdm.auto import tqdm
 
 LOG_INTERVAL = 60.0  # seconds between a long bar's lines when stderr is not a terminal
+_OPEN: weakref.WeakSet = weakref.WeakSet()  # bars made here and not yet collected
 _CURSOR = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # ANSI cursor moves (tqdm's nested bars)
 
 
@@ -36,7 +38,16 @@ def bar(iterable: Any = None, *, disable: bool = False, **kwargs: Any) -> tqdm:
         kwargs.update(file=_Lines(), mininterval=LOG_INTERVAL, dynamic_ncols=False, ncols=100)
         if kwargs.get("leave", True) is False:  # a passing bar (an evaluation): a line only once it runs long
             kwargs.setdefault("delay", LOG_INTERVAL)
-    return tqdm(iterable, disable=disable, **kwargs)
+    out = tqdm(iterable, disable=disable, **kwargs)
+    _OPEN.add(out)
+    return out
+
+
+def close_all() -> None:
+    """Close the bars still open (a command stopped by Ctrl-C): their last lines come before its one-line message,
+    not after it."""
+    for open_bar in list(_OPEN):
+        open_bar.close()
 
 
 def _terminal() -> bool:
