@@ -1,4 +1,4 @@
-"""The seq2seq loss runs the LM head at the output tokens alone (``seq2seq._head_path``): the same loss and
+"""The seq2seq loss runs the LM head at the output tokens alone (``tasks/seq2seq_head.py``): the same loss and
 gradients as the model's full logits, BART's ``final_logits_bias`` included; a model whose logits are more than
 head + bias keeps the full forward."""
 import pytest
@@ -9,7 +9,7 @@ from tuneforge.config import load_config
 from tuneforge.data import pairs
 from tuneforge.data.batching import collate
 from tuneforge.models import load_tokenizer
-from tuneforge.tasks import lm_head, seq2seq
+from tuneforge.tasks import lm_head, seq2seq, seq2seq_head
 from transformers import AutoModelForSeq2SeqLM
 
 
@@ -30,7 +30,7 @@ def _setup(tmp_path, family):
 
 def _plain(model, batch):
     """The summed cross-entropy from the model's full logits."""
-    logits = seq2seq._forward(model, batch).logits.float()  # (batch, target, vocab)
+    logits = seq2seq_head.forward(model, batch).logits.float()  # (batch, target, vocab)
     keep = batch["labels"] != seq2seq.IGNORE
     return torch.nn.functional.cross_entropy(logits[keep], batch["labels"][keep], reduction="sum")
 

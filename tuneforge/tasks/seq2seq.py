@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import sys
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -14,109 +13,34 @@ import torch
 import torch.nn as nn
 from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerBase
 
-from tuneforge import assets, distributed
+from tuneforge import assets
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import layouts
 from tuneforge.data.batching import batch_order
 from tuneforge.data.pairs import decoding, encode_pairs, encoder_ids, source_target, with_prefix
 from tuneforge.data.readers import place, read_records
 from tuneforge.evaluate import generation_metrics
-from tuneforge.last_layer import TOLERANCE
 from tuneforge.models import autocast, load_pretrained, pretrained_config
 from tuneforge.progress import bar as progress_bar
 from tuneforge.tasks import Example, Prepared, Record, Runtime, lm_head, one_line, token_loss
-
-IGNORE = -100  # label of a padding position: no loss
+from tuneforge.tasks import seq2seq_head as head_only
+from tuneforge.tasks.seq2seq_head import IGNORE, forward
 
 
 def output_nll(model: nn.Module, batch: dict[str, torch.Tensor], reduction: str = "sum") -> torch.Tensor:
     """Cross-entropy (float32) of the output tokens given the input, teacher-forced. Summed, with a plain LM head
-    whose logits the model only offsets by a bias (checked on a batch, :func:`_head_path`): the head runs at
-    the output tokens alone, a chunk of the vocabulary at a time (``lm_head.head_nll``), not at every decoder
-    position (padding included) over the whole vocabulary."""
+    whose logits the model only offsets by a bias (:mod:`tuneforge.tasks.seq2seq_head`): the head runs at the
+    output tokens alone, a chunk of the vocabulary at a time (``lm_head.head_nll``), not at every decoder position
+    (padding included) over the whole vocabulary."""
     labels = batch["labels"]  # (batch, target)
     head = model.get_output_embeddings()
-    if reduction == "sum" and lm_head.applies(head) and not _sharded(model) and _head_path(model, head, batch):
-        hidden = _head_input(model, head, batch)  # (batch, target, hidden)
+    if reduction == "sum" and lm_head.applies(head) and head_only.applies(model, head, batch):
+        hidden = head_only.head_input(model, head, batch)  # (batch, target, hidden)
         rows, chosen, _ = lm_head.kept_rows(hidden.reshape(-1, hidden.shape[-1]), labels.flatten())
-        return lm_head.head_nll(head, rows, chosen, extra_bias=_logits_bias(model))
-    logits = _forward(model, batch).logits  # (batch, target, vocab)
+        return lm_head.head_nll(head, rows, chosen, extra_bias=head_only.logits_bias(model))
+    logits = forward(model, batch).logits  # (batch, target, vocab)
     keep = labels != IGNORE  # (batch, target)
     return nn.functional.cross_entropy(logits[keep].float(), labels[keep], reduction=reduction)
-
-
-def _sharded(model: nn.Module) -> bool:
-    """FSDP2 blocks: a forward stopped before the head would leave the root's resharding and backward hooks undone."""
-    return any(distributed.is_fsdp(m) for m in model.modules())
-
-
-def _forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                 decoder_input_ids=batch["decoder_input_ids"], use_cache=False)
-
-
-class _HeadReached(Exception):
-    """Raised as the LM head is called: the decoder's hidden states are in hand."""
-
-
-def _head_input(model: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """What the LM head reads (T5's rescaling applied), ``(batch, target, hidden)``: the model's own forward,
-    stopped as it calls its head."""
-    seen: list[torch.Tensor] = []
-
-    def grab(module: nn.Module, args: tuple[Any, ...]) -> None:
-        seen.append(args[0])
-        raise _HeadReached
-
-    handle = head.register_forward_pre_hook(grab)
-    try:
-        _forward(model, batch)
-    except _HeadReached:
-        pass
-    finally:
-        handle.remove()
-    if not seen:
-        raise RuntimeError(f"{type(model).__name__} never called its LM head")
-    return seen[0]
-
-
-def _logits_bias(model: nn.Module) -> torch.Tensor | None:
-    """BART-style models add ``final_logits_bias`` ``(1, vocab)`` to the head's output -> ``(vocab,)``."""
-    bias = getattr(model, "final_logits_bias", None)
-    return bias.reshape(-1) if isinstance(bias, torch.Tensor) else None
-
-
-# model -> (what the verdict was reached with: its head and forward hooks, whether its logits are head + bias)
-_HEAD_PATH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _head_path(model: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor]) -> bool:
-    """Whether the model's logits are ``head(what it reads) + final_logits_bias``: checked on a batch (evaluation
-    mode, the run's precision), to ``last_layer.TOLERANCE`` of the largest logit, and checked again once the head
-    or the model's forward hooks change. A model that transforms its logits further (soft-capping, scaling), or
-    whose check fails in any way, keeps the full forward."""
-    state = (id(head), tuple(model._forward_hooks), tuple(model._forward_pre_hooks))
-    seen = _HEAD_PATH.get(model)
-    if seen is None or seen[0] != state:
-        _HEAD_PATH[model] = seen = (state, _head_agrees(model, head, batch))
-    return seen[1]
-
-
-@torch.no_grad()
-def _head_agrees(model: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor]) -> bool:
-    """The check of :func:`_head_path`: the full forward's logits against the head's on what it reads."""
-    training = model.training
-    model.eval()
-    try:
-        plain = _forward(model, batch).logits.float()  # (batch, target, vocab)
-        bias = _logits_bias(model)
-        mine = head(_head_input(model, head, batch)).float() + (0 if bias is None else bias.float())
-    except Exception:  # noqa: BLE001 - a head never called, another output: the full forward it is
-        return False
-    finally:
-        model.train(training)
-    limit = TOLERANCE[torch.is_autocast_enabled(plain.device.type)] * float(plain.abs().max().clamp_min(1e-6))
-    return mine.shape == plain.shape and float((mine - plain).abs().max()) <= limit
 
 
 @torch.no_grad()
