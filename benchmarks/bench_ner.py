@@ -33,7 +33,7 @@ from typing import Any
 
 from common import (FRAMEWORKS, LABELS, ListDataset, comparison_parser,
                     comparison_settings, comparison_table, dispatch_worker, environment, flops_text, machine_line,
-                    output_path, prepared_data, run_interleaved, run_tuneforge, split_records, summarise,
+                    results_file, prepared_data, run_interleaved, run_tuneforge, split_records, summarise,
                     minilm_with_head, train_with_trainer,
                     worker_device, write_results,
                     trainer_arguments, tuneforge_train)
@@ -194,8 +194,7 @@ def comparison_main(a: argparse.Namespace, argv: list[str]) -> None:
         settings["max_length"] = a.max_length or 32
         settings["stride"] = min(DEFAULTS["stride"], settings["max_length"] // 4)
     frameworks = [f for f in FRAMEWORKS if f != "trainer_flat" and not (a.no_default_trainer and f == "trainer")]
-    out = output_path(a)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = results_file(a)
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         data = write_splits(Path(tmp), settings["train_examples"])
         settings.update(n_train=data.pop("n_train"), n_test=data.pop("n_test"))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -28,13 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from common import (LABELS, ListDataset, comparison_parser, comparison_settings, comparison_table, dispatch_worker,
-                    environment, flops_text, machine_line, output_path, prepared_data, run_interleaved, run_tuneforge,
+                    environment, flops_text, machine_line, results_file, prepared_data, run_interleaved, run_tuneforge,
                     split_records, summarise, train_with_trainer, trainer_arguments, tuneforge_train, worker_device,
                     write_results)
 from flops import pooled_rates
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 RESULTS = HERE / "results"
 BEST_TRAINER = "trainer_grouped"
 FRAMEWORKS = ("tuneforge", "trainer", "trainer_grouped")
@@ -203,10 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     t0 = time.perf_counter()
     settings, methods = comparison_settings(a, DEFAULTS, QUICK_TRAIN, QUICK_TEST)
-    sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    out = output_path(a)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = results_file(a)
     with tempfile.TemporaryDirectory(prefix="bench-s2s-") as tmp:
         model = build_model(Path(tmp) / "t5-small-random")
         data = write_splits(Path(tmp), model, settings["test_examples"], settings["train_examples"])

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -32,13 +31,12 @@ from typing import Any
 
 from common import (FRAMEWORKS, LABELS, ListDataset, comparison_parser,
                     comparison_settings, comparison_table, dispatch_worker, environment, flops_text, machine_line,
-                    output_path, prepared_data, run_interleaved, run_tuneforge, split_records, summarise,
+                    results_file, prepared_data, run_interleaved, run_tuneforge, split_records, summarise,
                     train_with_trainer, worker_device, write_results,
                     trainer_arguments, tuneforge_train)
 from flops import pooled_rates
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 RESULTS = HERE / "results"
 BEST_TRAINER = "trainer_flat"  # the best-configured Trainer row: padding-free DataCollatorWithFlattening
 QUICK_TRAIN, QUICK_TEST = 64, 32  # --quick: pairs trained / scored (a smoke test of every code path)
@@ -207,10 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     settings["tuneforge_set"] = a.set
     frameworks = tuple(f for f in FRAMEWORKS if (a.grouped_trainer or f != "trainer_grouped")
                        and not (a.no_default_trainer and f == "trainer"))
-    sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    out = output_path(a)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = results_file(a)
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         data = write_splits(Path(tmp), settings["test_examples"], settings["train_examples"])
         settings.update(n_train=data.pop("n_train"), n_test=data.pop("n_test"))

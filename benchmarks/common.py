@@ -18,7 +18,7 @@ from typing import Any, Callable
 # the parent side (processes, probes, schedule, command line) lives in driver.py; summaries, the results table,
 # the verdicts and the machine line in results_table.py: both re-exported here
 from driver import (RESULT_PREFIX, comparison_parser, comparison_settings, launch, matmul_probe, output_path,
-                    resolve_precision, run_interleaved, write_json, write_results)
+                    resolve_precision, results_file, run_interleaved, write_json, write_results)
 from results_table import (DTYPES, MIN_REPEATS, SPEED_TARGETS, comparison_table, environment, flops_text,
                            machine_line, median, summarise)
 
@@ -26,7 +26,7 @@ __all__ = ["DTYPES", "MIN_REPEATS", "SPEED_TARGETS", "comparison_table", "enviro
            "median", "summarise", "FRAMEWORKS", "LABELS", "FirstLinearDtype", "ListDataset", "ForwardTokens",
            "split_records", "prepared_data", "resolve_precision", "worker_device", "trainer_clock", "worker_main",
            "run_tuneforge", "trainer_precision_args", "dispatch_worker", "launch", "matmul_probe", "write_json",
-           "run_interleaved", "comparison_parser", "output_path", "comparison_settings", "write_results"]
+           "run_interleaved", "comparison_parser", "output_path", "results_file", "comparison_settings", "write_results"]
 
 FRAMEWORKS = ("tuneforge", "trainer", "trainer_grouped", "trainer_flat")
 LABELS = {

@@ -156,6 +156,16 @@ def output_path(a: Any) -> Path:
     return default.with_name(default.stem + "-quick.md") if a.quick else default
 
 
+def results_file(a: Any) -> Path:
+    """The parent side's start: tuneforge importable from this repository, the Hub offline, and this invocation's
+    results file (:func:`output_path`) with its folder made."""
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    out = output_path(a)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def comparison_settings(a: Any, defaults: dict[str, Any], quick_examples: int, quick_test: int = 0
                         ) -> tuple[dict[str, Any], list[str]]:
     """(settings, methods) from parsed ``comparison_parser`` flags; ``--quick`` fills what was not given."""
