@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import yaml
 
@@ -31,6 +33,13 @@ def test_switching_method_drops_other_options(tmp_path):
     assert load_config(None, {"method": {"name": " P-Tuning "}}).method_name == "p-tuning"
 
 
+def test_naming_the_default_method_keeps_its_options_given_without_a_name(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("method: {rank: 16}\n")  # the default method's options alone
+    assert load_config(f, ["method.name=lora"]).method == {"name": "lora", "rank": 16}  # were dropped
+    assert load_config(f, ["method.name=full"]).method == {"name": "full"}
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["train.lrr=1"], "unknown config key 'train.lrr'"),
     (["bogus.x=1"], "unknown config key 'bogus'"),
@@ -42,9 +51,12 @@ def test_switching_method_drops_other_options(tmp_path):
     (["noequals"], "must look like key.sub=value"),
     (["configs/mine.yaml"], "override 'configs/mine.yaml' must look like key.sub=value; give a config file with -c"),
     (["forgetting.augment.p_delete=1.5"], "forgetting.augment.p_delete must be a probability in [0, 1], got 1"),
+    (["train.batch_size=+-5"], "train.batch_size: expected an integer, got '+-5'"),  # a ValueError traceback
+    (["eval.max_new_tokens=-3"], "eval.max_new_tokens must be positive, got -3"),  # failed after loading
+    (["eval.generate_samples=-2"], "eval.generate_samples must be >= 0"),  # was taken as 0
 ])
 def test_bad_config_gives_one_clear_error(overrides, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, overrides)
 
 

@@ -120,7 +120,9 @@ def test_ewc_without_data_for_its_fisher_or_a_file_as_folder_fails_before_any_tr
     from tuneforge.mitigate import mitigate
 
     monkeypatch.setattr(compare, "_train_subprocess", lambda *a, **k: pytest.fail("trained before checking"))
-    with pytest.raises(ConfigError, match="forgetting.regularize.kind=ewc needs reference data"):
+    with pytest.raises(ConfigError, match=r"forgetting.regularize.kind=ewc estimates its Fisher on the data that "
+                                          r"measures forgetting, and this run measures none: set "
+                                          r"forgetting.previous_run \(a sequential run\)$"):
         mitigate(None, [], "ewc", [1.0], 1.0, tmp_path / "a", progress=False)
     assert not (tmp_path / "a").exists()
     (tmp_path / "afile").write_text("x")

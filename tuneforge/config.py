@@ -134,6 +134,8 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         positive("eval.batch_size", self.batch_size)
+        non_negative("eval.generate_samples", self.generate_samples)
+        positive("eval.max_new_tokens", self.max_new_tokens)
 
 
 @dataclass
@@ -204,20 +206,26 @@ class ForgettingConfig:
         unknown = [p for p in self.probes if p not in PROBES]
         if unknown:
             raise ConfigError(f"forgetting.probes: unknown probe '{unknown[0]}'; choose from {', '.join(PROBES)}")
+        if "none" in self.probes and len(set(self.probes)) > 1:
+            raise ConfigError(f"forgetting.probes: 'none' turns the probes off, so it cannot go with "
+                              f"{', '.join(p for p in self.probes if p != 'none')}; give one or the other")
+
+
+DEFAULT_METHOD = "lora"  # the method of a config that names none (its options alone may be given)
 
 
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    method: dict[str, Any] = field(default_factory=lambda: {"name": "lora"})  # name + the method's own options
+    method: dict[str, Any] = field(default_factory=lambda: {"name": DEFAULT_METHOD})  # name + the method's options
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
     output_dir: str | None = None  # run directory; default runs/<method>-<timestamp>
 
     def __post_init__(self) -> None:
-        self.method = {"name": "lora", **self.method}  # lora when only options are given
+        self.method = {"name": DEFAULT_METHOD, **self.method}  # the default method when only options are given
         self.method["name"] = name_key(self.method["name"])  # LoRA, IA3 as the papers write them
 
     @property
@@ -270,7 +278,8 @@ def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            if key == "method" and "name" in value and name_key(value["name"]) != name_key(out[key].get("name")):
+            if key == "method" and "name" in value and (name_key(value["name"]) !=
+                                                        name_key(out[key].get("name", DEFAULT_METHOD))):
                 out[key] = dict(value)
             else:
                 out[key] = merge_dicts(out[key], value)

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge import checkpoint, tasks
-from tuneforge.config import ConfigError, RunConfig, load_config
+from tuneforge.config import ConfigError, load_config
 from tuneforge.files import fresh_folder, output_folder
+from tuneforge.forgetting import pipeline as forgetting
 
 # kind -> (fixed settings, the swept key, default candidates)
 SWEEPS: dict[str, tuple[list[str], str, list[float]]] = {
@@ -133,12 +134,11 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
         run_dir = out / "runs" / label.replace("=", "-")
         data = load_config(None, {**base.to_dict(), "output_dir": str(run_dir)}).to_dict()
         cfg = _base_config(data, extra)
-        check_fisher_data(cfg, task)
+        forgetting.check_probes(cfg, task)
         runs[label] = run_dir, cfg.to_dict()
-    if not has_probe(base, task):
+    if not forgetting.has_probe(base, task):
         raise ConfigError("mitigate chooses by what each setting forgets, and these runs measure no forgetting: set "
-                          "forgetting.previous_run (the run of the earlier task: any task) or forgetting.probes (a "
-                          "causal LM: auto) or forgetting.reference")
+                          f"{forgetting.measured_by(task)}{' or forgetting.probes' if task.generates else ''}")
     if overwrite:
         fresh_folder(out, overwrite, "comparison")
     else:
@@ -191,21 +191,6 @@ def _finished_or_trained(label: str, run_dir: Path, data: dict[str, Any], out: P
         if not resuming:
             raise
         raise ConfigError(f"{exc} (resuming it; delete {run_dir} to retrain this candidate alone)") from None
-
-
-def has_probe(cfg: RunConfig, task: Any) -> bool:
-    """Whether the run measures forgetting: a previous run's task, or a probe (``forgetting.probes``)."""
-    names = task.default_probes(cfg) if cfg.forgetting.probes == ["auto"] else cfg.forgetting.probes
-    return bool(cfg.forgetting.previous_run) or (bool(names) and "none" not in names)
-
-
-def check_fisher_data(cfg: RunConfig, task: Any) -> None:
-    """EWC estimates its Fisher on a forgetting probe's data: refuse, before anything trains, a config that
-    has no probe (a classifier without ``forgetting.previous_run``)."""
-    g = cfg.forgetting.regularize
-    if g.kind == "ewc" and g.strength != 0 and not has_probe(cfg, task):
-        raise ConfigError("forgetting.regularize.kind=ewc needs reference data: set forgetting.reference "
-                          "or forgetting.previous_run (a sequential task 2)")
 
 
 def _label(value: float) -> str:

@@ -216,6 +216,7 @@ def _plan(cfg: Any, overrides: list[str] | None, overwrite: bool, resume: str | 
         cfg = checkpoint.resume_config(output_folder(resume))
     cfg = resolve_config(cfg, overrides)
     task = tasks.get(cfg.model.task)
+    forgetting.check_probes(cfg, task)
     run_dir = None
     if distributed.current().main:
         run_dir = (output_folder(resume) if resume is not None else

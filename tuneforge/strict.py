@@ -9,6 +9,7 @@ import difflib
 import inspect
 import io
 import math
+import re
 import textwrap
 import tokenize
 import types
@@ -114,7 +115,7 @@ def _check(path: str, value: Any, hint: Any) -> Any:
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():  # e.g. items of "0,1"
+        if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip()):  # e.g. items of "0,1"
             return int(value)
         raise ConfigError(f"{path}: expected an integer, got {value!r}")
     if hint is float:

@@ -259,3 +259,42 @@ def test_a_sequential_tagger_measures_task1s_entity_f1(tmp_path):
     f = task2.metrics["forgetting"]
     assert f["metric"] == "f1" and f["unit"] == "points" and f["reference"].endswith("test f1")
     assert f["before"] == pytest.approx(task1.metrics["test_after"]["f1"], abs=1e-9) and f["before"] > 0.5
+
+
+@pytest.mark.parametrize("task, overrides, message", [
+    ("classification", ["forgetting.probes=[sentiment]"],
+     r"forgetting.probes: sentiment needs a causal LM; a classification run measures forgetting with "
+     r"forgetting.previous_run \(a sequential run\)$"),  # it used to advise forgetting.reference too
+    ("seq2seq", ["forgetting.probes=[own_answers]"],
+     r"own_answers needs a causal LM; a seq2seq run measures forgetting with forgetting.previous_run \(a sequential "
+     r"run\) or forgetting.reference$"),
+    ("classification", ["forgetting.reference=rotten_tomatoes"],  # read, then silently unused
+     r"forgetting.reference measures perplexity, which a classification run does not report"),
+    ("token_classification", ["forgetting.probes=[reference]"], "which a token_classification run does not report"),
+    ("causal_lm", ["forgetting.reference=chitchat", "forgetting.probes=[own_answers]"],
+     r"forgetting.reference is set, but forgetting.probes=\['own_answers'\] leaves the reference probe out"),
+    ("causal_lm", ["forgetting.probes=[reference,none]"], "'none' turns the probes off, so it cannot go with reference"),
+    ("classification", ["forgetting.previous_run=/nowhere", "forgetting.reference=chitchat"],
+     r"forgetting.reference: a sequential run .* leave forgetting.reference out$"),
+    ("token_classification", ["forgetting.regularize.kind=ewc", "forgetting.regularize.strength=10"],
+     r"ewc estimates its Fisher .* set forgetting.previous_run \(a sequential run\)$"),
+])
+def test_probe_settings_a_task_cannot_measure_are_refused_before_anything_loads(task, overrides, message):
+    from tuneforge import tasks
+    from tuneforge.config import load_config
+    from tuneforge.forgetting.pipeline import check_probes
+    with pytest.raises(ConfigError, match=message):
+        check_probes(load_config(None, [f"model.task={task}", *overrides]), tasks.get(task))
+
+
+@pytest.mark.parametrize("task, overrides", [
+    ("causal_lm", ["forgetting.reference=chitchat"]), ("seq2seq", ["forgetting.reference=chitchat"]),
+    ("causal_lm", ["forgetting.reference=chitchat", "forgetting.probes=[reference,own_answers]"]),
+    ("classification", []), ("classification", ["forgetting.reference=none"]),
+    ("token_classification", ["forgetting.previous_run=/nowhere"]),
+])
+def test_probe_settings_a_task_measures_pass(task, overrides):
+    from tuneforge import tasks
+    from tuneforge.config import load_config
+    from tuneforge.forgetting.pipeline import check_probes
+    check_probes(load_config(None, [f"model.task={task}", *overrides]), tasks.get(task))

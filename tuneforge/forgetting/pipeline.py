@@ -19,15 +19,48 @@ from tuneforge.forgetting.replay import mix, replay_count
 from tuneforge.tasks import Prepared, Runtime, Task
 
 
+def measured_by(task: Task) -> str:
+    """The settings that measure forgetting in a run of ``task`` that does not generate text."""
+    return "forgetting.previous_run (a sequential run)" + (" or forgetting.reference" if task.perplexity else "")
+
+
+def check_probes(cfg: RunConfig, task: Task) -> None:
+    """Refuse, before anything loads, probe settings that ``task`` cannot measure or that the run would ignore."""
+    f = cfg.forgetting
+    reference = f.reference not in (None, "none")
+    if f.previous_run and (f.probes != ["auto"] or reference):
+        given = f"forgetting.probes={f.probes}" if f.probes != ["auto"] else "forgetting.reference"
+        raise ConfigError(f"{given}: a sequential run (forgetting.previous_run) measures forgetting on task 1's own "
+                          f"test data; leave {given.split('=')[0]} out")
+    names = task.default_probes(cfg) if f.probes == ["auto"] else f.probes
+    generating = [n for n in names if n not in ("reference", "none")]
+    if generating and not task.generates:
+        raise ConfigError(f"forgetting.probes: {generating[0]} needs a causal LM; a {task.name} run measures "
+                          f"forgetting with {measured_by(task)}")
+    if (reference or "reference" in names) and not task.perplexity:
+        raise ConfigError(f"forgetting.reference measures perplexity, which a {task.name} run does not report; "
+                          f"measure forgetting with {measured_by(task)}")
+    if reference and "reference" not in names:
+        raise ConfigError(f"forgetting.reference is set, but forgetting.probes={f.probes} leaves the reference probe "
+                          "out: add reference to forgetting.probes, or drop forgetting.reference")
+    g = f.regularize
+    if g.kind == "ewc" and g.strength != 0 and not has_probe(cfg, task):
+        raise ConfigError("forgetting.regularize.kind=ewc estimates its Fisher on the data that measures forgetting, "
+                          f"and this run measures none: set {measured_by(task)}")
+
+
+def has_probe(cfg: RunConfig, task: Task) -> bool:
+    """Whether the run measures forgetting: a previous run's task, or a probe (``forgetting.probes``)."""
+    names = task.default_probes(cfg) if cfg.forgetting.probes == ["auto"] else cfg.forgetting.probes
+    return bool(cfg.forgetting.previous_run) or (bool(names) and "none" not in names)
+
+
 def probes_for(cfg: RunConfig, task: Task, prev: Any, heads: list[str], tokenizer: Any, rt: Runtime,
                meta: dict[str, Any], model: nn.Module) -> list[Probe]:
-    """The run's probes (``forgetting.probes``; ``auto``: the task's defaults): task 1 in the sequential set-up
-    (``prev``, the reloaded task-1 run), else reference perplexity, the model's own answers, zero-shot
-    sentiment. Built on the untrained ``model`` (own answers are generated now)."""
+    """The run's probes (``forgetting.probes``; ``auto``: the task's defaults; checked by :func:`check_probes`):
+    task 1 in the sequential set-up (``prev``, the reloaded task-1 run), else reference perplexity, the model's
+    own answers, zero-shot sentiment. Built on the untrained ``model`` (own answers are generated now)."""
     if prev is not None:
-        if cfg.forgetting.probes != ["auto"]:
-            raise ConfigError(f"forgetting.probes={cfg.forgetting.probes}: a sequential run (forgetting.previous_run) "
-                              "measures forgetting on task 1's own test data; leave forgetting.probes out")
         return [task1_probe(prev, heads, rt, cfg.forgetting.probe_split)]
     names = cfg.forgetting.probes
     if names == ["auto"]:
@@ -35,10 +68,6 @@ def probes_for(cfg: RunConfig, task: Task, prev: Any, heads: list[str], tokenize
     if "none" in names:
         return []
     explicit = cfg.forgetting.probes != ["auto"]
-    wants_generation = [n for n in names if n != "reference"]
-    if wants_generation and not task.generates:
-        raise ConfigError(f"forgetting.probes: {wants_generation[0]} needs a causal LM; a {task.name} run "
-                          "measures forgetting with forgetting.previous_run or forgetting.reference")
     out = []
     for name in dict.fromkeys(names):
         if name == "reference":
@@ -117,8 +146,8 @@ def regularizers(cfg: RunConfig, model: nn.Module, pretrained: set[str], heads: 
     if g.kind == "l2sp":
         return (L2SP(model, g.strength, exclude=heads, pretrained=pretrained),)
     if probe is None:
-        raise ConfigError("forgetting.regularize.kind=ewc needs reference data: set forgetting.reference "
-                          "or forgetting.previous_run (a sequential task 2)")
+        raise ConfigError("forgetting.regularize.kind=ewc needs data that measures forgetting: set "
+                          "forgetting.reference or forgetting.previous_run (a sequential run)")
     if not probe.fisher_examples:
         raise ConfigError(f"forgetting.regularize.kind=ewc: no data to estimate the Fisher on ({probe.name}: "
                           "the reference set is too small to leave examples beside the measured ones)")

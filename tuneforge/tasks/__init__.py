@@ -54,6 +54,7 @@ class Task(Protocol):
     table_metrics: tuple[str, ...]  # test metrics shown in the result table
     peft_task_type: str  # PEFT's task type for `export --format peft`
     generates: bool  # answers prompts with text (generation, own-answer probes, self-replay)
+    perplexity: bool  # its evaluation reports perplexity, which forgetting.reference measures
     predict_generates: bool  # `predict` writes text (seq2seq outputs), as long as eval.max_new_tokens allows
     group_by_length: bool  # default of train.group_by_length
     auto_patience: int | None  # default of train.early_stopping under the automatic length (None: the whole plan)

@@ -92,6 +92,7 @@ class Task:
     greater_is_better = False
     table_metrics = ("loss", "perplexity", "bleu", "rouge_l")
     generates = True  # answers prompts with text (generation, own-answer probes, self-replay)
+    perplexity = True  # of the answer tokens (forgetting.reference measures it on reference data)
     predict_generates = False  # predict refuses: `generate` writes its text
     peft_task_type = "CAUSAL_LM"  # what PeftModel.from_pretrained builds around the base model
     loss_unit = "token"

@@ -34,6 +34,7 @@ class Task:
     greater_is_better = True
     table_metrics = ("accuracy", "macro_f1")
     generates = False  # answers prompts with text (generation, own-answer probes, self-replay)
+    perplexity = False  # accuracy and F1 only: forgetting is measured on a previous run's task
     predict_generates = False  # predict gives labels, not text (predict --max-new-tokens does not apply)
     peft_task_type = "SEQ_CLS"  # what PeftModel.from_pretrained builds around the base model
     loss_unit = "example"

@@ -74,6 +74,7 @@ class Task:
     greater_is_better = False
     table_metrics = ("loss", "perplexity", "bleu", "rouge_l")
     generates = False  # outputs come from `tuneforge predict`; chat and the own-answer probes are a causal LM's
+    perplexity = True  # of the output tokens (forgetting.reference measures it on reference data)
     predict_generates = True  # predict writes text (its length: eval.max_new_tokens, predict --max-new-tokens)
     peft_task_type = "SEQ_2_SEQ_LM"  # what PeftModel.from_pretrained builds around the base model
     loss_unit = "token"

@@ -43,6 +43,7 @@ class Task:
     greater_is_better = True
     table_metrics = ("f1", "precision", "recall", "token_accuracy")
     generates = False  # answers prompts with text (generation, own-answer probes, self-replay)
+    perplexity = False  # entity F1 only: forgetting is measured on a previous run's task
     predict_generates = False  # predict gives labels, not text (predict --max-new-tokens does not apply)
     peft_task_type = "TOKEN_CLS"
     loss_unit = "token"
