@@ -54,9 +54,11 @@ def learned_warning(metrics: dict[str, Any], task: Any) -> str | None:
         margin = 0.01 * abs(bar)
     if sign * (value - bar) > margin:
         return None
-    what = "the untrained model" + (f" / the majority class ({majority:.4f})" if len(bars) > 1 else "")
-    return (f"the model learned little: test {name} {bars[0]:.4f} -> {value:.4f} is not clearly better than "
-            f"{what}: {FIXES}")
+    untrained = before.get(name)
+    what = " / ".join(([] if untrained is None else ["the untrained model"]) +
+                      ([] if majority not in bars else [f"the majority class ({majority:.4f})"]))
+    change = f"{value:.4f}" if untrained is None else f"{untrained:.4f} -> {value:.4f}"  # eval.before=false: none
+    return f"the model learned little: test {name} {change} is not clearly better than {what}: {FIXES}"
 
 
 def result_table(metrics: dict[str, Any], task_metrics: Sequence[str]) -> str:

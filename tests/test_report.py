@@ -1,0 +1,39 @@
+"""The one-line "nothing learned" warning and the result table (tuneforge/report.py), from metrics dicts."""
+from types import SimpleNamespace
+
+import pytest
+
+from tuneforge.report import learned_warning
+
+CLASSIFIER = SimpleNamespace(metric="accuracy", greater_is_better=True)
+LM = SimpleNamespace(metric="perplexity", greater_is_better=False)
+BALANCED = {"a": {"support": 50}, "b": {"support": 50}}  # majority class: 0.5
+
+
+def _metrics(after, before=None, loss=(2.0, 1.0)):
+    return {"test_after": after, "test_before": before or {},
+            "training_loss": {"first": loss[0], "last": loss[1], "logged": 10}}
+
+
+@pytest.mark.parametrize("before, start", [
+    ({"accuracy": 0.48}, "test accuracy 0.4800 -> 0.5000 is not clearly better than the untrained model / the "
+                         "majority class (0.5000): "),
+    (None, "test accuracy 0.5000 is not clearly better than the majority class (0.5000): "),  # eval.before=false
+])
+def test_the_warning_names_only_the_baselines_it_measured(before, start):
+    warning = learned_warning(_metrics({"accuracy": 0.5, "n": 100, "per_class": BALANCED}, before), CLASSIFIER)
+    assert warning == "the model learned little: " + start + \
+        "try more steps (train.epochs / train.max_steps), a higher train.lr, or check the labels"
+
+
+def test_a_clear_gain_over_every_baseline_is_quiet():
+    assert learned_warning(_metrics({"accuracy": 0.8, "n": 100, "per_class": BALANCED}, {"accuracy": 0.5}),
+                           CLASSIFIER) is None
+    assert learned_warning(_metrics({"perplexity": 8.0}, {"perplexity": 20.0}), LM) is None
+
+
+def test_a_perplexity_that_barely_moved_and_a_flat_loss_are_named():
+    warning = learned_warning(_metrics({"perplexity": 19.9}, {"perplexity": 20.0}), LM)
+    assert "test perplexity 20.0000 -> 19.9000 is not clearly better than the untrained model: " in warning
+    flat = learned_warning(_metrics({"perplexity": 8.0}, {"perplexity": 20.0}, loss=(2.0, 1.99)), LM)
+    assert flat.startswith("the training loss did not clearly fall (2.0000 -> 1.9900, under 2 %)")
