@@ -26,8 +26,8 @@ from tuneforge.grouped_attention import grouped_attention
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.batching import iterate
 from tuneforge.embedding_rows import TrainedRows, training_ids
+from tuneforge.methods import registry
 from tuneforge.methods.layers import blocks
-from tuneforge.methods.lora_stack import shared_inputs
 from tuneforge.models import autocast
 from tuneforge.optim import build_optimizer, lr_lambda
 from tuneforge.progress import bar as progress_bar
@@ -98,8 +98,8 @@ def fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runtim
     to the same result. Dropout masks, gradient clipping, the input embedding's gradient, the heap and packed
     rows' attention take the cheaper paths of :mod:`tuneforge.fast`; Llama-style eager attention, RMSNorm and
     rotary embeddings those of :mod:`tuneforge.grouped_attention`, :mod:`tuneforge.rms_norm` and
-    :mod:`tuneforge.rotary`; a BERT-style classifier's last block runs where its head reads; LoRA layers that read
-    one input (q/k/v, gate/up) run together (:mod:`tuneforge.methods.lora_stack`)."""
+    :mod:`tuneforge.rotary`; a BERT-style classifier's last block runs where its head reads; a method's own
+    faster paths run within its optional ``training`` context (LoRA: layers that read one input run together)."""
     fast.tune_allocator()
     sample = (last_layer.sample_batch(data.train, rt.pad_id, rt.device)
               if cfg.train.distributed != "fsdp" else None)  # FSDP: blocks are sharded
@@ -109,7 +109,7 @@ def fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runtim
           fast.sparse_embedding_gradient(model, rt.device, distributed.current().world,
                                          embedding_hook(data, cfg, rt, regularizers)) as embedding,
           last_layer.head_only(model, sample, rt.device, rt.bf16),
-          shared_inputs(model, sample, rt.bf16)):
+          registry.training(cfg.method_name, model, sample, rt.bf16)):
         rows = embedding if isinstance(embedding, TrainedRows) else None
         return _fit(model, task, data, cfg, rt, run_dir, progress, resume, regularizers, heads, rows)
 
@@ -155,59 +155,61 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
     bar = progress_bar(total=total, initial=step, desc="train", disable=not progress or not d.main, dynamic_ncols=True)
     logged = torch.zeros(2, dtype=torch.float64, device=rt.device)  # this rank's loss sum, all ranks' units
     logged[0], logged[1] = result.unlogged[0] if d.main else 0.0, result.unlogged[1]  # a resumed log window
-    start = time.perf_counter() - result.train_seconds
-    model.train()  # once, and again after each evaluation (transformers' train() costs ~1 ms a call)
-    while step < total:
-        epoch, micro = plan.step(step)
-        batches = list(iterate(data.train, micro, rt.pad_id, rt.padding_free, rt.shapes))
-        units = [int(task.units(b)) for b in batches]
-        masks = [b["attention_mask"] for b in batches]
-        counts = distributed.all_sum(torch.tensor([sum(units), sum(int(m.sum()) for m in masks),
-                                                   sum(m.numel() for m in masks)], dtype=torch.float64))
-        window_units, real, padded = (int(c) for c in counts)
-        result.real_tokens, result.padded_tokens = result.real_tokens + real, result.padded_tokens + padded
-        scale = d.world / max(window_units, 1)  # DDP/FSDP average gradients over ranks: undo it
-        for i, batch in enumerate(batches):
-            batch = {k: v.to(rt.device, non_blocking=True) for k, v in batch.items()}
-            with distributed.gradient_sync(module, i == len(batches) - 1):
-                with autocast(rt.device, rt.bf16):
-                    objective, batch_loss = module(batch, scale, 1.0 / len(batches))
-                objective.backward()
-            logged[0] += batch_loss.double()
-        logged[1] += window_units
-        if t.max_grad_norm:
-            fast.clip_gradients(params, t.max_grad_norm, optimizer)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        bar.update(1)
-        if step % t.log_every == 0 or step == total:
+    try:  # the TensorBoard writer's thread and the bar end even if training fails (a notebook goes on)
+        start = time.perf_counter() - result.train_seconds
+        model.train()  # once, and again after each evaluation (transformers' train() costs ~1 ms a call)
+        while step < total:
+            epoch, micro = plan.step(step)
+            batches = list(iterate(data.train, micro, rt.pad_id, rt.padding_free, rt.shapes))
+            units = [int(task.units(b)) for b in batches]
+            masks = [b["attention_mask"] for b in batches]
+            counts = distributed.all_sum(torch.tensor([sum(units), sum(int(m.sum()) for m in masks),
+                                                       sum(m.numel() for m in masks)], dtype=torch.float64))
+            window_units, real, padded = (int(c) for c in counts)
+            result.real_tokens, result.padded_tokens = result.real_tokens + real, result.padded_tokens + padded
+            scale = d.world / max(window_units, 1)  # DDP/FSDP average gradients over ranks: undo it
+            for i, batch in enumerate(batches):
+                batch = {k: v.to(rt.device, non_blocking=True) for k, v in batch.items()}
+                with distributed.gradient_sync(module, i == len(batches) - 1):
+                    with autocast(rt.device, rt.bf16):
+                        objective, batch_loss = module(batch, scale, 1.0 / len(batches))
+                    objective.backward()
+                logged[0] += batch_loss.double()
+            logged[1] += window_units
+            if t.max_grad_norm:
+                fast.clip_gradients(params, t.max_grad_norm, optimizer)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % t.log_every == 0 or step == total:
+                _log_train_loss(result, logger, bar, logged, step, epoch, scheduler.get_last_lr()[0])
+            stop = False
+            if (step % eval_every == 0 or step == total) and data.validation:
+                elapsed = time.perf_counter() - start
+                with distributed.unsharded(module):
+                    metrics = task.evaluate(model, data.validation, rt, cfg, data.meta, progress=progress and d.main)
+                model.train()
+                checkpoint.crash_point("after-evaluation")
+                start = time.perf_counter() - elapsed  # evaluation time is not training time
+                stop = _record_evaluation(result, logger, metrics, task.metric, sign, step, module, patience)
+            if stop:
+                total = step
+            elif run_dir is not None and save_every and step % save_every == 0 and step < total:
+                check_finite(float(logged[0]), step)  # never checkpoint NaN weights
+                result.steps, result.train_seconds = step, time.perf_counter() - start
+                result.unlogged = (float(distributed.all_sum(logged[0])), int(logged[1]))
+                training_state.save_training_state(run_dir, module, optimizer, names, scheduler,
+                                                   {k: getattr(result, k) for k in TrainResult.LOOP_KEYS}, rt.device)
+                result.best.checkpoint_written(result.best_step)
+        result.train_seconds = time.perf_counter() - start
+        result.steps = step
+        if logged[1] > 0:  # early stopping ended the run between two logged steps
             _log_train_loss(result, logger, bar, logged, step, epoch, scheduler.get_last_lr()[0])
-        stop = False
-        if (step % eval_every == 0 or step == total) and data.validation:
-            elapsed = time.perf_counter() - start
-            with distributed.unsharded(module):
-                metrics = task.evaluate(model, data.validation, rt, cfg, data.meta, progress=progress and d.main)
-            model.train()
-            checkpoint.crash_point("after-evaluation")
-            start = time.perf_counter() - elapsed  # evaluation time is not training time
-            stop = _record_evaluation(result, logger, metrics, task.metric, sign, step, module, patience)
-        if stop:
-            total = step
-        elif run_dir is not None and save_every and step % save_every == 0 and step < total:
-            check_finite(float(logged[0]), step)  # never checkpoint NaN weights
-            result.steps, result.train_seconds = step, time.perf_counter() - start
-            result.unlogged = (float(distributed.all_sum(logged[0])), int(logged[1]))
-            training_state.save_training_state(run_dir, module, optimizer, names, scheduler,
-                                               {k: getattr(result, k) for k in TrainResult.LOOP_KEYS}, rt.device)
-            result.best.checkpoint_written(result.best_step)
-    result.train_seconds = time.perf_counter() - start
-    result.steps = step
-    if logged[1] > 0:  # early stopping ended the run between two logged steps
-        _log_train_loss(result, logger, bar, logged, step, epoch, scheduler.get_last_lr()[0])
-    bar.close()
-    logger.close()
+    finally:
+        bar.close()
+        logger.close()
     if result.best_step is None:  # no validation: the final weights themselves (no copy beside the optimizer's)
         result.best_state = training_state.model_names(distributed.full_state(module, copy=False))
     return result

@@ -228,12 +228,17 @@ def test_an_output_path_below_a_file_is_one_line(bert_dir, reviews, tmp_path, ca
     one_error(capsys, train_argv(bert_dir, reviews, tmp_path / "afile" / "run"), "cannot write", "afile", "Not a directory")
 
 
-def test_a_diverging_run_stops_with_one_line_instead_of_saving_nan_weights(bert_dir, reviews, tmp_path, capsys):
+def test_a_diverging_run_stops_with_one_line_instead_of_saving_nan_weights(bert_dir, reviews, tmp_path, capsys,
+                                                                           monkeypatch):
+    from tuneforge.logs import Logger
+    closed = []  # the TensorBoard writer's thread outlived a failed run (a notebook or compare --in-process goes on)
+    monkeypatch.setattr(Logger, "close", lambda self, close=Logger.close: closed.append(close(self)))
     capsys.readouterr()
     code = main(train_argv(bert_dir, reviews, tmp_path / "run", "train.lr=1e30", "train.log_every=1"))
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("tuneforge: error: training diverged") and "lower train.lr" in err, err
     assert not (tmp_path / "run" / "trainable.safetensors").exists()
+    assert closed == [None]
 
 
 def test_flag_values_are_taken_literally(bert_dir, reviews, tmp_path):
