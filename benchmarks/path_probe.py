@@ -79,8 +79,8 @@ def switch(variant: str) -> None:
         from tuneforge.methods import lora
         lora.rank_columns = lambda dtype: False
     elif variant == "lora-unstacked":
-        from tuneforge import train
-        train.shared_inputs = lambda model, sample, bf16: contextlib.nullcontext(0)
+        from tuneforge.methods import lora_stack
+        lora_stack.shared_inputs = lambda model, sample, bf16: contextlib.nullcontext(0)
     elif variant in ("rounded", "unrounded"):
         rounded = variant == "rounded"
         Shapes.training = classmethod(lambda cls, max_length, *_, **__: cls(padded=4 if rounded else 1,

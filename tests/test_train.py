@@ -91,14 +91,16 @@ def test_early_stopping_waits_while_a_flat_metric_comes_with_a_falling_loss(tmp_
 @pytest.mark.parametrize("padding_free", [False, True])
 def test_training_a_llama_runs_the_llama_style_paths(tmp_path, monkeypatch, padding_free):
     """fit switches in grouped eager attention, the hand-written RMSNorm and the fused rotation for a Llama
-    model on a CPU (padded float32 rows: eager attention; packed float32 rows go through SDPA instead), and
-    switches them out after: the model file's own rotation is back."""
+    model on a CPU (padded float32 rows: eager attention; packed float32 rows go through SDPA instead), and LoRA's
+    stacked q/k/v and gate/up layers (the method's ``training`` context), and switches them out after: the model
+    file's own rotation is back."""
     from lm_helpers import model_folder, write_pairs
     from transformers.models.llama import modeling_llama
     from tuneforge import grouped_attention, rms_norm, rotary
+    from tuneforge.methods import lora_stack
     from tuneforge.run import train
 
-    calls = {"attention": 0, "norm": 0, "rotation": 0}
+    calls = {"attention": 0, "norm": 0, "rotation": 0, "stacked": 0}
 
     def counting(key, function):
         def counted(*args, **kwargs):
@@ -110,6 +112,7 @@ def test_training_a_llama_runs_the_llama_style_paths(tmp_path, monkeypatch, padd
                         counting("attention", grouped_attention.attention))
     monkeypatch.setattr(rms_norm.RMSNormFunction, "apply", counting("norm", rms_norm.RMSNormFunction.apply))
     monkeypatch.setattr(rotary.Rotate, "apply", counting("rotation", rotary.Rotate.apply))
+    monkeypatch.setattr(lora_stack.LoRAStack, "apply", counting("stacked", lora_stack.LoRAStack.apply))
     plain_rotation = modeling_llama.apply_rotary_pos_emb
     cfg = {"model": {"name": str(model_folder(tmp_path / "llama")), "task": "causal_lm"},
            "data": {"dataset": str(write_pairs(tmp_path / "pairs.jsonl"))}, "method": {"name": "lora"},
@@ -117,7 +120,7 @@ def test_training_a_llama_runs_the_llama_style_paths(tmp_path, monkeypatch, padd
            "eval": {"before": False, "generate_samples": 0}, "forgetting": {"probes": ["none"]},
            "output_dir": str(tmp_path / "run")}
     train(cfg, progress=False)
-    assert calls["norm"] > 0 and calls["rotation"] > 0
+    assert calls["norm"] > 0 and calls["rotation"] > 0 and calls["stacked"] > 0
     assert (calls["attention"] > 0) == (not padding_free)
     assert modeling_llama.apply_rotary_pos_emb is plain_rotation
 

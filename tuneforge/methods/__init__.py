@@ -10,7 +10,8 @@ Each ``tuneforge/methods/<name>.py`` defines
   what trains is then exactly the method's parameters (plus the heads);
 * optionally ``merge(model)`` (fold the trained weights into a plain Hugging Face model; defined by every
   method whose run can be saved as one), ``fold(model)`` (turn training-only reparameterisations into plain
-  parameters before saving), ``to_peft(model, config, task_type, modules_to_save)`` (the adapter in PEFT's
+  parameters before saving), ``training(model, sample, bf16)`` (a context manager: the method's faster paths while
+  the loop trains), ``to_peft(model, config, task_type, modules_to_save)`` (the adapter in PEFT's
   file format: config dict + tensors) and ``TRAIN_DEFAULTS`` (a dict of recommended ``train.*`` settings,
   e.g. a higher learning rate: a value, a task -> value mapping, or a function of the model's width and depth).
 

@@ -12,6 +12,7 @@ up to 7x slower; docs/performance.md), and adds the branch's input gradient insi
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -200,6 +201,13 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
 
 def _lora_modules(model: nn.Module) -> list[tuple[str, LoRALinear]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+def training(model: nn.Module, sample: dict[str, torch.Tensor] | None, bf16: bool
+             ) -> contextlib.AbstractContextManager:
+    """While training, LoRA layers that read one input (q/k/v, gate/up) run together (:mod:`.lora_stack`)."""
+    from tuneforge.methods import lora_stack  # it builds on this module's LoRALinear
+    return lora_stack.shared_inputs(model, sample, bf16)
 
 
 def merge(model: nn.Module) -> nn.Module:

@@ -1,6 +1,7 @@
 """Method name -> module. The only place that lists method names."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 from types import ModuleType
@@ -58,6 +59,15 @@ def apply(model: nn.Module, name: str, config: Any, always_train: list[str] | tu
         print(f"note: {', '.join(kept)} stay frozen: the model's save_pretrained does not save them (they are rebuilt "
               "when it loads)", file=sys.stderr)
     return model
+
+
+def training(name: str, model: nn.Module, sample: dict[str, Any] | None, bf16: bool
+             ) -> contextlib.AbstractContextManager:
+    """The method's optional ``training(model, sample, bf16)`` context: its faster paths while the loop trains
+    (``sample``: model inputs of a training batch, None where the model is sharded; ``bf16``: the run's autocast).
+    No hook: nothing changes."""
+    fn = getattr(get(name), "training", None)
+    return contextlib.nullcontext() if fn is None else fn(model, sample, bf16)
 
 
 def call_optional(name: str, hook: str, model: nn.Module) -> nn.Module:
