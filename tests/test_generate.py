@@ -62,6 +62,16 @@ def test_chat_prompts_are_trimmed_as_training_trimmed_messages_and_plain_text_is
     assert encode_prompts(tok, ["the cat "], None, 64) == [tok("the cat ")["input_ids"]]  # a text to continue
 
 
+@pytest.mark.parametrize("bad", [[], [{"role": "user"}], [{"content": "hi"}], ["hi"], [{"role": "user", "content": 3}],
+                                 3])
+def test_a_conversation_that_is_not_a_list_of_messages_is_named(bad):
+    template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    from tuneforge.config import ConfigError
+    with pytest.raises(ConfigError, match=r"^prompt 2: give a string or a list of \{'role': \.\.\., 'content': text\} "
+                                          r"messages, got "):  # a KeyError, TypeError or AttributeError before
+        encode_prompts(byte_tokenizer(), ["fine", bad], template, 64)
+
+
 def test_prompts_of_one_length_share_a_batch_where_pads_must_stay_apart():
     from tuneforge.generate import _batches
 

@@ -155,13 +155,13 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], te
     """Token ids of each prompt: rendered with the chat template (a string is one user message), or, without
     a template (plain-text runs), the text itself to be continued."""
     out = []
-    for p in prompts:
+    for k, p in enumerate(prompts, 1):
         if template is None:
             if not isinstance(p, str):
                 raise ConfigError("this run was trained on plain text: give prompts as strings to continue")
             out.append(tokenizer(p)["input_ids"])
             continue
-        messages = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+        messages = [{"role": "user", "content": p}] if isinstance(p, str) else _messages(p, k)
         messages = [{**m, "content": trimmed(m["content"])} for m in messages]  # as training trimmed them
         if system_prompt and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": system_prompt}] + messages
@@ -171,6 +171,16 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], te
         print(f"note: {long} prompt(s) longer than model.max_length={max_length} tokens keep their last {max_length} "
               "(the start, e.g. a system prompt or earlier turns, is left out)", file=sys.stderr)
     return [ids[-max_length:] for ids in out]
+
+
+def _messages(prompt: Any, k: int) -> list[dict[str, str]]:
+    """Prompt ``k`` (1-based) given as a conversation: a list of ``{"role": ..., "content": text}`` mappings."""
+    ok = isinstance(prompt, (list, tuple)) and len(prompt) > 0 and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt)
+    if not ok:
+        raise ConfigError(f"prompt {k}: give a string or a list of {{'role': ..., 'content': text}} messages, "
+                          f"got {str(prompt)[:60]}")
+    return list(prompt)
 
 
 def generate_answers(model: nn.Module, tokenizer: PreTrainedTokenizerBase, meta: dict[str, Any], cfg: Any,
