@@ -63,11 +63,6 @@ def create_run_dir(path: Path, overwrite: bool, cfg: RunConfig) -> Path:
     return path
 
 
-def prepare_output(out: str | Path, overwrite: bool, kind: str = "export") -> Path:
-    """An export folder that is new, empty, or (``overwrite``) a tuneforge folder replaced."""
-    return fresh_folder(Path(out), overwrite, kind)
-
-
 def save_run(run_dir: Path, cfg: RunConfig, meta: dict[str, Any], model: nn.Module, tokenizer: Any,
              trainable: dict[str, torch.Tensor]) -> None:
     """Resolved config, meta (labels, task...) and weights. Full runs: a complete HF folder; others: trainable only."""

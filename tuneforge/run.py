@@ -285,7 +285,7 @@ def _save(run_dir: Path, cfg: RunConfig, task: Task, s: Setup, model: nn.Module,
     """Weights, meta, metrics, results table and loss curve; the checkpoint goes last (crash-safe)."""
     from tuneforge import __version__
 
-    registry.call_optional(cfg.method_name, "fold", model)
+    model = registry.call_optional(cfg.method_name, "fold", model)  # a hook may return a new model
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     meta = {**s.data.meta, "task": task.name, "method": cfg.method_name, "tuneforge_version": __version__}
     checkpoint.save_run(run_dir, cfg, meta, model, s.tokenizer, trainable)

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from tuneforge.config import ConfigError
-from tuneforge.data.readers import read_records, require_columns
+from tuneforge.data.readers import read_records
 
 ROWS = [{"text": "good film", "label": "pos"}, {"text": "bad film", "label": "neg"}]
 
@@ -45,11 +45,9 @@ def test_bad_files_give_clear_errors(tmp_path, name, content, message):
         read_records(path)
 
 
-def test_missing_file_and_column(tmp_path):
+def test_a_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         read_records(tmp_path / "nope.csv")
-    with pytest.raises(ConfigError, match="column 'review' not found; columns are 'text', 'label'"):
-        require_columns(ROWS, ["review"], "d.csv")
 
 
 @pytest.mark.parametrize("name, content", [

@@ -2,7 +2,7 @@ import pytest
 
 from tuneforge.config import ConfigError
 from tuneforge.data.batching import batch_order
-from tuneforge.forgetting.replay import mix, remap_labels, replay_count
+from tuneforge.forgetting.replay import mix, replay_count
 
 
 def _examples(n, source, length=5):
@@ -49,11 +49,3 @@ def test_bookkeeping_fields_of_cut_examples_do_not_count_as_a_different_task():
     pool = [{"input_ids": [4], "labels": [4], "_cut": True}, {"input_ids": [5], "labels": [5]}]
     assert len(mix(train, pool, 0.5)) == 4
     assert len(mix(train[::-1], pool[::-1], 0.5)) == 4
-
-
-def test_remap_labels_into_a_joined_label_space():
-    old = [{"input_ids": [1], "labels": 0}, {"input_ids": [2], "labels": 1}, {"input_ids": [3], "labels": -1}]
-    joined = ["ai", "negative", "positive", "trivia"]
-    assert [e["labels"] for e in remap_labels(old, ["negative", "positive"], joined)] == [1, 2, -1]
-    with pytest.raises(ConfigError, match="not in the joined"):
-        remap_labels(old, ["negative", "neutral"], joined)

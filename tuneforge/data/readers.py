@@ -152,16 +152,6 @@ def column_names(row: dict[str, Any]) -> str:
     return ", ".join(repr(str(c)) for c in row)
 
 
-def require_columns(records: list[dict[str, Any]], columns: list[str], source: str) -> None:
-    """Raise ConfigError naming the first missing column and the columns that exist."""
-    for col in columns:
-        if col not in records[0]:
-            raise ConfigError(
-                f"{source}: column '{col}' not found; columns are {column_names(records[0])} "
-                f"(choose with data.text_column / data.label_column)"
-            )
-
-
 def data_bytes(data: Any) -> int:
     """The size of the files a ``DataConfig`` names (0 for embedded data sets)."""
     names = [data.train_file, data.validation_file, data.test_file] if data.train_file else [data.dataset]

@@ -8,9 +8,9 @@ classification task.
 What is supported:
 - causal LM: any encoded examples with the same fields (``input_ids``, ``labels``) -- general text or
   conversations replay directly;
-- classification: earlier-task examples only in a *joined* label space (one head over the labels of both
-  tasks): :func:`remap_labels` moves label ids from the earlier task's names to the joined names. Replay into
-  a model that has a separate head per task is not supported (the loop trains one head).
+- classification and token classification: examples labelled with this run's own labels (an earlier task's
+  examples only where their labels are among them: replayed examples train this run's head). Replay into a
+  model that has a separate head per task is not supported (the loop trains one head).
 """
 from __future__ import annotations
 
@@ -59,15 +59,3 @@ def mix(train_examples: Sequence[dict[str, Any]], replay_examples: Sequence[dict
     out = list(train_examples) + chosen
     rng.shuffle(out)
     return out
-
-
-def remap_labels(examples: Sequence[dict[str, Any]], old_names: Sequence[str], new_names: Sequence[str]
-                 ) -> list[dict[str, Any]]:
-    """Copies of classification examples with label ids moved from ``old_names`` to ``new_names`` (a joined
-    label space containing every old name); unlabelled examples (-1) stay -1."""
-    index = {name: i for i, name in enumerate(new_names)}
-    missing = [n for n in old_names if n not in index]
-    if missing:
-        raise ConfigError(f"replay: label '{missing[0]}' of the earlier task is not in the joined label set "
-                          f"({', '.join(new_names)}); join both tasks' labels")
-    return [{**e, "labels": -1 if e["labels"] < 0 else index[old_names[e["labels"]]]} for e in examples]
