@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from tuneforge import assets, checkpoint, scope
 from tuneforge.config import ConfigError
 from tuneforge.files import new_folder
-from tuneforge.methods import registry
+from tuneforge.methods import peft_format, registry
 from tuneforge.models import pretrained_config
 
 if TYPE_CHECKING:
@@ -33,31 +33,6 @@ base = {auto}.from_pretrained("{base}"{extra})
 model = PeftModel.from_pretrained(base, "{out}")
 ```
 {note}"""
-_PROMPT_NOTE = """
-PEFT returns the {n} virtual positions in front of the real ones: drop the first {n} positions of causal-LM
-and token-classification logits to align them with the input.
-"""
-
-_LAST_TOKEN_NOTE = """
-PEFT hands a prompt-tuned decoder classifier embeddings, not token ids, so transformers cannot see where a padded
-row's text ends and reads the row's last position, padding included: classify one text at a time (or rows of one
-length) with this adapter to get the run's predictions; `tuneforge predict` on the run batches padded rows as
-trained.
-"""
-
-_PREFIX_CLASSIFIER_NOTE = """
-PEFT 0.21 refuses to run prefix tuning on a classifier with transformers 5 ("Model does not support past key
-values"); the prefix it loads still works when passed to the plain model:
-`model.get_base_model()(input_ids=ids, attention_mask=mask_with_prefix_ones, cache=model.get_prompt(batch))`.
-"""
-
-_GENERATE_NOTE = """
-PEFT 0.21's `generate` mis-handles transformers 5's `cache` argument for prompt-learning adapters (a prefix is
-ignored, a soft prompt drifts after a token or two); the forward pass is right. Generate by greedy decoding
-through the PEFT model's forward (no cache), or with `tuneforge generate` on the run.
-"""
-
-
 def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
     """Write the run's adapter (plus any fully trained head, as ``modules_to_save``) in PEFT's format,
     with the tokenizer (and its chat template) beside it. Whether the run can be exported is settled before
@@ -86,18 +61,9 @@ def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
     pad, config = run.tokenizer.pad_token_id, pretrained_config(base)
     if labels and pad is not None and config is not None and getattr(config, "pad_token_id", None) != pad:
         extra += f", pad_token_id={pad}"  # as trained: a decoder's classifier finds a row's end by the pad id
-    prompt_like = adapter_config["peft_type"] in ("PROMPT_TUNING", "P_TUNING")
-    note = _PROMPT_NOTE.format(n=adapter_config.get("num_virtual_tokens")) if prompt_like else ""
-    if prompt_like and task_type == "SEQ_CLS" and hasattr(run.model, "score"):  # a decoder's last-token head
-        note += _LAST_TOKEN_NOTE
-        print("note: PEFT reads a padded row's last position, padding included, in this decoder classifier: "
-              "classify one text at a time with the exported adapter (its README.md says why)", file=sys.stderr)
-    if adapter_config["peft_type"] == "PREFIX_TUNING" and task_type in ("SEQ_CLS", "TOKEN_CLS"):
-        note = _PREFIX_CLASSIFIER_NOTE
-    if "num_virtual_tokens" in adapter_config and task_type == "CAUSAL_LM":
-        note += _GENERATE_NOTE
-        print("note: PEFT 0.21's generate() does not apply this prompt-learning adapter correctly; greedy decoding "
-              "through its forward does (the export's README.md says how)", file=sys.stderr)
+    note, lines = peft_format.notes(adapter_config, task_type, last_token_head=hasattr(run.model, "score"))
+    for line in lines:
+        print(f"note: {line}", file=sys.stderr)
     out = Path(out)
     with new_folder(out, overwrite, "export") as tmp:  # moved in place once complete
         checkpoint.save_json(adapter_config, tmp / "adapter_config.json")

@@ -18,6 +18,30 @@ from tuneforge.config import ConfigError
 from tuneforge.methods.layers import find_layers
 from tuneforge.methods.virtual_tokens import backbone_of
 
+_PROMPT_NOTE = """
+PEFT returns the {n} virtual positions in front of the real ones: drop the first {n} positions of causal-LM
+and token-classification logits to align them with the input.
+"""
+
+_LAST_TOKEN_NOTE = """
+PEFT hands a prompt-tuned decoder classifier embeddings, not token ids, so transformers cannot see where a padded
+row's text ends and reads the row's last position, padding included: classify one text at a time (or rows of one
+length) with this adapter to get the run's predictions; `tuneforge predict` on the run batches padded rows as
+trained.
+"""
+
+_PREFIX_CLASSIFIER_NOTE = """
+PEFT 0.21 refuses to run prefix tuning on a classifier with transformers 5 ("Model does not support past key
+values"); the prefix it loads still works when passed to the plain model:
+`model.get_base_model()(input_ids=ids, attention_mask=mask_with_prefix_ones, cache=model.get_prompt(batch))`.
+"""
+
+_GENERATE_NOTE = """
+PEFT 0.21's `generate` mis-handles transformers 5's `cache` argument for prompt-learning adapters (a prefix is
+ignored, a soft prompt drifts after a token or two); the forward pass is right. Generate by greedy decoding
+through the PEFT model's forward (no cache), or with `tuneforge generate` on the run.
+"""
+
 LAYER_TUNER = "base_model.model."  # key prefix of LoRA/IA3 tensors and of their heads
 PROMPT_LEARNING = "base_model."  # key prefix of the heads of prompt-learning adapters
 
@@ -104,3 +128,23 @@ def check_pooling(model: nn.Module) -> None:
         f"PEFT's {type(model).__name__} would read its prediction from the first virtual token where tuneforge's "
         "reads the first real token, so a PEFT adapter would predict differently; use the run with tuneforge "
         "(tuneforge predict, tuneforge.run.load), or train with lora or ia3 to export to PEFT")
+
+
+def notes(adapter_config: dict[str, Any], task_type: str, last_token_head: bool) -> tuple[str, list[str]]:
+    """What to know when PEFT 0.21 loads this adapter: the exported README's note and one-line notes for the
+    terminal (``last_token_head``: the model classifies from a row's last position, as decoder classifiers do)."""
+    kind, note, lines = adapter_config["peft_type"], "", []
+    prompt_like = kind in ("PROMPT_TUNING", "P_TUNING")
+    if prompt_like:
+        note = _PROMPT_NOTE.format(n=adapter_config.get("num_virtual_tokens"))
+    if prompt_like and task_type == "SEQ_CLS" and last_token_head:
+        note += _LAST_TOKEN_NOTE
+        lines.append("PEFT reads a padded row's last position, padding included, in this decoder classifier: "
+                     "classify one text at a time with the exported adapter (its README.md says why)")
+    if kind == "PREFIX_TUNING" and task_type in ("SEQ_CLS", "TOKEN_CLS"):
+        note = _PREFIX_CLASSIFIER_NOTE
+    if "num_virtual_tokens" in adapter_config and task_type == "CAUSAL_LM":
+        note += _GENERATE_NOTE
+        lines.append("PEFT 0.21's generate() does not apply this prompt-learning adapter correctly; greedy decoding "
+                     "through its forward does (the export's README.md says how)")
+    return note, lines
