@@ -203,10 +203,10 @@ class Run:
     def check_generates(self, chat: bool = False) -> None:
         """Refuse a run that cannot answer prompts (a classifier, a tagger), or for ``chat`` messages (a run
         trained on plain text), in one line."""
-        if self.meta.get("format") is None:
+        if not self.task.generates:
             raise ConfigError(f"{self.files.path} is a {self.task.name} run; generation needs a causal_lm run "
                               "(`tuneforge predict RUN TEXT` gives this run's predictions)")
-        if chat and self.meta["format"] == "text":
+        if chat and self.meta.get("format") == "text":
             raise ConfigError(f"{self.files.path} was trained on plain text, which it continues: `tuneforge generate "
                               "RUN TEXT`; chat needs a run trained on conversations or prompt/answer pairs")
 
