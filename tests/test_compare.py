@@ -206,3 +206,16 @@ def test_a_training_child_leaves_the_interrupt_message_to_compare(monkeypatch, c
     monkeypatch.setenv(interrupts.PARENT_SAYS, "1")
     assert interrupts.report(KeyboardInterrupt(), "train") == 130
     assert capsys.readouterr().err == ""
+
+
+def test_a_project_folder_with_runs_is_not_taken_for_a_comparison(tmp_path):
+    """A folder holding the ``runs/`` that ``train`` writes was taken over as an old comparison (marked as
+    tuneforge's), after which ``--overwrite`` emptied it: notes and runs gone."""
+    from tuneforge.compare import claim_folder
+    from tuneforge.config import ConfigError
+    project = tmp_path / "project"
+    (project / "runs" / "old-run").mkdir(parents=True)
+    (project / "notes.md").write_text("mine")
+    with pytest.raises(ConfigError, match="is not empty and was not made by tuneforge"):
+        claim_folder(project)
+    assert sorted(p.name for p in project.iterdir()) == ["notes.md", "runs"]  # no marker written

@@ -56,3 +56,24 @@ def test_a_loop_of_links_as_the_output_is_one_line(tmp_path):
     (tmp_path / "b").symlink_to(tmp_path / "a")
     with pytest.raises(ConfigError, match=r"a symbolic link that cannot be followed .*; give a folder"):
         output_folder(tmp_path / "a")
+
+
+def test_overwrite_never_replaces_the_folder_a_command_runs_in(tmp_path, monkeypatch):
+    """``-o . --overwrite`` renamed the working folder away (an OSError, '..x.partial' folders left behind)."""
+    from pathlib import Path
+
+    from tuneforge.files import fresh_folder, new_folder, write_marker
+    here = tmp_path / "proj"
+    (here / "sub").mkdir(parents=True)
+    write_marker(here, "comparison")
+    (here / "keep.txt").write_text("mine")
+    for cwd in (here, here / "sub"):  # the folder itself, or one inside it
+        monkeypatch.chdir(cwd)
+        with pytest.raises(ConfigError, match="is the folder this command runs in .*--overwrite does not replace"):
+            fresh_folder(Path(".") if cwd == here else here, True, "comparison")
+        with pytest.raises(ConfigError, match="is the folder this command runs in"):
+            with new_folder(here, True, "comparison"):
+                pytest.fail("built before checking")
+    assert (here / "keep.txt").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["proj"]
+    monkeypatch.chdir(tmp_path)
+    assert not any(fresh_folder(here, True, "comparison").glob("*.txt"))  # from elsewhere it is replaced as asked

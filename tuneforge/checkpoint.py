@@ -25,8 +25,8 @@ from safetensors.torch import load_file
 from tuneforge import best_weights, distributed, resume_check
 from tuneforge.config import ConfigError, RunConfig, build_dataclass
 from tuneforge.files import (atomic_write_text, check_replaceable, clean_partial, clean_siblings, crash_point,
-                             fresh_folder, output_folder, partial_dir, put_back, replace_dir, save_json, save_tensors,
-                             set_aside)
+                             fresh_folder, not_current, output_folder, partial_dir, put_back, replace_dir, save_json,
+                             save_tensors, set_aside)
 from tuneforge.resume_check import RESUME  # resumable training state, deleted when the run finishes
 
 __all__ = ["atomic_write_text", "save_json", "save_tensors", "crash_point", "RUN_FORMAT"]
@@ -41,6 +41,8 @@ def run_dir_path(output_dir: str | None, method: str, overwrite: bool = False) -
     refused unless ``overwrite`` and it is a tuneforge folder. Nothing is created yet."""
     path = output_folder(output_dir) if output_dir else Path("runs") / f"{method}-{datetime.now():%Y%m%d-%H%M%S}"
     check_replaceable(path, overwrite, "run directory", "run")
+    if path.exists() and any(path.iterdir()):
+        not_current(path, "run directory")  # --overwrite, refused before anything loads
     return path
 
 

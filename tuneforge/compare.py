@@ -66,11 +66,9 @@ def compare(methods: Sequence[str] | str | None, config: str | Path | dict[str, 
 
 
 def claim_folder(out: Path) -> None:
-    """Make ``out`` a comparison's folder: new, empty, or an earlier comparison (its marker, or the ``runs/`` of
-    one made before markers); a folder of the user's or another kind of tuneforge folder is refused, so that
-    nothing in it is overwritten."""
-    if out.is_dir() and any(out.iterdir()) and not is_ours(out) and (out / "runs").is_dir():
-        return write_marker(out, "comparison")  # a comparison from before markers: resumed as it is
+    """Make ``out`` a comparison's folder: new, empty, or an earlier comparison (its marker); a folder of the
+    user's (a project folder with the ``runs/`` that ``train`` writes, say) or another kind of tuneforge folder is
+    refused, so that nothing in it is overwritten or later replaced by ``--overwrite``."""
     check_replaceable(out, True, "output folder", "comparison")
     out.mkdir(parents=True, exist_ok=True)
     if not is_ours(out):

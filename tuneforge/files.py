@@ -203,6 +203,7 @@ def clean_siblings(folder: Path) -> None:
 def set_aside(folder: Path) -> Path:
     """Move ``folder`` to a new ``.partial`` sibling in one rename (durable) and return where it went: removed
     all at once later, or moved back (:func:`put_back`); a crash leaves it whole (cleaned next time)."""
+    not_current(folder, "folder")
     aside = partial_dir(folder.parent, folder.name)
     os.replace(folder, aside)
     fsync_dir(folder.parent)
@@ -215,6 +216,14 @@ def put_back(aside: Path, folder: Path) -> None:
         shutil.rmtree(folder)
     os.replace(aside, folder)
     fsync_dir(folder.parent)
+
+
+def not_current(folder: Path, what: str) -> None:
+    """Refuse to replace the folder this process runs in (``-o .``), or one that holds it."""
+    here, target = Path.cwd().resolve(), folder.resolve()
+    if target == here or target in here.parents:
+        raise ConfigError(f"{what} {folder} is the folder this command runs in (or holds it), which --overwrite does "
+                          "not replace: run the command from elsewhere, or choose another path")
 
 
 def _discard(folder: Path) -> None:
@@ -238,6 +247,7 @@ def fresh_folder(folder: Path, overwrite: bool, kind: str, what: str = "output f
     folder = output_folder(folder)
     check_replaceable(folder, overwrite, what, kind)
     if folder.exists() and any(folder.iterdir()):
+        not_current(folder, what)
         _discard(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_marker(folder, kind)
@@ -251,6 +261,8 @@ def new_folder(folder: Path, overwrite: bool, kind: str, what: str = "output fol
     and replaced only then. A crash leaves the old folder (or none) and a leftover removed next time."""
     folder = output_folder(folder)
     check_replaceable(folder, overwrite, what, kind)
+    if folder.exists():
+        not_current(folder, what)
     folder.parent.mkdir(parents=True, exist_ok=True)
     clean_siblings(folder)
     tmp = partial_dir(folder.parent, folder.name)
