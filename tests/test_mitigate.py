@@ -1,6 +1,7 @@
 """Mitigations that choose their own strength: the choice on a constructed case, the Pareto front, the plot,
 and a whole (tiny) sweep through the CLI."""
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -232,4 +233,23 @@ def test_self_replay_on_a_classifier_fails_before_any_training(tmp_path, monkeyp
     monkeypatch.setattr(compare, "_train_subprocess", lambda *a, **k: pytest.fail("trained before checking"))
     with pytest.raises(ConfigError, match="--kind self-replay replays the model's own answers: causal LM runs only"):
         mitigate(None, PROBED, "self-replay", [0.2], 1.0, tmp_path / "a", progress=False)
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("kind, overrides, named", [
+    ("interpolate", ["forgetting.regularize.kind=l2sp", "forgetting.regularize.strength=1000"],
+     "forgetting.regularize.kind=l2sp (strength 1000)"),
+    ("replay", ["forgetting.replay.data=rotten_tomatoes", "forgetting.replay.ratio=0.4"], "forgetting.replay.ratio=0.4"),
+    ("ewc", ["forgetting.interpolate=0.5"], "forgetting.interpolate=0.5"),
+])
+def test_a_config_that_already_mitigates_is_refused(tmp_path, monkeypatch, kind, overrides, named):
+    """Its unmitigated baseline ("none") kept the config's own mitigation, so the choice was made against it."""
+    from tuneforge import compare
+    from tuneforge.config import ConfigError
+    from tuneforge.mitigate import mitigate
+
+    monkeypatch.setattr(compare, "_train_subprocess", lambda *a, **k: pytest.fail("trained before checking"))
+    with pytest.raises(ConfigError, match=f"mitigate compares runs without mitigation and with {kind} alone, but the "
+                                          f"config sets {re.escape(named)}; leave it out"):
+        mitigate(None, PROBED + overrides, kind, [1.0], 1.0, tmp_path / "a", progress=False)
     assert not (tmp_path / "a").exists()

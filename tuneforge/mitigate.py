@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge import checkpoint, tasks
-from tuneforge.config import ConfigError, load_config
+from tuneforge.config import ConfigError, RunConfig, load_config
 from tuneforge.files import fresh_folder, output_folder
 from tuneforge.forgetting import pipeline as forgetting
 
@@ -33,6 +33,20 @@ SWEEPS: dict[str, tuple[list[str], str, list[float]]] = {
     "self-replay": (["forgetting.replay.data=self"], "forgetting.replay.ratio", [0.05, 0.1, 0.2]),
     "interpolate": ([], "forgetting.interpolate", [0.9, 0.75, 0.5]),
 }
+
+
+def mitigations(cfg: RunConfig) -> list[str]:
+    """The mitigations ``cfg`` turns on, as settings (empty: none)."""
+    f, out = cfg.forgetting, []
+    if f.regularize.kind != "none" and f.regularize.strength != 0:
+        out.append(f"forgetting.regularize.kind={f.regularize.kind} (strength {f.regularize.strength:g})")
+    if f.replay.ratio > 0:
+        out.append(f"forgetting.replay.ratio={f.replay.ratio:g}")
+    if f.interpolate != 1:
+        out.append(f"forgetting.interpolate={f.interpolate:g}")
+    if f.augment.copies > 0:
+        out.append(f"forgetting.augment.copies={f.augment.copies}")
+    return out
 
 
 def quality_gap(value: float, baseline: float, metric: str, greater_is_better: bool) -> float:
@@ -120,6 +134,9 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
     if not (math.isfinite(margin) and margin >= 0):
         raise ConfigError(f"--margin must be a finite number >= 0, got {margin}")
     base = _base_config(config, list(overrides))
+    if already := mitigations(base):
+        raise ConfigError(f"mitigate compares runs without mitigation and with {kind} alone, but the config sets "
+                          f"{', '.join(already)}; leave it out (the sweep sets {key} itself)")
     if kind == "replay" and not base.forgetting.replay.data:
         raise ConfigError("--kind replay needs forgetting.replay.data (the data to replay)")
     task = tasks.get(base.model.task)

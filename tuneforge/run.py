@@ -27,7 +27,7 @@ from tuneforge import assets, checkpoint, distributed, scope, tasks
 from tuneforge.config import HEAD_LR, ConfigError, RunConfig, load_config, merge_dicts, parse_overrides
 from tuneforge.data import embedded
 from tuneforge.data.batching import Shapes
-from tuneforge.data.dataset import Splits, prepare, source_records
+from tuneforge.data.dataset import Splits, prepare
 from tuneforge.data.dataset import warnings as dataset_warnings
 from tuneforge.data.readers import data_bytes
 from tuneforge.files import output_folder
@@ -233,9 +233,7 @@ def _setup(cfg: RunConfig, task: Task, base: Path, device: torch.device, prev: R
         torch.set_num_threads(cfg.train.num_threads)
     tokenizer = load_tokenizer(base, cfg.model.trust_remote_code)
     splits, data = prepare(cfg, task, tokenizer)
-    for extra in (cfg.forgetting.replay.data if cfg.forgetting.replay.ratio else None, cfg.forgetting.reference):
-        if extra not in (None, "none", "self"):  # replay / reference data checked before anything is created
-            source_records(task, extra, cfg)
+    forgetting.check_sources(cfg, task)  # replay / reference data checked before anything is created
     bf16 = use_bf16(cfg.train.precision, device)
     rt = Runtime(device=device, bf16=bf16, pad_id=tokenizer.pad_token_id,
                  shapes=Shapes.training(cfg.model.max_length, rounded=bf16 or device.type != "cpu"))

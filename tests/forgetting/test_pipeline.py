@@ -298,3 +298,16 @@ def test_probe_settings_a_task_measures_pass(task, overrides):
     from tuneforge.config import load_config
     from tuneforge.forgetting.pipeline import check_probes
     check_probes(load_config(None, [f"model.task={task}", *overrides]), tasks.get(task))
+
+
+@pytest.mark.parametrize("key", ["forgetting.replay.data", "forgetting.reference"])
+def test_replay_and_reference_data_errors_name_their_setting(tmp_path, key):
+    from tuneforge import tasks
+    from tuneforge.config import load_config
+    from tuneforge.forgetting.pipeline import check_sources
+    (tmp_path / "other.csv").write_text("review,stars\ngood,5\n")
+    extra = ["forgetting.replay.ratio=0.2"] if key.startswith("forgetting.replay") else []
+    for name, problem in (("nope.csv", "does not exist"), ("other.csv", "column 'text' not found")):
+        cfg = load_config(None, ["model.task=causal_lm", "data.format=text", f"{key}={tmp_path / name}", *extra])
+        with pytest.raises(ConfigError, match=f"^{key}: .*{problem}"):
+            check_sources(cfg, tasks.get("causal_lm"))

@@ -111,6 +111,33 @@ def test_sentiment_probe_is_the_zero_shot_accuracy_of_the_label_words(setup, mon
     assert probe.measure(model) == pytest.approx(right / len(rows))
 
 
+def test_replay_never_trains_on_the_sentences_the_sentiment_probe_measures(setup, monkeypatch, tmp_path):
+    """Replaying Rotten Tomatoes beside the sentiment probe trained on the probe's own test sentences (its keys
+    were empty); neither side's sample is replayed now."""
+    import pandas as pd
+    cfg, task, tok, model, rt, splits, data = setup
+    monkeypatch.setattr(probes, "SENTIMENT", ("rotten_tomatoes", "{text} :", ("negative", "positive"), ("no", "yes")))
+    probe = probes.sentiment_probe(model, cfg, tok, rt, calibrated=False)
+    from tuneforge.config import load_config
+    from tuneforge.data.dataset import load_splits
+    from tuneforge.tasks.classification import Task as Classification
+    rt_splits = load_splits(load_config(None, {"data": {"dataset": "rotten_tomatoes"}}), Classification())
+    sides = [probes.sample(rt_splits.records[side], 40, cfg.data.seed) for side in ("test", "validation")]
+    assert probe.keys == {normalise(r["text"]) for side in sides for r in side} and len(probe.keys) == 80
+    other = [r for r in rt_splits.records["train"][:40]]
+    rows = [{"prompt": r["text"], "response": r["label"]} for side in sides for r in side[:10]] + \
+        [{"prompt": r["text"], "response": r["label"]} for r in other]
+    pd.DataFrame(rows).to_json(tmp_path / "replay.jsonl", orient="records", lines=True)
+    cfg = resolve_config({**cfg.to_dict(), "forgetting": {**cfg.to_dict()["forgetting"], "replay": {
+        "data": str(tmp_path / "replay.jsonl"), "ratio": 0.5}}})
+    replayed = []
+    monkeypatch.setattr(pipeline, "mix", lambda train, pool, ratio, seed: replayed.extend(pool) or train)
+    pipeline.mix_replay(cfg, task, tok, dataclasses.replace(data), splits.held_out, [probe], model, rt)
+    prompts = {normalise(tok.decode(e["input_ids"])) for e in replayed}
+    assert len(replayed) == len(other)  # the 20 probed sentences left out, the 40 others kept
+    assert not any(k in p for k in probe.keys for p in prompts)
+
+
 def test_self_replay_never_uses_the_probes_prompts(setup, monkeypatch):
     cfg, task, tok, model, rt, splits, data = setup
     cfg = resolve_config({**cfg.to_dict(), "forgetting": {**cfg.to_dict()["forgetting"],

@@ -81,12 +81,17 @@ def probes_for(cfg: RunConfig, task: Task, prev: Any, heads: list[str], tokenize
     return out
 
 
+def keys_of(task: Task, record: dict[str, Any], cfg: RunConfig) -> set[str]:
+    """What a probe's keys are matched with: the row's whole input and each of its input texts, normalised."""
+    return {normalise(task.input_text(record, cfg))} | {normalise(t) for t in task.prompt_texts(record, cfg)}
+
+
 def probe_overlap(probes: list[Probe], task: Task, cfg: RunConfig, records: dict[str, list[dict[str, Any]]]
                   ) -> list[str]:
     """One warning per probe that draws on texts of the run's own data (any split of ``records``; e.g.
     ``forgetting.reference`` set to the training file): its change after training then shows learning, not
     forgetting."""
-    own = {normalise(task.input_text(r, cfg)) for split in records.values() for r in split}
+    own = {k for split in records.values() for r in split for k in keys_of(task, r, cfg)}
     out = []
     for probe in probes:
         if shared := len(probe.keys & own):
@@ -94,6 +99,23 @@ def probe_overlap(probes: list[Probe], task: Task, cfg: RunConfig, records: dict
                        "on are examples of this run's own data, so its change shows learning, not forgetting; "
                        "measure forgetting on other data (forgetting.reference)")
     return out
+
+
+def check_sources(cfg: RunConfig, task: Task) -> None:
+    """Read and check the replay and reference data (as :func:`mix_replay` and the reference probe will)."""
+    f = cfg.forgetting
+    for key, name in (("forgetting.replay.data", f.replay.data if f.replay.ratio else None),
+                      ("forgetting.reference", f.reference)):
+        if name not in (None, "none", "self"):
+            _records(key, name, task, cfg)
+
+
+def _records(key: str, name: str, task: Task, cfg: RunConfig) -> tuple[list[dict[str, Any]], list[str]]:
+    """:func:`source_records` of the data that setting ``key`` names, its errors naming that setting."""
+    try:
+        return source_records(task, name, cfg)
+    except ConfigError as exc:  # a missing file, other columns: it reads with the run's own data.* columns
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 def mix_replay(cfg: RunConfig, task: Task, tokenizer: Any, data: Prepared, held_out: set[str],
@@ -117,8 +139,8 @@ def mix_replay(cfg: RunConfig, task: Task, tokenizer: Any, data: Prepared, held_
         if not pool:
             raise ConfigError("forgetting.replay.data=self: the untrained model gave no answers to replay")
     else:
-        records, where = source_records(task, r.data, cfg)
-        kept = [(rec, w) for rec, w in zip(records, where) if normalise(task.input_text(rec, cfg)) not in banned]
+        records, where = _records("forgetting.replay.data", r.data, task, cfg)
+        kept = [(rec, w) for rec, w in zip(records, where) if not keys_of(task, rec, cfg) & banned]
         try:
             pool = task.encode_any([rec for rec, _ in kept], cfg, tokenizer, data.meta, [w for _, w in kept])
         except ConfigError as exc:  # e.g. an earlier task's labels: replayed rows train this run's head

@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.chat import IGNORE
-from tuneforge.data.dataset import source_records
+from tuneforge.data.dataset import normalise, source_records
 from tuneforge.models import autocast
 from tuneforge.tasks import Runtime, Task
 
@@ -85,8 +85,6 @@ def reference_probe(cfg: RunConfig, task: Task, tokenizer: Any, rt: Runtime, met
     """Perplexity on reference data, or None when none applies (``"none"``, or a task without a default).
     A seeded sample of ``reference_examples`` is measured (``probe_split=validation``: the next as many, disjoint);
     up to as many others of the same source are EWC's Fisher data."""
-    from tuneforge.data.dataset import normalise
-
     name = cfg.forgetting.reference or task.default_reference(cfg)
     if name in (None, "none"):
         return None
@@ -130,7 +128,6 @@ def general_prompts(n: int, seed: int, exclude: set[str] = frozenset(), skip: in
     """``n`` distinct first user turns of the embedded chitchat conversations (seeded order; ``skip`` the first
     ones, e.g. those a probe uses), leaving out any in ``exclude``."""
     from tuneforge.data import embedded
-    from tuneforge.data.dataset import normalise
 
     seen, prompts = set(exclude), []
     for record in embedded.load(GENERAL_PROMPTS):
@@ -181,7 +178,6 @@ def own_answers_probe(model: nn.Module, cfg: RunConfig, task: Task, tokenizer: A
     already do. Fine-tuning that keeps those abilities keeps this perplexity; forgetting raises it. A model
     that answers none of the prompts (it ends every answer at once) gives nothing to measure: an error when
     ``required``, else a warning and None."""
-    from tuneforge.data.dataset import normalise
 
     n = cfg.forgetting.probe_prompts
     both = general_prompts(2 * n, cfg.data.seed)  # test side, then validation side (disjoint)
@@ -226,7 +222,9 @@ def sentiment_probe(model: nn.Module, cfg: RunConfig, tokenizer: Any, rt: Runtim
             raise
         return None
     test = load_splits(load_config(None, {"data": {"dataset": data, "seed": cfg.data.seed}}), Classification())
-    rows = sample(test.records[cfg.forgetting.probe_split], cfg.forgetting.probe_examples, cfg.data.seed)
+    sides = {side: sample(test.records[side], cfg.forgetting.probe_examples, cfg.data.seed)
+             for side in ("test", "validation")}  # both sides never replayed: either may be measured
+    rows = sides[cfg.forgetting.probe_split]
     texts, gold = [str(r["text"]) for r in rows], [list(labels).index(str(r["label"])) for r in rows]
     scored = scored_words(list(words), template)
 
@@ -243,4 +241,5 @@ def sentiment_probe(model: nn.Module, cfg: RunConfig, tokenizer: Any, rt: Runtim
 
     side = " (validation)" if cfg.forgetting.probe_split == "validation" else ""
     name = f"zero-shot {data}{side} sentiment accuracy{' (calibrated)' if calibrated else ''}"
-    return Probe(name, "accuracy", measure, [], lambda m, b: None, [], set())
+    keys = {normalise(str(r["text"])) for side in sides.values() for r in side}
+    return Probe(name, "accuracy", measure, [], lambda m, b: None, [], keys)

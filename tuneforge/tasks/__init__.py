@@ -74,6 +74,10 @@ class Task(Protocol):
     def input_text(self, record: Record, cfg: RunConfig) -> str:
         """The row's input as text: duplicates share it (after whitespace normalisation)."""
 
+    def prompt_texts(self, record: Record, cfg: RunConfig) -> list[str]:
+        """The row's input texts one by one (a conversation's user turns): what a probe's prompts and sentences are
+        matched with, so that replay never trains on them."""
+
     def stratum(self, record: Record, cfg: RunConfig) -> str | None:
         """The class a split is stratified by, or None for an unstratified split."""
 

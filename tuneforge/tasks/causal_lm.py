@@ -130,6 +130,10 @@ class Task:
         item = self._messages(record, cfg, "")
         return item if isinstance(item, str) else json.dumps(item, ensure_ascii=False, sort_keys=True)
 
+    def prompt_texts(self, record: Record, cfg: RunConfig) -> list[str]:
+        item = self._messages(record, cfg, "")
+        return [item] if isinstance(item, str) else [m["content"] for m in item if m["role"] == "user"]
+
     def stratum(self, record: Record, cfg: RunConfig) -> str | None:
         return None
 

@@ -110,6 +110,9 @@ class Task:
     def input_text(self, record: Record, cfg: RunConfig) -> str:
         return FIELD_SEP.join("" if blank(record.get(c)) else str(record[c]) for c in self._text_columns(cfg))
 
+    def prompt_texts(self, record: Record, cfg: RunConfig) -> list[str]:
+        return [str(record[c]) for c in self._text_columns(cfg) if not blank(record.get(c))]
+
     def stratum(self, record: Record, cfg: RunConfig) -> str | None:
         return label_key(record[cfg.data.label_column])
 

@@ -78,6 +78,9 @@ class Task:
     def input_text(self, record: Record, cfg: RunConfig) -> str:
         return " ".join(map(str, record["tokens"]))
 
+    def prompt_texts(self, record: Record, cfg: RunConfig) -> list[str]:
+        return [self.input_text(record, cfg)]
+
     def stratum(self, record: Record, cfg: RunConfig) -> str | None:
         return None
 
