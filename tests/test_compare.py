@@ -219,3 +219,17 @@ def test_a_project_folder_with_runs_is_not_taken_for_a_comparison(tmp_path):
     with pytest.raises(ConfigError, match="is not empty and was not made by tuneforge"):
         claim_folder(project)
     assert sorted(p.name for p in project.iterdir()) == ["notes.md", "runs"]  # no marker written
+
+
+def test_a_quiet_comparison_still_prints_each_runs_warnings_and_notes(capfd):
+    """``compare -q`` / ``mitigate -q`` dropped every warning of their training processes (-q keeps them)."""
+    import sys
+
+    from tuneforge.compare import _stream
+    child = ("import sys; w = sys.stderr.write; w('train: 50%|##   | 1/2\\r'); w('warning: the model learned little\\n');"
+             "w('evaluating ...\\nnote: data.packing does not apply\\n'); w('warn'); sys.stderr.flush();"
+             "w('ing: split across reads\\n')")
+    code, tail = _stream([sys.executable, "-c", child], echo=False, label="lora: ")
+    assert code == 0 and "evaluating" in tail
+    assert capfd.readouterr().err == ("lora: warning: the model learned little\nlora: note: data.packing does not "
+                                      "apply\nlora: warning: split across reads\n")

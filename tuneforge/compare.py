@@ -185,7 +185,8 @@ def _train_subprocess(name: str, wanted: dict[str, Any], out: Path, resume: Path
         cfg_file.parent.mkdir(parents=True, exist_ok=True)
         checkpoint.atomic_write_text(cfg_file, yaml.safe_dump(wanted, sort_keys=False))
         args = ["train", "-c", str(cfg_file)] + (["--overwrite"] if restart else [])
-    code, tail = _stream([sys.executable, "-m", "tuneforge.cli", *args] + ([] if progress else ["-q"]), progress)
+    code, tail = _stream([sys.executable, "-m", "tuneforge.cli", *args] + ([] if progress else ["-q"]), progress,
+                         f"{name}: ")
     metrics_file = Path(wanted["output_dir"]) / "metrics.json"
     if code == 0 and metrics_file.is_file():
         return json.loads(metrics_file.read_text())
@@ -210,19 +211,25 @@ def failure(code: int, tail: str) -> str:
     return f"the training process exited with code {code}" + (f"; its last output: {lines[-1]}" if lines else "")
 
 
-def _stream(cmd: list[str], echo: bool) -> tuple[int, str]:
-    """Run ``cmd``; pass its stderr (progress bars, errors) through when ``echo``; return (exit code, stderr tail).
-    A terminal's Ctrl-C reaches the child too; it stops without a word, and this process says in one line how to
-    continue (the child's checkpoints resume it)."""
+def _stream(cmd: list[str], echo: bool, label: str = "") -> tuple[int, str]:
+    """Run ``cmd``; pass its stderr (progress bars, errors) through when ``echo``, else only its warnings and notes,
+    each after ``label`` (``-q`` keeps them); return (exit code, stderr tail). A terminal's Ctrl-C reaches the child
+    too; it stops without a word, and this process says in one line how to continue (the child's checkpoints
+    resume it)."""
     env = {**os.environ, interrupts.PARENT_SAYS: "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    decoder, tail = codecs.getincrementaldecoder("utf-8")(errors="replace"), ""
+    decoder, tail, partial = codecs.getincrementaldecoder("utf-8")(errors="replace"), "", ""
     try:
         assert proc.stderr is not None
         while chunk := proc.stderr.read1(4096):
             text = decoder.decode(chunk)
             if echo:
                 sys.stderr.write(text)
+                sys.stderr.flush()
+            else:
+                *lines, partial = re.split(r"[\r\n]", partial + text)  # a bar's line ends in \r
+                said = [f"{label}{line}\n" for line in lines if line.startswith(("warning: ", "note: "))]
+                sys.stderr.write("".join(said))
                 sys.stderr.flush()
             tail = (tail + text)[-8192:]
         return proc.wait(), tail
