@@ -4,8 +4,8 @@ over several rounds. Prints each run's real tokens/s, peak RSS and test metric, 
 
 Variants (what the switched runs do instead of tuneforge's own path):
   packed-eager  packed causal-LM rows through eager attention, not SDPA (``fast.packed_attention``; float32)
-  lora-plain    LoRA layers as ``base(x) + s * B(A(x))`` with autograd's backward, not ``lora.LoRAProduct``
-  lora-rows     LoRA's rank-wide products as ``(r, tokens)`` rows in every dtype (``lora.rank_columns`` False)
+  lora-plain    LoRA layers as ``base(x) + s * B(A(x))`` with autograd's backward, not ``lora_layer.LoRAProduct``
+  lora-rows     LoRA's rank-wide products as ``(r, tokens)`` rows in every dtype (``lora_layer.rank_columns`` False)
   lora-unstacked  LoRA layers that read one input (q/k/v, gate/up) computed one by one, not together
                 (``lora_stack.shared_inputs``)
   rounded       batch lengths rounded as oneDNN's kernel cache wants them (padded x 4, packed x 16)
@@ -69,15 +69,15 @@ def switch(variant: str) -> None:
 
     from tuneforge import fast
     from tuneforge.data.batching import Shapes
-    from tuneforge.methods.lora import LoRALinear
+    from tuneforge.methods.lora_layer import LoRALinear
 
     if variant == "packed-eager":
         fast.packed_attention = lambda model, device, packed, bf16: contextlib.nullcontext(0)
     elif variant == "lora-plain":
         LoRALinear._product_applies = lambda self: False
     elif variant == "lora-rows":
-        from tuneforge.methods import lora
-        lora.rank_columns = lambda dtype: False
+        from tuneforge.methods import lora_layer, lora_stack
+        lora_layer.rank_columns = lora_stack.rank_columns = lambda dtype: False
     elif variant == "lora-unstacked":
         from tuneforge.methods import lora_stack
         lora_stack.shared_inputs = lambda model, sample, bf16: contextlib.nullcontext(0)

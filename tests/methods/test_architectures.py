@@ -72,7 +72,7 @@ def test_every_method_trains_or_says_why_not(family, method):
 def test_a_saved_head_is_found_by_name_and_trains_whole(family):
     """A classifier whose head was saved (none fresh: e.g. BART fine-tuned on MNLI) trains its head by the
     head's usual name (BART's and T5's ``classification_head`` too), and LoRA wraps none of it."""
-    from tuneforge.methods.lora import LoRALinear
+    from tuneforge.methods.lora_layer import LoRALinear
     from tuneforge.models import head_modules
 
     torch.manual_seed(0)

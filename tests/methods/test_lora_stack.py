@@ -7,7 +7,7 @@ import torch
 
 from conftest import tiny_batch, tiny_causal_lm, tiny_classifier
 from tuneforge.methods import registry
-from tuneforge.methods.lora import LoRALinear
+from tuneforge.methods.lora_layer import LoRALinear
 from tuneforge.methods.lora_stack import LoRAStack, shared_inputs
 from tuneforge.models import autocast
 

@@ -16,6 +16,7 @@ Each ``tuneforge/methods/<name>.py`` defines
   e.g. a higher learning rate: a value, a task -> value mapping, or a function of the model's width and depth).
 
 Shared helpers: :mod:`.layers` (transformer blocks, linear/norm layers, module replacement),
-:mod:`.virtual_tokens` (prompt/prefix mechanics), :mod:`.peft_format` (PEFT file layout).
+:mod:`.virtual_tokens` (prompt/prefix mechanics), :mod:`.peft_format` (PEFT file layout); LoRA's layer and its
+stacked groups live beside it (:mod:`.lora_layer`, :mod:`.lora_stack`).
 Nothing outside this package knows method names: use :mod:`tuneforge.methods.registry`.
 """

@@ -17,14 +17,14 @@ from collections.abc import Iterator
 import torch
 import torch.nn as nn
 
-from tuneforge.methods.lora import LoRALinear, rank_columns
+from tuneforge.methods.lora_layer import LoRALinear, rank_columns
 
 
 class LoRAStack(torch.autograd.Function):
     """``x @ W_i.T + b_i + s * (x @ A_i.T) @ B_i.T`` for n frozen ``W_i``/``b_i`` sharing ``x``; gradients for
     ``x``, every ``A_i`` and ``B_i``. Arguments: ``x`` (T, in), ``s``, n, then n weights ``(out_i, in)``, n biases
     (or None), n ``A_i`` ``(r, in)``, n ``B_i`` ``(out_i, r)``. Layout of the rank-wide products as in
-    :class:`tuneforge.methods.lora.LoRAProduct`."""
+    :class:`tuneforge.methods.lora_layer.LoRAProduct`."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, scaling: float, n: int,
