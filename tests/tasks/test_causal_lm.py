@@ -179,7 +179,7 @@ def test_chat_refuses_a_plain_text_run_before_the_banner():
     from tuneforge.config import ConfigError
     from tuneforge.loaded import Run
     text_run = SimpleNamespace(meta={"format": "text"}, files=SimpleNamespace(path="runs/t"),
-                               task=SimpleNamespace(name="causal_lm"))
+                               task=SimpleNamespace(name="causal_lm", generates=True))
     Run.check_generates(text_run)  # generate continues a text
     with pytest.raises(ConfigError, match=r"runs/t was trained on plain text, .* chat needs a run trained on"):
         Run.check_generates(text_run, chat=True)
