@@ -123,7 +123,28 @@ def test_predict_text_pairs_from_flags_and_tab_separated_stdin(tmp_path, capsys,
     monkeypatch.setattr("sys.stdin", io.StringIO("great film\tso it is\n\ndull film\n"))  # no second text
     assert main(["predict", run]) == 2
     assert capsys.readouterr().err == ("tuneforge: error: standard input line 3 has no tab: this run classifies text "
-                                       "pairs, one FIRST<TAB>SECOND a line\n")
+                                       "pairs, one FIRST<TAB>SECOND a line (a third column, such as a gold label, "
+                                       "would become part of the second text)\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO("great film\tso it is\tpositive\n"))  # a TSV's gold label column
+    assert main(["predict", run]) == 2  # it became part of the second text
+    assert capsys.readouterr().err.startswith("tuneforge: error: standard input line 1 has 2 tabs: ")
+    monkeypatch.setattr("sys.stdin", io.StringIO("good " * 40 + "\tso it is\n"))
+    assert main(["predict", run]) == 0
+    assert ("note: 1 input(s) longer than model.max_length=32 tokens are classified from their first 32 (as in "
+            "training): the rest is not read") in capsys.readouterr().err  # cut without a word before
+
+
+def test_dotted_overrides_beat_flags_on_either_side(monkeypatch):
+    """As documented: defaults < YAML < flags < dotted overrides (a flag used to win, silently)."""
+    from tuneforge import run
+    from tuneforge.config import load_config
+    seen = []
+    monkeypatch.setattr(run, "train", lambda cfg, overrides, **kwargs: seen.append(overrides) or
+                        type("Out", (), {"table": ""})())
+    for argv in (["train.lr=0.5", "--lr", "0.001", "--epochs", "1"], ["--lr", "0.001", "train.lr=0.5", "--epochs", "1"]):
+        assert main(["train", *argv, "train.epochs=2", "--method", "lora", "method.rank=4"]) == 0
+        cfg = load_config(None, seen[-1])
+        assert (cfg.train.lr, cfg.train.epochs, cfg.method) == (0.5, 2, {"name": "lora", "rank": 4})
 
 
 def test_a_sampling_setting_means_sampling():

@@ -54,6 +54,7 @@ def test_naming_the_default_method_keeps_its_options_given_without_a_name(tmp_pa
     (["train.batch_size=+-5"], "train.batch_size: expected an integer, got '+-5'"),  # a ValueError traceback
     (["eval.max_new_tokens=-3"], "eval.max_new_tokens must be positive, got -3"),  # failed after loading
     (["eval.generate_samples=-2"], "eval.generate_samples must be >= 0"),  # was taken as 0
+    (["train.num_threads=-2"], "train.num_threads must be positive, got -2"),  # a RuntimeError traceback
 ])
 def test_bad_config_gives_one_clear_error(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

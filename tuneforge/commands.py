@@ -22,15 +22,15 @@ def fail(message: str) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from tuneforge.run import train
 
-    overrides = list(args.overrides)
+    flags = []  # before the dotted overrides, which win (defaults < YAML < flags < overrides)
     for flag, key in (("method", "method.name"), ("model", "model.name"), ("task", "model.task"),
                       ("data", "data.dataset"), ("text_column", "data.text_column"),
                       ("label_column", "data.label_column"), ("epochs", "train.epochs"), ("lr", "train.lr"),
                       ("batch_size", "train.batch_size"), ("output", "output_dir")):
         value = getattr(args, flag)
         if value is not None:  # as a JSON (so YAML) literal: a path with '#' or ': ', a column named 'on' stay strings
-            pair = f"{key}={json.dumps(value)}"
-            overrides.insert(0, pair) if flag == "method" else overrides.append(pair)
+            flags.append(f"{key}={json.dumps(value)}")
+    overrides = flags + list(args.overrides)
     if args.resume is not None and (overrides or args.config):
         return fail("--resume continues a run with its own config; give no other settings")
     out = train(args.config if args.config else {}, overrides, overwrite=args.overwrite, progress=not args.quiet,
@@ -71,10 +71,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not texts:
         lines, texts = _stdin_lines()
         if run.cfg.data.text_pair_column:  # text pairs: FIRST<TAB>SECOND per line
-            lone = next((i for i, t in enumerate(lines, 1) if t.strip() and "\t" not in t), None)
-            if lone is not None:
-                return fail(f"standard input line {lone} has no tab: this run classifies text pairs, one "
-                            "FIRST<TAB>SECOND a line")
+            bad = next(((i, t.count("\t")) for i, t in enumerate(lines, 1) if t.strip() and t.count("\t") != 1), None)
+            if bad is not None:
+                return fail(f"standard input line {bad[0]} has {bad[1] or 'no'} tab{'s' if bad[1] > 1 else ''}: this run "
+                            "classifies text pairs, one FIRST<TAB>SECOND a line (a third column, such as a gold "
+                            "label, would become part of the second text)")
             texts, pairs = [t.split("\t", 1)[0] for t in texts], [t.partition("\t")[2] for t in texts]
     if not texts:
         return fail("predict needs TEXT arguments or lines on standard input")
@@ -144,10 +145,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     problem = _text_problem(prompts, "prompt", "give text to answer", lines)
     if problem:
         return fail(problem)
+    from tuneforge.tasks import one_line
+
     answers = iter(run.generate(prompts, **_sampling(args)))
+    whole = lines is None and len(prompts) == 1  # one prompt as an argument: its answer as written
     for prompt in lines if lines is not None else prompts:
         row = {"prompt": prompt, "generated": next(answers)} if prompt.strip() else None
-        print(json.dumps(row, ensure_ascii=False) if args.json else "" if row is None else row["generated"])
+        text = "" if row is None else row["generated"] if whole else one_line(row["generated"])
+        print(json.dumps(row, ensure_ascii=False) if args.json else text)
     return 0
 
 

@@ -118,6 +118,7 @@ class TrainConfig:
         positive("train.early_stopping", self.early_stopping)
         positive("train.log_every", self.log_every)
         positive("train.length_group_batches", self.length_group_batches)
+        positive("train.num_threads", self.num_threads)
         if self.save_every is not None and self.save_every < 0:
             raise ConfigError(f"train.save_every must be >= 0, got {self.save_every}")
         positive("train.max_grad_norm", self.max_grad_norm)

@@ -127,6 +127,19 @@ def test_evaluate_data_reads_a_file_of_another_layout(trained, tmp_path):
     assert as_chat["loss"] == pytest.approx(as_pairs["loss"]) and as_chat["samples"] == as_pairs["samples"]
 
 
+def test_generated_answers_keep_one_line_each_unless_one_prompt_is_given(trained, capsys, monkeypatch):
+    """An answer's own line breaks (code, lists) made stdin's output lines no longer match its input lines."""
+    from tuneforge.loaded import Run
+    monkeypatch.setattr(Run, "generate", lambda self, prompts, **k: [f"def f():\n\treturn {p!r}" for p in prompts])
+    monkeypatch.setattr(sys, "stdin", io.StringIO("one\n\ntwo\n"))
+    assert cli.main(["generate", str(trained.run_dir)]) == 0
+    assert capsys.readouterr().out == "def f():\\n\\treturn 'one'\n\ndef f():\\n\\treturn 'two'\n"
+    assert cli.main(["generate", str(trained.run_dir), "one", "two"]) == 0
+    assert capsys.readouterr().out.count("\n") == 2
+    assert cli.main(["generate", str(trained.run_dir), "one"]) == 0  # one prompt: the answer as written
+    assert capsys.readouterr().out == "def f():\n\treturn 'one'\n"
+
+
 def test_predict_on_a_causal_run_points_to_generate(trained, capsys):
     assert cli.main(["predict", str(trained.run_dir), "say yes"]) == 2
     assert "use `tuneforge generate RUN_DIR PROMPT...`" in capsys.readouterr().err

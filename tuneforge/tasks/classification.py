@@ -261,6 +261,10 @@ class Task:
         records = [{d.text_column: x[0], d.text_pair_column: x[1]} if isinstance(x, tuple) else {d.text_column: x}
                    for x in inputs]
         examples = self.encode(records, cfg, tokenizer, meta, [f"input {i + 1}" for i in range(len(inputs))])
+        if cut := sum(bool(e.get("_cut")) for e in examples):
+            n = cfg.model.max_length
+            print(f"note: {cut} input(s) longer than model.max_length={n} tokens are classified from their first {n} "
+                  "(as in training): the rest is not read", file=sys.stderr)
         probs = self.predict_proba(model, examples, rt, cfg.eval.batch_size)
         names = meta["labels"]
         rows = []
