@@ -100,6 +100,10 @@ def test_bad_candidates_margin_or_folder_fail_before_any_training(tmp_path, monk
     with pytest.raises(ConfigError, match="not made by tuneforge"):
         mitigate(None, PROBED, "interpolate", [0.5], 1.0, mine, progress=False)
     assert (mine / "mitigation.md").read_text() == "my notes"
+    from tuneforge.cli import main
+    for values in ("", "0.5,,0.9"):  # an empty --values ran the whole default grid
+        assert main(["mitigate", "--kind", "interpolate", "--values", values, "-o", str(tmp_path / "c"), *PROBED]) == 2
+    assert not (tmp_path / "c").exists()
 
 
 def test_runs_that_measure_no_forgetting_fail_before_any_training(tmp_path, monkeypatch):

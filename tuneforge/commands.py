@@ -248,7 +248,7 @@ def cmd_mitigate(args: argparse.Namespace) -> int:
     from tuneforge.mitigate import mitigate
 
     try:
-        values = [float(v) for v in args.values.split(",")] if args.values else None
+        values = [float(v) for v in args.values.split(",")] if args.values is not None else None  # "": an error
     except ValueError:
         raise ConfigError(f"--values must be comma-separated numbers, got {args.values!r}") from None
     result = mitigate(args.config, args.overrides, args.kind, values, args.margin, args.output,

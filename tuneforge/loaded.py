@@ -33,9 +33,13 @@ def start_model(cfg: RunConfig) -> Iterator[tuple[Run | None, Path]]:
     if not cfg.forgetting.previous_run:
         yield None, assets.resolve_model(cfg.model.name)
         return
-    prev = Run(cfg.forgetting.previous_run, device="cpu")
+    try:
+        prev = Run(cfg.forgetting.previous_run, device="cpu")
+    except ConfigError as exc:  # missing, unfinished, not a run
+        raise ConfigError(f"forgetting.previous_run: {exc}") from None
     if prev.cfg.model.task != cfg.model.task:
-        raise ConfigError("forgetting.previous_run must be a run of the same task (model.task)")
+        raise ConfigError(f"forgetting.previous_run must be a run of the same task (model.task): it is a "
+                          f"{prev.cfg.model.task} run, this one {cfg.model.task}")
     with tempfile.TemporaryDirectory(prefix="tuneforge-task1-") as tmp:
         folder = Path(tmp) / "model"
         try:

@@ -181,6 +181,22 @@ def test_a_sequential_run_names_task1s_model_and_refuses_another(setup, tmp_path
         resolve_config({**cfg, "model": {"name": "smollm2"}})
 
 
+def test_a_previous_run_that_is_missing_or_of_another_task_is_named(setup, tmp_path):
+    from tuneforge.loaded import start_model
+    from tuneforge.run import resolve_config
+
+    root, base, task1 = setup
+    cfg = {"data": {"dataset": str(root / "topics.csv")}, "forgetting": {"previous_run": str(tmp_path / "nowhere")}}
+    with pytest.raises(ConfigError, match=r"^forgetting.previous_run: run directory .*nowhere does not exist"):
+        with start_model(resolve_config(cfg)):
+            pass
+    other = {**cfg, "model": {"task": "token_classification"}, "forgetting": {"previous_run": str(task1.run_dir)}}
+    with pytest.raises(ConfigError, match=r"same task \(model.task\): it is a classification run, this one "
+                                          r"token_classification$"):
+        with start_model(resolve_config(other)):
+            pass
+
+
 def test_a_task1_run_that_cannot_merge_is_named_as_the_previous_run(setup):
     root, base, _ = setup
     task1 = train({**base, "data": {"dataset": str(root / "sentiment.csv")}, "method": {"name": "adapter"},

@@ -85,7 +85,7 @@ def label_word_scores(model: nn.Module, tokenizer: Any, prompts: Sequence[str], 
     first = [ids[0] for ids in label_ids]
     if mode == "first_token" and len(set(first)) < len(first):
         raise ConfigError(f"label words {list(label_words)} share a first token; use different words or "
-                          "mode='sequence'")
+                          "mode='sequence' (--mode sequence)")
     pad_id = _pad_id(tokenizer)
     was_training = model.training
     model.eval()
