@@ -55,7 +55,7 @@ def test_writes_table_csv_plots_and_one_run_per_method(first):
         assert float(r["train_seconds"]) == m["train_seconds"]
         assert float(r["tokens_per_second"]) == m["tokens_per_second"]
         assert float(r["peak_memory_mb"]) == m["peak_memory_mb"]
-        assert r["forgetting_change"] == ""
+        assert r["forgotten"] == ""
     pct = {r["method"]: float(r["trainable_pct"]) for r in table}
     assert pct["prompt"] < pct["lora"] < 100  # each method kept its own defaults
 

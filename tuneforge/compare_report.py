@@ -24,7 +24,9 @@ def row_from_metrics(name: str, metrics: dict[str, Any], task: Any, run_dir: Pat
     row.update({"trainable_params": params.get("trainable"), "total_params": params.get("total"),
                 "trainable_pct": params.get("trainable_pct"), "train_seconds": metrics.get("train_seconds"),
                 "tokens_per_second": metrics.get("tokens_per_second"), "peak_memory_mb": metrics.get("peak_memory_mb"),
-                "forgetting_change": forgetting.get("change") if isinstance(forgetting, dict) else None})
+                "forgotten": forgetting.get("forgotten") if isinstance(forgetting, dict) else None,
+                "forgotten_unit": forgetting.get("unit") if isinstance(forgetting, dict) else None,
+                "forgetting_probe": forgetting.get("reference") if isinstance(forgetting, dict) else None})
     return row
 
 
@@ -50,16 +52,27 @@ def _num(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _probe(rows: list[dict[str, Any]]) -> str:
+    """What the forgetting column measures: the runs' first probe (they share a config), and its sign."""
+    name = next((r["forgetting_probe"] for r in rows if r.get("forgetting_probe")), None)
+    return f"{name}; positive: worse after training" if name else "no probe"
+
+
+def _forgotten(row: dict[str, Any]) -> str:
+    """How much worse the first probe got: ``+2.1 %`` of perplexity, ``+3.0 points`` of accuracy, ``-`` if unmeasured."""
+    return "-" if row["forgotten"] is None else f"{row['forgotten']:+.2f} {row['forgotten_unit']}"
+
+
 def markdown_table(rows: list[dict[str, Any]], task: Any) -> str:
     """The comparison as a markdown table (``-`` where a figure is absent)."""
     head = ["method"] + [f"{m} {w}" for m in task.table_metrics for w in ("before", "after")]
-    head += ["trainable params", "trainable %", "train s", "real tokens/s", "peak MiB", "forgetting probe (after - before)",
+    head += ["trainable params", "trainable %", "train s", "real tokens/s", "peak MiB", f"forgotten ({_probe(rows)})",
              "status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"]] + [_fmt(r[f"{m}_{w}"]) for m in task.table_metrics for w in ("before", "after")]
         cells += [_fmt(r["trainable_params"]), _num(r["trainable_pct"], ".3f"), _num(r["train_seconds"], ".1f"),
-                  _num(r["tokens_per_second"], ",.0f"), _num(r["peak_memory_mb"], ",.0f"), _fmt(r["forgetting_change"]),
+                  _num(r["tokens_per_second"], ",.0f"), _num(r["peak_memory_mb"], ",.0f"), _forgotten(r),
                   "ok" if r["status"] == "ok" else f"failed: {r['error']}"]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
@@ -127,8 +140,9 @@ def plot_comparison(rows: list[dict[str, Any]], task: Any, out: Path) -> list[st
 
     scatter("trainable_pct", "trainable parameters (%)", PLOTS[0], log=True)
     scatter("train_seconds", "train seconds", PLOTS[1], log=False)
-    if any(r["forgetting_change"] is not None for r in ok):
-        bars("forgetting_change", "forgetting probe (after - before)", PLOTS[2])
+    if any(r["forgotten"] is not None for r in ok):
+        unit = next(r["forgotten_unit"] for r in ok if r["forgotten"] is not None)
+        bars("forgotten", f"forgotten ({'% perplexity' if unit == '%' else 'points'}, higher: worse)", PLOTS[2])
     else:
         notes.append("No run measured forgetting (metrics.json has no `forgetting`): no forgetting plot.")
     bars("peak_memory_mb", "peak memory (MiB)", PLOTS[3])
