@@ -48,6 +48,8 @@ def test_a_damaged_weights_file_is_one_line_naming_it(tmp_path, cut):
 
 def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path):
     from tuneforge.checkpoint import RESUME, resume_config
+    from tuneforge.files import write_marker
+    write_marker(tmp_path, "run")
     (tmp_path / "config.yaml").write_text("model: {name: minilm}\n")
     for content in (b"\x00" * 100, b"{not a checkpoint"):
         (tmp_path / RESUME).write_bytes(content)

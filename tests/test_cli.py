@@ -188,6 +188,15 @@ def test_an_interrupted_training_run_points_to_resume(monkeypatch, capsys, tmp_p
     assert main(["train", "train.max_steps=1"]) == 130
     assert capsys.readouterr().err.strip() == (f"tuneforge: error: interrupted; `tuneforge train --resume {run}` "
                                                "continues from the run's last checkpoint")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun: rank 0 names the launch that resumes it
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert main(["train", "train.max_steps=1"]) == 130
+    assert capsys.readouterr().err.strip() == (f"tuneforge: error: interrupted; `torchrun --nproc_per_node=2 -m tuneforge "
+                                               f"train --resume {run}` continues from the run's last checkpoint")
+    monkeypatch.setenv("RANK", "1")  # the other ranks say nothing (they do not know the run: 'nothing was kept')
+    assert main(["train", "train.max_steps=1"]) == 130 and capsys.readouterr().err == ""
+    for key in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(key)
     (run / "metrics.json").write_text("{}")  # finished: no checkpoint left
     assert main(["train", "train.max_steps=1"]) == 130
     assert capsys.readouterr().err.strip() == f"tuneforge: error: interrupted after the run finished; its results are in {run}"

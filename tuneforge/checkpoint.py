@@ -24,9 +24,9 @@ from safetensors.torch import load_file
 
 from tuneforge import best_weights, distributed, resume_check
 from tuneforge.config import ConfigError, RunConfig, build_dataclass
-from tuneforge.files import (atomic_write_text, check_replaceable, clean_partial, clean_siblings, crash_point,
-                             fresh_folder, not_current, output_folder, partial_dir, put_back, replace_dir, save_json,
-                             save_tensors, set_aside)
+from tuneforge.files import (MARKER, atomic_write_text, check_replaceable, clean_partial, clean_siblings, crash_point,
+                             fresh_folder, marker_kind, not_current, output_folder, partial_dir, put_back, replace_dir,
+                             save_json, save_tensors, set_aside)
 from tuneforge.resume_check import RESUME  # resumable training state, deleted when the run finishes
 
 __all__ = ["atomic_write_text", "save_json", "save_tensors", "crash_point", "RUN_FORMAT"]
@@ -34,6 +34,23 @@ __all__ = ["atomic_write_text", "save_json", "save_tensors", "crash_point", "RUN
 WEIGHTS = "trainable.safetensors"  # parameter-efficient runs: only what trained (plus the fresh head)
 FULL_DIR = "model"  # runs where every weight trained: a Hugging Face folder (save_pretrained + tokenizer)
 RUN_FORMAT = 2  # run-directory layout version (meta.json "run_format"); 2 added split.json
+
+
+def check_inputs_outside(path: Path, cfg: RunConfig) -> None:
+    """Refuse to replace (``--overwrite``) a run directory that holds the new run's own model or data: the old run
+    is removed once training starts, and them with it (a LoRA run on ``runs/x/model`` written over ``runs/x``)."""
+    if not (path.exists() and any(path.iterdir())):
+        return
+    d, f = cfg.data, cfg.forgetting
+    inputs = {"model.name": cfg.model.name, "data.dataset": d.dataset, "data.train_file": d.train_file,
+              "data.validation_file": d.validation_file, "data.test_file": d.test_file,
+              "forgetting.replay.data": f.replay.data, "forgetting.reference": f.reference,
+              "forgetting.previous_run": f.previous_run}
+    folder = path.resolve()
+    for key, value in inputs.items():
+        if value and Path(value).expanduser().exists() and folder in Path(value).expanduser().resolve().parents:
+            raise ConfigError(f"{key}={value} lies inside {path}, which --overwrite would replace (and it with it); "
+                              "write the new run to another folder (-o)")
 
 
 def run_dir_path(output_dir: str | None, method: str, overwrite: bool = False) -> Path:
@@ -186,6 +203,9 @@ def resume_config(run_dir: Path) -> RunConfig:
         raise ConfigError(f"cannot resume {run_dir}: it is a file; give the run directory that `train` wrote")
     if not run_dir.is_dir():
         raise ConfigError(f"cannot resume {run_dir}: no such run directory")
+    if marker_kind(run_dir) != "run":  # a folder of the user's with a config.yaml: it would become a run
+        raise ConfigError(f"cannot resume {run_dir}: it is not a run directory that `tuneforge train` made (no "
+                          f"{MARKER} marker of a run); to train from a config file there, use -c {run_dir}/config.yaml")
     if (run_dir / "metrics.json").is_file() and not (run_dir / RESUME).is_file():
         raise ConfigError(f"cannot resume {run_dir}: the run is finished (its metrics.json is written)")
     if not (run_dir / "config.yaml").is_file():

@@ -31,8 +31,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value is not None:  # as a JSON (so YAML) literal: a path with '#' or ': ', a column named 'on' stay strings
             flags.append(f"{key}={json.dumps(value)}")
     overrides = flags + list(args.overrides)
-    if args.resume is not None and (overrides or args.config):
-        return fail("--resume continues a run with its own config; give no other settings")
+    if args.resume is not None and (overrides or args.config or args.overwrite):
+        return fail("--resume continues a run with its own config; give no other settings"
+                    + (" (--overwrite: start it again without --resume)" if args.overwrite else ""))
     out = train(args.config if args.config else {}, overrides, overwrite=args.overwrite, progress=not args.quiet,
                 resume=args.resume)
     if out.table:  # rank 0 (the only process under torchrun that evaluates and writes)

@@ -46,7 +46,7 @@ def report(exc: KeyboardInterrupt, command: str | None, resume: str | None = Non
     progress = sys.modules.get("tuneforge.progress")  # not imported: no bar was drawn
     if progress is not None:
         progress.close_all()
-    if not os.environ.get(PARENT_SAYS):
+    if not os.environ.get(PARENT_SAYS) and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 alone knows the run
         print(f"tuneforge: error: {stopped(exc, command, resume)}", file=sys.stderr)
     return status(exc)
 
@@ -68,9 +68,18 @@ def stopped(exc: KeyboardInterrupt, command: str | None, resume: str | None = No
     if command != "train":
         return word
     if run is None and resume is not None:
-        return f"{word}; `tuneforge train --resume {resume}` continues from the run's last checkpoint"
+        return f"{word}; `{_train()} --resume {resume}` continues from the run's last checkpoint"
     if run is None:
         return f"{word} before training started; nothing was kept"
     if resume_check.finished(run):
         return f"{word} after the run finished; its results are in {run}"
-    return f"{word}; `tuneforge train --resume {run}` continues from the run's last checkpoint"
+    return f"{word}; `{_train()} --resume {run}` continues from the run's last checkpoint"
+
+
+def _train() -> str:
+    """The command that resumes a run: under torchrun, with as many processes (a run resumes with its own)."""
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), os.environ.get("LOCAL_WORLD_SIZE")
+    if world == 1:
+        return "tuneforge train"
+    nodes = f" --nnodes={world // int(local)}" if local and int(local) != world else ""
+    return f"torchrun{nodes} --nproc_per_node={local or world} -m tuneforge train"

@@ -221,6 +221,8 @@ def _plan(cfg: Any, overrides: list[str] | None, overwrite: bool, resume: str | 
     if distributed.current().main:
         run_dir = (output_folder(resume) if resume is not None else
                    checkpoint.run_dir_path(cfg.output_dir, cfg.method_name, overwrite))
+        if overwrite and resume is None:
+            checkpoint.check_inputs_outside(run_dir, cfg)
     return cfg, task, distributed.broadcast(run_dir)
 
 

@@ -143,6 +143,8 @@ def test_resume_of_a_file_and_a_commands_bad_device_say_what_they_are(lora_run, 
     one_error(capsys, ["train", "--resume", a_file], "cannot resume", "it is a file; give the run directory")
     one_error(capsys, ["train", "--resume", ""], "--resume needs the run directory to continue")  # not '.'
     one_error(capsys, ["train", "--resume", "", "--lr", "1e-3"], "--resume continues a run with its own config")
+    one_error(capsys, ["train", "--resume", lora_run, "--overwrite"], "--resume continues a run with its own config",
+              "start it again without --resume")  # --overwrite was silently ignored
     one_error(capsys, ["predict", lora_run, "a good film", "--device", "bogus"], "--device: unknown device 'bogus'")
 
 
@@ -164,6 +166,32 @@ def test_overwrite_replaces_a_tuneforge_run(bert_dir, reviews, tmp_path, capsys)
     (out / "notes.txt").write_text("old run")
     assert main(train_argv(bert_dir, reviews, out, "train.max_steps=3", "--overwrite")) == 0
     assert json.loads((out / "metrics.json").read_text())["steps"] == 3 and not (out / "notes.txt").exists()
+
+
+def test_overwrite_refuses_a_run_that_holds_the_new_runs_model_or_data(bert_dir, reviews, tmp_path, capsys,
+                                                                      monkeypatch):
+    """LoRA on a full run's model written over that run deleted the model it trained from (and a data file kept
+    in the folder): the new run could never be loaded."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "full"
+    assert main(train_argv(bert_dir, reviews, out, method="full")) == 0
+    shutil.copy(reviews, out / "mine.csv")
+    one_error(capsys, train_argv(out / "model", reviews, out, "--overwrite"),
+              f"model.name={out / 'model'} lies inside {out}, which --overwrite would replace")
+    one_error(capsys, train_argv(bert_dir, out / "mine.csv", out, "--overwrite"), "data.dataset=", "lies inside")
+    assert main(["evaluate", out]) == 0
+
+
+def test_resume_refuses_a_folder_train_did_not_make(bert_dir, reviews, tmp_path, capsys):
+    """--resume where -c was meant turned a folder of the user's into a run and rewrote its config.yaml."""
+    mine = tmp_path / "proj"
+    mine.mkdir()
+    (mine / "config.yaml").write_text(f"# my notes\nmodel: {{name: {bert_dir}, max_length: 32}}\n"
+                                      f"data: {{dataset: {reviews}}}\n")
+    before = snapshot(mine)
+    one_error(capsys, ["train", "--resume", mine], f"cannot resume {mine}: it is not a run directory that "
+              "`tuneforge train` made", f"use -c {mine}/config.yaml")
+    assert snapshot(mine) == before
 
 
 def test_overwrite_keeps_the_old_run_when_the_new_one_fails_before_training(bert_dir, reviews, tmp_path, capsys):
