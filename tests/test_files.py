@@ -77,3 +77,9 @@ def test_overwrite_never_replaces_the_folder_a_command_runs_in(tmp_path, monkeyp
     assert (here / "keep.txt").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["proj"]
     monkeypatch.chdir(tmp_path)
     assert not any(fresh_folder(here, True, "comparison").glob("*.txt"))  # from elsewhere it is replaced as asked
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    with new_folder(Path("."), False, "merged") as tmp:  # an empty working folder is filled (merge RUN "$PWD")
+        (tmp / "config.json").write_text("{}")
+    assert (empty / "config.json").is_file()

@@ -124,6 +124,12 @@ def replace_dir(tmp: Path, target: Path) -> None:
         if f.is_file():
             with open(f, "rb+") as fh:
                 os.fsync(fh.fileno())
+    if target.exists() and not any(target.iterdir()) and holds_cwd(target):  # `merge RUN .` in an empty folder:
+        for child in sorted(tmp.iterdir(), key=lambda p: p.name == MARKER):  # filled in place (the marker last),
+            os.replace(child, target / child.name)                         # not replaced under the shell
+        tmp.rmdir()
+        fsync_dir(target)
+        return
     if target.exists():
         _discard(target)
     os.replace(tmp, target)
@@ -218,10 +224,15 @@ def put_back(aside: Path, folder: Path) -> None:
     fsync_dir(folder.parent)
 
 
+def holds_cwd(folder: Path) -> bool:
+    """Whether ``folder`` is the folder this process runs in, or holds it."""
+    here, target = Path.cwd().resolve(), folder.resolve()
+    return target == here or target in here.parents
+
+
 def not_current(folder: Path, what: str) -> None:
     """Refuse to replace the folder this process runs in (``-o .``), or one that holds it."""
-    here, target = Path.cwd().resolve(), folder.resolve()
-    if target == here or target in here.parents:
+    if holds_cwd(folder):
         raise ConfigError(f"{what} {folder} is the folder this command runs in (or holds it), which --overwrite does "
                           "not replace: run the command from elsewhere, or choose another path")
 
@@ -236,8 +247,8 @@ def output_folder(folder: str | Path) -> Path:
     """A folder to write as the user named it: ``~`` expanded (a YAML ``output_dir: ~/runs/x`` made a folder
     named '~'), a symbolic link followed to the folder it names (replacing the link itself failed)."""
     path = Path(folder).expanduser()
-    try:
-        return path.resolve(strict=False) if path.is_symlink() else path
+    try:  # '.' and '..' have no name of their own to build a sibling from: their absolute path has
+        return path.resolve(strict=False) if path.is_symlink() or path.name in ("", "..") else path
     except (RuntimeError, OSError) as exc:  # a loop of links
         raise ConfigError(f"{folder}: a symbolic link that cannot be followed ({exc}); give a folder") from None
 
@@ -261,7 +272,7 @@ def new_folder(folder: Path, overwrite: bool, kind: str, what: str = "output fol
     and replaced only then. A crash leaves the old folder (or none) and a leftover removed next time."""
     folder = output_folder(folder)
     check_replaceable(folder, overwrite, what, kind)
-    if folder.exists():
+    if folder.exists() and any(folder.iterdir()):  # an empty working folder is filled, not replaced
         not_current(folder, what)
     folder.parent.mkdir(parents=True, exist_ok=True)
     clean_siblings(folder)
