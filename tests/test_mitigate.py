@@ -125,8 +125,8 @@ def test_ewc_without_data_for_its_fisher_or_a_file_as_folder_fails_before_any_tr
     from tuneforge.mitigate import mitigate
 
     monkeypatch.setattr(compare, "_train_subprocess", lambda *a, **k: pytest.fail("trained before checking"))
-    with pytest.raises(ConfigError, match=r"forgetting.regularize.kind=ewc estimates its Fisher on the data that "
-                                          r"measures forgetting, and this run measures none: set "
+    with pytest.raises(ConfigError, match=r"forgetting.regularize.kind=ewc estimates its Fisher on reference data or "
+                                          r"on task 1's, and this run has neither: set "
                                           r"forgetting.previous_run \(a sequential run\)$"):
         mitigate(None, [], "ewc", [1.0], 1.0, tmp_path / "a", progress=False)
     assert not (tmp_path / "a").exists()
@@ -257,3 +257,14 @@ def test_a_config_that_already_mitigates_is_refused(tmp_path, monkeypatch, kind,
                                           f"config sets {re.escape(named)}; leave it out"):
         mitigate(None, PROBED + overrides, kind, [1.0], 1.0, tmp_path / "a", progress=False)
     assert not (tmp_path / "a").exists()
+
+
+def test_a_missing_replay_file_fails_before_the_baseline_trains(tmp_path, monkeypatch):
+    from tuneforge import compare
+    from tuneforge.config import ConfigError
+    from tuneforge.mitigate import mitigate
+
+    monkeypatch.setattr(compare, "_train_subprocess", lambda *a, **k: pytest.fail("trained before checking"))
+    with pytest.raises(ConfigError, match=r"^forgetting.replay.data: .*missing.csv does not exist"):
+        mitigate(None, PROBED + [f"forgetting.replay.data={tmp_path / 'missing.csv'}"], "replay", [0.2], 1.0,
+                 tmp_path / "a", progress=False)

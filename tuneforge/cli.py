@@ -43,8 +43,8 @@ DTYPE = "the merged weights' dtype; auto: the base model's (e.g. bfloat16), else
 RUN_DIR = "a run directory written by tuneforge train (its output's last line names it)"
 OUT = "the folder to write (refused where it exists, unless --overwrite)"
 TEXTS = "texts to label (none: one per standard-input line)"
-PROMPTS = ("prompts to answer (none: one per standard-input line); one answer a line, its line breaks written \\n, "
-           "unless a single prompt is given here")
+PROMPTS = ("prompts to answer (none: one per standard-input line); one answer a line, its line breaks, tabs and "
+           "backslashes written \\n \\r \\t \\\\, unless a single prompt is given here")
 DEVICE = "auto (CUDA where there is a GPU, else CPU), cpu, cuda or cuda:N (default auto)"
 
 

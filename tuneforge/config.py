@@ -118,7 +118,9 @@ class TrainConfig:
         positive("train.early_stopping", self.early_stopping)
         positive("train.log_every", self.log_every)
         positive("train.length_group_batches", self.length_group_batches)
-        positive("train.num_threads", self.num_threads)
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"train.num_threads must be positive, got {self.num_threads}; leave it out (null) for "
+                              "torch's own choice")
         if self.save_every is not None and self.save_every < 0:
             raise ConfigError(f"train.save_every must be >= 0, got {self.save_every}")
         positive("train.max_grad_norm", self.max_grad_norm)
@@ -207,9 +209,10 @@ class ForgettingConfig:
         unknown = [p for p in self.probes if p not in PROBES]
         if unknown:
             raise ConfigError(f"forgetting.probes: unknown probe '{unknown[0]}'; choose from {', '.join(PROBES)}")
-        if "none" in self.probes and len(set(self.probes)) > 1:
-            raise ConfigError(f"forgetting.probes: 'none' turns the probes off, so it cannot go with "
-                              f"{', '.join(p for p in self.probes if p != 'none')}; give one or the other")
+        for alone, meaning in (("none", "turns the probes off"), ("auto", "stands for the task's own probes")):
+            if alone in self.probes and len(set(self.probes)) > 1:
+                raise ConfigError(f"forgetting.probes: '{alone}' {meaning}, so it cannot go with "
+                                  f"{', '.join(p for p in self.probes if p != alone)}; give one or the other")
 
 
 DEFAULT_METHOD = "lora"  # the method of a config that names none (its options alone may be given)

@@ -152,6 +152,7 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
         data = load_config(None, {**base.to_dict(), "output_dir": str(run_dir)}).to_dict()
         cfg = _base_config(data, extra)
         forgetting.check_probes(cfg, task)
+        forgetting.check_sources(cfg, task)  # a missing replay file fails now, not after the baseline trained
         runs[label] = run_dir, cfg.to_dict()
     if not forgetting.has_probe(base, task):
         raise ConfigError("mitigate chooses by what each setting forgets, and these runs measure no forgetting: set "

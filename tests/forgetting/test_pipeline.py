@@ -294,6 +294,11 @@ def test_a_sequential_tagger_measures_task1s_entity_f1(tmp_path):
      r"forgetting.reference: a sequential run .* leave forgetting.reference out$"),
     ("token_classification", ["forgetting.regularize.kind=ewc", "forgetting.regularize.strength=10"],
      r"ewc estimates its Fisher .* set forgetting.previous_run \(a sequential run\)$"),
+    ("causal_lm", ["model.name=/some/llama", "forgetting.regularize.kind=ewc", "forgetting.regularize.strength=1"],
+     r"ewc estimates its Fisher on reference data or on task 1's, and this run has neither"),  # own answers: none
+    ("causal_lm", ["model.name=/some/llama", "forgetting.probes=[reference]"],  # silently measured nothing
+     "forgetting.probes names reference, but this run has no reference data: set forgetting.reference"),
+    ("causal_lm", ["forgetting.probes=[auto,reference]"], "'auto' stands for the task's own probes, so it cannot go"),
 ])
 def test_probe_settings_a_task_cannot_measure_are_refused_before_anything_loads(task, overrides, message):
     from tuneforge import tasks
@@ -308,6 +313,9 @@ def test_probe_settings_a_task_cannot_measure_are_refused_before_anything_loads(
     ("causal_lm", ["forgetting.reference=chitchat", "forgetting.probes=[reference,own_answers]"]),
     ("classification", []), ("classification", ["forgetting.reference=none"]),
     ("token_classification", ["forgetting.previous_run=/nowhere"]),
+    ("causal_lm", ["forgetting.reference=chitchat", "forgetting.probes=[none]"]),  # quick runs: no probe at all
+    ("causal_lm", ["forgetting.reference=chitchat", "forgetting.probes=[]"]),
+    ("causal_lm", ["forgetting.reference=chitchat", "forgetting.regularize.kind=ewc", "forgetting.regularize.strength=1"]),
 ])
 def test_probe_settings_a_task_measures_pass(task, overrides):
     from tuneforge import tasks
@@ -327,3 +335,16 @@ def test_replay_and_reference_data_errors_name_their_setting(tmp_path, key):
         cfg = load_config(None, ["model.task=causal_lm", "data.format=text", f"{key}={tmp_path / name}", *extra])
         with pytest.raises(ConfigError, match=f"^{key}: .*{problem}"):
             check_sources(cfg, tasks.get("causal_lm"))
+
+
+def test_a_probed_sentence_is_matched_in_any_text_field_of_a_replay_row():
+    """An Alpaca row holds the sentence in ``input``, and its rendered user turn wraps it in the instruction."""
+    from tuneforge import tasks
+    from tuneforge.config import load_config
+    from tuneforge.data.dataset import normalise
+    from tuneforge.forgetting.pipeline import keys_of
+    cfg = load_config(None, ["model.task=causal_lm"])
+    alpaca = {"instruction": "Classify the sentiment.", "input": "A  fine film.", "output": "positive"}
+    chat = {"messages": [{"role": "user", "content": "A fine film."}, {"role": "assistant", "content": "yes"}]}
+    for row in (alpaca, chat):
+        assert normalise("A fine film.") in keys_of(tasks.get("causal_lm"), row, cfg)

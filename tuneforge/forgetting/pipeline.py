@@ -40,13 +40,18 @@ def check_probes(cfg: RunConfig, task: Task) -> None:
     if (reference or "reference" in names) and not task.perplexity:
         raise ConfigError(f"forgetting.reference measures perplexity, which a {task.name} run does not report; "
                           f"measure forgetting with {measured_by(task)}")
-    if reference and "reference" not in names:
+    off = not names or "none" in names  # [] or [none]: no probe, whatever else is set
+    available = reference or task.default_reference(cfg) is not None
+    if "reference" in names and not available:
+        raise ConfigError("forgetting.probes names reference, but this run has no reference data: set "
+                          "forgetting.reference (an embedded data set or a file)")
+    if reference and "reference" not in names and not off:
         raise ConfigError(f"forgetting.reference is set, but forgetting.probes={f.probes} leaves the reference probe "
-                          "out: add reference to forgetting.probes, or drop forgetting.reference")
+                          "out: add reference to forgetting.probes, or set forgetting.reference=none")
     g = f.regularize
-    if g.kind == "ewc" and g.strength != 0 and not has_probe(cfg, task):
-        raise ConfigError("forgetting.regularize.kind=ewc estimates its Fisher on the data that measures forgetting, "
-                          f"and this run measures none: set {measured_by(task)}")
+    if g.kind == "ewc" and g.strength != 0 and not (f.previous_run or ("reference" in names and available)):
+        raise ConfigError("forgetting.regularize.kind=ewc estimates its Fisher on reference data or on task 1's, and "
+                          f"this run has neither: set {measured_by(task)}")
 
 
 def has_probe(cfg: RunConfig, task: Task) -> bool:

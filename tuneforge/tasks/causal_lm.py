@@ -131,8 +131,11 @@ class Task:
         return item if isinstance(item, str) else json.dumps(item, ensure_ascii=False, sort_keys=True)
 
     def prompt_texts(self, record: Record, cfg: RunConfig) -> list[str]:
+        """The user turns, and every text field of the row as it is (Alpaca's ``input`` holds a sentence that its
+        rendered turn wraps in an instruction)."""
         item = self._messages(record, cfg, "")
-        return [item] if isinstance(item, str) else [m["content"] for m in item if m["role"] == "user"]
+        turns = [item] if isinstance(item, str) else [m["content"] for m in item if m["role"] == "user"]
+        return turns + [v for v in record.values() if isinstance(v, str)]
 
     def stratum(self, record: Record, cfg: RunConfig) -> str | None:
         return None
