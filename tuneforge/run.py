@@ -243,7 +243,9 @@ def _setup(cfg: RunConfig, task: Task, base: Path, device: torch.device, prev: R
     model, fresh = task.load_model(base, cfg, data.meta, rt.pad_id, device)
     check_vocabulary(model, tokenizer, base)
     check_max_length(model, cfg)
-    return Setup(tokenizer, splits, data, model.to(device), head_modules(model, fresh), rt, prev)
+    heads = head_modules(model, fresh)
+    registry.check_applies(model, cfg.method_name, registry.make_config(cfg.method_name, cfg.method_options()), heads)
+    return Setup(tokenizer, splits, data, model.to(device), heads, rt, prev)
 
 
 def _before(cfg: RunConfig, task: Task, s: Setup, run_dir: Path, say: Any, progress: bool) -> dict[str, Any]:

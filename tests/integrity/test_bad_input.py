@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pandas as pd
+import pytest
 
 from .cli_checks import jsonl, main, one_error, snapshot, train_argv
 from tiny import sentiment_rows
@@ -149,6 +150,20 @@ def test_resume_of_a_file_and_a_commands_bad_device_say_what_they_are(lora_run, 
 
 
 # ---- 4. nothing lost, nothing clobbered --------------------------------------------------------------------
+
+@pytest.mark.parametrize("method, option, message", [
+    ("lora", "method.target_modules=[nosuch]", "'nosuch' matches no linear layer"),
+    ("freeze", "method.layer_indices=[99]", "method.layer_indices [99] out of range"),
+])
+def test_a_method_that_does_not_fit_the_model_fails_before_the_run_directory(bert_dir, reviews, tmp_path, capsys,
+                                                                            monkeypatch, method, option, message):
+    """It failed only after the run directory was made and the untrained model evaluated (on a real model, minutes
+    of generation; a kill in between left a folder only --overwrite cleared)."""
+    from tuneforge import checkpoint, run
+    monkeypatch.setattr(run, "_before", lambda *a, **k: pytest.fail("evaluated before checking the method"))
+    monkeypatch.setattr(checkpoint, "create_run_dir", lambda *a, **k: pytest.fail("created before checking"))
+    one_error(capsys, train_argv(bert_dir, reviews, tmp_path / "run", option, method=method), message)
+
 
 def test_overwrite_refuses_a_folder_tuneforge_did_not_make(bert_dir, reviews, tmp_path, capsys):
     mine = tmp_path / "mine"

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import sys
 from types import ModuleType
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from tuneforge.assets import model_shape
@@ -59,6 +61,25 @@ def apply(model: nn.Module, name: str, config: Any, always_train: list[str] | tu
         print(f"note: {', '.join(kept)} stay frozen: the model's save_pretrained does not save them (they are rebuilt "
               "when it loads)", file=sys.stderr)
     return model
+
+
+def check_applies(model: nn.Module, name: str, config: Any, always_train: list[str] | tuple[str, ...] = ()) -> None:
+    """Apply the method to a weightless copy of ``model`` (built from its config on the meta device) so that a
+    method that does not fit the model (prefix tuning on T5, LoRA targets that match nothing) is refused before a
+    run directory exists or the untrained model is evaluated. Only the method's own ConfigError counts: a model
+    that cannot be built so is checked when the method is applied for real."""
+    try:
+        with torch.device("meta"), contextlib.redirect_stderr(io.StringIO()):
+            skeleton = type(model)(model.config)
+    except Exception:  # noqa: BLE001 - e.g. custom code whose __init__ needs real tensors
+        return
+    try:
+        with torch.device("meta"), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            apply(skeleton, name, config, always_train)
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - not the method's verdict: the real application says what it is
+        return
 
 
 def training(name: str, model: nn.Module, sample: dict[str, Any] | None, bf16: bool
