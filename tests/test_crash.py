@@ -171,6 +171,26 @@ def test_resume_refuses_when_the_data_changed_since_the_run_started(setup, tmp_p
     assert (run / "checkpoint.safetensors").is_file()  # nothing lost: the run resumes once the data is restored
 
 
+def test_resume_refuses_when_the_base_model_changed_since_the_run_started(setup, tmp_path, capsys):
+    """A model folder retrained (or a Hub snapshot updated) between the kill and the resume was continued in
+    silence: the checkpoint's LoRA weights went on over other base weights."""
+    import shutil
+    root, model, _ = setup
+    mine = shutil.copytree(model, tmp_path / "model")
+    run = tmp_path / "run"
+    args = ["train", "--model", mine, "--data", setup[2], "-o", run, *SETTINGS, *METHODS["lora"]]
+    assert killed(args, "checkpoint-saved", tmp_path / "child.log") == -signal.SIGKILL
+    original = (mine / "model.safetensors").read_bytes()
+    weights_file = mine / "model.safetensors"
+    weights_file.write_bytes(original[:-8] + bytes(reversed(original[-8:])))  # same size, other last weights
+    capsys.readouterr()
+    assert main(["train", "--resume", run]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"tuneforge: error: cannot resume {run}: the model it started from ({mine}) changed")
+    weights_file.write_bytes(original)  # restored: it resumes
+    assert main(["train", "--resume", run, "-q"]) == 0 and (run / "metrics.json").is_file()
+
+
 def test_resume_refuses_an_edited_config_but_not_a_comment(setup, straight, tmp_path, capsys):
     """An edited train.lr was ignored in silence (optimizer and schedule resume as they were), yet the finished
     run's config.yaml claimed it; an edited method failed on its options ('unknown config key')."""

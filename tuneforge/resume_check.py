@@ -94,3 +94,42 @@ def _shown(value: Any) -> str:
     if value == "(unset)":
         return value
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+BASE = "base_model.json"  # the fingerprint of the model folder a run started from
+SAMPLE = 1 << 20  # bytes read at the start, middle and end of each large file
+
+
+def model_fingerprint(folder: Path) -> str:
+    """sha256 over the model folder's files: each one's name and size, and its bytes (files over 3 MiB: 1 MiB at
+    the start, middle and end, so a multi-GB checkpoint costs milliseconds; other weights of the same shapes
+    differ there too)."""
+    import hashlib
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(folder)}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            for start in ((0,) if size <= 3 * SAMPLE else (0, size // 2, size - SAMPLE)):
+                f.seek(start)
+                digest.update(f.read(SAMPLE if size > 3 * SAMPLE else size))
+    return digest.hexdigest()
+
+
+def base_record(folder: Path) -> dict[str, str]:
+    """What ``base_model.json`` holds for a run that starts from ``folder``."""
+    return {"path": str(folder), "fingerprint": model_fingerprint(folder)}
+
+
+def refuse_changed_base(run_dir: Path, folder: Path) -> None:
+    """Refuse to resume ``run_dir`` on a model folder whose files changed since the run started (a Hub snapshot
+    updated, a folder retrained): its checkpoint's weights trained on the old one. Runs without the record (from
+    before it, or sequential runs, whose base is task 1's model merged again) are not checked."""
+    import json
+    record = run_dir / BASE
+    if not record.is_file():
+        return
+    then = json.loads(record.read_text())
+    if then.get("fingerprint") != model_fingerprint(folder):
+        raise ConfigError(f"cannot resume {run_dir}: the model it started from ({then.get('path')}) changed since the "
+                          "run started (its files differ); restore that model, or start a new run")

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from tuneforge import assets, checkpoint, distributed, scope, tasks
+from tuneforge import assets, checkpoint, distributed, resume_check, scope, tasks
 from tuneforge.config import HEAD_LR, ConfigError, RunConfig, load_config, merge_dicts, parse_overrides
 from tuneforge.data import embedded
 from tuneforge.data.batching import Shapes
@@ -135,8 +135,11 @@ def _train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | 
         if d.main and resume is None:
             checkpoint.create_run_dir(run_dir, overwrite, cfg)
             checkpoint.save_json(s.splits.manifest(), run_dir / checkpoint.SPLIT, compact=True)
+            if prev is None:  # a sequential run's base is task 1's model, merged again on resume
+                checkpoint.save_json(resume_check.base_record(base), run_dir / resume_check.BASE)
         elif d.main:
             checkpoint.start_resume(run_dir, s.splits.manifest())
+            resume_check.refuse_changed_base(run_dir, base)
         distributed.barrier()
         for line in dataset_warnings(s.splits, s.data, cfg.model.max_length):
             warn(line, file=sys.stderr)
