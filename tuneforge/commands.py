@@ -74,9 +74,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if run.cfg.data.text_pair_column:  # text pairs: FIRST<TAB>SECOND per line
             bad = next(((i, t.count("\t")) for i, t in enumerate(lines, 1) if t.strip() and t.count("\t") != 1), None)
             if bad is not None:
-                return fail(f"standard input line {bad[0]} has {bad[1] or 'no'} tab{'s' if bad[1] > 1 else ''}: this run "
-                            "classifies text pairs, one FIRST<TAB>SECOND a line (a third column, such as a gold "
-                            "label, would become part of the second text)")
+                tabs = f"{bad[1] or 'no'} tab{'s' if bad[1] > 1 else ''}"
+                return fail(f"standard input line {bad[0]} has {tabs}: this run classifies text pairs, one "
+                            "FIRST<TAB>SECOND a line (a third column, such as a gold label, would become part of the "
+                            "second text)")
             texts, pairs = [t.split("\t", 1)[0] for t in texts], [t.partition("\t")[2] for t in texts]
     if not texts:
         return fail("predict needs TEXT arguments or lines on standard input")

@@ -59,7 +59,8 @@ def _probe(rows: list[dict[str, Any]]) -> str:
 
 
 def _forgotten(row: dict[str, Any]) -> str:
-    """How much worse the first probe got: ``+2.1 %`` of perplexity, ``+3.0 points`` of accuracy, ``-`` if unmeasured."""
+    """How much worse the first probe got: ``+2.10 %`` of perplexity, ``+3.00 points`` of accuracy, ``-`` if not
+    measured."""
     return "-" if row["forgotten"] is None else f"{row['forgotten']:+.2f} {row['forgotten_unit']}"
 
 
