@@ -316,6 +316,8 @@ def test_probe_settings_a_task_cannot_measure_are_refused_before_anything_loads(
     ("causal_lm", ["forgetting.reference=chitchat", "forgetting.probes=[none]"]),  # quick runs: no probe at all
     ("causal_lm", ["forgetting.reference=chitchat", "forgetting.probes=[]"]),
     ("causal_lm", ["forgetting.reference=chitchat", "forgetting.regularize.kind=ewc", "forgetting.regularize.strength=1"]),
+    ("causal_lm", ["model.name=/some/llama", "forgetting.reference=none"]),  # auto: the reference probe is off
+    ("seq2seq", ["forgetting.reference=none"]), ("causal_lm", ["forgetting.reference=none"]),
 ])
 def test_probe_settings_a_task_measures_pass(task, overrides):
     from tuneforge import tasks

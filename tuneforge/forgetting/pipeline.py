@@ -41,8 +41,8 @@ def check_probes(cfg: RunConfig, task: Task) -> None:
         raise ConfigError(f"forgetting.reference measures perplexity, which a {task.name} run does not report; "
                           f"measure forgetting with {measured_by(task)}")
     off = not names or "none" in names  # [] or [none]: no probe, whatever else is set
-    available = reference or task.default_reference(cfg) is not None
-    if "reference" in names and not available:
+    available = reference or (f.reference != "none" and task.default_reference(cfg) is not None)
+    if "reference" in f.probes and not available:  # named, not the task's default (auto: none is no probe)
         raise ConfigError("forgetting.probes names reference, but this run has no reference data: set "
                           "forgetting.reference (an embedded data set or a file)")
     if reference and "reference" not in names and not off:
