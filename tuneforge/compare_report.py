@@ -17,16 +17,15 @@ def row_from_metrics(name: str, metrics: dict[str, Any], task: Any, run_dir: Pat
     """One table row: ``<metric>_before``/``_after`` for the task's table metrics, cost figures, forgetting."""
     before, after = metrics.get("test_before") or {}, metrics.get("test_after") or {}
     params = metrics.get("parameters") or {}
-    forgetting = metrics.get("forgetting")
+    forgetting = metrics.get("forgetting") if isinstance(metrics.get("forgetting"), dict) else {}
     row: dict[str, Any] = {"method": name, "status": "ok", "error": None, "run_dir": str(run_dir), "reused": False}
     for m in task.table_metrics:
         row[f"{m}_before"], row[f"{m}_after"] = before.get(m), after.get(m)
     row.update({"trainable_params": params.get("trainable"), "total_params": params.get("total"),
                 "trainable_pct": params.get("trainable_pct"), "train_seconds": metrics.get("train_seconds"),
                 "tokens_per_second": metrics.get("tokens_per_second"), "peak_memory_mb": metrics.get("peak_memory_mb"),
-                "forgotten": forgetting.get("forgotten") if isinstance(forgetting, dict) else None,
-                "forgotten_unit": forgetting.get("unit") if isinstance(forgetting, dict) else None,
-                "forgetting_probe": forgetting.get("reference") if isinstance(forgetting, dict) else None})
+                "forgotten": forgetting.get("forgotten"), "forgotten_unit": forgetting.get("unit"),
+                "forgetting_probe": forgetting.get("reference")})
     return row
 
 

@@ -32,7 +32,7 @@ def check_probes(cfg: RunConfig, task: Task) -> None:
         given = f"forgetting.probes={f.probes}" if f.probes != ["auto"] else "forgetting.reference"
         raise ConfigError(f"{given}: a sequential run (forgetting.previous_run) measures forgetting on task 1's own "
                           f"test data; leave {given.split('=')[0]} out")
-    names = task.default_probes(cfg) if f.probes == ["auto"] else f.probes
+    names = probe_names(cfg, task)
     generating = [n for n in names if n not in ("reference", "none")]
     if generating and not task.generates:
         raise ConfigError(f"forgetting.probes: {generating[0]} needs a causal LM; a {task.name} run measures "
@@ -54,9 +54,14 @@ def check_probes(cfg: RunConfig, task: Task) -> None:
                           f"this run has neither: set {measured_by(task)}")
 
 
+def probe_names(cfg: RunConfig, task: Task) -> list[str]:
+    """``forgetting.probes``, with ``auto`` as the task's own probes."""
+    return task.default_probes(cfg) if cfg.forgetting.probes == ["auto"] else cfg.forgetting.probes
+
+
 def has_probe(cfg: RunConfig, task: Task) -> bool:
     """Whether the run measures forgetting: a previous run's task, or a probe (``forgetting.probes``)."""
-    names = task.default_probes(cfg) if cfg.forgetting.probes == ["auto"] else cfg.forgetting.probes
+    names = probe_names(cfg, task)
     return bool(cfg.forgetting.previous_run) or (bool(names) and "none" not in names)
 
 
@@ -67,9 +72,7 @@ def probes_for(cfg: RunConfig, task: Task, prev: Any, heads: list[str], tokenize
     own answers, zero-shot sentiment. Built on the untrained ``model`` (own answers are generated now)."""
     if prev is not None:
         return [task1_probe(prev, heads, rt, cfg.forgetting.probe_split)]
-    names = cfg.forgetting.probes
-    if names == ["auto"]:
-        names = task.default_probes(cfg)
+    names = probe_names(cfg, task)
     if "none" in names:
         return []
     explicit = cfg.forgetting.probes != ["auto"]
