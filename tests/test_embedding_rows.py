@@ -28,7 +28,8 @@ def _optimizer(model, rows=None, optimizer="adamw"):
     params = [rows.param if rows is not None and p is rows.weight else p for p in model.parameters()]
     if optimizer == "sgd":
         return torch.optim.SGD(params, lr=1e-1, momentum=0.9)
-    return torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0, fused=True)
+    decay = 0.1 if optimizer == "adamw-decay" else 0.0  # large: the other rows shrink 0.1 % a step
+    return torch.optim.AdamW(params, lr=1e-2, weight_decay=decay, fused=True)
 
 
 def _step(model, optimizer, micro_batches, step, clip=1e-3):
@@ -45,7 +46,7 @@ def _step(model, optimizer, micro_batches, step, clip=1e-3):
     optimizer.zero_grad(set_to_none=True)
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw-decay", "sgd"])
 @pytest.mark.parametrize("micro_batches", [1, 2])  # 2: the later micro-batch adds into the step's gradient
 def test_trained_rows_train_as_the_whole_embedding(micro_batches, optimizer):
     plain, ours = _models()
@@ -63,18 +64,20 @@ def test_trained_rows_train_as_the_whole_embedding(micro_batches, optimizer):
     weight = ours.get_input_embeddings().weight
     outside = torch.ones(VOCAB, dtype=torch.bool)
     outside[IDS] = False
-    assert torch.equal(weight[outside], start[outside])  # untouched, as the plain path left them
+    assert torch.equal(weight[outside], plain.get_input_embeddings().weight[outside])  # as the plain path left them
+    assert torch.equal(weight[outside], start[outside]) == (optimizer != "adamw-decay")  # decay alone moved them
     assert not torch.equal(weight[IDS], start[IDS])
     state = opt_ours.state[rows.param]
     assert all(v.shape == rows.param.shape for v in state.values() if v.dim())  # moments only for those rows
     assert not ours.get_input_embeddings().sparse and not weight._post_accumulate_grad_hooks  # restored
 
 
-def test_checkpoints_hold_the_full_shape_and_resume_either_way():
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw-decay"])
+def test_checkpoints_hold_the_full_shape_and_resume_either_way(optimizer):
     plain, ours = _models()
-    opt_plain = _optimizer(plain)
+    opt_plain = _optimizer(plain, optimizer=optimizer)
     with fast.sparse_embedding_gradient(ours, CPU, 1, lambda w: TrainedRows(w, IDS)) as rows:
-        opt_ours = _optimizer(ours, rows)
+        opt_ours = _optimizer(ours, rows, optimizer)
         rows.attach(opt_ours)
         for step in range(3):
             _step(plain, opt_plain, 1, step)
@@ -88,7 +91,7 @@ def test_checkpoints_hold_the_full_shape_and_resume_either_way():
     # a fresh stand-in resumes from the plain path's checkpoint (weights first, as training_state loads them)
     resumed = _models()[0]  # the initial weights, as a resumed run builds its model
     with fast.sparse_embedding_gradient(resumed, CPU, 1, lambda w: TrainedRows(w, IDS)) as rows:
-        opt_resumed = _optimizer(resumed, rows)
+        opt_resumed = _optimizer(resumed, rows, optimizer)
         rows.attach(opt_resumed)
         resumed.load_state_dict(plain.state_dict())
         opt_resumed.load_state_dict(copy.deepcopy(saved_plain))  # as read from a file: no tensor shared
@@ -114,7 +117,8 @@ def test_training_ids_cover_every_example_and_padding():
 
 
 def test_weight_decay_or_a_regulariser_keeps_the_whole_embedding(tmp_path, monkeypatch):
-    """Decay changes every row, and a regulariser adds a dense gradient: then the kept dense buffer is used."""
+    """SGD's and RMSprop's decay enter the gradient, and a regulariser adds a dense gradient: then the kept dense
+    buffer is used. AdamW's decoupled decay shrinks the rows without gradient by one factor: the stand-in."""
     from types import SimpleNamespace
 
     from tuneforge.train import embedding_hook
@@ -122,12 +126,15 @@ def test_weight_decay_or_a_regulariser_keeps_the_whole_embedding(tmp_path, monke
     data = SimpleNamespace(train=[{"input_ids": [1, 2]}])
     rt = SimpleNamespace(pad_id=0)
 
-    def cfg(decay):
-        return SimpleNamespace(train=SimpleNamespace(weight_decay=decay))
+    def cfg(decay, optimizer="adamw"):
+        return SimpleNamespace(train=SimpleNamespace(weight_decay=decay, optimizer=optimizer))
 
     weight = nn.Parameter(torch.zeros(8, 2))
-    rows = embedding_hook(data, cfg(0.0), rt, ())(weight)
-    assert isinstance(rows, TrainedRows) and rows.ids.tolist() == [0, 1, 2]
-    rows.remove()
-    assert embedding_hook(data, cfg(0.01), rt, ()) is fast.KeptGradient
+    for decay in (0.0, 0.01):
+        rows = embedding_hook(data, cfg(decay), rt, ())(weight)
+        assert isinstance(rows, TrainedRows) and rows.ids.tolist() == [0, 1, 2]
+        rows.remove()
+    assert isinstance(embedding_hook(data, cfg(0.0, "sgd"), rt, ())(weight), TrainedRows)
+    assert embedding_hook(data, cfg(0.01, "sgd"), rt, ()) is fast.KeptGradient
+    assert embedding_hook(data, cfg(0.01, "rmsprop"), rt, ()) is fast.KeptGradient
     assert embedding_hook(data, cfg(0.0), rt, (object(),)) is fast.KeptGradient

@@ -5,7 +5,10 @@ training examples hold: a row whose id appears in no training example never has 
 on it, an optimizer leaves such a row exactly as it is: AdamW's moments stay zero and its update is
 ``lr * 0 / (sqrt(0) + eps) = 0`` (SGD's and RMSprop's likewise), so stepping it is wasted work, and its moments are
 wasted memory. WNUT-16's 1,914 training tweets hold 6,566 of MiniLM's 30,522 ids (21.5 %), Rotten Tomatoes' 6,824
-sentences 12,051 (39.5 %); AdamW's moments over the whole embedding are 94 MB.
+sentences 12,051 (39.5 %); AdamW's moments over the whole embedding are 94 MB. AdamW's decoupled weight decay
+changes such a row by one factor alone, ``row * (1 - lr * weight_decay)`` (the moments stay zero): that factor is
+applied to the whole weight after each step, before the stepped rows are written back, so decay needs no state
+for those rows either (SGD's and RMSprop's decay enters the gradient and their moments: not applicable).
 
 :class:`TrainedRows` gives the optimizer a stand-in parameter holding only those rows, ``(rows, hidden)``. The
 embedding's sparse gradient (:func:`tuneforge.fast.sparse_embedding_gradient`) is added into the stand-in's
@@ -15,8 +18,8 @@ update is that of the whole embedding, row for row; only the gradient norm that 
 (rounding). Checkpoints hold the optimizer state at the embedding's full shape (zeros in the other rows), as the
 plain path writes it, so either path resumes the other's.
 
-It applies where the sparse gradient does (CPU, one process, an untied embedding being trained) and the embedding's
-weight decay is zero (the default; decay would shrink every row) and no regulariser adds a dense gradient to it.
+It applies where the sparse gradient does (CPU, one process, an untied embedding being trained), the embedding's
+weight decay is zero (the default) or AdamW's, and no regulariser adds a dense gradient to it.
 """
 from __future__ import annotations
 
@@ -72,15 +75,26 @@ class TrainedRows:
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Write the stepped rows back after every ``optimizer.step()``; save/load its state at the full shape."""
-        self.handles += [optimizer.register_step_post_hook(lambda *_: self.push()),
+        self.handles += [optimizer.register_step_post_hook(lambda opt, *_: self.push(opt)),
                          optimizer.register_state_dict_post_hook(self._expanded),
                          optimizer.register_load_state_dict_pre_hook(self._compacted),
                          optimizer.register_load_state_dict_post_hook(lambda *_: self.pull())]
 
     @torch.no_grad()
-    def push(self) -> None:
-        """The stand-in's rows into the embedding weight."""
+    def push(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """The stand-in's rows into the embedding weight; after an AdamW step with weight decay the other rows
+        first shrink as AdamW shrinks a row without gradient (its moments zero): by ``1 - lr * weight_decay``."""
+        decay = self._decoupled_decay(optimizer)
+        if decay:
+            self.weight.mul_(1 - decay)  # (vocabulary, hidden): the stepped rows are overwritten below
         self.weight.index_copy_(0, self.ids, self.param)
+
+    def _decoupled_decay(self, optimizer: torch.optim.Optimizer | None) -> float:
+        """``lr * weight_decay`` of the stand-in's AdamW group at the step just taken (0: no decay)."""
+        if not isinstance(optimizer, torch.optim.AdamW):
+            return 0.0
+        group = next(g for g in optimizer.param_groups if any(p is self.param for p in g["params"]))
+        return float(group["lr"]) * group["weight_decay"]
 
     @torch.no_grad()
     def pull(self) -> None:

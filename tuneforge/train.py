@@ -116,9 +116,10 @@ def fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runtim
 
 def embedding_hook(data: Prepared, cfg: RunConfig, rt: Runtime, regularizers: tuple[Any, ...]) -> Any:
     """What takes a trained input embedding's sparse gradient: the optimizer's stand-in of the rows that the
-    training data can look up (:class:`TrainedRows`) where nothing else changes the other rows (no weight decay,
-    no regulariser's dense gradient), else a kept dense buffer (:class:`fast.KeptGradient`)."""
-    if cfg.train.weight_decay or regularizers:
+    training data can look up (:class:`TrainedRows`) where nothing else changes the other rows but AdamW's decay
+    (no other optimizer's weight decay, no regulariser's dense gradient), else a kept dense buffer
+    (:class:`fast.KeptGradient`)."""
+    if (cfg.train.weight_decay and cfg.train.optimizer != "adamw") or regularizers:
         return fast.KeptGradient
     return lambda weight: TrainedRows(weight, training_ids(data.train, rt.pad_id))
 
