@@ -18,6 +18,8 @@ Variants (what the switched runs do instead of tuneforge's own path):
   plain-layers  all three of the last: eager attention, RMSNorm and rotary embedding as transformers runs them
   embedding-all  the optimizer steps every row of a trained input embedding (``fast.KeptGradient``), not only the
                 rows the training data can reach (``embedding_rows.TrainedRows``)
+  random-first  length-grouped epochs in shuffled batch order alone, not starting with the longest example's batch
+                (``batching.LONGEST_FIRST``)
   mmap-<bytes>  glibc's mmap threshold fixed at <bytes> (``mallopt(M_MMAP_THRESHOLD)``; e.g. mmap-131072): larger
                 buffers are mapped and unmapped each time instead of reused from the heap
   trim-<MiB>    glibc's free heap returned to the system (``malloc_trim(0)``) after each optimizer step where it holds
@@ -25,10 +27,11 @@ Variants (what the switched runs do instead of tuneforge's own path):
 
 Workloads: ``chat`` (SmolLM2 on the demo-chat pairs, 16 per step, lr 2e-3), ``classification`` (MiniLM on the
 demo's Rotten Tomatoes sentences, 32 per step, the default rate) and ``ner`` (MiniLM on the WNUT-16 tweets, 16 per
-step, the default rate); LoRA unless ``--method full``.
+step, the default rate); LoRA unless ``--method full``; AdamW with ``--weight-decay`` (default 0, tuneforge's).
 
     python benchmarks/path_probe.py --variant packed-eager --rounds 3          # results/packed-attention-probe.md
     python benchmarks/path_probe.py --variant lora-plain --workload classification --precision bf16 --steps 100
+    python benchmarks/path_probe.py --variant embedding-all --workload ner --method full --weight-decay 0.01 --steps 120
 """
 from __future__ import annotations
 
@@ -59,7 +62,7 @@ METRIC = {"chat": "perplexity", "classification": "accuracy", "ner": "f1"}
 TOOL = "tuneforge"
 VARIANTS = ("packed-eager", "lora-plain", "lora-rows", "lora-unstacked", "rounded", "unrounded", "head-plain",
             "rms-fp32", "eager-plain", "rms-plain", "rotary-plain", "plain-layers",
-            "embedding-all")  # and mmap-<bytes>, trim-<MiB>
+            "embedding-all", "random-first")  # and mmap-<bytes>, trim-<MiB>
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
@@ -109,6 +112,9 @@ def switch(variant: str) -> None:
     elif variant == "embedding-all":
         from tuneforge import train
         train.embedding_hook = lambda *_: fast.KeptGradient
+    elif variant == "random-first":
+        from tuneforge.data import batching
+        batching.LONGEST_FIRST = False
     elif variant.startswith("mmap-"):
         import ctypes
         if not ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, int(variant[5:])):  # 0: refused
@@ -145,7 +151,8 @@ def run_one(variant: str, out: str, args: argparse.Namespace) -> None:
     switch(variant)
     w = WORKLOADS[args.workload]
     cfg = {**w, "method": {"name": args.method},
-           "train": {**w["train"], "max_steps": args.steps, "precision": args.precision, "num_threads": 1},
+           "train": {**w["train"], "max_steps": args.steps, "precision": args.precision, "num_threads": 1,
+                     "weight_decay": args.weight_decay},
            "eval": {**w["eval"], "before": False}, "forgetting": {"probes": ["none"]}, "output_dir": out}
     m = train(cfg, progress=False).metrics
     metric = METRIC[args.workload]
@@ -180,6 +187,7 @@ def main() -> None:
     ap.add_argument("--method", default="lora", choices=["lora", "full"])
     ap.add_argument("--workload", default="chat", choices=sorted(WORKLOADS))
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--one", nargs=2, metavar=("VARIANT", "OUT"), help=argparse.SUPPRESS)  # a worker process
@@ -189,12 +197,12 @@ def main() -> None:
     if args.one:
         return run_one(args.one[0], args.one[1], args)
     flags = ["--variant", args.variant, "--method", args.method, "--workload", args.workload,
-             "--precision", args.precision, "--steps", str(args.steps)]
+             "--precision", args.precision, "--steps", str(args.steps), "--weight-decay", str(args.weight_decay)]
     with tempfile.TemporaryDirectory() as tmp:
         rows = interleaved({v: lambda r, v=v: ([sys.executable, __file__, *flags, "--one", v,
                                                  str(Path(tmp) / f"{v}{r}")], None)
                             for v in (TOOL, args.variant)}, args.rounds)
-    print(f"\n| {args.workload}, {args.method}, {args.precision} | real tokens/s (median) | peak RSS MiB (median) "
+    print(f"\n| {args.workload}, {args.method}, {args.precision}, weight decay {args.weight_decay:g} | real tokens/s (median) | peak RSS MiB (median) "
           f"| test {METRIC[args.workload]} | padded/real tokens |")
     print("|---|---|---|---|---|")
     for v, runs in rows.items():

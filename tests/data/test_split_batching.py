@@ -32,6 +32,19 @@ def test_length_grouping_cuts_padding_and_covers_every_example():
     assert padded(grouped) < padded(windowed) < 0.75 * padded(random_)
 
 
+def test_the_longest_example_is_in_the_first_batch_of_every_epoch():
+    """As in Trainer's length grouping: a batch too large for memory fails at the first step."""
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.randint(5, 100, (1000,), generator=g).tolist()
+    lengths[777] = 500
+    for epoch in range(3):
+        order = batch_order(lengths, 16, seed=2, epoch=epoch, window=8)
+        assert 777 in order[0] and sorted(i for b in order for i in b) == list(range(1000))
+    assert batch_order(lengths, 16, seed=2, epoch=0, window=8)[1:] != batch_order(lengths, 16, seed=2, epoch=1,
+                                                                                  window=8)[1:]  # still shuffled
+    assert 777 not in batch_order(lengths, 16, seed=2, epoch=0, group_by_length=False)[0]  # random batches: as drawn
+
+
 def test_length_windows_keep_batches_varied():
     """Each window of ``window`` batches is sorted on its own: with windows of 4 batches, a batch's examples
     come from one random window of 128 examples, not from one slice of the globally sorted data."""

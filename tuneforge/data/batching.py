@@ -39,6 +39,9 @@ class Shapes:
         return cls(padded=4, packed=16, limit=max_length) if rounded else cls(limit=max_length)
 
 
+LONGEST_FIRST = True  # length-grouped epochs start with the longest example's batch (False: benchmarks' A/B only)
+
+
 def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, shuffle: bool = True,
                 group_by_length: bool = True, window: int = 64) -> list[list[int]]:
     """Indices of each batch for one epoch.
@@ -46,7 +49,9 @@ def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, 
     With ``group_by_length`` the data is shuffled, cut into windows of ``window`` batches
     (``train.length_group_batches``), each sorted by length and cut into batches whose order is shuffled
     again (Trainer's ``group_by_length`` idea; it uses windows of 50): similar lengths share a batch, yet
-    batches stay random. Smaller windows give more varied batches and more padding.
+    batches stay random. Smaller windows give more varied batches and more padding. The batch holding the longest
+    example comes first, as in Trainer's: a batch too large for memory fails at the first step, and the step's
+    largest activations take their memory before the optimizer's state does (less heap fragmentation).
     """
     idx = list(range(len(lengths)))
     rng = random.Random(seed * 1_000_003 + epoch)
@@ -59,6 +64,9 @@ def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, 
     batches = [idx[s:s + batch_size] for s in range(0, len(idx), batch_size)]
     if shuffle and group_by_length:
         rng.shuffle(batches)
+        if LONGEST_FIRST and batches:
+            first = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))  # the longest's
+            batches.insert(0, batches.pop(first))
     return batches
 
 
