@@ -160,21 +160,30 @@ def test_evaluate_reproduces_the_run_metrics(conll_run):
 
 
 def test_predict_cli_prints_entities_and_json_offsets(conll_run, capsys):
+    """The CLI prints the entities the run's model finds (the tiny model misses an entity now and then: what it
+    found is read from the Python API), one line per text, and their character offsets under --json."""
     _, out = conll_run
     text = "the w3 w11 was so  w25 movie"
-    assert cli.main(["predict", str(out.run_dir), text, "so w7 and w22"]) == 0
+    texts = [text, "so w7 and w22"]
+    found = [[(e["label"], e["text"]) for e in row["entities"]] for row in load(out.run_dir, "cpu").predict(texts)]
+    assert ("person", "w3 w11") in found[0] and found[1] == [("person", "w7"), ("loc", "w22")]
+    assert cli.main(["predict", str(out.run_dir), *texts]) == 0
     printed = capsys.readouterr().out
-    assert printed.splitlines() == [f"{text}\tperson: w3 w11 | loc: w25", "so w7 and w22\tperson: w7 | loc: w22"]
+    assert printed.splitlines() == [f"{t}\t" + " | ".join(f"{label}: {words}" for label, words in f)
+                                    for t, f in zip(texts, found)]
     assert cli.main(["predict", str(out.run_dir), text, "--json"]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["text"] == text
-    assert [(e["label"], e["start"], e["end"], e["text"]) for e in row["entities"]] == [
-        ("person", 4, 10, "w3 w11"), ("loc", 19, 22, "w25")]
+    entities = [(e["label"], e["start"], e["end"], e["text"]) for e in row["entities"]]
+    assert ("person", 4, 10, "w3 w11") in entities and [(e[0], e[3]) for e in entities] == found[0]
+    assert all(text[start:end] == words for _, start, end, words in entities)
     punctuated = "the w3 w11, was so (w25)."  # words as NER data splits them: the marks stay out of the entities
     assert cli.main(["predict", str(out.run_dir), punctuated, "--json"]) == 0
     row = json.loads(capsys.readouterr().out)  # (the tiny model never saw punctuation: it may tag a mark alone)
-    assert [(e["label"], e["start"], e["end"], e["text"]) for e in row["entities"] if e["text"][0].isalnum()] == [
-        ("person", 4, 10, "w3 w11"), ("loc", 20, 23, "w25")]
+    entities = [(e["label"], e["start"], e["end"], e["text"]) for e in row["entities"] if e["text"][0].isalnum()]
+    assert ("person", 4, 10, "w3 w11") in entities
+    assert all(punctuated[start:end] == words and words.replace(" ", "").isalnum() for _, start, end, words in entities)
+    assert {words for _, _, _, words in entities} <= {"w3 w11", "w25"}
 
 
 def test_long_sentences_are_windowed_and_every_word_tagged(conll_run):
