@@ -90,7 +90,8 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0  # gradient clipping; null disables
     seed: int = 42
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where supported, else fp32
-    group_by_length: bool | None = None  # batch similar lengths together to cut padding; default: the task's
+    group_by_length: bool | None = None  # batch similar lengths together to cut padding, the longest batch first
+    #                                      (too large for memory: it fails at once); default: the task's
     #                                      (classification: on; causal LM: off, it trained worse)
     length_group_batches: int = 64  # group_by_length: batches per length-sorted window (fewer: more varied
     #                                 batches, more padding)
