@@ -81,7 +81,7 @@ class TrainedRows:
                          optimizer.register_load_state_dict_post_hook(lambda *_: self.pull())]
 
     @torch.no_grad()
-    def push(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+    def push(self, optimizer: torch.optim.Optimizer) -> None:
         """The stand-in's rows into the embedding weight; after an AdamW step with weight decay the other rows
         first shrink as AdamW shrinks a row without gradient (its moments zero): by ``1 - lr * weight_decay``."""
         decay = self._decoupled_decay(optimizer)
@@ -89,7 +89,7 @@ class TrainedRows:
             self.weight.mul_(1 - decay)  # (vocabulary, hidden): the stepped rows are overwritten below
         self.weight.index_copy_(0, self.ids, self.param)
 
-    def _decoupled_decay(self, optimizer: torch.optim.Optimizer | None) -> float:
+    def _decoupled_decay(self, optimizer: torch.optim.Optimizer) -> float:
         """``lr * weight_decay`` of the stand-in's AdamW group at the step just taken (0: no decay)."""
         if not isinstance(optimizer, torch.optim.AdamW):
             return 0.0
