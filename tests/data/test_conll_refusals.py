@@ -54,3 +54,22 @@ def test_an_empty_token_in_an_entity_is_refused_naming_its_row_and_one_tagged_o_
         read_token_lists(rows, source="d.jsonl")
     rows[1]["tags"][1] = "O"  # a full-width space in character-level data, say
     assert read_token_lists(rows, source="d.jsonl")[1]["tokens"] == ["x", token, "b"]
+
+
+@pytest.mark.parametrize("odd, why", [("tag", "has no B-/I- prefix"), ("_", "has no B-/I- prefix"),
+                                      ("O,", "has no B-/I- prefix"), ("B", "names no entity type")])
+def test_a_tag_without_prefix_or_type_among_prefixed_tags_is_refused(tmp_path, odd, why):
+    """It would train as an entity type of its own: a header line's 'tag', a placeholder, a comma-joined list, a bare
+    prefix among typed tags."""
+    rows = [{"tokens": ["a", "b"], "tags": ["B-MOV", "I-MOV"]}, {"tokens": ["c", "d"], "tags": ["O", odd]}]
+    with pytest.raises(ConfigError, match=rf"d\.jsonl: sentence 2: tag '{odd}' {why}.*, while other tags have"):
+        read_token_lists(rows, source="d.jsonl")
+    with pytest.raises(ConfigError, match=rf"sentence 1: tag '{odd}' {why}"):  # a header line, say
+        read_conll(_write(tmp_path, f"token {odd}\na B-MOV\nb I-MOV\n"))
+
+
+def test_whitespace_around_a_tag_is_no_part_of_it():
+    rows = [{"tokens": ["a", "b", "c"], "tags": ["B-MOV ", " I-MOV", "O "]}]
+    assert read_token_lists(rows, source="d.jsonl")[0]["tags"] == ["B-MOV", "I-MOV", "O"]
+    with pytest.raises(ConfigError, match="is not a tag name"):
+        read_token_lists([{"tokens": ["a"], "tags": ["  "]}], source="d.jsonl")

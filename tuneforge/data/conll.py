@@ -139,7 +139,9 @@ def _no_blank_entities(tokens: list[str], tags: list[str], where: str) -> None:
 
 def _tag(value: Any, where: str, names: Sequence[str] | None) -> str:
     """A tag name; an integer or a string of digits ("3", as CSV exports write Hugging Face's ids) is an id,
-    named by ``names``."""
+    named by ``names``. Surrounding whitespace is no part of a tag (``"O "`` is ``O``)."""
+    if isinstance(value, str):
+        value = value.strip()
     if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):
         value = int(value)
     if isinstance(value, str) and len(value) == 2 and value[1] in "-_" and value[0].upper() in PREFIXES:
@@ -191,7 +193,7 @@ def _note_scheme(records: list[Record], source: str) -> list[Record]:
             r["tags"] = [t if t.upper() == "O" else f"{t.upper()}-{UNTYPED}" for t in r["tags"]]
         print(f"note: {source}: tags {', '.join(sorted(bare))} name no entity type; read as one type, {UNTYPED} "
               f"(B as B-{UNTYPED})", file=sys.stderr)
-    _refuse_unknown_prefixes(records, source)
+    _refuse_odd_tags(records, source)
     examples: dict[str, str] = {}
     types: dict[str, set[str]] = {}  # lower case -> spellings
     for tag in dict.fromkeys(t for r in records for t in r["tags"]):  # each distinct tag once, in order
@@ -211,9 +213,10 @@ def _note_scheme(records: list[Record], source: str) -> list[Record]:
 _PREFIX_LIKE = re.compile(r"[A-Za-z][-_]\S+")  # X-MOV: a one-letter prefix and a type
 
 
-def _refuse_unknown_prefixes(records: list[Record], source: str) -> None:
-    """ConfigError for a tag like ``X-MOV`` in a file of prefixed tags (B-MOV ...): a prefix no scheme uses (a typo,
-    or a scheme tuneforge does not read) would otherwise train as an entity type of its own."""
+def _refuse_odd_tags(records: list[Record], source: str) -> None:
+    """ConfigError for a tag that does not fit a file of prefixed tags (B-MOV ...), where it would otherwise train as
+    an entity type of its own: a prefix no scheme uses (``X-MOV``: a typo, or a scheme tuneforge does not read), a bare
+    prefix (``B``), or a label without a prefix other than O (a header line's ``tag``, a placeholder ``_``, ``O,``)."""
     tags = dict.fromkeys(t for r in records for t in r["tags"])
     if not any(_prefixed(t) for t in tags):
         return
@@ -223,6 +226,13 @@ def _refuse_unknown_prefixes(records: list[Record], source: str) -> None:
             raise ConfigError(f"{source}: sentence {i}: tag {odd!r} has the prefix {odd[:2]!r}, which no tag scheme "
                               f"uses, while other tags have B-/I- prefixes; write it with one of "
                               f"{', '.join(p + '-' for p in PREFIXES)} (B- begins an entity, I- continues it) or O")
+        plain = next((t for t in r["tags"] if t.upper() != "O" and not _prefixed(t)), None)
+        if plain is not None:
+            what = ("names no entity type" if plain.upper() in PREFIXES else
+                    "has no B-/I- prefix (a header line, a placeholder such as _, or a typo?)")
+            raise ConfigError(f"{source}: sentence {i}: tag {plain!r} {what}, while other tags have prefixes and "
+                              f"types ({next(t for t in tags if _prefixed(t))}); write it as O, or as B-<type> "
+                              "(begins an entity) / I-<type> (continues it)")
 
 
 def _prefixed(tag: str) -> bool:
