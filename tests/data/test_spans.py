@@ -19,11 +19,12 @@ def test_read_spans_to_bio_with_offsets(capsys):
     assert tags_to_spans(first["tags"], first["offsets"]) == [  # "Berlin" of "Berlin-Mitte" tags the whole word
         {"start": 0, "end": 10, "label": "PER"}, {"start": 20, "end": 28, "label": "LOC"},
         {"start": 30, "end": 42, "label": "LOC"}]
-    assert capsys.readouterr().err == ("note: d.jsonl: 1 entity span(s) end inside a word and tag the whole word (e.g. "
+    assert capsys.readouterr().err == ("note: d.jsonl: 1 row(s) with an empty 'text' skipped (row 3)\n"  # counted
+                                       "note: d.jsonl: 1 entity span(s) end inside a word and tag the whole word (e.g. "
                                        "'Berlin' in 'Berlin-Mitte'): words are split at whitespace and punctuation, "
                                        "and predicted entities are whole words too\n")
     read_spans(rows[1:] + [{"text": "in Oslo.", "entities": [{"start": 3, "end": 7, "label": "LOC"}]}], "d.jsonl")
-    assert capsys.readouterr().err == ""  # spans on word edges: no note
+    assert capsys.readouterr().err == "note: d.jsonl: 1 row(s) with an empty 'text' skipped (row 2)\n"  # edges: no other
 
 
 def test_read_spans_partial_word_and_numpy_entities():

@@ -65,6 +65,7 @@ def read_spans(records: Sequence[Record], source: str, text_column: str = "text"
     require(records, (text_column,), source, "data.text_column")
     out: list[Record] = []
     widened: list[tuple[str, str]] = []
+    empty: list[int] = []  # rows whose text holds no word
     for row_no, row in enumerate(records, start=1):
         where = place(source, row_no - 1)
         text = row.get(text_column)
@@ -81,8 +82,13 @@ def read_spans(records: Sequence[Record], source: str, text_column: str = "text"
         if words:
             out.append({"tokens": [w for w, _, _ in words], "tags": _span_tags(text, words, spans, where, widened),
                         "offsets": [(s, e) for _, s, e in words], "text": text})
+        else:
+            empty.append(row_no)
     if not out:
         raise ConfigError(f"{source}: every '{text_column}' is empty; nothing to train on")
+    if empty:
+        print(f"note: {source}: {len(empty)} row(s) with an empty '{text_column}' skipped (row "
+              f"{', '.join(map(str, empty[:3]))}{' ...' if len(empty) > 3 else ''})", file=sys.stderr)
     if widened:
         span, word = widened[0]
         print(f"note: {source}: {len(widened)} entity span(s) end inside a word and tag the whole word (e.g. "
