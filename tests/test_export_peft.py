@@ -223,7 +223,8 @@ def _fake_run(tmp_path, method, family="bert", options=None, heads=("classifier"
     tokenizer = _tokenizer()
     return SimpleNamespace(cfg=cfg, files=SimpleNamespace(full_model_dir=None), model=model, heads=list(heads),
                            task=SimpleNamespace(peft_task_type=task_type), tokenizer=tokenizer,
-                           save_tokenizer=tokenizer.save_pretrained, meta={"labels": ["O", "B-x", "I-x"]})
+                           save_tokenizer=tokenizer.save_pretrained, meta={"labels": ["O", "B-x", "I-x"]},
+                           inputs=lambda: {"the run's base model": base})
 
 
 @pytest.mark.parametrize("method, fix", [("adapter", "load the run directory with tuneforge"),

@@ -65,7 +65,7 @@ def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
     for line in lines:
         print(f"note: {line}", file=sys.stderr)
     out = Path(out)
-    with new_folder(out, overwrite, "export") as tmp:  # moved in place once complete
+    with new_folder(out, overwrite, "export", keep=run.inputs()) as tmp:  # moved in place once complete
         checkpoint.save_json(adapter_config, tmp / "adapter_config.json")
         checkpoint.save_tensors(tensors, tmp / "adapter_model.safetensors", {"format": "pt"})
         run.save_tokenizer(tmp)

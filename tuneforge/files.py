@@ -266,14 +266,21 @@ def fresh_folder(folder: Path, overwrite: bool, kind: str, what: str = "output f
 
 
 @contextlib.contextmanager
-def new_folder(folder: Path, overwrite: bool, kind: str, what: str = "output folder") -> Iterator[Path]:
+def new_folder(folder: Path, overwrite: bool, kind: str, what: str = "output folder",
+               keep: dict[str, str | Path] | None = None) -> Iterator[Path]:
     """Build ``folder`` (merged model, export) in a ``.partial`` folder beside it, moved in place, fsynced,
     only when the block succeeds; an existing folder is refused unless :func:`check_replaceable` allows it,
-    and replaced only then. A crash leaves the old folder (or none) and a leftover removed next time."""
+    and replaced only then, never where it is or holds one of ``keep`` (its description -> path: the run being
+    exported, its base model). A crash leaves the old folder (or none) and a leftover removed next time."""
     folder = output_folder(folder)
     check_replaceable(folder, overwrite, what, kind)
     if folder.exists() and any(folder.iterdir()):  # an empty working folder is filled, not replaced
         not_current(folder, what)
+        for name, path in (keep or {}).items():
+            inside = Path(path).expanduser().resolve()
+            if inside == folder.resolve() or folder.resolve() in inside.parents:
+                raise ConfigError(f"{what} {folder} {'is' if inside == folder.resolve() else 'holds'} {name} "
+                                  f"({path}), which replacing it would remove; write to another folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
     clean_siblings(folder)
     tmp = partial_dir(folder.parent, folder.name)

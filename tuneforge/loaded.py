@@ -76,6 +76,13 @@ class Run:
         self._cast = False
         self._model, self.base_names = self._load_model()  # None once merge() folded the method into it
 
+    def inputs(self) -> dict[str, Path]:
+        """The folders this run reads (an output replacing one of them would break it)."""
+        found = {"the run": self.files.path}
+        with contextlib.suppress(ConfigError):  # a base that is gone (a full run merges without it)
+            found["the run's base model"] = assets.resolve_model(self.cfg.model.name)
+        return found
+
     @property
     def model(self) -> nn.Module:
         """The run's model (loaded again where :meth:`merge` folded the method into it)."""
@@ -259,7 +266,7 @@ class Run:
             raise ConfigError(f"method '{self.cfg.method_name}' cannot be merged into the base weights "
                               f"(e.g. {leftovers[0]}); {other}")
         self._model = None  # merged in place: the run's own model is loaded again when next needed
-        with new_folder(Path(out), overwrite, "merged") as tmp:  # moved in place once complete
+        with new_folder(Path(out), overwrite, "merged", keep=self.inputs()) as tmp:  # moved in place once complete
             model.to(saved).save_pretrained(tmp, safe_serialization=True)
             self.save_tokenizer(tmp)
         if saved != torch.float32:

@@ -257,6 +257,26 @@ def test_export_or_merge_never_replaces_the_run_it_reads(bert_dir, reviews, tmp_
     one_error(capsys, train_argv(bert_dir, reviews, tmp_path / "out", "--overwrite"), "kind 'merged'", "not 'run'")
 
 
+def test_export_or_merge_never_replaces_the_runs_base_model_or_a_folder_holding_the_run(bert_dir, reviews, tmp_path,
+                                                                                       capsys):
+    """Train on a merged folder, then merge the new run back into it: --overwrite would replace the base the run
+    loads from (its LoRA weights then sit on another model, or on a PEFT adapter)."""
+    assert main(train_argv(bert_dir, reviews, tmp_path / "r1")) == 0
+    assert main(["merge", tmp_path / "r1", tmp_path / "current"]) == 0
+    run = tmp_path / "current-runs" / "r2"
+    assert main(train_argv(tmp_path / "current", reviews, run)) == 0
+    base = snapshot(tmp_path / "current")
+    for argv in (["merge", run, tmp_path / "current", "--overwrite"],
+                 ["export", run, tmp_path / "current", "--format", "peft", "--overwrite"]):
+        one_error(capsys, argv, "is the run's base model", "write to another folder")
+    assert snapshot(tmp_path / "current") == base
+    assert main(["merge", run, tmp_path / "current-runs" / "m"]) == 0  # then a merged folder holding a run
+    (tmp_path / "current-runs" / "m" / "r").mkdir()
+    inner = tmp_path / "current-runs" / "m" / "r" / "run"
+    assert main(train_argv(bert_dir, reviews, inner)) == 0
+    one_error(capsys, ["merge", inner, tmp_path / "current-runs" / "m", "--overwrite"], "holds the run")
+
+
 def test_compare_refuses_a_folder_of_the_users(tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()
