@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from tuneforge import assets, checkpoint, scope, tasks
+from tuneforge import assets, checkpoint, resume_check, scope, tasks
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import dataset, templates
 from tuneforge.files import new_folder
@@ -69,6 +69,10 @@ class Run:
         full = self.files.full_model_dir
         self.tokenizer = load_tokenizer(full or assets.resolve_model(self.cfg.model.name),
                                         self.cfg.model.trust_remote_code)
+        if full is None and (old := resume_check.base_changed(self.files.path, assets.resolve_model(
+                self.cfg.model.name))) is not None:  # the run's weights sit on the base model's
+            print(f"warning: the model {run_dir} was trained on ({old}) changed since (its files differ): the run's "
+                  f"{self.cfg.method_name} weights now apply to another model", file=sys.stderr)
         self.task.setup_tokenizer(self.tokenizer, self.cfg, self.meta)
         bf16 = self.cfg.train.precision != "fp32" and bf16_supported(self.device)  # as trained, where possible
         self.rt = Runtime(device=self.device, bf16=bf16, pad_id=self.tokenizer.pad_token_id)

@@ -121,15 +121,22 @@ def base_record(folder: Path) -> dict[str, str]:
     return {"path": str(folder), "fingerprint": model_fingerprint(folder)}
 
 
-def refuse_changed_base(run_dir: Path, folder: Path) -> None:
-    """Refuse to resume ``run_dir`` on a model folder whose files changed since the run started (a Hub snapshot
-    updated, a folder retrained): its checkpoint's weights trained on the old one. Runs without the record (from
-    before it, or sequential runs, whose base is task 1's model merged again) are not checked."""
+def base_changed(run_dir: Path, folder: Path) -> str | None:
+    """The recorded path of the model folder ``run_dir`` started from where ``folder``'s files differ from it now;
+    None where they are the same or the run holds no record (from before it, or a sequential run, whose base is
+    task 1's model merged again)."""
     import json
     record = run_dir / BASE
     if not record.is_file():
-        return
+        return None
     then = json.loads(record.read_text())
-    if then.get("fingerprint") != model_fingerprint(folder):
-        raise ConfigError(f"cannot resume {run_dir}: the model it started from ({then.get('path')}) changed since the "
+    return None if then.get("fingerprint") == model_fingerprint(folder) else str(then.get("path"))
+
+
+def refuse_changed_base(run_dir: Path, folder: Path) -> None:
+    """Refuse to resume ``run_dir`` on a model folder whose files changed since the run started (a Hub snapshot
+    updated, a folder retrained): its checkpoint's weights trained on the old one (:func:`base_changed`)."""
+    old = base_changed(run_dir, folder)
+    if old is not None:
+        raise ConfigError(f"cannot resume {run_dir}: the model it started from ({old}) changed since the "
                           "run started (its files differ); restore that model, or start a new run")

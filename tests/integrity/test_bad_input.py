@@ -277,6 +277,23 @@ def test_export_or_merge_never_replaces_the_runs_base_model_or_a_folder_holding_
     one_error(capsys, ["merge", inner, tmp_path / "current-runs" / "m", "--overwrite"], "holds the run")
 
 
+def test_a_run_whose_base_model_changed_since_it_trained_says_so_when_loaded(bert_dir, reviews, tmp_path, capsys):
+    """Predict, evaluate, merge and export used the LoRA weights on whatever the base folder held by then."""
+    import shutil
+    mine = shutil.copytree(bert_dir, tmp_path / "model")
+    run = tmp_path / "run"
+    assert main(train_argv(mine, reviews, run)) == 0
+    capsys.readouterr()
+    assert main(["predict", run, "a good film"]) == 0 and "warning" not in capsys.readouterr().err
+    weights = mine / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-8] + bytes(reversed(original[-8:])))  # same size, other last weights
+    assert main(["predict", run, "a good film"]) == 0
+    assert f"warning: the model {run} was trained on ({mine}) changed since" in capsys.readouterr().err
+    weights.write_bytes(original)
+    assert main(["predict", run, "a good film"]) == 0 and "warning" not in capsys.readouterr().err
+
+
 def test_compare_refuses_a_folder_of_the_users(tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()
