@@ -58,6 +58,27 @@ def test_merge_gives_a_plain_transformers_folder_with_same_logits(llama_run, tmp
     assert merged.generation_config.eos_token_id == tok.eos_token_id
 
 
+def test_a_merged_chat_model_stops_at_the_reply_end_as_generate_does(tmp_path):
+    """A base whose generation config names another EOS than the chat template's reply end: a pipeline on the
+    merged folder generated past the reply end that `tuneforge generate` stops at."""
+    from tuneforge.generate import eos_ids
+    folder = model_folder(tmp_path / "llama", "llama")
+    config = json.loads((folder / "generation_config.json").read_text())
+    tok = AutoTokenizer.from_pretrained(folder)
+    other = next(i for i in range(3) if i != tok.eos_token_id)
+    (folder / "generation_config.json").write_text(json.dumps({**config, "eos_token_id": other}))
+    cfg = {"model": {"name": str(folder), "task": "causal_lm", "max_length": 32},
+           "data": {"dataset": str(write_pairs(tmp_path / "pairs.jsonl", repeat=2))},
+           "method": {"name": "lora", "rank": 4}, "train": {"max_steps": 2, "batch_size": 8, "precision": "fp32"},
+           "eval": {"before": False, "generate_samples": 0}, "output_dir": str(tmp_path / "run")}
+    run = load(train(cfg, progress=False).run_dir, "cpu")
+    assert run.model.generation_config.eos_token_id == other and tok.eos_token_id in eos_ids(run.model, run.tokenizer)
+    run.merge(tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert merged.generation_config.eos_token_id == eos_ids(run.model, run.tokenizer) == sorted({other,
+                                                                                                 tok.eos_token_id})
+
+
 def test_exports_prompt_as_the_run_did_with_its_system_prompt(tmp_path):
     """A run's data.system_prompt was lost from both exports: a pipeline prompted without it and answered otherwise."""
     from tuneforge.generate import encode_prompts

@@ -139,15 +139,15 @@ def test_generation_stops_at_the_mark_the_template_ends_a_reply_with():
     """A folder whose generation config names only the end-of-text token (gemma-7b-it's stopped at <eos> only)
     while its template ends replies with an end-of-turn mark: answers ran on past the mark training taught."""
     from lm_helpers import TEMPLATE, tiny_tokenizer
-    from tuneforge.generate import _eos_ids
+    from tuneforge.generate import eos_ids
 
     tok = tiny_tokenizer()
     tok.eos_token = "<|system|>"  # not the mark that ends a reply
     model = tiny_causal_lm("llama")
     model.generation_config.eos_token_id = None
     end = tok.convert_tokens_to_ids("<|end|>")
-    assert end in _eos_ids(model, tok) and tok.eos_token_id in _eos_ids(model, tok)
+    assert end in eos_ids(model, tok) and tok.eos_token_id in eos_ids(model, tok)
     tok.chat_template = {"default": TEMPLATE}
-    assert end in _eos_ids(model, tok)
+    assert end in eos_ids(model, tok)
     tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"  # plain text after a reply
-    assert _eos_ids(model, tok) == [tok.eos_token_id]
+    assert eos_ids(model, tok) == [tok.eos_token_id]

@@ -45,7 +45,7 @@ class Sampling:
             raise ConfigError(f"top_k (--top-k) must be >= 0, got {self.top_k}")
 
 
-def _eos_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def eos_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """End-of-sequence ids: the tokenizer's EOS, the model's generation config's and the mark its chat template
     ends a reply with, which training taught (Gemma's ``<end_of_turn>``, where a generation config names only
     ``<eos>``: answers ran on past it)."""
@@ -63,7 +63,7 @@ def _eos_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
 def generation_config(model: nn.Module, tokenizer: PreTrainedTokenizerBase, s: Sampling) -> GenerationConfig:
     """An explicit generation config (the model's own sampling defaults do not leak in)."""
     kwargs: dict[str, Any] = {"max_new_tokens": s.max_new_tokens, "do_sample": s.sample,
-                              "eos_token_id": _eos_ids(model, tokenizer), "pad_token_id": tokenizer.pad_token_id}
+                              "eos_token_id": eos_ids(model, tokenizer), "pad_token_id": tokenizer.pad_token_id}
     if s.sample:
         kwargs.update(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
     return GenerationConfig(**kwargs)

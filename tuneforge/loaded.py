@@ -19,6 +19,7 @@ from tuneforge import assets, checkpoint, resume_check, scope, tasks
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import dataset, templates
 from tuneforge.files import new_folder
+from tuneforge.generate import eos_ids
 from tuneforge.strict import saved_config
 from tuneforge.methods import registry
 from tuneforge.models import (DamagedWeights, apply_method, bf16_supported, head_modules, load_tokenizer,
@@ -270,6 +271,9 @@ class Run:
             raise ConfigError(f"method '{self.cfg.method_name}' cannot be merged into the base weights "
                               f"(e.g. {leftovers[0]}); {other}")
         self._model = None  # merged in place: the run's own model is loaded again when next needed
+        if self.task.generates and getattr(model, "generation_config", None) is not None:  # stop where generate does
+            ids = eos_ids(model, self.tokenizer)  # the reply end its chat template taught, beside the base's EOS
+            model.generation_config.eos_token_id = ids[0] if len(ids) == 1 else ids
         with new_folder(Path(out), overwrite, "merged", keep=self.inputs()) as tmp:  # moved in place once complete
             model.to(saved).save_pretrained(tmp, safe_serialization=True)
             self.save_tokenizer(tmp)
