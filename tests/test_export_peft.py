@@ -318,6 +318,7 @@ def test_the_readme_loads_a_decoder_classifier_with_the_pad_id_it_trained_with(t
     load = re.search(r"base = AutoModelForSequenceClassification\.from_pretrained\((.*)\)\n", readme)[1]
     assert load.endswith(", pad_token_id=0")
     base = eval(f"AutoModelForSequenceClassification.from_pretrained({load})")  # the README's own line
+    assert base.config.id2label == {0: "neg", 1: "pos"} and base.config.label2id == {"neg": 0, "pos": 1}
     theirs = PeftModel.from_pretrained(base, tmp_path / "out").eval()
     ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])  # the second row padded on the right
     batch = {"input_ids": ids, "attention_mask": (ids != 0).long()}

@@ -57,7 +57,8 @@ def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
     base = assets.resolve_model(run.cfg.model.name).resolve()
     adapter_config["base_model_name_or_path"] = str(base)
     labels = run.meta.get("labels")
-    extra = f", num_labels={len(labels)}, id2label={dict(enumerate(labels))}" if labels else ""
+    extra = (f", num_labels={len(labels)}, id2label={dict(enumerate(labels))}, "
+             f"label2id={ {name: i for i, name in enumerate(labels)} }" if labels else "")  # both: else LABEL_n
     pad, config = run.tokenizer.pad_token_id, pretrained_config(base)
     if labels and pad is not None and config is not None and getattr(config, "pad_token_id", None) != pad:
         extra += f", pad_token_id={pad}"  # as trained: a decoder's classifier finds a row's end by the pad id
