@@ -276,10 +276,11 @@ def new_folder(folder: Path, overwrite: bool, kind: str, what: str = "output fol
     check_replaceable(folder, overwrite, what, kind)
     if folder.exists() and any(folder.iterdir()):  # an empty working folder is filled, not replaced
         not_current(folder, what)
+        here = folder.resolve()
         for name, path in (keep or {}).items():
             inside = Path(path).expanduser().resolve()
-            if inside == folder.resolve() or folder.resolve() in inside.parents:
-                raise ConfigError(f"{what} {folder} {'is' if inside == folder.resolve() else 'holds'} {name} "
+            if inside == here or here in inside.parents:
+                raise ConfigError(f"{what} {folder} {'is' if inside == here else 'holds'} {name} "
                                   f"({path}), which replacing it would remove; write to another folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
     clean_siblings(folder)

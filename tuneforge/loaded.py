@@ -68,10 +68,9 @@ class Run:
         self.task = tasks.get(self.cfg.model.task)
         self.device = resolve_device(device, "--device")
         full = self.files.full_model_dir
-        self.tokenizer = load_tokenizer(full or assets.resolve_model(self.cfg.model.name),
-                                        self.cfg.model.trust_remote_code)
-        if full is None and (old := resume_check.base_changed(self.files.path, assets.resolve_model(
-                self.cfg.model.name))) is not None:  # the run's weights sit on the base model's
+        base = full or assets.resolve_model(self.cfg.model.name)
+        self.tokenizer = load_tokenizer(base, self.cfg.model.trust_remote_code)
+        if full is None and (old := resume_check.base_changed(self.files.path, base)) is not None:  # weights on it
             print(f"warning: the model {run_dir} was trained on ({old}) changed since (its files differ): the run's "
                   f"{self.cfg.method_name} weights now apply to another model", file=sys.stderr)
         self.task.setup_tokenizer(self.tokenizer, self.cfg, self.meta)
