@@ -7,6 +7,7 @@ import errno
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -256,7 +257,7 @@ def _main(argv: list[str] | None) -> int:
     except OSError as exc:  # a path the user gave cannot be written (read-only, a file where a folder goes, full)
         if exc.filename is None or exc.errno not in PATH_ERRORS:
             raise
-        return fail(f"cannot write {exc.filename}: {exc.strerror}{_where()}")
+        return fail(f"cannot write {exc.filename}: {_why(exc)}{_where()}")
     except torch_oom() as exc:  # one process ran out of memory: say so in one line; torchrun stops the others
         return fail(f"out of memory{_where()}: {str(exc).splitlines()[0][:200]}; lower train.batch_size or "
                     "model.max_length, or use train.grad_accum")
@@ -279,6 +280,16 @@ def count(least: int) -> Callable[[str], int]:
 
 PATH_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
                errno.EEXIST, errno.ENAMETOOLONG}
+
+
+def _why(exc: OSError) -> str:
+    """The reason a path cannot be written; where a file stands in the way of a folder, that file's name."""
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        path = os.fsdecode(exc.filename)
+        for part in (path, *map(str, Path(path).parents)):  # the part of the path that is a file, as given
+            if os.path.isfile(part):
+                return f"{part} is a file, where a folder is needed"
+    return exc.strerror or str(exc)
 
 
 def torch_oom() -> tuple[type[BaseException], ...]:

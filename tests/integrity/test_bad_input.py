@@ -303,9 +303,11 @@ def test_compare_refuses_a_folder_of_the_users(tmp_path, capsys):
     assert snapshot(mine) == before
 
 
-def test_an_output_path_below_a_file_is_one_line(bert_dir, reviews, tmp_path, capsys):
+@pytest.mark.parametrize("below", ["run", "deeper/run"])  # the file is the output's parent, or further up
+def test_an_output_path_below_a_file_is_one_line_naming_the_file(bert_dir, reviews, tmp_path, capsys, below):
     (tmp_path / "afile").write_text("x")
-    one_error(capsys, train_argv(bert_dir, reviews, tmp_path / "afile" / "run"), "cannot write", "afile", "Not a directory")
+    one_error(capsys, train_argv(bert_dir, reviews, tmp_path / "afile" / below), "cannot write",
+              f"{tmp_path / 'afile'} is a file, where a folder is needed")
 
 
 def test_a_diverging_run_stops_with_one_line_instead_of_saving_nan_weights(bert_dir, reviews, tmp_path, capsys,
