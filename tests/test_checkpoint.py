@@ -59,10 +59,24 @@ def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path):
 
 
 def test_an_unfinished_run_names_the_file_it_lacks(tmp_path):
-    run = _write(tmp_path / "interrupted", {"lr": 1e-4})  # config.yaml only, as a killed run leaves it
+    from tuneforge.files import write_marker
+    run = _write(tmp_path / "interrupted", {"lr": 1e-4})  # marker and config.yaml only, as a killed run leaves them
+    write_marker(run, "run")
     with pytest.raises(ConfigError, match=r"\(meta\.json missing\); an interrupted run continues with `tuneforge "
                                           r"train --resume`"):
         checkpoint.read_run(run)
     (run / "config.yaml").unlink()
     with pytest.raises(ConfigError, match=r"\(config\.yaml and meta\.json missing\)"):
         checkpoint.read_run(run)
+
+
+@pytest.mark.parametrize("holds, says", [("adapter_config.json", "it is a PEFT adapter: load it with peft's "
+                                          "PeftModel.from_pretrained"),
+                                         ("config.json", "it is a model folder: train on it with `--model "),
+                                         (None, "give the folder `tuneforge train` wrote")])
+def test_a_folder_that_is_no_run_says_what_it_is(tmp_path, holds, says):
+    if holds:  # an export of a run, a merged model
+        (tmp_path / holds).write_text("{}")
+    with pytest.raises(ConfigError, match=re.escape(says)) as caught:
+        checkpoint.read_run(tmp_path)
+    assert "--resume" not in str(caught.value)

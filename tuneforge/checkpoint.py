@@ -147,6 +147,19 @@ def _reason(exc: Exception) -> str:
     return str(exc).split("\n")[0] or type(exc).__name__
 
 
+def _what_it_is(path: Path) -> str:
+    """What a folder that is not a finished run holds, and what to do with it."""
+    kind = marker_kind(path)
+    if (path / "adapter_config.json").is_file():
+        return ("it is a PEFT adapter: load it with peft's PeftModel.from_pretrained on its base model, or give the "
+                "run it was exported from")
+    if (path / "config.json").is_file() and kind != "run":
+        return f"it is a model folder: train on it with `--model {path}`, or give the run it was written from"
+    if kind == "run":
+        return "an interrupted run continues with `tuneforge train --resume`"
+    return "give the folder `tuneforge train` wrote (its last line, 'run directory: ...', names it)"
+
+
 def read_run(run_dir: str | Path) -> RunFiles:
     """Read config and meta of a finished run; one-line errors for anything missing or incompatible."""
     path = Path(run_dir)
@@ -158,7 +171,7 @@ def read_run(run_dir: str | Path) -> RunFiles:
     missing = [name for name in ("config.yaml", "meta.json") if not (path / name).is_file()]
     if missing:
         raise ConfigError(f"{path} is not a finished tuneforge run directory ({' and '.join(missing)} missing); "
-                          "an interrupted run continues with `tuneforge train --resume`")
+                          f"{_what_it_is(path)}")
     try:
         meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
         raw = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
