@@ -14,6 +14,11 @@ class Inner:
 
 
 @dataclass
+class Empty:
+    pass
+
+
+@dataclass
 class Outer:
     name: str = "x"
     kind: Literal["a", "b"] = "a"
@@ -21,6 +26,7 @@ class Outer:
     limit: int | None = None
     flag: bool = False
     inner: Inner = field(default_factory=Inner)
+    empty: Empty = field(default_factory=Empty)
 
 
 def test_values_are_coerced_to_their_hints():
@@ -30,8 +36,9 @@ def test_values_are_coerced_to_their_hints():
 
 
 @pytest.mark.parametrize("data,message", [
-    ({"nmae": "x"}, "unknown config key 'nmae' (did you mean 'name'?); valid keys under 'top level': flag, inner, "
-                    "kind, limit, name"),
+    ({"nmae": "x"}, "unknown config key 'nmae' (did you mean 'name'?); valid keys under 'top level': empty, flag, "
+                    "inner, kind, limit, name"),
+    ({"empty": {"rank": 4}}, "unknown config key 'empty.rank'; valid keys under 'empty': none (it takes no settings)"),
     ({"inner": {"rte": 1}}, "unknown config key 'inner.rte' (did you mean 'inner.rate'?); valid keys under 'inner': "
                             "rate"),
     ({"zzz": 1}, "unknown config key 'zzz'; valid keys"),  # nothing near: no guess

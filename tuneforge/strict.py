@@ -153,7 +153,7 @@ def build_dataclass(cls: type, data: dict[str, Any] | None, path: str = "") -> A
         guess = f" (did you mean '{where}{near[0]}'?)" if near else ""
         raise ConfigError(
             f"unknown config key '{where}{unknown[0]}'{guess}; "
-            f"valid keys under '{path or 'top level'}': {', '.join(sorted(known))}"
+            f"valid keys under '{path or 'top level'}': {', '.join(sorted(known)) or 'none (it takes no settings)'}"
         )
     kwargs = {k: _check(f"{path}.{k}" if path else k, v, hints[k]) for k, v in data.items()}
     try:
