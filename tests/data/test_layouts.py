@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from lm_helpers import tiny_tokenizer
+from lm_helpers import QA, tiny_tokenizer
 from tuneforge.data.dataset import prepare
 from tuneforge.config import ConfigError, DataConfig, load_config
 from tuneforge.data import chat, layouts, templates
@@ -71,12 +71,11 @@ def _prepare(dataset, **data):
 
 
 def test_sharegpt_jsonl_trains_exactly_like_openai_messages(tmp_path):
-    answers = ["hello !", "yes .", "no .", "blue .", "paris ."]
-    convs = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": a}] for a in answers * 2]
+    convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QA[:10]]
     openai = _prepare(_write(tmp_path / "openai.jsonl", [{"messages": c} for c in convs]))
     rows = [{"conversations": [{"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]}
                                for m in c]} for c in convs]
-    assert rows[0] == {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello !"}]}
+    assert rows[0] == {"conversations": [{"from": "human", "value": QA[0][0]}, {"from": "gpt", "value": QA[0][1]}]}
     sharegpt = _prepare(_write(tmp_path / "sharegpt.jsonl", rows))
     assert sharegpt.meta["format"] == openai.meta["format"] == "chat"
     for split in ("train", "validation", "test"):

@@ -16,7 +16,7 @@ from tuneforge.run import resolve_config
 def test_replay_pool_excludes_the_reference_examples(tmp_path):
     folder = model_folder(tmp_path / "llama", "llama")
     chats = tmp_path / "chats.jsonl"  # 36 distinct two-turn conversations
-    rows = [{"messages": [{"role": "user", "content": f"{q} {a}"}, {"role": "assistant", "content": a2}]}
+    rows = [{"messages": [{"role": "user", "content": f"{q} {a} {a2}"}, {"role": "assistant", "content": a2}]}
             for q, a in QA for _, a2 in QA[:2]]
     chats.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = resolve_config({"model": {"name": str(folder), "task": "causal_lm", "max_length": 32},

@@ -167,9 +167,10 @@ def pack(examples: list[dict[str, list[int]]], max_length: int) -> list[dict[str
 
 
 def split_reference(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
-    """(prompt messages before the last assistant reply, that reply) for generation-based evaluation."""
-    last = max(k for k, m in enumerate(messages) if m["role"] == "assistant")
-    return messages[:last], messages[last]["content"]
+    """(prompt messages before the last assistant reply that trains, that reply) for generation-based evaluation
+    (a later reply of weight 0 is no reference)."""
+    *prompt, reply = until_last_reply(messages)
+    return prompt, reply["content"]
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dict[str, str]],

@@ -238,8 +238,8 @@ def warnings(s: Splits, data: Any = None, max_length: int = 0) -> list[str]:
     examples = [e for split in splits for e in split]
     out = [line for line in (cut_note(examples, max_length), context_note(examples)) if line]
     if s.duplicates:
-        out.append(f"note: the data holds {s.duplicates} duplicate example(s) (same text after whitespace "
-                   "normalisation); duplicates are kept in one split")
+        out.append(f"note: the data holds {s.duplicates} duplicate example(s) (the same input text after whitespace "
+                   "normalisation, whatever their labels or answers); duplicates are kept in one split")
     if s.conflicts:
         text, labels = s.conflicts[0]
         text = text.replace(FIELD_SEP, " | ")  # a sentence pair, readable

@@ -127,8 +127,11 @@ class Task:
         return None
 
     def input_text(self, record: Record, cfg: RunConfig) -> str:
+        """A conversation's prompt: the messages before its last reply that trains (the same question with
+        another answer is the same input, kept in one split as seq2seq's); a plain text whole."""
         item = self._messages(record, cfg, "")
-        return item if isinstance(item, str) else json.dumps(item, ensure_ascii=False, sort_keys=True)
+        return item if isinstance(item, str) else json.dumps(chat.split_reference(item)[0], ensure_ascii=False,
+                                                             sort_keys=True)
 
     def prompt_texts(self, record: Record, cfg: RunConfig) -> list[str]:
         """The user turns, and every text field of the row as it is (Alpaca's ``input`` holds a sentence that its
