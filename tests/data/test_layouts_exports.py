@@ -55,6 +55,7 @@ def test_tool_calls_and_the_developer_role():
     ({"source": "hello", "target": "bonjour"}, "hello", "bonjour"),
     ({"question": "who won ?", "context": "the blue team won .", "answer": "blue"},
      "the blue team won .\n\nwho won ?", "blue"),  # the passage first, then the question
+    ({"prompt": "who won ?", "input": {"lang": "en"}, "completion": "blue"}, "who won ?", "blue"),  # not read
 ])
 def test_summarisation_translation_and_reading_comprehension_columns_are_pairs(record, prompt, answer):
     d = DataConfig()
@@ -69,6 +70,9 @@ def test_columns_a_layout_does_not_read_are_named_in_a_note(tmp_path, capsys):
     causal_lm.Task().read_source(str(path), load_config(None, {"model": {"task": "causal_lm"}}))
     err = capsys.readouterr().err
     assert "note: " in err and "reads prompt 'prompt' -> answer 'response'; column(s) 'passage' are not read" in err
+    path.write_text('{"prompt": "who won ?", "completion": "blue", "context": "the blue team won ."}\n')  # context
+    causal_lm.Task().read_source(str(path), load_config(None, {"model": {"task": "causal_lm"}}))  # joins no prompt
+    assert "reads prompt 'prompt' -> answer 'completion'; column(s) 'context' are not read" in capsys.readouterr().err
     path.write_text('{"instruction": "add", "input": "2 and 3", "output": "5", "id": "q1"}\n')  # all read: silent
     causal_lm.Task().read_source(str(path), load_config(None, {"model": {"task": "causal_lm"}}))
     assert capsys.readouterr().err == ""

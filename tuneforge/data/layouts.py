@@ -29,6 +29,7 @@ PAIR_COLUMNS = (("instruction", "output"), ("instruction", "response"), ("prompt
                 ("text", "output"), ("text", "summary"), ("document", "summary"), ("dialogue", "summary"),
                 ("article", "highlights"), ("source", "target"))  # the last ones: summarisation, translation
 CONTEXT_COLUMNS = ("input", "context")  # beside an instruction (Alpaca's input, Dolly's context) or a question
+WITH_CONTEXT = ("instruction", "question")  # the prompt columns a context column joins (other pairs leave it unread)
 
 
 def detect_format(keys: set[str], d: DataConfig, source: str) -> str:
@@ -80,7 +81,8 @@ def note_unread(records: list[dict[str, Any]], d: DataConfig, source: str) -> No
     if fmt == "chat":  # each row's own conversation column ('messages' in one, 'conversations' in another)
         read = list({next((c for c in CHAT_COLUMNS if c in r), d.text_column): None for r in records})
     elif fmt == "pairs":
-        read = [c for pair in pairs for c in pair] + list(CONTEXT_COLUMNS)
+        read = [c for pair in pairs for c in pair] + (list(CONTEXT_COLUMNS) if {p for p, _ in pairs} &
+                                                      set(WITH_CONTEXT) else [])
     else:
         read = [d.text_column]
     other: dict[str, None] = {}  # in order of first appearance
@@ -166,7 +168,8 @@ def _pair(record: dict[str, Any], d: DataConfig) -> list[dict[str, str]]:
                  + (list(a) if _is_list(a) else [{"role": "assistant", "content": a}]))
         return _check_messages({"messages": turns}, d)
     prompt, answer = _column_text(record, q_col), _column_text(record, a_col)
-    context = next((t for c in CONTEXT_COLUMNS if c != a_col and (t := _column_text(record, c))), "")
+    context = next((t for c in CONTEXT_COLUMNS if c != a_col and (t := _column_text(record, c))), "") if (
+        q_col in WITH_CONTEXT) else ""
     if q_col == "instruction" and context:
         prompt = f"{prompt}\n\n{context}".strip()
     elif q_col == "question" and context:  # reading comprehension (SQuAD-like): the passage, then the question
