@@ -159,6 +159,15 @@ def test_named_template_for_a_model_without_one():
     assert "### Response:" in templates.render(tok, templates.TEMPLATES["alpaca"], _conv("say yes"), True)
 
 
+def test_a_template_ending_replies_in_plain_text_warns_that_answers_would_never_end(capsys):
+    tok = tiny_tokenizer()
+    plain = "{% for m in messages %}{{ m['role'] + ' : ' + m['content'] + '\n' }}{% endfor %}"  # no end mark
+    endless = _encode([_conv("say yes", "yes ."), _conv("say no", "no .")], tok, template=plain)
+    assert chat.warn_endless(endless, tok, plain) and "generated answers run on" in capsys.readouterr().err
+    ending = _encode([_conv("say yes", "yes .")], tok)
+    assert not chat.warn_endless(ending, tok, templates.resolve_template(tok, None)) and not capsys.readouterr().err
+
+
 def test_a_tokenizers_named_templates_without_a_default_are_listed_and_chosen_by_name():
     tok = tiny_tokenizer(template=False)  # transformers keeps a list of {name, template} as a dict
     tok.chat_template = {"chatml": TEMPLATE, "tool_use": "{{ raise_exception('tools') }}"}

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tuneforge.config import ConfigError
 from tuneforge.data.batching import pack_rows
-from tuneforge.data.templates import pieces, render, until_last_reply
+from tuneforge.data.templates import pieces, render, reply_end_id, until_last_reply
 
 IGNORE = -100  # label of tokens that do not train
 CHARS_PER_TOKEN = 8  # generous bound of characters per token: turns beyond 8 x max_length chars are dropped
@@ -67,6 +67,18 @@ def note_control_strings(items: list, tokenizer: PreTrainedTokenizerBase, where:
               f"{', '.join(sorted({s for _, s in hits}))} (first at {hits[0][0]}): they train as those tokens, "
               "not as text; remove them if they are text", file=sys.stderr)
     return len({w for w, _ in hits})
+
+
+def warn_endless(examples: list[dict[str, list[int]]], tokenizer: PreTrainedTokenizerBase, template: str) -> bool:
+    """One warning when no reply of ``examples`` trains a token generation stops at (the tokenizer's EOS, the
+    template's reply end): a template that ends replies with plain text teaches answers that never end."""
+    stops = {tokenizer.eos_token_id, reply_end_id(tokenizer, template)} - {None}
+    if not examples or any(not stops.isdisjoint(e["labels"]) for e in examples):
+        return False
+    print("warning: no training reply ends with a token that generation stops at (the tokenizer's EOS or the chat "
+          "template's end-of-turn mark): the template ends replies with plain text, so generated answers run on to "
+          "the token limit; give a data.template that ends each reply with {{ eos_token }}", file=sys.stderr)
+    return True
 
 
 def encode_conversations(conversations: list[list[dict[str, str]]], tokenizer: PreTrainedTokenizerBase,

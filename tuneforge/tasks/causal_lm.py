@@ -161,6 +161,8 @@ class Task:
         meta = {"format": fmt, "chat_template": template if d.template else None}
         self.setup_tokenizer(tokenizer, cfg, meta)
         enc = {k: self.encode(records[k], cfg, tokenizer, meta, where[k]) for k in ("train", "validation", "test")}
+        if template is not None:
+            chat.warn_endless(enc["train"], tokenizer, template)
         return Prepared(train=enc["train"], validation=enc["validation"], test=enc["test"], meta=meta,
                         raw_test=records["test"] if fmt != "text" else [])
 
