@@ -106,6 +106,30 @@ def test_bad_candidates_margin_or_folder_fail_before_any_training(tmp_path, monk
     assert not (tmp_path / "c").exists()
 
 
+def test_a_comparison_folder_or_one_holding_the_sweeps_data_is_never_replaced(tmp_path, monkeypatch):
+    from tuneforge import compare
+    from tuneforge.config import ConfigError
+    from tuneforge.files import write_marker
+    from tuneforge.mitigate import mitigate
+
+    monkeypatch.setattr(compare, "_train_subprocess", lambda *a, **k: pytest.fail("trained before checking"))
+    exp = tmp_path / "exp"  # a `compare` folder: its runs are no candidates of a sweep, nor removed by one
+    (exp / "runs" / "full").mkdir(parents=True)
+    write_marker(exp, "comparison")
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match="is a tuneforge folder of kind 'comparison', not 'mitigation'"):
+            mitigate(None, PROBED, "interpolate", [0.5], 1.0, exp, progress=False, overwrite=overwrite)
+    sweep = tmp_path / "sweep"  # an earlier sweep's folder that holds the data this one trains on
+    sweep.mkdir()
+    write_marker(sweep, "mitigation")
+    (sweep / "data.csv").write_text("text,label\n")
+    with pytest.raises(ConfigError, match=r"data.dataset=.*data.csv lies inside .*sweep, which --overwrite would "
+                                          "replace"):
+        mitigate(None, PROBED + [f"data.dataset={sweep / 'data.csv'}"], "interpolate", [0.5], 1.0, sweep,
+                 progress=False, overwrite=True)
+    assert (exp / "runs" / "full").is_dir() and (sweep / "data.csv").is_file()
+
+
 def test_runs_that_measure_no_forgetting_fail_before_any_training(tmp_path, monkeypatch):
     from tuneforge import compare
     from tuneforge.config import ConfigError

@@ -65,14 +65,15 @@ def compare(methods: Sequence[str] | str | None, config: str | Path | dict[str, 
     return rows
 
 
-def claim_folder(out: Path) -> None:
-    """Make ``out`` a comparison's folder: new, empty, or an earlier comparison (its marker); a folder of the
-    user's (a project folder with the ``runs/`` that ``train`` writes, say) or another kind of tuneforge folder is
-    refused, so that nothing in it is overwritten or later replaced by ``--overwrite``."""
-    check_replaceable(out, True, "output folder", "comparison")
+def claim_folder(out: Path, kind: str = "comparison") -> None:
+    """Make ``out`` a comparison's (or ``kind``'s: mitigate's sweep) folder: new, empty, or an earlier one of the
+    same kind (its marker); a folder of the user's (a project folder with the ``runs/`` that ``train`` writes, say)
+    or another kind of tuneforge folder is refused, so that nothing in it is overwritten or later replaced by
+    ``--overwrite``."""
+    check_replaceable(out, True, "output folder", kind)
     out.mkdir(parents=True, exist_ok=True)
     if not is_ours(out):
-        write_marker(out, "comparison")
+        write_marker(out, kind)
 
 
 def _method_list(methods: Sequence[str] | str | None) -> list[str]:

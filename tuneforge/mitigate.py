@@ -158,9 +158,10 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
         raise ConfigError("mitigate chooses by what each setting forgets, and these runs measure no forgetting: set "
                           f"{forgetting.measured_by(task)}{' or forgetting.probes' if task.generates else ''}")
     if overwrite:
-        fresh_folder(out, overwrite, "comparison")
+        checkpoint.check_inputs_outside(out, base)  # the run to mitigate, the data: never removed with the folder
+        fresh_folder(out, overwrite, "mitigation")
     else:
-        claim_folder(out)  # new, empty or an earlier sweep's folder, never one of the user's
+        claim_folder(out, "mitigation")  # new, empty or an earlier sweep's folder, never one of the user's
         for run_dir, data in runs.values():  # before any training: a changed config is never reused
             _check_same_config(run_dir, data)
     rows = []
