@@ -93,6 +93,8 @@ def test_bad_candidates_margin_or_folder_fail_before_any_training(tmp_path, monk
         mitigate(None, PROBED, "interpolate", [0.5, 1.5], 1.0, tmp_path / "a", progress=False)
     with pytest.raises(ConfigError, match="--margin must be a finite number >= 0"):
         mitigate(None, PROBED, "interpolate", [0.5], -1.0, tmp_path / "b", progress=False)
+    with pytest.raises(ConfigError, match=r"mitigate chooses on validation data, and these runs have none"):
+        mitigate(None, PROBED + ["data.split=0.9,0,0.1"], "l2sp", [10], 1.0, tmp_path / "b", progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -137,6 +137,9 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
     if already := mitigations(base):
         raise ConfigError(f"mitigate compares runs without mitigation and with {kind} alone, but the config sets "
                           f"{', '.join(already)}; leave it out (the sweep sets {key} itself)")
+    if not base.data.validation_file and base.data.split[1] == 0:
+        raise ConfigError("mitigate chooses on validation data, and these runs have none (data.split gives it 0): "
+                          "give data.split a validation share (e.g. 0.8,0.1,0.1) or data.validation_file")
     if kind == "replay" and not base.forgetting.replay.data:
         raise ConfigError("--kind replay needs forgetting.replay.data (the data to replay)")
     task = tasks.get(base.model.task)
@@ -186,8 +189,10 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
         mark = " **chosen**" if chosen is not None and r is chosen else " (failed)" if "error" in r else ""
         lines.append(f"| {r['label']}{mark} | {_f(r['validation'])} | {_f(r[f'test_{task.metric}'])} | "
                      f"{_f(r['gain'])} | {_f(r['forgotten'])} |")
-    none = "every candidate failed" if all("error" in r for r in candidates) else \
-        "no candidate forgets less than the run without mitigation while keeping the task within the margin"
+    none = ("every candidate failed" if all("error" in r for r in candidates) else
+            "no run has a validation metric to choose on (its validation split is empty)"
+            if all(r.get("validation") is None for r in rows) else
+            "no candidate forgets less than the run without mitigation while keeping the task within the margin")
     lines += ["", ("chosen: " + chosen["label"]) if chosen else "nothing chosen: " + none]
     lines += [f"failed: {r['label']}: {r['error']}" for r in rows if "error" in r]
     checkpoint.atomic_write_text(out / "mitigation.md", "\n".join(lines) + "\n")
