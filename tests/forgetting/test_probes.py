@@ -71,6 +71,15 @@ def test_a_model_that_answers_nothing_has_no_own_answers_probe(setup, monkeypatc
     assert "warning: the untrained model answered none" in capsys.readouterr().err
     auto = pipeline.probes_for(cfg, task, None, [], tok, rt, data.meta, model)
     assert auto == []  # and no error (the tiny tokenizer cannot spell the sentiment probe's label words either)
+    assert "warning: the sentiment probe scores the label words 'negative', 'positive'" in capsys.readouterr().err
+
+
+def test_a_sentiment_probe_asked_for_whose_words_the_tokenizer_cannot_spell_names_the_setting(setup):
+    cfg, task, tok, model, rt, _, data = setup
+    with pytest.raises(probes.ConfigError, match=r"^forgetting.probes: the sentiment_calibrated probe scores the label "
+                                                 r"words 'negative', 'positive' .*; leave sentiment_calibrated out of "
+                                                 r"forgetting.probes$"):
+        probes.sentiment_probe(model, cfg, tok, rt, calibrated=True)
 
 
 def test_validation_side_own_answers_use_other_prompts(setup):

@@ -215,11 +215,15 @@ def sentiment_probe(model: nn.Module, cfg: RunConfig, tokenizer: Any, rt: Runtim
     from tuneforge.tasks.classification import Task as Classification
 
     data, template, labels, words = SENTIMENT
+    name = "sentiment_calibrated" if calibrated else "sentiment"
     try:
         check_label_words(tokenizer, scored_words(list(words), template), list(labels), cfg.model.name)
-    except ConfigError:
+    except ConfigError as exc:
+        why = (f"the {name} probe scores the label words {', '.join(map(repr, words))} (zero-shot Rotten Tomatoes), "
+               f"and {str(exc).split(';')[0]}")
         if required:
-            raise
+            raise ConfigError(f"forgetting.probes: {why}; leave {name} out of forgetting.probes") from None
+        print(f"warning: {why}; that probe is left out", file=sys.stderr)
         return None
     test = load_splits(load_config(None, {"data": {"dataset": data, "seed": cfg.data.seed}}), Classification())
     sides = {side: sample(test.records[side], cfg.forgetting.probe_examples, cfg.data.seed)
