@@ -58,6 +58,15 @@ def test_merge_gives_a_plain_transformers_folder_with_same_logits(llama_run, tmp
     assert merged.generation_config.eos_token_id == tok.eos_token_id
 
 
+def test_a_run_with_lora_on_a_tied_output_layer_merges_without_changing_the_embedding(tmp_path):
+    folder, run_dir = _lm_run(tmp_path, "gpt2", target_modules=["c_attn", "lm_head"])  # GPT-2 ties the two
+    expected = _logits(load(run_dir, "cpu").model)
+    assert cli.main(["merge", str(run_dir), str(tmp_path / "merged")]) == 0
+    merged, base = (AutoModelForCausalLM.from_pretrained(p) for p in (tmp_path / "merged", folder))
+    torch.testing.assert_close(_logits(merged), expected, **TOL)
+    assert torch.equal(merged.get_input_embeddings().weight, base.get_input_embeddings().weight)
+
+
 def test_a_merged_chat_model_stops_at_the_reply_end_as_generate_does(tmp_path):
     """A base whose generation config names another EOS than the chat template's reply end: a pipeline on the
     merged folder generated past the reply end that `tuneforge generate` stops at."""

@@ -107,12 +107,12 @@ class Run:
                 model, _ = self.task.load_model(full, self.cfg, self.meta, self.rt.pad_id, self.device)
             except (*checkpoint.DAMAGED, DamagedWeights) as exc:
                 raise checkpoint.damaged(full, exc) from None
-            names = {n for n, _ in model.named_parameters()}
+            names = {n for n, _ in model.named_parameters(remove_duplicate=False)}  # tied ones too: merge unties
         else:  # the base model (sequential set-up: task 1's merged model) + this run's trained weights
             with start_model(self.cfg) as (_, base), contextlib.redirect_stderr(io.StringIO()):
                 # its notes (a saved head reordered, a pad id followed) were said when the run trained
                 model, fresh = self.task.load_model(base, self.cfg, self.meta, self.rt.pad_id, self.device)
-            names = {n for n, _ in model.named_parameters()}
+            names = {n for n, _ in model.named_parameters(remove_duplicate=False)}  # tied ones too: merge unties
             model, self.heads = apply_method(model, self.cfg, head_modules(model, fresh))
             weights = self.files.trainable_weights()
             missing = sorted(set(weights) - {n for n, _ in model.named_parameters()})

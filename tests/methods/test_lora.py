@@ -63,6 +63,22 @@ def test_gpt2_conv1d_is_wrapped_and_merges_transposed():
     assert torch.allclose(lora.merge(model)(**batch).logits, before, atol=1e-5)
 
 
+def test_merging_into_a_tied_output_layer_leaves_the_input_embedding_as_it_was(tmp_path):
+    """GPT-2 ties lm_head to the token embedding: the merged update went into both, and the saved model's logits
+    changed (SmolLM2, Qwen2 and Gemma are tied too)."""
+    from transformers import AutoModelForCausalLM
+    model = _apply(tiny_causal_lm("gpt2"), rank=2, target_modules=["c_attn", "lm_head"])
+    assert model.lm_head.base.weight is model.transformer.wte.weight
+    _randomise_b(model)
+    batch = tiny_batch()
+    before, embedding = model(**batch).logits, model.transformer.wte.weight.detach().clone()
+    plain = lora.merge(model)
+    assert torch.equal(plain.transformer.wte.weight, embedding) and not plain.config.tie_word_embeddings
+    assert torch.allclose(plain(**batch).logits, before, atol=1e-5)
+    plain.save_pretrained(tmp_path)
+    assert torch.allclose(AutoModelForCausalLM.from_pretrained(tmp_path)(**batch).logits, before, atol=1e-5)
+
+
 def test_target_selection_by_names_regex_and_all_linear():
     names = lambda m: sorted(n for n, x in m.named_modules() if isinstance(x, lora.LoRALinear))
     by_name = names(_apply(tiny_classifier("llama"), target_modules=["q_proj", "v_proj"]))

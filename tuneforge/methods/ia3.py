@@ -29,7 +29,7 @@ from tuneforge.config import ConfigError
 from tuneforge.methods import peft_format
 from tuneforge.methods.adapter import ffn_output
 from tuneforge.methods.layers import (LINEAR, Wrapper, attention_heads, blocks, hidden_size, linear_features,
-                                      replace)
+                                      replace, untie)
 
 # classification: lr x 3 was validation's pick on all three tasks measured (Rotten Tomatoes, tweets, topics at 500
 # examples: +4.8, +2.5, +4.2 test points over 3e-3, topics at the earlier 10-epoch cap; docs/benchmarks.md,
@@ -173,6 +173,7 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
 def merge(model: nn.Module) -> nn.Module:
     """Fold every IA3 vector into its projection's weight and unwrap, leaving a plain model."""
     for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, IA3Layer)]:
+        untie(model, module.base)  # a tied output layer: its scaling leaves the input embedding as it was
         replace(model, name, module.merged())
     return model
 

@@ -149,3 +149,18 @@ def replace(root: nn.Module, name: str, new: nn.Module) -> None:
     """Set sub-module ``name`` of ``root`` (dotted, e.g. ``model.layers.0.mlp``) to ``new``."""
     parent_name, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
+
+
+def untie(model: nn.Module, module: nn.Module) -> bool:
+    """Give ``module`` a weight of its own where it shares it with another module of ``model`` (a tied output
+    layer and input embedding), so that merging an update into it leaves the other as it was; the model's config
+    then saves and loads the two apart. Returns whether it was shared."""
+    shared = sum(p is module.weight for _, p in model.named_parameters(remove_duplicate=False)) > 1
+    if shared:
+        module.weight = nn.Parameter(module.weight.detach().clone(), requires_grad=module.weight.requires_grad)
+        for config in {id(c): c for c in (getattr(model, "config", None),
+                                          getattr(getattr(model, "config", None), "get_text_config", lambda: None)())
+                       if c is not None}.values():
+            if getattr(config, "tie_word_embeddings", False):
+                config.tie_word_embeddings = False
+    return shared

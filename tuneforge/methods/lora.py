@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from tuneforge.config import ConfigError
 from tuneforge.methods import lora_stack, peft_format
-from tuneforge.methods.layers import HEAD_NAMES, LINEAR, replace
+from tuneforge.methods.layers import HEAD_NAMES, LINEAR, replace, untie
 from tuneforge.methods.lora_layer import LoRALinear
 
 # token classification: on WNUT-16 + MiniLM at the automatic length, 3e-3 beat 1e-3 on validation and test at
@@ -107,6 +107,7 @@ def training(model: nn.Module, sample: dict[str, torch.Tensor] | None, bf16: boo
 def merge(model: nn.Module) -> nn.Module:
     """Fold every LoRA update into its base weight and unwrap, leaving a plain model."""
     for name, module in _lora_modules(model):
+        untie(model, module.base)  # a tied output layer: its update leaves the input embedding as it was
         module.merge()
         replace(model, name, module.base)
     return model
