@@ -112,6 +112,24 @@ def test_virtual_tokens_under_a_sliding_window_generate_as_one_prompt_at_a_time(
     assert not pads_apart(model, 9, 6)
 
 
+def test_virtual_tokens_before_the_pads_of_a_model_with_short_convolutions_keep_rows_apart():
+    """LFM2's convolutions (Falcon-H1's Mamba mixers) carry the left pads' state from a prompt-tuned model's
+    virtual tokens into the text: batched answers differed from one prompt at a time."""
+    import transformers as T
+
+    from lm_helpers import tiny_tokenizer
+    from tuneforge.methods import registry
+    from tuneforge.methods.virtual_tokens import pads_apart
+
+    tok = tiny_tokenizer()
+    model = T.AutoModelForCausalLM.from_config(T.Lfm2Config(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=64, full_attn_idxs=[1], pad_token_id=tok.pad_token_id))
+    assert not pads_apart(model, 9, 6)  # no virtual tokens: the model's own padding mask keeps pads out
+    model = registry.apply(model, "prompt", registry.make_config("prompt", {"num_virtual_tokens": 4}))
+    assert pads_apart(model, 2, 1)
+
+
 @pytest.mark.parametrize("method", ["prompt", "prefix"])
 def test_answers_stop_where_the_position_table_ends_counting_the_virtual_tokens(method):
     """GPT-2's 64 positions, 8 virtual tokens and a prompt of 50: at most 6 new tokens, not an error once the

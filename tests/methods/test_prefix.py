@@ -230,3 +230,17 @@ def test_a_model_whose_attention_takes_no_cache_is_refused():
         DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64))
     with pytest.raises(ConfigError, match="DistilBertModel takes no key/value cache"):
         apply(model, "prefix", num_virtual_tokens=N)
+
+
+def test_a_model_with_layers_that_carry_a_state_along_the_sequence_is_refused():
+    """LFM2's short convolutions (Qwen3-Next's linear attention, Falcon-H1's Mamba mixers) take no key/value
+    prefix: filling the cache crashed with an AttributeError deep inside."""
+    import transformers as T
+
+    from conftest import VOCAB
+    model = T.AutoModelForCausalLM.from_config(T.Lfm2Config(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=64, full_attn_idxs=[1]))  # layer 0: a short convolution
+    with pytest.raises(ConfigError, match=r"Lfm2Model has layers that carry a state along the sequence \(conv\), "
+                                          "which take no key/value prefix; choose prompt, p-tuning or lora"):
+        apply(model, "prefix", num_virtual_tokens=N)

@@ -164,3 +164,17 @@ def untie(model: nn.Module, module: nn.Module) -> bool:
             if getattr(config, "tie_word_embeddings", False):
                 config.tie_word_embeddings = False
     return shared
+
+
+STATEFUL_TYPES = {"conv", "hybrid", "hybrid_sliding", "linear_attention", "mamba"}  # transformers' layer_types
+STATEFUL_CLASSES = re.compile(r"Mamba|ShortConv|GatedDeltaNet|Rwkv|LinearAttention")  # models without layer_types
+
+
+def stateful_layers(model: nn.Module) -> list[str]:
+    """The kinds of layer that carry a state along the sequence besides (or instead of) attention: Mamba mixers,
+    short convolutions, linear attention (Falcon-H1, LFM2, Qwen3-Next, Bamba, Zamba2); [] for a transformer."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    found = [t for t in dict.fromkeys(map(str, getattr(text, "layer_types", None) or [])) if t in STATEFUL_TYPES]
+    return found or list(dict.fromkeys(type(m).__name__ for m in model.modules()
+                                       if STATEFUL_CLASSES.search(type(m).__name__)))

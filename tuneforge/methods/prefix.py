@@ -40,7 +40,7 @@ from transformers import DynamicCache
 
 from tuneforge.config import ConfigError
 from tuneforge.methods import peft_format
-from tuneforge.methods.layers import attention_heads, find_layers
+from tuneforge.methods.layers import attention_heads, find_layers, stateful_layers
 from tuneforge.methods.virtual_tokens import VirtualTokens, attach, backbone_of, encoder_of, refuse_encoder_decoder
 
 # every task kind 3e-2. Classification and token classification: lr x 3 over 1e-2 scored at least 1e-2's test
@@ -139,6 +139,10 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
     if not {"cache", "past_key_values"} & set(inspect.signature(backbone.forward).parameters):
         raise ConfigError(f"method.name=prefix: {type(backbone).__name__} takes no key/value cache, so its "
                           "attention cannot see a prefix; choose prompt, p-tuning or lora")
+    if stateful := stateful_layers(model):
+        raise ConfigError(f"method.name=prefix: {type(backbone).__name__} has layers that carry a state along the "
+                          f"sequence ({', '.join(stateful)}), which take no key/value prefix; choose prompt, "
+                          "p-tuning or lora")
     layers, kv_heads, head_dim = kv_shape(model)
     attach(model, PrefixEncoder(config.num_virtual_tokens, layers, kv_heads, head_dim, config), "prefix_encoder")
     return model

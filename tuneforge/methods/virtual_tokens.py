@@ -50,7 +50,7 @@ import torch.nn as nn
 from transformers import DynamicCache, PreTrainedModel
 
 from tuneforge.config import ConfigError
-from tuneforge.methods.layers import encoder_and_decoder, find_layers, position_limit
+from tuneforge.methods.layers import encoder_and_decoder, find_layers, position_limit, stateful_layers
 
 ATTRS = ("prompt_encoder", "prefix_encoder")  # where the method's module lives on the backbone
 
@@ -80,12 +80,14 @@ def virtual_count(model: nn.Module) -> int:
 def pads_apart(model: nn.Module, longest: int, new_tokens: int) -> bool:
     """Whether left-padded rows (generation) must not share a batch: the virtual tokens go before a row's left
     padding, so where sliding-window attention (Gemma 2 and 3, Mistral) could span fewer positions than virtual
-    tokens + the ``longest`` prompt + ``new_tokens``, the pads would take window room between them and the text."""
+    tokens + the ``longest`` prompt + ``new_tokens``, the pads would take window room between them and the text;
+    a layer with a state along the sequence (Mamba, short convolutions: Falcon-H1, LFM2) carries it across them."""
     config = getattr(model, "config", None)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config  # Gemma 3's is inside
     window = getattr(text, "sliding_window", None) if getattr(text, "use_sliding_window", True) else None
     n = virtual_count(model)
-    return bool(window) and n > 0 and window < n + longest + new_tokens
+    # a Mamba / short-convolution layer carries the pads' state from the virtual tokens into the text
+    return n > 0 and (bool(window) and window < n + longest + new_tokens or bool(stateful_layers(model)))
 
 
 def backbone_of(model: nn.Module) -> nn.Module:
