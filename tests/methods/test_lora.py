@@ -79,6 +79,25 @@ def test_merging_into_a_tied_output_layer_leaves_the_input_embedding_as_it_was(t
     assert torch.allclose(AutoModelForCausalLM.from_pretrained(tmp_path)(**batch).logits, before, atol=1e-5)
 
 
+def test_a_mamba_mixers_output_projection_is_never_a_target(capsys):
+    """Falcon-H1's (Bamba's, Jamba's) fused scan reads ``mamba.out_proj.weight`` directly on a GPU, past any LoRA
+    branch, and PEFT refuses the layer: the run's export did not load."""
+    import transformers as T
+
+    from conftest import VOCAB
+    def falcon_h1():
+        return T.AutoModelForCausalLM.from_config(T.FalconH1Config(
+            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, mamba_d_ssm=32, mamba_n_heads=4, mamba_d_head=8, mamba_d_state=4))
+    wrapped = lambda m: sorted(n for n, x in m.named_modules() if isinstance(x, lora.LoRALinear))
+    every = wrapped(_apply(falcon_h1()))
+    assert "model.layers.0.mamba.in_proj" in every and not any(n.endswith("mamba.out_proj") for n in every)
+    assert capsys.readouterr().err == ""  # all-linear leaves it out quietly
+    named = wrapped(_apply(falcon_h1(), target_modules=["out_proj", "o_proj"]))
+    assert named == ["model.layers.0.self_attn.o_proj", "model.layers.1.self_attn.o_proj"]
+    assert "note: LoRA leaves out out_proj of the Mamba mixers (2 layers)" in capsys.readouterr().err
+
+
 def test_target_selection_by_names_regex_and_all_linear():
     names = lambda m: sorted(n for n, x in m.named_modules() if isinstance(x, lora.LoRALinear))
     by_name = names(_apply(tiny_classifier("llama"), target_modules=["q_proj", "v_proj"]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -50,14 +51,24 @@ class Config:
                 raise ConfigError(f"method.target_regex: invalid regex ({exc})") from None
 
 
-def _is_target(name: str, module: nn.Module, config: Config, output: nn.Module | None) -> bool:
+def _is_target(name: str, module: nn.Module, config: Config, output: nn.Module | None, fused: set[str]) -> bool:
     """A linear layer the config names; never one that trains in full (a fresh head: DistilBERT's
-    ``pre_classifier``) and, for all-linear, never an output layer (GPT-NeoX's ``embed_out``), as in PEFT."""
+    ``pre_classifier``) or whose weight a fused kernel reads past its forward (``fused``), and, for all-linear,
+    never an output layer (GPT-NeoX's ``embed_out``), as in PEFT."""
     if not isinstance(module, LINEAR) or any(p.requires_grad for p in module.parameters()):
+        return False
+    if name in fused:  # a Mamba mixer's output projection: never a target, as in PEFT
         return False
     if config.target_regex is None and "all-linear" in config.target_modules:
         return name.split(".")[0] not in HEAD_NAMES and module is not output
     return _named(name, config)
+
+
+def _kernel_read(model: nn.Module) -> set[str]:
+    """Names of the linear layers whose weight a fused kernel reads directly: a Mamba mixer's (its ``A_log``
+    marks it; Falcon-H1, Bamba, Jamba, Zamba2) ``out_proj``, handed to the CUDA scan as ``outproj_weight``."""
+    return {f"{n}.out_proj" if n else "out_proj" for n, m in model.named_modules()
+            if isinstance(getattr(m, "A_log", None), nn.Parameter) and isinstance(getattr(m, "out_proj", None), LINEAR)}
 
 
 def _named(name: str, config: Config) -> bool:
@@ -87,7 +98,11 @@ def _check_targets(model: nn.Module, config: Config, targets: list[tuple[str, nn
 def apply(model: nn.Module, config: Config) -> nn.Module:
     """Wrap every targeted linear layer in a :class:`LoRALinear`; only ``lora_A``/``lora_B`` train."""
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    targets = [(n, m) for n, m in model.named_modules() if _is_target(n, m, config, output)]
+    fused = _kernel_read(model)
+    targets = [(n, m) for n, m in model.named_modules() if _is_target(n, m, config, output, fused)]
+    if named := sorted(n for n in fused if _named(n, config)):
+        print(f"note: LoRA leaves out {named[0].rsplit('.', 1)[-1]} of the Mamba mixers ({len(named)} layers): their "
+              "fused scan kernel reads its weight directly, past a LoRA branch (PEFT refuses it too)", file=sys.stderr)
     _check_targets(model, config, targets)
     for name, module in targets:  # the new lora_A/lora_B train; the wrapped base stays frozen
         replace(model, name, LoRALinear(module, config.rank, config.alpha, config.dropout, config.rslora))
