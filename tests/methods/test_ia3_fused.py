@@ -1,5 +1,6 @@
 """IA3 on fused query/key/value projections that interleave q, k and v: GPT-NeoX and BLOOM (per head), Falcon
-(per head; all queries then one key/value head; per key/value group)."""
+(per head; all queries then one key/value head; per key/value group), CodeGen (four blocks of queries, values,
+keys)."""
 import json
 
 import pytest
@@ -18,6 +19,8 @@ MODELS = {  # config, the attention output projection inside a block, key/value 
     "falcon-7b": (lambda: T.FalconConfig(multi_query=True, **SHAPE), "self_attention.dense", 8),
     "falcon-40b": (lambda: T.FalconConfig(new_decoder_architecture=True, num_kv_heads=2, **SHAPE),
                    "self_attention.dense", 16),
+    "codegen": (lambda: T.CodeGenConfig(vocab_size=128, n_embd=32, n_layer=2, n_head=8, rotary_dim=4, n_positions=64),
+                "attn.out_proj", 32),  # qkv_proj: four blocks of [q | v | k], not GPT-2's [q | k | v]
 }
 
 
@@ -58,7 +61,7 @@ def test_keys_and_values_take_disjoint_parts_and_leave_the_queries(name):
     values = next(m for m in model.modules() if isinstance(m, ia3.IA3Layer) and not m.on_input).index
     width = MODELS[name][2]
     assert keys.numel() == values.numel() == width and not set(keys.tolist()) & set(values.tolist())
-    out = blocks(model)[0].get_submodule(MODELS[name][1].replace("dense", "query_key_value")).base.out_features
+    out = next(m for m in model.modules() if isinstance(m, ia3.IA3Layer) and not m.on_input).base.out_features
     assert out - 2 * width == 32  # the rest: 4 query heads of 8
 
 
@@ -82,3 +85,14 @@ def test_merge_and_the_peft_export_give_the_same_logits(name, tmp_path):
     theirs = PeftModel.from_pretrained(T.AutoModelForCausalLM.from_pretrained(tmp_path / "base"), tmp_path / "adapter")
     torch.testing.assert_close(theirs.eval()(**batch).logits, expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(ia3.merge(model)(**batch).logits, expected, rtol=0, atol=1e-5)
+
+
+def test_minimax_lightning_attention_keys_are_the_middle_of_each_heads_q_k_v():
+    """MiniMax's linear-attention ``qkv_proj`` splits each head's 3 x 8 outputs into q, k, v (its softmax layers
+    have k_proj)."""
+    model = apply(T.AutoModelForCausalLM.from_config(T.MiniMaxConfig(
+        vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+        intermediate_size=64, num_local_experts=2, num_experts_per_tok=1,
+        layer_types=["linear_attention", "full_attention"])), "ia3", targets=["keys"])
+    fused = model.get_submodule("model.layers.0.self_attn.qkv_proj")
+    assert fused.index.tolist() == [24 * head + 8 + i for head in range(4) for i in range(8)]

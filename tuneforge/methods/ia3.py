@@ -45,6 +45,10 @@ VALUE_NAMES = ("value", "v_proj", "v", "value_proj", "v_lin")  # separate value 
 FUSED_QKV_NAMES = ("c_attn", "qkv_proj")  # fused projections laid out as [q | k | v] (GPT-2; Phi-3, k and v
 #                                          narrower than q under grouped-query attention)
 INTERLEAVED_QKV_NAMES = ("query_key_value",)  # q, k, v per head or group (GPT-NeoX, BLOOM, Falcon: _kv_index)
+FUSED_LAYOUTS = {  # model type -> roles of a fused projection's head-wide parts, where not [q | k | v]
+    "codegen": lambda heads, kv_heads: ("q" * (heads // 4) + "v" * (heads // 4) + "k" * (heads // 4)) * 4,  # 4 blocks
+    "minimax": lambda heads, kv_heads: "qkv" * heads,  # its lightning attention's qkv_proj: q k v per head
+}
 
 
 @dataclass
@@ -104,12 +108,14 @@ class IA3Layer(Wrapper):
 def _kv_index(config: Any, hidden: int, leaf: str, fan_out: int, wanted: list[str]) -> torch.Tensor | None:
     """The output positions of the keys and/or values (as ``wanted``) in a fused query/key/value projection, from
     the order of its head-wide parts: ``[q | k | v]`` (GPT-2's ``c_attn``, Phi-3's ``qkv_proj``; three equal parts
-    where the config names no heads), per head ``q k v`` (GPT-NeoX's and BLOOM's ``query_key_value``), per
-    key/value group its queries then ``k v`` (Falcon-40B), all queries then one ``k v`` (Falcon-7B)."""
+    where the config names no heads; ``FUSED_LAYOUTS``: CodeGen's four ``[q | v | k]`` blocks), per head ``q k v``
+    (GPT-NeoX's and BLOOM's ``query_key_value``), per key/value group its queries then ``k v`` (Falcon-40B), all
+    queries then one ``k v`` (Falcon-7B)."""
     shape = attention_heads(config, hidden)
     heads, kv_heads, d = shape if shape else (1, 1, fan_out // 3)
     if leaf in FUSED_QKV_NAMES:
-        roles = "q" * heads + "k" * kv_heads + "v" * kv_heads
+        layout = FUSED_LAYOUTS.get(getattr(config, "model_type", ""))
+        roles = layout(heads, kv_heads) if layout else "q" * heads + "k" * kv_heads + "v" * kv_heads
         if len(roles) * d != fan_out:
             roles, d = "qkv", fan_out // 3
     elif getattr(config, "new_decoder_architecture", False):
