@@ -72,6 +72,19 @@ def test_a_conversation_that_is_not_a_list_of_messages_is_named(bad):
         encode_prompts(byte_tokenizer(), ["fine", bad], template, 64)
 
 
+def test_conversation_roles_are_spelt_as_training_read_them_and_unknown_ones_named():
+    template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    from tuneforge.config import ConfigError
+    spelt = [{"role": "System", "content": "be brief"}, {"role": "human", "content": "hi"},
+             {"role": "gpt", "content": "hello"}, {"role": "user", "content": "bye"}]
+    plain = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+             {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"}]
+    assert encode_prompts(byte_tokenizer(), [spelt], template, 256) == encode_prompts(byte_tokenizer(), [plain],
+                                                                                       template, 256)
+    with pytest.raises(ConfigError, match=r"^prompt 1: unknown role 'narrator'; use system, user or assistant"):
+        encode_prompts(byte_tokenizer(), [[{"role": "narrator", "content": "once"}]], template, 64)
+
+
 def test_prompts_of_one_length_share_a_batch_where_pads_must_stay_apart():
     from tuneforge.generate import _batches
 

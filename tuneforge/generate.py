@@ -14,7 +14,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase, TextStreamer
 from tuneforge.config import ConfigError, build_dataclass
 from tuneforge.data import chat, templates
 from tuneforge.data.json_file import broken_text
-from tuneforge.data.layouts import trimmed
+from tuneforge.data.layouts import SPEAKERS, trimmed
 from tuneforge.methods.virtual_tokens import pads_apart, virtual_count
 from tuneforge.models import autocast, position_limit
 from tuneforge.tasks import Runtime
@@ -180,7 +180,11 @@ def _messages(prompt: Any, k: int) -> list[dict[str, str]]:
     if not ok:
         raise ConfigError(f"prompt {k}: give a string or a list of {{'role': ..., 'content': text}} messages, "
                           f"got {str(prompt)[:60]}")
-    return list(prompt)
+    unknown = next((m["role"] for m in prompt if m["role"].strip().lower() not in SPEAKERS), None)
+    if unknown is not None:
+        raise ConfigError(f"prompt {k}: unknown role '{unknown}'; use system, user or assistant (also human for "
+                          "user; gpt, bot, model or chatgpt for assistant)")
+    return [{**m, "role": SPEAKERS[m["role"].strip().lower()]} for m in prompt]  # spelt as training read them
 
 
 def generate_answers(model: nn.Module, tokenizer: PreTrainedTokenizerBase, meta: dict[str, Any], cfg: Any,
