@@ -30,6 +30,7 @@ def test_every_format_reads_the_same_rows(tmp_path, suffix):
     ("empty.csv", "", "is empty"),
     ("header.csv", "text,label\n", "is empty"),
     ("empty.jsonl", "\n", "is empty"),
+    ("empty.json", " \n", "is empty"),  # json.loads said "Expecting value: line 1 column 1"
     ("broken.jsonl", '{"text": "a"}\n{oops\n', r"broken\.jsonl, line 2: not valid JSON"),
     ("data.xlsx", "x", "unsupported type"),
     ("strings.json", '["a", "b"]', r"strings\.json, item 1: expected a JSON object, got str"),

@@ -79,6 +79,8 @@ def json_records(path: Path) -> list[Any]:
     conversation); JSON Lines saved as .json, as ``datasets``' ``to_json("x.json")`` writes them, is read as JSON
     Lines."""
     text = path.read_text(encoding="utf-8-sig")
+    if not text.strip():
+        return []  # the caller says the file is empty, as for a .jsonl or .csv file
     try:
         data = json.loads(text, object_pairs_hook=_object, parse_float=WrittenFloat)
     except json.JSONDecodeError as exc:
