@@ -250,3 +250,17 @@ def test_an_answers_indentation_is_kept_and_only_trailing_space_and_leading_blan
 def test_a_json_boolean_answer_is_written_as_json_writes_it():
     record = {"question": "is it?", "answer": True}
     assert layouts.to_messages(record, "pairs", DataConfig(), "r")[1]["content"] == "true"
+
+
+def test_columns_the_user_names_win_over_a_messages_column_in_the_same_rows(tmp_path):
+    """A 'messages' column beside the conversation or the pair columns named by data.text_column /
+    data.label_column trained instead of them (a note named the user's column unread)."""
+    def conv(q, a):
+        return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    rows = [{"messages": conv(q, "bad dog"), "cleaned": conv(q, a), "q": q, "a": a} for q, a in QA[:10]]
+    path = _write(tmp_path / "both.jsonl", rows)
+    expected = _prepare(_write(tmp_path / "plain.jsonl", [{"messages": conv(q, a)} for q, a in QA[:10]]))
+    for named in ({"format": "chat", "text_column": "cleaned"}, {"text_column": "cleaned"},
+                  {"text_column": "q", "label_column": "a"}):
+        data = _prepare(path, **named)
+        assert data.train == expected.train and data.test == expected.test, named

@@ -36,8 +36,8 @@ def detect_format(keys: set[str], d: DataConfig, source: str) -> str:
     """``data.format``, or for ``auto`` the layout the columns imply (chat > pairs > text)."""
     if d.format != "auto":
         return d.format
-    if keys & set(CHAT_COLUMNS):
-        return "chat"
+    if keys & set(CHAT_COLUMNS) and not (_named(d) and {d.text_column, d.label_column} <= keys):
+        return "chat"  # unless the user named prompt and answer columns the row has
     if {d.text_column, d.label_column} <= keys or _known_pair(keys):
         return "pairs"
     if d.text_column in keys:
@@ -79,7 +79,7 @@ def note_unread(records: list[dict[str, Any]], d: DataConfig, source: str) -> No
     except ConfigError:  # no layout: each row's error says why
         return
     if fmt == "chat":  # each row's own conversation column ('messages' in one, 'conversations' in another)
-        read = list({next((c for c in CHAT_COLUMNS if c in r), d.text_column): None for r in records})
+        read = list({_chat_column(r, d): None for r in records})
     elif fmt == "pairs":
         read = [c for pair in pairs for c in pair] + (list(CONTEXT_COLUMNS) if {p for p, _ in pairs} &
                                                       set(WITH_CONTEXT) else [])
@@ -208,8 +208,21 @@ def _field(m: dict[str, Any], keys: tuple[str, str]) -> Any:
     return next((m[k] for k in keys if m.get(k) is not None), None)
 
 
+def _named(d: DataConfig) -> bool:
+    """Whether the user named the text or label column (data.text_column / data.label_column not the default)."""
+    return d.text_column != DataConfig.text_column or d.label_column != DataConfig.label_column
+
+
+def _chat_column(record: dict[str, Any], d: DataConfig) -> str:
+    """The column holding a row's conversation: data.text_column where the user named one the row has, else
+    'messages' or 'conversations', else data.text_column."""
+    if d.text_column != DataConfig.text_column and d.text_column in record:
+        return d.text_column
+    return next((c for c in CHAT_COLUMNS if c in record), d.text_column)
+
+
 def _check_messages(record: dict[str, Any], d: DataConfig) -> list[dict[str, str]]:
-    col = next((c for c in CHAT_COLUMNS if c in record), d.text_column)
+    col = _chat_column(record, d)
     if col not in record:
         raise ConfigError(f"no 'messages' or 'conversations' column (columns: {', '.join(map(str, record))}); a chat "
                           "row holds its conversation there (or in data.text_column)")
