@@ -3,7 +3,10 @@
 Records become conversations in :mod:`tuneforge.data.layouts` (chat, pairs or plain text).
 Conversations are rendered with the tokenizer's chat template or a named one (``data.template``), and only
 assistant tokens train (prompt tokens get label -100). Each piece of the rendered text is tokenised on its
-own, so the prompt tokens seen in training are exactly those :func:`prompt_ids` gives at generation time.
+own (as LLaMA-Factory does), so the prompt tokens seen in training are those :func:`prompt_ids` gives at
+generation time: exactly for a first turn, and for later turns wherever the template separates turns with
+special tokens (ChatML, Llama 3, Gemma); a SentencePiece template that joins turns with plain text (Mistral
+v0.1's ``[/INST]hello</s>``) may tokenise an earlier reply otherwise within the whole history.
 Too long: the prompt is cut from the left first (the latest turns are kept); an answer longer than the row
 keeps its start. Packed rows (``data.packing``) carry ``position_ids`` that restart at every example, so the
 model keeps each example to itself (a block-diagonal causal mask, as in ``batching.collate_packed``) and no
