@@ -6,8 +6,8 @@ import warnings
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from tuneforge.evaluate import (bleu, classification_metrics, entity_metrics, get_entities, invalid_transitions,
-                                perplexity, rouge_l, RougeWords)
+from tuneforge.evaluate import (bleu, by_prompt, classification_metrics, entity_metrics, get_entities,
+                                invalid_transitions, perplexity, rouge_l, RougeWords)
 
 TOL = 1e-9
 
@@ -166,6 +166,30 @@ def test_bleu_and_rouge_match_the_libraries(seed):
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     expected = sum(scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs)) / len(hyps)
     assert rouge_l(hyps, refs) == pytest.approx(expected, abs=TOL)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_several_references_score_as_the_libraries_score_them(seed):
+    """A prompt the test split asks with several answers: sacreBLEU's multi-reference BLEU (absent references
+    None), rouge-score's best reference (``score_multi``)."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    rng = random.Random(seed)
+    hyps = [_sentence(rng) for _ in range(rng.randint(1, 10))]
+    refs = [[_sentence(rng) for _ in range(rng.randint(1, 3))] for _ in hyps]
+    streams = [[r[k] if k < len(r) else None for r in refs] for k in range(3)]
+    assert bleu(hyps, refs) == pytest.approx(sacrebleu.corpus_bleu(hyps, streams).score, abs=TOL)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    expected = sum(max(scorer.score(x, h)["rougeL"].fmeasure for x in r) for h, r in zip(hyps, refs)) / len(hyps)
+    assert rouge_l(hyps, refs) == pytest.approx(expected, abs=TOL)
+    assert bleu(["the cat sat on the mat"], [["a dog ran", "the cat sat on the mat"]]) == pytest.approx(100.0)
+
+
+def test_a_prompt_asked_again_is_generated_once_with_every_reference():
+    keys = ["a", "b", "a", "c", "d", "c", "a"]
+    refs = ["a1", "b1", "a2", "c1", "d1", "c2", "a3"]
+    assert by_prompt(keys, refs, 3) == [(0, ["a1", "a2", "a3"]), (1, ["b1"]), (3, ["c1", "c2"])]
 
 
 @pytest.mark.parametrize("text", ["Don't run, U.S. cats!", "co-operate_now 42 times: Running & running...",

@@ -134,7 +134,7 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = 64
     before: bool = True  # also evaluate the untrained model on the test split
-    generate_samples: int = 32  # causal LM, seq2seq: answers generated for BLEU/ROUGE
+    generate_samples: int = 32  # causal LM, seq2seq: distinct test prompts answered for BLEU/ROUGE
     max_new_tokens: int = 48  # causal LM, seq2seq: generation length for evaluation (seq2seq: and predict)
 
     def __post_init__(self) -> None:

@@ -138,15 +138,36 @@ KANA = "\u3040-\u30ff"  # Japanese syllabaries
 HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK ideographs
 
 
-def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus BLEU (sacreBLEU, 0-100) of one reference per hypothesis: tokenised as sacreBLEU's default (13a)
-    does, Chinese with its ``zh`` tokenizer and Japanese by character (13a keeps a sentence without spaces
-    as one word)."""
+Refs = Sequence[str | Sequence[str]]  # one reference per hypothesis, or several (a prompt asked with other answers)
+
+
+def _lists(references: Refs) -> list[list[str]]:
+    return [[r] if isinstance(r, str) else list(r) for r in references]
+
+
+def bleu(hypotheses: Sequence[str], references: Refs) -> float:
+    """Corpus BLEU (sacreBLEU, 0-100) against each hypothesis's reference(s): tokenised as sacreBLEU's default
+    (13a) does, Chinese with its ``zh`` tokenizer and Japanese by character (13a keeps a sentence without
+    spaces as one word)."""
     import sacrebleu
 
-    text = "".join(hypotheses) + "".join(references)
+    refs = _lists(references)
+    text = "".join(hypotheses) + "".join(r for group in refs for r in group)
     tokenize = "char" if re.search(f"[{KANA}]", text) else "zh" if re.search(f"[{HAN}]", text) else "13a"
-    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)], tokenize=tokenize).score)
+    streams = [[g[k] if k < len(g) else None for g in refs] for k in range(max(map(len, refs), default=1))]
+    return float(sacrebleu.corpus_bleu(list(hypotheses), streams, tokenize=tokenize).score)
+
+
+def by_prompt(keys: Sequence[str], references: Sequence[str], n: int) -> list[tuple[int, list[str]]]:
+    """The first ``n`` distinct prompts (``keys``, one per row) as (the row first asking it, every reference the
+    rows give it): a prompt asked again with another answer is generated once, scored against all of them."""
+    groups: dict[str, tuple[int, list[str]]] = {}
+    for i, (key, ref) in enumerate(zip(keys, references)):
+        if key in groups:
+            groups[key][1].append(ref)
+        elif len(groups) < n:
+            groups[key] = (i, [ref])
+    return list(groups.values())
 
 
 class RougeWords:
@@ -165,17 +186,24 @@ class RougeWords:
         return [self._stemmer.stem(w) if len(w) > 3 and w.isascii() else w for w in words]
 
 
-def rouge_l(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L F1 (rouge-score's ``rougeL``, stemmed, :class:`RougeWords`; 0-1) over hypothesis/reference
-    pairs."""
+def rouge_l(hypotheses: Sequence[str], references: Refs) -> float:
+    """Mean ROUGE-L F1 (rouge-score's ``rougeL``, stemmed, :class:`RougeWords`; 0-1) over the hypotheses, each
+    against its reference (the best of several, as rouge-score's ``score_multi``)."""
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=RougeWords())
-    scores = [scorer.score(ref, hyp)["rougeL"].fmeasure for hyp, ref in zip(hypotheses, references)]
+    scores = [scorer.score_multi(refs, hyp)["rougeL"].fmeasure for hyp, refs in zip(hypotheses, _lists(references))]
     return sum(scores) / len(scores) if scores else 0.0
 
 
-def generation_metrics(samples: list[dict], generated: Sequence[str], references: Sequence[str],
+def sample(prompt: str, references: list[str], generated: str) -> dict[str, Any]:
+    """One generated answer as written to ``samples_*.jsonl``: its prompt, reference (``references`` too where the
+    test split gives the prompt several) and the answer."""
+    return {"prompt": prompt, "reference": references[0], **({"references": references} if len(references) > 1
+                                                              else {}), "generated": generated}
+
+
+def generation_metrics(samples: list[dict], generated: Sequence[str], references: Refs,
                        run_dir: Any = None, tag: str | None = None) -> dict:
     """BLEU and ROUGE-L of ``generated`` against ``references``; the ``samples`` (prompt, reference, generated) are
     written to ``run_dir/samples_{tag}.jsonl`` when a run directory is given, the first three kept in the result."""

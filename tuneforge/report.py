@@ -107,7 +107,8 @@ def _samples(before: dict[str, Any], after: dict[str, Any]) -> str:
     old = {s["prompt"]: s["generated"] for s in before.get("samples", [])}
     lines = ["", "", "example answers (test split, greedy):"]
     for s in after["samples"]:
-        lines += ["", f"  prompt:    {s['prompt']}", f"  reference: {s['reference']}"]
+        more = f"  (+{len(s['references']) - 1} other reference(s))" if "references" in s else ""
+        lines += ["", f"  prompt:    {s['prompt']}", f"  reference: {s['reference']}{more}"]
         if s["prompt"] in old:
             lines.append(f"  before:    {old[s['prompt']]}")
         lines.append(f"  after:     {s['generated']}")

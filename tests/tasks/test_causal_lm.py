@@ -296,3 +296,17 @@ def test_a_reasoning_block_before_the_answer_is_not_scored(trained, monkeypatch)
     assert (both["bleu"], both["rouge_l"]) == (plain["bleu"], plain["rouge_l"])
     assert generate.without_reasoning("<think>\nsum it\n</think>\n\ntwo .") == "two ."
     assert generate.without_reasoning("<think> cut short by max_new_tokens") == "<think> cut short by max_new_tokens"
+
+
+def test_a_test_prompt_asked_with_several_answers_is_generated_once_and_scored_against_all(trained):
+    from tuneforge.evaluate import bleu, rouge_l
+
+    run = load(trained.run_dir, "cpu")
+    raw = [{"instruction": "say yes", "output": "yes ."}, {"instruction": "say no", "output": "no ."},
+           {"instruction": "say  yes", "output": "yes yes ."}]  # the same prompt after whitespace normalisation
+    m = run.task._generation_metrics(run.model, raw, run.rt, run.cfg, run.meta, run.tokenizer, None, None)
+    assert m["generated"] == 2 and [s["prompt"] for s in m["samples"]] == ["say yes", "say no"]
+    assert m["samples"][0]["references"] == ["yes .", "yes yes ."] and "references" not in m["samples"][1]
+    answers, references = [s["generated"] for s in m["samples"]], [["yes .", "yes yes ."], ["no ."]]
+    assert (m["bleu"], m["rouge_l"]) == (pytest.approx(bleu(answers, references)), pytest.approx(rouge_l(answers,
+                                                                                                         references)))

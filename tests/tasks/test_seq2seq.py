@@ -269,3 +269,14 @@ def test_the_other_methods_train_both_stacks_and_merge(method, tmp_path):
     base = AutoModelForSeq2SeqLM.from_pretrained(folder).state_dict()
     changed = {k.split(".")[1] for k, v in merged.state_dict().items() if ".layers." in k and not torch.equal(v, base[k])}
     assert changed == ({"decoder"} if method == "freeze" else {"encoder", "decoder"})
+
+
+def test_a_test_input_given_several_outputs_is_generated_once_and_scored_against_all(trained):
+    run = load(trained.run_dir, "cpu")
+    raw = [{"source": "say yes", "target": "yes ."}, {"source": "say no", "target": "no ."},
+           {"source": "say yes", "target": "yes yes ."}]
+    m = run.task._generation_metrics(run.model, [(r["source"], r["target"]) for r in raw], run.rt, run.cfg, run.meta,
+                                     run.tokenizer, None, None, False)
+    assert m["generated"] == 2 and m["samples"][0]["references"] == ["yes .", "yes yes ."]
+    answers = [s["generated"] for s in m["samples"]]
+    assert m["bleu"] == pytest.approx(bleu(answers, [["yes .", "yes yes ."], ["no ."]]))

@@ -16,7 +16,8 @@ from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import chat, layouts, templates
 from tuneforge.data.batching import collate, collate_packed, without_positions
 from tuneforge.data.readers import place, read_records
-from tuneforge.evaluate import generation_metrics
+from tuneforge.data.dataset import normalise
+from tuneforge.evaluate import by_prompt, generation_metrics, sample
 from tuneforge.models import load_pretrained, pretrained_config
 from tuneforge.tasks import Example, Prepared, Record, Runtime, lm_head, token_loss
 
@@ -268,18 +269,19 @@ class Task:
         from tuneforge.generate import Sampling, answer_text, generate_ids, without_reasoning
 
         template = _template(tokenizer, meta)
-        records = raw[:cfg.eval.generate_samples]
-        conversations = [layouts.to_messages(r, meta["format"], cfg.data, place("test split", i))
-                         for i, r in enumerate(records)]
-        prompts, references = zip(*(chat.split_reference(c) for c in conversations))
+        split = [chat.split_reference(layouts.to_messages(r, meta["format"], cfg.data, place("test split", i)))
+                 for i, r in enumerate(raw)]
+        keys = [normalise(json.dumps(p, ensure_ascii=False, sort_keys=True)) for p, _ in split]
+        chosen = by_prompt(keys, [ref for _, ref in split], cfg.eval.generate_samples)
+        prompts, references = [split[i][0] for i, _ in chosen], [refs for _, refs in chosen]
         ids = [chat.prompt_ids(tokenizer, template, p, cfg.model.max_length) for p in prompts]
         outputs = generate_ids(model, tokenizer, ids, rt, Sampling(max_new_tokens=cfg.eval.max_new_tokens),
                                cfg.eval.batch_size)
         generated = [answer_text(tokenizer, o) for o in outputs]
-        samples = [{"prompt": next(m["content"] for m in reversed(p) if m["role"] == "user"),
-                    "reference": ref, "generated": gen} for p, ref, gen in zip(prompts, references, generated)]
-        generated, references = ([without_reasoning(t) for t in texts] for texts in (generated, references))
-        return generation_metrics(samples, generated, references, run_dir, tag)
+        samples = [sample(next(m["content"] for m in reversed(p) if m["role"] == "user"), refs, gen)
+                   for p, refs, gen in zip(prompts, references, generated)]
+        references = [[without_reasoning(r) for r in refs] for refs in references]
+        return generation_metrics(samples, [without_reasoning(g) for g in generated], references, run_dir, tag)
 
     def predict(self, model: nn.Module, inputs: list[Any], rt: Runtime, cfg: RunConfig, meta: dict[str, Any],
                 tokenizer: Any) -> list[dict[str, Any]]:

@@ -19,7 +19,8 @@ from tuneforge.data import layouts
 from tuneforge.data.batching import batch_order
 from tuneforge.data.pairs import decoding, encode_pairs, encoder_ids, source_target, with_prefix
 from tuneforge.data.readers import place, read_records
-from tuneforge.evaluate import generation_metrics
+from tuneforge.data.dataset import normalise
+from tuneforge.evaluate import by_prompt, generation_metrics, sample
 from tuneforge.models import autocast, load_pretrained, pretrained_config
 from tuneforge.progress import bar as progress_bar
 from tuneforge.tasks import Example, Prepared, Record, Runtime, lm_head, one_line, token_loss
@@ -183,19 +184,19 @@ class Task:
             return {}
         metrics = token_loss(self, model, examples, rt, cfg.eval.batch_size, progress)
         if raw and tokenizer is not None and cfg.eval.generate_samples > 0:
-            records = raw[:cfg.eval.generate_samples]
-            rows = [source_target(r, cfg, place("test split", i), meta["layout"]) for i, r in enumerate(records)]
+            rows = [source_target(r, cfg, place("test split", i), meta["layout"]) for i, r in enumerate(raw)]
             metrics.update(self._generation_metrics(model, rows, rt, cfg, meta, tokenizer, run_dir, tag, progress))
         return metrics
 
     def _generation_metrics(self, model: nn.Module, rows: list[tuple[str, str]], rt: Runtime, cfg: RunConfig,
                             meta: dict[str, Any], tokenizer: PreTrainedTokenizerBase, run_dir: Path | None,
                             tag: str | None, progress: bool) -> dict[str, Any]:
-        inputs, _ = encoder_ids([x for x, _ in rows], tokenizer, cfg.model.max_length)  # cuts: noted in training
+        chosen = by_prompt([normalise(x) for x, _ in rows], [t for _, t in rows], cfg.eval.generate_samples)
+        sources, references = [rows[i][0] for i, _ in chosen], [refs for _, refs in chosen]
+        inputs, _ = encoder_ids(sources, tokenizer, cfg.model.max_length)  # cuts: noted in training
         generated = generate_outputs(model, tokenizer, inputs, rt, meta, cfg.eval.max_new_tokens, cfg.eval.batch_size,
                                      progress)
-        references = [t for _, t in rows]
-        samples = [{"prompt": s, "reference": r, "generated": g} for (s, _), r, g in zip(rows, references, generated)]
+        samples = [sample(x, refs, g) for x, refs, g in zip(sources, references, generated)]
         return generation_metrics(samples, generated, references, run_dir, tag)
 
     def predict(self, model: nn.Module, inputs: list[Any], rt: Runtime, cfg: RunConfig, meta: dict[str, Any],
