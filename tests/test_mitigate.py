@@ -91,6 +91,9 @@ def test_bad_candidates_margin_or_folder_fail_before_any_training(tmp_path, monk
     monkeypatch.setattr(compare, "_train_subprocess", lambda *a, **k: pytest.fail("trained before checking"))
     with pytest.raises(ConfigError, match=r"forgetting.interpolate must be in \(0, 1\], got 1.5"):
         mitigate(None, PROBED, "interpolate", [0.5, 1.5], 1.0, tmp_path / "a", progress=False)
+    for kind, value in (("interpolate", 1.0), ("l2sp", 0.0), ("replay", 0.0)):  # the unmitigated run again
+        with pytest.raises(ConfigError, match=rf"--values: {kind} at {value:g} is the run without mitigation"):
+            mitigate(None, PROBED, kind, [0.5, value], 1.0, tmp_path / "a", progress=False)
     with pytest.raises(ConfigError, match="--margin must be a finite number >= 0"):
         mitigate(None, PROBED, "interpolate", [0.5], -1.0, tmp_path / "b", progress=False)
     with pytest.raises(ConfigError, match=r"mitigate chooses on validation data, and these runs have none"):
@@ -281,7 +284,7 @@ def test_a_config_that_already_mitigates_is_refused(tmp_path, monkeypatch, kind,
     monkeypatch.setattr(compare, "_train_subprocess", lambda *a, **k: pytest.fail("trained before checking"))
     with pytest.raises(ConfigError, match=f"mitigate compares runs without mitigation and with {kind} alone, but the "
                                           f"config sets {re.escape(named)}; leave it out"):
-        mitigate(None, PROBED + overrides, kind, [1.0], 1.0, tmp_path / "a", progress=False)
+        mitigate(None, PROBED + overrides, kind, [0.5], 1.0, tmp_path / "a", progress=False)
     assert not (tmp_path / "a").exists()
 
 

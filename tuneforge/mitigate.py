@@ -131,6 +131,9 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
     fixed, key, default = SWEEPS[kind]
     # weakest first (interpolation keeps more of training the higher its share): ties go to the earlier row
     values = sorted(set(values or default), reverse=kind == "interpolate")
+    if (none := 1.0 if kind == "interpolate" else 0.0) in values:  # keep all of training; no strength, no replay
+        raise ConfigError(f"--values: {kind} at {_label(none)} is the run without mitigation, which the sweep trains "
+                          "anyway (its 'none' row); leave it out")
     if not (math.isfinite(margin) and margin >= 0):
         raise ConfigError(f"--margin must be a finite number >= 0, got {margin}")
     base = _base_config(config, list(overrides))
