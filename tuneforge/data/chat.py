@@ -15,6 +15,7 @@ position ids are dropped and rows are plain concatenations, as with Trainer/TRL 
 """
 from __future__ import annotations
 
+import json
 import sys
 
 from transformers import PreTrainedTokenizerBase
@@ -186,6 +187,11 @@ def split_reference(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]
     (a later reply of weight 0 is no reference)."""
     *prompt, reply = until_last_reply(messages)
     return prompt, reply["content"]
+
+
+def prompt_text(prompt: list[dict[str, str]]) -> str:
+    """A conversation's prompt (messages) as one text: what rows asking the same prompt share."""
+    return json.dumps(prompt, ensure_ascii=False, sort_keys=True)
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dict[str, str]],

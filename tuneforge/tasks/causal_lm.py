@@ -2,7 +2,6 @@
 answer (assistant) tokens; perplexity, and BLEU / ROUGE-L of generated answers."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -131,8 +130,7 @@ class Task:
         """A conversation's prompt: the messages before its last reply that trains (the same question with
         another answer is the same input, kept in one split as seq2seq's); a plain text whole."""
         item = self._messages(record, cfg, "")
-        return item if isinstance(item, str) else json.dumps(chat.split_reference(item)[0], ensure_ascii=False,
-                                                             sort_keys=True)
+        return item if isinstance(item, str) else chat.prompt_text(chat.split_reference(item)[0])
 
     def prompt_texts(self, record: Record, cfg: RunConfig) -> list[str]:
         """The user turns, and every text field of the row as it is (Alpaca's ``input`` holds a sentence that its
@@ -271,8 +269,8 @@ class Task:
         template = _template(tokenizer, meta)
         split = [chat.split_reference(layouts.to_messages(r, meta["format"], cfg.data, place("test split", i)))
                  for i, r in enumerate(raw)]
-        keys = [normalise(json.dumps(p, ensure_ascii=False, sort_keys=True)) for p, _ in split]
-        chosen = by_prompt(keys, [ref for _, ref in split], cfg.eval.generate_samples)
+        chosen = by_prompt([normalise(chat.prompt_text(p)) for p, _ in split], [ref for _, ref in split],
+                           cfg.eval.generate_samples)
         prompts, references = [split[i][0] for i, _ in chosen], [refs for _, refs in chosen]
         ids = [chat.prompt_ids(tokenizer, template, p, cfg.model.max_length) for p in prompts]
         outputs = generate_ids(model, tokenizer, ids, rt, Sampling(max_new_tokens=cfg.eval.max_new_tokens),
