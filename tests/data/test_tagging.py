@@ -167,3 +167,22 @@ def test_the_default_stride_fits_a_short_window_and_an_explicit_one_is_checked()
         assert windows != encode_words(bert, words, None, max_length, stride=expected - 2)
     with pytest.raises(ConfigError, match="stride 32 must be"):
         encode_words(bert, words, None, max_length=32, stride=32)
+
+
+def test_python_tokenizers_without_word_ids_are_aligned_word_by_word(tmp_path):
+    """BERTweet, PhoBERT, ESM, XLM tokenizers are Python-only in transformers 5.24: their encodings have no
+    word_ids(); each word owns the tokens its own tokenisation gives, as the tokenizer joins them."""
+    from transformers import BertweetTokenizer
+
+    (tmp_path / "vocab.txt").write_text("".join(f"{w} 1\n" for w in "Pe@@ ter New York in".split()))
+    (tmp_path / "bpe.codes").write_text("P e 1\nt e 1\nte r</w> 1\ni n</w> 1\n")
+    tok = BertweetTokenizer(str(tmp_path / "vocab.txt"), str(tmp_path / "bpe.codes"), normalization=False)
+    assert not tok.is_fast
+    words = ["Peter", "in", "New", "York", "Peter"]
+    (window,) = encode_words(tok, words, [1, 0, 2, 3, 1], max_length=64)
+    assert window["input_ids"] == tok(" ".join(words))["input_ids"]
+    assert window["word_ids"] == [None, 0, 0, 1, 2, 2, 2, 3, 3, 3, 3, 4, 4, None]  # New -> N@@ e@@ w (unknown)
+    assert window["labels"] == [IGNORE, 1, IGNORE, 0, 2, IGNORE, IGNORE, 3, IGNORE, IGNORE, IGNORE, 1, IGNORE,
+                                IGNORE]
+    windows = encode_words(tok, words, None, max_length=6, stride=1)
+    assert [w for win in windows for w in win["word_ids"] if w is not None][:3] == [0, 0, 1]

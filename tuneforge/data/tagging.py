@@ -57,24 +57,42 @@ def needs_word_spaces(tokenizer: PreTrainedTokenizerBase) -> bool:
     return cached
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> Any:
-    """Encoding of the whole sentence with special tokens; a word that yields no token (e.g. a zero-width
+def _encode(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> tuple[Any, list[int | None]]:
+    """Encoding of the whole sentence with special tokens, and its word id per token; a word that yields no token (e.g. a zero-width
     character BERT drops) is replaced by the unknown token so that every word keeps a label."""
-    def run(ws: Sequence[str]) -> Any:
+    def run(ws: Sequence[str]) -> tuple[Any, list[int | None]]:
         if needs_word_spaces(tokenizer):
             ws = [w if i == 0 else " " + w for i, w in enumerate(ws)]
-        return tokenizer(list(ws), is_split_into_words=True, add_special_tokens=True, verbose=False)
+        enc = tokenizer(list(ws), is_split_into_words=True, add_special_tokens=True, verbose=False,
+                        return_special_tokens_mask=not tokenizer.is_fast)
+        return enc, (enc.word_ids() if tokenizer.is_fast else _python_word_ids(tokenizer, enc, ws))
 
-    enc = run(words)
-    missing = set(range(len(words))) - {w for w in enc.word_ids() if w is not None}
+    enc, word_ids = run(words)
+    missing = set(range(len(words))) - {w for w in word_ids if w is not None}
     if missing:
         stand_in = tokenizer.unk_token or "_"
-        enc = run([stand_in if i in missing else w for i, w in enumerate(words)])
-        still = set(range(len(words))) - {w for w in enc.word_ids() if w is not None}
+        enc, word_ids = run([stand_in if i in missing else w for i, w in enumerate(words)])
+        still = set(range(len(words))) - {w for w in word_ids if w is not None}
         if still:
             i = min(still)
             raise ConfigError(f"word {i} ({words[i]!r}) yields no token even as {stand_in!r}; remove it from the data")
-    return enc
+    return enc, word_ids
+
+
+def _python_word_ids(tokenizer: PreTrainedTokenizerBase, enc: Any, words: Sequence[str]) -> list[int | None]:
+    """``word_ids()`` of a Python (slow) tokenizer's encoding, which lacks them (BERTweet, PhoBERT, ESM, XLM in
+    transformers 5.24): such a tokenizer encodes split words one by one and joins the tokens, so word ``i`` owns
+    the next ``len(tokenize(words[i]))`` tokens that are not special."""
+    counts = [len(tokenizer.tokenize(w)) for w in words]
+    content = [i for i, special in enumerate(enc["special_tokens_mask"]) if not special]
+    if len(content) != sum(counts):
+        raise ConfigError(f"{type(tokenizer).__name__} is a Python tokenizer whose encoding of split words is not "
+                          "its words' tokens in turn; token classification needs a fast tokenizer (tokenizer.json)")
+    out: list[int | None] = [None] * len(enc["input_ids"])
+    owners = (w for w, n in enumerate(counts) for _ in range(n))
+    for i, w in zip(content, owners):
+        out[i] = w
+    return out
 
 
 def window_spans(word_ids: Sequence[int], budget: int, stride: int) -> list[tuple[int, int]]:
@@ -118,8 +136,7 @@ def encode_words(tokenizer: PreTrainedTokenizerBase, words: Sequence[str], word_
         raise ValueError(f"{len(word_labels)} labels for {len(words)} words")
     if not words:
         return []
-    enc = _encode(tokenizer, words)
-    word_ids = enc.word_ids()
+    enc, word_ids = _encode(tokenizer, words)
     content = [i for i, w in enumerate(word_ids) if w is not None]
     first, last = content[0], content[-1] + 1  # special tokens before/after the words
     budget = max_length - first - (len(word_ids) - last)
