@@ -161,3 +161,15 @@ def test_a_folder_without_vocabulary_files_is_refused_and_a_sentencepiece_one_lo
                                              minloglevel=2)
     tok = load_tokenizer(folder)
     assert tok.unk_token_id not in tok("good movie")["input_ids"]
+
+
+@pytest.mark.parametrize("name", ["ByT5Tokenizer", "CanineTokenizer"])
+def test_a_tokenizer_without_vocabulary_files_loads(tmp_path, name):
+    """ByT5 and CANINE read bytes / characters: their folders (google/byt5-small) hold no vocabulary file."""
+    import transformers
+
+    from tuneforge.models import load_tokenizer
+
+    getattr(transformers, name)().save_pretrained(tmp_path)
+    tok = load_tokenizer(tmp_path)
+    assert tok.unk_token_id not in tok("Paris")["input_ids"] and len(tok("Paris", add_special_tokens=False)["input_ids"]) == 5

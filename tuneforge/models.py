@@ -26,8 +26,9 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrai
     except Exception as exc:  # transformers' conversions raise TypeError, KeyError ... on odd files
         raise ConfigError(f"cannot load a tokenizer from {path}: {(str(exc) or type(exc).__name__).splitlines()[0]}"
                           ) from None
-    files = {"tokenizer.json", *getattr(tok, "vocab_files_names", {}).values()}
-    if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in files):
+    needed = getattr(tok, "vocab_files_names", {}).values()  # none: bytes or characters (ByT5, CANINE)
+    files = {"tokenizer.json", *needed}
+    if needed and Path(path).is_dir() and not any((Path(path) / f).is_file() for f in files):
         raise ConfigError(f"cannot load a tokenizer from {path}: it holds none of the vocabulary files of its "
                           f"{type(tok).__name__} ({', '.join(sorted(files))}); transformers would build an empty "
                           "one that reads every word as unknown. Copy the model's tokenizer files into the folder")
