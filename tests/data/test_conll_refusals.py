@@ -73,3 +73,14 @@ def test_whitespace_around_a_tag_is_no_part_of_it():
     assert read_token_lists(rows, source="d.jsonl")[0]["tags"] == ["B-MOV", "I-MOV", "O"]
     with pytest.raises(ConfigError, match="is not a tag name"):
         read_token_lists([{"tokens": ["a"], "tags": ["  "]}], source="d.jsonl")
+
+
+def test_tags_with_the_scheme_letter_last_are_read_prefix_first(tmp_path, capsys):
+    """PER-B / LOC_I: read as they are, each would be an entity type of its own (two types per entity)."""
+    path = _write(tmp_path, "Peter PER-B\nBlackburn PER-I\nin O\nNew LOC_B\nYork LOC_I\n\nRome LOC-S\n")
+    assert [to_bio(r["tags"]) for r in read_conll(path)] == [["B-PER", "I-PER", "O", "B-LOC", "I-LOC"], ["B-LOC"]]
+    assert capsys.readouterr().err.splitlines()[0] == f"note: {path}: tags read with the scheme letter last " \
+                                                      "(LOC-S as S-LOC)"
+    rows = [{"tokens": ["Ann", "ran"], "tags": ["B-geo-loc", "O"]}, {"tokens": ["a", "b"], "tags": ["PER", "O"]}]
+    assert [r["tags"] for r in read_token_lists(rows[:1], source="d.jsonl")] == [["B-geo-loc", "O"]]
+    assert [r["tags"] for r in read_token_lists(rows[1:], source="d.jsonl")] == [["PER", "O"]]  # plain: as it is

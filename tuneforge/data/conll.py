@@ -187,6 +187,7 @@ def _note_scheme(records: list[Record], source: str) -> list[Record]:
     given the one entity type :data:`UNTYPED`; prints one note when that happens, one when some tags are read
     in IOB2's spelling (:func:`normal_tag`; one example per prefix spelling: ``S-LOC as B-LOC, E-LOC as I-LOC``)
     and one when entity types differ only in case (``PER``, ``per``: separate types)."""
+    _read_suffixes(records, source)
     bare = {t.upper() for r in records for t in r["tags"]} - {"O"}
     if bare and bare <= set(PREFIXES) and bare & {"B", "I"}:
         for r in records:
@@ -211,6 +212,24 @@ def _note_scheme(records: list[Record], source: str) -> list[Record]:
 
 
 _PREFIX_LIKE = re.compile(r"[A-Za-z][-_]\S+")  # X-MOV: a one-letter prefix and a type
+
+
+_SUFFIXED = re.compile(r"(\S+)[-_]([A-Za-z])")  # PER-B: a type, then a one-letter prefix
+
+
+def _read_suffixes(records: list[Record], source: str) -> None:
+    """Where every tag but O puts its scheme letter last (``PER-B``, ``LOC_I``) and not every one reads as
+    prefixed, the tags are rewritten prefix first (``B-PER``) with one note; read as they are, each would be an
+    entity type of its own."""
+    tags = {t for r in records for t in r["tags"]} - {"O", "o"}
+    found = [_SUFFIXED.fullmatch(t) for t in tags]
+    if not tags or not all(m and m[2].upper() in PREFIXES for m in found) or all(map(_prefixed, tags)):
+        return
+    for r in records:
+        r["tags"] = [t if t in ("O", "o") else f"{t[-1]}-{t[:-2]}" for t in r["tags"]]
+    example = sorted(tags)[0]
+    print(f"note: {source}: tags read with the scheme letter last ({example} as {example[-1]}-{example[:-2]})",
+          file=sys.stderr)
 
 
 def _refuse_odd_tags(records: list[Record], source: str) -> None:
