@@ -79,6 +79,25 @@ def test_merging_into_a_tied_output_layer_leaves_the_input_embedding_as_it_was(t
     assert torch.allclose(AutoModelForCausalLM.from_pretrained(tmp_path)(**batch).logits, before, atol=1e-5)
 
 
+def test_merging_into_bart_s_output_layer_keeps_its_encoder_and_decoder_embeddings(tmp_path):
+    """BART ties lm_head and both embed_tokens to ``shared`` through one config flag: with the flag off after the
+    merge, the folder lacked the two embed_tokens and transformers loaded them random (Pegasus, mBART too)."""
+    from transformers import AutoModelForSeq2SeqLM, BartConfig
+
+    from conftest import VOCAB
+    torch.manual_seed(0)
+    config = BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+                        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64)
+    model = _apply(AutoModelForSeq2SeqLM.from_config(config).eval(), rank=2, target_modules=["lm_head", "q_proj"])
+    _randomise_b(model)
+    batch = {"input_ids": tiny_batch()["input_ids"], "decoder_input_ids": tiny_batch(seed=2)["input_ids"]}
+    before = model(**batch).logits
+    lora.merge(model).save_pretrained(tmp_path)
+    loaded, info = AutoModelForSeq2SeqLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"]
+    assert torch.allclose(loaded.eval()(**batch).logits, before, atol=1e-5)
+
+
 def test_a_mamba_mixers_output_projection_is_never_a_target(capsys):
     """Falcon-H1's (Bamba's, Jamba's) fused scan reads ``mamba.out_proj.weight`` directly on a GPU, past any LoRA
     branch, and PEFT refuses the layer: the run's export did not load."""

@@ -154,10 +154,16 @@ def replace(root: nn.Module, name: str, new: nn.Module) -> None:
 def untie(model: nn.Module, module: nn.Module) -> bool:
     """Give ``module`` a weight of its own where it shares it with another module of ``model`` (a tied output
     layer and input embedding), so that merging an update into it leaves the other as it was; the model's config
-    then saves and loads the two apart. Returns whether it was shared."""
-    shared = sum(p is module.weight for _, p in model.named_parameters(remove_duplicate=False)) > 1
+    then saves and loads the two apart. Returns whether it was shared. The config's ``tie_word_embeddings`` also
+    ties BART's, Pegasus's and mBART's encoder and decoder embeddings to ``shared``: once it is off they load
+    from keys of their own, so each of the other holders gets its own copy too (saved once each)."""
+    weight = module.weight
+    holders = [(m, n) for m in model.modules() for n, p in m._parameters.items() if p is weight and m is not module]
+    shared = bool(holders)
     if shared:
-        module.weight = nn.Parameter(module.weight.detach().clone(), requires_grad=module.weight.requires_grad)
+        module.weight = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
+        for m, n in holders[1:]:
+            setattr(m, n, nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad))
         for config in {id(c): c for c in (getattr(model, "config", None),
                                           getattr(getattr(model, "config", None), "get_text_config", lambda: None)())
                        if c is not None}.values():
