@@ -53,6 +53,30 @@ def test_freeze_extra_modules():
     assert not any(".layer." in n for n in trainable)
 
 
+
+def test_freeze_extra_names_a_tied_module_or_a_dotted_path_below_the_root(capsys):
+    """GPT-2's lm_head shares wte's weight and BART's encoder.embed_tokens shares model.shared's: both were
+    refused as 'no module named'; a tied one trains the shared weight, with a note."""
+    from transformers import AutoModelForSeq2SeqLM, BartConfig
+
+    from conftest import tiny_causal_lm
+
+    def trainable(model, extra):
+        registry.apply(model, "freeze", registry.make_config("freeze", {"num_layers": 0, "extra": extra}))
+        return {n for n, p in model.named_parameters() if p.requires_grad}
+
+    assert trainable(tiny_causal_lm("gpt2"), ["lm_head"]) == {"transformer.wte.weight"}
+    assert capsys.readouterr().err == "note: lm_head.weight is tied to transformer.wte.weight: training it trains both\n"
+    bart = AutoModelForSeq2SeqLM.from_config(BartConfig(vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1,
+                                                        encoder_attention_heads=2, decoder_attention_heads=2,
+                                                        encoder_ffn_dim=32, decoder_ffn_dim=32))
+    assert trainable(bart, ["encoder.layernorm_embedding"]) == {"model.encoder.layernorm_embedding.weight",
+                                                                "model.encoder.layernorm_embedding.bias"}
+    assert trainable(bart, ["encoder.embed_tokens"]) == {"model.shared.weight"}
+    with pytest.raises(ConfigError, match="no module named 'coder.layernorm_embedding'"):  # whole name parts only
+        trainable(bart, ["coder.layernorm_embedding"])
+
+
 @pytest.mark.parametrize("options, message", [
     ({"num_layers": 5}, "has only 2 layers"), ({"layer_indices": [7]}, "out of range"),
     ({"extra": ["nosuch"]}, "no module named 'nosuch'"), ({"patterns": ["("]}, "invalid regex"),

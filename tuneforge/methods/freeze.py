@@ -4,6 +4,7 @@ decoder's."""
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,7 +30,7 @@ class Config:
     which: Literal["last", "first"] = "last"  # train the last or the first `num_layers` layers
     layer_indices: list[int] | None = None  # explicit layer indices (replaces num_layers/which); -1: the last
     patterns: list[str] = field(default_factory=list)  # regexes on parameter names that also train
-    extra: list[str] = field(default_factory=list)  # module names that also train, e.g. embeddings, norm, pooler
+    extra: list[str] = field(default_factory=list)  # modules that also train, by name or dotted path (embeddings, encoder.embed_tokens)
 
     def __post_init__(self) -> None:
         if self.num_layers is not None and self.num_layers < 0:
@@ -76,13 +77,15 @@ def apply(model: nn.Module, config: Config) -> nn.Module:
     chosen = set(selected_layers(sum(len(layers) for _, layers in stacks), config))
     regexes = [re.compile(p) for p in config.patterns]
     matched_extra, matched_patterns = set(), set()
-    selected = False
-    for name, p in model.named_parameters():
+    selected, first = False, {}  # first: id(parameter) -> its first name (a tied weight has several)
+    for name, p in model.named_parameters(remove_duplicate=False):
         idx = block_number(name, stacks)
-        parts = name.split(".")
-        hit_extra = [e for e in config.extra if e in parts or name.startswith(e + ".")]
+        hit_extra = [e for e in config.extra if f".{e}." in f".{name}."]  # whole name parts: embed_tokens, encoder.x
         hit_patterns = [r.pattern for r in regexes if r.search(name)]
         matched_extra.update(hit_extra)
+        owner = first.setdefault(id(p), name)
+        if (hit_extra or hit_patterns) and owner != name and not p.requires_grad:
+            print(f"note: {name} is tied to {owner}: training it trains both", file=sys.stderr)
         if not p.requires_grad:  # a pattern that only names what trains anyway (the task head) selects nothing
             matched_patterns.update(hit_patterns)
         if (idx is not None and idx in chosen) or hit_patterns or hit_extra:
