@@ -66,7 +66,8 @@ def test_freeze_extra_names_a_tied_module_or_a_dotted_path_below_the_root(capsys
         return {n for n, p in model.named_parameters() if p.requires_grad}
 
     assert trainable(tiny_causal_lm("gpt2"), ["lm_head"]) == {"transformer.wte.weight"}
-    assert capsys.readouterr().err == "note: lm_head.weight is tied to transformer.wte.weight: training it trains both\n"
+    assert capsys.readouterr().err == ("note: lm_head.weight is tied to transformer.wte.weight: training it trains "
+                                       "both\n")
     bart = AutoModelForSeq2SeqLM.from_config(BartConfig(vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1,
                                                         encoder_attention_heads=2, decoder_attention_heads=2,
                                                         encoder_ffn_dim=32, decoder_ffn_dim=32))

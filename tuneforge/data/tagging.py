@@ -58,8 +58,8 @@ def needs_word_spaces(tokenizer: PreTrainedTokenizerBase) -> bool:
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> tuple[Any, list[int | None]]:
-    """Encoding of the whole sentence with special tokens, and its word id per token; a word that yields no token (e.g. a zero-width
-    character BERT drops) is replaced by the unknown token so that every word keeps a label."""
+    """Encoding of the whole sentence with special tokens, and its word id per token; a word that yields no token
+    (e.g. a zero-width character BERT drops) is replaced by the unknown token so that every word keeps a label."""
     def run(ws: Sequence[str]) -> tuple[Any, list[int | None]]:
         if needs_word_spaces(tokenizer):
             ws = [w if i == 0 else " " + w for i, w in enumerate(ws)]

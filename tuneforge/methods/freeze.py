@@ -30,7 +30,7 @@ class Config:
     which: Literal["last", "first"] = "last"  # train the last or the first `num_layers` layers
     layer_indices: list[int] | None = None  # explicit layer indices (replaces num_layers/which); -1: the last
     patterns: list[str] = field(default_factory=list)  # regexes on parameter names that also train
-    extra: list[str] = field(default_factory=list)  # modules that also train, by name or dotted path (embeddings, encoder.embed_tokens)
+    extra: list[str] = field(default_factory=list)  # modules that also train: embeddings, encoder.embed_tokens
 
     def __post_init__(self) -> None:
         if self.num_layers is not None and self.num_layers < 0:
