@@ -280,3 +280,17 @@ def test_a_test_input_given_several_outputs_is_generated_once_and_scored_against
     assert m["generated"] == 2 and m["samples"][0]["references"] == ["yes .", "yes yes ."]
     answers = [s["generated"] for s in m["samples"]]
     assert m["bleu"] == pytest.approx(bleu(answers, [["yes .", "yes yes ."], ["no ."]]))
+
+
+def test_generation_stops_at_the_decoders_position_table(tmp_path):
+    """BART's decoder embeds at most max_position_embeddings positions (64 here): asking for 100 new tokens died
+    with an IndexError in train's evaluation and in predict."""
+    from tuneforge.tasks.seq2seq import generate_outputs
+
+    folder = seq2seq_folder(tmp_path / "bart", "bart")
+    model, tok = AutoModelForSeq2SeqLM.from_pretrained(folder), load_tokenizer(folder)
+    model.generation_config.eos_token_id = None  # never stops early: every output is as long as allowed
+    inputs = [tok("say hello")["input_ids"]]
+    start = {"decoder_start": model.config.decoder_start_token_id}
+    (out,) = generate_outputs(model, tok, inputs, CPU, start, max_new_tokens=100, batch_size=1)
+    assert len(tok(out, add_special_tokens=False)["input_ids"]) == 64

@@ -21,7 +21,7 @@ from tuneforge.data.pairs import decoding, encode_pairs, encoder_ids, source_tar
 from tuneforge.data.readers import place, read_records
 from tuneforge.data.dataset import normalise
 from tuneforge.evaluate import by_prompt, generation_metrics, sample
-from tuneforge.models import autocast, load_pretrained, pretrained_config
+from tuneforge.models import autocast, load_pretrained, position_limit, pretrained_config
 from tuneforge.progress import bar as progress_bar
 from tuneforge.tasks import Example, Prepared, Record, Runtime, lm_head, one_line, token_loss
 from tuneforge.tasks import seq2seq_head as head_only
@@ -52,7 +52,9 @@ def generate_outputs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, input
     generation settings otherwise (e.g. mBART-50's forced language token)."""
     model.eval()
     config = copy.deepcopy(model.generation_config)
-    config.update(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, max_length=None, min_length=0,
+    limit = position_limit(model)  # a learned decoder position table (BART: 1,024): the start token and new ones
+    config.update(do_sample=False, num_beams=1, max_length=None, min_length=0,
+                  max_new_tokens=min(max_new_tokens, limit) if limit is not None else max_new_tokens,
                   decoder_start_token_id=meta["decoder_start"])
     out: list[str] = [""] * len(inputs)
     lengths = [len(x) for x in inputs]
