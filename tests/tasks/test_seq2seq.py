@@ -169,6 +169,21 @@ def test_an_mbart_decoder_generates_from_where_it_trained(tmp_path):
     assert run.meta["last_first"] and run.meta["decoder_start"] == run.tokenizer.convert_tokens_to_ids("<|system|>")
     outputs = [p["output"] for p in run.predict([q for q, _ in QA])]
     assert sum(o == a for o, (_, a) in zip(outputs, QA)) >= 12
+    merged = AutoModelForSeq2SeqLM.from_pretrained(run.merge(tmp_path / "merged")).eval()  # its generate() too
+    enc = run.tokenizer([q for q, _ in QA], return_tensors="pt", padding=True)
+    new = merged.generate(**enc, max_new_tokens=6, do_sample=False, num_beams=1)
+    assert [t.strip() for t in run.tokenizer.batch_decode(new, skip_special_tokens=True)] == outputs
+
+
+
+def test_an_mbart_peft_export_says_where_its_decoder_starts(tmp_path):
+    """The base folder's generation config starts mBART's decoder at EOS, not where the adapter trained."""
+    from tuneforge.export import export
+    cfg = _cfg(tmp_path, seq2seq_folder(tmp_path / "mbart", "mbart"), method={"name": "lora"},
+               train={"epochs": None, "max_steps": 1}, eval={"generate_samples": 0, "before": False})
+    run = load(train(cfg, progress=False).run_dir, "cpu")
+    readme = (export(run, tmp_path / "peft", "peft") / "README.md").read_text()
+    assert f"Generate with `decoder_start_token_id={run.meta['decoder_start']}`" in readme
 
 
 def test_forgetting_is_measured_on_reference_pairs(tmp_path):

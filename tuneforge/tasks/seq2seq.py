@@ -160,8 +160,9 @@ class Task:
         c = model.config
         if c.pad_token_id is None:
             c.pad_token_id = pad_id
-        if c.decoder_start_token_id is None:  # a folder naming it in generation_config.json only; mBART-cc25
-            c.decoder_start_token_id = meta["decoder_start"]
+        if c.decoder_start_token_id is None or meta["last_first"]:  # mBART-cc25: the output's language code, as
+            c.decoder_start_token_id = meta["decoder_start"]  # trained (config.json may name EOS or nothing); a
+            model.generation_config.decoder_start_token_id = c.decoder_start_token_id  # merged folder keeps it
         return model, fresh
 
     def packing_ok(self, model: nn.Module, examples: list[Example], rt: Runtime) -> bool:
