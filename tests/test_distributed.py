@@ -149,8 +149,16 @@ def _one_training_example(root: Path) -> tuple[str, Path, list[str]]:
     return "causal_lm", root / "few.jsonl", ["data.split=[0.25,0.0,0.75]"]
 
 
+def _regularised_under_fsdp(root: Path) -> tuple[str, Path, list[str]]:
+    pd.DataFrame(sentiment_rows(40)).to_csv(root / "ok.csv", index=False)
+    return "classification", root / "ok.csv", ["train.distributed=fsdp", "forgetting.regularize.kind=l2sp",
+                                               "forgetting.regularize.strength=1"]
+
+
 BAD = {"a blank label": (_blank_label, "bad.csv, row 8: the label (column 'label') is blank"),
-       "one training example": (_one_training_example, "1 training examples cannot be shared by 2 processes")}
+       "one training example": (_one_training_example, "1 training examples cannot be shared by 2 processes"),
+       "regularisation under FSDP2": (_regularised_under_fsdp, "forgetting.regularize needs whole (unsharded) "
+                                                                "weights")}
 
 
 @pytest.mark.parametrize("case", BAD)

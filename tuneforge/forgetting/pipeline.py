@@ -110,8 +110,11 @@ def probe_overlap(probes: list[Probe], task: Task, cfg: RunConfig, records: dict
 
 
 def check_sources(cfg: RunConfig, task: Task) -> None:
-    """Read and check the replay and reference data (as :func:`mix_replay` and the reference probe will)."""
+    """Read and check the replay and reference data (as :func:`mix_replay` and the reference probe will), and
+    that regularisation has whole weights (every rank meets these errors in set-up: one error line)."""
     f = cfg.forgetting
+    if f.regularize.kind != "none" and f.regularize.strength != 0 and cfg.train.distributed == "fsdp":
+        raise ConfigError("forgetting.regularize needs whole (unsharded) weights: use train.distributed=ddp")
     for key, name in (("forgetting.replay.data", f.replay.data if f.replay.ratio else None),
                       ("forgetting.reference", f.reference)):
         if name not in (None, "none", "self"):
@@ -171,8 +174,6 @@ def regularizers(cfg: RunConfig, model: nn.Module, pretrained: set[str], heads: 
     g = cfg.forgetting.regularize
     if g.kind == "none" or g.strength == 0:
         return ()
-    if cfg.train.distributed == "fsdp":
-        raise ConfigError("forgetting.regularize needs whole (unsharded) weights: use train.distributed=ddp")
     if g.kind == "l2sp":
         return (L2SP(model, g.strength, exclude=heads, pretrained=pretrained),)
     if probe is None:
