@@ -171,6 +171,21 @@ def test_resume_refuses_when_the_data_changed_since_the_run_started(setup, tmp_p
     assert (run / "checkpoint.safetensors").is_file()  # nothing lost: the run resumes once the data is restored
 
 
+def test_resume_refuses_when_the_replay_data_changed_since_the_run_started(setup, tmp_path, capsys):
+    """The resumed run read forgetting.replay.data afresh: its later steps trained on other rows."""
+    root, model, data = setup
+    replay = tmp_path / "replay.csv"
+    pd.DataFrame(sentiment_rows(32, seed=3)).to_csv(replay, index=False)
+    run = tmp_path / "run"
+    args = ["train", "--model", model, "--data", data, "-o", run, *SETTINGS, *METHODS["lora"],
+            f"forgetting.replay.data={replay}", "forgetting.replay.ratio=0.5"]
+    assert killed(args, "checkpoint-saved", tmp_path / "child.log") == -signal.SIGKILL
+    pd.DataFrame(sentiment_rows(4, seed=5)).to_csv(replay, mode="a", header=False, index=False)
+    capsys.readouterr()
+    assert main(["train", "--resume", run]) == 2
+    assert "its forgetting.replay.data data changed since the run started" in capsys.readouterr().err
+
+
 def test_resume_refuses_when_the_base_model_changed_since_the_run_started(setup, tmp_path, capsys):
     """A model folder retrained (or a Hub snapshot updated) between the kill and the resume was continued in
     silence: the checkpoint's LoRA weights went on over other base weights."""
@@ -240,6 +255,16 @@ def test_the_resume_check_stores_a_missing_split_and_refuses_a_different_one(tmp
     checkpoint.start_resume(tmp_path, manifest)  # the same split: fine
     with pytest.raises(ConfigError, match="data changed since the run started"):
         checkpoint.start_resume(tmp_path, {**manifest, "test": [[0, 2]], "train": [[0, 0], [0, 1]]})
+    checkpoint.start_resume(tmp_path, {**manifest, "forgetting": {"forgetting.replay.data": "cd"}})  # stored before
+    other = tmp_path / "other"  # replay and reference data are in split.json since 2026-12-07
+    other.mkdir()
+    replayed = {**manifest, "forgetting": {"forgetting.replay.data": "cd"}}
+    checkpoint.start_resume(other, replayed)
+    with pytest.raises(ConfigError, match="its forgetting.replay.data data changed since the run started"):
+        checkpoint.start_resume(other, {**manifest, "forgetting": {"forgetting.replay.data": "ef"}})
+    with pytest.raises(ConfigError, match="its forgetting.reference data changed since the run started"):
+        checkpoint.start_resume(other, {**replayed, "forgetting": {**replayed["forgetting"],
+                                                                   "forgetting.reference": "chitchat"}})
 
 
 def test_a_killed_merge_leaves_the_earlier_merged_folder_whole(setup, straight, tmp_path, capsys):

@@ -63,23 +63,44 @@ def run_dir_path(output_dir: str | None, method: str, overwrite: bool = False) -
     return path
 
 
-_REPLACED: dict[Path, Path] = {}  # run directory -> the run it replaces (--overwrite), set aside until training
+_REPLACED: dict[Path, tuple[Path | None, bool]] = {}  # run dir -> (the run it replaces, set aside until
+# training; whether the folder was there, empty, before)
 
 
 def create_run_dir(path: Path, overwrite: bool, cfg: RunConfig) -> Path:
     """Make the run directory with its marker and ``config.yaml`` (replacing a tuneforge folder only with
-    ``overwrite``). A replaced run is only set aside: :func:`discard_on_error` brings it back if the new run
-    fails before training, and removes it once training starts."""
+    ``overwrite``). A replaced run is only set aside: it comes back if the new run fails before training
+    (:func:`discard_on_error`), and is removed once training starts."""
     check_replaceable(path, overwrite, "run directory", "run")
     clean_siblings(path)  # an earlier replaced run a crash left behind
-    if path.exists() and any(path.iterdir()):
-        _REPLACED[path.resolve()] = set_aside(path)
-    fresh_folder(path, overwrite, "run", "run directory")
-    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    atomic_write_text(path / "config.yaml", text)
-    resume_check.started(path, text)
-    crash_point("run-dir-created")
+    existed = path.is_dir() and not any(path.iterdir())  # an empty folder of the user's (-o .): kept on failure
+    replaced = set_aside(path) if path.exists() and any(path.iterdir()) else None
+    try:
+        fresh_folder(path, overwrite, "run", "run directory")
+        text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+        atomic_write_text(path / resume_check.STARTED, text)
+        atomic_write_text(path / "config.yaml", text)
+        resume_check.started(path, text)
+        crash_point("run-dir-created")
+    except BaseException:  # interrupted here: the replaced run comes back at once
+        _remove_new(path, existed)
+        if replaced is not None:
+            put_back(replaced, path)
+        raise
+    _REPLACED[path.resolve()] = (replaced, existed)
     return path
+
+
+def _remove_new(path: Path, existed: bool) -> None:
+    """Remove a run directory that never trained; only what it holds where the folder was there before."""
+    if not existed:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for child in list(path.iterdir()) if path.is_dir() else []:
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def save_run(run_dir: Path, cfg: RunConfig, meta: dict[str, Any], model: nn.Module, tokenizer: Any,
@@ -104,6 +125,7 @@ def finish_run(run_dir: Path) -> None:
     """The run is complete: drop its resumable checkpoint (``metrics.json`` was written before)."""
     crash_point("before-checkpoint-removed")
     (run_dir / RESUME).unlink(missing_ok=True)
+    (run_dir / resume_check.STARTED).unlink(missing_ok=True)
     best_weights.remove_all(run_dir)
     clean_partial(run_dir)
 
@@ -205,9 +227,15 @@ def start_resume(run_dir: Path, manifest: dict[str, Any] | None = None) -> None:
     path = run_dir / SPLIT
     if not path.is_file():
         save_json(manifest, path, compact=True)
-    elif json.loads(path.read_text()) != json.loads(json.dumps(manifest, default=float)):
-        raise ConfigError(f"cannot resume {run_dir}: its data changed since the run started (the split differs "
-                          f"from its {SPLIT}); restore the data it started with, or start a new run")
+        return
+    then, now = json.loads(path.read_text()), json.loads(json.dumps(manifest, default=float))
+    other = now.pop("forgetting", {}), then.pop("forgetting", None)  # None: a run started before it was stored
+    changed = [k for k in sorted(other[0].keys() | (other[1] or {}).keys())
+               if other[1] is not None and other[0].get(k) != other[1].get(k)]
+    if then != now or changed:
+        what = (f"its {changed[0]} data changed since the run started" if then == now else
+                f"its data changed since the run started (the split differs from its {SPLIT})")
+        raise ConfigError(f"cannot resume {run_dir}: {what}; restore the data it started with, or start a new run")
 
 
 def resume_config(run_dir: Path) -> RunConfig:
@@ -224,7 +252,8 @@ def resume_config(run_dir: Path) -> RunConfig:
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"cannot resume {run_dir}: it holds no config.yaml (not a tuneforge run directory, or "
                           "killed while being created: start it again with --overwrite)")
-    then = None
+    started = run_dir / resume_check.STARTED  # before the first checkpoint: the config as the run started
+    then = started.read_text(encoding="utf-8") if started.is_file() else None
     if (run_dir / RESUME).is_file():
         try:
             with safe_open(str(run_dir / RESUME), "pt") as f:
@@ -236,7 +265,7 @@ def resume_config(run_dir: Path) -> RunConfig:
         if world != distributed.current().world:
             raise ConfigError(f"{run_dir} was trained with {world} process(es); resume it with the same number "
                               f"(torchrun --nproc_per_node=...), not {distributed.current().world}")
-        then = state.get("config_yaml")
+        then = state.get("config_yaml") or then
     now = (run_dir / "config.yaml").read_text(encoding="utf-8")
     resume_check.refuse_edited(run_dir, then, now)
     cfg = stored_config(run_dir)
@@ -282,12 +311,12 @@ def as_trained(cfg: RunConfig, written: Any) -> RunConfig:
 def discard_on_error(path: Path | None) -> Iterator[None]:
     """Remove the new run directory ``path`` if the block fails (a run that never started training), and
     bring back the run it replaced (``--overwrite``); once the block succeeds the replaced run is removed."""
-    replaced = _REPLACED.pop(path.resolve(), None) if path is not None else None
+    replaced, existed = _REPLACED.pop(path.resolve(), (None, False)) if path is not None else (None, False)
     try:
         yield
     except BaseException:
         if path is not None:
-            shutil.rmtree(path, ignore_errors=True)
+            _remove_new(path, existed)
             resume_check.discarded()
             if replaced is not None:
                 put_back(replaced, path)

@@ -16,6 +16,7 @@ import yaml
 from tuneforge.config import ConfigError, load_config
 
 RESUME = "checkpoint.safetensors"  # resumable training state, deleted when the run finishes
+STARTED = ".config-started.yaml"  # config.yaml as the run started, for a resume before the first checkpoint
 
 _RUN: list[tuple[Path, str]] = []  # (run directory, its config.yaml as the run started or resumed)
 

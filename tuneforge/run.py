@@ -30,6 +30,7 @@ from tuneforge.data.batching import Shapes
 from tuneforge.data.dataset import Splits, prepare
 from tuneforge.data.dataset import warnings as dataset_warnings
 from tuneforge.data.readers import data_bytes
+from tuneforge.data.templates import stored_template
 from tuneforge.files import output_folder
 from tuneforge.forgetting import pipeline as forgetting
 from tuneforge.forgetting.interpolate import start_weights
@@ -84,8 +85,9 @@ def resolve_config(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list
 
 
 def _absolute_paths(cfg: RunConfig) -> None:
-    """Local model folders and data files given relative to the working directory are stored absolute, so the
-    run is resumed, evaluated, exported and merged from anywhere. Embedded names (and ``self``/``none``) stay."""
+    """Local model folders and data files given relative to the working directory are stored absolute, and a
+    template file as its text, so the run is resumed, evaluated, exported and merged from anywhere. Embedded
+    names (and ``self``/``none``) stay."""
     def local(value: str | None, named: bool = False) -> str | None:
         if not value or named or value in ("self", "none") or not Path(value).expanduser().exists():
             return value  # a missing path keeps its own error message, with the path as given
@@ -97,6 +99,7 @@ def _absolute_paths(cfg: RunConfig) -> None:
     d.train_file, d.validation_file, d.test_file = (local(x) for x in (d.train_file, d.validation_file, d.test_file))
     f.replay.data = local(f.replay.data, embedded.is_embedded(f.replay.data or ""))
     f.reference = local(f.reference, embedded.is_embedded(f.reference or ""))
+    d.template = stored_template(d.template)
 
 
 @dataclass
@@ -132,18 +135,20 @@ def _train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | 
         if data_bytes(cfg.data) >= LARGE_DATA:  # reading, checking, splitting and tokenising: 200k rows took a minute
             say(f"reading, checking and tokenising {cfg.data.train_file or cfg.data.dataset} ...", file=sys.stderr)
         s = distributed.agree(lambda: _setup(cfg, task, base, device, prev))
+        manifest = {**s.splits.manifest(), "forgetting": forgetting.source_digests(cfg)}  # split.json
         if d.main and resume is None:
             checkpoint.create_run_dir(run_dir, overwrite, cfg)
-            checkpoint.save_json(s.splits.manifest(), run_dir / checkpoint.SPLIT, compact=True)
-            if prev is None:  # a sequential run's base is task 1's model, merged again on resume
-                checkpoint.save_json(resume_check.base_record(base), run_dir / resume_check.BASE)
-        elif d.main:
-            checkpoint.start_resume(run_dir, s.splits.manifest())
-            resume_check.refuse_changed_base(run_dir, base)
-        distributed.barrier()
-        for line in dataset_warnings(s.splits, s.data, cfg.model.max_length):
-            warn(line, file=sys.stderr)
         with checkpoint.discard_on_error(run_dir if resume is None and d.main else None):
+            if d.main and resume is None:
+                checkpoint.save_json(manifest, run_dir / checkpoint.SPLIT, compact=True)
+                if prev is None:  # a sequential run's base is task 1's model, merged again on resume
+                    checkpoint.save_json(resume_check.base_record(base), run_dir / resume_check.BASE)
+            elif d.main:
+                checkpoint.start_resume(run_dir, manifest)
+                resume_check.refuse_changed_base(run_dir, base)
+            distributed.barrier()
+            for line in dataset_warnings(s.splits, s.data, cfg.model.max_length):
+                warn(line, file=sys.stderr)
             before = _before(cfg, task, s, run_dir, say, progress)
             probes = forgetting.probes_for(cfg, task, s.prev, s.heads, s.tokenizer, s.rt, s.data.meta, s.model)
             for line in forgetting.probe_overlap(probes, task, cfg, s.splits.records):

@@ -40,6 +40,16 @@ def own_template(tokenizer: PreTrainedTokenizerBase) -> str | None:
     return own if isinstance(own, str) and own else None
 
 
+def stored_template(name: str | None) -> str | None:
+    """``data.template`` as a run's config.yaml stores it: a .jinja file as its text (inline Jinja), so the run
+    reloads, evaluates and resumes with the template it trained with from any working directory, whatever later
+    becomes of the file; names and inline Jinja as they are."""
+    if not name or name in TEMPLATES or "{{" in name or "{%" in name or not Path(name).expanduser().is_file():
+        return name
+    text = Path(name).expanduser().read_text(encoding="utf-8")
+    return text if "{{" in text or "{%" in text else str(Path(name).expanduser().resolve())
+
+
 def resolve_template(tokenizer: PreTrainedTokenizerBase, name: str | None, system: str | None = None) -> str:
     """The Jinja chat template to use: a named one (alpaca, plain, or one of the tokenizer's named templates), a
     .jinja file or inline Jinja from ``data.template``; else the tokenizer's own. A model with neither is a

@@ -3,7 +3,9 @@ data mixed into the training split, the L2-SP / EWC regulariser for the loop, an
 the start after it."""
 from __future__ import annotations
 
+import hashlib
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
@@ -115,10 +117,23 @@ def check_sources(cfg: RunConfig, task: Task) -> None:
     f = cfg.forgetting
     if f.regularize.kind != "none" and f.regularize.strength != 0 and cfg.train.distributed == "fsdp":
         raise ConfigError("forgetting.regularize needs whole (unsharded) weights: use train.distributed=ddp")
-    for key, name in (("forgetting.replay.data", f.replay.data if f.replay.ratio else None),
-                      ("forgetting.reference", f.reference)):
-        if name not in (None, "none", "self"):
-            _records(key, name, task, cfg)
+    for key, name in _sources(cfg):
+        _records(key, name, task, cfg)
+
+
+def _sources(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(setting, data set or file) of the replay and reference data a run reads."""
+    f = cfg.forgetting
+    named = (("forgetting.replay.data", f.replay.data if f.replay.ratio else None),
+             ("forgetting.reference", f.reference))
+    return [(key, name) for key, name in named if name not in (None, "none", "self")]
+
+
+def source_digests(cfg: RunConfig) -> dict[str, str]:
+    """Setting -> sha256 of the replay / reference file it names (an embedded set: its name), for ``split.json``:
+    a resumed run whose replay data changed would train on other rows than its checkpoint's."""
+    return {key: hashlib.sha256(Path(name).read_bytes()).hexdigest() if Path(name).is_file() else name
+            for key, name in _sources(cfg)}
 
 
 def _records(key: str, name: str, task: Task, cfg: RunConfig) -> tuple[list[dict[str, Any]], list[str]]:
