@@ -25,6 +25,9 @@ def test_integer_labels_of_a_datasets_parquet_file_take_their_class_names(tmp_pa
     path = _parquet(tmp_path / "d.parquet", pa.table({"sentence": ["good", "bad", "?"], "label": [1, 0, -1]}), features)
     rows = TASK.read_source(path, load_config(None, {}))
     assert [(r["text"], r["label"]) for r in rows] == [("good", "pos"), ("bad", "neg"), ("?", None)]  # -1: none
+    with_null = pa.table({"sentence": ["good", "bad", "?"], "label": pa.array([1, 0, None], pa.int64())})
+    rows = TASK.read_source(_parquet(tmp_path / "n.parquet", with_null, features), load_config(None, {}))
+    assert [r["label"] for r in rows][:2] == ["pos", "neg"]  # a null made pandas read floats: 1.0 is still "pos"
 
 
 @pytest.mark.parametrize("columns, data, expected", [

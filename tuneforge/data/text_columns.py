@@ -17,8 +17,10 @@ PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("questio
 
 
 def named(value: Any, names: list[str] | None) -> Any:
-    """An integer class id as its name (an id outside ``names``, such as -1, as None); anything else as it is."""
-    i = as_int(value)
+    """An integer class id as its name (an id outside ``names``, such as -1, as None); anything else as it is. A
+    whole float is an id too: pandas reads a ClassLabel column holding a null as floats (1.0)."""
+    whole = type(value).__name__.startswith("float") and float(value).is_integer()  # float, numpy.float64
+    i = int(value) if whole and names is not None else as_int(value)
     if names is None or i is None:
         return value
     return names[i] if 0 <= i < len(names) else None
