@@ -327,3 +327,22 @@ def test_the_readme_loads_a_decoder_classifier_with_the_pad_id_it_trained_with(t
     plain = _fake_run(tmp_path / "plain", "lora", "llama", {"rank": 4}, ("score",), "SEQ_CLS", padding_with(0))
     plain.meta = {"labels": ["neg", "pos"]}
     assert "pad_token_id" not in (export_peft(plain, tmp_path / "plain-out") / "README.md").read_text()
+
+
+@PEFT_WARNINGS
+@torch.no_grad()
+def test_the_readme_loads_a_base_whose_own_head_has_another_label_count(tmp_path):
+    """An SST-2 or NLI checkpoint (2 or 3 labels) trained on another label count: the README's line stopped with
+    transformers' 'You set ignore_mismatched_sizes to False'."""
+    run = _fake_run(tmp_path, "lora", "bert", CASES["lora"][1], ("classifier",), "SEQ_CLS",
+                    lambda family: tiny_classifier(family, 3))
+    _randomise(run.model)
+    run.meta = {"labels": ["neg", "neutral", "pos"]}
+    tiny_classifier("bert", num_labels=2).save_pretrained(tmp_path / "sst2")  # the base: a 2-label classifier
+    run.cfg.model.name = str(tmp_path / "sst2")
+    readme = (export_peft(run, tmp_path / "out") / "README.md").read_text()
+    load = re.search(r"base = AutoModelForSequenceClassification\.from_pretrained\((.*)\)\n", readme)[1]
+    base = eval(f"AutoModelForSequenceClassification.from_pretrained({load})")  # the README's own line
+    theirs = PeftModel.from_pretrained(base, tmp_path / "out").eval()
+    batch = tiny_batch()
+    torch.testing.assert_close(theirs(**batch).logits, run.model(**batch).logits, **TOL)

@@ -62,6 +62,8 @@ def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
     pad, config = run.tokenizer.pad_token_id, pretrained_config(base)
     if labels and pad is not None and config is not None and getattr(config, "pad_token_id", None) != pad:
         extra += f", pad_token_id={pad}"  # as trained: a decoder's classifier finds a row's end by the pad id
+    if labels and config is not None and getattr(config, "num_labels", len(labels)) != len(labels):
+        extra += ", ignore_mismatched_sizes=True"  # the base's own head (SST-2's 2 labels): the adapter brings one
     note, lines = peft_format.notes(adapter_config, task_type, last_token_head=hasattr(run.model, "score"))
     if run.meta.get("last_first"):  # mBART-cc25: the base folder's generation config starts elsewhere
         note += (f"\nGenerate with `decoder_start_token_id={run.meta['decoder_start']}`: the decoder starts from the "
