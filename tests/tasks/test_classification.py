@@ -179,11 +179,14 @@ def test_one_label_names_the_file(tmp_path):
 
 def test_labels_that_are_nearly_all_different_are_refused_as_regression(tmp_path):
     rows = [{"text": f"text {i}", "label": round(0.01 * i, 2)} for i in range(60)]
-    with pytest.raises(ConfigError, match="different labels in .* training examples; .*regression"):
+    with pytest.raises(ConfigError, match="holds 60 different labels in 60 examples; .*regression"):
         _prepare(tmp_path, rows)
     many = [{"text": f"text {i}", "label": f"intent {i % 25}"} for i in range(100)]  # 25 labels, 4 each: fine
     splits, data = _prepare(tmp_path, many, "many.jsonl")
     assert len(data.meta["labels"]) == 25
+    few = [{"text": f"text {i}", "label": f"intent {i % 30}"} for i in range(90)]  # 3 each: 1 of each trains
+    splits, data = _prepare(tmp_path, few, "few.jsonl")
+    assert len(data.meta["labels"]) == 30 and len(data.train) == 30
 
 
 def test_one_class_however_its_label_is_spelled(tmp_path):

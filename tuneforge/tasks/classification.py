@@ -127,9 +127,10 @@ class Task:
         if len(names) < 2:
             raise ConfigError(f"{_source(cfg)}: column '{label}' has a single label ({names[0]}); "
                               "classification needs two or more")
-        n = len(records["train"])
-        if n >= 20 and len(names) > 0.8 * n:  # nearly every example its own label
-            raise ConfigError(f"{_source(cfg)}: column '{label}' holds {len(names)} different labels in {n} training "
+        every = [r[label] for split in records.values() for r in split]  # not the split alone: 3 rows per label
+        n, distinct = len(every), len(label_names(every))  # leave 1 per label for training
+        if n >= 20 and distinct > 0.8 * n:  # nearly every example its own label
+            raise ConfigError(f"{_source(cfg)}: column '{label}' holds {distinct} different labels in {n} "
                               "examples; a classifier needs each label on several examples (a number to predict, "
                               "like a score, is regression, which tuneforge does not train)")
         cased = [g for g in {n.lower(): [m for m in names if m.lower() == n.lower()] for n in names}.values()
