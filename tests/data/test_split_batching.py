@@ -4,7 +4,7 @@ from collections import Counter
 import torch
 
 from tuneforge.data.batching import Shapes, batch_order, collate, collate_packed, iterate, round_up
-from tuneforge.data.split import split
+from tuneforge.data.split import sample, split
 
 
 def test_split_is_seeded_stratified_and_complete():
@@ -15,6 +15,19 @@ def test_split_is_seeded_stratified_and_complete():
     assert Counter(r["y"] for r in va) == {"a": 8, "b": 2}
     assert split(items, [0.8, 0.1, 0.1], seed=3, key=lambda r: r["y"]) == (tr, va, te)
     assert split(items, [0.8, 0.1, 0.1], seed=4, key=lambda r: r["y"])[0] != tr
+
+
+def test_a_sample_keeps_each_class_in_proportion_and_every_class_it_can():
+    """data.max_examples of a data.train_file: an unstratified sample of 40 rows of 20 classes lost some classes,
+    and the run then stopped because validation rows held labels 'never seen in training'."""
+    keys = [f"c{i % 20}" for i in range(200)]
+    picked = sample(keys, 40, seed=42)
+    assert len(picked) == 40 and Counter(keys[i] for i in picked) == {f"c{i}": 2 for i in range(20)}
+    assert picked == sorted(picked) == sample(keys, 40, seed=42) != sample(keys, 40, seed=1)  # in file order, seeded
+    skewed = ["a"] * 90 + ["b"] * 9 + ["c"]
+    assert Counter(skewed[i] for i in sample(skewed, 10, seed=1)) == {"a": 8, "b": 1, "c": 1}
+    assert Counter(skewed[i] for i in sample(skewed, 2, seed=1)) == {"a": 1, "b": 1}  # too few for every class
+    assert len(sample([None] * 10, 3, seed=1)) == 3  # no strata (causal LM): a plain seeded sample
 
 
 def test_length_grouping_cuts_padding_and_covers_every_example():

@@ -257,3 +257,13 @@ def test_a_prediction_line_shows_every_class_of_a_few_and_the_likeliest_of_many(
     assert task.describe(few) == "b\ta=0.250  b=0.750\tt"
     many = {"text": "t", "label": "c7", "probabilities": {f"c{i}": i / 28 for i in range(8)}}
     assert task.describe(many) == "c7\tc7=0.250  c6=0.214  c5=0.179  c4=0.143  c3=0.107  (+3 more)\tt"
+
+
+def test_max_examples_of_a_training_file_keeps_every_class(tmp_path):
+    """40 of 200 rows of 20 classes, the validation rows drawn from the same file first: the sample lost classes
+    and the run stopped, blaming the file for labels 'never seen in training'."""
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps({"text": f"text {i}", "label": f"c{i % 20}"}) + "\n" for i in range(200)))
+    cfg = load_config(None, {"data": {"train_file": str(path), "max_examples": 40, "split": [0.8, 0.1, 0.1]}})
+    splits, data = prepare(cfg, TASK, word_tokenizer())
+    assert len(data.train) == 40 and len(data.meta["labels"]) == 20

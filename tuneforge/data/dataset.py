@@ -19,7 +19,7 @@ from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import embedded
 from tuneforge.data.chat import context_note
 from tuneforge.data.readers import FIELD_SEP, column_names, place, require_file
-from tuneforge.data.split import split
+from tuneforge.data.split import sample, split
 
 Record = dict[str, Any]
 SPLITS = ("train", "validation", "test")
@@ -178,9 +178,9 @@ def load_splits(cfg: RunConfig, task: Any) -> Splits:
                                   f"would be left to {'validate' if k == 'validation' else 'test'} on; give "
                                   f"examples that {other} does not hold")
             seen.update((normalise(task.input_text(r, cfg)), k) for r, _ in parts[k])
-        if d.max_examples is not None and d.max_examples < len(parts["train"]):  # a seeded sample, in file order
-            kept = sorted(random.Random(d.seed).sample(range(len(parts["train"])), d.max_examples))
-            parts["train"] = [parts["train"][i] for i in kept]
+        if d.max_examples is not None and d.max_examples < len(parts["train"]):  # a seeded sample, in file order,
+            strata = [task.stratum(r, cfg) for r, _ in parts["train"]]  # each class in proportion
+            parts["train"] = [parts["train"][i] for i in sample(strata, d.max_examples, d.seed)]
     else:
         groups, duplicates = _groups(checked[0], task, cfg)
         if d.max_examples is not None and d.max_examples < sum(len(g) for g in groups):

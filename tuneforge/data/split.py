@@ -59,3 +59,26 @@ def split(items: Sequence[T], fractions: Sequence[float], seed: int,
     for part in out:
         rng.shuffle(part)
     return out
+
+
+def sample(keys: Sequence[Any], n: int, seed: int) -> list[int]:
+    """Indices (in order) of a seeded sample of ``n`` of the items whose stratum ``keys`` gives (None: no
+    strata): each stratum in proportion, every one kept while ``n`` allows (largest remainders fill the rest)."""
+    rng = random.Random(seed)
+    if all(k is None for k in keys):
+        return sorted(rng.sample(range(len(keys)), n))
+    groups: dict[Any, list[int]] = defaultdict(list)
+    for i, k in enumerate(keys):
+        groups[k].append(i)
+    order = sorted(groups, key=lambda k: (-len(groups[k]), str(k)))  # largest strata first
+    exact = {k: n * len(groups[k]) / len(keys) for k in order}
+    take = {k: min(len(groups[k]), max(1, int(exact[k]))) if i < n else 0 for i, k in enumerate(order)}
+    while sum(take.values()) > n:  # the ones kept at 1 pushed it over: the largest give back
+        take[max(order, key=lambda k: take[k])] -= 1
+    short = n - sum(take.values())
+    ranked = sorted(order, key=lambda k: exact[k] - int(exact[k]), reverse=True)  # largest remainders first
+    while short > 0:  # n <= len(keys): every pass finds room
+        for k in ranked:
+            if short and take[k] < len(groups[k]):
+                take[k], short = take[k] + 1, short - 1
+    return sorted(i for k in order for i in rng.sample(groups[k], take[k]))
