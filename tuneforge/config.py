@@ -51,7 +51,7 @@ class DataConfig:
     packing: bool = False  # causal LM: concatenate short examples into rows of max_length (kept apart)
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train/validation/test fractions
     seed: int = 42  # seed of the split
-    max_examples: int | None = None  # at most this many examples, shuffled (separate files: of the training file's, by class)
+    max_examples: int | None = None  # at most this many examples, shuffled (separate files: the training file's, by class)
 
     def __post_init__(self) -> None:
         if len(self.split) != 3 or not all(0 <= f < math.inf for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
