@@ -166,6 +166,32 @@ def test_answers_stop_where_the_position_table_ends_counting_the_virtual_tokens(
     assert len(out) <= 64 - 8 - 50
 
 
+def test_a_long_prompt_never_cuts_the_answers_of_the_short_ones_beside_it(capsys):
+    """GPT-2's 64 positions: a 62-token prompt in the batch left the others 2 new tokens, a 64-token one none
+    (and the test samples' BLEU of a whole eval batch fell to 0)."""
+    import transformers as T
+
+    from lm_helpers import tiny_tokenizer
+    from tuneforge.generate import Sampling, generate_ids
+    from tuneforge.tasks import Runtime
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(T.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4,
+                                                            n_positions=64, pad_token_id=tok.pad_token_id,
+                                                            eos_token_id=None, bos_token_id=None)).eval()
+    words = tok("what is the capital of france ? " * 10, add_special_tokens=False)["input_ids"]
+    prompts = [words[:5], words[:9], words[:62], words[:64]]
+    rt = Runtime(device=torch.device("cpu"), bf16=False, pad_id=tok.pad_token_id)
+    s = Sampling(max_new_tokens=8)
+    alone = [generate_ids(model, tok, [p], rt, s)[0] for p in prompts]
+    assert [len(a) for a in alone] == [8, 8, 2, 0]  # no end token: as long as each prompt's room allows
+    capsys.readouterr()
+    assert generate_ids(model, tok, prompts, rt, s, batch_size=4) == alone
+    assert capsys.readouterr().err == ("note: 1 prompt(s) fill all 64 positions the model embeds, so they get no "
+                                       "answer (shorten them, or lower model.max_length when training)\n")
+
+
 def test_generation_stops_at_the_mark_the_template_ends_a_reply_with():
     """A folder whose generation config names only the end-of-text token (gemma-7b-it's stopped at <eos> only)
     while its template ends replies with an end-of-turn mark: answers ran on past the mark training taught."""

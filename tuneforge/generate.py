@@ -118,11 +118,14 @@ def generate_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: 
         torch.manual_seed(s.seed)
     out: list[list[int]] = [[] for _ in prompts]
     apart = pads_apart(model, max(map(len, prompts), default=0), s.max_new_tokens)
-    for idx in _batches([len(p) for p in prompts], batch_size, equal=apart):
+    alone = limit - s.max_new_tokens if limit is not None else None  # a longer prompt would cut its batch's answers
+    full = 0
+    for idx in _batches([len(p) for p in prompts], batch_size, equal=apart, alone_above=alone):
         longest = max(len(prompts[i]) for i in idx)
         room = limit - longest if limit is not None else s.max_new_tokens  # positions left in the model's table
         if room < 1:
-            continue  # the prompts fill every position: no answer
+            full += len(idx)
+            continue  # the prompt fills every position: no answer
         config.max_new_tokens = min(s.max_new_tokens, room)
         ids = torch.tensor([[pad] * (longest - len(prompts[i])) + prompts[i] for i in idx])  # (batch, seq)
         mask = torch.tensor([[0] * (longest - len(prompts[i])) + [1] * len(prompts[i]) for i in idx])  # (batch, seq)
@@ -134,16 +137,21 @@ def generate_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: 
             new = result[row, longest:].tolist()
             cut = next((k for k, t in enumerate(new) if t in eos), len(new))
             out[i] = new[:cut]
+    if full:
+        print(f"note: {full} prompt(s) fill all {limit} positions the model embeds, so they get no answer (shorten "
+              "them, or lower model.max_length when training)", file=sys.stderr)
     return out
 
 
-def _batches(lengths: list[int], batch_size: int, equal: bool) -> list[list[int]]:
+def _batches(lengths: list[int], batch_size: int, equal: bool, alone_above: int | None = None) -> list[list[int]]:
     """Prompt indices by length, ``batch_size`` at a time; with ``equal`` only prompts of one length share a
-    batch (no padding: see ``virtual_tokens.pads_apart``)."""
+    batch (no padding: see ``virtual_tokens.pads_apart``); a prompt longer than ``alone_above`` has a batch of its
+    own (its room in the model's position table would cut the answers of shorter ones)."""
     batches: list[list[int]] = []
     for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
         last = batches[-1] if batches else None
-        if last is not None and len(last) < batch_size and not (equal and lengths[last[0]] != lengths[i]):
+        if last is not None and len(last) < batch_size and not (equal and lengths[last[0]] != lengths[i]) and \
+                (alone_above is None or lengths[i] <= alone_above):
             last.append(i)
         else:
             batches.append([i])
