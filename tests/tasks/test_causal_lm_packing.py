@@ -78,6 +78,15 @@ def test_collate_packed_layout():
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 0], [1] * 5]
 
 
+def test_a_long_padding_tail_stays_inside_the_position_table():
+    """A row of two full-length examples beside a short one: the short row's tail was numbered 0..width-1, past
+    GPT-2's table when model.max_length is its size (an IndexError in training)."""
+    examples = [{"input_ids": [5] * n, "labels": [5] * n} for n in (4, 4, 1)]
+    batch = collate_packed(examples, pad_id=0, rows=[[0, 1], [2]])
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 3], [0, 0, 1, 2, 3, 0, 1, 2]]
+    assert int(batch["position_ids"].max()) < 4
+
+
 def test_packed_layout_computes_fewer_tokens_than_a_fixed_capacity():
     lengths = [30, 28, 27, 25, 22, 20, 18, 17, 15, 12, 11, 10, 9, 8, 40, 64]
     rows = packed_layout(lengths)

@@ -202,7 +202,8 @@ def collate_packed(examples: list[dict[str, Any]], pad_id: int, rows: list[list[
             pos[r, start:start + n] = torch.tensor(positions(examples[i]))
             mask[r, start:start + n] = 1
             start += n
-        pos[r, start:] = torch.arange(width - start)  # the padding tail: a segment of its own
+        pos[r, start:] = torch.arange(width - start) % max(lengths)  # the padding tail: segments of their own, no
+        # longer than an example (a row is up to twice one: GPT-2's position table ends at model.max_length)
     return {"input_ids": ids, "labels": labels, "position_ids": pos, "attention_mask": mask}
 
 
