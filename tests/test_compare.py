@@ -102,6 +102,18 @@ def test_changed_config_is_not_mixed_into_an_old_comparison(first, setup):
         compare(["lora"], base, ["train.lr=0.05"], out_dir=out, progress=False, in_process=True)
 
 
+def test_a_finished_run_of_data_that_changed_since_is_not_reused(setup, tmp_path):
+    """Its row sat beside rows of the new data in one table, with no more than the 'reused' note."""
+    _, base = setup
+    data = tmp_path / "d.csv"
+    pd.DataFrame(sentiment_rows(60)).to_csv(data, index=False)
+    cfg = {**base, "data": {"dataset": str(data)}}
+    compare(["lora"], cfg, out_dir=tmp_path / "cmp", progress=False, in_process=True)
+    pd.DataFrame(sentiment_rows(40, seed=4)).to_csv(data, index=False)
+    with pytest.raises(ConfigError, match=rf"runs/lora was trained on {data}, which changed since"):
+        compare(["lora", "freeze"], cfg, out_dir=tmp_path / "cmp", progress=False, in_process=True)
+
+
 def test_a_run_stored_before_the_head_rate_default_is_not_taken_for_a_new_one(first, setup):
     out, _ = first
     _, base = setup

@@ -138,13 +138,44 @@ def _check_same_config(run_dir: Path, wanted: dict[str, Any]) -> None:
     if not (run_dir / "config.yaml").is_file() or not any(f.is_file() for f in kept):
         return  # nothing to reuse or resume: the run restarts
 
-    stored = resolve_config(checkpoint.stored_config(run_dir)).to_dict()
-    want = resolve_config(wanted).to_dict()
+    stored_cfg = resolve_config(checkpoint.stored_config(run_dir))
+    stored, want = stored_cfg.to_dict(), resolve_config(wanted).to_dict()
     diff = _differences({**stored, "output_dir": None}, {**want, "output_dir": None})
     diff.sort(key=lambda d: d.startswith(DERIVED))  # name train.lr, not the head rate that follows it
     if diff:
         raise ConfigError(f"{run_dir} was trained with another config ({diff[0]}); use another output folder "
                           "or --overwrite to retrain")
+    changed = _changed_input(run_dir, stored_cfg)
+    if changed:
+        raise ConfigError(f"{run_dir} was trained on {changed}, which changed since (its files differ), so its "
+                          "results would sit beside others of other data; use another output folder or --overwrite "
+                          "to retrain")
+
+
+def _changed_input(run_dir: Path, cfg: RunConfig) -> str | None:
+    """The data file, replay/reference data or model folder that differs from what ``run_dir`` recorded when it
+    started (``split.json``, ``base_model.json``); None when each is as it was (or gone: training says so)."""
+    import hashlib
+
+    from tuneforge import assets, resume_check
+    from tuneforge.forgetting.pipeline import source_digests
+    split = run_dir / checkpoint.SPLIT
+    manifest = json.loads(split.read_text()) if split.is_file() else {}
+    for source in manifest.get("sources", []):
+        path = Path(source.get("path") or "")
+        if source.get("path") and path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() != \
+                source.get("fingerprint"):
+            return str(path)
+    now = source_digests(cfg)
+    then = manifest.get("forgetting") or {}
+    key = next((k for k in then if k in now and now[k] != then[k]), None)
+    if key is not None:
+        return f"the {key} data"
+    try:
+        folder = assets.resolve_model(cfg.model.name)
+    except ConfigError:
+        return None
+    return resume_check.base_changed(run_dir, folder) if Path(folder).is_dir() else None
 
 
 def _run_method(name: str, base: RunConfig, out: Path, task: Any, progress: bool, in_process: bool,
