@@ -147,6 +147,18 @@ def test_dotted_overrides_beat_flags_on_either_side(monkeypatch):
         assert (cfg.train.lr, cfg.train.epochs, cfg.method) == (0.5, 2, {"name": "lora", "rank": 4})
 
 
+def test_a_flag_value_outside_the_basic_plane_is_read_as_written(monkeypatch):
+    """--data 'rev😀.csv' became 'rev\\ud83d\\ude00.csv' (json.dumps escapes it, YAML reads lone surrogates)."""
+    from tuneforge import run
+    from tuneforge.config import load_config
+    seen = []
+    monkeypatch.setattr(run, "train", lambda cfg, overrides, **kwargs: seen.append(overrides) or
+                        type("Out", (), {"table": ""})())
+    assert main(["train", "--data", "rev😀.csv", "-o", "runs/nb😀"]) == 0
+    cfg = load_config(None, seen[-1])
+    assert (cfg.data.dataset, cfg.output_dir) == ("rev😀.csv", "runs/nb😀")
+
+
 def test_a_sampling_setting_means_sampling():
     from tuneforge.commands import _sampling
 

@@ -29,7 +29,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       ("batch_size", "train.batch_size"), ("output", "output_dir")):
         value = getattr(args, flag)
         if value is not None:  # as a JSON (so YAML) literal: a path with '#' or ': ', a column named 'on' stay strings
-            flags.append(f"{key}={json.dumps(value)}")
+            flags.append(f"{key}={json.dumps(value, ensure_ascii=False)}")  # an emoji as itself, not surrogates
     overrides = flags + list(args.overrides)
     if args.resume is not None and (overrides or args.config or args.overwrite):
         return fail("--resume continues a run with its own config; give no other settings"

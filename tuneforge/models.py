@@ -247,6 +247,8 @@ def resolve_device(name: str, setting: str = "train.device") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"{setting}: unknown device '{name}'; use auto, cpu or cuda") from None
+    if device.type not in ("cpu", "cuda"):  # mps, xpu, meta ...: torch names them, tuneforge does not run there
+        raise ConfigError(f"{setting}: device '{name}' is not supported; use auto, cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{setting}: cuda requested but no CUDA device is available; use auto or cpu")
     return device

@@ -147,6 +147,8 @@ def test_resume_of_a_file_and_a_commands_bad_device_say_what_they_are(lora_run, 
     one_error(capsys, ["train", "--resume", lora_run, "--overwrite"], "--resume continues a run with its own config",
               "start it again without --resume")  # --overwrite was silently ignored
     one_error(capsys, ["predict", lora_run, "a good film", "--device", "bogus"], "--device: unknown device 'bogus'")
+    one_error(capsys, ["predict", lora_run, "a good film", "--device", "mps"], "--device: device 'mps' is not "
+              "supported; use auto, cpu or cuda")  # torch names it: a traceback on a machine without it
 
 
 # ---- 4. nothing lost, nothing clobbered --------------------------------------------------------------------
