@@ -253,7 +253,8 @@ def _main(argv: list[str] | None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit either
         return 1
     except KeyboardInterrupt as exc:
-        return interrupts.report(exc, args.command, getattr(args, "resume", None))
+        return interrupts.report(exc, args.command, getattr(args, "resume", None),
+                                 getattr(args, "overwrite", False))
     except OSError as exc:  # a path the user gave cannot be written (read-only, a file where a folder goes, full)
         if exc.filename is None or exc.errno not in PATH_ERRORS:
             raise

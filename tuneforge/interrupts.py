@@ -40,14 +40,14 @@ def sigterm_raises() -> Iterator[None]:
 PARENT_SAYS = "TUNEFORGE_PARENT_REPORTS_INTERRUPTS"  # set for a child process whose parent tells the user
 
 
-def report(exc: KeyboardInterrupt, command: str | None, resume: str | None = None) -> int:
+def report(exc: KeyboardInterrupt, command: str | None, resume: str | None = None, overwrite: bool = False) -> int:
     """Say in one line that the command stopped (:func:`stopped`), unless a parent process says it (``compare``'s
     training children, which Ctrl-C reaches too); returns the exit status."""
     progress = sys.modules.get("tuneforge.progress")  # not imported: no bar was drawn
     if progress is not None:
         progress.close_all()
     if not os.environ.get(PARENT_SAYS) and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 alone knows the run
-        print(f"tuneforge: error: {stopped(exc, command, resume)}", file=sys.stderr)
+        print(f"tuneforge: error: {stopped(exc, command, resume, overwrite)}", file=sys.stderr)
     return status(exc)
 
 
@@ -56,15 +56,17 @@ def status(exc: KeyboardInterrupt) -> int:
     return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
 
-def stopped(exc: KeyboardInterrupt, command: str | None, resume: str | None = None) -> str:
+def stopped(exc: KeyboardInterrupt, command: str | None, resume: str | None = None, overwrite: bool = False) -> str:
     """What an interrupted or terminated command says; for ``train``, whether and how its run (``resume``: the
-    one it was continuing) resumes."""
+    one it was continuing) resumes; for ``compare``, how to go on (``overwrite``: not with --overwrite again,
+    which would retrain the methods it finished)."""
     word = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
     resume_check = sys.modules.get("tuneforge.resume_check")  # not imported: no run was started here
     run = resume_check.current_run() if command == "train" and resume_check is not None else None
     if command == "compare":
-        return (f"{word}; running the same `tuneforge compare` command again skips the finished methods and resumes "
-                "the interrupted one from its last checkpoint")
+        again = "without --overwrite " if overwrite else ""
+        return (f"{word}; running the same `tuneforge compare` command again {again}skips the finished methods and "
+                "resumes the interrupted one from its last checkpoint")
     if command != "train":
         return word
     if run is None and resume is not None:
