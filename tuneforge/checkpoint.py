@@ -229,9 +229,9 @@ def start_resume(run_dir: Path, manifest: dict[str, Any] | None = None) -> None:
         save_json(manifest, path, compact=True)
         return
     then, now = json.loads(path.read_text()), json.loads(json.dumps(manifest, default=float))
-    other = now.pop("forgetting", {}), then.pop("forgetting", None)  # None: a run started before it was stored
-    changed = [k for k in sorted(other[0].keys() | (other[1] or {}).keys())
-               if other[1] is not None and other[0].get(k) != other[1].get(k)]
+    replay, stored = now.pop("forgetting", {}), then.pop("forgetting", None)  # None: a run started before it was kept
+    changed = [] if stored is None else [k for k in sorted(replay.keys() | stored.keys())
+                                         if replay.get(k) != stored.get(k)]
     if then != now or changed:
         what = (f"its {changed[0]} data changed since the run started" if then == now else
                 f"its data changed since the run started (the split differs from its {SPLIT})")

@@ -155,16 +155,14 @@ def _check_same_config(run_dir: Path, wanted: dict[str, Any]) -> None:
 def _changed_input(run_dir: Path, cfg: RunConfig) -> str | None:
     """The data file, replay/reference data or model folder that differs from what ``run_dir`` recorded when it
     started (``split.json``, ``base_model.json``); None when each is as it was (or gone: training says so)."""
-    import hashlib
-
     from tuneforge import assets, resume_check
+    from tuneforge.data.readers import file_digest
     from tuneforge.forgetting.pipeline import source_digests
     split = run_dir / checkpoint.SPLIT
     manifest = json.loads(split.read_text()) if split.is_file() else {}
     for source in manifest.get("sources", []):
         path = Path(source.get("path") or "")
-        if source.get("path") and path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() != \
-                source.get("fingerprint"):
+        if source.get("path") and path.is_file() and file_digest(path) != source.get("fingerprint"):
             return str(path)
     now = source_digests(cfg)
     then = manifest.get("forgetting") or {}

@@ -18,7 +18,7 @@ from typing import Any
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import embedded
 from tuneforge.data.chat import context_note
-from tuneforge.data.readers import FIELD_SEP, column_names, place, require_file
+from tuneforge.data.readers import FIELD_SEP, column_names, file_digest, place, require_file
 from tuneforge.data.split import sample, split
 
 Record = dict[str, Any]
@@ -79,8 +79,7 @@ def read_source(task: Any, name: str, cfg: RunConfig) -> tuple[list[Record], Sou
         return records, Source(name, None, digest, len(records))
     path = require_file(name)
     records = task.read_source(str(path), cfg)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return records, Source(name, str(path.resolve()), digest, len(records))
+    return records, Source(name, str(path.resolve()), file_digest(path), len(records))
 
 
 def _checked(task: Any, records: list[Record], src: int, source: Source, cfg: RunConfig,

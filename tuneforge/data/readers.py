@@ -1,6 +1,7 @@
 """Read records (list of dicts) from CSV, JSONL/JSON or Parquet files."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,11 @@ def data_bytes(data: Any) -> int:
     """The size of the files a ``DataConfig`` names (0 for embedded data sets)."""
     names = [data.train_file, data.validation_file, data.test_file] if data.train_file else [data.dataset]
     return sum(Path(n).stat().st_size for n in names if n and Path(n).is_file())
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes: what ``split.json`` records of a data source, to tell a changed one."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def place(source: str, index: int) -> str:

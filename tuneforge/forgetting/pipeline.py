@@ -3,7 +3,6 @@ data mixed into the training split, the L2-SP / EWC regulariser for the loop, an
 the start after it."""
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import torch.nn as nn
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.batching import collate
 from tuneforge.data.dataset import normalise, source_records
+from tuneforge.data.readers import file_digest
 from tuneforge.forgetting.probes import (Probe, general_prompts, own_answers, own_answers_probe, reference_probe,
                                         sample, sentiment_probe, task1_probe)
 from tuneforge.forgetting.interpolate import interpolate
@@ -132,7 +132,7 @@ def _sources(cfg: RunConfig) -> list[tuple[str, str]]:
 def source_digests(cfg: RunConfig) -> dict[str, str]:
     """Setting -> sha256 of the replay / reference file it names (an embedded set: its name), for ``split.json``:
     a resumed run whose replay data changed would train on other rows than its checkpoint's."""
-    return {key: hashlib.sha256(Path(name).read_bytes()).hexdigest() if Path(name).is_file() else name
+    return {key: file_digest(name) if Path(name).is_file() else name
             for key, name in _sources(cfg)}
 
 
