@@ -22,7 +22,7 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from tuneforge import best_weights, distributed, resume_check
+from tuneforge import best_weights, distributed, resume_check, run_lock
 from tuneforge.config import ConfigError, RunConfig, build_dataclass
 from tuneforge.files import (MARKER, atomic_write_text, check_replaceable, clean_partial, clean_siblings, crash_point,
                              fresh_folder, marker_kind, not_current, output_folder, partial_dir, put_back, replace_dir,
@@ -178,7 +178,9 @@ def _what_it_is(path: Path) -> str:
     if (path / "config.json").is_file() and kind != "run":
         return f"it is a model folder: train on it with `--model {path}`, or give the run it was written from"
     if kind == "run":
-        return "an interrupted run continues with `tuneforge train --resume`"
+        pid = run_lock.holder(path)
+        return (f"it is being trained now by process {pid}: load it once that finishes" if pid is not None else
+                "an interrupted run continues with `tuneforge train --resume`")
     return "give the folder `tuneforge train` wrote (its last line, 'run directory: ...', names it)"
 
 

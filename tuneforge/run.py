@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from tuneforge import assets, checkpoint, distributed, resume_check, scope, tasks
+from tuneforge import assets, checkpoint, distributed, resume_check, run_lock, scope, tasks
 from tuneforge.config import HEAD_LR, ConfigError, RunConfig, load_config, merge_dicts, parse_overrides
 from tuneforge.data import embedded
 from tuneforge.data.batching import Shapes
@@ -120,12 +120,12 @@ def train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | N
     ``resume=RUN_DIR`` continues an interrupted run (from its last checkpoint, or from the start) with its own
     config. Every input is checked before the run directory is created. The caller's thread count, grad mode and
     Hugging Face logging are as they were afterwards (:func:`tuneforge.scope.training`)."""
-    with scope.training():
-        return _train(cfg, overrides, overwrite, progress, resume)
+    with scope.training(), run_lock.Holding() as lock:
+        return _train(cfg, overrides, overwrite, progress, resume, lock)
 
 
 def _train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | None, overwrite: bool,
-           progress: bool, resume: str | Path | None) -> TrainOutput:
+           progress: bool, resume: str | Path | None, lock: run_lock.Holding) -> TrainOutput:
     d, device = distributed.setup()
     cfg, task, run_dir = distributed.agree(lambda: _plan(cfg, overrides, overwrite, resume))
     say = print if d.main and progress else (lambda *a, **k: None)
@@ -138,6 +138,8 @@ def _train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | 
         manifest = {**s.splits.manifest(), "forgetting": forgetting.source_digests(cfg)}  # split.json
         if d.main and resume is None:
             checkpoint.create_run_dir(run_dir, overwrite, cfg)
+        if d.main:
+            lock.take(run_dir)  # held until the run ends: no second process resumes or replaces it meanwhile
         with checkpoint.discard_on_error(run_dir if resume is None and d.main else None):
             if d.main and resume is None:
                 checkpoint.save_json(manifest, run_dir / checkpoint.SPLIT, compact=True)
@@ -231,6 +233,8 @@ def _plan(cfg: Any, overrides: list[str] | None, overwrite: bool, resume: str | 
                    checkpoint.run_dir_path(cfg.output_dir, cfg.method_name, overwrite))
         if overwrite and resume is None:
             checkpoint.check_inputs_outside(run_dir, cfg)
+        if resume is not None or overwrite:
+            run_lock.refuse_held(run_dir, "resume it" if resume is not None else "replace it")
     return cfg, task, distributed.broadcast(run_dir)
 
 
