@@ -62,11 +62,14 @@ def test_an_unfinished_run_names_the_file_it_lacks(tmp_path):
     from tuneforge.files import write_marker
     run = _write(tmp_path / "interrupted", {"lr": 1e-4})  # marker and config.yaml only, as a killed run leaves them
     write_marker(run, "run")
-    with pytest.raises(ConfigError, match=r"\(meta\.json missing\); an interrupted run continues with `tuneforge "
-                                          r"train --resume`"):
+    with pytest.raises(ConfigError, match=r"\(meta\.json and metrics\.json missing\); an interrupted run continues "
+                                          r"with `tuneforge train --resume`"):
+        checkpoint.read_run(run)
+    (run / "meta.json").write_text("{}")  # killed after the final weights and meta.json, before metrics.json:
+    with pytest.raises(ConfigError, match=r"\(metrics\.json missing\); an interrupted run"):  # it had loaded
         checkpoint.read_run(run)
     (run / "config.yaml").unlink()
-    with pytest.raises(ConfigError, match=r"\(config\.yaml and meta\.json missing\)"):
+    with pytest.raises(ConfigError, match=r"\(config\.yaml and metrics\.json missing\)"):
         checkpoint.read_run(run)
 
 

@@ -192,7 +192,7 @@ def read_run(run_dir: str | Path) -> RunFiles:
                           "line, 'run directory: ...', names it)")
     if not path.is_dir():
         raise ConfigError(f"run directory {path} does not exist")
-    missing = [name for name in ("config.yaml", "meta.json") if not (path / name).is_file()]
+    missing = [name for name in ("config.yaml", "meta.json", "metrics.json") if not (path / name).is_file()]
     if missing:
         raise ConfigError(f"{path} is not a finished tuneforge run directory ({' and '.join(missing)} missing); "
                           f"{_what_it_is(path)}")

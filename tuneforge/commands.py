@@ -114,18 +114,15 @@ def _stdin_lines() -> tuple[list[str], list[str]]:
 
 
 def _text_problem(texts: list[str], what: str, fix: str, lines: list[str] | None = None) -> str | None:
-    """The error for the first empty text (``what`` N) or the first that is not UTF-8 (its bytes arrive as lone
-    surrogates, which no tokenizer takes), else None; texts read from standard input (``lines``, blank ones
-    included) are named by their line number."""
-    from tuneforge.data.json_file import broken_text
+    """The error for the first empty text (``what`` N) or the first that is not UTF-8, else None; texts read from
+    standard input (``lines``, blank ones included) are named by their line number."""
+    from tuneforge.user_inputs import EMPTY, text_problem
 
     names = ([f"standard input line {i}" for i, line in enumerate(lines, 1) if line.strip()] if lines is not None
              else [f"{what} {i}" for i in range(1, len(texts) + 1)])
     for name, text in zip(names, texts):
-        if not text.strip():
-            return f"{name} is empty; {fix}"
-        if broken_text(text) is not None:
-            return f"{name} is not UTF-8 text (bytes of another encoding?); give it as UTF-8"
+        if problem := text_problem(text):
+            return f"{name} {problem}" + (f"; {fix}" if problem == EMPTY else "")
     return None
 
 

@@ -21,6 +21,7 @@ from tuneforge.data import dataset, templates
 from tuneforge.files import new_folder
 from tuneforge.generate import eos_ids
 from tuneforge.strict import saved_config
+from tuneforge.user_inputs import path_arg, text_list
 from tuneforge.methods import registry
 from tuneforge.models import (DamagedWeights, apply_method, bf16_supported, head_modules, load_tokenizer,
                               pretrained_config, resolve_device, store_frozen_in_bf16)
@@ -62,7 +63,7 @@ class Run:
     @scope.quietly
     def __init__(self, run_dir: str | Path, device: str = "auto") -> None:
         with saved_config():  # the options it trained with, even those tuneforge now refuses for new runs
-            self.files = checkpoint.read_run(run_dir)
+            self.files = checkpoint.read_run(path_arg(run_dir, "run_dir"))
         self.cfg = self.files.config
         self.meta = self.files.meta
         self.task = tasks.get(self.cfg.model.task)
@@ -168,7 +169,8 @@ class Run:
         """Metrics on ``data_file`` (any supported file) or on exactly the run's own test rows (refused when
         a source changed since training); ``progress``: a progress bar on stderr."""
         meta = self.meta
-        if data_file:
+        if data_file is not None:
+            data_file = str(path_arg(data_file, "data_file"))
             records, where = dataset.source_records(self.task, data_file, self.cfg, training=False)
             meta = self.task.source_meta(records, self.cfg, meta, where)  # a chat run on an input->output file
             self._note_trained_on(records, data_file)
@@ -176,10 +178,10 @@ class Run:
             self._here()
             manifest = self.files.split()
             if manifest is None:
-                raise ConfigError(f"{self.files.path} has no stored split; give --data FILE")
+                raise ConfigError(f"{self.files.path} has no stored split; give a data file (--data FILE)")
             records, where = dataset.restore(manifest, "test", self.task, self.cfg)
         if not records:
-            raise ConfigError("no test examples to evaluate on; give --data FILE")
+            raise ConfigError("no test examples to evaluate on; give a data file (--data FILE)")
         examples = self.task.encode(records, self.cfg, self.tokenizer, meta, where)
         if data_file and (note := dataset.cut_note(examples, self.cfg.model.max_length)):
             print(note, file=sys.stderr)  # the run's own test rows: said when it trained
@@ -206,8 +208,8 @@ class Run:
     def predict(self, texts: list[str], pairs: list[str] | None = None) -> list[dict[str, Any]]:
         """The task's predictions for each text (a label and probabilities; the entities found...); ``pairs``:
         the second texts, for a classifier trained on text pairs (``data.text_pair_column``), one per text."""
-        texts = _text_list(texts, "texts")
-        pairs = None if pairs is None else _text_list(pairs, "pairs")
+        texts = text_list(texts, "texts")
+        pairs = None if pairs is None else text_list(pairs, "pairs")
         if pairs is not None and len(pairs) != len(texts):
             raise ConfigError(f"{len(texts)} texts but {len(pairs)} second texts: give one second text per text")
         if not texts:
@@ -257,6 +259,7 @@ class Run:
         """Write a plain Hugging Face model folder with the method merged in (where the method can merge), its
         weights in ``dtype`` (auto: the base model's, e.g. bfloat16, else float32; float32, bfloat16, float16);
         the output folder is touched only once the merge succeeded."""
+        out = path_arg(out, "out")
         self._here()
         saved = self._save_dtype(dtype)
         model = registry.call_optional(self.cfg.method_name, "merge", self._float_model())
@@ -298,18 +301,6 @@ class Run:
                   "(--dtype chooses)", file=sys.stderr)
         named = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
         return DTYPES.get(str(named).removeprefix("torch."), torch.float32)
-
-
-def _text_list(values: Any, name: str) -> list[str]:
-    """``values`` (any iterable of texts) as a list; one string (which would be read a character at a time) or a
-    missing text is refused."""
-    if isinstance(values, (str, bytes)):
-        raise ConfigError(f"{name} must be a list of texts, not one string: {name}=[...]")
-    values = list(values)
-    missing = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
-    if missing is not None:
-        raise ConfigError(f"{name}[{missing}] is {type(values[missing]).__name__}, not a text")
-    return values
 
 
 def load(run_dir: str | Path, device: str = "auto") -> Run:

@@ -60,6 +60,10 @@ def resolve_config(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list
     if not isinstance(cfg, (RunConfig, Mapping, str, os.PathLike)):
         raise ConfigError(f"the config must be a dict of sections, a YAML file's path or a RunConfig; got "
                           f"{type(cfg).__name__} {str(cfg)[:40]!r} (tuneforge.finetune({{}}) trains the defaults)")
+    if overrides is not None and (not isinstance(overrides, (list, tuple)) or
+                                  not all(isinstance(o, str) for o in overrides)):
+        raise ConfigError(f"overrides must be a list of 'section.key=value' texts, e.g. ['train.lr=1e-3'], got "
+                          f"{overrides!r}"[:200])
     if isinstance(cfg, (str, os.PathLike)):
         cfg = load_config(cfg, overrides)
     else:

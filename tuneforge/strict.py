@@ -9,6 +9,7 @@ import difflib
 import inspect
 import io
 import math
+import os
 import re
 import textwrap
 import tokenize
@@ -131,8 +132,8 @@ def _check(path: str, value: Any, hint: Any) -> Any:
             return number
         raise ConfigError(f"{path}: expected a finite number, got {value!r}")
     if hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+        if isinstance(value, (str, int, float, os.PathLike)) and not isinstance(value, bool):  # a Path: its text
+            return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
         raise ConfigError(f"{path}: expected a string, got {value!r}")
     return value
 

@@ -61,8 +61,10 @@ def generate_outputs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, input
     order = batch_order(lengths, batch_size, 0, 0, shuffle=False, group_by_length=True)
     for idx in progress_bar(order, desc="generate", leave=False, disable=not progress):
         longest = max(lengths[i] for i in idx)
-        ids = torch.tensor([inputs[i] + [rt.pad_id] * (longest - lengths[i]) for i in idx])  # (batch, seq)
-        mask = torch.tensor([[1] * lengths[i] + [0] * (longest - lengths[i]) for i in idx])  # (batch, seq)
+        ids = torch.tensor([inputs[i] + [rt.pad_id] * (longest - lengths[i]) for i in idx],
+                           dtype=torch.long)  # (batch, seq)
+        mask = torch.tensor([[1] * lengths[i] + [0] * (longest - lengths[i]) for i in idx],
+                            dtype=torch.long)  # (batch, seq)
         with autocast(rt.device, rt.bf16):
             result = model.generate(input_ids=ids.to(rt.device), attention_mask=mask.to(rt.device),
                                     generation_config=config)  # (batch, 1 + new): the start token first
