@@ -97,10 +97,12 @@ def position_limit(model: nn.Module) -> int | None:
     """The most real tokens the model can embed when it has an absolute position table (BERT, GPT-2), else None
     (rotary models such as Llama have no hard limit). A table's first ``padding_idx + 1`` rows are unused where
     positions count from after the padding index (RoBERTa: 514 rows, 512 tokens), and OPT's table has ``offset``
-    extra rows. GPT-J and CodeGen index a fixed sin/cos buffer ``embed_positions`` of ``n_positions`` rows."""
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if limit is None:
-        return None
+    extra rows. GPT-J and CodeGen index a fixed sin/cos buffer ``embed_positions`` of ``n_positions`` rows; MPT
+    slices an ALiBi bias of ``max_seq_len`` positions."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is None:  # MPT: an ALiBi bias of max_seq_len positions, built once, is all it attends with
+        return getattr(config, "max_seq_len", None)
     inputs = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     for module in model.modules():
         table = module._buffers.get("embed_positions")

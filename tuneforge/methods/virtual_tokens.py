@@ -138,18 +138,45 @@ def attach(model: nn.Module, encoder: VirtualTokens, attr: str) -> nn.Module:
     n = encoder.num_tokens
     limit = position_limit(model)
     max_positions = getattr(model.config, "max_position_embeddings", None)
+    max_positions = max_positions if isinstance(max_positions, int) and max_positions > 0 else None  # XLNet: -1
     cap = limit or max_positions  # rotary models (Llama): their trained positions
     if cap is not None and n >= cap:
         raise ConfigError(
             f"method.num_virtual_tokens={n} leaves no position for real tokens: {type(model).__name__} embeds "
             f"{cap} positions (max_position_embeddings={max_positions}); use fewer than {cap} virtual tokens"
         )
+    if encoder.mode == "sequence":
+        _refuse_ids_only_embedding(backbone)
     encoder.position_limit = limit
     encoder.to(backbone.get_input_embeddings().weight.device)
     backbone.add_module(attr, encoder)
     backbone.register_forward_pre_hook(functools.partial(_before, attr=attr), with_kwargs=True)
     backbone.register_forward_hook(functools.partial(_after, attr=attr), with_kwargs=True)
     return model
+
+
+@torch.no_grad()
+def _refuse_ids_only_embedding(backbone: nn.Module) -> None:
+    """Sequence mode hands the backbone ``inputs_embeds`` for the real tokens: refuse a backbone that computes
+    otherwise from ``input_ids`` than from their embeddings (Falcon-H1 scales them by its embedding multiplier,
+    Gemma 3n adds per-layer token embeddings, ESM rescales for token dropout), whose frozen model the virtual
+    tokens would silently change. Three tokens through both paths in eval mode; a backbone that cannot run them
+    alone (other required inputs) is not checked."""
+    emb = backbone.get_input_embeddings()
+    ids = (torch.arange(3, device=emb.weight.device) + emb.num_embeddings // 2).unsqueeze(0)  # (1, 3): no pad id
+    training = backbone.training
+    backbone.eval()
+    try:
+        by_ids, by_embeds = (backbone(**inputs)[0] for inputs in ({"input_ids": ids}, {"inputs_embeds": emb(ids)}))
+    except (TypeError, ValueError, RuntimeError, IndexError, ConfigError):
+        return
+    finally:
+        backbone.train(training)
+    if not torch.allclose(by_ids.float(), by_embeds.float(), rtol=1e-3, atol=1e-4):
+        raise ConfigError(f"method: {type(backbone).__name__} computes its input from token ids in a way its token "
+                          "embeddings alone do not give (a scale or extra per-token inputs), so prompt tuning and "
+                          "P-tuning, which feed it embeddings, would change the frozen model; choose prefix, lora, "
+                          "ia3 or adapter")
 
 
 @functools.lru_cache(maxsize=None)
@@ -201,8 +228,9 @@ def _before(backbone: nn.Module, args: tuple, kwargs: dict[str, Any], attr: str)
         prompts = enc().to(embeds.dtype)  # (N, hidden)
         inputs["inputs_embeds"] = torch.cat([prompts.unsqueeze(0).expand(batch, -1, -1), embeds], dim=1)
         inputs["input_ids"] = None
-        if inputs.get("token_type_ids") is not None:
-            inputs["token_type_ids"] = _pad_left(inputs["token_type_ids"], n, 0)
+        for name in ("token_type_ids", "global_attention_mask"):  # Longformer: virtual tokens attend locally
+            if inputs.get(name) is not None:
+                inputs[name] = _pad_left(inputs[name], n, 0)
         if pos is not None:  # (b, L) -> (b, N + L): virtual tokens at 0..N-1, real tokens after them
             head = torch.arange(n, device=pos.device, dtype=pos.dtype).expand(pos.shape[0], n)
             inputs["position_ids"] = torch.cat([head, pos + n], dim=1)
