@@ -13,9 +13,10 @@ def test_forgetting_column_and_plot(tmp_path):
                               "unit": "points"}}
     rows = [row_from_metrics("lora", metrics, task, tmp_path / "a"),
             row_from_metrics("full", {k: v for k, v in metrics.items() if k != "forgetting"}, task, tmp_path / "b")]
-    write_outputs(rows, task, tmp_path, load_config(), in_process=False)
+    write_outputs(rows, task, tmp_path, load_config(None, {"data": {"train_file": "my.csv"}}), in_process=False)
     assert (tmp_path / "forgetting.png").is_file() and (tmp_path / "peak_memory.png").is_file()
     md = (tmp_path / "comparison.md").read_text()
+    assert md.startswith("# classification: 2 methods on minilm (my.csv)")  # not data.dataset's unused default
     assert "| lora | 0.5000 | 0.9000 | - | - | 10 | 1.000 |" in md and "| +12.50 points |" in md
     assert "| forgotten (task 1 (sentiment) test accuracy; positive: worse after training) |" in md  # was after -
     assert "no forgetting plot" not in md  # before in the probe's own units, signed opposite ways for accuracy and

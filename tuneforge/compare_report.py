@@ -91,7 +91,7 @@ def write_outputs(rows: list[dict[str, Any]], task: Any, out: Path, base: RunCon
     reused = [r["method"] for r in rows if r.get("reused")]
     if reused:
         notes.append(f"Reused from an earlier call (timings from another sitting may differ): {', '.join(reused)}.")
-    title = f"# {task.name}: {len(rows)} methods on {base.model.name} ({base.data.dataset})"
+    title = f"# {task.name}: {len(rows)} methods on {base.model.name} ({base.data.source})"
     text = f"{title}\n\n{markdown_table(rows, task)}\n" + "".join(f"\n- {n}" for n in notes)
     checkpoint.atomic_write_text(out / "comparison.md", text + ("\n" if notes else ""))
 

@@ -64,6 +64,11 @@ class DataConfig:
         if self.stride is not None and self.stride < 0:
             raise ConfigError(f"data.stride must be >= 0, got {self.stride}")
 
+    @property
+    def source(self) -> str:
+        """The training data's file (separate files per split) or ``dataset``, to name the data in reports."""
+        return self.train_file or self.dataset
+
 
 HEAD_LR = 3e-3  # train.head_lr left unset: a fresh head trains at max(train.lr, HEAD_LR) (docs/benchmarks.md)
 

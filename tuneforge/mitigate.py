@@ -183,7 +183,7 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
     baseline, candidates = rows[0], rows[1:]
     chosen = choose(candidates, baseline, margin, task.metric, task.greater_is_better)
     unit = "points" if task.metric != "loss" else "% perplexity"
-    lines = [f"# {kind}: candidates on {base.model.name} ({base.data.dataset}), margin {margin:g} {unit}", "",
+    lines = [f"# {kind}: candidates on {base.model.name} ({base.data.source}), margin {margin:g} {unit}", "",
              "Forgetting is measured on the probes' validation side (chosen on; the test-side numbers come from a "
              "run of the chosen setting with `forgetting.probe_split=test`, the default).", "",
              f"| run | validation {task.metric} | test {task.metric} | task gain | forgetting ({rows[0]['probe']}) |",

@@ -137,7 +137,7 @@ def _train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | 
     with start_model(cfg) as (prev, base):
         device = distributed.device_for(cfg.train.device, device) or resolve_device(cfg.train.device)
         if data_bytes(cfg.data) >= LARGE_DATA:  # reading, checking, splitting and tokenising: 200k rows took a minute
-            say(f"reading, checking and tokenising {cfg.data.train_file or cfg.data.dataset} ...", file=sys.stderr)
+            say(f"reading, checking and tokenising {cfg.data.source} ...", file=sys.stderr)
         s = distributed.agree(lambda: _setup(cfg, task, base, device, prev))
         manifest = {**s.splits.manifest(), "forgetting": forgetting.source_digests(cfg)}  # split.json
         if d.main and resume is None:

@@ -23,11 +23,6 @@ from tuneforge.tasks import Example, Prepared, Record, Runtime, end_token, one_l
 SHOWN = 5  # predict's text output: the probabilities of up to this many classes (the likeliest)
 
 
-def _source(cfg: RunConfig) -> str:
-    """The training data's file or embedded name, for errors about the training split as a whole."""
-    return cfg.data.train_file or cfg.data.dataset
-
-
 class Task:
     name = "classification"
     metric = "accuracy"  # validation metric that picks the best checkpoint
@@ -125,22 +120,22 @@ class Task:
         label = cfg.data.label_column
         names = label_names([r[label] for r in records["train"]])
         if len(names) < 2:
-            raise ConfigError(f"{_source(cfg)}: column '{label}' has a single label ({names[0]}); "
+            raise ConfigError(f"{cfg.data.source}: column '{label}' has a single label ({names[0]}); "
                               "classification needs two or more")
         every = [r[label] for split in records.values() for r in split]  # not the split alone: 3 rows per label
         n, distinct = len(every), len(label_names(every))  # leave 1 per label for training
         if n >= 20 and distinct > 0.8 * n:  # nearly every example its own label
-            raise ConfigError(f"{_source(cfg)}: column '{label}' holds {distinct} different labels in {n} "
+            raise ConfigError(f"{cfg.data.source}: column '{label}' holds {distinct} different labels in {n} "
                               "examples; a classifier needs each label on several examples (a number to predict, "
                               "like a score, is regression, which tuneforge does not train)")
         cased = [g for g in {n.lower(): [m for m in names if m.lower() == n.lower()] for n in names}.values()
                  if len(g) > 1]
         if cased:
-            print(f"note: {_source(cfg)}: labels {'; '.join(' and '.join(map(repr, g)) for g in cased[:3])} differ "
+            print(f"note: {cfg.data.source}: labels {'; '.join(' and '.join(map(repr, g)) for g in cased[:3])} differ "
                   "only in case and are separate classes; write them one way if they mean the same", file=sys.stderr)
         listed = [n for n in names if n.startswith("[") and n.endswith("]") and "," in n]  # "[0, 2]": a CSV's list
         if listed:
-            print(f"note: {_source(cfg)}: labels such as {listed[0]!r} look like lists; each is one class of its "
+            print(f"note: {cfg.data.source}: labels such as {listed[0]!r} look like lists; each is one class of its "
                   "own (multi-label classification is not supported)", file=sys.stderr)
         meta = {"labels": names}
         meta.update(end_token.setup(cfg, tokenizer))  # an encoder-decoder's head reads it
