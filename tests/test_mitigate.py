@@ -297,3 +297,32 @@ def test_a_missing_replay_file_fails_before_the_baseline_trains(tmp_path, monkey
     with pytest.raises(ConfigError, match=r"^forgetting.replay.data: .*missing.csv does not exist"):
         mitigate(None, PROBED + [f"forgetting.replay.data={tmp_path / 'missing.csv'}"], "replay", [0.2], 1.0,
                  tmp_path / "a", progress=False)
+
+
+def test_a_replay_sweep_whose_candidates_all_fail_exits_2_and_its_baseline_replays_nothing(tmp_path, monkeypatch,
+                                                                                             capsys):
+    """Replay data whose labels the run lacks failed every candidate after the baseline trained: the command
+    exited 1, the status of 'no candidate forgets less'. The baseline kept replay.data at ratio 0 and warned
+    that nothing was replayed, which in a sweep is meant."""
+    from tuneforge import compare
+    from tuneforge.cli import main
+    from tuneforge.config import ConfigError
+
+    pd.DataFrame(sentiment_rows(20)).to_csv(tmp_path / "old.csv", index=False)
+    configs = {}
+
+    def train(label, data, out, resume, restart, progress):
+        configs[label] = data
+        if label != "none":
+            raise ConfigError("forgetting.replay.data: label 'pos' was not seen in training")
+        return {"best_validation": {"accuracy": 0.8}, "forgetting": {"forgotten": 4.0, "reference": "probe"}}
+
+    monkeypatch.setattr(compare, "_train_subprocess", train)
+    pd.DataFrame(sentiment_rows(20)).to_csv(tmp_path / "new.csv", index=False)
+    code = main(["mitigate", "--kind", "replay", "--values", "0.2,0.4", "-o", str(tmp_path / "m"), "-q",
+                 *PROBED, f"forgetting.replay.data={tmp_path / 'old.csv'}", f"data.train_file={tmp_path / 'new.csv'}"])
+    out = capsys.readouterr().out
+    assert code == 2 and "nothing chosen: every candidate failed" in out
+    assert f"({tmp_path / 'new.csv'}), margin" in out  # the data trained on, not data.dataset's default
+    assert configs["none"]["forgetting"]["replay"]["data"] is None
+    assert configs["replay=0.2"]["forgetting"]["replay"] == {"data": str(tmp_path / "old.csv"), "ratio": 0.2}

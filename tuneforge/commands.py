@@ -254,4 +254,6 @@ def cmd_mitigate(args: argparse.Namespace) -> int:
                       progress=not args.quiet, overwrite=args.overwrite)
     with open(os.path.join(args.output, "mitigation.md")) as f:
         print(f.read())
+    if all("error" in row for row in result["rows"][1:]):
+        return 2  # every candidate failed: a setting to fix (their reasons are listed), not "none forgets less"
     return 0 if result["chosen"] is not None else 1

@@ -151,7 +151,8 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
                           "--kind replay with forgetting.replay.data)")
     out = output_folder(out_dir)
     side = ["forgetting.probe_split=validation"]  # choose on validation-side probes, never on the reported ones
-    variants = {"none": side} | {f"{kind}={_label(v)}": side + fixed + [f"{key}={v!r}"] for v in values}
+    unmitigated = side + (["forgetting.replay.data=null"] if kind == "replay" else [])  # no 'ratio 0' warning
+    variants = {"none": unmitigated} | {f"{kind}={_label(v)}": side + fixed + [f"{key}={v!r}"] for v in values}
     runs = {}  # every candidate's config, checked before anything trains (a bad value fails at once)
     for label, extra in variants.items():
         run_dir = out / "runs" / label.replace("=", "-")

@@ -287,6 +287,12 @@ def unseen_types(names: Sequence[str], records: Sequence[Record], split: str, fi
         print(f"warning: {file or 'data'}: {line}", file=sys.stderr)
 
 
+def foreign_types(names: Sequence[str], records: Sequence[Record]) -> list[str]:
+    """The entity types of ``records`` that tag ``names`` (a run's) lack, sorted: encoded, they are tagged O."""
+    known = {n[2:] for n in names if n != "O"}
+    return sorted({t[2:] for r in records for t in to_bio(r["tags"]) if t != "O"} - known)
+
+
 def to_bio(tags: Sequence[str]) -> list[str]:
     """IOB2 tags of one sentence: other schemes' spellings as IOB2's (:func:`normal_tag`), an ``I-X`` starting a
     chunk as ``B-X`` (IOB1 repair), a run of one plain label ``X`` as ``B-X I-X ...``; valid IOB2 as it is."""

@@ -172,11 +172,12 @@ def mix_replay(cfg: RunConfig, task: Task, tokenizer: Any, data: Prepared, held_
         except ConfigError as exc:  # e.g. an earlier task's labels: replayed rows train this run's head
             raise ConfigError(f"forgetting.replay.data: {exc}; replayed examples train this run's head, so they need "
                               "its labels") from None
-    if not pool:
-        raise ConfigError(f"forgetting.replay.data {r.data}: every row is a validation/test example of this run; "
-                          "replay needs other data")
     measured = {tuple(e["input_ids"]) for p in probes for e in p.examples}
     pool = [e for e in pool if tuple(e["input_ids"]) not in measured]
+    if not pool:
+        raise ConfigError(f"forgetting.replay.data {r.data}: every row is a validation/test example of this run or "
+                          "one a forgetting probe measures (e.g. task 1's validation/test rows); replay needs other "
+                          "data (task 1's training file, say)")
     data.train = mix(data.train, pool, r.ratio, cfg.train.seed)
     return data
 

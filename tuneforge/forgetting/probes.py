@@ -11,6 +11,8 @@ split): what ``tuneforge mitigate`` chooses on, so that the reported test-side n
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import random
 import sys
 from collections.abc import Callable
@@ -21,6 +23,7 @@ import torch.nn as nn
 
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data.chat import IGNORE
+from tuneforge.data import dataset
 from tuneforge.data.dataset import normalise, source_records
 from tuneforge.models import autocast
 from tuneforge.tasks import Runtime, Task
@@ -77,8 +80,18 @@ def task1_probe(prev: Any, heads: list[str], rt: Runtime, split: str = "test") -
     def loss(model: nn.Module, batch: dict[str, Any]) -> Any:
         return swapped(model, lambda: mean_loss(prev.task, model, batch))
 
-    name = prev.cfg.data.dataset if not prev.cfg.data.train_file else prev.cfg.data.train_file
-    return Probe(f"task 1 ({name}) {split} {metric}", metric, measure, examples, loss, task1.train, set(), own)
+    return Probe(f"task 1 ({prev.cfg.data.source}) {split} {metric}", metric, measure, examples, loss, task1.train,
+                 _held_out_keys(prev), own)
+
+
+def _held_out_keys(prev: Any) -> set[str]:
+    """The input texts of task 1's validation and test rows, normalised: replay trains on none of them, whatever
+    the length or template task 2 encodes them with (both sides, as the other probes: ``mitigate`` measures the
+    validation side, the report the test side)."""
+    with contextlib.redirect_stderr(io.StringIO()):  # reading notes: said when task 1 trained
+        rows = [r for split in ("validation", "test")
+                for r in dataset.restore(prev.files.split(), split, prev.task, prev.cfg)[0]]
+    return {normalise(prev.task.input_text(r, prev.cfg)) for r in rows}
 
 
 def reference_probe(cfg: RunConfig, task: Task, tokenizer: Any, rt: Runtime, meta: dict[str, Any]) -> Probe | None:
