@@ -1,5 +1,5 @@
 """Virtual tokens on backbones with their own quirks: one that computes otherwise from token ids than from their
-embeddings (Falcon-H1's embedding multiplier) is refused for prompt tuning / P-tuning, not silently changed;
+embeddings (Falcon-H1's embedding multiplier, Gemma 3n's per-layer inputs) is refused for prompt tuning / P-tuning, not silently changed;
 XLNet's unlimited positions (-1) are no limit; Longformer's global attention mask gets the virtual columns;
 MPT's ALiBi table (max_seq_len) is its position limit."""
 import pytest
@@ -28,6 +28,22 @@ def test_a_backbone_that_scales_only_token_ids_is_refused(method):
         apply(_falcon_h1(5.656854249492381), method, num_virtual_tokens=2)
     model = apply(_falcon_h1(1.0), method, num_virtual_tokens=2)  # no multiplier: ids and embeddings agree
     assert model.training and model(input_ids=torch.tensor([[5, 6, 7]])).logits.shape == (1, 3, 128)
+
+
+def test_per_layer_token_inputs_are_refused():
+    """Gemma 3n adds per-layer embeddings of the token ids, which embeddings alone do not give (weights drawn
+    anew: at its initialisation a zero scale hides them)."""
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(T.Gemma3nTextConfig(
+        vocab_size=128, vocab_size_per_layer_input=128, hidden_size=32, hidden_size_per_layer_input=8,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=64,
+        pad_token_id=0, layer_types=["full_attention"] * 2, num_kv_shared_layers=0, altup_num_inputs=2, laurel_rank=4,
+        activation_sparsity_pattern=[0.0, 0.0], max_position_embeddings=128))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    with pytest.raises(ConfigError, match="Gemma3nTextModel computes its input from token ids"):
+        apply(model, "prompt", num_virtual_tokens=2)
 
 
 @pytest.mark.parametrize("method", ["prompt", "p-tuning"])
