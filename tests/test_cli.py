@@ -147,6 +147,22 @@ def test_dotted_overrides_beat_flags_on_either_side(monkeypatch):
         assert (cfg.train.lr, cfg.train.epochs, cfg.method) == (0.5, 2, {"name": "lora", "rank": 4})
 
 
+def test_compares_task_flag_yields_to_a_dotted_override(monkeypatch, tmp_path):
+    """compare --task X model.task=Y compared on task X: its flag was appended after the overrides."""
+    from tuneforge import compare
+    from tuneforge.config import load_config
+    seen = []
+
+    def fake(methods, config, overrides, out_dir, **kwargs):
+        seen.append(overrides)
+        (tmp_path / "comparison.md").write_text("table")
+        return []
+
+    monkeypatch.setattr(compare, "compare", fake)
+    assert main(["compare", "--task", "causal_lm", "-o", str(tmp_path), "model.task=seq2seq"]) == 0
+    assert load_config(None, seen[-1]).model.task == "seq2seq"
+
+
 def test_a_flag_value_outside_the_basic_plane_is_read_as_written(monkeypatch):
     """--data 'rev😀.csv' became 'rev\\ud83d\\ude00.csv' (json.dumps escapes it, YAML reads lone surrogates)."""
     from tuneforge import run

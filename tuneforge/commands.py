@@ -216,7 +216,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from tuneforge.compare import compare
 
-    overrides = list(args.overrides) + ([f"model.task={args.task}"] if args.task else [])
+    overrides = ([f"model.task={args.task}"] if args.task else []) + list(args.overrides)  # overrides win, as in train
     rows = compare(args.methods, args.config, overrides, out_dir=args.output, progress=not args.quiet,
                    in_process=args.in_process, overwrite=args.overwrite)
     with open(os.path.join(args.output, "comparison.md")) as f:
