@@ -62,6 +62,16 @@ def test_chat_prompts_are_trimmed_as_training_trimmed_messages_and_plain_text_is
     assert encode_prompts(tok, ["the cat "], None, 64) == [tok("the cat ")["input_ids"]]  # a text to continue
 
 
+def test_a_plain_text_prompt_does_not_end_in_the_end_token_a_tokenizer_appends():
+    """A tokenizer that appends its end token (add_eos_token) made every text to continue a finished one."""
+    from lm_helpers import ending, tiny_tokenizer
+
+    tok = ending(tiny_tokenizer(template=False), "<|end|>")
+    assert tok("the film")["input_ids"][-1] == tok.eos_token_id
+    assert encode_prompts(tok, ["the film", "the film <|end|>"], None, 64) == [
+        tok("the film")["input_ids"][:-1], tok("the film <|end|>")["input_ids"]]  # written by the user: kept
+
+
 @pytest.mark.parametrize("bad", [[], [{"role": "user"}], [{"content": "hi"}], ["hi"], [{"role": "user", "content": 3}],
                                  3])
 def test_a_conversation_that_is_not_a_list_of_messages_is_named(bad):

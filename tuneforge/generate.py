@@ -167,7 +167,10 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], te
         if template is None:
             if not isinstance(p, str):
                 raise ConfigError("this run was trained on plain text: give prompts as strings to continue")
-            out.append(tokenizer(p)["input_ids"])
+            ids = tokenizer(p)["input_ids"]
+            if ids and ids[-1] == tokenizer.eos_token_id and not p.rstrip().endswith(str(tokenizer.eos_token)):
+                ids = ids[:-1]  # a tokenizer that appends its end token (add_eos_token): the text is to go on
+            out.append(ids)
             continue
         messages = [{"role": "user", "content": p}] if isinstance(p, str) else _messages(p, k)
         messages = [{**m, "content": trimmed(m["content"])} for m in messages]  # as training trimmed them
