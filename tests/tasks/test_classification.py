@@ -121,6 +121,16 @@ def test_a_later_file_of_a_pair_run_missing_its_second_text_is_named_so(tmp_path
         prepare(load_config(None, {"data": files}), TASK, word_tokenizer())
 
 
+def test_a_later_file_of_a_pair_run_spelling_another_pair_names_the_runs_first_text(tmp_path):
+    """It named 'text', which no file of the run had, and advised data.text_column."""
+    pair = [{"sentence1": f"a {i}", "sentence2": f"b {i}", "label": i % 2} for i in range(20)]
+    other = [{"premise": "c", "hypothesis": "d", "label": 0}] * 4
+    files = _files(tmp_path, train=pair, validation=pair[:4], test=other)
+    with pytest.raises(ConfigError, match=r"test\.jsonl: column 'sentence1' not found; columns are 'premise', "
+                                          r"'hypothesis', 'label' "):
+        prepare(load_config(None, {"data": files}), TASK, word_tokenizer())
+
+
 def test_a_named_text_column_is_never_guessed_in_a_later_file(tmp_path):
     rows = [{"claim": f"a {i}", "hypothesis": f"b {i}", "label": i % 2} for i in range(20)]
     other = [{"premise": "c", "hypothesis": "d", "label": 0}] * 4

@@ -39,15 +39,16 @@ def find(row: Record, path: str, cfg: RunConfig) -> tuple[str, str]:
     """(text column, label column) of a file whose first row is ``row``: the configured ones, or their one common
     other spelling (``sentence``, ``review`` ...; ``sentiment``, ``category`` ...), or for the text a common text
     pair (``sentence1`` + ``sentence2`` ...: sets ``data.text_pair_column``, saved with the run). A later file of a
-    pair run missing the pair's second text reads its first (the missing second is then named by the check)."""
+    pair run missing the pair's second text reads its first (the missing second is then named by the check); one
+    lacking its first too (another pair's spelling) is checked for the run's own first, which the error names."""
     d = cfg.data
     pair = _pair(row, cfg) if d.text_column not in row else None  # before 'sentence' alone (QNLI)
-    first = next((a for a, b in PAIR_COLUMNS if b == d.text_pair_column and a in row), None)
+    first = next((a for a, b in PAIR_COLUMNS if b == d.text_pair_column), None)  # a pair run's first text
     text = common_column(row, d.text_column, TEXT_COLUMNS)
     if pair:  # the run becomes a text-pair run; config.yaml records the second column for `predict`
         text, d.text_pair_column = pair
     elif first and text not in row and d.text_column == TEXT_COLUMNS[0]:  # premise + hypothesis missing the second
-        text = first  # its first text, as training read it
+        text = first  # its first text, as training read it (absent: the check names it, not 'text')
     partner = dict(PAIR_COLUMNS).get(text)
     if d.text_pair_column is None and partner in row:
         print(f"note: {path} also has '{partner}', the usual second text of '{text}'; the run reads '{text}' "
