@@ -26,7 +26,7 @@ def test_a_folder_that_cannot_be_written_is_named_not_its_temporary_sibling():
 def test_an_output_path_with_a_tilde_or_through_a_link_is_the_folder_meant(tmp_path, monkeypatch):
     """YAML's `output_dir: ~/x` made a folder named '~' in the working directory; `-o link --overwrite` of a link
     to an earlier run failed ('Is a directory') and left an empty .partial folder."""
-    from tuneforge.checkpoint import run_dir_path
+    from tuneforge.run_dir import run_dir_path
     from tuneforge.files import PARTIAL, fresh_folder, new_folder, write_marker
 
     monkeypatch.setenv("HOME", str(tmp_path))

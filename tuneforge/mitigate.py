@@ -24,6 +24,7 @@ from tuneforge import checkpoint, tasks
 from tuneforge.config import ConfigError, RunConfig, load_config
 from tuneforge.files import fresh_folder, output_folder
 from tuneforge.forgetting import pipeline as forgetting
+from tuneforge.run_dir import check_inputs_outside
 
 # kind -> (fixed settings, the swept key, default candidates)
 SWEEPS: dict[str, tuple[list[str], str, list[float]]] = {
@@ -165,7 +166,7 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
         raise ConfigError("mitigate chooses by what each setting forgets, and these runs measure no forgetting: set "
                           f"{forgetting.measured_by(task)}{' or forgetting.probes' if task.generates else ''}")
     if overwrite:
-        checkpoint.check_inputs_outside(out, base)  # the run to mitigate, the data: never removed with the folder
+        check_inputs_outside(out, base)  # the run to mitigate, the data: never removed with the folder
         fresh_folder(out, overwrite, "mitigation")
     else:
         claim_folder(out, "mitigation")  # new, empty or an earlier sweep's folder, never one of the user's

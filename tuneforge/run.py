@@ -32,6 +32,7 @@ from tuneforge.data.dataset import warnings as dataset_warnings
 from tuneforge.data.readers import data_bytes
 from tuneforge.data.templates import stored_template
 from tuneforge.files import output_folder
+from tuneforge.run_dir import check_inputs_outside, create_run_dir, discard_on_error, run_dir_path
 from tuneforge.forgetting import pipeline as forgetting
 from tuneforge.forgetting.interpolate import start_weights
 from tuneforge.loaded import Run, load, start_model
@@ -141,10 +142,10 @@ def _train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | 
         s = distributed.agree(lambda: _setup(cfg, task, base, device, prev))
         manifest = {**s.splits.manifest(), "forgetting": forgetting.source_digests(cfg)}  # split.json
         if d.main and resume is None:
-            checkpoint.create_run_dir(run_dir, overwrite, cfg)
+            create_run_dir(run_dir, overwrite, cfg)
         if d.main:
             lock.take(run_dir)  # held until the run ends: no second process resumes or replaces it meanwhile
-        with checkpoint.discard_on_error(run_dir if resume is None and d.main else None):
+        with discard_on_error(run_dir if resume is None and d.main else None):
             if d.main and resume is None:
                 checkpoint.save_json(manifest, run_dir / checkpoint.SPLIT, compact=True)
                 if prev is None:  # a sequential run's base is task 1's model, merged again on resume
@@ -234,9 +235,9 @@ def _plan(cfg: Any, overrides: list[str] | None, overwrite: bool, resume: str | 
     run_dir = None
     if distributed.current().main:
         run_dir = (output_folder(resume) if resume is not None else
-                   checkpoint.run_dir_path(cfg.output_dir, cfg.method_name, overwrite))
+                   run_dir_path(cfg.output_dir, cfg.method_name, overwrite))
         if overwrite and resume is None:
-            checkpoint.check_inputs_outside(run_dir, cfg)
+            check_inputs_outside(run_dir, cfg)
         if resume is not None or overwrite:
             run_lock.refuse_held(run_dir, "resume it" if resume is not None else "replace it")
     return cfg, task, distributed.broadcast(run_dir)

@@ -161,9 +161,9 @@ def test_a_method_that_does_not_fit_the_model_fails_before_the_run_directory(ber
                                                                             monkeypatch, method, option, message):
     """It failed only after the run directory was made and the untrained model evaluated (on a real model, minutes
     of generation; a kill in between left a folder only --overwrite cleared)."""
-    from tuneforge import checkpoint, run
+    from tuneforge import run
     monkeypatch.setattr(run, "_before", lambda *a, **k: pytest.fail("evaluated before checking the method"))
-    monkeypatch.setattr(checkpoint, "create_run_dir", lambda *a, **k: pytest.fail("created before checking"))
+    monkeypatch.setattr(run, "create_run_dir", lambda *a, **k: pytest.fail("created before checking"))
     one_error(capsys, train_argv(bert_dir, reviews, tmp_path / "run", option, method=method), message)
 
 
