@@ -150,11 +150,3 @@ def test_a_text_setting_takes_the_override_text_as_given():
     assert (cfg.data.system_prompt, cfg.data.text_column, cfg.data.template) == (None, "quoted", "a\nb")
     with pytest.raises(ConfigError, match="override 'data.template='x': the value is not valid YAML"):
         load_config(None, ["data.template='x"])
-
-
-def test_a_methods_text_option_takes_the_override_text_as_given():
-    """method.init_text=007 trained the prompt from the text '7' (method options were all read as YAML)."""
-    overrides = parse_overrides(["method.init_text=007", "method.tokenizer=null", "method.rank=8",
-                                 "method.target_modules=[q,v]", "method.init_text2=007"])
-    assert overrides["method"] == {"init_text": "007", "tokenizer": None, "rank": 8, "target_modules": ["q", "v"],
-                                   "init_text2": 7}  # an unknown option: YAML, refused later by its method

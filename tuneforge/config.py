@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -261,7 +260,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override '{pair}' must look like key.sub=value{hint}")
         key, raw = pair.split("=", 1)
         parts = key.strip().split(".")
-        hint = field_hint(RunConfig, parts) if parts[:1] != ["method"] else _method_option_hint(parts)
+        hint = field_hint(RunConfig, parts)
         value = _yaml_value(pair, raw) if not is_text(hint) or raw.strip().startswith(("'", '"')) else (
             None if hint is not str and raw.strip() in ("", "~", "null", "Null", "NULL") else raw)
         node = out
@@ -271,20 +270,6 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"override '{pair}': '{part}' is not a section")
         node[parts[-1]] = value
     return out
-
-
-def _method_option_hint(parts: list[str]) -> Any:
-    """A method option's type where every method with an option of that name declares it as text
-    (``method.init_text=007`` stays '007'), else None (read as YAML)."""
-    from tuneforge.methods import registry
-
-    if len(parts) != 2:
-        return None
-    declared = [h for h in (typing.get_type_hints(registry.get(n).Config).get(parts[1]) for n in registry.names())
-                if h is not None]
-    if not declared or not all(is_text(h) for h in declared):
-        return None
-    return str if any(h is str for h in declared) else str | None  # optional text: null unsets it
 
 
 def _yaml_value(pair: str, raw: str) -> Any:
