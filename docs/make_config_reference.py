@@ -64,7 +64,8 @@ tuneforge train -c run.yaml method.rank=16 train.lr=2e-3 data.split=[0.9,0.05,0.
 ```
 
 Override values are read as YAML scalars (`null`, `true`, `1e-3`, `[a, b]`), except that a text setting
-takes its value as given unless quoted (`data.label_column=on`, `output_dir=runs/exp #2`). `--method`, `--model`,
+takes its value as given unless quoted (`data.label_column=on`, `output_dir=runs/exp #2`); a method's
+options are YAML too, so quote a text that YAML reads otherwise (`method.init_text='007'`). `--method`, `--model`,
 `--task`, `--data`, `--text-column`, `--label-column`, `--epochs`, `--lr`, `--batch-size` and `-o` are
 shorthands for `method.name`, `model.name`, `model.task`, `data.dataset`, `data.text_column`,
 `data.label_column`, `train.epochs`, `train.lr`, `train.batch_size` and `output_dir`.
