@@ -35,5 +35,15 @@ def test_a_clear_gain_over_every_baseline_is_quiet():
 def test_a_perplexity_that_barely_moved_and_a_flat_loss_are_named():
     warning = learned_warning(_metrics({"perplexity": 19.9}, {"perplexity": 20.0}), LM)
     assert "test perplexity 20.0000 -> 19.9000 is not clearly better than the untrained model: " in warning
-    flat = learned_warning(_metrics({"perplexity": 8.0}, {"perplexity": 20.0}, loss=(2.0, 1.99)), LM)
+    flat = learned_warning(_metrics({"perplexity": 8.0}, None, loss=(2.0, 1.99)), LM)  # no untrained measurement
     assert flat.startswith("the training loss did not clearly fall (2.0000 -> 1.9900, under 2 %)")
+    flat = learned_warning(_metrics({"perplexity": 19.9}, {"perplexity": 20.0}, loss=(2.0, 1.99)), LM)
+    assert flat.startswith("the training loss did not clearly fall")
+
+
+def test_a_clear_test_gain_is_not_contradicted_by_a_flat_training_loss():
+    """Test accuracy 0.5 -> 1.0 on 16 sentences, and the warning said the loss did not clearly fall (0.6943 ->
+    0.6904: a classifier's decisions can cross over while its mean loss barely moves)."""
+    gain = _metrics({"accuracy": 1.0, "n": 16, "per_class": {"a": {"support": 8}, "b": {"support": 8}}},
+                    {"accuracy": 0.5}, loss=(0.6943, 0.6904))
+    assert learned_warning(gain, CLASSIFIER) is None

@@ -24,14 +24,24 @@ def _majority(metrics: dict[str, Any]) -> float | None:
 
 
 def learned_warning(metrics: dict[str, Any], task: Any) -> str | None:
-    """One line when nothing (clearly) was learned: the training loss did not fall, or the test metric after
-    training is not clearly better than the untrained model's (for accuracies also the majority class), beyond
-    two standard errors of the test set; else None."""
+    """One line when nothing (clearly) was learned, else None: the test metric after training is not clearly
+    better than the untrained model's (for accuracies also the majority class), beyond two standard errors of
+    the test set, or, where the test metric cannot tell (no untrained measurement) or did not clearly improve, the
+    training loss did not fall. A test metric clearly better is never contradicted by a flat training loss."""
+    verdict = _test_verdict(metrics, task)
+    if verdict == "better":
+        return None
     loss = metrics.get("training_loss") or {}
     first, last = loss.get("first"), loss.get("last")
     if first is not None and last is not None and math.isfinite(first) and last > 0.98 * first and \
             loss.get("logged", 0) > 1:
         return f"the training loss did not clearly fall ({first:.4f} -> {last:.4f}, under 2 %): {FIXES}"
+    return verdict
+
+
+def _test_verdict(metrics: dict[str, Any], task: Any) -> str | None:
+    """'better' when the test metric clearly beats the untrained model's (and the majority class), the warning
+    when it does not, None when there is nothing to compare it with."""
     before, after = metrics.get("test_before") or {}, metrics.get("test_after") or {}
     name = task.metric
     if name not in after:
@@ -53,7 +63,7 @@ def learned_warning(metrics: dict[str, Any], task: Any) -> str | None:
     else:  # a loss: one per cent
         margin = 0.01 * abs(bar)
     if sign * (value - bar) > margin:
-        return None
+        return "better"
     untrained = before.get(name)
     what = " / ".join(([] if untrained is None else ["the untrained model"]) +
                       ([] if majority not in bars else [f"the majority class ({majority:.4f})"]))
