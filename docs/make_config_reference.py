@@ -79,8 +79,8 @@ SECTION_NOTES = {
              "automatic (enough whole epochs for `train.auto_min_steps` optimizer steps, at most "
              "`train.auto_max_epochs`, validation each epoch, the best checkpoint kept; `train.early_stopping` "
              "ends a run after N evaluations without improvement, where an equal metric at a validation loss at "
-             "least 1 % lower is an improvement; unset, it is off, except for causal LM under the automatic "
-             "length: 3). Under "
+             "least 1 % lower is an improvement; unset, it is off, except for causal LM and seq2seq under the "
+             "automatic length: 3; 0 turns it off). Under "
              "torchrun see [distributed.md](distributed.md).",
     "forgetting": "See [forgetting.md](forgetting.md).",
 }

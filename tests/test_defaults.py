@@ -216,6 +216,20 @@ def test_causal_lm_stops_early_under_the_automatic_length_only(lm):
     assert m["steps"] == 2 * per_epoch and len(evals) == 2
     m, per_epoch, evals = _lm_run(lm, "epochs", epochs=6)  # explicit epochs: the whole length
     assert m["steps"] == 6 * per_epoch and len(evals) == 6
+    m, per_epoch, evals = _lm_run(lm, "never", early_stopping=0)  # off: the automatic plan, whole (0 was refused
+    assert m["steps"] == -(-80 // per_epoch) * per_epoch  # and null meant the default of 3)
+
+
+def test_early_stopping_says_where_it_ended_the_run(lm, capsys):
+    m, per_epoch, _ = _lm_run(lm, "said", progress=True)
+    assert f"early stopping at step {4 * per_epoch} of {-(-80 // per_epoch) * per_epoch}: validation loss did not " \
+        f"improve for 3 evaluations; the best, step {per_epoch}, is kept" in capsys.readouterr().err
+
+
+def test_a_fractional_epoch_count_is_not_rounded_up_past_its_steps():
+    """0.28 x 25 steps is 7.000000000000001 in floating point: 8 steps were planned."""
+    cfg = load_config(None, {"train": {"batch_size": 4, "epochs": 0.28}})
+    assert StepPlan([10] * 100, cfg, True, distributed.Dist(rank=0, world=1)).total == 7
 
 
 def test_the_plan_line_promises_early_stopping_only_where_validation_can_stop_the_run(lm, capsys):

@@ -147,3 +147,24 @@ def test_every_training_step_runs_in_training_mode_after_evaluations(tmp_path, m
            "output_dir": str(tmp_path / "run")}
     train(cfg, progress=False)
     assert modes == [True, True, True]
+
+
+def test_the_learning_rate_logged_at_a_step_is_the_one_it_trained_at(tmp_path):
+    """log.jsonl had the next step's rate: the peak never showed and the last step looked like lr 0."""
+    import json
+
+    import pandas as pd
+
+    from lm_helpers import single_thread
+    from tiny import model_dir, sentiment_rows
+    from tuneforge.run import train
+
+    pd.DataFrame(sentiment_rows(40)).to_csv(tmp_path / "d.csv", index=False)
+    cfg = {"model": {"name": str(model_dir(tmp_path / "bert", "bert")), "max_length": 32},
+           "data": {"dataset": str(tmp_path / "d.csv")}, "method": {"name": "lora", "rank": 2},
+           "train": {"max_steps": 4, "batch_size": 8, "precision": "fp32", "lr": 1e-3, "schedule": "linear",
+                     "warmup_ratio": 0.0, "log_every": 1}, "eval": {"before": False}, "output_dir": str(tmp_path / "r")}
+    with single_thread():
+        train(cfg, progress=False)
+    logged = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert [round(r["lr"], 8) for r in logged if "lr" in r] == [1e-3, 7.5e-4, 5e-4, 2.5e-4]

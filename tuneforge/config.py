@@ -104,8 +104,9 @@ class TrainConfig:
     padding_free: bool = True  # causal LM: pack each batch's examples into rows (no example attends to another);
     #                            used where a start-up check shows the model supports it, else padded rows
     eval_every: int | None = None  # evaluate every N optimizer steps; default: each epoch
-    early_stopping: int | None = None  # stop after N evaluations without improvement; default: none, except under
-    #                                    the automatic length for causal LM (3: its validation loss has no plateau)
+    early_stopping: int | None = None  # stop after N evaluations without improvement (0: never); default: none,
+    #                                    except under the automatic length for causal LM and seq2seq (3: their
+    #                                    validation loss has no plateau)
     log_every: int = 10  # log training loss every N optimizer steps
     save_every: int | None = None  # resumable checkpoint every N optimizer steps; default: at each evaluation; 0: never
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each process's own GPU, or cpu)
@@ -122,7 +123,7 @@ class TrainConfig:
         positive("train.auto_max_epochs", self.auto_max_epochs)
         positive("train.max_steps", self.max_steps)
         positive("train.eval_every", self.eval_every)
-        positive("train.early_stopping", self.early_stopping)
+        non_negative("train.early_stopping", self.early_stopping)
         positive("train.log_every", self.log_every)
         positive("train.length_group_batches", self.length_group_batches)
         if self.num_threads is not None and self.num_threads < 1:

@@ -28,7 +28,7 @@ class StepPlan:
         if t.max_steps:
             self.total = t.max_steps
         elif t.epochs is not None:
-            self.total = max(1, math.ceil(t.epochs * self.per_epoch))
+            self.total = max(1, math.ceil(round(t.epochs * self.per_epoch, 6)))  # 0.28 x 25 is 7.000000000000001
         else:  # automatic: at least auto_min_steps, in at most auto_max_epochs whole epochs, the best one kept
             self.total = min(t.auto_max_epochs, math.ceil(t.auto_min_steps / self.per_epoch)) * self.per_epoch
 

@@ -140,7 +140,7 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.schedule, int(t.warmup_ratio * total), total))
     eval_every = t.eval_every or plan.per_epoch
     save_every = eval_every if t.save_every is None else t.save_every
-    patience = t.early_stopping if t.early_stopping is not None else task.auto_patience if plan.auto else None
+    patience = (t.early_stopping if t.early_stopping is not None else task.auto_patience if plan.auto else None) or None
     if progress and d.main:
         print(plan.describe(patience if data.validation else None), file=sys.stderr)  # stops need them
     result = TrainResult(best=BestWeights(run_dir, d.main))
@@ -159,6 +159,7 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
     try:  # the TensorBoard writer's thread and the bar end even if training fails (a notebook goes on)
         start = time.perf_counter() - result.train_seconds
         model.train()  # once, and again after each evaluation (transformers' train() costs ~1 ms a call)
+        lr = scheduler.get_last_lr()[0]
         while step < total:
             epoch, micro = plan.step(step)
             batches = list(iterate(data.train, micro, rt.pad_id, rt.padding_free, rt.shapes))
@@ -180,12 +181,13 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
             if t.max_grad_norm:
                 fast.clip_gradients(params, t.max_grad_norm, optimizer)
             optimizer.step()
+            lr = scheduler.get_last_lr()[0]  # the rate this step trained at (logged with it)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             bar.update(1)
             if step % t.log_every == 0 or step == total:
-                _log_train_loss(result, logger, bar, logged, step, epoch, scheduler.get_last_lr()[0])
+                _log_train_loss(result, logger, bar, logged, step, epoch, lr)
             stop = False
             if (step % eval_every == 0 or step == total) and data.validation:
                 elapsed = time.perf_counter() - start
@@ -196,6 +198,9 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
                 start = time.perf_counter() - elapsed  # evaluation time is not training time
                 stop = _record_evaluation(result, logger, metrics, task.metric, sign, step, module, patience)
             if stop:
+                if progress and d.main:
+                    print(f"\nearly stopping at step {step:,} of {total:,}: validation {task.metric} did not improve "
+                          f"for {patience} evaluations; the best, step {result.best_step:,}, is kept", file=sys.stderr)
                 total = step
             elif run_dir is not None and save_every and step % save_every == 0 and step < total:
                 check_finite(float(logged[0]), step)  # never checkpoint NaN weights
@@ -207,7 +212,7 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
         result.train_seconds = time.perf_counter() - start
         result.steps = step
         if logged[1] > 0:  # early stopping ended the run between two logged steps
-            _log_train_loss(result, logger, bar, logged, step, epoch, scheduler.get_last_lr()[0])
+            _log_train_loss(result, logger, bar, logged, step, epoch, lr)
     finally:
         bar.close()
         logger.close()
