@@ -34,7 +34,8 @@ UNCOMMENTED = {
     "data.validation_file": "validation split file (with `data.train_file`)",
     "data.test_file": "test split file (with `data.train_file`)",
     "train.optimizer": "optimizer over the trainable parameters (no weight decay on biases and norms)",
-    "train.weight_decay": "AdamW weight decay (not applied to biases and norms)",
+    "train.weight_decay": "weight decay (not applied to biases and norms): decoupled for AdamW, an L2 term in the "
+                          "gradient for SGD and RMSprop",
     "train.schedule": "learning-rate schedule after the warmup",
     "train.batch_size": "examples per micro-batch **per process**; global batch = batch_size x grad_accum x processes",
     "train.seed": "seed of initialisation, batch order and dropout",
