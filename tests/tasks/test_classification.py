@@ -187,6 +187,18 @@ def test_one_label_names_the_file(tmp_path):
         _prepare(tmp_path, [{"text": f"t {i}", "label": "a"} for i in range(20)])
 
 
+def test_a_sample_too_small_for_the_labels_names_data_max_examples(tmp_path):
+    """It blamed the data file ('has a single label') or a validation row's label, not the setting."""
+    rows = [{"text": f"t {i}", "label": "abc"[i % 3]} for i in range(30)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "v.jsonl").write_text("".join(json.dumps({"text": f"v {i}", "label": "ab"[i]}) + "\n" for i in (0, 1)))
+    for data, message in (({"dataset": str(tmp_path / "d.jsonl"), "max_examples": 1}, "has a single label"),
+                          ({"train_file": str(tmp_path / "d.jsonl"), "validation_file": str(tmp_path / "v.jsonl"),
+                            "max_examples": 1}, "has a single label")):
+        with pytest.raises(ConfigError, match=message + r".*\(data\.max_examples=1 trains on a sample of 1 rows"):
+            prepare(load_config(None, {"data": data}), TASK, word_tokenizer())
+
+
 def test_labels_that_are_nearly_all_different_are_refused_as_regression(tmp_path):
     rows = [{"text": f"text {i}", "label": round(0.01 * i, 2)} for i in range(60)]
     with pytest.raises(ConfigError, match="holds 60 different labels in 60 examples; .*regression"):

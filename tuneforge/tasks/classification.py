@@ -23,6 +23,12 @@ from tuneforge.tasks import Example, Prepared, Record, Runtime, end_token, one_l
 SHOWN = 5  # predict's text output: the probabilities of up to this many classes (the likeliest)
 
 
+def _sampled(cfg: RunConfig) -> str:
+    """Where ``data.max_examples`` sampled the training data: the hint that it may have left a label out."""
+    n = cfg.data.max_examples
+    return f" (data.max_examples={n} trains on a sample of {n} rows: raise it, or leave it out)" if n else ""
+
+
 class Task:
     name = "classification"
     metric = "accuracy"  # validation metric that picks the best checkpoint
@@ -120,8 +126,8 @@ class Task:
         label = cfg.data.label_column
         names = label_names([r[label] for r in records["train"]])
         if len(names) < 2:
-            raise ConfigError(f"{cfg.data.source}: column '{label}' has a single label ({names[0]}); "
-                              "classification needs two or more")
+            raise ConfigError(f"{cfg.data.source}: column '{label}' has a single label ({names[0]}) in the training "
+                              f"split; classification needs two or more{_sampled(cfg)}")
         every = [r[label] for split in records.values() for r in split]  # not the split alone: 3 rows per label
         n, distinct = len(every), len(label_names(every))  # leave 1 per label for training
         if n >= 20 and distinct > 0.8 * n:  # nearly every example its own label
@@ -160,7 +166,7 @@ class Task:
             else:
                 raise ConfigError(f"{row}: label '{value}' (column '{d.label_column}') was not seen in training "
                                   f"(labels: {', '.join(meta['labels'])}); fix the label, or train on data that holds "
-                                  "examples of it")
+                                  f"examples of it{_sampled(cfg)}")
         text = (lambda r, c: "" if blank(r.get(c)) else str(r[c]))  # a null/NaN text is empty, not "None"
         texts = [text(r, d.text_column) for r in records]
         pairs = [text(r, d.text_pair_column) for r in records] if d.text_pair_column else None
