@@ -346,3 +346,48 @@ def test_the_readme_loads_a_base_whose_own_head_has_another_label_count(tmp_path
     theirs = PeftModel.from_pretrained(base, tmp_path / "out").eval()
     batch = tiny_batch()
     torch.testing.assert_close(theirs(**batch).logits, run.model(**batch).logits, **TOL)
+
+
+@PEFT_WARNINGS
+@torch.no_grad()
+def test_a_base_from_the_hub_cache_is_named_by_its_id_and_a_bf16_base_loads_in_float32(tmp_path, monkeypatch):
+    """The adapter named this machine's cache snapshot (no other machine has it), and the README loaded a bf16
+    base in bf16 (transformers' dtype='auto'), whose logits missed the run's (float32 weights) by 2e-3."""
+    import shutil
+
+    import huggingface_hub.constants as hf
+
+    run = _fake_run(tmp_path, "lora", "llama", {"rank": 4}, ("score",), "SEQ_CLS", tiny_classifier)
+    _randomise(run.model)
+    run.meta = {"labels": ["neg", "pos"]}
+    repo = tmp_path / "hub" / "models--acme--tiny-llama"
+    tiny_classifier("llama").to(torch.bfloat16).save_pretrained(repo / "snapshots" / "abc")  # a bf16 checkpoint
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc")
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    shutil.copy(repo / "snapshots" / "abc" / "model.safetensors", tmp_path / "base" / "model.safetensors")
+    run.model.load_state_dict({k: v.float() for k, v in AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "base", dtype=torch.float32).state_dict().items()}, strict=False)  # the run's base: bf16 values
+    run.cfg.model.name = "acme/tiny-llama"
+    out = export_peft(run, tmp_path / "out")
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "acme/tiny-llama"
+    readme = (out / "README.md").read_text()
+    load = re.search(r"base = AutoModelForSequenceClassification\.from_pretrained\((.*)\)\n", readme)[1]
+    assert load.startswith('"acme/tiny-llama"') and load.endswith(", dtype=torch.float32")
+    theirs = PeftModel.from_pretrained(eval(f"AutoModelForSequenceClassification.from_pretrained({load})"), out)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    torch.testing.assert_close(theirs.eval()(input_ids=ids).logits, run.model(input_ids=ids).logits, **TOL)
+
+
+def test_an_adapter_on_a_tied_output_layer_says_to_merge_with_tuneforge(tmp_path, capsys):
+    """PEFT's merge_and_unload() adds a tied lm_head's update to the shared input embedding (logits off by 0.55);
+    the export said nothing."""
+    run = _fake_run(tmp_path, "lora", "gpt2", {"rank": 4, "target_modules": ["c_attn", "lm_head"]}, (),
+                    "CAUSAL_LM", tiny_causal_lm)
+    assert run.model.lm_head.base.weight is run.model.transformer.wte.weight  # tied, as GPT-2 is
+    readme = (export_peft(run, tmp_path / "out") / "README.md").read_text()
+    assert "`lm_head` shares its frozen weight with another layer" in readme and "use `tuneforge merge`" in readme
+    assert "note: lm_head shares its weight with another layer" in capsys.readouterr().err
+    untied = _fake_run(tmp_path / "u", "lora", "gpt2", {"rank": 4, "target_modules": ["c_attn"]}, (), "CAUSAL_LM",
+                       tiny_causal_lm) if (tmp_path / "u").mkdir() is None else None
+    assert "shares its frozen weight" not in (export_peft(untied, tmp_path / "u-out") / "README.md").read_text()

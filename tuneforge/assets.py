@@ -116,6 +116,12 @@ def resolve_model(name: str) -> Path:
     return path
 
 
+def is_hub_id(name: str) -> bool:
+    """Whether ``model.name`` is a Hub id that :func:`resolve_model` found in the local cache (not a folder or
+    an embedded model): exports name the id, which loads on any machine, not this one's cache path."""
+    return name not in MODELS and not Path(name).expanduser().is_dir() and _hub_cache(name) is not None
+
+
 def _what_else(path: Path) -> str:
     """What a model folder without config.json holds instead, and what to pass."""
     if (path / "adapter_config.json").is_file():

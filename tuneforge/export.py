@@ -11,6 +11,7 @@ from tuneforge import assets, checkpoint, scope
 from tuneforge.config import ConfigError
 from tuneforge.files import new_folder
 from tuneforge.methods import peft_format, registry
+from tuneforge.methods.layers import tied_wrapped
 from tuneforge.models import pretrained_config
 
 if TYPE_CHECKING:
@@ -27,12 +28,18 @@ _README = """# PEFT adapter exported by tuneforge
 method: {method}, task type: {task_type}, base model: `{base}`
 
 ```python
+import torch
 from peft import PeftModel
 from transformers import {auto}
 base = {auto}.from_pretrained("{base}"{extra})
 model = PeftModel.from_pretrained(base, "{out}")
 ```
 {note}"""
+_TIED_NOTE = """
+`{modules}` shares its frozen weight with another layer (tied embeddings). The adapter applies its update to
+this layer's output alone, as the run trained, but PEFT's `merge_and_unload()` adds it to the shared weight, which
+changes the other layer too: for a merged model use `tuneforge merge` (it unties the two first).
+"""
 def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
     """Write the run's adapter (plus any fully trained head, as ``modules_to_save``) in PEFT's format,
     with the tokenizer (and its chat template) beside it. Whether the run can be exported is settled before
@@ -54,17 +61,25 @@ def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
                           "use `tuneforge merge` or load the run directory with tuneforge")
     adapter_config, tensors = hook(run.model, registry.make_config(name, run.cfg.method_options()), task_type,
                                    list(run.heads))
-    base = assets.resolve_model(run.cfg.model.name).resolve()
-    adapter_config["base_model_name_or_path"] = str(base)
+    folder = assets.resolve_model(run.cfg.model.name).resolve()
+    base = run.cfg.model.name if assets.is_hub_id(run.cfg.model.name) else str(folder)  # an id loads anywhere
+    adapter_config["base_model_name_or_path"] = base
     labels = run.meta.get("labels")
     extra = (f", num_labels={len(labels)}, id2label={dict(enumerate(labels))}, "
              f"label2id={ {name: i for i, name in enumerate(labels)} }" if labels else "")  # both: else LABEL_n
-    pad, config = run.tokenizer.pad_token_id, pretrained_config(base)
+    pad, config = run.tokenizer.pad_token_id, pretrained_config(folder)
+    saved = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
+    if saved.removeprefix("torch.") != "float32":  # from_pretrained's dtype="auto": the adapter trained on float32
+        extra += ", dtype=torch.float32"
     if labels and pad is not None and config is not None and getattr(config, "pad_token_id", None) != pad:
         extra += f", pad_token_id={pad}"  # as trained: a decoder's classifier finds a row's end by the pad id
     if labels and config is not None and getattr(config, "num_labels", len(labels)) != len(labels):
         extra += ", ignore_mismatched_sizes=True"  # the base's own head (SST-2's 2 labels): the adapter brings one
     note, lines = peft_format.notes(adapter_config, task_type, last_token_head=hasattr(run.model, "score"))
+    if tied := tied_wrapped(run.model):
+        note += _TIED_NOTE.format(modules=", ".join(tied))
+        lines.append(f"{', '.join(tied)} shares its weight with another layer: PEFT's merge_and_unload() would change "
+                     "both (the README says so); `tuneforge merge` gives the merged model")
     if run.meta.get("last_first"):  # mBART-cc25: the base folder's generation config starts elsewhere
         note += (f"\nGenerate with `decoder_start_token_id={run.meta['decoder_start']}`: the decoder starts from the "
                  "output's last token (its language code), as it trained.\n")

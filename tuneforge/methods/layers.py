@@ -147,6 +147,18 @@ class Wrapper(nn.Module):
         return getattr(self.base, "bias", None)
 
 
+def tied_wrapped(model: nn.Module) -> list[str]:
+    """Names of the wrapped projections (:class:`Wrapper`) whose frozen weight another module of ``model`` shares
+    (a tied output layer: GPT-2's ``lm_head`` and ``wte``)."""
+    return [n for n, m in model.named_modules() if isinstance(m, Wrapper) and _holders(model, m.base)]
+
+
+def _holders(model: nn.Module, module: nn.Module) -> list[tuple[nn.Module, str]]:
+    """The other modules of ``model`` that hold ``module``'s weight, with the parameter's name in each."""
+    weight = module.weight
+    return [(m, n) for m in model.modules() for n, p in m._parameters.items() if p is weight and m is not module]
+
+
 def replace(root: nn.Module, name: str, new: nn.Module) -> None:
     """Set sub-module ``name`` of ``root`` (dotted, e.g. ``model.layers.0.mlp``) to ``new``."""
     parent_name, _, child = name.rpartition(".")
@@ -159,8 +171,7 @@ def untie(model: nn.Module, module: nn.Module) -> bool:
     then saves and loads the two apart. Returns whether it was shared. The config's ``tie_word_embeddings`` also
     ties BART's, Pegasus's and mBART's encoder and decoder embeddings to ``shared``: once it is off they load
     from keys of their own, so each of the other holders gets its own copy too (saved once each)."""
-    weight = module.weight
-    holders = [(m, n) for m in model.modules() for n, p in m._parameters.items() if p is weight and m is not module]
+    weight, holders = module.weight, _holders(model, module)
     shared = bool(holders)
     if shared:
         module.weight = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
