@@ -43,8 +43,9 @@ class DataConfig:
     label_all_subtokens: bool = False  # token classification: every sub-token of a word carries its tag in training
     stride: int | None = None  # token classification: tokens shared by consecutive windows of a sentence over
     #                            max_length; default: 32, or under half a window when max_length is short
-    skip_invalid: bool = False  # leave out (and count) invalid rows instead of stopping with an error (not
-    #                             token-classification sentences: their readers stop at a malformed one)
+    skip_invalid: bool = False  # leave out (and count) invalid rows instead of stopping with an error: rows
+    #                             that read but lack a text or label (not a line that is not JSON, a CSV row with
+    #                             extra cells, or a token-classification sentence: those readers stop there)
     format: Literal["auto", "pairs", "chat", "text"] = "auto"  # causal LM / seq2seq data layout
     template: str | None = None  # causal LM chat template: alpaca | plain | one the tokenizer names | .jinja file | inline Jinja
     system_prompt: str | None = None  # optional system message for chat-rendered prompts (seq2seq: before the input)
