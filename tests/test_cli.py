@@ -280,3 +280,21 @@ def test_predict_works_through_large_inputs_a_chunk_at_a_time_in_order(monkeypat
     for pairs in (list("1234"), list("123456")):  # counted whole, before any chunk is predicted
         with pytest.raises(ConfigError, match=f"5 texts but {len(pairs)} second texts"):
             next(commands._predictions(Run(), list("abcde"), pairs))
+
+
+def test_predict_says_each_note_once_for_every_chunk_together(monkeypatch, capsys):
+    """100k lines printed 98 notes, one per chunk of 1,024 with its own count, and no total."""
+    import sys as system
+
+    from tuneforge import commands
+
+    class Run:
+        def predict(self, texts, pairs):
+            print(f"note: {len(texts)} input(s) longer than model.max_length=8 tokens are cut", file=system.stderr)
+            print("warning: something else", file=system.stderr)
+            return [{"text": t} for t in texts]
+
+    monkeypatch.setattr(commands, "PREDICT_CHUNK", 2)
+    assert [r["text"] for r in commands._predictions(Run(), list("abcde"), None)] == list("abcde")
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: something else", "note: 5 input(s) longer than model.max_length=8 tokens are cut"]

@@ -3,6 +3,8 @@ the commands, so ``--help`` stays fast."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import re
@@ -102,9 +104,20 @@ def _predictions(run: Run, texts: list[str], pairs: list[str] | None) -> Iterato
     if pairs is not None and len(pairs) != len(texts):  # checked whole, as Run.predict would
         raise ConfigError(f"{len(texts)} texts but {len(pairs)} second texts: give one second text per text")
     starts = range(0, len(texts), PREDICT_CHUNK)
+    counted: dict[str, int] = {}  # a chunk's "note: N <what>" -> N over every chunk, said once at the end
     for start in progress_bar(starts, desc="predict", unit="chunk", leave=False, disable=len(starts) < 2):
         end = start + PREDICT_CHUNK
-        yield from run.predict(texts[start:end], pairs[start:end] if pairs is not None else None)
+        said = io.StringIO()
+        with contextlib.redirect_stderr(said):
+            rows = run.predict(texts[start:end], pairs[start:end] if pairs is not None else None)
+        for line in said.getvalue().splitlines():
+            if note := re.fullmatch(r"note: (\d+) (.*)", line):
+                counted[note[2]] = counted.get(note[2], 0) + int(note[1])
+            elif start == 0:  # anything else, once (every chunk would say it again)
+                print(line, file=sys.stderr)
+        yield from rows
+    for what, n in counted.items():
+        print(f"note: {n} {what}", file=sys.stderr)
 
 
 def _stdin_lines() -> tuple[list[str], list[str]]:
