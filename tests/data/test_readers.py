@@ -114,3 +114,18 @@ def test_a_parquet_column_of_bytes_reads_as_text(tmp_path):
     pd.DataFrame({"text": [b"good film", b"caf\xe9"], "label": ["pos", "neg"]}).to_parquet(path)
     with pytest.raises(ConfigError, match=r"d\.parquet: column 'text' holds bytes that are not UTF-8 text"):
         read_records(path)
+
+
+def test_a_parquet_file_counts_its_rows_toward_the_large_data_line(tmp_path):
+    """300k rows are 5 MB of compressed Parquet, under the 5 MiB that prints 'reading, checking and tokenising'."""
+    from types import SimpleNamespace
+
+    from tuneforge.data.readers import data_bytes
+
+    rows = pd.DataFrame({"text": ["the same review, again and again"] * 20_000, "label": ["pos"] * 20_000})
+    rows.to_parquet(tmp_path / "d.parquet")
+    rows.to_csv(tmp_path / "d.csv", index=False)
+    parquet = data_bytes(SimpleNamespace(train_file=None, dataset=str(tmp_path / "d.parquet")))
+    assert parquet == 40 * 20_000 > 100 * (tmp_path / "d.parquet").stat().st_size  # repeated text: nearly nothing
+    assert data_bytes(SimpleNamespace(train_file=None, dataset=str(tmp_path / "d.csv"))) == \
+        (tmp_path / "d.csv").stat().st_size
