@@ -90,6 +90,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for line in lines if lines is not None else texts:
         row = next(rows) if line.strip() else None
         print(json.dumps(row, ensure_ascii=False) if args.json else "" if row is None else run.task.describe(row))
+    next(rows, None)  # none is left: the generator ends, and says its notes
     return 0
 
 
