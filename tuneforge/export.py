@@ -12,7 +12,7 @@ from tuneforge.config import ConfigError
 from tuneforge.files import new_folder
 from tuneforge.methods import peft_format, registry
 from tuneforge.methods.layers import tied_wrapped
-from tuneforge.models import pretrained_config
+from tuneforge.models import pretrained_config, saved_dtype
 
 if TYPE_CHECKING:
     from tuneforge.run import Run
@@ -68,8 +68,7 @@ def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
     extra = (f", num_labels={len(labels)}, id2label={dict(enumerate(labels))}, "
              f"label2id={ {name: i for i, name in enumerate(labels)} }" if labels else "")  # both: else LABEL_n
     pad, config = run.tokenizer.pad_token_id, pretrained_config(folder)
-    saved = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
-    if saved.removeprefix("torch.") != "float32":  # from_pretrained's dtype="auto": the adapter trained on float32
+    if saved_dtype(config) not in (None, "float32"):  # from_pretrained's dtype="auto": the adapter trained on float32
         extra += ", dtype=torch.float32"
     if labels and pad is not None and config is not None and getattr(config, "pad_token_id", None) != pad:
         extra += f", pad_token_id={pad}"  # as trained: a decoder's classifier finds a row's end by the pad id

@@ -24,7 +24,7 @@ from tuneforge.strict import saved_config
 from tuneforge.user_inputs import path_arg, text_list
 from tuneforge.methods import registry
 from tuneforge.models import (DamagedWeights, apply_method, bf16_supported, head_modules, load_tokenizer,
-                              pretrained_config, resolve_device, store_frozen_in_bf16)
+                              pretrained_config, resolve_device, saved_dtype, store_frozen_in_bf16)
 from tuneforge.tasks import Prepared, Runtime
 
 
@@ -299,8 +299,7 @@ class Run:
         if config is None:
             print("note: the base model's config cannot be read, so the merged weights are saved in float32 "
                   "(--dtype chooses)", file=sys.stderr)
-        named = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-        return DTYPES.get(str(named).removeprefix("torch."), torch.float32)
+        return DTYPES.get(str(saved_dtype(config)), torch.float32)
 
 
 def load(run_dir: str | Path, device: str = "auto") -> Run:

@@ -47,6 +47,13 @@ def pretrained_config(path: str | Path, trust_remote_code: bool = False) -> Any:
         return None
 
 
+def saved_dtype(config: Any) -> str | None:
+    """The dtype a model config says its weights are saved in ('bfloat16', 'float32' ...; ``dtype``, or
+    ``torch_dtype`` before transformers 5), None where it names none."""
+    named = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return None if named is None else str(named).removeprefix("torch.")
+
+
 class DamagedWeights(ConfigError):
     """A model folder's weights file cannot be read (a run directory's loader names the run instead)."""
 

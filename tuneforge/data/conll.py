@@ -277,8 +277,7 @@ def unseen_types(names: Sequence[str], records: Sequence[Record], split: str, fi
     """One warning naming the entity types of a ``split`` ("test split", "evaluated data") that training (tag
     ``names``) lacks (types are compared by name, so their entities are never found); where the split is a
     ``file`` of its own and none of its types occurs in training (b-per vs B-PER, PER vs PERSON), a ConfigError."""
-    known = {n[2:] for n in names if n != "O"}
-    types = {t[2:] for r in records for t in to_bio(r["tags"]) if t != "O"}
+    known, types = entity_types(names), entity_types(t for r in records for t in to_bio(r["tags"]))
     if types - known:
         line = (f"entity type(s) {', '.join(sorted(types - known))} of the {split} never occur in training "
                 f"({', '.join(sorted(known))}); tags are compared by type name, so they are never found")
@@ -287,10 +286,14 @@ def unseen_types(names: Sequence[str], records: Sequence[Record], split: str, fi
         print(f"warning: {file or 'data'}: {line}", file=sys.stderr)
 
 
+def entity_types(names: Iterable[str]) -> set[str]:
+    """The entity types of IOB2 tag ``names`` (a run's labels): ``{"PER"}`` of ``["O", "B-PER", "I-PER"]``."""
+    return {n[2:] for n in names if n != "O"}
+
+
 def foreign_types(names: Sequence[str], records: Sequence[Record]) -> list[str]:
     """The entity types of ``records`` that tag ``names`` (a run's) lack, sorted: encoded, they are tagged O."""
-    known = {n[2:] for n in names if n != "O"}
-    return sorted({t[2:] for r in records for t in to_bio(r["tags"]) if t != "O"} - known)
+    return sorted(entity_types(t for r in records for t in to_bio(r["tags"])) - entity_types(names))
 
 
 def to_bio(tags: Sequence[str]) -> list[str]:

@@ -138,7 +138,7 @@ class Task:
         is refused (encoded, it would be tagged O: replay would teach that those entities are none)."""
         if unknown := conll.foreign_types(meta["labels"], records):
             file = source_and_row(where[0])[0] if where else "the data"
-            known = sorted({n[2:] for n in meta["labels"] if n != "O"})
+            known = sorted(conll.entity_types(meta["labels"]))
             raise ConfigError(f"{file}: entity type(s) {', '.join(unknown)} are not among this run's "
                               f"({', '.join(known)}), so they would train as no entity; keep only this run's types")
         return self.encode(records, cfg, tokenizer, meta, where)
