@@ -190,6 +190,7 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
                 _log_train_loss(result, logger, bar, logged, step, epoch, lr)
             stop = False
             if (step % eval_every == 0 or step == total) and data.validation:
+                check_finite_weights(params, step)  # NaN weights must not be scored, nor kept as the best
                 elapsed = time.perf_counter() - start
                 with distributed.unsharded(module):
                     metrics = task.evaluate(model, data.validation, rt, cfg, data.meta, progress=progress and d.main)
@@ -203,7 +204,7 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
                           f"for {patience} evaluations; the best, step {result.best_step:,}, is kept", file=sys.stderr)
                 total = step
             elif run_dir is not None and save_every and step % save_every == 0 and step < total:
-                check_finite(float(logged[0]), step)  # never checkpoint NaN weights
+                check_finite_weights(params, step)  # never checkpoint NaN weights
                 result.steps, result.train_seconds = step, time.perf_counter() - start
                 result.unlogged = (float(distributed.all_sum(logged[0])), int(logged[1]))
                 training_state.save_training_state(run_dir, module, optimizer, names, scheduler,
@@ -211,6 +212,7 @@ def _fit(model: nn.Module, task: Task, data: Prepared, cfg: RunConfig, rt: Runti
                 result.best.checkpoint_written(result.best_step)
         result.train_seconds = time.perf_counter() - start
         result.steps = step
+        check_finite_weights(params, step)  # the last update (no loss has seen it) may have overflowed
         if logged[1] > 0:  # early stopping ended the run between two logged steps
             _log_train_loss(result, logger, bar, logged, step, epoch, lr)
     finally:
@@ -241,6 +243,19 @@ def check_finite(loss: float, step: int) -> None:
     if not math.isfinite(loss):
         raise ConfigError(f"training diverged: the training loss is {loss} at step {step}; lower train.lr, keep "
                           "train.max_grad_norm on, or check the data for extreme values")
+
+
+def check_finite_weights(params: list[torch.Tensor], step: int) -> None:
+    """Stop a run whose trained weights are no longer finite, on every rank alike (FSDP: each checks its shards).
+    A loss sees each update only at the next step, so the last update can overflow unseen (a huge learning rate)."""
+    bad = torch.zeros((), dtype=torch.float64)
+    for p in params:
+        if not bool(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()):  # no collective
+            bad += 1
+            break
+    if distributed.all_sum(bad):
+        raise ConfigError(f"training diverged: the trained weights are not finite after step {step}; lower "
+                          "train.lr, keep train.max_grad_norm on, or check the data for extreme values")
 
 
 def _record_evaluation(result: TrainResult, logger: Logger, metrics: dict[str, Any], metric: str, sign: int,

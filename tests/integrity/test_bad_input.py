@@ -325,6 +325,18 @@ def test_a_diverging_run_stops_with_one_line_instead_of_saving_nan_weights(bert_
     assert closed == [None]
 
 
+@pytest.mark.parametrize("split", ["[0.8,0.1,0.1]", "[0.9,0,0.1]"])  # the last step scored (and kept), or not scored
+def test_weights_that_the_last_update_overflowed_are_neither_kept_nor_saved(bert_dir, reviews, tmp_path, capsys,
+                                                                           split):
+    capsys.readouterr()  # the one loss is finite: it was computed before the update that overflowed
+    code = main(train_argv(bert_dir, reviews, tmp_path / "run", "train.lr=1e39", "train.max_steps=1",
+                           "train.warmup_ratio=0", f"data.split={split}"))
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith("tuneforge: error: training diverged: the trained weights are not finite "
+                                        "after step 1"), err
+    assert not (tmp_path / "run" / "trainable.safetensors").exists()
+
+
 def test_flag_values_are_taken_literally(bert_dir, reviews, tmp_path):
     (tmp_path / "on.csv").write_text(reviews.read_text().replace("label", "on", 1))
     out = tmp_path / "exp #2: null"
