@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import resource
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from tuneforge import assets, checkpoint, distributed, resume_check, run_lock, scope, tasks
+from tuneforge.memory import peak_memory_mb, reset_peak
 from tuneforge.config import HEAD_LR, ConfigError, RunConfig, load_config, merge_dicts, parse_overrides
 from tuneforge.data import embedded
 from tuneforge.data.batching import Shapes
@@ -133,6 +133,7 @@ def _train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | 
            progress: bool, resume: str | Path | None, lock: run_lock.Holding) -> TrainOutput:
     d, device = distributed.setup()
     cfg, task, run_dir = distributed.agree(lambda: _plan(cfg, overrides, overwrite, resume))
+    reset_peak()  # the peak memory reported is this run's (not an earlier one's in this process)
     say = print if d.main and progress else (lambda *a, **k: None)
     warn = print if d.main else (lambda *a, **k: None)
     with start_model(cfg) as (prev, base):
@@ -312,10 +313,3 @@ def _save(run_dir: Path, cfg: RunConfig, task: Task, s: Setup, model: nn.Module,
     plot_loss_curve(result.history, run_dir / "loss_curve.png", task.metric)
     checkpoint.save_json(metrics, run_dir / "metrics.json")  # the run is complete once this exists
     checkpoint.finish_run(run_dir)
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak resident memory of this process (CPU) or peak allocated GPU memory, in MiB."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
