@@ -173,12 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", help="prompt with {text}; \\n is a newline (default for rotten_tomatoes/imdb: "
                    "'Review: {text}\\nSentiment:', else 'Text: {text}\\nLabel:')")
     p.add_argument("--label-words", dest="label_words", help="comma-separated, one per label in sorted label "
-                   "order (default: the label names); each follows the template after one space")
+                   "order (default: the label names); each follows the template after one space (none where the template ends "
+                   "in whitespace)")
     p.add_argument("--shots", type=count(0), default=0, help="demonstrations drawn (seeded) from the train split")
     p.add_argument("--content-free", dest="content_free",
                    help="comma-separated content-free inputs (default 'N/A,[MASK],': N/A, [MASK] and the empty text)")
     p.add_argument("--limit", type=count(1), help="classify a seeded sample of N test examples (default: all)")
     p.add_argument("--seed", type=int, default=42, help="seed of the split, the test sample and the demonstrations")
+    p.add_argument("--skip-invalid", dest="skip_invalid", action="store_true",
+                   help="leave out rows with a blank or missing label or text (data.skip_invalid) instead of stopping")
     p.add_argument("--mode", default="first_token", choices=["first_token", "sequence"],
                    help="score the first token of each label word, or its whole token sequence")
     p.add_argument("--batch-size", dest="batch_size", type=count(1), default=16,

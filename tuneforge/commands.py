@@ -243,13 +243,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from tuneforge.prompting import classify as prompting
 
-    prompting.check_output(args.output, args.overwrite)  # fail before any work
+    prompting.check_output(args.output, args.overwrite, args.data)  # fail before any work
     words = args.label_words.split(",") if args.label_words is not None else None
     content_free = args.content_free.split(",") if args.content_free is not None else prompting.CONTENT_FREE
     template = args.template.replace("\\n", "\n") if args.template is not None else None
     result = prompting.evaluate_prompting(
         args.model, args.data, template, words, args.shots, content_free, args.limit,
-        args.seed, args.text_column, args.label_column, args.mode, args.batch_size, args.device)
+        args.seed, args.text_column, args.label_column, args.mode, args.batch_size, args.device, args.skip_invalid)
     print(prompting.result_table(result))
     if args.output:
         print(f"\nresults written to {prompting.write_result(result, args.output, args.overwrite)}")

@@ -70,6 +70,7 @@ def test_calibrate_writes_metrics_of_real_predictions(setup, capsys):
     (["--label-words", "bad,zebra"], "label word 'zebra' cannot be encoded"),
     (["--label-words", "bad,"], "label word '' cannot be encoded"),
     (["--shots", "1000"], "more than the"),
+    (["--label-words", "good, good"], "label word 'good' is given for two labels"),
 ])
 def test_bad_settings_are_one_line_errors(setup, capsys, extra, message):
     _, folder, data = setup
@@ -130,3 +131,22 @@ def test_the_python_api_refuses_a_batch_size_below_one():
     from tuneforge.prompting.classify import evaluate_prompting
     with pytest.raises(ConfigError, match="--batch-size positive"):
         evaluate_prompting(batch_size=0)
+
+
+def test_the_data_file_is_never_the_output(setup, capsys):
+    root, folder, data = setup
+    before = data.read_text()
+    assert main(_args(folder, data, "--limit", "2", "-o", str(data), "--overwrite")) == 2
+    assert "is the --data file" in capsys.readouterr().err and data.read_text() == before
+
+
+def test_data_notes_are_printed_and_invalid_rows_can_be_skipped(setup, tmp_path, capsys):
+    _, folder, data = setup
+    rows = data.read_text().splitlines()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(rows + [rows[0].replace('"negative"', '"positive"'), '{"review": "the cat", "stars": ""}']))
+    assert main(_args(folder, bad, "--limit", "2")) == 2
+    assert "calibrate: --skip-invalid" in capsys.readouterr().err
+    assert main(_args(folder, bad, "--limit", "2", "--skip-invalid")) == 0
+    err = capsys.readouterr().err
+    assert "1 invalid row(s) skipped" in err and "occur with different labels" in err and "validation" not in err

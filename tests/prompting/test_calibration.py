@@ -117,3 +117,47 @@ def test_prompt_rendering_and_errors(tok):
         label_word_scores(model, tok, ["the movie"], ["good", "good bad"])
     with pytest.raises(ConfigError, match="two or more"):
         label_word_scores(model, tok, ["the movie"], ["good"])
+
+
+def _llama2_style_tokenizer():
+    """A BPE tokenizer laid out as Llama-2's tokenizer.json: "▁" prepended to the text, spaces as "▁", so a word
+    tokenised alone with its leading space starts with a lone "▁" that never occurs inside a text."""
+    from tokenizers import Tokenizer, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    words = "the good bad fine yes no cat dog : N/A".split()
+    raw.train_from_iterator([" ".join(words[i:] + words[:i]) for i in range(len(words))] * 20,
+                            trainers.BpeTrainer(vocab_size=100, special_tokens=["<unk>", "<s>", "</s>"],
+                                                show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def test_label_words_are_tokenised_as_they_occur_after_the_prompt():
+    from tuneforge.prompting.calibration import label_token_ids
+    tok = _llama2_style_tokenizer()
+    alone = [tok(w, add_special_tokens=False)["input_ids"] for w in (" yes", " no")]
+    assert alone[0][0] == alone[1][0]  # a lone "▁" first: first-token scoring could not tell them apart
+    in_text = [tok("the cat :" + w, add_special_tokens=False)["input_ids"] for w in (" yes", " no")]
+    prefix = tok("the cat :", add_special_tokens=False)["input_ids"]
+    assert label_token_ids(tok, [" yes", " no"], "the cat :") == [ids[len(prefix):] for ids in in_text]
+    scores = label_word_scores(tiny_causal_lm("llama"), tok, ["the dog :", "the cat :"], [" yes", " no"])
+    assert scores.shape == (2, 2)
+
+
+def test_prompts_beyond_the_position_table_are_cut_from_the_left(tok, capsys):
+    model = tiny_causal_lm("gpt2")  # 64 positions
+    long_text = " ".join(["very good story"] * 30)  # ~90 tokens
+    prompts = [TEMPLATE.replace("{text}", long_text), TEMPLATE.replace("{text}", "fun")]
+    for mode in ("first_token", "sequence"):
+        got = label_word_scores(model, tok, prompts, LABELS, mode=mode)
+        assert "1 of 2 prompt(s) are longer than the model's 64 positions" in capsys.readouterr().err
+        ids = tok(prompts[0])["input_ids"][-(64 - (1 if mode == "sequence" else 0)):]
+        cut = tok.decode(ids)  # the word-level tokenizer decodes back to the same tokens
+        torch.testing.assert_close(got[0], label_word_scores(model, tok, [cut], LABELS, mode=mode)[0])
+
+
+def test_sequence_mode_warns_when_a_label_word_begins_another(tok, capsys):
+    label_word_scores(tiny_causal_lm("gpt2"), tok, ["the movie"], ["good", "good bad"], mode="sequence")
+    assert "label word 'good bad' begins with the tokens of 'good'" in capsys.readouterr().err

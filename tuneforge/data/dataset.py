@@ -94,7 +94,7 @@ def _checked(task: Any, records: list[Record], src: int, source: Source, cfg: Ru
             own = {k: v for k, v in records[0].items() if read_from(k) == k} if records else None  # not copies
             raise ConfigError(f"{source.name}: column '{column}' not found; columns are "
                               f"{column_names(own) if own else 'none'} "
-                              + ("(choose with data.text_column / data.label_column)" if training else
+                              + ("(choose with --text-column / --label-column, or data.text_column / data.label_column)" if training else
                                  "(evaluate reads the columns the run was trained on: name them so in the file)"))
     out = []
     for r, record in enumerate(records):
@@ -103,8 +103,8 @@ def _checked(task: Any, records: list[Record], src: int, source: Source, cfg: Ru
             if cfg.data.skip_invalid:
                 counts["skipped"] += 1
                 continue
-            fix = "fix the row, remove it, or skip invalid rows with data.skip_invalid=true" if training else \
-                "fix the row or remove it"
+            fix = ("fix the row, remove it, or skip invalid rows with data.skip_invalid=true (calibrate: "
+                   "--skip-invalid)") if training else "fix the row or remove it"
             raise ConfigError(f"{place(source.name, r)}: {problem}; {fix}")
         if "" in normalise(task.input_text(record, cfg)).split(FIELD_SEP):  # a pair's second text counts too
             counts["empty"] += 1

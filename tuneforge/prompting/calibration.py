@@ -13,6 +13,7 @@ to one (the paper applies softmax; both keep the argmax of ``W p``, renormalisin
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from tuneforge.config import ConfigError
+from tuneforge.methods.layers import position_limit
 
 Mode = Literal["first_token", "sequence"]
 CONTENT_FREE = ("N/A", "[MASK]", "")
@@ -57,14 +59,40 @@ def _next_token_log_probs(model: nn.Module, rows: list[list[int]], pad_id: int, 
     return logits[:, -keep:].float().log_softmax(-1)  # (n, keep, vocab)
 
 
-def label_token_ids(tokenizer: Any, label_words: Sequence[str]) -> list[list[int]]:
-    """Token ids of each label word, tokenised alone without special tokens (so include a leading space
-    where the tokenizer marks word starts, e.g. " positive")."""
-    ids = [list(tokenizer(w, add_special_tokens=False)["input_ids"]) for w in label_words]
+def label_token_ids(tokenizer: Any, label_words: Sequence[str], context: str = "") -> list[list[int]]:
+    """Token ids of each label word as it follows ``context`` (the prompt): ``ids(context + word)`` past
+    ``ids(context)``, so a tokenizer that marks word starts inside the text (Llama-2's prepended "▁") gives the
+    word's in-text tokens, not a lone "▁" first; the word tokenised alone where the two do not line up. No
+    special tokens either way (so include a leading space where the tokenizer marks word starts, " positive")."""
+    def encode(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    base = encode(context) if context else []
+    ids = []
+    for w in label_words:
+        full = encode(context + w) if context else []
+        ids.append(full[len(base):] if len(full) > len(base) and full[:len(base)] == base else encode(w))
     empty = [w for w, i in zip(label_words, ids) if not i]
     if empty:
         raise ConfigError(f"label word {empty[0]!r} has no tokens; give a non-empty label word")
     return ids
+
+
+def _prefix_pairs(label_words: Sequence[str], label_ids: list[list[int]]) -> list[tuple[str, str]]:
+    """(a, b) where word a's tokens begin word b's: summed log-probabilities always score b below a."""
+    return [(a, b) for a, x in zip(label_words, label_ids) for b, y in zip(label_words, label_ids)
+            if a != b and len(x) < len(y) and y[:len(x)] == x]
+
+
+def _fit_rows(rows: list[list[int]], limit: int | None, extra: int) -> tuple[list[list[int]], int]:
+    """Rows cut from the left so that each, plus ``extra`` label tokens, fits a position table of ``limit``
+    (the end of a prompt, where the label follows, is what the label's score reads); (rows, how many were cut)."""
+    room = None if limit is None else limit - extra
+    if room is None or all(len(r) <= room for r in rows):
+        return rows, 0
+    if room < 1:
+        raise ConfigError(f"the label words take {extra} tokens, more than the model's {limit} positions")
+    return [r[-room:] for r in rows], sum(len(r) > room for r in rows)
 
 
 @torch.no_grad()
@@ -81,11 +109,18 @@ def label_word_scores(model: nn.Module, tokenizer: Any, prompts: Sequence[str], 
     """
     if len(label_words) < 2:
         raise ConfigError("prompt classification needs two or more label words")
-    label_ids = label_token_ids(tokenizer, label_words)
+    label_ids = label_token_ids(tokenizer, label_words, prompts[0] if prompts else "")
     first = [ids[0] for ids in label_ids]
     if mode == "first_token" and len(set(first)) < len(first):
         raise ConfigError(f"label words {list(label_words)} share a first token; use different words or "
                           "mode='sequence' (--mode sequence)")
+    if mode == "sequence" and (pairs := _prefix_pairs(label_words, label_ids)):
+        a, b = pairs[0]
+        print(f"warning: label word {b!r} begins with the tokens of {a!r}: its summed log-probability can never "
+              f"exceed {a!r}'s, so uncalibrated it is never predicted; words that do not begin one another avoid "
+              "this", file=sys.stderr)
+    limit, extra = position_limit(model), max(len(i) for i in label_ids) if mode == "sequence" else 0
+    cut = 0
     pad_id = _pad_id(tokenizer)
     was_training = model.training
     model.eval()
@@ -95,6 +130,8 @@ def label_word_scores(model: nn.Module, tokenizer: Any, prompts: Sequence[str], 
         rows = [list(tokenizer(p)["input_ids"]) for p in chunk]
         if any(not r for r in rows):
             raise ConfigError("a rendered prompt has no tokens; put fixed words in the template")
+        rows, n = _fit_rows(rows, limit, extra)
+        cut += n
         if mode == "first_token":
             log_probs = _next_token_log_probs(model, rows, pad_id, 1)[:, -1]  # (b, vocab)
             scores = log_probs[:, first]  # (b, k)
@@ -108,6 +145,10 @@ def label_word_scores(model: nn.Module, tokenizer: Any, prompts: Sequence[str], 
                 scores[:, j] = steps.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum(-1).cpu()
         out[start:start + len(chunk)] = scores.float().softmax(-1).cpu()
     model.train(was_training)
+    if cut:
+        print(f"note: {cut} of {len(prompts)} prompt(s) are longer than the model's {limit} positions"
+              f"{' (with the label word)' if extra else ''} and were cut from the left (their start, or the earliest "
+              "demonstrations, left out); fewer shots or shorter texts keep them whole", file=sys.stderr)
     return out
 
 

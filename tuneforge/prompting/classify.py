@@ -8,6 +8,7 @@ map to the labels in tuneforge's label order (sorted names, numbers numerically)
 from __future__ import annotations
 
 import random
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from tuneforge.checkpoint import save_json
 from tuneforge.files import check_writable
 from tuneforge.config import ConfigError, load_config
 from tuneforge.data.dataset import load_splits
+from tuneforge.data.dataset import warnings as dataset_warnings
 from tuneforge.evaluate import classification_metrics
 from tuneforge.prompting.calibration import (
     CONTENT_FREE, Mode, PromptClassifier, apply_calibration, contextual_calibration,
@@ -41,12 +43,14 @@ def check_template(template: str) -> None:
         raise ConfigError(f"--template {template!r} has no '{{text}}'; put {{text}} where the input text goes")
 
 
-def check_output(output: str | Path | None, overwrite: bool) -> None:
-    """Refuse to replace an existing results file unless ``overwrite``, a folder, and a path under a file, before
-    any scoring is done."""
+def check_output(output: str | Path | None, overwrite: bool, data: str | Path | None = None) -> None:
+    """Refuse to replace an existing results file unless ``overwrite``, the ``data`` file itself, a folder, and a
+    path under a file, before any scoring is done."""
     if output is None:
         return
     path = Path(output)
+    if data is not None and path.exists() and Path(data).exists() and path.samefile(data):
+        raise ConfigError(f"output file {output} is the --data file; write the results elsewhere")
     if path.is_dir():
         raise ConfigError(f"output file {output} is a folder; give a file path (e.g. {path / 'calibrate.json'})")
     if path.exists() and not overwrite:
@@ -70,6 +74,10 @@ def check_label_words(tokenizer: Any, words: Sequence[str], labels: Sequence[str
     if len(words) != len(labels):
         raise ConfigError(f"--label-words gives {len(words)} words for {len(labels)} labels ({', '.join(labels)}); "
                           "give one word per label, comma-separated in this order")
+    seen = [w.strip() for w in words]
+    again = next((w for i, w in enumerate(seen) if w in seen[:i]), None)
+    if again is not None:
+        raise ConfigError(f"label word {again!r} is given for two labels; give each label a word of its own")
     unk = tokenizer.unk_token_id
     for word in words:
         ids = tokenizer(word, add_special_tokens=False)["input_ids"]
@@ -89,7 +97,7 @@ def evaluate_prompting(model: str = "smollm2", data: str = "rotten_tomatoes", te
                        label_words: Sequence[str] | None = None, shots: int = 0,
                        content_free: Sequence[str] = CONTENT_FREE, limit: int | None = None, seed: int = 42,
                        text_column: str = "text", label_column: str = "label", mode: Mode = "first_token",
-                       batch_size: int = 16, device: str = "auto") -> dict[str, Any]:
+                       batch_size: int = 16, device: str = "auto", skip_invalid: bool = False) -> dict[str, Any]:
     """Classify the test split of ``data`` (an embedded name or a data file) with causal LM ``model`` from
     ``template`` and ``label_words`` (default: the label names), zero-shot or with ``shots`` demonstrations
     drawn from the train split; ``limit`` test examples are a seeded sample. Returns accuracy and macro-F1
@@ -104,7 +112,7 @@ def evaluate_prompting(model: str = "smollm2", data: str = "rotten_tomatoes", te
     if shots < 0 or (limit is not None and limit <= 0) or batch_size <= 0:
         raise ConfigError("--shots must be >= 0, --limit and --batch-size positive")
     cfg = load_config(None, {"data": {"dataset": data, "text_column": text_column, "label_column": label_column,
-                                      "seed": seed}})
+                                      "seed": seed, "skip_invalid": skip_invalid}})
     splits = load_splits(cfg, Classification())  # the split a fine-tuned classifier of this data is tested on
     train, test = splits.records["train"], splits.records["test"]
     labels = label_names([r[label_column] for r in train])
@@ -126,6 +134,9 @@ def evaluate_prompting(model: str = "smollm2", data: str = "rotten_tomatoes", te
         raise ConfigError(f"--model {model} is not a trained causal language model (loading it as one left "
                           f"{', '.join(fresh[:3])} newly initialised); use a causal LM such as smollm2")
     lm.to(resolve_device(device, "--device"))
+    for line in dataset_warnings(splits):  # every setting checked: duplicates, conflicting labels, skipped rows
+        if "validation" not in line.split(":")[1]:  # no validation split is used here
+            print(line, file=sys.stderr)
     clf = PromptClassifier(lm, tokenizer, template, words, demos, tuple(content_free), mode=mode,
                            batch_size=batch_size)
     started = time.perf_counter()
