@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (FRAMEWORKS, LABELS, ListDataset, comparison_parser,
+from common import (BF16_WEIGHTS, FRAMEWORKS, LABELS, ListDataset, comparison_parser,
                     comparison_settings, comparison_table, dispatch_worker, environment, flops_text, machine_line,
                     results_file, prepared_data, run_interleaved, run_tuneforge, split_records, summarise,
                     minilm_with_head, train_with_trainer, write_results, trainer_arguments, tuneforge_train)
@@ -168,7 +168,7 @@ def markdown(rows: list[dict[str, Any]], settings: dict[str, Any], env: dict[str
         *flops_text(flops, rates, s["precision"], probes), "",
         "Real tokens = sum of attention masks of the training batches seen (the same count on both sides); "
         "train s = training loop only (tuneforge `train_seconds`; Trainer `train_runtime`), no evaluation; "
-        "peak MiB = peak resident set size of the run's process (ru_maxrss); real tokens per CPU-s = real tokens ÷ "
+        "peak MiB = peak resident set size of the run's worker process (VmHWM, from the worker's start); real tokens per CPU-s = real tokens ÷ "
         "process CPU time (all threads) of the loop; max load = highest 1-minute load average seen before/after "
         f"the runs of that row (the run itself adds about {s['threads']}): well above that, other processes shared "
         "the CPU and timings are unreliable.", "",
@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     t0 = time.perf_counter()
     settings, methods = comparison_settings(a, DEFAULTS, 256, 256)
-    frameworks = [f for f in FRAMEWORKS if f != "trainer_flat" and not (a.no_default_trainer and f == "trainer")]
+    frameworks = [f for f in FRAMEWORKS if "flat" not in f and not (a.no_default_trainer and f == "trainer")
+                  and not (a.no_bf16_weights_trainer and f.endswith(BF16_WEIGHTS))]
     out = results_file(a)
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         data = write_splits(Path(tmp), settings["test_examples"], settings["train_examples"])

@@ -12,7 +12,9 @@ windows for long tweets), so both sides see the same token ids and labels. Train
 ``DataCollatorForTokenClassification``. Same batch size, epochs, learning rate, linear schedule and warmup, AdamW,
 weight decay, gradient clipping, seed, max_length and precision (``--precision auto``: bf16 autocast where the
 device runs bf16 natively, else fp32, on both sides); the same LoRA (rank 8, alpha 16, dropout 0, every linear
-layer except the classifier; classifier trained in full, ``modules_to_save`` for PEFT). Neither side evaluates
+layer except the classifier; classifier trained in full, ``modules_to_save`` for PEFT). The heads start apart:
+tuneforge's classifier bias starts at the training tags' log-frequencies (its token-classification default),
+Trainer's at zero, as transformers makes it; part of the F1 gap is that start. Neither side evaluates
 during training; the final models are scored by the same code (tuneforge's task: windows stitched back, entity
 P/R/F1 with seqeval semantics). Rows: tuneforge, Trainer + PEFT with its defaults (random batches) and with
 length-grouped batches. Every configuration runs in a fresh subprocess, repeats are interleaved, medians reported.
@@ -31,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (FRAMEWORKS, LABELS, ListDataset, comparison_parser,
+from common import (BF16_WEIGHTS, FRAMEWORKS, LABELS, ListDataset, comparison_parser,
                     comparison_settings, comparison_table, dispatch_worker, environment, flops_text, machine_line,
                     results_file, prepared_data, run_interleaved, run_tuneforge, split_records, summarise,
                     minilm_with_head, train_with_trainer,
@@ -179,7 +181,7 @@ def markdown(rows: list[dict[str, Any]], settings: dict[str, Any], env: dict[str
         *flops_text(flops, rates, s["precision"], probes), "",
         "Real tokens = sum of attention masks of the training batches seen (the same count on both sides); "
         "train s = training loop only (tuneforge `train_seconds`; Trainer `train_runtime`), no evaluation; "
-        "peak MiB = peak resident set size of the run's process (ru_maxrss); max load = highest 1-minute load "
+        "peak MiB = peak resident set size of the run's worker process (VmHWM, from the worker's start); max load = highest 1-minute load "
         f"average seen before/after the runs of that row (the run itself adds about {s['threads']}): well above "
         "that, other processes shared the CPU and timings are unreliable.", "",
         machine_line(env),
@@ -193,7 +195,8 @@ def comparison_main(a: argparse.Namespace, argv: list[str]) -> None:
     if a.max_length is not None or a.quick:
         settings["max_length"] = a.max_length or 32
         settings["stride"] = min(DEFAULTS["stride"], settings["max_length"] // 4)
-    frameworks = [f for f in FRAMEWORKS if f != "trainer_flat" and not (a.no_default_trainer and f == "trainer")]
+    frameworks = [f for f in FRAMEWORKS if "flat" not in f and not (a.no_default_trainer and f == "trainer")
+                  and not (a.no_bf16_weights_trainer and f.endswith(BF16_WEIGHTS))]
     out = results_file(a)
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         data = write_splits(Path(tmp), settings["train_examples"])

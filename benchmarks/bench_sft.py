@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (FRAMEWORKS, LABELS, ListDataset, comparison_parser,
+from common import (BF16_WEIGHTS, FRAMEWORKS, LABELS, ListDataset, base_dtype, comparison_parser, upcast_trainable,
                     comparison_settings, comparison_table, dispatch_worker, environment, flops_text, machine_line,
                     results_file, prepared_data, run_interleaved, run_tuneforge, split_records, summarise,
                     train_with_trainer, worker_device, write_results,
@@ -131,13 +131,13 @@ def run_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
     train_ds = ListDataset(prepared.train)
 
     torch.manual_seed(spec["seed"])
-    model = AutoModelForCausalLM.from_pretrained(str(assets.resolve_model("smollm2")), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(assets.resolve_model("smollm2")), dtype=base_dtype(spec))
     if spec["method"] == "lora":
         model = get_peft_model(model, LoraConfig(r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=0.0,
                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
-    model.to(device)
+    upcast_trainable(model).to(device)
     args, steps = trainer_arguments(spec, len(train_ds), grouped)
-    collator = (DataCollatorWithFlattening() if spec["framework"] == "trainer_flat"  # one row per batch
+    collator = (DataCollatorWithFlattening() if "flat" in spec["framework"]  # one row per batch
                 else DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
     _, res = train_with_trainer(spec, model, args, steps, train_ds, tokenizer, collator)
     # score the final model with the same code as tuneforge's test_after; LoRA stays unmerged (as in tuneforge):
@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     settings, methods = comparison_settings(a, DEFAULTS, QUICK_TRAIN, QUICK_TEST)
     settings["tuneforge_set"] = a.set
     frameworks = tuple(f for f in FRAMEWORKS if (a.grouped_trainer or f != "trainer_grouped")
-                       and not (a.no_default_trainer and f == "trainer"))
+                       and f != "trainer_grouped" + BF16_WEIGHTS and not (a.no_default_trainer and f == "trainer")
+                       and not (a.no_bf16_weights_trainer and f.endswith(BF16_WEIGHTS)))
     out = results_file(a)
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         data = write_splits(Path(tmp), settings["test_examples"], settings["train_examples"])

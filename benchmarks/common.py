@@ -5,36 +5,56 @@ and the verdicts: ``results_table.py``; both re-exported here).
 Every configuration runs in a fresh subprocess of the benchmark script (``launch``), so peak memory is per
 run; the worker prints one ``BENCH_RESULT {json}`` line that the parent collects. The machine's matmul rate is
 measured by ``flops.py`` in a fresh subprocess with the runs' thread count before the first run and after
-every round of repeats (the same sitting), and MFU is computed against the median of those probes.
+every round of repeats (the same sitting), and MFU is computed against the highest of those probes.
 """
 from __future__ import annotations
 
 import json
-import resource
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 # the parent side (processes, probes, schedule, command line) lives in driver.py; summaries, the results table,
 # the verdicts and the machine line in results_table.py: both re-exported here
-from driver import (RESULT_PREFIX, comparison_parser, comparison_settings, launch, matmul_probe, output_path,
-                    resolve_precision, results_file, run_interleaved, write_json, write_results)
+from driver import (BF16_WEIGHTS, RESULT_PREFIX, applies, comparison_parser, comparison_settings, launch,
+                    matmul_probe, output_path, resolve_precision, results_file, run_interleaved, write_json,
+                    write_results)
 from results_table import (DTYPES, MIN_REPEATS, SPEED_TARGETS, comparison_table, environment, flops_text,
                            machine_line, median, summarise)
 
 __all__ = ["DTYPES", "MIN_REPEATS", "SPEED_TARGETS", "comparison_table", "environment", "flops_text", "machine_line",
            "median", "summarise", "FRAMEWORKS", "LABELS", "FirstLinearDtype", "ListDataset", "ForwardTokens",
-           "split_records", "prepared_data", "resolve_precision", "worker_device", "trainer_clock", "worker_main",
+           "split_records", "prepared_data", "applies", "base_dtype", "upcast_trainable", "BF16_WEIGHTS",
+           "resolve_precision", "worker_device", "trainer_clock", "worker_main",
            "run_tuneforge", "trainer_precision_args", "dispatch_worker", "launch", "matmul_probe", "write_json",
            "run_interleaved", "comparison_parser", "output_path", "results_file", "comparison_settings", "write_results"]
 
-FRAMEWORKS = ("tuneforge", "trainer", "trainer_grouped", "trainer_flat")
+FRAMEWORKS = ("tuneforge", "trainer", "trainer_grouped", "trainer_flat", "trainer_grouped_bf16w",
+              "trainer_flat_bf16w")
 LABELS = {
     "tuneforge": "tuneforge",
     "trainer": "Trainer + PEFT (defaults: random batches)",
     "trainer_grouped": "Trainer + PEFT, train_sampling_strategy=group_by_length",
     "trainer_flat": "Trainer + PEFT, DataCollatorWithFlattening (padding-free)",
+    "trainer_grouped_bf16w": "Trainer + PEFT, group_by_length, base loaded in bf16 (trainable weights float32)",
+    "trainer_flat_bf16w": "Trainer + PEFT, DataCollatorWithFlattening, base loaded in bf16 (trainable weights float32)",
 }
+
+
+def base_dtype(spec: dict[str, Any]) -> Any:
+    """The dtype a Trainer row loads the pre-trained weights in: bf16 for a bf16-weights row, else float32."""
+    import torch
+    return torch.bfloat16 if spec["framework"].endswith(BF16_WEIGHTS) else torch.float32
+
+
+def upcast_trainable(model: Any) -> Any:
+    """Trainable parameters (LoRA's, a trained head's) in float32 on a bf16-loaded model, as LLaMA-Factory
+    upcasts them: the optimizer updates float32 weights while the frozen base stays bf16."""
+    import torch
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return model
 
 
 class FirstLinearDtype:
@@ -66,11 +86,6 @@ class ListDataset:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.examples[i]
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -180,9 +195,12 @@ def gpu_peak_mib(device: Any) -> float | None:
 
 def worker_main(spec_json: str, worker: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
     """Worker side: run one configuration and print its result line (plus the per-run common measures)."""
+    from tuneforge.memory import peak_rss_mb, reset_peak
+
     spec = json.loads(spec_json)
+    reset_peak()  # both sides from here (tuneforge's train() resets it again at its start: the same point)
     res = worker(spec)
-    res["peak_memory_mb"] = peak_rss_mib()  # same measure on every side: this process's peak RSS
+    res["peak_memory_mb"] = peak_rss_mb()  # same measure on every side: this process's peak RSS (VmHWM)
     res["peak_gpu_memory_mb"] = gpu_peak_mib(worker_device(spec))  # CUDA: peak allocated, the same call on both sides
     res["tokens_per_second"] = res["real_tokens"] / res["train_seconds"]
     res["padding_factor"] = res["padded_tokens"] / max(1, res["real_tokens"])
@@ -229,7 +247,8 @@ def tuneforge_train(spec: dict[str, Any]) -> dict[str, Any]:
 def trainer_arguments(spec: dict[str, Any], n_train: int, grouped: bool, **extra: Any) -> tuple[Any, int]:
     """(Trainer's ``TrainingArguments``, optimizer steps) with the same settings as the tuneforge side: identical step count and
     warmup (steps = ceil(epochs * ceil(n / batch)), warmup = int(warmup_ratio * steps); Trainer's own ratio
-    handling would round up instead), no evaluation or saving; random or length-grouped batches."""
+    handling would round up instead; the warmup ramps differ by a step: Trainer's step s trains at lr x s / w, its
+    first step at 0, tuneforge's at lr x (s + 1) / (w + 1)), no evaluation or saving; random or length-grouped batches."""
     import math
     import tempfile
 
@@ -254,13 +273,13 @@ def minilm_with_head(auto_class: Any, spec: dict[str, Any], names: list[str], ta
 
     torch.manual_seed(spec["seed"])  # same seed before model creation as tuneforge (fresh classifier init)
     model = auto_class.from_pretrained(
-        str(assets.minilm_dir()), dtype=torch.float32, num_labels=len(names),
+        str(assets.minilm_dir()), dtype=base_dtype(spec), num_labels=len(names),
         id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     if spec["method"] == "lora":
         model = get_peft_model(model, LoraConfig(
             r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=0.0, target_modules="all-linear",
             modules_to_save=["classifier"], task_type=task_type))
-    return model.to(worker_device(spec))
+    return upcast_trainable(model).to(worker_device(spec))
 
 
 def train_with_trainer(spec: dict[str, Any], model: Any, args: Any, steps: int, train_ds: Any, tokenizer: Any,
@@ -293,4 +312,4 @@ def dispatch_worker(spec_json: str, tuneforge_side: Callable[[dict[str, Any]], d
                     trainer_side: Callable[..., dict[str, Any]]) -> None:
     """Worker side of both Trainer comparisons: tuneforge, or one of the Trainer configurations."""
     worker_main(spec_json, lambda spec: tuneforge_side(spec) if spec["framework"] == "tuneforge"
-                else trainer_side(spec, grouped=spec["framework"] == "trainer_grouped"))
+                else trainer_side(spec, grouped="grouped" in spec["framework"]))

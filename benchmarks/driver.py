@@ -17,6 +17,13 @@ from results_table import MIN_REPEATS
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULT_PREFIX = "BENCH_RESULT "
+BF16_WEIGHTS = "_bf16w"  # a Trainer row whose frozen base weights are stored in bf16 (LoRA in bf16 runs only)
+
+
+def applies(method: str, framework: str, precision: str) -> bool:
+    """Whether a (method, framework) row runs: a bf16-weights Trainer row only for LoRA in bf16 runs (as
+    LLaMA-Factory loads a LoRA base in the compute dtype; full fine-tuning keeps float32 master weights)."""
+    return not framework.endswith(BF16_WEIGHTS) or (method == "lora" and precision == "bf16")
 
 
 def resolve_precision(requested: str, device: str) -> str:
@@ -87,16 +94,18 @@ def run_interleaved(script: str | Path, settings: dict[str, Any], methods: list[
                     data: dict[str, Any], out: Path, quality: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every (repeat, method, framework) in a fresh worker, repeats interleaved so machine drift spreads over
     all configurations; repeat i trains with seed + i. The matmul rate is probed before the first run and after
-    each round. Raw runs and probes are written to ``out``'s JSON after each run, so an interrupted invocation
-    keeps what it measured. Returns (runs, matmul probes)."""
+    each round; within a round the frameworks take turns at going first. Raw runs and probes are written to
+    ``out``'s JSON after each run, so an interrupted invocation keeps what it measured. Returns (runs, matmul probes)."""
     runs: list[dict[str, Any]] = []
     probes = [matmul_probe(settings["threads"], settings["device"])]
-    total = settings["repeats"] * len(methods) * len(frameworks)
+    pairs = [(m, fw) for m in methods for fw in frameworks if applies(m, fw, settings["precision"])]
+    total = settings["repeats"] * len(pairs)
     print(f"{total} runs: {methods} × {list(frameworks)} × {settings['repeats']} repeats, "
           f"{settings['n_train']} train examples, {settings['precision']} on {settings['device']}", file=sys.stderr)
     for rep in range(settings["repeats"]):
         for method in methods:
-            for fw in frameworks:
+            mine = [fw for m, fw in pairs if m == method]
+            for fw in mine[rep % len(mine):] + mine[:rep % len(mine)] if mine else []:  # each side first in turn
                 spec = {**settings, **data, "method": method, "framework": fw, "repeat": rep,
                         "seed": settings["seed"] + rep, "lr": settings[f"lr_{method}"]}
                 res = launch(script, spec)
@@ -138,6 +147,8 @@ def comparison_parser(doc: str, defaults: dict[str, Any], quick_examples: int, e
                    help="on every side: auto = bf16 autocast where the device runs bf16 natively (AMX / AVX512-BF16 "
                         "CPU, CUDA), else fp32 (default auto)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
+    p.add_argument("--no-bf16-weights-trainer", action="store_true",
+                   help="skip the Trainer row whose LoRA base is loaded in bf16 (bf16 runs only; fewer runs)")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test: {quick_examples} train examples, fewer test examples, 1 epoch, 1 repeat, results "
                         "file *-quick.md (explicit flags still win)")
