@@ -198,8 +198,10 @@ def test_a_long_prompt_never_cuts_the_answers_of_the_short_ones_beside_it(capsys
     assert [len(a) for a in alone] == [8, 8, 2, 0]  # no end token: as long as each prompt's room allows
     capsys.readouterr()
     assert generate_ids(model, tok, prompts, rt, s, batch_size=4) == alone
-    assert capsys.readouterr().err == ("note: 1 prompt(s) fill all 64 positions the model embeds, so they get no "
-                                       "answer (shorten them, or lower model.max_length when training)\n")
+    assert capsys.readouterr().err == (  # neither the cut answer nor the missing one passes in silence
+        "note: 1 answer(s) stopped at the model's 64 positions, before max_new_tokens (8) and before an end of answer "
+        "(shorter prompts leave more room)\nnote: 1 prompt(s) fill all 64 positions the model embeds, so they get no "
+        "answer (shorten them, or lower model.max_length when training)\n")
 
 
 def test_generation_stops_at_the_mark_the_template_ends_a_reply_with():

@@ -10,7 +10,7 @@ from lm_helpers import single_thread
 from tiny import model_dir, sentiment_rows
 from tuneforge.config import ConfigError
 from tuneforge.run import load, train
-from tuneforge.user_inputs import path_arg, text_list, text_problem
+from tuneforge.user_inputs import path_arg, prompt_list, text_list, text_problem
 
 
 def test_texts_are_checked_one_by_one():
@@ -23,6 +23,18 @@ def test_texts_are_checked_one_by_one():
                             ("good", "not one string"), (None, "got NoneType"), (12, "got int")):
         with pytest.raises(ConfigError, match=message):
             text_list(values, "texts")
+
+
+def test_prompts_are_texts_or_message_lists_with_text():
+    chat = [{"role": "system", "content": ""}, {"role": "user", "content": "hi"}]  # a blank system message is fine
+    assert prompt_list(("hi", chat)) == ["hi", chat]
+    for values, message in ((["hi", ""], r"prompts\[1\] is empty"), ([[{"role": "user", "content": " "}]], "is empty"),
+                            ([[{"role": "user", "content": "caf\udce9"}]], r"prompts\[0\] is not UTF-8 text"),
+                            (["caf\udce9"], "is not UTF-8"), ([[{"role": "user", "content": 3}]], "with text contents"),
+                            ([[]], "with text contents"), ([3], "with text contents"), ("hi", "not one string"),
+                            (None, "got NoneType")):
+        with pytest.raises(ConfigError, match=message):
+            prompt_list(values)
 
 
 def test_paths_are_texts_or_path_objects():

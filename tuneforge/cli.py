@@ -226,17 +226,25 @@ def main(argv: list[str] | None = None) -> int:
             return interrupts.report(exc, None)
 
 
+def leftovers(extra: list[str]) -> tuple[list[str], list[str]]:
+    """(positionals, unknown options) among what ``parse_known_args`` left over: everything after ``--`` is
+    positional, and so are ``-`` (standard input) and a text holding a space (``"-3 stars, sadly"``)."""
+    cut = extra.index("--") if "--" in extra else len(extra)
+    unknown = [e for e in extra[:cut] if e.startswith("-") and e != "-" and " " not in e]
+    return [e for e in extra[:cut] if e not in unknown] + extra[cut + 1:], unknown
+
+
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # positionals may follow options (`predict RUN --json "a" "b"`, `train x=1 --method lora y=2`): argparse
     # leaves them over
     rest = next((name for name in ("texts", "overrides", "prompts") if hasattr(args, name)), None)
-    if extra and rest and not any(e.startswith("-") for e in extra):
-        setattr(args, rest, list(getattr(args, rest)) + extra)
-    elif extra:  # the command's own usage, and only what it does not know (its KEY=VALUE overrides are fine)
-        unknown = [e for e in extra if e.startswith("-")] if rest else extra
+    positional, unknown = leftovers(extra) if rest else ([], extra)
+    if unknown:  # the command's own usage, and only what it does not know (its KEY=VALUE overrides are fine)
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)} (see `tuneforge {args.command} --help`)")
+    if positional:
+        setattr(args, rest, list(getattr(args, rest)) + positional)
     from tuneforge import distributed, scope
     from tuneforge.config import ConfigError
 

@@ -65,11 +65,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         return fail(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     run = _load(args, "`tuneforge predict RUN TEXT...` (or texts on standard input, one a line)")
-    if args.max_new_tokens is not None and not run.task.predict_generates:
+    if args.max_new_tokens is not None and not run.task.predict_generates and not run.task.generates:
         return fail(f"--max-new-tokens: a {run.task.name} run predicts without generating text; leave it out")
     if args.max_new_tokens is not None:
         run.cfg.eval.max_new_tokens = args.max_new_tokens  # this process's predictions only
-    texts, pairs = list(args.texts), args.pair
+    texts, pairs = [t for t in args.texts if t != "-" or len(args.texts) > 1], args.pair  # "-": standard input
     lines = None  # standard input: one output line per input line, a blank one for a blank line (null in JSON)
     if not texts:
         lines, texts = _stdin_lines()
@@ -150,7 +150,8 @@ def _sampling(args: argparse.Namespace) -> dict:
 def cmd_generate(args: argparse.Namespace) -> int:
     run = _load(args, "`tuneforge generate RUN PROMPT...` (or prompts on standard input, one a line)")
     run.check_generates()  # before waiting for standard input
-    prompts, lines = list(args.prompts), None  # standard input: as predict, a blank line for a blank line
+    prompts, lines = [p for p in args.prompts if p != "-" or len(args.prompts) > 1], None  # "-": standard input
+    # standard input: as predict, a blank line for a blank line
     if not prompts:
         lines, prompts = _stdin_lines()
     if not prompts:

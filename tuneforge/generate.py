@@ -119,7 +119,7 @@ def generate_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: 
     out: list[list[int]] = [[] for _ in prompts]
     apart = pads_apart(model, max(map(len, prompts), default=0), s.max_new_tokens)
     alone = limit - s.max_new_tokens if limit is not None else None  # a longer prompt would cut its batch's answers
-    full = 0
+    full = capped = 0
     for idx in _batches([len(p) for p in prompts], batch_size, equal=apart, alone_above=alone):
         longest = max(len(prompts[i]) for i in idx)
         room = limit - longest if limit is not None else s.max_new_tokens  # positions left in the model's table
@@ -137,6 +137,10 @@ def generate_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: 
             new = result[row, longest:].tolist()
             cut = next((k for k, t in enumerate(new) if t in eos), len(new))
             out[i] = new[:cut]
+            capped += cut == len(new) >= config.max_new_tokens < s.max_new_tokens  # stopped by the table, not EOS
+    if capped:
+        print(f"note: {capped} answer(s) stopped at the model's {limit} positions, before max_new_tokens "
+              f"({s.max_new_tokens}) and before an end of answer (shorter prompts leave more room)", file=sys.stderr)
     if full:
         print(f"note: {full} prompt(s) fill all {limit} positions the model embeds, so they get no answer (shorten "
               "them, or lower model.max_length when training)", file=sys.stderr)

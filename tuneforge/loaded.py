@@ -21,7 +21,7 @@ from tuneforge.data import dataset, templates
 from tuneforge.files import new_folder
 from tuneforge.generate import eos_ids
 from tuneforge.strict import saved_config
-from tuneforge.user_inputs import path_arg, text_list
+from tuneforge.user_inputs import prompt_list, path_arg, text_list
 from tuneforge.methods import registry
 from tuneforge.models import (DamagedWeights, apply_method, bf16_supported, head_modules, load_tokenizer,
                               pretrained_config, resolve_device, saved_dtype, store_frozen_in_bf16)
@@ -233,11 +233,9 @@ class Run:
         rendered with the run's chat template. ``settings``: max_new_tokens, sample, temperature, top_p,
         top_k, seed (see :class:`tuneforge.generate.Sampling`); ``stream`` (a file) streams one answer."""
         from tuneforge.generate import generate_answers
-        if isinstance(prompts, (str, bytes)):
-            raise ConfigError("generate takes a list of prompts, not one string: run.generate([prompt])")
+        prompts = prompt_list(prompts)  # blank, non-UTF-8 or not text: one line
         self.check_generates()
-        return generate_answers(self._ready(), self.tokenizer, self.meta, self.cfg, self.rt, list(prompts),
-                                **settings)
+        return generate_answers(self._ready(), self.tokenizer, self.meta, self.cfg, self.rt, prompts, **settings)
 
     def save_tokenizer(self, folder: Path) -> None:
         """The tokenizer as the run prompted with it: a chat run's ``data.system_prompt`` goes into the saved chat

@@ -39,6 +39,28 @@ def text_list(values: Any, name: str) -> list[str]:
     return values
 
 
+def prompt_list(values: Any) -> list[Any]:
+    """Prompts for generation as a list: each a text (checked as :func:`text_list` checks it) or a list of
+    ``{role, content}`` messages whose contents are texts, not all blank, and UTF-8."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ConfigError("generate takes a list of prompts, not one string: run.generate([prompt])"
+                          if isinstance(values, (str, bytes)) else
+                          f"prompts must be a list of texts or message lists, got {type(values).__name__}")
+    values = list(values)
+    for i, value in enumerate(values):
+        messages = value if isinstance(value, list) else None
+        contents = [m.get("content") if isinstance(m, dict) else m for m in messages] if messages is not None \
+            else [value]
+        if not contents or not all(isinstance(c, str) for c in contents):
+            raise ConfigError(f"prompts[{i}] must be a text or a list of {{role, content}} messages with text "
+                              "contents")
+        problem = EMPTY if not any(c.strip() for c in contents) else next(
+            (p for p in map(text_problem, contents) if p not in (None, EMPTY)), None)
+        if problem:
+            raise ConfigError(f"prompts[{i}] {problem}")
+    return values
+
+
 def path_arg(value: Any, name: str) -> Path:
     """``value`` (a path as text or a path object) as a Path; anything else, or an empty text, is refused."""
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip():

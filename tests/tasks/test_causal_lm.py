@@ -143,8 +143,25 @@ def test_generated_answers_keep_one_line_each_unless_one_prompt_is_given(trained
 def test_predict_on_a_causal_run_points_to_generate(trained, capsys):
     assert cli.main(["predict", str(trained.run_dir), "say yes"]) == 2
     assert "use `tuneforge generate RUN_DIR PROMPT...`" in capsys.readouterr().err
-    assert cli.main(["predict", str(trained.run_dir), "say yes", "--max-new-tokens", "4"]) == 2  # seq2seq's option
-    assert "--max-new-tokens: a causal_lm run predicts without generating text" in capsys.readouterr().err
+    assert cli.main(["predict", str(trained.run_dir), "say yes", "--max-new-tokens", "4"]) == 2  # it does generate
+    assert "use `tuneforge generate RUN_DIR PROMPT...`" in capsys.readouterr().err
+
+
+def test_dash_reads_standard_input_and_double_dash_ends_the_options(trained, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("say yes\nsay no\n"))
+    assert cli.main(["generate", str(trained.run_dir), "--max-new-tokens", "4", "--json", "-"]) == 0
+    assert [json.loads(x)["prompt"] for x in capsys.readouterr().out.splitlines()] == ["say yes", "say no"]
+    for argv in (["--max-new-tokens", "4", "--json", "--", "-say yes"], ["--json", "-say yes", "--max-new-tokens", "4"]):
+        assert cli.main(["generate", str(trained.run_dir), *argv]) == 0  # a text with a space is no option
+        assert json.loads(capsys.readouterr().out)["prompt"] == "-say yes"
+    with pytest.raises(SystemExit):  # argparse's usage error
+        cli.main(["generate", str(trained.run_dir), "--bogus", "say"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_the_api_refuses_blank_prompts_in_one_line(trained):
+    with pytest.raises(ConfigError, match=r"^prompts\[1\] is empty"):
+        load(trained.run_dir, "cpu").generate(["say yes", [{"role": "user", "content": " "}]])
 
 
 def test_cli_generate_and_chat(trained, capsys, monkeypatch):
