@@ -209,12 +209,18 @@ def generate_answers(model: nn.Module, tokenizer: PreTrainedTokenizerBase, meta:
     return [answer_text(tokenizer, n) for n in answer_ids(model, tokenizer, meta, cfg, rt, prompts, stream, **settings)]
 
 
+def run_template(tokenizer: PreTrainedTokenizerBase, meta: dict[str, Any]) -> str | None:
+    """The chat template a run's prompts are rendered with: the one it recorded, else the tokenizer's; none for a
+    run trained on plain text."""
+    fallback = templates.resolve_template(tokenizer, None) if meta.get("format") != "text" else None
+    return meta.get("chat_template") or fallback
+
+
 def answer_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase, meta: dict[str, Any], cfg: Any, rt: Runtime,
                prompts: list[Prompt], stream: TextIO | None = None, **settings: Any) -> list[list[int]]:
     """The new token ids of :func:`generate_answers` (before EOS; as many as ``max_new_tokens`` when cut)."""
     s = build_dataclass(Sampling, settings, "generate")
-    fmt = meta.get("format")
-    template = meta.get("chat_template") or (templates.resolve_template(tokenizer, None) if fmt != "text" else None)
+    template = run_template(tokenizer, meta)
     ids = encode_prompts(tokenizer, prompts, template, cfg.model.max_length, cfg.data.system_prompt)
     return generate_ids(model, tokenizer, ids, rt, s, cfg.eval.batch_size, stream)
 
@@ -222,9 +228,10 @@ def answer_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase, meta: dict[
 def chat_loop(run: Any, read: Callable[[str], str] = input, out: TextIO | None = None, **settings: Any) -> None:
     """Interactive multi-turn chat with a reloaded run (``tuneforge.loaded.Run``): answers stream as they are
     generated; ends on EOF, 'exit' or 'quit' (also written '/exit', '/quit')."""
-    build_dataclass(Sampling, settings, "generate")  # bad options fail before the banner, not at the first answer
+    s = build_dataclass(Sampling, settings, "generate")  # bad options fail before the banner, not at the first answer
     out = out or sys.stdout
     history: list[dict[str, str]] = []
+    said = False
     out.write("chatting with the model: type a message, or 'exit' (or Ctrl-D) to quit\n")
     while True:
         try:
@@ -240,7 +247,26 @@ def chat_loop(run: Any, read: Callable[[str], str] = input, out: TextIO | None =
             out.write("(that message is not UTF-8 text: type it again)\n")
             continue
         history.append({"role": "user", "content": line})
+        kept = fitted(run, history, s.max_new_tokens)
+        if len(kept) < len(history) and not said:  # said once, before the answer's line starts
+            said = bool(out.write("(earlier turns are left out from here on, oldest first, so the conversation fits "
+                                  "the model's length)\n"))
         out.write("model> ")
         out.flush()
-        answer = run.generate([history], stream=out, **settings)[0]
+        answer = run.generate([kept], stream=out, **settings)[0]
         history.append({"role": "assistant", "content": answer or "..."})
+
+
+def fitted(run: Any, history: list[dict[str, str]], max_new_tokens: int) -> list[dict[str, str]]:
+    """The latest whole exchanges of ``history`` (its last message, the new one, always kept) whose prompt fits
+    ``model.max_length`` and, where the model has a position table, leaves ``max_new_tokens`` positions for the
+    answer (cut at the start of the prompt, a conversation filled the table and its answers came back empty)."""
+    template = run_template(run.tokenizer, run.meta)
+    budget, limit = run.cfg.model.max_length, position_limit(run.model)
+    if limit is not None:
+        budget = min(budget, limit - virtual_count(run.model) - max_new_tokens)
+    kept = history
+    while len(kept) > 1 and len(encode_prompts(run.tokenizer, [kept], template, 10**9,
+                                               run.cfg.data.system_prompt)[0]) > budget:
+        kept = kept[2:]  # the oldest exchange: a message and its answer
+    return kept

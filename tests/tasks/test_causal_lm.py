@@ -327,3 +327,27 @@ def test_a_test_prompt_asked_with_several_answers_is_generated_once_and_scored_a
     answers, references = [s["generated"] for s in m["samples"]], [["yes .", "yes yes ."], ["no ."]]
     assert (m["bleu"], m["rouge_l"]) == (pytest.approx(bleu(answers, references)), pytest.approx(rouge_l(answers,
                                                                                                          references)))
+
+
+def test_a_long_chat_leaves_out_its_oldest_turns_so_answers_keep_their_room(tmp_path, monkeypatch):
+    """GPT-2's 64 positions, model.max_length 64: a conversation cut only at the start of its prompt filled the
+    table, and every answer from then on came back empty."""
+    from tuneforge.generate import chat_loop, encode_prompts, run_template
+    from tuneforge.loaded import Run
+
+    folder = model_folder(tmp_path / "gpt2", "gpt2")
+    cfg = _cfg(tmp_path, folder, model={"max_length": 64}, train={"max_steps": 1}, eval={"generate_samples": 0})
+    with single_thread():
+        run = load(train(cfg, progress=False).run_dir, "cpu")
+    asked, generate = [], Run.generate
+    monkeypatch.setattr(Run, "generate", lambda self, prompts, **k: asked.append(list(prompts[0])) or generate(
+        self, prompts, **k))
+    turns = iter(["what is the capital of france ? please tell me"] * 8 + ["exit"])
+    out = io.StringIO()
+    with single_thread():
+        chat_loop(run, read=lambda _: next(turns), out=out, max_new_tokens=6)
+    assert out.getvalue().count("(earlier turns are left out from here on") == 1
+    template = run_template(run.tokenizer, run.meta)
+    lengths = [len(encode_prompts(run.tokenizer, [m], template, 10**9, None)[0]) for m in asked]
+    assert len(asked) == 8 and max(lengths) <= 64 - 6 and len(asked[-1]) < 15, lengths  # room for 6 new tokens
+    assert [m["role"] for m in asked[-1]][0] == "user" and asked[-1][-1]["content"].startswith("what is")
