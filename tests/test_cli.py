@@ -128,6 +128,13 @@ def test_predict_text_pairs_from_flags_and_tab_separated_stdin(tmp_path, capsys,
     monkeypatch.setattr("sys.stdin", io.StringIO("great film\tso it is\tpositive\n"))  # a TSV's gold label column
     assert main(["predict", run]) == 2  # it became part of the second text
     assert capsys.readouterr().err.startswith("tuneforge: error: standard input line 1 has 2 tabs: ")
+    for lines, which in (("great film\tso it is\n\tnot at all\n", "line 2's first text"),
+                         ("great film\t\n", "line 1's second text")):  # named as the line's part, not pairs[i]
+        monkeypatch.setattr("sys.stdin", io.StringIO(lines))
+        assert main(["predict", run]) == 2
+        assert capsys.readouterr().err.startswith(f"tuneforge: error: standard input {which} is empty")
+    assert main(["predict", run, "great film", "--pair", " "]) == 2
+    assert capsys.readouterr().err.startswith("tuneforge: error: --pair 1 is empty; give every text its second text")
     monkeypatch.setattr("sys.stdin", io.StringIO("good " * 40 + "\tso it is\n"))
     assert main(["predict", run]) == 0
     assert ("note: 1 input(s) longer than model.max_length=32 tokens are classified from their first 32 (as in "

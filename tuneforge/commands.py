@@ -83,7 +83,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             texts, pairs = [t.split("\t", 1)[0] for t in texts], [t.partition("\t")[2] for t in texts]
     if not texts:
         return fail("predict needs TEXT arguments or lines on standard input")
-    problem = _text_problem(texts, "text", "give text to predict for", lines)
+    first = "first text" if pairs is not None else None
+    problem = _text_problem(texts, "text", "give text to predict for", lines, first) or (
+        pairs is not None and _text_problem(pairs, "--pair", "give every text its second text", lines, "second text"))
     if problem:  # an empty one: arguments only (blank standard-input lines were left out above)
         return fail(problem)
     rows = _predictions(run, texts, pairs)
@@ -127,13 +129,15 @@ def _stdin_lines() -> tuple[list[str], list[str]]:
     return lines, [line for line in lines if line.strip()]
 
 
-def _text_problem(texts: list[str], what: str, fix: str, lines: list[str] | None = None) -> str | None:
+def _text_problem(texts: list[str], what: str, fix: str, lines: list[str] | None = None,
+                  part: str | None = None) -> str | None:
     """The error for the first empty text (``what`` N) or the first that is not UTF-8, else None; texts read from
-    standard input (``lines``, blank ones included) are named by their line number."""
+    standard input (``lines``, blank ones included) are named by their line number, and ``part`` of a line
+    (a pair's "first text") by that too."""
     from tuneforge.user_inputs import EMPTY, text_problem
 
-    names = ([f"standard input line {i}" for i, line in enumerate(lines, 1) if line.strip()] if lines is not None
-             else [f"{what} {i}" for i in range(1, len(texts) + 1)])
+    names = ([f"standard input line {i}" + (f"'s {part}" if part else "") for i, line in enumerate(lines, 1)
+              if line.strip()] if lines is not None else [f"{what} {i}" for i in range(1, len(texts) + 1)])
     for name, text in zip(names, texts):
         if problem := text_problem(text):
             return f"{name} {problem}" + (f"; {fix}" if problem == EMPTY else "")
