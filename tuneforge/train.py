@@ -37,6 +37,7 @@ from tuneforge.step_plan import plan_steps
 from tuneforge.tasks import Prepared, Runtime, Task
 from tuneforge.logs import Logger, plot_loss_curve
 
+DIVERGED_FIXES = "lower train.lr, keep train.max_grad_norm on, or check the data for extreme values"
 LOSS_TIE_DELTA = 0.01  # an equal validation metric counts as better at a validation loss 1 % lower
 
 __all__ = ["fit", "TrainResult", "plot_loss_curve", "WithLoss"]
@@ -241,8 +242,7 @@ def check_finite(loss: float, step: int) -> None:
     """Stop a run whose training loss is no longer finite (its weights are NaN/inf from then on): one line with
     the likely fixes instead of a run saved as if it had succeeded."""
     if not math.isfinite(loss):
-        raise ConfigError(f"training diverged: the training loss is {loss} at step {step}; lower train.lr, keep "
-                          "train.max_grad_norm on, or check the data for extreme values")
+        raise ConfigError(f"training diverged: the training loss is {loss} at step {step}; {DIVERGED_FIXES}")
 
 
 def check_finite_weights(params: list[torch.Tensor], step: int) -> None:
@@ -254,8 +254,7 @@ def check_finite_weights(params: list[torch.Tensor], step: int) -> None:
             bad += 1
             break
     if distributed.all_sum(bad):
-        raise ConfigError(f"training diverged: the trained weights are not finite after step {step}; lower "
-                          "train.lr, keep train.max_grad_norm on, or check the data for extreme values")
+        raise ConfigError(f"training diverged: the trained weights are not finite after step {step}; {DIVERGED_FIXES}")
 
 
 def _record_evaluation(result: TrainResult, logger: Logger, metrics: dict[str, Any], metric: str, sign: int,
