@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (BF16_WEIGHTS, FRAMEWORKS, LABELS, ListDataset, comparison_parser,
+from common import (BF16_WEIGHTS, FRAMEWORKS, LABELS, ListDataset, comparison_parser, measured_before,
                     comparison_settings, comparison_table, dispatch_worker, environment, flops_text, machine_line,
                     results_file, prepared_data, run_interleaved, run_tuneforge, split_records, summarise,
                     minilm_with_head, train_with_trainer, write_results, trainer_arguments, tuneforge_train)
@@ -191,6 +191,21 @@ def main(argv: list[str] | None = None) -> None:
     if a.worker:
         dispatch_worker(a.worker, run_tuneforge_side, run_trainer)
         return
+    if a.render:
+        out, settings, runs, probes, flops, env = measured_before(a)
+    else:
+        out, settings, runs, probes, flops, env = measure(a, argv)
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    rates = pooled_rates(probes)
+    rows = summarise(runs, methods, FRAMEWORKS, "test_accuracy", {m: flops[m]["per_token"] for m in methods},
+                     rates, settings["precision"])
+    text = markdown(rows, settings, env, flops, rates, len(probes))
+    write_results(out, text, {"settings": settings, "environment": env, "flops": flops, "matmul_rates": rates,
+                              "matmul_probes": probes, "summary": rows, "runs": runs})
+
+
+def measure(a: argparse.Namespace, argv: list[str] | None) -> tuple[Any, ...]:
+    """Run the comparison: (results file, settings, runs, matmul probes, FLOPs, environment)."""
     t0 = time.perf_counter()
     settings, methods = comparison_settings(a, DEFAULTS, 256, 256)
     frameworks = [f for f in FRAMEWORKS if "flat" not in f and not (a.no_default_trainer and f == "trainer")
@@ -201,15 +216,9 @@ def main(argv: list[str] | None = None) -> None:
         settings.update(n_train=data.pop("n_train"), n_test=data.pop("n_test"))
         flops = flops_per_token({**settings, **data}, methods)
         runs, probes = run_interleaved(__file__, settings, methods, tuple(frameworks), data, out, "test_accuracy")
-    rates = pooled_rates(probes)
-    rows = summarise(runs, methods, FRAMEWORKS, "test_accuracy", {m: flops[m]["per_token"] for m in methods},
-                     rates, settings["precision"])
-    env = {**environment(), "wall_seconds": time.perf_counter() - t0,
-           "command": " ".join(["python", "benchmarks/bench_classification.py", *(argv if argv is not None else sys.argv[1:])])}
-    text = markdown(rows, settings, env, flops, rates, len(probes))
-    write_results(out, text, {"settings": settings, "environment": env, "flops": flops, "matmul_rates": rates,
-                              "matmul_probes": probes, "summary": rows, "runs": runs})
-
+    env = {**environment(), "wall_seconds": time.perf_counter() - t0, "command": " ".join(
+        ["python", "benchmarks/bench_classification.py", *(argv if argv is not None else sys.argv[1:])])}
+    return out, settings, runs, probes, flops, env
 
 if __name__ == "__main__":
     main()

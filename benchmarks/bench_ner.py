@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (BF16_WEIGHTS, FRAMEWORKS, LABELS, ListDataset, comparison_parser,
+from common import (BF16_WEIGHTS, FRAMEWORKS, LABELS, ListDataset, comparison_parser, measured_before,
                     comparison_settings, comparison_table, dispatch_worker, environment, flops_text, machine_line,
                     results_file, prepared_data, run_interleaved, run_tuneforge, split_records, summarise,
                     minilm_with_head, train_with_trainer,
@@ -190,6 +190,21 @@ def markdown(rows: list[dict[str, Any]], settings: dict[str, Any], env: dict[str
 
 
 def comparison_main(a: argparse.Namespace, argv: list[str]) -> None:
+    if a.render:
+        out, settings, runs, probes, flops, env = measured_before(a)
+    else:
+        out, settings, runs, probes, flops, env = measure(a, argv)
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    rates = pooled_rates(probes)
+    rows = summarise(runs, methods, FRAMEWORKS, QUALITY, {m: flops[m]["per_token"] for m in methods}, rates,
+                     settings["precision"])
+    text = markdown(rows, settings, env, flops, rates, len(probes))
+    write_results(out, text, {"settings": settings, "environment": env, "flops": flops, "matmul_rates": rates,
+                              "matmul_probes": probes, "summary": rows, "runs": runs})
+
+
+def measure(a: argparse.Namespace, argv: list[str]) -> tuple[Any, ...]:
+    """Run the comparison: (results file, settings, runs, matmul probes, FLOPs, environment)."""
     t0 = time.perf_counter()
     settings, methods = comparison_settings(a, DEFAULTS, QUICK_EXAMPLES)
     if a.max_length is not None or a.quick:
@@ -203,15 +218,9 @@ def comparison_main(a: argparse.Namespace, argv: list[str]) -> None:
         settings.update(n_train=data.pop("n_train"), n_test=data.pop("n_test"))
         flops = flops_per_token({**settings, **data}, methods)
         runs, probes = run_interleaved(__file__, settings, methods, tuple(frameworks), data, out, QUALITY)
-    rates = pooled_rates(probes)
-    rows = summarise(runs, methods, FRAMEWORKS, QUALITY, {m: flops[m]["per_token"] for m in methods}, rates,
-                     settings["precision"])
     env = {**environment(), "wall_seconds": time.perf_counter() - t0,
            "command": " ".join(["python", "benchmarks/bench_ner.py", *argv])}
-    text = markdown(rows, settings, env, flops, rates, len(probes))
-    write_results(out, text, {"settings": settings, "environment": env, "flops": flops, "matmul_rates": rates,
-                              "matmul_probes": probes, "summary": rows, "runs": runs})
-
+    return out, settings, runs, probes, flops, env
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = comparison_parser(__doc__, DEFAULTS, QUICK_EXAMPLES, "use the first N sentences of the (shuffled) train split "

@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (BF16_WEIGHTS, FRAMEWORKS, LABELS, ListDataset, base_dtype, comparison_parser, upcast_trainable,
+from common import (BF16_WEIGHTS, FRAMEWORKS, LABELS, ListDataset, base_dtype, comparison_parser, measured_before,
+                    upcast_trainable,
                     comparison_settings, comparison_table, dispatch_worker, environment, flops_text, machine_line,
                     results_file, prepared_data, run_interleaved, run_tuneforge, split_records, summarise,
                     train_with_trainer, worker_device, write_results,
@@ -200,6 +201,23 @@ def main(argv: list[str] | None = None) -> None:
     if a.worker:
         dispatch_worker(a.worker, run_tuneforge_side, run_trainer)
         return
+    if a.render:
+        out, settings, runs, probes, flops, env = measured_before(a)
+    else:
+        out, settings, runs, probes, flops, env = measure(a, argv)
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    rates = pooled_rates(probes)
+    rows = summarise(runs, methods, FRAMEWORKS, "test_perplexity", {m: flops[m]["per_token"] for m in methods},
+                     rates, settings["precision"])
+    before = next((r["test_perplexity_before"] for r in runs if r.get("test_perplexity_before")), None)
+    text = markdown(rows, settings, env, before, flops, rates, len(probes))
+    write_results(out, text, {"settings": settings, "environment": env, "test_perplexity_before": before,
+                              "flops": flops, "matmul_rates": rates, "matmul_probes": probes, "summary": rows,
+                              "runs": runs})
+
+
+def measure(a: argparse.Namespace, argv: list[str] | None) -> tuple[Any, ...]:
+    """Run the comparison: (results file, settings, runs, matmul probes, FLOPs, environment)."""
     t0 = time.perf_counter()
     settings, methods = comparison_settings(a, DEFAULTS, QUICK_TRAIN, QUICK_TEST)
     settings["tuneforge_set"] = a.set
@@ -212,17 +230,9 @@ def main(argv: list[str] | None = None) -> None:
         settings.update(n_train=data.pop("n_train"), n_test=data.pop("n_test"))
         flops = flops_per_token({**settings, **data}, methods)
         runs, probes = run_interleaved(__file__, settings, methods, frameworks, data, out, "test_perplexity")
-    rates = pooled_rates(probes)
-    rows = summarise(runs, methods, frameworks, "test_perplexity", {m: flops[m]["per_token"] for m in methods},
-                     rates, settings["precision"])
-    before = next((r["test_perplexity_before"] for r in runs if r.get("test_perplexity_before")), None)
     env = {**environment(), "wall_seconds": time.perf_counter() - t0,
            "command": " ".join(["python", "benchmarks/bench_sft.py", *(argv if argv is not None else sys.argv[1:])])}
-    text = markdown(rows, settings, env, before, flops, rates, len(probes))
-    write_results(out, text, {"settings": settings, "environment": env, "test_perplexity_before": before,
-                              "flops": flops, "matmul_rates": rates, "matmul_probes": probes, "summary": rows,
-                              "runs": runs})
-
+    return out, settings, runs, probes, flops, env
 
 if __name__ == "__main__":
     main()

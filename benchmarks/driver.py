@@ -155,8 +155,24 @@ def comparison_parser(doc: str, defaults: dict[str, Any], quick_examples: int, e
     p.add_argument("--output", help=f"markdown output, JSON beside it (default {output.relative_to(ROOT)}; with "
                    f"--quick {output.with_name(output.stem + '-quick.md').relative_to(ROOT)})")
     p.set_defaults(default_output=str(output))
+    p.add_argument("--render", metavar="JSON",
+                   help="measure nothing: write the results file of an earlier invocation's complete JSON again "
+                        "(this code's table and verdicts; --output, default the JSON's .md)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p
+
+
+def measured_before(a: Any) -> tuple[Path, dict[str, Any], list[dict[str, Any]], list[dict[str, Any]],
+                                     dict[str, Any], dict[str, Any]]:
+    """``--render``: (results file, settings, runs, matmul probes, FLOPs, environment) of an earlier invocation's
+    complete JSON, to write its results file again under this code's table and verdicts."""
+    path = Path(a.render)
+    payload = json.loads(path.read_text())
+    if not payload.get("complete"):
+        raise SystemExit(f"--render {path}: not the complete JSON of a finished invocation")
+    out = Path(a.output) if a.output else path.with_suffix(".md")
+    return (out, payload["settings"], payload["runs"], payload["matmul_probes"], payload["flops"],
+            payload["environment"])
 
 
 def output_path(a: Any) -> Path:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import driver  # noqa: E402
 import results_table as rt  # noqa: E402
@@ -65,3 +67,26 @@ def test_each_framework_goes_first_in_turn_and_bf16_weight_rows_run_only_for_lor
                      (1, "lora", "trainer_grouped"), (1, "lora", "trainer_grouped_bf16w"), (1, "lora", "tuneforge"),
                      (1, "full", "trainer_grouped"), (1, "full", "tuneforge")]
     assert not driver.applies("lora", "trainer_grouped_bf16w", "fp32")
+
+
+def test_quality_within_the_seed_spread_counts_as_equal_and_beyond_it_as_worse():
+    def row(median, lo, hi):
+        return {"q": median, "q_range": [lo, hi]}
+    assert rt.quality_holds(row(0.78, 0.77, 0.80), row(0.79, 0.78, 0.80), "q", False, ".3f")[0]  # gap 0.01 ≤ 0.03
+    held, how = rt.quality_holds(row(0.70, 0.69, 0.71), row(0.79, 0.78, 0.80), "q", False, ".3f")
+    assert not held and "beyond the repeats' spread of 0.020" in how
+    assert rt.quality_holds(row(7.5, 7.4, 7.6), row(7.9, 7.8, 8.0), "q", True, ".3f") == (True, "better")
+    assert not rt.quality_holds(row(8.5, 8.4, 8.6), row(7.9, 7.8, 8.0), "q", True, ".3f")[0]  # perplexity: lower wins
+
+
+def test_render_writes_an_earlier_invocations_results_again_under_this_codes_verdicts(tmp_path):
+    import json
+
+    import bench_classification
+    source = Path(__file__).parents[1] / "benchmarks" / "results" / "classification-amx-bf16-2026-12-07.json"
+    bench_classification.main(["--render", str(source), "--output", str(tmp_path / "again.md")])
+    text = (tmp_path / "again.md").read_text()
+    assert "| lora | tuneforge | 6,576 (6,494–6,615) |" in text and "within the repeats' spread" in text
+    (tmp_path / "half.json").write_text(json.dumps({**json.loads(source.read_text()), "complete": False}))
+    with pytest.raises(SystemExit, match="not the complete JSON"):
+        bench_classification.main(["--render", str(tmp_path / "half.json")])
