@@ -27,12 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (BF16_WEIGHTS, FRAMEWORKS, LABELS, ListDataset, comparison_parser, measured_before,
+from common import (BF16_WEIGHTS, FRAMEWORKS, LABELS, ListDataset, comparison_parser, measured,
                     comparison_settings, comparison_table, dispatch_worker, environment, flops_text, machine_line,
-                    results_file, prepared_data, run_interleaved, run_tuneforge, split_records, summarise,
+                    results_file, prepared_data, run_interleaved, run_tuneforge, split_records,
                     minilm_with_head, train_with_trainer, write_results, trainer_arguments, tuneforge_train)
 
-from flops import pooled_rates
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -191,17 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.worker:
         dispatch_worker(a.worker, run_tuneforge_side, run_trainer)
         return
-    if a.render:
-        out, settings, runs, probes, flops, env = measured_before(a)
-    else:
-        out, settings, runs, probes, flops, env = measure(a, argv)
-    methods = list(dict.fromkeys(r["method"] for r in runs))
-    rates = pooled_rates(probes)
-    rows = summarise(runs, methods, FRAMEWORKS, "test_accuracy", {m: flops[m]["per_token"] for m in methods},
-                     rates, settings["precision"])
-    text = markdown(rows, settings, env, flops, rates, len(probes))
-    write_results(out, text, {"settings": settings, "environment": env, "flops": flops, "matmul_rates": rates,
-                              "matmul_probes": probes, "summary": rows, "runs": runs})
+    m = measured(a, argv, measure, "test_accuracy", FRAMEWORKS)
+    write_results(m.out, markdown(m.rows, m.settings, m.env, m.flops, m.rates, len(m.probes)), m.payload())
 
 
 def measure(a: argparse.Namespace, argv: list[str] | None) -> tuple[Any, ...]:

@@ -29,13 +29,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (BF16_WEIGHTS, FRAMEWORKS, LABELS, ListDataset, base_dtype, comparison_parser, measured_before,
+from common import (BF16_WEIGHTS, FRAMEWORKS, LABELS, ListDataset, base_dtype, comparison_parser, measured,
                     upcast_trainable,
                     comparison_settings, comparison_table, dispatch_worker, environment, flops_text, machine_line,
-                    results_file, prepared_data, run_interleaved, run_tuneforge, split_records, summarise,
+                    results_file, prepared_data, run_interleaved, run_tuneforge, split_records,
                     train_with_trainer, worker_device, write_results,
                     trainer_arguments, tuneforge_train)
-from flops import pooled_rates
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -201,19 +200,10 @@ def main(argv: list[str] | None = None) -> None:
     if a.worker:
         dispatch_worker(a.worker, run_tuneforge_side, run_trainer)
         return
-    if a.render:
-        out, settings, runs, probes, flops, env = measured_before(a)
-    else:
-        out, settings, runs, probes, flops, env = measure(a, argv)
-    methods = list(dict.fromkeys(r["method"] for r in runs))
-    rates = pooled_rates(probes)
-    rows = summarise(runs, methods, FRAMEWORKS, "test_perplexity", {m: flops[m]["per_token"] for m in methods},
-                     rates, settings["precision"])
-    before = next((r["test_perplexity_before"] for r in runs if r.get("test_perplexity_before")), None)
-    text = markdown(rows, settings, env, before, flops, rates, len(probes))
-    write_results(out, text, {"settings": settings, "environment": env, "test_perplexity_before": before,
-                              "flops": flops, "matmul_rates": rates, "matmul_probes": probes, "summary": rows,
-                              "runs": runs})
+    m = measured(a, argv, measure, "test_perplexity", FRAMEWORKS)
+    before = next((r["test_perplexity_before"] for r in m.runs if r.get("test_perplexity_before")), None)
+    text = markdown(m.rows, m.settings, m.env, before, m.flops, m.rates, len(m.probes))
+    write_results(m.out, text, {**m.payload(), "test_perplexity_before": before})
 
 
 def measure(a: argparse.Namespace, argv: list[str] | None) -> tuple[Any, ...]:

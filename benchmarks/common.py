@@ -17,7 +17,7 @@ from typing import Any, Callable
 # the parent side (processes, probes, schedule, command line) lives in driver.py; summaries, the results table,
 # the verdicts and the machine line in results_table.py: both re-exported here
 from driver import (BF16_WEIGHTS, RESULT_PREFIX, applies, comparison_parser, comparison_settings, launch,
-                    matmul_probe, measured_before, output_path, resolve_precision, results_file, run_interleaved,
+                    matmul_probe, measured, measured_before, output_path, resolve_precision, results_file, run_interleaved,
                     write_json, write_results)
 from results_table import (DTYPES, MIN_REPEATS, SPEED_TARGETS, comparison_table, environment, flops_text,
                            machine_line, median, summarise)
@@ -27,7 +27,7 @@ __all__ = ["DTYPES", "MIN_REPEATS", "SPEED_TARGETS", "comparison_table", "enviro
            "split_records", "prepared_data", "applies", "base_dtype", "upcast_trainable", "BF16_WEIGHTS",
            "resolve_precision", "worker_device", "trainer_clock", "worker_main",
            "run_tuneforge", "trainer_precision_args", "dispatch_worker", "launch", "matmul_probe", "write_json",
-           "run_interleaved", "comparison_parser", "measured_before", "output_path", "results_file",
+           "run_interleaved", "comparison_parser", "measured", "measured_before", "output_path", "results_file",
            "comparison_settings", "write_results"]
 
 FRAMEWORKS = ("tuneforge", "trainer", "trainer_grouped", "trainer_flat", "trainer_grouped_bf16w",

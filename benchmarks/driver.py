@@ -9,10 +9,12 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from results_table import MIN_REPEATS
+from results_table import MIN_REPEATS, summarise
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -173,6 +175,38 @@ def measured_before(a: Any) -> tuple[Path, dict[str, Any], list[dict[str, Any]],
     out = Path(a.output) if a.output else path.with_suffix(".md")
     return (out, payload["settings"], payload["runs"], payload["matmul_probes"], payload["flops"],
             payload["environment"])
+
+
+@dataclass
+class Measured:
+    """One comparison's measurements and their summary rows: what its results file is written from."""
+    out: Path
+    settings: dict[str, Any]
+    runs: list[dict[str, Any]]
+    probes: list[dict[str, Any]]
+    flops: dict[str, Any]
+    env: dict[str, Any]
+    rates: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+    def payload(self) -> dict[str, Any]:
+        """The results JSON's fields (besides ``complete``)."""
+        return {"settings": self.settings, "environment": self.env, "flops": self.flops,
+                "matmul_rates": self.rates, "matmul_probes": self.probes, "summary": self.rows, "runs": self.runs}
+
+
+def measured(a: Any, argv: Any, measure: Callable[[Any, Any], tuple[Any, ...]], quality: str,
+             frameworks: tuple[str, ...]) -> Measured:
+    """``measure(a, argv)`` now, or an earlier invocation's JSON (``--render``), summarised: medians per row and
+    MFU against the pooled matmul rates (``flops.pooled_rates``)."""
+    from flops import pooled_rates
+
+    out, settings, runs, probes, flops, env = measured_before(a) if a.render else measure(a, argv)
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    rates = pooled_rates(probes)
+    rows = summarise(runs, methods, frameworks, quality, {m: flops[m]["per_token"] for m in methods}, rates,
+                     settings["precision"])
+    return Measured(out, settings, runs, probes, flops, env, rates, rows)
 
 
 def output_path(a: Any) -> Path:
