@@ -69,7 +69,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return fail(f"--max-new-tokens: a {run.task.name} run predicts without generating text; leave it out")
     if args.max_new_tokens is not None:
         run.cfg.eval.max_new_tokens = args.max_new_tokens  # this process's predictions only
-    texts, pairs = [t for t in args.texts if t != "-" or len(args.texts) > 1], args.pair  # "-": standard input
+    texts, pairs = _arguments(args.texts), args.pair
     lines = None  # standard input: one output line per input line, a blank one for a blank line (null in JSON)
     if not texts:
         lines, texts = _stdin_lines()
@@ -123,6 +123,11 @@ def _predictions(run: Run, texts: list[str], pairs: list[str] | None) -> Iterato
         print(f"note: {n} {what}", file=sys.stderr)
 
 
+def _arguments(values: list[str]) -> list[str]:
+    """Texts given as arguments; a lone "-" asks for standard input (none given)."""
+    return [] if values == ["-"] else list(values)
+
+
 def _stdin_lines() -> tuple[list[str], list[str]]:
     """Standard input's lines (without line endings, CRLF included) and those that are not blank."""
     lines = [line.rstrip("\r\n") for line in sys.stdin]
@@ -154,8 +159,7 @@ def _sampling(args: argparse.Namespace) -> dict:
 def cmd_generate(args: argparse.Namespace) -> int:
     run = _load(args, "`tuneforge generate RUN PROMPT...` (or prompts on standard input, one a line)")
     run.check_generates()  # before waiting for standard input
-    prompts, lines = [p for p in args.prompts if p != "-" or len(args.prompts) > 1], None  # "-": standard input
-    # standard input: as predict, a blank line for a blank line
+    prompts, lines = _arguments(args.prompts), None  # standard input: as predict, a blank line for a blank line
     if not prompts:
         lines, prompts = _stdin_lines()
     if not prompts:
