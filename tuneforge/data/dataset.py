@@ -230,9 +230,10 @@ def cut_note(examples: list[dict[str, Any]], max_length: int) -> str | None:
             "cut to fit; a larger model.max_length keeps more of them") if cut else None
 
 
-def warnings(s: Splits, data: Any = None, max_length: int = 0) -> list[str]:
+def warnings(s: Splits, data: Any = None, max_length: int = 0, trains: bool = True) -> list[str]:
     """One line per thing the user should know about the data (duplicates, rows left out, empty texts, and,
-    given the tokenised ``data``, examples cut to ``max_length``: those the task marked ``_cut``)."""
+    given the tokenised ``data``, examples cut to ``max_length``: those the task marked ``_cut``); ``trains``
+    False (``calibrate``: nothing is trained) leaves out the missing validation split's consequences."""
     splits = [getattr(data, k) for k in ("train", "validation", "test")] if data is not None else []
     examples = [e for split in splits for e in split]
     out = [line for line in (cut_note(examples, max_length), context_note(examples)) if line]
@@ -252,7 +253,7 @@ def warnings(s: Splits, data: Any = None, max_length: int = 0) -> list[str]:
     if s.empty_texts:
         out.append(f"warning: {s.empty_texts} example(s) have an empty text (the first: {s.first_empty}); they train "
                    "as they are: fix or remove them if that is a mistake")
-    if not s.records["validation"]:
+    if trains and not s.records["validation"]:
         out.append("warning: no validation examples: the last step's weights are kept and nothing stops early "
                    "(more data or a larger data.split[1] gives them)")
     if not s.records["test"]:

@@ -134,9 +134,8 @@ def evaluate_prompting(model: str = "smollm2", data: str = "rotten_tomatoes", te
         raise ConfigError(f"--model {model} is not a trained causal language model (loading it as one left "
                           f"{', '.join(fresh[:3])} newly initialised); use a causal LM such as smollm2")
     lm.to(resolve_device(device, "--device"))
-    for line in dataset_warnings(splits):  # every setting checked: duplicates, conflicting labels, skipped rows
-        if "validation" not in line.split(":")[1]:  # no validation split is used here
-            print(line, file=sys.stderr)
+    for line in dataset_warnings(splits, trains=False):  # every setting checked: duplicates, conflicts, skipped rows
+        print(line, file=sys.stderr)
     clf = PromptClassifier(lm, tokenizer, template, words, demos, tuple(content_free), mode=mode,
                            batch_size=batch_size)
     started = time.perf_counter()
