@@ -133,7 +133,7 @@ class Task(Protocol):
         """One prediction as a line of text for the terminal."""
 
     def default_probes(self, cfg: RunConfig) -> list[str]:
-        """Probes of ``forgetting.probes: [auto]`` (names of tuneforge.config.PROBES)."""
+        """Probes of ``forgetting.probes: [auto]`` (names of tuneforge.forgetting_config.PROBES)."""
 
     def default_reference(self, cfg: RunConfig) -> str | None:
         """Data whose perplexity measures forgetting by default (``forgetting.reference``), or None."""
