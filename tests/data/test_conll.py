@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from tuneforge.config import ConfigError
-from tuneforge.data.conll import invalid_sentences, list_columns, read_token_lists, scheme, to_bio, unseen_types
+from tuneforge.data.conll import list_columns, read_token_lists
+from tuneforge.data.tag_scheme import invalid_sentences, scheme, to_bio, unseen_types
 from tuneforge.data.conll_file import read_conll, wnut16
 from tuneforge.data.readers import class_names, read_records
 

@@ -3,7 +3,8 @@ uses, an empty token in an entity; BMES/BMEWO prefixes read as IOB2's."""
 import pytest
 
 from tuneforge.config import ConfigError
-from tuneforge.data.conll import read_token_lists, to_bio
+from tuneforge.data.conll import read_token_lists
+from tuneforge.data.tag_scheme import to_bio
 from tuneforge.data.conll_file import read_conll
 
 

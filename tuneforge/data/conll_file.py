@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from tuneforge.data.conll import TAG_LIKE, Record, _note_scheme, _tag
+from tuneforge.data.conll import TAG_LIKE, Record, _tag
+from tuneforge.data.tag_scheme import note_scheme
 from tuneforge.data.readers import not_text, require_file
 from tuneforge.strict import ConfigError
 
@@ -65,7 +66,7 @@ def read_conll(path: str | Path, tag_names: Sequence[str] | None = None) -> list
     if comments:
         print(f"note: {p}: {len(comments)} comment line(s) starting with '#' skipped", file=sys.stderr)
     _swapped(records, p)
-    return _note_scheme(records, str(p))
+    return note_scheme(records, str(p))
 
 
 def _swapped(records: list[Record], p: Path) -> None:

@@ -4,10 +4,10 @@ word; entity-level precision/recall/F1 with seqeval's (conlleval) semantics, and
 Data: CoNLL files (``.conll``/``.txt``/``.bio``), JSONL/Parquet rows with a list of words and a list of tags
 (``data.tokens_column``/``data.tags_column``, integer tags named by ``data.tag_names`` or a Hugging Face
 Parquet file's features), or JSONL rows with raw ``text`` and character-offset
-``entities`` (``tuneforge.data.conll``). Tags are normalised to IOB2 (invalid ``I-`` starts repaired and
-counted). Words are labelled on their first sub-token (``data.label_all_subtokens``: on every one); sentences
-longer than ``model.max_length`` are split into windows overlapping by ``data.stride`` tokens and their
-predictions stitched back (``tuneforge.data.tagging``), so nothing is cut.
+``entities`` (``tuneforge.data.conll``, ``spans``). Tags are normalised to IOB2 (``tag_scheme``; invalid ``I-``
+starts repaired and counted). Words are labelled on their first sub-token (``data.label_all_subtokens``: on
+every one); sentences longer than ``model.max_length`` are split into windows overlapping by ``data.stride``
+tokens and their predictions stitched back (``tuneforge.data.tagging``), so nothing is cut.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch.nn as nn
 from transformers import AutoModelForTokenClassification, PreTrainedTokenizerBase
 
 from tuneforge.config import ConfigError, RunConfig
-from tuneforge.data import conll, conll_file
+from tuneforge.data import conll, conll_file, tag_scheme
 from tuneforge.data.spans import read_spans, span_column, tags_to_spans
 from tuneforge.data.words import split_words
 from tuneforge.data.batching import batch_order, iterate
@@ -90,18 +90,18 @@ class Task:
     def prepare(self, cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, records: dict[str, list[Record]],
                 where: dict[str, list[str]]) -> Prepared:
         """IOB2 tag names from the training split ("O" first) and the tokenised windows of every split."""
-        train_tags = [conll.to_bio(r["tags"]) for r in records["train"]]
+        train_tags = [tag_scheme.to_bio(r["tags"]) for r in records["train"]]
         names = ["O"] + sorted({t for tags in train_tags for t in tags} - {"O"})
         if len(names) < 2:
             raise ConfigError("data: the training split holds no entity tag (every tag is O)")
-        invalid = sum(conll.invalid_sentences(list(r["tags"])) for k in records for r in records[k])
+        invalid = sum(tag_scheme.invalid_sentences(list(r["tags"])) for k in records for r in records[k])
         if invalid:
             print(f"note: {invalid} sentence(s) have an I- tag that starts an entity (IOB1 or loosely written BIO); "
                   "read as B- (invalid_sequences in meta.json)", file=sys.stderr)
         for k in ("validation", "test"):
             own_file = cfg.data.train_file and getattr(cfg.data, k + "_file")
-            conll.unseen_types(names, records[k], f"{k} split", own_file)
-        meta = {"labels": names, "scheme": conll.scheme([r["tags"] for r in records["train"]]),
+            tag_scheme.unseen_types(names, records[k], f"{k} split", own_file)
+        meta = {"labels": names, "scheme": tag_scheme.scheme([r["tags"] for r in records["train"]]),
                 "invalid_sequences": invalid}
         enc = {k: self.encode(records[k], cfg, tokenizer, meta, where[k]) for k in ("train", "validation", "test")}
         counts = [0] * len(names)  # labelled training sub-tokens per tag: the fresh head's starting bias
@@ -123,7 +123,7 @@ class Task:
         out: list[Example] = []
         for k, record in enumerate(records):
             words = [str(t) for t in record["tokens"]]
-            tags = conll.to_bio(list(record["tags"])) if record.get("tags") is not None else None
+            tags = tag_scheme.to_bio(list(record["tags"])) if record.get("tags") is not None else None
             labels = [ids.get(t, 0) for t in tags] if tags is not None else None
             for window in encode_words(tokenizer, words, labels, cfg.model.max_length, cfg.data.stride,
                                        cfg.data.label_all_subtokens, b_to_i):
@@ -136,9 +136,9 @@ class Task:
                    meta: dict[str, Any], where: list[str]) -> list[Example]:
         """Tokenise records of another source (replay data), which trains this run: an entity type the run lacks
         is refused (encoded, it would be tagged O: replay would teach that those entities are none)."""
-        if unknown := conll.foreign_types(meta["labels"], records):
+        if unknown := tag_scheme.foreign_types(meta["labels"], records):
             file = source_and_row(where[0])[0] if where else "the data"
-            known = sorted(conll.entity_types(meta["labels"]))
+            known = sorted(tag_scheme.entity_types(meta["labels"]))
             raise ConfigError(f"{file}: entity type(s) {', '.join(unknown)} are not among this run's "
                               f"({', '.join(known)}), so they would train as no entity; keep only this run's types")
         return self.encode(records, cfg, tokenizer, meta, where)
@@ -146,7 +146,7 @@ class Task:
     def source_meta(self, records: list[Record], cfg: RunConfig, meta: dict[str, Any], where: list[str]
                     ) -> dict[str, Any]:
         file = source_and_row(where[0])[0] if where else None  # none of the run's types: refused
-        conll.unseen_types(meta["labels"], records, "evaluated data", file)  # else a warning: those count as missed
+        tag_scheme.unseen_types(meta["labels"], records, "evaluated data", file)  # else a warning: those count as missed
         return meta  # every source has the run's columns and labels
 
     def setup_tokenizer(self, tokenizer: PreTrainedTokenizerBase, cfg: RunConfig, meta: dict[str, Any]) -> None:
