@@ -24,7 +24,7 @@ from peft import PeftModel
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification,
-                          PreTrainedTokenizerFast)
+                          PreTrainedTokenizerFast, RobertaConfig)
 
 from conftest import VOCAB, tiny_batch, tiny_causal_lm, tiny_classifier, tiny_config
 from tuneforge.config import ConfigError
@@ -327,6 +327,29 @@ def test_the_readme_loads_a_decoder_classifier_with_the_pad_id_it_trained_with(t
     plain = _fake_run(tmp_path / "plain", "lora", "llama", {"rank": 4}, ("score",), "SEQ_CLS", padding_with(0))
     plain.meta = {"labels": ["neg", "pos"]}
     assert "pad_token_id" not in (export_peft(plain, tmp_path / "plain-out") / "README.md").read_text()
+
+
+@PEFT_WARNINGS
+@torch.no_grad()
+def test_the_readme_keeps_an_encoders_own_pad_id(tmp_path):
+    """RoBERTa counts position ids from its config's pad id (1) and trains with it whatever its tokenizer pads with
+    (here 0): the README named the tokenizer's, which moved every position by one (logits off by ~1)."""
+    def roberta(family):
+        torch.manual_seed(0)
+        config = RobertaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=64, max_position_embeddings=70, pad_token_id=1, num_labels=3)
+        return AutoModelForTokenClassification.from_config(config).eval()
+
+    run = _fake_run(tmp_path, "lora", "roberta", {"rank": 4}, ("classifier",), "TOKEN_CLS", roberta)
+    _randomise(run.model)
+    assert run.tokenizer.pad_token_id == 0 and run.model.config.pad_token_id == 1
+    readme = (export_peft(run, tmp_path / "out") / "README.md").read_text()
+    load = re.search(r"base = AutoModelForTokenClassification\.from_pretrained\((.*)\)\n", readme)[1]
+    assert "pad_token_id" not in load
+    theirs = PeftModel.from_pretrained(eval(f"AutoModelForTokenClassification.from_pretrained({load})"),
+                                       tmp_path / "out").eval()
+    batch = tiny_batch()
+    torch.testing.assert_close(theirs(**batch).logits, run.model(**batch).logits, **TOL)
 
 
 @PEFT_WARNINGS

@@ -67,11 +67,13 @@ def export_peft(run: Run, out: str | Path, overwrite: bool = False) -> Path:
     labels = run.meta.get("labels")
     extra = (f", num_labels={len(labels)}, id2label={dict(enumerate(labels))}, "
              f"label2id={ {name: i for i, name in enumerate(labels)} }" if labels else "")  # both: else LABEL_n
-    pad, config = run.tokenizer.pad_token_id, pretrained_config(folder)
+    config = pretrained_config(folder)
     if saved_dtype(config) not in (None, "float32"):  # from_pretrained's dtype="auto": the adapter trained on float32
         extra += ", dtype=torch.float32"
+    pad = getattr(getattr(run.model, "config", None), "pad_token_id", None)  # as trained (models.load_labelled):
+    # a decoder's classifier finds a row's end by it; an encoder kept its own (RoBERTa counts positions from it)
     if labels and pad is not None and config is not None and getattr(config, "pad_token_id", None) != pad:
-        extra += f", pad_token_id={pad}"  # as trained: a decoder's classifier finds a row's end by the pad id
+        extra += f", pad_token_id={pad}"
     if labels and config is not None and getattr(config, "num_labels", len(labels)) != len(labels):
         extra += ", ignore_mismatched_sizes=True"  # the base's own head (SST-2's 2 labels): the adapter brings one
     note, lines = peft_format.notes(adapter_config, task_type, last_token_head=hasattr(run.model, "score"))
