@@ -83,3 +83,28 @@ def test_overwrite_never_replaces_the_folder_a_command_runs_in(tmp_path, monkeyp
     with new_folder(Path("."), False, "merged") as tmp:  # an empty working folder is filled (merge RUN "$PWD")
         (tmp / "config.json").write_text("{}")
     assert (empty / "config.json").is_file()
+
+
+@pytest.mark.parametrize("umask, folder_mode, file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)])
+def test_a_built_folder_and_its_files_have_the_modes_the_umask_gives(tmp_path, umask, folder_mode, file_mode):
+    """A model folder is built in a mkdtemp folder (0700) and transformers' save_pretrained writes 0600 files: a
+    trained or merged model was readable by its owner alone, whatever the umask."""
+    import os
+    import stat
+
+    from tuneforge.files import partial_dir, replace_dir
+    old = os.umask(umask)
+    try:
+        tmp = partial_dir(tmp_path, "model")
+        (tmp / "sub").mkdir(mode=0o700)
+        for f in (tmp / "model.safetensors", tmp / "sub" / "x.json"):
+            f.write_text("x")
+            os.chmod(f, 0o600)
+        replace_dir(tmp, tmp_path / "model")
+        atomic_write_text(tmp_path / "model" / "config.json", "{}")
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    out = tmp_path / "model"
+    assert mode(out) == mode(out / "sub") == folder_mode
+    assert mode(out / "model.safetensors") == mode(out / "sub" / "x.json") == mode(out / "config.json") == file_mode

@@ -87,7 +87,7 @@ def _atomic(path: Path, write: Callable[[str], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; run files are ordinary readable files
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; run files are ordinary files
         crash_point(f"write:{path.name}")
         os.replace(tmp, path)
     except BaseException:
@@ -120,10 +120,15 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
 def replace_dir(tmp: Path, target: Path) -> None:
     """Move the finished folder ``tmp`` to ``target`` (replacing an older one), durably. A crash in between
     leaves ``tmp`` (a ``.partial`` folder, removed by :func:`clean_partial`) and no or the old ``target``."""
+    mask = _umask()
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700 (and some writers 0600 files): the user's umask decides
     for f in tmp.rglob("*"):
-        if f.is_file():
+        if f.is_file() and not f.is_symlink():
+            os.chmod(f, 0o666 & ~mask)
             with open(f, "rb+") as fh:
                 os.fsync(fh.fileno())
+        elif f.is_dir() and not f.is_symlink():
+            os.chmod(f, 0o777 & ~mask)
     if target.exists() and not any(target.iterdir()) and holds_cwd(target):  # `merge RUN .` in an empty folder:
         for child in sorted(tmp.iterdir(), key=lambda p: p.name == MARKER):  # filled in place (the marker last),
             os.replace(child, target / child.name)                         # not replaced under the shell
@@ -134,6 +139,17 @@ def replace_dir(tmp: Path, target: Path) -> None:
         _discard(target)
     os.replace(tmp, target)
     fsync_dir(target.parent)
+
+
+def _umask() -> int:
+    """The process's umask: from /proc (Linux), else read by setting it and putting it back."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def partial_dir(parent: Path, name: str) -> Path:
