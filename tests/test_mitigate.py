@@ -228,6 +228,42 @@ def test_an_interrupted_candidate_is_resumed_and_a_finished_one_reused(tmp_path,
                                      "retrain this candidate alone)")
 
 
+def test_overwrite_keeps_the_earlier_sweep_until_each_run_is_retrained(tmp_path, monkeypatch):
+    """``--overwrite`` removed the whole earlier sweep before anything trained: a new sweep that failed (or was
+    stopped) at its first run left nothing. Each run is now retrained with ``train --overwrite`` (which sets the
+    earlier run aside until the new one trains) and the rest stays."""
+    from tuneforge import compare, interrupts
+    from tuneforge.config import ConfigError
+    from tuneforge.mitigate import mitigate
+
+    def train(label, data, out, resume, restart, progress):
+        run_dir = tmp_path / "m" / "runs" / label.replace("=", "-")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        metrics = {"best_validation": {"accuracy": 0.8}, "forgetting": {"forgotten": 2.0, "reference": "probe"}}
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+    monkeypatch.setattr(compare, "_train_subprocess", train)
+    mitigate(None, PROBED, "interpolate", [0.9, 0.5], 1.0, tmp_path / "m", progress=False)
+    kept = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "m").rglob("*") if p.is_file())
+    restarts = []
+
+    def failing(label, data, out, resume, restart, progress):
+        restarts.append(restart)
+        raise ConfigError("training diverged")
+
+    monkeypatch.setattr(compare, "_train_subprocess", failing)
+    with pytest.raises(ConfigError, match="the unmitigated run failed"):
+        mitigate(None, PROBED + ["train.lr=1e8"], "interpolate", [0.9, 0.5], 1.0, tmp_path / "m", progress=False,
+                 overwrite=True)
+    assert restarts == [True]  # retrained, not reused
+    assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "m").rglob("*") if p.is_file()) == kept
+    assert "m/mitigation.md" in kept and "m/runs/interpolate-0.5/metrics.json" in kept
+    said = interrupts.stopped(interrupts.Terminated(), "mitigate", overwrite=True)
+    assert said == ("terminated (SIGTERM); running the same `tuneforge mitigate` command again without --overwrite "
+                    "skips the finished runs and resumes the interrupted one from its last checkpoint")
+
+
 def test_ties_go_to_the_weaker_setting_and_every_value_is_its_own_candidate(tmp_path, monkeypatch):
     import yaml
 

@@ -168,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--margin", type=float, default=1.0, help="allowed task cost: accuracy/F1 points, or "
                    "per cent of perplexity for causal LMs (default 1)")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
-    p.add_argument("--overwrite", action="store_true", help="retrain every run")
+    p.add_argument("--overwrite", action="store_true", help="retrain every run (an earlier sweep's run is replaced "
+                   "once its new one starts training)")
     p.add_argument("-q", "--quiet", action="store_true", help=QUIET)
     p.set_defaults(fn=cmd_mitigate)
 

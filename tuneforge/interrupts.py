@@ -58,14 +58,15 @@ def status(exc: KeyboardInterrupt) -> int:
 
 def stopped(exc: KeyboardInterrupt, command: str | None, resume: str | None = None, overwrite: bool = False) -> str:
     """What an interrupted or terminated command says; for ``train``, whether and how its run (``resume``: the
-    one it was continuing) resumes; for ``compare``, how to go on (``overwrite``: not with --overwrite again,
+    one it was continuing) resumes; for ``compare`` and ``mitigate``, how to go on (``overwrite``: not with --overwrite again,
     which would retrain the methods it finished)."""
     word = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
     resume_check = sys.modules.get("tuneforge.resume_check")  # not imported: no run was started here
     run = resume_check.current_run() if command == "train" and resume_check is not None else None
-    if command == "compare":
+    if command in ("compare", "mitigate"):
         again = "without --overwrite " if overwrite else ""
-        return (f"{word}; running the same `tuneforge compare` command again {again}skips the finished methods and "
+        done = "methods" if command == "compare" else "runs"
+        return (f"{word}; running the same `tuneforge {command}` command again {again}skips the finished {done} and "
                 "resumes the interrupted one from its last checkpoint")
     if command != "train":
         return word

@@ -22,7 +22,7 @@ from typing import Any
 
 from tuneforge import checkpoint, tasks
 from tuneforge.config import ConfigError, RunConfig, load_config
-from tuneforge.files import fresh_folder, output_folder
+from tuneforge.files import output_folder
 from tuneforge.forgetting import pipeline as forgetting
 from tuneforge.run_dir import check_inputs_outside
 
@@ -166,11 +166,10 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
         raise ConfigError("mitigate chooses by what each setting forgets, and these runs measure no forgetting: set "
                           f"{forgetting.measured_by(task)}{' or forgetting.probes' if task.generates else ''}")
     if overwrite:
-        check_inputs_outside(out, base)  # the run to mitigate, the data: never removed with the folder
-        fresh_folder(out, overwrite, "mitigation")
-    else:
-        claim_folder(out, "mitigation")  # new, empty or an earlier sweep's folder, never one of the user's
-        for run_dir, data in runs.values():  # before any training: a changed config is never reused
+        check_inputs_outside(out, base)  # the run to mitigate, the data: never replaced with a candidate's run
+    claim_folder(out, "mitigation")  # new, empty or an earlier sweep's folder, never one of the user's
+    if not overwrite:  # before any training: a changed config is never reused
+        for run_dir, data in runs.values():
             _check_same_config(run_dir, data)
     rows = []
     for label, (run_dir, data) in runs.items():
