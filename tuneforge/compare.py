@@ -153,8 +153,9 @@ def _check_same_config(run_dir: Path, wanted: dict[str, Any]) -> None:
 
 
 def _changed_input(run_dir: Path, cfg: RunConfig) -> str | None:
-    """The data file, replay/reference data or model folder that differs from what ``run_dir`` recorded when it
-    started (``split.json``, ``base_model.json``); None when each is as it was (or gone: training says so)."""
+    """The data file, replay/reference data, model folder or task 1's run that differs from what ``run_dir``
+    recorded when it started (``split.json``, ``base_model.json``, ``previous_run.json``); None when each is as it
+    was (or gone: training says so)."""
     from tuneforge import assets, resume_check
     from tuneforge.data.readers import file_digest
     from tuneforge.forgetting.pipeline import source_digests
@@ -169,6 +170,8 @@ def _changed_input(run_dir: Path, cfg: RunConfig) -> str | None:
     key = next((k for k in then if k in now and now[k] != then[k]), None)
     if key is not None:
         return f"the {key} data"
+    if cfg.forgetting.previous_run:  # task 1's run, whose merged model the run started from
+        return resume_check.base_changed(run_dir, Path(), cfg.forgetting.previous_run)
     try:
         folder = assets.resolve_model(cfg.model.name)
     except ConfigError:

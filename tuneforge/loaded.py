@@ -71,9 +71,11 @@ class Run:
         full = self.files.full_model_dir
         base = full or assets.resolve_model(self.cfg.model.name)
         self.tokenizer = load_tokenizer(base, self.cfg.model.trust_remote_code)
-        if full is None and (old := resume_check.base_changed(self.files.path, base)) is not None:  # weights on it
-            print(f"warning: the model {run_dir} was trained on ({old}) changed since (its files differ): the run's "
-                  f"{self.cfg.method_name} weights now apply to another model", file=sys.stderr)
+        previous = self.cfg.forgetting.previous_run  # task 1's run: its merged model is this run's base
+        if full is None and (old := resume_check.base_changed(self.files.path, base, previous)) is not None:
+            print(f"warning: the {'run' if previous else 'model'} {run_dir} was trained on ({old}) changed since (its "
+                  f"files differ): the run's {self.cfg.method_name} weights now apply to another model",
+                  file=sys.stderr)
         self.task.setup_tokenizer(self.tokenizer, self.cfg, self.meta)
         bf16 = self.cfg.train.precision != "fp32" and bf16_supported(self.device)  # as trained, where possible
         self.rt = Runtime(device=self.device, bf16=bf16, pad_id=self.tokenizer.pad_token_id)

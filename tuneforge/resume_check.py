@@ -101,13 +101,14 @@ BASE = "base_model.json"  # the fingerprint of the model folder a run started fr
 SAMPLE = 1 << 20  # bytes read at the start, middle and end of each large file
 
 
-def model_fingerprint(folder: Path) -> str:
-    """sha256 over the model folder's files: each one's name and size, and its bytes (files over 3 MiB: 1 MiB at
-    the start, middle and end, so a multi-GB checkpoint costs milliseconds; other weights of the same shapes
-    differ there too)."""
+def model_fingerprint(folder: Path, only: tuple[str, ...] | None = None) -> str:
+    """sha256 over the model folder's files (``only``: those under these top-level names): each one's name and
+    size, and its bytes (files over 3 MiB: 1 MiB at the start, middle and end, so a multi-GB checkpoint costs
+    milliseconds; other weights of the same shapes differ there too)."""
     import hashlib
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and (
+            only is None or p.relative_to(folder).parts[0] in only)):
         size = path.stat().st_size
         digest.update(f"{path.relative_to(folder)}\0{size}\0".encode())
         with open(path, "rb") as f:
@@ -117,27 +118,38 @@ def model_fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def base_record(folder: Path) -> dict[str, str]:
-    """What ``base_model.json`` holds for a run that starts from ``folder``."""
-    return {"path": str(folder), "fingerprint": model_fingerprint(folder)}
+PREVIOUS = "previous_run.json"  # a sequential run: the fingerprint of task 1's run, whose merged model it starts from
+TASK1_FILES = ("config.yaml", "trainable.safetensors", "model")  # what that model is made of (checkpoint.WEIGHTS,
+#                                                                  FULL_DIR): not its logs, metrics or evaluations
 
 
-def base_changed(run_dir: Path, folder: Path) -> str | None:
-    """The recorded path of the model folder ``run_dir`` started from where ``folder``'s files differ from it now;
-    None where they are the same or the run holds no record (from before it, or a sequential run, whose base is
-    task 1's model merged again)."""
+def start_record(folder: Path, previous: str | None) -> tuple[str, dict[str, str]]:
+    """(file name, record) of what a run starts from: the model ``folder`` (``base_model.json``), or in the
+    sequential set-up task 1's run ``previous`` (``previous_run.json``; ``folder`` is its model merged again)."""
+    if previous:
+        return PREVIOUS, {"path": str(previous), "fingerprint": model_fingerprint(Path(previous), TASK1_FILES)}
+    return BASE, {"path": str(folder), "fingerprint": model_fingerprint(folder)}
+
+
+def base_changed(run_dir: Path, folder: Path, previous: str | None = None) -> str | None:
+    """The recorded path of what ``run_dir`` started from (:func:`start_record`: the model folder, or with
+    ``previous`` task 1's run) where its files differ from it now; None where they are the same, the run holds
+    no record (from before it) or task 1's run is gone (loading it says so)."""
     import json
-    record = run_dir / BASE
-    if not record.is_file():
+    record = run_dir / (PREVIOUS if previous else BASE)
+    if not record.is_file() or (previous and not Path(previous).is_dir()):
         return None
     then = json.loads(record.read_text())
-    return None if then.get("fingerprint") == model_fingerprint(folder) else str(then.get("path"))
+    now = model_fingerprint(Path(previous), TASK1_FILES) if previous else model_fingerprint(folder)
+    return None if then.get("fingerprint") == now else str(then.get("path"))
 
 
-def refuse_changed_base(run_dir: Path, folder: Path) -> None:
-    """Refuse to resume ``run_dir`` on a model folder whose files changed since the run started (a Hub snapshot
-    updated, a folder retrained): its checkpoint's weights trained on the old one (:func:`base_changed`)."""
-    old = base_changed(run_dir, folder)
+def refuse_changed_base(run_dir: Path, folder: Path, previous: str | None = None) -> None:
+    """Refuse to resume ``run_dir`` on a model folder (or task 1's run, ``previous``) whose files changed since the
+    run started (a Hub snapshot updated, a folder retrained): its checkpoint's weights trained on the old one
+    (:func:`base_changed`)."""
+    old = base_changed(run_dir, folder, previous)
     if old is not None:
-        raise ConfigError(f"cannot resume {run_dir}: the model it started from ({old}) changed since the "
-                          "run started (its files differ); restore that model, or start a new run")
+        what = "task 1's run (forgetting.previous_run)" if previous else "the model it started from"
+        raise ConfigError(f"cannot resume {run_dir}: {what} ({old}) changed since the run started (its files "
+                          "differ); restore it, or start a new run")

@@ -149,11 +149,11 @@ def _train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | 
         with discard_on_error(run_dir if resume is None and d.main else None):
             if d.main and resume is None:
                 checkpoint.save_json(manifest, run_dir / checkpoint.SPLIT, compact=True)
-                if prev is None:  # a sequential run's base is task 1's model, merged again on resume
-                    checkpoint.save_json(resume_check.base_record(base), run_dir / resume_check.BASE)
+                name, record = resume_check.start_record(base, cfg.forgetting.previous_run)  # model or task 1
+                checkpoint.save_json(record, run_dir / name)
             elif d.main:
                 checkpoint.start_resume(run_dir, manifest)
-                resume_check.refuse_changed_base(run_dir, base)
+                resume_check.refuse_changed_base(run_dir, base, cfg.forgetting.previous_run)
             distributed.barrier()
             for line in dataset_warnings(s.splits, s.data, cfg.model.max_length):
                 warn(line, file=sys.stderr)
