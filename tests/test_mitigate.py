@@ -2,6 +2,7 @@
 and a whole (tiny) sweep through the CLI."""
 import json
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -60,6 +61,13 @@ def test_mitigate_cli_trains_candidates_and_chooses(tmp_path, capsys, monkeypatc
     assert "chosen:" in out and "| none |" in out and "l2sp=1" in out
     assert code == (0 if "chosen: l2sp" in out else 1)  # exit 1: no candidate forgot less within the margin
     assert (root / "mit" / "tradeoff.png").is_file() and (root / "mit" / "runs" / "l2sp-10000" / "metrics.json").is_file()
+    summary = json.loads((root / "mit" / "mitigation.json").read_text())  # the table for scripts
+    assert summary["kind"] == "l2sp" and summary["metric"] == "accuracy" and list(summary["runs"]) == [
+        "none", "l2sp=1", "l2sp=10000"] and [r["label"] for r in summary["rows"]] == list(summary["runs"])
+    assert (f"chosen: {summary['chosen']}" if summary["chosen"] else "nothing chosen") in out
+    for row in summary["rows"]:
+        metrics = json.loads((Path(summary["runs"][row["label"]]) / "metrics.json").read_text())
+        assert row["validation"] == metrics["best_validation"]["accuracy"]
     for run in ("none", "l2sp-10000"):  # chosen on the probes' validation side, never on the reported test side
         metrics = json.loads((root / "mit" / "runs" / run / "metrics.json").read_text())
         assert "validation accuracy" in metrics["forgetting"]["reference"]

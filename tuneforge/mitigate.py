@@ -123,8 +123,8 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
              values: Sequence[float] | None, margin: float, out_dir: str | Path, progress: bool = True,
              overwrite: bool = False) -> dict[str, Any]:
     """Train the unmitigated run and one run per candidate of ``kind`` (see ``SWEEPS``) in subprocesses
-    (``out_dir/runs/<label>``; finished ones are reused), choose on validation data, write ``mitigation.md``
-    and ``tradeoff.png``; returns {"rows", "chosen", "baseline"}."""
+    (``out_dir/runs/<label>``; finished ones are reused), choose on validation data, write ``mitigation.md``,
+    ``mitigation.json`` and ``tradeoff.png``; returns {"rows", "chosen", "baseline"}."""
     from tuneforge.compare import _base_config, _check_same_config, claim_folder
 
     if kind not in SWEEPS:
@@ -200,6 +200,9 @@ def mitigate(config: str | Path | dict[str, Any] | None, overrides: Sequence[str
     lines += ["", ("chosen: " + chosen["label"]) if chosen else "nothing chosen: " + none]
     lines += [f"failed: {r['label']}: {r['error']}" for r in rows if "error" in r]
     checkpoint.atomic_write_text(out / "mitigation.md", "\n".join(lines) + "\n")
+    checkpoint.save_json({"kind": kind, "margin": margin, "metric": task.metric, "chosen": chosen and chosen["label"],
+                          "runs": {r["label"]: str(runs[r["label"]][0]) for r in rows}, "rows": rows},
+                         out / "mitigation.json")  # the same for scripts
     plot_tradeoff(rows, out / "tradeoff.png", f"test {task.metric}", rows[0]["probe"] or "probe")
     return {"rows": rows, "chosen": chosen, "baseline": baseline}
 
