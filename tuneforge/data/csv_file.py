@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import ConfigError
+from tuneforge.data import row_numbers
 
 
 def read_csv(p: Path, sep: str, quoted: bool) -> list[dict[str, Any]]:
@@ -53,14 +54,27 @@ def read_csv(p: Path, sep: str, quoted: bool) -> list[dict[str, Any]]:
     unnamed = [c for c, name in zip(frame.columns, header) if not name.strip() and frame[c].str.strip().eq("").all()]
     names = [name for c, name in zip(frame.columns, header) if c not in unnamed]
     records = frame.drop(columns=unnamed).to_dict("records")
-    kept = [r for r in records if [v.lstrip("\ufeff") for v in r.values()] != names]
+    numbered = list(zip(records, _rows(p, sep, quoting, len(records))))
+    kept = [(r, n) for r, n in numbered if [v.lstrip("\ufeff") for v in r.values()] != names]
     if len(kept) < len(records):
         print(f"note: {p}: dropped {len(records) - len(kept)} row(s) that repeat the header row "
               "(files joined together?)", file=sys.stderr)
-    filled = [r for r in kept if any(v.strip() for v in r.values())]  # separators only: a blank line to a spreadsheet
+    filled = [(r, n) for r, n in kept if any(v.strip() for v in r.values())]  # separators only: a blank line
     if len(filled) < len(kept):
         print(f"note: {p}: skipped {len(kept) - len(filled)} row(s) with no value in any cell", file=sys.stderr)
-    return filled
+    row_numbers.remember([str(p)], [n for _, n in filled])
+    return [r for r, _ in filled]
+
+
+def _rows(p: Path, sep: str, quoting: int, records: int) -> list[int]:
+    """The row of each of pandas' ``records`` in the file, blank lines counted (pandas skips them); 1, 2, ... where
+    the csv module reads another number of rows."""
+    import csv
+    with p.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter=sep, quoting=quoting)
+        next(reader, None)  # the header
+        rows = [n for n, row in enumerate(reader, start=1) if row and (len(row) > 1 or row[0].strip())]  # as pandas
+    return rows if len(rows) == records else list(range(1, records + 1))
 
 
 def _longer_rows(p: Path, sep: str, quoting: int, width: int) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneforge.config import ConfigError, RunConfig
-from tuneforge.data import embedded
+from tuneforge.data import embedded, row_numbers
 from tuneforge.data.chat import context_note
 from tuneforge.data.readers import FIELD_SEP, column_names, file_digest, place, require_file
 from tuneforge.data.split import sample, split
@@ -79,6 +79,7 @@ def read_source(task: Any, name: str, cfg: RunConfig) -> tuple[list[Record], Sou
         return records, Source(name, None, digest, len(records))
     path = require_file(name)
     records = task.read_source(str(path), cfg)
+    row_numbers.alias(name, str(path), len(records))  # messages name the file as configured
     return records, Source(name, str(path.resolve()), file_digest(path), len(records))
 
 

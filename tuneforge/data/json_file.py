@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import ConfigError
+from tuneforge.data import row_numbers
 
 
 class WrittenFloat(float):
@@ -109,10 +110,11 @@ def json_records(path: Path) -> list[Any]:
 
 def jsonl_records(path: Path, text: str) -> list[dict[str, Any]]:
     """One JSON object per line; blank lines are skipped."""
-    records = []
+    records, lines = [], []
     for i, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028, U+0085 and the like are
         if not line.strip():  # valid inside a JSON string
             continue
+        lines.append(i)
         try:
             row = json.loads(line, object_pairs_hook=_object, parse_float=WrittenFloat)
         except json.JSONDecodeError as exc:
@@ -125,4 +127,5 @@ def jsonl_records(path: Path, text: str) -> list[dict[str, Any]]:
         if SURROGATE_ESCAPE.search(line) and (problem := _text_problem(row)):
             raise ConfigError(f"{path}, line {i}: {problem}")
         records.append(row)
+    row_numbers.remember([str(path)], lines)  # a record's row is its line
     return records

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import ConfigError
+from tuneforge.data import row_numbers
 from tuneforge.data.csv_file import delimiter, read_csv
 from tuneforge.data.json_file import json_list, json_records, jsonl_records
 
@@ -177,8 +178,9 @@ def file_digest(path: str | Path) -> str:
 
 
 def place(source: str, index: int) -> str:
-    """Where a record comes from, as messages name it: ``"<source>, row <n>"`` (``index`` 0-based, n 1-based)."""
-    return f"{source}, row {index + 1}"
+    """Where a record comes from, as messages name it: ``"<source>, row <n>"`` (``index`` 0-based; n 1-based,
+    counting the rows the reader skipped: :mod:`tuneforge.data.row_numbers`)."""
+    return f"{source}, row {row_numbers.row(source, index)}"
 
 
 def source_and_row(where: str) -> tuple[str, int]:
