@@ -211,6 +211,17 @@ def test_text_in_other_scripts_scores_as_text():
     assert rouge_l(["我喜欢猫"], ["我喜欢狗"]) == pytest.approx(0.75)  # a character is a word
 
 
+def test_the_references_choose_bleus_tokeniser_never_the_answers():
+    """One kana in one model answer had switched every English sentence to scoring by character (43.1 -> 68.3)."""
+    import sacrebleu
+
+    refs = ["see you later", "the cat sat on the mat", "good morning to you", "it is raining today"]
+    hyps = ["see you later ア", "the cat sat on a mat", "good morning", "it rains today"]
+    assert bleu(hyps, refs) == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=TOL)  # 13a
+    japanese = ["猫がとても好きです", "今日は雨です", "また後で", "see you"]  # most references: by character
+    assert bleu(hyps, japanese) == pytest.approx(sacrebleu.corpus_bleu(hyps, [japanese], tokenize="char").score)
+
+
 def test_perplexity_is_exp_of_the_token_weighted_mean_loss():
     batch_sums, batch_tokens = [12.0, 3.0], [10, 2]  # batch means 1.2 and 1.5; token mean 15/12 = 1.25
     assert perplexity(sum(batch_sums) / sum(batch_tokens)) == pytest.approx(math.exp(1.25), abs=TOL)

@@ -148,12 +148,14 @@ def _lists(references: Refs) -> list[list[str]]:
 def bleu(hypotheses: Sequence[str], references: Refs) -> float:
     """Corpus BLEU (sacreBLEU, 0-100) against each hypothesis's reference(s): tokenised as sacreBLEU's default
     (13a) does, Chinese with its ``zh`` tokenizer and Japanese by character (13a keeps a sentence without
-    spaces as one word)."""
+    spaces as one word), where at least half the references are written so. The references decide, never the
+    answers: one stray kana in a model's answer had scored every English sentence by character."""
     import sacrebleu
 
     refs = _lists(references)
-    text = "".join(hypotheses) + "".join(r for group in refs for r in group)
-    tokenize = "char" if re.search(f"[{KANA}]", text) else "zh" if re.search(f"[{HAN}]", text) else "13a"
+    flat = [r for group in refs for r in group if r]
+    share = lambda chars: sum(bool(re.search(f"[{chars}]", r)) for r in flat) * 2 >= max(len(flat), 1)  # noqa: E731
+    tokenize = "char" if share(KANA) else "zh" if share(HAN) else "13a"
     streams = [[g[k] if k < len(g) else None for g in refs] for k in range(max(map(len, refs), default=1))]
     return float(sacrebleu.corpus_bleu(list(hypotheses), streams, tokenize=tokenize).score)
 
