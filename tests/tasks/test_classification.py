@@ -4,6 +4,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from tuneforge.config import ConfigError, load_config
 from tuneforge.data.dataset import prepare
@@ -289,3 +290,24 @@ def test_max_examples_of_a_training_file_keeps_every_class(tmp_path):
     cfg = load_config(None, {"data": {"train_file": str(path), "max_examples": 40, "split": [0.8, 0.1, 0.1]}})
     splits, data = prepare(cfg, TASK, word_tokenizer())
     assert len(data.train) == 40 and len(data.meta["labels"]) == 20
+
+
+@torch.no_grad()
+def test_the_evaluation_loss_is_the_cross_entropy_of_the_logits_however_confident():
+    """The log of softmax probabilities clipped at 1e-12 capped each example's loss at 27.6: a confidently wrong
+    model's loss was understated (16.3 for what cross-entropy puts at 22.5)."""
+    from conftest import tiny_classifier
+    from tuneforge.config import RunConfig
+    from tuneforge.tasks import Runtime
+
+    model = tiny_classifier("bert")
+    model.classifier.weight.mul_(1e4)  # logits of hundreds
+    ids = [[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16]]
+    logits = torch.cat([model(input_ids=torch.tensor([i])).logits for i in ids])  # (3, 2), one at a time
+    wrong = logits.argmin(-1)  # each example labelled with the class the model rules out
+    examples = [{"input_ids": i, "attention_mask": [1] * len(i), "labels": int(y)} for i, y in zip(ids, wrong)]
+    rt = Runtime(device=torch.device("cpu"), bf16=False, pad_id=0)
+    metrics = TASK.evaluate(model, examples, rt, RunConfig(), {"labels": ["a", "b"]})
+    expected = torch.nn.functional.cross_entropy(logits, wrong)
+    assert expected > 30  # beyond the old cap
+    assert metrics["loss"] == pytest.approx(float(expected), rel=1e-4) and metrics["accuracy"] == 0

@@ -223,8 +223,9 @@ class Task:
     # -- evaluation and use ---------------------------------------------------------------------------------
     @torch.no_grad()
     def predict_proba(self, model: nn.Module, examples: list[Example], rt: Runtime, batch_size: int,
-                      progress: bool = False) -> torch.Tensor:
-        """Class probabilities, (n, labels), in the order of ``examples``."""
+                      progress: bool = False, log: bool = False) -> torch.Tensor:
+        """Class probabilities (``log``: their logarithms, exact where a probability rounds to 0), (n, labels), in
+        the order of ``examples``."""
         model.eval()
         lengths = [len(e["input_ids"]) for e in examples]
         order = batch_order(lengths, batch_size, 0, 0, shuffle=False, group_by_length=True)
@@ -234,7 +235,7 @@ class Task:
             batch = {k: v.to(rt.device) for k, v in batch.items() if k != "labels"}
             with autocast(rt.device, rt.bf16):
                 logits = model(**batch).logits  # (batch, labels)
-            rows.update(zip(idx, logits.float().softmax(-1).cpu()))
+            rows.update(zip(idx, (logits.float().log_softmax(-1) if log else logits.float().softmax(-1)).cpu()))
         return torch.stack([rows[i] for i in range(len(examples))])  # (n, labels)
 
     def evaluate(self, model: nn.Module, examples: list[Example], rt: Runtime, cfg: RunConfig,
@@ -243,10 +244,10 @@ class Task:
         examples = [e for e in examples if e["labels"] >= 0]
         if not examples:
             return {}
-        probs = self.predict_proba(model, examples, rt, cfg.eval.batch_size, progress)
+        log_probs = self.predict_proba(model, examples, rt, cfg.eval.batch_size, progress, log=True)  # (n, labels)
         labels = torch.tensor([e["labels"] for e in examples])
-        metrics = classification_metrics(probs.argmax(-1).tolist(), labels.tolist(), meta["labels"])
-        metrics["loss"] = float(nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels))
+        metrics = classification_metrics(log_probs.argmax(-1).tolist(), labels.tolist(), meta["labels"])
+        metrics["loss"] = float(nn.functional.nll_loss(log_probs, labels))  # the training loss's cross-entropy
         return metrics
 
     def predict(self, model: nn.Module, inputs: list[Any], rt: Runtime, cfg: RunConfig, meta: dict[str, Any],

@@ -1,5 +1,7 @@
 """Token classification (named-entity recognition): words tagged with BIO/IOB2 (or plain) labels -> a tag per
-word; entity-level precision/recall/F1 with seqeval's (conlleval) semantics, and token accuracy.
+word; entity-level precision/recall/F1 with seqeval's (conlleval) semantics, and token accuracy, both against the
+gold tags normalised to IOB2 as the model learned them (an IOB1 file's ``I-X`` opening an entity is ``B-X``: the
+same entities, and a predicted ``B-X`` there a correct tag, where conlleval on the file's own tags counts it wrong).
 
 Data: CoNLL files (``.conll``/``.txt``/``.bio``), JSONL/Parquet rows with a list of words and a list of tags
 (``data.tokens_column``/``data.tags_column``, integer tags named by ``data.tag_names`` or a Hugging Face
