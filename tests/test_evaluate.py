@@ -162,7 +162,8 @@ def test_bleu_and_rouge_match_the_libraries(seed):
     rng = random.Random(seed)
     hyps = [_sentence(rng) for _ in range(rng.randint(1, 10))]
     refs = [_sentence(rng) if rng.random() < 0.7 else h for h in hyps]
-    assert bleu(hyps, refs) == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=TOL)
+    expected = sacrebleu.corpus_bleu(hyps, [refs], use_effective_order=True).score  # its short-answer option
+    assert bleu(hyps, refs) == pytest.approx(expected, abs=TOL)
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     expected = sum(scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs)) / len(hyps)
     assert rouge_l(hyps, refs) == pytest.approx(expected, abs=TOL)
@@ -179,7 +180,8 @@ def test_several_references_score_as_the_libraries_score_them(seed):
     hyps = [_sentence(rng) for _ in range(rng.randint(1, 10))]
     refs = [[_sentence(rng) for _ in range(rng.randint(1, 3))] for _ in hyps]
     streams = [[r[k] if k < len(r) else None for r in refs] for k in range(3)]
-    assert bleu(hyps, refs) == pytest.approx(sacrebleu.corpus_bleu(hyps, streams).score, abs=TOL)
+    expected = sacrebleu.corpus_bleu(hyps, streams, use_effective_order=True).score  # its short-answer option
+    assert bleu(hyps, refs) == pytest.approx(expected, abs=TOL)
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     expected = sum(max(scorer.score(x, h)["rougeL"].fmeasure for x in r) for h, r in zip(hyps, refs)) / len(hyps)
     assert rouge_l(hyps, refs) == pytest.approx(expected, abs=TOL)
@@ -219,7 +221,20 @@ def test_the_references_choose_bleus_tokeniser_never_the_answers():
     hyps = ["see you later ア", "the cat sat on a mat", "good morning", "it rains today"]
     assert bleu(hyps, refs) == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=TOL)  # 13a
     japanese = ["猫がとても好きです", "今日は雨です", "また後で", "see you"]  # most references: by character
-    assert bleu(hyps, japanese) == pytest.approx(sacrebleu.corpus_bleu(hyps, [japanese], tokenize="char").score)
+    by_character = sacrebleu.corpus_bleu(hyps, [japanese], tokenize="char", use_effective_order=True).score
+    assert bleu(hyps, japanese) == pytest.approx(by_character)
+
+
+def test_short_answers_score_over_the_orders_they_have():
+    """Perfect answers of one or two words ("Mars.", "Eight.") scored BLEU 0, as if training had made them worse."""
+    import sacrebleu
+
+    short = ["Hello!", "Mars.", "Eight.", "Yes"]
+    assert bleu(short, short) == pytest.approx(100.0)
+    assert 0 < bleu(["Hello there!", "Mars."], ["Hello you!", "Venus."]) < 100
+    hyps = ["the cat sat on the mat today", "a dog ran in the park"]
+    refs = ["the cat sat on a mat today", "the dog ran"]
+    assert bleu(hyps, refs) == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=TOL)  # 4-grams: as before
 
 
 def test_perplexity_is_exp_of_the_token_weighted_mean_loss():

@@ -157,7 +157,9 @@ def bleu(hypotheses: Sequence[str], references: Refs) -> float:
     share = lambda chars: sum(bool(re.search(f"[{chars}]", r)) for r in flat) * 2 >= max(len(flat), 1)  # noqa: E731
     tokenize = "char" if share(KANA) else "zh" if share(HAN) else "13a"
     streams = [[g[k] if k < len(g) else None for g in refs] for k in range(max(map(len, refs), default=1))]
-    return float(sacrebleu.corpus_bleu(list(hypotheses), streams, tokenize=tokenize).score)
+    # effective order: n-gram orders no answer is long enough for are left out (sacreBLEU's own option), so
+    # answers of one to three words, right or wrong, no longer all score 0; with any 4-gram it changes nothing
+    return float(sacrebleu.corpus_bleu(list(hypotheses), streams, tokenize=tokenize, use_effective_order=True).score)
 
 
 def by_prompt(keys: Sequence[str], references: Sequence[str], n: int) -> list[tuple[int, list[str]]]:

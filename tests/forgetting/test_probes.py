@@ -178,3 +178,18 @@ def test_without_end_masks_only_what_follows_the_answers_own_tokens():
     assert probes.without_end(ex, [7, 8])["labels"] == [-100, -100, 7, 8, -100, -100]
     assert probes.without_end(ex, [7, 5]) is None  # the template rewrote the answer: no safe cut
     assert probes.without_end(ex, [7, 8, 9, 3, 4])["labels"] == ex["labels"]  # max_length cut the answer: no end left
+
+
+def test_each_probe_is_named_before_it_measures_and_quiet_runs_print_nothing(capsys):
+    """A chat model's probes generate and score for minutes on a CPU; that passed with no line at all."""
+    seen = []
+    made = [probes.Probe(name, "perplexity", lambda m, v=v: seen.append(v) or v, [{}] * n, None, [], set())
+            for name, v, n in (("own answers perplexity", 3.0, 64), ("chitchat perplexity", 9.0, 200))]
+    assert pipeline.measure(made, None, "before training", print) == [3.0, 9.0] and seen == [3.0, 9.0]
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["measuring what the model knew before training (1/2): own answers perplexity on 64 examples "
+                   "(forgetting.probes=none skips this) ...",
+                   "measuring what the model knew before training (2/2): chitchat perplexity on 200 examples "
+                   "(forgetting.probes=none skips this) ..."]
+    assert pipeline.measure(made, None, "after training", lambda *a, **k: None) == [3.0, 9.0]
+    assert capsys.readouterr().err == ""

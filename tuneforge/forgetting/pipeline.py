@@ -216,6 +216,17 @@ def interpolate_back(model: nn.Module, start: dict[str, Any], cfg: RunConfig, ta
     return {task.metric: value, "step": best["step"], "trained": best[task.metric], "interpolate": keep}
 
 
+def measure(probes: list[Probe], model: nn.Module, when: str, say: Any) -> list[float]:
+    """Each probe's figure on ``model``, one line naming it first (``say``: print, or nothing with -q): a chat
+    model's probes generate and score for minutes on a CPU, which had passed in silence."""
+    figures = []
+    for i, p in enumerate(probes, start=1):
+        say(f"measuring what the model knew {when} ({i}/{len(probes)}): {p.name} on {len(p.examples)} examples "
+            "(forgetting.probes=none skips this) ...", file=sys.stderr)
+        figures.append(p.measure(model))
+    return figures
+
+
 def summary(probes: list[Probe], before: list[float], after: list[float]) -> dict[str, Any]:
     """Before/after of every probe for metrics.json and the result table. ``forgotten``: how much worse the
     probe got (perplexity: per cent higher; accuracy: points lower); negative when it improved. The first
