@@ -18,7 +18,7 @@ from typing import Any
 from tuneforge.config import ConfigError, RunConfig
 from tuneforge.data import embedded, row_numbers
 from tuneforge.data.chat import context_note
-from tuneforge.data.readers import FIELD_SEP, column_names, file_digest, place, require_file
+from tuneforge.data.readers import FIELD_SEP, column_names, file_digest, header_hint, place, require_file
 from tuneforge.data.split import sample, split
 
 Record = dict[str, Any]
@@ -96,7 +96,8 @@ def _checked(task: Any, records: list[Record], src: int, source: Source, cfg: Ru
             raise ConfigError(f"{source.name}: column '{column}' not found; columns are "
                               f"{column_names(own) if own else 'none'} "
                               + ("(choose with --text-column / --label-column, or data.text_column / data.label_column)" if training else
-                                 "(evaluate reads the columns the run was trained on: name them so in the file)"))
+                                 "(evaluate reads the columns the run was trained on: name them so in the file)")
+                              + header_hint(source.path, records))
     out = []
     for r, record in enumerate(records):
         problem = task.row_problem(record, cfg)
