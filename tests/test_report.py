@@ -47,3 +47,20 @@ def test_a_clear_test_gain_is_not_contradicted_by_a_flat_training_loss():
     gain = _metrics({"accuracy": 1.0, "n": 16, "per_class": {"a": {"support": 8}, "b": {"support": 8}}},
                     {"accuracy": 0.5}, loss=(0.6943, 0.6904))
     assert learned_warning(gain, CLASSIFIER) is None
+
+
+def test_a_taggers_examples_are_predictions_each_sentence_once():
+    """A token classifier's examples read as generated answers to a prompt, 'greedy', and a sentence the test
+    split holds twice was shown twice."""
+    from tuneforge.report import _samples
+    from tuneforge.tasks.token_classification import _samples as tagger_samples
+
+    words = [{"tokens": ["Ada", "lives", "here"]}, {"tokens": ["Ada", "lives", "here"]}, {"tokens": ["Bo", "runs"]}]
+    gold = [["B-PER", "O", "O"], ["B-PER", "O", "O"], ["B-PER", "O"]]
+    samples = tagger_samples(words, gold, gold)
+    assert [s["prompt"] for s in samples] == ["Ada lives here", "Bo runs"]
+    text = _samples({}, {"samples": samples})
+    assert "example predictions (test split):" in text and "  input:     Ada lives here" in text
+    assert "greedy" not in text and "prompt:" not in text
+    answers = _samples({}, {"samples": [{"prompt": "hi", "reference": "hello", "generated": "hey"}]})
+    assert "example answers (test split, greedy):" in answers and "  prompt:    hi" in answers

@@ -115,10 +115,12 @@ def _samples(before: dict[str, Any], after: dict[str, Any]) -> str:
     if not after.get("samples"):
         return ""
     old = {s["prompt"]: s["generated"] for s in before.get("samples", [])}
-    lines = ["", "", "example answers (test split, greedy):"]
+    tagged = all(s.get("tagged") for s in after["samples"])  # words tagged, not answers generated
+    lines = ["", "", "example predictions (test split):" if tagged else "example answers (test split, greedy):"]
     for s in after["samples"]:
         more = f"  (+{len(s['references']) - 1} other reference(s))" if "references" in s else ""
-        lines += ["", f"  prompt:    {s['prompt']}", f"  reference: {s['reference']}{more}"]
+        asked = f"  {'input: ' if tagged else 'prompt:'}    {s['prompt']}"
+        lines += ["", asked, f"  reference: {s['reference']}{more}"]
         if s["prompt"] in old:
             lines.append(f"  before:    {old[s['prompt']]}")
         lines.append(f"  after:     {s['generated']}")

@@ -294,11 +294,13 @@ def tagged(words: list[str], tags: list[str]) -> str:
 def _samples(raw: list[Record], gold: list[list[str] | None], predicted: list[list[str]]) -> list[dict[str, str]]:
     """The first test sentences holding a gold entity, tagged with gold and predicted entities (for the
     result table, as the causal-LM task's generated answers)."""
-    out = []
+    out, seen = [], set()
     for record, g, p in zip(raw, gold, predicted):
-        if g is not None and any(t != "O" for t in g):
-            words = [str(w) for w in record["tokens"]]
-            out.append({"prompt": " ".join(words), "reference": tagged(words, g), "generated": tagged(words, p)})
+        words = [str(w) for w in record["tokens"]]
+        if g is not None and any(t != "O" for t in g) and " ".join(words) not in seen:  # a repeated sentence once
+            seen.add(" ".join(words))
+            out.append({"prompt": " ".join(words), "reference": tagged(words, g), "generated": tagged(words, p),
+                        "tagged": True})
         if len(out) == SAMPLES:
             break
     return out
