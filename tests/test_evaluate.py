@@ -220,6 +220,10 @@ def test_the_references_choose_bleus_tokeniser_never_the_answers():
     refs = ["see you later", "the cat sat on the mat", "good morning to you", "it is raining today"]
     hyps = ["see you later ア", "the cat sat on a mat", "good morning", "it rains today"]
     assert bleu(hyps, refs) == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=TOL)  # 13a
+    mixed = ["see you later", "the cat sat on the mat", "good morning to you", "今天下雨"]  # any Chinese: zh
+    answers = ["see you later", "the cat sat on a mat", "good morning", "今天下雨了"]
+    by_zh = sacrebleu.corpus_bleu(answers, [mixed], tokenize="zh", use_effective_order=True).score
+    assert bleu(answers, mixed) == pytest.approx(by_zh) and by_zh > sacrebleu.corpus_bleu(answers, [mixed]).score
     japanese = ["猫がとても好きです", "今日は雨です", "また後で", "see you"]  # most references: by character
     by_character = sacrebleu.corpus_bleu(hyps, [japanese], tokenize="char", use_effective_order=True).score
     assert bleu(hyps, japanese) == pytest.approx(by_character)

@@ -147,15 +147,16 @@ def _lists(references: Refs) -> list[list[str]]:
 
 def bleu(hypotheses: Sequence[str], references: Refs) -> float:
     """Corpus BLEU (sacreBLEU, 0-100) against each hypothesis's reference(s): tokenised as sacreBLEU's default
-    (13a) does, Chinese with its ``zh`` tokenizer and Japanese by character (13a keeps a sentence without
-    spaces as one word), where at least half the references are written so. The references decide, never the
-    answers: one stray kana in a model's answer had scored every English sentence by character."""
+    (13a) does, Chinese with its ``zh`` tokenizer (where any reference holds Chinese characters: it tokenises
+    other text as 13a does) and Japanese by character where at least half the references hold kana (13a keeps a
+    sentence without spaces as one word). The references decide, never the answers: one stray kana in a model's
+    answer had scored every English sentence by character."""
     import sacrebleu
 
     refs = _lists(references)
     flat = [r for group in refs for r in group if r]
-    share = lambda chars: sum(bool(re.search(f"[{chars}]", r)) for r in flat) * 2 >= max(len(flat), 1)  # noqa: E731
-    tokenize = "char" if share(KANA) else "zh" if share(HAN) else "13a"
+    kana = sum(bool(re.search(f"[{KANA}]", r)) for r in flat) * 2 >= max(len(flat), 1)  # most references Japanese
+    tokenize = "char" if kana else "zh" if any(re.search(f"[{HAN}]", r) for r in flat) else "13a"  # zh: 13a's
     streams = [[g[k] if k < len(g) else None for g in refs] for k in range(max(map(len, refs), default=1))]
     # effective order: n-gram orders no answer is long enough for are left out (sacreBLEU's own option), so
     # answers of one to three words, right or wrong, no longer all score 0; with any 4-gram it changes nothing
