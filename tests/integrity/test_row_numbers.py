@@ -33,3 +33,30 @@ def test_a_jsonl_row_is_named_by_its_line_and_a_file_without_gaps_as_before(bert
     (tmp_path / "d.jsonl").write_text("\n".join(line for line in lines if line) + "\n")  # the same file, no gaps
     one_error(capsys, train_argv(bert_dir, tmp_path / "d.jsonl", tmp_path / "run"), "d.jsonl, row 3")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_stored_split_and_a_tagger_name_the_same_rows_as_training(tmp_path, monkeypatch, capsys):
+    """A run's split read back by its absolute path named its rows without the skipped ones (the name as configured
+    was relative), and a token-classification file's skipped row was named by its index."""
+    import json
+
+    from tuneforge.config import load_config
+    from tuneforge.data import dataset, row_numbers
+    from tuneforge.tasks import get
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.csv").write_text("text,label\n" + "\n\n".join(f"film {i},{'pos' if i % 2 else 'neg'}"
+                                                                 for i in range(12)) + "\n")
+    cfg = load_config(None, {"data": {"dataset": "d.csv", "split": [0.5, 0.25, 0.25]}})
+    splits = dataset.load_splits(cfg, get("classification"))
+    trained = splits.where("test")
+    row_numbers._NUMBERS.clear()  # a new process
+    restored = dataset.restore(json.loads(json.dumps(splits.manifest())), "test", get("classification"), cfg)[1]
+    assert restored == trained and all(int(w.rsplit(" ", 1)[1]) % 2 == 1 for w in trained)  # rows 1, 3, 5, ...
+    lines = ['{"tokens": ["Ada", "runs"], "tags": ["B-PER", "O"]}', "", "", '{"tokens": [], "tags": []}',
+             '{"tokens": ["Bo"], "tags": ["B-PER"]}', '{"tokens": ["Cy", "x"], "tags": ["B-PER", "O"]}']
+    (tmp_path / "t.jsonl").write_text("\n".join(lines) + "\n")
+    records, where = dataset.source_records(get("token_classification"), str(tmp_path / "t.jsonl"),
+                                            load_config(None, {"model": {"task": "token_classification"}}))
+    assert [w.rsplit(" ", 1)[1] for w in where] == ["1", "5", "6"]
+    assert "1 row(s) with no tokens skipped (row 4)" in capsys.readouterr().err

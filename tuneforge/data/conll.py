@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from tuneforge.data import row_numbers
 from tuneforge.data.readers import as_int, column_names, common_column, place
 from tuneforge.data.tag_scheme import PREFIXES, normal_tag, note_scheme
 from tuneforge.strict import ConfigError
@@ -89,6 +90,7 @@ def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", t
     whitespace-separated strings); integer tags are looked up in ``tag_names``; rows without tokens skipped."""
     require(records, (tokens_column, tags_column), source)
     out: list[Record] = []
+    kept: list[int] = []  # the file rows of the sentences in out
     empty: list[int] = []  # rows without tokens (and tags), skipped
     for row_no, row in enumerate(records, start=1):
         where = place(source, row_no - 1)
@@ -107,8 +109,9 @@ def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", t
             out.append({"tokens": [_token(t, where) for t in tokens],
                         "tags": [_tag(t, where, tag_names) for t in tags]})
             _no_blank_entities(out[-1]["tokens"], out[-1]["tags"], where)
+            kept.append(row_numbers.row(source, row_no - 1))
         else:
-            empty.append(row_no)
+            empty.append(row_numbers.row(source, row_no - 1))  # its row in the file
     if empty and out:
         print(f"note: {source}: {len(empty)} row(s) with no tokens skipped (row {', '.join(map(str, empty[:3]))}"
               f"{' ...' if len(empty) > 3 else ''})", file=sys.stderr)
@@ -119,6 +122,7 @@ def read_token_lists(records: Sequence[Record], tokens_column: str = "tokens", t
         raise ConfigError(f"{source}: every row holds one word, so each word would train as a sentence of its own; "
                           "for a file with one word per row, write it as a CoNLL file (.conll: one 'token<TAB>tag' "
                           "line per word, a blank line between sentences)")
+    row_numbers.remember([source], kept)  # a sentence's row is the file's row it came from
     return note_scheme(out, source)
 
 

@@ -289,6 +289,7 @@ def restore(manifest: dict[str, Any], name: str, task: Any, cfg: RunConfig) -> t
         if now.fingerprint != s.fingerprint:
             raise ConfigError(f"data source {s.path or s.name} changed since training (fingerprint differs); its "
                               "stored split no longer applies: evaluate on a file explicitly with --data FILE")
+        row_numbers.alias(s.name, s.path or s.name, len(records))  # read by its path, named as configured
         cache[i] = records
     rows = [tuple(x) for x in manifest[name]]
     return [cache[s][r] for s, r in rows], [place(sources[s].name, r) for s, r in rows]

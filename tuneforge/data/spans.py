@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from tuneforge.data import row_numbers
 from tuneforge.data.conll import Record, as_list, require
 from tuneforge.data.readers import as_int, place
 from tuneforge.data.words import split_words
@@ -65,6 +66,7 @@ def read_spans(records: Sequence[Record], source: str, text_column: str = "text"
     require(records, (text_column,), source, "data.text_column")
     out: list[Record] = []
     widened: list[tuple[str, str]] = []
+    kept: list[int] = []  # the file rows of the sentences in out
     empty: list[int] = []  # rows whose text holds no word
     for row_no, row in enumerate(records, start=1):
         where = place(source, row_no - 1)
@@ -82,8 +84,9 @@ def read_spans(records: Sequence[Record], source: str, text_column: str = "text"
         if words:
             out.append({"tokens": [w for w, _, _ in words], "tags": _span_tags(text, words, spans, where, widened),
                         "offsets": [(s, e) for _, s, e in words], "text": text})
+            kept.append(row_numbers.row(source, row_no - 1))
         else:
-            empty.append(row_no)
+            empty.append(row_numbers.row(source, row_no - 1))  # its row in the file
     if not out:
         raise ConfigError(f"{source}: every '{text_column}' is empty; nothing to train on")
     if empty:
@@ -95,6 +98,7 @@ def read_spans(records: Sequence[Record], source: str, text_column: str = "text"
               f"{span!r} in {word!r}): words are split at whitespace and punctuation, and predicted entities are "
               "whole words too",
               file=sys.stderr)
+    row_numbers.remember([source], kept)  # a sentence's row is the file's row it came from
     return out
 
 
