@@ -155,7 +155,7 @@ def test_an_interrupted_comparison_says_how_to_continue_in_one_line():
     assert interrupts.stopped(KeyboardInterrupt(), "compare") == (
         "interrupted; running the same `tuneforge compare` command again skips the finished methods and resumes the "
         "interrupted one from its last checkpoint")
-    assert "command again without --overwrite skips the finished methods" in interrupts.stopped(  # it would
+    assert "command again without --overwrite skips the methods it finished" in interrupts.stopped(  # it would
         KeyboardInterrupt(), "compare", overwrite=True)  # retrain the methods this call finished
 
 

@@ -269,7 +269,9 @@ def test_overwrite_keeps_the_earlier_sweep_until_each_run_is_retrained(tmp_path,
     assert "m/mitigation.md" in kept and "m/runs/interpolate-0.5/metrics.json" in kept
     said = interrupts.stopped(interrupts.Terminated(), "mitigate", overwrite=True)
     assert said == ("terminated (SIGTERM); running the same `tuneforge mitigate` command again without --overwrite "
-                    "skips the finished runs and resumes the interrupted one from its last checkpoint")
+                    "skips the runs it finished and resumes the interrupted one, where the folder's other runs have "
+                    "the same config (else it says so: use --overwrite again)")
+    assert "again skips the finished runs and resumes" in interrupts.stopped(KeyboardInterrupt(), "mitigate")
 
 
 def test_ties_go_to_the_weaker_setting_and_every_value_is_its_own_candidate(tmp_path, monkeypatch):

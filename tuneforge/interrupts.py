@@ -64,9 +64,12 @@ def stopped(exc: KeyboardInterrupt, command: str | None, resume: str | None = No
     resume_check = sys.modules.get("tuneforge.resume_check")  # not imported: no run was started here
     run = resume_check.current_run() if command == "train" and resume_check is not None else None
     if command in ("compare", "mitigate"):
-        again = "without --overwrite " if overwrite else ""
         done = "methods" if command == "compare" else "runs"
-        return (f"{word}; running the same `tuneforge {command}` command again {again}skips the finished {done} and "
+        if overwrite:  # runs of the earlier folder not yet retrained keep their config, which may differ
+            return (f"{word}; running the same `tuneforge {command}` command again without --overwrite skips the "
+                    f"{done} it finished and resumes the interrupted one, where the folder's other runs have the "
+                    "same config (else it says so: use --overwrite again)")
+        return (f"{word}; running the same `tuneforge {command}` command again skips the finished {done} and "
                 "resumes the interrupted one from its last checkpoint")
     if command != "train":
         return word

@@ -162,7 +162,7 @@ def _train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | 
             for line in forgetting.probe_overlap(probes, task, cfg, s.splits.records):
                 warn(line, file=sys.stderr)
             s.data = forgetting.mix_replay(cfg, task, s.tokenizer, s.data, s.splits.held_out, probes, s.model, s.rt)
-            knew_before = forgetting.measure(probes, s.model, "before training", say) if d.main else []
+            knew_before = forgetting.measure(probes, s.model, "before training", say, cfg) if d.main else []
             pretrained = {n for n, _ in s.model.named_parameters()}
             s.model, trained_heads = apply_method(s.model, cfg, s.heads)
             s.model = s.model.to(s.rt.device)
@@ -207,7 +207,8 @@ def _train(cfg: RunConfig | dict[str, Any] | str | Path, overrides: list[str] | 
         "precision": "bf16" if s.rt.bf16 else "fp32", "device": str(s.rt.device), "processes": d.world,
         "padding_free": s.rt.padding_free,
         "examples": {**s.splits.summary(), "trained_per_epoch": len(s.data.train)},
-        "forgetting": forgetting.summary(probes, knew_before, forgetting.measure(probes, model, "after training", say)),
+        "forgetting": forgetting.summary(probes, knew_before,
+                                         forgetting.measure(probes, model, "after training", say, cfg)),
         "training_loss": {"first": result.first_loss, "last": result.last_loss,
                           "logged": sum("train_loss" in h for h in result.history)},
     }

@@ -11,7 +11,7 @@ HINT = "the file's first row looks like an example, not column names: give the f
 
 
 @pytest.mark.parametrize("name, text", [
-    ("long.csv", "a was bad team tennis i the player 60,sports\ngood food,food\nthe match,sports\n"),  # 4+ words
+    ("long.csv", "a was bad team tennis i the player 60,sports\ngood food,food\nthe match,sports\n"),
     ("short.tsv", "great film\tpos\nawful\tneg\nfine film\tpos\n"),  # 'pos' is a value of its own column
 ])
 def test_a_file_without_a_header_row_is_told_so(tmp_path, name, text):
@@ -29,4 +29,9 @@ def test_a_header_of_other_names_gets_no_such_hint(tmp_path):
     (tmp_path / "d.csv").write_text("review,stars\ngood,5\nbad,1\nok,3\n")
     with pytest.raises(ConfigError, match="column 'label' not found; columns are 'review', 'stars'") as err:
         source_records(TASK, str(tmp_path / "d.csv"), load_config(None, {}))
+    assert HINT not in str(err.value)
+    survey = "Timestamp,What did you think of the film?,How many stars would you give?\n1,good,5\n2,bad,1\n"
+    (tmp_path / "s.csv").write_text(survey)  # a form's questions: long names, yet a header
+    with pytest.raises(ConfigError, match="not found") as err:
+        source_records(TASK, str(tmp_path / "s.csv"), load_config(None, {}))
     assert HINT not in str(err.value)

@@ -185,11 +185,17 @@ def test_each_probe_is_named_before_it_measures_and_quiet_runs_print_nothing(cap
     seen = []
     made = [probes.Probe(name, "perplexity", lambda m, v=v: seen.append(v) or v, [{}] * n, None, [], set())
             for name, v, n in (("own answers perplexity", 3.0, 64), ("chitchat perplexity", 9.0, 200))]
-    assert pipeline.measure(made, None, "before training", print) == [3.0, 9.0] and seen == [3.0, 9.0]
+    from tuneforge.config import load_config
+    cfg = load_config(None, {})
+    assert pipeline.measure(made, None, "before training", print, cfg) == [3.0, 9.0] and seen == [3.0, 9.0]
     err = capsys.readouterr().err.splitlines()
     assert err == ["measuring what the model knew before training (1/2): own answers perplexity on 64 examples "
                    "(forgetting.probes=none skips this) ...",
                    "measuring what the model knew before training (2/2): chitchat perplexity on 200 examples "
                    "(forgetting.probes=none skips this) ..."]
-    assert pipeline.measure(made, None, "after training", lambda *a, **k: None) == [3.0, 9.0]
+    assert pipeline.measure(made, None, "after training", lambda *a, **k: None, cfg) == [3.0, 9.0]
     assert capsys.readouterr().err == ""
+    sequential = load_config(None, {"forgetting": {"previous_run": "task1"}})  # refuses probes=none: not offered
+    pipeline.measure(made[:1], None, "after training", print, sequential)
+    assert capsys.readouterr().err == ("measuring what the model knew after training (1/1): own answers perplexity on "
+                                       "64 examples ...\n")

@@ -155,16 +155,17 @@ def column_names(row: dict[str, Any]) -> str:
 
 
 def header_hint(path: str | None, records: list[dict[str, Any]]) -> str:
-    """For a CSV/TSV file whose header row looks like an example (a name of four or more words, or one that its
-    own column holds again as a value: ``sports`` over a column of topics), a hint that the file needs a header
-    row; else ''. Without one, the first example is taken for the column names and no column is found."""
+    """For a CSV/TSV file whose header row looks like an example (a name that its own column holds again as a
+    value: ``sports`` over a column of topics, as a label repeats), a hint that the file needs a header row; else
+    ''. Without one, the first example is taken for the column names and no column is found."""
     if not path or not path.lower().endswith((".csv", ".tsv")) or not records:
         return ""
     names = [str(c) for c in records[0]]
-    wordy = any(len(n.split()) >= 4 for n in names)
-    repeated = any(n.strip() and any(str(r.get(n, "")).strip() == n.strip() for r in records[:1000]) for n in names)
-    return ("; the file's first row looks like an example, not column names: give the file a header row naming its "
-            "columns (e.g. text,label)") if wordy or repeated else ""
+    if not any(n.strip() and any(str(r.get(n, "")).strip() == n.strip() for r in records[:1000]) for n in names):
+        return ""
+    example = "text<TAB>label" if path.lower().endswith(".tsv") else "text,label"
+    return (f"; the file's first row looks like an example, not column names: give the file a header row naming its "
+            f"columns (e.g. {example})")
 
 
 def data_bytes(data: Any) -> int:

@@ -216,13 +216,14 @@ def interpolate_back(model: nn.Module, start: dict[str, Any], cfg: RunConfig, ta
     return {task.metric: value, "step": best["step"], "trained": best[task.metric], "interpolate": keep}
 
 
-def measure(probes: list[Probe], model: nn.Module, when: str, say: Any) -> list[float]:
+def measure(probes: list[Probe], model: nn.Module, when: str, say: Any, cfg: RunConfig) -> list[float]:
     """Each probe's figure on ``model``, one line naming it first (``say``: print, or nothing with -q): a chat
     model's probes generate and score for minutes on a CPU, which had passed in silence."""
     figures = []
+    skip = "" if cfg.forgetting.previous_run else " (forgetting.probes=none skips this)"  # task 1's: always measured
     for i, p in enumerate(probes, start=1):
-        say(f"measuring what the model knew {when} ({i}/{len(probes)}): {p.name} on {len(p.examples)} examples "
-            "(forgetting.probes=none skips this) ...", file=sys.stderr)
+        say(f"measuring what the model knew {when} ({i}/{len(probes)}): {p.name} on {len(p.examples)} examples"
+            f"{skip} ...", file=sys.stderr)
         figures.append(p.measure(model))
     return figures
 
