@@ -22,12 +22,10 @@ from tuneforge import best_weights, distributed, resume_check, run_lock
 from tuneforge.config import ConfigError, RunConfig, build_dataclass
 from tuneforge.files import (MARKER, atomic_write_text, clean_partial, clean_siblings, crash_point, marker_kind,
                              partial_dir, replace_dir, save_json, save_tensors)
-from tuneforge.resume_check import RESUME  # resumable training state, deleted when the run finishes
+from tuneforge.resume_check import FULL_DIR, RESUME, WEIGHTS  # the run's weights (both) and resumable state
 
 __all__ = ["atomic_write_text", "save_json", "save_tensors", "crash_point", "RUN_FORMAT"]
 
-WEIGHTS = "trainable.safetensors"  # parameter-efficient runs: only what trained (plus the fresh head)
-FULL_DIR = "model"  # runs where every weight trained: a Hugging Face folder (save_pretrained + tokenizer)
 RUN_FORMAT = 2  # run-directory layout version (meta.json "run_format"); 2 added split.json
 
 

@@ -16,6 +16,8 @@ import yaml
 from tuneforge.config import ConfigError, load_config
 
 RESUME = "checkpoint.safetensors"  # resumable training state, deleted when the run finishes
+WEIGHTS = "trainable.safetensors"  # parameter-efficient runs: only what trained (plus the fresh head)
+FULL_DIR = "model"  # runs where every weight trained: a Hugging Face folder (save_pretrained + tokenizer)
 STARTED = ".config-started.yaml"  # config.yaml as the run started, for a resume before the first checkpoint
 
 _RUN: list[tuple[Path, str]] = []  # (run directory, its config.yaml as the run started or resumed)
@@ -119,16 +121,21 @@ def model_fingerprint(folder: Path, only: tuple[str, ...] | None = None) -> str:
 
 
 PREVIOUS = "previous_run.json"  # a sequential run: the fingerprint of task 1's run, whose merged model it starts from
-TASK1_FILES = ("config.yaml", "trainable.safetensors", "model")  # what that model is made of (checkpoint.WEIGHTS,
-#                                                                  FULL_DIR): not its logs, metrics or evaluations
+
+
+def _fingerprint(folder: Path, previous: str | None) -> str:
+    """The model ``folder``'s fingerprint, or task 1's run's (``previous``): its config and weights, not its logs,
+    metrics or evaluations."""
+    if not previous:
+        return model_fingerprint(folder)
+    return model_fingerprint(Path(previous), ("config.yaml", WEIGHTS, FULL_DIR))
 
 
 def start_record(folder: Path, previous: str | None) -> tuple[str, dict[str, str]]:
     """(file name, record) of what a run starts from: the model ``folder`` (``base_model.json``), or in the
     sequential set-up task 1's run ``previous`` (``previous_run.json``; ``folder`` is its model merged again)."""
-    if previous:
-        return PREVIOUS, {"path": str(previous), "fingerprint": model_fingerprint(Path(previous), TASK1_FILES)}
-    return BASE, {"path": str(folder), "fingerprint": model_fingerprint(folder)}
+    record = {"path": str(previous or folder), "fingerprint": _fingerprint(folder, previous)}
+    return (PREVIOUS if previous else BASE), record
 
 
 def base_changed(run_dir: Path, folder: Path, previous: str | None = None) -> str | None:
@@ -140,8 +147,7 @@ def base_changed(run_dir: Path, folder: Path, previous: str | None = None) -> st
     if not record.is_file() or (previous and not Path(previous).is_dir()):
         return None
     then = json.loads(record.read_text())
-    now = model_fingerprint(Path(previous), TASK1_FILES) if previous else model_fingerprint(folder)
-    return None if then.get("fingerprint") == now else str(then.get("path"))
+    return None if then.get("fingerprint") == _fingerprint(folder, previous) else str(then.get("path"))
 
 
 def refuse_changed_base(run_dir: Path, folder: Path, previous: str | None = None) -> None:
